@@ -1,0 +1,30 @@
+// Small file helpers with the guarantees identity material needs: atomic
+// replacement, explicit modes, and errors that name the path and keep errno.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+#include "absl/status/statusor.h"
+#include "ktrust/common/secret.h"
+
+namespace ktrust {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes = 1 << 20);
+absl::StatusOr<Secret> ReadSecretFile(const std::string& path, size_t max_bytes = 1 << 20);
+
+// Writes through a temporary file in the same directory and renames it into
+// place, so readers see the old or the new content, never a torn file.
+// `mode` is applied at creation: a key file is never readable by others, not
+// even briefly.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view content, mode_t mode);
+
+// Creates `path` (and missing parents) with `mode` if absent.
+absl::Status EnsureDirectory(const std::string& path, mode_t mode);
+
+bool PathExists(const std::string& path);
+
+}  // namespace ktrust

@@ -1,0 +1,64 @@
+// The roots a trust domain's SVIDs must chain to. A bundle may hold several
+// roots at once, which is how a CA is rotated without breaking connections:
+// add the new root everywhere, switch issuance, then drop the old root.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/status/statusor.h"
+#include "ktrust/common/openssl_ptr.h"
+#include "ktrust/identity/spiffe_id.h"
+
+namespace ktrust {
+
+class TrustBundle {
+ public:
+  // Copyable: copies share the immutable roots and store.
+  // Every certificate in `roots_pem` must be a CA certificate. CRLs are
+  // optional; when present, every certificate in a peer's chain is checked
+  // against them and a chain whose issuer has no CRL is refused.
+  static absl::StatusOr<TrustBundle> Create(TrustDomain trust_domain, CertChain roots,
+                                            std::vector<X509CrlPtr> crls = {});
+  static absl::StatusOr<TrustBundle> FromPem(TrustDomain trust_domain, absl::string_view roots_pem,
+                                             absl::string_view crls_pem = "");
+
+  const TrustDomain& trust_domain() const { return trust_domain_; }
+  const CertChain& roots() const { return *roots_; }
+  bool has_crls() const { return has_crls_; }
+  // The store chain building uses; read-only once built, so shared by threads.
+  X509_STORE* store() const { return store_.get(); }
+  std::string RootsPem() const;
+
+ private:
+  TrustBundle(TrustDomain td, CertChain roots, X509StorePtr store, bool has_crls)
+      : trust_domain_(std::move(td)),
+        roots_(std::make_shared<const CertChain>(std::move(roots))),
+        store_(std::move(store)),
+        has_crls_(has_crls) {}
+
+  TrustDomain trust_domain_;
+  // Shared and immutable, so copies of a bundle are cheap.
+  std::shared_ptr<const CertChain> roots_;
+  std::shared_ptr<X509_STORE> store_;
+  bool has_crls_;
+};
+
+// The bundles this node trusts, one per trust domain. A peer is verified only
+// against the bundle of the trust domain in its own SPIFFE ID.
+class TrustStore {
+ public:
+  // Adds or replaces the bundle of bundle.trust_domain().
+  void Put(TrustBundle bundle);
+  const TrustBundle* Find(const TrustDomain& td) const;
+  bool empty() const { return bundles_.empty(); }
+  std::vector<std::string> TrustDomainNames() const;
+
+ private:
+  std::map<std::string, TrustBundle> bundles_;
+};
+
+}  // namespace ktrust

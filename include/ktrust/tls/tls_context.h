@@ -1,0 +1,72 @@
+// The TLS 1.3 mutual-TLS configuration every ktrust connection uses, and the
+// per-connection sessions made from it.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ktrust/common/openssl_ptr.h"
+#include "ktrust/identity/peer_verifier.h"
+#include "ktrust/identity/spiffe_id.h"
+#include "ktrust/identity/svid.h"
+#include "ktrust/identity/trust_bundle.h"
+
+namespace ktrust {
+
+class TlsSession;
+
+enum class TlsRole { kClient, kServer };
+
+struct TlsContextOptions {
+  TlsRole role = TlsRole::kClient;
+  // TLS 1.3 suites in preference order; the server's order wins. Only these
+  // three are allowed, because kTLS can carry exactly these.
+  std::vector<std::string> cipher_suites = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                            "TLS_CHACHA20_POLY1305_SHA256"};
+  // Key exchange groups in preference order.
+  std::string groups = "X25519:P-256";
+  // Clock skew allowance and chain limits for the peer's certificate.
+  VerifyOptions verify;
+  // Injected for tests; absl::Now in production.
+  std::function<absl::Time()> clock = absl::Now;
+};
+
+class TlsContext {
+ public:
+  static absl::StatusOr<std::unique_ptr<TlsContext>> Create(
+      TlsContextOptions options, std::shared_ptr<const TrustStore> trust);
+
+  // New sessions verify peers against `trust`; live sessions keep theirs.
+  void SetTrustStore(std::shared_ptr<const TrustStore> trust) { trust_.store(std::move(trust)); }
+
+  // A session presenting `svid`. A client may name the server identity it
+  // expects (exact or prefix pattern): a server with any other valid SVID of
+  // the trust domain is then refused as an impostor.
+  absl::StatusOr<std::unique_ptr<TlsSession>> NewSession(
+      std::shared_ptr<const Svid> svid,
+      std::optional<SpiffeIdPattern> expected_peer = std::nullopt) const;
+
+  TlsRole role() const { return options_.role; }
+  SSL_CTX* ssl_ctx() const { return ctx_.get(); }
+
+ private:
+  TlsContext(TlsContextOptions options, SslCtxPtr ctx, std::shared_ptr<const TrustStore> trust)
+      : options_(std::move(options)), ctx_(std::move(ctx)), trust_(std::move(trust)) {}
+
+  // Replaces OpenSSL's chain verification with VerifyPeerChain.
+  static int VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* arg);
+
+  const TlsContextOptions options_;
+  SslCtxPtr ctx_;
+  std::atomic<std::shared_ptr<const TrustStore>> trust_;
+
+  friend class TlsSession;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,95 @@
+// One TLS connection's handshake, driven step by step over any transport
+// (a socket, or an in-memory BIO pair in tests), and what it established.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+#include "ktrust/common/openssl_ptr.h"
+#include "ktrust/identity/spiffe_id.h"
+#include "ktrust/identity/svid.h"
+#include "ktrust/identity/trust_bundle.h"
+#include "ktrust/identity/verdict.h"
+#include "ktrust/tls/tls_context.h"
+
+namespace ktrust {
+
+enum class HandshakeProgress {
+  kWantRead,   // feed it more bytes from the peer, then call Handshake() again
+  kWantWrite,  // the transport is full; call again when it drains
+  kDone,       // established and the peer verified
+  kFailed,     // see failure()
+};
+
+enum class HandshakeError {
+  kNone,
+  kPeerRejected,      // we refused the peer's certificate (see peer_reason)
+  kRejectedByPeer,    // the peer sent an alert: it refused us
+  kProtocol,          // not TLS, no common version / suite / group, bad record
+  kConnectionClosed,  // the transport ended mid-handshake
+};
+
+struct HandshakeFailure {
+  HandshakeError error = HandshakeError::kNone;
+  RejectReason peer_reason = RejectReason::kNone;  // with kPeerRejected
+  std::string explanation;
+  // Stable code for logs and metrics: the RejectReason code ("expired", ...)
+  // when we refused the peer, else "rejected_by_peer", "protocol_error",
+  // "connection_closed".
+  absl::string_view code() const;
+};
+
+class TlsSession {
+ public:
+  ~TlsSession();
+  TlsSession(const TlsSession&) = delete;
+  TlsSession& operator=(const TlsSession&) = delete;
+
+  // Transport: a BIO (the session takes ownership) or a connected socket.
+  void SetBio(BIO* bio);
+  absl::Status SetFd(int fd);
+
+  // Advances the handshake as far as the transport allows.
+  HandshakeProgress Handshake();
+
+  const HandshakeFailure& failure() const { return failure_; }
+  // The verified peer, after kDone.
+  const std::optional<SpiffeId>& peer_id() const { return peer_id_; }
+  const SpiffeId& local_id() const { return svid_->id(); }
+  // The earliest notAfter in the peer's verified chain.
+  absl::Time peer_not_after() const { return peer_not_after_; }
+  absl::string_view cipher() const;
+  absl::string_view version() const;
+  SSL* ssl() const { return ssl_.get(); }
+
+ private:
+  TlsSession(const TlsContext& context, SslPtr ssl, std::shared_ptr<const Svid> svid,
+             std::shared_ptr<const TrustStore> trust, std::optional<SpiffeIdPattern> expected_peer);
+
+  // Called from TlsContext::VerifyPeerCallback with the peer's certificates.
+  bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
+  void Fail(HandshakeError error, std::string explanation);
+  static void InfoCallback(const SSL* ssl, int where, int ret);
+
+  const TlsContext& context_;
+  SslPtr ssl_;
+  std::shared_ptr<const Svid> svid_;  // kept alive: the SSL references its key
+  std::shared_ptr<const TrustStore> trust_;
+  std::optional<SpiffeIdPattern> expected_peer_;
+
+  std::optional<PeerVerdict> verdict_;  // set once the peer's chain was checked
+  std::optional<SpiffeId> peer_id_;
+  absl::Time peer_not_after_;
+  std::string alert_received_;
+  HandshakeFailure failure_;
+
+  friend class TlsContext;
+};
+
+// The TlsSession an SSL belongs to (nullptr if none).
+TlsSession* SessionOf(const SSL* ssl);
+
+}  // namespace ktrust

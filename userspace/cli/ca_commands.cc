@@ -1,0 +1,147 @@
+// ktrust ca init | intermediate | issue
+#include <sys/stat.h>
+
+#include <iostream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "commands.h"
+#include "ktrust/common/files.h"
+#include "ktrust/identity/certificate_authority.h"
+#include "ktrust/identity/x509.h"
+
+namespace ktrust::cli {
+
+absl::StatusOr<absl::Duration> ParseTtl(const std::string& text) {
+  absl::Duration d;
+  int64_t days = 0;
+  if (!text.empty() && text.back() == 'd' &&
+      absl::SimpleAtoi(absl::string_view(text).substr(0, text.size() - 1), &days)) {
+    d = absl::Hours(24) * days;
+  } else if (!absl::ParseDuration(text, &d)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text, "\" is not a duration (examples: 1h, 90m, 30d)"));
+  }
+  if (d <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("duration \"", text, "\" must be positive"));
+  }
+  return d;
+}
+
+int ReportError(const absl::Status& status) {
+  std::cerr << "ktrust: error: " << status.message() << "\n";
+  return kFailed;
+}
+
+namespace {
+
+struct InitFlags {
+  std::string trust_domain, dir, ttl = "365d";
+  bool force = false;
+};
+struct IntermediateFlags {
+  std::string ca_dir, name, dir, ttl = "90d";
+  bool force = false;
+};
+struct IssueFlags {
+  std::string ca_dir, id, out, ttl = "1h";
+  bool force = false;
+};
+
+int RunInit(const InitFlags& f) {
+  auto td = TrustDomain::Parse(f.trust_domain);
+  if (!td.ok()) return ReportError(td.status());
+  auto ttl = ParseTtl(f.ttl);
+  if (!ttl.ok()) return ReportError(ttl.status());
+  auto ca = CertificateAuthority::CreateRoot(*td, *ttl, absl::Now());
+  if (!ca.ok()) return ReportError(ca.status());
+  if (auto st = ca->Save(f.dir, f.force); !st.ok()) return ReportError(st);
+  std::cout << "created root CA for " << td->IdString() << " in " << f.dir << "\n"
+            << "  ca.crt      the root certificate (valid until "
+            << FormatTimestamp(NotAfter(ca->certificate())) << ")\n"
+            << "  ca.key      its private key (mode 0600): keep it off the nodes\n"
+            << "  bundle.crt  the trust bundle to distribute\n";
+  return kOk;
+}
+
+int RunIntermediate(const IntermediateFlags& f) {
+  auto ttl = ParseTtl(f.ttl);
+  if (!ttl.ok()) return ReportError(ttl.status());
+  absl::Time now = absl::Now();
+  auto root = CertificateAuthority::Load(f.ca_dir, now);
+  if (!root.ok()) return ReportError(root.status());
+  auto ca = root->CreateIntermediate(f.name, *ttl, now);
+  if (!ca.ok()) return ReportError(ca.status());
+  if (auto st = ca->Save(f.dir, f.force); !st.ok()) return ReportError(st);
+  std::cout << "created intermediate CA \"" << f.name << "\" for "
+            << ca->trust_domain().IdString() << " in " << f.dir << " (valid until "
+            << FormatTimestamp(NotAfter(ca->certificate())) << ")\n";
+  return kOk;
+}
+
+int RunIssue(const IssueFlags& f) {
+  auto id = SpiffeId::ParseWorkload(f.id);
+  if (!id.ok()) return ReportError(id.status());
+  auto ttl = ParseTtl(f.ttl);
+  if (!ttl.ok()) return ReportError(ttl.status());
+  absl::Time now = absl::Now();
+  auto ca = CertificateAuthority::Load(f.ca_dir, now);
+  if (!ca.ok()) return ReportError(ca.status());
+  auto svid = ca->IssueSvid(*id, *ttl, now);
+  if (!svid.ok()) return ReportError(svid.status());
+  std::string crt = absl::StrCat(f.out, "/tls.crt");
+  std::string key = absl::StrCat(f.out, "/tls.key");
+  std::string bundle = absl::StrCat(f.out, "/ca.crt");
+  if (!f.force && (PathExists(crt) || PathExists(key))) {
+    return ReportError(absl::AlreadyExistsError(
+        absl::StrCat(f.out, " already holds tls.crt or tls.key; pass --force to replace them")));
+  }
+  if (auto st = EnsureDirectory(f.out, 0700); !st.ok()) return ReportError(st);
+  auto key_pem = svid->KeyPem();
+  if (!key_pem.ok()) return ReportError(key_pem.status());
+  // Key first: a reader that sees the new certificate also finds its key.
+  if (auto st = WriteFileAtomically(key, key_pem->view(), 0600); !st.ok()) return ReportError(st);
+  if (auto st = WriteFileAtomically(crt, svid->ChainPem(), 0644); !st.ok()) return ReportError(st);
+  std::string roots;
+  for (const auto& root : ca->roots()) roots += ToPem(root.get());
+  if (auto st = WriteFileAtomically(bundle, roots, 0644); !st.ok()) return ReportError(st);
+  std::cout << "issued " << id->ToString() << " valid until " << FormatTimestamp(svid->not_after())
+            << " into " << f.out << " (tls.crt, tls.key, ca.crt)\n";
+  return kOk;
+}
+
+}  // namespace
+
+void AddCaCommands(CLI::App& app, int& exit_code) {
+  CLI::App* ca = app.add_subcommand("ca", "Run the embedded certificate authority");
+  ca->require_subcommand(1);
+
+  auto init = std::make_shared<InitFlags>();
+  CLI::App* c = ca->add_subcommand("init", "Create a root CA for a trust domain");
+  c->add_option("--trust-domain", init->trust_domain, "e.g. example.org")->required();
+  c->add_option("--dir", init->dir, "Directory to create the CA in")->required();
+  c->add_option("--ttl", init->ttl, "Root validity (default 365d)");
+  c->add_flag("--force", init->force, "Replace an existing CA in --dir");
+  c->callback([init, &exit_code] { exit_code = RunInit(*init); });
+
+  auto inter = std::make_shared<IntermediateFlags>();
+  c = ca->add_subcommand("intermediate", "Create a per-node intermediate CA signed by the root");
+  c->add_option("--ca-dir", inter->ca_dir, "The root CA directory")->required();
+  c->add_option("--name", inter->name, "Name of the intermediate, e.g. the node name")->required();
+  c->add_option("--dir", inter->dir, "Directory to create the intermediate in")->required();
+  c->add_option("--ttl", inter->ttl, "Validity (default 90d, never past the root's)");
+  c->add_flag("--force", inter->force, "Replace an existing CA in --dir");
+  c->callback([inter, &exit_code] { exit_code = RunIntermediate(*inter); });
+
+  auto issue = std::make_shared<IssueFlags>();
+  c = ca->add_subcommand("issue", "Issue an X.509-SVID to files, for peers outside the mesh");
+  c->add_option("--ca-dir", issue->ca_dir, "The CA (root or intermediate) directory")->required();
+  c->add_option("--id", issue->id, "SPIFFE ID, e.g. spiffe://example.org/ns/prod/web")->required();
+  c->add_option("--out", issue->out, "Directory for tls.crt, tls.key and ca.crt")->required();
+  c->add_option("--ttl", issue->ttl, "Lifetime (default 1h)");
+  c->add_flag("--force", issue->force, "Replace existing files in --out");
+  c->callback([issue, &exit_code] { exit_code = RunIssue(*issue); });
+}
+
+}  // namespace ktrust::cli

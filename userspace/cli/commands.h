@@ -1,0 +1,30 @@
+// The ktrust CLI's command groups. Each Add* registers its subcommands on the
+// app; a command's callback stores its exit code in `exit_code`.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ktrust::cli {
+
+// Documented in docs/cli.md.
+enum ExitCode : int {
+  kOk = 0,
+  kFailed = 1,    // the operation failed, or (inspect) the certificate does not verify
+  kUsage = 2,     // bad flags or arguments
+};
+
+void AddCaCommands(CLI::App& app, int& exit_code);
+void AddCertCommands(CLI::App& app, int& exit_code);
+
+// "1h", "90m", "30d": absl durations plus whole days.
+absl::StatusOr<absl::Duration> ParseTtl(const std::string& text);
+
+// Prints "ktrust: error: <message>" to stderr and returns kFailed.
+int ReportError(const absl::Status& status);
+
+}  // namespace ktrust::cli

@@ -1,0 +1,30 @@
+#include "ktrust/common/openssl_ptr.h"
+
+#include <openssl/err.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktrust {
+
+CertChain ShareChain(const CertChain& chain) {
+  CertChain copy;
+  copy.reserve(chain.size());
+  for (const auto& cert : chain) copy.push_back(ShareX509(cert.get()));
+  return copy;
+}
+
+absl::Status OpenSslError(absl::string_view operation, absl::StatusCode code) {
+  std::string message(operation);
+  const char* sep = ": ";
+  while (unsigned long err = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(err, buf, sizeof(buf));
+    absl::StrAppend(&message, sep, buf);
+    sep = "; ";
+  }
+  return absl::Status(code, message);
+}
+
+}  // namespace ktrust

@@ -1,0 +1,131 @@
+#include "ktrust/tls/tls_session.h"
+
+#include <openssl/err.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktrust {
+namespace {
+
+int SessionIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+}  // namespace
+
+TlsSession* SessionOf(const SSL* ssl) {
+  return static_cast<TlsSession*>(SSL_get_ex_data(ssl, SessionIndex()));
+}
+
+absl::string_view HandshakeFailure::code() const {
+  switch (error) {
+    case HandshakeError::kNone: return "ok";
+    case HandshakeError::kPeerRejected: return ReasonCode(peer_reason);
+    case HandshakeError::kRejectedByPeer: return "rejected_by_peer";
+    case HandshakeError::kProtocol: return "protocol_error";
+    case HandshakeError::kConnectionClosed: return "connection_closed";
+  }
+  return "unknown";
+}
+
+TlsSession::TlsSession(const TlsContext& context, SslPtr ssl, std::shared_ptr<const Svid> svid,
+                       std::shared_ptr<const TrustStore> trust,
+                       std::optional<SpiffeIdPattern> expected_peer)
+    : context_(context),
+      ssl_(std::move(ssl)),
+      svid_(std::move(svid)),
+      trust_(std::move(trust)),
+      expected_peer_(std::move(expected_peer)) {
+  SSL_set_ex_data(ssl_.get(), SessionIndex(), this);
+  SSL_set_info_callback(ssl_.get(), &TlsSession::InfoCallback);
+}
+
+TlsSession::~TlsSession() { SSL_set_ex_data(ssl_.get(), SessionIndex(), nullptr); }
+
+void TlsSession::SetBio(BIO* bio) { SSL_set_bio(ssl_.get(), bio, bio); }
+
+absl::Status TlsSession::SetFd(int fd) {
+  if (SSL_set_fd(ssl_.get(), fd) != 1) return OpenSslError("attach socket to TLS session");
+  return absl::OkStatus();
+}
+
+void TlsSession::InfoCallback(const SSL* ssl, int where, int ret) {
+  if ((where & SSL_CB_READ_ALERT) == 0) return;
+  if (TlsSession* session = SessionOf(ssl)) {
+    session->alert_received_ = SSL_alert_desc_string_long(ret);
+  }
+}
+
+bool TlsSession::VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted) {
+  const VerifyOptions& base = context_.options_.verify;
+  VerifyOptions options = base;
+  // Our role decides which extended key usage the peer needs.
+  options.purpose = context_.role() == TlsRole::kServer ? X509_PURPOSE_SSL_CLIENT
+                                                        : X509_PURPOSE_SSL_SERVER;
+  PeerVerdict verdict = VerifyPeerChain(*trust_, leaf, untrusted, options, context_.options_.clock());
+  if (verdict.ok() && expected_peer_ && !expected_peer_->Matches(*verdict.peer_id)) {
+    verdict = PeerVerdict::Reject(
+        RejectReason::kUnexpectedPeer,
+        absl::StrCat("the server presented ", verdict.peer_id->ToString(), " but ",
+                     expected_peer_->ToString(), " was expected for this destination"));
+  }
+  verdict_ = std::move(verdict);
+  return verdict_->ok();
+}
+
+void TlsSession::Fail(HandshakeError error, std::string explanation) {
+  failure_.error = error;
+  failure_.explanation = std::move(explanation);
+}
+
+HandshakeProgress TlsSession::Handshake() {
+  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  ERR_clear_error();
+  int rc = SSL_do_handshake(ssl_.get());
+  if (rc == 1) {
+    // The verify callback ran and accepted; never report success without it.
+    if (!verdict_ || !verdict_->ok()) {
+      Fail(HandshakeError::kPeerRejected, "the peer's certificate was not verified");
+      failure_.peer_reason = RejectReason::kNoCertificate;
+      return HandshakeProgress::kFailed;
+    }
+    peer_id_ = verdict_->peer_id;
+    peer_not_after_ = verdict_->not_after;
+    return HandshakeProgress::kDone;
+  }
+  int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_READ) return HandshakeProgress::kWantRead;
+  if (err == SSL_ERROR_WANT_WRITE) return HandshakeProgress::kWantWrite;
+
+  unsigned long lib_err = ERR_peek_error();
+  int reason = ERR_GET_REASON(lib_err);
+  if (verdict_ && !verdict_->ok()) {
+    failure_.peer_reason = verdict_->reason;
+    Fail(HandshakeError::kPeerRejected, verdict_->explanation);
+  } else if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+    failure_.peer_reason = RejectReason::kNoCertificate;
+    Fail(HandshakeError::kPeerRejected, "the client presented no certificate");
+  } else if (!alert_received_.empty()) {
+    Fail(HandshakeError::kRejectedByPeer,
+         absl::StrCat("the peer ended the handshake with alert \"", alert_received_, "\""));
+  } else if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && lib_err == 0) ||
+             reason == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+    Fail(HandshakeError::kConnectionClosed, "the connection closed during the handshake");
+  } else {
+    const char* why = lib_err ? ERR_reason_error_string(lib_err) : nullptr;
+    Fail(HandshakeError::kProtocol,
+         absl::StrCat("TLS handshake failed: ", why ? why : "unspecified protocol error"));
+  }
+  ERR_clear_error();
+  return HandshakeProgress::kFailed;
+}
+
+absl::string_view TlsSession::cipher() const {
+  const char* name = SSL_get_cipher_name(ssl_.get());
+  return name ? name : "";
+}
+
+absl::string_view TlsSession::version() const { return SSL_get_version(ssl_.get()); }
+
+}  // namespace ktrust
