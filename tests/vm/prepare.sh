@@ -44,10 +44,12 @@ MODULES=(
 )
 
 # --- 1. host packages ---------------------------------------------------------
+# One dpkg-query for all: unknown packages print nothing and count as missing.
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null \
+            | awk '/ install ok installed$/ { print $1 }') || true
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-    || missing+=("$p")
+  grep -qx "$p" <<< "$installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
@@ -102,7 +104,7 @@ MODDIR=$ROOT/lib/modules/$KVER
 # --- 4. initramfs ---------------------------------------------------------------
 STAGE=$(mktemp -d "$KDIR/initramfs.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE"/{bin,sbin,dev,proc,sys,newroot,etc,lib/modules/"$KVER"}
+mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,newroot,etc,lib/modules/"$KVER"}
 cp /bin/busybox "$STAGE/bin/busybox"
 # Applets are linked at boot by "busybox --install"; modprobe must exist before
 # that for the kernel's on-demand module helper, so link it now.
@@ -190,6 +192,8 @@ else
 fi
 rc=$?
 echo "$rc" > $R$X/rc
+# Quiet the "reboot: Power down" line so the command's last line stays last.
+echo 0 > /proc/sys/kernel/printk
 sync
 poweroff -f
 INIT

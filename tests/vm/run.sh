@@ -81,7 +81,7 @@ qemu=(
   -accel tcg,thread=multi
   # "max" gives TCG's AES-NI/PCLMUL/RDRAND, so aesni_intel and ghash_clmulni load.
   -cpu max -smp "$CPUS" -m "$MEM"
-  -nographic -nic none -no-reboot
+  -nographic -vga none -nic none -no-reboot -bios qboot.rom
   -kernel "$KDIR/vmlinuz" -initrd "$KDIR/initramfs.gz" -append "$append"
   # remap: the host / spans several filesystems; without it inode numbers collide.
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap

@@ -18,6 +18,17 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(TrustDomain trust_domain, CertCh
     std::string what = absl::StrCat("trust bundle for ", trust_domain.name(), ": certificate #",
                                     i + 1, " (", SubjectString(roots[i].get()), ")");
     if (auto st = CheckSigningCertificate(roots[i].get(), what); !st.ok()) return st;
+    // Chains must end at a self-signed root (no partial chains). OpenSSL
+    // never checks an anchor's own signature, so a damaged root file would
+    // otherwise surface only later, as baffling handshake failures.
+    if (X509_check_issued(roots[i].get(), roots[i].get()) != X509_V_OK) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " is not a self-signed root"));
+    }
+    if (X509_verify(roots[i].get(), X509_get0_pubkey(roots[i].get())) != 1) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": its self-signature does not verify (damaged file?)"));
+    }
     if (X509_STORE_add_cert(store.get(), roots[i].get()) != 1) {
       // A duplicate root is harmless; anything else is not.
       unsigned long err = ERR_peek_last_error();

@@ -18,7 +18,7 @@ namespace ktrust {
 class TrustBundle {
  public:
   // Copyable: copies share the immutable roots and store.
-  // Every certificate in `roots_pem` must be a CA certificate. CRLs are
+  // Every root must be a self-signed CA certificate whose signature verifies. CRLs are
   // optional; when present, every certificate in a peer's chain is checked
   // against them and a chain whose issuer has no CRL is refused.
   static absl::StatusOr<TrustBundle> Create(TrustDomain trust_domain, CertChain roots,
