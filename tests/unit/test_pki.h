@@ -2,13 +2,20 @@
 // (expired, no URI SAN, CA leaf, ...), which the real CA never produces.
 #pragma once
 
+#include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "ktrust/common/openssl_ptr.h"
 #include "ktrust/identity/certificate_authority.h"
 #include "ktrust/identity/svid.h"
+
+// Debian's abseil has its own string_view; print it as text in failures.
+namespace absl {
+inline void PrintTo(string_view s, std::ostream* os) { *os << '"' << s << '"'; }
+}  // namespace absl
 
 namespace ktrust::testing {
 

@@ -83,14 +83,17 @@ fi
 
 # --- 3. fetch and unpack the kernel ------------------------------------------
 mkdir -p "$CACHE/debs"
-deb=$(ls "$CACHE/debs/${pkg}_"*.deb 2>/dev/null | tail -n1) || true
-if [[ -z $deb ]]; then
+shopt -s nullglob
+debs=("$CACHE/debs/${pkg}_"*.deb)
+if ((${#debs[@]} == 0)); then
   log "downloading $pkg"
   # apt-get download writes into the cwd; as root it warns about the sandbox user.
   (cd "$CACHE/debs" && apt-get download -q "$pkg" >&2) \
     || (apt-get update -q >&2 && cd "$CACHE/debs" && apt-get download -q "$pkg" >&2)
-  deb=$(ls "$CACHE/debs/${pkg}_"*.deb | tail -n1)
+  debs=("$CACHE/debs/${pkg}_"*.deb)
+  ((${#debs[@]})) || { log "apt-get download left no $pkg .deb"; exit 1; }
 fi
+deb=${debs[-1]}
 if [[ ! -f $ROOT/boot/vmlinuz-$KVER || ! -s $ROOT/lib/modules/$KVER/modules.dep ]]; then
   log "unpacking $(basename "$deb")"
   rm -rf "$ROOT"

@@ -76,6 +76,7 @@ interactive=0
 append="console=ttyS0 quiet panic=-1 mitigations=off ktrust.xchg=xchg"
 ((interactive)) && append+=" ktrust.tty=1"
 
+# shellcheck disable=SC2054  # the commas are qemu option syntax
 qemu=(
   qemu-system-x86_64
   -accel tcg,thread=multi

@@ -51,7 +51,8 @@ absl::Status TlsSession::SetFd(int fd) {
 }
 
 void TlsSession::InfoCallback(const SSL* ssl, int where, int ret) {
-  if ((where & SSL_CB_READ_ALERT) == 0) return;
+  // SSL_CB_READ_ALERT shares its alert bit with SSL_CB_WRITE_ALERT: test both bits.
+  if ((where & SSL_CB_ALERT) == 0 || (where & SSL_CB_READ) == 0) return;
   if (TlsSession* session = SessionOf(ssl)) {
     session->alert_received_ = SSL_alert_desc_string_long(ret);
   }

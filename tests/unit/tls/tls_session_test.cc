@@ -1,0 +1,449 @@
+// Full TLS 1.3 handshakes between a client and a server TlsSession over an
+// in-memory BIO pair: the negotiated parameters, the verified identities, and
+// every way a handshake must fail.
+#include "ktrust/tls/tls_session.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+#include <filesystem>
+#include <functional>
+
+#include "ktrust/identity/certificate_authority.h"
+#include "ktrust/identity/x509.h"
+#include "unit/test_pki.h"
+
+namespace ktrust {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::CertSpec;
+using testing::KeyAndCert;
+using testing::Mint;
+using testing::MintRoot;
+
+struct Outcome {
+  HandshakeProgress client = HandshakeProgress::kWantRead;
+  HandshakeProgress server = HandshakeProgress::kWantRead;
+};
+
+bool Finished(HandshakeProgress p) {
+  return p == HandshakeProgress::kDone || p == HandshakeProgress::kFailed;
+}
+
+class TlsSessionTest : public ::testing::Test {
+ protected:
+  TlsSessionTest()
+      : ca_(*CertificateAuthority::CreateRoot(*TrustDomain::Parse("example.org"),
+                                              kDefaultRootValidity, absl::Now())) {
+    auto store = std::make_shared<TrustStore>();
+    store->Put(*ca_.Bundle());
+    trust_ = store;
+  }
+
+  std::shared_ptr<const Svid> Issue(const char* id) {
+    return std::make_shared<const Svid>(*ca_.IssueSvid(*SpiffeId::Parse(id), absl::Hours(1), absl::Now()));
+  }
+
+  std::unique_ptr<TlsContext> Context(TlsRole role, TlsContextOptions options = {}) {
+    options.role = role;
+    auto ctx = TlsContext::Create(std::move(options), trust_);
+    EXPECT_TRUE(ctx.ok()) << ctx.status();
+    return *std::move(ctx);
+  }
+
+  // Connects the two sessions with a BIO pair and runs both handshakes until
+  // each has finished or neither can make progress.
+  Outcome Run(TlsSession& client, TlsSession& server) {
+    BIO* client_end = nullptr;
+    BIO* server_end = nullptr;
+    BIO_new_bio_pair(&client_end, 0, &server_end, 0);
+    client.SetBio(client_end);
+    server.SetBio(server_end);
+    return Drive(client, server);
+  }
+
+  Outcome Drive(TlsSession& client, TlsSession& server) {
+    Outcome out;
+    for (int round = 0; round < 20 && !(Finished(out.client) && Finished(out.server)); ++round) {
+      if (!Finished(out.client)) out.client = client.Handshake();
+      if (!Finished(out.server)) out.server = server.Handshake();
+    }
+    return out;
+  }
+
+  // What the client learns once it reads: in TLS 1.3 the client finishes its
+  // side before the server has judged the client certificate.
+  void ExpectClientLearnsRejection(TlsSession& client) {
+    char buf[16];
+    ERR_clear_error();
+    EXPECT_LE(SSL_read(client.ssl(), buf, sizeof(buf)), 0);
+    EXPECT_EQ(SSL_get_error(client.ssl(), 0), SSL_ERROR_SSL);
+    ERR_clear_error();
+  }
+
+  // Makes `session` present `cert` instead of its SVID: the real CA never
+  // mints malformed certificates, a hostile peer does.
+  static void Present(TlsSession& session, const KeyAndCert& kc, X509* extra = nullptr) {
+    ASSERT_EQ(SSL_use_certificate(session.ssl(), kc.cert.get()), 1);
+    ASSERT_EQ(SSL_use_PrivateKey(session.ssl(), kc.key.get()), 1);
+    SSL_clear_chain_certs(session.ssl());
+    if (extra) SSL_add1_chain_cert(session.ssl(), extra);
+  }
+
+  CertSpec Leaf(const std::string& id = "spiffe://example.org/ns/prod/client") {
+    CertSpec spec;
+    spec.uri_sans = {id};
+    return spec;
+  }
+
+  // A KeyAndCert view of the embedded CA, to mint odd certificates with it.
+  KeyAndCert CaSigner() { return KeyAndCert{ShareKey(CaKey()), ShareX509(ca_.certificate())}; }
+  EVP_PKEY* CaKey();
+
+  CertificateAuthority ca_;
+  std::shared_ptr<const TrustStore> trust_;
+};
+
+// The CA keeps its key private; tests that need to sign odd certificates with
+// it load it back from the CA's saved files.
+EVP_PKEY* TlsSessionTest::CaKey() {
+  static thread_local EvpPkeyPtr key;
+  std::string tmpl = ::testing::TempDir() + "ktrust-tls-XXXXXX";
+  std::string dir = mkdtemp(tmpl.data());
+  EXPECT_TRUE(ca_.Save(dir + "/ca", false).ok());
+  FILE* f = fopen((dir + "/ca/ca.key").c_str(), "r");
+  key.reset(PEM_read_PrivateKey(f, nullptr, nullptr, nullptr));
+  fclose(f);
+  std::filesystem::remove_all(dir);
+  return key.get();
+}
+
+TEST_F(TlsSessionTest, MutualHandshakeEstablishesBothIdentities) {
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/ns/prod/client"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/ns/prod/server"));
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.client, HandshakeProgress::kDone) << client->failure().explanation;
+  ASSERT_EQ(out.server, HandshakeProgress::kDone) << server->failure().explanation;
+  EXPECT_EQ(client->peer_id()->ToString(), "spiffe://example.org/ns/prod/server");
+  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/ns/prod/client");
+  EXPECT_EQ(client->local_id().ToString(), "spiffe://example.org/ns/prod/client");
+  EXPECT_EQ(client->cipher(), "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(server->cipher(), "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(client->version(), "TLSv1.3");
+  EXPECT_GT(server->peer_not_after(), absl::Now());
+
+  // Application data flows, and no session ticket was issued (a ticket on a
+  // kTLS socket breaks the receive path).
+  ASSERT_EQ(SSL_write(server->ssl(), "ping", 4), 4);
+  char buf[8] = {};
+  ASSERT_EQ(SSL_read(client->ssl(), buf, sizeof(buf)), 4);
+  EXPECT_STREQ(buf, "ping");
+  EXPECT_EQ(SSL_SESSION_has_ticket(SSL_get0_session(client->ssl())), 0);
+}
+
+TEST_F(TlsSessionTest, NegotiatesEachAllowedSuite) {
+  for (const char* suite : {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}) {
+    TlsContextOptions only;
+    only.cipher_suites = {suite};
+    auto client_ctx = Context(TlsRole::kClient, only);
+    auto server_ctx = Context(TlsRole::kServer);
+    auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+    auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+    Outcome out = Run(*client, *server);
+    ASSERT_EQ(out.server, HandshakeProgress::kDone) << suite;
+    EXPECT_EQ(server->cipher(), suite);
+  }
+}
+
+TEST_F(TlsSessionTest, ServerPreferenceWinsAes128ByDefault) {
+  TlsContextOptions chacha_first;
+  chacha_first.cipher_suites = {"TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"};
+  auto client_ctx = Context(TlsRole::kClient, chacha_first);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  ASSERT_EQ(Run(*client, *server).server, HandshakeProgress::kDone);
+  EXPECT_EQ(server->cipher(), "TLS_AES_128_GCM_SHA256");
+}
+
+TEST_F(TlsSessionTest, NoCommonSuiteIsAProtocolError) {
+  TlsContextOptions chacha, aes;
+  chacha.cipher_suites = {"TLS_CHACHA20_POLY1305_SHA256"};
+  aes.cipher_suites = {"TLS_AES_128_GCM_SHA256"};
+  auto client_ctx = Context(TlsRole::kClient, chacha);
+  auto server_ctx = Context(TlsRole::kServer, aes);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Outcome out = Run(*client, *server);
+  EXPECT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "protocol_error");
+  EXPECT_EQ(out.client, HandshakeProgress::kFailed);
+  EXPECT_EQ(client->failure().code(), "rejected_by_peer");
+}
+
+TEST_F(TlsSessionTest, RefusesSuitesKtlsCannotCarry) {
+  TlsContextOptions ccm;
+  ccm.cipher_suites = {"TLS_AES_128_CCM_SHA256"};
+  ccm.role = TlsRole::kServer;
+  auto ctx = TlsContext::Create(ccm, trust_);
+  EXPECT_THAT(std::string(ctx.status().message()), HasSubstr("is not allowed"));
+  TlsContextOptions none;
+  none.cipher_suites = {};
+  EXPECT_FALSE(TlsContext::Create(none, trust_).ok());
+  TlsContextOptions bad_group;
+  bad_group.groups = "nonsense";
+  EXPECT_FALSE(TlsContext::Create(bad_group, trust_).ok());
+}
+
+TEST_F(TlsSessionTest, ClientWithoutCertificateIsRefused) {
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  SSL_certs_clear(client->ssl());
+  Outcome out = Run(*client, *server);
+  EXPECT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "no_certificate");
+  EXPECT_FALSE(server->peer_id().has_value());
+  ExpectClientLearnsRejection(*client);
+}
+
+// The server refuses the client's certificate for `reason`; the client is told.
+struct BadClientCert {
+  const char* name;
+  std::function<CertSpec(CertSpec)> mutate;
+  const char* code;
+  const char* words;
+};
+
+class BadClientCertTest : public TlsSessionTest,
+                          public ::testing::WithParamInterface<BadClientCert> {};
+
+TEST_P(BadClientCertTest, ServerRefusesWithReason) {
+  const BadClientCert& p = GetParam();
+  KeyAndCert signer = CaSigner();
+  KeyAndCert bad = Mint(p.mutate(Leaf()), &signer);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Present(*client, bad);
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().error, HandshakeError::kPeerRejected);
+  EXPECT_EQ(server->failure().code(), p.code);
+  EXPECT_THAT(server->failure().explanation, HasSubstr(p.words));
+  EXPECT_FALSE(server->peer_id().has_value());
+  ExpectClientLearnsRejection(*client);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Reasons, BadClientCertTest,
+    ::testing::Values(
+        BadClientCert{"Expired",
+                      [](CertSpec s) {
+                        s.not_before = absl::Now() - absl::Hours(2);
+                        s.not_after = absl::Now() - absl::Hours(1);
+                        return s;
+                      },
+                      "expired", "expired 1h"},
+        BadClientCert{"NotYetValid",
+                      [](CertSpec s) {
+                        s.not_before = absl::Now() + absl::Hours(1);
+                        s.not_after = absl::Now() + absl::Hours(2);
+                        return s;
+                      },
+                      "not_yet_valid", "not valid until"},
+        BadClientCert{"NoUriSan",
+                      [](CertSpec s) {
+                        s.uri_sans = {};
+                        return s;
+                      },
+                      "no_uri_san", "no URI SAN"},
+        BadClientCert{"TwoUriSans",
+                      [](CertSpec s) {
+                        s.uri_sans = {"spiffe://example.org/a", "spiffe://example.org/b"};
+                        return s;
+                      },
+                      "multiple_uri_sans", "exactly one"},
+        BadClientCert{"CaFlagLeaf",
+                      [](CertSpec s) {
+                        s.ca = true;
+                        return s;
+                      },
+                      "leaf_is_ca", "CA certificate"},
+        BadClientCert{"ServerOnlyUsage",
+                      [](CertSpec s) {
+                        s.extended_key_usage = "serverAuth";
+                        return s;
+                      },
+                      "bad_key_usage", "extended key usage"},
+        BadClientCert{"WrongTrustDomain",
+                      [](CertSpec s) {
+                        s.uri_sans = {"spiffe://staging.example.org/c"};
+                        return s;
+                      },
+                      "untrusted_trust_domain",
+                      "trust domain staging.example.org (of spiffe://staging.example.org/c) is "
+                      "not trusted here"},
+        BadClientCert{"ClockSkewOutsideAllowance",
+                      [](CertSpec s) {
+                        s.not_before = absl::Now() + absl::Minutes(3);
+                        return s;
+                      },
+                      "not_yet_valid", "allowed clock skew is 1m"}),
+    [](const auto& test_info) { return std::string(test_info.param.name); });
+
+TEST_F(TlsSessionTest, ClockSkewInsideAllowanceIsAccepted) {
+  KeyAndCert signer = CaSigner();
+  CertSpec spec = Leaf();
+  spec.not_before = absl::Now() + absl::Seconds(40);
+  KeyAndCert early = Mint(spec, &signer);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Present(*client, early);
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.server, HandshakeProgress::kDone) << server->failure().explanation;
+  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/ns/prod/client");
+}
+
+TEST_F(TlsSessionTest, ClientFromAnotherCaIsUnknownAuthority) {
+  auto rogue = *CertificateAuthority::CreateRoot(*TrustDomain::Parse("example.org"),
+                                                 kDefaultRootValidity, absl::Now());
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(std::make_shared<const Svid>(
+      *rogue.IssueSvid(*SpiffeId::Parse("spiffe://example.org/ns/prod/web"), absl::Hours(1),
+                       absl::Now())));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "unknown_authority");
+  EXPECT_THAT(server->failure().explanation,
+              HasSubstr("issued by an authority not in the trust bundle for example.org"));
+  ExpectClientLearnsRejection(*client);
+}
+
+TEST_F(TlsSessionTest, ClientRefusesAnExpiredServerAndTheServerHearsWhy) {
+  KeyAndCert signer = CaSigner();
+  CertSpec spec = Leaf("spiffe://example.org/s");
+  spec.not_before = absl::Now() - absl::Hours(3);
+  spec.not_after = absl::Now() - absl::Hours(2);
+  KeyAndCert expired = Mint(spec, &signer);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Present(*server, expired);
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.client, HandshakeProgress::kFailed);
+  EXPECT_EQ(client->failure().code(), "expired");
+  ASSERT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "rejected_by_peer");
+  EXPECT_THAT(server->failure().explanation, HasSubstr("certificate expired"));
+}
+
+TEST_F(TlsSessionTest, IntermediateChainIsAccepted) {
+  auto node = *ca_.CreateIntermediate("node-a", kDefaultIntermediateValidity, absl::Now());
+  auto client_svid = std::make_shared<const Svid>(
+      *node.IssueSvid(*SpiffeId::Parse("spiffe://example.org/ns/a"), absl::Hours(1), absl::Now()));
+  ASSERT_EQ(client_svid->chain().size(), 2u);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client = *client_ctx->NewSession(client_svid);
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.server, HandshakeProgress::kDone) << server->failure().explanation;
+  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/ns/a");
+}
+
+TEST_F(TlsSessionTest, ClientRefusesAnImpostorServer) {
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  auto expected = *SpiffeIdPattern::Parse("spiffe://example.org/ns/db/*");
+  {
+    auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"), expected);
+    auto server = *server_ctx->NewSession(Issue("spiffe://example.org/ns/db/postgres"));
+    EXPECT_EQ(Run(*client, *server).client, HandshakeProgress::kDone);
+  }
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"), expected);
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/ns/web/frontend"));
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.client, HandshakeProgress::kFailed);
+  EXPECT_EQ(client->failure().code(), "unexpected_peer");
+  EXPECT_THAT(client->failure().explanation,
+              HasSubstr("presented spiffe://example.org/ns/web/frontend but "
+                        "spiffe://example.org/ns/db/* was expected"));
+}
+
+TEST_F(TlsSessionTest, TrustStoreSwapAppliesToNewSessions) {
+  auto client_ctx = Context(TlsRole::kClient);
+  auto server_ctx = Context(TlsRole::kServer);
+  server_ctx->SetTrustStore(std::make_shared<TrustStore>());  // trusts nobody
+  auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Outcome out = Run(*client, *server);
+  ASSERT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "untrusted_trust_domain");
+}
+
+TEST_F(TlsSessionTest, GarbageOnTheWireIsAProtocolError) {
+  auto server_ctx = Context(TlsRole::kServer);
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  BIO* peer = nullptr;
+  BIO* server_end = nullptr;
+  BIO_new_bio_pair(&peer, 0, &server_end, 0);
+  BioPtr peer_owner(peer);
+  server->SetBio(server_end);
+  const char request[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_GT(BIO_write(peer, request, sizeof(request) - 1), 0);
+  EXPECT_EQ(server->Handshake(), HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "protocol_error");
+  EXPECT_FALSE(server->failure().explanation.empty());
+}
+
+TEST_F(TlsSessionTest, PeerClosingMidHandshakeIsReported) {
+  auto server_ctx = Context(TlsRole::kServer);
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  BIO* peer = nullptr;
+  BIO* server_end = nullptr;
+  BIO_new_bio_pair(&peer, 0, &server_end, 0);
+  BioPtr peer_owner(peer);
+  server->SetBio(server_end);
+  EXPECT_EQ(server->Handshake(), HandshakeProgress::kWantRead);
+  BIO_shutdown_wr(peer);
+  EXPECT_EQ(server->Handshake(), HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "connection_closed");
+}
+
+TEST_F(TlsSessionTest, Tls12ClientIsRefused) {
+  auto server_ctx = Context(TlsRole::kServer);
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  SslCtxPtr old_ctx(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_max_proto_version(old_ctx.get(), TLS1_2_VERSION);
+  SslPtr old(SSL_new(old_ctx.get()));
+  SSL_set_connect_state(old.get());
+  BIO* client_end = nullptr;
+  BIO* server_end = nullptr;
+  BIO_new_bio_pair(&client_end, 0, &server_end, 0);
+  SSL_set_bio(old.get(), client_end, client_end);
+  server->SetBio(server_end);
+  HandshakeProgress progress = HandshakeProgress::kWantRead;
+  for (int i = 0; i < 5 && progress == HandshakeProgress::kWantRead; ++i) {
+    SSL_do_handshake(old.get());
+    progress = server->Handshake();
+  }
+  EXPECT_EQ(progress, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "protocol_error");
+  ERR_clear_error();
+}
+
+}  // namespace
+}  // namespace ktrust
