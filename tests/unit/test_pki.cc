@@ -64,7 +64,8 @@ KeyAndCert MintRoot(const std::string& trust_domain, absl::Time not_after) {
   return Mint(spec);
 }
 
-Svid MintSvid(const CertSpec& spec, const KeyAndCert& issuer, const std::vector<X509*>& chain_extra) {
+Svid MintSvid(const CertSpec& spec, const KeyAndCert& issuer,
+              const std::vector<X509*>& chain_extra) {
   KeyAndCert leaf = Mint(spec, &issuer);
   CertChain chain;
   chain.push_back(std::move(leaf.cert));

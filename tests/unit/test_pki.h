@@ -42,6 +42,7 @@ KeyAndCert MintRoot(const std::string& trust_domain,
                     absl::Time not_after = absl::Now() + absl::Hours(24));
 
 // A leaf signed by `issuer`, wrapped as an Svid with `chain_extra` after it.
-Svid MintSvid(const CertSpec& spec, const KeyAndCert& issuer, const std::vector<X509*>& chain_extra = {});
+Svid MintSvid(const CertSpec& spec, const KeyAndCert& issuer,
+              const std::vector<X509*>& chain_extra = {});
 
 }  // namespace ktrust::testing

@@ -74,9 +74,9 @@ int RunIntermediate(const IntermediateFlags& f) {
   auto ca = root->CreateIntermediate(f.name, *ttl, now);
   if (!ca.ok()) return ReportError(ca.status());
   if (auto st = ca->Save(f.dir, f.force); !st.ok()) return ReportError(st);
-  std::cout << "created intermediate CA \"" << f.name << "\" for "
-            << ca->trust_domain().IdString() << " in " << f.dir << " (valid until "
-            << FormatTimestamp(NotAfter(ca->certificate())) << ")\n";
+  std::cout << "created intermediate CA \"" << f.name << "\" for " << ca->trust_domain().IdString()
+            << " in " << f.dir << " (valid until " << FormatTimestamp(NotAfter(ca->certificate()))
+            << ")\n";
   return kOk;
 }
 

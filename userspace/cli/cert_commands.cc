@@ -18,14 +18,16 @@ struct InspectFlags {
 };
 
 std::string Relative(absl::Time t, absl::Time now) {
-  return t >= now ? absl::StrCat("in ", FormatAge(t - now)) : absl::StrCat(FormatAge(now - t), " ago");
+  return t >= now ? absl::StrCat("in ", FormatAge(t - now))
+                  : absl::StrCat(FormatAge(now - t), " ago");
 }
 
 void PrintCertificate(X509* cert, size_t index, size_t count, absl::Time now) {
   std::cout << "certificate " << index + 1 << " of " << count << "\n";
   std::vector<std::string> uris = UriSans(cert);
   if (IsCa(cert)) {
-    std::cout << "  kind         CA certificate" << (X509_check_issued(cert, cert) == X509_V_OK ? " (self-signed root)" : "") << "\n";
+    std::cout << "  kind         CA certificate"
+              << (X509_check_issued(cert, cert) == X509_V_OK ? " (self-signed root)" : "") << "\n";
     for (const auto& uri : uris) std::cout << "  trust domain " << uri << "\n";
   } else {
     PeerVerdict shape = CheckLeafSvidRules(cert);
@@ -43,7 +45,10 @@ void PrintCertificate(X509* cert, size_t index, size_t count, absl::Time now) {
             << "  serial       " << SerialHex(cert) << "\n"
             << "  valid from   " << FormatTimestamp(nb) << " (" << Relative(nb, now) << ")\n"
             << "  valid until  " << FormatTimestamp(na) << " (" << Relative(na, now) << ")"
-            << (na < now ? "  EXPIRED" : nb > now ? "  NOT YET VALID" : "") << "\n";
+            << (na < now   ? "  EXPIRED"
+                : nb > now ? "  NOT YET VALID"
+                           : "")
+            << "\n";
 }
 
 int RunInspect(const InspectFlags& f) {
@@ -53,7 +58,8 @@ int RunInspect(const InspectFlags& f) {
   if (!chain.ok()) return ReportError(chain.status());
   absl::Time now = absl::Now();
   std::cout << f.file << "\n";
-  for (size_t i = 0; i < chain->size(); ++i) PrintCertificate((*chain)[i].get(), i, chain->size(), now);
+  for (size_t i = 0; i < chain->size(); ++i)
+    PrintCertificate((*chain)[i].get(), i, chain->size(), now);
   if (f.bundle.empty()) return kOk;
 
   auto skew = ParseTtl(f.skew);
@@ -90,8 +96,9 @@ void AddCertCommands(CLI::App& app, int& exit_code) {
   CLI::App* cert = app.add_subcommand("cert", "Look at certificates");
   cert->require_subcommand(1);
   auto inspect = std::make_shared<InspectFlags>();
-  CLI::App* c = cert->add_subcommand("inspect", "Show a certificate file's SPIFFE ID and validity, "
-                                                "and whether it verifies against a bundle");
+  CLI::App* c = cert->add_subcommand("inspect",
+                                     "Show a certificate file's SPIFFE ID and validity, "
+                                     "and whether it verifies against a bundle");
   c->add_option("file", inspect->file, "PEM file (a chain: leaf first)")->required();
   c->add_option("--bundle", inspect->bundle, "Trust bundle PEM to verify against");
   c->add_option("--clock-skew", inspect->skew, "Allowed clock skew (default 60s)");

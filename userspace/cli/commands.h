@@ -3,7 +3,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -14,8 +13,8 @@ namespace ktrust::cli {
 // Documented in docs/cli.md.
 enum ExitCode : int {
   kOk = 0,
-  kFailed = 1,    // the operation failed, or (inspect) the certificate does not verify
-  kUsage = 2,     // bad flags or arguments
+  kFailed = 1,  // the operation failed, or (inspect) the certificate does not verify
+  kUsage = 2,   // bad flags or arguments
 };
 
 void AddCaCommands(CLI::App& app, int& exit_code);

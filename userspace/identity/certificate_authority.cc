@@ -52,10 +52,11 @@ absl::Status SetRandomSerial(X509* cert) {
 
 // Builds and signs a certificate for `subject_key`. With no issuer the
 // certificate is self-signed.
-absl::StatusOr<X509Ptr> SignCertificate(const CertSpec& spec, EVP_PKEY* subject_key,
-                                        X509* issuer, EVP_PKEY* issuer_key) {
+absl::StatusOr<X509Ptr> SignCertificate(const CertSpec& spec, EVP_PKEY* subject_key, X509* issuer,
+                                        EVP_PKEY* issuer_key) {
   X509Ptr cert(X509_new());
-  if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1) return OpenSslError("new certificate");
+  if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1)
+    return OpenSslError("new certificate");
   if (auto st = SetRandomSerial(cert.get()); !st.ok()) return st;
   X509_NAME* name = X509_get_subject_name(cert.get());
   for (const auto& [attr, value] : spec.subject) {
@@ -76,13 +77,13 @@ absl::StatusOr<X509Ptr> SignCertificate(const CertSpec& spec, EVP_PKEY* subject_
   X509V3_set_ctx(&ctx, issuer ? issuer : cert.get(), cert.get(), nullptr, nullptr, 0);
   // The subject key identifier comes first: a self-signed authority key
   // identifier is derived from it.
-  for (const auto& [nid, value] : std::vector<std::pair<int, std::string>>{
-           {NID_basic_constraints, spec.basic_constraints},
-           {NID_key_usage, spec.key_usage},
-           {NID_ext_key_usage, spec.extended_key_usage},
-           {NID_subject_key_identifier, "hash"},
-           {NID_authority_key_identifier, "keyid:always"},
-           {NID_subject_alt_name, "URI:" + spec.san_uri}}) {
+  for (const auto& [nid, value] :
+       std::vector<std::pair<int, std::string>>{{NID_basic_constraints, spec.basic_constraints},
+                                                {NID_key_usage, spec.key_usage},
+                                                {NID_ext_key_usage, spec.extended_key_usage},
+                                                {NID_subject_key_identifier, "hash"},
+                                                {NID_authority_key_identifier, "keyid:always"},
+                                                {NID_subject_alt_name, "URI:" + spec.san_uri}}) {
     if (value.empty()) continue;
     if (auto st = AddExtension(cert.get(), &ctx, nid, value); !st.ok()) return st;
   }
@@ -121,16 +122,17 @@ absl::Status VerifyCaChain(const CertChain& chain, const CertChain& roots, absl:
   X509StackPtr untrusted(sk_X509_new_null());
   for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(untrusted.get(), chain[i].get());
   X509StoreCtxPtr ctx(X509_STORE_CTX_new());
-  if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), chain.front().get(), untrusted.get()) != 1) {
+  if (!ctx ||
+      X509_STORE_CTX_init(ctx.get(), store.get(), chain.front().get(), untrusted.get()) != 1) {
     return OpenSslError("set up CA chain check");
   }
   X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(ctx.get()), absl::ToTimeT(now));
   if (X509_verify_cert(ctx.get()) != 1) {
     int err = X509_STORE_CTX_get_error(ctx.get());
     ERR_clear_error();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the CA certificate does not verify against ", kBundleFile, ": ",
-        X509_verify_cert_error_string(err)));
+    return absl::FailedPreconditionError(absl::StrCat("the CA certificate does not verify against ",
+                                                      kBundleFile, ": ",
+                                                      X509_verify_cert_error_string(err)));
   }
   return absl::OkStatus();
 }
@@ -139,11 +141,14 @@ absl::Status VerifyCaChain(const CertChain& chain, const CertChain& roots, absl:
 
 absl::StatusOr<CertificateAuthority> CertificateAuthority::CreateRoot(
     const TrustDomain& trust_domain, absl::Duration validity, absl::Time now) {
-  if (validity <= absl::ZeroDuration()) return absl::InvalidArgumentError("CA validity must be positive");
+  if (validity <= absl::ZeroDuration())
+    return absl::InvalidArgumentError("CA validity must be positive");
   auto key = GenerateP256Key();
   if (!key.ok()) return key.status();
   CertSpec spec{
-      .subject = {{"O", "ktrust"}, {"OU", Truncate64(trust_domain.name())}, {"CN", "ktrust root CA"}},
+      .subject = {{"O", "ktrust"},
+                  {"OU", Truncate64(trust_domain.name())},
+                  {"CN", "ktrust root CA"}},
       .not_before = now - kBackdate,
       .not_after = now + validity,
       .basic_constraints = "critical,CA:TRUE",
@@ -167,11 +172,14 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::CreateIntermediate(
         "node intermediates from the root CA directory");
   }
   if (auto st = ValidateCaName(name); !st.ok()) return st;
-  if (validity <= absl::ZeroDuration()) return absl::InvalidArgumentError("CA validity must be positive");
+  if (validity <= absl::ZeroDuration())
+    return absl::InvalidArgumentError("CA validity must be positive");
   auto key = GenerateP256Key();
   if (!key.ok()) return key.status();
   CertSpec spec{
-      .subject = {{"O", "ktrust"}, {"OU", Truncate64(trust_domain_.name())}, {"CN", std::string(name)}},
+      .subject = {{"O", "ktrust"},
+                  {"OU", Truncate64(trust_domain_.name())},
+                  {"CN", std::string(name)}},
       .not_before = now - kBackdate,
       .not_after = std::min(now + validity, NotAfter(certificate())),
       .basic_constraints = "critical,CA:TRUE,pathlen:0",
@@ -189,8 +197,8 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::CreateIntermediate(
 absl::StatusOr<Svid> CertificateAuthority::IssueSvid(const SpiffeId& id, absl::Duration ttl,
                                                      absl::Time now) const {
   if (id.trust_domain() != trust_domain_) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot issue ", id.ToString(), ": this CA is for ",
-                                                   trust_domain_.name()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot issue ", id.ToString(), ": this CA is for ", trust_domain_.name()));
   }
   if (id.path().empty()) {
     return absl::InvalidArgumentError("cannot issue an SVID for a bare trust domain ID");
@@ -236,9 +244,10 @@ absl::Status CertificateAuthority::Save(const std::string& dir, bool force) cons
   std::string key_path = absl::StrCat(dir, "/", kKeyFile);
   std::string bundle_path = absl::StrCat(dir, "/", kBundleFile);
   if (!force && (PathExists(cert_path) || PathExists(key_path))) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "a CA already exists in ", dir, "; pass --force to replace it (peers that trust the old "
-        "root will refuse SVIDs from the new one)"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("a CA already exists in ", dir,
+                     "; pass --force to replace it (peers that trust the old "
+                     "root will refuse SVIDs from the new one)"));
   }
   if (auto st = EnsureDirectory(dir, 0700); !st.ok()) return st;
   auto key_pem = ToPem(key_.get());
@@ -268,16 +277,18 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::Load(const std::strin
   X509* cert = chain->front().get();
   if (X509_check_private_key(cert, key->get()) != 1) {
     ERR_clear_error();
-    return absl::FailedPreconditionError(absl::StrCat(
-        prefix(kKeyFile), " does not match the certificate in ", prefix(kCertFile)));
+    return absl::FailedPreconditionError(
+        absl::StrCat(prefix(kKeyFile), " does not match the certificate in ", prefix(kCertFile)));
   }
   if (auto st = CheckSigningCertificate(cert, prefix(kCertFile)); !st.ok()) return st;
   auto td = TrustDomainOfCa(cert);
-  if (!td.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix(kCertFile), ": ", td.status().message()));
+  if (!td.ok())
+    return absl::InvalidArgumentError(absl::StrCat(prefix(kCertFile), ": ", td.status().message()));
   if (auto st = VerifyCaChain(*chain, *roots, now); !st.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(dir, ": ", st.message()));
   }
-  return CertificateAuthority(*std::move(td), *std::move(chain), *std::move(key), *std::move(roots));
+  return CertificateAuthority(*std::move(td), *std::move(chain), *std::move(key),
+                              *std::move(roots));
 }
 
 }  // namespace ktrust

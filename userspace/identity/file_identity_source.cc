@@ -53,9 +53,11 @@ absl::StatusOr<FileIdentity> FileIdentitySource::LoadFiles(Digest& digest) const
   }
 
   auto svid = Svid::FromPem(*crt, *key);
-  if (!svid.ok()) return absl::InvalidArgumentError(absl::StrCat(crt_path, ": ", svid.status().message()));
+  if (!svid.ok())
+    return absl::InvalidArgumentError(absl::StrCat(crt_path, ": ", svid.status().message()));
   auto bundle = TrustBundle::FromPem(svid->id().trust_domain(), *ca);
-  if (!bundle.ok()) return absl::InvalidArgumentError(absl::StrCat(ca_path, ": ", bundle.status().message()));
+  if (!bundle.ok())
+    return absl::InvalidArgumentError(absl::StrCat(ca_path, ": ", bundle.status().message()));
 
   // Our own SVID must pass the checks our peers will apply.
   TrustStore store;
@@ -64,8 +66,8 @@ absl::StatusOr<FileIdentity> FileIdentitySource::LoadFiles(Digest& digest) const
   for (size_t i = 1; i < svid->chain().size(); ++i) intermediates.push_back(svid->chain()[i].get());
   PeerVerdict verdict = VerifyPeerChain(store, svid->leaf(), intermediates, verify_, clock_());
   if (!verdict.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        crt_path, " does not verify against ", ca_path, ": ", verdict.explanation));
+    return absl::FailedPreconditionError(
+        absl::StrCat(crt_path, " does not verify against ", ca_path, ": ", verdict.explanation));
   }
   return FileIdentity{*std::move(svid), *std::move(bundle)};
 }

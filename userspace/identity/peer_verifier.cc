@@ -53,20 +53,20 @@ PeerVerdict RejectChainError(int error, X509* failing, const SpiffeId& id, int d
 // Validity with the skew allowance. OpenSSL's own time check has no allowance
 // and no useful wording, so the chain is built without it and every
 // certificate of the built chain is checked here instead.
-PeerVerdict CheckValidity(STACK_OF(X509)* chain, const SpiffeId& id, const VerifyOptions& options,
+PeerVerdict CheckValidity(STACK_OF(X509) * chain, const SpiffeId& id, const VerifyOptions& options,
                           absl::Time now) {
   absl::Time earliest_not_after = absl::InfiniteFuture();
   for (int i = 0; i < sk_X509_num(chain); ++i) {
     X509* cert = sk_X509_value(chain, i);
-    std::string who = i == 0 ? "certificate" : absl::StrCat("CA certificate \"", SubjectString(cert), "\"");
+    std::string who =
+        i == 0 ? "certificate" : absl::StrCat("CA certificate \"", SubjectString(cert), "\"");
     std::string suffix = i == 0 ? absl::StrCat(" for ", id.ToString()) : "";
     absl::Time not_before = NotBefore(cert);
     absl::Time not_after = NotAfter(cert);
     if (now > not_after + options.clock_skew) {
-      return PeerVerdict::Reject(
-          RejectReason::kExpired,
-          absl::StrCat(who, suffix, " expired ", FormatAge(now - not_after), " ago (notAfter ",
-                       FormatTimestamp(not_after), ")"));
+      return PeerVerdict::Reject(RejectReason::kExpired,
+                                 absl::StrCat(who, suffix, " expired ", FormatAge(now - not_after),
+                                              " ago (notAfter ", FormatTimestamp(not_after), ")"));
     }
     if (now + options.clock_skew < not_before) {
       return PeerVerdict::Reject(
@@ -96,11 +96,10 @@ PeerVerdict VerifyPeerChain(const TrustStore& trust, X509* leaf,
   const TrustBundle* bundle = trust.Find(id.trust_domain());
   if (bundle == nullptr) {
     std::vector<std::string> known = trust.TrustDomainNames();
-    return PeerVerdict::Reject(
-        RejectReason::kUntrustedTrustDomain,
-        absl::StrCat("trust domain ", id.trust_domain().name(), " (of ", id.ToString(),
-                     ") is not trusted here; trusted: ",
-                     known.empty() ? "none" : absl::StrJoin(known, ", ")));
+    return PeerVerdict::Reject(RejectReason::kUntrustedTrustDomain,
+                               absl::StrCat("trust domain ", id.trust_domain().name(), " (of ",
+                                            id.ToString(), ") is not trusted here; trusted: ",
+                                            known.empty() ? "none" : absl::StrJoin(known, ", ")));
   }
 
   X509StackPtr chain_in(sk_X509_new_null());

@@ -24,8 +24,8 @@ absl::Status Invalid(absl::string_view text, absl::string_view why) {
 absl::Status ValidateTrustDomainName(absl::string_view text, absl::string_view name) {
   if (name.empty()) return Invalid(text, "the trust domain is missing");
   if (name.size() > kMaxTrustDomainLength) {
-    return Invalid(text, absl::StrCat("the trust domain is longer than ", kMaxTrustDomainLength,
-                                      " bytes"));
+    return Invalid(
+        text, absl::StrCat("the trust domain is longer than ", kMaxTrustDomainLength, " bytes"));
   }
   for (char c : name) {
     if (IsTrustDomainChar(c)) continue;
@@ -75,8 +75,8 @@ absl::StatusOr<TrustDomain> TrustDomain::Parse(absl::string_view text) {
   if (absl::StartsWith(text, kScheme)) {
     name.remove_prefix(kScheme.size());
     if (name.find('/') != absl::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid trust domain \"", text, "\": a trust domain ID must not have a path"));
+      return absl::InvalidArgumentError(absl::StrCat("invalid trust domain \"", text,
+                                                     "\": a trust domain ID must not have a path"));
     }
   } else if (text.find("://") != absl::string_view::npos) {
     return Invalid(text, "the scheme must be \"spiffe://\" (lowercase)");

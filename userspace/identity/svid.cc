@@ -22,8 +22,8 @@ absl::StatusOr<Svid> Svid::Create(CertChain chain, EvpPkeyPtr key) {
   SpiffeId& id = *shape.peer_id;
   if (X509_check_private_key(leaf, key.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(
-        absl::StrCat("SVID for ", id.ToString(), ": the private key does not match the certificate"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SVID for ", id.ToString(), ": the private key does not match the certificate"));
   }
   return Svid(std::move(id), std::move(chain), std::move(key));
 }

@@ -30,14 +30,15 @@ PeerVerdict CheckLeafSvidRules(X509* leaf) {
   if (IsCa(leaf)) {
     return PeerVerdict::Reject(
         RejectReason::kLeafIsCa,
-        absl::StrCat("the certificate for ", id->ToString(),
-                     " is a CA certificate (basicConstraints CA:TRUE); a workload SVID must not be"));
+        absl::StrCat(
+            "the certificate for ", id->ToString(),
+            " is a CA certificate (basicConstraints CA:TRUE); a workload SVID must not be"));
   }
   uint32_t usage = X509_get_key_usage(leaf);
   if (usage == UINT32_MAX) {
-    return PeerVerdict::Reject(RejectReason::kBadKeyUsage,
-                               absl::StrCat("the certificate for ", id->ToString(),
-                                            " has no key usage extension"));
+    return PeerVerdict::Reject(
+        RejectReason::kBadKeyUsage,
+        absl::StrCat("the certificate for ", id->ToString(), " has no key usage extension"));
   }
   if ((usage & KU_DIGITAL_SIGNATURE) == 0) {
     return PeerVerdict::Reject(RejectReason::kBadKeyUsage,
@@ -45,9 +46,10 @@ PeerVerdict CheckLeafSvidRules(X509* leaf) {
                                             " lacks the digitalSignature key usage"));
   }
   if (usage & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) {
-    return PeerVerdict::Reject(RejectReason::kBadKeyUsage,
-                               absl::StrCat("the certificate for ", id->ToString(),
-                                            " may sign certificates or CRLs; a leaf SVID must not"));
+    return PeerVerdict::Reject(
+        RejectReason::kBadKeyUsage,
+        absl::StrCat("the certificate for ", id->ToString(),
+                     " may sign certificates or CRLs; a leaf SVID must not"));
   }
   return PeerVerdict::Accept(*std::move(id), absl::InfinitePast());
 }
@@ -59,8 +61,7 @@ absl::Status CheckSigningCertificate(X509* cert, absl::string_view what) {
   }
   uint32_t usage = X509_get_key_usage(cert);
   if (usage != UINT32_MAX && (usage & KU_KEY_CERT_SIGN) == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " lacks the keyCertSign key usage"));
+    return absl::InvalidArgumentError(absl::StrCat(what, " lacks the keyCertSign key usage"));
   }
   return absl::OkStatus();
 }

@@ -56,7 +56,8 @@ absl::StatusOr<CertChain> ParseCertificates(absl::string_view pem, absl::string_
   // PEM_read_bio_X509 ends with "no start line" at a clean end of input;
   // anything else means a damaged block.
   unsigned long err = ERR_peek_last_error();
-  if (err != 0 && !(ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE)) {
+  if (err != 0 &&
+      !(ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE)) {
     return OpenSslError(absl::StrCat(what, ": malformed certificate PEM"),
                         absl::StatusCode::kInvalidArgument);
   }
@@ -76,7 +77,8 @@ absl::StatusOr<std::vector<X509CrlPtr>> ParseCrls(absl::string_view pem, absl::s
     crls.emplace_back(crl);
   }
   unsigned long err = ERR_peek_last_error();
-  if (err != 0 && !(ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE)) {
+  if (err != 0 &&
+      !(ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE)) {
     return OpenSslError(absl::StrCat(what, ": malformed CRL PEM"),
                         absl::StatusCode::kInvalidArgument);
   }
@@ -113,7 +115,8 @@ std::string ToPem(const CertChain& chain) {
 absl::StatusOr<Secret> ToPem(EVP_PKEY* key) {
   // The secure-memory BIO cleanses its buffer when freed.
   BioPtr bio(BIO_new(BIO_s_secmem()));
-  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+  if (!bio ||
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     return OpenSslError("encode private key");
   }
   char* data = nullptr;
@@ -132,8 +135,8 @@ absl::Time NotAfter(const X509* cert) { return AsnTime(X509_get0_notAfter(cert))
 
 std::vector<std::string> UriSans(X509* cert) {
   std::vector<std::string> uris;
-  GeneralNamesPtr names(static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
+  GeneralNamesPtr names(
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
   if (!names) return uris;
   for (int i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
     const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);

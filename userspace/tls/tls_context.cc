@@ -11,17 +11,17 @@
 namespace ktrust {
 namespace {
 
-constexpr absl::string_view kAllowedSuites[] = {
-    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"};
+constexpr absl::string_view kAllowedSuites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                                "TLS_CHACHA20_POLY1305_SHA256"};
 
 absl::Status ValidateSuites(const std::vector<std::string>& suites) {
   if (suites.empty()) return absl::InvalidArgumentError("no TLS 1.3 cipher suite configured");
   for (const auto& suite : suites) {
     if (std::find(std::begin(kAllowedSuites), std::end(kAllowedSuites), suite) ==
         std::end(kAllowedSuites)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cipher suite ", suite, " is not allowed; choose from ",
-                       absl::StrJoin(kAllowedSuites, ", ")));
+      return absl::InvalidArgumentError(absl::StrCat("cipher suite ", suite,
+                                                     " is not allowed; choose from ",
+                                                     absl::StrJoin(kAllowedSuites, ", ")));
     }
   }
   return absl::OkStatus();
@@ -50,15 +50,16 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
   }
   // No session tickets or resumption: a ticket arriving on kTLS RX breaks
   // recv(), and every connection must present a fresh certificate anyway.
-  SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                             SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_options(c,
+                      SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
   SSL_CTX_set_num_tickets(c, 0);
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   // Both sides must present a certificate, and every certificate goes
   // through VerifyPeerChain; there is no path that skips it.
   SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
 
-  std::unique_ptr<TlsContext> context(new TlsContext(std::move(options), std::move(ctx), std::move(trust)));
+  std::unique_ptr<TlsContext> context(
+      new TlsContext(std::move(options), std::move(ctx), std::move(trust)));
   SSL_CTX_set_cert_verify_callback(context->ctx_.get(), &TlsContext::VerifyPeerCallback,
                                    context.get());
   return context;
@@ -87,16 +88,28 @@ int TlsContext::VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
   // The X509 error picks the TLS alert the peer receives, so it learns why too.
   int error;
   switch (session->verdict_->reason) {
-    case RejectReason::kExpired: error = X509_V_ERR_CERT_HAS_EXPIRED; break;
-    case RejectReason::kNotYetValid: error = X509_V_ERR_CERT_NOT_YET_VALID; break;
+    case RejectReason::kExpired:
+      error = X509_V_ERR_CERT_HAS_EXPIRED;
+      break;
+    case RejectReason::kNotYetValid:
+      error = X509_V_ERR_CERT_NOT_YET_VALID;
+      break;
     case RejectReason::kUnknownAuthority:
     case RejectReason::kUntrustedTrustDomain:
       error = X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
       break;
-    case RejectReason::kRevoked: error = X509_V_ERR_CERT_REVOKED; break;
-    case RejectReason::kBadSignature: error = X509_V_ERR_CERT_SIGNATURE_FAILURE; break;
-    case RejectReason::kBadKeyUsage: error = X509_V_ERR_INVALID_PURPOSE; break;
-    default: error = X509_V_ERR_APPLICATION_VERIFICATION; break;
+    case RejectReason::kRevoked:
+      error = X509_V_ERR_CERT_REVOKED;
+      break;
+    case RejectReason::kBadSignature:
+      error = X509_V_ERR_CERT_SIGNATURE_FAILURE;
+      break;
+    case RejectReason::kBadKeyUsage:
+      error = X509_V_ERR_INVALID_PURPOSE;
+      break;
+    default:
+      error = X509_V_ERR_APPLICATION_VERIFICATION;
+      break;
   }
   X509_STORE_CTX_set_error(store_ctx, error);
   return 0;

@@ -20,11 +20,16 @@ TlsSession* SessionOf(const SSL* ssl) {
 
 absl::string_view HandshakeFailure::code() const {
   switch (error) {
-    case HandshakeError::kNone: return "ok";
-    case HandshakeError::kPeerRejected: return ReasonCode(peer_reason);
-    case HandshakeError::kRejectedByPeer: return "rejected_by_peer";
-    case HandshakeError::kProtocol: return "protocol_error";
-    case HandshakeError::kConnectionClosed: return "connection_closed";
+    case HandshakeError::kNone:
+      return "ok";
+    case HandshakeError::kPeerRejected:
+      return ReasonCode(peer_reason);
+    case HandshakeError::kRejectedByPeer:
+      return "rejected_by_peer";
+    case HandshakeError::kProtocol:
+      return "protocol_error";
+    case HandshakeError::kConnectionClosed:
+      return "connection_closed";
   }
   return "unknown";
 }
@@ -62,9 +67,10 @@ bool TlsSession::VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted) {
   const VerifyOptions& base = context_.options_.verify;
   VerifyOptions options = base;
   // Our role decides which extended key usage the peer needs.
-  options.purpose = context_.role() == TlsRole::kServer ? X509_PURPOSE_SSL_CLIENT
-                                                        : X509_PURPOSE_SSL_SERVER;
-  PeerVerdict verdict = VerifyPeerChain(*trust_, leaf, untrusted, options, context_.options_.clock());
+  options.purpose =
+      context_.role() == TlsRole::kServer ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+  PeerVerdict verdict =
+      VerifyPeerChain(*trust_, leaf, untrusted, options, context_.options_.clock());
   if (verdict.ok() && expected_peer_ && !expected_peer_->Matches(*verdict.peer_id)) {
     verdict = PeerVerdict::Reject(
         RejectReason::kUnexpectedPeer,

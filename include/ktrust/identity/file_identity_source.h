@@ -32,8 +32,9 @@ class FileIdentitySource {
   using Clock = std::function<absl::Time()>;
 
   // The first load must succeed: an agent without an identity cannot enforce.
-  static absl::StatusOr<std::unique_ptr<FileIdentitySource>> Create(
-      std::string dir, Clock clock = absl::Now, VerifyOptions verify = {});
+  static absl::StatusOr<std::unique_ptr<FileIdentitySource>> Create(std::string dir,
+                                                                    Clock clock = absl::Now,
+                                                                    VerifyOptions verify = {});
   ~FileIdentitySource();
 
   std::shared_ptr<const FileIdentity> Current() const { return current_.load(); }

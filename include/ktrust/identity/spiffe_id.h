@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace ktrust {
 
@@ -48,7 +48,8 @@ class SpiffeId {
   auto operator<=>(const SpiffeId&) const = default;
 
  private:
-  SpiffeId(TrustDomain td, std::string path) : trust_domain_(std::move(td)), path_(std::move(path)) {}
+  SpiffeId(TrustDomain td, std::string path)
+      : trust_domain_(std::move(td)), path_(std::move(path)) {}
   TrustDomain trust_domain_;
   std::string path_;
 };

@@ -2,8 +2,8 @@
 // 4), checked the same way for certificates ktrust issues, loads and receives.
 #pragma once
 
-#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "ktrust/common/openssl_ptr.h"
 #include "ktrust/identity/verdict.h"
 

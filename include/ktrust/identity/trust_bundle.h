@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "ktrust/common/openssl_ptr.h"
 #include "ktrust/identity/spiffe_id.h"
 

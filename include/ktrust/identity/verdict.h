@@ -23,12 +23,12 @@ enum class RejectReason {
   kUnknownAuthority,      // does not chain to the bundle of its trust domain
   kBadSignature,
   kExpired,
-  kNotYetValid,           // includes clock skew beyond the allowance
+  kNotYetValid,  // includes clock skew beyond the allowance
   kLeafIsCa,
-  kBadKeyUsage,           // key usage / extended key usage forbid this use
+  kBadKeyUsage,  // key usage / extended key usage forbid this use
   kRevoked,
-  kChainInvalid,          // any other chain-building failure, with OpenSSL's words
-  kUnexpectedPeer,        // valid SVID, but not the identity this connection expects
+  kChainInvalid,    // any other chain-building failure, with OpenSSL's words
+  kUnexpectedPeer,  // valid SVID, but not the identity this connection expects
 };
 
 // Stable snake_case code, e.g. "expired", "unknown_authority".
@@ -46,8 +46,8 @@ struct PeerVerdict {
 
   std::optional<SpiffeId> peer_id;  // set iff ok()
   RejectReason reason = RejectReason::kNone;
-  std::string explanation;          // empty iff ok()
-  absl::Time not_after;             // the earliest notAfter in the verified chain
+  std::string explanation;  // empty iff ok()
+  absl::Time not_after;     // the earliest notAfter in the verified chain
 };
 
 }  // namespace ktrust

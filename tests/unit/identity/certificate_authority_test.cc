@@ -63,7 +63,8 @@ TEST(CertificateAuthorityTest, IssuesSvidsThatFollowTheX509SvidRules) {
   EXPECT_THAT(UriSans(leaf), ::testing::ElementsAre("spiffe://example.org/ns/prod/web"));
   EXPECT_FALSE(IsCa(leaf));
   EXPECT_EQ(X509_get_key_usage(leaf), static_cast<uint32_t>(KU_DIGITAL_SIGNATURE));
-  EXPECT_EQ(X509_get_extended_key_usage(leaf), static_cast<uint32_t>(XKU_SSL_SERVER | XKU_SSL_CLIENT));
+  EXPECT_EQ(X509_get_extended_key_usage(leaf),
+            static_cast<uint32_t>(XKU_SSL_SERVER | XKU_SSL_CLIENT));
   EXPECT_EQ(EVP_PKEY_get_base_id(svid->key()), EVP_PKEY_EC);
   char group[64] = {};
   size_t group_len = 0;
@@ -192,9 +193,13 @@ TEST(CertificateAuthorityTest, LoadRefusesMismatchedOrDamagedFiles) {
 
   // Garbage and missing files.
   ASSERT_TRUE(a->Save(tmp / "d", false).ok());
-  ASSERT_TRUE(WriteFileAtomically(tmp / "d/ca.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n"
-                                                    "-----END CERTIFICATE-----\n", 0644).ok());
-  EXPECT_THAT(CertificateAuthority::Load(tmp / "d", now).status().message(), HasSubstr("malformed"));
+  ASSERT_TRUE(WriteFileAtomically(tmp / "d/ca.crt",
+                                  "-----BEGIN CERTIFICATE-----\nnot base64!\n"
+                                  "-----END CERTIFICATE-----\n",
+                                  0644)
+                  .ok());
+  EXPECT_THAT(CertificateAuthority::Load(tmp / "d", now).status().message(),
+              HasSubstr("malformed"));
   EXPECT_THAT(CertificateAuthority::Load(tmp / "missing", now).status().message(),
               HasSubstr("No such file"));
 

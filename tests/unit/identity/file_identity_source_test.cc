@@ -118,7 +118,8 @@ TEST_F(FileIdentitySourceTest, RefusesAnSvidFromAnotherCa) {
   WriteRaw("tls.key", std::string(svid.KeyPem()->view()));
   WriteRaw("tls.crt", svid.ChainPem());
   auto result = source->ReloadIfChanged();
-  EXPECT_THAT(std::string(result.status().message()), HasSubstr("issued by an authority not in the trust bundle"));
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("issued by an authority not in the trust bundle"));
   EXPECT_EQ(source->Current()->svid.id().ToString(), "spiffe://example.org/ns/a");
 }
 

@@ -9,8 +9,8 @@
 namespace ktrust {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::CertSpec;
+using ::testing::HasSubstr;
 using testing::KeyAndCert;
 using testing::Mint;
 using testing::MintRoot;
@@ -149,7 +149,8 @@ TEST_F(PeerVerifierTest, TwoUriSans) {
 }
 
 TEST_F(PeerVerifierTest, InvalidSpiffeIdInSan) {
-  for (const char* bad : {"https://example.org/a", "spiffe://example.org", "spiffe://Example.org/a"}) {
+  for (const char* bad :
+       {"https://example.org/a", "spiffe://example.org", "spiffe://Example.org/a"}) {
     PeerVerdict v = Verify(Mint(Leaf(bad), &root_));
     EXPECT_EQ(v.reason, RejectReason::kInvalidSpiffeId) << bad;
   }

@@ -18,7 +18,8 @@ TEST(SpiffeIdTest, ParsesTrustDomainAndPath) {
 
 TEST(SpiffeIdTest, AcceptsEveryAllowedCharacter) {
   EXPECT_TRUE(SpiffeId::Parse("spiffe://a-b_c.0-9/AZaz09.-_/x").ok());
-  EXPECT_TRUE(SpiffeId::Parse("spiffe://example.org/...x/.a").ok());  // dots inside a segment are fine
+  EXPECT_TRUE(
+      SpiffeId::Parse("spiffe://example.org/...x/.a").ok());  // dots inside a segment are fine
 }
 
 TEST(SpiffeIdTest, TrustDomainIdHasEmptyPath) {
@@ -46,29 +47,25 @@ TEST_P(SpiffeIdRejectTest, RefusesWithReason) {
 
 INSTANTIATE_TEST_SUITE_P(
     Spec, SpiffeIdRejectTest,
-    ::testing::Values(BadId{"", "empty"},
-                      BadId{"http://example.org/a", "scheme"},
-                      BadId{"SPIFFE://example.org/a", "scheme"},
-                      BadId{"spiffe:/example.org/a", "scheme"},
-                      BadId{"example.org/a", "scheme"},
-                      BadId{"spiffe:///a", "trust domain is missing"},
-                      BadId{"spiffe://", "trust domain is missing"},
-                      BadId{"spiffe://Example.org/a", "lowercase"},
-                      BadId{"spiffe://example.org:8443/a", "port"},
-                      BadId{"spiffe://user@example.org/a", "user info"},
-                      BadId{"spiffe://exa$mple.org/a", "not allowed in the trust domain"},
-                      BadId{"spiffe://example.org/", "must not end with '/'"},
-                      BadId{"spiffe://example.org/a/", "must not end with '/'"},
-                      BadId{"spiffe://example.org//a", "empty segments"},
-                      BadId{"spiffe://example.org/a/./b", "'.' or '..'"},
-                      BadId{"spiffe://example.org/a/../b", "'.' or '..'"},
-                      BadId{"spiffe://example.org/..", "'.' or '..'"},
-                      BadId{"spiffe://example.org/a?x=1", "query"},
-                      BadId{"spiffe://example.org?x=1", "query"},
-                      BadId{"spiffe://example.org/a#frag", "fragment"},
-                      BadId{"spiffe://example.org/a%20b", "percent-encoding"},
-                      BadId{"spiffe://example.org/a b", "not allowed in the path"},
-                      BadId{"spiffe://example.org/caf\xc3\xa9", "not allowed in the path"}));
+    ::testing::Values(
+        BadId{"", "empty"}, BadId{"http://example.org/a", "scheme"},
+        BadId{"SPIFFE://example.org/a", "scheme"}, BadId{"spiffe:/example.org/a", "scheme"},
+        BadId{"example.org/a", "scheme"}, BadId{"spiffe:///a", "trust domain is missing"},
+        BadId{"spiffe://", "trust domain is missing"}, BadId{"spiffe://Example.org/a", "lowercase"},
+        BadId{"spiffe://example.org:8443/a", "port"},
+        BadId{"spiffe://user@example.org/a", "user info"},
+        BadId{"spiffe://exa$mple.org/a", "not allowed in the trust domain"},
+        BadId{"spiffe://example.org/", "must not end with '/'"},
+        BadId{"spiffe://example.org/a/", "must not end with '/'"},
+        BadId{"spiffe://example.org//a", "empty segments"},
+        BadId{"spiffe://example.org/a/./b", "'.' or '..'"},
+        BadId{"spiffe://example.org/a/../b", "'.' or '..'"},
+        BadId{"spiffe://example.org/..", "'.' or '..'"},
+        BadId{"spiffe://example.org/a?x=1", "query"}, BadId{"spiffe://example.org?x=1", "query"},
+        BadId{"spiffe://example.org/a#frag", "fragment"},
+        BadId{"spiffe://example.org/a%20b", "percent-encoding"},
+        BadId{"spiffe://example.org/a b", "not allowed in the path"},
+        BadId{"spiffe://example.org/caf\xc3\xa9", "not allowed in the path"}));
 
 TEST(SpiffeIdTest, EnforcesLengthLimits) {
   std::string td(255, 'a');
@@ -123,9 +120,9 @@ TEST(SpiffeIdPatternTest, WholeTrustDomainPrefix) {
 }
 
 TEST(SpiffeIdPatternTest, RefusesImplicitOrPartialWildcards) {
-  for (const char* bad : {"spiffe://example.org/ns/pro*", "spiffe://example.org/*/web",
-                          "spiffe://*.example.org/a", "spiffe://example.org/ns/**",
-                          "spiffe://example.org/ns/prod/"}) {
+  for (const char* bad :
+       {"spiffe://example.org/ns/pro*", "spiffe://example.org/*/web", "spiffe://*.example.org/a",
+        "spiffe://example.org/ns/**", "spiffe://example.org/ns/prod/"}) {
     EXPECT_FALSE(SpiffeIdPattern::Parse(bad).ok()) << bad;
   }
 }

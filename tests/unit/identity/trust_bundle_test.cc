@@ -2,7 +2,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <openssl/pem.h>
 
 #include "ktrust/identity/peer_verifier.h"
@@ -12,8 +11,8 @@
 namespace ktrust {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::CertSpec;
+using ::testing::HasSubstr;
 using testing::KeyAndCert;
 using testing::Mint;
 using testing::MintRoot;
@@ -134,8 +133,9 @@ TEST(TrustBundleTest, CrlPemIsParsedAndValidated) {
   long len = BIO_get_mem_data(bio.get(), &data);
   std::string crl_pem(data, static_cast<size_t>(len));
   EXPECT_TRUE(TrustBundle::FromPem(Td("example.org"), ToPem(root.cert.get()), crl_pem).ok());
-  EXPECT_THAT(TrustBundle::FromPem(Td("example.org"), ToPem(root.cert.get()), "junk").status().message(),
-              HasSubstr("no X509 CRL"));
+  EXPECT_THAT(
+      TrustBundle::FromPem(Td("example.org"), ToPem(root.cert.get()), "junk").status().message(),
+      HasSubstr("no X509 CRL"));
 }
 
 }  // namespace

@@ -18,8 +18,8 @@
 namespace ktrust {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::CertSpec;
+using ::testing::HasSubstr;
 using testing::KeyAndCert;
 using testing::Mint;
 using testing::MintRoot;
@@ -44,7 +44,8 @@ class TlsSessionTest : public ::testing::Test {
   }
 
   std::shared_ptr<const Svid> Issue(const char* id) {
-    return std::make_shared<const Svid>(*ca_.IssueSvid(*SpiffeId::Parse(id), absl::Hours(1), absl::Now()));
+    return std::make_shared<const Svid>(
+        *ca_.IssueSvid(*SpiffeId::Parse(id), absl::Hours(1), absl::Now()));
   }
 
   std::unique_ptr<TlsContext> Context(TlsRole role, TlsContextOptions options = {}) {
@@ -319,9 +320,8 @@ TEST_F(TlsSessionTest, ClientFromAnotherCaIsUnknownAuthority) {
                                                  kDefaultRootValidity, absl::Now());
   auto client_ctx = Context(TlsRole::kClient);
   auto server_ctx = Context(TlsRole::kServer);
-  auto client = *client_ctx->NewSession(std::make_shared<const Svid>(
-      *rogue.IssueSvid(*SpiffeId::Parse("spiffe://example.org/ns/prod/web"), absl::Hours(1),
-                       absl::Now())));
+  auto client = *client_ctx->NewSession(std::make_shared<const Svid>(*rogue.IssueSvid(
+      *SpiffeId::Parse("spiffe://example.org/ns/prod/web"), absl::Hours(1), absl::Now())));
   auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
   Outcome out = Run(*client, *server);
   ASSERT_EQ(out.server, HandshakeProgress::kFailed);
