@@ -1,9 +1,12 @@
 // ktrust: the operator's CLI. Today: the embedded CA and certificate inspection.
+#include <exception>
 #include <iostream>
 
 #include "commands.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Run(int argc, char** argv) {
   CLI::App app{"ktrust: identity-enforced connections, from the command line"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "ktrust 0.1.0");
@@ -12,15 +15,23 @@ int main(int argc, char** argv) {
   ktrust::cli::AddCertCommands(app, exit_code);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
+  } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::cerr << "ktrust: usage error: " << e.what() << "\n(see 'ktrust --help')\n";
     return ktrust::cli::kUsage;
   }
   return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // CLI11 reports through exceptions; none may escape as an abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "ktrust: error: " << e.what() << "\n";
+    return ktrust::cli::kFailed;
+  }
 }

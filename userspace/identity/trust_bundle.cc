@@ -7,7 +7,7 @@
 namespace ktrust {
 
 absl::StatusOr<TrustBundle> TrustBundle::Create(TrustDomain trust_domain, CertChain roots,
-                                                std::vector<X509CrlPtr> crls) {
+                                                const std::vector<X509CrlPtr>& crls) {
   if (roots.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("trust bundle for ", trust_domain.name(), " has no root certificate"));
@@ -56,7 +56,7 @@ absl::StatusOr<TrustBundle> TrustBundle::FromPem(TrustDomain trust_domain,
     if (!parsed.ok()) return parsed.status();
     crls = *std::move(parsed);
   }
-  return Create(std::move(trust_domain), *std::move(roots), std::move(crls));
+  return Create(std::move(trust_domain), *std::move(roots), crls);
 }
 
 std::string TrustBundle::RootsPem() const { return ToPem(*roots_); }

@@ -22,7 +22,7 @@ class TrustBundle {
   // optional; when present, every certificate in a peer's chain is checked
   // against them and a chain whose issuer has no CRL is refused.
   static absl::StatusOr<TrustBundle> Create(TrustDomain trust_domain, CertChain roots,
-                                            std::vector<X509CrlPtr> crls = {});
+                                            const std::vector<X509CrlPtr>& crls = {});
   static absl::StatusOr<TrustBundle> FromPem(TrustDomain trust_domain, absl::string_view roots_pem,
                                              absl::string_view crls_pem = "");
 
