@@ -13,7 +13,9 @@
 
 namespace ktrust::cli {
 
-absl::StatusOr<absl::Duration> ParseTtl(const std::string& text) {
+namespace {
+
+absl::StatusOr<absl::Duration> ParseDays(const std::string& text) {
   absl::Duration d;
   int64_t days = 0;
   if (!text.empty() && text.back() == 'd' &&
@@ -23,8 +25,24 @@ absl::StatusOr<absl::Duration> ParseTtl(const std::string& text) {
     return absl::InvalidArgumentError(
         absl::StrCat("\"", text, "\" is not a duration (examples: 1h, 90m, 30d)"));
   }
-  if (d <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat("duration \"", text, "\" must be positive"));
+  return d;
+}
+
+}  // namespace
+
+absl::StatusOr<absl::Duration> ParseTtl(const std::string& text) {
+  auto d = ParseDays(text);
+  if (d.ok() && *d < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lifetime \"", text, "\" is too short: certificate times have one-second resolution"));
+  }
+  return d;
+}
+
+absl::StatusOr<absl::Duration> ParseAllowance(const std::string& text) {
+  auto d = ParseDays(text);
+  if (d.ok() && *d < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" must not be negative"));
   }
   return d;
 }

@@ -51,7 +51,23 @@ void PrintCertificate(X509* cert, size_t index, size_t count, absl::Time now) {
             << "\n";
 }
 
+// The trust domain a bundle file belongs to: its roots' URI SAN when they
+// carry one (ktrust roots do), else the one the leaf claims.
+absl::StatusOr<TrustDomain> BundleTrustDomain(absl::string_view bundle_pem, const std::string& path,
+                                              const TrustDomain& fallback) {
+  auto roots = ParseCertificates(bundle_pem, path);
+  if (!roots.ok()) return roots.status();
+  for (const auto& root : *roots) {
+    for (const auto& uri : UriSans(root.get())) {
+      if (auto td = TrustDomain::Parse(uri); td.ok()) return td;
+    }
+  }
+  return fallback;
+}
+
 int RunInspect(const InspectFlags& f) {
+  auto skew = ParseAllowance(f.skew);
+  if (!skew.ok()) return ReportError(skew.status());
   auto pem = ReadFile(f.file);
   if (!pem.ok()) return ReportError(pem.status());
   auto chain = ParseCertificates(*pem, f.file);
@@ -62,16 +78,19 @@ int RunInspect(const InspectFlags& f) {
     PrintCertificate((*chain)[i].get(), i, chain->size(), now);
   if (f.bundle.empty()) return kOk;
 
-  auto skew = ParseTtl(f.skew);
-  if (!skew.ok()) return ReportError(skew.status());
   X509* leaf = chain->front().get();
   PeerVerdict shape = CheckLeafSvidRules(leaf);
   PeerVerdict verdict = shape;
   if (shape.ok()) {
     auto bundle_pem = ReadFile(f.bundle);
     if (!bundle_pem.ok()) return ReportError(bundle_pem.status());
-    auto bundle = TrustBundle::FromPem(shape.peer_id->trust_domain(), *bundle_pem);
-    if (!bundle.ok()) return ReportError(bundle.status());
+    auto td = BundleTrustDomain(*bundle_pem, f.bundle, shape.peer_id->trust_domain());
+    if (!td.ok()) return ReportError(td.status());
+    auto bundle = TrustBundle::FromPem(*td, *bundle_pem);
+    if (!bundle.ok()) {
+      return ReportError(
+          absl::InvalidArgumentError(absl::StrCat(f.bundle, ": ", bundle.status().message())));
+    }
     TrustStore store;
     store.Put(*std::move(bundle));
     std::vector<X509*> intermediates;

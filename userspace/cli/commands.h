@@ -20,8 +20,10 @@ enum ExitCode : int {
 void AddCaCommands(CLI::App& app, int& exit_code);
 void AddCertCommands(CLI::App& app, int& exit_code);
 
-// "1h", "90m", "30d": absl durations plus whole days.
+// "1h", "90m", "30d": absl durations plus whole days. A lifetime must be
+// positive; an allowance (clock skew) may be zero.
 absl::StatusOr<absl::Duration> ParseTtl(const std::string& text);
+absl::StatusOr<absl::Duration> ParseAllowance(const std::string& text);
 
 // Prints "ktrust: error: <message>" to stderr and returns kFailed.
 int ReportError(const absl::Status& status);

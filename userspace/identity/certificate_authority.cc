@@ -141,14 +141,17 @@ absl::Status VerifyCaChain(const CertChain& chain, const CertChain& roots, absl:
 
 absl::StatusOr<CertificateAuthority> CertificateAuthority::CreateRoot(
     const TrustDomain& trust_domain, absl::Duration validity, absl::Time now) {
-  if (validity <= absl::ZeroDuration())
-    return absl::InvalidArgumentError("CA validity must be positive");
+  if (validity < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("CA validity must be at least 1s");
+  }
   auto key = GenerateP256Key();
   if (!key.ok()) return key.status();
+  // The creation time in the name tells this root from its predecessors in
+  // messages and in `openssl x509 -text`.
+  std::string name =
+      absl::StrCat("ktrust root CA ", absl::FormatTime("%Y%m%dT%H%M%SZ", now, absl::UTCTimeZone()));
   CertSpec spec{
-      .subject = {{"O", "ktrust"},
-                  {"OU", Truncate64(trust_domain.name())},
-                  {"CN", "ktrust root CA"}},
+      .subject = {{"O", "ktrust"}, {"OU", Truncate64(trust_domain.name())}, {"CN", name}},
       .not_before = now - kBackdate,
       .not_after = now + validity,
       .basic_constraints = "critical,CA:TRUE",
@@ -172,8 +175,9 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::CreateIntermediate(
         "node intermediates from the root CA directory");
   }
   if (auto st = ValidateCaName(name); !st.ok()) return st;
-  if (validity <= absl::ZeroDuration())
-    return absl::InvalidArgumentError("CA validity must be positive");
+  if (validity < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("CA validity must be at least 1s");
+  }
   auto key = GenerateP256Key();
   if (!key.ok()) return key.status();
   CertSpec spec{
@@ -203,7 +207,8 @@ absl::StatusOr<Svid> CertificateAuthority::IssueSvid(const SpiffeId& id, absl::D
   if (id.path().empty()) {
     return absl::InvalidArgumentError("cannot issue an SVID for a bare trust domain ID");
   }
-  if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("SVID TTL must be positive");
+  // Certificate times have one-second resolution.
+  if (ttl < absl::Seconds(1)) return absl::InvalidArgumentError("SVID TTL must be at least 1s");
   absl::Time ca_not_after = NotAfter(certificate());
   if (now >= ca_not_after) {
     return absl::FailedPreconditionError(absl::StrCat(

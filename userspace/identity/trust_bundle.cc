@@ -18,6 +18,16 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(TrustDomain trust_domain, CertCh
     std::string what = absl::StrCat("trust bundle for ", trust_domain.name(), ": certificate #",
                                     i + 1, " (", SubjectString(roots[i].get()), ")");
     if (auto st = CheckSigningCertificate(roots[i].get(), what); !st.ok()) return st;
+    // A root that names its trust domain must name this one: another
+    // domain's root in this bundle would let it vouch for our IDs.
+    for (const auto& uri : UriSans(roots[i].get())) {
+      auto id = SpiffeId::Parse(uri);
+      if (id.ok() && id->trust_domain() != trust_domain) {
+        return absl::InvalidArgumentError(absl::StrCat(what, " belongs to trust domain ",
+                                                       id->trust_domain().name(), ", not ",
+                                                       trust_domain.name()));
+      }
+    }
     // Chains must end at a self-signed root (no partial chains). OpenSSL
     // never checks an anchor's own signature, so a damaged root file would
     // otherwise surface only later, as baffling handshake failures.

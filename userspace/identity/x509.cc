@@ -167,6 +167,11 @@ std::string FormatTimestamp(absl::Time t) {
 }
 
 std::string FormatAge(absl::Duration d) {
+  // Days read better than "60416h3m59s" for long-expired certificates.
+  if (d >= absl::Hours(48)) {
+    int64_t hours = absl::ToInt64Hours(d);
+    return absl::StrCat(hours / 24, "d", hours % 24, "h");
+  }
   return absl::FormatDuration(absl::Trunc(d, absl::Seconds(1)));
 }
 

@@ -105,6 +105,12 @@ TEST(CertificateAuthorityTest, RefusesToIssueOutsideItsTrustDomainOrForBareDomai
   EXPECT_THAT(other.status().message(), HasSubstr("this CA is for example.org"));
   EXPECT_FALSE(ca->IssueSvid(Id("spiffe://example.org"), absl::Hours(1), now).ok());
   EXPECT_FALSE(ca->IssueSvid(Id("spiffe://example.org/w"), absl::ZeroDuration(), now).ok());
+  // Certificate times have one-second resolution: a shorter TTL would mint an
+  // SVID that is expired on arrival.
+  EXPECT_THAT(std::string(ca->IssueSvid(Id("spiffe://example.org/w"), absl::Milliseconds(500), now)
+                              .status()
+                              .message()),
+              HasSubstr("at least 1s"));
 }
 
 TEST(CertificateAuthorityTest, RefusesToIssueFromAnExpiredCa) {

@@ -68,6 +68,13 @@ TEST_F(PeerVerifierTest, ExpiredSaysHowLongAgoAndWhen) {
                                        FormatTimestamp(spec.not_after) + ")"));
 }
 
+TEST_F(PeerVerifierTest, LongExpiredSaysDays) {
+  CertSpec spec = Leaf();
+  spec.not_before = now_ - absl::Hours(24 * 30);
+  spec.not_after = now_ - absl::Hours(24 * 3 + 5);
+  EXPECT_THAT(Verify(Mint(spec, &root_)).explanation, HasSubstr("expired 3d5h ago"));
+}
+
 TEST_F(PeerVerifierTest, NotYetValid) {
   CertSpec spec = Leaf();
   spec.not_before = now_ + absl::Hours(2);

@@ -105,6 +105,13 @@ TEST(TrustBundleTest, RefusesNonCaCertificatesAndGarbage) {
   EXPECT_FALSE(TrustBundle::FromPem(Td("example.org"), corrupted).ok());
 }
 
+TEST(TrustBundleTest, RefusesARootOfAnotherTrustDomain) {
+  KeyAndCert other = MintRoot("other.org");
+  auto bundle = TrustBundle::FromPem(Td("example.org"), ToPem(other.cert.get()));
+  EXPECT_THAT(std::string(bundle.status().message()),
+              HasSubstr("belongs to trust domain other.org, not example.org"));
+}
+
 TEST(TrustBundleTest, CrlRevokesListedCertificatesOnly) {
   KeyAndCert root = MintRoot("example.org");
   KeyAndCert revoked = Mint(LeafSpec("spiffe://example.org/stolen"), &root);
