@@ -57,6 +57,10 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
   // Both sides must present a certificate, and every certificate goes
   // through VerifyPeerChain; there is no path that skips it.
   SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  // The kernel TLS installer needs the application traffic secrets, and the
+  // keylog hook is OpenSSL 3.0's only way to get them. Nothing is logged:
+  // the session keeps those two secrets and drops every other line.
+  SSL_CTX_set_keylog_callback(c, &TlsSession::KeylogCallback);
 
   std::unique_ptr<TlsContext> context(
       new TlsContext(std::move(options), std::move(ctx), std::move(trust)));

@@ -12,6 +12,30 @@ int SessionIndex() {
   return index;
 }
 
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Decodes straight into the Secret's buffer, so no stray copy of the bytes is
+// left behind; an empty Secret if `hex` is not well-formed.
+Secret DecodeHexSecret(absl::string_view hex) {
+  if (hex.empty() || hex.size() % 2 != 0) return Secret();
+  std::string bytes(hex.size() / 2, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    int hi = HexDigit(hex[2 * i]);
+    int lo = HexDigit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      Secret wipe(std::move(bytes));
+      return Secret();
+    }
+    bytes[i] = static_cast<char>(hi * 16 + lo);
+  }
+  return Secret(std::move(bytes));
+}
+
 }  // namespace
 
 TlsSession* SessionOf(const SSL* ssl) {
@@ -61,6 +85,32 @@ void TlsSession::InfoCallback(const SSL* ssl, int where, int ret) {
   if (TlsSession* session = SessionOf(ssl)) {
     session->alert_received_ = SSL_alert_desc_string_long(ret);
   }
+}
+
+void TlsSession::KeylogCallback(const SSL* ssl, const char* line) {
+  TlsSession* session = SessionOf(ssl);
+  if (session == nullptr || line == nullptr) return;
+  // "<LABEL> <client_random hex> <secret hex>" (the NSS key log format).
+  absl::string_view rest(line);
+  size_t label_end = rest.find(' ');
+  if (label_end == absl::string_view::npos) return;
+  absl::string_view label = rest.substr(0, label_end);
+  Secret* slot = nullptr;
+  if (label == "CLIENT_TRAFFIC_SECRET_0") {
+    slot = &session->client_traffic_secret_;
+  } else if (label == "SERVER_TRAFFIC_SECRET_0") {
+    slot = &session->server_traffic_secret_;
+  } else {
+    return;  // handshake and exporter secrets are never kept
+  }
+  size_t secret_start = rest.rfind(' ');
+  if (secret_start == label_end) return;
+  *slot = DecodeHexSecret(rest.substr(secret_start + 1));
+}
+
+void TlsSession::ForgetTrafficSecrets() {
+  client_traffic_secret_ = Secret();
+  server_traffic_secret_ = Secret();
 }
 
 bool TlsSession::VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/string_view.h"
 #include "ktrust/common/openssl_ptr.h"
+#include "ktrust/common/secret.h"
 #include "ktrust/identity/spiffe_id.h"
 #include "ktrust/identity/svid.h"
 #include "ktrust/identity/trust_bundle.h"
@@ -63,7 +64,16 @@ class TlsSession {
   absl::Time peer_not_after() const { return peer_not_after_; }
   absl::string_view cipher() const;
   absl::string_view version() const;
+  TlsRole role() const { return context_.role(); }
   SSL* ssl() const { return ssl_.get(); }
+
+  // The TLS 1.3 application traffic secrets (client_/server_application_
+  // traffic_secret_0, RFC 8446 §7.1), kept only so the kernel TLS installer
+  // can derive the record keys OpenSSL 3.0 will not hand to the kernel for RX.
+  // Empty until the handshake derived them, and after ForgetTrafficSecrets().
+  const Secret& client_traffic_secret() const { return client_traffic_secret_; }
+  const Secret& server_traffic_secret() const { return server_traffic_secret_; }
+  void ForgetTrafficSecrets();
 
  private:
   TlsSession(const TlsContext& context, SslPtr ssl, std::shared_ptr<const Svid> svid,
@@ -73,6 +83,8 @@ class TlsSession {
   bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
   void Fail(HandshakeError error, std::string explanation);
   static void InfoCallback(const SSL* ssl, int where, int ret);
+  // SSL_CTX_set_keylog_callback: keeps the two application traffic secrets.
+  static void KeylogCallback(const SSL* ssl, const char* line);
 
   const TlsContext& context_;
   SslPtr ssl_;
@@ -85,6 +97,8 @@ class TlsSession {
   absl::Time peer_not_after_;
   std::string alert_received_;
   HandshakeFailure failure_;
+  Secret client_traffic_secret_;
+  Secret server_traffic_secret_;
 
   friend class TlsContext;
 };

@@ -13,6 +13,7 @@
 
 #include "ktrust/identity/certificate_authority.h"
 #include "ktrust/identity/x509.h"
+#include "ktrust/tls/traffic_keys.h"
 #include "unit/test_pki.h"
 
 namespace ktrust {
@@ -158,6 +159,93 @@ TEST_F(TlsSessionTest, NegotiatesEachAllowedSuite) {
     Outcome out = Run(*client, *server);
     ASSERT_EQ(out.server, HandshakeProgress::kDone) << suite;
     EXPECT_EQ(server->cipher(), suite);
+  }
+}
+
+// Decrypts one TLS 1.3 record (header, ciphertext, tag) protected with
+// `keys` at sequence number 0, whose nonce is the iv itself (RFC 8446 §5.3).
+// Returns the inner plaintext (content, then the real content type), or
+// nullopt if it does not authenticate.
+std::optional<std::string> OpenFirstRecord(CipherSuite suite, const TrafficKeys& keys,
+                                           absl::string_view record) {
+  constexpr size_t kHeader = 5, kTag = 16;
+  if (record.size() < kHeader + kTag) return std::nullopt;
+  const EVP_CIPHER* cipher = suite == CipherSuite::kAes128GcmSha256   ? EVP_aes_128_gcm()
+                             : suite == CipherSuite::kAes256GcmSha384 ? EVP_aes_256_gcm()
+                                                                      : EVP_chacha20_poly1305();
+  std::unique_ptr<EVP_CIPHER_CTX, OpenSslDeleter<EVP_CIPHER_CTX_free>> ctx(EVP_CIPHER_CTX_new());
+  auto bytes = [](absl::string_view s) { return reinterpret_cast<const unsigned char*>(s.data()); };
+  absl::string_view body = record.substr(kHeader, record.size() - kHeader - kTag);
+  std::string tag(record.substr(record.size() - kTag));
+  std::string plain(body.size(), '\0');
+  int len = 0;
+  bool ok = EVP_DecryptInit_ex(ctx.get(), cipher, nullptr, bytes(keys.key.view()),
+                               bytes(keys.iv.view())) == 1 &&
+            EVP_DecryptUpdate(ctx.get(), nullptr, &len, bytes(record), kHeader) == 1 &&
+            EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(plain.data()), &len,
+                              bytes(body), static_cast<int>(body.size())) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_AEAD_SET_TAG, kTag, tag.data()) == 1 &&
+            EVP_DecryptFinal_ex(ctx.get(), nullptr, &len) == 1;
+  if (!ok) return std::nullopt;
+  return plain;
+}
+
+// What one side wrote with SSL_write, as raw bytes off the BIO pair.
+std::string TakeRecord(TlsSession& writer, TlsSession& reader, absl::string_view data) {
+  EXPECT_EQ(SSL_write(writer.ssl(), data.data(), static_cast<int>(data.size())),
+            static_cast<int>(data.size()));
+  char buf[256];
+  int n = BIO_read(SSL_get_rbio(reader.ssl()), buf, sizeof(buf));
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+TEST_F(TlsSessionTest, CapturesTheTrafficSecretsOpenSslProtectsRecordsWith) {
+  for (CipherSuite suite : {CipherSuite::kAes128GcmSha256, CipherSuite::kAes256GcmSha384,
+                            CipherSuite::kChaCha20Poly1305Sha256}) {
+    SCOPED_TRACE(CipherSuiteName(suite));
+    TlsContextOptions only;
+    only.cipher_suites = {std::string(CipherSuiteName(suite))};
+    auto client_ctx = Context(TlsRole::kClient, only);
+    auto server_ctx = Context(TlsRole::kServer, only);
+    auto client = *client_ctx->NewSession(Issue("spiffe://example.org/c"));
+    auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+    EXPECT_TRUE(client->client_traffic_secret().empty());
+    Outcome out = Run(*client, *server);
+    ASSERT_EQ(out.client, HandshakeProgress::kDone);
+    ASSERT_EQ(out.server, HandshakeProgress::kDone);
+
+    // Both sides captured both secrets, of the suite's hash length, and agree.
+    for (TlsSession* side : {client.get(), server.get()}) {
+      EXPECT_EQ(side->client_traffic_secret().view().size(), SecretLength(suite));
+      EXPECT_EQ(side->server_traffic_secret().view().size(), SecretLength(suite));
+    }
+    EXPECT_EQ(client->client_traffic_secret().view(), server->client_traffic_secret().view());
+    EXPECT_EQ(client->server_traffic_secret().view(), server->server_traffic_secret().view());
+    EXPECT_NE(client->client_traffic_secret().view(), client->server_traffic_secret().view());
+
+    // Per direction, the sender's TX keys are the receiver's RX keys.
+    auto client_tx = *DeriveTrafficKeys(suite, client->client_traffic_secret());
+    auto server_rx = *DeriveTrafficKeys(suite, server->client_traffic_secret());
+    auto server_tx = *DeriveTrafficKeys(suite, server->server_traffic_secret());
+    auto client_rx = *DeriveTrafficKeys(suite, client->server_traffic_secret());
+    EXPECT_EQ(client_tx.key.view(), server_rx.key.view());
+    EXPECT_EQ(client_tx.iv.view(), server_rx.iv.view());
+    EXPECT_EQ(server_tx.key.view(), client_rx.key.view());
+    EXPECT_EQ(server_tx.iv.view(), client_rx.iv.view());
+    EXPECT_NE(client_tx.key.view(), server_tx.key.view());
+
+    // And they are the keys OpenSSL uses, starting at record sequence 0: the
+    // values kernel TLS is given. The inner plaintext ends in type 23 (data).
+    std::string to_server = TakeRecord(*client, *server, "hello server");
+    EXPECT_EQ(OpenFirstRecord(suite, client_tx, to_server), std::string("hello server\x17"));
+    std::string to_client = TakeRecord(*server, *client, "hello client");
+    EXPECT_EQ(OpenFirstRecord(suite, server_tx, to_client), std::string("hello client\x17"));
+    // A wrong key does not open it (the check above is not vacuous).
+    EXPECT_EQ(OpenFirstRecord(suite, client_tx, to_client), std::nullopt);
+
+    client->ForgetTrafficSecrets();
+    EXPECT_TRUE(client->client_traffic_secret().empty());
+    EXPECT_TRUE(client->server_traffic_secret().empty());
   }
 }
 

@@ -1,0 +1,32 @@
+// Who may connect to what: asked once per inbound connection, after the peer
+// proved its SPIFFE ID and before the application sees anything.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ktrust/identity/spiffe_id.h"
+
+namespace ktrust {
+
+struct AuthorizationRequest {
+  const SpiffeId& peer;         // the verified client identity
+  const std::string& workload;  // the local workload the connection is for
+  uint16_t port;                // the destination port the client dialled
+};
+
+struct AuthorizationDecision {
+  bool allowed = false;
+  // The rule that decided, or why nothing allowed it, in words: it goes into
+  // the log line and the CLI's denial list.
+  std::string reason;
+};
+
+class Authorizer {
+ public:
+  virtual ~Authorizer() = default;
+  // Must be fast and thread-safe: every event loop calls it.
+  virtual AuthorizationDecision Authorize(const AuthorizationRequest& request) const = 0;
+};
+
+}  // namespace ktrust

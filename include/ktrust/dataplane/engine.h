@@ -1,0 +1,126 @@
+// The engine: accepts connections, runs the identity-verified TLS 1.3
+// handshake, and moves bytes, with the kernel doing the crypto where it can.
+//
+//   outbound  app --plain--> [listener] engine --TLS, our client SVID--> destination
+//   inbound   peer --TLS--> [listener] engine --plain--> application
+//
+// Fail closed: the application's bytes are read only after the server proved
+// an acceptable identity, and an inbound connection reaches the application
+// only after the client proved its identity and the Authorizer allowed it.
+// Any error closes both sides.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ktrust/common/socket_address.h"
+#include "ktrust/dataplane/authorizer.h"
+#include "ktrust/dataplane/connection_table.h"
+#include "ktrust/identity/spiffe_id.h"
+#include "ktrust/identity/svid.h"
+#include "ktrust/identity/trust_bundle.h"
+#include "ktrust/tls/tls_context.h"
+
+namespace ktrust {
+
+// The SVID to present for a workload, fetched per connection so rotation
+// takes effect on the next handshake.
+using SvidProvider = std::function<std::shared_ptr<const Svid>()>;
+
+struct OutboundListener {
+  SocketAddress listen;
+  std::string workload;  // the local workload, for the connection table and logs
+  SvidProvider identity;
+  // Where an accepted application connection goes. Tunnel mode: a fixed
+  // address; with eBPF interception: the connection's original destination.
+  std::function<absl::StatusOr<SocketAddress>(int app_fd)> destination;
+  // If set, the server must present an ID matching this.
+  std::optional<SpiffeIdPattern> expected_server;
+};
+
+struct InboundListener {
+  SocketAddress listen;
+  std::string workload;
+  SvidProvider identity;
+  SocketAddress application;  // where authorized connections are delivered
+};
+
+enum class DataPathMode {
+  kAuto,       // kTLS when the kernel has it, else the userspace record layer
+  kUserspace,  // always the userspace record layer
+};
+
+// Defaults are documented in docs/dataplane.md.
+struct EngineOptions {
+  int loops = 0;  // event-loop threads; 0 = one per core
+  DataPathMode data_path = DataPathMode::kAuto;
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  absl::Duration idle_timeout = absl::Hours(1);
+  // Above these, new connections are refused at once (RST) and counted.
+  int max_connections = 65536;
+  int max_handshakes = 1024;
+  TlsContextOptions tls;  // suites, groups, clock skew; the role is set per side
+};
+
+// Counters for status and metrics.
+struct EngineCounters {
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> established{0};
+  std::atomic<uint64_t> refused_limit{0};  // over max_connections / max_handshakes
+  std::atomic<uint64_t> handshake_failures{0};
+  std::atomic<uint64_t> denied{0};  // verified, but the Authorizer said no
+  std::atomic<uint64_t> errors{0};  // closed by an I/O or protocol error
+  std::atomic<uint64_t> active{0};
+  std::atomic<uint64_t> handshaking{0};
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      EngineOptions options, std::shared_ptr<const TrustStore> trust,
+      std::shared_ptr<const Authorizer> authorizer, std::vector<OutboundListener> outbound,
+      std::vector<InboundListener> inbound);
+  ~Engine();
+
+  // Binds the listeners and starts the loops. Port 0 binds an ephemeral
+  // port: see outbound_addresses() / inbound_addresses().
+  absl::Status Start();
+  // Stops accepting, closes every connection, joins the loops.
+  void Stop();
+
+  // New handshakes use `trust` (bundle rotation); live connections keep theirs.
+  void SetTrustStore(std::shared_ptr<const TrustStore> trust);
+
+  const std::vector<SocketAddress>& outbound_addresses() const { return outbound_bound_; }
+  const std::vector<SocketAddress>& inbound_addresses() const { return inbound_bound_; }
+  const ConnectionTable& connections() const { return *table_; }
+  const EngineCounters& counters() const { return *counters_; }
+  // "ktls-sw" or "userspace", and why.
+  const std::string& data_path() const { return data_path_; }
+  const std::string& data_path_reason() const { return data_path_reason_; }
+
+  struct Shared;  // what every loop reads; defined in engine.cc
+
+ private:
+  Engine() = default;
+  class Loop;
+
+  std::shared_ptr<Shared> shared_;
+  std::shared_ptr<ConnectionTable> table_;
+  std::shared_ptr<EngineCounters> counters_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<SocketAddress> outbound_bound_;
+  std::vector<SocketAddress> inbound_bound_;
+  std::string data_path_;
+  std::string data_path_reason_;
+};
+
+}  // namespace ktrust

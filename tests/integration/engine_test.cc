@@ -1,0 +1,468 @@
+// Two engines on loopback, as two nodes would run them:
+//
+//   client app -> [outbound engine] ==mTLS==> [inbound engine] -> backend app
+//
+// On this kernel (no kTLS) the connections use the userspace record layer; in
+// the vm tier the same tests run with kernel TLS.
+#include "ktrust/dataplane/engine.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <sstream>
+
+#include "integration/test_network.h"
+#include "ktrust/agent/allow_list_authorizer.h"
+#include "ktrust/identity/certificate_authority.h"
+#include "ktrust/tls/ktls.h"
+#include "unit/test_pki.h"
+
+namespace ktrust {
+namespace {
+
+using testing::ConnectTo;
+using testing::ReadExactly;
+using testing::ReadToEof;
+using testing::SendAll;
+using testing::TestBackend;
+
+constexpr char kClientId[] = "spiffe://example.org/ns/app/client";
+constexpr char kServerId[] = "spiffe://example.org/ns/app/server";
+
+struct PairOptions {
+  std::shared_ptr<const Svid> client_svid;  // default: a valid kClientId SVID
+  std::vector<std::string> allow = {"spiffe://example.org/ns/app/*"};
+  std::optional<SpiffeIdPattern> expect_server;
+  EngineOptions options;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  EngineTest()
+      : ca_(*CertificateAuthority::CreateRoot(*TrustDomain::Parse("example.org"),
+                                              kDefaultRootValidity, absl::Now())) {
+    auto store = std::make_shared<TrustStore>();
+    store->Put(*ca_.Bundle());
+    trust_ = store;
+  }
+  ~EngineTest() override {
+    if (client_) client_->Stop();
+    if (server_) server_->Stop();
+  }
+
+  std::shared_ptr<const Svid> Issue(const char* id) {
+    return std::make_shared<const Svid>(
+        *ca_.IssueSvid(*SpiffeId::Parse(id), absl::Hours(1), absl::Now()));
+  }
+
+  static std::string ExpectedDataPath() { return ProbeKtls().available ? "ktls-sw" : "userspace"; }
+
+  // Starts the inbound engine in front of `backend`, then the outbound engine
+  // dialling it. Clients connect to entry().
+  void StartPair(const TestBackend& backend, PairOptions p = {}) {
+    if (!p.client_svid) p.client_svid = Issue(kClientId);
+    std::shared_ptr<const Svid> server_svid = Issue(kServerId);
+    std::vector<SpiffeIdPattern> allowed;
+    for (const auto& a : p.allow) allowed.push_back(*SpiffeIdPattern::Parse(a));
+    p.options.loops = p.options.loops ? p.options.loops : 2;
+
+    auto server =
+        Engine::Create(p.options, trust_, std::make_shared<AllowListAuthorizer>(allowed), {},
+                       {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "backend",
+                                        [server_svid] { return server_svid; }, backend.address()}});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    ASSERT_TRUE(server_->Start().ok());
+    wire_ = server_->inbound_addresses().at(0);
+
+    SocketAddress destination = wire_;
+    std::shared_ptr<const Svid> client_svid = p.client_svid;
+    auto client = Engine::Create(
+        p.options, trust_, nullptr,
+        {OutboundListener{
+            *SocketAddress::Parse("127.0.0.1:0"), "client", [client_svid] { return client_svid; },
+            [destination](int) -> absl::StatusOr<SocketAddress> { return destination; },
+            p.expect_server}},
+        {});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+    ASSERT_TRUE(client_->Start().ok());
+    entry_ = client_->outbound_addresses().at(0);
+  }
+
+  SocketAddress entry() const { return entry_; }
+
+  // Waits (bounded) until both engines have closed every connection.
+  bool Drained() {
+    absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      if (client_->connections().size() == 0 && server_->connections().size() == 0) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+  // What a refused client app experiences: the connection ends (reset or
+  // EOF) and not one byte arrives.
+  void ExpectRefusedWithNoBytes(const TestBackend& backend) {
+    UniqueFd fd = ConnectTo(entry());
+    ASSERT_TRUE(fd.valid());
+    SendAll(fd.get(), "secret request", 14);
+    std::string got;
+    int err = 0;
+    bool eof = ReadToEof(fd.get(), &got, &err);
+    EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+    EXPECT_EQ(got, "");
+    EXPECT_TRUE(Drained());
+    EXPECT_EQ(backend.accepted(), 0);
+    EXPECT_EQ(backend.bytes_received(), 0u);
+  }
+
+  CertificateAuthority ca_;
+  std::shared_ptr<const TrustStore> trust_;
+  std::unique_ptr<Engine> client_;
+  std::unique_ptr<Engine> server_;
+  SocketAddress entry_;
+  SocketAddress wire_;
+};
+
+TEST_F(EngineTest, EchoAndTheConnectionTableShowBothIdentities) {
+  TestBackend backend([](int fd, TestBackend& self) {
+    std::string got;
+    if (!ReadExactly(fd, 5, &got)) return;
+    self.AddReceived(got.size());
+    SendAll(fd, got.data(), got.size());
+    // Hold the connection open until the client is done looking.
+    ReadToEof(fd, nullptr);
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "hello", 5));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 5, &reply));
+  EXPECT_EQ(reply, "hello");
+
+  auto out = client_->connections().Snapshot();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].direction, Direction::kOutbound);
+  EXPECT_EQ(out[0].local_id, kClientId);
+  EXPECT_EQ(out[0].peer_id, kServerId);
+  EXPECT_EQ(out[0].tls_version, "TLSv1.3");
+  EXPECT_EQ(out[0].cipher, "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(out[0].data_path, ExpectedDataPath());
+  EXPECT_EQ(out[0].state, ConnectionState::kEstablished);
+  EXPECT_EQ(out[0].bytes_to_wire, 5u);
+  EXPECT_EQ(out[0].bytes_from_wire, 5u);
+  EXPECT_EQ(out[0].wire_peer, wire_.ToString());
+
+  auto in = server_->connections().Snapshot();
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0].direction, Direction::kInbound);
+  EXPECT_EQ(in[0].local_id, kServerId);
+  EXPECT_EQ(in[0].peer_id, kClientId);
+  EXPECT_EQ(in[0].app_address, backend.address().ToString());
+  EXPECT_EQ(in[0].data_path, ExpectedDataPath());
+  fd.Reset();
+  EXPECT_TRUE(Drained());
+  if (getenv("KTRUST_VM")) {
+    EXPECT_EQ(ExpectedDataPath(), "ktls-sw") << "the vm tier must run on kernel TLS";
+  }
+}
+
+TEST_F(EngineTest, LargeTransferBothWaysArrivesIntact) {
+  constexpr size_t kSize = 200u << 20;
+  const std::string upload = testing::RandomBytes(kSize, 1);
+  const std::string download = testing::RandomBytes(kSize, 2);
+  std::promise<std::string> backend_got;
+  TestBackend backend([&](int fd, TestBackend& self) {
+    std::thread sender([&] {
+      SendAll(fd, download.data(), download.size());
+      shutdown(fd, SHUT_WR);
+    });
+    std::string got;
+    got.reserve(kSize);
+    ReadToEof(fd, &got);
+    self.AddReceived(got.size());
+    sender.join();
+    backend_got.set_value(testing::Sha256Hex(got));
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  std::thread sender([&] {
+    SendAll(fd.get(), upload.data(), upload.size());
+    shutdown(fd.get(), SHUT_WR);
+  });
+  std::string got;
+  got.reserve(kSize);
+  EXPECT_TRUE(ReadToEof(fd.get(), &got));
+  sender.join();
+  EXPECT_EQ(got.size(), kSize);
+  EXPECT_EQ(testing::Sha256Hex(got), testing::Sha256Hex(download));
+  EXPECT_EQ(backend_got.get_future().get(), testing::Sha256Hex(upload));
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ManySmallWritesKeepTheirOrder) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  std::string sent;
+  std::thread writer([&] {
+    for (int i = 0; i < 5000; ++i) {
+      std::string piece = std::to_string(i) + ",";
+      sent += piece;
+      ASSERT_TRUE(SendAll(fd.get(), piece.data(), piece.size()));
+    }
+    shutdown(fd.get(), SHUT_WR);
+  });
+  std::string echoed;
+  EXPECT_TRUE(ReadToEof(fd.get(), &echoed));
+  writer.join();
+  EXPECT_EQ(echoed, sent);
+}
+
+TEST_F(EngineTest, ClientHalfCloseReachesTheServerWhichCanStillAnswer) {
+  TestBackend backend([](int fd, TestBackend& self) {
+    std::string request;
+    ReadToEof(fd, &request);  // returns only once the client's FIN came through
+    self.AddReceived(request.size());
+    std::string reply = "got " + std::to_string(request.size()) + " bytes";
+    SendAll(fd, reply.data(), reply.size());
+    shutdown(fd, SHUT_WR);
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "request body", 12));
+  ASSERT_EQ(shutdown(fd.get(), SHUT_WR), 0);
+  std::string reply;
+  EXPECT_TRUE(ReadToEof(fd.get(), &reply));
+  EXPECT_EQ(reply, "got 12 bytes");
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ServerHalfCloseReachesTheClientWhichCanStillSend) {
+  // Server speaks first and closes its side; the client answers afterwards.
+  std::promise<std::string> backend_got;
+  TestBackend backend([&](int fd, TestBackend&) {
+    SendAll(fd, "banner", 6);
+    shutdown(fd, SHUT_WR);
+    std::string rest;
+    ReadToEof(fd, &rest);
+    backend_got.set_value(rest);
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  std::string banner;
+  EXPECT_TRUE(ReadToEof(fd.get(), &banner));
+  EXPECT_EQ(banner, "banner");
+  ASSERT_TRUE(SendAll(fd.get(), "late reply", 10));
+  shutdown(fd.get(), SHUT_WR);
+  EXPECT_EQ(backend_got.get_future().get(), "late reply");
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ServerResetReachesTheClientAsReset) {
+  TestBackend backend([](int fd, TestBackend&) {
+    std::string got;
+    ReadExactly(fd, 4, &got);
+    linger lg{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "ping", 4));
+  int err = 0;
+  EXPECT_FALSE(ReadToEof(fd.get(), nullptr, &err));
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ClientResetReachesTheServerAsReset) {
+  std::promise<int> backend_err;
+  TestBackend backend([&](int fd, TestBackend&) {
+    std::string got;
+    ReadExactly(fd, 4, &got);
+    SendAll(fd, "pong", 4);
+    int err = 0;
+    bool eof = ReadToEof(fd, nullptr, &err);
+    backend_err.set_value(eof ? 0 : err);
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "ping", 4));
+  std::string pong;
+  ASSERT_TRUE(ReadExactly(fd.get(), 4, &pong));
+  testing::CloseWithReset(std::move(fd));
+  EXPECT_EQ(backend_err.get_future().get(), ECONNRESET);
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ThousandSequentialConnections) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  for (int i = 0; i < 1000; ++i) {
+    UniqueFd fd = ConnectTo(entry());
+    ASSERT_TRUE(fd.valid()) << i;
+    std::string msg = "conn " + std::to_string(i);
+    ASSERT_TRUE(SendAll(fd.get(), msg.data(), msg.size()));
+    shutdown(fd.get(), SHUT_WR);
+    std::string echoed;
+    ASSERT_TRUE(ReadToEof(fd.get(), &echoed)) << i;
+    ASSERT_EQ(echoed, msg);
+  }
+  EXPECT_EQ(backend.accepted(), 1000);
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(client_->counters().established.load(), 1000u);
+  EXPECT_EQ(client_->counters().errors.load(), 0u);
+}
+
+TEST_F(EngineTest, TwoHundredConcurrentConnections) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < 200; ++i) {
+    fds.push_back(ConnectTo(entry()));
+    ASSERT_TRUE(fds.back().valid());
+  }
+  for (int i = 0; i < 200; ++i) {
+    std::string msg = "client " + std::to_string(i);
+    ASSERT_TRUE(SendAll(fds[i].get(), msg.data(), msg.size()));
+  }
+  for (int i = 0; i < 200; ++i) {
+    std::string msg = "client " + std::to_string(i);
+    std::string echoed;
+    ASSERT_TRUE(ReadExactly(fds[i].get(), msg.size(), &echoed)) << i;
+    EXPECT_EQ(echoed, msg);
+  }
+  EXPECT_EQ(server_->connections().size(), 200u);
+  fds.clear();
+  EXPECT_TRUE(Drained());
+}
+
+TEST_F(EngineTest, ClientFromAnotherCaNeverReachesTheApplication) {
+  TestBackend backend(&TestBackend::Echo);
+  auto rogue = *CertificateAuthority::CreateRoot(*TrustDomain::Parse("example.org"),
+                                                 kDefaultRootValidity, absl::Now());
+  PairOptions p;
+  p.client_svid = std::make_shared<const Svid>(
+      *rogue.IssueSvid(*SpiffeId::Parse(kClientId), absl::Hours(1), absl::Now()));
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
+}
+
+TEST_F(EngineTest, ExpiredClientNeverReachesTheApplication) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  absl::Time then = absl::Now() - absl::Hours(3);
+  p.client_svid = std::make_shared<const Svid>(
+      *ca_.IssueSvid(*SpiffeId::Parse(kClientId), absl::Hours(1), then));
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+}
+
+TEST_F(EngineTest, DeniedByPolicyNeverReachesTheApplication) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.allow = {"spiffe://example.org/ns/other/*"};
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+  EXPECT_EQ(server_->counters().denied.load(), 1u);
+}
+
+TEST_F(EngineTest, ImpostorServerIsRefusedByTheClientEngine) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.expect_server = *SpiffeIdPattern::Parse("spiffe://example.org/ns/db/*");
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+  EXPECT_EQ(client_->counters().handshake_failures.load(), 1u);
+}
+
+TEST_F(EngineTest, TlsClientWithoutCertificateNeverReachesTheApplication) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  // A standard TLS 1.3 client that presents no certificate.
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  SslPtr ssl(SSL_new(ctx.get()));
+  UniqueFd fd = ConnectTo(wire_);
+  SSL_set_fd(ssl.get(), fd.get());
+  SSL_connect(ssl.get());  // TLS 1.3: completes before the server judges us
+  SSL_write(ssl.get(), "GET / HTTP/1.0\r\n\r\n", 18);
+  char buf[64];
+  EXPECT_LE(SSL_read(ssl.get(), buf, sizeof(buf)), 0);
+  ERR_clear_error();
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(backend.accepted(), 0);
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
+}
+
+TEST_F(EngineTest, GarbageOnTheTlsPortIsDroppedAndTheEngineCarriesOn) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  {
+    UniqueFd fd = ConnectTo(wire_);
+    SendAll(fd.get(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27);
+    std::string got;
+    int err = 0;
+    ReadToEof(fd.get(), &got, &err);
+    // At most a TLS alert comes back, never an HTTP answer.
+    EXPECT_EQ(got.find("HTTP"), std::string::npos);
+  }
+  {
+    UniqueFd fd = ConnectTo(wire_);
+    std::string noise = testing::RandomBytes(100000, 7);
+    SendAll(fd.get(), noise.data(), noise.size());
+    ReadToEof(fd.get(), nullptr);
+  }
+  EXPECT_EQ(backend.accepted(), 0);
+  // Still serving.
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "ok?", 3));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 3, &reply));
+  EXPECT_EQ(reply, "ok?");
+}
+
+TEST_F(EngineTest, SilentClientIsDroppedAtTheHandshakeTimeout) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.options.handshake_timeout = absl::Seconds(1);
+  StartPair(backend, p);
+  UniqueFd fd = ConnectTo(wire_);
+  absl::Time start = absl::Now();
+  int err = 0;
+  std::string got;
+  bool eof = ReadToEof(fd.get(), &got, &err);
+  EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
+}
+
+TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.options.max_connections = 2;
+  p.options.loops = 1;
+  StartPair(backend, p);
+  UniqueFd a = ConnectTo(entry());
+  UniqueFd b = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(a.get(), "a", 1) && SendAll(b.get(), "b", 1));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(a.get(), 1, &reply));
+  ASSERT_TRUE(ReadExactly(b.get(), 1, &reply));
+  UniqueFd c = ConnectTo(entry());
+  int err = 0;
+  EXPECT_FALSE(ReadToEof(c.get(), nullptr, &err));
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
+}
+
+}  // namespace
+}  // namespace ktrust

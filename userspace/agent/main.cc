@@ -1,0 +1,190 @@
+// ktrustd, the node agent. Today it runs in tunnel mode: static listeners
+// given on the command line, the same engine the eBPF interception will feed.
+//
+//   ktrustd tunnel --identity DIR --outbound 127.0.0.1:15001=10.0.0.2:15006
+//   ktrustd tunnel --identity DIR --inbound 0.0.0.0:15006=127.0.0.1:8080
+//                  --allow 'spiffe://example.org/ns/prod/*'
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "ktrust/agent/allow_list_authorizer.h"
+#include "ktrust/common/log.h"
+#include "ktrust/dataplane/engine.h"
+#include "ktrust/identity/file_identity_source.h"
+
+namespace ktrust {
+namespace {
+
+struct TunnelFlags {
+  std::string identity_dir;
+  std::vector<std::string> outbound;
+  std::vector<std::string> inbound;
+  std::vector<std::string> allow;
+  std::string expect_server;
+  std::string data_path = "auto";
+  std::string log_level = "info";
+  int loops = 0;
+  std::string workload = "tunnel";
+};
+
+// "LISTEN=TARGET" into two addresses.
+absl::StatusOr<std::pair<SocketAddress, SocketAddress>> ParseMapping(const std::string& text) {
+  std::vector<std::string> parts = absl::StrSplit(text, '=');
+  if (parts.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", text, "\" should be LISTEN=TARGET, e.g. 127.0.0.1:15001=10.0.0.2:15006"));
+  }
+  auto listen = SocketAddress::Parse(parts[0]);
+  if (!listen.ok()) return listen.status();
+  auto target = SocketAddress::Parse(parts[1]);
+  if (!target.ok()) return target.status();
+  return std::make_pair(*listen, *target);
+}
+
+int Fail(const absl::Status& st) {
+  LogEvent(spdlog::level::err, {{"event", "startup_failed"}, {"reason", st.message()}});
+  return 1;
+}
+
+int RunTunnel(const TunnelFlags& f) {
+  SetUpLogging(spdlog::level::from_str(f.log_level));
+  // Block the stop signals before any thread starts, so only sigwait sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto source = FileIdentitySource::Create(f.identity_dir);
+  if (!source.ok()) return Fail(source.status());
+  auto current = (*source)->Current();
+  auto trust = std::make_shared<TrustStore>();
+  trust->Put(current->bundle);
+
+  std::shared_ptr<FileIdentitySource> identity = *std::move(source);
+  SvidProvider svid = [identity] {
+    auto now = identity->Current();
+    return std::shared_ptr<const Svid>(now, &now->svid);
+  };
+
+  std::optional<SpiffeIdPattern> expected;
+  if (!f.expect_server.empty()) {
+    auto pattern = SpiffeIdPattern::Parse(f.expect_server);
+    if (!pattern.ok()) return Fail(pattern.status());
+    expected = *pattern;
+  }
+  std::vector<OutboundListener> outbound;
+  for (const auto& text : f.outbound) {
+    auto m = ParseMapping(text);
+    if (!m.ok()) return Fail(m.status());
+    SocketAddress destination = m->second;
+    outbound.push_back({m->first, f.workload, svid,
+                        [destination](int) -> absl::StatusOr<SocketAddress> { return destination; },
+                        expected});
+  }
+  std::vector<InboundListener> inbound;
+  for (const auto& text : f.inbound) {
+    auto m = ParseMapping(text);
+    if (!m.ok()) return Fail(m.status());
+    inbound.push_back({m->first, f.workload, svid, m->second});
+  }
+  std::vector<SpiffeIdPattern> allowed;
+  for (const auto& text : f.allow) {
+    auto pattern = SpiffeIdPattern::Parse(text);
+    if (!pattern.ok()) return Fail(pattern.status());
+    allowed.push_back(*pattern);
+  }
+  if (!inbound.empty() && allowed.empty()) {
+    LogEvent(spdlog::level::warn, {{"event", "no_allow_rules"},
+                                   {"reason", "no --allow given: every inbound client is denied"}});
+  }
+
+  EngineOptions options;
+  options.loops = f.loops;
+  options.data_path = f.data_path == "userspace" ? DataPathMode::kUserspace : DataPathMode::kAuto;
+  auto engine = Engine::Create(options, trust, std::make_shared<AllowListAuthorizer>(allowed),
+                               std::move(outbound), std::move(inbound));
+  if (!engine.ok()) return Fail(engine.status());
+  if (auto st = (*engine)->Start(); !st.ok()) return Fail(st);
+
+  // Identity files are re-read every few seconds; a new bundle applies to
+  // new handshakes.
+  identity->StartWatching(absl::Seconds(5));
+  std::atomic<bool> stop{false};
+  std::thread bundle_watcher([&] {
+    uint64_t seen = identity->reloads();
+    while (!stop.load()) {
+      absl::SleepFor(absl::Seconds(1));
+      if (identity->reloads() == seen) continue;
+      seen = identity->reloads();
+      auto next = std::make_shared<TrustStore>();
+      next->Put(identity->Current()->bundle);
+      (*engine)->SetTrustStore(next);
+      LogEvent(spdlog::level::info,
+               {{"event", "identity_reloaded"}, {"id", identity->Current()->svid.id().ToString()}});
+    }
+  });
+
+  nlohmann::json ready = {{"event", "ready"},
+                          {"id", current->svid.id().ToString()},
+                          {"data_path", (*engine)->data_path()},
+                          {"data_path_reason", (*engine)->data_path_reason()}};
+  for (const auto& a : (*engine)->outbound_addresses()) ready["outbound"].push_back(a.ToString());
+  for (const auto& a : (*engine)->inbound_addresses()) ready["inbound"].push_back(a.ToString());
+  LogEvent(spdlog::level::info, ready);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LogEvent(spdlog::level::info, {{"event", "stopping"}, {"signal", strsignal(sig)}});
+  stop.store(true);
+  bundle_watcher.join();
+  (*engine)->Stop();
+  return 0;
+}
+
+}  // namespace
+}  // namespace ktrust
+
+int main(int argc, char** argv) {
+  CLI::App app{"ktrustd: the ktrust node agent"};
+  app.require_subcommand(1);
+  ktrust::TunnelFlags f;
+  CLI::App* tunnel = app.add_subcommand("tunnel", "Run static mTLS tunnels (no interception)");
+  tunnel->add_option("--identity", f.identity_dir, "Directory with tls.crt, tls.key, ca.crt")
+      ->required();
+  tunnel->add_option("--outbound", f.outbound, "LISTEN=DESTINATION: plaintext in, mTLS out");
+  tunnel->add_option("--inbound", f.inbound, "LISTEN=APPLICATION: mTLS in, plaintext out");
+  tunnel->add_option("--allow", f.allow, "SPIFFE ID or prefix pattern allowed inbound");
+  tunnel->add_option("--expect-server", f.expect_server,
+                     "SPIFFE ID pattern outbound servers must have");
+  tunnel->add_option("--data-path", f.data_path, "auto (kTLS when available) or userspace")
+      ->check(CLI::IsMember({"auto", "userspace"}));
+  tunnel->add_option("--loops", f.loops, "Event-loop threads (default: one per core)");
+  tunnel->add_option("--workload", f.workload, "Name for logs and the connection table");
+  tunnel->add_option("--log-level", f.log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "ktrustd: usage error: " << e.what() << "\n";
+    return 2;
+  }
+  if (f.outbound.empty() && f.inbound.empty()) {
+    std::cerr << "ktrustd: usage error: give at least one --outbound or --inbound\n";
+    return 2;
+  }
+  try {
+    return ktrust::RunTunnel(f);
+  } catch (const std::exception& e) {
+    std::cerr << "ktrustd: error: " << e.what() << "\n";
+    return 1;
+  }
+}

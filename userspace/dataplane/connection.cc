@@ -1,0 +1,463 @@
+#include "connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/common/log.h"
+#include "ktrust/tls/ktls.h"
+#include "stream_ends.h"
+
+namespace ktrust {
+namespace {
+
+void SetNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+// close() after this sends RST instead of FIN: the other side must not take
+// an aborted stream for a complete one.
+void ArmReset(int fd) {
+  if (fd < 0) return;
+  linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+int SocketError(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+  return err;
+}
+
+std::string AddressOf(const absl::StatusOr<SocketAddress>& addr) {
+  return addr.ok() ? addr->ToString() : "?";
+}
+
+// Non-blocking connect; on success the caller waits for POLLOUT.
+absl::StatusOr<UniqueFd> StartConnect(const SocketAddress& to) {
+  UniqueFd fd(socket(to.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+  SetNoDelay(fd.get());
+  if (connect(fd.get(), to.get(), to.size()) != 0 && errno != EINPROGRESS) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", to.ToString()));
+  }
+  return fd;
+}
+
+}  // namespace
+
+Connection::Connection(LoopContext& ctx, Direction direction, std::string workload)
+    : ctx_(ctx), direction_(direction), last_activity_(ctx.loop.now()) {
+  record_ = ctx_.shared.table->Add(direction, std::move(workload));
+  for (int i = 0; i < kSlots; ++i) {
+    waiters_[i].connection = this;
+    waiters_[i].slot = static_cast<Slot>(i);
+  }
+  ctx_.connections.insert(this);
+  ctx_.shared.counters->active.fetch_add(1);
+}
+
+Connection::~Connection() {
+  ctx_.connections.erase(this);
+  ctx_.shared.table->Remove(record_->id);
+  ctx_.shared.counters->active.fetch_sub(1);
+  if (counted_handshake_) ctx_.shared.counters->handshaking.fetch_sub(1);
+}
+
+void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listener, UniqueFd app) {
+  auto* c = new Connection(ctx, Direction::kOutbound, listener.workload);
+  c->outbound_ = &listener;
+  c->app_ = std::move(app);
+  SetNoDelay(c->app_.get());
+  {
+    absl::MutexLock lock(&c->record_->mu);
+    c->record_->app_address = AddressOf(SocketAddress::PeerOf(c->app_.get()));
+  }
+  auto destination = listener.destination(c->app_.get());
+  if (!destination.ok()) {
+    c->Abort("no_destination", std::string(destination.status().message()));
+    return;
+  }
+  auto wire = StartConnect(*destination);
+  if (!wire.ok()) {
+    c->Abort("connect_failed", std::string(wire.status().message()));
+    return;
+  }
+  c->wire_ = *std::move(wire);
+  {
+    absl::MutexLock lock(&c->record_->mu);
+    c->record_->wire_peer = destination->ToString();
+  }
+  c->state_ = ConnectionState::kConnecting;
+  c->deadline_ = ctx.loop.now() + ctx.shared.options.connect_timeout;
+  c->Wait(c->wire_.get(), POLLOUT);
+}
+
+void Connection::StartInbound(LoopContext& ctx, const InboundListener& listener, UniqueFd wire) {
+  auto* c = new Connection(ctx, Direction::kInbound, listener.workload);
+  c->inbound_ = &listener;
+  c->wire_ = std::move(wire);
+  SetNoDelay(c->wire_.get());
+  {
+    absl::MutexLock lock(&c->record_->mu);
+    c->record_->wire_local = AddressOf(SocketAddress::LocalOf(c->wire_.get()));
+    c->record_->wire_peer = AddressOf(SocketAddress::PeerOf(c->wire_.get()));
+  }
+  c->StartHandshake(listener.identity, std::nullopt);
+}
+
+void Connection::Wait(int fd, short events) {
+  Slot slot = fd == app_.get() ? (events == POLLIN ? kAppIn : kAppOut)
+                               : (events == POLLIN ? kWireIn : kWireOut);
+  Waiter& w = waiters_[slot];
+  if (w.pending) return;
+  w.pending = true;
+  ++pending_;
+  ctx_.loop.PollAdd(&w, fd, events);
+}
+
+void Connection::OnPoll(Slot slot, int result) {
+  waiters_[slot].pending = false;
+  --pending_;
+  if (closing_) {
+    MaybeFinalize();
+    return;
+  }
+  if (result < 0 && result != -ECANCELED) {
+    Abort("io_error", absl::StrCat("poll: ", strerror(-result)));
+    return;
+  }
+  Advance();
+}
+
+void Connection::Advance() {
+  switch (state_) {
+    case ConnectionState::kConnecting: {
+      if (int err = SocketError(wire_.get()); err != 0) {
+        std::string to;
+        {
+          absl::MutexLock lock(&record_->mu);
+          to = record_->wire_peer;
+        }
+        Abort("connect_failed", absl::StrCat("connect to ", to, ": ", strerror(err)));
+        return;
+      }
+      {
+        absl::MutexLock lock(&record_->mu);
+        record_->wire_local = AddressOf(SocketAddress::LocalOf(wire_.get()));
+      }
+      StartHandshake(outbound_->identity, outbound_->expected_server);
+      return;
+    }
+    case ConnectionState::kHandshaking:
+      DriveHandshake();
+      return;
+    case ConnectionState::kConnectingApp: {
+      if (int err = SocketError(app_.get()); err != 0) {
+        Abort("app_unreachable",
+              absl::StrCat("connect to the application at ", inbound_->application.ToString(), ": ",
+                           strerror(err)));
+        return;
+      }
+      StartPumping();
+      return;
+    }
+    case ConnectionState::kEstablished:
+      RunPumps();
+      return;
+    case ConnectionState::kClosing:
+      return;
+  }
+}
+
+void Connection::StartHandshake(const SvidProvider& identity,
+                                std::optional<SpiffeIdPattern> expected) {
+  state_ = ConnectionState::kHandshaking;
+  record_->state.store(state_);
+  counted_handshake_ = true;
+  ctx_.shared.counters->handshaking.fetch_add(1);
+  deadline_ = ctx_.loop.now() + ctx_.shared.options.handshake_timeout;
+  std::shared_ptr<const Svid> svid = identity();
+  if (!svid) {
+    ctx_.shared.counters->errors.fetch_add(1);
+    Abort("no_identity", "no SVID is available for this workload");
+    return;
+  }
+  const TlsContext& tls =
+      direction_ == Direction::kOutbound ? *ctx_.shared.client_tls : *ctx_.shared.server_tls;
+  auto session = tls.NewSession(std::move(svid), std::move(expected));
+  if (!session.ok()) {
+    ctx_.shared.counters->errors.fetch_add(1);
+    Abort("tls_setup", std::string(session.status().message()));
+    return;
+  }
+  tls_ = *std::move(session);
+  if (auto st = tls_->SetFd(wire_.get()); !st.ok()) {
+    ctx_.shared.counters->errors.fetch_add(1);
+    Abort("tls_setup", std::string(st.message()));
+    return;
+  }
+  DriveHandshake();
+}
+
+void Connection::DriveHandshake() {
+  switch (tls_->Handshake()) {
+    case HandshakeProgress::kWantRead:
+      Wait(wire_.get(), POLLIN);
+      return;
+    case HandshakeProgress::kWantWrite:
+      Wait(wire_.get(), POLLOUT);
+      return;
+    case HandshakeProgress::kFailed: {
+      ctx_.shared.counters->handshake_failures.fetch_add(1);
+      const HandshakeFailure& f = tls_->failure();
+      Abort(f.code(), f.explanation);
+      return;
+    }
+    case HandshakeProgress::kDone:
+      OnHandshakeDone();
+      return;
+  }
+}
+
+void Connection::OnHandshakeDone() {
+  counted_handshake_ = false;
+  ctx_.shared.counters->handshaking.fetch_sub(1);
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->local_id = tls_->local_id().ToString();
+    record_->peer_id = tls_->peer_id()->ToString();
+    record_->tls_version = std::string(tls_->version());
+    record_->cipher = std::string(tls_->cipher());
+  }
+  if (direction_ == Direction::kOutbound) {
+    StartPumping();
+    return;
+  }
+  // Inbound: the client proved its identity; may it reach this workload?
+  auto local = SocketAddress::LocalOf(wire_.get());
+  AuthorizationDecision decision = ctx_.shared.authorizer->Authorize(
+      {*tls_->peer_id(), inbound_->workload, local.ok() ? local->port() : uint16_t{0}});
+  if (!decision.allowed) {
+    ctx_.shared.counters->denied.fetch_add(1);
+    Abort("denied", decision.reason);
+    return;
+  }
+  ConnectApplication();
+}
+
+void Connection::ConnectApplication() {
+  auto app = StartConnect(inbound_->application);
+  if (!app.ok()) {
+    Abort("app_unreachable", std::string(app.status().message()));
+    return;
+  }
+  app_ = *std::move(app);
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->app_address = inbound_->application.ToString();
+  }
+  state_ = ConnectionState::kConnectingApp;
+  record_->state.store(state_);
+  deadline_ = ctx_.loop.now() + ctx_.shared.options.connect_timeout;
+  Wait(app_.get(), POLLOUT);
+}
+
+void Connection::StartPumping() {
+  std::string data_path = "userspace";
+  if (ctx_.shared.use_ktls) {
+    // From here on the kernel owns the record layer; OpenSSL must not touch
+    // the socket again. A failure leaves the socket unusable: abort.
+    auto installed = InstallKtls(wire_.get(), *tls_);
+    if (!installed.ok()) {
+      Abort("ktls_install", std::string(installed.status().message()));
+      return;
+    }
+    data_path = std::string(DataPathName(*installed));
+    ktls_ = true;
+    int wire = wire_.get();
+    auto to_wire = SplicePump::Create(app_.get(), wire, nullptr, [](int fd) {
+      if (auto st = SendCloseNotify(fd); !st.ok()) return st;
+      if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN) {
+        return absl::ErrnoToStatus(errno, "shutdown");
+      }
+      return absl::OkStatus();
+    });
+    auto from_wire = SplicePump::Create(wire, app_.get(), &ReadControlRecordIsCleanEnd, nullptr);
+    if (!to_wire.ok() || !from_wire.ok()) {
+      Abort("pump_setup",
+            std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
+      return;
+    }
+    to_wire_ = *std::move(to_wire);
+    from_wire_ = *std::move(from_wire);
+    record_limit_ = RecordLimit(tls_->cipher());
+  } else {
+    SSL_set_mode(tls_->ssl(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    app_end_ = std::make_unique<SocketEnd>(app_.get());
+    wire_end_ = std::make_unique<SslEnd>(tls_->ssl(), wire_.get());
+    to_wire_ = std::make_unique<CopyPump>(*app_end_, *wire_end_);
+    from_wire_ = std::make_unique<CopyPump>(*wire_end_, *app_end_);
+    record_limit_ = RecordLimit(tls_->cipher());
+  }
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->data_path = data_path;
+  }
+  state_ = ConnectionState::kEstablished;
+  record_->state.store(state_);
+  ctx_.shared.counters->established.fetch_add(1);
+  deadline_ = absl::InfiniteFuture();
+  last_activity_ = ctx_.loop.now();
+  RunPumps();
+}
+
+absl::Status Connection::CheckRecordLimits() {
+  // TLS 1.3 must rekey before the AEAD limit; kernel TLS before 6.14 cannot
+  // rekey, so ktrust never sends KeyUpdate and ends the connection instead.
+  uint64_t sent = 0, received = 0;
+  if (ktls_) {
+    auto tx = RecordSequence(wire_.get(), KtlsDirection::kTx);
+    auto rx = RecordSequence(wire_.get(), KtlsDirection::kRx);
+    if (!tx.ok()) return tx.status();
+    if (!rx.ok()) return rx.status();
+    sent = *tx;
+    received = *rx;
+  } else {
+    auto* ssl_end = static_cast<SslEnd*>(wire_end_.get());
+    sent = ssl_end->records_written();
+    received = ssl_end->records_read();
+  }
+  if (sent >= record_limit_ || received >= record_limit_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the connection reached the TLS record limit for ", tls_->cipher(), " (",
+                     record_limit_, " records) and must be re-established"));
+  }
+  return absl::OkStatus();
+}
+
+void Connection::RunPumps() {
+  uint64_t moved = 0;
+  if (!to_wire_done_) {
+    PumpStep step = to_wire_->Step();
+    record_->bytes_to_wire.fetch_add(step.bytes, std::memory_order_relaxed);
+    moved += step.bytes;
+    if (step.status == PumpStatus::kFailed) {
+      Abort("stream_error", step.error);
+      return;
+    }
+    if (step.status == PumpStatus::kFinished) {
+      to_wire_done_ = true;
+    } else {
+      Wait(step.wait.fd, step.wait.events);
+    }
+  }
+  if (!from_wire_done_) {
+    PumpStep step = from_wire_->Step();
+    record_->bytes_from_wire.fetch_add(step.bytes, std::memory_order_relaxed);
+    moved += step.bytes;
+    if (step.status == PumpStatus::kFailed) {
+      Abort("stream_error", step.error);
+      return;
+    }
+    if (step.status == PumpStatus::kFinished) {
+      from_wire_done_ = true;
+    } else {
+      Wait(step.wait.fd, step.wait.events);
+    }
+  }
+  if (moved > 0) last_activity_ = ctx_.loop.now();
+  if (to_wire_done_ && from_wire_done_) CloseGracefully();
+}
+
+void Connection::Tick(absl::Time now) {
+  if (closing_) return;
+  if (now > deadline_) {
+    if (state_ == ConnectionState::kHandshaking) {
+      ctx_.shared.counters->handshake_failures.fetch_add(1);
+      Abort("handshake_timeout",
+            absl::StrCat("the TLS handshake did not complete within ",
+                         absl::FormatDuration(ctx_.shared.options.handshake_timeout)));
+    } else {
+      Abort("connect_timeout",
+            absl::StrCat("connecting did not complete within ",
+                         absl::FormatDuration(ctx_.shared.options.connect_timeout)));
+    }
+    return;
+  }
+  if (state_ != ConnectionState::kEstablished) return;
+  if (now - last_activity_ > ctx_.shared.options.idle_timeout) {
+    Abort("idle_timeout", "no data in either direction for the idle timeout");
+    return;
+  }
+  if (absl::Status st = CheckRecordLimits(); !st.ok())
+    Abort("record_limit", std::string(st.message()));
+}
+
+void Connection::Abort(absl::string_view reason_code, const std::string& explanation) {
+  if (closing_) return;
+  ArmReset(app_.get());
+  ArmReset(wire_.get());
+  result_ = std::string(reason_code);
+  result_detail_ = explanation;
+  // Refusals during the handshake are counted as handshake failures or
+  // denials where they happen; everything else is an error.
+  if (state_ != ConnectionState::kHandshaking) ctx_.shared.counters->errors.fetch_add(1);
+  Cancel();
+}
+
+void Connection::CloseGracefully() {
+  if (closing_) return;
+  Cancel();
+}
+
+void Connection::Cancel() {
+  closing_ = true;
+  state_ = ConnectionState::kClosing;
+  record_->state.store(state_);
+  for (Waiter& w : waiters_) {
+    if (w.pending) ctx_.loop.PollRemove(&w);
+  }
+  MaybeFinalize();
+}
+
+void Connection::MaybeFinalize() {
+  if (pending_ > 0) return;
+  nlohmann::json event = {
+      {"event", result_ == "ok" ? "connection_closed" : "connection_failed"},
+      {"id", record_->id},
+      {"direction", DirectionName(direction_)},
+      {"workload", record_->workload},
+      {"result", result_},
+  };
+  if (!result_detail_.empty()) event["reason"] = result_detail_;
+  {
+    absl::MutexLock lock(&record_->mu);
+    if (!record_->local_id.empty()) event["local_id"] = record_->local_id;
+    if (!record_->peer_id.empty()) event["peer_id"] = record_->peer_id;
+    if (!record_->app_address.empty()) event["app"] = record_->app_address;
+    if (!record_->wire_local.empty()) event["wire_local"] = record_->wire_local;
+    if (!record_->wire_peer.empty()) event["wire_peer"] = record_->wire_peer;
+    if (!record_->cipher.empty()) event["cipher"] = record_->cipher;
+    if (!record_->data_path.empty()) event["data_path"] = record_->data_path;
+  }
+  event["bytes_to_wire"] = record_->bytes_to_wire.load();
+  event["bytes_from_wire"] = record_->bytes_from_wire.load();
+  event["duration_ms"] = absl::ToInt64Milliseconds(ctx_.loop.now() - record_->started);
+  LogEvent(result_ == "ok" ? spdlog::level::info : spdlog::level::warn, event);
+  delete this;
+}
+
+void Connection::Destroy() {
+  ArmReset(app_.get());
+  ArmReset(wire_.get());
+  delete this;
+}
+
+}  // namespace ktrust

@@ -1,0 +1,88 @@
+// One proxied connection, from accept to close, as a state machine driven by
+// poll completions on its event loop (see event_loop.h for the threading).
+//
+//   outbound: kConnecting -> kHandshaking -> kEstablished
+//   inbound:  kHandshaking -> (authorize) -> kConnectingApp -> kEstablished
+//
+// Every failure aborts both sockets (RST), so neither side mistakes a broken
+// stream for a complete one.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine_shared.h"
+#include "ktrust/common/unique_fd.h"
+#include "ktrust/tls/tls_session.h"
+#include "pump.h"
+
+namespace ktrust {
+
+class Connection {
+ public:
+  static void StartOutbound(LoopContext& ctx, const OutboundListener& listener, UniqueFd app);
+  static void StartInbound(LoopContext& ctx, const InboundListener& listener, UniqueFd wire);
+
+  // Enforces the connect, handshake and idle deadlines.
+  void Tick(absl::Time now);
+  // Engine shutdown: close now, without waiting for io_uring.
+  void Destroy();
+
+ private:
+  enum Slot { kAppIn, kAppOut, kWireIn, kWireOut, kSlots };
+  struct Waiter : EventLoop::Op {
+    Connection* connection = nullptr;
+    Slot slot = kAppIn;
+    bool pending = false;
+    void OnComplete(int result) override { connection->OnPoll(slot, result); }
+  };
+
+  Connection(LoopContext& ctx, Direction direction, std::string workload);
+  ~Connection();
+
+  void OnPoll(Slot slot, int result);
+  void Advance();
+  void StartHandshake(const SvidProvider& identity, std::optional<SpiffeIdPattern> expected);
+  void DriveHandshake();
+  void OnHandshakeDone();
+  void ConnectApplication();
+  void StartPumping();
+  void RunPumps();
+  void Wait(int fd, short events);
+  // reason_code: stable word for logs ("handshake_failed", "denied", ...).
+  void Abort(absl::string_view reason_code, const std::string& explanation);
+  void CloseGracefully();
+  void Cancel();
+  void MaybeFinalize();
+  absl::Status CheckRecordLimits();
+
+  LoopContext& ctx_;
+  Direction direction_;
+  std::shared_ptr<ConnectionRecord> record_;
+  const OutboundListener* outbound_ = nullptr;
+  const InboundListener* inbound_ = nullptr;
+  ConnectionState state_ = ConnectionState::kConnecting;
+
+  UniqueFd app_;
+  UniqueFd wire_;
+  std::unique_ptr<TlsSession> tls_;
+  std::unique_ptr<StreamEnd> app_end_;
+  std::unique_ptr<StreamEnd> wire_end_;
+  std::unique_ptr<Pump> to_wire_;
+  std::unique_ptr<Pump> from_wire_;
+  bool to_wire_done_ = false;
+  bool from_wire_done_ = false;
+  bool ktls_ = false;
+  uint64_t record_limit_ = 0;
+
+  Waiter waiters_[kSlots];
+  int pending_ = 0;
+  bool closing_ = false;
+  bool counted_handshake_ = false;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  absl::Time last_activity_;
+  std::string result_ = "ok";
+  std::string result_detail_;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,91 @@
+#include "event_loop.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+namespace ktrust {
+namespace {
+
+// The wake-up eventfd's completion carries this tag instead of an Op.
+constexpr uint64_t kWakeTag = 1;
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(unsigned entries) {
+  std::unique_ptr<EventLoop> loop(new EventLoop());
+  int rc = io_uring_queue_init(entries, &loop->ring_, 0);
+  if (rc < 0) return absl::ErrnoToStatus(-rc, "io_uring_queue_init");
+  loop->wake_fd_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!loop->wake_fd_.valid()) return absl::ErrnoToStatus(errno, "eventfd");
+  io_uring_sqe* sqe = loop->Sqe();
+  io_uring_prep_poll_add(sqe, loop->wake_fd_.get(), POLLIN);
+  io_uring_sqe_set_data64(sqe, kWakeTag);
+  return loop;
+}
+
+EventLoop::~EventLoop() { io_uring_queue_exit(&ring_); }
+
+io_uring_sqe* EventLoop::Sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // The submission queue is full: hand it to the kernel and retry.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void EventLoop::PollAdd(Op* op, int fd, short events) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_poll_add(sqe, fd, static_cast<unsigned>(events));
+  io_uring_sqe_set_data(sqe, op);
+}
+
+void EventLoop::PollRemove(Op* op) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(op));
+  // The removal's own completion is of no interest.
+  io_uring_sqe_set_data(sqe, nullptr);
+}
+
+void EventLoop::Accept(Op* op, int listen_fd) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_accept(sqe, listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, op);
+}
+
+void EventLoop::Timeout(Op* op, __kernel_timespec* ts) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_timeout(sqe, ts, 0, 0);
+  io_uring_sqe_set_data(sqe, op);
+}
+
+void EventLoop::Run() {
+  while (!stopping_.load()) {
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+    now_ = absl::Now();
+    io_uring_cqe* cqe = nullptr;
+    unsigned head = 0;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++seen;
+      uint64_t data = io_uring_cqe_get_data64(cqe);
+      if (data == 0 || data == kWakeTag) continue;
+      reinterpret_cast<Op*>(data)->OnComplete(cqe->res);
+    }
+    io_uring_cq_advance(&ring_, seen);
+  }
+}
+
+void EventLoop::Stop() {
+  stopping_.store(true);
+  uint64_t one = 1;
+  // Wakes Run() from io_uring_submit_and_wait.
+  (void)!write(wake_fd_.get(), &one, sizeof(one));
+}
+
+}  // namespace ktrust

@@ -1,0 +1,162 @@
+#include "pump.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktrust {
+
+CopyPump::CopyPump(StreamEnd& source, StreamEnd& sink)
+    : source_(source), sink_(sink), buffer_(new char[kBufferSize]) {}
+
+PumpStep CopyPump::Step() {
+  PumpStep step;
+  while (true) {
+    if (begin_ < end_) {
+      StreamEnd::Io io = sink_.Write(buffer_.get() + begin_, end_ - begin_);
+      if (io.kind == StreamEnd::Io::kOk) {
+        begin_ += io.n;
+        step.bytes += io.n;
+        continue;
+      }
+      if (io.kind == StreamEnd::Io::kWouldBlock) {
+        step.wait = {sink_.fd(), io.wait};
+        return step;
+      }
+      step.status = PumpStatus::kFailed;
+      step.error = io.kind == StreamEnd::Io::kError ? io.error : "the receiving end closed";
+      return step;
+    }
+    begin_ = end_ = 0;
+    if (source_done_) {
+      StreamEnd::Io io = sink_.ShutdownWrite();
+      if (io.kind == StreamEnd::Io::kWouldBlock) {
+        step.wait = {sink_.fd(), io.wait};
+        return step;
+      }
+      if (io.kind == StreamEnd::Io::kError) {
+        step.status = PumpStatus::kFailed;
+        step.error = io.error;
+        return step;
+      }
+      step.status = PumpStatus::kFinished;
+      return step;
+    }
+    StreamEnd::Io io = source_.Read(buffer_.get(), kBufferSize);
+    switch (io.kind) {
+      case StreamEnd::Io::kOk:
+        end_ = io.n;
+        break;
+      case StreamEnd::Io::kEof:
+        source_done_ = true;
+        break;
+      case StreamEnd::Io::kWouldBlock:
+        step.wait = {source_.fd(), io.wait};
+        return step;
+      case StreamEnd::Io::kError:
+        step.status = PumpStatus::kFailed;
+        step.error = io.error;
+        return step;
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SplicePump>> SplicePump::Create(int source, int sink,
+                                                               ControlRecordReader reader,
+                                                               SinkCloser closer) {
+  int fds[2];
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
+  UniqueFd r(fds[0]), w(fds[1]);
+  // A bigger pipe means fewer splice calls per megabyte; fall back to the
+  // default if the limit (/proc/sys/fs/pipe-max-size) says no.
+  int size = fcntl(w.get(), F_SETPIPE_SZ, 256 * 1024);
+  if (size < 0) size = fcntl(w.get(), F_GETPIPE_SZ);
+  if (size <= 0) return absl::ErrnoToStatus(errno, "pipe size");
+  return std::unique_ptr<SplicePump>(new SplicePump(source, sink, std::move(r), std::move(w),
+                                                    static_cast<size_t>(size), std::move(reader),
+                                                    std::move(closer)));
+}
+
+SplicePump::SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write,
+                       size_t pipe_size, ControlRecordReader reader, SinkCloser closer)
+    : source_(source),
+      sink_(sink),
+      pipe_read_(std::move(pipe_read)),
+      pipe_write_(std::move(pipe_write)),
+      pipe_size_(pipe_size),
+      on_control_record_(std::move(reader)),
+      close_sink_(std::move(closer)) {}
+
+PumpStep SplicePump::Step() {
+  PumpStep step;
+  auto fail = [&](std::string error) {
+    step.status = PumpStatus::kFailed;
+    step.error = std::move(error);
+    return step;
+  };
+  while (true) {
+    if (in_pipe_ > 0) {
+      ssize_t n = splice(pipe_read_.get(), nullptr, sink_, nullptr, in_pipe_,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        in_pipe_ -= static_cast<size_t>(n);
+        step.bytes += static_cast<uint64_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        step.wait = {sink_, POLLOUT};
+        return step;
+      }
+      return fail(absl::StrCat("splice to the receiving socket: ", strerror(errno)));
+    }
+    if (source_done_) {
+      if (close_sink_) {
+        absl::Status st = close_sink_(sink_);
+        if (absl::IsUnavailable(st)) {  // the socket buffer is full: retry on POLLOUT
+          step.wait = {sink_, POLLOUT};
+          return step;
+        }
+        if (!st.ok()) return fail(std::string(st.message()));
+      } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
+        return fail(absl::StrCat("shutdown: ", strerror(errno)));
+      }
+      step.status = PumpStatus::kFinished;
+      return step;
+    }
+    ssize_t n = splice(source_, nullptr, pipe_write_.get(), nullptr, pipe_size_,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      in_pipe_ = static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) {
+      // A kTLS stream must end with close_notify; a bare FIN could be an
+      // attacker truncating it, so it is an error, never a clean end.
+      if (on_control_record_) return fail("the peer closed without close_notify (truncated)");
+      source_done_ = true;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      step.wait = {source_, POLLIN};
+      return step;
+    }
+    // kTLS refuses to splice a non-data record (EINVAL) or a record it could
+    // not process (EIO): read it as what it is.
+    if (on_control_record_ && (errno == EINVAL || errno == EIO)) {
+      absl::StatusOr<bool> clean_end = on_control_record_(source_);
+      if (!clean_end.ok()) return fail(std::string(clean_end.status().message()));
+      if (*clean_end) source_done_ = true;
+      continue;
+    }
+    return fail(absl::StrCat("splice from the sending socket: ", strerror(errno)));
+  }
+}
+
+}  // namespace ktrust

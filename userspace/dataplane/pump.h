@@ -1,0 +1,111 @@
+// Moves one direction of a connection's bytes until the source ends, with a
+// bounded buffer: a slow reader stalls the writer instead of growing memory.
+//
+//   CopyPump    through a 64 KiB userspace buffer; used when one end is an
+//               OpenSSL session (the userspace record layer).
+//   SplicePump  socket -> pipe -> socket with splice(2), no copy to
+//               userspace; used when the kernel does the crypto (kTLS).
+//
+// Both are non-blocking: Step() makes all the progress it can and then says
+// which fd and poll event it waits for.
+#pragma once
+
+#include <poll.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ktrust/common/unique_fd.h"
+
+namespace ktrust {
+
+// The poll event a pump waits for before Step() can continue.
+struct PumpWait {
+  int fd = -1;
+  short events = 0;  // POLLIN or POLLOUT
+};
+
+enum class PumpStatus {
+  kBlocked,   // waiting for `wait`
+  kFinished,  // the source ended cleanly and the sink was shut down for writing
+  kFailed,    // see error; the connection must be aborted
+};
+
+struct PumpStep {
+  PumpStatus status = PumpStatus::kBlocked;
+  PumpWait wait;
+  uint64_t bytes = 0;  // moved during this step
+  std::string error;
+};
+
+// One end of a byte stream, as CopyPump sees it.
+class StreamEnd {
+ public:
+  struct Io {
+    enum Kind { kOk, kEof, kWouldBlock, kError } kind = kOk;
+    size_t n = 0;       // bytes, with kOk
+    short wait = 0;     // POLLIN or POLLOUT, with kWouldBlock
+    std::string error;  // with kError: what failed, in words
+  };
+  virtual ~StreamEnd() = default;
+  virtual int fd() const = 0;
+  virtual Io Read(char* buf, size_t len) = 0;
+  virtual Io Write(const char* buf, size_t len) = 0;
+  // Half-close: FIN, or close_notify then FIN. kWouldBlock means call again.
+  virtual Io ShutdownWrite() = 0;
+};
+
+class Pump {
+ public:
+  virtual ~Pump() = default;
+  virtual PumpStep Step() = 0;
+};
+
+class CopyPump : public Pump {
+ public:
+  static constexpr size_t kBufferSize = 64 * 1024;
+  CopyPump(StreamEnd& source, StreamEnd& sink);
+  PumpStep Step() override;
+
+ private:
+  StreamEnd& source_;
+  StreamEnd& sink_;
+  std::unique_ptr<char[]> buffer_;
+  size_t begin_ = 0;
+  size_t end_ = 0;
+  bool source_done_ = false;
+};
+
+class SplicePump : public Pump {
+ public:
+  // Called when splice from a kTLS source stops at a non-data record:
+  // returns true for close_notify (a clean end), or an error.
+  using ControlRecordReader = std::function<absl::StatusOr<bool>(int fd)>;
+  // Half-closes a kTLS sink: close_notify then FIN. Unavailable means the
+  // socket buffer is full: it is called again once the sink is writable.
+  using SinkCloser = std::function<absl::Status(int fd)>;
+
+  static absl::StatusOr<std::unique_ptr<SplicePump>> Create(int source, int sink,
+                                                            ControlRecordReader on_control_record,
+                                                            SinkCloser close_sink);
+  PumpStep Step() override;
+
+ private:
+  SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write, size_t pipe_size,
+             ControlRecordReader reader, SinkCloser closer);
+
+  int source_;
+  int sink_;
+  UniqueFd pipe_read_;
+  UniqueFd pipe_write_;
+  size_t pipe_size_;
+  size_t in_pipe_ = 0;
+  bool source_done_ = false;
+  ControlRecordReader on_control_record_;  // null: the source is a plain socket
+  SinkCloser close_sink_;                  // null: shutdown(SHUT_WR) only
+};
+
+}  // namespace ktrust
