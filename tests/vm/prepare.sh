@@ -34,6 +34,7 @@ PACKAGES=(qemu-system-x86 busybox-static kmod cpio gzip python3 openssl)
 #   tls + AEADs: kTLS itself; the kernel asks for "gcm(aes)" etc. lazily, and
 #     aesni_intel/ghash_clmulni_intel are the fast implementations (-cpu max has them).
 #   veth, bridge, sch_ingress, cls_bpf: what the simulated-node tests build on.
+#   inet_diag, tcp_diag: `ss -tie` and the data path report (kTLS ULP info).
 # Anything else is still found on demand: the kernel's modprobe helper runs in the
 # initramfs root (init only chroots), whose /sbin/modprobe is busybox.
 MODULES=(
@@ -41,6 +42,7 @@ MODULES=(
   tls gcm ccm aesni_intel ghash_clmulni_intel
   chacha20poly1305 chacha_x86_64 poly1305_x86_64
   veth bridge sch_ingress cls_bpf
+  inet_diag tcp_diag
 )
 
 # --- 1. host packages ---------------------------------------------------------

@@ -271,14 +271,23 @@ void Connection::ConnectApplication() {
 
 void Connection::StartPumping() {
   std::string data_path = "userspace";
-  if (ctx_.shared.use_ktls) {
-    // From here on the kernel owns the record layer; OpenSSL must not touch
-    // the socket again. A failure leaves the socket unusable: abort.
-    auto installed = InstallKtls(wire_.get(), *tls_);
-    if (!installed.ok()) {
+  absl::StatusOr<DataPath> installed = absl::UnavailableError("kernel TLS is not in use");
+  if (ctx_.shared.use_ktls) installed = InstallKtls(wire_.get(), *tls_);
+  if (ctx_.shared.use_ktls && !installed.ok()) {
+    // A refusal before the socket was touched leaves OpenSSL attached, and
+    // OpenSSL's record layer can carry the connection instead. (A peer that
+    // sent its request and FIN at once puts the socket in CLOSE_WAIT, where
+    // TCP_ULP says ENOTCONN.) After that point the socket is unusable.
+    BIO* rbio = SSL_get_rbio(tls_->ssl());
+    if (rbio == nullptr || BIO_method_type(rbio) != BIO_TYPE_SOCKET) {
       Abort("ktls_install", std::string(installed.status().message()));
       return;
     }
+    LogEvent(spdlog::level::debug, {{"event", "ktls_fallback"},
+                                    {"id", record_->id},
+                                    {"reason", installed.status().message()}});
+  }
+  if (installed.ok()) {
     data_path = std::string(DataPathName(*installed));
     ktls_ = true;
     int wire = wire_.get();

@@ -1,6 +1,7 @@
 #include "ktrust/dataplane/engine.h"
 
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -196,6 +197,13 @@ Engine::~Engine() { Stop(); }
 
 absl::Status Engine::Start() {
   Shared& shared = *shared_;
+  // A kTLS connection holds six descriptors (two sockets, two pipes): the
+  // common soft limit of 1024 would cap an engine at about 170 connections.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   for (int i = 0; i < shared.options.loops; ++i) {
     auto loop = EventLoop::Create();
     if (!loop.ok()) return loop.status();

@@ -156,9 +156,13 @@ std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   return ModeName(info.param.mode) + "_" + info.param.suite.substr(4);  // drop "TLS_"
 }
 
+// Skips where the kernel has no kTLS (this host), but never in the vm tier,
+// whose whole point is a kernel with kTLS.
 void SkipWithoutKtls() {
   KtlsSupport support = ProbeKtls();
-  if (!support.available) GTEST_SKIP() << "kernel TLS unavailable: " << support.reason;
+  if (support.available) return;
+  if (getenv("KTRUST_VM")) FAIL() << "the vm tier has no kernel TLS: " << support.reason;
+  GTEST_SKIP() << "kernel TLS unavailable: " << support.reason;
 }
 
 class KtlsKernelTest : public ::testing::TestWithParam<Case> {

@@ -1,0 +1,557 @@
+// loadgen: the backend and the load generator for tools/bench/run.sh.
+//
+//   loadgen server     --listen 127.0.0.1:PORT
+//   loadgen throughput --connect ADDR --bytes N
+//   loadgen rr         --connect ADDR --count N [--size 64] [--warmup W]
+//   loadgen connrate   --connect ADDR --concurrency C --seconds S [--size 64]
+//
+// Wire protocol (the proxies under test just carry it): the first byte a
+// client sends picks the mode of its connection on the server.
+//   'S' sink: then an 8-byte little-endian length N, then N bytes; once all N
+//       arrived the server answers with the 8-byte little-endian count, so the
+//       client's clock stops only after delivery through every proxy.
+//   anything else: echo; the server sends back every byte, the first included.
+//
+// Every client mode prints one JSON object on stdout and exits 0, or prints
+// "loadgen: error: ..." on stderr and exits 1. The server is one epoll thread:
+// it is the same for every target, so it costs the same everywhere.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr char kSinkMode = 'S';
+constexpr char kEchoMode = 'E';
+// Client sockets give up after this long, so a wedged proxy fails a run
+// instead of hanging it.
+constexpr int kIoTimeoutSeconds = 10;
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "loadgen: error: %s\n", what.c_str());
+  std::exit(1);
+}
+
+[[noreturn]] void DieErrno(const std::string& what) { Die(what + ": " + std::strerror(errno)); }
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// User + system CPU seconds of this process (all threads).
+double ProcessCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto secs = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
+  return secs(ru.ru_utime) + secs(ru.ru_stime);
+}
+
+// "--name value" pairs into a map; a bare "--flag" maps to "".
+std::map<std::string, std::string> ParseFlags(int argc, char** argv, int first) {
+  std::map<std::string, std::string> flags;
+  for (int i = first; i < argc; ++i) {
+    std::string name = argv[i];
+    if (name.rfind("--", 0) != 0) Die("unexpected argument \"" + name + "\"");
+    name = name.substr(2);
+    if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
+      flags[name] = argv[++i];
+    } else {
+      flags[name] = "";
+    }
+  }
+  return flags;
+}
+
+std::string Need(const std::map<std::string, std::string>& flags, const std::string& name) {
+  auto it = flags.find(name);
+  if (it == flags.end() || it->second.empty()) Die("--" + name + " is required");
+  return it->second;
+}
+
+int64_t NumberFlag(const std::map<std::string, std::string>& flags, const std::string& name,
+                   std::optional<int64_t> fallback = std::nullopt) {
+  auto it = flags.find(name);
+  if (it == flags.end()) {
+    if (!fallback) Die("--" + name + " is required");
+    return *fallback;
+  }
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(it->second.c_str(), &end, 10);
+  if (errno != 0 || end == it->second.c_str() || *end != '\0' || v < 0) {
+    Die("--" + name + " wants a non-negative integer, got \"" + it->second + "\"");
+  }
+  return v;
+}
+
+sockaddr_in ParseAddress(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos) Die("address \"" + text + "\" should be IPV4:PORT");
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &sa.sin_addr) != 1) {
+    Die("address \"" + text + "\" has no valid IPv4 host");
+  }
+  int port = std::atoi(text.c_str() + colon + 1);
+  if (port <= 0 || port > 65535) Die("address \"" + text + "\" has no valid port");
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  return sa;
+}
+
+// A file descriptor closed on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(other.Release()) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) Reset(other.Release());
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { Reset(); }
+  int get() const { return fd_; }
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset(int fd = -1) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_;
+};
+
+void SetNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+// A blocking client socket connected to `sa`, or an error message.
+std::optional<Fd> Connect(const sockaddr_in& sa, std::string* error) {
+  Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) {
+    *error = std::string("socket: ") + std::strerror(errno);
+    return std::nullopt;
+  }
+  timeval tv{kIoTimeoutSeconds, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  SetNoDelay(fd.get());
+  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
+    *error = std::string("connect: ") + std::strerror(errno);
+    return std::nullopt;
+  }
+  return fd;
+}
+
+Fd MustConnect(const sockaddr_in& sa) {
+  std::string error;
+  auto fd = Connect(sa, &error);
+  if (!fd) Die(error);
+  return std::move(*fd);
+}
+
+// Sends all of buf; false on error (errno set).
+bool SendAll(int fd, const char* buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    buf += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads exactly len bytes; false on error or early EOF (errno = 0 for EOF).
+bool RecvAll(int fd, char* buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = recv(fd, buf, len, 0);
+    if (n == 0) {
+      errno = 0;
+      return false;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    buf += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+std::string IoError(const char* what) {
+  return std::string(what) + ": " + (errno == 0 ? "connection closed" : std::strerror(errno));
+}
+
+void PutLe64(char* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+uint64_t GetLe64(const char* in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i)
+    v |= static_cast<uint64_t>(static_cast<unsigned char>(in[i])) << (8 * i);
+  return v;
+}
+
+// Nearest-rank percentile of sorted samples, p in (0, 1].
+double Percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  size_t rank = static_cast<size_t>(std::ceil(p * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+}
+
+// ---------------------------------------------------------------- server
+
+struct ServerConn {
+  enum class Mode { kUnknown, kEcho, kSink } mode = Mode::kUnknown;
+  Fd fd;
+  std::string pending;  // echo bytes the socket did not take yet
+  uint64_t sink_header_got = 0;
+  char sink_header[9] = {};
+  uint64_t sink_expected = 0;
+  uint64_t sink_received = 0;
+};
+
+class Server {
+ public:
+  explicit Server(const sockaddr_in& sa) {
+    listener_.Reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (listener_.get() < 0) DieErrno("socket");
+    int one = 1;
+    setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(listener_.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
+      DieErrno("bind");
+    }
+    if (listen(listener_.get(), 4096) != 0) DieErrno("listen");
+    epoll_.Reset(epoll_create1(EPOLL_CLOEXEC));
+    if (epoll_.get() < 0) DieErrno("epoll_create1");
+    Watch(listener_.get(), EPOLLIN, EPOLL_CTL_ADD);
+  }
+
+  [[noreturn]] void Run() {
+    std::vector<epoll_event> events(256);
+    buf_.resize(256 * 1024);
+    for (;;) {
+      int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        DieErrno("epoll_wait");
+      }
+      for (int i = 0; i < n; ++i) {
+        int fd = events[static_cast<size_t>(i)].data.fd;
+        if (fd == listener_.get()) {
+          AcceptAll();
+          continue;
+        }
+        auto it = conns_.find(fd);
+        if (it == conns_.end()) continue;
+        if (!Serve(*it->second, events[static_cast<size_t>(i)].events)) conns_.erase(it);
+      }
+    }
+  }
+
+ private:
+  void Watch(int fd, uint32_t events, int op) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = fd;
+    if (epoll_ctl(epoll_.get(), op, fd, &ev) != 0) DieErrno("epoll_ctl");
+  }
+
+  void AcceptAll() {
+    for (;;) {
+      int fd = accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        if (errno == ECONNABORTED) continue;
+        std::fprintf(stderr, "loadgen server: accept: %s\n", std::strerror(errno));
+        return;
+      }
+      SetNoDelay(fd);
+      auto conn = std::make_unique<ServerConn>();
+      conn->fd.Reset(fd);
+      Watch(fd, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_ADD);
+      conns_[fd] = std::move(conn);
+    }
+  }
+
+  // Flushes pending echo bytes; false if the connection is dead.
+  bool Flush(ServerConn& c) {
+    while (!c.pending.empty()) {
+      ssize_t n = send(c.fd.get(), c.pending.data(), c.pending.size(), MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          // Stop reading until the peer drains what we owe it.
+          Watch(c.fd.get(), EPOLLOUT | EPOLLRDHUP, EPOLL_CTL_MOD);
+          return true;
+        }
+        return false;
+      }
+      c.pending.erase(0, static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  // Handles readiness on one connection; false to close it.
+  bool Serve(ServerConn& c, uint32_t events) {
+    if (events & EPOLLOUT) {
+      if (!Flush(c)) return false;
+      if (!c.pending.empty()) return true;
+      Watch(c.fd.get(), EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+    }
+    if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return true;
+    // Read until EAGAIN (level-triggered, so stopping early is also fine).
+    for (int rounds = 0; rounds < 64; ++rounds) {
+      ssize_t n = recv(c.fd.get(), buf_.data(), buf_.size(), 0);
+      if (n == 0) return false;
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+      }
+      if (!Consume(c, buf_.data(), static_cast<size_t>(n))) return false;
+      if (!c.pending.empty()) return true;  // blocked on output: wait for EPOLLOUT
+    }
+    return true;
+  }
+
+  bool Consume(ServerConn& c, const char* data, size_t len) {
+    if (c.mode == ServerConn::Mode::kUnknown) {
+      c.mode = data[0] == kSinkMode ? ServerConn::Mode::kSink : ServerConn::Mode::kEcho;
+    }
+    if (c.mode == ServerConn::Mode::kEcho) {
+      c.pending.append(data, len);
+      return Flush(c);
+    }
+    // Sink: 1 mode byte + 8 length bytes, then the payload.
+    while (c.sink_header_got < sizeof(c.sink_header) && len > 0) {
+      c.sink_header[c.sink_header_got++] = *data++;
+      --len;
+      if (c.sink_header_got == sizeof(c.sink_header)) c.sink_expected = GetLe64(c.sink_header + 1);
+    }
+    if (c.sink_header_got < sizeof(c.sink_header)) return true;
+    bool was_done = c.sink_received >= c.sink_expected;
+    c.sink_received += len;
+    if (!was_done && c.sink_received >= c.sink_expected) {
+      char ack[8];
+      PutLe64(ack, c.sink_received);
+      c.pending.append(ack, sizeof(ack));
+      return Flush(c);
+    }
+    return true;
+  }
+
+  Fd listener_;
+  Fd epoll_;
+  std::vector<char> buf_;
+  std::unordered_map<int, std::unique_ptr<ServerConn>> conns_;
+};
+
+// ---------------------------------------------------------------- clients
+
+int RunThroughput(const sockaddr_in& sa, uint64_t bytes) {
+  std::vector<char> chunk(1 << 20, 'x');
+  double cpu0 = ProcessCpuSeconds();
+  Fd fd = MustConnect(sa);
+  auto start = Clock::now();
+  char header[9];
+  header[0] = kSinkMode;
+  PutLe64(header + 1, bytes);
+  if (!SendAll(fd.get(), header, sizeof(header))) Die(IoError("send"));
+  for (uint64_t left = bytes; left > 0;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(left, chunk.size()));
+    if (!SendAll(fd.get(), chunk.data(), n)) Die(IoError("send"));
+    left -= n;
+  }
+  char ack[8];
+  if (!RecvAll(fd.get(), ack, sizeof(ack))) Die(IoError("waiting for the backend's count"));
+  double seconds = SecondsSince(start);
+  uint64_t got = GetLe64(ack);
+  if (got != bytes) {
+    Die("backend counted " + std::to_string(got) + " bytes, sent " + std::to_string(bytes));
+  }
+  std::printf(
+      "{\"bytes\": %" PRIu64 ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f}\n",
+      bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9, ProcessCpuSeconds() - cpu0);
+  return 0;
+}
+
+int RunRequestResponse(const sockaddr_in& sa, int64_t count, int64_t warmup, size_t size) {
+  double cpu0 = ProcessCpuSeconds();
+  Fd fd = MustConnect(sa);
+  std::string request(size, kEchoMode);
+  std::string reply(size, '\0');
+  std::vector<double> micros;
+  micros.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < warmup + count; ++i) {
+    auto t0 = Clock::now();
+    if (!SendAll(fd.get(), request.data(), size)) Die(IoError("send"));
+    if (!RecvAll(fd.get(), reply.data(), size)) Die(IoError("recv"));
+    double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    if (reply != request) Die("echo differs from the request");
+    if (i >= warmup) micros.push_back(us);
+  }
+  std::vector<double> sorted = micros;
+  std::sort(sorted.begin(), sorted.end());
+  double sum = 0;
+  for (double us : sorted) sum += us;
+  std::printf(
+      "{\"count\": %zu, \"size\": %zu, \"p50_us\": %.2f, \"p90_us\": %.2f, \"p99_us\": %.2f, "
+      "\"p999_us\": %.2f, \"mean_us\": %.2f, \"max_us\": %.2f, \"client_cpu_s\": %.4f}\n",
+      sorted.size(), size, Percentile(sorted, 0.50), Percentile(sorted, 0.90),
+      Percentile(sorted, 0.99), Percentile(sorted, 0.999),
+      sorted.empty() ? 0.0 : sum / static_cast<double>(sorted.size()),
+      sorted.empty() ? 0.0 : sorted.back(), ProcessCpuSeconds() - cpu0);
+  return 0;
+}
+
+struct WorkerResult {
+  uint64_t ok = 0;
+  uint64_t errors = 0;
+  std::vector<double> micros;  // one connect..close duration per success
+  std::map<std::string, uint64_t> error_kinds;
+};
+
+int RunConnectionRate(const sockaddr_in& sa, int concurrency, double seconds, size_t size) {
+  double cpu0 = ProcessCpuSeconds();
+  std::vector<WorkerResult> results(static_cast<size_t>(concurrency));
+  std::vector<std::thread> workers;
+  auto start = Clock::now();
+  auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  for (int w = 0; w < concurrency; ++w) {
+    workers.emplace_back([&, w] {
+      WorkerResult& r = results[static_cast<size_t>(w)];
+      std::string request(size, kEchoMode);
+      std::string reply(size, '\0');
+      while (Clock::now() < deadline) {
+        auto t0 = Clock::now();
+        std::string error;
+        auto fd = Connect(sa, &error);
+        if (fd) {
+          if (!SendAll(fd->get(), request.data(), size)) {
+            error = IoError("send");
+          } else if (!RecvAll(fd->get(), reply.data(), size)) {
+            error = IoError("recv");
+          } else if (reply != request) {
+            error = "echo differs";
+          }
+          fd->Reset();
+        }
+        if (error.empty()) {
+          ++r.ok;
+          r.micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        } else {
+          ++r.errors;
+          ++r.error_kinds[error];
+          // Back off a little so a refusing target is not spun against.
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  double elapsed = SecondsSince(start);
+  uint64_t ok = 0, errors = 0;
+  std::vector<double> micros;
+  std::map<std::string, uint64_t> kinds;
+  for (auto& r : results) {
+    ok += r.ok;
+    errors += r.errors;
+    micros.insert(micros.end(), r.micros.begin(), r.micros.end());
+    for (auto& [k, v] : r.error_kinds) kinds[k] += v;
+  }
+  std::sort(micros.begin(), micros.end());
+  std::string kinds_json;
+  for (auto& [k, v] : kinds) {
+    if (!kinds_json.empty()) kinds_json += ", ";
+    kinds_json += "\"" + k + "\": " + std::to_string(v);
+  }
+  std::printf(
+      "{\"concurrency\": %d, \"seconds\": %.4f, \"connections\": %" PRIu64 ", \"errors\": %" PRIu64
+      ", \"conns_per_sec\": %.1f, \"conn_p50_us\": %.1f, \"conn_p99_us\": %.1f, "
+      "\"client_cpu_s\": %.4f, \"error_kinds\": {%s}}\n",
+      concurrency, elapsed, ok, errors, static_cast<double>(ok) / elapsed, Percentile(micros, 0.50),
+      Percentile(micros, 0.99), ProcessCpuSeconds() - cpu0, kinds_json.c_str());
+  return 0;
+}
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage:\n"
+               "  loadgen server     --listen IP:PORT\n"
+               "  loadgen throughput --connect IP:PORT --bytes N\n"
+               "  loadgen rr         --connect IP:PORT --count N [--size 64] [--warmup W]\n"
+               "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    Usage();
+    return 2;
+  }
+  std::string mode = argv[1];
+  auto flags = ParseFlags(argc, argv, 2);
+  if (mode == "server") {
+    Server server(ParseAddress(Need(flags, "listen")));
+    server.Run();
+  }
+  if (mode == "throughput") {
+    return RunThroughput(ParseAddress(Need(flags, "connect")),
+                         static_cast<uint64_t>(NumberFlag(flags, "bytes")));
+  }
+  size_t size = static_cast<size_t>(NumberFlag(flags, "size", 64));
+  if (size == 0 || size > (1 << 20)) Die("--size must be 1..1048576");
+  if (mode == "rr") {
+    int64_t count = NumberFlag(flags, "count");
+    if (count == 0) Die("--count must be positive");
+    return RunRequestResponse(ParseAddress(Need(flags, "connect")), count,
+                              NumberFlag(flags, "warmup", std::min<int64_t>(100, count / 10)),
+                              size);
+  }
+  if (mode == "connrate") {
+    int64_t concurrency = NumberFlag(flags, "concurrency");
+    if (concurrency < 1 || concurrency > 1024) Die("--concurrency must be 1..1024");
+    int64_t secs = NumberFlag(flags, "seconds");
+    if (secs < 1) Die("--seconds must be positive");
+    return RunConnectionRate(ParseAddress(Need(flags, "connect")), static_cast<int>(concurrency),
+                             static_cast<double>(secs), size);
+  }
+  Usage();
+  return 2;
+}

@@ -1,0 +1,518 @@
+#!/usr/bin/env bash
+# ktrust loopback benchmark: plain TCP (the limit), a ktrust engine pair, and
+# stunnel4 and haproxy pairs doing the same mutual TLS 1.3 with the same
+# certificates, measured in one run. See tools/bench/README.md.
+#
+#   tools/bench/run.sh [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep]
+#
+# Every pair: loadgen -> proxy A (plain in, mTLS out as spiffe://bench.local/client)
+#   -> proxy B (mTLS in, client certificate required, plain out) -> loadgen server.
+# Plain: loadgen -> loadgen server.
+#
+# Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust target is
+# skipped if it does not exist), KTRUSTD_ARGS (extra flags for both ktrustd
+# sides; default "--log-level warn", as the peers log only warnings), KTRUST
+# (the CLI), LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build="${KTRUST_BUILD_DIR:-$repo/build}"
+KTRUSTD="${KTRUSTD:-$build/userspace/ktrustd}"
+KTRUSTD_ARGS="${KTRUSTD_ARGS---log-level warn}"
+KTRUST="${KTRUST:-$build/userspace/ktrust}"
+LOADGEN="${LOADGEN:-$build/tools/bench/loadgen}"
+PYTHON=/usr/bin/python3
+
+quick=0
+keep=0
+out="$PWD/ktrust-bench.json"
+runs=""
+targets="plain,stunnel,haproxy,ktrust"
+
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while (($#)); do
+  case "$1" in
+    --quick) quick=1 ;;
+    --out) out=$2; shift ;;
+    --runs) runs=$2; shift ;;
+    --targets) targets=$2; shift ;;
+    --keep) keep=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $out = /* ]] || out="$PWD/$out"
+
+# Sizes. Full: about 10 s per target per run; quick: about 3 s, one run.
+concurrency="${BENCH_CONCURRENCY:-8}"
+if ((quick)); then
+  runs=${runs:-1} bytes=$((256 << 20)) rr_count=3000 conn_seconds=2
+else
+  runs=${runs:-3} bytes=$((2 << 30)) rr_count=20000 conn_seconds=5
+fi
+
+log() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+t_start=$SECONDS
+work=$(mktemp -d /tmp/ktrust-bench.XXXXXX)
+
+# ---------------------------------------------------------------- processes
+# Only what this script starts is ever killed, by PID.
+pids=()
+declare -A target_pids=()  # target -> "pidA pidB"
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if ((keep)); then log "kept $work"; else rm -rf "$work"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD... : runs CMD in the background, output in $work/NAME.log.
+start() {
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  last_pid=$!
+}
+
+# wait_listening PORT PID: until something listens on PORT, or PID dies, 10 s at most.
+wait_listening() {
+  local port=$1 pid=$2 deadline=$((SECONDS + 10))
+  while ((SECONDS < deadline)); do
+    ss -ltnH "sport = :$port" | grep -q . && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+port_in_use() { ss -tanH "( sport = :$1 )" | grep -q .; }
+
+# utime+stime of the given PIDs, in seconds (all threads, from /proc/PID/stat).
+clk_tck=$(getconf CLK_TCK)
+cpu_seconds() {
+  local total=0 pid ticks
+  for pid in "$@"; do
+    # Fields after the ")" that ends comm: state is 1, utime 12, stime 13.
+    ticks=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || ticks=0
+    total=$((total + ticks))
+  done
+  awk -v t="$total" -v hz="$clk_tck" 'BEGIN { printf "%.3f", t / hz }'
+}
+
+# ---------------------------------------------------------------- tools
+declare -A status=() reason=()
+IFS=, read -ra target_list <<<"$targets"
+for t in "${target_list[@]}"; do
+  case "$t" in plain | stunnel | haproxy | ktrust) status[$t]=pending ;; *) die "unknown target $t" ;; esac
+done
+wants() { [[ -n ${status[$1]:-} && ${status[$1]} != skipped && ${status[$1]} != failed ]]; }
+skip() { status[$1]=skipped; reason[$1]=$2; note "$1: skipped: $2"; }
+fail() { status[$1]=failed; reason[$1]=$2; note "$1: FAILED: $2"; }
+
+[[ -x $PYTHON ]] || die "$PYTHON is needed for the report (apt-get install python3)"
+
+missing_pkgs=()
+wants stunnel && ! command -v stunnel4 >/dev/null && missing_pkgs+=(stunnel4)
+wants haproxy && ! command -v haproxy >/dev/null && missing_pkgs+=(haproxy)
+if ((${#missing_pkgs[@]})); then
+  if [[ $EUID -eq 0 ]]; then
+    log "installing ${missing_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >"$work/apt.log" 2>&1 ||
+      { apt-get update -qq >>"$work/apt.log" 2>&1 &&
+        apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >>"$work/apt.log" 2>&1; } ||
+      note "apt-get failed, see below"
+  fi
+  wants stunnel && ! command -v stunnel4 >/dev/null && skip stunnel "stunnel4 is not installed"
+  wants haproxy && ! command -v haproxy >/dev/null && skip haproxy "haproxy is not installed"
+fi
+if wants ktrust && [[ ! -x $KTRUSTD ]]; then
+  skip ktrust "no engine binary at $KTRUSTD (set KTRUSTD=/path/to/ktrustd)"
+fi
+
+if [[ ! -x $LOADGEN ]]; then
+  [[ $LOADGEN == "$build/tools/bench/loadgen" ]] || die "LOADGEN=$LOADGEN is not an executable"
+  if [[ -f $build/build.ninja ]] && ninja -C "$build" -t targets all 2>/dev/null | grep -q '^loadgen:'; then
+    log "building loadgen"
+    ninja -C "$build" loadgen >/dev/null
+  else
+    # The build tree does not know tools/bench yet: compile it directly.
+    log "compiling loadgen into $work (build tree has no loadgen target)"
+    LOADGEN="$work/loadgen"
+    c++ -std=c++20 -O2 -Wall -Wextra -pthread "$here/loadgen.cc" -o "$LOADGEN"
+  fi
+fi
+if [[ ! -x $KTRUST ]]; then
+  log "building the ktrust CLI"
+  ninja -C "$build" ktrust >/dev/null
+fi
+
+# ---------------------------------------------------------------- certificates
+log "minting certificates in $work (ktrust ca init / ca issue)"
+"$KTRUST" ca init --trust-domain bench.local --dir "$work/ca" >/dev/null
+for who in client server; do
+  "$KTRUST" ca issue --ca-dir "$work/ca" --id "spiffe://bench.local/$who" \
+    --out "$work/$who" --ttl 4h >/dev/null
+  # haproxy wants the certificate and its key in one PEM.
+  cat "$work/$who/tls.crt" "$work/$who/tls.key" >"$work/$who/haproxy.pem"
+done
+
+# ---------------------------------------------------------------- ports
+base="${BENCH_PORT_BASE:-21700}"
+for _ in $(seq 100); do
+  clash=0
+  for i in 0 1 2 3 4 5 6 7; do port_in_use $((base + i)) && clash=1 && break; done
+  ((clash)) || break
+  base=$((base + 10))
+done
+((clash == 0)) || die "no 8 free consecutive ports from ${BENCH_PORT_BASE:-21700}"
+backend_port=$base
+declare -A port_a=([plain]=$base [stunnel]=$((base + 1)) [haproxy]=$((base + 3)) [ktrust]=$((base + 5)))
+declare -A port_b=([stunnel]=$((base + 2)) [haproxy]=$((base + 4)) [ktrust]=$((base + 6)))
+ref_port=$((base + 7))
+
+# ---------------------------------------------------------------- handshake floor
+# The cheapest an mTLS 1.3 handshake can be, from public-key operations alone.
+# Per side: 1 ECDSA P-256 sign (its CertificateVerify) + 2 ECDSA P-256 verifies
+# (the peer's CertificateVerify, and the peer leaf's signature by the root: the
+# chain is leaf -> root, the root is a trust anchor and not re-verified)
+# + 1 ECDH derive in the negotiated group (X25519, every target's first choice).
+# Both sides run on this machine, so:
+#   cpu_per_handshake = 2 * (1/sign_per_s + 2/verify_per_s + 1/ecdh_x25519_per_s)
+#   floor per core    = 1 / cpu_per_handshake;  machine floor = nproc * that.
+# Left out (so a real handshake costs more): ephemeral key generation, HKDF and
+# transcript hashes, certificate parsing, syscalls. openssl speed uses one core.
+log "measuring public-key speed (openssl speed, ~4 s)"
+openssl speed -seconds 1 -mr ecdsap256 ecdhp256 ecdhx25519 >"$work/speed.txt" 2>/dev/null ||
+  note "openssl speed failed; no handshake floor"
+
+# Reference: what this OpenSSL really spends on one full mTLS 1.3 handshake
+# (s_time client <-> s_server, same certificates, suite and group, no tickets,
+# no proxying): CPU of both processes / handshakes.
+log "measuring the OpenSSL mTLS handshake reference (openssl s_time)"
+start s_server openssl s_server -accept "127.0.0.1:$ref_port" -www -quiet -tls1_3 \
+  -ciphersuites TLS_AES_128_GCM_SHA256 -groups X25519 -num_tickets 0 -no_cache \
+  -cert "$work/server/tls.crt" -key "$work/server/tls.key" -CAfile "$work/server/ca.crt" \
+  -Verify 2 -verify_return_error
+s_server_pid=$last_pid
+if wait_listening "$ref_port" "$s_server_pid"; then
+  srv0=$(cpu_seconds "$s_server_pid")
+  (
+    openssl s_time -connect "127.0.0.1:$ref_port" -new -time $(( quick ? 1 : 2 )) \
+      -cert "$work/client/tls.crt" -key "$work/client/tls.key" -CAfile "$work/client/ca.crt" \
+      -verify 2 >"$work/s_time.txt" 2>&1 || true
+    times >"$work/s_time.times"
+  )
+  srv1=$(cpu_seconds "$s_server_pid")
+  conns=$(sed -n 's/^\([0-9]*\) connections in [0-9.]* real seconds.*/\1/p' "$work/s_time.txt" | head -n1)
+  # `times` line 2: the subshell's children, i.e. s_time, as "XmY.YYYs XmY.YYYs".
+  client_cpu=$(sed -n 2p "$work/s_time.times" | awk '{
+    t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%.3f", t }')
+  printf '{"connections": %d, "client_cpu_s": %s, "server_cpu_s": %s}\n' "${conns:-0}" \
+    "${client_cpu:-0}" "$(awk -v a="$srv0" -v b="$srv1" 'BEGIN{printf "%.3f", b-a}')" \
+    >"$work/s_time.json"
+else
+  note "openssl s_server did not start; no handshake reference"
+fi
+kill "$s_server_pid" 2>/dev/null || true
+
+# ---------------------------------------------------------------- backend
+start backend "$LOADGEN" server --listen "127.0.0.1:$backend_port"
+backend_pid=$last_pid
+wait_listening "$backend_port" "$backend_pid" || die "the loadgen server did not start: $(cat "$work/backend.log")"
+log "backend (loadgen server) on 127.0.0.1:$backend_port, pid $backend_pid"
+
+# ---------------------------------------------------------------- targets
+# OpenSSL sends TLS 1.3 session tickets even with SSL_OP_NO_TICKET and the
+# session cache off (openssl/openssl#8077); haproxy 2.6 has no knob for it
+# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)), so the
+# peers get the same through OpenSSL's system-default SSL configuration.
+cat >"$work/openssl-peers.cnf" <<EOF
+openssl_conf = bench_conf
+[bench_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+NumTickets = 0
+EOF
+peer_env=(env "OPENSSL_CONF=$work/openssl-peers.cnf")
+
+tls_common_stunnel="sslVersionMin = TLSv1.3
+sslVersionMax = TLSv1.3
+ciphersuites = TLS_AES_128_GCM_SHA256
+curves = X25519:P-256
+sessionResume = no
+options = NO_TICKET
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1"
+
+start_stunnel() {
+  local a=${port_a[stunnel]} b=${port_b[stunnel]}
+  cat >"$work/stunnel-a.conf" <<EOF
+foreground = yes
+pid =
+syslog = no
+debug = 4
+[a]
+client = yes
+accept = 127.0.0.1:$a
+connect = 127.0.0.1:$b
+cert = $work/client/tls.crt
+key = $work/client/tls.key
+CAfile = $work/client/ca.crt
+verifyChain = yes
+$tls_common_stunnel
+EOF
+  cat >"$work/stunnel-b.conf" <<EOF
+foreground = yes
+pid =
+syslog = no
+debug = 4
+[b]
+accept = 127.0.0.1:$b
+connect = 127.0.0.1:$backend_port
+cert = $work/server/tls.crt
+key = $work/server/tls.key
+CAfile = $work/server/ca.crt
+verifyChain = yes
+requireCert = yes
+$tls_common_stunnel
+EOF
+  start stunnel-b "${peer_env[@]}" stunnel4 "$work/stunnel-b.conf"; local pb=$last_pid
+  start stunnel-a "${peer_env[@]}" stunnel4 "$work/stunnel-a.conf"; local pa=$last_pid
+  target_pids[stunnel]="$pa $pb"
+}
+
+start_haproxy() {
+  local a=${port_a[haproxy]} b=${port_b[haproxy]} side
+  for side in a b; do
+    cat >"$work/haproxy-$side.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 4096
+    # No session resumption anywhere: every connection pays a full handshake.
+    tune.ssl.cachesize 0
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+EOF
+  done
+  cat >>"$work/haproxy-a.cfg" <<EOF
+frontend plain_in
+    bind 127.0.0.1:$a
+    default_backend mtls_out
+backend mtls_out
+    server b 127.0.0.1:$b ssl crt $work/client/haproxy.pem ca-file $work/client/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 no-ssl-reuse no-tls-tickets
+EOF
+  cat >>"$work/haproxy-b.cfg" <<EOF
+frontend mtls_in
+    bind 127.0.0.1:$b ssl crt $work/server/haproxy.pem ca-file $work/server/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519:P-256 no-tls-tickets
+    default_backend plain_out
+backend plain_out
+    server app 127.0.0.1:$backend_port
+EOF
+  start haproxy-b "${peer_env[@]}" haproxy -db -f "$work/haproxy-b.cfg"; local pb=$last_pid
+  start haproxy-a "${peer_env[@]}" haproxy -db -f "$work/haproxy-a.cfg"; local pa=$last_pid
+  target_pids[haproxy]="$pa $pb"
+}
+
+start_ktrust() {
+  local a=${port_a[ktrust]} b=${port_b[ktrust]}
+  # shellcheck disable=SC2086 # KTRUSTD_ARGS is a list of flags
+  start ktrust-b "$KTRUSTD" tunnel --identity "$work/server" \
+    --inbound "127.0.0.1:$b=127.0.0.1:$backend_port" --allow spiffe://bench.local/client $KTRUSTD_ARGS
+  local pb=$last_pid
+  # shellcheck disable=SC2086
+  start ktrust-a "$KTRUSTD" tunnel --identity "$work/client" \
+    --outbound "127.0.0.1:$a=127.0.0.1:$b" --expect-server spiffe://bench.local/server $KTRUSTD_ARGS
+  local pa=$last_pid
+  target_pids[ktrust]="$pa $pb"
+}
+
+declare -A negotiated=()
+# check_target T: the pair carries an echo end to end, B refuses a client
+# without a certificate, and B speaks TLS 1.3 with AES-128-GCM.
+check_target() {
+  local t=$1 pa pb
+  read -r pa pb <<<"${target_pids[$t]}"
+  if ! wait_listening "${port_b[$t]}" "$pb" || ! wait_listening "${port_a[$t]}" "$pa"; then
+    fail "$t" "proxies did not start listening: $(tail -n 3 "$work/$t"-*.log | tr '\n' ' ')"
+    return
+  fi
+  local err
+  if ! err=$(timeout 20 "$LOADGEN" rr --connect "127.0.0.1:${port_a[$t]}" --count 10 2>&1 >/dev/null); then
+    fail "$t" "no echo through the pair: $err"
+    return
+  fi
+  # A client without a certificate must not reach the backend through B.
+  local marker="Eno-client-cert-$RANDOM"
+  if printf '%s' "$marker" | timeout 5 openssl s_client -quiet -ign_eof \
+    -connect "127.0.0.1:${port_b[$t]}" -CAfile "$work/client/ca.crt" 2>/dev/null |
+    grep -q "$marker"; then
+    fail "$t" "proxy B let a client without a certificate through: not mTLS"
+    return
+  fi
+  local brief
+  brief=$(timeout 5 openssl s_client -brief -connect "127.0.0.1:${port_b[$t]}" \
+    -cert "$work/client/tls.crt" -key "$work/client/tls.key" -CAfile "$work/client/ca.crt" \
+    </dev/null 2>&1 || true)
+  local proto suite group
+  proto=$(sed -n 's/^Protocol version: *//p' <<<"$brief" | head -n1)
+  suite=$(sed -n 's/^Ciphersuite: *//p' <<<"$brief" | head -n1)
+  group=$(sed -n 's/^Server Temp Key: *//p' <<<"$brief" | head -n1)
+  # Session tickets arrive before the first application byte, so after one
+  # echo the client knows whether B sent any.
+  local tickets
+  tickets=$(timeout 10 "$PYTHON" - "${port_b[$t]}" "$work/client" <<'EOF' 2>&1 || true
+import socket, ssl, sys
+port, d = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False  # SVIDs carry a URI SAN, no DNS name
+ctx.load_verify_locations(d + "/ca.crt")
+ctx.load_cert_chain(d + "/tls.crt", d + "/tls.key")
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) as s:
+    s.sendall(b"E" * 64)
+    got = b""
+    while len(got) < 64:
+        chunk = s.recv(64 - len(got))
+        if not chunk:
+            break
+        got += chunk
+    assert got == b"E" * 64, "no echo through B"
+    print("yes" if s.session is not None and s.session.has_ticket else "no")
+EOF
+  )
+  negotiated[$t]="$proto|$suite|$group|$tickets"
+  note "$t: ok (B negotiates ${proto:-?} ${suite:-?} ${group:-?}, session tickets: ${tickets:-?}; refuses clients without a certificate)"
+  status[$t]=ok
+}
+
+log "starting the pairs (A = 127.0.0.1:PORT_A plain in, B = mTLS in)"
+wants plain && status[plain]=ok
+wants stunnel && start_stunnel
+wants haproxy && start_haproxy
+wants ktrust && start_ktrust
+for t in stunnel haproxy ktrust; do wants "$t" && check_target "$t"; done
+
+# ---------------------------------------------------------------- measurements
+# Busy (user+nice+system+irq+softirq) and steal ticks of the whole machine.
+sys_cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+raw="$work/raw.jsonl"
+: >"$raw"
+alive() {
+  local pid
+  for pid in ${target_pids[$1]:-}; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
+# record T RUN KIND CPU_PROXY CPU_BACKEND SYSTEM_BUSY WALL RESULT_JSON|ERROR
+record() {
+  if [[ $8 == \{* ]]; then
+    printf '{"target": "%s", "run": %d, "kind": "%s", "proxy_cpu_s": %s, "backend_cpu_s": %s, "system_busy_s": %s, "wall_s": %s, "result": %s}\n' \
+      "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" >>"$raw"
+  else
+    "$PYTHON" -c 'import json,sys; print(json.dumps({"target": sys.argv[1], "run": int(sys.argv[2]), "kind": sys.argv[3], "error": sys.argv[4]}))' \
+      "$1" "$2" "$3" "$8" >>"$raw"
+    note "$1 run $2 $3: ERROR: $8"
+  fi
+}
+# delta A B [DIVISOR]: (B - A) / DIVISOR with 3 decimals.
+delta() { awk -v a="$1" -v b="$2" -v d="${3:-1}" 'BEGIN { printf "%.3f", (b - a) / d }'; }
+# measure T RUN KIND LOADGEN-ARGS...: one loadgen run with the CPU of T's proxies around it.
+measure() {
+  local t=$1 r=$2 kind=$3; shift 3
+  local limit=$((conn_seconds + 60))
+  [[ $kind == throughput ]] && limit=300
+  local c0 b0 c1 b1 s0 s1 w0 w1 res proxies _
+  read -ra proxies <<<"${target_pids[$t]:-}"
+  c0=$(cpu_seconds "${proxies[@]}") b0=$(cpu_seconds "$backend_pid")
+  read -r s0 _ <<<"$(sys_cpu)"
+  w0=$(date +%s.%N)
+  if res=$(timeout "$limit" "$LOADGEN" "$kind" --connect "127.0.0.1:${port_a[$t]}" "$@" 2>&1); then
+    w1=$(date +%s.%N)
+    read -r s1 _ <<<"$(sys_cpu)"
+    c1=$(cpu_seconds "${proxies[@]}") b1=$(cpu_seconds "$backend_pid")
+    record "$t" "$r" "$kind" "$(delta "$c0" "$c1")" "$(delta "$b0" "$b1")" \
+      "$(delta "$s0" "$s1" "$clk_tck")" "$(delta "$w0" "$w1")" "$res"
+  else
+    record "$t" "$r" "$kind" 0 0 0 0 "loadgen $kind failed: ${res:-timed out}"
+  fi
+}
+
+# Whole-machine CPU around the measurements: what our processes did not use
+# was used by someone else, and that makes the numbers noisy.
+read -r sys_busy0 sys_steal0 <<<"$(sys_cpu)"
+loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
+measure_start=$(date +%s.%N)
+log "measuring: $runs run(s); throughput $((bytes >> 20)) MiB, rr $rr_count x 64 B, connrate ${conn_seconds}s at concurrency $concurrency"
+for ((r = 1; r <= runs; r++)); do
+  for t in plain stunnel haproxy ktrust; do
+    [[ ${status[$t]:-} == ok ]] || continue
+    if ! alive "$t"; then fail "$t" "a proxy process died (logs in $work)"; continue; fi
+    measure "$t" "$r" throughput --bytes "$bytes"
+    measure "$t" "$r" rr --count "$rr_count" --size 64
+    measure "$t" "$r" connrate --concurrency "$concurrency" --seconds "$conn_seconds" --size 64
+    note "run $r/$runs: $t done"
+  done
+done
+
+read -r sys_busy1 sys_steal1 <<<"$(sys_cpu)"
+measure_end=$(date +%s.%N)
+
+# ---------------------------------------------------------------- report
+meta="$work/meta.json"
+jstr() { "$PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1]), end="")' "$1"; }
+{
+  printf '{\n'
+  printf '"started": "%s", "duration_s": %d, "mode": "%s",\n' "$started_at" $((SECONDS - t_start)) \
+    "$( ((quick)) && echo quick || echo full)"
+  printf '"params": {"runs": %d, "throughput_bytes": %d, "rr_count": %d, "rr_size": 64, "connrate_seconds": %d, "connrate_concurrency": %d, "connrate_size": 64},\n' \
+    "$runs" "$bytes" "$rr_count" "$conn_seconds" "$concurrency"
+  printf '"machine": {"nproc": %d, "kernel": %s, "cpu": %s, "openssl": %s, "stunnel": %s, "haproxy": %s, "ktrustd": %s},\n' \
+    "$(nproc)" "$(jstr "$(uname -r)")" \
+    "$(jstr "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)")" \
+    "$(jstr "$(openssl version)")" \
+    "$(jstr "$(stunnel4 -version 2>&1 | sed -n 's/^\(stunnel [0-9.]*\).*/\1/p' | head -n1)")" \
+    "$(jstr "$(haproxy -v 2>/dev/null | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n1)")" \
+    "$(jstr "$([[ -x $KTRUSTD ]] && echo "$KTRUSTD" || echo absent)")"
+  printf '"system_cpu": {"wall_s": %s, "busy_s": %s, "steal_s": %s, "loadavg_before": %s},\n' \
+    "$(awk -v a="$measure_start" -v b="$measure_end" 'BEGIN{printf "%.3f", b-a}')" \
+    "$(awk -v a="$sys_busy0" -v b="$sys_busy1" -v hz="$clk_tck" 'BEGIN{printf "%.3f", (b-a)/hz}')" \
+    "$(awk -v a="$sys_steal0" -v b="$sys_steal1" -v hz="$clk_tck" 'BEGIN{printf "%.3f", (b-a)/hz}')" \
+    "$(jstr "$loadavg_before")"
+  printf '"ports": {"backend": %d' "$backend_port"
+  for t in stunnel haproxy ktrust; do printf ', "%s": [%d, %d]' "$t" "${port_a[$t]}" "${port_b[$t]}"; done
+  printf '},\n"targets": {'
+  sep=""
+  for t in plain stunnel haproxy ktrust; do
+    [[ -n ${status[$t]:-} ]] || continue
+    IFS='|' read -r proto suite group tickets <<<"${negotiated[$t]:-|||}"
+    printf '%s"%s": {"status": %s, "reason": %s, "protocol": %s, "ciphersuite": %s, "key_exchange": %s, "session_tickets": %s}' \
+      "$sep" "$t" "$(jstr "${status[$t]}")" "$(jstr "${reason[$t]:-}")" "$(jstr "$proto")" \
+      "$(jstr "$suite")" "$(jstr "$group")" "$(jstr "$tickets")"
+    sep=", "
+  done
+  printf '}\n}\n'
+} >"$meta"
+
+"$PYTHON" -B "$here/report.py" --meta "$meta" --raw "$raw" --speed "$work/speed.txt" \
+  --s-time "$work/s_time.json" --work "$work" --out "$out"
+log "wrote $out"
