@@ -376,6 +376,7 @@ TEST_F(EngineTest, DeniedByPolicyNeverReachesTheApplication) {
   StartPair(backend, p);
   ExpectRefusedWithNoBytes(backend);
   EXPECT_EQ(server_->counters().denied.load(), 1u);
+  EXPECT_EQ(client_->counters().errors.load(), 1u);
 }
 
 TEST_F(EngineTest, ImpostorServerIsRefusedByTheClientEngine) {

@@ -358,7 +358,7 @@ void Connection::RunPumps() {
     record_->bytes_to_wire.fetch_add(step.bytes, std::memory_order_relaxed);
     moved += step.bytes;
     if (step.status == PumpStatus::kFailed) {
-      Abort("stream_error", step.error);
+      StreamFailed(step.error);
       return;
     }
     if (step.status == PumpStatus::kFinished) {
@@ -372,7 +372,7 @@ void Connection::RunPumps() {
     record_->bytes_from_wire.fetch_add(step.bytes, std::memory_order_relaxed);
     moved += step.bytes;
     if (step.status == PumpStatus::kFailed) {
-      Abort("stream_error", step.error);
+      StreamFailed(step.error);
       return;
     }
     if (step.status == PumpStatus::kFinished) {
@@ -383,6 +383,25 @@ void Connection::RunPumps() {
   }
   if (moved > 0) last_activity_ = ctx_.loop.now();
   if (to_wire_done_ && from_wire_done_) CloseGracefully();
+}
+
+void Connection::StreamFailed(const std::string& error) {
+  // A server that resets right after the handshake, before sending anything,
+  // has almost always refused us by policy: say so to whoever reads the log
+  // on this (client) side.
+  if (direction_ == Direction::kOutbound && record_->bytes_from_wire.load() == 0) {
+    std::string server;
+    {
+      absl::MutexLock lock(&record_->mu);
+      server = record_->peer_id;
+    }
+    Abort("rejected_by_peer",
+          absl::StrCat("the server ", server, " ended the connection before sending any data (",
+                       error, "); its policy may not allow ", tls_->local_id().ToString(),
+                       ": check the denials on the server's node"));
+    return;
+  }
+  Abort("stream_error", error);
 }
 
 void Connection::Tick(absl::Time now) {

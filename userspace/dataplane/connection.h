@@ -49,6 +49,7 @@ class Connection {
   void StartPumping();
   void RunPumps();
   void Wait(int fd, short events);
+  void StreamFailed(const std::string& error);
   // reason_code: stable word for logs ("handshake_failed", "denied", ...).
   void Abort(absl::string_view reason_code, const std::string& explanation);
   void CloseGracefully();
