@@ -310,7 +310,7 @@ TEST_F(EngineTest, ThousandSequentialConnections) {
   StartPair(backend);
   for (int i = 0; i < 1000; ++i) {
     UniqueFd fd = ConnectTo(entry());
-    ASSERT_TRUE(fd.valid()) << i;
+    ASSERT_TRUE(fd.valid()) << "connection " << i << ": " << strerror(errno);
     std::string msg = "conn " + std::to_string(i);
     ASSERT_TRUE(SendAll(fd.get(), msg.data(), msg.size()));
     shutdown(fd.get(), SHUT_WR);

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# ktrust loopback benchmark: plain TCP (the limit), a ktrust engine pair, and
-# stunnel4 and haproxy pairs doing the same mutual TLS 1.3 with the same
-# certificates, measured in one run. See tools/bench/README.md.
+# ktrust loopback benchmark: plain TCP (the limit), ktrust engine pairs (data
+# path auto and forced userspace), and stunnel4 and haproxy pairs doing the same
+# mutual TLS 1.3 with the same certificates, measured in one run. See
+# tools/bench/README.md.
 #
-#   tools/bench/run.sh [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep]
+#   tools/bench/run.sh [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep] [--vm]
 #
 # Every pair: loadgen -> proxy A (plain in, mTLS out as spiffe://bench.local/client)
 #   -> proxy B (mTLS in, client certificate required, plain out) -> loadgen server.
-# Plain: loadgen -> loadgen server.
+# Plain: loadgen -> loadgen server. Targets: plain,stunnel,haproxy,ktrust,ktrust-userspace.
+# --vm runs plain,ktrust,ktrust-userspace inside the kTLS VM (tests/vm) with sizes
+# for TCG and reports kTLS / userspace ratios from that one run.
 #
-# Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust target is
-# skipped if it does not exist), KTRUSTD_ARGS (extra flags for both ktrustd
-# sides; default "--log-level warn", as the peers log only warnings), KTRUST
-# (the CLI), LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8).
+# Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust targets are
+# skipped if it does not exist), KTRUSTD_ARGS (extra flags for every ktrustd;
+# default "--log-level warn", as the peers log only warnings), KTRUST (the CLI),
+# LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8),
+# KTRUST_VM_CACHE (--vm: default /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (--vm: 900).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,11 +30,15 @@ PYTHON=/usr/bin/python3
 
 quick=0
 keep=0
-out="$PWD/ktrust-bench.json"
+vm=0        # --vm: this is the host side, which boots the VM and runs the guest side
+in_vm=0     # --vm-guest: this is the guest side (internal; needs KTRUST_VM=1)
+out=""
 runs=""
-targets="plain,stunnel,haproxy,ktrust"
+targets=""
+all_targets=(plain stunnel haproxy ktrust ktrust-userspace)
+ktrust_targets=(ktrust ktrust-userspace)
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --quick) quick=1 ;;
@@ -38,24 +46,126 @@ while (($#)); do
     --runs) runs=$2; shift ;;
     --targets) targets=$2; shift ;;
     --keep) keep=1 ;;
+    --vm) vm=1 ;;
+    --vm-guest) in_vm=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
-[[ $out = /* ]] || out="$PWD/$out"
-
-# Sizes. Full: about 10 s per target per run; quick: about 3 s, one run.
-concurrency="${BENCH_CONCURRENCY:-8}"
-if ((quick)); then
-  runs=${runs:-1} bytes=$((256 << 20)) rr_count=3000 conn_seconds=2
-else
-  runs=${runs:-3} bytes=$((2 << 30)) rr_count=20000 conn_seconds=5
-fi
+[[ -z $runs || $runs =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs wants a positive number" >&2; exit 2; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+if ((in_vm)); then
+  [[ ${KTRUST_VM:-} == 1 && -n ${KTRUST_VM_OUT:-} ]] || die "--vm-guest is run by --vm inside the VM"
+  vm=0
+  out=${out:-$KTRUST_VM_OUT/ktrust-bench.json}
+  targets=${targets:-plain,ktrust,ktrust-userspace}
+fi
+out=${out:-$PWD/ktrust-bench$( ((vm)) && echo -vm).json}
+[[ $out = /* ]] || out="$PWD/$out"
+
+# ---------------------------------------------------------------- --vm (host side)
+# Boots the kTLS VM (tests/vm/run.sh) and runs this script there with --vm-guest.
+# The guest sees the host's / read-only, so the binaries come from the host
+# build tree; it writes the JSON to $KTRUST_VM_OUT, which run.sh copies back.
+if ((vm)); then
+  vm_cache="${KTRUST_VM_CACHE:-/var/cache/ktrust-vm}"
+  [[ -x $repo/tests/vm/run.sh ]] || die "no tests/vm/run.sh in $repo"
+  # Build what the guest needs now: it cannot build (read-only /, and TCG is slow).
+  [[ -x $KTRUST ]] || { log "building the ktrust CLI"; ninja -C "$build" ktrust >/dev/null; }
+  if [[ ! -x $LOADGEN ]]; then
+    [[ $LOADGEN == "$build/tools/bench/loadgen" ]] || die "LOADGEN=$LOADGEN is not an executable"
+    if [[ -f $build/build.ninja ]] && ninja -C "$build" -t targets all 2>/dev/null | grep -q '^loadgen:'; then
+      log "building loadgen"; ninja -C "$build" loadgen >/dev/null
+    else
+      log "compiling loadgen into $LOADGEN"; mkdir -p "$(dirname "$LOADGEN")"
+      c++ -std=c++20 -O2 -Wall -Wextra -pthread "$here/loadgen.cc" -o "$LOADGEN"
+    fi
+  fi
+  [[ -x $KTRUSTD ]] || die "no engine binary at $KTRUSTD (set KTRUSTD=/path/to/ktrustd)"
+  for f in "$KTRUSTD" "$KTRUST" "$LOADGEN" "$here/run.sh"; do
+    case $(realpath "$f") in
+      /tmp/* | /run/* | /dev/shm/*) die "$f is not visible in the VM (its /tmp, /run and /dev/shm are its own)" ;;
+    esac
+  done
+  log "preparing the VM ($repo/tests/vm/prepare.sh $vm_cache)"
+  "$repo/tests/vm/prepare.sh" "$vm_cache" >/dev/null || die "tests/vm/prepare.sh $vm_cache failed"
+  vm_outdir=$(mktemp -d /tmp/ktrust-bench-vm.XXXXXX)
+  trap 'rm -rf "$vm_outdir"' EXIT
+  guest_args=(--vm-guest --out /run/ktrust-vm/out/ktrust-bench.json)
+  ((quick)) && guest_args+=(--quick)
+  ((keep)) && guest_args+=(--keep)
+  [[ -n $runs ]] && guest_args+=(--runs "$runs")
+  [[ -n $targets ]] && guest_args+=(--targets "$targets")
+  export KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-8}" \
+    BENCH_PORT_BASE="${BENCH_PORT_BASE:-21700}"
+  # TCG needs the whole host: anything else running makes the guest slow and noisy.
+  host_load=$(cut -d' ' -f1-3 /proc/loadavg)
+  if pgrep -x qemu-system-x86_64 >/dev/null 2>&1 || pgrep -f '^qemu-system' >/dev/null 2>&1; then
+    note "WARNING: another qemu is running on this host; the VM numbers will be noisy"
+  fi
+  read -r h_busy0 h_steal0 <<<"$(awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat)"
+  h_t0=$(date +%s.%N)
+  log "running the benchmark in the VM (host load average $host_load; timeout ${KTRUST_VM_TIMEOUT:-900} s)"
+  rc=0
+  (
+    KTRUST_VM_TIMEOUT="${KTRUST_VM_TIMEOUT:-900}" KTRUST_VM_OUTDIR="$vm_outdir" \
+      KTRUST_VM_PASSENV="KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY BENCH_PORT_BASE" \
+      "$repo/tests/vm/run.sh" "$vm_cache" -- "$here/run.sh" "${guest_args[@]}"
+    rc=$?
+    times >"$vm_outdir/host.times"   # line 2: CPU of run.sh's children, i.e. qemu
+    exit "$rc"
+  ) || rc=$?
+  h_t1=$(date +%s.%N)
+  read -r h_busy1 h_steal1 <<<"$(awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat)"
+  ((rc == 0)) || die "the benchmark in the VM failed (exit $rc; 124 = KTRUST_VM_TIMEOUT hit)"
+  [[ -s $vm_outdir/ktrust-bench.json ]] || die "the VM wrote no result"
+  ((keep)) && [[ -d $vm_outdir/work ]] && cp -a "$vm_outdir/work" "$out.work" && log "kept the guest's files in $out.work"
+  qemu_cpu=$(sed -n 2p "$vm_outdir/host.times" 2>/dev/null | awk '{
+    t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%.3f", t }')
+  "$PYTHON" -B - "$vm_outdir/ktrust-bench.json" "$out" "$(nproc)" "$(uname -r)" "$host_load" \
+    "$h_t0" "$h_t1" "$h_busy0" "$h_busy1" "$h_steal0" "$h_steal1" "$(getconf CLK_TCK)" "${qemu_cpu:-0}" \
+    "${KTRUST_VM_TIMEOUT:-900}" "$vm_cache" <<'PY'
+import json, sys
+src, dst, nproc, kernel, load, t0, t1, b0, b1, s0, s1, hz, qemu, timeout, cache = sys.argv[1:]
+r = json.load(open(src))
+wall, hz, nproc = float(t1) - float(t0), float(hz), int(nproc)
+busy, steal = (float(b1) - float(b0)) / hz, (float(s1) - float(s0)) / hz
+foreign = max(0.0, busy - float(qemu))
+r["host"] = {"nproc": nproc, "kernel": kernel, "loadavg_before": load, "vm_wall_s": round(wall, 1),
+             "busy_s": round(busy, 1), "qemu_cpu_s": float(qemu), "foreign_s": round(foreign, 1),
+             "foreign_fraction": round(foreign / (wall * nproc), 3),
+             "steal_fraction": round(steal / (wall * nproc), 3),
+             "vm": f"tests/vm/run.sh {cache} (KTRUST_VM_TIMEOUT={timeout})"}
+json.dump(r, open(dst, "w"), indent=2)
+h = r["host"]
+print(f"host during the VM run: load average before {load}; qemu used {h['qemu_cpu_s']:.0f} s CPU in "
+      f"{wall:.0f} s; other processes used {100 * h['foreign_fraction']:.0f}% of the host CPU")
+if h["foreign_fraction"] > 0.10 or h["steal_fraction"] > 0.05:
+    print("  WARNING: the host was not quiet during the VM run; the ratios are noisy")
+PY
+  log "wrote $out"
+  exit 0
+fi
+
+# Sizes. Full: about 10 s per target per run; quick: about 3 s, one run. In the
+# VM (TCG emulates every instruction, roughly 20-50x slower) everything is smaller.
+concurrency="${BENCH_CONCURRENCY:-8}"
+targets=${targets:-plain,stunnel,haproxy,ktrust,ktrust-userspace}
+if ((in_vm && quick)); then
+  runs=${runs:-1} bytes=$((16 << 20)) rr_count=300 conn_seconds=2
+elif ((in_vm)); then
+  runs=${runs:-3} bytes=$((64 << 20)) rr_count=1500 conn_seconds=4
+elif ((quick)); then
+  runs=${runs:-1} bytes=$((256 << 20)) rr_count=3000 conn_seconds=2
+else
+  runs=${runs:-3} bytes=$((2 << 30)) rr_count=20000 conn_seconds=5
+fi
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t_start=$SECONDS
@@ -75,7 +185,12 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  if ((keep)); then log "kept $work"; else rm -rf "$work"; fi
+  if ((keep && in_vm)); then
+    cp -a "$work" "$KTRUST_VM_OUT/work" 2>/dev/null && log "kept $work (copied out of the VM)"
+  elif ((keep)); then
+    log "kept $work"
+  fi
+  ((keep && !in_vm)) || rm -rf "$work"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -88,6 +203,20 @@ start() {
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   last_pid=$!
+}
+
+# stop PID...: TERM, KILL after 2.5 s, reap, and forget them (so that cleanup
+# never signals a PID that the system may have handed out again).
+stop() {
+  local pid keep_pids=() p
+  for pid; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep_pids+=("$p"); done
+  pids=("${keep_pids[@]}")
 }
 
 # wait_listening PORT PID: until something listens on PORT, or PID dies, 10 s at most.
@@ -119,7 +248,8 @@ cpu_seconds() {
 declare -A status=() reason=()
 IFS=, read -ra target_list <<<"$targets"
 for t in "${target_list[@]}"; do
-  case "$t" in plain | stunnel | haproxy | ktrust) status[$t]=pending ;; *) die "unknown target $t" ;; esac
+  [[ " ${all_targets[*]} " == *" $t "* ]] || die "unknown target $t (known: ${all_targets[*]})"
+  status[$t]=pending
 done
 wants() { [[ -n ${status[$1]:-} && ${status[$1]} != skipped && ${status[$1]} != failed ]]; }
 skip() { status[$1]=skipped; reason[$1]=$2; note "$1: skipped: $2"; }
@@ -131,7 +261,9 @@ missing_pkgs=()
 wants stunnel && ! command -v stunnel4 >/dev/null && missing_pkgs+=(stunnel4)
 wants haproxy && ! command -v haproxy >/dev/null && missing_pkgs+=(haproxy)
 if ((${#missing_pkgs[@]})); then
-  if [[ $EUID -eq 0 ]]; then
+  if ((in_vm)); then
+    note "no apt-get in the VM (its / is the host's, read-only): install ${missing_pkgs[*]} on the host"
+  elif [[ $EUID -eq 0 ]]; then
     log "installing ${missing_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >"$work/apt.log" 2>&1 ||
@@ -142,11 +274,14 @@ if ((${#missing_pkgs[@]})); then
   wants stunnel && ! command -v stunnel4 >/dev/null && skip stunnel "stunnel4 is not installed"
   wants haproxy && ! command -v haproxy >/dev/null && skip haproxy "haproxy is not installed"
 fi
-if wants ktrust && [[ ! -x $KTRUSTD ]]; then
-  skip ktrust "no engine binary at $KTRUSTD (set KTRUSTD=/path/to/ktrustd)"
-fi
+for t in "${ktrust_targets[@]}"; do
+  if wants "$t" && [[ ! -x $KTRUSTD ]]; then
+    skip "$t" "no engine binary at $KTRUSTD (set KTRUSTD=/path/to/ktrustd)"
+  fi
+done
 
 if [[ ! -x $LOADGEN ]]; then
+  ((in_vm)) && die "no loadgen at $LOADGEN (the host side builds it before starting the VM)"
   [[ $LOADGEN == "$build/tools/bench/loadgen" ]] || die "LOADGEN=$LOADGEN is not an executable"
   if [[ -f $build/build.ninja ]] && ninja -C "$build" -t targets all 2>/dev/null | grep -q '^loadgen:'; then
     log "building loadgen"
@@ -159,6 +294,7 @@ if [[ ! -x $LOADGEN ]]; then
   fi
 fi
 if [[ ! -x $KTRUST ]]; then
+  ((in_vm)) && die "no ktrust CLI at $KTRUST"
   log "building the ktrust CLI"
   ninja -C "$build" ktrust >/dev/null
 fi
@@ -177,15 +313,17 @@ done
 base="${BENCH_PORT_BASE:-21700}"
 for _ in $(seq 100); do
   clash=0
-  for i in 0 1 2 3 4 5 6 7; do port_in_use $((base + i)) && clash=1 && break; done
+  for i in $(seq 0 9); do port_in_use $((base + i)) && clash=1 && break; done
   ((clash)) || break
   base=$((base + 10))
 done
-((clash == 0)) || die "no 8 free consecutive ports from ${BENCH_PORT_BASE:-21700}"
+((clash == 0)) || die "no 10 free consecutive ports from ${BENCH_PORT_BASE:-21700}"
 backend_port=$base
-declare -A port_a=([plain]=$base [stunnel]=$((base + 1)) [haproxy]=$((base + 3)) [ktrust]=$((base + 5)))
-declare -A port_b=([stunnel]=$((base + 2)) [haproxy]=$((base + 4)) [ktrust]=$((base + 6)))
-ref_port=$((base + 7))
+declare -A port_a=([plain]=$base [stunnel]=$((base + 1)) [haproxy]=$((base + 3)) [ktrust]=$((base + 5))
+  [ktrust-userspace]=$((base + 7)))
+declare -A port_b=([stunnel]=$((base + 2)) [haproxy]=$((base + 4)) [ktrust]=$((base + 6))
+  [ktrust-userspace]=$((base + 8)))
+ref_port=$((base + 9))
 
 # ---------------------------------------------------------------- handshake floor
 # The cheapest an mTLS 1.3 handshake can be, from public-key operations alone.
@@ -231,7 +369,7 @@ if wait_listening "$ref_port" "$s_server_pid"; then
 else
   note "openssl s_server did not start; no handshake reference"
 fi
-kill "$s_server_pid" 2>/dev/null || true
+stop "$s_server_pid"
 
 # ---------------------------------------------------------------- backend
 start backend "$LOADGEN" server --listen "127.0.0.1:$backend_port"
@@ -299,6 +437,7 @@ EOF
   start stunnel-b "${peer_env[@]}" stunnel4 "$work/stunnel-b.conf"; local pb=$last_pid
   start stunnel-a "${peer_env[@]}" stunnel4 "$work/stunnel-a.conf"; local pa=$last_pid
   target_pids[stunnel]="$pa $pb"
+  target_logs[stunnel]="$work/stunnel-a.log $work/stunnel-b.log"
 }
 
 start_haproxy() {
@@ -334,19 +473,39 @@ EOF
   start haproxy-b "${peer_env[@]}" haproxy -db -f "$work/haproxy-b.cfg"; local pb=$last_pid
   start haproxy-a "${peer_env[@]}" haproxy -db -f "$work/haproxy-a.cfg"; local pa=$last_pid
   target_pids[haproxy]="$pa $pb"
+  target_logs[haproxy]="$work/haproxy-a.log $work/haproxy-b.log"
 }
 
+# The two ktrust targets differ only in --data-path: auto (kernel TLS when the
+# kernel has it) or userspace (OpenSSL's record layer).
+declare -A ktrust_data_path=([ktrust]=auto [ktrust-userspace]=userspace)
+declare -A target_logs=()  # target -> "log of A, log of B" (the running pair)
+# start_ktrust T [check]: the pair of target T with KTRUSTD_ARGS. With "check" it
+# logs at info instead (any --log-level in KTRUSTD_ARGS is dropped), so that its
+# ready line and each connection's line name the data path; that pair is only
+# used by the checks, the measured one logs like the peers.
 start_ktrust() {
-  local a=${port_a[ktrust]} b=${port_b[ktrust]}
-  # shellcheck disable=SC2086 # KTRUSTD_ARGS is a list of flags
-  start ktrust-b "$KTRUSTD" tunnel --identity "$work/server" \
-    --inbound "127.0.0.1:$b=127.0.0.1:$backend_port" --allow spiffe://bench.local/client $KTRUSTD_ARGS
+  local t=$1 phase=${2:-measure} a=${port_a[$1]} b=${port_b[$1]} args=() user_args=() x skip_next=0
+  read -ra user_args <<<"$KTRUSTD_ARGS"
+  if [[ $phase == check ]]; then
+    for x in "${user_args[@]}"; do
+      if ((skip_next)); then skip_next=0; continue; fi
+      case $x in --log-level) skip_next=1 ;; --log-level=*) ;; *) args+=("$x") ;; esac
+    done
+    args+=(--log-level info)
+  else
+    args=("${user_args[@]}")
+  fi
+  args+=(--data-path "${ktrust_data_path[$t]}")
+  local suffix=""
+  [[ $phase == check ]] && suffix=-check
+  start "$t-b$suffix" "$KTRUSTD" tunnel --identity "$work/server" \
+    --inbound "127.0.0.1:$b=127.0.0.1:$backend_port" --allow spiffe://bench.local/client "${args[@]}"
   local pb=$last_pid
-  # shellcheck disable=SC2086
-  start ktrust-a "$KTRUSTD" tunnel --identity "$work/client" \
-    --outbound "127.0.0.1:$a=127.0.0.1:$b" --expect-server spiffe://bench.local/server $KTRUSTD_ARGS
-  local pa=$last_pid
-  target_pids[ktrust]="$pa $pb"
+  start "$t-a$suffix" "$KTRUSTD" tunnel --identity "$work/client" \
+    --outbound "127.0.0.1:$a=127.0.0.1:$b" --expect-server spiffe://bench.local/server "${args[@]}"
+  target_pids[$t]="$last_pid $pb"
+  target_logs[$t]="$work/$t-a$suffix.log $work/$t-b$suffix.log"
 }
 
 declare -A negotiated=()
@@ -356,7 +515,8 @@ check_target() {
   local t=$1 pa pb
   read -r pa pb <<<"${target_pids[$t]}"
   if ! wait_listening "${port_b[$t]}" "$pb" || ! wait_listening "${port_a[$t]}" "$pa"; then
-    fail "$t" "proxies did not start listening: $(tail -n 3 "$work/$t"-*.log | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # a list of two files
+    fail "$t" "proxies did not start listening: $(tail -n 3 ${target_logs[$t]} | tr '\n' ' ')"
     return
   fi
   local err
@@ -407,12 +567,68 @@ EOF
   status[$t]=ok
 }
 
+# json_field LOG EVENT FIELD: the distinct values of FIELD in ktrustd's
+# {"event":EVENT,...} log lines (compact JSON), comma-separated.
+json_field() {
+  { grep -F "\"event\":\"$2\"" "$1" 2>/dev/null || true; } | grep -o "\"$3\":\"[^\"]*\"" |
+    cut -d'"' -f4 | sort -u | paste -sd, - || true
+}
+
+# check_data_path T: what the checked pair of T said about its data path: the
+# ready line of each side, and the connection_closed line of each connection
+# check_target made. ktrust-userspace must be userspace; ktrust in the VM must be
+# kernel TLS. Then the checked pair makes way for the measured one.
+declare -A data_path=() data_path_reason=() conn_data_path=()
+check_data_path() {
+  local t=$1 la lb pa pb ready_a="" ready_b="" conn_a="" conn_b="" deadline=$((SECONDS + 20))
+  read -r la lb <<<"${target_logs[$t]}"
+  read -r pa pb <<<"${target_pids[$t]}"
+  while ((SECONDS < deadline)); do
+    ready_a=$(json_field "$la" ready data_path) ready_b=$(json_field "$lb" ready data_path)
+    conn_a=$(json_field "$la" connection_closed data_path)
+    conn_b=$(json_field "$lb" connection_closed data_path)
+    [[ -n $ready_a && -n $ready_b && -n $conn_a && -n $conn_b ]] && break
+    sleep 0.1
+  done
+  data_path[$t]=$ready_a
+  data_path_reason[$t]=$(json_field "$la" ready data_path_reason)
+  conn_data_path[$t]="A $conn_a, B $conn_b"
+  local want=""
+  [[ $t == ktrust-userspace ]] && want=userspace
+  [[ $t == ktrust ]] && ((in_vm)) && want=ktls
+  local conn_ok=0
+  case $ready_a in
+    ktls) [[ $conn_a =~ ^ktls-(sw|hw)$ && $conn_b =~ ^ktls-(sw|hw)$ ]] && conn_ok=1 ;;
+    userspace) [[ $conn_a == userspace && $conn_b == userspace ]] && conn_ok=1 ;;
+  esac
+  if [[ -z $ready_a || $ready_a != "$ready_b" || (-n $want && $ready_a != "$want") ]] || ((!conn_ok)); then
+    fail "$t" "data path: ready says A ${ready_a:-?}, B ${ready_b:-?} (${data_path_reason[$t]:-no reason}); connections: ${conn_data_path[$t]}; wanted ${want:-the same on both sides}"
+    if [[ $t == ktrust ]] && ((in_vm)); then
+      die "the ktrust target did not run on kernel TLS in the VM; kTLS / userspace ratios would be meaningless (logs: $la $lb)"
+    fi
+    return
+  fi
+  note "$t: data path $ready_a (${data_path_reason[$t]}); connections: ${conn_data_path[$t]}"
+  # Measure a pair that logs like the peers (KTRUSTD_ARGS), not the checked one.
+  stop "$pa" "$pb"
+  start_ktrust "$t"
+  read -r pa pb <<<"${target_pids[$t]}"
+  local err=""
+  if ! wait_listening "${port_b[$t]}" "$pb" || ! wait_listening "${port_a[$t]}" "$pa"; then
+    # shellcheck disable=SC2086
+    fail "$t" "the measured pair did not start listening: $(tail -n 3 ${target_logs[$t]} | tr '\n' ' ')"
+  elif ! err=$(timeout 20 "$LOADGEN" rr --connect "127.0.0.1:${port_a[$t]}" --count 10 2>&1 >/dev/null); then
+    fail "$t" "no echo through the measured pair: $err"
+  fi
+}
+
 log "starting the pairs (A = 127.0.0.1:PORT_A plain in, B = mTLS in)"
 wants plain && status[plain]=ok
 wants stunnel && start_stunnel
 wants haproxy && start_haproxy
-wants ktrust && start_ktrust
-for t in stunnel haproxy ktrust; do wants "$t" && check_target "$t"; done
+for t in "${ktrust_targets[@]}"; do wants "$t" && start_ktrust "$t" check; done
+for t in stunnel haproxy "${ktrust_targets[@]}"; do wants "$t" && check_target "$t"; done
+for t in "${ktrust_targets[@]}"; do [[ ${status[$t]:-} == ok ]] && check_data_path "$t"; done
 
 # ---------------------------------------------------------------- measurements
 # Busy (user+nice+system+irq+softirq) and steal ticks of the whole machine.
@@ -423,11 +639,19 @@ alive() {
   local pid
   for pid in ${target_pids[$1]:-}; do kill -0 "$pid" 2>/dev/null || return 1; done
 }
-# record T RUN KIND CPU_PROXY CPU_BACKEND SYSTEM_BUSY WALL RESULT_JSON|ERROR
+# Kernel TLS key installs so far (TX + RX, software and device), from
+# /proc/net/tls_stat; empty where the kernel has no kTLS (the file appears when
+# the tls module is loaded). Each kTLS connection through a pair adds 4.
+ktls_installs() {
+  [[ -r /proc/net/tls_stat ]] || return 0
+  awk '$1 == "TlsTxSw" || $1 == "TlsRxSw" || $1 == "TlsTxDevice" || $1 == "TlsRxDevice" { s += $2 }
+       END { print s + 0 }' /proc/net/tls_stat
+}
+# record T RUN KIND CPU_PROXY CPU_BACKEND SYSTEM_BUSY WALL RESULT_JSON|ERROR [KTLS_INSTALLS]
 record() {
   if [[ $8 == \{* ]]; then
-    printf '{"target": "%s", "run": %d, "kind": "%s", "proxy_cpu_s": %s, "backend_cpu_s": %s, "system_busy_s": %s, "wall_s": %s, "result": %s}\n' \
-      "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" >>"$raw"
+    printf '{"target": "%s", "run": %d, "kind": "%s", "proxy_cpu_s": %s, "backend_cpu_s": %s, "system_busy_s": %s, "wall_s": %s, "ktls_installs": %s, "result": %s}\n' \
+      "$1" "$2" "$3" "$4" "$5" "$6" "$7" "${9:-null}" "$8" >>"$raw"
   else
     "$PYTHON" -c 'import json,sys; print(json.dumps({"target": sys.argv[1], "run": int(sys.argv[2]), "kind": sys.argv[3], "error": sys.argv[4]}))' \
       "$1" "$2" "$3" "$8" >>"$raw"
@@ -441,8 +665,9 @@ measure() {
   local t=$1 r=$2 kind=$3; shift 3
   local limit=$((conn_seconds + 60))
   [[ $kind == throughput ]] && limit=300
-  local c0 b0 c1 b1 s0 s1 w0 w1 res proxies _
+  local c0 b0 c1 b1 s0 s1 w0 w1 k0 k1 res proxies _
   read -ra proxies <<<"${target_pids[$t]:-}"
+  k0=$(ktls_installs)
   c0=$(cpu_seconds "${proxies[@]}") b0=$(cpu_seconds "$backend_pid")
   read -r s0 _ <<<"$(sys_cpu)"
   w0=$(date +%s.%N)
@@ -450,8 +675,10 @@ measure() {
     w1=$(date +%s.%N)
     read -r s1 _ <<<"$(sys_cpu)"
     c1=$(cpu_seconds "${proxies[@]}") b1=$(cpu_seconds "$backend_pid")
+    k1=$(ktls_installs)
     record "$t" "$r" "$kind" "$(delta "$c0" "$c1")" "$(delta "$b0" "$b1")" \
-      "$(delta "$s0" "$s1" "$clk_tck")" "$(delta "$w0" "$w1")" "$res"
+      "$(delta "$s0" "$s1" "$clk_tck")" "$(delta "$w0" "$w1")" "$res" \
+      "$([[ -n $k0 && -n $k1 ]] && echo $((k1 - k0)))"
   else
     record "$t" "$r" "$kind" 0 0 0 0 "loadgen $kind failed: ${res:-timed out}"
   fi
@@ -464,7 +691,7 @@ loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
 measure_start=$(date +%s.%N)
 log "measuring: $runs run(s); throughput $((bytes >> 20)) MiB, rr $rr_count x 64 B, connrate ${conn_seconds}s at concurrency $concurrency"
 for ((r = 1; r <= runs; r++)); do
-  for t in plain stunnel haproxy ktrust; do
+  for t in "${all_targets[@]}"; do
     [[ ${status[$t]:-} == ok ]] || continue
     if ! alive "$t"; then fail "$t" "a proxy process died (logs in $work)"; continue; fi
     measure "$t" "$r" throughput --bytes "$bytes"
@@ -482,32 +709,42 @@ meta="$work/meta.json"
 jstr() { "$PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1]), end="")' "$1"; }
 {
   printf '{\n'
-  printf '"started": "%s", "duration_s": %d, "mode": "%s",\n' "$started_at" $((SECONDS - t_start)) \
-    "$( ((quick)) && echo quick || echo full)"
+  printf '"started": "%s", "duration_s": %d, "mode": "%s", "in_vm": %s,\n' "$started_at" $((SECONDS - t_start)) \
+    "$( ((quick)) && echo quick || echo full)" "$( ((in_vm)) && echo true || echo false)"
   printf '"params": {"runs": %d, "throughput_bytes": %d, "rr_count": %d, "rr_size": 64, "connrate_seconds": %d, "connrate_concurrency": %d, "connrate_size": 64},\n' \
     "$runs" "$bytes" "$rr_count" "$conn_seconds" "$concurrency"
-  printf '"machine": {"nproc": %d, "kernel": %s, "cpu": %s, "openssl": %s, "stunnel": %s, "haproxy": %s, "ktrustd": %s},\n' \
+  printf '"machine": {"nproc": %d, "kernel": %s, "cpu": %s, "openssl": %s, "stunnel": %s, "haproxy": %s, "ktrustd": %s, "ktrustd_sha256": %s, "git": %s},\n' \
     "$(nproc)" "$(jstr "$(uname -r)")" \
     "$(jstr "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)")" \
     "$(jstr "$(openssl version)")" \
     "$(jstr "$(stunnel4 -version 2>&1 | sed -n 's/^\(stunnel [0-9.]*\).*/\1/p' | head -n1)")" \
     "$(jstr "$(haproxy -v 2>/dev/null | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n1)")" \
-    "$(jstr "$([[ -x $KTRUSTD ]] && echo "$KTRUSTD" || echo absent)")"
+    "$(jstr "$([[ -x $KTRUSTD ]] && echo "$KTRUSTD" || echo absent)")" \
+    "$(jstr "$([[ -x $KTRUSTD ]] && sha256sum "$KTRUSTD" | cut -c1-16)")" \
+    "$(jstr "$(git -C "$repo" describe --always --dirty 2>/dev/null || true)")"
   printf '"system_cpu": {"wall_s": %s, "busy_s": %s, "steal_s": %s, "loadavg_before": %s},\n' \
     "$(awk -v a="$measure_start" -v b="$measure_end" 'BEGIN{printf "%.3f", b-a}')" \
     "$(awk -v a="$sys_busy0" -v b="$sys_busy1" -v hz="$clk_tck" 'BEGIN{printf "%.3f", (b-a)/hz}')" \
     "$(awk -v a="$sys_steal0" -v b="$sys_steal1" -v hz="$clk_tck" 'BEGIN{printf "%.3f", (b-a)/hz}')" \
     "$(jstr "$loadavg_before")"
   printf '"ports": {"backend": %d' "$backend_port"
-  for t in stunnel haproxy ktrust; do printf ', "%s": [%d, %d]' "$t" "${port_a[$t]}" "${port_b[$t]}"; done
+  for t in stunnel haproxy "${ktrust_targets[@]}"; do
+    printf ', "%s": [%d, %d]' "$t" "${port_a[$t]}" "${port_b[$t]}"
+  done
   printf '},\n"targets": {'
   sep=""
-  for t in plain stunnel haproxy ktrust; do
+  for t in "${all_targets[@]}"; do
     [[ -n ${status[$t]:-} ]] || continue
     IFS='|' read -r proto suite group tickets <<<"${negotiated[$t]:-|||}"
-    printf '%s"%s": {"status": %s, "reason": %s, "protocol": %s, "ciphersuite": %s, "key_exchange": %s, "session_tickets": %s}' \
+    printf '%s"%s": {"status": %s, "reason": %s, "protocol": %s, "ciphersuite": %s, "key_exchange": %s, "session_tickets": %s' \
       "$sep" "$t" "$(jstr "${status[$t]}")" "$(jstr "${reason[$t]:-}")" "$(jstr "$proto")" \
       "$(jstr "$suite")" "$(jstr "$group")" "$(jstr "$tickets")"
+    if [[ -n ${ktrust_data_path[$t]:-} ]]; then
+      printf ', "data_path_flag": %s, "data_path": %s, "data_path_reason": %s, "connection_data_path": %s' \
+        "$(jstr "${ktrust_data_path[$t]}")" "$(jstr "${data_path[$t]:-}")" \
+        "$(jstr "${data_path_reason[$t]:-}")" "$(jstr "${conn_data_path[$t]:-}")"
+    fi
+    printf '}'
     sep=", "
   done
   printf '}\n}\n'
