@@ -330,7 +330,7 @@ TEST_F(EngineTest, TwoHundredConcurrentConnections) {
   std::vector<UniqueFd> fds;
   for (int i = 0; i < 200; ++i) {
     fds.push_back(ConnectTo(entry()));
-    ASSERT_TRUE(fds.back().valid());
+    ASSERT_TRUE(fds.back().valid()) << "connection " << i << ": " << strerror(errno);
   }
   for (int i = 0; i < 200; ++i) {
     std::string msg = "client " + std::to_string(i);

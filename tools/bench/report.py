@@ -2,9 +2,13 @@
 """Turns the raw runs of tools/bench/run.sh into medians, ratios, a table and a JSON file.
 
 Inputs (all written by run.sh): meta.json (machine, parameters, per-target
-status), raw.jsonl (one line per loadgen run with the proxies' CPU around it),
-speed.txt (`openssl speed -mr` output) and the work directory (the proxy
-configurations, embedded in the JSON for reproducibility).
+status and ktrust data path), raw.jsonl (one line per loadgen run with the
+proxies' CPU around it), speed.txt (`openssl speed -mr` output) and the work
+directory (the proxy configurations, embedded in the JSON for reproducibility).
+
+Besides the table it prints the kTLS / userspace ratios (ktrust vs
+ktrust-userspace, same run) and checks the performance goals of the issue
+(GOALS below) against this run.
 """
 import argparse
 import json
@@ -12,8 +16,9 @@ import os
 import statistics
 import sys
 
-TARGETS = ["plain", "stunnel", "haproxy", "ktrust"]
+TARGETS = ["plain", "stunnel", "haproxy", "ktrust", "ktrust-userspace"]
 PEERS = ["stunnel", "haproxy"]
+KTRUST = ["ktrust", "ktrust-userspace"]  # --data-path auto / userspace
 GB = 1e9  # bytes
 
 # key, label, unit, "higher"/"lower" is better, has a plain-TCP value
@@ -21,6 +26,8 @@ METRICS = [
     ("throughput_gbps", "throughput 1 stream, Gbit/s", "higher", True),
     ("rr_p50_us", "64 B round trip p50, us", "lower", True),
     ("rr_p99_us", "64 B round trip p99, us", "lower", True),
+    ("rr_p50_added_us", "  p50 added over plain, us", "lower", False),
+    ("rr_p99_added_us", "  p99 added over plain, us", "lower", False),
     ("conns_per_sec", "new connections/s", "higher", True),
     ("proxy_cpu_s_per_gb", "proxy CPU s/GB (both proxies)", "lower", False),
     ("total_cpu_s_per_gb", "all CPU s/GB (+loadgen, backend)", "lower", True),
@@ -35,8 +42,25 @@ FLOOR_FORMULA = (
     "X25519 derive. Excludes key generation, HKDF, hashing, certificate parsing and syscalls, "
     "so it is a lower bound on CPU per handshake. handshakes_per_s_per_core = "
     "1/cpu_per_handshake; machine floor = nproc * per core. conns_vs_floor = conns_per_sec / "
-    "machine floor (the whole machine also runs the load generator and the backend)."
+    "machine floor (the whole machine also runs the load generator and the backend). "
+    "cpu_vs_floor = floor cpu_per_handshake / proxy CPU per connection (1.0 = the proxies "
+    "spend no more CPU per connection than the public-key maths)."
 )
+
+# ktrust / ktrust-userspace, same run: the kTLS data path against OpenSSL's record layer.
+KTLS_RATIO_METRICS = ["throughput_gbps", "proxy_cpu_s_per_gb", "total_cpu_s_per_gb",
+                      "rr_p50_us", "rr_p99_us", "conns_per_sec", "proxy_cpu_ms_per_conn"]
+
+# The performance goals of the issue, as this script evaluates them.
+GOALS = {
+    "userspace_vs_best_peer": "userspace path: throughput >= the best peer's, with lower proxy "
+                              "CPU s/GB than the best peer's",
+    "ktls_vs_userspace": "kTLS path: throughput >= 1.5 x the userspace path's, same VM run",
+    "added_latency": "added 64 B round-trip latency (p50 over plain TCP) of the engine pair "
+                     "<= 1.5 x the best peer's added latency",
+    "connection_rate": "connection rate within 20% of the handshake CPU floor: floor CPU per "
+                       "handshake / proxy CPU per connection >= 0.8",
+}
 
 
 def parse_speed(path):
@@ -94,9 +118,12 @@ def handshake_floor(speed, nproc, reference):
 
 
 def per_run_metrics(rows, floor):
-    """{target: {metric: [value per run]}} and the error list."""
+    """{target: {metric: [value per run]}}, the same keyed by run, and the error list."""
     values = {}
+    by_run = {}
     errors = []
+    plain_rr = {r["run"]: r["result"] for r in rows
+                if r["target"] == "plain" and r["kind"] == "rr" and "error" not in r}
     for row in rows:
         t = row["target"]
         if "error" in row:
@@ -104,7 +131,11 @@ def per_run_metrics(rows, floor):
             continue
         res = row["result"]
         m = values.setdefault(t, {})
-        add = lambda k, v: m.setdefault(k, []).append(v)
+        mr = by_run.setdefault(t, {})
+
+        def add(k, v):
+            m.setdefault(k, []).append(v)
+            mr.setdefault(k, {})[row["run"]] = v
         if row["kind"] == "throughput":
             gb = res["bytes"] / GB
             add("throughput_gbps", res["gbps"])
@@ -115,6 +146,10 @@ def per_run_metrics(rows, floor):
         elif row["kind"] == "rr":
             add("rr_p50_us", res["p50_us"])
             add("rr_p99_us", res["p99_us"])
+            # Paired with plain TCP of the same run: what the pair adds to a round trip.
+            if t != "plain" and row["run"] in plain_rr:
+                add("rr_p50_added_us", res["p50_us"] - plain_rr[row["run"]]["p50_us"])
+                add("rr_p99_added_us", res["p99_us"] - plain_rr[row["run"]]["p99_us"])
         elif row["kind"] == "connrate":
             add("conns_per_sec", res["conns_per_sec"])
             add("connrate_errors", res["errors"])
@@ -122,7 +157,14 @@ def per_run_metrics(rows, floor):
                 add("proxy_cpu_ms_per_conn", row["proxy_cpu_s"] * 1e3 / res["connections"])
             if t != "plain" and floor:
                 add("conns_vs_floor", res["conns_per_sec"] / floor["handshakes_per_s_machine"])
-    return values, errors
+                if row["proxy_cpu_s"] > 0 and res["connections"] > 0:
+                    add("cpu_vs_floor", floor["cpu_us_per_handshake"] /
+                        (row["proxy_cpu_s"] * 1e6 / res["connections"]))
+        if row.get("ktls_installs") is not None:
+            conns = res.get("connections", 1)
+            if conns:
+                add(f"ktls_installs_per_conn_{row['kind']}", row["ktls_installs"] / conns)
+    return values, by_run, errors
 
 
 def best_peer(medians, key, better):
@@ -130,6 +172,100 @@ def best_peer(medians, key, better):
     if not cands:
         return None
     return (max if better == "higher" else min)(cands)
+
+
+def ktls_vs_userspace(meta, medians, by_run):
+    """ktrust / ktrust-userspace per metric: the ratio of medians and the per-run range."""
+    if not all(t in medians for t in KTRUST):
+        return None
+    out = {
+        "data_paths": {t: meta["targets"][t].get("data_path") for t in KTRUST},
+        "definition": "ktrust (--data-path auto) / ktrust-userspace, medians of the same run; "
+                      "per_run: the same ratio for each run",
+        "ratios": {},
+        "per_run": {},
+    }
+    for key in KTLS_RATIO_METRICS:
+        a, b = medians["ktrust"].get(key), medians["ktrust-userspace"].get(key)
+        if a is None or not b:
+            continue
+        out["ratios"][key] = a / b
+        ra, rb = by_run["ktrust"].get(key, {}), by_run["ktrust-userspace"].get(key, {})
+        out["per_run"][key] = [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
+    return out
+
+
+def evaluate_goals(meta, medians, to_peer, best, kvu, floor):
+    """{goal: {"goal", "met" (True/False/None = not measurable here), "detail", values}}."""
+    tg = meta["targets"]
+    ok = lambda t: tg.get(t, {}).get("status") == "ok" and t in medians
+    peers = any(ok(p) for p in PEERS)
+    userspace = [t for t in KTRUST if ok(t) and tg[t].get("data_path") == "userspace"]
+    ktls = ok("ktrust") and (tg["ktrust"].get("data_path") or "").startswith("ktls")
+    goals = {}
+
+    def goal(name, met, detail, **values):
+        goals[name] = {"goal": GOALS[name], "met": met, "detail": detail, **values}
+
+    if userspace and peers:
+        per = {}
+        for t in userspace:
+            thr = to_peer.get(t, {}).get("throughput_gbps")
+            cpu = to_peer.get(t, {}).get("proxy_cpu_s_per_gb")
+            per[t] = {"throughput_x_best_peer": thr, "proxy_cpu_per_gb_x_best_peer": cpu,
+                      "met": thr is not None and cpu is not None and thr >= 1.0 and cpu < 1.0}
+        t = "ktrust-userspace" if "ktrust-userspace" in per else userspace[0]
+        p = per[t]
+        goal("userspace_vs_best_peer", p["met"],
+             f"{t}: throughput {fmt(p['throughput_x_best_peer'])} x best peer "
+             f"({best.get('throughput_gbps')}), proxy CPU s/GB {fmt(p['proxy_cpu_per_gb_x_best_peer'])}"
+             f" x best peer ({best.get('proxy_cpu_s_per_gb')})", targets=per)
+    else:
+        goal("userspace_vs_best_peer", None,
+             "not measurable here: needs a userspace ktrust target and stunnel or haproxy")
+
+    if ktls and kvu and "throughput_gbps" in kvu["ratios"]:
+        r = kvu["ratios"]["throughput_gbps"]
+        goal("ktls_vs_userspace", r >= 1.5,
+             f"throughput kTLS / userspace = {fmt(r)} (per run: "
+             f"{', '.join(fmt(x) for x in kvu['per_run']['throughput_gbps'])})", ratio=r)
+    else:
+        goal("ktls_vs_userspace", None,
+             "not measurable here: the ktrust target did not run on kernel TLS "
+             f"({(tg.get('ktrust') or {}).get('data_path_reason') or 'not measured'}); "
+             "use run.sh --vm")
+
+    if peers and any(ok(t) for t in KTRUST):
+        bp = best.get("rr_p50_added_us")
+        ref = medians.get(bp, {}).get("rr_p50_added_us") if bp else None
+        per = {}
+        for t in KTRUST:
+            if not ok(t) or "rr_p50_added_us" not in medians[t]:
+                continue
+            v = medians[t]["rr_p50_added_us"]
+            v99 = medians[t].get("rr_p99_added_us")
+            per[t] = {"p50_added_us": v, "p99_added_us": v99,
+                      "p50_x_best_peer": v / ref if ref and ref > 0 else None,
+                      "p99_x_best_peer": to_peer.get(t, {}).get("rr_p99_added_us")}
+            per[t]["met"] = per[t]["p50_x_best_peer"] is not None and per[t]["p50_x_best_peer"] <= 1.5
+        goal("added_latency", all(p["met"] for p in per.values()) if per else None,
+             "; ".join(f"{t}: p50 +{fmt(p['p50_added_us'])} us = {fmt(p['p50_x_best_peer'])} x "
+                       f"best peer ({bp}, +{fmt(ref)} us); p99 {fmt(p['p99_x_best_peer'])} x"
+                       for t, p in per.items()), targets=per)
+    else:
+        goal("added_latency", None, "not measurable here: needs a ktrust target and a peer")
+
+    per = {t: medians[t]["cpu_vs_floor"] for t in KTRUST if ok(t) and "cpu_vs_floor" in medians[t]}
+    if per and floor:
+        goal("connection_rate", all(v >= 0.8 for v in per.values()),
+             "; ".join(f"{t}: {fmt(v)} x floor rate per CPU second, conn/s = "
+                       f"{fmt(medians[t].get('conns_vs_floor'))} x machine floor"
+                       for t, v in per.items()),
+             targets={t: {"cpu_vs_floor": v, "conns_vs_floor": medians[t].get("conns_vs_floor"),
+                          "met": v >= 0.8} for t, v in per.items()})
+    else:
+        goal("connection_rate", None, "not measurable here: no floor or no ktrust target")
+    return goals
 
 
 def fmt(v):
@@ -171,7 +307,7 @@ def main():
     rows = [json.loads(l) for l in open(args.raw) if l.strip()]
     nproc = meta["machine"]["nproc"]
     floor = handshake_floor(parse_speed(args.speed), nproc, read_s_time(args.s_time))
-    values, errors = per_run_metrics(rows, floor)
+    values, by_run, errors = per_run_metrics(rows, floor)
 
     # CPU the machine spent during the measurements that none of our processes used.
     for r in rows:
@@ -210,9 +346,13 @@ def main():
             if bp and bp[0] and t != "plain":
                 to_peer.setdefault(t, {})[key] = m[key] / bp[0]
 
+    kvu = ktls_vs_userspace(meta, medians, by_run)
+    goals = evaluate_goals(meta, medians, to_peer, best, kvu, floor)
+
     result = {
-        "schema": "ktrust-bench/1",
-        **{k: meta[k] for k in ("started", "duration_s", "mode", "params", "machine", "ports")},
+        "schema": "ktrust-bench/2",
+        **{k: meta[k] for k in ("started", "duration_s", "mode", "in_vm", "params", "machine",
+                                "ports")},
         "system_cpu": sysc,
         "targets": meta["targets"],
         "handshake_floor": floor,
@@ -224,6 +364,8 @@ def main():
             "to_best_peer": to_peer,
             "best_peer": best,
         },
+        "ktls_vs_userspace": kvu,
+        "goals": goals,
         "errors": errors,
         "runs": rows,
         "configs": read_configs(args.work),
@@ -237,15 +379,22 @@ def main():
     m = meta["machine"]
     p = meta["params"]
     print()
-    print(f"ktrust bench ({meta['mode']}): {nproc} cores, Linux {m['kernel']}, {m['openssl']}")
+    print(f"ktrust bench ({meta['mode']}{', in the kTLS VM' if meta.get('in_vm') else ''}): "
+          f"{nproc} cores, Linux {m['kernel']}, {m['openssl']}")
+    if meta.get("in_vm"):
+        print("QEMU TCG emulates every instruction: absolute numbers mean nothing, "
+              "only ratios within this run do")
     print(f"medians of {p['runs']} run(s); throughput {p['throughput_bytes'] >> 20} MiB; "
           f"rr {p['rr_count']} x 64 B; connrate {p['connrate_seconds']} s at concurrency "
           f"{p['connrate_concurrency']}")
-    w0, w = 40, 10
+    w0 = 40
+    w = max(10, max(len(t) for t in shown) + 2)
     print()
     print("(medians; x plain and x best peer are value / reference)".ljust(w0) +
           "".join(t.rjust(w) for t in shown))
     for key, label, better, has_plain in METRICS:
+        if not any(key in medians.get(t, {}) for t in shown):
+            continue
         cells = []
         for t in shown:
             if meta["targets"][t]["status"] != "ok":
@@ -267,7 +416,8 @@ def main():
         info = meta["targets"][t]
         if info["status"] != "ok":
             print(f"{t}: {info['status']}: {info['reason']}")
-        elif info.get("protocol"):
+            continue
+        if info.get("protocol"):
             print(f"{t}: B negotiated {info['protocol']} {info['ciphersuite']} "
                   f"{info['key_exchange']}, session tickets: {info.get('session_tickets') or '?'}")
             unlike = [what for what, ok in (
@@ -278,6 +428,20 @@ def main():
             ) if not ok]
             if unlike:
                 print(f"  WARNING: {t} is not like-for-like: {', '.join(unlike)}")
+        if info.get("data_path_flag"):
+            print(f"  --data-path {info['data_path_flag']}: ran on {info.get('data_path') or '?'} "
+                  f"({info.get('data_path_reason') or '?'}); connections: "
+                  f"{info.get('connection_data_path') or '?'}")
+            inst = {k: medians.get(t, {}).get(f"ktls_installs_per_conn_{k}")
+                    for k in ("throughput", "rr", "connrate")}
+            if any(v is not None for v in inst.values()):
+                print("  kernel TLS keys installed per connection while measuring "
+                      "(/proc/net/tls_stat; 4 = TX+RX on both sides): " +
+                      ", ".join(f"{k} {fmt(v)}" for k, v in inst.items() if v is not None))
+    if meta.get("in_vm") is False and all(
+            meta["targets"].get(t, {}).get("data_path") == "userspace" for t in KTRUST):
+        print("NOTE: this kernel has no kernel TLS, so ktrust (auto) and ktrust-userspace both "
+              "ran the userspace data path: two measurements of the same thing")
     errs = {t: sum(v.get("connrate_errors", [0])) for t, v in values.items()}
     if any(errs.values()):
         print("connection errors: " + ", ".join(f"{t} {n}" for t, n in errs.items() if n))
@@ -315,6 +479,23 @@ def main():
             print("  measurements during which others used >10% of the CPU: " +
                   ", ".join(f"{t} {n}/{per_target[t]}" for t, n in noisy_rows.items()) +
                   " (runs[].foreign_fraction in the JSON)")
+    if kvu:
+        dp = kvu["data_paths"]
+        same = dp["ktrust"] == dp["ktrust-userspace"]
+        print()
+        print(f"ktrust ({dp['ktrust']}) / ktrust-userspace ({dp['ktrust-userspace']}), same run"
+              + (": both userspace here, so this shows the run-to-run noise (A/A)" if same else ""))
+        labels = {k: lab.strip() for k, lab, _, _ in METRICS}
+        labels["proxy_cpu_ms_per_conn"] = "proxy CPU ms/connection"
+        for key, r in kvu["ratios"].items():
+            print(f"  {labels.get(key, key)}".ljust(w0) + f"{fmt(r):>8}   per run: " +
+                  ", ".join(fmt(x) for x in kvu["per_run"][key]))
+    print()
+    print("issue goals (see tools/bench/README.md):")
+    for name, g in goals.items():
+        verdict = {True: "MET", False: "NOT MET", None: "n/a"}[g["met"]]
+        print(f"  {verdict:8} {g['goal']}")
+        print(f"           {g['detail']}")
     print(f"total time {meta['duration_s']} s")
     return 0
 

@@ -567,11 +567,30 @@ EOF
   status[$t]=ok
 }
 
-# json_field LOG EVENT FIELD: the distinct values of FIELD in ktrustd's
-# {"event":EVENT,...} log lines (compact JSON), comma-separated.
-json_field() {
-  { grep -F "\"event\":\"$2\"" "$1" 2>/dev/null || true; } | grep -o "\"$3\":\"[^\"]*\"" |
-    cut -d'"' -f4 | sort -u | paste -sd, - || true
+# ktrustd_paths LOG_A LOG_B: from ktrustd's JSON log lines, separated by \x1f: the
+# data_path of A's and B's ready line, A's data_path_reason, and the distinct
+# data_path values of A's and B's connection_closed lines.
+ktrustd_paths() {
+  "$PYTHON" - "$@" <<'EOF'
+import json, sys
+def events(path):
+    for line in open(path, errors="replace"):
+        if "{" in line:
+            try:
+                yield json.loads(line[line.index("{"):])
+            except ValueError:
+                pass
+ready, conns, reason = [], [], ""
+for path in sys.argv[1:3]:
+    evs = list(events(path))
+    r = [e for e in evs if e.get("event") == "ready"]
+    ready.append(r[0].get("data_path", "") if r else "")
+    if r and not reason:
+        reason = r[0].get("data_path_reason", "")
+    conns.append(",".join(sorted({e.get("data_path", "?") for e in evs
+                                  if e.get("event") == "connection_closed"})))
+print("\x1f".join([ready[0], ready[1], reason.replace("\n", " "), conns[0], conns[1]]))
+EOF
 }
 
 # check_data_path T: what the checked pair of T said about its data path: the
@@ -580,19 +599,20 @@ json_field() {
 # kernel TLS. Then the checked pair makes way for the measured one.
 declare -A data_path=() data_path_reason=() conn_data_path=()
 check_data_path() {
-  local t=$1 la lb pa pb ready_a="" ready_b="" conn_a="" conn_b="" deadline=$((SECONDS + 20))
+  local t=$1 la lb pa pb ready_a="" ready_b="" why="" conn_a="" conn_b="" deadline=$((SECONDS + 20))
   read -r la lb <<<"${target_logs[$t]}"
   read -r pa pb <<<"${target_pids[$t]}"
+  # The ready lines, and the connection_closed lines of check_target's echoes.
   while ((SECONDS < deadline)); do
-    ready_a=$(json_field "$la" ready data_path) ready_b=$(json_field "$lb" ready data_path)
-    conn_a=$(json_field "$la" connection_closed data_path)
-    conn_b=$(json_field "$lb" connection_closed data_path)
-    [[ -n $ready_a && -n $ready_b && -n $conn_a && -n $conn_b ]] && break
+    grep -qF '"event":"ready"' "$la" 2>/dev/null && grep -qF '"event":"ready"' "$lb" 2>/dev/null &&
+      grep -qF '"event":"connection_closed"' "$la" 2>/dev/null &&
+      grep -qF '"event":"connection_closed"' "$lb" 2>/dev/null && break
     sleep 0.1
   done
+  IFS=$'\x1f' read -r ready_a ready_b why conn_a conn_b <<<"$(ktrustd_paths "$la" "$lb")"
   data_path[$t]=$ready_a
-  data_path_reason[$t]=$(json_field "$la" ready data_path_reason)
-  conn_data_path[$t]="A $conn_a, B $conn_b"
+  data_path_reason[$t]=$why
+  conn_data_path[$t]="A ${conn_a:-none}, B ${conn_b:-none}"
   local want=""
   [[ $t == ktrust-userspace ]] && want=userspace
   [[ $t == ktrust ]] && ((in_vm)) && want=ktls
