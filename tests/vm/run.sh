@@ -15,6 +15,10 @@
 #   KTRUST_VM_TIMEOUT  wall-clock limit in seconds (600); exit 124 when hit
 #   KTRUST_VM_CPUS     vCPUs (2)          KTRUST_VM_MEM   guest memory (2G)
 #   KTRUST_VM_PASSENV  names of host variables to export into the guest
+#   KTRUST_VM_SHARE    host directories the command needs (e.g. the source and
+#                      build trees). The guest's /tmp and /run are its own
+#                      tmpfs, so any of these under them is shared read-only
+#                      at the same path; elsewhere the host / already has them.
 #   KTRUST_VM_OUTDIR   host dir that receives the guest's $KTRUST_VM_OUT
 # Exit codes: COMMAND's own; 124 timeout; 125 harness failure (no exit code came
 # back: bad cache, kernel panic, init failure).
@@ -48,6 +52,16 @@ GUEST_X=/run/ktrust-vm   # where init mounts the share, see prepare.sh
 # POSIX single-quoting, so the guest's /bin/sh (dash) can read the script.
 q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 
+# Directories hidden by the guest's own tmpfs mounts get a 9p share each.
+shares=()
+for dir in ${KTRUST_VM_SHARE:-}; do
+  dir=$(cd "$dir" && pwd) || { log "KTRUST_VM_SHARE: no directory $dir"; exit 125; }
+  case $dir in /tmp/*|/run/*|/dev/shm/*) ;; *) continue ;; esac
+  nested=0
+  for s in "${shares[@]}"; do [[ $dir == "$s"/* || $dir == "$s" ]] && nested=1; done
+  ((nested)) || shares+=("$dir")
+done
+
 cwd=$PWD
 case $cwd in
   /tmp|/tmp/*|/run|/run/*|/proc/*|/sys/*|/dev/*)
@@ -66,6 +80,9 @@ interactive=0
   if ((interactive)); then echo "export TERM=$(q "${TERM:-vt100}")"; else echo "export TERM=dumb"; fi
   for name in ${KTRUST_VM_PASSENV:-}; do
     [[ -v $name ]] && echo "export $name=$(q "${!name}")"
+  done
+  for ((i = 0; i < ${#shares[@]}; i++)); do
+    echo "mkdir -p $(q "${shares[i]}") && mount -t 9p -o trans=virtio,version=9p2000.L,ro share$i $(q "${shares[i]}") || exit 125"
   done
   echo "cd $(q "$cwd") || exit 125"
   printf 'exec'
@@ -89,6 +106,10 @@ qemu=(
   -virtfs "local,path=$XDIR,mount_tag=xchg,security_model=none,multidevs=remap"
   -device virtio-rng-pci
 )
+
+for ((i = 0; i < ${#shares[@]}; i++)); do
+  qemu+=(-virtfs "local,path=${shares[i]},mount_tag=share$i,security_model=none,readonly=on,multidevs=remap")
+done
 
 # One VM at a time: TCG eats whole host cores, and parallel VMs only time out.
 exec {lock}>"$CACHE/run.lock"

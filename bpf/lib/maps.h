@@ -1,0 +1,95 @@
+// Every ktrust map. Exactly one object file per link defines them
+// (KTRUST_DEFINE_MAPS, see maps.bpf.c); the others declare them extern, and
+// `bpftool gen object` resolves the references into one set of maps.
+#pragma once
+
+#include "lib/common.h"
+
+#ifdef KTRUST_DEFINE_MAPS
+#define KTRUST_MAP(type, name) type name SEC(".maps")
+#else
+#define KTRUST_MAP(type, name) extern type name SEC(".maps")
+#endif
+
+// Mesh destinations: CIDR -> port rules (redirect or bypass).
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __uint(max_entries, KTRUST_MAX_MESH_PREFIXES);
+  __type(key, struct ktrust_mesh_key);
+  __type(value, struct ktrust_mesh_value);
+} ktrust_mesh_map;
+KTRUST_MAP(ktrust_mesh_map, ktrust_mesh);
+
+// Enrolled cgroups: cgroup v2 id -> mode and workload.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_ENROLLED_CGROUPS);
+  __type(key, __u64);
+  __type(value, struct ktrust_cgroup_value);
+} ktrust_cgroups_map;
+KTRUST_MAP(ktrust_cgroups_map, ktrust_cgroups);
+
+// The agent's runtime settings, one entry.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct ktrust_config);
+} ktrust_config_map;
+KTRUST_MAP(ktrust_config_map, ktrust_config);
+
+// Original destinations by socket cookie, from connect until close. LRU so a
+// connect that fails before sockops sees it cannot fill the map.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, KTRUST_MAX_TRACKED_CONNECTIONS);
+  __type(key, __u64);
+  __type(value, struct ktrust_orig_dst);
+} ktrust_orig_ck_map;
+KTRUST_MAP(ktrust_orig_ck_map, ktrust_orig_ck);
+
+// Original destinations by 4-tuple, from ESTABLISHED until close: what the
+// agent looks up for an accepted socket. Plain hash: entries are only ever
+// removed by close, so a leak shows.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_TRACKED_CONNECTIONS);
+  __type(key, struct ktrust_tuple);
+  __type(value, struct ktrust_orig_dst);
+} ktrust_orig_tp_map;
+KTRUST_MAP(ktrust_orig_tp_map, ktrust_orig_tp);
+
+// Enforced inbound (address, port) -> the agent listener slot that takes it.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_INBOUND_PORTS);
+  __type(key, struct ktrust_inbound_key);
+  __type(value, struct ktrust_inbound_value);
+} ktrust_inbound_map;
+KTRUST_MAP(ktrust_inbound_map, ktrust_inbound);
+
+// The agent's inbound listening sockets, by slot; a closed socket leaves it.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_SOCKMAP);
+  __uint(max_entries, KTRUST_MAX_INBOUND_LISTENERS);
+  __type(key, __u32);
+  __type(value, __u64);
+} ktrust_listen_map;
+KTRUST_MAP(ktrust_listen_map, ktrust_listen);
+
+// Decisions about enrolled traffic, for the agent's log and metrics.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, KTRUST_EVENT_RING_BYTES);
+} ktrust_events_map;
+KTRUST_MAP(ktrust_events_map, ktrust_events);
+
+// Per-CPU counters indexed by enum ktrust_reason.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, KTRUST_REASON_MAX);
+  __type(key, __u32);
+  __type(value, __u64);
+} ktrust_counters_map;
+KTRUST_MAP(ktrust_counters_map, ktrust_counters);

@@ -1,0 +1,79 @@
+// sk_lookup, one attachment per network namespace: a connection attempt to an
+// enforced (address, port) is handed to the agent's inbound listener, whose
+// accepted socket keeps the original destination as its local address. With
+// no listener (agent down) it is refused unless the port is permissive.
+#include "lib/decision.h"
+#include "lib/telemetry.h"
+
+static __always_inline void ktrust_report_refused(struct bpf_sk_lookup* ctx,
+                                                  const struct ktrust_inbound_value* rule,
+                                                  const __u8 local[16], const __u8 remote[16],
+                                                  __u32 reason) {
+  struct ktrust_event event = {
+      .timestamp_ns = bpf_ktime_get_ns(),
+      .workload = rule->workload,
+      .src_port = bpf_ntohs(ctx->remote_port),
+      .dst_port = (__u16)ctx->local_port,
+      .type = KTRUST_EVENT_DENIED,
+      .protocol = IPPROTO_TCP,
+      .reason = reason,
+  };
+  __builtin_memcpy(event.src_addr, remote, 16);
+  __builtin_memcpy(event.dst_addr, local, 16);
+  ktrust_emit(&event);
+}
+
+// A verdict for an enforced port whose listener cannot take the connection.
+static __always_inline int ktrust_without_listener(struct bpf_sk_lookup* ctx,
+                                                   const struct ktrust_inbound_value* rule,
+                                                   const __u8 local[16], const __u8 remote[16],
+                                                   __u32 reason) {
+  if (rule->mode == KTRUST_MODE_PERMISSIVE) {
+    ktrust_count(KTRUST_REASON_SK_LOOKUP_PERMISSIVE);
+    return SK_PASS;
+  }
+  ktrust_count(reason);
+  ktrust_report_refused(ctx, rule, local, remote, reason);
+  return SK_DROP;
+}
+
+SEC("sk_lookup")
+int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
+  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
+
+  // Both families' fields are read up front (zero when absent), so no
+  // branch chooses between context offsets.
+  __u32 l4 = ctx->local_ip4, r4 = ctx->remote_ip4;
+  ktrust_barrier_var(l4);
+  ktrust_barrier_var(r4);
+  __u32 l6[4] = {ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2], ctx->local_ip6[3]};
+  __u32 r6[4] = {ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2], ctx->remote_ip6[3]};
+  __u8 local[16], remote[16];
+  if (ctx->family == AF_INET) {
+    ktrust_addr_from_ip4(local, l4);
+    ktrust_addr_from_ip4(remote, r4);
+  } else {
+    ktrust_addr_from_ip6(local, l6);
+    ktrust_addr_from_ip6(remote, r6);
+  }
+
+  const struct ktrust_inbound_value* rule = ktrust_inbound_rule(local, (__u16)ctx->local_port);
+  if (!rule) return SK_PASS;
+  if (ktrust_is_agent_upstream(remote, ktrust_settings())) {
+    ktrust_count(KTRUST_REASON_SK_LOOKUP_UPSTREAM);
+    return SK_PASS;
+  }
+
+  __u32 slot = rule->listener;
+  struct bpf_sock* listener = bpf_map_lookup_elem(&ktrust_listen, &slot);
+  if (!listener) {
+    return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_NO_LISTENER);
+  }
+  long err = bpf_sk_assign(ctx, listener, 0);
+  bpf_sk_release(listener);
+  if (err) {
+    return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_ASSIGN_FAILED);
+  }
+  ktrust_count(KTRUST_REASON_SK_LOOKUP_STEERED);
+  return SK_PASS;
+}

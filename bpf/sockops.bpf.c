@@ -1,0 +1,78 @@
+// sockops: gives the agent a way to find a redirected connection's original
+// destination from its accepted socket (re-keyed by 4-tuple at ESTABLISHED),
+// and removes both records when the connection closes.
+#include "lib/addr.h"
+#include "lib/telemetry.h"
+
+// The application's side: (its address, the agent listener's address).
+static __always_inline void ktrust_tuple_of(struct bpf_sock_ops* skops, struct ktrust_tuple* key) {
+  if (skops->family == AF_INET) {
+    ktrust_addr_from_ip4(key->src_addr, skops->local_ip4);
+    ktrust_addr_from_ip4(key->dst_addr, skops->remote_ip4);
+  } else {
+    __u32 local[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+                      skops->local_ip6[3]};
+    __u32 remote[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+                       skops->remote_ip6[3]};
+    ktrust_addr_from_ip6(key->src_addr, local);
+    ktrust_addr_from_ip6(key->dst_addr, remote);
+  }
+  key->src_port = (__u16)skops->local_port;  // host order already
+  // remote_port holds the network-order port in its upper 16 bits.
+  key->dst_port = (__u16)bpf_ntohl(skops->remote_port);
+}
+
+static __always_inline bool ktrust_tracked(struct bpf_sock_ops* skops) {
+  return skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG;
+}
+
+// Before the SYN: only redirected sockets ask to hear about state changes,
+// so nothing else pays for the close path.
+static __always_inline void ktrust_on_connect(struct bpf_sock_ops* skops) {
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  if (!bpf_map_lookup_elem(&ktrust_orig_ck, &cookie)) return;
+  bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+// On loopback this runs before the ACK that completes the agent's accept,
+// so the entry exists by the time the agent looks.
+static __always_inline void ktrust_on_established(struct bpf_sock_ops* skops) {
+  if (!ktrust_tracked(skops)) return;
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  const struct ktrust_orig_dst* record = bpf_map_lookup_elem(&ktrust_orig_ck, &cookie);
+  if (!record) return;
+  struct ktrust_tuple key = {};
+  ktrust_tuple_of(skops, &key);
+  if (bpf_map_update_elem(&ktrust_orig_tp, &key, record, BPF_ANY) == 0) {
+    ktrust_count(KTRUST_REASON_SOCKOPS_REKEYED);
+  } else {
+    ktrust_count(KTRUST_REASON_SOCKOPS_REKEY_FAILED);
+  }
+}
+
+static __always_inline void ktrust_on_close(struct bpf_sock_ops* skops) {
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  struct ktrust_tuple key = {};
+  ktrust_tuple_of(skops, &key);
+  bpf_map_delete_elem(&ktrust_orig_ck, &cookie);
+  bpf_map_delete_elem(&ktrust_orig_tp, &key);
+  ktrust_count(KTRUST_REASON_SOCKOPS_CLOSED);
+}
+
+SEC("sockops")
+int ktrust_sockops(struct bpf_sock_ops* skops) {
+  switch (skops->op) {
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+      ktrust_on_connect(skops);
+      break;
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+      ktrust_on_established(skops);
+      break;
+    case BPF_SOCK_OPS_STATE_CB:
+      if (skops->args[1] == BPF_TCP_CLOSE) ktrust_on_close(skops);
+      break;
+    default:
+      break;
+  }
+  return 1;
+}

@@ -1,0 +1,116 @@
+// Loads ktrust's BPF programs and attaches them where interception should
+// happen, so that enforcement outlives the agent process:
+//
+//   <pin_dir>/maps/<map>                  every map, reused by the next run
+//   <pin_dir>/links/cgroup-<id>-<prog>    connect/sendmsg/getpeername/sockops
+//   <pin_dir>/links/netns-<inode>-sk_lookup
+//
+// A restarted agent adopts the pinned maps (libbpf reuses them at load) and
+// the pinned links (their programs are swapped for this run's in place, so a
+// hook is never attached twice). Uninstall removes everything under pin_dir.
+//
+// Not thread-safe: the agent loads and attaches from one thread at start.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "ktrust/bpf/interception_maps.h"
+#include "ktrust/bpf/kernel_features.h"
+#include "ktrust/bpf/libbpf_ptr.h"
+
+struct ktrust_bpf;  // the bpftool skeleton (ktrust_bpf.skel.h)
+
+namespace ktrust {
+
+struct BpfLoaderOptions {
+  // A directory ktrust owns on a BPF filesystem (it or its parent must be
+  // bpffs); created if missing.
+  std::string pin_dir = "/sys/fs/bpf/ktrust";
+
+  absl::Status Validate() const;
+};
+
+enum class BpfProgram {
+  kConnect4,
+  kConnect6,
+  kSendmsg4,
+  kSendmsg6,
+  kGetpeername4,
+  kGetpeername6,
+  kSockops,
+  kSkLookup,
+};
+
+class BpfLoader {
+ public:
+  // Probes the kernel (KernelFeatures::Require), then loads the programs,
+  // reusing maps pinned by an earlier run.
+  static absl::StatusOr<std::unique_ptr<BpfLoader>> Create(BpfLoaderOptions options);
+  // Closes this process's handles. Pinned links stay attached.
+  ~BpfLoader();
+  BpfLoader(const BpfLoader&) = delete;
+  BpfLoader& operator=(const BpfLoader&) = delete;
+
+  // Attaches the cgroup programs (connect4/6, sendmsg4/6, getpeername4/6,
+  // sockops) to a cgroup v2 directory; they apply to its whole subtree, and
+  // act on the cgroups enrolled in maps(). Idempotent, and adopts links an
+  // earlier run pinned for the same cgroup.
+  absl::Status AttachCgroup(absl::string_view cgroup_dir);
+  // Attaches sk_lookup to a network namespace (/proc/<pid>/ns/net,
+  // /run/netns/<name>). Idempotent and adopting, as above.
+  absl::Status AttachNetns(absl::string_view netns_path);
+
+  // Unpins every link and map under pin_dir and closes this loader's links,
+  // which detaches the programs. The loaded maps stay usable until the
+  // loader is destroyed.
+  absl::Status Uninstall();
+  // The same without a loaded instance (`ktrustd --uninstall`). A missing
+  // pin_dir is not an error.
+  static absl::Status UninstallPinned(absl::string_view pin_dir);
+
+  InterceptionMaps& maps() { return maps_; }
+  const KernelFeatures& features() const { return features_; }
+  int program_fd(BpfProgram program) const;
+  // By ELF name ("ktrust_mesh", ...): for tests that share the maps with
+  // their own programs.
+  absl::StatusOr<int> map_fd(absl::string_view name) const;
+  // The ring buffer of struct ktrust_event records (InterceptionEventReader).
+  int events_fd() const;
+
+  struct Attachment {
+    std::string pin_path;
+    bool adopted = false;  // found pinned by an earlier run
+  };
+  const std::vector<Attachment>& attachments() const { return attachments_; }
+
+ private:
+  struct SkeletonDeleter {
+    void operator()(ktrust_bpf* skeleton) const;
+  };
+  // What a pinned link must be attached to for this loader to adopt it.
+  struct LinkTarget {
+    uint32_t link_type = 0;    // enum bpf_link_type
+    uint32_t attach_type = 0;  // enum bpf_attach_type
+    uint64_t id = 0;           // cgroup id or netns inode
+  };
+
+  BpfLoader(BpfLoaderOptions options, KernelFeatures features,
+            std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton);
+  bpf_program* program(BpfProgram program) const;
+  absl::Status AttachOrAdopt(BpfProgram program, const std::string& pin_path,
+                             const LinkTarget& target, int target_fd);
+
+  BpfLoaderOptions options_;
+  KernelFeatures features_;
+  std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton_;
+  InterceptionMaps maps_;
+  std::vector<BpfLinkPtr> links_;
+  std::vector<Attachment> attachments_;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,25 @@
+// Finding the cgroup v2 hierarchy and naming cgroups by id. The mount point
+// is read from mountinfo because layouts differ: /sys/fs/cgroup on unified
+// hosts, /sys/fs/cgroup/unified on hybrid ones (such as the CI machines).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace ktrust {
+
+// The mount point of the first cgroup2 filesystem in a /proc/<pid>/mountinfo
+// text, with mountinfo's octal escapes (\040 for a space) decoded.
+absl::StatusOr<std::string> FindCgroup2Mount(absl::string_view mountinfo);
+
+// FindCgroup2Mount over this process's /proc/self/mountinfo.
+absl::StatusOr<std::string> Cgroup2Mount();
+
+// The id the kernel gives a cgroup v2 directory: what
+// bpf_get_current_cgroup_id() returns for its processes.
+absl::StatusOr<uint64_t> CgroupIdOf(absl::string_view cgroup_dir);
+
+}  // namespace ktrust

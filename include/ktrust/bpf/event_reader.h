@@ -1,0 +1,60 @@
+// Reads the kernel's interception events (struct ktrust_event) from the ring
+// buffer: what was redirected, denied or bypassed, for whom and why.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "ktrust/bpf/libbpf_ptr.h"
+#include "ktrust/common/socket_address.h"
+
+namespace ktrust {
+
+struct InterceptionEvent {
+  uint32_t type = 0;    // enum ktrust_event_type
+  uint32_t reason = 0;  // enum ktrust_reason
+  uint64_t timestamp_ns = 0;
+  uint64_t cgroup_id = 0;  // 0 where the hook cannot know (sk_lookup)
+  uint64_t socket_cookie = 0;
+  uint32_t pid = 0;
+  uint32_t workload = 0;
+  uint32_t protocol = 0;
+  SocketAddress source;  // port 0 and :: before the socket is bound
+  SocketAddress destination;
+};
+
+// Stable names for logs and metrics: "connect_redirected", "udp_denied", ...
+absl::string_view ReasonName(uint32_t reason);
+// "redirected", "denied", "bypassed".
+absl::string_view EventTypeName(uint32_t type);
+
+class InterceptionEventReader {
+ public:
+  using Handler = std::function<void(const InterceptionEvent&)>;
+
+  // ring_buffer_fd: BpfLoader::events_fd(); borrowed.
+  static absl::StatusOr<std::unique_ptr<InterceptionEventReader>> Create(int ring_buffer_fd,
+                                                                         Handler handler);
+
+  // Waits up to timeout for events and hands each to the handler. Returns how
+  // many were handled.
+  absl::StatusOr<int> Poll(absl::Duration timeout);
+  // Handles what is already there without waiting.
+  absl::StatusOr<int> Drain();
+  // Readable when events are waiting: for an event loop's poll.
+  int epoll_fd() const;
+
+ private:
+  explicit InterceptionEventReader(Handler handler) : handler_(std::move(handler)) {}
+  static int OnRecord(void* self, void* data, size_t size);
+
+  Handler handler_;
+  RingBufferPtr ring_;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,121 @@
+// Typed access to the interception maps (include/ktrust/bpf/abi.h): what the
+// agent writes (settings, mesh destinations, enrolled cgroups, inbound
+// ports and listeners) and what it reads (original destinations, counters).
+// The fds are borrowed from the BpfLoader that owns the maps.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ktrust/bpf/abi.h"
+#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/socket_address.h"
+
+namespace ktrust {
+
+enum class EnforcementMode {
+  kEnforce,     // no plaintext: anything that cannot be intercepted is refused
+  kPermissive,  // plaintext allowed where interception cannot work
+};
+
+enum class MeshAction {
+  kRedirect,  // TCP through the agent; other protocols refused in enforce mode
+  kBypass,    // left alone (DNS, say), counted and reported
+};
+
+struct PortRule {
+  uint16_t first_port = 0;  // inclusive
+  uint16_t last_port = 0;   // inclusive
+  MeshAction action = MeshAction::kRedirect;
+};
+
+// Where the kernel sends intercepted connections. Defaults match a node
+// agent with per-netns loopback listeners.
+struct InterceptionSettings {
+  std::string outbound_ip4 = "127.0.0.1";  // the outbound listener, IPv4 destinations
+  std::string outbound_ip6 = "::1";        // and IPv6 destinations
+  uint16_t outbound_port = 0;              // required; the same in every netns
+  // The agent's source toward local applications: sk_lookup lets it through.
+  std::string upstream_source_ip4 = "127.0.0.6";
+  std::string upstream_source_ip6 = "";  // empty: none
+  uint32_t agent_mark = 0;               // SO_MARK of the agent's sockets; 0: not checked
+
+  absl::Status Validate() const;
+};
+
+// Where an intercepted connection was going, and whose it was.
+struct OriginalDestination {
+  SocketAddress destination;  // AF_INET for IPv4, even from an AF_INET6 socket
+  uint64_t cgroup_id = 0;
+  uint32_t workload = 0;
+  uint32_t pid = 0;
+  EnforcementMode mode = EnforcementMode::kEnforce;
+};
+
+struct TrackedConnectionCounts {
+  size_t by_cookie = 0;  // connect() seen, not yet closed
+  size_t by_tuple = 0;   // established, not yet closed
+};
+
+using ReasonCounters = std::array<uint64_t, KTRUST_REASON_MAX>;
+
+class InterceptionMaps {
+ public:
+  struct Fds {
+    int mesh = -1;
+    int cgroups = -1;
+    int config = -1;
+    int orig_by_cookie = -1;
+    int orig_by_tuple = -1;
+    int inbound = -1;
+    int listeners = -1;
+    int counters = -1;
+  };
+  explicit InterceptionMaps(Fds fds) : fds_(fds) {}
+
+  // Until this is called (outbound_port 0), enrolled connections to the mesh
+  // are refused (enforce) or left alone (permissive).
+  absl::Status Configure(const InterceptionSettings& settings);
+
+  // Sets the port rules of exactly this prefix (at most
+  // KTRUST_MESH_RULES_PER_PREFIX, first match wins). The kernel uses only the
+  // longest matching prefix, so a longer prefix must repeat the rules it
+  // inherits from shorter ones.
+  absl::Status AddMeshDestination(const IpPrefix& prefix, const std::vector<PortRule>& rules);
+  absl::Status RemoveMeshDestination(const IpPrefix& prefix);
+
+  // Processes in exactly this cgroup (not its children) are intercepted.
+  absl::Status EnrollCgroup(uint64_t cgroup_id, EnforcementMode mode, uint32_t workload);
+  absl::Status UnenrollCgroup(uint64_t cgroup_id);
+
+  // app: the accepted socket's peer; listener: its local address. NotFound
+  // when the connection was not redirected (or has closed).
+  absl::StatusOr<OriginalDestination> LookupOriginalDestination(
+      const SocketAddress& app, const SocketAddress& listener) const;
+  // The same for a socket accepted on the outbound listener: what
+  // OutboundListener::destination needs.
+  absl::StatusOr<OriginalDestination> OriginalDestinationOf(int accepted_fd) const;
+
+  // Enforces local (address, port); an unspecified address (0.0.0.0 or ::)
+  // covers the port on every address. listener_slot: see SetInboundListener.
+  absl::Status AddInboundPort(const SocketAddress& local, EnforcementMode mode,
+                              uint32_t listener_slot, uint32_t workload);
+  absl::Status RemoveInboundPort(const SocketAddress& local);
+  // Puts a listening TCP socket in a slot. The kernel drops it from the slot
+  // when it closes, which makes enforced ports refuse connections.
+  absl::Status SetInboundListener(uint32_t slot, int listen_fd);
+  absl::Status ClearInboundListener(uint32_t slot);
+
+  // Per reason, summed over CPUs.
+  absl::StatusOr<ReasonCounters> Counters() const;
+  absl::StatusOr<TrackedConnectionCounts> TrackedConnections() const;
+
+ private:
+  Fds fds_;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,35 @@
+// An IPv4 or IPv6 CIDR prefix in the BPF ABI's form: 16 bytes, IPv4 mapped
+// to ::ffff:a.b.c.d, so an IPv4 /8 is a /104.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace ktrust {
+
+class IpPrefix {
+ public:
+  // "10.0.0.0/8", "fd00::/8"; a bare address is a host prefix (/32, /128).
+  // Host bits past the length are refused: they usually mean a typo.
+  static absl::StatusOr<IpPrefix> Parse(absl::string_view text);
+
+  const std::array<uint8_t, 16>& address() const { return address_; }
+  // Bits of address(), in the mapped space for IPv4.
+  uint32_t mapped_length() const { return mapped_length_; }
+  bool is_v4() const { return v4_; }
+  // As parsed: "10.0.0.0/8".
+  std::string ToString() const;
+
+ private:
+  IpPrefix() = default;
+
+  std::array<uint8_t, 16> address_{};
+  uint32_t mapped_length_ = 0;
+  bool v4_ = false;
+};
+
+}  // namespace ktrust

@@ -1,0 +1,190 @@
+#include "ktrust/bpf/bpf_loader.h"
+
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "bpf/bpf_test_env.h"
+
+namespace ktrust {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ScopedBpffs;
+using testing::TestCgroup;
+using testing::TestNetns;
+
+constexpr bpf_attach_type kCgroupHooks[] = {
+    BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT,     BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_SENDMSG,  BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
+    BPF_CGROUP_SOCK_OPS,
+};
+
+class BpfLoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KTRUST_REQUIRE_ROOT();
+    auto bpffs = ScopedBpffs::Create();
+    ASSERT_TRUE(bpffs.ok()) << bpffs.status();
+    bpffs_ = std::move(*bpffs);
+    auto cgroup = TestCgroup::Create("loader");
+    ASSERT_TRUE(cgroup.ok()) << cgroup.status();
+    cgroup_ = std::move(*cgroup);
+    auto netns = TestNetns::Create();
+    ASSERT_TRUE(netns.ok()) << netns.status();
+    netns_ = std::move(*netns);
+  }
+
+  std::unique_ptr<BpfLoader> NewLoader() {
+    auto loader = BpfLoader::Create({.pin_dir = bpffs_->pin_dir()});
+    EXPECT_TRUE(loader.ok()) << loader.status();
+    return loader.ok() ? std::move(*loader) : nullptr;
+  }
+
+  // What the kernel has attached to a target for a hook: program ids.
+  static std::vector<uint32_t> Attached(const std::string& target, bpf_attach_type type) {
+    UniqueFd fd(open(target.c_str(), O_RDONLY | O_CLOEXEC));
+    std::vector<uint32_t> ids(8);
+    uint32_t count = static_cast<uint32_t>(ids.size());
+    if (bpf_prog_query(fd.get(), type, 0, nullptr, ids.data(), &count) != 0) {
+      ADD_FAILURE() << "bpf_prog_query " << target << ": " << std::strerror(errno);
+      return {};
+    }
+    ids.resize(count);
+    return ids;
+  }
+  std::vector<uint32_t> AttachedToCgroup(bpf_attach_type type) const {
+    return Attached(cgroup_->path(), type);
+  }
+  std::vector<uint32_t> AttachedToNetns() const { return Attached(netns_->path(), BPF_SK_LOOKUP); }
+
+  static uint32_t ProgramId(int fd) {
+    bpf_prog_info info{};
+    uint32_t len = sizeof(info);
+    EXPECT_EQ(bpf_obj_get_info_by_fd(fd, &info, &len), 0);
+    return info.id;
+  }
+
+  std::unique_ptr<ScopedBpffs> bpffs_;
+  std::unique_ptr<TestCgroup> cgroup_;
+  std::unique_ptr<TestNetns> netns_;
+};
+
+TEST_F(BpfLoaderTest, LoadsAndAttachesEveryHookOnThisKernel) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+
+  for (bpf_attach_type type : kCgroupHooks) {
+    EXPECT_EQ(AttachedToCgroup(type).size(), 1u) << "attach type " << type;
+  }
+  EXPECT_THAT(AttachedToNetns(),
+              ::testing::ElementsAre(ProgramId(loader->program_fd(BpfProgram::kSkLookup))));
+  ASSERT_EQ(loader->attachments().size(), 8u);
+  for (const auto& attachment : loader->attachments()) {
+    EXPECT_FALSE(attachment.adopted) << attachment.pin_path;
+    EXPECT_TRUE(std::filesystem::exists(attachment.pin_path)) << attachment.pin_path;
+  }
+  EXPECT_TRUE(std::filesystem::exists(bpffs_->pin_dir() + "/maps/ktrust_mesh"));
+}
+
+TEST_F(BpfLoaderTest, AttachingAgainAttachesNothingTwice) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+  EXPECT_EQ(loader->attachments().size(), 8u);
+  for (bpf_attach_type type : kCgroupHooks) EXPECT_EQ(AttachedToCgroup(type).size(), 1u);
+  EXPECT_EQ(AttachedToNetns().size(), 1u);
+}
+
+TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {
+  auto first = NewLoader();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(first->AttachNetns(netns_->path()).ok());
+  ASSERT_TRUE(first->maps().EnrollCgroup(cgroup_->id(), EnforcementMode::kEnforce, 42).ok());
+  first.reset();  // the agent process is gone
+
+  for (bpf_attach_type type : kCgroupHooks) EXPECT_EQ(AttachedToCgroup(type).size(), 1u);
+  EXPECT_EQ(AttachedToNetns().size(), 1u);
+
+  auto second = NewLoader();
+  ASSERT_NE(second, nullptr);
+  // The pinned maps were reused at load: the enrolment is still there.
+  auto cgroups_fd = second->map_fd("ktrust_cgroups");
+  ASSERT_TRUE(cgroups_fd.ok());
+  uint64_t id = cgroup_->id();
+  ktrust_cgroup_value value{};
+  ASSERT_EQ(bpf_map_lookup_elem(*cgroups_fd, &id, &value), 0);
+  EXPECT_EQ(value.workload, 42u);
+
+  ASSERT_TRUE(second->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(second->AttachNetns(netns_->path()).ok());
+  ASSERT_EQ(second->attachments().size(), 8u);
+  for (const auto& attachment : second->attachments()) {
+    EXPECT_TRUE(attachment.adopted) << attachment.pin_path;
+  }
+  // Still one program per hook, and it is this run's.
+  EXPECT_THAT(AttachedToCgroup(BPF_CGROUP_INET4_CONNECT),
+              ::testing::ElementsAre(ProgramId(second->program_fd(BpfProgram::kConnect4))));
+  EXPECT_THAT(AttachedToCgroup(BPF_CGROUP_SOCK_OPS),
+              ::testing::ElementsAre(ProgramId(second->program_fd(BpfProgram::kSockops))));
+  EXPECT_THAT(AttachedToNetns(),
+              ::testing::ElementsAre(ProgramId(second->program_fd(BpfProgram::kSkLookup))));
+}
+
+TEST_F(BpfLoaderTest, UninstallDetachesEverythingAndRemovesThePins) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+
+  ASSERT_TRUE(loader->Uninstall().ok());
+  for (bpf_attach_type type : kCgroupHooks) EXPECT_TRUE(AttachedToCgroup(type).empty());
+  EXPECT_TRUE(AttachedToNetns().empty());
+  EXPECT_FALSE(std::filesystem::exists(bpffs_->pin_dir()));
+  EXPECT_TRUE(loader->attachments().empty());
+}
+
+TEST_F(BpfLoaderTest, UninstallWorksFromAFreshProcessWithNothingLoaded) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+  loader.reset();
+
+  ASSERT_TRUE(BpfLoader::UninstallPinned(bpffs_->pin_dir()).ok());
+  for (bpf_attach_type type : kCgroupHooks) EXPECT_TRUE(AttachedToCgroup(type).empty());
+  EXPECT_TRUE(AttachedToNetns().empty());
+  EXPECT_FALSE(std::filesystem::exists(bpffs_->pin_dir()));
+  // Nothing left to remove is not an error.
+  EXPECT_TRUE(BpfLoader::UninstallPinned(bpffs_->pin_dir()).ok());
+}
+
+TEST_F(BpfLoaderTest, RefusesAPinDirectoryOffBpffs) {
+  auto loader = BpfLoader::Create({.pin_dir = "/tmp/ktrust-not-bpffs/ktrust"});
+  ASSERT_FALSE(loader.ok());
+  EXPECT_EQ(loader.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(loader.status().message()), HasSubstr("no BPF filesystem"));
+
+  auto relative = BpfLoader::Create({.pin_dir = "ktrust"});
+  EXPECT_EQ(relative.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(BpfLoaderTest, AttachingToSomethingThatIsNotACgroupFails) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  absl::Status status = loader->AttachCgroup("/tmp");
+  EXPECT_FALSE(status.ok());
+  EXPECT_TRUE(loader->attachments().empty());
+}
+
+}  // namespace
+}  // namespace ktrust

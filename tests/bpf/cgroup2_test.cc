@@ -1,0 +1,44 @@
+#include "ktrust/bpf/cgroup2.h"
+
+#include <gtest/gtest.h>
+
+namespace ktrust {
+namespace {
+
+// The CI machines' hybrid layout: v1 controllers plus the unified hierarchy.
+constexpr char kHybrid[] =
+    "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+    "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+    "40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n"
+    "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+
+TEST(Cgroup2Test, FindsTheUnifiedMountOnAHybridHost) {
+  auto mount = FindCgroup2Mount(kHybrid);
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  EXPECT_EQ(*mount, "/sys/fs/cgroup/unified");
+}
+
+TEST(Cgroup2Test, FindsTheRootOnAUnifiedHostWithOptionalFields) {
+  auto mount = FindCgroup2Mount(
+      "22 28 0:21 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n"
+      "26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev shared:9 master:1 - cgroup2 cgroup2 "
+      "rw,nsdelegate,memory_recursiveprot\n");
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  EXPECT_EQ(*mount, "/sys/fs/cgroup");
+}
+
+TEST(Cgroup2Test, DecodesEscapedSpaces) {
+  auto mount = FindCgroup2Mount("41 31 0:38 / /mnt/my\\040cgroups rw - cgroup2 none rw\n");
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  EXPECT_EQ(*mount, "/mnt/my cgroups");
+}
+
+TEST(Cgroup2Test, NotFoundWithOnlyVersion1) {
+  auto mount = FindCgroup2Mount(
+      "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+      "41 31 0:38 / /cgroup2-lookalike rw - tmpfs cgroup2 rw\n");
+  EXPECT_EQ(mount.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace ktrust

@@ -1,0 +1,411 @@
+// Outbound interception with real processes in real cgroups: a child in an
+// enrolled cgroup connects to a mesh destination on loopback and lands on a
+// stand-in for the agent's outbound listener; a child in a sibling cgroup
+// that is not enrolled reaches the destination itself. The programs are
+// attached to the test's own parent cgroup only.
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bpf/bpf_test_env.h"
+#include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/bpf/event_reader.h"
+
+namespace ktrust {
+namespace {
+
+using testing::AcceptWithin;
+using testing::Address;
+using testing::CgroupChild;
+using testing::HasPendingConnection;
+using testing::ListenTcp;
+using testing::TestCgroup;
+
+constexpr uint32_t kWorkload = 7;
+
+// What a child reports about its connect(): plain data across the pipe.
+struct ConnectReport {
+  int error = -1;  // errno, 0 on success
+  sockaddr_storage peer{};
+  socklen_t peer_len = 0;
+};
+
+SocketAddress PeerOf(const ConnectReport& report) {
+  return SocketAddress::FromSockaddr(reinterpret_cast<const sockaddr*>(&report.peer),
+                                     report.peer_len);
+}
+
+// Connects, reports, then holds the connection until the parent signals.
+CgroupChild::Body ConnectAndHold(SocketAddress to) {
+  return [to](int in, int out) {
+    ConnectReport report;
+    int fd = socket(to.family(), SOCK_STREAM, 0);
+    report.error = connect(fd, to.get(), to.size()) == 0 ? 0 : errno;
+    report.peer_len = sizeof(report.peer);
+    if (report.error == 0)
+      getpeername(fd, reinterpret_cast<sockaddr*>(&report.peer), &report.peer_len);
+    if (write(out, &report, sizeof(report)) != sizeof(report)) return 1;
+    char go = 0;
+    if (read(in, &go, 1) != 1) return 2;
+    close(fd);
+    return 0;
+  };
+}
+
+class CgroupRedirectTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KTRUST_REQUIRE_ROOT();
+    auto bpffs = testing::ScopedBpffs::Create();
+    ASSERT_TRUE(bpffs.ok()) << bpffs.status();
+    bpffs_ = std::move(*bpffs);
+    auto parent = TestCgroup::Create("redirect");
+    ASSERT_TRUE(parent.ok()) << parent.status();
+    parent_ = std::move(*parent);
+    auto enrolled = TestCgroup::Create("enrolled", parent_.get());
+    auto plain = TestCgroup::Create("plain", parent_.get());
+    ASSERT_TRUE(enrolled.ok()) << enrolled.status();
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    enrolled_ = std::move(*enrolled);
+    plain_ = std::move(*plain);
+
+    auto loader = BpfLoader::Create({.pin_dir = bpffs_->pin_dir()});
+    ASSERT_TRUE(loader.ok()) << loader.status();
+    loader_ = std::move(*loader);
+    ASSERT_TRUE(loader_->AttachCgroup(parent_->path()).ok());
+
+    // The agent's stand-in, and the destination it stands between.
+    agent_ = ListenTcp(Address("127.0.0.1:0"));
+    server_ = ListenTcp(Address("127.77.0.1:0"));
+    ASSERT_TRUE(agent_.valid() && server_.valid());
+    server_address_ = *SocketAddress::LocalOf(server_.get());
+    ASSERT_TRUE(
+        maps().Configure({.outbound_port = SocketAddress::LocalOf(agent_.get())->port()}).ok());
+    ASSERT_TRUE(maps()
+                    .AddMeshDestination(
+                        *IpPrefix::Parse("127.77.0.0/16"),
+                        {{server_address_.port(), server_address_.port(), MeshAction::kRedirect},
+                         {53, 53, MeshAction::kBypass}})
+                    .ok());
+    ASSERT_TRUE(maps().EnrollCgroup(enrolled_->id(), EnforcementMode::kEnforce, kWorkload).ok());
+
+    auto reader = InterceptionEventReader::Create(
+        loader_->events_fd(), [this](const InterceptionEvent& e) { events_.push_back(e); });
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    reader_ = std::move(*reader);
+  }
+
+  InterceptionMaps& maps() { return loader_->maps(); }
+
+  uint64_t Counter(ktrust_reason reason) {
+    auto counters = maps().Counters();
+    EXPECT_TRUE(counters.ok()) << counters.status();
+    return counters.ok() ? (*counters)[reason] : 0;
+  }
+
+  std::unique_ptr<CgroupChild> Start(const TestCgroup& cgroup, const CgroupChild::Body& body) {
+    auto child = CgroupChild::Start(cgroup, body);
+    EXPECT_TRUE(child.ok()) << child.status();
+    return child.ok() ? std::move(*child) : nullptr;
+  }
+
+  // Lets a held child close its connection and exit, and checks it went well.
+  static void Finish(CgroupChild& child) {
+    ASSERT_TRUE(child.Signal().ok());
+    auto code = child.Wait();
+    ASSERT_TRUE(code.ok()) << code.status();
+    EXPECT_EQ(*code, 0);
+  }
+
+  // Tracked-connection records disappear when the kernel closes the socket,
+  // which for the side that closes first is after the peer's FIN/ACK: no
+  // event to wait on, so poll with a bound.
+  bool TrackedConnectionsDrainTo(size_t expected) {
+    absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (absl::Now() < deadline) {
+      auto tracked = maps().TrackedConnections();
+      if (tracked.ok() && tracked->by_cookie == expected && tracked->by_tuple == expected) {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+  void ZeroSettings() {
+    auto config_fd = loader_->map_fd("ktrust_config");
+    ASSERT_TRUE(config_fd.ok());
+    uint32_t zero = 0;
+    ktrust_config unset{};
+    ASSERT_EQ(bpf_map_update_elem(*config_fd, &zero, &unset, BPF_ANY), 0);
+  }
+
+  std::unique_ptr<testing::ScopedBpffs> bpffs_;
+  std::unique_ptr<TestCgroup> parent_, enrolled_, plain_;
+  std::unique_ptr<BpfLoader> loader_;
+  UniqueFd agent_, server_;
+  SocketAddress server_address_;
+  std::unique_ptr<InterceptionEventReader> reader_;
+  std::vector<InterceptionEvent> events_;
+};
+
+TEST_F(CgroupRedirectTest, AnEnrolledConnectLandsOnTheAgentListener) {
+  auto child = Start(*enrolled_, ConnectAndHold(server_address_));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+
+  UniqueFd accepted = AcceptWithin(agent_.get(), absl::Seconds(5));
+  ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
+  EXPECT_FALSE(HasPendingConnection(server_.get())) << "the connection bypassed the agent";
+
+  // The agent finds where it was going, and whose it is, from its socket.
+  auto original = maps().OriginalDestinationOf(accepted.get());
+  ASSERT_TRUE(original.ok()) << original.status();
+  EXPECT_EQ(original->destination.ToString(), server_address_.ToString());
+  EXPECT_EQ(original->cgroup_id, enrolled_->id());
+  EXPECT_EQ(original->pid, static_cast<uint32_t>(child->pid()));
+  EXPECT_EQ(original->workload, kWorkload);
+  EXPECT_EQ(original->mode, EnforcementMode::kEnforce);
+  // The application sees the peer it dialled.
+  EXPECT_EQ(PeerOf(report).ToString(), server_address_.ToString());
+
+  ASSERT_TRUE(reader_->Drain().ok());
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(EventTypeName(events_[0].type), "redirected");
+  EXPECT_EQ(ReasonName(events_[0].reason), "connect_redirected");
+  EXPECT_EQ(events_[0].cgroup_id, enrolled_->id());
+  EXPECT_EQ(events_[0].pid, static_cast<uint32_t>(child->pid()));
+  EXPECT_EQ(events_[0].workload, kWorkload);
+  EXPECT_EQ(events_[0].protocol, static_cast<uint32_t>(IPPROTO_TCP));
+  EXPECT_EQ(events_[0].destination.ToString(), server_address_.ToString());
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_REDIRECTED), 1u);
+  EXPECT_EQ(Counter(KTRUST_REASON_SOCKOPS_REKEYED), 1u);
+  EXPECT_GE(Counter(KTRUST_REASON_GETPEERNAME_REWRITTEN), 1u);
+  Finish(*child);
+}
+
+TEST_F(CgroupRedirectTest, AnIpv6SocketDiallingAMappedAddressIsRedirectedToo) {
+  SocketAddress mapped = Address(absl::StrCat("[::ffff:127.77.0.1]:", server_address_.port()));
+  auto child = Start(*enrolled_, ConnectAndHold(mapped));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+
+  UniqueFd accepted = AcceptWithin(agent_.get(), absl::Seconds(5));
+  ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
+  EXPECT_FALSE(HasPendingConnection(server_.get()));
+  auto original = maps().OriginalDestinationOf(accepted.get());
+  ASSERT_TRUE(original.ok()) << original.status();
+  EXPECT_EQ(original->destination.ToString(), server_address_.ToString());  // as IPv4
+  EXPECT_EQ(PeerOf(report).ToString(), mapped.ToString());  // in the socket's own family
+  Finish(*child);
+}
+
+TEST_F(CgroupRedirectTest, ACgroupThatIsNotEnrolledIsUntouched) {
+  auto child = Start(*plain_, ConnectAndHold(server_address_));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+
+  UniqueFd accepted = AcceptWithin(server_.get(), absl::Seconds(5));
+  ASSERT_TRUE(accepted.valid()) << "the destination got nothing";
+  EXPECT_FALSE(HasPendingConnection(agent_.get()));
+  EXPECT_EQ(PeerOf(report).ToString(), server_address_.ToString());
+  auto tracked = maps().TrackedConnections();
+  ASSERT_TRUE(tracked.ok());
+  EXPECT_EQ(tracked->by_cookie, 0u);
+  EXPECT_EQ(tracked->by_tuple, 0u);
+  // Nothing to count or report about a workload ktrust does not manage.
+  auto counters = maps().Counters();
+  ASSERT_TRUE(counters.ok());
+  for (uint64_t c : *counters) EXPECT_EQ(c, 0u);
+  ASSERT_TRUE(reader_->Drain().ok());
+  EXPECT_TRUE(events_.empty());
+  Finish(*child);
+}
+
+TEST_F(CgroupRedirectTest, EnrolledConnectsOutsideTheMeshAreUntouched) {
+  UniqueFd other = ListenTcp(Address("127.0.0.1:0"));
+  SocketAddress other_address = *SocketAddress::LocalOf(other.get());
+  auto child = Start(*enrolled_, ConnectAndHold(other_address));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+  EXPECT_TRUE(AcceptWithin(other.get(), absl::Seconds(5)).valid());
+  EXPECT_FALSE(HasPendingConnection(agent_.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_NOT_MESH), 1u);
+  Finish(*child);
+}
+
+TEST_F(CgroupRedirectTest, WithNoAgentListeningTheConnectIsRefusedAtOnce) {
+  // A bound socket that never listens: the agent's port with the agent dead.
+  UniqueFd dead(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  SocketAddress any = Address("127.0.0.1:0");
+  ASSERT_EQ(bind(dead.get(), any.get(), any.size()), 0);
+  ASSERT_TRUE(maps().Configure({.outbound_port = SocketAddress::LocalOf(dead.get())->port()}).ok());
+
+  auto child = Start(*enrolled_, ConnectAndHold(server_address_));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.error, ECONNREFUSED) << std::strerror(report.error);
+  EXPECT_FALSE(HasPendingConnection(server_.get())) << "plaintext reached the destination";
+  Finish(*child);
+  EXPECT_TRUE(TrackedConnectionsDrainTo(0));
+}
+
+TEST_F(CgroupRedirectTest, AnUnconfiguredAgentMeansRefusedInEnforceAndDirectInPermissive) {
+  ZeroSettings();
+  auto child = Start(*enrolled_, ConnectAndHold(server_address_));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.error, EPERM) << std::strerror(report.error);
+  Finish(*child);
+  ASSERT_TRUE(reader_->Drain().ok());
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(EventTypeName(events_[0].type), "denied");
+  EXPECT_EQ(ReasonName(events_[0].reason), "connect_no_agent");
+
+  ASSERT_TRUE(maps().EnrollCgroup(enrolled_->id(), EnforcementMode::kPermissive, kWorkload).ok());
+  auto permissive = Start(*enrolled_, ConnectAndHold(server_address_));
+  ASSERT_NE(permissive, nullptr);
+  ASSERT_TRUE(permissive->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.error, 0) << std::strerror(report.error);
+  EXPECT_TRUE(AcceptWithin(server_.get(), absl::Seconds(5)).valid());
+  Finish(*permissive);
+}
+
+// What a child reports about its datagrams.
+struct UdpReport {
+  int sendto_mesh = -1;     // errno of sendto() to a mesh port, 0 on success
+  int connect_mesh = -1;    // errno of connect() on UDP to it
+  int sendto_bypass = -1;   // to the mesh prefix's bypass port
+  int sendto_outside = -1;  // outside the mesh
+};
+
+CgroupChild::Body SendDatagrams(SocketAddress mesh, SocketAddress bypass, SocketAddress outside) {
+  return [=](int, int out) {
+    UdpReport report;
+    auto send_to = [](int fd, const SocketAddress& to) {
+      return sendto(fd, "x", 1, 0, to.get(), to.size()) == 1 ? 0 : errno;
+    };
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    report.sendto_mesh = send_to(fd, mesh);
+    report.sendto_bypass = send_to(fd, bypass);
+    report.sendto_outside = send_to(fd, outside);
+    int connected = socket(AF_INET, SOCK_DGRAM, 0);
+    report.connect_mesh = connect(connected, mesh.get(), mesh.size()) == 0 ? 0 : errno;
+    return write(out, &report, sizeof(report)) == sizeof(report) ? 0 : 1;
+  };
+}
+
+TEST_F(CgroupRedirectTest, UdpToTheMeshIsDeniedInEnforceModeExceptBypassPorts) {
+  SocketAddress bypass = Address("127.77.0.1:53");
+  SocketAddress outside = Address("127.0.0.1:9");
+  auto child = Start(*enrolled_, SendDatagrams(server_address_, bypass, outside));
+  ASSERT_NE(child, nullptr);
+  UdpReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.sendto_mesh, EPERM);
+  EXPECT_EQ(report.connect_mesh, EPERM);
+  EXPECT_EQ(report.sendto_bypass, 0) << std::strerror(report.sendto_bypass);
+  EXPECT_EQ(report.sendto_outside, 0) << std::strerror(report.sendto_outside);
+  EXPECT_EQ(*child->Wait(), 0);
+
+  EXPECT_EQ(Counter(KTRUST_REASON_UDP_DENIED), 2u);
+  EXPECT_EQ(Counter(KTRUST_REASON_UDP_BYPASS_RULE), 1u);
+  ASSERT_TRUE(reader_->Drain().ok());
+  int denied = 0;
+  for (const InterceptionEvent& e : events_) {
+    if (EventTypeName(e.type) != "denied") continue;
+    ++denied;
+    EXPECT_EQ(ReasonName(e.reason), "udp_denied");
+    EXPECT_EQ(e.protocol, static_cast<uint32_t>(IPPROTO_UDP));
+    EXPECT_EQ(e.destination.ToString(), server_address_.ToString());
+  }
+  EXPECT_EQ(denied, 2);
+
+  // Permissive mode lets it through, and counts it.
+  ASSERT_TRUE(maps().EnrollCgroup(enrolled_->id(), EnforcementMode::kPermissive, kWorkload).ok());
+  auto permissive = Start(*enrolled_, SendDatagrams(server_address_, bypass, outside));
+  ASSERT_NE(permissive, nullptr);
+  ASSERT_TRUE(permissive->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.sendto_mesh, 0);
+  EXPECT_EQ(report.connect_mesh, 0);
+  EXPECT_EQ(*permissive->Wait(), 0);
+  EXPECT_EQ(Counter(KTRUST_REASON_UDP_PERMISSIVE), 2u);
+}
+
+// Opens n redirected connections, reports, and closes them all when told.
+CgroupChild::Body ConnectMany(SocketAddress to, int n) {
+  return [to, n](int in, int out) {
+    std::vector<int> fds;
+    int failures = 0;
+    for (int i = 0; i < n; ++i) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (connect(fd, to.get(), to.size()) != 0) ++failures;
+      fds.push_back(fd);
+    }
+    if (write(out, &failures, sizeof(failures)) != sizeof(failures)) return 1;
+    char go = 0;
+    if (read(in, &go, 1) != 1) return 2;
+    for (int fd : fds) close(fd);
+    return 0;
+  };
+}
+
+TEST_F(CgroupRedirectTest, SockopsForgetsEveryConnectionWhenItCloses) {
+  constexpr int kConnections = 64;
+  auto child = Start(*enrolled_, ConnectMany(server_address_, kConnections));
+  ASSERT_NE(child, nullptr);
+  int failures = -1;
+  ASSERT_TRUE(child->ReadFrom(&failures, sizeof(failures)).ok());
+  ASSERT_EQ(failures, 0);
+
+  std::vector<UniqueFd> accepted;
+  for (int i = 0; i < kConnections; ++i) {
+    accepted.push_back(AcceptWithin(agent_.get(), absl::Seconds(5)));
+    ASSERT_TRUE(accepted.back().valid()) << "connection " << i;
+    ASSERT_TRUE(maps().OriginalDestinationOf(accepted.back().get()).ok()) << "connection " << i;
+  }
+  auto tracked = maps().TrackedConnections();
+  ASSERT_TRUE(tracked.ok()) << tracked.status();
+  EXPECT_EQ(tracked->by_cookie, static_cast<size_t>(kConnections));
+  EXPECT_EQ(tracked->by_tuple, static_cast<size_t>(kConnections));
+
+  // Half close from the agent's side first, half from the application's.
+  for (int i = 0; i < kConnections / 2; ++i) accepted[i].Reset();
+  Finish(*child);
+  accepted.clear();
+  EXPECT_TRUE(TrackedConnectionsDrainTo(0)) << "records leaked after close";
+  EXPECT_EQ(Counter(KTRUST_REASON_SOCKOPS_REKEYED), static_cast<uint64_t>(kConnections));
+  EXPECT_EQ(Counter(KTRUST_REASON_SOCKOPS_CLOSED), static_cast<uint64_t>(kConnections));
+}
+
+TEST_F(CgroupRedirectTest, AnUnenrolledCgroupIsReleased) {
+  ASSERT_TRUE(maps().UnenrollCgroup(enrolled_->id()).ok());
+  auto child = Start(*enrolled_, ConnectAndHold(server_address_));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  ASSERT_EQ(report.error, 0);
+  EXPECT_TRUE(AcceptWithin(server_.get(), absl::Seconds(5)).valid());
+  EXPECT_FALSE(HasPendingConnection(agent_.get()));
+  Finish(*child);
+}
+
+}  // namespace
+}  // namespace ktrust

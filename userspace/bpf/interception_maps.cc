@@ -1,0 +1,275 @@
+#include "ktrust/bpf/interception_maps.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/bpf/abi_address.h"
+
+namespace ktrust {
+namespace {
+
+absl::Status MapError(int err, absl::string_view operation) {
+  return absl::ErrnoToStatus(err, operation);
+}
+
+// libbpf's low-level calls return -errno (and set errno).
+absl::Status Check(int ret, absl::string_view operation) {
+  if (ret == 0) return absl::OkStatus();
+  return MapError(ret < 0 ? -ret : errno, operation);
+}
+
+uint32_t AbiMode(EnforcementMode mode) {
+  return mode == EnforcementMode::kPermissive ? KTRUST_MODE_PERMISSIVE : KTRUST_MODE_ENFORCE;
+}
+
+EnforcementMode ModeOf(uint32_t mode) {
+  return mode == KTRUST_MODE_PERMISSIVE ? EnforcementMode::kPermissive : EnforcementMode::kEnforce;
+}
+
+// An address of one family in the ABI form; what names the setting for errors.
+absl::StatusOr<AbiAddress> ParseIp(const std::string& text, int family, absl::string_view what) {
+  AbiAddress out{};
+  bool ok = family == AF_INET ? inet_pton(AF_INET, text.c_str(), out.data() + 12) == 1
+                              : inet_pton(AF_INET6, text.c_str(), out.data()) == 1;
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat("interception settings: ", what, " \"", text,
+                                                   "\" is not an IPv",
+                                                   family == AF_INET ? "4" : "6", " address"));
+  }
+  if (family == AF_INET) out[10] = out[11] = 0xff;
+  return out;
+}
+
+ktrust_mesh_key MeshKey(const IpPrefix& prefix) {
+  ktrust_mesh_key key{};
+  key.prefixlen = prefix.mapped_length();
+  std::memcpy(key.addr, prefix.address().data(), sizeof(key.addr));
+  return key;
+}
+
+absl::StatusOr<ktrust_inbound_key> InboundKey(const SocketAddress& local) {
+  auto address = ToAbiAddress(local);
+  if (!address.ok()) return address.status();
+  ktrust_inbound_key key{};
+  // The wildcard entry is the all-zero address, for either family.
+  bool unspecified = true;
+  const uint8_t* raw = address->data();
+  if (local.family() == AF_INET) raw += 12;
+  size_t length = local.family() == AF_INET ? 4 : 16;
+  for (size_t i = 0; i < length; ++i) unspecified = unspecified && raw[i] == 0;
+  if (!unspecified) std::memcpy(key.addr, address->data(), sizeof(key.addr));
+  key.port = local.port();
+  return key;
+}
+
+absl::StatusOr<size_t> CountEntries(int map_fd, size_t key_size, absl::string_view name) {
+  std::vector<uint8_t> key(key_size), next(key_size);
+  size_t count = 0;
+  const void* previous = nullptr;
+  while (true) {
+    int ret = bpf_map_get_next_key(map_fd, previous, next.data());
+    if (ret != 0) {
+      int err = ret < 0 ? -ret : errno;
+      if (err == ENOENT) return count;
+      return MapError(err, absl::StrCat("iterating ", name));
+    }
+    ++count;
+    key.swap(next);
+    previous = key.data();
+  }
+}
+
+}  // namespace
+
+absl::Status InterceptionSettings::Validate() const {
+  if (outbound_port == 0) {
+    return absl::InvalidArgumentError("interception settings: outbound_port is required");
+  }
+  for (const auto& parsed : {ParseIp(outbound_ip4, AF_INET, "outbound_ip4"),
+                             ParseIp(outbound_ip6, AF_INET6, "outbound_ip6")}) {
+    if (!parsed.ok()) return parsed.status();
+  }
+  if (!upstream_source_ip4.empty()) {
+    if (auto p = ParseIp(upstream_source_ip4, AF_INET, "upstream_source_ip4"); !p.ok()) {
+      return p.status();
+    }
+  }
+  if (!upstream_source_ip6.empty()) {
+    if (auto p = ParseIp(upstream_source_ip6, AF_INET6, "upstream_source_ip6"); !p.ok()) {
+      return p.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status InterceptionMaps::Configure(const InterceptionSettings& settings) {
+  if (auto st = settings.Validate(); !st.ok()) return st;
+  // Validate() parsed every address already.
+  ktrust_config config{};
+  AbiAddress out4 = *ParseIp(settings.outbound_ip4, AF_INET, "outbound_ip4");
+  AbiAddress out6 = *ParseIp(settings.outbound_ip6, AF_INET6, "outbound_ip6");
+  std::memcpy(&config.outbound_ip4, out4.data() + 12, 4);
+  std::memcpy(config.outbound_ip6, out6.data(), 16);
+  if (!settings.upstream_source_ip4.empty()) {
+    AbiAddress src4 = *ParseIp(settings.upstream_source_ip4, AF_INET, "upstream_source_ip4");
+    std::memcpy(&config.upstream_src4, src4.data() + 12, 4);
+  }
+  if (!settings.upstream_source_ip6.empty()) {
+    AbiAddress src6 = *ParseIp(settings.upstream_source_ip6, AF_INET6, "upstream_source_ip6");
+    std::memcpy(config.upstream_src6, src6.data(), 16);
+  }
+  config.outbound_port = settings.outbound_port;
+  config.agent_mark = settings.agent_mark;
+  uint32_t zero = 0;
+  return Check(bpf_map_update_elem(fds_.config, &zero, &config, BPF_ANY),
+               "writing the interception settings (ktrust_config)");
+}
+
+absl::Status InterceptionMaps::AddMeshDestination(const IpPrefix& prefix,
+                                                  const std::vector<PortRule>& rules) {
+  auto invalid = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mesh destination ", prefix.ToString(), ": ", why));
+  };
+  if (rules.empty()) return invalid("no port rules");
+  if (rules.size() > KTRUST_MESH_RULES_PER_PREFIX) {
+    return invalid(absl::StrCat("more than ", KTRUST_MESH_RULES_PER_PREFIX, " port rules"));
+  }
+  ktrust_mesh_value value{};
+  for (size_t i = 0; i < rules.size(); ++i) {
+    if (rules[i].first_port > rules[i].last_port) {
+      return invalid(
+          absl::StrCat("port range ", rules[i].first_port, "-", rules[i].last_port, " is empty"));
+    }
+    value.rules[i].first_port = rules[i].first_port;
+    value.rules[i].last_port = rules[i].last_port;
+    value.rules[i].action = rules[i].action == MeshAction::kBypass ? KTRUST_MESH_ACTION_BYPASS
+                                                                   : KTRUST_MESH_ACTION_REDIRECT;
+  }
+  ktrust_mesh_key key = MeshKey(prefix);
+  return Check(bpf_map_update_elem(fds_.mesh, &key, &value, BPF_ANY),
+               absl::StrCat("adding mesh destination ", prefix.ToString()));
+}
+
+absl::Status InterceptionMaps::RemoveMeshDestination(const IpPrefix& prefix) {
+  ktrust_mesh_key key = MeshKey(prefix);
+  return Check(bpf_map_delete_elem(fds_.mesh, &key),
+               absl::StrCat("removing mesh destination ", prefix.ToString()));
+}
+
+absl::Status InterceptionMaps::EnrollCgroup(uint64_t cgroup_id, EnforcementMode mode,
+                                            uint32_t workload) {
+  ktrust_cgroup_value value{.mode = AbiMode(mode), .workload = workload};
+  return Check(bpf_map_update_elem(fds_.cgroups, &cgroup_id, &value, BPF_ANY),
+               absl::StrCat("enrolling cgroup ", cgroup_id));
+}
+
+absl::Status InterceptionMaps::UnenrollCgroup(uint64_t cgroup_id) {
+  return Check(bpf_map_delete_elem(fds_.cgroups, &cgroup_id),
+               absl::StrCat("unenrolling cgroup ", cgroup_id));
+}
+
+absl::StatusOr<OriginalDestination> InterceptionMaps::LookupOriginalDestination(
+    const SocketAddress& app, const SocketAddress& listener) const {
+  auto src = ToAbiAddress(app);
+  auto dst = ToAbiAddress(listener);
+  if (!src.ok()) return src.status();
+  if (!dst.ok()) return dst.status();
+  ktrust_tuple key{};
+  std::memcpy(key.src_addr, src->data(), 16);
+  std::memcpy(key.dst_addr, dst->data(), 16);
+  key.src_port = app.port();
+  key.dst_port = listener.port();
+  ktrust_orig_dst record{};
+  int ret = bpf_map_lookup_elem(fds_.orig_by_tuple, &key, &record);
+  if (ret != 0) {
+    int err = ret < 0 ? -ret : errno;
+    if (err == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("no original destination for ", app.ToString(),
+                                              " -> ", listener.ToString(),
+                                              ": not a redirected connection"));
+    }
+    return MapError(err, "looking up an original destination (ktrust_orig_tp)");
+  }
+  OriginalDestination out;
+  out.destination = FromAbiAddress(record.addr, record.port);
+  out.cgroup_id = record.cgroup_id;
+  out.workload = record.workload;
+  out.pid = record.pid;
+  out.mode = ModeOf(record.mode);
+  return out;
+}
+
+absl::StatusOr<OriginalDestination> InterceptionMaps::OriginalDestinationOf(int accepted_fd) const {
+  auto peer = SocketAddress::PeerOf(accepted_fd);
+  if (!peer.ok()) return peer.status();
+  auto local = SocketAddress::LocalOf(accepted_fd);
+  if (!local.ok()) return local.status();
+  return LookupOriginalDestination(*peer, *local);
+}
+
+absl::Status InterceptionMaps::AddInboundPort(const SocketAddress& local, EnforcementMode mode,
+                                              uint32_t listener_slot, uint32_t workload) {
+  if (listener_slot >= KTRUST_MAX_INBOUND_LISTENERS) {
+    return absl::InvalidArgumentError(absl::StrCat("inbound listener slot ", listener_slot,
+                                                   " is out of range (max ",
+                                                   KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
+  }
+  auto key = InboundKey(local);
+  if (!key.ok()) return key.status();
+  ktrust_inbound_value value{
+      .listener = listener_slot, .mode = AbiMode(mode), .workload = workload};
+  return Check(bpf_map_update_elem(fds_.inbound, &*key, &value, BPF_ANY),
+               absl::StrCat("enforcing inbound ", local.ToString()));
+}
+
+absl::Status InterceptionMaps::RemoveInboundPort(const SocketAddress& local) {
+  auto key = InboundKey(local);
+  if (!key.ok()) return key.status();
+  return Check(bpf_map_delete_elem(fds_.inbound, &*key),
+               absl::StrCat("removing inbound ", local.ToString()));
+}
+
+absl::Status InterceptionMaps::SetInboundListener(uint32_t slot, int listen_fd) {
+  uint64_t fd = static_cast<uint64_t>(listen_fd);
+  return Check(bpf_map_update_elem(fds_.listeners, &slot, &fd, BPF_ANY),
+               absl::StrCat("placing the inbound listener in slot ", slot, " (ktrust_listen)"));
+}
+
+absl::Status InterceptionMaps::ClearInboundListener(uint32_t slot) {
+  return Check(bpf_map_delete_elem(fds_.listeners, &slot),
+               absl::StrCat("clearing inbound listener slot ", slot));
+}
+
+absl::StatusOr<ReasonCounters> InterceptionMaps::Counters() const {
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return MapError(-cpus, "counting possible CPUs");
+  ReasonCounters out{};
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
+  for (uint32_t reason = 0; reason < KTRUST_REASON_MAX; ++reason) {
+    if (auto st = Check(bpf_map_lookup_elem(fds_.counters, &reason, per_cpu.data()),
+                        "reading counters (ktrust_counters)");
+        !st.ok()) {
+      return st;
+    }
+    for (uint64_t v : per_cpu) out[reason] += v;
+  }
+  return out;
+}
+
+absl::StatusOr<TrackedConnectionCounts> InterceptionMaps::TrackedConnections() const {
+  auto by_cookie = CountEntries(fds_.orig_by_cookie, sizeof(uint64_t), "ktrust_orig_ck");
+  if (!by_cookie.ok()) return by_cookie.status();
+  auto by_tuple = CountEntries(fds_.orig_by_tuple, sizeof(ktrust_tuple), "ktrust_orig_tp");
+  if (!by_tuple.ok()) return by_tuple.status();
+  return TrackedConnectionCounts{.by_cookie = *by_cookie, .by_tuple = *by_tuple};
+}
+
+}  // namespace ktrust

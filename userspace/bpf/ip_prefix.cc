@@ -1,0 +1,64 @@
+#include "ktrust/bpf/ip_prefix.h"
+
+#include <arpa/inet.h>
+
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "ktrust/bpf/abi.h"
+
+namespace ktrust {
+
+absl::StatusOr<IpPrefix> IpPrefix::Parse(absl::string_view text) {
+  auto invalid = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid prefix \"", text, "\": ", why, " (expected 10.0.0.0/8 or fd00::/8)"));
+  };
+  absl::string_view host = text;
+  absl::string_view length_text;
+  if (size_t slash = text.find('/'); slash != absl::string_view::npos) {
+    host = text.substr(0, slash);
+    length_text = text.substr(slash + 1);
+  }
+  IpPrefix out;
+  std::string h(host);
+  uint32_t max_length = 0;
+  in_addr v4{};
+  if (inet_pton(AF_INET, h.c_str(), &v4) == 1) {
+    out.v4_ = true;
+    max_length = 32;
+    out.address_[10] = 0xff;
+    out.address_[11] = 0xff;
+    std::memcpy(out.address_.data() + 12, &v4, 4);
+  } else if (inet_pton(AF_INET6, h.c_str(), out.address_.data()) == 1) {
+    max_length = 128;
+  } else {
+    return invalid("bad address");
+  }
+  uint32_t length = max_length;
+  if (!length_text.empty() || host.size() != text.size()) {
+    if (!absl::SimpleAtoi(length_text, &length) || length > max_length) {
+      return invalid("bad prefix length");
+    }
+  }
+  out.mapped_length_ = out.v4_ ? KTRUST_V4_MAPPED_PREFIX_BITS + length : length;
+
+  // Every bit past the prefix must be zero.
+  for (uint32_t bit = out.mapped_length_; bit < 128; ++bit) {
+    if (out.address_[bit / 8] & (0x80u >> (bit % 8))) return invalid("host bits are set");
+  }
+  return out;
+}
+
+std::string IpPrefix::ToString() const {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (v4_) {
+    inet_ntop(AF_INET, address_.data() + 12, text, sizeof(text));
+    return absl::StrCat(text, "/", mapped_length_ - KTRUST_V4_MAPPED_PREFIX_BITS);
+  }
+  inet_ntop(AF_INET6, address_.data(), text, sizeof(text));
+  return absl::StrCat(text, "/", mapped_length_);
+}
+
+}  // namespace ktrust
