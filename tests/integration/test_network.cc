@@ -8,10 +8,17 @@
 #include <random>
 
 namespace ktrust::testing {
+namespace {
+
+// Only a guard against a hung test: generous, because the vm tier runs on an
+// emulated CPU shared with the rest of CI.
+constexpr time_t kIoTimeoutSeconds = 120;
+
+}  // namespace
 
 UniqueFd ConnectTo(const SocketAddress& addr) {
   UniqueFd fd(socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-  timeval tv{30, 0};
+  timeval tv{kIoTimeoutSeconds, 0};
   setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   int one = 1;
@@ -101,7 +108,7 @@ TestBackend::TestBackend(Handler handler) : handler_(std::move(handler)) {
       int fd = accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0) continue;
       accepted_.fetch_add(1);
-      timeval tv{30, 0};
+      timeval tv{kIoTimeoutSeconds, 0};
       setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
       setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
       std::lock_guard<std::mutex> lock(mu_);

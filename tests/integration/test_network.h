@@ -20,7 +20,7 @@
 
 namespace ktrust::testing {
 
-// Opens a blocking TCP connection with 30 s I/O timeouts; -1 on failure.
+// Opens a blocking TCP connection with I/O timeouts; invalid on failure.
 UniqueFd ConnectTo(const SocketAddress& addr);
 // Writes everything; false on error.
 bool SendAll(int fd, const void* data, size_t len);
