@@ -122,6 +122,7 @@ def per_run_metrics(rows, floor):
     values = {}
     by_run = {}
     errors = []
+    rows = [r for r in rows if not r.get("discarded")]
     plain_rr = {r["run"]: r["result"] for r in rows
                 if r["target"] == "plain" and r["kind"] == "rr" and "error" not in r}
     for row in rows:
@@ -268,6 +269,29 @@ def evaluate_goals(meta, medians, to_peer, best, kvu, floor):
     return goals
 
 
+def ktls_problems(meta, rows):
+    """Why the ktrust target did not demonstrably run on kernel TLS while measured."""
+    problems = []
+    for t in KTRUST:
+        if meta["targets"].get(t, {}).get("status") != "ok":
+            problems.append(f"{t} was not measured: {meta['targets'].get(t, {}).get('reason')}")
+    if meta["targets"].get("ktrust", {}).get("data_path") != "ktls":
+        problems.append(f"ktrust's ready line says data path "
+                        f"{meta['targets'].get('ktrust', {}).get('data_path')!r}, not 'ktls'")
+    for r in rows:
+        if r["target"] not in KTRUST or "error" in r or r.get("discarded"):
+            continue
+        n, conns = r.get("ktls_installs"), r["result"].get("connections", 1)
+        where = f"{r['target']} run {r['run']} {r['kind']}"
+        if n is None:
+            problems.append(f"{where}: no /proc/net/tls_stat")
+        elif r["target"] == "ktrust" and n < 3.5 * conns:
+            problems.append(f"{where}: {n} kTLS key installs for {conns} connection(s)")
+        elif r["target"] == "ktrust-userspace" and n:
+            problems.append(f"{where}: {n} kTLS key installs, expected none")
+    return problems
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -301,6 +325,10 @@ def main():
     ap.add_argument("--s-time", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--expect-ktls", action="store_true",
+                    help="exit 3 unless ktrust ran on kernel TLS while measuring (every ktrust "
+                         "measurement installed TX+RX keys on both sides, about 4 per connection, "
+                         "from /proc/net/tls_stat) and ktrust-userspace installed none")
     args = ap.parse_args()
 
     meta = json.load(open(args.meta))
@@ -316,8 +344,10 @@ def main():
             ours = r["proxy_cpu_s"] + r["backend_cpu_s"] + r["result"].get("client_cpu_s", 0)
             r["foreign_fraction"] = round(
                 max(0.0, r["system_busy_s"] - ours) / (r["wall_s"] * nproc), 3)
+    kept = [r for r in rows if not r.get("discarded")]
+    discarded = [r for r in rows if r.get("discarded")]
     noisy_rows = {}
-    for r in rows:
+    for r in kept if not meta.get("in_vm") else []:
         if r.get("foreign_fraction", 0) > 0.10:
             noisy_rows[r["target"]] = noisy_rows.get(r["target"], 0) + 1
     sysc = meta.get("system_cpu") or {}
@@ -329,7 +359,15 @@ def main():
         sysc["foreign_s"] = max(0.0, sysc["busy_s"] - known)
         sysc["foreign_fraction"] = sysc["foreign_s"] / capacity
         sysc["steal_fraction"] = sysc["steal_s"] / capacity
-        sysc["noisy"] = sysc["foreign_fraction"] > 0.10 or sysc["steal_fraction"] > 0.05
+        # In the VM nothing else runs: the unattributed CPU is this script's own helpers
+        # (fork+exec is slow under TCG) and kernel threads; the host side checks the host.
+        # Measurements taken while others were busy are repeated (run.sh), so what counts is
+        # the kept ones; the whole window's share is reported too.
+        sysc["discarded_measurements"] = len(discarded)
+        sysc["kept_max_foreign_fraction"] = max(
+            (r.get("foreign_fraction", 0) for r in kept), default=0)
+        sysc["noisy"] = not meta.get("in_vm") and (
+            sysc["kept_max_foreign_fraction"] > 0.10 or sysc["steal_fraction"] > 0.05)
 
     medians = {t: {k: statistics.median(v) for k, v in m.items()} for t, m in values.items()}
     to_plain, to_peer, best = {}, {}, {}
@@ -468,14 +506,22 @@ def main():
                          if ref else "")
                 print(f"  {t}: {v:.2f} ms proxy CPU per connection = {v / floor_ms:.1f} x floor"
                       + extra)
-    if "foreign_fraction" in sysc:
+    if "foreign_fraction" in sysc and meta.get("in_vm"):
+        print(f"inside the VM, CPU not used by the measured processes (this script's helpers, "
+              f"kernel threads): {100 * sysc['foreign_fraction']:.0f}%; the host side of --vm "
+              f"reports whether the host was quiet")
+    elif "foreign_fraction" in sysc:
         print(f"machine during the measurements: load average before {sysc['loadavg_before']}; "
               f"other processes used {100 * sysc['foreign_fraction']:.0f}% of the CPU, "
               f"hypervisor steal {100 * sysc['steal_fraction']:.0f}%")
+        if discarded:
+            print(f"  {len(discarded)} measurement(s) repeated because others used >10% of the "
+                  f"CPU meanwhile (kept in the JSON with \"discarded\"); in the kept ones others "
+                  f"used at most {100 * sysc['kept_max_foreign_fraction']:.0f}%")
         if sysc["noisy"]:
             print("  WARNING: the machine was not quiet; latency percentiles and ratios are noisy")
         if noisy_rows:
-            per_target = {t: sum(1 for r in rows if r["target"] == t) for t in noisy_rows}
+            per_target = {t: sum(1 for r in kept if r["target"] == t) for t in noisy_rows}
             print("  measurements during which others used >10% of the CPU: " +
                   ", ".join(f"{t} {n}/{per_target[t]}" for t, n in noisy_rows.items()) +
                   " (runs[].foreign_fraction in the JSON)")
@@ -497,6 +543,14 @@ def main():
         print(f"  {verdict:8} {g['goal']}")
         print(f"           {g['detail']}")
     print(f"total time {meta['duration_s']} s")
+    if args.expect_ktls:
+        problems = ktls_problems(meta, rows)
+        for p in problems:
+            print(f"ERROR: {p}")
+        if problems:
+            return 3
+        print("kernel TLS verified: every ktrust measurement installed >= 3.5 kTLS keys per "
+              "connection, ktrust-userspace none")
     return 0
 
 
