@@ -155,7 +155,7 @@ fi
 
 # Sizes. Full: about 10 s per target per run; quick: about 3 s, one run. In the
 # VM (TCG emulates every instruction, 20-50x slower) they are smaller: full is
-# about 50 s per run of the three targets, 5 runs, about 6 min with the boot.
+# about 50 s per run of the three targets, 5 runs, about 5 min with the boot.
 concurrency="${BENCH_CONCURRENCY:-8}"
 targets=${targets:-plain,stunnel,haproxy,ktrust,ktrust-userspace}
 if ((in_vm && quick)); then
