@@ -141,7 +141,7 @@ int RunTunnel(const TunnelFlags& f) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  LogEvent(spdlog::level::info, {{"event", "stopping"}, {"signal", strsignal(sig)}});
+  LogEvent(spdlog::level::info, {{"event", "stopping"}, {"signal", sigdescr_np(sig)}});
   stop.store(true);
   bundle_watcher.join();
   (*engine)->Stop();

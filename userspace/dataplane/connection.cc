@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
 #include "ktrust/tls/ktls.h"
 #include "stream_ends.h"
@@ -130,7 +131,7 @@ void Connection::OnPoll(Slot slot, int result) {
     return;
   }
   if (result < 0 && result != -ECANCELED) {
-    Abort("io_error", absl::StrCat("poll: ", strerror(-result)));
+    Abort("io_error", absl::StrCat("poll: ", ErrnoText(-result)));
     return;
   }
   Advance();
@@ -145,7 +146,7 @@ void Connection::Advance() {
           absl::MutexLock lock(&record_->mu);
           to = record_->wire_peer;
         }
-        Abort("connect_failed", absl::StrCat("connect to ", to, ": ", strerror(err)));
+        Abort("connect_failed", absl::StrCat("connect to ", to, ": ", ErrnoText(err)));
         return;
       }
       {
@@ -162,7 +163,7 @@ void Connection::Advance() {
       if (int err = SocketError(app_.get()); err != 0) {
         Abort("app_unreachable",
               absl::StrCat("connect to the application at ", inbound_->application.ToString(), ": ",
-                           strerror(err)));
+                           ErrnoText(err)));
         return;
       }
       StartPumping();

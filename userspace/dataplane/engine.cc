@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "connection.h"
 #include "engine_shared.h"
+#include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
 #include "ktrust/tls/ktls.h"
 
@@ -119,7 +120,7 @@ class Engine::Loop {
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       // Out of descriptors and the like: try again on the next tick rather
       // than spinning on the same error.
-      LogEvent(spdlog::level::err, {{"event", "accept_failed"}, {"reason", strerror(-result)}});
+      LogEvent(spdlog::level::err, {{"event", "accept_failed"}, {"reason", ErrnoText(-result)}});
       return;
     }
     if (!loop_->stopping()) Arm(l);

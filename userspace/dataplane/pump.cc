@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktrust/common/error_text.h"
 
 namespace ktrust {
 
@@ -113,7 +114,7 @@ PumpStep SplicePump::Step() {
         step.wait = {sink_, POLLOUT};
         return step;
       }
-      return fail(absl::StrCat("splice to the receiving socket: ", strerror(errno)));
+      return fail(absl::StrCat("splice to the receiving socket: ", ErrnoText(errno)));
     }
     if (source_done_) {
       if (close_sink_) {
@@ -124,7 +125,7 @@ PumpStep SplicePump::Step() {
         }
         if (!st.ok()) return fail(std::string(st.message()));
       } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
-        return fail(absl::StrCat("shutdown: ", strerror(errno)));
+        return fail(absl::StrCat("shutdown: ", ErrnoText(errno)));
       }
       step.status = PumpStatus::kFinished;
       return step;
@@ -155,7 +156,7 @@ PumpStep SplicePump::Step() {
       if (*clean_end) source_done_ = true;
       continue;
     }
-    return fail(absl::StrCat("splice from the sending socket: ", strerror(errno)));
+    return fail(absl::StrCat("splice from the sending socket: ", ErrnoText(errno)));
   }
 }
 

@@ -66,7 +66,7 @@ class Pump {
 
 class CopyPump : public Pump {
  public:
-  static constexpr size_t kBufferSize = 64 * 1024;
+  static constexpr size_t kBufferSize = size_t{64} * 1024;
   CopyPump(StreamEnd& source, StreamEnd& sink);
   PumpStep Step() override;
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktrust/common/error_text.h"
 
 namespace ktrust {
 namespace {
@@ -26,7 +27,7 @@ StreamEnd::Io SocketEnd::Read(char* buf, size_t len) {
     if (n == 0) return {Io::kEof, 0, 0, ""};
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return Block(POLLIN);
-    return Fail(absl::StrCat("read from the application: ", strerror(errno)));
+    return Fail(absl::StrCat("read from the application: ", ErrnoText(errno)));
   }
 }
 
@@ -36,13 +37,13 @@ StreamEnd::Io SocketEnd::Write(const char* buf, size_t len) {
     if (n >= 0) return Ok(static_cast<size_t>(n));
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return Block(POLLOUT);
-    return Fail(absl::StrCat("write to the application: ", strerror(errno)));
+    return Fail(absl::StrCat("write to the application: ", ErrnoText(errno)));
   }
 }
 
 StreamEnd::Io SocketEnd::ShutdownWrite() {
   if (shutdown(fd_, SHUT_WR) != 0 && errno != ENOTCONN) {
-    return Fail(absl::StrCat("shutdown: ", strerror(errno)));
+    return Fail(absl::StrCat("shutdown: ", ErrnoText(errno)));
   }
   return Ok(0);
 }
@@ -54,7 +55,7 @@ StreamEnd::Io SslEnd::Error(int ret, const char* operation) {
   unsigned long lib = ERR_peek_error();
   std::string why;
   if (err == SSL_ERROR_SYSCALL && lib == 0) {
-    why = errno != 0 ? absl::StrCat("TLS ", operation, ": ", strerror(errno))
+    why = errno != 0 ? absl::StrCat("TLS ", operation, ": ", ErrnoText(errno))
                      : absl::StrCat("TLS ", operation,
                                     ": the peer closed without close_notify (truncated)");
   } else if (ERR_GET_REASON(lib) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
@@ -100,7 +101,7 @@ StreamEnd::Io SslEnd::ShutdownWrite() {
     close_notify_sent_ = true;
   }
   if (shutdown(fd_, SHUT_WR) != 0 && errno != ENOTCONN) {
-    return Fail(absl::StrCat("shutdown: ", strerror(errno)));
+    return Fail(absl::StrCat("shutdown: ", ErrnoText(errno)));
   }
   return Ok(0);
 }
