@@ -23,7 +23,19 @@ UniqueFd ConnectTo(const SocketAddress& addr) {
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (connect(fd.get(), addr.get(), addr.size()) != 0) return UniqueFd();
+  if (connect(fd.get(), addr.get(), addr.size()) == 0) return fd;
+  if (errno != EINTR) return UniqueFd();
+  // Interrupted by a signal: the connect goes on in the background; wait for it.
+  pollfd pfd{fd.get(), POLLOUT, 0};
+  while (poll(&pfd, 1, kIoTimeoutSeconds * 1000) < 0 && errno == EINTR) {
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0 || !(pfd.revents & POLLOUT)) {
+    errno = err ? err : ETIMEDOUT;
+    return UniqueFd();
+  }
   return fd;
 }
 

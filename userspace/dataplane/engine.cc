@@ -1,6 +1,7 @@
 #include "ktrust/dataplane/engine.h"
 
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -198,6 +199,9 @@ Engine::~Engine() { Stop(); }
 
 absl::Status Engine::Start() {
   Shared& shared = *shared_;
+  // splice(2) into a socket the peer reset raises SIGPIPE (it has no
+  // MSG_NOSIGNAL); the default action would kill the whole process.
+  signal(SIGPIPE, SIG_IGN);
   // A kTLS connection holds six descriptors (two sockets, two pipes): the
   // common soft limit of 1024 would cap an engine at about 170 connections.
   rlimit files{};
