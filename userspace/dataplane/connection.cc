@@ -307,15 +307,14 @@ void Connection::StartPumping() {
     }
     to_wire_ = *std::move(to_wire);
     from_wire_ = *std::move(from_wire);
-    record_limit_ = RecordLimit(tls_->cipher());
   } else {
     SSL_set_mode(tls_->ssl(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     app_end_ = std::make_unique<SocketEnd>(app_.get());
     wire_end_ = std::make_unique<SslEnd>(tls_->ssl(), wire_.get());
     to_wire_ = std::make_unique<CopyPump>(*app_end_, *wire_end_);
     from_wire_ = std::make_unique<CopyPump>(*wire_end_, *app_end_);
-    record_limit_ = RecordLimit(tls_->cipher());
   }
+  record_limit_ = RecordLimit(tls_->cipher());
   {
     absl::MutexLock lock(&record_->mu);
     record_->data_path = data_path;
