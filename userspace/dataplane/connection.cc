@@ -243,8 +243,9 @@ void Connection::OnHandshakeDone() {
   }
   // Inbound: the client proved its identity; may it reach this workload?
   auto local = SocketAddress::LocalOf(wire_.get());
-  AuthorizationDecision decision = ctx_.shared.authorizer->Authorize(
-      {*tls_->peer_id(), inbound_->workload, local.ok() ? local->port() : uint16_t{0}});
+  AuthorizationDecision decision =
+      ctx_.shared.authorizer->Authorize({*tls_->peer_id(), inbound_->workload, tls_->local_id(),
+                                         local.ok() ? local->port() : uint16_t{0}});
   if (!decision.allowed) {
     ctx_.shared.counters->denied.fetch_add(1);
     Abort("denied", decision.reason);

@@ -12,6 +12,7 @@ namespace ktrust {
 struct AuthorizationRequest {
   const SpiffeId& peer;         // the verified client identity
   const std::string& workload;  // the local workload the connection is for
+  const SpiffeId& local;        // the SVID the local workload presented
   uint16_t port;                // the destination port the client dialled
 };
 

@@ -1,0 +1,115 @@
+// ktrustd's configuration: one YAML file (docs/configuration.md has the
+// complete commented example). LoadConfig validates everything it can without
+// touching the machine; an error names the file, line and column and says
+// what was expected there.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "ktrust/bpf/interception_maps.h"
+#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/socket_address.h"
+#include "ktrust/identity/spiffe_id.h"
+
+namespace ktrust {
+
+enum class WorkloadMode {
+  kEnforce,     // mTLS only; anything else is refused
+  kPermissive,  // plaintext from non-mesh peers allowed and logged
+  kOff,         // registered, not intercepted
+};
+
+absl::string_view WorkloadModeName(WorkloadMode mode);
+
+struct PortRange {
+  uint16_t first = 0;  // inclusive
+  uint16_t last = 0;   // inclusive
+  bool Contains(uint16_t port) const { return port >= first && port <= last; }
+};
+
+struct IdentityConfig {
+  enum class Source { kEmbeddedCa, kSvidFiles };
+  Source source = Source::kEmbeddedCa;
+  // Embedded CA: the directory holding ca.crt and ca.key (mode 0600); the
+  // agent generates them there when both are missing.
+  std::string ca_dir = "/var/lib/ktrust/ca";
+  // SVID files (cert-manager / spiffe-helper layout: tls.crt, tls.key, ca.crt).
+  std::string svid_dir;
+  absl::Duration svid_ttl = absl::Hours(1);
+};
+
+struct WorkloadConfig {
+  std::string name;  // unique; what policy rules and the CLI call it
+  // Glob over cgroup v2 paths relative to the agent's cgroup root, e.g.
+  // "system.slice/nginx.service" or "kubepods.slice/*/pod*". '*' does not
+  // cross '/'; "**" does.
+  std::string cgroup;
+  // SPIFFE ID template: {trust_domain}, {node}, {name}, {unit} (the systemd
+  // unit the cgroup belongs to, without its suffix) and {cgroup}.
+  std::string spiffe_id;
+  WorkloadMode mode = WorkloadMode::kEnforce;
+  std::vector<uint16_t> ports;  // inbound ports enforced for this workload
+};
+
+struct MeshEntry {
+  IpPrefix prefix;
+  std::vector<PortRange> ports;  // empty: every port
+};
+
+struct ExpectedServerRule {
+  IpPrefix prefix;
+  std::vector<PortRange> ports;  // empty: every port
+  SpiffeIdPattern server;
+};
+
+struct PolicyRule {
+  // Exactly one of these: a workload name, or a pattern over the local
+  // workload's SPIFFE ID.
+  std::string to_workload;
+  std::optional<SpiffeIdPattern> to_id;
+  std::vector<PortRange> ports;  // empty: every port
+  std::vector<SpiffeIdPattern> from;
+  // Where the rule is written ("config.yaml:42"), for `ktrust policy check`.
+  std::string origin;
+};
+
+struct AgentSettings {
+  std::string node_name;    // default: the host name
+  std::string cgroup_root;  // default: the cgroup v2 mount
+  std::string bpf_pin_dir = "/sys/fs/bpf/ktrust";
+  uint16_t outbound_port = 15001;
+  uint16_t inbound_port = 15006;  // first of one port per workload with inbound ports
+  std::string upstream_source = "127.0.0.6";
+  uint32_t socket_mark = 0x6b74;  // "kt"
+  std::string control_socket = "/run/ktrust/control.sock";
+  std::string control_group;                       // empty: root only
+  std::string metrics_address = "127.0.0.1:9464";  // empty: no metrics listener
+  std::string log_format = "json";                 // json | text
+  std::string log_level = "info";
+  std::string data_path = "auto";  // auto | userspace
+};
+
+struct Config {
+  std::string source_path;   // the file it was loaded from
+  std::string trust_domain;  // valid per TrustDomain::Parse
+  IdentityConfig identity;
+  std::vector<std::string> trust_bundles;  // extra PEM files of roots
+  std::vector<WorkloadConfig> workloads;
+  std::vector<MeshEntry> mesh;
+  std::vector<MeshEntry> bypass;
+  std::vector<ExpectedServerRule> expected_servers;
+  std::vector<PolicyRule> policy;
+  AgentSettings agent;
+};
+
+absl::StatusOr<Config> LoadConfig(const std::string& path);
+// For tests and the fuzzer: source_name stands in for the path in messages.
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name);
+
+}  // namespace ktrust
