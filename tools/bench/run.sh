@@ -24,7 +24,7 @@ repo=$(cd "$here/../.." && pwd)
 build="${KTRUST_BUILD_DIR:-$repo/build}"
 KTRUSTD="${KTRUSTD:-$build/userspace/ktrustd}"
 KTRUSTD_ARGS="${KTRUSTD_ARGS---log-level warn}"
-KTRUST="${KTRUST:-$build/userspace/ktrust}"
+KTRUST="${KTRUST:-$build/userspace/cli/ktrust}"
 LOADGEN="${LOADGEN:-$build/tools/bench/loadgen}"
 PYTHON=/usr/bin/python3
 
