@@ -81,14 +81,12 @@ class EngineTest : public ::testing::Test {
     ASSERT_TRUE(server_->Start().ok());
     wire_ = server_->inbound_addresses().at(0);
 
-    SocketAddress destination = wire_;
     std::shared_ptr<const Svid> client_svid = p.client_svid;
+    OutboundRoute route{wire_, "client", [client_svid] { return client_svid; }, p.expect_server};
     auto client = Engine::Create(
         p.options, trust_, nullptr,
-        {OutboundListener{
-            *SocketAddress::Parse("127.0.0.1:0"), "client", [client_svid] { return client_svid; },
-            [destination](int) -> absl::StatusOr<SocketAddress> { return destination; },
-            p.expect_server}},
+        {OutboundListener{*SocketAddress::Parse("127.0.0.1:0"),
+                          [route](int) -> absl::StatusOr<OutboundRoute> { return route; }}},
         {});
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
@@ -378,6 +376,44 @@ TEST_F(EngineTest, DeniedByPolicyNeverReachesTheApplication) {
   ExpectRefusedWithNoBytes(backend);
   EXPECT_EQ(server_->counters().denied.load(), 1u);
   EXPECT_EQ(client_->counters().errors.load(), 1u);
+}
+
+TEST_F(EngineTest, TighterPolicyClosesLiveConnectionsItNowDenies) {
+  TestBackend backend([](int fd, TestBackend& self) {
+    std::string got;
+    while (ReadExactly(fd, 1, &got)) {
+      self.AddReceived(1);
+      SendAll(fd, got.data(), 1);
+    }
+  });
+  StartPair(backend);
+  UniqueFd fd = ConnectTo(entry());
+  std::string reply;
+  ASSERT_TRUE(SendAll(fd.get(), "a", 1));
+  ASSERT_TRUE(ReadExactly(fd.get(), 1, &reply));
+
+  // A policy that allows only another namespace: the live connection is
+  // closed on the next tick, and the denial is counted.
+  server_->SetAuthorizer(std::make_shared<AllowListAuthorizer>(
+      std::vector<SpiffeIdPattern>{*SpiffeIdPattern::Parse("spiffe://example.org/ns/other/*")}));
+  std::string after;
+  int err = 0;
+  bool eof = ReadToEof(fd.get(), &after, &err);
+  EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+  EXPECT_EQ(after, "");
+  EXPECT_EQ(server_->counters().denied.load(), 1u);
+  EXPECT_TRUE(Drained());
+
+  // A new connection is refused before the application sees it.
+  UniqueFd again = ConnectTo(entry());
+  SendAll(again.get(), "b", 1);
+  eof = ReadToEof(again.get(), &after, &err);
+  EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+  EXPECT_EQ(after, "");
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(backend.accepted(), 1);
+  EXPECT_EQ(backend.bytes_received(), 1u);
+  EXPECT_EQ(server_->counters().denied.load(), 2u);
 }
 
 TEST_F(EngineTest, ImpostorServerIsRefusedByTheClientEngine) {

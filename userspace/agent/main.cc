@@ -83,10 +83,8 @@ int RunTunnel(const TunnelFlags& f) {
   for (const auto& text : f.outbound) {
     auto m = ParseMapping(text);
     if (!m.ok()) return Fail(m.status());
-    SocketAddress destination = m->second;
-    outbound.push_back({m->first, f.workload, svid,
-                        [destination](int) -> absl::StatusOr<SocketAddress> { return destination; },
-                        expected});
+    OutboundRoute route{m->second, f.workload, svid, expected};
+    outbound.push_back({m->first, [route](int) -> absl::StatusOr<OutboundRoute> { return route; }});
   }
   std::vector<InboundListener> inbound;
   for (const auto& text : f.inbound) {

@@ -40,11 +40,26 @@ std::string AddressOf(const absl::StatusOr<SocketAddress>& addr) {
   return addr.ok() ? addr->ToString() : "?";
 }
 
-// Non-blocking connect; on success the caller waits for POLLOUT.
-absl::StatusOr<UniqueFd> StartConnect(const SocketAddress& to) {
+// Non-blocking connect; on success the caller waits for POLLOUT. The mark
+// keeps interception away from the agent's own sockets; the source, when
+// given, is the reserved address sk_lookup lets through to applications.
+absl::StatusOr<UniqueFd> StartConnect(const SocketAddress& to, uint32_t mark,
+                                      const std::optional<SocketAddress>& source) {
   UniqueFd fd(socket(to.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
   SetNoDelay(fd.get());
+  if (mark != 0 && setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+    return absl::ErrnoToStatus(errno, "SO_MARK");
+  }
+  if (source) {
+    // Many connections share the source address: let the kernel pick the
+    // port at connect time instead of reserving one at bind.
+    int one = 1;
+    setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    if (bind(fd.get(), source->get(), source->size()) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("bind ", source->ToString()));
+    }
+  }
   if (connect(fd.get(), to.get(), to.size()) != 0 && errno != EINPROGRESS) {
     return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", to.ToString()));
   }
@@ -72,20 +87,20 @@ Connection::~Connection() {
 }
 
 void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listener, UniqueFd app) {
-  auto* c = new Connection(ctx, Direction::kOutbound, listener.workload);
-  c->outbound_ = &listener;
+  absl::StatusOr<OutboundRoute> route = listener.route(app.get());
+  auto* c = new Connection(ctx, Direction::kOutbound, route.ok() ? route->workload : "");
   c->app_ = std::move(app);
   SetNoDelay(c->app_.get());
   {
     absl::MutexLock lock(&c->record_->mu);
     c->record_->app_address = AddressOf(SocketAddress::PeerOf(c->app_.get()));
   }
-  auto destination = listener.destination(c->app_.get());
-  if (!destination.ok()) {
-    c->Abort("no_destination", std::string(destination.status().message()));
+  if (!route.ok()) {
+    c->Abort("no_destination", std::string(route.status().message()));
     return;
   }
-  auto wire = StartConnect(*destination);
+  c->route_ = *std::move(route);
+  auto wire = StartConnect(c->route_.destination, ctx.shared.options.socket_mark, std::nullopt);
   if (!wire.ok()) {
     c->Abort("connect_failed", std::string(wire.status().message()));
     return;
@@ -93,7 +108,7 @@ void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listene
   c->wire_ = *std::move(wire);
   {
     absl::MutexLock lock(&c->record_->mu);
-    c->record_->wire_peer = destination->ToString();
+    c->record_->wire_peer = c->route_.destination.ToString();
   }
   c->state_ = ConnectionState::kConnecting;
   c->deadline_ = ctx.loop.now() + ctx.shared.options.connect_timeout;
@@ -153,7 +168,7 @@ void Connection::Advance() {
         absl::MutexLock lock(&record_->mu);
         record_->wire_local = AddressOf(SocketAddress::LocalOf(wire_.get()));
       }
-      StartHandshake(outbound_->identity, outbound_->expected_server);
+      StartHandshake(route_.identity, route_.expected_server);
       return;
     }
     case ConnectionState::kHandshaking:
@@ -161,9 +176,13 @@ void Connection::Advance() {
       return;
     case ConnectionState::kConnectingApp: {
       if (int err = SocketError(app_.get()); err != 0) {
+        std::string to;
+        {
+          absl::MutexLock lock(&record_->mu);
+          to = record_->app_address;
+        }
         Abort("app_unreachable",
-              absl::StrCat("connect to the application at ", inbound_->application.ToString(), ": ",
-                           ErrnoText(err)));
+              absl::StrCat("connect to the application at ", to, ": ", ErrnoText(err)));
         return;
       }
       StartPumping();
@@ -242,10 +261,8 @@ void Connection::OnHandshakeDone() {
     return;
   }
   // Inbound: the client proved its identity; may it reach this workload?
-  auto local = SocketAddress::LocalOf(wire_.get());
-  AuthorizationDecision decision =
-      ctx_.shared.authorizer->Authorize({*tls_->peer_id(), inbound_->workload, tls_->local_id(),
-                                         local.ok() ? local->port() : uint16_t{0}});
+  ctx_.shared.counters->authorizations.fetch_add(1);
+  AuthorizationDecision decision = Authorize();
   if (!decision.allowed) {
     ctx_.shared.counters->denied.fetch_add(1);
     Abort("denied", decision.reason);
@@ -254,8 +271,36 @@ void Connection::OnHandshakeDone() {
   ConnectApplication();
 }
 
+AuthorizationDecision Connection::Authorize() const {
+  std::shared_ptr<const Authorizer> authorizer = std::atomic_load(&ctx_.shared.authorizer);
+  auto local = SocketAddress::LocalOf(wire_.get());
+  return authorizer->Authorize({*tls_->peer_id(), inbound_->workload, tls_->local_id(),
+                                local.ok() ? local->port() : uint16_t{0}});
+}
+
+void Connection::Recheck() {
+  if (direction_ != Direction::kInbound || closing_ || !tls_ || !tls_->peer_id()) return;
+  if (state_ != ConnectionState::kEstablished && state_ != ConnectionState::kConnectingApp) return;
+  AuthorizationDecision decision = Authorize();
+  if (decision.allowed) return;
+  ctx_.shared.counters->denied.fetch_add(1);
+  Abort("denied_after_reload", decision.reason);
+}
+
 void Connection::ConnectApplication() {
-  auto app = StartConnect(inbound_->application);
+  // The client dialled the application's own address (sk_lookup brought it
+  // here), unless this listener delivers to a fixed one.
+  absl::StatusOr<SocketAddress> target = inbound_->application
+                                             ? absl::StatusOr<SocketAddress>(*inbound_->application)
+                                             : SocketAddress::LocalOf(wire_.get());
+  if (!target.ok()) {
+    Abort("app_unreachable", std::string(target.status().message()));
+    return;
+  }
+  const EngineOptions& options = ctx_.shared.options;
+  const auto& source =
+      target->family() == AF_INET6 ? options.upstream_source6 : options.upstream_source4;
+  auto app = StartConnect(*target, options.socket_mark, source);
   if (!app.ok()) {
     Abort("app_unreachable", std::string(app.status().message()));
     return;
@@ -263,7 +308,7 @@ void Connection::ConnectApplication() {
   app_ = *std::move(app);
   {
     absl::MutexLock lock(&record_->mu);
-    record_->app_address = inbound_->application.ToString();
+    record_->app_address = target->ToString();
   }
   state_ = ConnectionState::kConnectingApp;
   record_->state.store(state_);
@@ -480,7 +525,29 @@ void Connection::MaybeFinalize() {
   event["bytes_from_wire"] = record_->bytes_from_wire.load();
   event["duration_ms"] = absl::ToInt64Milliseconds(ctx_.loop.now() - record_->started);
   LogEvent(result_ == "ok" ? spdlog::level::info : spdlog::level::warn, event);
+  if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(Summary());
   delete this;
+}
+
+ClosedConnection Connection::Summary() const {
+  ClosedConnection closed;
+  closed.direction = direction_;
+  closed.workload = record_->workload;
+  closed.result = result_;
+  closed.reason = result_detail_;
+  {
+    absl::MutexLock lock(&record_->mu);
+    closed.local_id = record_->local_id;
+    closed.peer_id = record_->peer_id;
+    closed.app_address = record_->app_address;
+    closed.wire_local = record_->wire_local;
+    closed.wire_peer = record_->wire_peer;
+    closed.data_path = record_->data_path;
+  }
+  closed.bytes_to_wire = record_->bytes_to_wire.load();
+  closed.bytes_from_wire = record_->bytes_from_wire.load();
+  closed.duration = ctx_.loop.now() - record_->started;
+  return closed;
 }
 
 void Connection::Destroy() {

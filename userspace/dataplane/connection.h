@@ -25,6 +25,8 @@ class Connection {
 
   // Enforces the connect, handshake and idle deadlines.
   void Tick(absl::Time now);
+  // Policy reload: an inbound connection the authorizer now denies is closed.
+  void Recheck();
   // Engine shutdown: close now, without waiting for io_uring.
   void Destroy();
 
@@ -45,6 +47,7 @@ class Connection {
   void StartHandshake(const SvidProvider& identity, std::optional<SpiffeIdPattern> expected);
   void DriveHandshake();
   void OnHandshakeDone();
+  AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
   void RunPumps();
@@ -55,12 +58,13 @@ class Connection {
   void CloseGracefully();
   void Cancel();
   void MaybeFinalize();
+  ClosedConnection Summary() const;
   absl::Status CheckRecordLimits();
 
   LoopContext& ctx_;
   Direction direction_;
   std::shared_ptr<ConnectionRecord> record_;
-  const OutboundListener* outbound_ = nullptr;
+  OutboundRoute route_;  // outbound only
   const InboundListener* inbound_ = nullptr;
   ConnectionState state_ = ConnectionState::kConnecting;
 

@@ -58,6 +58,7 @@ class Engine::Loop {
     return absl::OkStatus();
   }
   int last_listener_fd() const { return listeners_.back()->fd.get(); }
+  int listener_fd(size_t i) const { return listeners_[i]->fd.get(); }
 
   void Start() {
     thread_ = std::thread([this] {
@@ -139,6 +140,15 @@ class Engine::Loop {
     for (Connection* c : live) {
       if (ctx_.connections.count(c)) c->Tick(now);
     }
+    // A new policy: re-check the live connections against it.
+    uint64_t generation = ctx_.shared.authorizer_generation.load();
+    if (generation != ctx_.authorizer_generation) {
+      ctx_.authorizer_generation = generation;
+      live.assign(ctx_.connections.begin(), ctx_.connections.end());
+      for (Connection* c : live) {
+        if (ctx_.connections.count(c)) c->Recheck();
+      }
+    }
     for (auto& l : listeners_) {
       if (!l->accept_pending && !loop_->stopping()) Arm(*l);
     }
@@ -158,6 +168,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
                                                        std::shared_ptr<const Authorizer> authorizer,
                                                        std::vector<OutboundListener> outbound,
                                                        std::vector<InboundListener> inbound) {
+  for (const auto& l : outbound) {
+    if (!l.route) return absl::InvalidArgumentError("an outbound listener needs a route");
+  }
   if (!authorizer && !inbound.empty()) {
     return absl::InvalidArgumentError("inbound listeners need an authorizer");
   }
@@ -237,6 +250,8 @@ absl::Status Engine::Start() {
     auto addr = bind_all(l.listen, nullptr, &l);
     if (!addr.ok()) return addr.status();
     inbound_bound_.push_back(*addr);
+    inbound_fds_.push_back(
+        loops_.front()->listener_fd(inbound_fds_.size() + shared.outbound.size()));
   }
   for (auto& loop : loops_) loop->Start();
   return absl::OkStatus();
@@ -245,6 +260,11 @@ absl::Status Engine::Start() {
 void Engine::Stop() {
   for (auto& loop : loops_) loop->Stop();
   loops_.clear();
+}
+
+void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {
+  std::atomic_store(&shared_->authorizer, std::move(authorizer));
+  shared_->authorizer_generation.fetch_add(1);
 }
 
 void Engine::SetTrustStore(std::shared_ptr<const TrustStore> trust) {

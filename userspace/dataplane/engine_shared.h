@@ -1,6 +1,7 @@
 // Engine internals shared by its loops and connections.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <set>
 #include <vector>
@@ -16,7 +17,9 @@ struct Engine::Shared {
   EngineOptions options;
   std::unique_ptr<TlsContext> client_tls;
   std::unique_ptr<TlsContext> server_tls;
+  // Replaced at runtime (policy reload): read with std::atomic_load.
   std::shared_ptr<const Authorizer> authorizer;
+  std::atomic<uint64_t> authorizer_generation{0};
   std::vector<OutboundListener> outbound;
   std::vector<InboundListener> inbound;
   std::shared_ptr<ConnectionTable> table;
@@ -28,7 +31,8 @@ struct Engine::Shared {
 struct LoopContext {
   EventLoop& loop;
   Engine::Shared& shared;
-  std::set<Connection*> connections;  // live, for timeouts and shutdown
+  std::set<Connection*> connections;   // live, for timeouts and shutdown
+  uint64_t authorizer_generation = 0;  // the policy the live connections were checked against
 };
 
 }  // namespace ktrust

@@ -34,22 +34,41 @@ namespace ktrust {
 // takes effect on the next handshake.
 using SvidProvider = std::function<std::shared_ptr<const Svid>()>;
 
-struct OutboundListener {
-  SocketAddress listen;
+// Where one accepted application connection goes, and as whom.
+struct OutboundRoute {
+  SocketAddress destination;
   std::string workload;  // the local workload, for the connection table and logs
   SvidProvider identity;
-  // Where an accepted application connection goes. Tunnel mode: a fixed
-  // address; with eBPF interception: the connection's original destination.
-  std::function<absl::StatusOr<SocketAddress>(int app_fd)> destination;
   // If set, the server must present an ID matching this.
   std::optional<SpiffeIdPattern> expected_server;
+};
+
+struct OutboundListener {
+  SocketAddress listen;
+  // Tunnel mode: a fixed route. With eBPF interception: the connection's
+  // original destination and its workload. An error refuses the connection.
+  std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
 };
 
 struct InboundListener {
   SocketAddress listen;
   std::string workload;
   SvidProvider identity;
-  SocketAddress application;  // where authorized connections are delivered
+  // Where authorized connections are delivered. Unset: the address the
+  // client dialled, i.e. the accepted socket's local address, which
+  // sk_lookup steering preserves.
+  std::optional<SocketAddress> application;
+};
+
+// How a connection ended, for the agent's denial list and metrics.
+struct ClosedConnection {
+  Direction direction = Direction::kOutbound;
+  std::string workload;
+  std::string result;  // "ok" or a stable code: "handshake_failed", "denied", ...
+  std::string reason;  // in words; empty for "ok"
+  std::string local_id, peer_id, app_address, wire_local, wire_peer, data_path;
+  uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
+  absl::Duration duration;
 };
 
 enum class DataPathMode {
@@ -68,6 +87,15 @@ struct EngineOptions {
   int max_connections = 65536;
   int max_handshakes = 1024;
   TlsContextOptions tls;  // suites, groups, clock skew; the role is set per side
+  // SO_MARK on the engine's own sockets (0: none): the interception programs
+  // never redirect a socket with the agent's mark.
+  uint32_t socket_mark = 0;
+  // Source addresses (port 0) for connections to local applications, e.g.
+  // 127.0.0.6: sk_lookup lets them through instead of steering them back.
+  std::optional<SocketAddress> upstream_source4;
+  std::optional<SocketAddress> upstream_source6;
+  // Called on the connection's loop thread once it has ended and been logged.
+  std::function<void(const ClosedConnection&)> on_closed;
 };
 
 // Counters for status and metrics.
@@ -76,8 +104,9 @@ struct EngineCounters {
   std::atomic<uint64_t> established{0};
   std::atomic<uint64_t> refused_limit{0};  // over max_connections / max_handshakes
   std::atomic<uint64_t> handshake_failures{0};
-  std::atomic<uint64_t> denied{0};  // verified, but the Authorizer said no
-  std::atomic<uint64_t> errors{0};  // closed by an I/O or protocol error
+  std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
+  std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
+  std::atomic<uint64_t> errors{0};          // closed by an I/O or protocol error
   std::atomic<uint64_t> active{0};
   std::atomic<uint64_t> handshaking{0};
 };
@@ -98,6 +127,14 @@ class Engine {
 
   // New handshakes use `trust` (bundle rotation); live connections keep theirs.
   void SetTrustStore(std::shared_ptr<const TrustStore> trust);
+  // New inbound connections are authorized by `authorizer`; live ones are
+  // re-checked within a second and closed if it now denies them.
+  void SetAuthorizer(std::shared_ptr<const Authorizer> authorizer);
+
+  // The listening socket of inbound listener i (after Start), for
+  // sk_lookup's sockmap. It is loop 0's socket; the kernel spreads steered
+  // connections over the loops' SO_REUSEPORT group.
+  int inbound_listen_fd(size_t i) const { return inbound_fds_[i]; }
 
   const std::vector<SocketAddress>& outbound_addresses() const { return outbound_bound_; }
   const std::vector<SocketAddress>& inbound_addresses() const { return inbound_bound_; }
@@ -119,6 +156,7 @@ class Engine {
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<SocketAddress> outbound_bound_;
   std::vector<SocketAddress> inbound_bound_;
+  std::vector<int> inbound_fds_;
   std::string data_path_;
   std::string data_path_reason_;
 };
