@@ -25,7 +25,9 @@ enum class WorkloadMode {
   kOff,         // registered, not intercepted
 };
 
+// "enforce", "permissive", "off": the words the configuration uses.
 absl::string_view WorkloadModeName(WorkloadMode mode);
+absl::StatusOr<WorkloadMode> ParseWorkloadMode(absl::string_view name);
 
 struct PortRange {
   uint16_t first = 0;  // inclusive
@@ -81,7 +83,7 @@ struct PolicyRule {
 
 struct AgentSettings {
   std::string node_name;    // default: the host name
-  std::string cgroup_root;  // default: the cgroup v2 mount
+  std::string cgroup_root;  // empty: the cgroup v2 mount, found at startup (Cgroup2Mount)
   std::string bpf_pin_dir = "/sys/fs/bpf/ktrust";
   uint16_t outbound_port = 15001;
   uint16_t inbound_port = 15006;  // first of one port per workload with inbound ports
@@ -108,8 +110,13 @@ struct Config {
   AgentSettings agent;
 };
 
+// Errors are InvalidArgument, one line each:
+//   <file>:<line>:<col>: <key path such as workloads[1].mode>: expected ..., got "..."
+// Unknown and repeated keys are errors: a typo in a security configuration
+// must not silently drop a rule.
 absl::StatusOr<Config> LoadConfig(const std::string& path);
 // For tests and the fuzzer: source_name stands in for the path in messages.
+// Pure apart from the default node name (the host name).
 absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name);
 
 }  // namespace ktrust

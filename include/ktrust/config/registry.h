@@ -1,0 +1,55 @@
+// Which cgroups are which workloads, and the SPIFFE ID each one gets: the
+// configuration's cgroup globs matched against the cgroup v2 tree.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "ktrust/config/config.h"
+#include "ktrust/identity/spiffe_id.h"
+
+namespace ktrust {
+
+// '*' matches any run of characters within one path segment, "**" any run
+// including '/', '?' exactly one character other than '/'. Everything else is
+// literal: cgroup names are full of '.', '@' and '\' that must not be magic.
+// "system.slice/**" matches every cgroup below system.slice, not itself.
+bool CgroupGlobMatch(absl::string_view glob, absl::string_view path);
+
+// The systemd unit a cgroup belongs to: the deepest path component ending in
+// ".service" or ".scope", without that suffix. systemd's escapes
+// ("foo\x2dbar") are kept as they are. NotFound when there is none.
+absl::StatusOr<std::string> SystemdUnitOf(absl::string_view cgroup_path);
+
+struct TemplateValues {
+  std::string trust_domain;
+  std::string node;
+  std::string name;    // the workload's name
+  std::string cgroup;  // relative to the cgroup root, e.g. "system.slice/web.service"
+};
+
+// Fills {trust_domain}, {node}, {name}, {unit} and {cgroup} and checks that
+// the result is a workload SPIFFE ID in values.trust_domain: a cgroup name can
+// never move a workload into another trust domain.
+absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateValues& values);
+
+struct RegisteredWorkload {
+  size_t workload_index = 0;  // into Config::workloads
+  std::string cgroup_path;    // relative to the cgroup root
+  uint64_t cgroup_id = 0;     // the directory's inode: what bpf_get_current_cgroup_id() returns
+  SpiffeId id;
+};
+
+// Walks the tree under cgroup_root (symlinks not followed) and gives every
+// directory whose relative path matches a workload's glob to the first such
+// workload in configuration order. Sorted by path. A subtree that cannot be
+// read and a cgroup whose name makes an invalid SPIFFE ID are skipped, and
+// said so in `problems` when given; only an unreadable root is an error.
+absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(
+    const Config& config, const std::string& cgroup_root,
+    std::vector<std::string>* problems = nullptr);
+
+}  // namespace ktrust

@@ -1,0 +1,830 @@
+#include "ktrust/config/config.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <exception>
+#include <initializer_list>
+#include <map>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "ktrust/common/error_text.h"
+#include "ktrust/common/files.h"
+#include "ktrust/config/registry.h"
+#include "spiffe_template.h"
+
+namespace ktrust {
+namespace {
+
+constexpr absl::Duration kMinSvidTtl = absl::Minutes(1);
+constexpr absl::Duration kMaxSvidTtl = absl::Hours(24);
+
+std::string Child(absl::string_view path, absl::string_view key) {
+  return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
+}
+std::string Item(absl::string_view path, size_t index) {
+  return absl::StrCat(path, "[", index, "]");
+}
+
+// What a node holds, as an error message's "got ...".
+std::string Describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Scalar:
+      return absl::StrCat("\"", absl::CHexEscape(node.Scalar()), "\"");
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    default:
+      return "nothing";
+  }
+}
+
+bool IsWorkloadNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+}
+
+bool IsIpAddress(const std::string& text) {
+  in6_addr scratch{};
+  return inet_pton(AF_INET, text.c_str(), &scratch) == 1 ||
+         inet_pton(AF_INET6, text.c_str(), &scratch) == 1;
+}
+
+struct Field {
+  std::string key;
+  YAML::Node key_node;
+  YAML::Node value;
+};
+
+struct Mapping {
+  YAML::Node node;
+  std::string path;
+  std::vector<Field> fields;
+
+  const Field* Find(absl::string_view key) const {
+    for (const Field& field : fields) {
+      if (field.key == key) return &field;
+    }
+    return nullptr;
+  }
+};
+
+// One parse: knows the file name for messages, and the first error ends it.
+class Parser {
+ public:
+  explicit Parser(absl::string_view source) : source_(source) {}
+
+  absl::Status Fail(const YAML::Mark& mark, absl::string_view path, absl::string_view what) const {
+    // yaml-cpp counts from 0; editors count from 1.
+    int line = mark.is_null() ? 1 : mark.line + 1;
+    int column = mark.is_null() ? 1 : mark.column + 1;
+    return absl::InvalidArgumentError(absl::StrCat(source_, ":", line, ":", column, ": ",
+                                                   path.empty() ? "document" : path, ": ", what));
+  }
+
+  absl::Status Expected(const YAML::Node& node, absl::string_view path,
+                        absl::string_view expected) const {
+    return Fail(node.Mark(), path, absl::StrCat("expected ", expected, ", got ", Describe(node)));
+  }
+
+  // For a field's value: an empty value's mark is wherever the parser noticed
+  // it was empty (often the next line), so point at the key instead.
+  absl::Status Expected(const Field& field, absl::string_view path,
+                        absl::string_view expected) const {
+    if (field.value.IsNull()) {
+      return Fail(field.key_node.Mark(), path,
+                  absl::StrCat("expected ", expected, ", got nothing"));
+    }
+    return Expected(field.value, path, expected);
+  }
+
+  absl::Status Missing(const Mapping& map, absl::string_view key,
+                       absl::string_view expected) const {
+    return Fail(map.node.Mark(), Child(map.path, key),
+                absl::StrCat("expected ", expected, ", got nothing (the key is required)"));
+  }
+
+  absl::Status OpenMapping(const YAML::Node& node, absl::string_view path,
+                           std::initializer_list<absl::string_view> allowed, Mapping* out) const {
+    if (!node.IsMap()) {
+      return Expected(node, path,
+                      absl::StrCat("a mapping with the keys ", absl::StrJoin(allowed, ", ")));
+    }
+    out->node = node;
+    out->path = std::string(path);
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const YAML::Node& key = it->first;
+      if (!key.IsScalar()) return Expected(key, path, "a key name");
+      std::string name = key.Scalar();
+      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+        return Fail(key.Mark(), Child(path, name),
+                    absl::StrCat("unknown key; expected one of ", absl::StrJoin(allowed, ", "),
+                                 ", got \"", absl::CHexEscape(name), "\""));
+      }
+      if (const Field* first = out->Find(name); first != nullptr) {
+        // yaml-cpp keeps both; which one would win is nobody's intent.
+        return Fail(
+            key.Mark(), Child(path, name),
+            absl::StrCat("expected each key once, got a second \"", name,
+                         "\" (the first is on line ", first->key_node.Mark().line + 1, ")"));
+      }
+      out->fields.push_back(Field{name, key, it->second});
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status String(const Field& field, absl::string_view path, std::string* out,
+                      absl::string_view expected = "a string") const {
+    if (!field.value.IsScalar()) return Expected(field, path, expected);
+    *out = field.value.Scalar();
+    return absl::OkStatus();
+  }
+
+  absl::Status NonEmptyString(const Field& field, absl::string_view path, std::string* out,
+                              absl::string_view expected = "a non-empty string") const {
+    if (!field.value.IsScalar() || field.value.Scalar().empty()) {
+      return Expected(field, path, expected);
+    }
+    *out = field.value.Scalar();
+    return absl::OkStatus();
+  }
+
+  // Relative paths in a daemon's configuration depend on its working
+  // directory, which is almost never what was meant.
+  absl::Status AbsolutePath(const Field& field, absl::string_view path, std::string* out) const {
+    if (!field.value.IsScalar() || field.value.Scalar().empty() ||
+        field.value.Scalar().front() != '/') {
+      return Expected(field, path, "an absolute path");
+    }
+    *out = field.value.Scalar();
+    return absl::OkStatus();
+  }
+
+  absl::Status OneOf(const Field& field, absl::string_view path,
+                     std::initializer_list<absl::string_view> choices, std::string* out) const {
+    if (field.value.IsScalar() &&
+        std::find(choices.begin(), choices.end(), field.value.Scalar()) != choices.end()) {
+      *out = field.value.Scalar();
+      return absl::OkStatus();
+    }
+    return Expected(field, path, absl::StrCat("one of ", absl::StrJoin(choices, ", ")));
+  }
+
+  absl::Status Port(const YAML::Node& node, absl::string_view path, uint16_t* out) const {
+    uint32_t value = 0;
+    if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value) || value < 1 ||
+        value > 65535 || !absl::ascii_isdigit(node.Scalar().front())) {
+      return Expected(node, path, "a port number 1-65535");
+    }
+    *out = static_cast<uint16_t>(value);
+    return absl::OkStatus();
+  }
+
+  absl::Status Port(const Field& field, absl::string_view path, uint16_t* out) const {
+    if (field.value.IsNull()) return Expected(field, path, "a port number 1-65535");
+    return Port(field.value, path, out);
+  }
+
+  // An item of a `ports` list: 8080 or "8000-8999".
+  absl::Status PortRangeItem(const YAML::Node& node, absl::string_view path, PortRange* out) const {
+    constexpr absl::string_view kExpected = "a port 1-65535 or a range \"first-last\"";
+    if (!node.IsScalar()) return Expected(node, path, kExpected);
+    std::vector<absl::string_view> parts = absl::StrSplit(node.Scalar(), '-');
+    if (parts.size() > 2) return Expected(node, path, kExpected);
+    uint32_t bounds[2] = {0, 0};
+    for (size_t i = 0; i < parts.size(); ++i) {
+      absl::string_view part = absl::StripAsciiWhitespace(parts[i]);
+      if (part.empty() || !absl::ascii_isdigit(part.front()) ||
+          !absl::SimpleAtoi(part, &bounds[i]) || bounds[i] < 1 || bounds[i] > 65535) {
+        return Expected(node, path, kExpected);
+      }
+    }
+    if (parts.size() == 1) bounds[1] = bounds[0];
+    if (bounds[0] > bounds[1]) {
+      return Expected(node, path, "a range whose first port is not above its last");
+    }
+    *out = PortRange{static_cast<uint16_t>(bounds[0]), static_cast<uint16_t>(bounds[1])};
+    return absl::OkStatus();
+  }
+
+  // A `ports` list; absent means every port, so an empty list is refused
+  // rather than read as either.
+  absl::Status PortRanges(const Mapping& map, std::vector<PortRange>* out) const {
+    const Field* field = map.Find("ports");
+    if (field == nullptr) return absl::OkStatus();
+    std::string path = Child(map.path, "ports");
+    if (!field->value.IsSequence() || field->value.size() == 0) {
+      return Expected(*field, path,
+                      "a non-empty list of ports and \"first-last\" ranges (leave `ports` out "
+                      "for every port)");
+    }
+    for (size_t i = 0; i < field->value.size(); ++i) {
+      PortRange range;
+      if (auto st = PortRangeItem(field->value[i], Item(path, i), &range); !st.ok()) return st;
+      out->push_back(range);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<IpPrefix> Prefix(const Mapping& map) const {
+    const Field* field = map.Find("cidr");
+    constexpr absl::string_view kExpected = "a CIDR prefix such as 10.0.0.0/8 or fd00::/8";
+    if (field == nullptr) return Missing(map, "cidr", kExpected);
+    std::string path = Child(map.path, "cidr");
+    if (!field->value.IsScalar()) return Expected(*field, path, kExpected);
+    auto prefix = IpPrefix::Parse(field->value.Scalar());
+    if (!prefix.ok()) {
+      return Expected(*field, path, absl::StrCat(kExpected, " (", prefix.status().message(), ")"));
+    }
+    return prefix;
+  }
+
+  absl::Status Pattern(const YAML::Node& node, absl::string_view path,
+                       std::optional<SpiffeIdPattern>* out) const {
+    constexpr absl::string_view kExpected =
+        "a SPIFFE ID or a prefix pattern ending in \"/*\" (spiffe://example.org/ns/prod/*)";
+    if (!node.IsScalar()) return Expected(node, path, kExpected);
+    auto pattern = SpiffeIdPattern::Parse(node.Scalar());
+    if (!pattern.ok()) {
+      return Expected(node, path, absl::StrCat(kExpected, "; ", pattern.status().message()));
+    }
+    out->emplace(*std::move(pattern));
+    return absl::OkStatus();
+  }
+
+  absl::Status StringList(const Field& field, absl::string_view path,
+                          std::vector<std::string>* out) const {
+    if (!field.value.IsSequence()) return Expected(field, path, "a list of absolute paths");
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      const YAML::Node& item = field.value[i];
+      if (!item.IsScalar() || item.Scalar().empty() || item.Scalar().front() != '/') {
+        return Expected(item, Item(path, i), "an absolute path");
+      }
+      out->push_back(item.Scalar());
+    }
+    return absl::OkStatus();
+  }
+
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+};
+
+class ConfigReader {
+ public:
+  explicit ConfigReader(absl::string_view source) : p_(source) {}
+
+  absl::StatusOr<Config> Read(const YAML::Node& root) {
+    Config config;
+    config.source_path = p_.source();
+    Mapping top;
+    if (auto st = p_.OpenMapping(root, "",
+                                 {"version", "trust_domain", "identity", "trust_bundles",
+                                  "workloads", "mesh", "expected_servers", "policy", "agent"},
+                                 &top);
+        !st.ok()) {
+      return st;
+    }
+    // Read in dependency order, not file order: templates need the trust
+    // domain and node name, policy needs the workloads.
+    if (auto st = Version(top); !st.ok()) return st;
+    if (auto st = TrustDomainField(top, &config); !st.ok()) return st;
+    if (const Field* f = top.Find("identity")) {
+      if (auto st = Identity(*f, &config.identity); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("trust_bundles")) {
+      if (auto st = p_.StringList(*f, "trust_bundles", &config.trust_bundles); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("agent")) {
+      if (auto st = Agent(*f, &config.agent); !st.ok()) return st;
+    }
+    if (config.agent.node_name.empty()) {
+      char host[HOST_NAME_MAX + 1] = {};
+      if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
+        return absl::FailedPreconditionError(
+            absl::StrCat(p_.source(), ": agent.node_name is not set and the host name is unknown (",
+                         ErrnoText(errno), ")"));
+      }
+      config.agent.node_name = host;
+    }
+    if (const Field* f = top.Find("workloads")) {
+      if (auto st = Workloads(*f, &config); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("mesh")) {
+      if (auto st = Mesh(*f, &config); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("expected_servers")) {
+      if (auto st = ExpectedServers(*f, &config); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("policy")) {
+      if (auto st = Policy(*f, &config); !st.ok()) return st;
+    }
+    return config;
+  }
+
+ private:
+  absl::Status Version(const Mapping& top) const {
+    const Field* version = top.Find("version");
+    if (version == nullptr) return p_.Missing(top, "version", "1");
+    if (!version->value.IsScalar() || version->value.Scalar() != "1") {
+      return p_.Expected(*version, "version", "1 (the only version this agent reads)");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status TrustDomainField(const Mapping& top, Config* config) const {
+    constexpr absl::string_view kExpected = "a trust domain name such as example.org";
+    const Field* field = top.Find("trust_domain");
+    if (field == nullptr) return p_.Missing(top, "trust_domain", kExpected);
+    if (!field->value.IsScalar()) return p_.Expected(*field, "trust_domain", kExpected);
+    auto td = TrustDomain::Parse(field->value.Scalar());
+    if (!td.ok()) {
+      return p_.Expected(*field, "trust_domain",
+                         absl::StrCat(kExpected, " (", td.status().message(), ")"));
+    }
+    config->trust_domain = td->name();
+    return absl::OkStatus();
+  }
+
+  absl::Status Identity(const Field& field, IdentityConfig* out) const {
+    Mapping map;
+    if (auto st = p_.OpenMapping(field.value, "identity",
+                                 {"source", "ca_dir", "svid_dir", "svid_ttl"}, &map);
+        !st.ok()) {
+      return st;
+    }
+    if (const Field* f = map.Find("source")) {
+      std::string source;
+      if (auto st = p_.OneOf(*f, "identity.source", {"embedded_ca", "svid_files"}, &source);
+          !st.ok()) {
+        return st;
+      }
+      out->source = source == "embedded_ca" ? IdentityConfig::Source::kEmbeddedCa
+                                            : IdentityConfig::Source::kSvidFiles;
+    }
+    if (const Field* f = map.Find("ca_dir")) {
+      if (auto st = p_.AbsolutePath(*f, "identity.ca_dir", &out->ca_dir); !st.ok()) return st;
+    }
+    if (const Field* f = map.Find("svid_dir")) {
+      if (auto st = p_.AbsolutePath(*f, "identity.svid_dir", &out->svid_dir); !st.ok()) return st;
+    }
+    if (out->source == IdentityConfig::Source::kSvidFiles && out->svid_dir.empty()) {
+      return p_.Missing(map, "svid_dir",
+                        "the directory holding tls.crt, tls.key and ca.crt (source is svid_files)");
+    }
+    if (const Field* f = map.Find("svid_ttl")) {
+      constexpr absl::string_view kExpected = "a duration between 1m and 24h such as \"1h\"";
+      absl::Duration ttl;
+      if (!f->value.IsScalar() || !absl::ParseDuration(f->value.Scalar(), &ttl) ||
+          ttl < kMinSvidTtl || ttl > kMaxSvidTtl) {
+        return p_.Expected(*f, "identity.svid_ttl", kExpected);
+      }
+      out->svid_ttl = ttl;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Agent(const Field& field, AgentSettings* out) const {
+    Mapping map;
+    if (auto st = p_.OpenMapping(
+            field.value, "agent",
+            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "inbound_port",
+             "upstream_source", "socket_mark", "control_socket", "control_group", "metrics_address",
+             "log_format", "log_level", "data_path"},
+            &map);
+        !st.ok()) {
+      return st;
+    }
+    for (const Field& f : map.fields) {
+      std::string path = Child("agent", f.key);
+      absl::Status st;
+      if (f.key == "node_name") {
+        st = p_.NonEmptyString(f, path, &out->node_name);
+      } else if (f.key == "cgroup_root") {
+        st = p_.AbsolutePath(f, path, &out->cgroup_root);
+      } else if (f.key == "bpf_pin_dir") {
+        st = p_.AbsolutePath(f, path, &out->bpf_pin_dir);
+      } else if (f.key == "outbound_port") {
+        st = p_.Port(f, path, &out->outbound_port);
+      } else if (f.key == "inbound_port") {
+        st = p_.Port(f, path, &out->inbound_port);
+      } else if (f.key == "upstream_source") {
+        if (!f.value.IsScalar() || !IsIpAddress(f.value.Scalar())) {
+          st = p_.Expected(f, path, "an IPv4 or IPv6 address such as 127.0.0.6");
+        } else {
+          out->upstream_source = f.value.Scalar();
+        }
+      } else if (f.key == "socket_mark") {
+        st = SocketMark(f, path, &out->socket_mark);
+      } else if (f.key == "control_socket") {
+        st = p_.AbsolutePath(f, path, &out->control_socket);
+      } else if (f.key == "control_group") {
+        st = p_.String(f, path, &out->control_group, "a group name");
+      } else if (f.key == "metrics_address") {
+        st = p_.String(f, path, &out->metrics_address, "host:port or \"\"");
+        if (st.ok() && !out->metrics_address.empty()) {
+          if (auto address = SocketAddress::Parse(out->metrics_address); !address.ok()) {
+            st = p_.Expected(f, path,
+                             "an address such as 127.0.0.1:9464 or [::1]:9464, or \"\" for none");
+          }
+        }
+      } else if (f.key == "log_format") {
+        st = p_.OneOf(f, path, {"json", "text"}, &out->log_format);
+      } else if (f.key == "log_level") {
+        st = p_.OneOf(f, path, {"trace", "debug", "info", "warn", "error"}, &out->log_level);
+      } else if (f.key == "data_path") {
+        st = p_.OneOf(f, path, {"auto", "userspace"}, &out->data_path);
+      }
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SocketMark(const Field& field, absl::string_view path, uint32_t* out) const {
+    uint32_t mark = 0;
+    bool parsed = false;
+    if (field.value.IsScalar() && !field.value.Scalar().empty()) {
+      absl::string_view text = field.value.Scalar();
+      if (absl::StartsWith(text, "0x") || absl::StartsWith(text, "0X")) {
+        text.remove_prefix(2);
+        parsed =
+            !text.empty() && absl::ascii_isxdigit(text.front()) && absl::SimpleHexAtoi(text, &mark);
+      } else {
+        parsed = absl::ascii_isdigit(text.front()) && absl::SimpleAtoi(text, &mark);
+      }
+    }
+    if (!parsed) return p_.Expected(field, path, "a 32-bit mark such as 0x6b74");
+    *out = mark;
+    return absl::OkStatus();
+  }
+
+  absl::Status Workloads(const Field& field, Config* config) const {
+    if (!field.value.IsSequence()) return p_.Expected(field, "workloads", "a list of workloads");
+    // Where each inbound port was claimed: a port belongs to one workload.
+    std::map<uint16_t, std::string> port_owner;
+    std::map<std::string, std::string> name_owner;
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      std::string path = Item("workloads", i);
+      Mapping map;
+      if (auto st = p_.OpenMapping(field.value[i], path,
+                                   {"name", "cgroup", "spiffe_id", "mode", "ports"}, &map);
+          !st.ok()) {
+        return st;
+      }
+      WorkloadConfig workload;
+      if (auto st = WorkloadName(map, name_owner, &workload.name); !st.ok()) return st;
+      if (auto st = CgroupGlob(map, &workload.cgroup); !st.ok()) return st;
+      if (const Field* f = map.Find("mode")) {
+        constexpr absl::string_view kExpected = "one of enforce, permissive, off";
+        auto mode = f->value.IsScalar() ? ParseWorkloadMode(f->value.Scalar())
+                                        : absl::InvalidArgumentError("");
+        if (!mode.ok()) return p_.Expected(*f, Child(path, "mode"), kExpected);
+        workload.mode = *mode;
+      }
+      if (auto st = WorkloadPorts(map, workload, config->agent, &port_owner, &workload.ports);
+          !st.ok()) {
+        return st;
+      }
+      if (auto st = Template(map, *config, workload, &workload.spiffe_id); !st.ok()) return st;
+      config->workloads.push_back(std::move(workload));
+    }
+    return AgentPortsFit(field, *config);
+  }
+
+  absl::Status WorkloadName(const Mapping& map, std::map<std::string, std::string>& name_owner,
+                            std::string* out) const {
+    constexpr absl::string_view kExpected =
+        "a workload name of lowercase letters, digits, '-', '_' and '.'";
+    const Field* field = map.Find("name");
+    if (field == nullptr) return p_.Missing(map, "name", kExpected);
+    std::string path = Child(map.path, "name");
+    if (!field->value.IsScalar() || field->value.Scalar().empty() ||
+        !std::all_of(field->value.Scalar().begin(), field->value.Scalar().end(),
+                     IsWorkloadNameChar)) {
+      return p_.Expected(*field, path, kExpected);
+    }
+    const std::string& name = field->value.Scalar();
+    if (auto it = name_owner.find(name); it != name_owner.end()) {
+      return p_.Expected(*field, path,
+                         absl::StrCat("a name no other workload has (", it->second, " is \"", name,
+                                      "\" already)"));
+    }
+    name_owner[name] = map.path;
+    *out = name;
+    return absl::OkStatus();
+  }
+
+  absl::Status CgroupGlob(const Mapping& map, std::string* out) const {
+    constexpr absl::string_view kExpected =
+        "a cgroup path glob relative to the cgroup root, such as system.slice/nginx.service";
+    const Field* field = map.Find("cgroup");
+    if (field == nullptr) return p_.Missing(map, "cgroup", kExpected);
+    std::string path = Child(map.path, "cgroup");
+    if (!field->value.IsScalar()) return p_.Expected(*field, path, kExpected);
+    const std::string& glob = field->value.Scalar();
+    // Relative paths never start or end with '/' nor hold "//": such a glob
+    // would silently match nothing.
+    if (glob.empty() || glob.front() == '/' || glob.back() == '/' ||
+        glob.find("//") != std::string::npos) {
+      return p_.Expected(*field, path, absl::StrCat(kExpected, " (no leading or trailing '/')"));
+    }
+    *out = glob;
+    return absl::OkStatus();
+  }
+
+  absl::Status WorkloadPorts(const Mapping& map, const WorkloadConfig& workload,
+                             const AgentSettings& agent,
+                             std::map<uint16_t, std::string>* port_owner,
+                             std::vector<uint16_t>* out) const {
+    const Field* field = map.Find("ports");
+    if (field == nullptr) return absl::OkStatus();
+    std::string path = Child(map.path, "ports");
+    if (workload.mode == WorkloadMode::kOff) {
+      return p_.Expected(*field, path,
+                         "no ports for a workload whose mode is off (it is not intercepted)");
+    }
+    if (!field->value.IsSequence()) return p_.Expected(*field, path, "a list of port numbers");
+    for (size_t i = 0; i < field->value.size(); ++i) {
+      const YAML::Node& item = field->value[i];
+      std::string item_path = Item(path, i);
+      uint16_t port = 0;
+      if (auto st = p_.Port(item, item_path, &port); !st.ok()) return st;
+      if (port == agent.outbound_port) {
+        return p_.Expected(
+            item, item_path,
+            absl::StrCat("a port other than the agent's outbound port ", agent.outbound_port));
+      }
+      if (auto it = port_owner->find(port); it != port_owner->end()) {
+        return p_.Expected(item, item_path,
+                           absl::StrCat("a port no other workload enforces (", it->second, " has ",
+                                        port, " already)"));
+      }
+      (*port_owner)[port] = item_path;
+      out->push_back(port);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Template(const Mapping& map, const Config& config, const WorkloadConfig& workload,
+                        std::string* out) const {
+    constexpr absl::string_view kExpected =
+        "a SPIFFE ID template such as spiffe://{trust_domain}/node/{node}/{name}";
+    const Field* field = map.Find("spiffe_id");
+    if (field == nullptr) return p_.Missing(map, "spiffe_id", kExpected);
+    std::string path = Child(map.path, "spiffe_id");
+    if (!field->value.IsScalar()) return p_.Expected(*field, path, kExpected);
+    const std::string& tmpl = field->value.Scalar();
+    if (auto st = config_internal::CheckTemplate(tmpl); !st.ok()) {
+      return p_.Expected(*field, path, absl::StrCat(kExpected, "; ", st.message()));
+    }
+    // Render once with this workload's values and a cgroup the glob could
+    // match, so a template that can never give a valid ID is caught now,
+    // not at the first matching cgroup.
+    std::string sample_cgroup = SampleCgroup(workload.cgroup);
+    std::string sample_unit = "unit";
+    auto id = config_internal::RenderSpiffeId(
+        tmpl,
+        TemplateValues{config.trust_domain, config.agent.node_name, workload.name, sample_cgroup},
+        &sample_unit);
+    if (!id.ok()) {
+      return p_.Expected(*field, path,
+                         absl::StrCat("a template giving a workload SPIFFE ID in trust domain ",
+                                      config.trust_domain, " (with name ", workload.name, ", node ",
+                                      config.agent.node_name, ", cgroup ", sample_cgroup, ": ",
+                                      id.status().message(), ")"));
+    }
+    *out = tmpl;
+    return absl::OkStatus();
+  }
+
+  // A path the glob matches: each wildcard stands for "x".
+  static std::string SampleCgroup(absl::string_view glob) {
+    std::string sample;
+    for (size_t i = 0; i < glob.size(); ++i) {
+      if (glob[i] == '*' || glob[i] == '?') {
+        sample.push_back('x');
+        while (i + 1 < glob.size() && glob[i] == '*' && glob[i + 1] == '*') ++i;
+      } else {
+        sample.push_back(glob[i]);
+      }
+    }
+    return sample;
+  }
+
+  // The agent listens on outbound_port and on one inbound port per workload
+  // with ports, counting up from inbound_port.
+  absl::Status AgentPortsFit(const Field& field, const Config& config) const {
+    size_t listeners = std::count_if(config.workloads.begin(), config.workloads.end(),
+                                     [](const WorkloadConfig& w) { return !w.ports.empty(); });
+    if (listeners == 0) return absl::OkStatus();
+    const uint32_t first = config.agent.inbound_port;
+    const uint32_t last = first + listeners - 1;
+    if (last > 65535) {
+      return p_.Fail(field.key_node.Mark(), "workloads",
+                     absl::StrCat("expected at most ", 65535 - first + 1,
+                                  " workloads with ports (agent.inbound_port is ", first, "), got ",
+                                  listeners));
+    }
+    const uint32_t outbound = config.agent.outbound_port;
+    if (outbound >= first && outbound <= last) {
+      return p_.Fail(
+          field.key_node.Mark(), "workloads",
+          absl::StrCat("expected the agent's inbound ports ", first, "-", last,
+                       " to leave out agent.outbound_port, got ", outbound, " among them"));
+    }
+    for (const WorkloadConfig& workload : config.workloads) {
+      for (uint16_t port : workload.ports) {
+        if (port >= first && port <= last) {
+          return p_.Fail(
+              field.key_node.Mark(), "workloads",
+              absl::StrCat("expected workload ports outside the agent's inbound ports ", first, "-",
+                           last, ", got ", port, " for workload ", workload.name));
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MeshEntries(const Field& field, absl::string_view path,
+                           std::vector<MeshEntry>* out) const {
+    if (!field.value.IsSequence()) {
+      return p_.Expected(field, path, "a list of {cidr, ports} entries");
+    }
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      Mapping map;
+      if (auto st = p_.OpenMapping(field.value[i], Item(path, i), {"cidr", "ports"}, &map);
+          !st.ok()) {
+        return st;
+      }
+      auto prefix = p_.Prefix(map);
+      if (!prefix.ok()) return prefix.status();
+      MeshEntry entry{*std::move(prefix), {}};
+      if (auto st = p_.PortRanges(map, &entry.ports); !st.ok()) return st;
+      out->push_back(std::move(entry));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Mesh(const Field& field, Config* config) const {
+    Mapping map;
+    if (auto st = p_.OpenMapping(field.value, "mesh", {"destinations", "bypass"}, &map); !st.ok()) {
+      return st;
+    }
+    if (const Field* f = map.Find("destinations")) {
+      if (auto st = MeshEntries(*f, "mesh.destinations", &config->mesh); !st.ok()) return st;
+    }
+    if (const Field* f = map.Find("bypass")) {
+      if (auto st = MeshEntries(*f, "mesh.bypass", &config->bypass); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ExpectedServers(const Field& field, Config* config) const {
+    if (!field.value.IsSequence()) {
+      return p_.Expected(field, "expected_servers", "a list of {cidr, ports, spiffe_id} entries");
+    }
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      std::string path = Item("expected_servers", i);
+      Mapping map;
+      if (auto st = p_.OpenMapping(field.value[i], path, {"cidr", "ports", "spiffe_id"}, &map);
+          !st.ok()) {
+        return st;
+      }
+      auto prefix = p_.Prefix(map);
+      if (!prefix.ok()) return prefix.status();
+      std::vector<PortRange> ports;
+      if (auto st = p_.PortRanges(map, &ports); !st.ok()) return st;
+      const Field* id = map.Find("spiffe_id");
+      if (id == nullptr) {
+        return p_.Missing(map, "spiffe_id", "the SPIFFE ID or \"/*\" pattern the servers prove");
+      }
+      std::optional<SpiffeIdPattern> pattern;
+      if (auto st = p_.Pattern(id->value, Child(path, "spiffe_id"), &pattern); !st.ok()) {
+        return st;
+      }
+      config->expected_servers.push_back(
+          ExpectedServerRule{*std::move(prefix), std::move(ports), *std::move(pattern)});
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Policy(const Field& field, Config* config) const {
+    if (!field.value.IsSequence()) {
+      return p_.Expected(field, "policy", "a list of {to, ports, from} rules");
+    }
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      std::string path = Item("policy", i);
+      Mapping map;
+      if (auto st = p_.OpenMapping(field.value[i], path, {"to", "ports", "from"}, &map); !st.ok()) {
+        return st;
+      }
+      PolicyRule rule;
+      rule.origin = absl::StrCat(p_.source(), ":", field.value[i].Mark().line + 1);
+      if (auto st = PolicyTarget(map, *config, &rule); !st.ok()) return st;
+      if (auto st = p_.PortRanges(map, &rule.ports); !st.ok()) return st;
+      constexpr absl::string_view kFrom =
+          "a non-empty list of SPIFFE IDs and \"/*\" patterns allowed to connect";
+      const Field* from = map.Find("from");
+      if (from == nullptr) return p_.Missing(map, "from", kFrom);
+      std::string from_path = Child(path, "from");
+      if (!from->value.IsSequence() || from->value.size() == 0) {
+        return p_.Expected(*from, from_path, kFrom);
+      }
+      for (size_t j = 0; j < from->value.size(); ++j) {
+        std::optional<SpiffeIdPattern> pattern;
+        if (auto st = p_.Pattern(from->value[j], Item(from_path, j), &pattern); !st.ok()) {
+          return st;
+        }
+        rule.from.push_back(*std::move(pattern));
+      }
+      config->policy.push_back(std::move(rule));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status PolicyTarget(const Mapping& map, const Config& config, PolicyRule* rule) const {
+    constexpr absl::string_view kExpected = "a workload name or a SPIFFE ID pattern";
+    const Field* to = map.Find("to");
+    if (to == nullptr) return p_.Missing(map, "to", kExpected);
+    std::string path = Child(map.path, "to");
+    if (!to->value.IsScalar() || to->value.Scalar().empty()) {
+      return p_.Expected(*to, path, kExpected);
+    }
+    const std::string& target = to->value.Scalar();
+    if (absl::StartsWith(target, "spiffe://")) {
+      return p_.Pattern(to->value, path, &rule->to_id);
+    }
+    bool known = std::any_of(config.workloads.begin(), config.workloads.end(),
+                             [&](const WorkloadConfig& w) { return w.name == target; });
+    if (!known) {
+      std::vector<absl::string_view> names;
+      for (const WorkloadConfig& w : config.workloads) names.push_back(w.name);
+      return p_.Expected(*to, path,
+                         absl::StrCat("the name of a workload in `workloads` (",
+                                      names.empty() ? "there are none" : absl::StrJoin(names, ", "),
+                                      ") or a spiffe:// pattern"));
+    }
+    rule->to_workload = target;
+    return absl::OkStatus();
+  }
+
+  Parser p_;
+};
+
+}  // namespace
+
+absl::string_view WorkloadModeName(WorkloadMode mode) {
+  switch (mode) {
+    case WorkloadMode::kEnforce:
+      return "enforce";
+    case WorkloadMode::kPermissive:
+      return "permissive";
+    case WorkloadMode::kOff:
+      return "off";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<WorkloadMode> ParseWorkloadMode(absl::string_view name) {
+  for (WorkloadMode mode :
+       {WorkloadMode::kEnforce, WorkloadMode::kPermissive, WorkloadMode::kOff}) {
+    if (name == WorkloadModeName(mode)) return mode;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown workload mode \"", name, "\" (expected enforce, permissive or off)"));
+}
+
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name) {
+  // yaml-cpp reports by exception; nothing may escape this library.
+  try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    return ConfigReader(source_name).Read(root);
+  } catch (const YAML::Exception& e) {
+    int line = e.mark.is_null() ? 1 : e.mark.line + 1;
+    int column = e.mark.is_null() ? 1 : e.mark.column + 1;
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_name, ":", line, ":", column, ": YAML syntax error: ", e.msg));
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat(source_name, ": reading the configuration: ", e.what()));
+  }
+}
+
+absl::StatusOr<Config> LoadConfig(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path);
+}
+
+}  // namespace ktrust

@@ -1,0 +1,242 @@
+#include "ktrust/config/registry.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "ktrust/common/error_text.h"
+#include "spiffe_template.h"
+
+namespace ktrust {
+namespace {
+
+constexpr absl::string_view kPlaceholders[] = {"trust_domain", "node", "name", "unit", "cgroup"};
+
+// cgroup trees are shallow; the bound only keeps a hostile tree from
+// exhausting the stack.
+constexpr int kMaxCgroupDepth = 64;
+
+bool IsKnownPlaceholder(absl::string_view name) {
+  return std::find(std::begin(kPlaceholders), std::end(kPlaceholders), name) !=
+         std::end(kPlaceholders);
+}
+
+}  // namespace
+
+bool CgroupGlobMatch(absl::string_view glob, absl::string_view path) {
+  // matches[i * width + j]: glob[i..] matches path[j..]. Filled from the end;
+  // globs and paths are short, and a table cannot backtrack exponentially.
+  const size_t width = path.size() + 1;
+  std::vector<char> matches((glob.size() + 2) * width, 0);
+  auto at = [&](size_t i, size_t j) -> char& { return matches[i * width + j]; };
+  at(glob.size(), path.size()) = 1;
+  for (size_t i = glob.size(); i-- > 0;) {
+    const bool double_star = glob[i] == '*' && i + 1 < glob.size() && glob[i + 1] == '*';
+    for (size_t j = path.size() + 1; j-- > 0;) {
+      const bool have = j < path.size();
+      char result = 0;
+      if (double_star) {
+        result = at(i + 2, j) || (have && at(i, j + 1));
+      } else if (glob[i] == '*') {
+        result = at(i + 1, j) || (have && path[j] != '/' && at(i, j + 1));
+      } else if (glob[i] == '?') {
+        result = have && path[j] != '/' && at(i + 1, j + 1);
+      } else {
+        result = have && path[j] == glob[i] && at(i + 1, j + 1);
+      }
+      at(i, j) = result;
+    }
+  }
+  return at(0, 0) != 0;
+}
+
+absl::StatusOr<std::string> SystemdUnitOf(absl::string_view cgroup_path) {
+  std::vector<absl::string_view> components = absl::StrSplit(cgroup_path, '/', absl::SkipEmpty());
+  for (auto it = components.rbegin(); it != components.rend(); ++it) {
+    for (absl::string_view suffix : {".service", ".scope"}) {
+      if (it->size() > suffix.size() && absl::EndsWith(*it, suffix)) {
+        return std::string(it->substr(0, it->size() - suffix.size()));
+      }
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat("cgroup ", cgroup_path, " is not a systemd unit, but the template uses {unit}"));
+}
+
+namespace config_internal {
+
+absl::Status CheckTemplate(absl::string_view tmpl) {
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] == '}') {
+      return absl::InvalidArgumentError(absl::StrCat("'}' at offset ", i, " closes nothing"));
+    }
+    if (tmpl[i] != '{') continue;
+    size_t close = tmpl.find_first_of("{}", i + 1);
+    if (close == absl::string_view::npos || tmpl[close] != '}') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the placeholder at offset ", i, " has no closing '}'"));
+    }
+    absl::string_view name = tmpl.substr(i + 1, close - i - 1);
+    if (!IsKnownPlaceholder(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown placeholder {", name,
+                       "} (known: {trust_domain}, {node}, {name}, {unit}, {cgroup})"));
+    }
+    i = close;
+  }
+  return absl::OkStatus();
+}
+
+bool TemplateUsesUnit(absl::string_view tmpl) { return absl::StrContains(tmpl, "{unit}"); }
+
+absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateValues& values,
+                                        const std::string* unit) {
+  if (auto st = CheckTemplate(tmpl); !st.ok()) return st;
+  std::string unit_value;
+  if (TemplateUsesUnit(tmpl)) {
+    if (unit != nullptr) {
+      unit_value = *unit;
+    } else {
+      auto found = SystemdUnitOf(values.cgroup);
+      if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+      unit_value = *std::move(found);
+    }
+  }
+  std::string text;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] != '{') {
+      text.push_back(tmpl[i]);
+      continue;
+    }
+    size_t close = tmpl.find('}', i);
+    absl::string_view name = tmpl.substr(i + 1, close - i - 1);
+    if (name == "trust_domain") absl::StrAppend(&text, values.trust_domain);
+    if (name == "node") absl::StrAppend(&text, values.node);
+    if (name == "name") absl::StrAppend(&text, values.name);
+    if (name == "unit") absl::StrAppend(&text, unit_value);
+    if (name == "cgroup") absl::StrAppend(&text, values.cgroup);
+    i = close;
+  }
+  auto id = SpiffeId::ParseWorkload(text);
+  if (!id.ok()) return id.status();
+  if (id->trust_domain().name() != values.trust_domain) {
+    return absl::InvalidArgumentError(absl::StrCat("the template gives ", id->ToString(),
+                                                   ", outside trust domain ", values.trust_domain));
+  }
+  return id;
+}
+
+}  // namespace config_internal
+
+absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateValues& values) {
+  return config_internal::RenderSpiffeId(tmpl, values, nullptr);
+}
+
+namespace {
+
+class CgroupWalker {
+ public:
+  CgroupWalker(const Config& config, std::vector<std::string>* problems)
+      : config_(config), problems_(problems) {}
+
+  void Walk(const std::filesystem::path& dir, const std::string& relative, int depth) {
+    if (depth > kMaxCgroupDepth) {
+      Problem(absl::StrCat("cgroup ", relative, ": deeper than ", kMaxCgroupDepth,
+                           " levels; not scanned further"));
+      return;
+    }
+    std::error_code ec;
+    // Not skip_permission_denied: an unreadable subtree is reported, not hidden.
+    std::filesystem::directory_iterator it(dir, ec);
+    if (ec) {
+      Problem(
+          absl::StrCat("cgroup ", relative, ": cannot list ", dir.string(), ": ", ec.message()));
+      return;
+    }
+    std::vector<std::string> children;
+    for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      // symlink_status: a link is never followed into another tree.
+      auto status = it->symlink_status(ec);
+      if (ec) break;
+      if (std::filesystem::is_directory(status)) children.push_back(it->path().filename());
+    }
+    if (ec) {
+      Problem(
+          absl::StrCat("cgroup ", relative, ": cannot list ", dir.string(), ": ", ec.message()));
+    }
+    // Directory order is arbitrary; the result should not be.
+    std::sort(children.begin(), children.end());
+    for (const std::string& child : children) {
+      std::string child_relative = relative.empty() ? child : absl::StrCat(relative, "/", child);
+      Visit(dir / child, child_relative);
+      Walk(dir / child, child_relative, depth + 1);
+    }
+  }
+
+  std::vector<RegisteredWorkload> Take() { return std::move(found_); }
+
+ private:
+  void Visit(const std::filesystem::path& dir, const std::string& relative) {
+    for (size_t index = 0; index < config_.workloads.size(); ++index) {
+      const WorkloadConfig& workload = config_.workloads[index];
+      if (!CgroupGlobMatch(workload.cgroup, relative)) continue;
+      // First match wins, even when its ID cannot be made: falling through to
+      // a later workload would hand the cgroup an identity nobody meant.
+      struct stat st {};
+      if (::lstat(dir.c_str(), &st) != 0) {
+        Problem(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
+        return;
+      }
+      auto id = RenderSpiffeId(
+          workload.spiffe_id,
+          TemplateValues{config_.trust_domain, config_.agent.node_name, workload.name, relative});
+      if (!id.ok()) {
+        Problem(absl::StrCat("cgroup ", relative, " (workload ", workload.name,
+                             "): ", id.status().message()));
+        return;
+      }
+      found_.push_back(
+          RegisteredWorkload{index, relative, static_cast<uint64_t>(st.st_ino), *std::move(id)});
+      return;
+    }
+  }
+
+  void Problem(std::string text) {
+    if (problems_ != nullptr) problems_->push_back(std::move(text));
+  }
+
+  const Config& config_;
+  std::vector<std::string>* problems_;
+  std::vector<RegisteredWorkload> found_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config,
+                                                            const std::string& cgroup_root,
+                                                            std::vector<std::string>* problems) {
+  struct stat st {};
+  if (::stat(cgroup_root.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("cgroup root ", cgroup_root, ": ", ErrnoText(errno)));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cgroup root ", cgroup_root, " is not a directory"));
+  }
+  std::error_code ec;
+  std::filesystem::directory_iterator probe(cgroup_root, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cgroup root ", cgroup_root, ": cannot list: ", ec.message()));
+  }
+  CgroupWalker walker(config, problems);
+  walker.Walk(cgroup_root, "", 0);
+  return walker.Take();
+}
+
+}  // namespace ktrust
