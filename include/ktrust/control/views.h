@@ -1,0 +1,170 @@
+// What the agent reports over the control socket and the CLI prints: plain
+// structs with nlohmann to_json/from_json (found by ADL, so
+// `nlohmann::json(view)` and `json.get<StatusView>()` work).
+//
+// Times are unix seconds; 0 means "not known / not yet". from_json takes
+// missing fields as their defaults (an older agent may not send them) but
+// throws nlohmann::json::exception on a mistyped one: use ViewFromJson to get
+// a Status instead.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace ktrust::control {
+
+struct KernelFeatureView {
+  std::string name;  // "btf", "ktls", "sk_lookup", ...
+  bool present = false;
+  std::string detail;  // why not, or which version
+};
+
+struct BpfView {
+  bool attached = false;
+  std::string pin_dir;
+  std::vector<std::string> attachments;  // e.g. "connect4 on /sys/fs/cgroup/unified"
+  int64_t adopted = 0;                   // links kept from a previous agent run
+};
+
+struct ConfigView {
+  std::string path;
+  int64_t generation = 0;  // bumped on each successful (re)load
+  int64_t loaded_at = 0;
+  bool last_reload_ok = true;
+  std::string last_reload_error;
+};
+
+struct CaView {
+  std::string trust_domain;
+  int64_t expires_at = 0;
+};
+
+struct CountsView {
+  int64_t connections_active = 0;
+  int64_t connections_total = 0;
+  int64_t handshakes_failed = 0;
+  int64_t denied = 0;
+  int64_t workloads = 0;
+};
+
+// Method "status".
+struct StatusView {
+  std::string version;  // ktrustd's
+  std::string node;
+  int64_t started = 0;
+  std::string data_path;  // "ktls-sw" or "userspace"
+  std::string data_path_reason;
+  std::vector<KernelFeatureView> kernel_features;
+  BpfView bpf;
+  ConfigView config;
+  CaView ca;
+  int64_t bundle_expires_at = 0;
+  CountsView counts;
+  bool ready = false;
+  std::string not_ready_reason;
+};
+
+// One element of method "connections".
+struct ConnectionView {
+  uint64_t id = 0;
+  std::string direction;  // "outbound" or "inbound"
+  std::string workload;
+  std::string local_id;  // our SPIFFE ID
+  std::string peer_id;   // the verified peer's SPIFFE ID, empty before the handshake
+  std::string app_address;
+  std::string wire_local;
+  std::string wire_peer;
+  std::string tls_version;
+  std::string cipher;
+  std::string data_path;
+  std::string state;
+  uint64_t bytes_to_wire = 0;
+  uint64_t bytes_from_wire = 0;
+  double age_seconds = 0;
+};
+
+// One element of method "workloads".
+struct WorkloadView {
+  std::string name;
+  std::string cgroup;
+  uint64_t cgroup_id = 0;
+  std::string spiffe_id;
+  std::string mode;  // "enforce" or "permissive"
+  std::vector<uint16_t> ports;
+  int64_t svid_expires_at = 0;  // 0: no SVID issued yet
+};
+
+// Method "policy.check".
+struct PolicyCheckView {
+  bool allowed = false;
+  std::string reason;
+  std::string rule;  // where the deciding rule is written, e.g. "policy.yaml:12"; may be empty
+};
+
+// One element of method "denials".
+struct DenialView {
+  double time = 0;        // unix seconds
+  std::string direction;  // "outbound" or "inbound"
+  std::string workload;
+  std::string peer_id;
+  std::string peer_address;
+  std::string local_address;
+  uint16_t port = 0;
+  std::string result;  // stable code: "handshake_failed", "denied", "plaintext_client", ...
+  std::string reason;  // words
+};
+
+// The results of the list methods: {"connections": [...]} and so on.
+struct ConnectionListView {
+  std::vector<ConnectionView> connections;
+};
+struct WorkloadListView {
+  std::vector<WorkloadView> workloads;
+};
+struct DenialListView {
+  std::vector<DenialView> denials;
+};
+
+#define KTRUST_CONTROL_VIEW_JSON(View)            \
+  void to_json(nlohmann::json& j, const View& v); \
+  void from_json(const nlohmann::json& j, View& v);
+KTRUST_CONTROL_VIEW_JSON(KernelFeatureView)
+KTRUST_CONTROL_VIEW_JSON(BpfView)
+KTRUST_CONTROL_VIEW_JSON(ConfigView)
+KTRUST_CONTROL_VIEW_JSON(CaView)
+KTRUST_CONTROL_VIEW_JSON(CountsView)
+KTRUST_CONTROL_VIEW_JSON(StatusView)
+KTRUST_CONTROL_VIEW_JSON(ConnectionView)
+KTRUST_CONTROL_VIEW_JSON(WorkloadView)
+KTRUST_CONTROL_VIEW_JSON(PolicyCheckView)
+KTRUST_CONTROL_VIEW_JSON(DenialView)
+KTRUST_CONTROL_VIEW_JSON(ConnectionListView)
+KTRUST_CONTROL_VIEW_JSON(WorkloadListView)
+KTRUST_CONTROL_VIEW_JSON(DenialListView)
+#undef KTRUST_CONTROL_VIEW_JSON
+
+// from_json reports a mistyped field as this, naming the field ("bpf.adopted").
+struct MistypedField : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// A view from a result, with a mistyped field as an InvalidArgument error.
+template <typename View>
+absl::StatusOr<View> ViewFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("the result is not a JSON object");
+  try {
+    return j.get<View>();
+  } catch (const MistypedField& e) {
+    return absl::InvalidArgumentError(absl::StrCat("field \"", e.what(), "\" has the wrong type"));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected result: ", e.what()));
+  }
+}
+
+}  // namespace ktrust::control
