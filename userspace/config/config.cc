@@ -42,9 +42,9 @@ std::string Describe(const YAML::Node& node) {
     case YAML::NodeType::Scalar:
       return absl::StrCat("\"", absl::CHexEscape(node.Scalar()), "\"");
     case YAML::NodeType::Sequence:
-      return "a list";
+      return node.size() == 0 ? "an empty list" : "a list";
     case YAML::NodeType::Map:
-      return "a mapping";
+      return node.size() == 0 ? "an empty mapping" : "a mapping";
     default:
       return "nothing";
   }
@@ -106,6 +106,17 @@ class Parser {
                   absl::StrCat("expected ", expected, ", got nothing"));
     }
     return Expected(field.value, path, expected);
+  }
+
+  // As Expected, with the reason a value that looks right is not.
+  absl::Status ExpectedBecause(const Field& field, absl::string_view path,
+                               absl::string_view expected, absl::string_view why) const {
+    return ExpectedBecause(field.value, path, expected, why);
+  }
+  absl::Status ExpectedBecause(const YAML::Node& node, absl::string_view path,
+                               absl::string_view expected, absl::string_view why) const {
+    return Fail(node.Mark(), path,
+                absl::StrCat("expected ", expected, ", got ", Describe(node), " (", why, ")"));
   }
 
   absl::Status Missing(const Mapping& map, absl::string_view key,
@@ -244,7 +255,7 @@ class Parser {
     if (!field->value.IsScalar()) return Expected(*field, path, kExpected);
     auto prefix = IpPrefix::Parse(field->value.Scalar());
     if (!prefix.ok()) {
-      return Expected(*field, path, absl::StrCat(kExpected, " (", prefix.status().message(), ")"));
+      return ExpectedBecause(*field, path, kExpected, prefix.status().message());
     }
     return prefix;
   }
@@ -256,7 +267,7 @@ class Parser {
     if (!node.IsScalar()) return Expected(node, path, kExpected);
     auto pattern = SpiffeIdPattern::Parse(node.Scalar());
     if (!pattern.ok()) {
-      return Expected(node, path, absl::StrCat(kExpected, "; ", pattern.status().message()));
+      return ExpectedBecause(node, path, kExpected, pattern.status().message());
     }
     out->emplace(*std::move(pattern));
     return absl::OkStatus();
@@ -350,8 +361,7 @@ class ConfigReader {
     if (!field->value.IsScalar()) return p_.Expected(*field, "trust_domain", kExpected);
     auto td = TrustDomain::Parse(field->value.Scalar());
     if (!td.ok()) {
-      return p_.Expected(*field, "trust_domain",
-                         absl::StrCat(kExpected, " (", td.status().message(), ")"));
+      return p_.ExpectedBecause(*field, "trust_domain", kExpected, td.status().message());
     }
     config->trust_domain = td->name();
     return absl::OkStatus();
@@ -586,7 +596,7 @@ class ConfigReader {
     if (!field->value.IsScalar()) return p_.Expected(*field, path, kExpected);
     const std::string& tmpl = field->value.Scalar();
     if (auto st = config_internal::CheckTemplate(tmpl); !st.ok()) {
-      return p_.Expected(*field, path, absl::StrCat(kExpected, "; ", st.message()));
+      return p_.ExpectedBecause(*field, path, kExpected, st.message());
     }
     // Render once with this workload's values and a cgroup the glob could
     // match, so a template that can never give a valid ID is caught now,
@@ -598,11 +608,12 @@ class ConfigReader {
         TemplateValues{config.trust_domain, config.agent.node_name, workload.name, sample_cgroup},
         &sample_unit);
     if (!id.ok()) {
-      return p_.Expected(*field, path,
-                         absl::StrCat("a template giving a workload SPIFFE ID in trust domain ",
-                                      config.trust_domain, " (with name ", workload.name, ", node ",
-                                      config.agent.node_name, ", cgroup ", sample_cgroup, ": ",
-                                      id.status().message(), ")"));
+      return p_.ExpectedBecause(
+          *field, path,
+          absl::StrCat("a template giving a workload SPIFFE ID in trust domain ",
+                       config.trust_domain),
+          absl::StrCat("with name ", workload.name, ", node ", config.agent.node_name, ", cgroup ",
+                       sample_cgroup, ": ", id.status().message()));
     }
     *out = tmpl;
     return absl::OkStatus();

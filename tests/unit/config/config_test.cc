@@ -1,0 +1,363 @@
+#include "ktrust/config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktrust {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// Two lines every malformed case builds on, so line numbers start at 3.
+constexpr absl::string_view kHeader = "version: 1\ntrust_domain: example.org\n";
+
+absl::StatusOr<Config> Parse(absl::string_view body) {
+  return ParseConfig(absl::StrCat(kHeader, body), "t.yaml");
+}
+
+TEST(ConfigTest, MinimalConfigTakesTheDefaults) {
+  auto config = ParseConfig("version: 1\ntrust_domain: example.org\n", "min.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->source_path, "min.yaml");
+  EXPECT_EQ(config->trust_domain, "example.org");
+  EXPECT_EQ(config->identity.source, IdentityConfig::Source::kEmbeddedCa);
+  EXPECT_EQ(config->identity.svid_ttl, absl::Hours(1));
+  EXPECT_TRUE(config->workloads.empty());
+  EXPECT_TRUE(config->policy.empty());
+  EXPECT_EQ(config->agent.outbound_port, 15001);
+  EXPECT_EQ(config->agent.inbound_port, 15006);
+  EXPECT_EQ(config->agent.log_format, "json");
+  EXPECT_FALSE(config->agent.node_name.empty()) << "defaults to the host name";
+}
+
+TEST(ConfigTest, TrustDomainMayBeWrittenAsItsId) {
+  auto config = ParseConfig("version: 1\ntrust_domain: spiffe://example.org\n", "t.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->trust_domain, "example.org");
+}
+
+TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
+  auto config = Parse(
+      "workloads:\n"
+      "  - name: web\n"
+      "    cgroup: system.slice/nginx.service\n"
+      "    spiffe_id: spiffe://{trust_domain}/{unit}\n"
+      "    mode: permissive\n"
+      "    ports: [8080, 8443]\n"
+      "mesh:\n"
+      "  destinations:\n"
+      "    - cidr: 10.0.0.0/8\n"
+      "      ports: [443, \"8000-8999\"]\n"
+      "  bypass:\n"
+      "    - cidr: 10.0.0.53\n"
+      "expected_servers:\n"
+      "  - cidr: fd00::/8\n"
+      "    spiffe_id: spiffe://example.org/db/*\n"
+      "policy:\n"
+      "  - to: web\n"
+      "    ports: [8080]\n"
+      "    from: [spiffe://example.org/client]\n"
+      "  - to: spiffe://example.org/ns/*\n"
+      "    from:\n"
+      "      - spiffe://example.org/admin\n"
+      "agent:\n"
+      "  node_name: n1\n"
+      "  socket_mark: 0x10\n"
+      "  metrics_address: \"\"\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->workloads.size(), 1u);
+  const WorkloadConfig& web = config->workloads[0];
+  EXPECT_EQ(web.name, "web");
+  EXPECT_EQ(web.cgroup, "system.slice/nginx.service");
+  EXPECT_EQ(web.spiffe_id, "spiffe://{trust_domain}/{unit}");
+  EXPECT_EQ(web.mode, WorkloadMode::kPermissive);
+  EXPECT_THAT(web.ports, ::testing::ElementsAre(8080, 8443));
+
+  ASSERT_EQ(config->mesh.size(), 1u);
+  EXPECT_EQ(config->mesh[0].prefix.ToString(), "10.0.0.0/8");
+  ASSERT_EQ(config->mesh[0].ports.size(), 2u);
+  EXPECT_EQ(config->mesh[0].ports[1].first, 8000);
+  EXPECT_EQ(config->mesh[0].ports[1].last, 8999);
+  ASSERT_EQ(config->bypass.size(), 1u);
+  EXPECT_EQ(config->bypass[0].prefix.ToString(), "10.0.0.53/32");
+  EXPECT_TRUE(config->bypass[0].ports.empty()) << "absent ports: every port";
+
+  ASSERT_EQ(config->expected_servers.size(), 1u);
+  EXPECT_EQ(config->expected_servers[0].server.ToString(), "spiffe://example.org/db/*");
+
+  ASSERT_EQ(config->policy.size(), 2u);
+  EXPECT_EQ(config->policy[0].to_workload, "web");
+  EXPECT_FALSE(config->policy[0].to_id.has_value());
+  EXPECT_EQ(config->policy[0].origin, "t.yaml:19");
+  EXPECT_EQ(config->policy[1].to_id->ToString(), "spiffe://example.org/ns/*");
+  EXPECT_EQ(config->policy[1].origin, "t.yaml:22");
+  EXPECT_TRUE(config->policy[1].ports.empty());
+
+  EXPECT_EQ(config->agent.node_name, "n1");
+  EXPECT_EQ(config->agent.socket_mark, 0x10u);
+  EXPECT_EQ(config->agent.metrics_address, "");
+}
+
+TEST(ConfigTest, WorkloadModeNamesRoundTrip) {
+  for (WorkloadMode mode :
+       {WorkloadMode::kEnforce, WorkloadMode::kPermissive, WorkloadMode::kOff}) {
+    auto parsed = ParseWorkloadMode(WorkloadModeName(mode));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, mode);
+  }
+  EXPECT_EQ(WorkloadModeName(WorkloadMode::kOff), "off");
+  EXPECT_FALSE(ParseWorkloadMode("Enforce").ok());
+}
+
+TEST(ConfigTest, DocumentedExampleParses) {
+  auto config = LoadConfig(KTRUST_DOCS_DIR "/examples/ktrustd.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->trust_domain, "example.org");
+  EXPECT_EQ(config->workloads.size(), 3u);
+  EXPECT_EQ(config->policy.size(), 3u);
+  EXPECT_EQ(config->agent.node_name, "web-1");
+  EXPECT_EQ(config->agent.socket_mark, 0x6b74u);
+  EXPECT_THAT(config->policy[0].origin, HasSubstr("ktrustd.yaml:"));
+}
+
+TEST(ConfigTest, BareMetalExampleEnrolsTwoSystemdServices) {
+  auto config = LoadConfig(KTRUST_DOCS_DIR "/examples/bare-metal.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->workloads.size(), 2u);
+  EXPECT_EQ(config->workloads[0].cgroup, "system.slice/nginx.service");
+  EXPECT_EQ(config->workloads[1].cgroup, "system.slice/report-worker.service");
+}
+
+TEST(ConfigTest, LoadConfigNamesAMissingFile) {
+  auto config = LoadConfig("/nonexistent/ktrustd.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr("/nonexistent/ktrustd.yaml"));
+}
+
+TEST(ConfigTest, LoadConfigReportsTheRealPath) {
+  std::string path = ::testing::TempDir() + "/config_test_bad.yaml";
+  std::ofstream(path) << "version: 1\ntrust_domain: example.org\nagent:\n  log_level: loud\n";
+  auto config = LoadConfig(path);
+  std::remove(path.c_str());
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()),
+              StartsWith(path + ":4:14: agent.log_level: expected"));
+}
+
+TEST(ConfigTest, NeverThrowsOnHostileInput) {
+  for (absl::string_view text :
+       {"", "\t", "[", "{a: b", "&a [*a]", "!!binary x",
+        "version: &v 1\ntrust_domain: a\nagent: *v", "? [a]\n: b", "- - - -",
+        "version: 1\ntrust_domain: example.org\nworkloads: [[[]]]"}) {
+    auto config = ParseConfig(text, "h.yaml");
+    EXPECT_FALSE(config.ok()) << text;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << config.status();
+    EXPECT_THAT(std::string(config.status().message()), StartsWith("h.yaml:")) << text;
+  }
+}
+
+struct Malformed {
+  const char* name;
+  std::string yaml;  // appended to kHeader unless `whole` is set
+  // The message's beginning: "t.yaml:<line>:<col>: <path>: "
+  const char* location;
+  const char* says;
+  bool whole = false;
+};
+
+void PrintTo(const Malformed& m, std::ostream* os) { *os << m.name; }
+
+class MalformedConfigTest : public ::testing::TestWithParam<Malformed> {};
+
+TEST_P(MalformedConfigTest, NamesFileLineColumnAndKeyPath) {
+  const Malformed& m = GetParam();
+  auto config = m.whole ? ParseConfig(m.yaml, "t.yaml") : Parse(m.yaml);
+  ASSERT_FALSE(config.ok()) << m.name;
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(config.status().message()), StartsWith(m.location));
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr(m.says));
+  // One message, one line: it goes into a log and a terminal.
+  EXPECT_EQ(config.status().message().find('\n'), absl::string_view::npos);
+}
+
+const std::string kWeb =
+    "workloads:\n"                                       // 3
+    "  - name: web\n"                                    // 4
+    "    cgroup: system.slice/web.service\n"             // 5
+    "    spiffe_id: spiffe://{trust_domain}/w/{name}\n"  // 6
+    "    ports: [8080]\n";                               // 7
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, MalformedConfigTest,
+    ::testing::Values(
+        Malformed{"YamlSyntax", "version: 1\ntrust_domain: [a, b\nagent: {}\n",
+                  "t.yaml:3:", "YAML syntax error: end of sequence flow not found", true},
+        Malformed{"YamlBadIndent", "version: 1\ntrust_domain: example.org\n  agent: 2\n",
+                  "t.yaml:3:", "YAML syntax error", true},
+        Malformed{"MissingVersion", "trust_domain: example.org\n",
+                  "t.yaml:1:1: version: ", "expected 1, got nothing (the key is required)", true},
+        Malformed{"WrongVersion", "version: 2\ntrust_domain: example.org\n",
+                  "t.yaml:1:10: version: ", "got \"2\"", true},
+        Malformed{"EmptyDocument", "", "t.yaml:1:1: document: ", "expected a mapping", true},
+        Malformed{"TopLevelList", "- version: 1\n", "t.yaml:1:1: document: ",
+                  "expected a mapping with the keys version, trust_domain", true},
+        Malformed{"MissingTrustDomain", "version: 1\n",
+                  "t.yaml:1:1: trust_domain: ", "got nothing (the key is required)", true},
+        Malformed{"BadTrustDomain", "version: 1\ntrust_domain: Example.org\n",
+                  "t.yaml:2:15: trust_domain: ", "lowercase", true},
+        Malformed{"UnknownTopLevelKey", "trsut_bundles: [/a]\n", "t.yaml:3:1: trsut_bundles: ",
+                  "unknown key; expected one of version, trust_domain, identity, trust_bundles"},
+        Malformed{
+            "UnknownWorkloadKey", "workloads:\n  - name: web\n    mdoe: enforce\n",
+            "t.yaml:5:5: workloads[0].mdoe: ",
+            "unknown key; expected one of name, cgroup, spiffe_id, mode, ports, got \"mdoe\""},
+        Malformed{
+            "RepeatedKey", "agent:\n  log_level: debug\n  log_level: info\n",
+            "t.yaml:5:3: agent.log_level: ", "a second \"log_level\" (the first is on line 4)"},
+        Malformed{"WorkloadsNotAList", "workloads: {}\n",
+                  "t.yaml:3:12: workloads: ", "expected a list of workloads, got an empty mapping"},
+        Malformed{"WorkloadNotAMapping", "workloads: [web]\n", "t.yaml:3:13: workloads[0]: ",
+                  "expected a mapping with the keys name, cgroup, spiffe_id, mode, ports, got "
+                  "\"web\""},
+        Malformed{"BadMode", kWeb + "    mode: strict\n", "t.yaml:8:11: workloads[0].mode: ",
+                  "expected one of enforce, permissive, off, got \"strict\""},
+        Malformed{"EmptyMode", kWeb + "    mode:\n",
+                  "t.yaml:8:5: workloads[0].mode: ", "got nothing"},
+        Malformed{
+            "PortTooLarge",
+            "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
+            "    ports: [8080, 70000]\n",
+            "t.yaml:7:19: workloads[0].ports[1]: ",
+            "expected a port number 1-65535, got \"70000\""},
+        Malformed{
+            "PortZero",
+            "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
+            "    ports: [0]\n",
+            "t.yaml:7:13: workloads[0].ports[0]: ", "got \"0\""},
+        Malformed{"PortNegative",
+                  "mesh:\n  destinations:\n    - cidr: 10.0.0.0/8\n      ports: [-1]\n",
+                  "t.yaml:6:15: mesh.destinations[0].ports[0]: ",
+                  "expected a port 1-65535 or a range \"first-last\", got \"-1\""},
+        Malformed{
+            "PortRangeBackwards",
+            "mesh:\n  destinations:\n    - cidr: 10.0.0.0/8\n      ports: [443, \"9000-8000\"]\n",
+            "t.yaml:6:20: mesh.destinations[0].ports[1]: ",
+            "expected a range whose first port is not above its last, got \"9000-8000\""},
+        Malformed{"PortRangeOpen",
+                  "mesh:\n  bypass:\n    - cidr: 10.0.0.0/8\n      ports: [\"9000-\"]\n",
+                  "t.yaml:6:15: mesh.bypass[0].ports[0]: ", "got \"9000-\""},
+        Malformed{"EmptyPortList", "mesh:\n  bypass:\n    - cidr: 10.0.0.0/8\n      ports: []\n",
+                  "t.yaml:6:14: mesh.bypass[0].ports: ", "leave `ports` out for every port"},
+        Malformed{"CidrWithHostBits", "mesh:\n  destinations:\n    - cidr: 10.0.0.1/8\n",
+                  "t.yaml:5:13: mesh.destinations[0].cidr: ", "host bits are set"},
+        Malformed{"CidrMissing", "mesh:\n  destinations:\n    - ports: [80]\n",
+                  "t.yaml:5:7: mesh.destinations[0].cidr: ", "the key is required"},
+        Malformed{"DuplicateWorkload",
+                  kWeb + "  - name: web\n    cgroup: b\n    spiffe_id: spiffe://{trust_domain}/b\n",
+                  "t.yaml:8:11: workloads[1].name: ",
+                  "expected a name no other workload has (workloads[0] is \"web\" already)"},
+        Malformed{
+            "WorkloadNameCharset",
+            "workloads:\n  - name: Web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n",
+            "t.yaml:4:11: workloads[0].name: ", "lowercase letters, digits"},
+        Malformed{"WorkloadWithoutCgroup",
+                  "workloads:\n  - name: web\n    spiffe_id: spiffe://{trust_domain}/w\n",
+                  "t.yaml:4:5: workloads[0].cgroup: ", "the key is required"},
+        Malformed{"AbsoluteCgroupGlob",
+                  "workloads:\n  - name: web\n    cgroup: /system.slice/a.service\n"
+                  "    spiffe_id: spiffe://{trust_domain}/w\n",
+                  "t.yaml:5:13: workloads[0].cgroup: ", "no leading or trailing '/'"},
+        Malformed{"PortOfTwoWorkloads",
+                  kWeb + "  - name: api\n    cgroup: b\n    spiffe_id: spiffe://{trust_domain}/b\n"
+                         "    ports: [9090, 8080]\n",
+                  "t.yaml:11:19: workloads[1].ports[1]: ",
+                  "a port no other workload enforces (workloads[0].ports[0] has 8080 already)"},
+        Malformed{"OffWorkloadWithPorts", kWeb + "    mode: off\n",
+                  "t.yaml:7:12: workloads[0].ports: ", "no ports for a workload whose mode is off"},
+        Malformed{"UnknownPlaceholder",
+                  "workloads:\n  - name: web\n    cgroup: a\n"
+                  "    spiffe_id: spiffe://{trust_domain}/{namespace}/{name}\n",
+                  "t.yaml:6:16: workloads[0].spiffe_id: ",
+                  "unknown placeholder {namespace} (known: {trust_domain}, {node}, {name}, {unit}, "
+                  "{cgroup})"},
+        Malformed{"UnterminatedPlaceholder",
+                  "workloads:\n  - name: web\n    cgroup: a\n"
+                  "    spiffe_id: \"spiffe://{trust_domain}/{name\"\n",
+                  "t.yaml:6:16: workloads[0].spiffe_id: ", "has no closing '}'"},
+        Malformed{"TemplateInAnotherTrustDomain",
+                  "workloads:\n  - name: web\n    cgroup: a\n"
+                  "    spiffe_id: spiffe://other.org/{name}\n",
+                  "t.yaml:6:16: workloads[0].spiffe_id: ",
+                  "spiffe://other.org/web, outside trust domain example.org"},
+        Malformed{"TemplateWithoutPath",
+                  "workloads:\n  - name: web\n    cgroup: a\n"
+                  "    spiffe_id: spiffe://{trust_domain}\n",
+                  "t.yaml:6:16: workloads[0].spiffe_id: ", "needs a path"},
+        Malformed{"TemplateCgroupWithBadCharacters",
+                  "workloads:\n  - name: web\n    cgroup: user.slice/user@1000.service\n"
+                  "    spiffe_id: spiffe://{trust_domain}/{cgroup}\n",
+                  "t.yaml:6:16: workloads[0].spiffe_id: ", "'@' is not allowed in the path"},
+        Malformed{
+            "UnknownWorkloadInPolicy",
+            kWeb + "policy:\n  - to: wbe\n    from: [spiffe://example.org/c]\n",
+            "t.yaml:9:9: policy[0].to: ",
+            "expected the name of a workload in `workloads` (web) or a spiffe:// pattern, got "
+            "\"wbe\""},
+        Malformed{
+            "BadFromPattern",
+            kWeb + "policy:\n  - to: web\n    from:\n      - spiffe://example.org/c\n"
+                   "      - spiffe://example.org/ns*\n",
+            "t.yaml:12:9: policy[0].from[1]: ", "'*' is only allowed as a whole last segment"},
+        Malformed{"BadToPattern",
+                  "policy:\n  - to: spiffe://Example.org/x\n    from: [spiffe://example.org/c]\n",
+                  "t.yaml:4:9: policy[0].to: ", "lowercase"},
+        Malformed{"PolicyWithoutFrom", kWeb + "policy:\n  - to: web\n    ports: [8080]\n",
+                  "t.yaml:9:5: policy[0].from: ", "the key is required"},
+        Malformed{"PolicyFromNotAList",
+                  kWeb + "policy:\n  - to: web\n    from: spiffe://example.org/c\n",
+                  "t.yaml:10:11: policy[0].from: ", "expected a non-empty list"},
+        Malformed{"ExpectedServerWithoutId", "expected_servers:\n  - cidr: 10.0.0.0/8\n",
+                  "t.yaml:4:5: expected_servers[0].spiffe_id: ", "the key is required"},
+        Malformed{"SvidTtlTooShort", "identity:\n  svid_ttl: 30s\n",
+                  "t.yaml:4:13: identity.svid_ttl: ", "between 1m and 24h"},
+        Malformed{"SvidTtlTooLong", "identity:\n  svid_ttl: 25h\n",
+                  "t.yaml:4:13: identity.svid_ttl: ", "got \"25h\""},
+        Malformed{"SvidTtlNotADuration", "identity:\n  svid_ttl: an hour\n",
+                  "t.yaml:4:13: identity.svid_ttl: ", "got \"an hour\""},
+        Malformed{"SvidFilesWithoutDir", "identity:\n  source: svid_files\n",
+                  "t.yaml:4:3: identity.svid_dir: ", "source is svid_files"},
+        Malformed{"BadIdentitySource", "identity:\n  source: spire\n",
+                  "t.yaml:4:11: identity.source: ", "expected one of embedded_ca, svid_files"},
+        Malformed{"RelativeCaDir", "identity:\n  ca_dir: ca\n",
+                  "t.yaml:4:11: identity.ca_dir: ", "expected an absolute path, got \"ca\""},
+        Malformed{"UpstreamSourceNotAnAddress", "agent:\n  upstream_source: localhost\n",
+                  "t.yaml:4:20: agent.upstream_source: ", "an IPv4 or IPv6 address"},
+        Malformed{"BadMetricsAddress", "agent:\n  metrics_address: 9464\n",
+                  "t.yaml:4:20: agent.metrics_address: ", "127.0.0.1:9464"},
+        Malformed{"BadLogLevel", "agent:\n  log_level: verbose\n", "t.yaml:4:14: agent.log_level: ",
+                  "expected one of trace, debug, info, warn, error, got \"verbose\""},
+        Malformed{"BadSocketMark", "agent:\n  socket_mark: 0xzz\n",
+                  "t.yaml:4:16: agent.socket_mark: ", "a 32-bit mark"},
+        Malformed{
+            "WorkloadPortIsOutboundPort",
+            "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
+            "    ports: [15001]\n",
+            "t.yaml:7:13: workloads[0].ports[0]: ", "the agent's outbound port 15001"},
+        Malformed{"InboundListenersCoverOutboundPort",
+                  "agent:\n  inbound_port: 15000\n" + kWeb.substr(0) +
+                      "  - name: api\n    cgroup: b\n    spiffe_id: spiffe://{trust_domain}/b\n"
+                      "    ports: [9090]\n",
+                  "t.yaml:5:1: workloads: ", "to leave out agent.outbound_port, got 15001"},
+        Malformed{"KeyNotAScalar", "agent:\n  [a]: 1\n", "t.yaml:4:3: agent: ", "a key name"}),
+    [](const ::testing::TestParamInfo<Malformed>& case_info) {
+      return std::string(case_info.param.name);
+    });
+
+}  // namespace
+}  // namespace ktrust
