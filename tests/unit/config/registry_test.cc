@@ -1,0 +1,261 @@
+#include "ktrust/config/registry.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace ktrust {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct GlobCase {
+  const char* glob;
+  const char* path;
+  bool matches;
+};
+
+class CgroupGlobTest : public ::testing::TestWithParam<GlobCase> {};
+
+TEST_P(CgroupGlobTest, Matches) {
+  EXPECT_EQ(CgroupGlobMatch(GetParam().glob, GetParam().path), GetParam().matches)
+      << GetParam().glob << " vs " << GetParam().path;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, CgroupGlobTest,
+    ::testing::Values(
+        GlobCase{"system.slice/nginx.service", "system.slice/nginx.service", true},
+        GlobCase{"system.slice/nginx.service", "system.slice/nginx.service/sub", false},
+        GlobCase{"system.slice/nginx.service", "system.slice/nginxXservice", false},
+        GlobCase{"system.slice/*.service", "system.slice/nginx.service", true},
+        GlobCase{"system.slice/*.service", "system.slice/.service", true},
+        GlobCase{"system.slice/*.service", "system.slice/a/b.service",
+                 false},  // '*' stays in one segment
+        GlobCase{"system.slice/*", "system.slice", false}, GlobCase{"*", "system.slice", true},
+        GlobCase{"*", "system.slice/a", false}, GlobCase{"**", "system.slice/a/b", true},
+        GlobCase{"system.slice/**", "system.slice/a/b.service", true},
+        GlobCase{"system.slice/**", "system.slice", false},
+        GlobCase{"kubepods.slice/**/cri-containerd-*.scope",
+                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+                 "cri-containerd-abc.scope",
+                 true},
+        GlobCase{"kubepods.slice/**/cri-containerd-*.scope",
+                 "kubepods.slice/cri-containerd-abc.scope/x", false},
+        GlobCase{"kubepods.slice/*/pod*", "kubepods.slice/burstable/pod123", true},
+        GlobCase{"kubepods.slice/*/pod*", "kubepods.slice/burstable/x/pod123", false},
+        GlobCase{"a?c", "abc", true}, GlobCase{"a?c", "a/c", false}, GlobCase{"a?c", "ac", false},
+        // '[', '\', '@' and '.' are literal: cgroup names are full of them.
+        GlobCase{"user.slice/user@1000.service", "user.slice/user@1000.service", true},
+        GlobCase{"system.slice/foo\\x2dbar.service", "system.slice/foo\\x2dbar.service", true},
+        GlobCase{"system.slice/foo\\x2dbar.service", "system.slice/foo-bar.service", false},
+        GlobCase{"[ab]", "a", false}, GlobCase{"[ab]", "[ab]", true},
+        // No exponential backtracking on many stars.
+        GlobCase{"*a*a*a*a*a*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false},
+        GlobCase{"", "", true}, GlobCase{"", "a", false}));
+
+TEST(SystemdUnitTest, DeepestServiceOrScope) {
+  EXPECT_EQ(*SystemdUnitOf("system.slice/nginx.service"), "nginx");
+  EXPECT_EQ(*SystemdUnitOf("system.slice/nginx.service/worker"), "nginx");
+  EXPECT_EQ(*SystemdUnitOf("user.slice/user-1000.slice/user@1000.service/app.slice/"
+                           "app-gnome-firefox-1234.scope"),
+            "app-gnome-firefox-1234");
+  EXPECT_EQ(*SystemdUnitOf("system.slice/foo\\x2dbar.service"), "foo\\x2dbar")
+      << "systemd's escapes are kept as they are";
+}
+
+TEST(SystemdUnitTest, NoUnit) {
+  for (const char* path : {"system.slice", "kubepods.slice/pod1/abc", "a/.service", "a.socket"}) {
+    auto unit = SystemdUnitOf(path);
+    ASSERT_FALSE(unit.ok()) << path;
+    EXPECT_THAT(unit.status().message(),
+                HasSubstr("is not a systemd unit, but the template uses {unit}"));
+  }
+}
+
+TemplateValues Values(std::string cgroup) {
+  return TemplateValues{"example.org", "node-1", "web", std::move(cgroup)};
+}
+
+TEST(RenderSpiffeIdTest, FillsEveryPlaceholder) {
+  auto id = RenderSpiffeId("spiffe://{trust_domain}/node/{node}/{name}/{unit}",
+                           Values("system.slice/nginx.service"));
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->ToString(), "spiffe://example.org/node/node-1/web/nginx");
+
+  auto by_cgroup = RenderSpiffeId("spiffe://{trust_domain}/cg/{cgroup}",
+                                  Values("kubepods.slice/pod-1/cri-containerd-abc.scope"));
+  ASSERT_TRUE(by_cgroup.ok()) << by_cgroup.status();
+  EXPECT_EQ(by_cgroup->path(), "/cg/kubepods.slice/pod-1/cri-containerd-abc.scope");
+}
+
+TEST(RenderSpiffeIdTest, UnitOnlyNeededWhenUsed) {
+  EXPECT_TRUE(RenderSpiffeId("spiffe://{trust_domain}/{name}", Values("kubepods.slice/x")).ok());
+  auto id = RenderSpiffeId("spiffe://{trust_domain}/{unit}", Values("kubepods.slice/x"));
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().message(),
+            "cgroup kubepods.slice/x is not a systemd unit, but the template uses {unit}");
+}
+
+TEST(RenderSpiffeIdTest, EscapedUnitNameIsNotAValidIdSegment) {
+  // "foo\x2dbar" stays as systemd wrote it; '\' is not a SPIFFE path character.
+  auto id =
+      RenderSpiffeId("spiffe://{trust_domain}/{unit}", Values("system.slice/foo\\x2dbar.service"));
+  ASSERT_FALSE(id.ok());
+  EXPECT_THAT(id.status().message(), HasSubstr("character '\\' is not allowed in the path"));
+}
+
+TEST(RenderSpiffeIdTest, RefusesBadTemplates) {
+  struct Case {
+    const char* tmpl;
+    const char* says;
+  };
+  for (const Case& c : {
+           Case{"spiffe://{trust_domain}/{namespace}", "unknown placeholder {namespace}"},
+           Case{"spiffe://{trust_domain}/{name", "has no closing '}'"},
+           Case{"spiffe://{trust_domain}/{na{me}", "has no closing '}'"},
+           Case{"spiffe://{trust_domain}/name}", "closes nothing"},
+           Case{"spiffe://other.org/{name}", "outside trust domain example.org"},
+           Case{"spiffe://{name}.{trust_domain}/x", "outside trust domain example.org"},
+           Case{"spiffe://{trust_domain}", "needs a path"},
+           Case{"{trust_domain}/{name}", "scheme"},
+       }) {
+    auto id = RenderSpiffeId(c.tmpl, Values("system.slice/a.service"));
+    ASSERT_FALSE(id.ok()) << c.tmpl;
+    EXPECT_THAT(id.status().message(), HasSubstr(c.says)) << c.tmpl;
+  }
+}
+
+class ScanCgroupsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = std::filesystem::path(::testing::TempDir()) /
+            ("scan_cgroups_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(root_);
+    for (const char* dir :
+         {"system.slice/nginx.service", "system.slice/batch-a.service",
+          "system.slice/batch-b.service/worker", "system.slice/sshd.service",
+          "system.slice/user@1000.service", "kubepods.slice/pod-1/cri-containerd-abc.scope",
+          "elsewhere/target.service"}) {
+      std::filesystem::create_directories(root_ / dir);
+    }
+    // Not cgroups: a file and a symlink to a directory must be ignored.
+    std::ofstream(root_ / "system.slice" / "cgroup.procs") << "1\n";
+    std::filesystem::create_directory_symlink(root_ / "elsewhere",
+                                              root_ / "system.slice" / "linked.service");
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::permissions(root_ / "kubepods.slice", std::filesystem::perms::owner_all, ec);
+    std::filesystem::remove_all(root_, ec);
+  }
+
+  static Config MakeConfig() {
+    Config config;
+    config.trust_domain = "example.org";
+    config.agent.node_name = "node-1";
+    config.workloads = {
+        {"nginx",
+         "system.slice/nginx.service",
+         "spiffe://{trust_domain}/{node}/{unit}",
+         WorkloadMode::kEnforce,
+         {443}},
+        // Listed before the catch-all below: first match wins.
+        {"batch",
+         "system.slice/batch-*.service",
+         "spiffe://{trust_domain}/batch/{unit}",
+         WorkloadMode::kPermissive,
+         {}},
+        {"services",
+         "system.slice/*.service",
+         "spiffe://{trust_domain}/svc/{unit}",
+         WorkloadMode::kEnforce,
+         {}},
+        {"pods",
+         "kubepods.slice/**/*.scope",
+         "spiffe://{trust_domain}/pod/{unit}",
+         WorkloadMode::kEnforce,
+         {}},
+        {"linked",
+         "system.slice/linked.service/**",
+         "spiffe://{trust_domain}/linked",
+         WorkloadMode::kEnforce,
+         {}},
+    };
+    return config;
+  }
+
+  std::filesystem::path root_;
+};
+
+uint64_t InodeOf(const std::filesystem::path& path) {
+  struct stat st {};
+  EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+  return st.st_ino;
+}
+
+TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
+  std::vector<std::string> problems;
+  auto found = ScanCgroups(MakeConfig(), root_.string(), &problems);
+  ASSERT_TRUE(found.ok()) << found.status();
+
+  std::vector<std::string> summary;
+  for (const RegisteredWorkload& w : *found) {
+    summary.push_back(w.cgroup_path + " " + std::to_string(w.workload_index) + " " +
+                      w.id.ToString());
+    EXPECT_EQ(w.cgroup_id, InodeOf(root_ / w.cgroup_path)) << w.cgroup_path;
+  }
+  EXPECT_THAT(summary, ::testing::ElementsAre(
+                           "kubepods.slice/pod-1/cri-containerd-abc.scope 3 "
+                           "spiffe://example.org/pod/cri-containerd-abc",
+                           "system.slice/batch-a.service 1 spiffe://example.org/batch/batch-a",
+                           "system.slice/batch-b.service 1 spiffe://example.org/batch/batch-b",
+                           "system.slice/nginx.service 0 spiffe://example.org/node-1/nginx",
+                           "system.slice/sshd.service 2 spiffe://example.org/svc/sshd"));
+  // user@1000.service matches "services", but '@' cannot be in a SPIFFE ID:
+  // skipped and said so, not given to a later workload.
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_THAT(problems[0], HasSubstr("cgroup system.slice/user@1000.service (workload services)"));
+}
+
+TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkipped) {
+  std::filesystem::permissions(root_ / "kubepods.slice", std::filesystem::perms::none);
+  auto scan_as_unprivileged = [&] {
+    // Root reads every directory: drop to nobody (in a child) to be refused.
+    if (::geteuid() == 0 && ::setresuid(65534, 65534, 65534) != 0) std::_Exit(2);
+    std::vector<std::string> problems;
+    auto found = ScanCgroups(MakeConfig(), root_.string(), &problems);
+    bool as_expected = found.ok() && found->size() == 4 && problems.size() == 2 &&
+                       problems[0].find("cgroup kubepods.slice: cannot list") == 0;
+    if (!as_expected) {
+      std::fprintf(stderr, "status %s, %zu found, problems:\n", found.status().ToString().c_str(),
+                   found.ok() ? found->size() : 0);
+      for (const std::string& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
+    }
+    std::_Exit(as_expected ? 0 : 1);
+  };
+  EXPECT_EXIT(scan_as_unprivileged(), ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(ScanCgroupsTest, MissingRootIsAnError) {
+  auto found = ScanCgroups(MakeConfig(), (root_ / "absent").string());
+  ASSERT_FALSE(found.ok());
+  EXPECT_THAT(found.status().message(), HasSubstr("absent"));
+}
+
+TEST_F(ScanCgroupsTest, NoWorkloadsNoRegistrations) {
+  Config config = MakeConfig();
+  config.workloads.clear();
+  auto found = ScanCgroups(config, root_.string());
+  ASSERT_TRUE(found.ok());
+  EXPECT_TRUE(found->empty());
+}
+
+}  // namespace
+}  // namespace ktrust
