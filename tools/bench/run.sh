@@ -5,18 +5,23 @@
 # tools/bench/README.md.
 #
 #   tools/bench/run.sh [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep] [--vm]
+#   tools/bench/run.sh --connect [--quick] [--out FILE]
 #
 # Every pair: loadgen -> proxy A (plain in, mTLS out as spiffe://bench.local/client)
 #   -> proxy B (mTLS in, client certificate required, plain out) -> loadgen server.
 # Plain: loadgen -> loadgen server. Targets: plain,stunnel,haproxy,ktrust,ktrust-userspace.
 # --vm runs plain,ktrust,ktrust-userspace inside the kTLS VM (tests/vm) with sizes
 # for TCG and reports kTLS / userspace ratios from that one run.
+# --connect measures something else: connect() latency of cgroups the eBPF
+# programs do not intercept, attached vs detached (connect_latency, as root).
 #
 # Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust targets are
 # skipped if it does not exist), KTRUSTD_ARGS (extra flags for every ktrustd;
 # default "--log-level warn", as the peers log only warnings), KTRUST (the CLI),
 # LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8),
-# KTRUST_VM_CACHE (--vm: default /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (--vm: 900).
+# KTRUST_VM_CACHE (--vm: default /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (--vm: 900),
+# CONNECT_LATENCY (--connect: default build/tools/bench/connect_latency),
+# CONNECT_LATENCY_ARGS (--connect: extra arguments, e.g. "--cpu 1 --rounds 40").
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +36,7 @@ PYTHON=/usr/bin/python3
 quick=0
 keep=0
 vm=0        # --vm: this is the host side, which boots the VM and runs the guest side
+connect=0   # --connect: the connect() latency benchmark instead
 in_vm=0     # --vm-guest: this is the guest side (internal; needs KTRUST_VM=1)
 out=""
 runs=""
@@ -47,6 +53,7 @@ while (($#)); do
     --targets) targets=$2; shift ;;
     --keep) keep=1 ;;
     --vm) vm=1 ;;
+    --connect) connect=1 ;;
     --vm-guest) in_vm=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -58,6 +65,30 @@ done
 log() { printf '==> %s\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- --connect
+# connect() of cgroups the programs leave alone, attached vs detached, on this
+# kernel (the VM's TCG timings would mean nothing). See README.md.
+if ((connect)); then
+  ((!vm && !in_vm)) || die "--connect runs on the host kernel only, not with --vm"
+  [[ -z $targets && -z $runs ]] || die "--connect takes no --targets or --runs (see CONNECT_LATENCY_ARGS)"
+  ((EUID == 0)) || die "--connect needs root (bpffs mount, cgroups, BPF programs)"
+  CONNECT_LATENCY="${CONNECT_LATENCY:-$build/tools/bench/connect_latency}"
+  if [[ ! -x $CONNECT_LATENCY ]]; then
+    [[ $CONNECT_LATENCY == "$build/tools/bench/connect_latency" && -f $build/build.ninja ]] ||
+      die "no connect_latency at $CONNECT_LATENCY (set CONNECT_LATENCY=/path/to/it)"
+    log "building connect_latency"
+    ninja -C "$build" connect_latency >/dev/null
+  fi
+  out=${out:-$PWD/ktrust-bench-connect.json}
+  [[ $out = /* ]] || out="$PWD/$out"
+  args=()
+  ((quick)) && args+=(--rounds 6 --connects 1000)
+  # shellcheck disable=SC2206  # word splitting is the point
+  args+=(${CONNECT_LATENCY_ARGS:-} --json "$out")
+  log "$CONNECT_LATENCY ${args[*]}"
+  exec "$CONNECT_LATENCY" "${args[@]}"
+fi
 
 if ((in_vm)); then
   [[ ${KTRUST_VM:-} == 1 && -n ${KTRUST_VM_OUT:-} ]] || die "--vm-guest is run by --vm inside the VM"
