@@ -13,12 +13,16 @@ namespace ktrust::cli {
 // Documented in docs/cli.md.
 enum ExitCode : int {
   kOk = 0,
-  kFailed = 1,  // the operation failed, or (inspect) the certificate does not verify
+  kFailed = 1,  // the operation failed, (inspect) the certificate does not verify, or
+                // (policy check) the connection would be denied
   kUsage = 2,   // bad flags or arguments
 };
 
 void AddCaCommands(CLI::App& app, int& exit_code);
 void AddCertCommands(CLI::App& app, int& exit_code);
+// status, conns, workloads, policy check, denials: they talk to the agent at
+// `socket`, which must outlive the parse (its value is read when a command runs).
+void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket);
 
 // "1h", "90m", "30d": absl durations plus whole days. A lifetime must be
 // positive; an allowance (clock skew) may be zero.

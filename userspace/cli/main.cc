@@ -1,8 +1,10 @@
-// ktrust: the operator's CLI. Today: the embedded CA and certificate inspection.
+// ktrust: the operator's CLI: the embedded CA and certificate inspection
+// offline, and the live agent through its control socket.
 #include <exception>
 #include <iostream>
 
 #include "commands.h"
+#include "ktrust/control/control_client.h"
 
 namespace {
 
@@ -13,6 +15,13 @@ int Run(int argc, char** argv) {
   int exit_code = ktrust::cli::kOk;
   ktrust::cli::AddCaCommands(app, exit_code);
   ktrust::cli::AddCertCommands(app, exit_code);
+  std::string socket = ktrust::control::kDefaultControlSocket;
+  app.add_option("--socket", socket, "The agent's control socket")
+      ->envname("KTRUST_CONTROL_SOCKET")
+      ->capture_default_str();
+  // Accept --socket after the command name too: `ktrust conns --socket X`.
+  app.fallthrough();
+  ktrust::cli::AddAgentCommands(app, exit_code, socket);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --version

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include "absl/strings/str_cat.h"
@@ -20,9 +21,13 @@ absl::Status Unreachable(const std::string& path, int err) {
     case ENOENT:
       why = "no such file (is ktrustd running?)";
       break;
-    case ECONNREFUSED:
-      why = "connection refused (the socket is left over: is ktrustd running?)";
+    case ECONNREFUSED: {
+      struct stat st {};
+      why = ::stat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)
+                ? "not a socket"
+                : "connection refused (the socket is left over: is ktrustd running?)";
       break;
+    }
     case EACCES:
     case EPERM:
       why = "permission denied (run as root or as a member of the agent's control group)";

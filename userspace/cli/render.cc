@@ -1,0 +1,212 @@
+#include "render.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace ktrust::cli {
+
+namespace {
+
+std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
+
+// Display width: UTF-8 continuation bytes take no column.
+size_t Width(const std::string& text) {
+  return static_cast<size_t>(
+      std::count_if(text.begin(), text.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+}
+
+absl::Time FromUnix(double seconds) { return absl::UnixEpoch() + absl::Seconds(seconds); }
+
+std::string YesNo(bool b) { return b ? "yes" : "no"; }
+
+// A block of "label  value" lines with the values aligned; a value with
+// several lines continues under its first.
+std::string RenderFields(const std::vector<std::pair<std::string, std::string>>& fields) {
+  size_t width = 0;
+  for (const auto& [label, unused] : fields) width = std::max(width, Width(label));
+  std::string out;
+  for (const auto& [label, value] : fields) {
+    std::string indent(width + 2, ' ');
+    std::string text = OrDash(value);
+    absl::StrAppend(&out, label, std::string(width + 2 - Width(label), ' '));
+    for (size_t start = 0, line = 0;; ++line) {
+      size_t end = text.find('\n', start);
+      absl::StrAppend(&out, line ? indent : "", text.substr(start, end - start), "\n");
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string RenderTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(header.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      widths[i] = std::max(widths[i], Width(OrDash(row[i])));
+    }
+  };
+  measure(header);
+  for (const auto& row : rows) measure(row);
+  std::string out;
+  auto print = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t i = 0; i < widths.size(); ++i) {
+      std::string cell = OrDash(i < row.size() ? row[i] : "");
+      line += cell;
+      if (i + 1 < widths.size()) line += std::string(widths[i] - Width(cell) + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    absl::StrAppend(&out, line, "\n");
+  };
+  print(header);
+  for (const auto& row : rows) print(row);
+  return out;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  if (bytes < 1024) return absl::StrCat(bytes, " B");
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double value = static_cast<double>(bytes) / 1024;
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.1f %s", value, kUnits[unit]);
+}
+
+std::string HumanAge(double seconds) {
+  int64_t s = seconds > 0 ? static_cast<int64_t>(seconds) : 0;
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  if (s < 86400) return absl::StrFormat("%dh%02dm", s / 3600, s % 3600 / 60);
+  return absl::StrFormat("%dd%02dh", s / 86400, s % 86400 / 3600);
+}
+
+std::string FormatUnixTime(double unix_seconds) {
+  if (unix_seconds == 0) return "-";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", FromUnix(unix_seconds), absl::UTCTimeZone());
+}
+
+std::string FormatExpiry(int64_t unix_seconds, absl::Time now) {
+  if (unix_seconds == 0) return "-";
+  double left = absl::ToDoubleSeconds(FromUnix(static_cast<double>(unix_seconds)) - now);
+  return absl::StrCat(FormatUnixTime(static_cast<double>(unix_seconds)),
+                      left >= 0 ? absl::StrCat(" (in ", HumanAge(left), ")")
+                                : absl::StrCat(" (expired ", HumanAge(-left), " ago)"));
+}
+
+std::string RenderStatus(const control::StatusView& s, absl::Time now) {
+  std::string title = absl::StrCat("ktrustd ", OrDash(s.version), " on ", OrDash(s.node));
+  if (s.started != 0) {
+    double up = absl::ToDoubleSeconds(now - FromUnix(static_cast<double>(s.started)));
+    absl::StrAppend(&title, ", up ", HumanAge(up), " (since ",
+                    FormatUnixTime(static_cast<double>(s.started)), ")");
+  }
+
+  std::vector<std::string> features;
+  for (const auto& f : s.kernel_features) {
+    features.push_back(absl::StrCat(f.name, " ", YesNo(f.present),
+                                    f.detail.empty() ? "" : absl::StrCat(" (", f.detail, ")")));
+  }
+
+  std::string bpf = s.bpf.attached ? "attached" : "not attached";
+  if (!s.bpf.pin_dir.empty()) absl::StrAppend(&bpf, ", pinned at ", s.bpf.pin_dir);
+  if (s.bpf.adopted > 0) absl::StrAppend(&bpf, ", ", s.bpf.adopted, " links adopted");
+  for (const auto& a : s.bpf.attachments) absl::StrAppend(&bpf, "\n", a);
+
+  std::string config = OrDash(s.config.path);
+  if (s.config.generation > 0 || s.config.loaded_at != 0) {
+    absl::StrAppend(&config, ", generation ", s.config.generation, ", loaded ",
+                    FormatUnixTime(static_cast<double>(s.config.loaded_at)));
+  }
+  if (!s.config.last_reload_ok) {
+    absl::StrAppend(&config, "\nlast reload failed: ", OrDash(s.config.last_reload_error));
+  }
+
+  std::string ca = s.ca.trust_domain.empty() && s.ca.expires_at == 0
+                       ? ""
+                       : absl::StrCat(OrDash(s.ca.trust_domain), ", expires ",
+                                      FormatExpiry(s.ca.expires_at, now));
+  std::string bundle = s.bundle_expires_at == 0
+                           ? ""
+                           : absl::StrCat("expires ", FormatExpiry(s.bundle_expires_at, now));
+
+  const auto& c = s.counts;
+  std::string data_path = s.data_path;
+  if (!s.data_path_reason.empty()) absl::StrAppend(&data_path, " (", s.data_path_reason, ")");
+
+  return absl::StrCat(
+      title, "\n",
+      RenderFields({
+          {"ready", s.ready ? "yes" : absl::StrCat("no: ", OrDash(s.not_ready_reason))},
+          {"data path", data_path},
+          {"kernel", absl::StrJoin(features, "\n")},
+          {"bpf", bpf},
+          {"config", config},
+          {"ca", ca},
+          {"bundle", bundle},
+          {"connections",
+           absl::StrCat(c.connections_active, " active, ", c.connections_total, " total, ",
+                        c.handshakes_failed, " failed handshakes, ", c.denied, " denied")},
+          {"workloads", absl::StrCat(c.workloads)},
+      }));
+}
+
+std::string RenderConnections(const std::vector<control::ConnectionView>& connections) {
+  if (connections.empty()) return "no connections\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& c : connections) {
+    rows.push_back({absl::StrCat(c.id), c.direction, c.workload, c.peer_id, c.app_address,
+                    c.wire_peer, c.state, c.data_path, HumanBytes(c.bytes_to_wire),
+                    HumanBytes(c.bytes_from_wire), HumanAge(c.age_seconds)});
+  }
+  return RenderTable({"ID", "DIRECTION", "WORKLOAD", "PEER ID", "APP", "WIRE PEER", "STATE",
+                      "DATA PATH", "SENT", "RECEIVED", "AGE"},
+                     rows);
+}
+
+std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads, absl::Time now) {
+  if (workloads.empty()) return "no workloads\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& w : workloads) {
+    std::string svid = "-";
+    if (w.svid_expires_at != 0) {
+      double left = absl::ToDoubleSeconds(FromUnix(static_cast<double>(w.svid_expires_at)) - now);
+      svid = left >= 0 ? absl::StrCat("expires in ", HumanAge(left))
+                       : absl::StrCat("expired ", HumanAge(-left), " ago");
+    }
+    rows.push_back({w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid});
+  }
+  return RenderTable({"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID"}, rows);
+}
+
+std::string RenderPolicyCheck(const control::PolicyCheckParams& query,
+                              const control::PolicyCheckView& verdict) {
+  return absl::StrCat(verdict.allowed ? "allowed" : "denied", ": ", query.from, " -> ", query.to,
+                      " port ", query.port, "\n",
+                      RenderFields({{"  reason", verdict.reason}, {"  rule", verdict.rule}}));
+}
+
+std::string RenderDenials(const std::vector<control::DenialView>& denials) {
+  if (denials.empty()) return "no denials\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& d : denials) {
+    rows.push_back({FormatUnixTime(d.time), d.direction, d.workload, d.peer_id, d.peer_address,
+                    d.local_address, d.port == 0 ? "" : absl::StrCat(d.port), d.result, d.reason});
+  }
+  return RenderTable(
+      {"TIME", "DIRECTION", "WORKLOAD", "PEER ID", "PEER", "LOCAL", "PORT", "RESULT", "REASON"},
+      rows);
+}
+
+}  // namespace ktrust::cli
