@@ -162,6 +162,22 @@ TEST(ConfigTest, NeverThrowsOnHostileInput) {
   }
 }
 
+TEST(ConfigTest, DeepNestingIsAnErrorNotACrash) {
+  auto config = ParseConfig(std::string(100000, '['), "deep.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()), StartsWith("deep.yaml:"));
+}
+
+TEST(ConfigTest, RangesMayBeUnquoted) {
+  auto config =
+      Parse("mesh:\n  destinations:\n    - cidr: 10.0.0.0/8\n      ports: [8000-8999, 53]\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->mesh[0].ports.size(), 2u);
+  EXPECT_EQ(config->mesh[0].ports[0].first, 8000);
+  EXPECT_EQ(config->mesh[0].ports[0].last, 8999);
+  EXPECT_TRUE(config->mesh[0].ports[1].Contains(53));
+}
+
 struct Malformed {
   const char* name;
   std::string yaml;  // appended to kHeader unless `whole` is set
