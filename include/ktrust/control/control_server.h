@@ -6,7 +6,9 @@
 //   {
 //     return nlohmann::json(BuildStatusView());
 //   };
-//   auto server = control::ControlServer::Start({.path = "/run/ktrust/control.sock"}, handlers);
+//   control::ControlServerOptions options;  // path /run/ktrust/control.sock, root only
+//   options.group = config.control_group;
+//   auto server = control::ControlServer::Start(options, handlers);
 //   if (!server.ok()) return server.status();
 //   ...
 //   (*server)->Stop();  // or let it go out of scope

@@ -1,0 +1,184 @@
+// The CLI's rendering of each view, without an agent.
+#include <gtest/gtest.h>
+
+#include "render.h"
+
+namespace ktrust::cli {
+namespace {
+
+using control::ConnectionView;
+using control::DenialView;
+using control::WorkloadView;
+
+// 2026-01-01T00:00:00Z
+constexpr int64_t kNow = 1767225600;
+absl::Time Now() { return absl::FromUnixSeconds(kNow); }
+
+TEST(RenderTable, AlignsColumnsAndDashesEmptyCells) {
+  EXPECT_EQ(RenderTable({"A", "LONG HEADER", "C"}, {{"wide cell", "", "x"}, {"b", "y", ""}}),
+            "A          LONG HEADER  C\n"
+            "wide cell  -            x\n"
+            "b          y            -\n");
+}
+
+TEST(RenderTable, CountsCharactersNotBytes) {
+  EXPECT_EQ(RenderTable({"N", "X"}, {{"é", "1"}, {"ab", "2"}}),
+            "N   X\n"
+            "é   1\n"
+            "ab  2\n");
+}
+
+TEST(HumanUnits, BytesAndAges) {
+  EXPECT_EQ(HumanBytes(0), "0 B");
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1024), "1.0 KiB");
+  EXPECT_EQ(HumanBytes(1536), "1.5 KiB");
+  EXPECT_EQ(HumanBytes(5ull << 30), "5.0 GiB");
+  EXPECT_EQ(HumanAge(-3), "0s");
+  EXPECT_EQ(HumanAge(42.9), "42s");
+  EXPECT_EQ(HumanAge(252), "4m12s");
+  EXPECT_EQ(HumanAge(7500), "2h05m");
+  EXPECT_EQ(HumanAge(273600), "3d04h");
+  EXPECT_EQ(FormatUnixTime(0), "-");
+  EXPECT_EQ(FormatUnixTime(kNow), "2026-01-01T00:00:00Z");
+  EXPECT_EQ(FormatExpiry(kNow + 2700, Now()), "2026-01-01T00:45:00Z (in 45m00s)");
+  EXPECT_EQ(FormatExpiry(kNow - 180, Now()), "2025-12-31T23:57:00Z (expired 3m00s ago)");
+}
+
+TEST(RenderStatus, ShowsEverySection) {
+  control::StatusView s;
+  s.version = "0.1.0";
+  s.node = "node-a";
+  s.started = kNow - 3720;
+  s.data_path = "userspace";
+  s.data_path_reason = "the kernel has no TLS module";
+  s.kernel_features = {{"btf", true, ""}, {"ktls", false, "TCP_ULP tls: ENOENT"}};
+  s.bpf = {true, "/sys/fs/bpf/ktrust", {"connect4 on /sys/fs/cgroup", "sockops"}, 2};
+  s.config = {"/etc/ktrust/config.yaml", 3, kNow - 60, false, "line 4: unknown key \"mdoe\""};
+  s.ca = {"example.org", kNow + 86400 * 364};
+  s.bundle_expires_at = kNow + 86400 * 364;
+  s.counts = {4, 120, 3, 2, 5};
+  s.ready = false;
+  s.not_ready_reason = "no SVID for web yet";
+  EXPECT_EQ(RenderStatus(s, Now()),
+            "ktrustd 0.1.0 on node-a, up 1h02m (since 2025-12-31T22:58:00Z)\n"
+            "ready        no: no SVID for web yet\n"
+            "data path    userspace (the kernel has no TLS module)\n"
+            "kernel       btf yes\n"
+            "             ktls no (TCP_ULP tls: ENOENT)\n"
+            "bpf          attached, pinned at /sys/fs/bpf/ktrust, 2 links adopted\n"
+            "             connect4 on /sys/fs/cgroup\n"
+            "             sockops\n"
+            "config       /etc/ktrust/config.yaml, generation 3, loaded 2025-12-31T23:59:00Z\n"
+            "             last reload failed: line 4: unknown key \"mdoe\"\n"
+            "ca           example.org, expires 2026-12-31T00:00:00Z (in 364d00h)\n"
+            "bundle       expires 2026-12-31T00:00:00Z (in 364d00h)\n"
+            "connections  4 active, 120 total, 3 failed handshakes, 2 denied\n"
+            "workloads    5\n");
+}
+
+TEST(RenderStatus, AnEmptyStatusPrintsDashes) {
+  control::StatusView s;
+  s.ready = true;
+  EXPECT_EQ(RenderStatus(s, Now()),
+            "ktrustd - on -\n"
+            "ready        yes\n"
+            "data path    -\n"
+            "kernel       -\n"
+            "bpf          not attached\n"
+            "config       -\n"
+            "ca           -\n"
+            "bundle       -\n"
+            "connections  0 active, 0 total, 0 failed handshakes, 0 denied\n"
+            "workloads    0\n");
+}
+
+TEST(RenderConnections, OneRowPerConnection) {
+  ConnectionView out;
+  out.id = 7;
+  out.direction = "outbound";
+  out.workload = "web";
+  out.peer_id = "spiffe://example.org/db";
+  out.app_address = "10.0.0.1:40000";
+  out.wire_peer = "10.0.0.2:15006";
+  out.state = "established";
+  out.data_path = "ktls-sw";
+  out.bytes_to_wire = 1536;
+  out.bytes_from_wire = 10;
+  out.age_seconds = 252;
+  ConnectionView in;
+  in.id = 12;
+  in.direction = "inbound";
+  in.workload = "db";
+  in.state = "handshaking";
+  EXPECT_EQ(RenderConnections({out, in}),
+            "ID  DIRECTION  WORKLOAD  PEER ID                  APP             WIRE PEER       "
+            "STATE        DATA PATH  SENT     RECEIVED  AGE\n"
+            "7   outbound   web       spiffe://example.org/db  10.0.0.1:40000  10.0.0.2:15006  "
+            "established  ktls-sw    1.5 KiB  10 B      4m12s\n"
+            "12  inbound    db        -                        -               -               "
+            "handshaking  -          0 B      0 B       0s\n");
+  EXPECT_EQ(RenderConnections({}), "no connections\n");
+}
+
+TEST(RenderWorkloads, OneRowPerWorkload) {
+  WorkloadView web{"web",      "system.slice/web.service",
+                   1234,       "spiffe://example.org/web",
+                   "enforce",  {80, 443},
+                   kNow + 2700};
+  WorkloadView batch{
+      "batch", "system.slice/batch.service", 99, "spiffe://example.org/batch", "permissive", {}, 0};
+  EXPECT_EQ(RenderWorkloads({web, batch}, Now()),
+            "NAME   SPIFFE ID                   MODE        PORTS   CGROUP                      "
+            "SVID\n"
+            "web    spiffe://example.org/web    enforce     80,443  system.slice/web.service    "
+            "expires in 45m00s\n"
+            "batch  spiffe://example.org/batch  permissive  -       system.slice/batch.service  "
+            "-\n");
+  EXPECT_EQ(RenderWorkloads({}, Now()), "no workloads\n");
+}
+
+TEST(RenderPolicyCheck, AllowedAndDenied) {
+  control::PolicyCheckParams query{"spiffe://example.org/web", "db", 5432};
+  EXPECT_EQ(RenderPolicyCheck(query, {true, "allowed by rule \"web to db\"", "policy.yaml:12"}),
+            "allowed: spiffe://example.org/web -> db port 5432\n"
+            "  reason  allowed by rule \"web to db\"\n"
+            "  rule    policy.yaml:12\n");
+  EXPECT_EQ(RenderPolicyCheck(query, {false, "no rule allows this peer", ""}),
+            "denied: spiffe://example.org/web -> db port 5432\n"
+            "  reason  no rule allows this peer\n"
+            "  rule    -\n");
+}
+
+TEST(RenderDenials, OneRowPerDenial) {
+  DenialView d{static_cast<double>(kNow) + 0.5,
+               "inbound",
+               "db",
+               "spiffe://example.org/batch",
+               "10.0.0.9:51000",
+               "10.0.0.2:5432",
+               5432,
+               "denied",
+               "no rule allows spiffe://example.org/batch"};
+  DenialView plain{static_cast<double>(kNow + 1),
+                   "inbound",
+                   "db",
+                   "",
+                   "10.0.0.8:50000",
+                   "10.0.0.2:5432",
+                   5432,
+                   "plaintext_client",
+                   "the client did not speak TLS"};
+  EXPECT_EQ(
+      RenderDenials({d, plain}),
+      "TIME                  DIRECTION  WORKLOAD  PEER ID                     PEER            "
+      "LOCAL          PORT  RESULT            REASON\n"
+      "2026-01-01T00:00:00Z  inbound    db        spiffe://example.org/batch  10.0.0.9:51000  "
+      "10.0.0.2:5432  5432  denied            no rule allows spiffe://example.org/batch\n"
+      "2026-01-01T00:00:01Z  inbound    db        -                           10.0.0.8:50000  "
+      "10.0.0.2:5432  5432  plaintext_client  the client did not speak TLS\n");
+  EXPECT_EQ(RenderDenials({}), "no denials\n");
+}
+
+}  // namespace
+}  // namespace ktrust::cli
