@@ -37,33 +37,31 @@ void Get(const json& j, const char* key, T& value) {
     FIELDS(KTRUST_GET)                           \
   }
 
+// Field lists, one per view (clang-format does not settle on macro bodies).
+// clang-format off
 #define KERNEL_FEATURE_FIELDS(F) F(name) F(present) F(detail)
 #define BPF_FIELDS(F) F(attached) F(pin_dir) F(attachments) F(adopted)
 #define CONFIG_FIELDS(F) F(path) F(generation) F(loaded_at) F(last_reload_ok) F(last_reload_error)
 #define CA_FIELDS(F) F(trust_domain) F(expires_at)
 #define COUNTS_FIELDS(F) \
   F(connections_active) F(connections_total) F(handshakes_failed) F(denied) F(workloads)
-#define STATUS_FIELDS(F)                                                                          \
-  F(version)                                                                                      \
-  F(node)                                                                                         \
-  F(started)                                                                                      \
-  F(data_path) F(data_path_reason) F(kernel_features) F(bpf) F(config) F(ca) F(bundle_expires_at) \
-      F(counts) F(ready) F(not_ready_reason)
-#define CONNECTION_FIELDS(F)                                                                \
-  F(id)                                                                                     \
-  F(direction)                                                                              \
-  F(workload)                                                                               \
-  F(local_id) F(peer_id) F(app_address) F(wire_local) F(wire_peer) F(tls_version) F(cipher) \
-      F(data_path) F(state) F(bytes_to_wire) F(bytes_from_wire) F(age_seconds)
+#define STATUS_FIELDS(F) \
+  F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
+  F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason)
+#define CONNECTION_FIELDS(F) \
+  F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
+  F(wire_peer) F(tls_version) F(cipher) F(data_path) F(state) F(bytes_to_wire) \
+  F(bytes_from_wire) F(age_seconds)
 #define WORKLOAD_FIELDS(F) \
   F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at)
 #define POLICY_CHECK_FIELDS(F) F(allowed) F(reason) F(rule)
 #define DENIAL_FIELDS(F) \
-  F(time)                \
-  F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) F(result) F(reason)
+  F(time) F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) \
+  F(result) F(reason)
 #define CONNECTION_LIST_FIELDS(F) F(connections)
 #define WORKLOAD_LIST_FIELDS(F) F(workloads)
 #define DENIAL_LIST_FIELDS(F) F(denials)
+// clang-format on
 
 KTRUST_VIEW_JSON(KernelFeatureView, KERNEL_FEATURE_FIELDS)
 KTRUST_VIEW_JSON(BpfView, BPF_FIELDS)
