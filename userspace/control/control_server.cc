@@ -70,9 +70,12 @@ absl::Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr)
     return absl::FailedPreconditionError(
         absl::StrCat("refusing to replace ", path, ": it exists and is not a socket"));
   }
-  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Non-blocking: a live but busy agent (full backlog) says EAGAIN instead
+  // of holding up our start.
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!probe.valid()) return ErrnoError("socket", errno);
-  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 ||
+      errno == EAGAIN) {
     return absl::AlreadyExistsError(
         absl::StrCat("another process (a running ktrustd?) is serving ", path));
   }
