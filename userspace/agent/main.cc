@@ -1,9 +1,10 @@
-// ktrustd, the node agent. Today it runs in tunnel mode: static listeners
-// given on the command line, the same engine the eBPF interception will feed.
+// ktrustd, the node agent.
 //
+//   ktrustd run --config /etc/ktrust/ktrustd.yaml   eBPF interception (docs/operations.md)
+//   ktrustd uninstall [--pin-dir /sys/fs/bpf/ktrust] detach and unpin everything
 //   ktrustd tunnel --identity DIR --outbound 127.0.0.1:15001=10.0.0.2:15006
 //   ktrustd tunnel --identity DIR --inbound 0.0.0.0:15006=127.0.0.1:8080
-//                  --allow 'spiffe://example.org/ns/prod/*'
+//                  --allow 'spiffe://example.org/ns/prod/*'   static tunnels, no eBPF
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -12,8 +13,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "ktrust/agent/agent.h"
+#include "ktrust/agent/agent_control.h"
 #include "ktrust/agent/allow_list_authorizer.h"
 #include "ktrust/common/log.h"
+#include "ktrust/control/metrics.h"
 #include "ktrust/dataplane/engine.h"
 #include "ktrust/identity/file_identity_source.h"
 
@@ -146,6 +150,89 @@ int RunTunnel(const TunnelFlags& f) {
   return 0;
 }
 
+int RunAgent(const std::string& config_path) {
+  // The log settings come from the file the agent is about to load.
+  auto config = LoadConfig(config_path);
+  if (!config.ok()) {
+    SetUpLogging(spdlog::level::info);
+    return Fail(config.status());
+  }
+  SetUpLogging(spdlog::level::from_str(config->agent.log_level));
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, s);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  AgentStats stats;
+  auto agent =
+      Agent::Start(config_path, {[&stats](const ClosedConnection& c) { stats.ConnectionClosed(c); },
+                                 [&stats](const InterceptionEvent& e) { stats.Intercepted(e); }});
+  if (!agent.ok()) return Fail(agent.status());
+  auto control = control::ControlServer::Start(
+      {config->agent.control_socket, config->agent.control_group}, ControlHandlers(**agent, stats));
+  if (!control.ok()) return Fail(control.status());
+  std::unique_ptr<control::HttpEndpoint> metrics;
+  if (!config->agent.metrics_address.empty()) {
+    Agent* a = agent->get();
+    auto endpoint = control::HttpEndpoint::Start(config->agent.metrics_address,
+                                                 {[a, &stats] { return RenderMetrics(*a, stats); },
+                                                  [a]() -> std::pair<bool, std::string> {
+                                                    return {a->ready(), a->not_ready_reason()};
+                                                  }});
+    if (!endpoint.ok()) return Fail(endpoint.status());
+    metrics = *std::move(endpoint);
+  }
+
+  std::atomic<bool> stop{false};
+  std::thread events([&] {
+    while (!stop.load()) (*agent)->PollEvents(absl::Milliseconds(200));
+  });
+  const Engine& engine = (*agent)->engine();
+  nlohmann::json ready = {{"event", "ready"},
+                          {"node", config->agent.node_name},
+                          {"control_socket", config->agent.control_socket},
+                          {"data_path", engine.data_path()},
+                          {"data_path_reason", engine.data_path_reason()},
+                          {"workloads", (*agent)->workloads().size()}};
+  if (metrics) ready["metrics_port"] = metrics->port();
+  for (const auto& a : engine.outbound_addresses()) ready["outbound"].push_back(a.ToString());
+  for (const auto& a : engine.inbound_addresses()) ready["inbound"].push_back(a.ToString());
+  LogEvent(spdlog::level::info, ready);
+
+  timespec tick{1, 0};
+  while (true) {
+    int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGHUP) {
+      (void)(*agent)->Reload();  // a bad file is logged and kept out; never fatal
+      continue;
+    }
+    if (sig == SIGINT || sig == SIGTERM) {
+      LogEvent(spdlog::level::info,
+               {{"event", "stopping"},
+                {"signal", sigdescr_np(sig)},
+                {"note",
+                 "the interception programs stay attached: enrolled workloads are "
+                 "refused until ktrustd is back (ktrustd uninstall removes them)"}});
+      break;
+    }
+    (*agent)->Maintain(absl::Now());
+  }
+  stop.store(true);
+  events.join();
+  if (metrics) metrics->Stop();
+  (*control)->Stop();
+  agent->reset();
+  return 0;
+}
+
+int RunUninstall(const std::string& pin_dir) {
+  SetUpLogging(spdlog::level::info);
+  if (auto st = UninstallAgent(pin_dir); !st.ok()) return Fail(st);
+  LogEvent(spdlog::level::info, {{"event", "uninstalled"}, {"pin_dir", pin_dir}});
+  return 0;
+}
+
 }  // namespace
 }  // namespace ktrust
 
@@ -153,6 +240,13 @@ int main(int argc, char** argv) {
   CLI::App app{"ktrustd: the ktrust node agent"};
   app.require_subcommand(1);
   ktrust::TunnelFlags f;
+  std::string config_path = "/etc/ktrust/ktrustd.yaml";
+  CLI::App* run = app.add_subcommand("run", "Run the node agent with eBPF interception");
+  run->add_option("--config", config_path, "The configuration file (docs/configuration.md)");
+  std::string pin_dir = "/sys/fs/bpf/ktrust";
+  CLI::App* uninstall =
+      app.add_subcommand("uninstall", "Detach and unpin every program and map ktrustd installed");
+  uninstall->add_option("--pin-dir", pin_dir, "The agent's bpffs directory");
   CLI::App* tunnel = app.add_subcommand("tunnel", "Run static mTLS tunnels (no interception)");
   tunnel->add_option("--identity", f.identity_dir, "Directory with tls.crt, tls.key, ca.crt")
       ->required();
@@ -174,6 +268,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::cerr << "ktrustd: usage error: " << e.what() << "\n";
     return 2;
+  }
+  try {
+    if (run->parsed()) return ktrust::RunAgent(config_path);
+    if (uninstall->parsed()) return ktrust::RunUninstall(pin_dir);
+  } catch (const std::exception& e) {
+    std::cerr << "ktrustd: error: " << e.what() << "\n";
+    return 1;
   }
   if (f.outbound.empty() && f.inbound.empty()) {
     std::cerr << "ktrustd: usage error: give at least one --outbound or --inbound\n";

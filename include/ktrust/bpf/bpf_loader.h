@@ -74,6 +74,7 @@ class BpfLoader {
   static absl::Status UninstallPinned(absl::string_view pin_dir);
 
   InterceptionMaps& maps() { return maps_; }
+  const InterceptionMaps& maps() const { return maps_; }
   const KernelFeatures& features() const { return features_; }
   int program_fd(BpfProgram program) const;
   // By ELF name ("ktrust_mesh", ...): for tests that share the maps with

@@ -1,0 +1,109 @@
+// ktrustd's node agent: the configuration made real. It loads and attaches
+// the interception programs, enrols the registered cgroups, runs the engine
+// with one outbound listener and one inbound listener per serving workload,
+// issues and renews workload SVIDs, and reloads its configuration.
+//
+// Start order keeps every step fail closed: the listeners are bound before
+// the kernel is told where they are, and a cgroup is enrolled only after the
+// agent can serve it. When the agent stops, the pinned programs stay: its
+// enrolled workloads' mesh connections are refused (ECONNREFUSED) and SYNs
+// to enforced ports dropped until it is back.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ktrust/agent/workload_identities.h"
+#include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/bpf/event_reader.h"
+#include "ktrust/config/config.h"
+#include "ktrust/config/policy.h"
+#include "ktrust/config/registry.h"
+#include "ktrust/dataplane/engine.h"
+
+namespace ktrust {
+
+// What the agent found and enrolled, for status and `ktrust workloads`.
+struct EnrolledWorkload {
+  RegisteredWorkload registered;
+  std::string name;
+  WorkloadMode mode = WorkloadMode::kEnforce;
+  std::vector<uint16_t> ports;
+};
+
+struct ReloadState {
+  uint64_t generation = 1;  // configurations applied since start
+  absl::Time loaded_at;
+  bool last_ok = true;
+  std::string last_error;  // of the last reload attempt; empty when it succeeded
+};
+
+// Called on the agent's threads for every connection that ended and every
+// interception event (denial log, metrics); must be fast and thread-safe.
+struct AgentHooks {
+  std::function<void(const ClosedConnection&)> connection_closed;
+  std::function<void(const InterceptionEvent&)> intercepted;
+};
+
+class Agent {
+ public:
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(const std::string& config_path,
+                                                      AgentHooks hooks = {});
+  // Stops the engine and closes this process's handles; pinned programs stay.
+  ~Agent();
+
+  // Validates the file, then swaps policy, mesh destinations, expected
+  // servers, enrolments and trust bundles. A bad file changes nothing and is
+  // reported by reload_state(). Listener settings (agent:, workload ports)
+  // apply at the next start; a reload that changes them says so.
+  absl::Status Reload();
+  // Renewals, cgroup rescans, config file changes: called about every second.
+  void Maintain(absl::Time now);
+  // Waits up to timeout for interception events and handles them.
+  void PollEvents(absl::Duration timeout);
+
+  const Engine& engine() const { return *engine_; }
+  const BpfLoader& bpf() const { return *bpf_; }
+  std::shared_ptr<const Config> config() const;
+  std::shared_ptr<const PolicyAuthorizer> policy() const;
+  std::vector<EnrolledWorkload> workloads() const;
+  ReloadState reload_state() const;
+  const WorkloadIdentities& identities() const { return *identities_; }
+  absl::Time started() const { return started_; }
+  // Ready once programs are attached, listeners open and identities loaded;
+  // not while a serving workload has no SVID.
+  bool ready() const { return not_ready_reason().empty(); }
+  std::string not_ready_reason() const;
+
+ private:
+  struct Routing;  // what the outbound route reads; swapped atomically
+  Agent() = default;
+  absl::Status Apply(std::shared_ptr<const Config> config);
+  absl::Status Enroll(const Config& config);
+  absl::StatusOr<OutboundRoute> Route(int app_fd) const;
+
+  absl::Time started_;
+  std::string config_path_;
+  std::string cgroup_root_;
+  std::unique_ptr<BpfLoader> bpf_;
+  std::unique_ptr<InterceptionEventReader> events_;
+  std::unique_ptr<WorkloadIdentities> identities_;
+  std::unique_ptr<Engine> engine_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const PolicyAuthorizer> policy_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const Routing> routing_ ABSL_GUARDED_BY(mu_);
+  ReloadState reload_ ABSL_GUARDED_BY(mu_);
+  std::vector<IpPrefix> mesh_prefixes_ ABSL_GUARDED_BY(mu_);  // written to the trie
+  absl::Time config_mtime_ ABSL_GUARDED_BY(mu_);
+};
+
+// `ktrustd uninstall`: detaches and unpins everything under pin_dir.
+absl::Status UninstallAgent(const std::string& pin_dir);
+
+}  // namespace ktrust

@@ -1,0 +1,132 @@
+# Two simulated ktrust nodes on one host (../shared design TESTING.md), for
+# the interception test and the demo. Source it, then call two_nodes_up.
+#
+#   node a: netns kt-<id>-a, 10.77.0.1 and fd77::1 on veth a0
+#   node b: netns kt-<id>-b, 10.77.0.2 and fd77::2 on veth b0
+#   cgroups: $KT_CG/{a,b}/{agent,<workloads>}; the agents' programs are
+#   attached at $KT_CG/a and $KT_CG/b, so they never see each other's cgroups
+#   one embedded root CA, one intermediate per node, private bpffs per node
+#
+# Needs root. Everything created is removed by two_nodes_down.
+
+KT_ID=${KT_ID:-$$}
+KT_NS_A=kt-$KT_ID-a
+KT_NS_B=kt-$KT_ID-b
+KT_CG=
+KT_WORK=
+KT_PIDS=()
+
+# Waits for a line matching $2 in file $1 (a readiness signal), at most 20 s.
+wait_for() {
+  for _ in $(seq 200); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2
+  cat "$1" >&2
+  return 1
+}
+
+two_nodes_up() {  # WORKDIR KTRUST
+  KT_WORK=$1
+  local ktrust=$2
+  # `ip netns exec` mounts a fresh /sys, hiding the host's cgroup2 mount
+  # there: mount the same hierarchy again where the nodes can see it.
+  mkdir -p "$KT_WORK/cgroup2"
+  mount -t cgroup2 none "$KT_WORK/cgroup2"
+  KT_CG="$KT_WORK/cgroup2/ktrust-test-$KT_ID"
+  mkdir -p "$KT_CG"/{a,b}/agent
+  ip netns add "$KT_NS_A"
+  ip netns add "$KT_NS_B"
+  ip link add a0 netns "$KT_NS_A" type veth peer name b0 netns "$KT_NS_B"
+  local n
+  for n in a b; do
+    local ns=$KT_NS_A addr=1
+    [[ $n == b ]] && ns=$KT_NS_B addr=2
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "10.77.0.$addr/24" dev "${n}0"
+    ip -n "$ns" addr add "fd77::$addr/64" dev "${n}0" nodad
+    ip -n "$ns" link set "${n}0" up
+    mkdir -p "$KT_WORK/$n/bpffs"
+    mount -t bpf bpf "$KT_WORK/$n/bpffs"
+  done
+  "$ktrust" ca init --trust-domain example.org --dir "$KT_WORK/root" >/dev/null
+  "$ktrust" ca intermediate --ca-dir "$KT_WORK/root" --name node-a --dir "$KT_WORK/a/ca" >/dev/null
+  "$ktrust" ca intermediate --ca-dir "$KT_WORK/root" --name node-b --dir "$KT_WORK/b/ca" >/dev/null
+}
+
+two_nodes_down() {
+  local p
+  for p in "${KT_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$KT_NS_A" 2>/dev/null || true
+  ip netns del "$KT_NS_B" 2>/dev/null || true
+  if [[ -n $KT_WORK ]]; then
+    umount "$KT_WORK/a/bpffs" "$KT_WORK/b/bpffs" 2>/dev/null || true
+  fi
+  if [[ -n $KT_CG && -d $KT_CG ]]; then
+    # Leaf cgroups first; a cgroup with processes left cannot go.
+    find "$KT_CG" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    umount "$KT_WORK/cgroup2" 2>/dev/null || true
+  fi
+}
+
+node_ns() { [[ $1 == a ]] && echo "$KT_NS_A" || echo "$KT_NS_B"; }
+
+# Runs a command on node $1 in cgroup $2 (created if missing), in the background;
+# its pid is appended to KT_PIDS and printed.
+run_in() {  # NODE CGROUP LOG CMD...
+  local node=$1 cg=$2 log=$3
+  shift 3
+  mkdir -p "$KT_CG/$node/$cg"
+  ip netns exec "$(node_ns "$node")" sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' \
+    sh "$KT_CG/$node/$cg" "$@" >"$log" 2>&1 &
+  KT_PIDS+=($!)
+}
+
+# Runs a command on node $1 in cgroup $2 in the foreground.
+exec_in() {  # NODE CGROUP CMD...
+  local node=$1 cg=$2
+  shift 2
+  mkdir -p "$KT_CG/$node/$cg"
+  ip netns exec "$(node_ns "$node")" sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' \
+    sh "$KT_CG/$node/$cg" "$@"
+}
+
+# Writes node $1's agent configuration: its workloads (YAML lines under
+# workloads:) and policy (YAML lines under policy:).
+write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
+  local node=$1
+  cat >"$KT_WORK/$node/ktrustd.yaml" <<EOF
+version: 1
+trust_domain: example.org
+identity:
+  source: embedded_ca
+  ca_dir: $KT_WORK/$node/ca
+  svid_ttl: 1h
+workloads:
+$2
+mesh:
+  destinations:
+    - cidr: 10.77.0.0/24
+    - cidr: fd77::/64
+policy:
+$3
+agent:
+  node_name: node-$node
+  cgroup_root: $KT_CG/$node
+  bpf_pin_dir: $KT_WORK/$node/bpffs/ktrust
+  control_socket: $KT_WORK/$node/control.sock
+  metrics_address: 127.0.0.1:9464
+  log_level: debug
+EOF
+}
+
+# Starts node $1's agent in its own cgroup and waits until it is ready.
+start_agent() {  # NODE KTRUSTD
+  local node=$1 ktrustd=$2
+  run_in "$node" agent "$KT_WORK/$node/agent.log" "$ktrustd" run --config "$KT_WORK/$node/ktrustd.yaml"
+  wait_for "$KT_WORK/$node/agent.log" '"event":"ready"\|startup_failed'
+  if grep -q startup_failed "$KT_WORK/$node/agent.log"; then
+    echo "ktrustd on node $node did not start:" >&2
+    cat "$KT_WORK/$node/agent.log" >&2
+    return 1
+  fi
+}

@@ -1,0 +1,480 @@
+#include "ktrust/agent/agent.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "ktrust/bpf/cgroup2.h"
+#include "ktrust/common/log.h"
+
+namespace ktrust {
+namespace {
+
+bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner) {
+  if (outer.mapped_length() > inner.mapped_length()) return false;
+  uint32_t bits = outer.mapped_length();
+  for (uint32_t i = 0; i < bits; ++i) {
+    uint8_t mask = static_cast<uint8_t>(0x80 >> (i % 8));
+    if ((outer.address()[i / 8] & mask) != (inner.address()[i / 8] & mask)) return false;
+  }
+  return true;
+}
+
+void AppendRules(const MeshEntry& entry, MeshAction action, std::vector<PortRule>& rules) {
+  if (entry.ports.empty()) {
+    rules.push_back({1, 65535, action});
+    return;
+  }
+  for (const PortRange& r : entry.ports) rules.push_back({r.first, r.last, action});
+}
+
+// The trie holds one entry per configured prefix, and the kernel consults
+// only the longest match: each entry carries the bypass rules and then the
+// mesh rules of every configured prefix that contains it, longest first.
+absl::StatusOr<std::map<std::string, std::pair<IpPrefix, std::vector<PortRule>>>> MeshTable(
+    const Config& config) {
+  std::vector<const MeshEntry*> bypass, mesh;
+  for (const auto& e : config.bypass) bypass.push_back(&e);
+  for (const auto& e : config.mesh) mesh.push_back(&e);
+  auto longest_first = [](const MeshEntry* a, const MeshEntry* b) {
+    return a->prefix.mapped_length() > b->prefix.mapped_length();
+  };
+  std::stable_sort(bypass.begin(), bypass.end(), longest_first);
+  std::stable_sort(mesh.begin(), mesh.end(), longest_first);
+
+  std::map<std::string, std::pair<IpPrefix, std::vector<PortRule>>> table;
+  for (const auto* group : {&bypass, &mesh}) {
+    for (const MeshEntry* e : *group) {
+      std::string key = e->prefix.ToString();
+      if (table.count(key)) continue;
+      std::vector<PortRule> rules;
+      for (const MeshEntry* b : bypass) {
+        if (PrefixContains(b->prefix, e->prefix)) AppendRules(*b, MeshAction::kBypass, rules);
+      }
+      for (const MeshEntry* m : mesh) {
+        if (PrefixContains(m->prefix, e->prefix)) AppendRules(*m, MeshAction::kRedirect, rules);
+      }
+      if (rules.size() > KTRUST_MESH_RULES_PER_PREFIX) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("mesh prefix ", key, " ends up with ", rules.size(),
+                         " port rules (its own and those of the prefixes containing it); at most ",
+                         KTRUST_MESH_RULES_PER_PREFIX, " fit"));
+      }
+      table.emplace(key, std::make_pair(e->prefix, std::move(rules)));
+    }
+  }
+  return table;
+}
+
+absl::Time ModificationTime(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return absl::InfinitePast();
+  return absl::TimeFromTimespec(st.st_mtim);
+}
+
+EnforcementMode KernelMode(WorkloadMode mode) {
+  return mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
+                                           : EnforcementMode::kEnforce;
+}
+
+// Inbound listeners: one per workload that serves ports, in config order.
+std::vector<const WorkloadConfig*> ServingWorkloads(const Config& config) {
+  std::vector<const WorkloadConfig*> out;
+  for (const auto& w : config.workloads) {
+    if (!w.ports.empty() && w.mode != WorkloadMode::kOff) out.push_back(&w);
+  }
+  return out;
+}
+
+// What must stay as it was for a reload to apply in place.
+std::string ListenerShape(const Config& config) {
+  std::string shape = absl::StrCat(config.agent.outbound_port, "/", config.agent.inbound_port, "/",
+                                   config.agent.upstream_source, "/", config.agent.socket_mark, "/",
+                                   config.agent.bpf_pin_dir, "/", config.agent.cgroup_root);
+  for (const WorkloadConfig* w : ServingWorkloads(config)) {
+    absl::StrAppend(&shape, ";", w->name, ":", absl::StrJoin(w->ports, ","), ":",
+                    WorkloadModeName(w->mode));
+  }
+  return shape;
+}
+
+}  // namespace
+
+// The registration as the outbound route and inbound listeners read it.
+struct Agent::Routing {
+  struct Workload {
+    std::string name;
+    SvidProvider identity;
+  };
+  std::map<uint64_t, Workload> by_cgroup;
+  std::map<std::string, SvidProvider> serving;  // workload name -> its inbound identity
+  std::vector<EnrolledWorkload> enrolled;
+  std::shared_ptr<const Config> config;
+};
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_path,
+                                                    AgentHooks hooks) {
+  auto loaded = LoadConfig(config_path);
+  if (!loaded.ok()) return loaded.status();
+  auto config = std::make_shared<const Config>(*std::move(loaded));
+  std::unique_ptr<Agent> agent(new Agent());
+  agent->started_ = absl::Now();
+  agent->config_path_ = config_path;
+  const AgentSettings& settings = config->agent;
+
+  agent->cgroup_root_ = settings.cgroup_root;
+  if (agent->cgroup_root_.empty()) {
+    auto mount = Cgroup2Mount();
+    if (!mount.ok()) return mount.status();
+    agent->cgroup_root_ = *mount;
+  }
+
+  auto ids = WorkloadIdentities::Create(*config, absl::Now());
+  if (!ids.ok()) return ids.status();
+  agent->identities_ = *std::move(ids);
+  auto trust = agent->identities_->LoadTrustStore(*config);
+  if (!trust.ok()) return trust.status();
+
+  // Probe and load before binding anything: a kernel that cannot enforce
+  // stops the agent here, with the missing feature named.
+  auto bpf = BpfLoader::Create({settings.bpf_pin_dir});
+  if (!bpf.ok()) return bpf.status();
+  agent->bpf_ = *std::move(bpf);
+
+  auto policy = std::make_shared<const PolicyAuthorizer>(*config);
+  EngineOptions options;
+  options.data_path =
+      settings.data_path == "userspace" ? DataPathMode::kUserspace : DataPathMode::kAuto;
+  options.socket_mark = settings.socket_mark;
+  options.on_closed = hooks.connection_closed;
+  auto upstream4 = SocketAddress::Parse(absl::StrCat(settings.upstream_source, ":0"));
+  if (!upstream4.ok()) return upstream4.status();
+  options.upstream_source4 = *upstream4;
+
+  Agent* self = agent.get();
+  std::vector<OutboundListener> outbound;
+  for (const char* host : {"127.0.0.1", "[::1]"}) {
+    auto addr = SocketAddress::Parse(absl::StrCat(host, ":", settings.outbound_port));
+    if (!addr.ok()) return addr.status();
+    outbound.push_back({*addr, [self](int fd) { return self->Route(fd); }});
+  }
+  std::vector<InboundListener> inbound;
+  uint16_t port = settings.inbound_port;
+  for (const WorkloadConfig* w : ServingWorkloads(*config)) {
+    // IPv4 only for now: sk_lookup cannot hand IPv6 connections to an
+    // AF_INET socket, so IPv6 SYNs to enforced ports are dropped (fail closed).
+    auto addr = SocketAddress::Parse(absl::StrCat("127.0.0.1:", port++));
+    if (!addr.ok()) return addr.status();
+    std::string name = w->name;
+    SvidProvider identity = [self, name]() -> std::shared_ptr<const Svid> {
+      std::shared_ptr<const Routing> routing;
+      {
+        absl::MutexLock lock(&self->mu_);
+        routing = self->routing_;
+      }
+      auto it = routing->serving.find(name);
+      // No cgroup of this workload yet: nothing to present, refused.
+      if (it == routing->serving.end()) return nullptr;
+      return it->second();
+    };
+    inbound.push_back({*addr, name, identity, std::nullopt});
+  }
+  {
+    absl::MutexLock lock(&agent->mu_);
+    agent->config_ = config;
+    agent->policy_ = policy;
+    agent->routing_ = std::make_shared<const Routing>(Routing{{}, {}, {}, config});
+    agent->reload_.loaded_at = absl::Now();
+    agent->config_mtime_ = ModificationTime(config_path);
+  }
+  auto engine = Engine::Create(options, *trust, policy, std::move(outbound), std::move(inbound));
+  if (!engine.ok()) return engine.status();
+  agent->engine_ = *std::move(engine);
+  if (auto st = agent->engine_->Start(); !st.ok()) return st;
+
+  // The listeners exist: now tell the kernel where they are.
+  InterceptionMaps& maps = agent->bpf_->maps();
+  InterceptionSettings interception;
+  interception.outbound_port = settings.outbound_port;
+  interception.upstream_source_ip4 = settings.upstream_source;
+  interception.agent_mark = settings.socket_mark;
+  if (auto st = maps.Configure(interception); !st.ok()) return st;
+  uint32_t slot = 0;
+  for (const WorkloadConfig* w : ServingWorkloads(*config)) {
+    if (auto st = maps.SetInboundListener(slot, agent->engine_->inbound_listen_fd(slot)); !st.ok())
+      return st;
+    size_t index = static_cast<size_t>(w - config->workloads.data());
+    for (uint16_t p : w->ports) {
+      auto any = SocketAddress::Parse(absl::StrCat("0.0.0.0:", p));
+      if (auto st =
+              maps.AddInboundPort(*any, KernelMode(w->mode), slot, static_cast<uint32_t>(index));
+          !st.ok())
+        return st;
+    }
+    ++slot;
+  }
+  if (auto st = agent->Apply(config); !st.ok()) return st;
+  if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
+  if (auto st = agent->bpf_->AttachNetns("/proc/self/ns/net"); !st.ok()) return st;
+
+  auto events = InterceptionEventReader::Create(
+      agent->bpf_->events_fd(), [intercepted = hooks.intercepted](const InterceptionEvent& e) {
+        if (intercepted) intercepted(e);
+      });
+  if (!events.ok()) return events.status();
+  agent->events_ = *std::move(events);
+  return agent;
+}
+
+Agent::~Agent() {
+  if (engine_) engine_->Stop();
+}
+
+std::shared_ptr<const Config> Agent::config() const {
+  absl::MutexLock lock(&mu_);
+  return config_;
+}
+
+std::shared_ptr<const PolicyAuthorizer> Agent::policy() const {
+  absl::MutexLock lock(&mu_);
+  return policy_;
+}
+
+std::vector<EnrolledWorkload> Agent::workloads() const {
+  absl::MutexLock lock(&mu_);
+  return routing_->enrolled;
+}
+
+std::string Agent::not_ready_reason() const {
+  if (!engine_ || !events_) return "starting";
+  if (bpf_->attachments().empty()) return "the interception programs are not attached";
+  std::shared_ptr<const Routing> routing;
+  {
+    absl::MutexLock lock(&mu_);
+    routing = routing_;
+  }
+  for (const WorkloadConfig* w : ServingWorkloads(*routing->config)) {
+    if (!routing->serving.count(w->name)) {
+      return absl::StrCat("workload ", w->name, " serves ports but none of its cgroups exists yet");
+    }
+  }
+  return "";
+}
+
+ReloadState Agent::reload_state() const {
+  absl::MutexLock lock(&mu_);
+  return reload_;
+}
+
+absl::StatusOr<OutboundRoute> Agent::Route(int app_fd) const {
+  auto original = bpf_->maps().OriginalDestinationOf(app_fd);
+  if (!original.ok()) {
+    return absl::NotFoundError(absl::StrCat(
+        "no original destination for this connection (not redirected by ktrust, or already "
+        "closed): ",
+        original.status().message()));
+  }
+  std::shared_ptr<const Routing> routing;
+  {
+    absl::MutexLock lock(&mu_);
+    routing = routing_;
+  }
+  auto it = routing->by_cgroup.find(original->cgroup_id);
+  if (it == routing->by_cgroup.end()) {
+    return absl::NotFoundError(absl::StrCat("cgroup ", original->cgroup_id,
+                                            " is enrolled in the kernel but not registered"));
+  }
+  OutboundRoute route{original->destination, it->second.name, it->second.identity, std::nullopt};
+  // The first expected-server rule covering the destination pins the server.
+  std::string ip = original->destination.ToString();
+  ip = ip.substr(0, ip.rfind(':'));
+  if (!ip.empty() && ip.front() == '[') ip = ip.substr(1, ip.size() - 2);
+  auto host = IpPrefix::Parse(ip);
+  for (const ExpectedServerRule& rule : routing->config->expected_servers) {
+    if (!host.ok() || !PrefixContains(rule.prefix, *host)) continue;
+    bool port_ok = rule.ports.empty();
+    for (const PortRange& r : rule.ports) port_ok |= r.Contains(original->destination.port());
+    if (!port_ok) continue;
+    route.expected_server = rule.server;
+    break;
+  }
+  return route;
+}
+
+absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
+  // Mesh destinations: write the new table, then remove what is gone.
+  auto table = MeshTable(*config);
+  if (!table.ok()) return table.status();
+  InterceptionMaps& maps = bpf_->maps();
+  std::vector<IpPrefix> written;
+  for (const auto& [key, entry] : *table) {
+    if (auto st = maps.AddMeshDestination(entry.first, entry.second); !st.ok()) return st;
+    written.push_back(entry.first);
+  }
+  std::vector<IpPrefix> previous;
+  {
+    absl::MutexLock lock(&mu_);
+    previous = mesh_prefixes_;
+    mesh_prefixes_ = written;
+  }
+  for (const IpPrefix& p : previous) {
+    if (!table->count(p.ToString())) (void)maps.RemoveMeshDestination(p);
+  }
+  return Enroll(*config);
+}
+
+absl::Status Agent::Enroll(const Config& config) {
+  std::vector<std::string> problems;
+  auto found = ScanCgroups(config, cgroup_root_, &problems);
+  if (!found.ok()) return found.status();
+  for (const std::string& p : problems) {
+    LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
+  }
+  std::shared_ptr<const Routing> before;
+  std::shared_ptr<const Config> current;
+  {
+    absl::MutexLock lock(&mu_);
+    before = routing_;
+    current = config_;
+  }
+  auto next = std::make_shared<Routing>();
+  next->config = current;
+  InterceptionMaps& maps = bpf_->maps();
+  for (const RegisteredWorkload& r : *found) {
+    const WorkloadConfig& w = config.workloads[r.workload_index];
+    EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
+    next->enrolled.push_back(enrolled);
+    if (w.mode == WorkloadMode::kOff) continue;
+    auto identity = identities_->ProviderFor(r.id, w.name);
+    if (!identity.ok()) {
+      // Without an SVID the workload cannot be served: leave it out (its
+      // mesh connections stay unintercepted only if it was never enrolled).
+      LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
+                                    {"workload", w.name},
+                                    {"id", r.id.ToString()},
+                                    {"reason", identity.status().message()}});
+      continue;
+    }
+    next->by_cgroup[r.cgroup_id] = {w.name, *identity};
+    if (!w.ports.empty() && !next->serving.count(w.name)) next->serving[w.name] = *identity;
+  }
+  // Route first, then enrol: the kernel never redirects a connection the
+  // agent cannot route.
+  {
+    absl::MutexLock lock(&mu_);
+    routing_ = next;
+  }
+  for (const auto& [cgroup_id, workload] : next->by_cgroup) {
+    const EnrolledWorkload* e = nullptr;
+    for (const auto& x : next->enrolled) {
+      if (x.registered.cgroup_id == cgroup_id) e = &x;
+    }
+    bool known = before->by_cgroup.count(cgroup_id) > 0;
+    if (auto st = maps.EnrollCgroup(cgroup_id, KernelMode(e->mode),
+                                    static_cast<uint32_t>(e->registered.workload_index));
+        !st.ok())
+      return st;
+    if (!known) {
+      LogEvent(spdlog::level::info, {{"event", "workload_enrolled"},
+                                     {"workload", workload.name},
+                                     {"cgroup", e->registered.cgroup_path},
+                                     {"id", e->registered.id.ToString()},
+                                     {"mode", WorkloadModeName(e->mode)}});
+    }
+  }
+  for (const auto& [cgroup_id, workload] : before->by_cgroup) {
+    if (next->by_cgroup.count(cgroup_id)) continue;
+    (void)maps.UnenrollCgroup(cgroup_id);
+    LogEvent(
+        spdlog::level::info,
+        {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Agent::Reload() {
+  auto loaded = LoadConfig(config_path_);
+  absl::Status result = loaded.status();
+  std::shared_ptr<const Config> config;
+  if (result.ok()) {
+    config = std::make_shared<const Config>(*std::move(loaded));
+    auto trust = identities_->LoadTrustStore(*config);
+    if (!trust.ok()) {
+      result = trust.status();
+    } else if (auto table = MeshTable(*config); !table.ok()) {
+      result = table.status();
+    } else {
+      std::shared_ptr<const Config> before = this->config();
+      auto policy = std::make_shared<const PolicyAuthorizer>(*config);
+      {
+        absl::MutexLock lock(&mu_);
+        config_ = config;
+        policy_ = policy;
+      }
+      if (auto ca = identities_->ReloadCa(*config, absl::Now()); !ca.ok()) {
+        LogEvent(spdlog::level::err,
+                 {{"event", "ca_reload_failed"}, {"reason", ca.status().message()}});
+      }
+      engine_->SetTrustStore(*trust);
+      engine_->SetAuthorizer(policy);
+      result = Apply(config);
+      if (result.ok() && ListenerShape(*before) != ListenerShape(*config)) {
+        LogEvent(spdlog::level::warn,
+                 {{"event", "restart_needed"},
+                  {"reason",
+                   "agent settings or workload ports changed: they take effect when ktrustd "
+                   "restarts; everything else is applied"}});
+      }
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  config_mtime_ = ModificationTime(config_path_);
+  reload_.last_ok = result.ok();
+  reload_.last_error = result.ok() ? "" : std::string(result.message());
+  if (result.ok()) {
+    ++reload_.generation;
+    reload_.loaded_at = absl::Now();
+    LogEvent(spdlog::level::info,
+             {{"event", "config_reloaded"}, {"generation", reload_.generation}});
+  } else {
+    LogEvent(spdlog::level::err, {{"event", "config_reload_failed"},
+                                  {"reason", result.message()},
+                                  {"kept_generation", reload_.generation}});
+  }
+  return result;
+}
+
+void Agent::Maintain(absl::Time now) {
+  for (const std::string& error : identities_->RotateDue(now)) {
+    LogEvent(spdlog::level::err, {{"event", "svid_renewal_failed"}, {"reason", error}});
+  }
+  absl::Time mtime;
+  absl::Time seen;
+  {
+    absl::MutexLock lock(&mu_);
+    seen = config_mtime_;
+  }
+  mtime = ModificationTime(config_path_);
+  if (mtime != seen) {
+    (void)Reload();
+    return;
+  }
+  // New and vanished cgroups (a service started or stopped).
+  std::shared_ptr<const Config> config = this->config();
+  if (auto st = Enroll(*config); !st.ok()) {
+    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
+  }
+}
+
+void Agent::PollEvents(absl::Duration timeout) {
+  if (events_) (void)events_->Poll(timeout);
+}
+
+absl::Status UninstallAgent(const std::string& pin_dir) {
+  return BpfLoader::UninstallPinned(pin_dir);
+}
+
+}  // namespace ktrust

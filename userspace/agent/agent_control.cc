@@ -1,0 +1,322 @@
+#include "ktrust/agent/agent_control.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/common/log.h"
+#include "ktrust/control/methods.h"
+#include "ktrust/control/metrics.h"
+#include "ktrust/control/views.h"
+
+namespace ktrust {
+namespace {
+
+// Interception events logged per second at most; the rest are counted (a
+// workload spraying UDP at the mesh must not flood the log).
+constexpr int kEventLogsPerSecond = 20;
+
+// Results that end a connection for reasons of identity or policy, as
+// opposed to I/O: what `ktrust denials` lists.
+bool IsIoResult(const std::string& result) {
+  static const std::set<std::string> io = {"ok",
+                                           "io_error",
+                                           "stream_error",
+                                           "idle_timeout",
+                                           "record_limit",
+                                           "pump_setup",
+                                           "ktls_install",
+                                           "tls_setup",
+                                           "connect_timeout",
+                                           "app_unreachable",
+                                           "connect_failed"};
+  return io.count(result) > 0;
+}
+
+int64_t UnixSeconds(absl::Time t) { return t == absl::InfinitePast() ? 0 : absl::ToUnixSeconds(t); }
+
+uint16_t PortOf(const std::string& address) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return 0;
+  return static_cast<uint16_t>(std::atoi(address.c_str() + colon + 1));
+}
+
+control::StatusView Status(const Agent& agent) {
+  control::StatusView s;
+  std::shared_ptr<const Config> config = agent.config();
+  s.version = "0.1.0";
+  s.node = config->agent.node_name;
+  s.started = UnixSeconds(agent.started());
+  s.data_path = agent.engine().data_path();
+  s.data_path_reason = agent.engine().data_path_reason();
+  const KernelFeatures& f = agent.bpf().features();
+  s.kernel_features = {
+      {"btf", f.btf(), "/sys/kernel/btf/vmlinux"},
+      {"cgroup2", !f.cgroup2_mount().empty(), f.cgroup2_mount()},
+      {"sock_addr_hooks", f.sock_addr_hooks(), "cgroup connect/sendmsg/getpeername hooks"},
+      {"sk_lookup", f.sk_lookup(), "inbound steering (Linux 5.9+)"},
+      {"ring_buffer", f.ring_buffer(), "interception events (Linux 5.8+)"},
+      {"ktls", agent.engine().data_path() != "userspace", agent.engine().data_path_reason()},
+  };
+  s.bpf.attached = !agent.bpf().attachments().empty();
+  s.bpf.pin_dir = config->agent.bpf_pin_dir;
+  for (const auto& a : agent.bpf().attachments()) {
+    s.bpf.attachments.push_back(a.pin_path);
+    if (a.adopted) ++s.bpf.adopted;
+  }
+  ReloadState reload = agent.reload_state();
+  s.config = {config->source_path, static_cast<int64_t>(reload.generation),
+              UnixSeconds(reload.loaded_at), reload.last_ok, reload.last_error};
+  s.ca = {config->trust_domain, UnixSeconds(agent.identities().ca_expires_at())};
+  s.bundle_expires_at = s.ca.expires_at;
+  const EngineCounters& c = agent.engine().counters();
+  s.counts.connections_active = static_cast<int64_t>(c.active.load());
+  s.counts.connections_total = static_cast<int64_t>(c.accepted.load());
+  s.counts.handshakes_failed = static_cast<int64_t>(c.handshake_failures.load());
+  s.counts.denied = static_cast<int64_t>(c.denied.load());
+  s.counts.workloads = static_cast<int64_t>(agent.workloads().size());
+  s.not_ready_reason = agent.not_ready_reason();
+  s.ready = s.not_ready_reason.empty();
+  return s;
+}
+
+control::ConnectionListView Connections(const Agent& agent,
+                                        const control::ConnectionsParams& filter) {
+  control::ConnectionListView out;
+  absl::Time now = absl::Now();
+  for (const ConnectionSnapshot& c : agent.engine().connections().Snapshot()) {
+    if (!control::Matches(filter, c.workload, c.peer_id)) continue;
+    control::ConnectionView v;
+    v.id = c.id;
+    v.direction = std::string(DirectionName(c.direction));
+    v.workload = c.workload;
+    v.local_id = c.local_id;
+    v.peer_id = c.peer_id;
+    v.app_address = c.app_address;
+    v.wire_local = c.wire_local;
+    v.wire_peer = c.wire_peer;
+    v.tls_version = c.tls_version;
+    v.cipher = c.cipher;
+    v.data_path = c.data_path;
+    v.state = std::string(StateName(c.state));
+    v.bytes_to_wire = c.bytes_to_wire;
+    v.bytes_from_wire = c.bytes_from_wire;
+    v.age_seconds = absl::ToDoubleSeconds(now - c.started);
+    out.connections.push_back(std::move(v));
+  }
+  return out;
+}
+
+control::WorkloadListView Workloads(const Agent& agent) {
+  control::WorkloadListView out;
+  std::map<std::string, absl::Time> expiry;
+  for (const auto& issued : agent.identities().Snapshot()) expiry[issued.id] = issued.not_after;
+  for (const EnrolledWorkload& w : agent.workloads()) {
+    control::WorkloadView v;
+    v.name = w.name;
+    v.cgroup = w.registered.cgroup_path;
+    v.cgroup_id = w.registered.cgroup_id;
+    v.spiffe_id = w.registered.id.ToString();
+    v.mode = std::string(WorkloadModeName(w.mode));
+    v.ports = w.ports;
+    auto it = expiry.find(v.spiffe_id);
+    v.svid_expires_at = it == expiry.end() ? 0 : UnixSeconds(it->second);
+    out.workloads.push_back(std::move(v));
+  }
+  return out;
+}
+
+absl::StatusOr<control::PolicyCheckView> PolicyCheck(const Agent& agent,
+                                                     const control::PolicyCheckParams& p) {
+  auto from = SpiffeId::Parse(p.from);
+  if (!from.ok())
+    return absl::InvalidArgumentError(absl::StrCat("from: ", from.status().message()));
+  std::shared_ptr<const Config> config = agent.config();
+  bool known = false;
+  for (const auto& w : config->workloads) known |= w.name == p.to;
+  if (!known) return absl::NotFoundError(absl::StrCat("no workload named \"", p.to, "\""));
+  // The workload's ID when one of its cgroups is registered.
+  std::optional<SpiffeId> to_id;
+  for (const EnrolledWorkload& w : agent.workloads()) {
+    if (w.name == p.to) to_id = w.registered.id;
+  }
+  PolicyCheckResult r = agent.policy()->Check(*from, p.to, to_id ? &*to_id : nullptr, p.port);
+  return control::PolicyCheckView{r.allowed, r.reason, r.origin};
+}
+
+}  // namespace
+
+std::optional<control::DenialView> DenialOf(const ClosedConnection& closed) {
+  if (IsIoResult(closed.result)) return std::nullopt;
+  control::DenialView d;
+  d.direction = std::string(DirectionName(closed.direction));
+  d.workload = closed.workload;
+  d.peer_id = closed.peer_id;
+  d.result = closed.result;
+  d.reason = closed.reason;
+  if (closed.direction == Direction::kInbound) {
+    d.peer_address = closed.wire_peer;
+    d.local_address = closed.wire_local;
+    d.port = PortOf(closed.wire_local);
+  } else {
+    d.peer_address = closed.wire_peer;
+    d.local_address = closed.app_address;
+    d.port = PortOf(closed.wire_peer);
+  }
+  return d;
+}
+
+void AgentStats::ConnectionClosed(const ClosedConnection& closed) {
+  if (auto denial = DenialOf(closed)) denials_.Add(*std::move(denial));
+  absl::MutexLock lock(&mu_);
+  ++totals_.closed[{std::string(DirectionName(closed.direction)),
+                    closed.data_path.empty() ? "none" : closed.data_path, closed.result}];
+  totals_.bytes_to_wire += closed.bytes_to_wire;
+  totals_.bytes_from_wire += closed.bytes_from_wire;
+}
+
+void AgentStats::Intercepted(const InterceptionEvent& event) {
+  std::string reason(ReasonName(event.reason));
+  bool log = true;
+  {
+    absl::MutexLock lock(&mu_);
+    ++totals_.events[reason];
+    absl::Time now = absl::Now();
+    if (now - log_window_ > absl::Seconds(1)) {
+      log_window_ = now;
+      logs_in_window_ = 0;
+    }
+    if (++logs_in_window_ > kEventLogsPerSecond) {
+      ++totals_.event_logs_suppressed;
+      log = false;
+    }
+  }
+  if (event.type == KTRUST_EVENT_DENIED) {
+    control::DenialView d;
+    d.direction = event.cgroup_id ? "outbound" : "inbound";
+    d.peer_address = event.cgroup_id ? event.destination.ToString() : event.source.ToString();
+    d.local_address = event.cgroup_id ? event.source.ToString() : event.destination.ToString();
+    d.port = event.destination.port();
+    d.result = reason;
+    d.reason =
+        reason == "udp_denied"
+            ? "UDP to a mesh destination: ktrust tunnels TCP only, so enforce mode refuses it"
+        : reason == "sk_lookup_no_listener"
+            ? "enforced port and no ktrustd listener (agent down or restarting)"
+            : absl::StrCat("refused by the interception programs (", reason, ")");
+    denials_.Add(std::move(d));
+  }
+  if (!log) return;
+  LogEvent(event.type == KTRUST_EVENT_DENIED ? spdlog::level::warn : spdlog::level::debug,
+           {{"event", absl::StrCat("intercept_", EventTypeName(event.type))},
+            {"reason", reason},
+            {"cgroup_id", event.cgroup_id},
+            {"pid", event.pid},
+            {"protocol", event.protocol},
+            {"source", event.source.ToString()},
+            {"destination", event.destination.ToString()}});
+}
+
+AgentStats::Totals AgentStats::totals() const {
+  absl::MutexLock lock(&mu_);
+  return totals_;
+}
+
+std::map<std::string, control::ControlHandler> ControlHandlers(const Agent& agent,
+                                                               const AgentStats& stats) {
+  std::map<std::string, control::ControlHandler> h;
+  h[control::kMethodStatus] = [&agent](const nlohmann::json&) -> absl::StatusOr<nlohmann::json> {
+    return nlohmann::json(Status(agent));
+  };
+  h[control::kMethodConnections] =
+      [&agent](const nlohmann::json& params) -> absl::StatusOr<nlohmann::json> {
+    auto p = control::ParseConnectionsParams(params);
+    if (!p.ok()) return p.status();
+    return nlohmann::json(Connections(agent, *p));
+  };
+  h[control::kMethodWorkloads] = [&agent](const nlohmann::json&) -> absl::StatusOr<nlohmann::json> {
+    return nlohmann::json(Workloads(agent));
+  };
+  h[control::kMethodPolicyCheck] =
+      [&agent](const nlohmann::json& params) -> absl::StatusOr<nlohmann::json> {
+    auto p = control::ParsePolicyCheckParams(params);
+    if (!p.ok()) return p.status();
+    auto r = PolicyCheck(agent, *p);
+    if (!r.ok()) return r.status();
+    return nlohmann::json(*r);
+  };
+  h[control::kMethodDenials] =
+      [&stats](const nlohmann::json& params) -> absl::StatusOr<nlohmann::json> {
+    auto p = control::ParseDenialsParams(params);
+    if (!p.ok()) return p.status();
+    absl::Time since =
+        p->since_seconds ? absl::Now() - absl::Seconds(*p->since_seconds) : absl::InfinitePast();
+    return nlohmann::json(control::DenialListView{stats.denials().Since(since)});
+  };
+  return h;
+}
+
+std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
+  control::PrometheusText m;
+  const EngineCounters& c = agent.engine().counters();
+  std::map<std::pair<std::string, std::string>, int> active;
+  uint64_t live_to = 0, live_from = 0;
+  for (const ConnectionSnapshot& s : agent.engine().connections().Snapshot()) {
+    ++active[{std::string(DirectionName(s.direction)), s.data_path.empty() ? "none" : s.data_path}];
+    live_to += s.bytes_to_wire;
+    live_from += s.bytes_from_wire;
+  }
+  for (const char* dir : {"outbound", "inbound"}) {
+    for (const char* path : {"ktls-sw", "userspace", "none"}) {
+      m.Gauge("ktrust_connections_active", "Connections open now (none: still handshaking)",
+              {{"direction", dir}, {"data_path", path}}, active[{dir, path}]);
+    }
+  }
+  AgentStats::Totals t = stats.totals();
+  for (const auto& [key, n] : t.closed) {
+    const auto& [dir, path, result] = key;
+    m.Counter("ktrust_connections_total", "Connections ended, by how they ended",
+              {{"direction", dir}, {"data_path", path}, {"result", result}},
+              static_cast<double>(n));
+  }
+  m.Counter("ktrust_connections_accepted_total", "Connections accepted by the engine", {},
+            static_cast<double>(c.accepted.load()));
+  m.Counter("ktrust_handshakes_failed_total", "TLS handshakes that failed or were refused", {},
+            static_cast<double>(c.handshake_failures.load()));
+  m.Counter("ktrust_refused_limit_total", "Connections refused over the connection limits", {},
+            static_cast<double>(c.refused_limit.load()));
+  for (const auto& [result, n] : stats.denials().CountsByResult()) {
+    m.Counter("ktrust_denials_total", "Refused connections and failed handshakes, by reason",
+              {{"result", result}}, static_cast<double>(n));
+  }
+  m.Counter("ktrust_bytes_total", "Application bytes carried", {{"direction", "to_wire"}},
+            static_cast<double>(t.bytes_to_wire + live_to));
+  m.Counter("ktrust_bytes_total", "Application bytes carried", {{"direction", "from_wire"}},
+            static_cast<double>(t.bytes_from_wire + live_from));
+  absl::Time now = absl::Now();
+  for (const auto& issued : agent.identities().Snapshot()) {
+    m.Gauge("ktrust_svid_expiry_seconds", "Seconds until the workload SVID expires",
+            {{"workload", issued.workload}, {"spiffe_id", issued.id}},
+            absl::ToDoubleSeconds(issued.not_after - now));
+  }
+  absl::Time ca = agent.identities().ca_expires_at();
+  if (ca != absl::InfinitePast()) {
+    m.Gauge("ktrust_ca_expiry_seconds", "Seconds until the issuing CA expires", {},
+            absl::ToDoubleSeconds(ca - now));
+  }
+  ReloadState reload = agent.reload_state();
+  m.Gauge("ktrust_config_generation", "Configurations applied since start", {},
+          static_cast<double>(reload.generation));
+  m.Gauge("ktrust_config_last_reload_ok", "1 if the last reload succeeded", {},
+          reload.last_ok ? 1 : 0);
+  if (auto counters = agent.bpf().maps().Counters(); counters.ok()) {
+    for (uint32_t i = 0; i < KTRUST_REASON_MAX; ++i) {
+      m.Counter("ktrust_bpf_events_total", "Interception decisions in the kernel, by reason",
+                {{"reason", std::string(ReasonName(i))}}, static_cast<double>((*counters)[i]));
+    }
+  }
+  m.Gauge("ktrust_workloads", "Registered workload cgroups", {},
+          static_cast<double>(agent.workloads().size()));
+  return m.Finish();
+}
+
+}  // namespace ktrust

@@ -1,0 +1,191 @@
+#include "ktrust/agent/workload_identities.h"
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/common/files.h"
+#include "ktrust/common/log.h"
+#include "ktrust/identity/x509.h"
+
+namespace ktrust {
+namespace {
+
+absl::StatusOr<CertificateAuthority> LoadOrCreateCa(const Config& config, absl::Time now) {
+  const std::string& dir = config.identity.ca_dir;
+  if (PathExists(dir + "/ca.crt") || PathExists(dir + "/ca.key")) {
+    return CertificateAuthority::Load(dir, now);
+  }
+  // First start of a single-node install: a fresh root, key mode 0600.
+  auto td = TrustDomain::Parse(config.trust_domain);
+  if (!td.ok()) return td.status();
+  auto ca = CertificateAuthority::CreateRoot(*td, kDefaultRootValidity, now);
+  if (!ca.ok()) return ca.status();
+  if (auto st = ca->Save(dir, /*force=*/false); !st.ok()) return st;
+  LogEvent(spdlog::level::warn,
+           {{"event", "ca_created"},
+            {"dir", dir},
+            {"reason", "no CA in the configured directory: a new root CA was generated"}});
+  return ca;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkloadIdentities>> WorkloadIdentities::Create(const Config& config,
+                                                                               absl::Time now) {
+  std::unique_ptr<WorkloadIdentities> ids(new WorkloadIdentities(config.identity));
+  if (config.identity.source == IdentityConfig::Source::kEmbeddedCa) {
+    auto ca = LoadOrCreateCa(config, now);
+    if (!ca.ok()) return ca.status();
+    if (ca->trust_domain().name() != config.trust_domain) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the CA in ", config.identity.ca_dir, " belongs to trust domain ",
+                       ca->trust_domain().name(), ", not ", config.trust_domain));
+    }
+    absl::MutexLock lock(&ids->mu_);
+    ids->ca_pem_ = ToPem(ca->chain());
+    ids->ca_ = std::make_shared<const CertificateAuthority>(*std::move(ca));
+  }
+  return ids;
+}
+
+std::shared_ptr<const CertificateAuthority> WorkloadIdentities::ca() const {
+  absl::MutexLock lock(&mu_);
+  return ca_;
+}
+
+absl::StatusOr<WorkloadIdentities::Entry> WorkloadIdentities::MakeEntry(
+    const SpiffeId& id, const std::string& workload) const {
+  Entry entry;
+  entry.workload = workload;
+  if (ca()) {
+    absl::Duration ttl = config_.svid_ttl;
+    // The issuer asks for the CA each time, so renewals after a CA rotation
+    // come from the new CA.
+    auto rotator = SvidRotator::Create(
+        [this, id, ttl](absl::Time now) { return ca()->IssueSvid(id, ttl, now); }, absl::Now());
+    if (!rotator.ok()) return rotator.status();
+    entry.rotator = *std::move(rotator);
+    return entry;
+  }
+  std::string dir = absl::StrCat(config_.svid_dir, "/", workload);
+  auto source = FileIdentitySource::Create(dir);
+  if (!source.ok()) return source.status();
+  if ((*source)->Current()->svid.id() != id) {
+    return absl::FailedPreconditionError(absl::StrCat("the SVID in ", dir, " is for ",
+                                                      (*source)->Current()->svid.id().ToString(),
+                                                      ", but the workload is ", id.ToString()));
+  }
+  (*source)->StartWatching(absl::Seconds(5));
+  entry.file_source = *std::move(source);
+  return entry;
+}
+
+absl::StatusOr<SvidProvider> WorkloadIdentities::ProviderFor(const SpiffeId& id,
+                                                             const std::string& workload) {
+  std::string key = id.ToString();
+  std::optional<Entry> found;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = entries_.find(key); it != entries_.end()) found = it->second;
+  }
+  if (!found) {
+    // Issued without the lock: issuing reads the CA under it.
+    auto made = MakeEntry(id, workload);
+    if (!made.ok()) return made.status();
+    absl::MutexLock lock(&mu_);
+    found = entries_.emplace(key, *std::move(made)).first->second;
+  }
+  if (auto rotator = found->rotator) {
+    return SvidProvider([rotator] { return rotator->Current(); });
+  }
+  auto source = found->file_source;
+  return SvidProvider([source] {
+    auto current = source->Current();
+    return std::shared_ptr<const Svid>(current, &current->svid);
+  });
+}
+
+absl::StatusOr<std::shared_ptr<const TrustStore>> WorkloadIdentities::LoadTrustStore(
+    const Config& config) const {
+  auto td = TrustDomain::Parse(config.trust_domain);
+  if (!td.ok()) return td.status();
+  std::string roots;
+  if (auto ca_now = ca()) {
+    roots = ToPem(ca_now->roots());
+  } else {
+    auto bundle = ReadFile(config.identity.svid_dir + "/bundle.crt");
+    if (bundle.ok()) roots = *bundle;
+  }
+  for (const std::string& path : config.trust_bundles) {
+    auto pem = ReadFile(path);
+    if (!pem.ok()) return pem.status();
+    absl::StrAppend(&roots, *pem);
+  }
+  auto bundle = TrustBundle::FromPem(*td, roots, "");
+  if (!bundle.ok()) return bundle.status();
+  auto store = std::make_shared<TrustStore>();
+  store->Put(*std::move(bundle));
+  return store;
+}
+
+std::vector<std::string> WorkloadIdentities::RotateDue(absl::Time now) {
+  std::vector<std::shared_ptr<SvidRotator>> rotators;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, entry] : entries_) {
+      if (entry.rotator) rotators.push_back(entry.rotator);
+    }
+  }
+  std::vector<std::string> errors;
+  for (auto& r : rotators) {
+    if (auto st = r->RotateIfDue(now); !st.ok()) errors.push_back(std::string(st.message()));
+  }
+  return errors;
+}
+
+absl::StatusOr<bool> WorkloadIdentities::ReloadCa(const Config& config, absl::Time now) {
+  if (config.identity.source != IdentityConfig::Source::kEmbeddedCa) return false;
+  auto ca = CertificateAuthority::Load(config.identity.ca_dir, now);
+  if (!ca.ok()) return ca.status();
+  std::string pem = ToPem(ca->chain());
+  std::vector<std::pair<std::string, std::shared_ptr<SvidRotator>>> rotators;
+  {
+    absl::MutexLock lock(&mu_);
+    if (pem == ca_pem_) return false;
+    ca_pem_ = pem;
+    ca_ = std::make_shared<const CertificateAuthority>(*std::move(ca));
+    for (auto& [id, entry] : entries_) {
+      if (entry.rotator) rotators.emplace_back(id, entry.rotator);
+    }
+  }
+  // New handshakes present SVIDs of the new CA from now on; established
+  // connections keep theirs.
+  for (auto& [id, rotator] : rotators) {
+    if (auto st = rotator->RotateIfDue(absl::InfiniteFuture()); !st.ok()) {
+      LogEvent(spdlog::level::err,
+               {{"event", "svid_renewal_failed"}, {"id", id}, {"reason", st.message()}});
+    }
+  }
+  return true;
+}
+
+std::vector<WorkloadIdentities::Issued> WorkloadIdentities::Snapshot() const {
+  std::vector<Issued> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : entries_) {
+    std::shared_ptr<const Svid> svid;
+    if (entry.rotator) {
+      svid = entry.rotator->Current();
+    } else {
+      auto current = entry.file_source->Current();
+      svid = std::shared_ptr<const Svid>(current, &current->svid);
+    }
+    out.push_back({id, entry.workload, svid->not_after()});
+  }
+  return out;
+}
+
+absl::Time WorkloadIdentities::ca_expires_at() const {
+  auto ca_now = ca();
+  return ca_now ? NotAfter(ca_now->certificate()) : absl::InfinitePast();
+}
+
+}  // namespace ktrust
