@@ -64,7 +64,7 @@ write_config b '
 marker="KTRUST-PLAINTEXT-MARKER-$RANDOM$RANDOM"
 mkdir "$work/www"
 echo "$marker" >"$work/www/secret.txt"
-(cd "$work/www" && run_in b server "$work/http.log" python3 -u -m http.server --bind :: 8080)
+run_in b server "$work/http.log" python3 -u -m http.server --bind :: --directory "$work/www" 8080
 wait_for "$work/http.log" "Serving HTTP"
 banner="KTRUST-BANNER-$RANDOM"
 run_in b server "$work/banner.log" python3 -u -c "

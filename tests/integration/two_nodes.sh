@@ -55,6 +55,8 @@ two_nodes_up() {  # WORKDIR KTRUST
 two_nodes_down() {
   local p
   for p in "${KT_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Anything else still running in the nodes' cgroups goes too.
+  if [[ -n $KT_CG && -e $KT_CG/cgroup.kill ]]; then echo 1 >"$KT_CG/cgroup.kill" || true; fi
   wait 2>/dev/null || true
   ip netns del "$KT_NS_A" 2>/dev/null || true
   ip netns del "$KT_NS_B" 2>/dev/null || true

@@ -51,7 +51,7 @@ sed -n '/^policy:/,/^agent:/p' "$work/b/ktrustd.yaml" | sed '$d'
 say "Node b runs an unmodified python3 http.server in cgroup api; the agents start"
 mkdir "$work/www"
 echo "hello from the api on node b, over mutual TLS" >"$work/www/index.txt"
-(cd "$work/www" && run_in b api "$work/http.log" python3 -u -m http.server --bind 0.0.0.0 8080)
+run_in b api "$work/http.log" python3 -u -m http.server --bind 0.0.0.0 --directory "$work/www" 8080
 wait_for "$work/http.log" "Serving HTTP" || die "http.server did not start"
 start_agent a "$ktrustd" || die "ktrustd on node a did not start"
 start_agent b "$ktrustd" || die "ktrustd on node b did not start"
