@@ -93,7 +93,7 @@ for t in "${targets[@]}"; do
   log "$t: ${seconds} s on $(find "$seeds" -type f | wc -l) seeds + $(find "$work" -type f | wc -l) found earlier"
   # The first corpus directory receives new inputs; the seeds are only read.
   rc=0
-  "${binary[$t]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+  "${binary[$t]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" "$work" "$seeds" >"$out" 2>&1 &
   fuzz_pid=$!
   wait "$fuzz_pid" || rc=$?
