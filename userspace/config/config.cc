@@ -134,7 +134,7 @@ class Parser {
     out->node = node;
     out->path = std::string(path);
     for (auto it = node.begin(); it != node.end(); ++it) {
-      const YAML::Node& key = it->first;
+      YAML::Node key = it->first;  // a copy: the iterator hands out a temporary
       if (!key.IsScalar()) return Expected(key, path, "a key name");
       std::string name = key.Scalar();
       if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
