@@ -147,6 +147,16 @@ TEST_F(EngineTest, EchoAndTheConnectionTableShowBothIdentities) {
   ASSERT_TRUE(ReadExactly(fd.get(), 5, &reply));
   EXPECT_EQ(reply, "hello");
 
+  // The byte counts are updated as each splice completes, which io_uring
+  // may report after the reply has already reached us.
+  auto counted = [](const Engine& e) {
+    auto s = e.connections().Snapshot();
+    return s.size() == 1 && s[0].bytes_to_wire == 5 && s[0].bytes_from_wire == 5;
+  };
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!(counted(*client_) && counted(*server_)) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
   auto out = client_->connections().Snapshot();
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].direction, Direction::kOutbound);
@@ -497,10 +507,14 @@ TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
   std::string reply;
   ASSERT_TRUE(ReadExactly(a.get(), 1, &reply));
   ASSERT_TRUE(ReadExactly(b.get(), 1, &reply));
+  // The engine resets the third connection at accept; a slow client may
+  // see the reset already at connect().
   UniqueFd c = ConnectTo(entry());
-  int err = 0;
-  EXPECT_FALSE(ReadToEof(c.get(), nullptr, &err));
-  EXPECT_EQ(err, ECONNRESET);
+  int err = errno;
+  if (c.valid()) {
+    EXPECT_FALSE(ReadToEof(c.get(), nullptr, &err));
+  }
+  EXPECT_TRUE(err == ECONNRESET || err == ECONNREFUSED) << strerror(err);
   EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
 }
 
