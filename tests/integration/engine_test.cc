@@ -10,11 +10,15 @@
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <future>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "integration/test_network.h"
@@ -39,7 +43,32 @@ struct PairOptions {
   std::shared_ptr<const Svid> client_svid;  // default: a valid kClientId SVID
   std::vector<std::string> allow = {"spiffe://example.org/ns/app/*"};
   std::optional<SpiffeIdPattern> expect_server;
+  bool permissive = false;  // the inbound listener's mode
   EngineOptions options;
+};
+
+// The log lines as an operator reads them: every message, in order.
+class CapturedLog : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  // The JSON events named `event`, parsed.
+  std::vector<nlohmann::json> Events(const std::string& event) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<nlohmann::json> out;
+    for (const std::string& line : lines_) {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("event", "") == event) out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    lines_.emplace_back(msg.payload.data(), msg.payload.size());
+  }
+  void flush_() override {}
+
+ private:
+  std::vector<std::string> lines_;
 };
 
 class EngineTest : public ::testing::Test {
@@ -54,6 +83,17 @@ class EngineTest : public ::testing::Test {
   ~EngineTest() override {
     if (client_) client_->Stop();
     if (server_) server_->Stop();
+    if (previous_logger_) spdlog::set_default_logger(previous_logger_);
+  }
+
+  // Sends the engines' log lines (info and up) to log_ for the rest of the
+  // test. Call before StartPair.
+  void CaptureLog() {
+    log_ = std::make_shared<CapturedLog>();
+    previous_logger_ = spdlog::default_logger();
+    auto logger = std::make_shared<spdlog::logger>("captured", log_);
+    logger->set_level(spdlog::level::info);
+    spdlog::set_default_logger(logger);
   }
 
   std::shared_ptr<const Svid> Issue(const char* id) {
@@ -72,10 +112,10 @@ class EngineTest : public ::testing::Test {
     for (const auto& a : p.allow) allowed.push_back(*SpiffeIdPattern::Parse(a));
     p.options.loops = p.options.loops ? p.options.loops : 2;
 
-    auto server =
-        Engine::Create(p.options, trust_, std::make_shared<AllowListAuthorizer>(allowed), {},
-                       {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "backend",
-                                        [server_svid] { return server_svid; }, backend.address()}});
+    auto server = Engine::Create(
+        p.options, trust_, std::make_shared<AllowListAuthorizer>(allowed), {},
+        {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "backend",
+                         [server_svid] { return server_svid; }, backend.address(), p.permissive}});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     ASSERT_TRUE(server_->Start().ok());
@@ -129,6 +169,8 @@ class EngineTest : public ::testing::Test {
   std::unique_ptr<Engine> server_;
   SocketAddress entry_;
   SocketAddress wire_;
+  std::shared_ptr<CapturedLog> log_;
+  std::shared_ptr<spdlog::logger> previous_logger_;
 };
 
 TEST_F(EngineTest, EchoAndTheConnectionTableShowBothIdentities) {
@@ -472,6 +514,7 @@ TEST_F(EngineTest, GarbageOnTheTlsPortIsDroppedAndTheEngineCarriesOn) {
     ReadToEof(fd.get(), nullptr);
   }
   EXPECT_EQ(backend.accepted(), 0);
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
   // Still serving.
   UniqueFd fd = ConnectTo(entry());
   ASSERT_TRUE(SendAll(fd.get(), "ok?", 3));
@@ -493,6 +536,8 @@ TEST_F(EngineTest, SilentClientIsDroppedAtTheHandshakeTimeout) {
   EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
+  // An enforce listener never takes silence for a plaintext protocol.
+  EXPECT_EQ(backend.accepted(), 0);
 }
 
 TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
@@ -516,6 +561,136 @@ TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
   }
   EXPECT_TRUE(err == ECONNRESET || err == ECONNREFUSED) << strerror(err);
   EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
+}
+
+// permissive: a client outside the mesh that speaks plaintext reaches the
+// application, and the agent says so.
+TEST_F(EngineTest, PermissiveListenerCarriesAPlaintextClientAndLogsIt) {
+  TestBackend backend([](int fd, TestBackend& self) {
+    std::string got;
+    if (!ReadExactly(fd, 5, &got)) return;
+    self.AddReceived(got.size());
+    SendAll(fd, got.data(), got.size());
+    ReadToEof(fd, nullptr);  // until the client's FIN came through
+  });
+  CaptureLog();
+  PairOptions p;
+  p.permissive = true;
+  StartPair(backend, p);
+  UniqueFd fd = ConnectTo(wire_);  // no TLS at all
+  ASSERT_TRUE(fd.valid());
+  auto client_address = SocketAddress::LocalOf(fd.get());
+  ASSERT_TRUE(client_address.ok());
+  ASSERT_TRUE(SendAll(fd.get(), "hello", 5));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 5, &reply));
+  EXPECT_EQ(reply, "hello");
+
+  auto in = server_->connections().Snapshot();
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0].data_path, "plaintext");
+  EXPECT_EQ(in[0].state, ConnectionState::kEstablished);
+  EXPECT_EQ(in[0].peer_id, "");
+  EXPECT_EQ(in[0].cipher, "");
+  EXPECT_EQ(in[0].wire_peer, client_address->ToString());
+  EXPECT_EQ(in[0].app_address, backend.address().ToString());
+
+  // The client's FIN reaches the application, whose close comes back.
+  ASSERT_EQ(shutdown(fd.get(), SHUT_WR), 0);
+  std::string rest;
+  EXPECT_TRUE(ReadToEof(fd.get(), &rest));
+  EXPECT_EQ(rest, "");
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(backend.bytes_received(), 5u);
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 1u);
+  EXPECT_EQ(server_->counters().handshaking.load(), 0u);
+  EXPECT_EQ(server_->counters().authorizations.load(), 0u);
+
+  std::vector<nlohmann::json> closed = log_->Events("connection_closed");
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].value("result", ""), "plaintext_client");
+  EXPECT_EQ(closed[0].value("data_path", ""), "plaintext");
+  EXPECT_EQ(closed[0].value("wire_peer", ""), client_address->ToString());
+  EXPECT_EQ(closed[0].value("bytes_from_wire", 0), 5);
+  EXPECT_EQ(closed[0].value("bytes_to_wire", 0), 5);
+  EXPECT_FALSE(closed[0].contains("peer_id"));
+  EXPECT_TRUE(log_->Events("connection_failed").empty());
+}
+
+// A server that speaks first: its plaintext client sends nothing until it
+// has read the banner. The listener stops waiting for a ClientHello.
+TEST_F(EngineTest, PermissiveListenerGivesASilentPlaintextClientTheServersBanner) {
+  std::promise<std::string> backend_got;
+  TestBackend backend([&](int fd, TestBackend& self) {
+    SendAll(fd, "220 ready\r\n", 11);
+    std::string got;
+    ReadToEof(fd, &got);
+    self.AddReceived(got.size());
+    backend_got.set_value(got);
+  });
+  CaptureLog();
+  PairOptions p;
+  p.permissive = true;
+  StartPair(backend, p);
+  UniqueFd fd = ConnectTo(wire_);
+  ASSERT_TRUE(fd.valid());
+  std::string banner;
+  ASSERT_TRUE(ReadExactly(fd.get(), 11, &banner));
+  EXPECT_EQ(banner, "220 ready\r\n");
+  ASSERT_TRUE(SendAll(fd.get(), "QUIT\r\n", 6));
+  ASSERT_EQ(shutdown(fd.get(), SHUT_WR), 0);
+  EXPECT_EQ(backend_got.get_future().get(), "QUIT\r\n");
+  EXPECT_TRUE(ReadToEof(fd.get(), nullptr));
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 1u);
+  std::vector<nlohmann::json> closed = log_->Events("connection_closed");
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].value("result", ""), "plaintext_client");
+  EXPECT_THAT(closed[0].value("reason", ""), ::testing::HasSubstr("sent nothing within 200ms"));
+}
+
+// permissive does not weaken anything for a client that speaks TLS.
+TEST_F(EngineTest, PermissiveListenerStillVerifiesAndAuthorizesTlsClients) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.permissive = true;
+  StartPair(backend, p);
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "hello", 5));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 5, &reply));
+  EXPECT_EQ(reply, "hello");
+  auto in = server_->connections().Snapshot();
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0].peer_id, kClientId);
+  EXPECT_EQ(in[0].data_path, ExpectedDataPath());
+  EXPECT_EQ(server_->counters().authorizations.load(), 1u);
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
+}
+
+TEST_F(EngineTest, PermissiveListenerRefusesADeniedTlsClientWithoutFallingBackToPlaintext) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.permissive = true;
+  p.allow = {"spiffe://example.org/ns/other/*"};
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+  EXPECT_EQ(server_->counters().denied.load(), 1u);
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
+}
+
+TEST_F(EngineTest, PermissiveListenerRefusesATlsClientFromAnotherCa) {
+  TestBackend backend(&TestBackend::Echo);
+  auto rogue = *CertificateAuthority::CreateRoot(*TrustDomain::Parse("example.org"),
+                                                 kDefaultRootValidity, absl::Now());
+  PairOptions p;
+  p.permissive = true;
+  p.client_svid = std::make_shared<const Svid>(
+      *rogue.IssueSvid(*SpiffeId::Parse(kClientId), absl::Hours(1), absl::Now()));
+  StartPair(backend, p);
+  ExpectRefusedWithNoBytes(backend);
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
+  EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
 }
 
 }  // namespace

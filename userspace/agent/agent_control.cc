@@ -19,6 +19,7 @@ constexpr int kEventLogsPerSecond = 20;
 // opposed to I/O: what `ktrust denials` lists.
 bool IsIoResult(const std::string& result) {
   static const std::set<std::string> io = {"ok",
+                                           "plaintext_client",  // permissive let it through
                                            "io_error",
                                            "stream_error",
                                            "idle_timeout",
@@ -266,7 +267,7 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
     live_from += s.bytes_from_wire;
   }
   for (const char* dir : {"outbound", "inbound"}) {
-    for (const char* path : {"ktls-sw", "userspace", "none"}) {
+    for (const char* path : {"ktls-sw", "userspace", "plaintext", "none"}) {
       m.Gauge("ktrust_connections_active", "Connections open now (none: still handshaking)",
               {{"direction", dir}, {"data_path", path}}, active[{dir, path}]);
     }

@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -75,6 +76,7 @@ Connection::Connection(LoopContext& ctx, Direction direction, std::string worklo
     waiters_[i].connection = this;
     waiters_[i].slot = static_cast<Slot>(i);
   }
+  sniff_timer_.connection = this;
   ctx_.connections.insert(this);
   ctx_.shared.counters->active.fetch_add(1);
 }
@@ -125,7 +127,109 @@ void Connection::StartInbound(LoopContext& ctx, const InboundListener& listener,
     c->record_->wire_local = AddressOf(SocketAddress::LocalOf(c->wire_.get()));
     c->record_->wire_peer = AddressOf(SocketAddress::PeerOf(c->wire_.get()));
   }
-  c->StartHandshake(listener.identity, std::nullopt);
+  if (listener.permissive) {
+    c->StartSniffing();
+  } else {
+    c->StartHandshake(listener.identity, std::nullopt);
+  }
+}
+
+void Connection::StartSniffing() {
+  state_ = ConnectionState::kHandshaking;
+  record_->state.store(state_);
+  // A client that has not yet shown what it speaks holds a handshake slot:
+  // max_handshakes bounds these too.
+  counted_handshake_ = true;
+  ctx_.shared.counters->handshaking.fetch_add(1);
+  const EngineOptions& options = ctx_.shared.options;
+  deadline_ = ctx_.loop.now() + options.handshake_timeout;
+  sniffing_ = true;
+  int64_t wait_ns = absl::ToInt64Nanoseconds(
+      std::min(options.permissive_sniff_timeout, options.handshake_timeout));
+  sniff_timer_.ts.tv_sec = wait_ns / 1000000000;
+  sniff_timer_.ts.tv_nsec = wait_ns % 1000000000;
+  sniff_timer_.pending = true;
+  ++pending_;
+  ctx_.loop.Timeout(&sniff_timer_, &sniff_timer_.ts);
+  // The first bytes may have arrived with the connection.
+  Sniff(false);
+}
+
+void Connection::Sniff(bool timed_out) {
+  // Peek, never read: a TLS client's ClientHello must stay in the socket for
+  // the handshake, a plaintext client's request for the application.
+  unsigned char head[2] = {0, 0};
+  ssize_t n = 0;
+  do {
+    n = recv(wire_.get(), head, sizeof(head), MSG_PEEK | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) {
+    Abort("io_error", absl::StrCat("read from the client: ", ErrnoText(errno)));
+    return;
+  }
+  // A TLS record starts with its type, 22 (handshake), and the major
+  // version, 3. A lone 22 goes to the handshake, which decides: fail closed.
+  if (n > 0 && head[0] == 0x16 && (n == 1 || head[1] == 0x03)) {
+    EndSniffing();
+    StartHandshake(inbound_->identity, std::nullopt);
+    return;
+  }
+  if (n > 0) {
+    AcceptPlaintext("permissive: the client's first bytes are not a TLS record");
+    return;
+  }
+  if (n == 0) {
+    AcceptPlaintext("permissive: the client ended its side without sending anything");
+    return;
+  }
+  if (timed_out) {
+    AcceptPlaintext(absl::StrCat(
+        "permissive: the client sent nothing within ",
+        absl::FormatDuration(ctx_.shared.options.permissive_sniff_timeout),
+        ", so no TLS ClientHello is coming (a protocol where the server speaks first)"));
+    return;
+  }
+  Wait(wire_.get(), POLLIN);
+}
+
+void Connection::OnSniffTimer(int /*result*/) {
+  sniff_timer_.pending = false;
+  --pending_;
+  if (closing_) {
+    MaybeFinalize();
+    return;
+  }
+  // Cancelled (-ECANCELED) because the client's bytes decided first, or
+  // expired (-ETIME): only a connection still sniffing cares.
+  if (sniffing_) Sniff(true);
+}
+
+void Connection::EndSniffing() {
+  sniffing_ = false;
+  if (sniff_timer_.pending) ctx_.loop.TimeoutRemove(&sniff_timer_);
+}
+
+void Connection::AcceptPlaintext(std::string why) {
+  EndSniffing();
+  if (counted_handshake_) {
+    counted_handshake_ = false;
+    ctx_.shared.counters->handshaking.fetch_sub(1);
+  }
+  plaintext_ = true;
+  ctx_.shared.counters->plaintext_accepted.fetch_add(1);
+  // The access log's result unless the connection fails later on.
+  result_ = "plaintext_client";
+  result_detail_ = std::move(why);
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->data_path = "plaintext";
+  }
+  LogEvent(spdlog::level::debug, {{"event", "plaintext_client"},
+                                  {"id", record_->id},
+                                  {"workload", record_->workload},
+                                  {"reason", result_detail_}});
+  // No identity, so no policy: permissive means exactly this.
+  ConnectApplication();
 }
 
 void Connection::Wait(int fd, short events) {
@@ -172,9 +276,16 @@ void Connection::Advance() {
       return;
     }
     case ConnectionState::kHandshaking:
-      DriveHandshake();
+      if (sniffing_) {
+        Sniff(false);
+      } else {
+        DriveHandshake();
+      }
       return;
     case ConnectionState::kConnectingApp: {
+      // A completion for the wire (a plaintext client's bytes, say) says
+      // nothing about the application's connect.
+      if (waiters_[kAppOut].pending) return;
       if (int err = SocketError(app_.get()); err != 0) {
         std::string to;
         {
@@ -200,8 +311,10 @@ void Connection::StartHandshake(const SvidProvider& identity,
                                 std::optional<SpiffeIdPattern> expected) {
   state_ = ConnectionState::kHandshaking;
   record_->state.store(state_);
-  counted_handshake_ = true;
-  ctx_.shared.counters->handshaking.fetch_add(1);
+  if (!counted_handshake_) {  // a permissive connection counted from the start of sniffing
+    counted_handshake_ = true;
+    ctx_.shared.counters->handshaking.fetch_add(1);
+  }
   deadline_ = ctx_.loop.now() + ctx_.shared.options.handshake_timeout;
   std::shared_ptr<const Svid> svid = identity();
   if (!svid) {
@@ -300,6 +413,14 @@ void Connection::ConnectApplication() {
   const EngineOptions& options = ctx_.shared.options;
   const auto& source =
       target->family() == AF_INET6 ? options.upstream_source6 : options.upstream_source4;
+  if (!inbound_->application && !source) {
+    // From any other source sk_lookup would steer the connection back here.
+    Abort("app_unreachable",
+          absl::StrCat("no upstream source address is configured for IPv",
+                       target->family() == AF_INET6 ? "6" : "4", " (agent.upstream_source6), so ",
+                       target->ToString(), " cannot be reached without being intercepted again"));
+    return;
+  }
   auto app = StartConnect(*target, options.socket_mark, source);
   if (!app.ok()) {
     Abort("app_unreachable", std::string(app.status().message()));
@@ -317,6 +438,20 @@ void Connection::ConnectApplication() {
 }
 
 void Connection::StartPumping() {
+  if (plaintext_) {
+    // Permissive, a non-TLS client: plain socket to plain socket, with splice.
+    auto to_wire = SplicePump::Create(app_.get(), wire_.get(), nullptr, nullptr);
+    auto from_wire = SplicePump::Create(wire_.get(), app_.get(), nullptr, nullptr);
+    if (!to_wire.ok() || !from_wire.ok()) {
+      Abort("pump_setup",
+            std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
+      return;
+    }
+    to_wire_ = *std::move(to_wire);
+    from_wire_ = *std::move(from_wire);
+    Established();
+    return;
+  }
   std::string data_path = "userspace";
   absl::StatusOr<DataPath> installed = absl::UnavailableError("kernel TLS is not in use");
   if (ctx_.shared.use_ktls) installed = InstallKtls(wire_.get(), *tls_);
@@ -365,9 +500,13 @@ void Connection::StartPumping() {
     absl::MutexLock lock(&record_->mu);
     record_->data_path = data_path;
   }
+  ctx_.shared.counters->established.fetch_add(1);
+  Established();
+}
+
+void Connection::Established() {
   state_ = ConnectionState::kEstablished;
   record_->state.store(state_);
-  ctx_.shared.counters->established.fetch_add(1);
   deadline_ = absl::InfiniteFuture();
   last_activity_ = ctx_.loop.now();
   RunPumps();
@@ -470,6 +609,7 @@ void Connection::Tick(absl::Time now) {
     Abort("idle_timeout", "no data in either direction for the idle timeout");
     return;
   }
+  if (plaintext_) return;  // no TLS records to count
   if (absl::Status st = CheckRecordLimits(); !st.ok())
     Abort("record_limit", std::string(st.message()));
 }
@@ -498,13 +638,17 @@ void Connection::Cancel() {
   for (Waiter& w : waiters_) {
     if (w.pending) ctx_.loop.PollRemove(&w);
   }
+  if (sniff_timer_.pending) ctx_.loop.TimeoutRemove(&sniff_timer_);
   MaybeFinalize();
 }
 
 void Connection::MaybeFinalize() {
   if (pending_ > 0) return;
+  // A permissive listener's plaintext client that ended normally is an
+  // access, not a failure.
+  bool ended_normally = result_ == "ok" || result_ == "plaintext_client";
   nlohmann::json event = {
-      {"event", result_ == "ok" ? "connection_closed" : "connection_failed"},
+      {"event", ended_normally ? "connection_closed" : "connection_failed"},
       {"id", record_->id},
       {"direction", DirectionName(direction_)},
       {"workload", record_->workload},
@@ -524,7 +668,7 @@ void Connection::MaybeFinalize() {
   event["bytes_to_wire"] = record_->bytes_to_wire.load();
   event["bytes_from_wire"] = record_->bytes_from_wire.load();
   event["duration_ms"] = absl::ToInt64Milliseconds(ctx_.loop.now() - record_->started);
-  LogEvent(result_ == "ok" ? spdlog::level::info : spdlog::level::warn, event);
+  LogEvent(ended_normally ? spdlog::level::info : spdlog::level::warn, event);
   if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(Summary());
   delete this;
 }

@@ -4,6 +4,11 @@
 //   outbound: kConnecting -> kHandshaking -> kEstablished
 //   inbound:  kHandshaking -> (authorize) -> kConnectingApp -> kEstablished
 //
+// A permissive listener first peeks at the client's first bytes (still
+// kHandshaking): a TLS handshake record goes on as above; anything else, or
+// nothing within the sniff timeout, is a plaintext client, delivered as is:
+//   kHandshaking (sniffing) -> kConnectingApp -> kEstablished (data path "plaintext")
+//
 // Every failure aborts both sockets (RST), so neither side mistakes a broken
 // stream for a complete one.
 #pragma once
@@ -38,18 +43,31 @@ class Connection {
     bool pending = false;
     void OnComplete(int result) override { connection->OnPoll(slot, result); }
   };
+  // Permissive listeners: ends the wait for a client's first bytes.
+  struct SniffTimer : EventLoop::Op {
+    Connection* connection = nullptr;
+    bool pending = false;
+    __kernel_timespec ts{};
+    void OnComplete(int result) override { connection->OnSniffTimer(result); }
+  };
 
   Connection(LoopContext& ctx, Direction direction, std::string workload);
   ~Connection();
 
   void OnPoll(Slot slot, int result);
   void Advance();
+  void StartSniffing();
+  void Sniff(bool timed_out);
+  void OnSniffTimer(int result);
+  void EndSniffing();
+  void AcceptPlaintext(std::string why);
   void StartHandshake(const SvidProvider& identity, std::optional<SpiffeIdPattern> expected);
   void DriveHandshake();
   void OnHandshakeDone();
   AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
+  void Established();
   void RunPumps();
   void Wait(int fd, short events);
   void StreamFailed(const std::string& error);
@@ -81,6 +99,9 @@ class Connection {
   uint64_t record_limit_ = 0;
 
   Waiter waiters_[kSlots];
+  SniffTimer sniff_timer_;
+  bool sniffing_ = false;   // permissive: waiting to see whether the client speaks TLS
+  bool plaintext_ = false;  // permissive: a non-TLS client, carried without TLS
   int pending_ = 0;
   bool closing_ = false;
   bool counted_handshake_ = false;

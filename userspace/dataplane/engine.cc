@@ -174,6 +174,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   if (!authorizer && !inbound.empty()) {
     return absl::InvalidArgumentError("inbound listeners need an authorizer");
   }
+  if (options.permissive_sniff_timeout <= absl::ZeroDuration()) {
+    // Zero would take a TLS client whose ClientHello is a moment late for a
+    // plaintext one.
+    return absl::InvalidArgumentError("permissive_sniff_timeout must be positive");
+  }
   std::unique_ptr<Engine> engine(new Engine());
   engine->table_ = std::make_shared<ConnectionTable>();
   engine->counters_ = std::make_shared<EngineCounters>();

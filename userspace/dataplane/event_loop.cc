@@ -63,6 +63,12 @@ void EventLoop::Timeout(Op* op, __kernel_timespec* ts) {
   io_uring_sqe_set_data(sqe, op);
 }
 
+void EventLoop::TimeoutRemove(Op* op) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(op), 0);
+  io_uring_sqe_set_data(sqe, nullptr);
+}
+
 void EventLoop::Run() {
   while (!stopping_.load()) {
     int rc = io_uring_submit_and_wait(&ring_, 1);

@@ -42,7 +42,11 @@ class EventLoop {
   // Cancels a pending PollAdd of `op`; `op` still completes (with -ECANCELED).
   void PollRemove(Op* op);
   void Accept(Op* op, int listen_fd);
+  // `ts` must stay alive until the next Run() iteration has submitted it.
   void Timeout(Op* op, __kernel_timespec* ts);
+  // Cancels a pending Timeout of `op`; `op` still completes (with
+  // -ECANCELED, or -ETIME if it had already expired).
+  void TimeoutRemove(Op* op);
 
   // Runs completions until Stop() is called from any thread.
   void Run();

@@ -58,13 +58,23 @@ struct InboundListener {
   // client dialled, i.e. the accepted socket's local address, which
   // sk_lookup steering preserves.
   std::optional<SocketAddress> application;
+  // The workload's `permissive` mode: a client that does not open with a TLS
+  // record (or sends nothing within EngineOptions::permissive_sniff_timeout,
+  // as the client of a server-speaks-first protocol does) is delivered to
+  // the application in plaintext and logged as "plaintext_client". A client
+  // that does speak TLS is verified and authorized as on any listener.
+  // false (enforce): every client must complete the mutual-TLS handshake.
+  bool permissive = false;
 };
 
 // How a connection ended, for the agent's denial list and metrics.
 struct ClosedConnection {
   Direction direction = Direction::kOutbound;
   std::string workload;
-  std::string result;  // "ok" or a stable code: "handshake_failed", "denied", ...
+  // "ok", "plaintext_client" (a permissive listener let a non-TLS client
+  // through, and it ended normally) or a stable failure code:
+  // "handshake_failed", "denied", ...
+  std::string result;
   std::string reason;  // in words; empty for "ok"
   std::string local_id, peer_id, app_address, wire_local, wire_peer, data_path;
   uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
@@ -94,6 +104,10 @@ struct EngineOptions {
   // 127.0.0.6: sk_lookup lets them through instead of steering them back.
   std::optional<SocketAddress> upstream_source4;
   std::optional<SocketAddress> upstream_source6;
+  // Permissive listeners: how long to wait for a client's first bytes before
+  // deciding that no TLS ClientHello is coming (a server-speaks-first
+  // client). Bounded by handshake_timeout.
+  absl::Duration permissive_sniff_timeout = absl::Milliseconds(200);
   // Called on the connection's loop thread once it has ended and been logged.
   std::function<void(const ClosedConnection&)> on_closed;
 };
@@ -107,6 +121,7 @@ struct EngineCounters {
   std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
   std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
   std::atomic<uint64_t> errors{0};          // closed by an I/O or protocol error
+  std::atomic<uint64_t> plaintext_accepted{0};  // permissive: non-TLS clients let through
   std::atomic<uint64_t> active{0};
   std::atomic<uint64_t> handshaking{0};
 };
