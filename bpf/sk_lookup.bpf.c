@@ -65,6 +65,7 @@ int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
   }
 
   __u32 slot = rule->listener;
+  if (ctx->family == AF_INET6) slot += KTRUST_INBOUND_V6_SLOT_OFFSET;
   struct bpf_sock* listener = bpf_map_lookup_elem(&ktrust_listen, &slot);
   if (!listener) {
     return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_NO_LISTENER);

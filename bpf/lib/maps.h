@@ -69,10 +69,11 @@ typedef struct {
 } ktrust_inbound_map;
 KTRUST_MAP(ktrust_inbound_map, ktrust_inbound);
 
-// The agent's inbound listening sockets, by slot; a closed socket leaves it.
+// The agent's inbound listening sockets, by slot (see
+// KTRUST_INBOUND_V6_SLOT_OFFSET); a closed socket leaves its slot.
 typedef struct {
   __uint(type, BPF_MAP_TYPE_SOCKMAP);
-  __uint(max_entries, KTRUST_MAX_INBOUND_LISTENERS);
+  __uint(max_entries, 2 * KTRUST_MAX_INBOUND_LISTENERS);  // IPv4 slots, then IPv6
   __type(key, __u32);
   __type(value, __u64);
 } ktrust_listen_map;

@@ -159,14 +159,29 @@ TEST_F(SkLookupTest, APermissivePortWithoutItsAgentIsDelivered) {
   EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_PERMISSIVE), 1u);
 }
 
-TEST_F(SkLookupTest, AListenerOfTheWrongFamilyIsRefusedNotBypassed) {
+TEST_F(SkLookupTest, EachFamilyGoesToItsOwnListenerOfTheSlot) {
+  UniqueFd agent4 = ListenTcp(Address("127.0.0.1:0"));
+  UniqueFd agent6 = ListenTcp(Address("[::1]:0"));
+  ASSERT_TRUE(maps().SetInboundListener(0, agent4.get()).ok());
+  ASSERT_TRUE(maps().SetInboundListener(0, agent6.get()).ok());
+  ASSERT_TRUE(maps().AddInboundPort(Address("0.0.0.0:8080"), EnforcementMode::kEnforce, 0, 3).ok());
+
+  LookupResult v4 = Lookup("10.0.0.1:8080", "10.0.0.2:40000");
+  EXPECT_EQ(v4.selected_cookie, SocketCookie(agent4.get()));
+  LookupResult v6 = Lookup("[fd00::1]:8080", "[fd00::2]:40000");
+  EXPECT_EQ(v6.verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(v6.selected_cookie, SocketCookie(agent6.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_STEERED), 2u);
+}
+
+TEST_F(SkLookupTest, AnIpv6ConnectionWithOnlyAnIpv4ListenerIsRefusedNotBypassed) {
   UniqueFd agent4 = ListenTcp(Address("127.0.0.1:0"));
   ASSERT_TRUE(maps().SetInboundListener(0, agent4.get()).ok());
   ASSERT_TRUE(
       maps().AddInboundPort(Address("[fd00::1]:8080"), EnforcementMode::kEnforce, 0, 3).ok());
   LookupResult r = Lookup("[fd00::1]:8080", "[fd00::2]:40000");
   EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_DROP));
-  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_ASSIGN_FAILED), 1u);
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 1u);
 }
 
 // The same program attached to a namespace, with real connections.

@@ -41,6 +41,8 @@ two_nodes_up() {  # WORKDIR KTRUST
     local ns=$KT_NS_A addr=1
     [[ $n == b ]] && ns=$KT_NS_B addr=2
     ip -n "$ns" link set lo up
+    # The agent's IPv6 source toward local applications (agent.upstream_source6).
+    ip -n "$ns" addr add fd00:6b74::6/128 dev lo nodad
     ip -n "$ns" addr add "10.77.0.$addr/24" dev "${n}0"
     ip -n "$ns" addr add "fd77::$addr/64" dev "${n}0" nodad
     ip -n "$ns" link set "${n}0" up
@@ -93,16 +95,22 @@ exec_in() {  # NODE CGROUP CMD...
 }
 
 # Writes node $1's agent configuration: its workloads (YAML lines under
-# workloads:) and policy (YAML lines under policy:).
+# workloads:) and policy (YAML lines under policy:). Optional, from the
+# caller's variables: KT_SVID_TTL (default 1h), KT_CA_DIR (default
+# $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:).
+# The file is replaced by a rename, so an agent polling it never reads half.
 write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
-  cat >"$KT_WORK/$node/ktrustd.yaml" <<EOF
+  local bundles=
+  [[ -n ${KT_TRUST_BUNDLES:-} ]] && bundles=$'trust_bundles:\n'"$KT_TRUST_BUNDLES"
+  cat >"$KT_WORK/$node/ktrustd.yaml.tmp" <<EOF
 version: 1
 trust_domain: example.org
 identity:
   source: embedded_ca
-  ca_dir: $KT_WORK/$node/ca
-  svid_ttl: 1h
+  ca_dir: ${KT_CA_DIR:-$KT_WORK/$node/ca}
+  svid_ttl: ${KT_SVID_TTL:-1h}
+$bundles
 workloads:
 $2
 mesh:
@@ -115,10 +123,12 @@ agent:
   node_name: node-$node
   cgroup_root: $KT_CG/$node
   bpf_pin_dir: $KT_WORK/$node/bpffs/ktrust
+  upstream_source6: fd00:6b74::6
   control_socket: $KT_WORK/$node/control.sock
   metrics_address: 127.0.0.1:9464
   log_level: debug
 EOF
+  mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }
 
 # Starts node $1's agent in its own cgroup and waits until it is ready.

@@ -153,6 +153,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   auto upstream4 = SocketAddress::Parse(absl::StrCat(settings.upstream_source, ":0"));
   if (!upstream4.ok()) return upstream4.status();
   options.upstream_source4 = *upstream4;
+  if (!settings.upstream_source6.empty()) {
+    auto upstream6 = SocketAddress::Parse(absl::StrCat("[", settings.upstream_source6, "]:0"));
+    if (!upstream6.ok()) return upstream6.status();
+    options.upstream_source6 = *upstream6;
+  }
 
   Agent* self = agent.get();
   std::vector<OutboundListener> outbound;
@@ -164,10 +169,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   std::vector<InboundListener> inbound;
   uint16_t port = settings.inbound_port;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
-    // IPv4 only for now: sk_lookup cannot hand IPv6 connections to an
-    // AF_INET socket, so IPv6 SYNs to enforced ports are dropped (fail closed).
-    auto addr = SocketAddress::Parse(absl::StrCat("127.0.0.1:", port++));
+    // One listener per family: sk_lookup hands each family's connections
+    // only to a socket of that family.
+    auto addr = SocketAddress::Parse(absl::StrCat("127.0.0.1:", port));
     if (!addr.ok()) return addr.status();
+    auto addr6 = SocketAddress::Parse(absl::StrCat("[::1]:", port++));
+    if (!addr6.ok()) return addr6.status();
     std::string name = w->name;
     SvidProvider identity = [self, name]() -> std::shared_ptr<const Svid> {
       std::shared_ptr<const Routing> routing;
@@ -181,6 +188,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
       return it->second();
     };
     inbound.push_back({*addr, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
+    inbound.push_back({*addr6, name, identity, std::nullopt});
   }
   {
     absl::MutexLock lock(&agent->mu_);
@@ -200,12 +208,15 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   InterceptionSettings interception;
   interception.outbound_port = settings.outbound_port;
   interception.upstream_source_ip4 = settings.upstream_source;
+  interception.upstream_source_ip6 = settings.upstream_source6;
   interception.agent_mark = settings.socket_mark;
   if (auto st = maps.Configure(interception); !st.ok()) return st;
   uint32_t slot = 0;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
-    if (auto st = maps.SetInboundListener(slot, agent->engine_->inbound_listen_fd(slot)); !st.ok())
-      return st;
+    for (size_t family = 0; family < 2; ++family) {
+      int fd = agent->engine_->inbound_listen_fd(2 * slot + family);
+      if (auto st = maps.SetInboundListener(slot, fd); !st.ok()) return st;
+    }
     size_t index = static_cast<size_t>(w - config->workloads.data());
     for (uint16_t p : w->ports) {
       auto any = SocketAddress::Parse(absl::StrCat("0.0.0.0:", p));

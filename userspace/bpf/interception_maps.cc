@@ -238,14 +238,28 @@ absl::Status InterceptionMaps::RemoveInboundPort(const SocketAddress& local) {
 }
 
 absl::Status InterceptionMaps::SetInboundListener(uint32_t slot, int listen_fd) {
+  if (slot >= KTRUST_MAX_INBOUND_LISTENERS) {
+    return absl::InvalidArgumentError(absl::StrCat("inbound listener slot ", slot,
+                                                   " is out of range (max ",
+                                                   KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
+  }
+  auto local = SocketAddress::LocalOf(listen_fd);
+  if (!local.ok()) return local.status();
+  if (local->family() == AF_INET6) slot += KTRUST_INBOUND_V6_SLOT_OFFSET;
   uint64_t fd = static_cast<uint64_t>(listen_fd);
   return Check(bpf_map_update_elem(fds_.listeners, &slot, &fd, BPF_ANY),
                absl::StrCat("placing the inbound listener in slot ", slot, " (ktrust_listen)"));
 }
 
 absl::Status InterceptionMaps::ClearInboundListener(uint32_t slot) {
-  return Check(bpf_map_delete_elem(fds_.listeners, &slot),
-               absl::StrCat("clearing inbound listener slot ", slot));
+  uint32_t v6 = slot + KTRUST_INBOUND_V6_SLOT_OFFSET;
+  // Either slot may be empty already (the socket closed, or there was none).
+  int err4 = bpf_map_delete_elem(fds_.listeners, &slot);
+  int err6 = bpf_map_delete_elem(fds_.listeners, &v6);
+  if (err4 != 0 && errno != ENOENT)
+    return Check(err4, absl::StrCat("clearing inbound slot ", slot));
+  (void)err6;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ReasonCounters> InterceptionMaps::Counters() const {

@@ -54,10 +54,9 @@ bool IsWorkloadNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
 }
 
-bool IsIpAddress(const std::string& text) {
+bool IsIpAddress(int family, const std::string& text) {
   in6_addr scratch{};
-  return inet_pton(AF_INET, text.c_str(), &scratch) == 1 ||
-         inet_pton(AF_INET6, text.c_str(), &scratch) == 1;
+  return inet_pton(family, text.c_str(), &scratch) == 1;
 }
 
 struct Field {
@@ -410,8 +409,8 @@ class ConfigReader {
     if (auto st = p_.OpenMapping(
             field.value, "agent",
             {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "inbound_port",
-             "upstream_source", "socket_mark", "control_socket", "control_group", "metrics_address",
-             "log_format", "log_level", "data_path"},
+             "upstream_source", "upstream_source6", "socket_mark", "control_socket",
+             "control_group", "metrics_address", "log_format", "log_level", "data_path"},
             &map);
         !st.ok()) {
       return st;
@@ -430,10 +429,17 @@ class ConfigReader {
       } else if (f.key == "inbound_port") {
         st = p_.Port(f, path, &out->inbound_port);
       } else if (f.key == "upstream_source") {
-        if (!f.value.IsScalar() || !IsIpAddress(f.value.Scalar())) {
-          st = p_.Expected(f, path, "an IPv4 or IPv6 address such as 127.0.0.6");
+        if (!f.value.IsScalar() || !IsIpAddress(AF_INET, f.value.Scalar())) {
+          st = p_.Expected(f, path, "an IPv4 address such as 127.0.0.6");
         } else {
           out->upstream_source = f.value.Scalar();
+        }
+      } else if (f.key == "upstream_source6") {
+        if (!f.value.IsScalar() || !IsIpAddress(AF_INET6, f.value.Scalar())) {
+          st =
+              p_.Expected(f, path, "an IPv6 address on this node's loopback, such as fd00:6b74::6");
+        } else {
+          out->upstream_source6 = f.value.Scalar();
         }
       } else if (f.key == "socket_mark") {
         st = SocketMark(f, path, &out->socket_mark);

@@ -34,6 +34,10 @@
 #define KTRUST_MAX_TRACKED_CONNECTIONS 262144
 #define KTRUST_MAX_INBOUND_PORTS 16384
 #define KTRUST_MAX_INBOUND_LISTENERS 64
+/* ktrust_listen holds an AF_INET listener at slot s and an AF_INET6 one at
+ * s + this offset: sk_lookup cannot give an IPv6 connection to an AF_INET
+ * socket, and the kernel makes a socket bound to ::1 IPv6-only. */
+#define KTRUST_INBOUND_V6_SLOT_OFFSET KTRUST_MAX_INBOUND_LISTENERS
 #define KTRUST_EVENT_RING_BYTES (256 * 1024)
 
 /* Port rules a mesh prefix carries; the first matching rule wins. */
@@ -120,7 +124,7 @@ struct ktrust_inbound_key {
 };
 
 struct ktrust_inbound_value {
-  __u32 listener; /* slot in ktrust_listen holding the agent's inbound listener */
+  __u32 listener; /* IPv4 slot in ktrust_listen (IPv6: + KTRUST_INBOUND_V6_SLOT_OFFSET) */
   __u32 mode;     /* enum ktrust_mode: what to do while that slot is empty */
   __u32 workload;
 };

@@ -105,8 +105,10 @@ class InterceptionMaps {
   absl::Status AddInboundPort(const SocketAddress& local, EnforcementMode mode,
                               uint32_t listener_slot, uint32_t workload);
   absl::Status RemoveInboundPort(const SocketAddress& local);
-  // Puts a listening TCP socket in a slot. The kernel drops it from the slot
-  // when it closes, which makes enforced ports refuse connections.
+  // Puts a listening TCP socket in a slot: an AF_INET socket takes the
+  // slot's IPv4 connections, an AF_INET6 one its IPv6 connections. The
+  // kernel drops it from the slot when it closes, which makes enforced ports
+  // refuse connections.
   absl::Status SetInboundListener(uint32_t slot, int listen_fd);
   absl::Status ClearInboundListener(uint32_t slot);
 
