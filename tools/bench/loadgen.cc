@@ -4,6 +4,7 @@
 //   loadgen throughput --connect ADDR --bytes N
 //   loadgen rr         --connect ADDR --count N [--size 64] [--warmup W]
 //   loadgen connrate   --connect ADDR --concurrency C --seconds S [--size 64]
+//   loadgen firstbyte  --connect ADDR --count N [--warmup W]
 //
 // Wire protocol (the proxies under test just carry it): the first byte a
 // client sends picks the mode of its connection on the server.
@@ -11,6 +12,11 @@
 //       arrived the server answers with the 8-byte little-endian count, so the
 //       client's clock stops only after delivery through every proxy.
 //   anything else: echo; the server sends back every byte, the first included.
+//
+// firstbyte is sequential: N times socket(), connect(), send 1 byte, read the
+// echoed byte, close(); it times each connection from socket() to close()
+// and, inside that, the connect() call, and prints every sample (run.sh --e2e
+// pools them across rounds).
 //
 // Every client mode prints one JSON object on stdout and exits 0, or prints
 // "loadgen: error: ..." on stderr and exits 1. The server is one epoll thread:
@@ -509,13 +515,70 @@ int RunConnectionRate(const sockaddr_in& sa, int concurrency, double seconds, si
   return 0;
 }
 
+// N sequential connections, each: socket(), connect(), 1 byte out, the echoed
+// byte back, close(). The first W are not recorded. Any failure ends the run:
+// a benchmark of connections that did not happen would mean nothing.
+int RunFirstByte(const sockaddr_in& sa, int64_t count, int64_t warmup) {
+  double cpu0 = ProcessCpuSeconds();
+  std::vector<double> total_us;
+  std::vector<double> connect_us;
+  total_us.reserve(static_cast<size_t>(count));
+  connect_us.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < warmup + count; ++i) {
+    const char out = static_cast<char>('a' + i % 26);
+    char in = 0;
+    auto t0 = Clock::now();
+    Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) DieErrno("socket");
+    timeval tv{kIoTimeoutSeconds, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    SetNoDelay(fd.get());
+    if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
+      DieErrno("connect (connection " + std::to_string(i + 1) + ")");
+    }
+    auto t1 = Clock::now();
+    if (!SendAll(fd.get(), &out, 1)) Die(IoError("send"));
+    if (!RecvAll(fd.get(), &in, 1)) {
+      Die(IoError(("first byte (connection " + std::to_string(i + 1) + ")").c_str()));
+    }
+    fd.Reset();
+    auto t2 = Clock::now();
+    if (in != out) Die("the echoed byte differs from the one sent");
+    if (i < warmup) continue;
+    total_us.push_back(std::chrono::duration<double, std::micro>(t2 - t0).count());
+    connect_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  auto list = [](const std::vector<double>& v) {
+    std::string s;
+    char num[32];
+    for (double x : v) {
+      std::snprintf(num, sizeof(num), "%s%.1f", s.empty() ? "" : ",", x);
+      s += num;
+    }
+    return s;
+  };
+  std::vector<double> sorted = total_us;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<double> sorted_connect = connect_us;
+  std::sort(sorted_connect.begin(), sorted_connect.end());
+  std::printf(
+      "{\"count\": %zu, \"p50_us\": %.1f, \"p99_us\": %.1f, \"connect_p50_us\": %.1f, "
+      "\"client_cpu_s\": %.4f, \"total_us\": [%s], \"connect_us\": [%s]}\n",
+      sorted.size(), Percentile(sorted, 0.50), Percentile(sorted, 0.99),
+      Percentile(sorted_connect, 0.50), ProcessCpuSeconds() - cpu0, list(total_us).c_str(),
+      list(connect_us).c_str());
+  return 0;
+}
+
 void Usage() {
   std::fprintf(stderr,
                "usage:\n"
                "  loadgen server     --listen IP:PORT\n"
                "  loadgen throughput --connect IP:PORT --bytes N\n"
                "  loadgen rr         --connect IP:PORT --count N [--size 64] [--warmup W]\n"
-               "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n");
+               "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n"
+               "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n");
 }
 
 }  // namespace
@@ -534,6 +597,12 @@ int main(int argc, char** argv) {
   if (mode == "throughput") {
     return RunThroughput(ParseAddress(Need(flags, "connect")),
                          static_cast<uint64_t>(NumberFlag(flags, "bytes")));
+  }
+  if (mode == "firstbyte") {
+    int64_t count = NumberFlag(flags, "count");
+    if (count == 0) Die("--count must be positive");
+    return RunFirstByte(ParseAddress(Need(flags, "connect")), count,
+                        NumberFlag(flags, "warmup", 0));
   }
   size_t size = static_cast<size_t>(NumberFlag(flags, "size", 64));
   if (size == 0 || size > (1 << 20)) Die("--size must be 1..1048576");

@@ -6,6 +6,7 @@
 #
 #   tools/bench/run.sh [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep] [--vm]
 #   tools/bench/run.sh --connect [--quick] [--out FILE]
+#   tools/bench/run.sh --e2e [--quick] [--out FILE] [--keep]
 #
 # Every pair: loadgen -> proxy A (plain in, mTLS out as spiffe://bench.local/client)
 #   -> proxy B (mTLS in, client certificate required, plain out) -> loadgen server.
@@ -14,6 +15,8 @@
 # for TCG and reports kTLS / userspace ratios from that one run.
 # --connect measures something else: connect() latency of cgroups the eBPF
 # programs do not intercept, attached vs detached (connect_latency, as root).
+# --e2e measures connect + first byte for an enrolled workload through two
+# agents (ktrustd run on two simulated nodes) against plain TCP (e2e.sh, as root).
 #
 # Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust targets are
 # skipped if it does not exist), KTRUSTD_ARGS (extra flags for every ktrustd;
@@ -21,7 +24,8 @@
 # LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8),
 # KTRUST_VM_CACHE (--vm: default /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (--vm: 900),
 # CONNECT_LATENCY (--connect: default build/tools/bench/connect_latency),
-# CONNECT_LATENCY_ARGS (--connect: extra arguments, e.g. "--cpu 1 --rounds 40").
+# CONNECT_LATENCY_ARGS (--connect: extra arguments, e.g. "--cpu 1 --rounds 40"),
+# E2E_ROUNDS, E2E_CONNECTS, E2E_WARMUP (--e2e, see e2e.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +41,7 @@ quick=0
 keep=0
 vm=0        # --vm: this is the host side, which boots the VM and runs the guest side
 connect=0   # --connect: the connect() latency benchmark instead
+e2e=0       # --e2e: the enrolled connect + first byte benchmark instead
 in_vm=0     # --vm-guest: this is the guest side (internal; needs KTRUST_VM=1)
 out=""
 runs=""
@@ -54,6 +59,7 @@ while (($#)); do
     --keep) keep=1 ;;
     --vm) vm=1 ;;
     --connect) connect=1 ;;
+    --e2e) e2e=1 ;;
     --vm-guest) in_vm=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -88,6 +94,29 @@ if ((connect)); then
   args+=(${CONNECT_LATENCY_ARGS:-} --json "$out")
   log "$CONNECT_LATENCY ${args[*]}"
   exec "$CONNECT_LATENCY" "${args[@]}"
+fi
+
+# ---------------------------------------------------------------- --e2e
+# connect + first byte of an enrolled workload through ktrustd on two simulated
+# nodes against plain TCP, interleaved in one run (e2e.sh). See README.md.
+if ((e2e)); then
+  ((!vm && !in_vm && !connect)) || die "--e2e runs on the host kernel only, alone"
+  [[ -z $targets && -z $runs ]] || die "--e2e takes no --targets or --runs (see E2E_ROUNDS)"
+  ((EUID == 0)) || die "--e2e needs root (network namespaces, cgroups, BPF programs)"
+  [[ -x $KTRUSTD && -x $KTRUST ]] || {
+    log "building ktrustd and the ktrust CLI"
+    ninja -C "$build" ktrustd ktrust >/dev/null
+  }
+  if [[ ! -x $LOADGEN ]]; then
+    [[ $LOADGEN == "$build/tools/bench/loadgen" ]] || die "LOADGEN=$LOADGEN is not an executable"
+    log "building loadgen"
+    ninja -C "$build" loadgen >/dev/null
+  fi
+  args=()
+  ((quick)) && args+=(--quick)
+  ((keep)) && args+=(--keep)
+  export KTRUSTD KTRUST LOADGEN KTRUST_BUILD_DIR="$build"
+  exec "$here/e2e.sh" "${args[@]}" --out "${out:-$PWD/ktrust-bench-e2e.json}"
 fi
 
 if ((in_vm)); then

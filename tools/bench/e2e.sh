@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# End-to-end cost of interception for an enrolled workload: connect() + first
+# byte through both agents against plain TCP, on two simulated nodes (the
+# netns/veth/cgroup/bpffs set-up of tests/integration/two_nodes.sh). Run by
+# `tools/bench/run.sh --e2e`; see tools/bench/README.md, "Enrolled connect +
+# first byte".
+#
+#   tools/bench/e2e.sh [--quick] [--out FILE] [--keep]
+#
+#   node a, cgroup client (enrolled)   -> ktrustd a -> mTLS -> ktrustd b -> server :E
+#   node a, cgroup plain (not enrolled) --------- plain TCP -------------> server :P
+#   node b: `loadgen server` in cgroup server (enrolled, ports: [E]) and a
+#           second one in cgroup plain (not enrolled), port P not enforced
+#
+# A batch is `loadgen firstbyte`: N sequential connections, each socket(),
+# connect(), send 1 byte, read the echo, close(), timed per connection. Rounds
+# run both targets, the order alternating (A B, B A, ...) so drift hits both.
+# Checks that fail the run: every connection must succeed; each agent's
+# connections_total must grow by exactly the enrolled connections made, and not
+# at all for the plain ones.
+#
+# Environment: KTRUSTD, KTRUST, LOADGEN (defaults in $KTRUST_BUILD_DIR, else
+# build/), E2E_ROUNDS (default 20, --quick 4), E2E_CONNECTS (per batch,
+# default 400, --quick 100), E2E_WARMUP (unrecorded connections per batch,
+# default 10), E2E_WARMUP_ROUNDS (default 1). Needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build="${KTRUST_BUILD_DIR:-$repo/build}"
+KTRUSTD="${KTRUSTD:-$build/userspace/ktrustd}"
+KTRUST="${KTRUST:-$build/userspace/cli/ktrust}"
+LOADGEN="${LOADGEN:-$build/tools/bench/loadgen}"
+PYTHON=/usr/bin/python3
+
+quick=0
+keep=0
+out=""
+while (($#)); do
+  case "$1" in
+    --quick) quick=1 ;;
+    --out) out=$2; shift ;;
+    --keep) keep=1 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "e2e.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+out=${out:-$PWD/ktrust-bench-e2e.json}
+[[ $out = /* ]] || out="$PWD/$out"
+rounds=${E2E_ROUNDS:-$( ((quick)) && echo 4 || echo 20)}
+connects=${E2E_CONNECTS:-$( ((quick)) && echo 100 || echo 400)}
+warmup=${E2E_WARMUP:-10}
+warmup_rounds=${E2E_WARMUP_ROUNDS:-1}
+enrolled_port=18080 # E: enforced on node b
+plain_port=18081    # P: not enforced
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'e2e.sh: error: %s\n' "$*" >&2; exit 1; }
+
+((EUID == 0)) || die "needs root (network namespaces, cgroups, bpffs, BPF programs)"
+for n in rounds connects warmup warmup_rounds; do
+  [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number (got ${!n})"
+done
+((rounds > 0 && connects > 0)) || die "E2E_ROUNDS and E2E_CONNECTS must be positive"
+for b in "$KTRUSTD" "$KTRUST" "$LOADGEN"; do [[ -x $b ]] || die "no executable $b (build it first)"; done
+for t in ip jq ss; do command -v "$t" >/dev/null || die "$t is not installed"; done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ktrust-bench-e2e.XXXXXX")
+# shellcheck source=SCRIPTDIR/../../tests/integration/two_nodes.sh
+source "$repo/tests/integration/two_nodes.sh"
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  two_nodes_down
+  # Never recurse into a mount (cgroup2, bpffs) that failed to come off.
+  if ((keep)); then
+    log "kept $work"
+  elif ! findmnt -rn -o TARGET | grep -q "^$work/"; then
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Polls CMD... until it succeeds, at most $1 seconds.
+await() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+listening() { ip netns exec "$(node_ns "$1")" ss -ltnH "sport = :$2" | grep -q .; }
+agent_ready() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json | jq -e '.ready == true'; }
+status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
+connections_total() { status_of "$1" | jq -r '.counts.connections_total'; }
+counted_at_least() { (($(connections_total "$1") >= $2)); }  # NODE N
+# utime + stime of a process in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+log "two simulated nodes in $work"
+two_nodes_up "$work" "$KTRUST"
+for n in a b; do
+  # Many short connections: more ephemeral ports and TIME_WAIT reuse, only in
+  # the nodes' own namespaces.
+  ip netns exec "$(node_ns "$n")" sysctl -q -w net.ipv4.ip_local_port_range="10000 65000" \
+    net.ipv4.tcp_tw_reuse=1
+done
+mkdir -p "$KT_CG"/a/{client,plain} "$KT_CG"/b/{server,plain}
+write_config a '
+  - name: client
+    cgroup: client
+    spiffe_id: spiffe://{trust_domain}/{node}/client' '
+  []'
+write_config b "
+  - name: server
+    cgroup: server
+    spiffe_id: spiffe://{trust_domain}/{node}/server
+    ports: [$enrolled_port]" "
+  - to: server
+    ports: [$enrolled_port]
+    from: [spiffe://example.org/node-a/client]"
+# The peers in tools/bench log warnings only; so do the agents here.
+sed -i 's/^  log_level: .*/  log_level: warn/' "$KT_WORK"/{a,b}/ktrustd.yaml
+
+# Servers first: the agent enrols existing cgroups at start.
+run_in b server "$work/server-enrolled.log" "$LOADGEN" server --listen "0.0.0.0:$enrolled_port"
+run_in b plain "$work/server-plain.log" "$LOADGEN" server --listen "0.0.0.0:$plain_port"
+await 10 listening b "$enrolled_port" || die "the enrolled server did not listen"
+await 10 listening b "$plain_port" || die "the plain server did not listen"
+
+declare -A agent_pid=()
+for n in a b; do
+  run_in "$n" agent "$KT_WORK/$n/agent.log" "$KTRUSTD" run --config "$KT_WORK/$n/ktrustd.yaml"
+  agent_pid[$n]=${KT_PIDS[-1]}
+done
+for n in a b; do
+  await 30 agent_ready "$n" || {
+    cat "$KT_WORK/$n/agent.log" >&2
+    die "ktrustd on node $n did not become ready"
+  }
+done
+data_path=$(status_of b | jq -r '.data_path')
+log "agents ready, data path $data_path ($(status_of b | jq -r '.data_path_reason'))"
+
+batch() {  # TARGET FILE COUNT WARMUP
+  local cg=client port=$enrolled_port
+  [[ $1 == plain ]] && cg=plain port=$plain_port
+  if ! exec_in a "$cg" "$LOADGEN" firstbyte --connect "10.77.0.2:$port" --count "$3" \
+    --warmup "$4" >"$2" 2>"$2.err"; then
+    cat "$2.err" >&2
+    die "$1: a connection failed (agent logs: $KT_WORK/{a,b}/agent.log with --keep)"
+  fi
+}
+
+log "checks: both paths answer; only the enrolled one goes through the agents"
+before_a=$(connections_total a)
+before_b=$(connections_total b)
+batch enrolled "$work/check-enrolled.json" 3 0
+await 5 counted_at_least b $((before_b + 3)) ||
+  die "node b's agent did not carry the enrolled connections"
+await 5 counted_at_least a $((before_a + 3)) ||
+  die "node a's agent did not carry the enrolled connections"
+before_a=$(connections_total a)
+before_b=$(connections_total b)
+batch plain "$work/check-plain.json" 3 0
+[[ $(connections_total a) == "$before_a" && $(connections_total b) == "$before_b" ]] ||
+  die "the plain connections went through an agent"
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u +%FT%TZ)
+log "load average $load_before; $warmup_rounds warm-up + $rounds rounds of $connects connections per target"
+mkdir -p "$work/rounds"
+enrolled_made=0
+agent_ticks=0
+total_rounds=$((warmup_rounds + rounds))
+for ((r = 0; r < total_rounds; r++)); do
+  order=(enrolled plain)
+  ((r % 2)) && order=(plain enrolled)
+  for t in "${order[@]}"; do
+    f="$work/rounds/$r-$t.json"
+    if [[ $t == enrolled ]]; then
+      t0=$(($(cpu_ticks "${agent_pid[a]}") + $(cpu_ticks "${agent_pid[b]}")))
+      batch "$t" "$f" "$connects" "$warmup"
+      t1=$(($(cpu_ticks "${agent_pid[a]}") + $(cpu_ticks "${agent_pid[b]}")))
+      enrolled_made=$((enrolled_made + connects + warmup))
+      ((r < warmup_rounds)) || agent_ticks=$((agent_ticks + t1 - t0))
+    else
+      batch "$t" "$f" "$connects" "$warmup"
+    fi
+  done
+  ((r < warmup_rounds)) && rm -f "$work/rounds/$r-"*.json
+  printf '    round %d/%d: enrolled p50 %s us, plain p50 %s us\n' $((r + 1)) "$total_rounds" \
+    "$(jq -r .p50_us "$work/rounds/$r-enrolled.json" 2>/dev/null || echo warm-up)" \
+    "$(jq -r .p50_us "$work/rounds/$r-plain.json" 2>/dev/null || echo warm-up)" >&2
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Exactly the enrolled connections went through each agent, the plain ones did not.
+await 5 counted_at_least a $((before_a + enrolled_made)) || true
+await 5 counted_at_least b $((before_b + enrolled_made)) || true
+got_a=$(($(connections_total a) - before_a))
+got_b=$(($(connections_total b) - before_b))
+[[ $got_a == "$enrolled_made" && $got_b == "$enrolled_made" ]] ||
+  die "agents counted $got_a (a) and $got_b (b) connections, expected $enrolled_made each"
+failed_b=$(status_of b | jq -r '.counts.handshakes_failed')
+((failed_b == 0)) || die "node b's agent reports $failed_b failed handshakes"
+
+"$PYTHON" "$here/e2e_report.py" --rounds-dir "$work/rounds" --out "$out" \
+  --param rounds="$rounds" --param connects="$connects" --param warmup="$warmup" \
+  --param warmup_rounds="$warmup_rounds" --param data_path="$data_path" \
+  --param load_before="$load_before" --param load_after="$load_after" --param started="$started" \
+  --param agent_cpu_ms_per_conn="$(awk -v t="$agent_ticks" -v hz="$(getconf CLK_TCK)" \
+    -v n=$((rounds * (connects + warmup))) 'BEGIN { printf "%.3f", t * 1000 / hz / n }')" \
+  --param nproc="$(nproc)" --param kernel="$(uname -r)" \
+  --param ktrustd_sha256="$(sha256sum "$KTRUSTD" | cut -c1-16)"
+log "wrote $out"
