@@ -407,12 +407,21 @@ absl::Status Agent::Enroll(const Config& config) {
 }
 
 absl::Status Agent::Reload() {
+  // The file's time before reading it: a write landing during the read
+  // changes it again, and the next Maintain() reloads.
+  absl::Time mtime = ModificationTime(config_path_);
   auto loaded = LoadConfig(config_path_);
   absl::Status result = loaded.status();
   std::shared_ptr<const Config> config;
   if (result.ok()) {
     config = std::make_shared<const Config>(*std::move(loaded));
-    auto trust = identities_->LoadTrustStore(*config);
+    absl::Time now = absl::Now();
+    // Everything is read and checked before anything changes: a CA
+    // directory that does not load fails the reload as a bad file does. The
+    // trust store takes its roots from the CA about to be installed.
+    auto ca = identities_->LoadChangedCa(*config, now);
+    auto trust = ca.ok() ? identities_->LoadTrustStore(*config, ca->get())
+                         : absl::StatusOr<std::shared_ptr<const TrustStore>>(ca.status());
     if (!trust.ok()) {
       result = trust.status();
     } else if (auto table = MeshTable(*config); !table.ok()) {
@@ -425,12 +434,16 @@ absl::Status Agent::Reload() {
         config_ = config;
         policy_ = policy;
       }
-      if (auto ca = identities_->ReloadCa(*config, absl::Now()); !ca.ok()) {
-        LogEvent(spdlog::level::err,
-                 {{"event", "ca_reload_failed"}, {"reason", ca.status().message()}});
-      }
+      // Trust first: peers' SVIDs from a new root are accepted before this
+      // node presents its own.
       engine_->SetTrustStore(*trust);
       engine_->SetAuthorizer(policy);
+      if (*ca) {
+        size_t reissued = identities_->InstallCa(*ca, now);
+        LogEvent(spdlog::level::info, {{"event", "ca_changed"},
+                                       {"ca_dir", config->identity.ca_dir},
+                                       {"svids_reissued", reissued}});
+      }
       result = Apply(config);
       if (result.ok() && ListenerShape(*before) != ListenerShape(*config)) {
         LogEvent(spdlog::level::warn,
@@ -442,7 +455,7 @@ absl::Status Agent::Reload() {
     }
   }
   absl::MutexLock lock(&mu_);
-  config_mtime_ = ModificationTime(config_path_);
+  config_mtime_ = mtime;
   reload_.last_ok = result.ok();
   reload_.last_error = result.ok() ? "" : std::string(result.message());
   if (result.ok()) {

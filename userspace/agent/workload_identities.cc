@@ -41,6 +41,7 @@ absl::StatusOr<std::unique_ptr<WorkloadIdentities>> WorkloadIdentities::Create(c
     }
     absl::MutexLock lock(&ids->mu_);
     ids->ca_pem_ = ToPem(ca->chain());
+    ids->roots_pem_ = ToPem(ca->roots());
     ids->ca_ = std::make_shared<const CertificateAuthority>(*std::move(ca));
   }
   return ids;
@@ -104,12 +105,13 @@ absl::StatusOr<SvidProvider> WorkloadIdentities::ProviderFor(const SpiffeId& id,
 }
 
 absl::StatusOr<std::shared_ptr<const TrustStore>> WorkloadIdentities::LoadTrustStore(
-    const Config& config) const {
+    const Config& config, const CertificateAuthority* next_ca) const {
   auto td = TrustDomain::Parse(config.trust_domain);
   if (!td.ok()) return td.status();
   std::string roots;
-  if (auto ca_now = ca()) {
-    roots = ToPem(ca_now->roots());
+  std::shared_ptr<const CertificateAuthority> in_use = ca();
+  if (const CertificateAuthority* issuing = next_ca ? next_ca : in_use.get()) {
+    roots = ToPem(issuing->roots());
   } else {
     auto bundle = ReadFile(config.identity.svid_dir + "/bundle.crt");
     if (bundle.ok()) roots = *bundle;
@@ -141,30 +143,51 @@ std::vector<std::string> WorkloadIdentities::RotateDue(absl::Time now) {
   return errors;
 }
 
-absl::StatusOr<bool> WorkloadIdentities::ReloadCa(const Config& config, absl::Time now) {
-  if (config.identity.source != IdentityConfig::Source::kEmbeddedCa) return false;
+absl::StatusOr<std::shared_ptr<const CertificateAuthority>> WorkloadIdentities::LoadChangedCa(
+    const Config& config, absl::Time now) const {
+  // The source is chosen at start; with SVID files there is no CA to reload.
+  if (config.identity.source != IdentityConfig::Source::kEmbeddedCa || !ca()) return nullptr;
   auto ca = CertificateAuthority::Load(config.identity.ca_dir, now);
   if (!ca.ok()) return ca.status();
-  std::string pem = ToPem(ca->chain());
+  if (ca->trust_domain().name() != config.trust_domain) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CA in ", config.identity.ca_dir, " belongs to trust domain ",
+                     ca->trust_domain().name(), ", not ", config.trust_domain));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (ToPem(ca->chain()) == ca_pem_ && ToPem(ca->roots()) == roots_pem_) return nullptr;
+  }
+  return std::make_shared<const CertificateAuthority>(*std::move(ca));
+}
+
+size_t WorkloadIdentities::InstallCa(std::shared_ptr<const CertificateAuthority> ca,
+                                     absl::Time now) {
+  std::string chain_pem = ToPem(ca->chain());
   std::vector<std::pair<std::string, std::shared_ptr<SvidRotator>>> rotators;
   {
     absl::MutexLock lock(&mu_);
-    if (pem == ca_pem_) return false;
-    ca_pem_ = pem;
-    ca_ = std::make_shared<const CertificateAuthority>(*std::move(ca));
+    bool new_issuer = chain_pem != ca_pem_;
+    ca_pem_ = chain_pem;
+    roots_pem_ = ToPem(ca->roots());
+    ca_ = std::move(ca);
+    if (!new_issuer) return 0;  // only the bundle changed: the SVIDs still chain to it
     for (auto& [id, entry] : entries_) {
       if (entry.rotator) rotators.emplace_back(id, entry.rotator);
     }
   }
   // New handshakes present SVIDs of the new CA from now on; established
-  // connections keep theirs.
+  // connections keep theirs. Issued at `now`: renewals read the CA each time.
+  size_t reissued = 0;
   for (auto& [id, rotator] : rotators) {
-    if (auto st = rotator->RotateIfDue(absl::InfiniteFuture()); !st.ok()) {
+    if (auto st = rotator->RotateNow(now); !st.ok()) {
       LogEvent(spdlog::level::err,
                {{"event", "svid_renewal_failed"}, {"id", id}, {"reason", st.message()}});
+    } else {
+      ++reissued;
     }
   }
-  return true;
+  return reissued;
 }
 
 std::vector<WorkloadIdentities::Issued> WorkloadIdentities::Snapshot() const {

@@ -15,10 +15,14 @@ absl::Time SvidRotator::RenewAt() const {
   return svid->not_before() + (svid->not_after() - svid->not_before()) / 2;
 }
 
-absl::Status SvidRotator::RotateIfDue(absl::Time now) {
+absl::Status SvidRotator::RotateIfDue(absl::Time now) { return Rotate(now, /*force=*/false); }
+
+absl::Status SvidRotator::RotateNow(absl::Time now) { return Rotate(now, /*force=*/true); }
+
+absl::Status SvidRotator::Rotate(absl::Time now, bool force) {
   // One renewal at a time; readers keep using Current() meanwhile.
   absl::MutexLock lock(&mu_);
-  if (now < RenewAt()) return absl::OkStatus();
+  if (!force && now < RenewAt()) return absl::OkStatus();
   auto next = issuer_(now);
   if (!next.ok()) {
     last_error_ = std::string(next.status().message());

@@ -34,15 +34,25 @@ class WorkloadIdentities {
   absl::StatusOr<SvidProvider> ProviderFor(const SpiffeId& id, const std::string& workload);
 
   // What peers are verified against: the CA's bundle plus the configured
-  // extra bundles (several roots during a CA rotation).
-  absl::StatusOr<std::shared_ptr<const TrustStore>> LoadTrustStore(const Config& config) const;
+  // extra bundles (several roots during a CA rotation). With `next_ca`, the
+  // bundle of that CA instead of the one in use (a reload about to install it).
+  absl::StatusOr<std::shared_ptr<const TrustStore>> LoadTrustStore(
+      const Config& config, const CertificateAuthority* next_ca = nullptr) const;
 
   // Renews what is due; returns the errors (the old SVIDs stay in use).
   std::vector<std::string> RotateDue(absl::Time now);
 
-  // Re-reads the CA directory (CA rotation: a new issuing CA). When it
-  // changed, every workload gets an SVID from the new CA at once.
-  absl::StatusOr<bool> ReloadCa(const Config& config, absl::Time now);
+  // For a reload, changing nothing yet: the CA now in identity.ca_dir when
+  // its certificates or its bundle differ from the one in use; nullptr when
+  // they are the same, or with SVID files. An error when the directory does
+  // not hold a valid CA of the trust domain.
+  absl::StatusOr<std::shared_ptr<const CertificateAuthority>> LoadChangedCa(const Config& config,
+                                                                            absl::Time now) const;
+  // Puts a CA from LoadChangedCa in use. When the issuing certificate changed
+  // (CA rotation), every workload gets an SVID from it at once; established
+  // connections keep theirs. Returns how many SVIDs were re-issued; a failed
+  // one is logged and its workload keeps the SVID it had.
+  size_t InstallCa(std::shared_ptr<const CertificateAuthority> ca, absl::Time now);
 
   struct Issued {
     std::string id;
@@ -66,7 +76,8 @@ class WorkloadIdentities {
   IdentityConfig config_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const CertificateAuthority> ca_ ABSL_GUARDED_BY(mu_);
-  std::string ca_pem_ ABSL_GUARDED_BY(mu_);  // to notice a replaced CA
+  std::string ca_pem_ ABSL_GUARDED_BY(mu_);     // to notice a replaced CA...
+  std::string roots_pem_ ABSL_GUARDED_BY(mu_);  // ...or a new bundle.crt
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 

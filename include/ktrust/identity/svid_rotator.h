@@ -33,12 +33,18 @@ class SvidRotator {
   // kept for status reports; the next call tries again.
   absl::Status RotateIfDue(absl::Time now);
 
+  // Renews now whatever RenewAt() says, for an SVID issued at `now` (the
+  // issuing CA changed). Failure is handled as in RotateIfDue.
+  absl::Status RotateNow(absl::Time now);
+
   // The last renewal error, empty after a success.
   std::string last_error() const;
 
  private:
   SvidRotator(Issuer issuer, Svid first)
       : issuer_(std::move(issuer)), current_(std::make_shared<const Svid>(std::move(first))) {}
+
+  absl::Status Rotate(absl::Time now, bool force);
 
   Issuer issuer_;
   std::atomic<std::shared_ptr<const Svid>> current_;

@@ -68,6 +68,22 @@ TEST_F(SvidRotatorTest, FailedRenewalKeepsTheCurrentSvidAndRetries) {
   EXPECT_EQ((*rotator)->last_error(), "");
 }
 
+TEST_F(SvidRotatorTest, RotateNowRenewsBeforeHalfLifeWithAnSvidValidNow) {
+  auto rotator = SvidRotator::Create(Issuer(), start_);
+  auto first = (*rotator)->Current();
+  absl::Time now = start_ + absl::Minutes(1);
+  ASSERT_TRUE((*rotator)->RotateNow(now).ok());
+  auto second = (*rotator)->Current();
+  EXPECT_NE(second, first);
+  EXPECT_EQ(issued_, 2);
+  // Issued for the time given: valid now, for the full lifetime from now.
+  EXPECT_LE(second->not_before(), now);
+  EXPECT_EQ(second->not_after(), now + absl::Hours(1));
+  fail_ = true;
+  EXPECT_EQ((*rotator)->RotateNow(now).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*rotator)->Current(), second);
+}
+
 TEST_F(SvidRotatorTest, CreateFailsWhenTheFirstIssueFails) {
   fail_ = true;
   EXPECT_FALSE(SvidRotator::Create(Issuer(), start_).ok());
