@@ -44,7 +44,7 @@ mkdir -p "$KT_CG"/a/{client,intruder,bystander} "$KT_CG"/b/{server,bystander}
 
 write_config a '
   - name: client
-    cgroup: client
+    cgroup: client*
     spiffe_id: spiffe://{trust_domain}/{node}/client
   - name: intruder
     cgroup: intruder
@@ -133,6 +133,12 @@ workloads=$("$ktrust" --socket "$work/a/control.sock" workloads --json)
 check "node a enrolled client and intruder with their SPIFFE IDs" jq -e \
   '[.workloads[].spiffe_id] | sort == ["spiffe://example.org/node-a/client","spiffe://example.org/node-a/intruder"]' \
   <<<"$workloads"
+
+# A service whose cgroup appears after the agent started: enrolled on the
+# spot (inotify), so its very first connection is already intercepted.
+body=$(exec_in a client-late curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
+check "a workload started after the agent is intercepted from its first connection" \
+  test "$body" = "$marker"
 
 echo "# refusals"
 requests_before=$(grep -c 'GET /secret.txt' "$work/http.log" || true)

@@ -1,8 +1,11 @@
 #include "ktrust/agent/agent.h"
 
+#include <poll.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -231,6 +234,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
   if (auto st = agent->bpf_->AttachNetns("/proc/self/ns/net"); !st.ok()) return st;
 
+  agent->cgroup_events_ = UniqueFd(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!agent->cgroup_events_.valid()) return absl::ErrnoToStatus(errno, "inotify_init1");
+  agent->WatchTree(agent->cgroup_root_);
+
   auto events = InterceptionEventReader::Create(
       agent->bpf_->events_fd(), [intercepted = hooks.intercepted](const InterceptionEvent& e) {
         if (intercepted) intercepted(e);
@@ -337,7 +344,38 @@ absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
   return Enroll(*config);
 }
 
+void Agent::WatchTree(const std::string& dir) {
+  constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_ONLYDIR | IN_DONT_FOLLOW;
+  if (inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask) < 0) return;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_directory(ec) && !it->is_symlink(ec)) WatchTree(it->path().string());
+  }
+}
+
+void Agent::WatchCgroups(absl::Duration timeout) {
+  pollfd pfd{cgroup_events_.get(), POLLIN, 0};
+  if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  alignas(inotify_event) char buf[16384];
+  bool changed = false;
+  ssize_t n;
+  while ((n = read(cgroup_events_.get(), buf, sizeof(buf))) > 0) {
+    for (char* p = buf; p < buf + n;) {
+      auto* event = reinterpret_cast<inotify_event*>(p);
+      p += sizeof(inotify_event) + event->len;
+      changed |= (event->mask & (IN_ISDIR | IN_Q_OVERFLOW)) != 0;
+    }
+  }
+  if (!changed) return;
+  // New cgroups get watches of their own (re-adding a watch is a no-op).
+  WatchTree(cgroup_root_);
+  if (auto st = Enroll(*config()); !st.ok()) {
+    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
+  }
+}
+
 absl::Status Agent::Enroll(const Config& config) {
+  absl::MutexLock serialize(&enroll_mu_);
   std::vector<std::string> problems;
   auto found = ScanCgroups(config, cgroup_root_, &problems);
   if (!found.ok()) return found.status();

@@ -188,6 +188,9 @@ int RunAgent(const std::string& config_path) {
   std::thread events([&] {
     while (!stop.load()) (*agent)->PollEvents(absl::Milliseconds(200));
   });
+  std::thread cgroups([&] {
+    while (!stop.load()) (*agent)->WatchCgroups(absl::Milliseconds(200));
+  });
   const Engine& engine = (*agent)->engine();
   nlohmann::json ready = {{"event", "ready"},
                           {"node", config->agent.node_name},
@@ -220,6 +223,7 @@ int RunAgent(const std::string& config_path) {
   }
   stop.store(true);
   events.join();
+  cgroups.join();
   if (metrics) metrics->Stop();
   (*control)->Stop();
   agent->reset();

@@ -20,6 +20,7 @@
 #include "ktrust/agent/workload_identities.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
+#include "ktrust/common/unique_fd.h"
 #include "ktrust/config/config.h"
 #include "ktrust/config/policy.h"
 #include "ktrust/config/registry.h"
@@ -65,6 +66,12 @@ class Agent {
   void Maintain(absl::Time now);
   // Waits up to timeout for interception events and handles them.
   void PollEvents(absl::Duration timeout);
+  // Waits up to timeout for cgroups to appear or vanish under the cgroup
+  // root, and enrols or unenrols them at once: a service started after the
+  // agent is intercepted from its first connection unless it connects
+  // within the moment between its cgroup's mkdir and this reaction (see
+  // docs/operations.md). Maintain() rescans every second regardless.
+  void WatchCgroups(absl::Duration timeout);
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
@@ -84,6 +91,7 @@ class Agent {
   Agent() = default;
   absl::Status Apply(std::shared_ptr<const Config> config);
   absl::Status Enroll(const Config& config);
+  void WatchTree(const std::string& dir);
   absl::StatusOr<OutboundRoute> Route(int app_fd) const;
 
   absl::Time started_;
@@ -93,6 +101,8 @@ class Agent {
   std::unique_ptr<InterceptionEventReader> events_;
   std::unique_ptr<WorkloadIdentities> identities_;
   std::unique_ptr<Engine> engine_;
+  UniqueFd cgroup_events_;  // inotify on every directory under cgroup_root_
+  absl::Mutex enroll_mu_;   // one enrolment pass at a time
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
