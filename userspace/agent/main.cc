@@ -157,7 +157,8 @@ int RunAgent(const std::string& config_path) {
     SetUpLogging(spdlog::level::info);
     return Fail(config.status());
   }
-  SetUpLogging(spdlog::level::from_str(config->agent.log_level));
+  SetUpLogging(spdlog::level::from_str(config->agent.log_level),
+               ParseLogFormat(config->agent.log_format).value_or(LogFormat::kJson));
   sigset_t signals;
   sigemptyset(&signals);
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, s);

@@ -647,7 +647,7 @@ void Connection::MaybeFinalize() {
   // A permissive listener's plaintext client that ended normally is an
   // access, not a failure.
   bool ended_normally = result_ == "ok" || result_ == "plaintext_client";
-  nlohmann::json event = {
+  nlohmann::ordered_json event = {
       {"event", ended_normally ? "connection_closed" : "connection_failed"},
       {"id", record_->id},
       {"direction", DirectionName(direction_)},
