@@ -155,8 +155,9 @@ denials=$("$ktrust" --socket "$work/b/control.sock" denials --json)
 check "ktrust denials on node b names the intruder and the policy" jq -e \
   '.denials | map(select(.result == "denied" and .peer_id == "spiffe://example.org/node-a/intruder")) | length >= 1' \
   <<<"$denials"
-check "ktrust denials on node b lists the plaintext client as a failed handshake" jq -e \
-  '.denials | map(select(.peer_id == "" and .direction == "inbound")) | length >= 1' <<<"$denials"
+check "ktrust denials on node b names the plaintext client as such" jq -e \
+  '.denials | map(select(.result == "plaintext_refused" and (.reason | test("plaintext client")))) | length >= 1' \
+  <<<"$denials"
 check "the agent logged the denial in words" grep -q 'not allowed for port 8080' "$work/b/agent.log"
 check "node a's agent never carried the bystander's connection" \
   test "$(grep -c '"event":"connection_' "$work/a/agent.log" || true)" = "$connections_a"
@@ -173,11 +174,13 @@ echo "# agent a killed: fail closed"
 agent_a=$(pgrep -f "ktrustd run --config $work/a/ktrustd.yaml")
 kill -9 "$agent_a"
 while kill -0 "$agent_a" 2>/dev/null; do sleep 0.1; done
-start=$(date +%s%N)
-out=$(exec_in a client curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
-elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+# curl's own clock: in the vm tier (TCG) starting ip netns exec and curl
+# alone can take seconds.
+out=$(exec_in a client curl -sS --max-time 10 -w 'time_total=%{time_total}\n' \
+  http://10.77.0.2:8080/secret.txt 2>&1 || true)
+elapsed_ms=$(awk -F= '/^time_total=/ { printf "%d", $2 * 1000 }' <<<"$out")
 check "with agent a gone, curl is refused ($out)" grep -q "Connection refused\|Couldn't connect" <<<"$out"
-check "and refused fast, not after a timeout (${elapsed_ms} ms)" test "$elapsed_ms" -lt 3000
+check "and refused fast, not after a timeout (${elapsed_ms:-no time} ms)" test "${elapsed_ms:-99999}" -lt 3000
 
 echo "# agent b killed: its enforced port refuses"
 agent_b=$(pgrep -f "ktrustd run --config $work/b/ktrustd.yaml")

@@ -50,6 +50,8 @@ absl::string_view HandshakeFailure::code() const {
       return ReasonCode(peer_reason);
     case HandshakeError::kRejectedByPeer:
       return "rejected_by_peer";
+    case HandshakeError::kPlaintextPeer:
+      return "plaintext_refused";
     case HandshakeError::kProtocol:
       return "protocol_error";
     case HandshakeError::kConnectionClosed:
@@ -169,6 +171,15 @@ HandshakeProgress TlsSession::Handshake() {
   } else if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && lib_err == 0) ||
              reason == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
     Fail(HandshakeError::kConnectionClosed, "the connection closed during the handshake");
+  } else if (ERR_GET_LIB(lib_err) == ERR_LIB_SSL &&
+             (reason == SSL_R_HTTP_REQUEST || reason == SSL_R_HTTPS_PROXY_REQUEST ||
+              reason == SSL_R_WRONG_VERSION_NUMBER)) {
+    // What a client that bypasses the mesh looks like from here: an HTTP
+    // request, or bytes whose record header is no TLS version.
+    const char* why = ERR_reason_error_string(lib_err);
+    Fail(HandshakeError::kPlaintextPeer,
+         absl::StrCat("plaintext client: the peer sent no TLS ClientHello (", why ? why : "not TLS",
+                      "); it is not using ktrust or any mutual-TLS client"));
   } else {
     const char* why = lib_err ? ERR_reason_error_string(lib_err) : nullptr;
     Fail(HandshakeError::kProtocol,

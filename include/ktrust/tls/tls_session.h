@@ -29,7 +29,8 @@ enum class HandshakeError {
   kNone,
   kPeerRejected,      // we refused the peer's certificate (see peer_reason)
   kRejectedByPeer,    // the peer sent an alert: it refused us
-  kProtocol,          // not TLS, no common version / suite / group, bad record
+  kPlaintextPeer,     // the peer spoke plaintext (HTTP, or bytes that are no TLS record)
+  kProtocol,          // no common version / suite / group, bad record
   kConnectionClosed,  // the transport ended mid-handshake
 };
 

@@ -482,7 +482,7 @@ TEST_F(TlsSessionTest, TrustStoreSwapAppliesToNewSessions) {
   EXPECT_EQ(server->failure().code(), "untrusted_trust_domain");
 }
 
-TEST_F(TlsSessionTest, GarbageOnTheWireIsAProtocolError) {
+TEST_F(TlsSessionTest, AnHttpRequestIsReportedAsAPlaintextClient) {
   auto server_ctx = Context(TlsRole::kServer);
   auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
   BIO* peer = nullptr;
@@ -493,8 +493,8 @@ TEST_F(TlsSessionTest, GarbageOnTheWireIsAProtocolError) {
   const char request[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_GT(BIO_write(peer, request, sizeof(request) - 1), 0);
   EXPECT_EQ(server->Handshake(), HandshakeProgress::kFailed);
-  EXPECT_EQ(server->failure().code(), "protocol_error");
-  EXPECT_FALSE(server->failure().explanation.empty());
+  EXPECT_EQ(server->failure().code(), "plaintext_refused");
+  EXPECT_THAT(server->failure().explanation, ::testing::HasSubstr("plaintext client"));
 }
 
 TEST_F(TlsSessionTest, PeerClosingMidHandshakeIsReported) {
