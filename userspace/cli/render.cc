@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -166,12 +167,17 @@ std::string RenderConnections(const std::vector<control::ConnectionView>& connec
   if (connections.empty()) return "no connections\n";
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : connections) {
-    rows.push_back({absl::StrCat(c.id), c.direction, c.workload, c.peer_id, c.app_address,
-                    c.wire_peer, c.state, c.data_path, HumanBytes(c.bytes_to_wire),
-                    HumanBytes(c.bytes_from_wire), HumanAge(c.age_seconds)});
+    // "TLSv1.3 TLS_AES_128_GCM_SHA256" reads as "TLSv1.3/AES_128_GCM_SHA256".
+    std::string cipher = c.cipher;
+    if (absl::StartsWith(cipher, "TLS_")) cipher = cipher.substr(4);
+    std::string tls = c.tls_version.empty() ? "" : absl::StrCat(c.tls_version, "/", cipher);
+    rows.push_back({absl::StrCat(c.id), c.direction, c.workload, c.local_id, c.peer_id,
+                    c.app_address, c.wire_peer, c.state, tls, c.data_path,
+                    HumanBytes(c.bytes_to_wire), HumanBytes(c.bytes_from_wire),
+                    HumanAge(c.age_seconds)});
   }
-  return RenderTable({"ID", "DIRECTION", "WORKLOAD", "PEER ID", "APP", "WIRE PEER", "STATE",
-                      "DATA PATH", "SENT", "RECEIVED", "AGE"},
+  return RenderTable({"ID", "DIRECTION", "WORKLOAD", "LOCAL ID", "PEER ID", "APP", "WIRE PEER",
+                      "STATE", "TLS", "DATA PATH", "SENT", "RECEIVED", "AGE"},
                      rows);
 }
 

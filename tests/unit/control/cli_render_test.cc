@@ -98,10 +98,13 @@ TEST(RenderConnections, OneRowPerConnection) {
   out.id = 7;
   out.direction = "outbound";
   out.workload = "web";
+  out.local_id = "spiffe://example.org/web";
   out.peer_id = "spiffe://example.org/db";
   out.app_address = "10.0.0.1:40000";
   out.wire_peer = "10.0.0.2:15006";
   out.state = "established";
+  out.tls_version = "TLSv1.3";
+  out.cipher = "TLS_AES_128_GCM_SHA256";
   out.data_path = "ktls-sw";
   out.bytes_to_wire = 1536;
   out.bytes_from_wire = 10;
@@ -112,12 +115,15 @@ TEST(RenderConnections, OneRowPerConnection) {
   in.workload = "db";
   in.state = "handshaking";
   EXPECT_EQ(RenderConnections({out, in}),
-            "ID  DIRECTION  WORKLOAD  PEER ID                  APP             WIRE PEER       "
-            "STATE        DATA PATH  SENT     RECEIVED  AGE\n"
-            "7   outbound   web       spiffe://example.org/db  10.0.0.1:40000  10.0.0.2:15006  "
-            "established  ktls-sw    1.5 KiB  10 B      4m12s\n"
-            "12  inbound    db        -                        -               -               "
-            "handshaking  -          0 B      0 B       0s\n");
+            "ID  DIRECTION  WORKLOAD  LOCAL ID                  PEER ID                  "
+            "APP             WIRE PEER       STATE        TLS                         "
+            "DATA PATH  SENT     RECEIVED  AGE\n"
+            "7   outbound   web       spiffe://example.org/web  spiffe://example.org/db  "
+            "10.0.0.1:40000  10.0.0.2:15006  established  TLSv1.3/AES_128_GCM_SHA256  "
+            "ktls-sw    1.5 KiB  10 B      4m12s\n"
+            "12  inbound    db        -                         -                        "
+            "-               -               handshaking  -                           "
+            "-          0 B      0 B       0s\n");
   EXPECT_EQ(RenderConnections({}), "no connections\n");
 }
 
