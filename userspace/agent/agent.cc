@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -379,9 +380,14 @@ absl::Status Agent::Enroll(const Config& config) {
   std::vector<std::string> problems;
   auto found = ScanCgroups(config, cgroup_root_, &problems);
   if (!found.ok()) return found.status();
-  for (const std::string& p : problems) {
-    LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
+  // Rescans repeat every second: say each problem once, when it appears.
+  std::set<std::string> now(problems.begin(), problems.end());
+  for (const std::string& p : now) {
+    if (!reported_problems_.count(p)) {
+      LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
+    }
   }
+  reported_problems_ = std::move(now);
   std::shared_ptr<const Routing> before;
   std::shared_ptr<const Config> current;
   {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,7 @@ class Agent {
   std::unique_ptr<Engine> engine_;
   UniqueFd cgroup_events_;  // inotify on every directory under cgroup_root_
   absl::Mutex enroll_mu_;   // one enrolment pass at a time
+  std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
