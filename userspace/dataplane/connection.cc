@@ -644,32 +644,33 @@ void Connection::Cancel() {
 
 void Connection::MaybeFinalize() {
   if (pending_ > 0) return;
+  ClosedConnection closed = Summary();
   // A permissive listener's plaintext client that ended normally is an
   // access, not a failure.
-  bool ended_normally = result_ == "ok" || result_ == "plaintext_client";
+  bool ended_normally = closed.result == "ok" || closed.result == "plaintext_client";
   nlohmann::ordered_json event = {
       {"event", ended_normally ? "connection_closed" : "connection_failed"},
       {"id", record_->id},
-      {"direction", DirectionName(direction_)},
-      {"workload", record_->workload},
-      {"result", result_},
+      {"direction", DirectionName(closed.direction)},
+      {"workload", closed.workload},
+      {"result", closed.result},
   };
-  if (!result_detail_.empty()) event["reason"] = result_detail_;
-  {
-    absl::MutexLock lock(&record_->mu);
-    if (!record_->local_id.empty()) event["local_id"] = record_->local_id;
-    if (!record_->peer_id.empty()) event["peer_id"] = record_->peer_id;
-    if (!record_->app_address.empty()) event["app"] = record_->app_address;
-    if (!record_->wire_local.empty()) event["wire_local"] = record_->wire_local;
-    if (!record_->wire_peer.empty()) event["wire_peer"] = record_->wire_peer;
-    if (!record_->cipher.empty()) event["cipher"] = record_->cipher;
-    if (!record_->data_path.empty()) event["data_path"] = record_->data_path;
+  for (const auto& [key, value] :
+       {std::pair<const char*, const std::string&>{"reason", closed.reason},
+        {"local_id", closed.local_id},
+        {"peer_id", closed.peer_id},
+        {"app", closed.app_address},
+        {"wire_local", closed.wire_local},
+        {"wire_peer", closed.wire_peer},
+        {"cipher", closed.cipher},
+        {"data_path", closed.data_path}}) {
+    if (!value.empty()) event[key] = value;
   }
-  event["bytes_to_wire"] = record_->bytes_to_wire.load();
-  event["bytes_from_wire"] = record_->bytes_from_wire.load();
-  event["duration_ms"] = absl::ToInt64Milliseconds(ctx_.loop.now() - record_->started);
+  event["bytes_to_wire"] = closed.bytes_to_wire;
+  event["bytes_from_wire"] = closed.bytes_from_wire;
+  event["duration_ms"] = absl::ToInt64Milliseconds(closed.duration);
   LogEvent(ended_normally ? spdlog::level::info : spdlog::level::warn, event);
-  if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(Summary());
+  if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
   delete this;
 }
 
@@ -686,6 +687,7 @@ ClosedConnection Connection::Summary() const {
     closed.app_address = record_->app_address;
     closed.wire_local = record_->wire_local;
     closed.wire_peer = record_->wire_peer;
+    closed.cipher = record_->cipher;
     closed.data_path = record_->data_path;
   }
   closed.bytes_to_wire = record_->bytes_to_wire.load();

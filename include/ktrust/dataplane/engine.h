@@ -76,7 +76,7 @@ struct ClosedConnection {
   // "handshake_failed", "denied", ...
   std::string result;
   std::string reason;  // in words; empty for "ok"
-  std::string local_id, peer_id, app_address, wire_local, wire_peer, data_path;
+  std::string local_id, peer_id, app_address, wire_local, wire_peer, cipher, data_path;
   uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
   absl::Duration duration;
 };
