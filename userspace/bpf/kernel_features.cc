@@ -67,7 +67,7 @@ absl::Status KernelFeatures::Require() const {
   if (!permitted_) {
     return missing(
         "loading BPF programs was refused (EPERM): the agent needs root, or CAP_BPF with "
-        "CAP_NET_ADMIN and CAP_SYS_ADMIN (Linux 5.8 or later)");
+        "CAP_PERFMON and CAP_NET_ADMIN (Linux 5.8 or later)");
   }
   if (!btf_) {
     return missing(
