@@ -66,13 +66,19 @@ say "A connection held open, as ktrust conns shows it on both nodes"
 exec_in a frontend python3 -c "
 import socket, time
 s = socket.create_connection(('10.77.0.2', 8080))
-s.sendall(b'GET /index.txt HTTP/1.1\r\nHost: x\r\n\r\n'); s.recv(4096); time.sleep(30)" &
+s.sendall(b'GET /index.txt HTTP/1.1\r\nHost: x\r\n\r\n'); s.recv(4096); time.sleep(120)" &
 holder=$!
 KT_PIDS+=($holder)
-for _ in $(seq 50); do
-  "$ktrust" --socket "$work/b/control.sock" conns --json | jq -e '.connections | length > 0' >/dev/null && break
+# Established on both nodes: the handshake is done and the data path chosen.
+established() {
+  "$ktrust" --socket "$work/$1/control.sock" conns --json |
+    jq -e '.connections | map(select(.state == "established")) | length > 0' >/dev/null
+}
+for _ in $(seq 100); do
+  established a && established b && break
   sleep 0.1
 done
+established a && established b || die "the held connection is not established on both nodes"
 show "$ktrust" --socket "$work/a/control.sock" conns
 show "$ktrust" --socket "$work/b/control.sock" conns
 kill "$holder" 2>/dev/null || true
