@@ -37,18 +37,15 @@ static __always_inline int ktrust_without_listener(struct bpf_sk_lookup* ctx,
   return SK_DROP;
 }
 
-SEC("sk_lookup")
-int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
-  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
-
-  // Both families' fields are read up front (zero when absent), so no
-  // branch chooses between context offsets.
+// Both families' fields are read up front (zero when absent), so no branch
+// chooses between context offsets.
+static __always_inline void ktrust_lookup_addresses(struct bpf_sk_lookup* ctx, __u8 local[16],
+                                                    __u8 remote[16]) {
   __u32 l4 = ctx->local_ip4, r4 = ctx->remote_ip4;
   ktrust_barrier_var(l4);
   ktrust_barrier_var(r4);
   __u32 l6[4] = {ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2], ctx->local_ip6[3]};
   __u32 r6[4] = {ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2], ctx->remote_ip6[3]};
-  __u8 local[16], remote[16];
   if (ctx->family == AF_INET) {
     ktrust_addr_from_ip4(local, l4);
     ktrust_addr_from_ip4(remote, r4);
@@ -56,6 +53,13 @@ int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
     ktrust_addr_from_ip6(local, l6);
     ktrust_addr_from_ip6(remote, r6);
   }
+}
+
+SEC("sk_lookup")
+int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
+  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
+  __u8 local[16], remote[16];
+  ktrust_lookup_addresses(ctx, local, remote);
 
   const struct ktrust_inbound_value* rule = ktrust_inbound_rule(local, (__u16)ctx->local_port);
   if (!rule) return SK_PASS;
@@ -77,4 +81,18 @@ int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
   }
   ktrust_count(KTRUST_REASON_SK_LOOKUP_STEERED);
   return SK_PASS;
+}
+
+// For a network namespace of an enrolled workload that the agent has no
+// listeners in (a pod, today): enforced ports refuse at once (RST) rather
+// than reach the workload in plaintext, or be handed to a listener of
+// another namespace, where the handshake would go nowhere.
+SEC("sk_lookup")
+int ktrust_sk_lookup_guard(struct bpf_sk_lookup* ctx) {
+  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
+  __u8 local[16], remote[16];
+  ktrust_lookup_addresses(ctx, local, remote);
+  const struct ktrust_inbound_value* rule = ktrust_inbound_rule(local, (__u16)ctx->local_port);
+  if (!rule) return SK_PASS;
+  return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS);
 }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ktrust/bpf/cgroup2.h"
+#include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
 
 namespace ktrust {
@@ -136,6 +137,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     agent->cgroup_root_ = *mount;
   }
 
+  struct stat own {};
+  if (stat("/proc/self/ns/net", &own) != 0) return absl::ErrnoToStatus(errno, "/proc/self/ns/net");
+  agent->own_netns_ = own.st_ino;
+
   auto ids = WorkloadIdentities::Create(*config, absl::Now());
   if (!ids.ok()) return ids.status();
   agent->identities_ = *std::move(ids);
@@ -233,7 +238,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   }
   if (auto st = agent->Apply(config); !st.ok()) return st;
   if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
-  if (auto st = agent->bpf_->AttachNetns("/proc/self/ns/net"); !st.ok()) return st;
+  {
+    absl::MutexLock lock(&agent->bpf_mu_);
+    if (auto st = agent->bpf_->AttachNetns("/proc/self/ns/net"); !st.ok()) return st;
+  }
 
   agent->cgroup_events_ = UniqueFd(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   if (!agent->cgroup_events_.valid()) return absl::ErrnoToStatus(errno, "inotify_init1");
@@ -269,7 +277,7 @@ std::vector<EnrolledWorkload> Agent::workloads() const {
 
 std::string Agent::not_ready_reason() const {
   if (!engine_ || !events_) return "starting";
-  if (bpf_->attachments().empty()) return "the interception programs are not attached";
+  if (bpf_attachments().empty()) return "the interception programs are not attached";
   std::shared_ptr<const Routing> routing;
   {
     absl::MutexLock lock(&mu_);
@@ -345,6 +353,39 @@ absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
   return Enroll(*config);
 }
 
+std::vector<BpfLoader::Attachment> Agent::bpf_attachments() const {
+  absl::MutexLock lock(&bpf_mu_);
+  return bpf_->attachments();
+}
+
+// A workload in a network namespace of its own (a pod) cannot be served
+// yet: the agent's listeners live in its own namespace. The sk_lookup guard
+// there makes the workload's enforced ports refuse connections instead of
+// delivering plaintext to it.
+void Agent::GuardWorkloadNetns(const RegisteredWorkload& r) {
+  auto procs = ReadFile(absl::StrCat(cgroup_root_, "/", r.cgroup_path, "/cgroup.procs"));
+  if (!procs.ok() || procs->empty()) return;  // no process yet: the next rescan
+  std::string pid = procs->substr(0, procs->find('\n'));
+  std::string netns = absl::StrCat("/proc/", pid, "/ns/net");
+  struct stat st {};
+  if (stat(netns.c_str(), &st) != 0 || st.st_ino == own_netns_) return;
+  if (!guarded_netns_.insert(st.st_ino).second) return;
+  absl::Status attached;
+  {
+    absl::MutexLock lock(&bpf_mu_);
+    attached = bpf_->GuardNetns(netns);
+  }
+  LogEvent(attached.ok() ? spdlog::level::warn : spdlog::level::err,
+           {{"event", "workload_netns_guarded"},
+            {"cgroup", r.cgroup_path},
+            {"netns_inode", st.st_ino},
+            {"reason", attached.ok() ? "the workload runs in a network namespace of its own, which "
+                                       "ktrustd does not serve yet: its mesh connections and "
+                                       "connections to its enforced ports are refused"
+                                     : std::string(attached.message())}});
+  if (!attached.ok()) guarded_netns_.erase(st.st_ino);
+}
+
 void Agent::WatchTree(const std::string& dir) {
   constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_ONLYDIR | IN_DONT_FOLLOW;
   if (inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask) < 0) return;
@@ -414,6 +455,7 @@ absl::Status Agent::Enroll(const Config& config) {
       continue;
     }
     next->by_cgroup[r.cgroup_id] = {w.name, *identity};
+    GuardWorkloadNetns(r);
     if (!w.ports.empty() && !next->serving.count(w.name)) next->serving[w.name] = *identity;
   }
   // Route first, then enrol: the kernel never redirects a connection the

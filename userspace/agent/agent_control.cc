@@ -58,9 +58,10 @@ control::StatusView Status(const Agent& agent) {
       {"ring_buffer", f.ring_buffer(), "interception events (Linux 5.8+)"},
       {"ktls", agent.engine().data_path() != "userspace", agent.engine().data_path_reason()},
   };
-  s.bpf.attached = !agent.bpf().attachments().empty();
+  std::vector<BpfLoader::Attachment> attachments = agent.bpf_attachments();
+  s.bpf.attached = !attachments.empty();
   s.bpf.pin_dir = config->agent.bpf_pin_dir;
-  for (const auto& a : agent.bpf().attachments()) {
+  for (const auto& a : attachments) {
     s.bpf.attachments.push_back(a.pin_path);
     if (a.adopted) ++s.bpf.adopted;
   }
@@ -203,6 +204,9 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
             ? "UDP to a mesh destination: ktrust tunnels TCP only, so enforce mode refuses it"
         : reason == "sk_lookup_no_listener"
             ? "enforced port and no ktrustd listener (agent down or restarting)"
+        : reason == "sk_lookup_unserved_netns"
+            ? "enforced port of a workload in a network namespace ktrustd does not serve yet "
+              "(a pod): refused"
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }

@@ -163,6 +163,8 @@ bpf_program* BpfLoader::program(BpfProgram program) const {
       return progs.ktrust_sockops;
     case BpfProgram::kSkLookup:
       return progs.ktrust_sk_lookup;
+    case BpfProgram::kSkLookupGuard:
+      return progs.ktrust_sk_lookup_guard;
   }
   return nullptr;
 }
@@ -249,6 +251,15 @@ absl::Status BpfLoader::AttachCgroup(absl::string_view cgroup_dir) {
 }
 
 absl::Status BpfLoader::AttachNetns(absl::string_view netns_path) {
+  return AttachToNetns(BpfProgram::kSkLookup, "sk_lookup", netns_path);
+}
+
+absl::Status BpfLoader::GuardNetns(absl::string_view netns_path) {
+  return AttachToNetns(BpfProgram::kSkLookupGuard, "sk_lookup_guard", netns_path);
+}
+
+absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name,
+                                      absl::string_view netns_path) {
   std::string path(netns_path);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
@@ -256,10 +267,10 @@ absl::Status BpfLoader::AttachNetns(absl::string_view netns_path) {
   }
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("fstat ", path));
-  std::string pin = absl::StrCat(LinksDir(options_.pin_dir), "/netns-", st.st_ino, "-sk_lookup");
+  std::string pin = absl::StrCat(LinksDir(options_.pin_dir), "/netns-", st.st_ino, "-", name);
   LinkTarget target{
       .link_type = BPF_LINK_TYPE_NETNS, .attach_type = BPF_SK_LOOKUP, .id = st.st_ino};
-  return AttachOrAdopt(BpfProgram::kSkLookup, pin, target, fd.get());
+  return AttachOrAdopt(program, pin, target, fd.get());
 }
 
 absl::Status BpfLoader::Uninstall() {

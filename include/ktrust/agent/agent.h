@@ -76,6 +76,8 @@ class Agent {
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
+  // What the loader has attached; safe while enrolment attaches more.
+  std::vector<BpfLoader::Attachment> bpf_attachments() const;
   std::shared_ptr<const Config> config() const;
   std::shared_ptr<const PolicyAuthorizer> policy() const;
   std::vector<EnrolledWorkload> workloads() const;
@@ -93,6 +95,7 @@ class Agent {
   absl::Status Apply(std::shared_ptr<const Config> config);
   absl::Status Enroll(const Config& config);
   void WatchTree(const std::string& dir);
+  void GuardWorkloadNetns(const RegisteredWorkload& r);
   absl::StatusOr<OutboundRoute> Route(int app_fd) const;
 
   absl::Time started_;
@@ -105,6 +108,9 @@ class Agent {
   UniqueFd cgroup_events_;  // inotify on every directory under cgroup_root_
   absl::Mutex enroll_mu_;   // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
+  uint64_t own_netns_ = 0;      // inode of the agent's network namespace
+  mutable absl::Mutex bpf_mu_;  // BpfLoader is not thread-safe: attach vs status
+  std::set<uint64_t> guarded_netns_ ABSL_GUARDED_BY(enroll_mu_);
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);

@@ -151,7 +151,9 @@ enum ktrust_reason {
   KTRUST_REASON_SK_LOOKUP_PERMISSIVE = 16,    /* agent absent, permissive: delivered */
   KTRUST_REASON_SK_LOOKUP_ASSIGN_FAILED = 17, /* refused */
   KTRUST_REASON_EVENTS_LOST = 18,             /* ring buffer full */
-  KTRUST_REASON_MAX = 19,
+  /* enforced port in a network namespace the agent does not serve: refused */
+  KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS = 19,
+  KTRUST_REASON_MAX = 20,
 };
 
 enum ktrust_event_type {

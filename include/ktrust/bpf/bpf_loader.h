@@ -44,6 +44,7 @@ enum class BpfProgram {
   kGetpeername6,
   kSockops,
   kSkLookup,
+  kSkLookupGuard,
 };
 
 class BpfLoader {
@@ -64,6 +65,9 @@ class BpfLoader {
   // Attaches sk_lookup to a network namespace (/proc/<pid>/ns/net,
   // /run/netns/<name>). Idempotent and adopting, as above.
   absl::Status AttachNetns(absl::string_view netns_path);
+  // Attaches the guard variant to a namespace the agent has no listeners in:
+  // enforced ports there refuse every connection (see bpf/sk_lookup.bpf.c).
+  absl::Status GuardNetns(absl::string_view netns_path);
 
   // Unpins every link and map under pin_dir and closes this loader's links,
   // which detaches the programs. The loaded maps stay usable until the
@@ -103,6 +107,8 @@ class BpfLoader {
   BpfLoader(BpfLoaderOptions options, KernelFeatures features,
             std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton);
   bpf_program* program(BpfProgram program) const;
+  absl::Status AttachToNetns(BpfProgram program, absl::string_view name,
+                             absl::string_view netns_path);
   absl::Status AttachOrAdopt(BpfProgram program, const std::string& pin_path,
                              const LinkTarget& target, int target_fd);
 
