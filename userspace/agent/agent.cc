@@ -446,13 +446,14 @@ absl::Status Agent::Enroll(const Config& config) {
     if (w.mode == WorkloadMode::kOff) continue;
     auto identity = identities_->ProviderFor(r.id, w.name);
     if (!identity.ok()) {
-      // Without an SVID the workload cannot be served: leave it out (its
-      // mesh connections stay unintercepted only if it was never enrolled).
+      // Still enrolled, so its connections keep coming to the agent, which
+      // refuses them (no SVID to present) instead of letting them out in
+      // plaintext. The next rescan tries to issue again.
       LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
                                     {"workload", w.name},
                                     {"id", r.id.ToString()},
                                     {"reason", identity.status().message()}});
-      continue;
+      identity = SvidProvider([] { return std::shared_ptr<const Svid>(); });
     }
     next->by_cgroup[r.cgroup_id] = {w.name, *identity};
     GuardWorkloadNetns(r);
