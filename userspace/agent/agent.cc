@@ -197,7 +197,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
       return it->second();
     };
     inbound.push_back({*addr, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
-    inbound.push_back({*addr6, name, identity, std::nullopt});
+    inbound.push_back({*addr6, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
   }
   {
     absl::MutexLock lock(&agent->mu_);
