@@ -104,6 +104,39 @@ TEST_F(BpfLoaderTest, AttachingAgainAttachesNothingTwice) {
   EXPECT_EQ(AttachedToNetns().size(), 1u);
 }
 
+TEST_F(BpfLoaderTest, ARestartWithAnotherConfigurationPrunesWhatItNoLongerWants) {
+  auto first = NewLoader();
+  ASSERT_NE(first, nullptr);
+  InterceptionMaps& old_maps = first->maps();
+  auto wide = *IpPrefix::Parse("10.0.0.0/8");
+  auto narrow = *IpPrefix::Parse("10.1.0.0/16");
+  ASSERT_TRUE(old_maps.AddMeshDestination(wide, {{1, 65535, MeshAction::kRedirect}}).ok());
+  ASSERT_TRUE(old_maps.AddMeshDestination(narrow, {{1, 65535, MeshAction::kRedirect}}).ok());
+  ASSERT_TRUE(old_maps.EnrollCgroup(7, EnforcementMode::kEnforce, 1).ok());
+  ASSERT_TRUE(old_maps.EnrollCgroup(8, EnforcementMode::kEnforce, 2).ok());
+  auto port80 = *SocketAddress::Parse("0.0.0.0:80");
+  auto port443 = *SocketAddress::Parse("0.0.0.0:443");
+  ASSERT_TRUE(old_maps.AddInboundPort(port80, EnforcementMode::kEnforce, 0, 1).ok());
+  ASSERT_TRUE(old_maps.AddInboundPort(port443, EnforcementMode::kEnforce, 0, 1).ok());
+  first.reset();
+
+  // The next run wants one of each: the rest goes, what it keeps stays.
+  auto second = NewLoader();
+  ASSERT_NE(second, nullptr);
+  InterceptionMaps& maps = second->maps();
+  EXPECT_EQ(*maps.KeepOnlyMeshDestinations({narrow}), 1u);
+  EXPECT_EQ(*maps.KeepOnlyEnrolledCgroups({8}), 1u);
+  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443}), 1u);
+  // A second pass finds nothing left to remove.
+  EXPECT_EQ(*maps.KeepOnlyMeshDestinations({narrow}), 0u);
+  EXPECT_EQ(*maps.KeepOnlyEnrolledCgroups({8}), 0u);
+  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443}), 0u);
+  // And what was kept is still there: removing it now succeeds.
+  EXPECT_TRUE(maps.RemoveMeshDestination(narrow).ok());
+  EXPECT_TRUE(maps.UnenrollCgroup(8).ok());
+  EXPECT_TRUE(maps.RemoveInboundPort(port443).ok());
+}
+
 TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {
   auto first = NewLoader();
   ASSERT_NE(first, nullptr);

@@ -221,6 +221,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   interception.agent_mark = settings.socket_mark;
   if (auto st = maps.Configure(interception); !st.ok()) return st;
   uint32_t slot = 0;
+  std::vector<SocketAddress> enforced;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
     for (size_t family = 0; family < 2; ++family) {
       int fd = agent->engine_->inbound_listen_fd(2 * slot + family);
@@ -229,6 +230,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     size_t index = static_cast<size_t>(w - config->workloads.data());
     for (uint16_t p : w->ports) {
       auto any = SocketAddress::Parse(absl::StrCat("0.0.0.0:", p));
+      enforced.push_back(*any);
       if (auto st =
               maps.AddInboundPort(*any, KernelMode(w->mode), slot, static_cast<uint32_t>(index));
           !st.ok())
@@ -236,6 +238,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     }
     ++slot;
   }
+  // Ports an earlier run enforced that this configuration does not.
+  if (auto removed = maps.KeepOnlyInboundPorts(enforced); !removed.ok()) return removed.status();
   if (auto st = agent->Apply(config); !st.ok()) return st;
   if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
   {
@@ -341,14 +345,9 @@ absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
     if (auto st = maps.AddMeshDestination(entry.first, entry.second); !st.ok()) return st;
     written.push_back(entry.first);
   }
-  std::vector<IpPrefix> previous;
-  {
-    absl::MutexLock lock(&mu_);
-    previous = mesh_prefixes_;
-    mesh_prefixes_ = written;
-  }
-  for (const IpPrefix& p : previous) {
-    if (!table->count(p.ToString())) (void)maps.RemoveMeshDestination(p);
+  // Also what an earlier run (or configuration) left in the pinned trie.
+  if (auto removed = maps.KeepOnlyMeshDestinations(written); !removed.ok()) {
+    return removed.status();
   }
   return Enroll(*config);
 }
@@ -485,12 +484,14 @@ absl::Status Agent::Enroll(const Config& config) {
   }
   for (const auto& [cgroup_id, workload] : before->by_cgroup) {
     if (next->by_cgroup.count(cgroup_id)) continue;
-    (void)maps.UnenrollCgroup(cgroup_id);
     LogEvent(
         spdlog::level::info,
         {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
   }
-  return absl::OkStatus();
+  // Gone cgroups, and what an earlier run enrolled that this one does not.
+  std::set<uint64_t> keep;
+  for (const auto& [cgroup_id, workload] : next->by_cgroup) keep.insert(cgroup_id);
+  return maps.KeepOnlyEnrolledCgroups(keep).status();
 }
 
 absl::Status Agent::Reload() {

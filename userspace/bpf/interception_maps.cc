@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -69,21 +70,48 @@ absl::StatusOr<ktrust_inbound_key> InboundKey(const SocketAddress& local) {
   return key;
 }
 
-absl::StatusOr<size_t> CountEntries(int map_fd, size_t key_size, absl::string_view name) {
-  std::vector<uint8_t> key(key_size), next(key_size);
-  size_t count = 0;
+// Every key of a map, as raw bytes.
+absl::StatusOr<std::vector<std::string>> Keys(int map_fd, size_t key_size, absl::string_view name) {
+  std::vector<std::string> keys;
+  std::string next(key_size, '\0');
   const void* previous = nullptr;
   while (true) {
     int ret = bpf_map_get_next_key(map_fd, previous, next.data());
     if (ret != 0) {
       int err = ret < 0 ? -ret : errno;
-      if (err == ENOENT) return count;
+      if (err == ENOENT) return keys;
       return MapError(err, absl::StrCat("iterating ", name));
     }
-    ++count;
-    key.swap(next);
-    previous = key.data();
+    keys.push_back(next);
+    previous = keys.back().data();
   }
+}
+
+absl::StatusOr<size_t> CountEntries(int map_fd, size_t key_size, absl::string_view name) {
+  auto keys = Keys(map_fd, key_size, name);
+  if (!keys.ok()) return keys.status();
+  return keys->size();
+}
+
+// Deletes every key not in `keep` (raw bytes); returns how many went.
+absl::StatusOr<size_t> Prune(int map_fd, size_t key_size, const std::set<std::string>& keep,
+                             absl::string_view name) {
+  auto keys = Keys(map_fd, key_size, name);
+  if (!keys.ok()) return keys.status();
+  size_t removed = 0;
+  for (const std::string& key : *keys) {
+    if (keep.count(key)) continue;
+    if (bpf_map_delete_elem(map_fd, key.data()) != 0 && errno != ENOENT) {
+      return MapError(errno, absl::StrCat("pruning ", name));
+    }
+    ++removed;
+  }
+  return removed;
+}
+
+template <typename Key>
+std::string Bytes(const Key& key) {
+  return std::string(reinterpret_cast<const char*>(&key), sizeof(key));
 }
 
 }  // namespace
@@ -169,6 +197,30 @@ absl::Status InterceptionMaps::EnrollCgroup(uint64_t cgroup_id, EnforcementMode 
   ktrust_cgroup_value value{.mode = AbiMode(mode), .workload = workload};
   return Check(bpf_map_update_elem(fds_.cgroups, &cgroup_id, &value, BPF_ANY),
                absl::StrCat("enrolling cgroup ", cgroup_id));
+}
+
+absl::StatusOr<size_t> InterceptionMaps::KeepOnlyMeshDestinations(
+    const std::vector<IpPrefix>& keep) {
+  std::set<std::string> keys;
+  for (const IpPrefix& p : keep) keys.insert(Bytes(MeshKey(p)));
+  return Prune(fds_.mesh, sizeof(ktrust_mesh_key), keys, "ktrust_mesh");
+}
+
+absl::StatusOr<size_t> InterceptionMaps::KeepOnlyEnrolledCgroups(const std::set<uint64_t>& keep) {
+  std::set<std::string> keys;
+  for (uint64_t id : keep) keys.insert(Bytes(id));
+  return Prune(fds_.cgroups, sizeof(uint64_t), keys, "ktrust_cgroups");
+}
+
+absl::StatusOr<size_t> InterceptionMaps::KeepOnlyInboundPorts(
+    const std::vector<SocketAddress>& keep) {
+  std::set<std::string> keys;
+  for (const SocketAddress& a : keep) {
+    auto key = InboundKey(a);
+    if (!key.ok()) return key.status();
+    keys.insert(Bytes(*key));
+  }
+  return Prune(fds_.inbound, sizeof(ktrust_inbound_key), keys, "ktrust_inbound");
 }
 
 absl::Status InterceptionMaps::UnenrollCgroup(uint64_t cgroup_id) {

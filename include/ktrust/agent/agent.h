@@ -117,7 +117,6 @@ class Agent {
   std::shared_ptr<const PolicyAuthorizer> policy_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const Routing> routing_ ABSL_GUARDED_BY(mu_);
   ReloadState reload_ ABSL_GUARDED_BY(mu_);
-  std::vector<IpPrefix> mesh_prefixes_ ABSL_GUARDED_BY(mu_);  // written to the trie
   absl::Time config_mtime_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,14 @@ class InterceptionMaps {
   // inherits from shorter ones.
   absl::Status AddMeshDestination(const IpPrefix& prefix, const std::vector<PortRule>& rules);
   absl::Status RemoveMeshDestination(const IpPrefix& prefix);
+
+  // Pinned maps outlive the agent, so a restarted agent with a changed
+  // configuration finds entries it no longer wants. These remove every
+  // entry not in `keep` (after the wanted ones are written, so nothing
+  // wanted is ever missing) and return how many went.
+  absl::StatusOr<size_t> KeepOnlyMeshDestinations(const std::vector<IpPrefix>& keep);
+  absl::StatusOr<size_t> KeepOnlyEnrolledCgroups(const std::set<uint64_t>& keep);
+  absl::StatusOr<size_t> KeepOnlyInboundPorts(const std::vector<SocketAddress>& keep);
 
   // Processes in exactly this cgroup (not its children) are intercepted.
   absl::Status EnrollCgroup(uint64_t cgroup_id, EnforcementMode mode, uint32_t workload);
