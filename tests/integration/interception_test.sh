@@ -48,7 +48,10 @@ write_config a '
     spiffe_id: spiffe://{trust_domain}/{node}/client
   - name: intruder
     cgroup: intruder
-    spiffe_id: spiffe://{trust_domain}/{node}/intruder' '
+    spiffe_id: spiffe://{trust_domain}/{node}/intruder
+  - name: misconfigured
+    cgroup: agent
+    spiffe_id: spiffe://{trust_domain}/{node}/misconfigured' '
   []'
 write_config b '
   - name: server
@@ -146,6 +149,8 @@ fi
 conns=$("$ktrust" --socket "$work/b/control.sock" conns --json 2>&1 || true)
 check "ktrust conns answers on node b" jq -e '.connections | type == "array"' <<<"$conns"
 workloads=$("$ktrust" --socket "$work/a/control.sock" workloads --json)
+check "node a refused to enrol its own agent's cgroup, and said so" \
+  grep -q "this is ktrustd's own cgroup" "$work/a/agent.log"
 check "node a enrolled client and intruder with their SPIFFE IDs" jq -e \
   '[.workloads[].spiffe_id] | sort == ["spiffe://example.org/node-a/client","spiffe://example.org/node-a/intruder"]' \
   <<<"$workloads"

@@ -140,6 +140,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   struct stat own {};
   if (stat("/proc/self/ns/net", &own) != 0) return absl::ErrnoToStatus(errno, "/proc/self/ns/net");
   agent->own_netns_ = own.st_ino;
+  // /proc/self/cgroup: "0::/path" on cgroup v2.
+  if (auto self_cgroup = ReadFile("/proc/self/cgroup"); self_cgroup.ok()) {
+    size_t at = self_cgroup->find("0::");
+    if (at != std::string::npos) {
+      std::string rel = self_cgroup->substr(at + 3);
+      rel = rel.substr(0, rel.find('\n'));
+      auto mount = Cgroup2Mount();
+      if (mount.ok()) {
+        if (auto id = CgroupIdOf(*mount + rel); id.ok()) agent->own_cgroup_ = *id;
+      }
+    }
+  }
 
   auto ids = WorkloadIdentities::Create(*config, absl::Now());
   if (!ids.ok()) return ids.status();
@@ -422,6 +434,7 @@ absl::Status Agent::Enroll(const Config& config) {
   if (!found.ok()) return found.status();
   // Rescans repeat every second: say each problem once, when it appears.
   std::set<std::string> now(problems.begin(), problems.end());
+  if (reported_problems_.count("own cgroup")) now.insert("own cgroup");
   for (const std::string& p : now) {
     if (!reported_problems_.count(p)) {
       LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
@@ -440,6 +453,17 @@ absl::Status Agent::Enroll(const Config& config) {
   InterceptionMaps& maps = bpf_->maps();
   for (const RegisteredWorkload& r : *found) {
     const WorkloadConfig& w = config.workloads[r.workload_index];
+    if (r.cgroup_id == own_cgroup_) {
+      // Enrolling itself would send the agent's own connections back to it
+      // (the SO_MARK check in the programs is the second line of defence).
+      if (reported_problems_.insert("own cgroup").second) {
+        LogEvent(spdlog::level::err,
+                 {{"event", "cgroup_skipped"},
+                  {"cgroup", r.cgroup_path},
+                  {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
+      }
+      continue;
+    }
     EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
     next->enrolled.push_back(enrolled);
     if (w.mode == WorkloadMode::kOff) continue;

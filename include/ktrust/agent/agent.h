@@ -109,6 +109,7 @@ class Agent {
   absl::Mutex enroll_mu_;   // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
   uint64_t own_netns_ = 0;      // inode of the agent's network namespace
+  uint64_t own_cgroup_ = 0;     // the agent's cgroup id, never enrolled
   mutable absl::Mutex bpf_mu_;  // BpfLoader is not thread-safe: attach vs status
   std::set<uint64_t> guarded_netns_ ABSL_GUARDED_BY(enroll_mu_);
 
