@@ -198,6 +198,8 @@ config_b "$policy_wider"
 check "node b reloads the new policy" wait_until 10 generation_above b "$gen"
 check "client2 now gets the file" test "$(get client2)" = "$marker"
 check "the held connection is still open" lacks closed "$(cat "$work/hold.log")"
+check "a policy change applies in place (no restart_needed)" \
+  lacks restart_needed "$(cat "$work/b/agent.log")"
 
 echo "# reload: an invalid file"
 gen=$(generation b)

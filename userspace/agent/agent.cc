@@ -94,11 +94,18 @@ std::vector<const WorkloadConfig*> ServingWorkloads(const Config& config) {
   return out;
 }
 
-// What must stay as it was for a reload to apply in place.
-std::string ListenerShape(const Config& config) {
-  std::string shape = absl::StrCat(config.agent.outbound_port, "/", config.agent.inbound_port, "/",
-                                   config.agent.upstream_source, "/", config.agent.socket_mark, "/",
-                                   config.agent.bpf_pin_dir, "/", config.agent.cgroup_root);
+// What a reload cannot change in place: sockets bound at start, the BPF
+// setup, logging and the identity source. A difference means a restart.
+std::string RestartOnlyShape(const Config& config) {
+  const AgentSettings& a = config.agent;
+  std::string shape =
+      absl::StrJoin({a.node_name, a.cgroup_root, a.bpf_pin_dir, absl::StrCat(a.outbound_port),
+                     absl::StrCat(a.inbound_port), a.upstream_source, a.upstream_source6,
+                     absl::StrCat(a.socket_mark), a.control_socket, a.control_group,
+                     a.metrics_address, a.log_format, a.log_level, a.data_path,
+                     absl::StrCat(static_cast<int>(config.identity.source)),
+                     absl::FormatDuration(config.identity.svid_ttl), config.identity.svid_dir},
+                    "/");
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
     absl::StrAppend(&shape, ";", w->name, ":", absl::StrJoin(w->ports, ","), ":",
                     WorkloadModeName(w->mode));
@@ -557,12 +564,12 @@ absl::Status Agent::Reload() {
                                        {"svids_reissued", reissued}});
       }
       result = Apply(config);
-      if (result.ok() && ListenerShape(*before) != ListenerShape(*config)) {
+      if (result.ok() && RestartOnlyShape(*before) != RestartOnlyShape(*config)) {
         LogEvent(spdlog::level::warn,
                  {{"event", "restart_needed"},
                   {"reason",
-                   "agent settings or workload ports changed: they take effect when ktrustd "
-                   "restarts; everything else is applied"}});
+                   "agent settings, identity source or TTL, or workload ports changed: they "
+                   "take effect when ktrustd restarts; everything else is applied"}});
       }
     }
   }
