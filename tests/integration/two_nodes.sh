@@ -97,7 +97,9 @@ exec_in() {  # NODE CGROUP CMD...
 # Writes node $1's agent configuration: its workloads (YAML lines under
 # workloads:) and policy (YAML lines under policy:). Optional, from the
 # caller's variables: KT_SVID_TTL (default 1h), KT_CA_DIR (default
-# $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:).
+# $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:),
+# KT_IDENTITY_SOURCE (default embedded_ca; svid_files reads KT_SVID_DIR,
+# default $KT_WORK/<node>/svids).
 # The file is replaced by a rename, so an agent polling it never reads half.
 write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
@@ -107,8 +109,9 @@ write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
 version: 1
 trust_domain: example.org
 identity:
-  source: embedded_ca
+  source: ${KT_IDENTITY_SOURCE:-embedded_ca}
   ca_dir: ${KT_CA_DIR:-$KT_WORK/$node/ca}
+  svid_dir: ${KT_SVID_DIR:-$KT_WORK/$node/svids}
   svid_ttl: ${KT_SVID_TTL:-1h}
 $bundles
 workloads:
