@@ -23,19 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 # shellcheck source=two_nodes.sh
 source "$here/two_nodes.sh"
-cleanup() {
-  two_nodes_down
-  # Never recurse into a mount (cgroup2, bpffs) that failed to come off.
-  if ! findmnt -rn -o TARGET | grep -q "^$work/"; then rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-failures=0
-passed=0
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-check() { local what=$1; shift; if "$@" >/dev/null; then ok "$what"; else not_ok "$what"; fi; }
-lacks() { ! grep -q -- "$1" <<<"$2"; }  # text $2 does not contain $1
+trap two_nodes_cleanup EXIT
 
 two_nodes_up "$work" "$ktrust"
 # Workload cgroups exist before the agents start (see docs/operations.md on
@@ -169,7 +157,6 @@ connections_a=$(grep -c '"event":"connection_' "$work/a/agent.log" || true)
 out=$(exec_in a bystander curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
 check "a plaintext client (not enrolled) gets nothing from the enforced port" \
   lacks "$marker" "$out"
-sleep 0.5
 requests_after=$(grep -c 'GET /secret.txt' "$work/http.log" || true)
 check "the application saw neither refused request" test "$requests_after" = "$requests_before"
 denials=$("$ktrust" --socket "$work/b/control.sock" denials --json)
@@ -257,5 +244,4 @@ for n in a b; do "$ktrustd" uninstall --pin-dir "$work/$n/bpffs/ktrust" >/dev/nu
 left=$(find "$work/a/bpffs/ktrust" "$work/b/bpffs/ktrust" -mindepth 1 2>/dev/null || true)
 check "ktrustd uninstall leaves nothing pinned ($left)" test -z "$left"
 
-echo "# $passed passed, $failures failed"
-((failures == 0))
+two_nodes_results

@@ -15,17 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 # shellcheck source=two_nodes.sh
 source "$here/two_nodes.sh"
-cleanup() {
-  two_nodes_down
-  if ! findmnt -rn -o TARGET | grep -q "^$work/"; then rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-failures=0
-passed=0
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-check() { local what=$1; shift; if "$@" >/dev/null; then ok "$what"; else not_ok "$what"; fi; }
+trap two_nodes_cleanup EXIT
 
 two_nodes_up "$work" "$ktrust"
 mkdir -p "$KT_CG"/a/client "$KT_CG"/b/server
@@ -80,5 +70,4 @@ check "the renewed SVID is in use without a restart ($first -> $renewed)" test "
 body=$(exec_in a client curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
 check "and the client still reaches the server" test "$body" = "$marker"
 
-echo "# $passed passed, $failures failed"
-((failures == 0))
+two_nodes_results

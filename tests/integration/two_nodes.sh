@@ -145,3 +145,24 @@ start_agent() {  # NODE KTRUSTD
     return 1
   fi
 }
+
+# Results, one line per check as TAP prints them, for the tests on these nodes.
+KT_PASSED=0
+KT_FAILED=0
+ok() { echo "ok - $*"; KT_PASSED=$((KT_PASSED + 1)); }
+not_ok() { echo "not ok - $*"; KT_FAILED=$((KT_FAILED + 1)); }
+check() { local what=$1; shift; if "$@" >/dev/null; then ok "$what"; else not_ok "$what"; fi; }
+lacks() { ! grep -q -- "$1" <<<"$2"; }  # text $2 does not contain $1
+# The summary line and the exit status: 0 only if every check passed.
+two_nodes_results() {
+  echo "# $KT_PASSED passed, $KT_FAILED failed"
+  ((KT_FAILED == 0))
+}
+
+# Removes the nodes and the work directory (never recursing into a mount,
+# cgroup2 or bpffs, that failed to come off). KT_KEEP_LOGS=1 keeps the files.
+two_nodes_cleanup() {
+  two_nodes_down
+  if [[ -n ${KT_KEEP_LOGS:-} ]]; then echo "# kept $KT_WORK" >&2; return; fi
+  if [[ -n $KT_WORK ]] && ! findmnt -rn -o TARGET | grep -q "^$KT_WORK/"; then rm -rf "$KT_WORK"; fi
+}

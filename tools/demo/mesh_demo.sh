@@ -16,11 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 # shellcheck source=../../tests/integration/two_nodes.sh
 source "$here/../../tests/integration/two_nodes.sh"
-cleanup() {
-  two_nodes_down
-  if ! findmnt -rn -o TARGET | grep -q "^$work/"; then rm -rf "$work"; fi
-}
-trap cleanup EXIT
+trap two_nodes_cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 say() { printf '\n== %s\n' "$*"; }
