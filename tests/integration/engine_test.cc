@@ -6,12 +6,17 @@
 // the vm tier the same tests run with kernel TLS.
 #include "ktrust/dataplane/engine.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <sched.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -69,6 +74,54 @@ class CapturedLog : public spdlog::sinks::base_sink<std::mutex> {
 
  private:
   std::vector<std::string> lines_;
+};
+
+// Runs `fn` on a thread inside the network namespace `netns_fd`: the
+// sockets it makes live there.
+void RunInNetns(int netns_fd, const std::function<void()>& fn) {
+  std::thread([&] {
+    ASSERT_EQ(setns(netns_fd, CLONE_NEWNET), 0) << strerror(errno);
+    fn();
+  }).join();
+}
+
+// A fresh network namespace with lo up, standing in for a pod's. It lives as
+// long as its descriptor (and any socket in it).
+UniqueFd NewNetns() {
+  UniqueFd netns;
+  std::thread([&] {
+    ASSERT_EQ(unshare(CLONE_NEWNET), 0) << strerror(errno);
+    UniqueFd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq ifr{};
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    ASSERT_EQ(ioctl(sock.get(), SIOCGIFFLAGS, &ifr), 0) << strerror(errno);
+    ifr.ifr_flags |= IFF_UP;
+    ASSERT_EQ(ioctl(sock.get(), SIOCSIFFLAGS, &ifr), 0) << strerror(errno);
+    netns.Reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  }).join();
+  return netns;
+}
+
+// ConnectTo from inside a namespace; *err: errno on failure.
+UniqueFd ConnectInNetns(int netns_fd, const SocketAddress& addr, int* err = nullptr) {
+  UniqueFd fd;
+  RunInNetns(netns_fd, [&] {
+    fd = ConnectTo(addr);
+    if (err) *err = fd.valid() ? 0 : errno;
+  });
+  return fd;
+}
+
+// Listeners added at runtime in a pod's namespace, on the running pair:
+//
+//   client app -> [client_: netns outbound] ==mTLS==> [server_: netns inbound] -> backend
+//
+// with every socket but the engines' own in the pod namespace.
+struct PodListeners {
+  UniqueFd netns;
+  std::unique_ptr<TestBackend> backend;  // listens in the pod namespace only
+  NetnsListenersHandle inbound, outbound;
+  SocketAddress entry() const { return outbound.outbound_addresses.at(0); }
 };
 
 class EngineTest : public ::testing::Test {
@@ -135,6 +188,37 @@ class EngineTest : public ::testing::Test {
   }
 
   SocketAddress entry() const { return entry_; }
+
+  // After StartPair: the pair gets listeners in a new namespace, the server
+  // an inbound one for an application there, the client an outbound one
+  // routed to it.
+  void AddPodListeners(PodListeners& pod, TestBackend::Handler handler) {
+    pod.netns = NewNetns();
+    ASSERT_TRUE(pod.netns.valid());
+    RunInNetns(pod.netns.get(), [&] { pod.backend = std::make_unique<TestBackend>(handler); });
+    std::shared_ptr<const Svid> server_svid = Issue(kServerId);
+    NetnsListeners in{
+        pod.netns.get(),
+        {},
+        {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "pod-backend",
+                         [server_svid] { return server_svid; }, pod.backend->address()}}};
+    auto added = server_->AddNetnsListeners(std::move(in));
+    ASSERT_TRUE(added.ok()) << added.status();
+    pod.inbound = *std::move(added);
+    ASSERT_EQ(pod.inbound.inbound_fds.size(), 1u);
+
+    std::shared_ptr<const Svid> client_svid = Issue(kClientId);
+    OutboundRoute route{pod.inbound.inbound_addresses.at(0), "pod-client",
+                        [client_svid] { return client_svid; }, std::nullopt};
+    NetnsListeners out{
+        pod.netns.get(),
+        {OutboundListener{*SocketAddress::Parse("127.0.0.1:0"),
+                          [route](int) -> absl::StatusOr<OutboundRoute> { return route; }}},
+        {}};
+    added = client_->AddNetnsListeners(std::move(out));
+    ASSERT_TRUE(added.ok()) << added.status();
+    pod.outbound = *std::move(added);
+  }
 
   // Waits (bounded, generously for the emulated CPU of the vm tier) until
   // both engines have closed every connection.
@@ -691,6 +775,142 @@ TEST_F(EngineTest, PermissiveListenerRefusesATlsClientFromAnotherCa) {
   ExpectRefusedWithNoBytes(backend);
   EXPECT_EQ(server_->counters().handshake_failures.load(), 1u);
   EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
+}
+
+// A pod's listeners, added while the engines run: the client app, the
+// engines' other sockets and the application are all in the pod namespace.
+TEST_F(EngineTest, NetnsListenersCarryMutualTlsInsideThePodNamespace) {
+  TestBackend host_backend(&TestBackend::Echo);
+  StartPair(host_backend);
+  PodListeners pod;
+  ASSERT_NO_FATAL_FAILURE(AddPodListeners(pod, [](int fd, TestBackend& self) {
+    std::string got;
+    if (!ReadExactly(fd, 5, &got)) return;
+    self.AddReceived(got.size());
+    SendAll(fd, got.data(), got.size());
+    ReadToEof(fd, nullptr);
+  }));
+  // The listeners are in the pod namespace, not the engines' own.
+  EXPECT_FALSE(ConnectTo(pod.entry()).valid());
+
+  UniqueFd fd = ConnectInNetns(pod.netns.get(), pod.entry());
+  ASSERT_TRUE(fd.valid()) << strerror(errno);
+  ASSERT_TRUE(SendAll(fd.get(), "hello", 5));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 5, &reply));
+  EXPECT_EQ(reply, "hello");
+  // The application exists only in the pod namespace: reaching it proves the
+  // server engine dialled it from there, and the client engine reached the
+  // server's pod listener from there too.
+  EXPECT_EQ(pod.backend->accepted(), 1);
+  EXPECT_EQ(host_backend.accepted(), 0);
+
+  auto out = client_->connections().Snapshot();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workload, "pod-client");
+  EXPECT_EQ(out[0].local_id, kClientId);
+  EXPECT_EQ(out[0].peer_id, kServerId);
+  EXPECT_EQ(out[0].wire_peer, pod.inbound.inbound_addresses.at(0).ToString());
+  auto in = server_->connections().Snapshot();
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0].workload, "pod-backend");
+  EXPECT_EQ(in[0].local_id, kServerId);
+  EXPECT_EQ(in[0].peer_id, kClientId);
+  EXPECT_EQ(in[0].app_address, pod.backend->address().ToString());
+  EXPECT_EQ(in[0].state, ConnectionState::kEstablished);
+  fd.Reset();
+  EXPECT_TRUE(Drained());
+
+  // The engines' own listeners carry on as before.
+  UniqueFd host = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(host.get(), "host", 4));
+  ASSERT_TRUE(ReadExactly(host.get(), 4, &reply));
+  EXPECT_EQ(reply, "host");
+}
+
+TEST_F(EngineTest, RemovedNetnsListenersRefuseNewConnectionsAndCloseTheirOwn) {
+  TestBackend host_backend(&TestBackend::Echo);
+  CaptureLog();
+  StartPair(host_backend);
+  PodListeners pod;
+  ASSERT_NO_FATAL_FAILURE(AddPodListeners(pod, &TestBackend::Echo));
+  struct stat netns_stat {};
+  ASSERT_EQ(fstat(pod.netns.get(), &netns_stat), 0);
+  const std::string netns_name = "net:[" + std::to_string(netns_stat.st_ino) + "]";
+
+  // A live connection through the pod's listeners, and one through the
+  // engines' own.
+  UniqueFd live = ConnectInNetns(pod.netns.get(), pod.entry());
+  ASSERT_TRUE(live.valid());
+  std::string reply;
+  ASSERT_TRUE(SendAll(live.get(), "pod", 3));
+  ASSERT_TRUE(ReadExactly(live.get(), 3, &reply));
+  UniqueFd host = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(host.get(), "host", 4));
+  ASSERT_TRUE(ReadExactly(host.get(), 4, &reply));
+
+  client_->RemoveNetnsListeners(pod.outbound.id);
+  // The pod's live connection is reset, not left open...
+  std::string after;
+  int err = 0;
+  bool eof = ReadToEof(live.get(), &after, &err);
+  EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+  EXPECT_EQ(after, "");
+  // ...and nothing listens there any more.
+  UniqueFd refused = ConnectInNetns(pod.netns.get(), pod.entry(), &err);
+  EXPECT_FALSE(refused.valid());
+  EXPECT_EQ(err, ECONNREFUSED) << strerror(err);
+
+  // The engines' own connection and listener are untouched.
+  ASSERT_TRUE(SendAll(host.get(), "still", 5));
+  ASSERT_TRUE(ReadExactly(host.get(), 5, &reply));
+  EXPECT_EQ(reply, "still");
+  UniqueFd host_again = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(host_again.get(), "new", 3));
+  ASSERT_TRUE(ReadExactly(host_again.get(), 3, &reply));
+  EXPECT_EQ(reply, "new");
+
+  // The server's pod listener is still there until it is removed too.
+  UniqueFd direct = ConnectInNetns(pod.netns.get(), pod.inbound.inbound_addresses.at(0));
+  EXPECT_TRUE(direct.valid());
+  direct.Reset();
+  server_->RemoveNetnsListeners(pod.inbound.id);
+  refused = ConnectInNetns(pod.netns.get(), pod.inbound.inbound_addresses.at(0), &err);
+  EXPECT_FALSE(refused.valid());
+  EXPECT_EQ(err, ECONNREFUSED) << strerror(err);
+  server_->RemoveNetnsListeners(pod.inbound.id);  // again: a no-op
+  server_->RemoveNetnsListeners(12345);           // unknown: a no-op
+
+  host.Reset();
+  host_again.Reset();
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(pod.backend->accepted(), 1);
+  std::vector<nlohmann::json> failed = log_->Events("connection_failed");
+  auto removed = std::find_if(failed.begin(), failed.end(), [](const nlohmann::json& e) {
+    return e.value("result", "") == "listener_removed";
+  });
+  ASSERT_NE(removed, failed.end());
+  EXPECT_EQ(removed->value("workload", ""), "pod-client");
+  EXPECT_EQ(removed->value("netns", ""), netns_name);
+}
+
+TEST_F(EngineTest, NetnsListenersNeedANamespaceAndARunningEngine) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  auto added = server_->AddNetnsListeners(NetnsListeners{});
+  EXPECT_EQ(added.status().code(), absl::StatusCode::kInvalidArgument);
+  // Not a namespace: refused before any listener opens.
+  UniqueFd not_netns(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  added = server_->AddNetnsListeners(NetnsListeners{
+      not_netns.get(),
+      {},
+      {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "x",
+                       [] { return std::shared_ptr<const Svid>(); }, std::nullopt}}});
+  EXPECT_FALSE(added.ok());
+  UniqueFd netns = NewNetns();
+  server_->Stop();
+  added = server_->AddNetnsListeners(NetnsListeners{netns.get(), {}, {}});
+  EXPECT_EQ(added.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

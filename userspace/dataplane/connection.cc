@@ -2,10 +2,12 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -44,10 +46,11 @@ std::string AddressOf(const absl::StatusOr<SocketAddress>& addr) {
 // Non-blocking connect; on success the caller waits for POLLOUT. The mark
 // keeps interception away from the agent's own sockets; the source, when
 // given, is the reserved address sk_lookup lets through to applications.
-absl::StatusOr<UniqueFd> StartConnect(const SocketAddress& to, uint32_t mark,
+absl::StatusOr<UniqueFd> StartConnect(SocketNetns netns, const SocketAddress& to, uint32_t mark,
                                       const std::optional<SocketAddress>& source) {
-  UniqueFd fd(socket(to.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+  absl::StatusOr<UniqueFd> made = SocketIn(netns, to.family());
+  if (!made.ok()) return made.status();
+  UniqueFd fd = *std::move(made);
   SetNoDelay(fd.get());
   if (mark != 0 && setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
     return absl::ErrnoToStatus(errno, "SO_MARK");
@@ -69,8 +72,39 @@ absl::StatusOr<UniqueFd> StartConnect(const SocketAddress& to, uint32_t mark,
 
 }  // namespace
 
-Connection::Connection(LoopContext& ctx, Direction direction, std::string workload)
-    : ctx_(ctx), direction_(direction), last_activity_(ctx.loop.now()) {
+absl::StatusOr<UniqueFd> SocketIn(SocketNetns netns, int family) {
+  constexpr int kType = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
+  if (netns.fd < 0) {
+    UniqueFd fd(socket(family, kType, 0));
+    if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+    return fd;
+  }
+  // setns(CLONE_NEWNET) moves only the calling thread, and a socket stays
+  // in the namespace it was made in.
+  if (setns(netns.fd, CLONE_NEWNET) != 0) {
+    return absl::ErrnoToStatus(errno, "enter the listener's network namespace");
+  }
+  UniqueFd fd(socket(family, kType, 0));
+  int socket_errno = errno;
+  if (setns(netns.home, CLONE_NEWNET) != 0) {
+    LogEvent(spdlog::level::critical,
+             {{"event", "netns_return_failed"},
+              {"reason",
+               absl::StrCat("cannot return to the engine's network namespace (", ErrnoText(errno),
+                            "); aborting rather than making sockets in the wrong one")}});
+    spdlog::default_logger()->flush();
+    std::abort();
+  }
+  if (!fd.valid()) return absl::ErrnoToStatus(socket_errno, "socket");
+  return fd;
+}
+
+Connection::Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> listeners,
+                       Direction direction, std::string workload)
+    : ctx_(ctx),
+      listeners_(std::move(listeners)),
+      direction_(direction),
+      last_activity_(ctx.loop.now()) {
   record_ = ctx_.shared.table->Add(direction, std::move(workload));
   for (int i = 0; i < kSlots; ++i) {
     waiters_[i].connection = this;
@@ -88,9 +122,11 @@ Connection::~Connection() {
   if (counted_handshake_) ctx_.shared.counters->handshaking.fetch_sub(1);
 }
 
-void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listener, UniqueFd app) {
+void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                               const OutboundListener& listener, UniqueFd app) {
   absl::StatusOr<OutboundRoute> route = listener.route(app.get());
-  auto* c = new Connection(ctx, Direction::kOutbound, route.ok() ? route->workload : "");
+  auto* c = new Connection(ctx, std::move(group), Direction::kOutbound,
+                           route.ok() ? route->workload : "");
   c->app_ = std::move(app);
   SetNoDelay(c->app_.get());
   {
@@ -102,7 +138,10 @@ void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listene
     return;
   }
   c->route_ = *std::move(route);
-  auto wire = StartConnect(c->route_.destination, ctx.shared.options.socket_mark, std::nullopt);
+  // From the listener's namespace: the destination sees the workload's own
+  // address, as it would without the engine.
+  auto wire = StartConnect(c->listeners_->netns, c->route_.destination,
+                           ctx.shared.options.socket_mark, std::nullopt);
   if (!wire.ok()) {
     c->Abort("connect_failed", std::string(wire.status().message()));
     return;
@@ -117,8 +156,9 @@ void Connection::StartOutbound(LoopContext& ctx, const OutboundListener& listene
   c->Wait(c->wire_.get(), POLLOUT);
 }
 
-void Connection::StartInbound(LoopContext& ctx, const InboundListener& listener, UniqueFd wire) {
-  auto* c = new Connection(ctx, Direction::kInbound, listener.workload);
+void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                              const InboundListener& listener, UniqueFd wire) {
+  auto* c = new Connection(ctx, std::move(group), Direction::kInbound, listener.workload);
   c->inbound_ = &listener;
   c->wire_ = std::move(wire);
   SetNoDelay(c->wire_.get());
@@ -421,7 +461,7 @@ void Connection::ConnectApplication() {
                        target->ToString(), " cannot be reached without being intercepted again"));
     return;
   }
-  auto app = StartConnect(*target, options.socket_mark, source);
+  auto app = StartConnect(listeners_->netns, *target, options.socket_mark, source);
   if (!app.ok()) {
     Abort("app_unreachable", std::string(app.status().message()));
     return;
@@ -616,13 +656,18 @@ void Connection::Tick(absl::Time now) {
 
 void Connection::Abort(absl::string_view reason_code, const std::string& explanation) {
   if (closing_) return;
+  // Refusals during the handshake are counted as handshake failures or
+  // denials where they happen; everything else is an error.
+  if (state_ != ConnectionState::kHandshaking) ctx_.shared.counters->errors.fetch_add(1);
+  Terminate(reason_code, explanation);
+}
+
+void Connection::Terminate(absl::string_view reason_code, const std::string& explanation) {
+  if (closing_) return;
   ArmReset(app_.get());
   ArmReset(wire_.get());
   result_ = std::string(reason_code);
   result_detail_ = explanation;
-  // Refusals during the handshake are counted as handshake failures or
-  // denials where they happen; everything else is an error.
-  if (state_ != ConnectionState::kHandshaking) ctx_.shared.counters->errors.fetch_add(1);
   Cancel();
 }
 
@@ -655,6 +700,7 @@ void Connection::MaybeFinalize() {
       {"workload", closed.workload},
       {"result", closed.result},
   };
+  if (!listeners_->netns_name.empty()) event["netns"] = listeners_->netns_name;
   for (const auto& [key, value] :
        {std::pair<const char*, const std::string&>{"reason", closed.reason},
         {"local_id", closed.local_id},

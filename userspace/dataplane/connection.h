@@ -25,13 +25,23 @@ namespace ktrust {
 
 class Connection {
  public:
-  static void StartOutbound(LoopContext& ctx, const OutboundListener& listener, UniqueFd app);
-  static void StartInbound(LoopContext& ctx, const InboundListener& listener, UniqueFd wire);
+  // `listener` belongs to `group`; the connection keeps the group, and makes
+  // its other socket in the group's network namespace.
+  static void StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                            const OutboundListener& listener, UniqueFd app);
+  static void StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                           const InboundListener& listener, UniqueFd wire);
+
+  // The ListenerGroup id of the listener that accepted it.
+  uint64_t listener_group() const { return listeners_->id; }
 
   // Enforces the connect, handshake and idle deadlines.
   void Tick(absl::Time now);
   // Policy reload: an inbound connection the authorizer now denies is closed.
   void Recheck();
+  // Resets both sockets for a reason outside the connection (its listener
+  // was removed): logged with `reason_code`, not counted as an error.
+  void Terminate(absl::string_view reason_code, const std::string& explanation);
   // Engine shutdown: close now, without waiting for io_uring.
   void Destroy();
 
@@ -51,7 +61,8 @@ class Connection {
     void OnComplete(int result) override { connection->OnSniffTimer(result); }
   };
 
-  Connection(LoopContext& ctx, Direction direction, std::string workload);
+  Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> listeners, Direction direction,
+             std::string workload);
   ~Connection();
 
   void OnPoll(Slot slot, int result);
@@ -80,6 +91,7 @@ class Connection {
   absl::Status CheckRecordLimits();
 
   LoopContext& ctx_;
+  std::shared_ptr<const ListenerGroup> listeners_;  // keeps inbound_ valid; the netns
   Direction direction_;
   std::shared_ptr<ConnectionRecord> record_;
   OutboundRoute route_;  // outbound only

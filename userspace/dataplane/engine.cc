@@ -1,14 +1,18 @@
 #include "ktrust/dataplane/engine.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "connection.h"
 #include "engine_shared.h"
 #include "ktrust/common/error_text.h"
@@ -18,9 +22,10 @@
 namespace ktrust {
 namespace {
 
-absl::StatusOr<UniqueFd> Listen(const SocketAddress& addr) {
-  UniqueFd fd(socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+absl::StatusOr<UniqueFd> Listen(SocketNetns netns, const SocketAddress& addr) {
+  absl::StatusOr<UniqueFd> made = SocketIn(netns, addr.family());
+  if (!made.ok()) return made.status();
+  UniqueFd fd = *std::move(made);
   int one = 1;
   // One listening socket per loop on the same address; the kernel spreads
   // new connections across them.
@@ -37,31 +42,133 @@ absl::StatusOr<UniqueFd> Listen(const SocketAddress& addr) {
   return fd;
 }
 
+// close() with RST, for a connection the engine refuses at accept.
+void CloseWithReset(UniqueFd fd) {
+  linger lg{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+// As /proc/<pid>/ns/net reads: "net:[4026532281]".
+std::string NetnsName(int netns_fd) {
+  struct stat st {};
+  if (fstat(netns_fd, &st) != 0) return "net:[?]";
+  return absl::StrCat("net:[", st.st_ino, "]");
+}
+
+std::vector<std::string> AddressStrings(const std::vector<SocketAddress>& addresses) {
+  std::vector<std::string> out;
+  for (const auto& a : addresses) out.push_back(a.ToString());
+  return out;
+}
+
 }  // namespace
 
 // One event loop thread: its listeners, its connections, its ticker.
 class Engine::Loop {
  public:
+  // One listening socket of a ListenerGroup's listener on this loop.
+  struct Listener : EventLoop::Op {
+    Loop* owner = nullptr;
+    UniqueFd fd;
+    std::shared_ptr<const ListenerGroup> group;  // keeps outbound / inbound valid
+    const OutboundListener* outbound = nullptr;
+    const InboundListener* inbound = nullptr;
+    bool accept_pending = false;
+    // Its group was removed: it accepts no more and goes once its pending
+    // accept has completed (the op must outlive it).
+    bool removed = false;
+    void OnComplete(int result) override { owner->OnAccept(*this, result); }
+  };
+  using Listeners = std::vector<std::unique_ptr<Listener>>;
+
+  // A group's listening sockets: one per listener on every loop (an
+  // SO_REUSEPORT group).
+  struct OpenedGroup {
+    std::vector<Listeners> per_loop;
+    std::vector<SocketAddress> outbound_addresses;
+    std::vector<SocketAddress> inbound_addresses;
+    std::vector<int> inbound_fds;  // loop 0's, per inbound listener
+  };
+
   Loop(Shared& shared, std::unique_ptr<EventLoop> loop)
       : loop_(std::move(loop)), ctx_{*loop_, shared, {}} {}
 
-  absl::Status AddListener(const SocketAddress& addr, const OutboundListener* out,
-                           const InboundListener* in) {
-    auto fd = Listen(addr);
-    if (!fd.ok()) return fd.status();
-    auto l = std::make_unique<Listener>();
-    l->owner = this;
-    l->fd = *std::move(fd);
-    l->outbound = out;
-    l->inbound = in;
-    listeners_.push_back(std::move(l));
-    return absl::OkStatus();
+  // Makes the sockets on the calling thread, in the group's namespace.
+  // Loop 0 binds first, so that port 0 resolves to one port for every loop.
+  static absl::StatusOr<OpenedGroup> Open(const std::vector<std::unique_ptr<Loop>>& loops,
+                                          const std::shared_ptr<const ListenerGroup>& group) {
+    OpenedGroup opened;
+    opened.per_loop.resize(loops.size());
+    auto bind_all = [&](const SocketAddress& requested, const OutboundListener* out,
+                        const InboundListener* in) -> absl::StatusOr<SocketAddress> {
+      SocketAddress addr = requested;
+      for (size_t i = 0; i < loops.size(); ++i) {
+        auto fd = Listen(group->netns, addr);
+        if (!fd.ok()) return fd.status();
+        auto l = std::make_unique<Listener>();
+        l->owner = loops[i].get();
+        l->fd = *std::move(fd);
+        l->group = group;
+        l->outbound = out;
+        l->inbound = in;
+        if (addr.port() == 0) {
+          auto bound = SocketAddress::LocalOf(l->fd.get());
+          if (!bound.ok()) return bound.status();
+          addr = *bound;
+        }
+        opened.per_loop[i].push_back(std::move(l));
+      }
+      return addr;
+    };
+    for (const auto& l : group->outbound) {
+      auto addr = bind_all(l.listen, &l, nullptr);
+      if (!addr.ok()) return addr.status();
+      opened.outbound_addresses.push_back(*addr);
+    }
+    for (const auto& l : group->inbound) {
+      auto addr = bind_all(l.listen, nullptr, &l);
+      if (!addr.ok()) return addr.status();
+      opened.inbound_addresses.push_back(*addr);
+      opened.inbound_fds.push_back(opened.per_loop.front().back()->fd.get());
+    }
+    return opened;
   }
-  int last_listener_fd() const { return listeners_.back()->fd.get(); }
-  int listener_fd(size_t i) const { return listeners_[i]->fd.get(); }
+
+  // Before Start(), or on the loop's thread: takes the loop's share of a
+  // group's sockets, and accepts on them once running.
+  void Adopt(Listeners listeners) {
+    for (auto& l : listeners) {
+      if (running_ && !loop_->stopping()) Arm(*l);
+      listeners_.push_back(std::move(l));
+    }
+  }
+
+  // On the loop's thread: stops accepting on group `id`'s listeners and
+  // resets the connections they accepted.
+  void CloseGroup(uint64_t id) {
+    for (auto& l : listeners_) {
+      if (l->group->id != id || l->removed) continue;
+      l->removed = true;
+      // The socket leaves the SO_REUSEPORT group at once (new connections
+      // are refused, queued ones reset), and the pending accept completes
+      // with EINVAL, after which the Listener can go.
+      shutdown(l->fd.get(), SHUT_RDWR);
+    }
+    std::erase_if(listeners_, [](const auto& l) { return l->removed && !l->accept_pending; });
+    std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
+    for (Connection* c : live) {
+      if (ctx_.connections.count(c) && c->listener_group() == id) {
+        c->Terminate("listener_removed", "the listener that accepted it was removed");
+      }
+    }
+  }
+
+  // Runs `task` on the loop's thread; false if the loop has ended.
+  bool Post(std::function<void()> task) { return loop_->Post(std::move(task)); }
 
   void Start() {
     thread_ = std::thread([this] {
+      running_ = true;
       for (auto& l : listeners_) Arm(*l);
       ticker_.owner = this;
       ArmTicker();
@@ -78,14 +185,6 @@ class Engine::Loop {
   }
 
  private:
-  struct Listener : EventLoop::Op {
-    Loop* owner = nullptr;
-    UniqueFd fd;
-    const OutboundListener* outbound = nullptr;
-    const InboundListener* inbound = nullptr;
-    bool accept_pending = false;
-    void OnComplete(int result) override { owner->OnAccept(*this, result); }
-  };
   struct Ticker : EventLoop::Op {
     Loop* owner = nullptr;
     void OnComplete(int) override { owner->OnTick(); }
@@ -98,6 +197,12 @@ class Engine::Loop {
 
   void OnAccept(Listener& l, int result) {
     l.accept_pending = false;
+    if (l.removed) {
+      // Accepted just before its group was removed: refuse it like the rest.
+      if (result >= 0) CloseWithReset(UniqueFd(result));
+      std::erase_if(listeners_, [&l](const auto& p) { return p.get() == &l; });
+      return;
+    }
     if (result >= 0) {
       UniqueFd conn(result);
       EngineCounters& counters = *ctx_.shared.counters;
@@ -106,8 +211,7 @@ class Engine::Loop {
           counters.handshaking.load() >=
               static_cast<uint64_t>(ctx_.shared.options.max_handshakes)) {
         counters.refused_limit.fetch_add(1);
-        linger lg{1, 0};
-        setsockopt(conn.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        CloseWithReset(std::move(conn));
         LogEvent(spdlog::level::warn,
                  {{"event", "connection_refused"},
                   {"result", "limit"},
@@ -115,9 +219,9 @@ class Engine::Loop {
                                           " connections or ", ctx_.shared.options.max_handshakes,
                                           " concurrent handshakes")}});
       } else if (l.outbound) {
-        Connection::StartOutbound(ctx_, *l.outbound, std::move(conn));
+        Connection::StartOutbound(ctx_, l.group, *l.outbound, std::move(conn));
       } else {
-        Connection::StartInbound(ctx_, *l.inbound, std::move(conn));
+        Connection::StartInbound(ctx_, l.group, *l.inbound, std::move(conn));
       }
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       // Out of descriptors and the like: try again on the next tick rather
@@ -150,14 +254,15 @@ class Engine::Loop {
       }
     }
     for (auto& l : listeners_) {
-      if (!l->accept_pending && !loop_->stopping()) Arm(*l);
+      if (!l->accept_pending && !l->removed && !loop_->stopping()) Arm(*l);
     }
     if (!loop_->stopping()) ArmTicker();
   }
 
   std::unique_ptr<EventLoop> loop_;
   LoopContext ctx_;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  Listeners listeners_;
+  bool running_ = false;  // the loop's thread has started
   Ticker ticker_;
   __kernel_timespec tick_{};
   std::thread thread_;
@@ -205,8 +310,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   shared->client_tls = *std::move(client_tls);
   shared->server_tls = *std::move(server_tls);
   shared->authorizer = std::move(authorizer);
-  shared->outbound = std::move(outbound);
-  shared->inbound = std::move(inbound);
+  auto own_listeners = std::make_shared<ListenerGroup>();
+  own_listeners->outbound = std::move(outbound);
+  own_listeners->inbound = std::move(inbound);
+  shared->own_listeners = std::move(own_listeners);
   shared->table = engine->table_;
   shared->counters = engine->counters_;
   engine->shared_ = std::move(shared);
@@ -216,6 +323,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
 Engine::~Engine() { Stop(); }
 
 absl::Status Engine::Start() {
+  absl::MutexLock lock(&runtime_mu_);
   Shared& shared = *shared_;
   // splice(2) into a socket the peer reset raises SIGPIPE (it has no
   // MSG_NOSIGNAL); the default action would kill the whole process.
@@ -227,44 +335,110 @@ absl::Status Engine::Start() {
     files.rlim_cur = files.rlim_max;
     setrlimit(RLIMIT_NOFILE, &files);
   }
+  // The loops inherit this thread's namespace: where a thread returns after
+  // making a socket in a netns listener's.
+  shared.own_netns.Reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!shared.own_netns.valid()) {
+    return absl::ErrnoToStatus(errno, "open /proc/thread-self/ns/net");
+  }
   for (int i = 0; i < shared.options.loops; ++i) {
     auto loop = EventLoop::Create();
     if (!loop.ok()) return loop.status();
     loops_.push_back(std::make_unique<Loop>(shared, *std::move(loop)));
   }
-  // Bind loop 0 first so that port 0 resolves to one port for every loop.
-  auto bind_all = [&](const SocketAddress& requested, const OutboundListener* out,
-                      const InboundListener* in) -> absl::StatusOr<SocketAddress> {
-    SocketAddress addr = requested;
-    for (auto& loop : loops_) {
-      if (auto st = loop->AddListener(addr, out, in); !st.ok()) return st;
-      if (addr.port() == 0) {
-        auto bound = SocketAddress::LocalOf(loop->last_listener_fd());
-        if (!bound.ok()) return bound.status();
-        addr = *bound;
-      }
-    }
-    return addr;
-  };
-  for (const auto& l : shared.outbound) {
-    auto addr = bind_all(l.listen, &l, nullptr);
-    if (!addr.ok()) return addr.status();
-    outbound_bound_.push_back(*addr);
-  }
-  for (const auto& l : shared.inbound) {
-    auto addr = bind_all(l.listen, nullptr, &l);
-    if (!addr.ok()) return addr.status();
-    inbound_bound_.push_back(*addr);
-    inbound_fds_.push_back(
-        loops_.front()->listener_fd(inbound_fds_.size() + shared.outbound.size()));
-  }
+  auto opened = Loop::Open(loops_, shared.own_listeners);
+  if (!opened.ok()) return opened.status();
+  outbound_bound_ = std::move(opened->outbound_addresses);
+  inbound_bound_ = std::move(opened->inbound_addresses);
+  inbound_fds_ = std::move(opened->inbound_fds);
+  for (size_t i = 0; i < loops_.size(); ++i) loops_[i]->Adopt(std::move(opened->per_loop[i]));
   for (auto& loop : loops_) loop->Start();
+  running_ = true;
   return absl::OkStatus();
 }
 
 void Engine::Stop() {
+  absl::MutexLock lock(&runtime_mu_);
+  running_ = false;
   for (auto& loop : loops_) loop->Stop();
   loops_.clear();
+  netns_listener_groups_.clear();
+}
+
+absl::StatusOr<NetnsListenersHandle> Engine::AddNetnsListeners(NetnsListeners listeners) {
+  // Fail closed: without a namespace these would be listeners in the
+  // engine's own, which the caller did not ask for.
+  if (listeners.netns_fd < 0) {
+    return absl::InvalidArgumentError("netns listeners need a network namespace (netns_fd)");
+  }
+  for (const auto& l : listeners.outbound) {
+    if (!l.route) return absl::InvalidArgumentError("an outbound listener needs a route");
+  }
+  if (!listeners.inbound.empty() && !std::atomic_load(&shared_->authorizer)) {
+    return absl::InvalidArgumentError("inbound listeners need an authorizer");
+  }
+  absl::MutexLock lock(&runtime_mu_);
+  if (!running_) return absl::FailedPreconditionError("the engine is not running");
+  auto group = std::make_shared<ListenerGroup>();
+  group->netns_owner.Reset(fcntl(listeners.netns_fd, F_DUPFD_CLOEXEC, 0));
+  if (!group->netns_owner.valid()) return absl::ErrnoToStatus(errno, "dup netns_fd");
+  group->id = next_listener_group_++;
+  group->netns = {group->netns_owner.get(), shared_->own_netns.get()};
+  group->netns_name = NetnsName(group->netns_owner.get());
+  group->outbound = std::move(listeners.outbound);
+  group->inbound = std::move(listeners.inbound);
+
+  auto opened = Loop::Open(loops_, group);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(), absl::StrCat("listeners in ", group->netns_name,
+                                                             ": ", opened.status().message()));
+  }
+  NetnsListenersHandle handle{group->id, std::move(opened->outbound_addresses),
+                              std::move(opened->inbound_addresses), std::move(opened->inbound_fds)};
+  netns_listener_groups_[group->id] = group->netns_name;
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    Loop* loop = loops_[i].get();
+    // std::function must be copyable: the sockets travel in a shared_ptr.
+    auto sockets = std::make_shared<Loop::Listeners>(std::move(opened->per_loop[i]));
+    if (!loop->Post([loop, sockets] { loop->Adopt(std::move(*sockets)); })) {
+      // A loop has ended (it only does at Stop): take back what the others got.
+      netns_listener_groups_.erase(group->id);
+      CloseListenerGroup(group->id);
+      return absl::UnavailableError("the engine's event loops have stopped");
+    }
+  }
+  LogEvent(spdlog::level::info, {{"event", "netns_listeners_added"},
+                                 {"id", handle.id},
+                                 {"netns", group->netns_name},
+                                 {"outbound", AddressStrings(handle.outbound_addresses)},
+                                 {"inbound", AddressStrings(handle.inbound_addresses)}});
+  return handle;
+}
+
+void Engine::RemoveNetnsListeners(uint64_t id) {
+  absl::MutexLock lock(&runtime_mu_);
+  auto group = netns_listener_groups_.find(id);
+  if (group == netns_listener_groups_.end()) return;
+  std::string netns_name = std::move(group->second);
+  netns_listener_groups_.erase(group);
+  CloseListenerGroup(id);
+  LogEvent(spdlog::level::info,
+           {{"event", "netns_listeners_removed"}, {"id", id}, {"netns", netns_name}});
+}
+
+void Engine::CloseListenerGroup(uint64_t id) {
+  absl::BlockingCounter done(static_cast<int>(loops_.size()));
+  for (auto& owned : loops_) {
+    Loop* loop = owned.get();
+    // A loop that has ended closed everything already.
+    if (!loop->Post([loop, id, &done] {
+          loop->CloseGroup(id);
+          done.DecrementCount();
+        })) {
+      done.DecrementCount();
+    }
+  }
+  done.Wait();
 }
 
 void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {

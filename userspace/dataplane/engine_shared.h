@@ -4,14 +4,42 @@
 #include <atomic>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "event_loop.h"
+#include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
 
 namespace ktrust {
 
 class Connection;
+
+// The network namespace a socket is made in.
+struct SocketNetns {
+  int fd = -1;    // the namespace; -1: the engine's own, made without any setns
+  int home = -1;  // the engine's own namespace, where the thread returns
+};
+
+// A TCP socket (non-blocking, close-on-exec) made in `netns`. The thread
+// enters the namespace only for the socket() call. If it cannot return to
+// its own namespace, every later socket of the engine would be made in the
+// wrong one: the process logs that and aborts (the kernel then refuses the
+// enrolled traffic instead of the engine carrying it wrongly).
+absl::StatusOr<UniqueFd> SocketIn(SocketNetns netns, int family);
+
+// Listeners that share a network namespace and a lifetime: the engine's own
+// (id 0, from Create) or those of one AddNetnsListeners call. Immutable once
+// built. Each listening socket and each connection accepted on one holds a
+// reference, so the config outlives its removal for as long as they use it.
+struct ListenerGroup {
+  uint64_t id = 0;
+  std::vector<OutboundListener> outbound;
+  std::vector<InboundListener> inbound;
+  SocketNetns netns;       // netns.fd is owned by netns_owner
+  UniqueFd netns_owner;    // invalid for the engine's own namespace
+  std::string netns_name;  // "net:[<inode>]" for the logs; empty for the engine's own
+};
 
 struct Engine::Shared {
   EngineOptions options;
@@ -20,8 +48,10 @@ struct Engine::Shared {
   // Replaced at runtime (policy reload): read with std::atomic_load.
   std::shared_ptr<const Authorizer> authorizer;
   std::atomic<uint64_t> authorizer_generation{0};
-  std::vector<OutboundListener> outbound;
-  std::vector<InboundListener> inbound;
+  std::shared_ptr<const ListenerGroup> own_listeners;
+  // The engine's own network namespace (the loops' threads'), opened at
+  // Start: where a thread returns after making a socket in another one.
+  UniqueFd own_netns;
   std::shared_ptr<ConnectionTable> table;
   std::shared_ptr<EngineCounters> counters;
   bool use_ktls = false;

@@ -20,10 +20,14 @@ absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(unsigned entries) {
   if (rc < 0) return absl::ErrnoToStatus(-rc, "io_uring_queue_init");
   loop->wake_fd_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!loop->wake_fd_.valid()) return absl::ErrnoToStatus(errno, "eventfd");
-  io_uring_sqe* sqe = loop->Sqe();
-  io_uring_prep_poll_add(sqe, loop->wake_fd_.get(), POLLIN);
-  io_uring_sqe_set_data64(sqe, kWakeTag);
+  loop->ArmWake();
   return loop;
+}
+
+void EventLoop::ArmWake() {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_poll_add(sqe, wake_fd_.get(), POLLIN);
+  io_uring_sqe_set_data64(sqe, kWakeTag);
 }
 
 EventLoop::~EventLoop() { io_uring_queue_exit(&ring_); }
@@ -77,14 +81,50 @@ void EventLoop::Run() {
     io_uring_cqe* cqe = nullptr;
     unsigned head = 0;
     unsigned seen = 0;
+    bool woken = false;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       uint64_t data = io_uring_cqe_get_data64(cqe);
+      if (data == kWakeTag) woken = true;
       if (data == 0 || data == kWakeTag) continue;
       reinterpret_cast<Op*>(data)->OnComplete(cqe->res);
     }
     io_uring_cq_advance(&ring_, seen);
+    if (woken && !stopping_.load()) {
+      // Reset the eventfd before taking the tasks: a Post() after this
+      // point makes it readable again, and the re-armed poll fires at once.
+      uint64_t count = 0;
+      (void)!read(wake_fd_.get(), &count, sizeof(count));
+      ArmWake();
+      RunPosted();
+    }
   }
+  // Whatever was posted before the end still runs: a poster may wait for it.
+  {
+    absl::MutexLock lock(&posted_mu_);
+    posting_closed_ = true;
+  }
+  RunPosted();
+}
+
+void EventLoop::RunPosted() {
+  std::vector<std::function<void()>> tasks;
+  {
+    absl::MutexLock lock(&posted_mu_);
+    tasks.swap(posted_);
+  }
+  for (auto& task : tasks) task();
+}
+
+bool EventLoop::Post(std::function<void()> task) {
+  {
+    absl::MutexLock lock(&posted_mu_);
+    if (posting_closed_) return false;
+    posted_.push_back(std::move(task));
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_.get(), &one, sizeof(one));
+  return true;
 }
 
 void EventLoop::Stop() {

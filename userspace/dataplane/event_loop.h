@@ -5,7 +5,7 @@
 // connection lives on the loop that accepted it, from accept to close: its
 // state is touched only by that thread, so it needs no locks. Other threads
 // see connections only through the ConnectionTable and the engine's atomic
-// counters.
+// counters, and hand a loop work (runtime listeners) with EventLoop::Post.
 //
 // Operations: accept and timeouts are io_uring operations; everything else is
 // poll-gated: an io_uring POLL_ADD says a socket is ready, and the handler
@@ -17,9 +17,12 @@
 #include <liburing.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ktrust/common/unique_fd.h"
 
@@ -48,9 +51,14 @@ class EventLoop {
   // -ECANCELED, or -ETIME if it had already expired).
   void TimeoutRemove(Op* op);
 
-  // Runs completions until Stop() is called from any thread.
+  // Runs completions and posted tasks until Stop() is called from any thread.
   void Run();
   void Stop();
+  // Runs `task` on the loop's thread, as soon as the loop wakes for it (not
+  // at some later tick). Any thread may post. Tasks posted before Run()
+  // ended run, at the latest, as Run() returns; after that Post() refuses
+  // the task and returns false.
+  bool Post(std::function<void()> task);
   bool stopping() const { return stopping_.load(); }
 
   // A coarse clock, refreshed once per batch of completions: cheap enough to
@@ -60,9 +68,16 @@ class EventLoop {
  private:
   EventLoop() = default;
   io_uring_sqe* Sqe();
+  void ArmWake();
+  // On the loop thread: runs what was posted so far.
+  void RunPosted();
 
   io_uring ring_{};
+  // Written by Stop() and Post(), polled by Run().
   UniqueFd wake_fd_;
+  absl::Mutex posted_mu_;
+  std::vector<std::function<void()>> posted_ ABSL_GUARDED_BY(posted_mu_);
+  bool posting_closed_ ABSL_GUARDED_BY(posted_mu_) = false;
   std::atomic<bool> stopping_{false};
   absl::Time now_ = absl::Now();
 };

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/dataplane/authorizer.h"
@@ -65,6 +67,31 @@ struct InboundListener {
   // that does speak TLS is verified and authorized as on any listener.
   // false (enforce): every client must complete the mutual-TLS handshake.
   bool permissive = false;
+};
+
+// Listeners in another network namespace (a pod's), added while the engine
+// runs. Their sockets, and every socket their connections open, live in that
+// namespace: an outbound connection dials its destination from there (the
+// peer sees the pod's address), an inbound one reaches the application
+// there (from upstream_source4/6, which must exist in that namespace).
+struct NetnsListeners {
+  // The namespace, e.g. open("/proc/<pid>/ns/net"). Borrowed: the engine
+  // keeps its own duplicate for as long as any of these listeners or their
+  // connections live.
+  int netns_fd = -1;
+  std::vector<OutboundListener> outbound;
+  std::vector<InboundListener> inbound;
+};
+
+// What AddNetnsListeners opened.
+struct NetnsListenersHandle {
+  uint64_t id = 0;  // for RemoveNetnsListeners
+  // As bound (port 0 resolved), in the order of NetnsListeners' vectors.
+  std::vector<SocketAddress> outbound_addresses;
+  std::vector<SocketAddress> inbound_addresses;
+  // Per inbound listener: loop 0's socket, for sk_lookup's sockmap (as
+  // Engine::inbound_listen_fd). Valid until RemoveNetnsListeners(id).
+  std::vector<int> inbound_fds;
 };
 
 // How a connection ended, for the agent's denial list and metrics.
@@ -137,8 +164,22 @@ class Engine {
   // Binds the listeners and starts the loops. Port 0 binds an ephemeral
   // port: see outbound_addresses() / inbound_addresses().
   absl::Status Start();
-  // Stops accepting, closes every connection, joins the loops.
+  // Stops accepting, closes every connection (those of netns listeners
+  // too), joins the loops.
   void Stop();
+
+  // Opens `listeners` in their network namespace on every loop, while the
+  // engine runs (after Start). All or nothing: on an error no socket stays
+  // open. They accept from the moment this returns.
+  //
+  // AddNetnsListeners and RemoveNetnsListeners may be called from any thread
+  // except the engine's own loops (so not from on_closed or a route
+  // callback), concurrently with traffic and with each other.
+  absl::StatusOr<NetnsListenersHandle> AddNetnsListeners(NetnsListeners listeners);
+  // Stops accepting on the listeners of AddNetnsListeners' `id` (new
+  // connections to them are refused) and resets the connections they
+  // accepted; returns once every loop has done so. An unknown id is a no-op.
+  void RemoveNetnsListeners(uint64_t id);
 
   // New handshakes use `trust` (bundle rotation); live connections keep theirs.
   void SetTrustStore(std::shared_ptr<const TrustStore> trust);
@@ -164,6 +205,17 @@ class Engine {
  private:
   Engine() = default;
   class Loop;
+
+  // Makes every loop close the listeners of group `id` and their
+  // connections; returns when all have.
+  void CloseListenerGroup(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(runtime_mu_);
+
+  // Serializes Start, Stop and the runtime listener changes.
+  absl::Mutex runtime_mu_;
+  bool running_ ABSL_GUARDED_BY(runtime_mu_) = false;
+  uint64_t next_listener_group_ ABSL_GUARDED_BY(runtime_mu_) = 1;  // 0: the listeners of Create
+  // The groups of AddNetnsListeners: id -> their namespace, for the logs.
+  std::map<uint64_t, std::string> netns_listener_groups_ ABSL_GUARDED_BY(runtime_mu_);
 
   std::shared_ptr<Shared> shared_;
   std::shared_ptr<ConnectionTable> table_;
