@@ -16,6 +16,9 @@ static __always_inline int ktrust_record(struct bpf_sock_addr* ctx, const struct
       .workload = decision->workload,
       .pid = bpf_get_current_pid_tgid() >> 32,
       .mode = decision->mode,
+      // Every pod has an outbound listener at the same address: the
+      // namespace tells their connections apart (ktrust_tuple).
+      .netns_cookie = bpf_get_netns_cookie(ctx),
   };
   __builtin_memcpy(record.addr, flow->dst_addr, 16);
   return bpf_map_update_elem(&ktrust_orig_ck, &cookie, &record, BPF_ANY);

@@ -1,11 +1,17 @@
 // sockops: gives the agent a way to find a redirected connection's original
-// destination from its accepted socket (re-keyed by 4-tuple at ESTABLISHED),
-// and removes both records when the connection closes.
+// destination from its accepted socket (re-keyed by network namespace and
+// 4-tuple at ESTABLISHED), and removes both records when the connection
+// closes.
 #include "lib/addr.h"
 #include "lib/telemetry.h"
 
-// The application's side: (its address, the agent listener's address).
+// The application's side: (its namespace, its address, the agent listener's
+// address). The namespace comes from the socket itself, not from the record:
+// the record is in an LRU map and may be gone by close, when the key must
+// still be rebuilt exactly. It is the namespace connect() recorded, since a
+// socket never changes namespace.
 static __always_inline void ktrust_tuple_of(struct bpf_sock_ops* skops, struct ktrust_tuple* key) {
+  key->netns_cookie = bpf_get_netns_cookie(skops);
   if (skops->family == AF_INET) {
     ktrust_addr_from_ip4(key->src_addr, skops->local_ip4);
     ktrust_addr_from_ip4(key->dst_addr, skops->remote_ip4);

@@ -5,18 +5,28 @@
 // attached to the test's own parent cgroup only.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "bpf/bpf_test_env.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71  // Linux 5.14; older C library headers lack it
+#endif
 
 namespace ktrust {
 namespace {
@@ -27,6 +37,7 @@ using testing::CgroupChild;
 using testing::HasPendingConnection;
 using testing::ListenTcp;
 using testing::TestCgroup;
+using testing::TestNetns;
 
 constexpr uint32_t kWorkload = 7;
 
@@ -42,11 +53,23 @@ SocketAddress PeerOf(const ConnectReport& report) {
                                      report.peer_len);
 }
 
+// Where a child connects from: its network namespace (a path the parent
+// holds open, such as TestNetns::path()) and its source address.
+struct ConnectFrom {
+  std::string netns_path;  // empty: the test's own
+  std::optional<SocketAddress> address;
+};
+
 // Connects, reports, then holds the connection until the parent signals.
-CgroupChild::Body ConnectAndHold(SocketAddress to) {
-  return [to](int in, int out) {
+CgroupChild::Body ConnectAndHold(SocketAddress to, ConnectFrom from = {}) {
+  return [to, from](int in, int out) {
     ConnectReport report;
+    if (!from.netns_path.empty()) {
+      int netns = open(from.netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (netns < 0 || setns(netns, CLONE_NEWNET) != 0) return 3;
+    }
     int fd = socket(to.family(), SOCK_STREAM, 0);
+    if (from.address && bind(fd, from.address->get(), from.address->size()) != 0) return 4;
     report.error = connect(fd, to.get(), to.size()) == 0 ? 0 : errno;
     report.peer_len = sizeof(report.peer);
     if (report.error == 0)
@@ -191,6 +214,79 @@ TEST_F(CgroupRedirectTest, AnEnrolledConnectLandsOnTheAgentListener) {
   EXPECT_EQ(Counter(KTRUST_REASON_SOCKOPS_REKEYED), 1u);
   EXPECT_GE(Counter(KTRUST_REASON_GETPEERNAME_REWRITTEN), 1u);
   Finish(*child);
+}
+
+uint64_t NetnsCookie(int fd) {
+  uint64_t cookie = 0;
+  socklen_t length = sizeof(cookie);
+  EXPECT_EQ(getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length), 0)
+      << std::strerror(errno);
+  return cookie;
+}
+
+// Two pods, each with the agent's outbound listener at the same loopback
+// address and port, each with an application bound to the same source:
+// their redirected connections have the same 4-tuple at the same time, and
+// each must still find its own original destination.
+TEST_F(CgroupRedirectTest, TheSameFourTupleInTwoPodsFindsEachPodsOwnDestination) {
+  constexpr uint16_t kOutboundPort = 15001;
+  ASSERT_TRUE(maps().Configure({.outbound_port = kOutboundPort}).ok());
+  struct Pod {
+    std::unique_ptr<TestNetns> netns;
+    UniqueFd agent;
+    SocketAddress destination;
+    std::unique_ptr<CgroupChild> app;
+    UniqueFd accepted;
+  } pods[2];
+  pods[0].destination = server_address_;
+  pods[1].destination = Address(absl::StrCat("127.77.0.2:", server_address_.port()));
+  for (Pod& pod : pods) {
+    auto netns = TestNetns::Create();
+    ASSERT_TRUE(netns.ok()) << netns.status();
+    pod.netns = std::move(*netns);
+    pod.netns->Run([&] { pod.agent = ListenTcp(Address("127.0.0.1:15001")); });
+    ASSERT_TRUE(pod.agent.valid());
+    pod.app =
+        Start(*enrolled_, ConnectAndHold(pod.destination, {.netns_path = pod.netns->path(),
+                                                           .address = Address("127.0.0.1:40001")}));
+    ASSERT_NE(pod.app, nullptr);
+    ConnectReport report;
+    ASSERT_TRUE(pod.app->ReadFrom(&report, sizeof(report)).ok());
+    ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+    EXPECT_EQ(PeerOf(report).ToString(), pod.destination.ToString());
+    pod.accepted = AcceptWithin(pod.agent.get(), absl::Seconds(5));
+    ASSERT_TRUE(pod.accepted.valid()) << "the pod's agent listener got nothing";
+  }
+  // Both connections are live, with one 4-tuple: only the namespace differs.
+  for (auto of : {SocketAddress::PeerOf, SocketAddress::LocalOf}) {
+    EXPECT_EQ(of(pods[0].accepted.get())->ToString(), of(pods[1].accepted.get())->ToString());
+  }
+  ASSERT_NE(NetnsCookie(pods[0].accepted.get()), NetnsCookie(pods[1].accepted.get()));
+  auto tracked = maps().TrackedConnections();
+  ASSERT_TRUE(tracked.ok()) << tracked.status();
+  EXPECT_EQ(tracked->by_tuple, 2u);
+
+  for (Pod& pod : pods) {
+    auto original = maps().OriginalDestinationOf(pod.accepted.get());
+    ASSERT_TRUE(original.ok()) << original.status();
+    EXPECT_EQ(original->destination.ToString(), pod.destination.ToString());
+    EXPECT_EQ(original->pid, static_cast<uint32_t>(pod.app->pid()));
+    EXPECT_EQ(original->netns_cookie, NetnsCookie(pod.accepted.get()));
+  }
+  for (Pod& pod : pods) Finish(*pod.app);
+  for (Pod& pod : pods) pod.accepted.Reset();
+  EXPECT_TRUE(TrackedConnectionsDrainTo(0)) << "records leaked after close";
+}
+
+// The caller refuses the connection on any error: one that has no
+// namespace to read (not a socket, here) must not look up anything.
+TEST_F(CgroupRedirectTest, AnFdWhoseNamespaceCannotBeReadIsAnError) {
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  auto original = maps().OriginalDestinationOf(read_end.get());
+  ASSERT_FALSE(original.ok());
+  EXPECT_THAT(std::string(original.status().message()), ::testing::HasSubstr("SO_NETNS_COOKIE"));
 }
 
 TEST_F(CgroupRedirectTest, AnIpv6SocketDiallingAMappedAddressIsRedirectedToo) {

@@ -22,6 +22,7 @@ TEST(KernelFeaturesTest, ThisKernelHasEverythingInterceptionNeeds) {
   EXPECT_TRUE(features.sock_addr_hooks());
   EXPECT_TRUE(features.sk_lookup());
   EXPECT_TRUE(features.ring_buffer());
+  EXPECT_TRUE(features.netns_cookies());
   EXPECT_TRUE(features.bpffs());
   EXPECT_EQ(features.cgroup2_mount(), *Cgroup2Mount());
   EXPECT_TRUE(features.Require().ok()) << features.Require();

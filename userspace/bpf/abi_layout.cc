@@ -2,6 +2,7 @@
 // include/ktrust/bpf/abi.h. These checks pin the layout the programs were
 // written against: a change here is a change to the pinned maps.
 #include <cstddef>
+#include <type_traits>
 
 #include "ktrust/bpf/abi.h"
 
@@ -29,19 +30,23 @@ KTRUST_CHECK_OFFSET(ktrust_config, upstream_src4, 36);
 KTRUST_CHECK_OFFSET(ktrust_config, outbound_port, 40);
 KTRUST_CHECK_OFFSET(ktrust_config, agent_mark, 44);
 
-static_assert(sizeof(ktrust_orig_dst) == 40);
+static_assert(sizeof(ktrust_orig_dst) == 48);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, addr, 8);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, port, 24);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, family, 26);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, workload, 28);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, pid, 32);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, mode, 36);
+KTRUST_CHECK_OFFSET(ktrust_orig_dst, netns_cookie, 40);
 
 // No implicit padding: the kernel hashes every byte of a key.
-static_assert(sizeof(ktrust_tuple) == 36);
-KTRUST_CHECK_OFFSET(ktrust_tuple, dst_addr, 16);
-KTRUST_CHECK_OFFSET(ktrust_tuple, src_port, 32);
-KTRUST_CHECK_OFFSET(ktrust_tuple, dst_port, 34);
+static_assert(sizeof(ktrust_tuple) == 48);
+KTRUST_CHECK_OFFSET(ktrust_tuple, src_addr, 8);
+KTRUST_CHECK_OFFSET(ktrust_tuple, dst_addr, 24);
+KTRUST_CHECK_OFFSET(ktrust_tuple, src_port, 40);
+KTRUST_CHECK_OFFSET(ktrust_tuple, dst_port, 42);
+KTRUST_CHECK_OFFSET(ktrust_tuple, pad, 44);
+static_assert(std::has_unique_object_representations_v<ktrust_tuple>);
 
 static_assert(sizeof(ktrust_inbound_key) == 20);
 KTRUST_CHECK_OFFSET(ktrust_inbound_key, port, 16);

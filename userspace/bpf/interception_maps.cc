@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -12,6 +13,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "ktrust/bpf/abi_address.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71  // Linux 5.14; older C library headers lack it
+#endif
 
 namespace ktrust {
 namespace {
@@ -112,6 +117,18 @@ absl::StatusOr<size_t> Prune(int map_fd, size_t key_size, const std::set<std::st
 template <typename Key>
 std::string Bytes(const Key& key) {
   return std::string(reinterpret_cast<const char*>(&key), sizeof(key));
+}
+
+// The network namespace a socket lives in (Linux 5.14).
+absl::StatusOr<uint64_t> NetnsCookieOf(int fd) {
+  uint64_t cookie = 0;
+  socklen_t length = sizeof(cookie);
+  if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) {
+    return absl::ErrnoToStatus(errno,
+                               "reading the accepted socket's network namespace "
+                               "(SO_NETNS_COOKIE, Linux 5.14 or later)");
+  }
+  return cookie;
 }
 
 }  // namespace
@@ -229,12 +246,13 @@ absl::Status InterceptionMaps::UnenrollCgroup(uint64_t cgroup_id) {
 }
 
 absl::StatusOr<OriginalDestination> InterceptionMaps::LookupOriginalDestination(
-    const SocketAddress& app, const SocketAddress& listener) const {
+    uint64_t netns_cookie, const SocketAddress& app, const SocketAddress& listener) const {
   auto src = ToAbiAddress(app);
   auto dst = ToAbiAddress(listener);
   if (!src.ok()) return src.status();
   if (!dst.ok()) return dst.status();
   ktrust_tuple key{};
+  key.netns_cookie = netns_cookie;
   std::memcpy(key.src_addr, src->data(), 16);
   std::memcpy(key.dst_addr, dst->data(), 16);
   key.src_port = app.port();
@@ -256,15 +274,20 @@ absl::StatusOr<OriginalDestination> InterceptionMaps::LookupOriginalDestination(
   out.workload = record.workload;
   out.pid = record.pid;
   out.mode = ModeOf(record.mode);
+  out.netns_cookie = record.netns_cookie;
   return out;
 }
 
 absl::StatusOr<OriginalDestination> InterceptionMaps::OriginalDestinationOf(int accepted_fd) const {
+  // The application's connection stays inside its namespace, so the agent's
+  // end of it is in the same one.
+  auto netns_cookie = NetnsCookieOf(accepted_fd);
+  if (!netns_cookie.ok()) return netns_cookie.status();
   auto peer = SocketAddress::PeerOf(accepted_fd);
   if (!peer.ok()) return peer.status();
   auto local = SocketAddress::LocalOf(accepted_fd);
   if (!local.ok()) return local.status();
-  return LookupOriginalDestination(*peer, *local);
+  return LookupOriginalDestination(*netns_cookie, *peer, *local);
 }
 
 absl::Status InterceptionMaps::AddInboundPort(const SocketAddress& local, EnforcementMode mode,

@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/magic.h>
+#include <sys/socket.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -12,6 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/unique_fd.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71  // Linux 5.14; older C library headers lack it
+#endif
 
 namespace ktrust {
 namespace {
@@ -29,6 +34,19 @@ int ProbeSockAddrHook(bpf_attach_type attach_type) {
   if (fd < 0) return -errno;
   UniqueFd owned(fd);
   return 1;
+}
+
+// The two halves of a tracked connection's key: SO_NETNS_COOKIE (5.14)
+// names the namespace of the agent's accepted socket, bpf_get_netns_cookie
+// in sockops (5.15) that of the application's.
+bool ProbeNetnsCookies() {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  uint64_t cookie = 0;
+  socklen_t length = sizeof(cookie);
+  if (!fd.valid() || getsockopt(fd.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) {
+    return false;
+  }
+  return libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_netns_cookie, nullptr) == 1;
 }
 
 bool OnBpffs(const std::string& path) {
@@ -50,6 +68,7 @@ KernelFeatures KernelFeatures::Probe(absl::string_view pin_dir) {
   // libbpf's probes return 1, 0 (unsupported) or -errno.
   f.sk_lookup_ = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1;
   f.ring_buffer_ = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1;
+  f.netns_cookies_ = ProbeNetnsCookies();
 
   // The pin dir may not exist yet; then its parent decides.
   std::filesystem::path dir(f.pin_dir_);
@@ -93,6 +112,12 @@ absl::Status KernelFeatures::Require() const {
     return missing(
         "sk_lookup BPF programs are not supported by this kernel: inbound steering needs "
         "Linux 5.9 or later");
+  }
+  if (!netns_cookies_) {
+    return missing(
+        "network namespace cookies (SO_NETNS_COOKIE, bpf_get_netns_cookie in sockops) are not "
+        "supported by this kernel: telling apart the connections of pods, whose agent "
+        "listeners share one address, needs Linux 5.15 or later");
   }
   if (!bpffs_) {
     return missing(absl::StrCat("no BPF filesystem holds ", pin_dir_,

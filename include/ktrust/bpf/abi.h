@@ -103,16 +103,22 @@ struct ktrust_orig_dst {
   __u32 workload;
   __u32 pid; /* tgid that called connect() */
   __u32 mode;
+  __u64 netns_cookie; /* of the application's network namespace (SO_NETNS_COOKIE) */
 };
 
 /* ktrust_orig_tp key: the application's side of the redirected connection,
- * (application address, agent listener address). The agent builds it from
- * its accepted socket as (peer, local). */
+ * (application address, agent listener address), in its network namespace:
+ * every pod has an outbound listener at the same loopback address and port,
+ * so two pods can hold the same 4-tuple at once. The agent builds it from
+ * its accepted socket as (SO_NETNS_COOKIE, peer, local); the application's
+ * connection never leaves its namespace, so the cookies agree. */
 struct ktrust_tuple {
+  __u64 netns_cookie;
   __u8 src_addr[16];
   __u8 dst_addr[16];
   __u16 src_port;
   __u16 dst_port;
+  __u32 pad; /* zero: the kernel hashes every byte of a key */
 };
 
 /* ktrust_inbound key: an enforced local (address, port); the all-zero address

@@ -55,6 +55,7 @@ struct OriginalDestination {
   uint32_t workload = 0;
   uint32_t pid = 0;
   EnforcementMode mode = EnforcementMode::kEnforce;
+  uint64_t netns_cookie = 0;  // the application's network namespace (SO_NETNS_COOKIE)
 };
 
 struct TrackedConnectionCounts {
@@ -101,12 +102,14 @@ class InterceptionMaps {
   absl::Status EnrollCgroup(uint64_t cgroup_id, EnforcementMode mode, uint32_t workload);
   absl::Status UnenrollCgroup(uint64_t cgroup_id);
 
-  // app: the accepted socket's peer; listener: its local address. NotFound
-  // when the connection was not redirected (or has closed).
+  // netns_cookie: the accepted socket's network namespace (SO_NETNS_COOKIE);
+  // app: its peer; listener: its local address. NotFound when the
+  // connection was not redirected (or has closed).
   absl::StatusOr<OriginalDestination> LookupOriginalDestination(
-      const SocketAddress& app, const SocketAddress& listener) const;
-  // The same for a socket accepted on the outbound listener: what
-  // OutboundListener::destination needs.
+      uint64_t netns_cookie, const SocketAddress& app, const SocketAddress& listener) const;
+  // The same for a socket accepted on an outbound listener, in whichever
+  // namespace: what OutboundListener::destination needs. Any error (the
+  // kernel lacks SO_NETNS_COOKIE, say) is returned: the caller refuses.
   absl::StatusOr<OriginalDestination> OriginalDestinationOf(int accepted_fd) const;
 
   // Enforces local (address, port); an unspecified address (0.0.0.0 or ::)

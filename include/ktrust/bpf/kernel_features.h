@@ -26,6 +26,7 @@ class KernelFeatures {
   bool sock_addr_hooks() const { return sock_addr_hooks_; }
   bool sk_lookup() const { return sk_lookup_; }
   bool ring_buffer() const { return ring_buffer_; }
+  bool netns_cookies() const { return netns_cookies_; }
   bool bpffs() const { return bpffs_; }
 
  private:
@@ -36,6 +37,7 @@ class KernelFeatures {
   bool sock_addr_hooks_ = false;  // cgroup connect/sendmsg/getpeername hooks
   bool sk_lookup_ = false;
   bool ring_buffer_ = false;
+  bool netns_cookies_ = false;  // SO_NETNS_COOKIE and bpf_get_netns_cookie in sockops
   bool bpffs_ = false;
   bool permitted_ = true;  // false: probes failed with EPERM
   std::string pin_dir_;
