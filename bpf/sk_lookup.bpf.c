@@ -1,7 +1,9 @@
 // sk_lookup, one attachment per network namespace: a connection attempt to an
 // enforced (address, port) is handed to the agent's inbound listener, whose
 // accepted socket keeps the original destination as its local address. With
-// no listener (agent down) it is refused unless the port is permissive.
+// no listener (agent down, or a pod not served yet) it is refused unless the
+// port is permissive. ktrust_sk_lookup serves the host's namespace,
+// ktrust_sk_lookup_pod each pod's.
 #include "lib/decision.h"
 #include "lib/telemetry.h"
 
@@ -55,13 +57,16 @@ static __always_inline void ktrust_lookup_addresses(struct bpf_sk_lookup* ctx, _
   }
 }
 
-SEC("sk_lookup")
-int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
+// Steers a connection attempt to an enforced (address, port) to the agent
+// listener of its rule's slot. exact_only: consult rules for the exact local
+// address only, never the port's wildcard entry.
+static __always_inline int ktrust_steer(struct bpf_sk_lookup* ctx, bool exact_only) {
   if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
   __u8 local[16], remote[16];
   ktrust_lookup_addresses(ctx, local, remote);
 
-  const struct ktrust_inbound_value* rule = ktrust_inbound_rule(local, (__u16)ctx->local_port);
+  const struct ktrust_inbound_value* rule =
+      ktrust_inbound_rule(local, (__u16)ctx->local_port, exact_only);
   if (!rule) return SK_PASS;
   if (ktrust_is_agent_upstream(remote, ktrust_settings())) {
     ktrust_count(KTRUST_REASON_SK_LOOKUP_UPSTREAM);
@@ -72,7 +77,11 @@ int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
   if (ctx->family == AF_INET6) slot += KTRUST_INBOUND_V6_SLOT_OFFSET;
   struct bpf_sock* listener = bpf_map_lookup_elem(&ktrust_listen, &slot);
   if (!listener) {
-    return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_NO_LISTENER);
+    // In a pod, an empty slot means the agent has not (or no longer) opened
+    // listeners there; on the host, that the agent is down.
+    return ktrust_without_listener(
+        ctx, rule, local, remote,
+        exact_only ? KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS : KTRUST_REASON_SK_LOOKUP_NO_LISTENER);
   }
   long err = bpf_sk_assign(ctx, listener, 0);
   bpf_sk_release(listener);
@@ -83,16 +92,13 @@ int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) {
   return SK_PASS;
 }
 
-// For a network namespace of an enrolled workload that the agent has no
-// listeners in (a pod, today): enforced ports refuse at once (RST) rather
-// than reach the workload in plaintext, or be handed to a listener of
-// another namespace, where the handshake would go nowhere.
+// The host's network namespace: exact rules, then the port's wildcard.
 SEC("sk_lookup")
-int ktrust_sk_lookup_guard(struct bpf_sk_lookup* ctx) {
-  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
-  __u8 local[16], remote[16];
-  ktrust_lookup_addresses(ctx, local, remote);
-  const struct ktrust_inbound_value* rule = ktrust_inbound_rule(local, (__u16)ctx->local_port);
-  if (!rule) return SK_PASS;
-  return ktrust_without_listener(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS);
-}
+int ktrust_sk_lookup(struct bpf_sk_lookup* ctx) { return ktrust_steer(ctx, false); }
+
+// A pod's network namespace, where the agent has listeners of the pod's own.
+// Only exact (pod address, port) rules apply: the wildcard entries describe
+// the host's workloads, and a pod of another workload listening on the same
+// port must not be steered or refused because of them.
+SEC("sk_lookup")
+int ktrust_sk_lookup_pod(struct bpf_sk_lookup* ctx) { return ktrust_steer(ctx, true); }

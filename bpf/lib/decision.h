@@ -101,13 +101,17 @@ static __always_inline void ktrust_decide_connect(const struct ktrust_flow* flow
 }
 
 // The enforced-port rule for a local (address, port): the exact address
-// first, then the port's wildcard entry. NULL: not enforced.
+// first, then (unless exact_only) the port's wildcard entry. NULL: not
+// enforced.
 static __always_inline const struct ktrust_inbound_value* ktrust_inbound_rule(const __u8 addr[16],
-                                                                              __u16 port) {
+                                                                              __u16 port,
+                                                                              bool exact_only) {
+  // The all-zero address is the wildcard's key: no exact rule can have it.
+  if (exact_only && ktrust_addr_is_zero(addr)) return NULL;
   struct ktrust_inbound_key key = {.port = port};
   __builtin_memcpy(key.addr, addr, 16);
   const struct ktrust_inbound_value* rule = bpf_map_lookup_elem(&ktrust_inbound, &key);
-  if (rule) return rule;
+  if (rule || exact_only) return rule;
   __builtin_memset(key.addr, 0, sizeof(key.addr));
   return bpf_map_lookup_elem(&ktrust_inbound, &key);
 }

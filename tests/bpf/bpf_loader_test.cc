@@ -4,9 +4,13 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "bpf/bpf_test_env.h"
 
 namespace ktrust {
@@ -60,6 +64,11 @@ class BpfLoaderTest : public ::testing::Test {
     return Attached(cgroup_->path(), type);
   }
   std::vector<uint32_t> AttachedToNetns() const { return Attached(netns_->path(), BPF_SK_LOOKUP); }
+  uint64_t NetnsInode() const {
+    struct stat st {};
+    EXPECT_EQ(stat(netns_->path().c_str(), &st), 0) << std::strerror(errno);
+    return st.st_ino;
+  }
 
   static uint32_t ProgramId(int fd) {
     bpf_prog_info info{};
@@ -116,8 +125,12 @@ TEST_F(BpfLoaderTest, ARestartWithAnotherConfigurationPrunesWhatItNoLongerWants)
   ASSERT_TRUE(old_maps.EnrollCgroup(8, EnforcementMode::kEnforce, 2).ok());
   auto port80 = *SocketAddress::Parse("0.0.0.0:80");
   auto port443 = *SocketAddress::Parse("0.0.0.0:443");
-  ASSERT_TRUE(old_maps.AddInboundPort(port80, EnforcementMode::kEnforce, 0, 1).ok());
-  ASSERT_TRUE(old_maps.AddInboundPort(port443, EnforcementMode::kEnforce, 0, 1).ok());
+  // A pod's rules name its exact addresses.
+  auto pod4 = *SocketAddress::Parse("10.244.1.7:8080");
+  auto pod6 = *SocketAddress::Parse("[fd00:244::7]:8080");
+  for (const SocketAddress& port : {port80, port443, pod4, pod6}) {
+    ASSERT_TRUE(old_maps.AddInboundPort(port, EnforcementMode::kEnforce, 0, 1).ok());
+  }
   first.reset();
 
   // The next run wants one of each: the rest goes, what it keeps stays.
@@ -126,15 +139,17 @@ TEST_F(BpfLoaderTest, ARestartWithAnotherConfigurationPrunesWhatItNoLongerWants)
   InterceptionMaps& maps = second->maps();
   EXPECT_EQ(*maps.KeepOnlyMeshDestinations({narrow}), 1u);
   EXPECT_EQ(*maps.KeepOnlyEnrolledCgroups({8}), 1u);
-  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443}), 1u);
+  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443, pod6}), 2u);
   // A second pass finds nothing left to remove.
   EXPECT_EQ(*maps.KeepOnlyMeshDestinations({narrow}), 0u);
   EXPECT_EQ(*maps.KeepOnlyEnrolledCgroups({8}), 0u);
-  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443}), 0u);
+  EXPECT_EQ(*maps.KeepOnlyInboundPorts({port443, pod6}), 0u);
   // And what was kept is still there: removing it now succeeds.
   EXPECT_TRUE(maps.RemoveMeshDestination(narrow).ok());
   EXPECT_TRUE(maps.UnenrollCgroup(8).ok());
   EXPECT_TRUE(maps.RemoveInboundPort(port443).ok());
+  EXPECT_TRUE(maps.RemoveInboundPort(pod6).ok());
+  EXPECT_FALSE(maps.RemoveInboundPort(pod4).ok());  // pruned
 }
 
 TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {
@@ -199,6 +214,47 @@ TEST_F(BpfLoaderTest, UninstallWorksFromAFreshProcessWithNothingLoaded) {
   EXPECT_FALSE(std::filesystem::exists(bpffs_->pin_dir()));
   // Nothing left to remove is not an error.
   EXPECT_TRUE(BpfLoader::UninstallPinned(bpffs_->pin_dir()).ok());
+}
+
+TEST_F(BpfLoaderTest, APodNamespaceGetsThePodProgramOnceAndReleasingItDetachesOnlyThat) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
+  ASSERT_TRUE(loader->AttachPodNetns(netns_->path()).ok());
+  ASSERT_TRUE(loader->AttachPodNetns(netns_->path()).ok());
+  uint32_t host = ProgramId(loader->program_fd(BpfProgram::kSkLookup));
+  uint32_t pod = ProgramId(loader->program_fd(BpfProgram::kSkLookupPod));
+  EXPECT_THAT(AttachedToNetns(), ::testing::UnorderedElementsAre(host, pod));
+  ASSERT_EQ(loader->attachments().size(), 2u);
+  std::string pod_pin = loader->attachments()[1].pin_path;
+  EXPECT_THAT(pod_pin, ::testing::EndsWith(absl::StrCat("-", NetnsInode(), "-sk_lookup_pod")));
+
+  absl::Status released = loader->ReleasePodNetns(NetnsInode());
+  ASSERT_TRUE(released.ok()) << released;
+  EXPECT_THAT(AttachedToNetns(), ::testing::ElementsAre(host));
+  EXPECT_FALSE(std::filesystem::exists(pod_pin));
+  ASSERT_EQ(loader->attachments().size(), 1u);
+  EXPECT_THAT(loader->attachments()[0].pin_path, ::testing::EndsWith("-sk_lookup"));
+  // Releasing what is not attached is not an error; attaching again works.
+  released = loader->ReleasePodNetns(NetnsInode());
+  EXPECT_TRUE(released.ok()) << released;
+  ASSERT_TRUE(loader->AttachPodNetns(netns_->path()).ok());
+  EXPECT_THAT(AttachedToNetns(), ::testing::UnorderedElementsAre(host, pod));
+}
+
+TEST_F(BpfLoaderTest, ARestartReleasesAPodNamespaceAnEarlierRunAttached) {
+  auto first = NewLoader();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->AttachPodNetns(netns_->path()).ok());
+  first.reset();
+  ASSERT_EQ(AttachedToNetns().size(), 1u);  // pinned: outlives the run
+
+  auto second = NewLoader();
+  ASSERT_NE(second, nullptr);
+  absl::Status released = second->ReleasePodNetns(NetnsInode());
+  ASSERT_TRUE(released.ok()) << released;
+  EXPECT_TRUE(AttachedToNetns().empty());
+  EXPECT_TRUE(second->attachments().empty());
 }
 
 TEST_F(BpfLoaderTest, RefusesAPinDirectoryOffBpffs) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "bpf/bpf_test_env.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
@@ -45,9 +46,10 @@ class SkLookupTest : public ::testing::Test {
 
   InterceptionMaps& maps() { return loader_->maps(); }
 
-  // A TCP SYN from remote to local, as the kernel would look it up.
+  // A TCP SYN from remote to local, as the kernel would look it up, run
+  // through the host's program or a pod's.
   LookupResult Lookup(absl::string_view local, absl::string_view remote,
-                      uint32_t protocol = IPPROTO_TCP) {
+                      uint32_t protocol = IPPROTO_TCP, BpfProgram program = BpfProgram::kSkLookup) {
     SocketAddress l = Address(local), r = Address(remote);
     bpf_sk_lookup ctx{};
     ctx.family = static_cast<uint32_t>(l.family());
@@ -63,15 +65,36 @@ class SkLookupTest : public ::testing::Test {
     ctx.remote_port = htons(r.port());  // network order
     LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &ctx, .ctx_out = &ctx,
                 .ctx_size_in = sizeof(ctx), .ctx_size_out = sizeof(ctx));
-    int err = bpf_prog_test_run_opts(loader_->program_fd(BpfProgram::kSkLookup), &opts);
+    int err = bpf_prog_test_run_opts(loader_->program_fd(program), &opts);
     EXPECT_EQ(err, 0) << std::strerror(errno);
     return {.verdict = opts.retval, .selected_cookie = ctx.cookie};
+  }
+
+  LookupResult LookupInPod(absl::string_view local, absl::string_view remote) {
+    return Lookup(local, remote, IPPROTO_TCP, BpfProgram::kSkLookupPod);
   }
 
   uint64_t Counter(ktrust_reason reason) {
     auto counters = maps().Counters();
     EXPECT_TRUE(counters.ok()) << counters.status();
     return counters.ok() ? (*counters)[reason] : 0;
+  }
+
+  // Exactly one event was reported: a refused connection attempt, as an
+  // operator reads it. The ring keeps events until someone reads them.
+  void ExpectOneDenial(absl::string_view reason, absl::string_view destination,
+                       absl::string_view source, uint32_t workload) {
+    std::vector<InterceptionEvent> events;
+    auto reader = InterceptionEventReader::Create(
+        loader_->events_fd(), [&](const InterceptionEvent& e) { events.push_back(e); });
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    ASSERT_TRUE((*reader)->Drain().ok());
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(EventTypeName(events[0].type), "denied");
+    EXPECT_EQ(ReasonName(events[0].reason), reason);
+    EXPECT_EQ(events[0].destination.ToString(), destination);
+    EXPECT_EQ(events[0].source.ToString(), source);
+    EXPECT_EQ(events[0].workload, workload);
   }
 
   std::unique_ptr<testing::ScopedBpffs> bpffs_;
@@ -119,10 +142,13 @@ TEST_F(SkLookupTest, TheAgentsOwnUpstreamConnectionsReachTheApplication) {
   ASSERT_TRUE(
       maps().AddInboundPort(Address("127.0.0.1:8080"), EnforcementMode::kEnforce, 0, 3).ok());
 
-  LookupResult r = Lookup("127.0.0.1:8080", "127.0.0.6:40000");
-  EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
-  EXPECT_EQ(r.selected_cookie, 0u);
-  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UPSTREAM), 1u);
+  // On the host and in a pod alike.
+  for (BpfProgram program : {BpfProgram::kSkLookup, BpfProgram::kSkLookupPod}) {
+    LookupResult r = Lookup("127.0.0.1:8080", "127.0.0.6:40000", IPPROTO_TCP, program);
+    EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
+    EXPECT_EQ(r.selected_cookie, 0u);
+  }
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UPSTREAM), 2u);
 }
 
 TEST_F(SkLookupTest, WithTheAgentGoneAnEnforcedPortRefusesAndSaysSo) {
@@ -132,22 +158,10 @@ TEST_F(SkLookupTest, WithTheAgentGoneAnEnforcedPortRefusesAndSaysSo) {
       maps().AddInboundPort(Address("127.0.0.1:8080"), EnforcementMode::kEnforce, 0, 3).ok());
   agent.Reset();  // closing the listener takes it out of the sockmap
 
-  std::vector<InterceptionEvent> events;
-  auto reader = InterceptionEventReader::Create(
-      loader_->events_fd(), [&](const InterceptionEvent& e) { events.push_back(e); });
-  ASSERT_TRUE(reader.ok()) << reader.status();
-
   LookupResult r = Lookup("127.0.0.1:8080", "127.0.0.9:40000");
   EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_DROP));
   EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 1u);
-
-  ASSERT_TRUE((*reader)->Drain().ok());
-  ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(EventTypeName(events[0].type), "denied");
-  EXPECT_EQ(ReasonName(events[0].reason), "sk_lookup_no_listener");
-  EXPECT_EQ(events[0].destination.ToString(), "127.0.0.1:8080");
-  EXPECT_EQ(events[0].source.ToString(), "127.0.0.9:40000");
-  EXPECT_EQ(events[0].workload, 3u);
+  ExpectOneDenial("sk_lookup_no_listener", "127.0.0.1:8080", "127.0.0.9:40000", 3);
 }
 
 TEST_F(SkLookupTest, APermissivePortWithoutItsAgentIsDelivered) {
@@ -184,6 +198,113 @@ TEST_F(SkLookupTest, AnIpv6ConnectionWithOnlyAnIpv4ListenerIsRefusedNotBypassed)
   EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 1u);
 }
 
+TEST_F(SkLookupTest, ClearingASlotEmptiesBothFamiliesAndAnEmptySlotIsFine) {
+  UniqueFd agent4 = ListenTcp(Address("127.0.0.1:0"));
+  UniqueFd agent6 = ListenTcp(Address("[::1]:0"));
+  ASSERT_TRUE(maps().SetInboundListener(2, agent4.get()).ok());
+  ASSERT_TRUE(maps().SetInboundListener(2, agent6.get()).ok());
+  ASSERT_TRUE(maps().AddInboundPort(Address("0.0.0.0:8080"), EnforcementMode::kEnforce, 2, 3).ok());
+  ASSERT_EQ(Lookup("10.0.0.1:8080", "10.0.0.2:40000").selected_cookie, SocketCookie(agent4.get()));
+
+  absl::Status cleared = maps().ClearInboundListener(2);
+  ASSERT_TRUE(cleared.ok()) << cleared;
+  EXPECT_EQ(Lookup("10.0.0.1:8080", "10.0.0.2:40000").verdict, static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(Lookup("[fd00::1]:8080", "[fd00::2]:40000").verdict, static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 2u);
+
+  cleared = maps().ClearInboundListener(2);
+  EXPECT_TRUE(cleared.ok()) << cleared;
+  EXPECT_EQ(maps().ClearInboundListener(KTRUST_MAX_INBOUND_LISTENERS).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ktrust_sk_lookup_pod: a pod's namespace, exact (address, port) rules only.
+
+TEST_F(SkLookupTest, InAPodAnExactRuleGoesToItsListener) {
+  UniqueFd agent = ListenTcp(Address("127.0.0.1:0"));
+  ASSERT_TRUE(maps().SetInboundListener(5, agent.get()).ok());
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("10.244.1.7:8080"), EnforcementMode::kEnforce, 5, 3).ok());
+
+  LookupResult r = LookupInPod("10.244.1.7:8080", "10.244.2.9:40000");
+  EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(r.selected_cookie, SocketCookie(agent.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_STEERED), 1u);
+  // Another address of the same port is not the pod's rule.
+  EXPECT_EQ(LookupInPod("10.244.1.8:8080", "10.244.2.9:40000").selected_cookie, 0u);
+}
+
+TEST_F(SkLookupTest, InAPodTheHostsWildcardRulesAreIgnored) {
+  UniqueFd agent4 = ListenTcp(Address("127.0.0.1:0"));
+  UniqueFd agent6 = ListenTcp(Address("[::1]:0"));
+  ASSERT_TRUE(maps().SetInboundListener(0, agent4.get()).ok());
+  ASSERT_TRUE(maps().SetInboundListener(0, agent6.get()).ok());
+  ASSERT_TRUE(maps().AddInboundPort(Address("0.0.0.0:8080"), EnforcementMode::kEnforce, 0, 3).ok());
+  // An enforced wildcard whose slot is empty: the host would refuse.
+  ASSERT_TRUE(maps().AddInboundPort(Address("0.0.0.0:9090"), EnforcementMode::kEnforce, 9, 3).ok());
+  // The control: the host's program steers and refuses these.
+  ASSERT_EQ(Lookup("10.244.1.7:8080", "10.244.2.9:40000").selected_cookie,
+            SocketCookie(agent4.get()));
+  ASSERT_EQ(Lookup("10.244.1.7:9090", "10.244.2.9:40000").verdict, static_cast<uint32_t>(SK_DROP));
+  ASSERT_EQ(Lookup("[::]:8080", "[fd00::2]:40000").selected_cookie, SocketCookie(agent6.get()));
+  auto before = maps().Counters();
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  // A pod of another workload listening on the same ports is left alone,
+  // even for a lookup whose address is the wildcard's all-zero key.
+  for (LookupResult r : {LookupInPod("10.244.1.7:8080", "10.244.2.9:40000"),
+                         LookupInPod("10.244.1.7:9090", "10.244.2.9:40000"),
+                         LookupInPod("[::]:8080", "[fd00::2]:40000")}) {
+    EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
+    EXPECT_EQ(r.selected_cookie, 0u);
+  }
+  auto after = maps().Counters();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after, *before) << "the pod's lookups were counted as steered or refused";
+}
+
+TEST_F(SkLookupTest, InAPodAnEnforcedRuleWithoutAListenerRefusesAndSaysWhy) {
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("10.244.1.7:8080"), EnforcementMode::kEnforce, 6, 3).ok());
+  LookupResult r = LookupInPod("10.244.1.7:8080", "10.244.2.9:40000");
+  EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS), 1u);
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 0u);
+  ExpectOneDenial("sk_lookup_unserved_netns", "10.244.1.7:8080", "10.244.2.9:40000", 3);
+}
+
+TEST_F(SkLookupTest, InAPodAPermissiveRuleWithoutAListenerIsDelivered) {
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("10.244.1.7:8080"), EnforcementMode::kPermissive, 6, 3).ok());
+  LookupResult r = LookupInPod("10.244.1.7:8080", "10.244.2.9:40000");
+  EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(r.selected_cookie, 0u);
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_PERMISSIVE), 1u);
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS), 0u);
+}
+
+TEST_F(SkLookupTest, ThePodsTakeTheHighestSlotsOfBothFamilies) {
+  constexpr uint32_t kLastSlot = KTRUST_MAX_INBOUND_LISTENERS - 1;
+  UniqueFd agent4 = ListenTcp(Address("127.0.0.1:0"));
+  UniqueFd agent6 = ListenTcp(Address("[::1]:0"));
+  ASSERT_TRUE(maps().SetInboundListener(kLastSlot, agent4.get()).ok());
+  ASSERT_TRUE(maps().SetInboundListener(kLastSlot, agent6.get()).ok());
+  ASSERT_TRUE(
+      maps()
+          .AddInboundPort(Address("10.244.1.7:8080"), EnforcementMode::kEnforce, kLastSlot, 3)
+          .ok());
+  ASSERT_TRUE(
+      maps()
+          .AddInboundPort(Address("[fd00:244::7]:8080"), EnforcementMode::kEnforce, kLastSlot, 3)
+          .ok());
+  EXPECT_EQ(LookupInPod("10.244.1.7:8080", "10.244.2.9:40000").selected_cookie,
+            SocketCookie(agent4.get()));
+  EXPECT_EQ(LookupInPod("[fd00:244::7]:8080", "[fd00:244::9]:40000").selected_cookie,
+            SocketCookie(agent6.get()));
+  EXPECT_EQ(maps().SetInboundListener(kLastSlot + 1, agent4.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // The same program attached to a namespace, with real connections.
 class SkLookupNetnsTest : public SkLookupTest {
  protected:
@@ -193,7 +314,12 @@ class SkLookupNetnsTest : public SkLookupTest {
     auto netns = testing::TestNetns::Create();
     ASSERT_TRUE(netns.ok()) << netns.status();
     netns_ = std::move(*netns);
-    ASSERT_TRUE(loader_->AttachNetns(netns_->path()).ok());
+    absl::Status attached = Attach(netns_->path());
+    ASSERT_TRUE(attached.ok()) << attached;
+  }
+
+  virtual absl::Status Attach(const std::string& netns_path) {
+    return loader_->AttachNetns(netns_path);
   }
 
   // A connect() inside the namespace, optionally from a given source.
@@ -210,79 +336,99 @@ class SkLookupNetnsTest : public SkLookupTest {
     return err;
   }
 
+  // An application listening in the namespace with its port enforced, and
+  // the agent's listener for it there, in slot.
+  struct EnforcedApp {
+    UniqueFd agent, app;
+    SocketAddress address;  // the application's
+  };
+  EnforcedApp StartEnforcedApp(uint32_t slot, absl::string_view loopback = "127.0.0.1:0") {
+    EnforcedApp out;
+    netns_->Run([&] {
+      out.agent = ListenTcp(Address(loopback));
+      out.app = ListenTcp(Address(loopback));
+    });
+    if (!out.agent.valid() || !out.app.valid()) return out;  // ListenTcp failed the test
+    out.address = *SocketAddress::LocalOf(out.app.get());
+    EXPECT_TRUE(maps().SetInboundListener(slot, out.agent.get()).ok());
+    EXPECT_TRUE(maps().AddInboundPort(out.address, EnforcementMode::kEnforce, slot, 3).ok());
+    return out;
+  }
+
+  void ExpectSteeredToTheAgent(const EnforcedApp& served) {
+    UniqueFd client;
+    ASSERT_EQ(Connect(served.address, nullptr, client), 0);
+    UniqueFd accepted = AcceptWithin(served.agent.get(), absl::Seconds(5));
+    ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
+    EXPECT_FALSE(HasPendingConnection(served.app.get())) << "the application saw the connection";
+    // What the agent needs to know where the peer was going.
+    EXPECT_EQ(SocketAddress::LocalOf(accepted.get())->ToString(), served.address.ToString());
+  }
+
+  void ExpectRefusedAtOnce(const EnforcedApp& served) {
+    UniqueFd client;
+    EXPECT_EQ(Connect(served.address, nullptr, client), ECONNREFUSED);
+    EXPECT_FALSE(HasPendingConnection(served.app.get())) << "plaintext reached the application";
+  }
+
   std::unique_ptr<testing::TestNetns> netns_;
 };
 
 TEST_F(SkLookupNetnsTest, ConnectionsToAnEnforcedPortReachTheAgentWithTheirDestination) {
-  UniqueFd agent, app;
-  netns_->Run([&] {
-    agent = ListenTcp(Address("127.0.0.1:0"));
-    app = ListenTcp(Address("127.0.0.1:0"));
-  });
-  SocketAddress app_address = *SocketAddress::LocalOf(app.get());
-  ASSERT_TRUE(maps().SetInboundListener(0, agent.get()).ok());
-  ASSERT_TRUE(maps().AddInboundPort(app_address, EnforcementMode::kEnforce, 0, 3).ok());
-
-  UniqueFd client;
-  ASSERT_EQ(Connect(app_address, nullptr, client), 0);
-  UniqueFd accepted = AcceptWithin(agent.get(), absl::Seconds(5));
-  ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
-  EXPECT_FALSE(HasPendingConnection(app.get())) << "the application saw the connection";
-  // What the agent needs to know where the peer was going.
-  EXPECT_EQ(SocketAddress::LocalOf(accepted.get())->ToString(), app_address.ToString());
+  ExpectSteeredToTheAgent(StartEnforcedApp(0));
 }
 
 TEST_F(SkLookupNetnsTest, TheAgentsUpstreamFromItsReservedSourceReachesTheApplication) {
-  UniqueFd agent, app;
-  netns_->Run([&] {
-    agent = ListenTcp(Address("127.0.0.1:0"));
-    app = ListenTcp(Address("127.0.0.1:0"));
-  });
-  SocketAddress app_address = *SocketAddress::LocalOf(app.get());
-  ASSERT_TRUE(maps().SetInboundListener(0, agent.get()).ok());
-  ASSERT_TRUE(maps().AddInboundPort(app_address, EnforcementMode::kEnforce, 0, 3).ok());
-
+  EnforcedApp served = StartEnforcedApp(0);
   SocketAddress upstream_source = Address("127.0.0.6:0");
   UniqueFd client;
-  ASSERT_EQ(Connect(app_address, &upstream_source, client), 0);
-  UniqueFd accepted = AcceptWithin(app.get(), absl::Seconds(5));
+  ASSERT_EQ(Connect(served.address, &upstream_source, client), 0);
+  UniqueFd accepted = AcceptWithin(served.app.get(), absl::Seconds(5));
   ASSERT_TRUE(accepted.valid()) << "the application got nothing";
-  EXPECT_FALSE(HasPendingConnection(agent.get()));
+  EXPECT_FALSE(HasPendingConnection(served.agent.get()));
 }
 
 TEST_F(SkLookupNetnsTest, AnEnforcedPortRefusesConnectionsOnceTheAgentIsGone) {
-  UniqueFd agent, app;
-  netns_->Run([&] {
-    agent = ListenTcp(Address("127.0.0.1:0"));
-    app = ListenTcp(Address("127.0.0.1:0"));
-  });
-  SocketAddress app_address = *SocketAddress::LocalOf(app.get());
-  ASSERT_TRUE(maps().SetInboundListener(0, agent.get()).ok());
-  ASSERT_TRUE(maps().AddInboundPort(app_address, EnforcementMode::kEnforce, 0, 3).ok());
-  agent.Reset();  // the agent died
-
-  UniqueFd client;
-  EXPECT_EQ(Connect(app_address, nullptr, client), ECONNREFUSED);
-  EXPECT_FALSE(HasPendingConnection(app.get())) << "plaintext reached the application";
+  EnforcedApp served = StartEnforcedApp(0);
+  served.agent.Reset();  // the agent died
+  ExpectRefusedAtOnce(served);
 }
 
 TEST_F(SkLookupNetnsTest, Ipv6ConnectionsAreSteeredToo) {
-  UniqueFd agent, app;
-  netns_->Run([&] {
-    agent = ListenTcp(Address("[::1]:0"));
-    app = ListenTcp(Address("[::1]:0"));
-  });
-  ASSERT_TRUE(agent.valid() && app.valid());
-  SocketAddress app_address = *SocketAddress::LocalOf(app.get());
-  ASSERT_TRUE(maps().SetInboundListener(1, agent.get()).ok());
-  ASSERT_TRUE(maps().AddInboundPort(app_address, EnforcementMode::kEnforce, 1, 3).ok());
+  ExpectSteeredToTheAgent(StartEnforcedApp(1, "[::1]:0"));
+}
 
-  UniqueFd client;
-  ASSERT_EQ(Connect(app_address, nullptr, client), 0);
-  UniqueFd accepted = AcceptWithin(agent.get(), absl::Seconds(5));
-  ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
-  EXPECT_FALSE(HasPendingConnection(app.get()));
-  EXPECT_EQ(SocketAddress::LocalOf(accepted.get())->ToString(), app_address.ToString());
+// The pod program attached to a pod's namespace: the listener the agent
+// opened there takes the pod's enforced ports; a port enforced only by a
+// host wildcard reaches the pod's application.
+class SkLookupPodNetnsTest : public SkLookupNetnsTest {
+ protected:
+  absl::Status Attach(const std::string& netns_path) override {
+    return loader_->AttachPodNetns(netns_path);
+  }
+};
+
+TEST_F(SkLookupPodNetnsTest, ThePodsExactRulesReachTheAgentAndWildcardsReachTheApplication) {
+  EnforcedApp served = StartEnforcedApp(700);
+  ExpectSteeredToTheAgent(served);
+
+  UniqueFd other_app;
+  netns_->Run([&] { other_app = ListenTcp(Address("127.0.0.1:0")); });
+  SocketAddress other_address = *SocketAddress::LocalOf(other_app.get());
+  SocketAddress wildcard = Address(absl::StrCat("0.0.0.0:", other_address.port()));
+  ASSERT_TRUE(maps().AddInboundPort(wildcard, EnforcementMode::kEnforce, 700, 4).ok());
+  UniqueFd other_client;
+  ASSERT_EQ(Connect(other_address, nullptr, other_client), 0);
+  EXPECT_TRUE(AcceptWithin(other_app.get(), absl::Seconds(5)).valid())
+      << "a host wildcard rule took a pod's connection";
+  EXPECT_FALSE(HasPendingConnection(served.agent.get()));
+}
+
+TEST_F(SkLookupPodNetnsTest, APodWhoseListenerIsGoneRefusesItsEnforcedPorts) {
+  EnforcedApp served = StartEnforcedApp(700);
+  ASSERT_TRUE(maps().ClearInboundListener(700).ok());  // the agent stopped serving the pod
+  ExpectRefusedAtOnce(served);
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS), 1u);
 }
 
 }  // namespace

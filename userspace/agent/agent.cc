@@ -391,7 +391,7 @@ void Agent::GuardWorkloadNetns(const RegisteredWorkload& r) {
   absl::Status attached;
   {
     absl::MutexLock lock(&bpf_mu_);
-    attached = bpf_->GuardNetns(netns);
+    attached = bpf_->AttachPodNetns(netns);
   }
   LogEvent(attached.ok() ? spdlog::level::warn : spdlog::level::err,
            {{"event", "workload_netns_guarded"},

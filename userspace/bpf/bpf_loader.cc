@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 
@@ -34,6 +35,10 @@ constexpr CgroupProgram kCgroupPrograms[] = {
     {"getpeername6", BpfProgram::kGetpeername6, BPF_CGROUP_INET6_GETPEERNAME},
     {"sockops", BpfProgram::kSockops, BPF_CGROUP_SOCK_OPS},
 };
+
+// Pin names of the two sk_lookup variants' links.
+constexpr absl::string_view kHostNetnsLink = "sk_lookup";
+constexpr absl::string_view kPodNetnsLink = "sk_lookup_pod";
 
 std::string MapsDir(absl::string_view pin_dir) { return absl::StrCat(pin_dir, "/maps"); }
 std::string LinksDir(absl::string_view pin_dir) { return absl::StrCat(pin_dir, "/links"); }
@@ -163,8 +168,8 @@ bpf_program* BpfLoader::program(BpfProgram program) const {
       return progs.ktrust_sockops;
     case BpfProgram::kSkLookup:
       return progs.ktrust_sk_lookup;
-    case BpfProgram::kSkLookupGuard:
-      return progs.ktrust_sk_lookup_guard;
+    case BpfProgram::kSkLookupPod:
+      return progs.ktrust_sk_lookup_pod;
   }
   return nullptr;
 }
@@ -251,11 +256,36 @@ absl::Status BpfLoader::AttachCgroup(absl::string_view cgroup_dir) {
 }
 
 absl::Status BpfLoader::AttachNetns(absl::string_view netns_path) {
-  return AttachToNetns(BpfProgram::kSkLookup, "sk_lookup", netns_path);
+  return AttachToNetns(BpfProgram::kSkLookup, kHostNetnsLink, netns_path);
 }
 
-absl::Status BpfLoader::GuardNetns(absl::string_view netns_path) {
-  return AttachToNetns(BpfProgram::kSkLookupGuard, "sk_lookup_guard", netns_path);
+absl::Status BpfLoader::AttachPodNetns(absl::string_view netns_path) {
+  return AttachToNetns(BpfProgram::kSkLookupPod, kPodNetnsLink, netns_path);
+}
+
+absl::Status BpfLoader::ReleasePodNetns(uint64_t netns_inode) {
+  std::string pin = NetnsPinPath(netns_inode, kPodNetnsLink);
+  // Detached through the pin, which also covers a link an earlier run
+  // pinned and this one never adopted.
+  bool pinned = PathExists(pin);
+  if (pinned) {
+    if (auto st = DetachPinnedLink(pin); !st.ok()) return st;
+    if (unlink(pin.c_str()) != 0 && errno != ENOENT) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("unpinning ", pin));
+    }
+  }
+  auto held = std::find_if(attachments_.begin(), attachments_.end(),
+                           [&](const Attachment& a) { return a.pin_path == pin; });
+  if (held != attachments_.end()) {
+    links_.erase(links_.begin() + (held - attachments_.begin()));
+    attachments_.erase(held);
+  }
+  if (pinned) LogEvent(spdlog::level::info, {{"event", "bpf_detached"}, {"link", pin}});
+  return absl::OkStatus();
+}
+
+std::string BpfLoader::NetnsPinPath(uint64_t netns_inode, absl::string_view name) const {
+  return absl::StrCat(LinksDir(options_.pin_dir), "/netns-", netns_inode, "-", name);
 }
 
 absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name,
@@ -267,7 +297,7 @@ absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name
   }
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("fstat ", path));
-  std::string pin = absl::StrCat(LinksDir(options_.pin_dir), "/netns-", st.st_ino, "-", name);
+  std::string pin = NetnsPinPath(st.st_ino, name);
   LinkTarget target{
       .link_type = BPF_LINK_TYPE_NETNS, .attach_type = BPF_SK_LOOKUP, .id = st.st_ino};
   return AttachOrAdopt(program, pin, target, fd.get());

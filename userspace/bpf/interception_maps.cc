@@ -119,6 +119,13 @@ std::string Bytes(const Key& key) {
   return std::string(reinterpret_cast<const char*>(&key), sizeof(key));
 }
 
+absl::Status CheckListenerSlot(uint32_t slot) {
+  if (slot < KTRUST_MAX_INBOUND_LISTENERS) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("inbound listener slot ", slot,
+                                                 " is out of range (max ",
+                                                 KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
+}
+
 // The network namespace a socket lives in (Linux 5.14).
 absl::StatusOr<uint64_t> NetnsCookieOf(int fd) {
   uint64_t cookie = 0;
@@ -292,11 +299,7 @@ absl::StatusOr<OriginalDestination> InterceptionMaps::OriginalDestinationOf(int 
 
 absl::Status InterceptionMaps::AddInboundPort(const SocketAddress& local, EnforcementMode mode,
                                               uint32_t listener_slot, uint32_t workload) {
-  if (listener_slot >= KTRUST_MAX_INBOUND_LISTENERS) {
-    return absl::InvalidArgumentError(absl::StrCat("inbound listener slot ", listener_slot,
-                                                   " is out of range (max ",
-                                                   KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
-  }
+  if (auto st = CheckListenerSlot(listener_slot); !st.ok()) return st;
   auto key = InboundKey(local);
   if (!key.ok()) return key.status();
   ktrust_inbound_value value{
@@ -313,11 +316,7 @@ absl::Status InterceptionMaps::RemoveInboundPort(const SocketAddress& local) {
 }
 
 absl::Status InterceptionMaps::SetInboundListener(uint32_t slot, int listen_fd) {
-  if (slot >= KTRUST_MAX_INBOUND_LISTENERS) {
-    return absl::InvalidArgumentError(absl::StrCat("inbound listener slot ", slot,
-                                                   " is out of range (max ",
-                                                   KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
-  }
+  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
   auto local = SocketAddress::LocalOf(listen_fd);
   if (!local.ok()) return local.status();
   if (local->family() == AF_INET6) slot += KTRUST_INBOUND_V6_SLOT_OFFSET;
@@ -327,13 +326,16 @@ absl::Status InterceptionMaps::SetInboundListener(uint32_t slot, int listen_fd) 
 }
 
 absl::Status InterceptionMaps::ClearInboundListener(uint32_t slot) {
-  uint32_t v6 = slot + KTRUST_INBOUND_V6_SLOT_OFFSET;
-  // Either slot may be empty already (the socket closed, or there was none).
-  int err4 = bpf_map_delete_elem(fds_.listeners, &slot);
-  int err6 = bpf_map_delete_elem(fds_.listeners, &v6);
-  if (err4 != 0 && errno != ENOENT)
-    return Check(err4, absl::StrCat("clearing inbound slot ", slot));
-  (void)err6;
+  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
+  for (uint32_t key : {slot, slot + KTRUST_INBOUND_V6_SLOT_OFFSET}) {
+    int ret = bpf_map_delete_elem(fds_.listeners, &key);
+    if (ret == 0) continue;
+    int err = ret < 0 ? -ret : errno;
+    // A sockmap says EINVAL for a slot that holds no socket (its socket
+    // closed, or there was none): empty is what was asked for.
+    if (err == EINVAL || err == ENOENT) continue;
+    return MapError(err, absl::StrCat("clearing inbound listener slot ", key, " (ktrust_listen)"));
+  }
   return absl::OkStatus();
 }
 

@@ -33,7 +33,8 @@
 #define KTRUST_MAX_ENROLLED_CGROUPS 65536
 #define KTRUST_MAX_TRACKED_CONNECTIONS 262144
 #define KTRUST_MAX_INBOUND_PORTS 16384
-#define KTRUST_MAX_INBOUND_LISTENERS 64
+/* Listener slots: the host's, plus those of every pod network namespace served. */
+#define KTRUST_MAX_INBOUND_LISTENERS 1024
 /* ktrust_listen holds an AF_INET listener at slot s and an AF_INET6 one at
  * s + this offset: sk_lookup cannot give an IPv6 connection to an AF_INET
  * socket, and the kernel makes a socket bound to ::1 IPv6-only. */
@@ -122,7 +123,8 @@ struct ktrust_tuple {
 };
 
 /* ktrust_inbound key: an enforced local (address, port); the all-zero address
- * is the wildcard for the port. */
+ * is the wildcard for the port, which only the host namespace's program
+ * consults: a pod's program takes exact entries only (bpf/sk_lookup.bpf.c). */
 struct ktrust_inbound_key {
   __u8 addr[16];
   __u16 port;
@@ -157,7 +159,7 @@ enum ktrust_reason {
   KTRUST_REASON_SK_LOOKUP_PERMISSIVE = 16,    /* agent absent, permissive: delivered */
   KTRUST_REASON_SK_LOOKUP_ASSIGN_FAILED = 17, /* refused */
   KTRUST_REASON_EVENTS_LOST = 18,             /* ring buffer full */
-  /* enforced port in a network namespace the agent does not serve: refused */
+  /* enforced port of a pod the agent has no listener for (yet, or any more): refused */
   KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS = 19,
   KTRUST_REASON_MAX = 20,
 };

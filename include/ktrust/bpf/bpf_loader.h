@@ -3,7 +3,8 @@
 //
 //   <pin_dir>/maps/<map>                  every map, reused by the next run
 //   <pin_dir>/links/cgroup-<id>-<prog>    connect/sendmsg/getpeername/sockops
-//   <pin_dir>/links/netns-<inode>-sk_lookup
+//   <pin_dir>/links/netns-<inode>-sk_lookup      the agent's own namespace
+//   <pin_dir>/links/netns-<inode>-sk_lookup_pod  each pod's namespace
 //
 // A restarted agent adopts the pinned maps (libbpf reuses them at load) and
 // the pinned links (their programs are swapped for this run's in place, so a
@@ -44,7 +45,7 @@ enum class BpfProgram {
   kGetpeername6,
   kSockops,
   kSkLookup,
-  kSkLookupGuard,
+  kSkLookupPod,
 };
 
 class BpfLoader {
@@ -65,9 +66,15 @@ class BpfLoader {
   // Attaches sk_lookup to a network namespace (/proc/<pid>/ns/net,
   // /run/netns/<name>). Idempotent and adopting, as above.
   absl::Status AttachNetns(absl::string_view netns_path);
-  // Attaches the guard variant to a namespace the agent has no listeners in:
-  // enforced ports there refuse every connection (see bpf/sk_lookup.bpf.c).
-  absl::Status GuardNetns(absl::string_view netns_path);
+  // Attaches the pod variant to a pod's network namespace: only exact
+  // (address, port) rules apply there, steered to the listeners the agent
+  // opened in that namespace, and refused while their slot is empty (see
+  // bpf/sk_lookup.bpf.c). Idempotent and adopting, as above.
+  absl::Status AttachPodNetns(absl::string_view netns_path);
+  // Detaches and unpins what AttachPodNetns attached to the namespace with
+  // this inode, pinned by this run or an earlier one. Nothing attached is
+  // not an error.
+  absl::Status ReleasePodNetns(uint64_t netns_inode);
 
   // Unpins every link and map under pin_dir and closes this loader's links,
   // which detaches the programs. The loaded maps stay usable until the
@@ -109,6 +116,7 @@ class BpfLoader {
   bpf_program* program(BpfProgram program) const;
   absl::Status AttachToNetns(BpfProgram program, absl::string_view name,
                              absl::string_view netns_path);
+  std::string NetnsPinPath(uint64_t netns_inode, absl::string_view name) const;
   absl::Status AttachOrAdopt(BpfProgram program, const std::string& pin_path,
                              const LinkTarget& target, int target_fd);
 
@@ -116,7 +124,7 @@ class BpfLoader {
   KernelFeatures features_;
   std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton_;
   InterceptionMaps maps_;
-  std::vector<BpfLinkPtr> links_;
+  std::vector<BpfLinkPtr> links_;  // links_[i] is attachments_[i]'s
   std::vector<Attachment> attachments_;
 };
 

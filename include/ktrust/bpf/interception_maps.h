@@ -113,15 +113,20 @@ class InterceptionMaps {
   absl::StatusOr<OriginalDestination> OriginalDestinationOf(int accepted_fd) const;
 
   // Enforces local (address, port); an unspecified address (0.0.0.0 or ::)
-  // covers the port on every address. listener_slot: see SetInboundListener.
+  // covers the port on every address of the host's namespace (a pod's
+  // namespace takes exact addresses only). listener_slot: see
+  // SetInboundListener.
   absl::Status AddInboundPort(const SocketAddress& local, EnforcementMode mode,
                               uint32_t listener_slot, uint32_t workload);
   absl::Status RemoveInboundPort(const SocketAddress& local);
-  // Puts a listening TCP socket in a slot: an AF_INET socket takes the
-  // slot's IPv4 connections, an AF_INET6 one its IPv6 connections. The
-  // kernel drops it from the slot when it closes, which makes enforced ports
-  // refuse connections.
+  // Puts a listening TCP socket in a slot (below
+  // KTRUST_MAX_INBOUND_LISTENERS): an AF_INET socket takes the slot's IPv4
+  // connections, an AF_INET6 one its IPv6 connections. The kernel drops it
+  // from the slot when it closes, which makes enforced ports refuse
+  // connections.
   absl::Status SetInboundListener(uint32_t slot, int listen_fd);
+  // Empties both families of a slot, so it can be given to another
+  // listener; an empty slot already is fine.
   absl::Status ClearInboundListener(uint32_t slot);
 
   // Per reason, summed over CPUs.
