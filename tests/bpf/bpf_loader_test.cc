@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bpf/bpf_test_env.h"
+#include "ktrust/bpf/abi_address.h"
 
 namespace ktrust {
 namespace {
@@ -150,6 +151,32 @@ TEST_F(BpfLoaderTest, ARestartWithAnotherConfigurationPrunesWhatItNoLongerWants)
   EXPECT_TRUE(maps.RemoveInboundPort(port443).ok());
   EXPECT_TRUE(maps.RemoveInboundPort(pod6).ok());
   EXPECT_FALSE(maps.RemoveInboundPort(pod4).ok());  // pruned
+}
+
+TEST_F(BpfLoaderTest, ARestartParksThePodsRulesOnASlotNoListenerGets) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  InterceptionMaps& maps = loader->maps();
+  auto host = *SocketAddress::Parse("0.0.0.0:443");
+  auto pod4 = *SocketAddress::Parse("10.244.1.7:8080");
+  auto pod6 = *SocketAddress::Parse("[fd00:244::7]:8080");
+  for (const SocketAddress& rule : {host, pod4, pod6}) {
+    ASSERT_TRUE(maps.AddInboundPort(rule, EnforcementMode::kEnforce, 3, 1).ok());
+  }
+  EXPECT_EQ(*maps.ParkExactInboundRules(KTRUST_PARKED_SLOT), 2u);
+  int inbound = *loader->map_fd("ktrust_inbound");
+  auto slot_of = [&](const AbiAddress& addr, uint16_t port) -> uint32_t {
+    ktrust_inbound_key key{};
+    std::memcpy(key.addr, addr.data(), 16);
+    key.port = port;
+    ktrust_inbound_value value{};
+    EXPECT_EQ(bpf_map_lookup_elem(inbound, &key, &value), 0);
+    return value.listener;
+  };
+  EXPECT_EQ(slot_of(*ToAbiAddress(pod4), 8080), KTRUST_PARKED_SLOT);
+  EXPECT_EQ(slot_of(*ToAbiAddress(pod6), 8080), KTRUST_PARKED_SLOT);
+  EXPECT_EQ(slot_of(AbiAddress{}, 443), 3u) << "the host's wildcard rule keeps its listener";
+  EXPECT_FALSE(maps.ParkExactInboundRules(KTRUST_MAX_INBOUND_LISTENERS).ok());
 }
 
 TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {

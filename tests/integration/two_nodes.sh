@@ -6,6 +6,9 @@
 #   cgroups: $KT_CG/{a,b}/{agent,<workloads>}; the agents' programs are
 #   attached at $KT_CG/a and $KT_CG/b, so they never see each other's cgroups
 #   one embedded root CA, one intermediate per node, private bpffs per node
+#   pods (add_pod): netns kt-<id>-<node>-<pod>, 10.77.1.x / fd77:1::x on
+#   node a and 10.77.2.x / fd77:2::x on node b, routed by their node as a
+#   Kubernetes CNI would
 #
 # Needs root. Everything created is removed by two_nodes_down.
 
@@ -15,6 +18,7 @@ KT_NS_B=kt-$KT_ID-b
 KT_CG=
 KT_WORK=
 KT_PIDS=()
+KT_PODS=()
 
 # Waits for a line matching $2 in file $1 (a readiness signal), at most 20 s.
 wait_for() {
@@ -60,6 +64,8 @@ two_nodes_down() {
   # Anything else still running in the nodes' cgroups goes too.
   if [[ -n $KT_CG && -e $KT_CG/cgroup.kill ]]; then echo 1 >"$KT_CG/cgroup.kill" || true; fi
   wait 2>/dev/null || true
+  local pod
+  for pod in "${KT_PODS[@]}"; do ip netns del "$pod" 2>/dev/null || true; done
   ip netns del "$KT_NS_A" 2>/dev/null || true
   ip netns del "$KT_NS_B" 2>/dev/null || true
   if [[ -n $KT_WORK ]]; then
@@ -73,6 +79,58 @@ two_nodes_down() {
 }
 
 node_ns() { [[ $1 == a ]] && echo "$KT_NS_A" || echo "$KT_NS_B"; }
+pod_ns() { echo "$(node_ns "$1")-$2"; }  # NODE POD
+
+# A pod on node $1: its own network namespace behind a veth, with address
+# 10.77.<1|2>.$3 and fd77:<1|2>::$3, reachable from the other node.
+add_pod() {  # NODE POD HOST_NUMBER
+  local node=$1 pod=$2 host=$3 n=1 other=b gw=1
+  [[ $node == b ]] && n=2 other=a gw=2
+  local ns podns dev=p$2
+  ns=$(node_ns "$node")
+  podns=$(pod_ns "$node" "$pod")
+  ip netns add "$podns"
+  KT_PODS+=("$podns")
+  ip -n "$podns" link set lo up
+  ip link add "$dev" netns "$ns" type veth peer name eth0 netns "$podns"
+  # No duplicate address detection: addresses are usable at once.
+  ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$dev.accept_dad=0" net.ipv4.ip_forward=1 \
+    net.ipv6.conf.all.forwarding=1
+  ip netns exec "$podns" sysctl -qw net.ipv6.conf.eth0.accept_dad=0
+  ip -n "$ns" addr add "10.77.$n.254/32" dev "$dev"
+  ip -n "$ns" addr add fe80::1/64 dev "$dev" nodad
+  ip -n "$ns" link set "$dev" up
+  ip -n "$ns" route add "10.77.$n.$host/32" dev "$dev"
+  ip -n "$ns" route add "fd77:$n::$host/128" dev "$dev"
+  ip -n "$podns" addr add "10.77.$n.$host/32" dev eth0
+  ip -n "$podns" addr add "fd77:$n::$host/128" dev eth0 nodad
+  ip -n "$podns" link set eth0 up
+  ip -n "$podns" route add default via "10.77.$n.254" dev eth0 onlink
+  ip -n "$podns" route add default via fe80::1 dev eth0
+  # The other node reaches this node's pods through it.
+  ip -n "$(node_ns "$other")" route replace "10.77.$n.0/24" via "10.77.0.$gw"
+  ip -n "$(node_ns "$other")" route replace "fd77:$n::/64" via "fd77::$gw"
+}
+
+# Runs a command in pod $2 of node $1, in that node's cgroup $3, in the
+# background; its pid is appended to KT_PIDS.
+run_in_pod() {  # NODE POD CGROUP LOG CMD...
+  local node=$1 pod=$2 cg=$3 log=$4
+  shift 4
+  mkdir -p "$KT_CG/$node/$cg"
+  ip netns exec "$(pod_ns "$node" "$pod")" sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' \
+    sh "$KT_CG/$node/$cg" "$@" >"$log" 2>&1 &
+  KT_PIDS+=($!)
+}
+
+# The same in the foreground.
+exec_in_pod() {  # NODE POD CGROUP CMD...
+  local node=$1 pod=$2 cg=$3
+  shift 3
+  mkdir -p "$KT_CG/$node/$cg"
+  ip netns exec "$(pod_ns "$node" "$pod")" sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' \
+    sh "$KT_CG/$node/$cg" "$@"
+}
 
 # Runs a command on node $1 in cgroup $2 (created if missing), in the background;
 # its pid is appended to KT_PIDS and printed.
@@ -118,8 +176,8 @@ workloads:
 $2
 mesh:
   destinations:
-    - cidr: 10.77.0.0/24
-    - cidr: fd77::/64
+    - cidr: 10.77.0.0/16
+    - cidr: fd77::/16
 policy:
 $3
 agent:

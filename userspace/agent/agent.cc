@@ -257,9 +257,21 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     }
     ++slot;
   }
-  // Ports an earlier run enforced that this configuration does not.
-  if (auto removed = maps.KeepOnlyInboundPorts(enforced); !removed.ok()) return removed.status();
+  // The pods an earlier run served keep refusing until served again, and
+  // never reach a listener this run gives to another pod.
+  if (auto parked = maps.ParkExactInboundRules(KTRUST_PARKED_SLOT); !parked.ok()) {
+    return parked.status();
+  }
+  agent->pods_ = std::make_unique<PodNetworks>(
+      *agent->engine_, *agent->bpf_, agent->bpf_mu_,
+      PodNetworkSettings{settings.outbound_port, options.upstream_source6, slot,
+                         [self](int fd) { return self->Route(fd); }});
   if (auto st = agent->Apply(config); !st.ok()) return st;
+  // Ports an earlier run enforced that this configuration does not, once
+  // the pods found are served again (their rules kept refusing meanwhile).
+  std::vector<SocketAddress> in_pods = agent->pods_->enforced();
+  enforced.insert(enforced.end(), in_pods.begin(), in_pods.end());
+  if (auto removed = maps.KeepOnlyInboundPorts(enforced); !removed.ok()) return removed.status();
   if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
   {
     absl::MutexLock lock(&agent->bpf_mu_);
@@ -376,36 +388,21 @@ std::vector<BpfLoader::Attachment> Agent::bpf_attachments() const {
   return bpf_->attachments();
 }
 
-// A workload in a network namespace of its own (a pod) cannot be served
-// yet: the agent's listeners live in its own namespace. The sk_lookup guard
-// there makes the workload's enforced ports refuse connections instead of
-// delivering plaintext to it.
-void Agent::GuardWorkloadNetns(const RegisteredWorkload& r) {
+// The namespace of a cgroup's processes, when it is not the agent's own.
+std::optional<PodNetns> Agent::PodNetnsOf(const RegisteredWorkload& r) const {
   auto procs = ReadFile(absl::StrCat(cgroup_root_, "/", r.cgroup_path, "/cgroup.procs"));
-  if (!procs.ok() || procs->empty()) return;  // no process yet: the next rescan
+  if (!procs.ok() || procs->empty()) return std::nullopt;  // no process yet: the next pass
   std::string pid = procs->substr(0, procs->find('\n'));
   std::string netns = absl::StrCat("/proc/", pid, "/ns/net");
   struct stat st {};
-  if (stat(netns.c_str(), &st) != 0 || st.st_ino == own_netns_) return;
-  if (!guarded_netns_.insert(st.st_ino).second) return;
-  absl::Status attached;
-  {
-    absl::MutexLock lock(&bpf_mu_);
-    attached = bpf_->AttachPodNetns(netns);
-  }
-  LogEvent(attached.ok() ? spdlog::level::warn : spdlog::level::err,
-           {{"event", "workload_netns_guarded"},
-            {"cgroup", r.cgroup_path},
-            {"netns_inode", st.st_ino},
-            {"reason", attached.ok() ? "the workload runs in a network namespace of its own, which "
-                                       "ktrustd does not serve yet: its mesh connections and "
-                                       "connections to its enforced ports are refused"
-                                     : std::string(attached.message())}});
-  if (!attached.ok()) guarded_netns_.erase(st.st_ino);
+  if (stat(netns.c_str(), &st) != 0 || st.st_ino == own_netns_) return std::nullopt;
+  return PodNetns{st.st_ino, netns, {}};
 }
 
 void Agent::WatchTree(const std::string& dir) {
-  constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_ONLYDIR | IN_DONT_FOLLOW;
+  // IN_MODIFY: cgroup.events changes when a cgroup gains its first process,
+  // which may live in a pod's namespace that needs serving.
+  constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_ONLYDIR | IN_DONT_FOLLOW;
   if (inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask) < 0) return;
   std::error_code ec;
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -423,7 +420,9 @@ void Agent::WatchCgroups(absl::Duration timeout) {
     for (char* p = buf; p < buf + n;) {
       auto* event = reinterpret_cast<inotify_event*>(p);
       p += sizeof(inotify_event) + event->len;
-      changed |= (event->mask & (IN_ISDIR | IN_Q_OVERFLOW)) != 0;
+      changed |= (event->mask & (IN_ISDIR | IN_Q_OVERFLOW)) != 0 ||
+                 ((event->mask & IN_MODIFY) && event->len > 0 &&
+                  std::string_view(event->name) == "cgroup.events");
     }
   }
   if (!changed) return;
@@ -457,6 +456,7 @@ absl::Status Agent::Enroll(const Config& config) {
   }
   auto next = std::make_shared<Routing>();
   next->config = current;
+  std::map<uint64_t, PodNetns> pods;
   InterceptionMaps& maps = bpf_->maps();
   for (const RegisteredWorkload& r : *found) {
     const WorkloadConfig& w = config.workloads[r.workload_index];
@@ -472,6 +472,8 @@ absl::Status Agent::Enroll(const Config& config) {
       continue;
     }
     EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
+    std::optional<PodNetns> pod = PodNetnsOf(r);
+    if (pod) enrolled.pod_netns = pod->inode;
     next->enrolled.push_back(enrolled);
     if (w.mode == WorkloadMode::kOff) continue;
     auto identity = identities_->ProviderFor(r.id, w.name);
@@ -486,7 +488,12 @@ absl::Status Agent::Enroll(const Config& config) {
       identity = SvidProvider([] { return std::shared_ptr<const Svid>(); });
     }
     next->by_cgroup[r.cgroup_id] = {w.name, *identity};
-    GuardWorkloadNetns(r);
+    if (pod) {
+      auto& in_pod = pods[pod->inode];
+      if (in_pod.path.empty()) in_pod = *pod;
+      in_pod.workloads.push_back({w.name, r.id.ToString(), static_cast<uint32_t>(r.workload_index),
+                                  w.mode, w.ports, *identity});
+    }
     if (!w.ports.empty() && !next->serving.count(w.name)) next->serving[w.name] = *identity;
   }
   // Route first, then enrol: the kernel never redirects a connection the
@@ -522,7 +529,11 @@ absl::Status Agent::Enroll(const Config& config) {
   // Gone cgroups, and what an earlier run enrolled that this one does not.
   std::set<uint64_t> keep;
   for (const auto& [cgroup_id, workload] : next->by_cgroup) keep.insert(cgroup_id);
-  return maps.KeepOnlyEnrolledCgroups(keep).status();
+  if (auto st = maps.KeepOnlyEnrolledCgroups(keep).status(); !st.ok()) return st;
+  std::vector<PodNetns> wanted;
+  for (auto& [inode, pod] : pods) wanted.push_back(std::move(pod));
+  pods_->Reconcile(wanted);
+  return absl::OkStatus();
 }
 
 absl::Status Agent::Reload() {

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "ktrust/common/log.h"
 #include "ktrust/control/methods.h"
 #include "ktrust/control/metrics.h"
@@ -112,6 +113,8 @@ control::WorkloadListView Workloads(const Agent& agent) {
   control::WorkloadListView out;
   std::map<std::string, absl::Time> expiry;
   for (const auto& issued : agent.identities().Snapshot()) expiry[issued.id] = issued.not_after;
+  std::map<uint64_t, ServedPod> pods;
+  for (ServedPod& p : agent.pods()) pods[p.netns_inode] = std::move(p);
   for (const EnrolledWorkload& w : agent.workloads()) {
     control::WorkloadView v;
     v.name = w.name;
@@ -122,6 +125,15 @@ control::WorkloadListView Workloads(const Agent& agent) {
     v.ports = w.ports;
     auto it = expiry.find(v.spiffe_id);
     v.svid_expires_at = it == expiry.end() ? 0 : UnixSeconds(it->second);
+    if (w.pod_netns == 0) {
+      v.network = "node";
+    } else if (auto pod = pods.find(w.pod_netns); pod == pods.end()) {
+      v.network = "pod (not served yet)";
+    } else if (!pod->second.problem.empty()) {
+      v.network = absl::StrCat("pod (not served: ", pod->second.problem, ")");
+    } else {
+      v.network = absl::StrCat("pod ", absl::StrJoin(pod->second.addresses, ","));
+    }
     out.workloads.push_back(std::move(v));
   }
   return out;
@@ -205,8 +217,8 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
         : reason == "sk_lookup_no_listener"
             ? "enforced port and no ktrustd listener (agent down or restarting)"
         : reason == "sk_lookup_unserved_netns"
-            ? "enforced port of a workload in a network namespace ktrustd does not serve yet "
-              "(a pod): refused"
+            ? "enforced port of a pod that has no ktrustd listener (agent down or restarting, "
+              "or the pod not served: see ktrust workloads)"
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }
@@ -321,6 +333,12 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
   }
   m.Gauge("ktrust_workloads", "Registered workload cgroups", {},
           static_cast<double>(agent.workloads().size()));
+  double served = 0, unserved = 0;
+  for (const ServedPod& pod : agent.pods()) (pod.problem.empty() ? served : unserved) += 1;
+  m.Gauge("ktrust_pod_namespaces", "Pod network namespaces of enrolled workloads, by state",
+          {{"state", "served"}}, served);
+  m.Gauge("ktrust_pod_namespaces", "Pod network namespaces of enrolled workloads, by state",
+          {{"state", "unserved"}}, unserved);
   return m.Finish();
 }
 

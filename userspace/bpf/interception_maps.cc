@@ -247,6 +247,27 @@ absl::StatusOr<size_t> InterceptionMaps::KeepOnlyInboundPorts(
   return Prune(fds_.inbound, sizeof(ktrust_inbound_key), keys, "ktrust_inbound");
 }
 
+absl::StatusOr<size_t> InterceptionMaps::ParkExactInboundRules(uint32_t slot) {
+  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
+  auto keys = Keys(fds_.inbound, sizeof(ktrust_inbound_key), "ktrust_inbound");
+  if (!keys.ok()) return keys.status();
+  size_t parked = 0;
+  for (const std::string& bytes : *keys) {
+    ktrust_inbound_key key{};
+    std::memcpy(&key, bytes.data(), sizeof(key));
+    static constexpr uint8_t kWildcard[16] = {};
+    if (std::memcmp(key.addr, kWildcard, sizeof(kWildcard)) == 0) continue;
+    ktrust_inbound_value value{};
+    if (bpf_map_lookup_elem(fds_.inbound, &key, &value) != 0) continue;  // gone meanwhile
+    value.listener = slot;
+    if (bpf_map_update_elem(fds_.inbound, &key, &value, BPF_EXIST) != 0 && errno != ENOENT) {
+      return MapError(errno, "parking an exact inbound rule");
+    }
+    ++parked;
+  }
+  return parked;
+}
+
 absl::Status InterceptionMaps::UnenrollCgroup(uint64_t cgroup_id) {
   return Check(bpf_map_delete_elem(fds_.cgroups, &cgroup_id),
                absl::StrCat("unenrolling cgroup ", cgroup_id));

@@ -191,9 +191,10 @@ std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads,
       svid = left >= 0 ? absl::StrCat("expires in ", HumanAge(left))
                        : absl::StrCat("expired ", HumanAge(-left), " ago");
     }
-    rows.push_back({w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid});
+    rows.push_back(
+        {w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid, w.network});
   }
-  return RenderTable({"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID"}, rows);
+  return RenderTable({"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID", "NETWORK"}, rows);
 }
 
 std::string RenderPolicyCheck(const control::PolicyCheckParams& query,

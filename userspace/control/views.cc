@@ -53,7 +53,7 @@ void Get(const json& j, const char* key, T& value) {
   F(wire_peer) F(tls_version) F(cipher) F(data_path) F(state) F(bytes_to_wire) \
   F(bytes_from_wire) F(age_seconds)
 #define WORKLOAD_FIELDS(F) \
-  F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at)
+  F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at) F(network)
 #define POLICY_CHECK_FIELDS(F) F(allowed) F(reason) F(rule)
 #define DENIAL_FIELDS(F) \
   F(time) F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) \

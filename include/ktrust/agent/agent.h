@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ktrust/agent/pod_networks.h"
 #include "ktrust/agent/workload_identities.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
@@ -35,6 +36,7 @@ struct EnrolledWorkload {
   std::string name;
   WorkloadMode mode = WorkloadMode::kEnforce;
   std::vector<uint16_t> ports;
+  uint64_t pod_netns = 0;  // the inode of its pod's network namespace; 0: the agent's
 };
 
 struct ReloadState {
@@ -81,6 +83,7 @@ class Agent {
   std::shared_ptr<const Config> config() const;
   std::shared_ptr<const PolicyAuthorizer> policy() const;
   std::vector<EnrolledWorkload> workloads() const;
+  std::vector<ServedPod> pods() const { return pods_->served(); }
   ReloadState reload_state() const;
   const WorkloadIdentities& identities() const { return *identities_; }
   absl::Time started() const { return started_; }
@@ -95,7 +98,7 @@ class Agent {
   absl::Status Apply(std::shared_ptr<const Config> config);
   absl::Status Enroll(const Config& config);
   void WatchTree(const std::string& dir);
-  void GuardWorkloadNetns(const RegisteredWorkload& r);
+  std::optional<PodNetns> PodNetnsOf(const RegisteredWorkload& r) const;
   absl::StatusOr<OutboundRoute> Route(int app_fd) const;
 
   absl::Time started_;
@@ -108,10 +111,10 @@ class Agent {
   UniqueFd cgroup_events_;  // inotify on every directory under cgroup_root_
   absl::Mutex enroll_mu_;   // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
-  uint64_t own_netns_ = 0;      // inode of the agent's network namespace
-  uint64_t own_cgroup_ = 0;     // the agent's cgroup id, never enrolled
-  mutable absl::Mutex bpf_mu_;  // BpfLoader is not thread-safe: attach vs status
-  std::set<uint64_t> guarded_netns_ ABSL_GUARDED_BY(enroll_mu_);
+  uint64_t own_netns_ = 0;             // inode of the agent's network namespace
+  uint64_t own_cgroup_ = 0;            // the agent's cgroup id, never enrolled
+  mutable absl::Mutex bpf_mu_;         // BpfLoader is not thread-safe: attach vs status
+  std::unique_ptr<PodNetworks> pods_;  // Reconcile: under enroll_mu_
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);

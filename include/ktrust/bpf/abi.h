@@ -39,6 +39,9 @@
  * s + this offset: sk_lookup cannot give an IPv6 connection to an AF_INET
  * socket, and the kernel makes a socket bound to ::1 IPv6-only. */
 #define KTRUST_INBOUND_V6_SLOT_OFFSET KTRUST_MAX_INBOUND_LISTENERS
+/* Never given a listener: rules pointing here refuse (enforce) or pass
+ * (permissive), as with any empty slot. */
+#define KTRUST_PARKED_SLOT (KTRUST_MAX_INBOUND_LISTENERS - 1)
 #define KTRUST_EVENT_RING_BYTES (256 * 1024)
 
 /* Port rules a mesh prefix carries; the first matching rule wins. */

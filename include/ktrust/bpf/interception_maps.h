@@ -119,6 +119,10 @@ class InterceptionMaps {
   absl::Status AddInboundPort(const SocketAddress& local, EnforcementMode mode,
                               uint32_t listener_slot, uint32_t workload);
   absl::Status RemoveInboundPort(const SocketAddress& local);
+  // Points every exact-address rule (the pods') at `slot`, which the caller
+  // never fills: a restarted agent's pod rules still name the slots of the
+  // run before, which this run may give to another pod's listener.
+  absl::StatusOr<size_t> ParkExactInboundRules(uint32_t slot);
   // Puts a listening TCP socket in a slot (below
   // KTRUST_MAX_INBOUND_LISTENERS): an AF_INET socket takes the slot's IPv4
   // connections, an AF_INET6 one its IPv6 connections. The kernel drops it

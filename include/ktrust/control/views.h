@@ -98,6 +98,9 @@ struct WorkloadView {
   std::string mode;  // "enforce" or "permissive"
   std::vector<uint16_t> ports;
   int64_t svid_expires_at = 0;  // 0: no SVID issued yet
+  // "node" (the agent's network namespace), "pod <its addresses>", or
+  // "pod (not served: <why>)".
+  std::string network;
 };
 
 // Method "policy.check".

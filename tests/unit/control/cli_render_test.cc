@@ -128,19 +128,20 @@ TEST(RenderConnections, OneRowPerConnection) {
 }
 
 TEST(RenderWorkloads, OneRowPerWorkload) {
-  WorkloadView web{"web",      "system.slice/web.service",
-                   1234,       "spiffe://example.org/web",
-                   "enforce",  {80, 443},
-                   kNow + 2700};
+  WorkloadView web{"web",       "system.slice/web.service",
+                   1234,        "spiffe://example.org/web",
+                   "enforce",   {80, 443},
+                   kNow + 2700, "pod 10.1.2.3"};
   WorkloadView batch{
-      "batch", "system.slice/batch.service", 99, "spiffe://example.org/batch", "permissive", {}, 0};
+      "batch", "system.slice/batch.service", 99, "spiffe://example.org/batch", "permissive", {}, 0,
+      "node"};
   EXPECT_EQ(RenderWorkloads({web, batch}, Now()),
             "NAME   SPIFFE ID                   MODE        PORTS   CGROUP                      "
-            "SVID\n"
+            "SVID               NETWORK\n"
             "web    spiffe://example.org/web    enforce     80,443  system.slice/web.service    "
-            "expires in 45m00s\n"
+            "expires in 45m00s  pod 10.1.2.3\n"
             "batch  spiffe://example.org/batch  permissive  -       system.slice/batch.service  "
-            "-\n");
+            "-                  node\n");
   EXPECT_EQ(RenderWorkloads({}, Now()), "no workloads\n");
 }
 

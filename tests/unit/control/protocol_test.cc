@@ -196,10 +196,12 @@ TEST(Views, RoundTripThroughJson) {
                           "spiffe://td/web",
                           "enforce",
                           {80, 443},
-                          1700000000}}};
+                          1700000000,
+                          "pod 10.244.1.7"}}};
   auto list_back = ViewFromJson<WorkloadListView>(json(list));
   ASSERT_TRUE(list_back.ok()) << list_back.status();
   EXPECT_EQ(list_back->workloads.at(0).ports, (std::vector<uint16_t>{80, 443}));
+  EXPECT_EQ(list_back->workloads.at(0).network, "pod 10.244.1.7");
 }
 
 TEST(Views, MissingFieldsTakeDefaultsAndMistypedFieldsAreNamed) {

@@ -1,0 +1,118 @@
+// Workloads in network namespaces of their own: pods, the DaemonSet case.
+//
+// A socket belongs to the namespace it was made in, so the agent's
+// listeners in its own namespace cannot serve a pod. For each pod namespace
+// the agent opens, inside it: the outbound listener pair where connect4/6
+// redirect the pod's mesh connections (same address and port as on the
+// node), and an inbound listener pair per serving workload. The pod variant
+// of sk_lookup, attached to the namespace, steers the pod's enforced
+// (pod address, port) pairs to them. The engine makes each connection's
+// other socket in the pod's namespace too, so wire connections leave from
+// the pod's address and deliveries reach the pod's application.
+//
+// Fail closed: the enforced rules and the program are in place before the
+// listeners, so an enforced port refuses until it is served, and refuses
+// again when the agent is gone.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/common/socket_address.h"
+#include "ktrust/config/config.h"
+#include "ktrust/dataplane/engine.h"
+
+namespace ktrust {
+
+// An enrolled cgroup whose processes live in a pod's namespace.
+struct PodWorkload {
+  std::string name;
+  std::string id;  // its SPIFFE ID
+  uint32_t workload_index = 0;
+  WorkloadMode mode = WorkloadMode::kEnforce;
+  std::vector<uint16_t> ports;  // enforced; empty for a client-only workload
+  SvidProvider identity;
+
+  bool operator==(const PodWorkload& o) const {
+    return name == o.name && id == o.id && workload_index == o.workload_index && mode == o.mode &&
+           ports == o.ports;
+  }
+};
+
+// A pod namespace as the agent found it: by one of its processes, and the
+// enrolled workloads living there.
+struct PodNetns {
+  uint64_t inode = 0;
+  std::string path;  // /proc/<pid>/ns/net
+  std::vector<PodWorkload> workloads;
+};
+
+// What `ktrust workloads` and the logs show of a served pod.
+struct ServedPod {
+  uint64_t netns_inode = 0;
+  std::vector<std::string> addresses;
+  std::vector<std::string> workloads;
+  std::string problem;  // why it is not (fully) served; empty when it is
+};
+
+struct PodNetworkSettings {
+  uint16_t outbound_port = 0;
+  // Put on the pod's loopback: the source of deliveries to its applications
+  // over IPv6, which its sk_lookup lets through.
+  std::optional<SocketAddress> upstream_source6;
+  // Listener slots [first_slot, KTRUST_MAX_INBOUND_LISTENERS) are the pods'.
+  uint32_t first_slot = 0;
+  std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
+};
+
+class PodNetworks {
+ public:
+  // bpf_mu serializes the loader with the agent's other users of it.
+  PodNetworks(Engine& engine, BpfLoader& bpf, absl::Mutex& bpf_mu, PodNetworkSettings settings)
+      : engine_(engine), bpf_(bpf), bpf_mu_(bpf_mu), settings_(std::move(settings)) {}
+  // Releases nothing: the pods' rules and programs stay, so their enforced
+  // ports refuse until an agent serves them again.
+
+  // Serves each namespace in `wanted` not served yet (or whose workloads
+  // changed) and releases those no longer wanted: a pod whose processes
+  // are gone. Called with every enrolment pass, from one thread at a time.
+  void Reconcile(const std::vector<PodNetns>& wanted);
+
+  // The enforced (pod address, port) rules of the served pods: what a
+  // restarted agent keeps of the pinned inbound rules.
+  std::vector<SocketAddress> enforced() const;
+  std::vector<ServedPod> served() const;
+
+ private:
+  struct Served {
+    std::vector<PodWorkload> workloads;
+    std::optional<uint64_t> listeners;  // the engine's handle
+    std::vector<uint32_t> slots;
+    std::vector<SocketAddress> rules;
+    ServedPod view;
+  };
+  // Nothing when the namespace could not be opened (its process is gone):
+  // the next pass finds it again, through another process or not at all.
+  std::optional<Served> Serve(const PodNetns& pod);
+  // successor: what replaces `served` in the same namespace, whose rules
+  // and program stay.
+  void Release(uint64_t inode, const Served& served, const Served* successor);
+  std::optional<uint32_t> AllocateSlot();
+
+  Engine& engine_;
+  BpfLoader& bpf_;
+  absl::Mutex& bpf_mu_;
+  PodNetworkSettings settings_;
+  std::set<uint32_t> used_slots_;
+  mutable absl::Mutex mu_;  // served_, for readers on other threads
+  std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ktrust
