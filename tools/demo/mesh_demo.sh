@@ -4,6 +4,8 @@
 # node). An unmodified curl on node a reaches an unmodified python3
 # http.server on node b; neither knows ktrust exists. Then a workload the
 # server's policy does not allow is refused, and `ktrust denials` says why.
+# Last, a replica of the api starts in a pod (a network namespace of its
+# own, as on Kubernetes) and is served from inside it.
 # Everything it creates (namespaces, cgroups, bpffs mounts, files) is removed
 # when it exits. Needs root.
 #   usage: tools/demo/mesh_demo.sh /path/to/ktrust /path/to/ktrustd
@@ -36,7 +38,7 @@ write_config a '
   []'
 write_config b '
   - name: api
-    cgroup: api
+    cgroup: api*
     spiffe_id: spiffe://{trust_domain}/{node}/api
     ports: [8080]' '
   - to: api
@@ -91,4 +93,18 @@ show "$ktrust" --socket "$work/b/control.sock" denials
 show "$ktrust" --socket "$work/b/control.sock" policy check --from spiffe://example.org/node-a/batch \
   --to api --port 8080 || true
 
-say "Done: the request crossed the nodes with both SPIFFE IDs; the refused one never reached http.server"
+say "A replica of api starts in a pod on node b: its own network namespace, address 10.77.2.2"
+add_pod b api-pod 2
+mkdir -p "$work/www-pod"
+echo "hello from the api's pod on node b, over mutual TLS" >"$work/www-pod/index.txt"
+run_in_pod b api-pod api-2 "$work/pod-http.log" \
+  python3 -u -m http.server --bind 0.0.0.0 --directory "$work/www-pod" 8080
+wait_for "$work/pod-http.log" "Serving HTTP" || die "the pod's http.server did not start"
+wait_for "$work/b/agent.log" '"event":"pod_netns_served"' || die "node b did not serve the pod"
+out=$(exec_in a frontend curl -sS --max-time 10 http://10.77.2.2:8080/index.txt) ||
+  die "curl to the pod failed"
+echo "$out"
+[[ $out == "hello from the api's pod"* ]] || die "unexpected answer: $out"
+show "$ktrust" --socket "$work/b/control.sock" workloads
+
+say "Done: the requests crossed the nodes with both SPIFFE IDs, to a pod too; the refused one never reached http.server"
