@@ -6,8 +6,8 @@
 #   node a: curl (cgroup "client", node namespace)            -> ktrustd a
 #           pod c1 (10.77.1.2): curl as "pod-client" and as "intruder"
 #           curl (cgroup "bystander", not enrolled)
-#   node b: pods w1 (10.77.2.2) and w2 (10.77.2.3), replicas of workload
-#           "web" (python3 http.server :8080, each with its own file)   <- ktrustd b
+#   node b: pods w1 (10.77.2.2), w2 (10.77.2.3) and later w3 (10.77.2.4),
+#           replicas of workload "web" (python3 http.server :8080)   <- ktrustd b
 #
 # Asserts what an operator would check: each replica is reached through its
 # own listeners, from the node and from a pod, over IPv4 and IPv6; the pod
@@ -31,7 +31,7 @@ two_nodes_up "$work" "$ktrust"
 add_pod a c1 2
 add_pod b w1 2
 add_pod b w2 3
-mkdir -p "$KT_CG"/a/{client,pod-client,intruder,bystander} "$KT_CG"/b/{web-1,web-2}
+mkdir -p "$KT_CG"/a/{client,pod-client,intruder,bystander} "$KT_CG"/b/{web-1,web-2,web-3}
 
 write_config a '
   - name: client
@@ -170,6 +170,20 @@ wait_for "$work/b/agent.log" "\"event\":\"pod_netns_released\".*\"netns_inode\":
 check "its sk_lookup link is unpinned" \
   sh -c "! ls '$work/b/bpffs/ktrust/links' | grep -q 'netns-$w2_inode-'"
 check "pod w1 is still served" test "$(from_node http://10.77.2.2:8080/secret.txt)" = "$marker1"
+
+echo "# a pod whose address comes after its first process (the CNI's order)"
+add_pod_netns b w3
+run_in_pod b w3 web-3 "$work/w3.log" python3 -u -m http.server --bind :: --directory "$work/www2" 8080
+wait_for "$work/w3.log" "Serving HTTP"
+wait_for "$work/b/agent.log" '"event":"pod_netns_served","netns_inode":[0-9]*,"addresses":""'
+add_pod b w3 4
+wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.4'
+check "node a's client reaches pod w3 once it has its address" \
+  test "$(from_node http://10.77.2.4:8080/secret.txt)" = "$marker2"
+out=$(get exec_in a bystander curl -sS --max-time 10 http://10.77.2.4:8080/secret.txt)
+check "and a plaintext client gets nothing from it" lacks "$marker2" "$out"
+check "pod w3's application saw only the agent's request" \
+  test "$(grep -c 'GET /secret.txt' "$work/w3.log" || true)" = 1
 
 echo "# agent b killed: the pods' enforced ports refuse"
 agent_b=$(pgrep -f "ktrustd run --config $work/b/ktrustd.yaml")

@@ -81,17 +81,26 @@ two_nodes_down() {
 node_ns() { [[ $1 == a ]] && echo "$KT_NS_A" || echo "$KT_NS_B"; }
 pod_ns() { echo "$(node_ns "$1")-$2"; }  # NODE POD
 
+# A pod's network namespace, with only its loopback: what a container
+# runtime creates before the CNI plugin gives it an address (add_pod).
+add_pod_netns() {  # NODE POD
+  local podns
+  podns=$(pod_ns "$1" "$2")
+  ip netns add "$podns"
+  KT_PODS+=("$podns")
+  ip -n "$podns" link set lo up
+}
+
 # A pod on node $1: its own network namespace behind a veth, with address
-# 10.77.<1|2>.$3 and fd77:<1|2>::$3, reachable from the other node.
+# 10.77.<1|2>.$3 and fd77:<1|2>::$3, reachable from the other node. The
+# namespace is made unless add_pod_netns made it already.
 add_pod() {  # NODE POD HOST_NUMBER
   local node=$1 pod=$2 host=$3 n=1 other=b gw=1
   [[ $node == b ]] && n=2 other=a gw=2
   local ns podns dev=p$2
   ns=$(node_ns "$node")
   podns=$(pod_ns "$node" "$pod")
-  ip netns add "$podns"
-  KT_PODS+=("$podns")
-  ip -n "$podns" link set lo up
+  [[ -e /run/netns/$podns ]] || add_pod_netns "$node" "$pod"
   ip link add "$dev" netns "$ns" type veth peer name eth0 netns "$podns"
   # No duplicate address detection: addresses are usable at once.
   ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$dev.accept_dad=0" net.ipv4.ip_forward=1 \

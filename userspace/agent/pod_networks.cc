@@ -110,6 +110,13 @@ absl::Status AddLoopbackAddress6(const in6_addr& addr) {
   return absl::OkStatus();
 }
 
+bool HasAddresses(const std::string& netns_path) {
+  UniqueFd netns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!netns.valid()) return false;
+  auto addresses = PodAddresses(netns.get());
+  return addresses.ok() && !addresses->empty();
+}
+
 absl::StatusOr<SocketAddress> AddressWithPort(const std::string& ip, uint16_t port) {
   bool v6 = ip.find(':') != std::string::npos;
   return SocketAddress::Parse(v6 ? absl::StrCat("[", ip, "]:", port) : absl::StrCat(ip, ":", port));
@@ -146,6 +153,9 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   auto addresses = PodAddresses(netns.get());
   if (!addresses.ok()) return problem(std::string(addresses.status().message()));
   served.view.addresses = *addresses;
+  bool serves_ports = false;
+  for (const PodWorkload& w : pod.workloads) serves_ports |= !w.ports.empty();
+  served.awaiting_addresses = serves_ports && addresses->empty();
   bool has_ip6 = false;
   for (const std::string& a : *addresses) has_ip6 |= a.find(':') != std::string::npos;
 
@@ -273,11 +283,17 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
   for (const auto& [inode, served] : gone) Release(inode, served, nullptr);
 
   for (const PodNetns& pod : wanted) {
+    bool awaiting_addresses = false;
     {
       absl::MutexLock lock(&mu_);
       auto it = served_.find(pod.inode);
-      if (it != served_.end() && it->second.workloads == pod.workloads) continue;
+      if (it != served_.end() && it->second.workloads == pod.workloads) {
+        if (!it->second.awaiting_addresses) continue;
+        awaiting_addresses = true;
+      }
     }
+    // Served again once the addresses have come, not on every pass.
+    if (awaiting_addresses && !HasAddresses(pod.path)) continue;
     auto next = Serve(pod);
     if (!next) continue;
     std::optional<Served> before;

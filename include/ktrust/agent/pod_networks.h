@@ -96,6 +96,9 @@ class PodNetworks {
     std::optional<uint64_t> listeners;  // the engine's handle
     std::vector<uint32_t> slots;
     std::vector<SocketAddress> rules;
+    // It serves ports but the pod had no address yet: a CNI plugin may
+    // configure the namespace after its first process started.
+    bool awaiting_addresses = false;
     ServedPod view;
   };
   // Nothing when the namespace could not be opened (its process is gone):
