@@ -1,7 +1,8 @@
 // cgroup/connect4 and cgroup/connect6: an enrolled workload's TCP connection
 // to the mesh is rewritten to the agent's outbound listener in the caller's
 // network namespace, after its original destination is recorded by socket
-// cookie. Other protocols to the mesh are refused in enforce mode.
+// cookie. Other protocols to the mesh are refused in enforce mode. A cgroup
+// the agent has not classified yet is refused whatever would be redirected.
 #include "lib/sock_addr.h"
 
 // Stores where the application was going; sockops re-keys it by 4-tuple.
@@ -52,13 +53,13 @@ static __always_inline void ktrust_rewrite(struct bpf_sock_addr* ctx,
 static __always_inline int ktrust_connect(struct bpf_sock_addr* ctx, bool v6) {
   __u64 cgroup_id = bpf_get_current_cgroup_id();
   const struct ktrust_cgroup_value* enrolled = ktrust_enrolled(cgroup_id);
-  if (!enrolled) return KTRUST_SYSCALL_ALLOW;
+  if (enrolled && enrolled->mode == KTRUST_MODE_NOT_ENROLLED) return KTRUST_SYSCALL_ALLOW;
 
   struct ktrust_flow flow = {};
   ktrust_flow_from_ctx(ctx, v6, &flow);
   const struct ktrust_config* settings = ktrust_settings();
   struct ktrust_decision decision;
-  ktrust_decide_connect(&flow, enrolled, settings, &decision);
+  ktrust_decide(&flow, enrolled, settings, cgroup_id, &decision);
 
   // settings is non-NULL whenever the verdict is redirect.
   if (decision.verdict == KTRUST_VERDICT_REDIRECT && settings) {

@@ -7,7 +7,8 @@
 #include "lib/addr.h"
 #include "lib/maps.h"
 
-// The only lookup a workload that is not enrolled pays.
+// How the agent classified a cgroup: NULL when it has not (yet). The only
+// lookup a classified cgroup that is not enrolled pays.
 static __always_inline const struct ktrust_cgroup_value* ktrust_enrolled(__u64 cgroup_id) {
   return bpf_map_lookup_elem(&ktrust_cgroups, &cgroup_id);
 }
@@ -43,8 +44,9 @@ static __always_inline void ktrust_set(struct ktrust_decision* out, __u32 verdic
   out->event = event;
 }
 
-// connect() or sendmsg() by a workload. enrolled is NULL for a cgroup that is
-// not enrolled; settings may be NULL (treated as "agent not configured").
+// connect() or sendmsg() by a workload. enrolled is NULL, or says
+// KTRUST_MODE_NOT_ENROLLED, for a cgroup that is not enrolled; settings may
+// be NULL (treated as "agent not configured").
 static __always_inline void ktrust_decide_connect(const struct ktrust_flow* flow,
                                                   const struct ktrust_cgroup_value* enrolled,
                                                   const struct ktrust_config* settings,
@@ -52,7 +54,7 @@ static __always_inline void ktrust_decide_connect(const struct ktrust_flow* flow
   out->workload = 0;
   out->mode = 0;
   ktrust_set(out, KTRUST_VERDICT_PASS, KTRUST_REASON_MAX, 0);
-  if (!enrolled) return;
+  if (!enrolled || enrolled->mode == KTRUST_MODE_NOT_ENROLLED) return;
 
   // Anything but an explicit permissive is enforce: a zeroed entry fails closed.
   bool enforce = enrolled->mode != KTRUST_MODE_PERMISSIVE;
@@ -98,6 +100,24 @@ static __always_inline void ktrust_decide_connect(const struct ktrust_flow* flow
   }
   ktrust_set(out, KTRUST_VERDICT_REDIRECT, KTRUST_REASON_CONNECT_REDIRECTED,
              KTRUST_EVENT_REDIRECTED);
+}
+
+// connect() or sendmsg() by a cgroup the agent has not classified: it may be
+// a workload created a moment ago, so whatever an enforce-mode workload could
+// not send in plaintext is refused, and the rest passes uncounted, as for a
+// cgroup that is not enrolled. The caller refuses only under a watched cgroup.
+static __always_inline void ktrust_decide_unclassified(const struct ktrust_flow* flow,
+                                                       const struct ktrust_config* settings,
+                                                       struct ktrust_decision* out) {
+  const struct ktrust_cgroup_value as_enforced = {.mode = KTRUST_MODE_ENFORCE};
+  ktrust_decide_connect(flow, &as_enforced, settings, out);
+  out->workload = 0;
+  out->mode = 0;
+  if (out->verdict == KTRUST_VERDICT_PASS) {
+    ktrust_set(out, KTRUST_VERDICT_PASS, KTRUST_REASON_MAX, 0);
+    return;
+  }
+  ktrust_set(out, KTRUST_VERDICT_DENY, KTRUST_REASON_CONNECT_UNCLASSIFIED, KTRUST_EVENT_DENIED);
 }
 
 // The enforced-port rule for a local (address, port): the exact address

@@ -21,7 +21,8 @@ typedef struct {
 } ktrust_mesh_map;
 KTRUST_MAP(ktrust_mesh_map, ktrust_mesh);
 
-// Enrolled cgroups: cgroup v2 id -> mode and workload.
+// Cgroups the agent has classified: cgroup v2 id -> mode and workload
+// (KTRUST_MODE_NOT_ENROLLED for those it leaves alone).
 typedef struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, KTRUST_MAX_ENROLLED_CGROUPS);
@@ -29,6 +30,16 @@ typedef struct {
   __type(value, struct ktrust_cgroup_value);
 } ktrust_cgroups_map;
 KTRUST_MAP(ktrust_cgroups_map, ktrust_cgroups);
+
+// The cgroups under which the agent classifies every new cgroup (its cgroup
+// root): cgroup v2 id -> 0. A descendant missing from ktrust_cgroups is new.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_WATCHED_CGROUPS);
+  __type(key, __u64);
+  __type(value, __u32);
+} ktrust_watched_map;
+KTRUST_MAP(ktrust_watched_map, ktrust_watched);
 
 // The agent's runtime settings, one entry.
 typedef struct {

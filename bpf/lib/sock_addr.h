@@ -19,6 +19,36 @@ static __always_inline void ktrust_flow_from_ctx(struct bpf_sock_addr* ctx, bool
   flow->mark = sk ? sk->mark : 0;
 }
 
+// Whether a strict ancestor of the current cgroup is watched by the agent,
+// which classifies every cgroup below it: one missing from ktrust_cgroups is
+// then new and not classified yet. Level 0 is the hierarchy's root.
+static __always_inline bool ktrust_under_watched(__u64 cgroup_id) {
+  for (int level = 0; level < KTRUST_MAX_CGROUP_DEPTH; level++) {
+    __u64 ancestor = bpf_get_current_ancestor_cgroup_id(level);
+    if (ancestor == 0 || ancestor == cgroup_id) return false;
+    if (bpf_map_lookup_elem(&ktrust_watched, &ancestor)) return true;
+  }
+  return false;
+}
+
+// The decision for a connect() or sendmsg(): by the cgroup's enrolment, or,
+// for a cgroup the agent has not classified, refusing what would reach the
+// mesh in plaintext when it was created under a watched cgroup.
+static __always_inline void ktrust_decide(const struct ktrust_flow* flow,
+                                          const struct ktrust_cgroup_value* enrolled,
+                                          const struct ktrust_config* settings, __u64 cgroup_id,
+                                          struct ktrust_decision* decision) {
+  if (enrolled) {
+    ktrust_decide_connect(flow, enrolled, settings, decision);
+    return;
+  }
+  ktrust_decide_unclassified(flow, settings, decision);
+  // The walk only for what would be refused: the rest never pays it.
+  if (decision->verdict == KTRUST_VERDICT_DENY && !ktrust_under_watched(cgroup_id)) {
+    ktrust_set(decision, KTRUST_VERDICT_PASS, KTRUST_REASON_MAX, 0);
+  }
+}
+
 // Counts the decision and, when it has one, reports its event.
 static __always_inline void ktrust_account(struct bpf_sock_addr* ctx,
                                            const struct ktrust_flow* flow,

@@ -1,8 +1,9 @@
 // Outbound interception with real processes in real cgroups: a child in an
 // enrolled cgroup connects to a mesh destination on loopback and lands on a
 // stand-in for the agent's outbound listener; a child in a sibling cgroup
-// that is not enrolled reaches the destination itself. The programs are
-// attached to the test's own parent cgroup only.
+// that is not enrolled reaches the destination itself; one created under a
+// watched cgroup and not classified yet is refused for the mesh. The
+// programs are attached to the test's own parent cgroup only.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <fcntl.h>
@@ -58,6 +59,7 @@ SocketAddress PeerOf(const ConnectReport& report) {
 struct ConnectFrom {
   std::string netns_path;  // empty: the test's own
   std::optional<SocketAddress> address;
+  uint32_t mark = 0;  // SO_MARK; 0: none
 };
 
 // Connects, reports, then holds the connection until the parent signals.
@@ -70,6 +72,9 @@ CgroupChild::Body ConnectAndHold(SocketAddress to, ConnectFrom from = {}) {
     }
     int fd = socket(to.family(), SOCK_STREAM, 0);
     if (from.address && bind(fd, from.address->get(), from.address->size()) != 0) return 4;
+    if (from.mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &from.mark, sizeof(from.mark)) != 0) {
+      return 5;
+    }
     report.error = connect(fd, to.get(), to.size()) == 0 ? 0 : errno;
     report.peer_len = sizeof(report.peer);
     if (report.error == 0)
@@ -408,10 +413,8 @@ CgroupChild::Body SendDatagrams(SocketAddress mesh, SocketAddress bypass, Socket
   };
 }
 
-TEST_F(CgroupRedirectTest, UdpToTheMeshIsDeniedInEnforceModeExceptBypassPorts) {
-  SocketAddress bypass = Address("127.77.0.1:53");
-  SocketAddress outside = Address("127.0.0.1:9");
-  auto child = Start(*enrolled_, SendDatagrams(server_address_, bypass, outside));
+// Waits for a SendDatagrams child: those to the mesh refused, the others sent.
+void ExpectOnlyMeshDatagramsRefused(CgroupChild* child) {
   ASSERT_NE(child, nullptr);
   UdpReport report;
   ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
@@ -420,6 +423,13 @@ TEST_F(CgroupRedirectTest, UdpToTheMeshIsDeniedInEnforceModeExceptBypassPorts) {
   EXPECT_EQ(report.sendto_bypass, 0) << std::strerror(report.sendto_bypass);
   EXPECT_EQ(report.sendto_outside, 0) << std::strerror(report.sendto_outside);
   EXPECT_EQ(*child->Wait(), 0);
+}
+
+TEST_F(CgroupRedirectTest, UdpToTheMeshIsDeniedInEnforceModeExceptBypassPorts) {
+  SocketAddress bypass = Address("127.77.0.1:53");
+  SocketAddress outside = Address("127.0.0.1:9");
+  ExpectOnlyMeshDatagramsRefused(
+      Start(*enrolled_, SendDatagrams(server_address_, bypass, outside)).get());
 
   EXPECT_EQ(Counter(KTRUST_REASON_UDP_DENIED), 2u);
   EXPECT_EQ(Counter(KTRUST_REASON_UDP_BYPASS_RULE), 1u);
@@ -438,11 +448,99 @@ TEST_F(CgroupRedirectTest, UdpToTheMeshIsDeniedInEnforceModeExceptBypassPorts) {
   ASSERT_TRUE(maps().EnrollCgroup(enrolled_->id(), EnforcementMode::kPermissive, kWorkload).ok());
   auto permissive = Start(*enrolled_, SendDatagrams(server_address_, bypass, outside));
   ASSERT_NE(permissive, nullptr);
+  UdpReport report;
   ASSERT_TRUE(permissive->ReadFrom(&report, sizeof(report)).ok());
   EXPECT_EQ(report.sendto_mesh, 0);
   EXPECT_EQ(report.connect_mesh, 0);
   EXPECT_EQ(*permissive->Wait(), 0);
   EXPECT_EQ(Counter(KTRUST_REASON_UDP_PERMISSIVE), 2u);
+}
+
+// A cgroup created under the watched one and not classified by the agent
+// yet: it may be a workload the agent is about to enrol, so what would be
+// redirected or refused for one is refused, until the agent classifies it.
+class UnclassifiedCgroupTest : public CgroupRedirectTest {
+ protected:
+  void SetUp() override {
+    CgroupRedirectTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_TRUE(maps().WatchOnlyCgroups({parent_->id()}).ok());
+    auto fresh = TestCgroup::Create("fresh", parent_.get());
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    fresh_ = std::move(*fresh);
+  }
+
+  // Connects from the fresh cgroup and reports connect()'s errno.
+  int ConnectFromFresh(const SocketAddress& to, ConnectFrom from = {}) {
+    auto child = Start(*fresh_, ConnectAndHold(to, from));
+    EXPECT_NE(child, nullptr);
+    if (child == nullptr) return -1;
+    ConnectReport report;
+    EXPECT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+    Finish(*child);
+    return report.error;
+  }
+
+  std::unique_ptr<TestCgroup> fresh_;
+};
+
+TEST_F(UnclassifiedCgroupTest, ItsConnectToTheMeshIsRefusedUntilTheAgentClassifiesIt) {
+  EXPECT_EQ(ConnectFromFresh(server_address_), EPERM);
+  EXPECT_FALSE(HasPendingConnection(server_.get())) << "plaintext reached the destination";
+  EXPECT_FALSE(HasPendingConnection(agent_.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_UNCLASSIFIED), 1u);
+  ASSERT_TRUE(reader_->Drain().ok());
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(EventTypeName(events_[0].type), "denied");
+  EXPECT_EQ(ReasonName(events_[0].reason), "connect_unclassified");
+  EXPECT_EQ(events_[0].cgroup_id, fresh_->id());
+  EXPECT_EQ(events_[0].destination.ToString(), server_address_.ToString());
+
+  // Classified as not a workload: left alone from then on.
+  ASSERT_TRUE(maps().MarkCgroupNotEnrolled(fresh_->id()).ok());
+  EXPECT_EQ(ConnectFromFresh(server_address_), 0);
+  EXPECT_TRUE(AcceptWithin(server_.get(), absl::Seconds(5)).valid());
+  EXPECT_FALSE(HasPendingConnection(agent_.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_UNCLASSIFIED), 1u);
+}
+
+TEST_F(UnclassifiedCgroupTest, ItsConnectOutsideTheMeshPassesUncounted) {
+  UniqueFd other = ListenTcp(Address("127.0.0.1:0"));
+  EXPECT_EQ(ConnectFromFresh(*SocketAddress::LocalOf(other.get())), 0);
+  EXPECT_TRUE(AcceptWithin(other.get(), absl::Seconds(5)).valid());
+  auto counters = maps().Counters();
+  ASSERT_TRUE(counters.ok());
+  for (uint64_t c : *counters) EXPECT_EQ(c, 0u);
+}
+
+TEST_F(UnclassifiedCgroupTest, TheAgentsOwnSocketsAreNeverRefused) {
+  constexpr uint32_t kAgentMark = 0x6b74;
+  ASSERT_TRUE(maps()
+                  .Configure({.outbound_port = SocketAddress::LocalOf(agent_.get())->port(),
+                              .agent_mark = kAgentMark})
+                  .ok());
+  ConnectFrom the_agent;
+  the_agent.mark = kAgentMark;
+  EXPECT_EQ(ConnectFromFresh(server_address_, the_agent), 0);
+  EXPECT_TRUE(AcceptWithin(server_.get(), absl::Seconds(5)).valid());
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_UNCLASSIFIED), 0u);
+}
+
+TEST_F(UnclassifiedCgroupTest, ItsUdpToTheMeshIsRefusedExceptBypassPorts) {
+  ExpectOnlyMeshDatagramsRefused(
+      Start(*fresh_,
+            SendDatagrams(server_address_, Address("127.77.0.1:53"), Address("127.0.0.1:9")))
+          .get());
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_UNCLASSIFIED), 2u);
+}
+
+// Only below a watched cgroup: the watched one itself, or a cgroup with no
+// watched ancestor, is not new to anyone.
+TEST_F(UnclassifiedCgroupTest, NothingIsRefusedOnceNoAncestorIsWatched) {
+  ASSERT_TRUE(maps().WatchOnlyCgroups({}).ok());
+  EXPECT_EQ(ConnectFromFresh(server_address_), 0);
+  EXPECT_TRUE(AcceptWithin(server_.get(), absl::Seconds(5)).valid());
+  EXPECT_EQ(Counter(KTRUST_REASON_CONNECT_UNCLASSIFIED), 0u);
 }
 
 // Opens n redirected connections, reports, and closes them all when told.

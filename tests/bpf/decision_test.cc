@@ -25,6 +25,7 @@ constexpr uint64_t kEnforced = 1001;
 constexpr uint64_t kPermissive = 1002;
 constexpr uint64_t kZeroMode = 1003;  // an entry with mode 0
 constexpr uint64_t kNotEnrolled = 1004;
+constexpr uint64_t kClassifiedNotEnrolled = 1005;
 constexpr uint32_t kIpprotoMptcp = 262;
 constexpr uint32_t kAgentMark = 0x6b74;
 
@@ -70,6 +71,7 @@ class DecisionTest : public ::testing::Test {
                     .ok());
     ASSERT_TRUE(maps.EnrollCgroup(kEnforced, EnforcementMode::kEnforce, 7).ok());
     ASSERT_TRUE(maps.EnrollCgroup(kPermissive, EnforcementMode::kPermissive, 8).ok());
+    ASSERT_TRUE(maps.MarkCgroupNotEnrolled(kClassifiedNotEnrolled).ok());
     auto cgroups_fd = loader_->map_fd("ktrust_cgroups");
     ASSERT_TRUE(cgroups_fd.ok());
     ktrust_cgroup_value zeroed{.mode = 0, .workload = 9};
@@ -114,6 +116,14 @@ void ExpectDecision(const ktrust_decision& d, uint32_t verdict, uint32_t reason,
 
 TEST_F(DecisionTest, NotEnrolledIsLeftAloneAndNotCounted) {
   ExpectDecision(Decide(kNotEnrolled, "10.0.0.1:80"), KTRUST_VERDICT_PASS, KTRUST_REASON_MAX, 0);
+}
+
+// An entry that only says "classified" is no enrolment, not even enforce.
+TEST_F(DecisionTest, ClassifiedNotEnrolledIsLeftAloneAndNotCounted) {
+  ExpectDecision(Decide(kClassifiedNotEnrolled, "10.0.0.1:80"), KTRUST_VERDICT_PASS,
+                 KTRUST_REASON_MAX, 0);
+  ExpectDecision(Decide(kClassifiedNotEnrolled, "10.0.0.1:80", IPPROTO_UDP), KTRUST_VERDICT_PASS,
+                 KTRUST_REASON_MAX, 0);
 }
 
 TEST_F(DecisionTest, EnrolledTcpToAMeshPortIsRedirected) {

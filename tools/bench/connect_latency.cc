@@ -12,8 +12,8 @@
 // order, so slow drift cancels. "enrolled" is enrolled in the maps, and
 // 127.0.0.1 is outside the mesh (10.96.0.0/12): connect4 does the enrolment
 // lookup, the settings lookup and the trie lookup and lets it pass. "plain"
-// is not enrolled: one hash lookup. The CONNECT_NOT_MESH counter must grow by
-// exactly N per attached enrolled batch and no counter may move for the plain
+// is classified as not enrolled, as the agent leaves it: one hash lookup. The CONNECT_NOT_MESH
+// counter must grow by exactly N per attached enrolled batch and no counter may move for the plain
 // one, so "attached" is checked to mean attached.
 //
 //   connect_latency [--rounds R] [--connects N] [--warmup W] [--cpu C] [--json FILE]
@@ -301,9 +301,11 @@ absl::Status MakeCgroup(Environment& env, const std::string& path) {
 }
 
 // Attached: a fresh loader, configured like an agent with one mesh range,
-// "enrolled" enrolled, the programs on the subtree's parent. Detached: its
-// links and maps gone, as after `ktrustd --uninstall`.
-absl::Status Attach(Environment& env, uint16_t agent_port, uint64_t enrolled_id,
+// "enrolled" enrolled, "plain" classified as not enrolled and the parent
+// watched (as the agent leaves every other cgroup under its root), the
+// programs on the subtree's parent. Detached: its links and maps gone, as
+// after `ktrustd --uninstall`.
+absl::Status Attach(Environment& env, uint16_t agent_port, uint64_t enrolled_id, uint64_t plain_id,
                     const std::vector<std::string>& only) {
   auto loader = BpfLoader::Create({.pin_dir = env.pin_dir()});
   if (!loader.ok()) return loader.status();
@@ -316,6 +318,10 @@ absl::Status Attach(Environment& env, uint16_t agent_port, uint64_t enrolled_id,
     return st;
   }
   if (auto st = maps.EnrollCgroup(enrolled_id, EnforcementMode::kEnforce, 1); !st.ok()) return st;
+  if (auto st = maps.MarkCgroupNotEnrolled(plain_id); !st.ok()) return st;
+  auto root_id = CgroupIdOf(env.cgroup_root);
+  if (!root_id.ok()) return root_id.status();
+  if (auto st = maps.WatchOnlyCgroups({*root_id}); !st.ok()) return st;
   if (auto st = env.loader->AttachCgroup(env.cgroup_root); !st.ok()) return st;
   if (only.empty()) return absl::OkStatus();
   // --only: detach the other links (pinned as links/cgroup-<id>-<program>).
@@ -471,6 +477,8 @@ int Run(const Options& opt) {
   }
   auto enrolled_id = CgroupIdOf(enrolled_path);
   if (!enrolled_id.ok()) return fail("cgroup id", enrolled_id.status());
+  auto plain_id = CgroupIdOf(plain_path);
+  if (!plain_id.ok()) return fail("cgroup id", plain_id.status());
 
   uint16_t port = 0, agent_port = 0;
   UniqueFd listener = Listen(&port);
@@ -519,7 +527,8 @@ int Run(const Options& opt) {
     for (State state : order) {
       if (g_stop) return fail("interrupted", absl::CancelledError("signal"));
       int64_t t0 = NowNs();
-      auto st = state == kAttached ? Attach(env, agent_port, *enrolled_id, opt.only) : Detach(env);
+      auto st = state == kAttached ? Attach(env, agent_port, *enrolled_id, *plain_id, opt.only)
+                                   : Detach(env);
       if (!st.ok()) return fail(state == kAttached ? "attaching" : "detaching", st);
       if (state == kAttached) {
         attach_ns += NowNs() - t0;

@@ -267,6 +267,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
       PodNetworkSettings{settings.outbound_port, options.upstream_source6, slot,
                          [self](int fd) { return self->Route(fd); }});
   if (auto st = agent->Apply(config); !st.ok()) return st;
+  // Every cgroup under the root is classified now: from here on one without
+  // an entry is new, and refused for the mesh until Enroll sees it.
+  auto root_id = CgroupIdOf(agent->cgroup_root_);
+  if (!root_id.ok()) return root_id.status();
+  if (auto st = maps.WatchOnlyCgroups({*root_id}); !st.ok()) return st;
   // Ports an earlier run enforced that this configuration does not, once
   // the pods found are served again (their rules kept refusing meanwhile).
   std::vector<SocketAddress> in_pods = agent->pods_->enforced();
@@ -436,7 +441,8 @@ void Agent::WatchCgroups(absl::Duration timeout) {
 absl::Status Agent::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
   std::vector<std::string> problems;
-  auto found = ScanCgroups(config, cgroup_root_, &problems);
+  std::set<uint64_t> every_cgroup;
+  auto found = ScanCgroups(config, cgroup_root_, &problems, &every_cgroup);
   if (!found.ok()) return found.status();
   // Rescans repeat every second: say each problem once, when it appears.
   std::set<std::string> now(problems.begin(), problems.end());
@@ -526,14 +532,25 @@ absl::Status Agent::Enroll(const Config& config) {
         spdlog::level::info,
         {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
   }
+  // Every other cgroup (the agent's own, `mode: off` workloads', the rest)
+  // is classified as left alone: under the watched root, a cgroup with no
+  // entry is one created since, refused for the mesh until the next pass. One
+  // that cannot be written stays refused; the others still go in.
+  absl::Status classified;
+  for (uint64_t cgroup_id : every_cgroup) {
+    if (next->by_cgroup.count(cgroup_id)) continue;
+    if (auto st = maps.MarkCgroupNotEnrolled(cgroup_id); !st.ok() && classified.ok()) {
+      classified = st;
+    }
+  }
   // Gone cgroups, and what an earlier run enrolled that this one does not.
-  std::set<uint64_t> keep;
+  std::set<uint64_t> keep = every_cgroup;
   for (const auto& [cgroup_id, workload] : next->by_cgroup) keep.insert(cgroup_id);
   if (auto st = maps.KeepOnlyEnrolledCgroups(keep).status(); !st.ok()) return st;
   std::vector<PodNetns> wanted;
   for (auto& [inode, pod] : pods) wanted.push_back(std::move(pod));
   pods_->Reconcile(wanted);
-  return absl::OkStatus();
+  return classified;
 }
 
 absl::Status Agent::Reload() {

@@ -219,6 +219,8 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
         : reason == "sk_lookup_unserved_netns"
             ? "enforced port of a pod that has no ktrustd listener (agent down or restarting, "
               "or the pod not served: see ktrust workloads)"
+        : reason == "connect_unclassified"
+            ? "a new cgroup the agent had not classified yet: refused until it is (a moment)"
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }

@@ -104,6 +104,7 @@ BpfLoader::BpfLoader(BpfLoaderOptions options, KernelFeatures features,
       maps_(InterceptionMaps::Fds{
           .mesh = bpf_map__fd(skeleton_->maps.ktrust_mesh),
           .cgroups = bpf_map__fd(skeleton_->maps.ktrust_cgroups),
+          .watched = bpf_map__fd(skeleton_->maps.ktrust_watched),
           .config = bpf_map__fd(skeleton_->maps.ktrust_config),
           .orig_by_cookie = bpf_map__fd(skeleton_->maps.ktrust_orig_ck),
           .orig_by_tuple = bpf_map__fd(skeleton_->maps.ktrust_orig_tp),

@@ -48,6 +48,8 @@ absl::string_view ReasonName(uint32_t reason) {
       return "sk_lookup_assign_failed";
     case KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS:
       return "sk_lookup_unserved_netns";
+    case KTRUST_REASON_CONNECT_UNCLASSIFIED:
+      return "connect_unclassified";
     case KTRUST_REASON_EVENTS_LOST:
       return "events_lost";
     default:

@@ -223,6 +223,26 @@ absl::Status InterceptionMaps::EnrollCgroup(uint64_t cgroup_id, EnforcementMode 
                absl::StrCat("enrolling cgroup ", cgroup_id));
 }
 
+absl::Status InterceptionMaps::MarkCgroupNotEnrolled(uint64_t cgroup_id) {
+  ktrust_cgroup_value value{.mode = KTRUST_MODE_NOT_ENROLLED, .workload = 0};
+  return Check(bpf_map_update_elem(fds_.cgroups, &cgroup_id, &value, BPF_ANY),
+               absl::StrCat("classifying cgroup ", cgroup_id, " as not enrolled"));
+}
+
+absl::Status InterceptionMaps::WatchOnlyCgroups(const std::set<uint64_t>& roots) {
+  std::set<std::string> keys;
+  for (uint64_t id : roots) {
+    uint32_t unused = 0;
+    if (auto st = Check(bpf_map_update_elem(fds_.watched, &id, &unused, BPF_ANY),
+                        absl::StrCat("watching cgroup ", id, " (ktrust_watched)"));
+        !st.ok()) {
+      return st;
+    }
+    keys.insert(Bytes(id));
+  }
+  return Prune(fds_.watched, sizeof(uint64_t), keys, "ktrust_watched").status();
+}
+
 absl::StatusOr<size_t> InterceptionMaps::KeepOnlyMeshDestinations(
     const std::vector<IpPrefix>& keep) {
   std::set<std::string> keys;

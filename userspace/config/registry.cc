@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <set>
 #include <system_error>
 
 #include "absl/strings/match.h"
@@ -141,8 +142,18 @@ namespace {
 
 class CgroupWalker {
  public:
-  CgroupWalker(const Config& config, std::vector<std::string>* problems)
-      : config_(config), problems_(problems) {}
+  CgroupWalker(const Config& config, std::vector<std::string>* problems,
+               std::set<uint64_t>* every_cgroup)
+      : config_(config), problems_(problems), every_cgroup_(every_cgroup) {}
+
+  // Its id into every_cgroup, when that is wanted.
+  void Record(const std::filesystem::path& dir) {
+    struct stat st {};
+    // A cgroup gone meanwhile needs no id.
+    if (every_cgroup_ != nullptr && ::lstat(dir.c_str(), &st) == 0) {
+      every_cgroup_->insert(static_cast<uint64_t>(st.st_ino));
+    }
+  }
 
   void Walk(const std::filesystem::path& dir, const std::string& relative, int depth) {
     if (depth > kMaxCgroupDepth) {
@@ -173,6 +184,7 @@ class CgroupWalker {
     std::sort(children.begin(), children.end());
     for (const std::string& child : children) {
       std::string child_relative = relative.empty() ? child : absl::StrCat(relative, "/", child);
+      Record(dir / child);
       Visit(dir / child, child_relative);
       Walk(dir / child, child_relative, depth + 1);
     }
@@ -212,6 +224,7 @@ class CgroupWalker {
 
   const Config& config_;
   std::vector<std::string>* problems_;
+  std::set<uint64_t>* every_cgroup_;
   std::vector<RegisteredWorkload> found_;
 };
 
@@ -219,7 +232,8 @@ class CgroupWalker {
 
 absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config,
                                                             const std::string& cgroup_root,
-                                                            std::vector<std::string>* problems) {
+                                                            std::vector<std::string>* problems,
+                                                            std::set<uint64_t>* every_cgroup) {
   struct stat st {};
   if (::stat(cgroup_root.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("cgroup root ", cgroup_root, ": ", ErrnoText(errno)));
@@ -234,7 +248,8 @@ absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config
     return absl::PermissionDeniedError(
         absl::StrCat("cgroup root ", cgroup_root, ": cannot list: ", ec.message()));
   }
-  CgroupWalker walker(config, problems);
+  CgroupWalker walker(config, problems, every_cgroup);
+  walker.Record(cgroup_root);
   walker.Walk(cgroup_root, "", 0);
   return walker.Take();
 }

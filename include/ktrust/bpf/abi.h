@@ -30,7 +30,14 @@
 
 /* Map capacities. */
 #define KTRUST_MAX_MESH_PREFIXES 16384
+/* ktrust_cgroups holds every cgroup under the agent's cgroup root, enrolled
+ * or only classified. */
 #define KTRUST_MAX_ENROLLED_CGROUPS 65536
+/* ktrust_watched: the cgroup roots the agent classifies. */
+#define KTRUST_MAX_WATCHED_CGROUPS 64
+/* Levels of the cgroup hierarchy searched for a watched ancestor; a watched
+ * cgroup deeper than this protects nothing. */
+#define KTRUST_MAX_CGROUP_DEPTH 16
 #define KTRUST_MAX_TRACKED_CONNECTIONS 262144
 #define KTRUST_MAX_INBOUND_PORTS 16384
 /* Listener slots: the host's, plus those of every pod network namespace served. */
@@ -57,6 +64,9 @@ enum ktrust_mode {
   /* 0 is not a mode: a zeroed value is treated as enforce (fail closed). */
   KTRUST_MODE_ENFORCE = 1,    /* no plaintext: failures refuse the connection */
   KTRUST_MODE_PERMISSIVE = 2, /* the operator accepts plaintext when interception can't work */
+  /* classified by the agent and not enrolled (no workload, `mode: off`, the
+   * agent itself): left alone, after the one lookup that finds this */
+  KTRUST_MODE_NOT_ENROLLED = 3,
 };
 
 /* ktrust_mesh: LPM trie key. prefixlen counts bits of addr; an IPv4 /8 is
@@ -79,7 +89,9 @@ struct ktrust_mesh_value {
   struct ktrust_port_rule rules[KTRUST_MESH_RULES_PER_PREFIX];
 };
 
-/* ktrust_cgroups: key is the cgroup v2 id (bpf_get_current_cgroup_id). */
+/* ktrust_cgroups: key is the cgroup v2 id (bpf_get_current_cgroup_id). A
+ * cgroup with no entry under a ktrust_watched cgroup is one the agent has not
+ * classified yet: refused for mesh destinations until it is. */
 struct ktrust_cgroup_value {
   __u32 mode;     /* enum ktrust_mode */
   __u32 workload; /* the agent's workload index, carried into records and events */
@@ -164,7 +176,10 @@ enum ktrust_reason {
   KTRUST_REASON_EVENTS_LOST = 18,             /* ring buffer full */
   /* enforced port of a pod the agent has no listener for (yet, or any more): refused */
   KTRUST_REASON_SK_LOOKUP_UNSERVED_NETNS = 19,
-  KTRUST_REASON_MAX = 20,
+  /* to the mesh from a cgroup created under a watched cgroup that the agent
+   * has not classified yet: refused until it is */
+  KTRUST_REASON_CONNECT_UNCLASSIFIED = 20,
+  KTRUST_REASON_MAX = 21,
 };
 
 enum ktrust_event_type {

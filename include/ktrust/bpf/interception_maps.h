@@ -70,6 +70,7 @@ class InterceptionMaps {
   struct Fds {
     int mesh = -1;
     int cgroups = -1;
+    int watched = -1;
     int config = -1;
     int orig_by_cookie = -1;
     int orig_by_tuple = -1;
@@ -100,7 +101,16 @@ class InterceptionMaps {
 
   // Processes in exactly this cgroup (not its children) are intercepted.
   absl::Status EnrollCgroup(uint64_t cgroup_id, EnforcementMode mode, uint32_t workload);
+  // Classified and left alone: a cgroup that is no workload's (or a `mode:
+  // off` one's) under a watched cgroup. Kept by KeepOnlyEnrolledCgroups like
+  // an enrolment.
+  absl::Status MarkCgroupNotEnrolled(uint64_t cgroup_id);
   absl::Status UnenrollCgroup(uint64_t cgroup_id);
+  // The cgroups under which every cgroup is classified (enrolled or
+  // MarkCgroupNotEnrolled): a descendant with neither is new, and refused
+  // for mesh destinations until it is classified. Only these stay watched.
+  // Only set once every existing descendant is classified.
+  absl::Status WatchOnlyCgroups(const std::set<uint64_t>& roots);
 
   // netns_cookie: the accepted socket's network namespace (SO_NETNS_COOKIE);
   // app: its peer; listener: its local address. NotFound when the

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,10 @@ struct RegisteredWorkload {
 // workload in configuration order. Sorted by path. A subtree that cannot be
 // read and a cgroup whose name makes an invalid SPIFFE ID are skipped, and
 // said so in `problems` when given; only an unreadable root is an error.
+// every_cgroup, when given, receives the id of every cgroup found, the root
+// included, workload or not.
 absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(
     const Config& config, const std::string& cgroup_root,
-    std::vector<std::string>* problems = nullptr);
+    std::vector<std::string>* problems = nullptr, std::set<uint64_t>* every_cgroup = nullptr);
 
 }  // namespace ktrust

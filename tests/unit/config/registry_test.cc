@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace ktrust {
 namespace {
@@ -222,6 +223,25 @@ TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
   // skipped and said so, not given to a later workload.
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_THAT(problems[0], HasSubstr("cgroup system.slice/user@1000.service (workload services)"));
+}
+
+// The agent classifies every cgroup, workload or not, so that one missing
+// from its map is known to be new.
+TEST_F(ScanCgroupsTest, GivesTheIdOfEveryCgroupWhenAsked) {
+  std::set<uint64_t> every_cgroup;
+  auto found = ScanCgroups(MakeConfig(), root_.string(), nullptr, &every_cgroup);
+  ASSERT_TRUE(found.ok()) << found.status();
+  std::set<uint64_t> expected = {InodeOf(root_)};
+  for (const char* dir :
+       {"system.slice", "system.slice/nginx.service", "system.slice/batch-a.service",
+        "system.slice/batch-b.service", "system.slice/batch-b.service/worker",
+        "system.slice/sshd.service", "system.slice/user@1000.service", "kubepods.slice",
+        "kubepods.slice/pod-1", "kubepods.slice/pod-1/cri-containerd-abc.scope", "elsewhere",
+        "elsewhere/target.service"}) {
+    expected.insert(InodeOf(root_ / dir));
+  }
+  // Not the symlink's target again, nor the file.
+  EXPECT_EQ(every_cgroup, expected);
 }
 
 TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkipped) {
