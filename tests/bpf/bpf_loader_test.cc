@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -87,6 +88,7 @@ TEST_F(BpfLoaderTest, LoadsAndAttachesEveryHookOnThisKernel) {
   auto loader = NewLoader();
   ASSERT_NE(loader, nullptr);
   ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
 
   for (bpf_attach_type type : kCgroupHooks) {
@@ -106,7 +108,9 @@ TEST_F(BpfLoaderTest, AttachingAgainAttachesNothingTwice) {
   auto loader = NewLoader();
   ASSERT_NE(loader, nullptr);
   ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
   ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
   EXPECT_EQ(loader->attachments().size(), 8u);
@@ -183,6 +187,7 @@ TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {
   auto first = NewLoader();
   ASSERT_NE(first, nullptr);
   ASSERT_TRUE(first->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(first->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(first->AttachNetns(netns_->path()).ok());
   ASSERT_TRUE(first->maps().EnrollCgroup(cgroup_->id(), EnforcementMode::kEnforce, 42).ok());
   first.reset();  // the agent process is gone
@@ -201,6 +206,7 @@ TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {
   EXPECT_EQ(value.workload, 42u);
 
   ASSERT_TRUE(second->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(second->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(second->AttachNetns(netns_->path()).ok());
   ASSERT_EQ(second->attachments().size(), 8u);
   for (const auto& attachment : second->attachments()) {
@@ -219,6 +225,7 @@ TEST_F(BpfLoaderTest, UninstallDetachesEverythingAndRemovesThePins) {
   auto loader = NewLoader();
   ASSERT_NE(loader, nullptr);
   ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
 
   ASSERT_TRUE(loader->Uninstall().ok());
@@ -232,6 +239,7 @@ TEST_F(BpfLoaderTest, UninstallWorksFromAFreshProcessWithNothingLoaded) {
   auto loader = NewLoader();
   ASSERT_NE(loader, nullptr);
   ASSERT_TRUE(loader->AttachCgroup(cgroup_->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops(cgroup_->path()).ok());
   ASSERT_TRUE(loader->AttachNetns(netns_->path()).ok());
   loader.reset();
 
@@ -241,6 +249,34 @@ TEST_F(BpfLoaderTest, UninstallWorksFromAFreshProcessWithNothingLoaded) {
   EXPECT_FALSE(std::filesystem::exists(bpffs_->pin_dir()));
   // Nothing left to remove is not an error.
   EXPECT_TRUE(BpfLoader::UninstallPinned(bpffs_->pin_dir()).ok());
+}
+
+TEST_F(BpfLoaderTest, TheSockopsLinkOfAGoneCgroupIsUnpinnedOnceTheKernelFreesIt) {
+  auto loader = NewLoader();
+  ASSERT_NE(loader, nullptr);
+  auto child = TestCgroup::Create("sockops-child", cgroup_.get());
+  ASSERT_TRUE(child.ok()) << child.status();
+  uint64_t id = (*child)->id();
+  ASSERT_TRUE(loader->AttachSockops((*child)->path()).ok());
+  ASSERT_TRUE(loader->AttachSockops((*child)->path()).ok());  // once
+  ASSERT_EQ(loader->attachments().size(), 1u);
+  std::string pin = loader->attachments()[0].pin_path;
+  EXPECT_THAT(pin, ::testing::EndsWith(absl::StrCat("/cgroup-", id, "-sockops")));
+  EXPECT_EQ(*loader->PruneDetachedLinks(), 0u) << "its cgroup is alive";
+  EXPECT_TRUE(std::filesystem::exists(pin));
+
+  (*child).reset();  // rmdir
+  // The kernel frees the cgroup, and detaches its links, a moment later.
+  size_t pruned = 0;
+  for (int i = 0; i < 500 && pruned == 0; ++i) {
+    auto n = loader->PruneDetachedLinks();
+    ASSERT_TRUE(n.ok()) << n.status();
+    pruned = *n;
+    if (pruned == 0) usleep(10 * 1000);
+  }
+  EXPECT_EQ(pruned, 1u);
+  EXPECT_FALSE(std::filesystem::exists(pin));
+  EXPECT_TRUE(loader->attachments().empty());
 }
 
 TEST_F(BpfLoaderTest, APodNamespaceGetsThePodProgramOnceAndReleasingItDetachesOnlyThat) {

@@ -108,6 +108,8 @@ class CgroupRedirectTest : public ::testing::Test {
     ASSERT_TRUE(loader.ok()) << loader.status();
     loader_ = std::move(*loader);
     ASSERT_TRUE(loader_->AttachCgroup(parent_->path()).ok());
+    // As the agent does: sockops only where workloads are enrolled.
+    ASSERT_TRUE(loader_->AttachSockops(enrolled_->path()).ok());
 
     // The agent's stand-in, and the destination it stands between.
     agent_ = ListenTcp(Address("127.0.0.1:0"));

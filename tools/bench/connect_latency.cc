@@ -323,6 +323,8 @@ absl::Status Attach(Environment& env, uint16_t agent_port, uint64_t enrolled_id,
   if (!root_id.ok()) return root_id.status();
   if (auto st = maps.WatchOnlyCgroups({*root_id}); !st.ok()) return st;
   if (auto st = env.loader->AttachCgroup(env.cgroup_root); !st.ok()) return st;
+  // As the agent does: sockops only on the enrolled cgroup.
+  if (auto st = env.loader->AttachSockops(env.cgroup_root + "/enrolled"); !st.ok()) return st;
   if (only.empty()) return absl::OkStatus();
   // --only: detach the other links (pinned as links/cgroup-<id>-<program>).
   const std::string links = env.pin_dir() + "/links";

@@ -514,6 +514,18 @@ absl::Status Agent::Enroll(const Config& config) {
       if (x.registered.cgroup_id == cgroup_id) e = &x;
     }
     bool known = before->by_cgroup.count(cgroup_id) > 0;
+    // sockops before the enrolment: a connection redirected without it could
+    // not be found by the agent (refused, but needlessly).
+    absl::Status sockops;
+    {
+      absl::MutexLock lock(&bpf_mu_);
+      sockops = bpf_->AttachSockops(absl::StrCat(cgroup_root_, "/", e->registered.cgroup_path));
+    }
+    if (!sockops.ok()) {
+      LogEvent(spdlog::level::err, {{"event", "sockops_attach_failed"},
+                                    {"cgroup", e->registered.cgroup_path},
+                                    {"reason", sockops.message()}});
+    }
     if (auto st = maps.EnrollCgroup(cgroup_id, KernelMode(e->mode),
                                     static_cast<uint32_t>(e->registered.workload_index));
         !st.ok())
@@ -637,6 +649,16 @@ void Agent::Maintain(absl::Time now) {
   std::shared_ptr<const Config> config = this->config();
   if (auto st = Enroll(*config); !st.ok()) {
     LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
+  }
+  // The pins of links the kernel detached: gone cgroups' sockops, gone pods.
+  absl::StatusOr<size_t> pruned;
+  {
+    absl::MutexLock lock(&bpf_mu_);
+    pruned = bpf_->PruneDetachedLinks();
+  }
+  if (!pruned.ok()) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "link_prune_failed"}, {"reason", pruned.status().message()}});
   }
 }
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/bpf/libbpf_log.h"
 #include "ktrust/common/files.h"
@@ -33,8 +34,8 @@ constexpr CgroupProgram kCgroupPrograms[] = {
     {"sendmsg6", BpfProgram::kSendmsg6, BPF_CGROUP_UDP6_SENDMSG},
     {"getpeername4", BpfProgram::kGetpeername4, BPF_CGROUP_INET4_GETPEERNAME},
     {"getpeername6", BpfProgram::kGetpeername6, BPF_CGROUP_INET6_GETPEERNAME},
-    {"sockops", BpfProgram::kSockops, BPF_CGROUP_SOCK_OPS},
 };
+constexpr CgroupProgram kSockopsProgram = {"sockops", BpfProgram::kSockops, BPF_CGROUP_SOCK_OPS};
 
 // Pin names of the two sk_lookup variants' links.
 constexpr absl::string_view kHostNetnsLink = "sk_lookup";
@@ -242,18 +243,55 @@ absl::Status BpfLoader::AttachOrAdopt(BpfProgram which, const std::string& pin_p
   return absl::OkStatus();
 }
 
-absl::Status BpfLoader::AttachCgroup(absl::string_view cgroup_dir) {
+absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, bool sockops) {
+  absl::Span<const CgroupProgram> programs =
+      sockops ? absl::Span<const CgroupProgram>(&kSockopsProgram, 1) : kCgroupPrograms;
   std::string path(cgroup_dir);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
   auto id = CgroupIdOf(path);
   if (!id.ok()) return id.status();
-  for (const CgroupProgram& p : kCgroupPrograms) {
-    std::string pin = absl::StrCat(LinksDir(options_.pin_dir), "/cgroup-", *id, "-", p.name);
+  for (const CgroupProgram& p : programs) {
     LinkTarget target{.link_type = BPF_LINK_TYPE_CGROUP, .attach_type = p.attach_type, .id = *id};
-    if (auto st = AttachOrAdopt(p.program, pin, target, fd.get()); !st.ok()) return st;
+    if (auto st = AttachOrAdopt(p.program, CgroupPinPath(*id, p.name), target, fd.get());
+        !st.ok()) {
+      return st;
+    }
   }
   return absl::OkStatus();
+}
+
+absl::Status BpfLoader::AttachCgroup(absl::string_view cgroup_dir) {
+  return AttachToCgroup(cgroup_dir, /*sockops=*/false);
+}
+
+absl::Status BpfLoader::AttachSockops(absl::string_view cgroup_dir) {
+  return AttachToCgroup(cgroup_dir, /*sockops=*/true);
+}
+
+absl::StatusOr<size_t> BpfLoader::PruneDetachedLinks() {
+  std::vector<std::string> defunct;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(LinksDir(options_.pin_dir), ec)) {
+    UniqueFd fd(bpf_obj_get(entry.path().c_str()));
+    bpf_link_info info{};
+    uint32_t info_len = sizeof(info);
+    if (!fd.valid() || bpf_obj_get_info_by_fd(fd.get(), &info, &info_len) != 0) continue;
+    // The kernel detaches a link when its cgroup is freed (after the last
+    // socket made in it) or its namespace is, and then reports target 0.
+    bool gone = (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id == 0) ||
+                (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino == 0);
+    if (gone) defunct.push_back(entry.path().string());
+  }
+  if (ec) return absl::InternalError(absl::StrCat("listing the pinned links: ", ec.message()));
+  for (const std::string& pin : defunct) {
+    if (auto st = ReleaseLink(pin); !st.ok()) return st;
+  }
+  return defunct.size();
+}
+
+std::string BpfLoader::CgroupPinPath(uint64_t cgroup_id, absl::string_view name) const {
+  return absl::StrCat(LinksDir(options_.pin_dir), "/cgroup-", cgroup_id, "-", name);
 }
 
 absl::Status BpfLoader::AttachNetns(absl::string_view netns_path) {
@@ -265,9 +303,10 @@ absl::Status BpfLoader::AttachPodNetns(absl::string_view netns_path) {
 }
 
 absl::Status BpfLoader::ReleasePodNetns(uint64_t netns_inode) {
-  std::string pin = NetnsPinPath(netns_inode, kPodNetnsLink);
-  // Detached through the pin, which also covers a link an earlier run
-  // pinned and this one never adopted.
+  return ReleaseLink(NetnsPinPath(netns_inode, kPodNetnsLink));
+}
+
+absl::Status BpfLoader::ReleaseLink(const std::string& pin) {
   bool pinned = PathExists(pin);
   if (pinned) {
     if (auto st = DetachPinnedLink(pin); !st.ok()) return st;

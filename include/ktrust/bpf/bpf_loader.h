@@ -58,11 +58,21 @@ class BpfLoader {
   BpfLoader(const BpfLoader&) = delete;
   BpfLoader& operator=(const BpfLoader&) = delete;
 
-  // Attaches the cgroup programs (connect4/6, sendmsg4/6, getpeername4/6,
-  // sockops) to a cgroup v2 directory; they apply to its whole subtree, and
-  // act on the cgroups enrolled in maps(). Idempotent, and adopts links an
-  // earlier run pinned for the same cgroup.
+  // Attaches the cgroup programs (connect4/6, sendmsg4/6, getpeername4/6)
+  // to a cgroup v2 directory; they apply to its whole subtree, and act on
+  // the cgroups enrolled in maps(). Idempotent, and adopts links an earlier
+  // run pinned for the same cgroup.
   absl::Status AttachCgroup(absl::string_view cgroup_dir);
+  // Attaches sockops, which re-keys and cleans up the redirected
+  // connections, to one enrolled cgroup (or a parent of several). Not at
+  // the root: there every socket of every cgroup would run it, and it is
+  // most of what interception adds to a connect() that is not intercepted
+  // (docs/performance.md). Idempotent and adopting, as above.
+  absl::Status AttachSockops(absl::string_view cgroup_dir);
+  // Unpins the links whose cgroup or network namespace the kernel has
+  // freed, which detached them: a sockops link lives as long as its cgroup
+  // and so sees the close of every socket made there. Returns how many.
+  absl::StatusOr<size_t> PruneDetachedLinks();
   // Attaches sk_lookup to a network namespace (/proc/<pid>/ns/net,
   // /run/netns/<name>). Idempotent and adopting, as above.
   absl::Status AttachNetns(absl::string_view netns_path);
@@ -116,6 +126,12 @@ class BpfLoader {
   bpf_program* program(BpfProgram program) const;
   absl::Status AttachToNetns(BpfProgram program, absl::string_view name,
                              absl::string_view netns_path);
+  // The sock_addr programs, or (sockops) sockops alone.
+  absl::Status AttachToCgroup(absl::string_view cgroup_dir, bool sockops);
+  std::string CgroupPinPath(uint64_t cgroup_id, absl::string_view name) const;
+  // Detaches through the pin (which also covers a link an earlier run
+  // pinned and this one never adopted) and forgets it.
+  absl::Status ReleaseLink(const std::string& pin_path);
   std::string NetnsPinPath(uint64_t netns_inode, absl::string_view name) const;
   absl::Status AttachOrAdopt(BpfProgram program, const std::string& pin_path,
                              const LinkTarget& target, int target_fd);
