@@ -547,14 +547,21 @@ absl::Status Agent::Enroll(const Config& config) {
   // Every other cgroup (the agent's own, `mode: off` workloads', the rest)
   // is classified as left alone: under the watched root, a cgroup with no
   // entry is one created since, refused for the mesh until the next pass. One
-  // that cannot be written stays refused; the others still go in.
+  // that cannot be written stays refused; the others still go in. Entries
+  // an earlier pass wrote are not written again every second.
   absl::Status classified;
+  std::set<uint64_t> not_enrolled;
   for (uint64_t cgroup_id : every_cgroup) {
     if (next->by_cgroup.count(cgroup_id)) continue;
-    if (auto st = maps.MarkCgroupNotEnrolled(cgroup_id); !st.ok() && classified.ok()) {
-      classified = st;
+    if (!not_enrolled_written_.count(cgroup_id)) {
+      if (auto st = maps.MarkCgroupNotEnrolled(cgroup_id); !st.ok()) {
+        if (classified.ok()) classified = st;
+        continue;  // tried again next pass
+      }
     }
+    not_enrolled.insert(cgroup_id);
   }
+  not_enrolled_written_ = std::move(not_enrolled);
   // Gone cgroups, and what an earlier run enrolled that this one does not.
   std::set<uint64_t> keep = every_cgroup;
   for (const auto& [cgroup_id, workload] : next->by_cgroup) keep.insert(cgroup_id);

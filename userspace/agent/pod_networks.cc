@@ -25,10 +25,6 @@
 namespace ktrust {
 namespace {
 
-// Rules pointing here refuse: the fate of a pod when the pods use up every
-// other slot, which is far beyond a node's pod limit.
-constexpr uint32_t kRefuseSlot = KTRUST_PARKED_SLOT;
-
 // Runs fn on a thread of its own that joins the namespace: setns changes
 // only the calling thread, and this one ends with fn.
 absl::Status RunInNetns(int netns_fd, const std::function<absl::Status()>& fn) {
@@ -125,7 +121,7 @@ absl::StatusOr<SocketAddress> AddressWithPort(const std::string& ip, uint16_t po
 }  // namespace
 
 std::optional<uint32_t> PodNetworks::AllocateSlot() {
-  for (uint32_t slot = settings_.first_slot; slot < kRefuseSlot; ++slot) {
+  for (uint32_t slot = settings_.first_slot; slot < KTRUST_PARKED_SLOT; ++slot) {
     if (used_slots_.insert(slot).second) return slot;
   }
   return std::nullopt;
@@ -173,8 +169,9 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   std::vector<const PodWorkload*> serving;
   for (const PodWorkload& w : pod.workloads) {
     if (w.ports.empty()) continue;
-    uint32_t slot = AllocateSlot().value_or(kRefuseSlot);
-    if (slot != kRefuseSlot) served.slots.push_back(slot);
+    // Out of slots (far beyond a node's pod limit): its rules refuse.
+    uint32_t slot = AllocateSlot().value_or(KTRUST_PARKED_SLOT);
+    if (slot != KTRUST_PARKED_SLOT) served.slots.push_back(slot);
     serving.push_back(&w);
     EnforcementMode mode = w.mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
                                                                : EnforcementMode::kEnforce;
@@ -188,7 +185,7 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
         served.rules.push_back(*rule);
       }
     }
-    if (slot == kRefuseSlot) {
+    if (slot == KTRUST_PARKED_SLOT) {
       return problem(absl::StrCat("no free listener slot for workload ", w.name,
                                   ": its enforced ports refuse every connection"));
     }

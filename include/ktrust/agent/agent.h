@@ -115,6 +115,8 @@ class Agent {
   uint64_t own_cgroup_ = 0;            // the agent's cgroup id, never enrolled
   mutable absl::Mutex bpf_mu_;         // BpfLoader is not thread-safe: attach vs status
   std::unique_ptr<PodNetworks> pods_;  // Reconcile: under enroll_mu_
+  // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
+  std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
