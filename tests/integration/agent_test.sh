@@ -5,8 +5,11 @@
 # rotation under continuous traffic.
 #
 #   node a: enrolled cgroups client, client2, holder (one identity each);
-#           bystander (not enrolled) for openssl s_client as a non-mesh peer
-#   node b: cgroup server: python3 http.server :8080, an echo server :8081
+#           bystander (not enrolled) for openssl s_client as a non-mesh peer;
+#           odd-ok and odd-a@b, workload odd, whose {cgroup} template gives
+#           no valid SPIFFE ID for odd-a@b ('@')
+#   node b: cgroup server: python3 http.server :8080, an echo server :8081;
+#           cgroup plain (not enrolled): a plaintext sink on :8082
 #
 # SVIDs live one minute (renewed every 15 s), so renewals happen throughout.
 # Needs root. Usage: agent_test.sh KTRUST KTRUSTD
@@ -39,7 +42,7 @@ expiry_above() { (($(svid_expiry "$1" "$2") > $3)); }
 log_count() { grep -c -- "$2" "$work/$1/agent.log" || true; }
 
 two_nodes_up "$work" "$ktrust"
-mkdir -p "$KT_CG"/a/{client,client2,holder,bystander} "$KT_CG"/b/server
+mkdir -p "$KT_CG"/a/{client,client2,holder,bystander,odd-ok,odd-a@b} "$KT_CG"/b/{server,plain}
 # shellcheck disable=SC2034  # read by write_config
 KT_SVID_TTL=1m
 A=spiffe://example.org/node-a
@@ -54,7 +57,10 @@ config_a() {
     spiffe_id: spiffe://{trust_domain}/{node}/client2
   - name: holder
     cgroup: holder
-    spiffe_id: spiffe://{trust_domain}/{node}/holder' '
+    spiffe_id: spiffe://{trust_domain}/{node}/holder
+  - name: odd
+    cgroup: odd-*
+    spiffe_id: spiffe://{trust_domain}/{node}/{cgroup}' '
   []'
 }
 config_b() {  # the SPIFFE IDs allowed to reach the server, one YAML flow list
@@ -89,6 +95,18 @@ s.bind(('0.0.0.0', 8081)); s.listen(64); print('listening', flush=True)
 while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()"
 wait_for "$work/echo.log" listening
+# What reaches this sink came in plaintext: it is no workload's port.
+run_in b plain "$work/plain.log" python3 -u -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8082)); s.listen(64); print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try: print('got', c.recv(4096).decode(errors='replace').strip(), flush=True)
+    except OSError: pass
+    c.close()"
+wait_for "$work/plain.log" listening
 
 # One request for GET /secret.txt on node a in cgroup $1: the body, or the error.
 get() { exec_in a "$1" curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true; }
@@ -167,6 +185,41 @@ rc=0
 denied=$(kt b policy check --from "$A/client2" --to server --port 8080) || rc=$?
 check "ktrust policy check: client2 denied, exit 1 ($rc)" test "$rc" = 1
 check "ktrust policy check says why" grep -q "$A/client2 is not allowed for port 8080" <<<"$denied"
+
+echo "# a cgroup whose SPIFFE ID cannot be rendered is enrolled and refused"
+# Sends one line to node b's plaintext sink from node a's cgroup $1.
+to_sink() { exec_in a "$1" python3 -c "
+import socket, sys
+try:
+    s = socket.create_connection(('10.77.0.2', 8082), timeout=5)
+    s.sendall(sys.argv[1].encode() + b'\n'); s.recv(10); print('sent')
+except OSError as e: print('refused', e)" "$2" 2>&1 || true; }
+odd_marker="ODD-$RANDOM$RANDOM"
+plain_marker="PLAIN-$RANDOM$RANDOM"
+to_sink bystander "$plain_marker" >/dev/null
+check "control: a cgroup outside the mesh reaches the sink in plaintext" \
+  wait_until 5 grep -q "got $plain_marker" "$work/plain.log"
+to_sink odd-a@b "$odd_marker" >/dev/null
+# The sink prints what it got before it closes, so before to_sink returns.
+check "the sink never received odd-a@b's bytes" lacks "$odd_marker" "$(cat "$work/plain.log")"
+check "ktrust denials on node a: odd's connection refused, no SVID" jq -e \
+  '[.denials[] | select(.workload == "odd" and .result == "no_identity")] | length >= 1' \
+  <<<"$(kt a denials --json)"
+workloads=$(kt a workloads)
+check "ktrust workloads lists odd-a@b as refused, with the reason" \
+  grep -q "odd-a@b .*refused, no SPIFFE ID: its SPIFFE ID template .* gives no valid ID" <<<"$workloads"
+check "ktrust workloads --json: the problem in words" jq -e \
+  '.workloads[] | select(.cgroup == "odd-a@b") | .spiffe_id == "" and (.problem | test("@"))' \
+  <<<"$(kt a workloads --json)"
+check "node a logged spiffe_id_render_failed once" \
+  test "$(log_count a '"event":"spiffe_id_render_failed".*odd-a@b')" = 1
+check "odd-ok, the same workload, has its ID" grep -q "$A/odd-ok " <<<"$workloads"
+
+echo "# server identity not pinned: said at load and in ktrust status"
+check "node a warned at load: any SVID of example.org is accepted as the server" \
+  grep -q '"event":"server_identity_unpinned".*10.77.0.0/16.*any SVID of example.org' "$work/a/agent.log"
+check "ktrust status repeats the warning" grep -q "^warnings .*10.77.0.0/16" <<<"$(kt a status)"
+check "ktrust status --json: the warnings" jq -e '.warnings | length == 2' <<<"$(kt a status --json)"
 
 echo "# metrics"
 check "client2 (not allowed yet) gets nothing" lacks "$marker" "$(get client2)"

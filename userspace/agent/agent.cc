@@ -14,19 +14,10 @@
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 
 namespace ktrust {
 namespace {
-
-bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner) {
-  if (outer.mapped_length() > inner.mapped_length()) return false;
-  uint32_t bits = outer.mapped_length();
-  for (uint32_t i = 0; i < bits; ++i) {
-    uint8_t mask = static_cast<uint8_t>(0x80 >> (i % 8));
-    if ((outer.address()[i / 8] & mask) != (inner.address()[i / 8] & mask)) return false;
-  }
-  return true;
-}
 
 void AppendRules(const MeshEntry& entry, MeshAction action, std::vector<PortRule>& rules) {
   if (entry.ports.empty()) {
@@ -111,6 +102,14 @@ std::string RestartOnlyShape(const Config& config) {
                     WorkloadModeName(w->mode));
   }
   return shape;
+}
+
+// Loudly, at every load: without a rule a mesh destination's server may be
+// any workload of the trust domain (`ktrust status` repeats it).
+void WarnUnpinnedServers(const Config& config) {
+  for (const std::string& warning : ServerIdentityWarnings(config)) {
+    LogEvent(spdlog::level::warn, {{"event", "server_identity_unpinned"}, {"reason", warning}});
+  }
 }
 
 }  // namespace
@@ -267,6 +266,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
       PodNetworkSettings{settings.outbound_port, options.upstream_source6, slot,
                          [self](int fd) { return self->Route(fd); }});
   if (auto st = agent->Apply(config); !st.ok()) return st;
+  WarnUnpinnedServers(*config);
   // Every cgroup under the root is classified now: from here on one without
   // an entry is new, and refused for the mesh until Enroll sees it.
   auto root_id = CgroupIdOf(agent->cgroup_root_);
@@ -360,13 +360,17 @@ absl::StatusOr<OutboundRoute> Agent::Route(int app_fd) const {
   ip = ip.substr(0, ip.rfind(':'));
   if (!ip.empty() && ip.front() == '[') ip = ip.substr(1, ip.size() - 2);
   auto host = IpPrefix::Parse(ip);
-  for (const ExpectedServerRule& rule : routing->config->expected_servers) {
-    if (!host.ok() || !PrefixContains(rule.prefix, *host)) continue;
-    bool port_ok = rule.ports.empty();
-    for (const PortRange& r : rule.ports) port_ok |= r.Contains(original->destination.port());
-    if (!port_ok) continue;
-    route.expected_server = rule.server;
-    break;
+  const ExpectedServerRule* rule =
+      host.ok() ? ExpectedServerFor(*routing->config, *host, original->destination.port())
+                : nullptr;
+  if (rule != nullptr) {
+    route.expected_server = rule->server;
+  } else if (routing->config->require_expected_server) {
+    // Refused before anything is sent: no rule says who the server must be.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "no expected_servers rule covers ", original->destination.ToString(),
+        ", and mesh.require_expected_server refuses a server that could be any workload of ",
+        routing->config->trust_domain));
   }
   return route;
 }
@@ -452,6 +456,23 @@ absl::Status Agent::Enroll(const Config& config) {
       LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
     }
   }
+  // A cgroup with no ID is enrolled and refused, not skipped: said once too.
+  for (const RegisteredWorkload& r : *found) {
+    if (r.id || r.cgroup_id == own_cgroup_) continue;
+    const WorkloadConfig& w = config.workloads[r.workload_index];
+    std::string key = absl::StrCat("no id: ", r.cgroup_path, ": ", r.id_problem);
+    if (!reported_problems_.count(key)) {
+      LogEvent(spdlog::level::err,
+               {{"event", "spiffe_id_render_failed"},
+                {"workload", w.name},
+                {"cgroup", r.cgroup_path},
+                {"reason",
+                 absl::StrCat(r.id_problem, w.mode == WorkloadMode::kOff
+                                                ? " (mode off: not intercepted)"
+                                                : "; enrolled, and its connections are refused")}});
+    }
+    now.insert(std::move(key));
+  }
   reported_problems_ = std::move(now);
   std::shared_ptr<const Routing> before;
   std::shared_ptr<const Config> current;
@@ -463,6 +484,7 @@ absl::Status Agent::Enroll(const Config& config) {
   auto next = std::make_shared<Routing>();
   next->config = current;
   std::map<uint64_t, PodNetns> pods;
+  std::set<std::string> serving_with_id;
   InterceptionMaps& maps = bpf_->maps();
   for (const RegisteredWorkload& r : *found) {
     const WorkloadConfig& w = config.workloads[r.workload_index];
@@ -482,25 +504,37 @@ absl::Status Agent::Enroll(const Config& config) {
     if (pod) enrolled.pod_netns = pod->inode;
     next->enrolled.push_back(enrolled);
     if (w.mode == WorkloadMode::kOff) continue;
-    auto identity = identities_->ProviderFor(r.id, w.name);
+    // No ID (said above) is treated as an SVID that cannot be issued.
+    absl::StatusOr<SvidProvider> identity = absl::FailedPreconditionError(r.id_problem);
+    if (r.id) {
+      identity = identities_->ProviderFor(*r.id, w.name);
+      if (!identity.ok()) {
+        LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
+                                      {"workload", w.name},
+                                      {"id", r.id->ToString()},
+                                      {"reason", identity.status().message()}});
+      }
+    }
     if (!identity.ok()) {
       // Still enrolled, so its connections keep coming to the agent, which
       // refuses them (no SVID to present) instead of letting them out in
       // plaintext. The next rescan tries to issue again.
-      LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
-                                    {"workload", w.name},
-                                    {"id", r.id.ToString()},
-                                    {"reason", identity.status().message()}});
       identity = SvidProvider([] { return std::shared_ptr<const Svid>(); });
     }
     next->by_cgroup[r.cgroup_id] = {w.name, *identity};
     if (pod) {
       auto& in_pod = pods[pod->inode];
       if (in_pod.path.empty()) in_pod = *pod;
-      in_pod.workloads.push_back({w.name, r.id.ToString(), static_cast<uint32_t>(r.workload_index),
-                                  w.mode, w.ports, *identity});
+      in_pod.workloads.push_back({w.name, r.id ? r.id->ToString() : "",
+                                  static_cast<uint32_t>(r.workload_index), w.mode, w.ports,
+                                  *identity});
     }
-    if (!w.ports.empty() && !next->serving.count(w.name)) next->serving[w.name] = *identity;
+    // The first cgroup with an ID serves the workload's inbound ports; one
+    // without (refusing) only while no other has one.
+    if (!w.ports.empty() && !serving_with_id.count(w.name)) {
+      next->serving[w.name] = *identity;
+      if (r.id) serving_with_id.insert(w.name);
+    }
   }
   // Route first, then enrol: the kernel never redirects a connection the
   // agent cannot route.
@@ -531,11 +565,12 @@ absl::Status Agent::Enroll(const Config& config) {
         !st.ok())
       return st;
     if (!known) {
-      LogEvent(spdlog::level::info, {{"event", "workload_enrolled"},
-                                     {"workload", workload.name},
-                                     {"cgroup", e->registered.cgroup_path},
-                                     {"id", e->registered.id.ToString()},
-                                     {"mode", WorkloadModeName(e->mode)}});
+      LogEvent(spdlog::level::info,
+               {{"event", "workload_enrolled"},
+                {"workload", workload.name},
+                {"cgroup", e->registered.cgroup_path},
+                {"id", e->registered.id ? e->registered.id->ToString() : "(none: refused)"},
+                {"mode", WorkloadModeName(e->mode)}});
     }
   }
   for (const auto& [cgroup_id, workload] : before->by_cgroup) {
@@ -611,6 +646,7 @@ absl::Status Agent::Reload() {
                                        {"svids_reissued", reissued}});
       }
       result = Apply(config);
+      if (result.ok()) WarnUnpinnedServers(*config);
       if (result.ok() && RestartOnlyShape(*before) != RestartOnlyShape(*config)) {
         LogEvent(spdlog::level::warn,
                  {{"event", "restart_needed"},
@@ -638,6 +674,7 @@ absl::Status Agent::Reload() {
 }
 
 void Agent::Maintain(absl::Time now) {
+  FlushSuppressedRefusals(now);
   for (const std::string& error : identities_->RotateDue(now)) {
     LogEvent(spdlog::level::err, {{"event", "svid_renewal_failed"}, {"reason", error}});
   }

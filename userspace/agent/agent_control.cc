@@ -5,16 +5,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 #include "ktrust/control/methods.h"
 #include "ktrust/control/metrics.h"
 #include "ktrust/control/views.h"
 
 namespace ktrust {
 namespace {
-
-// Interception events logged per second at most; the rest are counted (a
-// workload spraying UDP at the mesh must not flood the log).
-constexpr int kEventLogsPerSecond = 20;
 
 // Results that end a connection for reasons of identity or policy, as
 // opposed to I/O: what `ktrust denials` lists.
@@ -77,6 +74,7 @@ control::StatusView Status(const Agent& agent) {
   s.counts.handshakes_failed = static_cast<int64_t>(c.handshake_failures.load());
   s.counts.denied = static_cast<int64_t>(c.denied.load());
   s.counts.workloads = static_cast<int64_t>(agent.workloads().size());
+  s.warnings = ServerIdentityWarnings(*config);
   s.not_ready_reason = agent.not_ready_reason();
   s.ready = s.not_ready_reason.empty();
   return s;
@@ -120,7 +118,8 @@ control::WorkloadListView Workloads(const Agent& agent) {
     v.name = w.name;
     v.cgroup = w.registered.cgroup_path;
     v.cgroup_id = w.registered.cgroup_id;
-    v.spiffe_id = w.registered.id.ToString();
+    v.spiffe_id = w.registered.id ? w.registered.id->ToString() : "";
+    v.problem = w.registered.id_problem;
     v.mode = std::string(WorkloadModeName(w.mode));
     v.ports = w.ports;
     auto it = expiry.find(v.spiffe_id);
@@ -151,7 +150,7 @@ absl::StatusOr<control::PolicyCheckView> PolicyCheck(const Agent& agent,
   // The workload's ID when one of its cgroups is registered.
   std::optional<SpiffeId> to_id;
   for (const EnrolledWorkload& w : agent.workloads()) {
-    if (w.name == p.to) to_id = w.registered.id;
+    if (w.name == p.to && w.registered.id) to_id = w.registered.id;
   }
   PolicyCheckResult r = agent.policy()->Check(*from, p.to, to_id ? &*to_id : nullptr, p.port);
   return control::PolicyCheckView{r.allowed, r.reason, r.origin};
@@ -190,19 +189,9 @@ void AgentStats::ConnectionClosed(const ClosedConnection& closed) {
 
 void AgentStats::Intercepted(const InterceptionEvent& event) {
   std::string reason(ReasonName(event.reason));
-  bool log = true;
   {
     absl::MutexLock lock(&mu_);
     ++totals_.events[reason];
-    absl::Time now = absl::Now();
-    if (now - log_window_ > absl::Seconds(1)) {
-      log_window_ = now;
-      logs_in_window_ = 0;
-    }
-    if (++logs_in_window_ > kEventLogsPerSecond) {
-      ++totals_.event_logs_suppressed;
-      log = false;
-    }
   }
   if (event.type == KTRUST_EVENT_DENIED) {
     control::DenialView d;
@@ -224,15 +213,17 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }
-  if (!log) return;
-  LogEvent(event.type == KTRUST_EVENT_DENIED ? spdlog::level::warn : spdlog::level::debug,
-           {{"event", absl::StrCat("intercept_", EventTypeName(event.type))},
-            {"reason", reason},
-            {"cgroup_id", event.cgroup_id},
-            {"pid", event.pid},
-            {"protocol", event.protocol},
-            {"source", event.source.ToString()},
-            {"destination", event.destination.ToString()}});
+  // A workload spraying UDP at the mesh must not flood the log: counted
+  // above and in the denial log, logged to a budget per reason.
+  LogRefusal(event.type == KTRUST_EVENT_DENIED ? spdlog::level::warn : spdlog::level::debug,
+             {{"event", absl::StrCat("intercept_", EventTypeName(event.type))},
+              {"reason", reason},
+              {"cgroup_id", event.cgroup_id},
+              {"pid", event.pid},
+              {"protocol", event.protocol},
+              {"source", event.source.ToString()},
+              {"destination", event.destination.ToString()}},
+             reason);
 }
 
 AgentStats::Totals AgentStats::totals() const {

@@ -29,6 +29,12 @@ absl::StatusOr<json> Call(const std::string& socket, const std::string& method,
   return control::CallControl(socket, method, params, kCallTimeout);
 }
 
+// The agent's errors may quote what a peer or a caller sent: escaped like
+// everything else this file prints.
+int ReportAgentError(const absl::Status& status) {
+  return ReportError(absl::Status(status.code(), EscapeForTerminal(status.message())));
+}
+
 void PrintJson(const json& result) {
   std::cout << result.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
 }
@@ -38,13 +44,13 @@ template <typename View>
 int CallAndPrint(const std::string& socket, const std::string& method, const json& params,
                  bool as_json, const std::function<std::string(const View&)>& render) {
   auto result = Call(socket, method, params);
-  if (!result.ok()) return ReportError(result.status());
+  if (!result.ok()) return ReportAgentError(result.status());
   if (as_json) {
     PrintJson(*result);
     return kOk;
   }
   auto view = control::ViewFromJson<View>(*result);
-  if (!view.ok()) return ReportError(view.status());
+  if (!view.ok()) return ReportAgentError(view.status());
   std::cout << render(*view);
   return kOk;
 }
@@ -72,13 +78,13 @@ int RunConns(const std::string& socket, const ConnsFlags& f) {
     auto result = Call(socket, control::kMethodConnections, ToParams(f.filter));
     std::string screen;
     if (!result.ok()) {
-      screen = absl::StrCat("ktrust: error: ", result.status().message(), "\n");
+      screen = absl::StrCat("ktrust: error: ", EscapeForTerminal(result.status().message()), "\n");
     } else if (f.json) {
       screen = result->dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     } else if (auto list = control::ViewFromJson<control::ConnectionListView>(*result); list.ok()) {
       screen = render(*list);
     } else {
-      screen = absl::StrCat("ktrust: error: ", list.status().message(), "\n");
+      screen = absl::StrCat("ktrust: error: ", EscapeForTerminal(list.status().message()), "\n");
     }
     if (f.json) {
       std::cout << screen << std::flush;  // one JSON line per second, for scripts
@@ -102,7 +108,7 @@ int RunDenials(const std::string& socket, const DenialsFlags& f) {
   control::DenialsParams params;
   if (!f.since.empty()) {
     auto since = ParseAllowance(f.since);
-    if (!since.ok()) return ReportError(since.status());
+    if (!since.ok()) return ReportAgentError(since.status());
     params.since_seconds = absl::ToDoubleSeconds(*since);
   }
   return CallAndPrint<control::DenialListView>(
@@ -120,9 +126,9 @@ struct PolicyFlags {
 int RunPolicyCheck(const std::string& socket, PolicyFlags f) {
   f.query.port = static_cast<uint16_t>(f.port);
   auto result = Call(socket, control::kMethodPolicyCheck, ToParams(f.query));
-  if (!result.ok()) return ReportError(result.status());
+  if (!result.ok()) return ReportAgentError(result.status());
   auto verdict = control::ViewFromJson<control::PolicyCheckView>(*result);
-  if (!verdict.ok()) return ReportError(verdict.status());
+  if (!verdict.ok()) return ReportAgentError(verdict.status());
   if (f.json) {
     PrintJson(*result);
   } else {

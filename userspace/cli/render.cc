@@ -15,6 +15,43 @@ namespace {
 
 std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
 
+// The length of the well-formed UTF-8 sequence starting text[at] (a non-ASCII
+// byte), 0 when there is none (RFC 3629: no overlongs, no surrogates).
+size_t Utf8SequenceAt(absl::string_view text, size_t at, uint32_t* code_point) {
+  auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  unsigned char lead = byte(at);
+  size_t length = 0;
+  unsigned char low = 0x80, high = 0xBF;  // the second byte's range
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;
+    if (lead == 0xED) high = 0x9F;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;
+    if (lead == 0xF4) high = 0x8F;
+  } else {
+    return 0;
+  }
+  if (at + length > text.size()) return 0;
+  uint32_t cp = lead & (0xFF >> (length + 1));
+  for (size_t i = 1; i < length; ++i) {
+    unsigned char b = byte(at + i);
+    if (i == 1 ? (b < low || b > high) : (b < 0x80 || b > 0xBF)) return 0;
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  *code_point = cp;
+  return length;
+}
+
+// C1 controls, and the marks that reorder or separate the text around them.
+bool IsInvisibleControl(uint32_t cp) {
+  return (cp >= 0x80 && cp <= 0x9F) || cp == 0x061C || cp == 0x200E || cp == 0x200F ||
+         (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
 // Display width: UTF-8 continuation bytes take no column.
 size_t Width(const std::string& text) {
   return static_cast<size_t>(
@@ -47,8 +84,44 @@ std::string RenderFields(const std::vector<std::pair<std::string, std::string>>&
 
 }  // namespace
 
+std::string EscapeForTerminal(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    unsigned char b = static_cast<unsigned char>(text[i]);
+    if (b < 0x80) {
+      if (b < 0x20 || b == 0x7F) {
+        absl::StrAppendFormat(&out, "\\x%02x", b);
+      } else {
+        out.push_back(static_cast<char>(b));
+      }
+      ++i;
+      continue;
+    }
+    uint32_t cp = 0;
+    size_t length = Utf8SequenceAt(text, i, &cp);
+    if (length == 0) {
+      absl::StrAppendFormat(&out, "\\x%02x", b);
+      ++i;
+    } else {
+      if (IsInvisibleControl(cp)) {
+        absl::StrAppendFormat(&out, "\\u%04x", cp);
+      } else {
+        out.append(text.data() + i, length);
+      }
+      i += length;
+    }
+  }
+  return out;
+}
+
 std::string RenderTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::vector<std::string>> shown;
+  for (const auto& row : rows) {
+    shown.emplace_back();
+    for (const std::string& cell : row) shown.back().push_back(EscapeForTerminal(cell));
+  }
   std::vector<size_t> widths(header.size(), 0);
   auto measure = [&](const std::vector<std::string>& row) {
     for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
@@ -56,7 +129,7 @@ std::string RenderTable(const std::vector<std::string>& header,
     }
   };
   measure(header);
-  for (const auto& row : rows) measure(row);
+  for (const auto& row : shown) measure(row);
   std::string out;
   auto print = [&](const std::vector<std::string>& row) {
     std::string line;
@@ -69,7 +142,7 @@ std::string RenderTable(const std::vector<std::string>& header,
     absl::StrAppend(&out, line, "\n");
   };
   print(header);
-  for (const auto& row : rows) print(row);
+  for (const auto& row : shown) print(row);
   return out;
 }
 
@@ -107,7 +180,10 @@ std::string FormatExpiry(int64_t unix_seconds, absl::Time now) {
 }
 
 std::string RenderStatus(const control::StatusView& s, absl::Time now) {
-  std::string title = absl::StrCat("ktrustd ", OrDash(s.version), " on ", OrDash(s.node));
+  // Every string of the view is escaped before the lines are put together.
+  auto shown = [](const std::string& text) { return EscapeForTerminal(text); };
+  std::string title =
+      absl::StrCat("ktrustd ", OrDash(shown(s.version)), " on ", OrDash(shown(s.node)));
   if (s.started != 0) {
     double up = absl::ToDoubleSeconds(now - FromUnix(static_cast<double>(s.started)));
     absl::StrAppend(&title, ", up ", HumanAge(up), " (since ",
@@ -116,40 +192,49 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
 
   std::vector<std::string> features;
   for (const auto& f : s.kernel_features) {
-    features.push_back(absl::StrCat(f.name, " ", YesNo(f.present),
-                                    f.detail.empty() ? "" : absl::StrCat(" (", f.detail, ")")));
+    features.push_back(
+        absl::StrCat(shown(f.name), " ", YesNo(f.present),
+                     f.detail.empty() ? "" : absl::StrCat(" (", shown(f.detail), ")")));
   }
 
   std::string bpf = s.bpf.attached ? "attached" : "not attached";
-  if (!s.bpf.pin_dir.empty()) absl::StrAppend(&bpf, ", pinned at ", s.bpf.pin_dir);
+  if (!s.bpf.pin_dir.empty()) absl::StrAppend(&bpf, ", pinned at ", shown(s.bpf.pin_dir));
   if (s.bpf.adopted > 0) absl::StrAppend(&bpf, ", ", s.bpf.adopted, " links adopted");
-  for (const auto& a : s.bpf.attachments) absl::StrAppend(&bpf, "\n", a);
+  for (const auto& a : s.bpf.attachments) absl::StrAppend(&bpf, "\n", shown(a));
 
-  std::string config = OrDash(s.config.path);
+  std::string config = OrDash(shown(s.config.path));
   if (s.config.generation > 0 || s.config.loaded_at != 0) {
     absl::StrAppend(&config, ", generation ", s.config.generation, ", loaded ",
                     FormatUnixTime(static_cast<double>(s.config.loaded_at)));
   }
   if (!s.config.last_reload_ok) {
-    absl::StrAppend(&config, "\nlast reload failed: ", OrDash(s.config.last_reload_error));
+    absl::StrAppend(&config, "\nlast reload failed: ", OrDash(shown(s.config.last_reload_error)));
   }
 
   std::string ca = s.ca.trust_domain.empty() && s.ca.expires_at == 0
                        ? ""
-                       : absl::StrCat(OrDash(s.ca.trust_domain), ", expires ",
+                       : absl::StrCat(OrDash(shown(s.ca.trust_domain)), ", expires ",
                                       FormatExpiry(s.ca.expires_at, now));
   std::string bundle = s.bundle_expires_at == 0
                            ? ""
                            : absl::StrCat("expires ", FormatExpiry(s.bundle_expires_at, now));
 
   const auto& c = s.counts;
-  std::string data_path = s.data_path;
-  if (!s.data_path_reason.empty()) absl::StrAppend(&data_path, " (", s.data_path_reason, ")");
+  std::string data_path = shown(s.data_path);
+  if (!s.data_path_reason.empty())
+    absl::StrAppend(&data_path, " (", shown(s.data_path_reason), ")");
 
-  return absl::StrCat(
-      title, "\n",
-      RenderFields({
-          {"ready", s.ready ? "yes" : absl::StrCat("no: ", OrDash(s.not_ready_reason))},
+  std::vector<std::pair<std::string, std::string>> fields = {
+      {"ready", s.ready ? "yes" : absl::StrCat("no: ", OrDash(shown(s.not_ready_reason)))}};
+  // Only when there are any: a quiet status stays quiet.
+  if (!s.warnings.empty()) {
+    std::vector<std::string> warnings;
+    for (const std::string& w : s.warnings) warnings.push_back(shown(w));
+    fields.push_back({"warnings", absl::StrJoin(warnings, "\n")});
+  }
+  fields.insert(
+      fields.end(),
+      {
           {"data path", data_path},
           {"kernel", absl::StrJoin(features, "\n")},
           {"bpf", bpf},
@@ -160,7 +245,8 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
            absl::StrCat(c.connections_active, " active, ", c.connections_total, " total, ",
                         c.handshakes_failed, " failed handshakes, ", c.denied, " denied")},
           {"workloads", absl::StrCat(c.workloads)},
-      }));
+      });
+  return absl::StrCat(title, "\n", RenderFields(fields));
 }
 
 std::string RenderConnections(const std::vector<control::ConnectionView>& connections) {
@@ -191,6 +277,8 @@ std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads,
       svid = left >= 0 ? absl::StrCat("expires in ", HumanAge(left))
                        : absl::StrCat("expired ", HumanAge(-left), " ago");
     }
+    // A cgroup whose template gives no ID is enrolled and refused: say why.
+    if (!w.problem.empty()) svid = absl::StrCat("refused, no SPIFFE ID: ", w.problem);
     rows.push_back(
         {w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid, w.network});
   }
@@ -199,9 +287,10 @@ std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads,
 
 std::string RenderPolicyCheck(const control::PolicyCheckParams& query,
                               const control::PolicyCheckView& verdict) {
-  return absl::StrCat(verdict.allowed ? "allowed" : "denied", ": ", query.from, " -> ", query.to,
-                      " port ", query.port, "\n",
-                      RenderFields({{"  reason", verdict.reason}, {"  rule", verdict.rule}}));
+  return absl::StrCat(verdict.allowed ? "allowed" : "denied", ": ", EscapeForTerminal(query.from),
+                      " -> ", EscapeForTerminal(query.to), " port ", query.port, "\n",
+                      RenderFields({{"  reason", EscapeForTerminal(verdict.reason)},
+                                    {"  rule", EscapeForTerminal(verdict.rule)}}));
 }
 
 std::string RenderDenials(const std::vector<control::DenialView>& denials) {

@@ -5,13 +5,24 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "ktrust/control/methods.h"
 #include "ktrust/control/views.h"
 
 namespace ktrust::cli {
 
+// Text a peer or the agent chose (SPIFFE IDs, reasons, names), made safe to
+// print: C0 and C1 controls, DEL, bytes that are not UTF-8 and the Unicode
+// bidirectional overrides become visible escapes ("\x1b", "\u009b",
+// "\u202e"), so nothing can move the cursor, clear the screen, start a line
+// of its own or reorder what follows. Everything else, '\' included (systemd
+// names are full of "\x2d"), is kept. Every Render* function applies it to
+// each value it prints; JSON output is escaped by the JSON writer instead.
+std::string EscapeForTerminal(absl::string_view text);
+
 // Columns padded to their widest cell, two spaces apart, no trailing blanks.
+// Cells are escaped with EscapeForTerminal.
 std::string RenderTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);
 

@@ -695,8 +695,17 @@ class ConfigReader {
 
   absl::Status Mesh(const Field& field, Config* config) const {
     Mapping map;
-    if (auto st = p_.OpenMapping(field.value, "mesh", {"destinations", "bypass"}, &map); !st.ok()) {
+    if (auto st = p_.OpenMapping(field.value, "mesh",
+                                 {"destinations", "bypass", "require_expected_server"}, &map);
+        !st.ok()) {
       return st;
+    }
+    if (const Field* f = map.Find("require_expected_server")) {
+      const std::string value = f->value.IsScalar() ? f->value.Scalar() : "";
+      if (value != "true" && value != "false") {
+        return p_.Expected(*f, "mesh.require_expected_server", "true or false");
+      }
+      config->require_expected_server = value == "true";
     }
     if (const Field* f = map.Find("destinations")) {
       if (auto st = MeshEntries(*f, "mesh.destinations", &config->mesh); !st.ok()) return st;
@@ -820,6 +829,67 @@ absl::StatusOr<WorkloadMode> ParseWorkloadMode(absl::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown workload mode \"", name, "\" (expected enforce, permissive or off)"));
+}
+
+bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner) {
+  if (outer.mapped_length() > inner.mapped_length()) return false;
+  for (uint32_t i = 0; i < outer.mapped_length(); ++i) {
+    uint8_t mask = static_cast<uint8_t>(0x80 >> (i % 8));
+    if ((outer.address()[i / 8] & mask) != (inner.address()[i / 8] & mask)) return false;
+  }
+  return true;
+}
+
+const ExpectedServerRule* ExpectedServerFor(const Config& config, const IpPrefix& host,
+                                            uint16_t port) {
+  for (const ExpectedServerRule& rule : config.expected_servers) {
+    if (!PrefixContains(rule.prefix, host)) continue;
+    bool port_ok = rule.ports.empty();
+    for (const PortRange& r : rule.ports) port_ok |= r.Contains(port);
+    if (port_ok) return &rule;
+  }
+  return nullptr;
+}
+
+namespace {
+
+// Does `rule` alone cover every port of `ports` (empty: every port)?
+bool PortsCovered(const std::vector<PortRange>& rule, const std::vector<PortRange>& ports) {
+  if (rule.empty()) return true;
+  std::vector<PortRange> wanted = ports.empty() ? std::vector<PortRange>{{1, 65535}} : ports;
+  for (const PortRange& want : wanted) {
+    bool inside = false;
+    for (const PortRange& r : rule) inside |= r.first <= want.first && want.last <= r.last;
+    if (!inside) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> ServerIdentityWarnings(const Config& config) {
+  std::vector<std::string> warnings;
+  if (config.require_expected_server) return warnings;
+  for (const MeshEntry& entry : config.mesh) {
+    bool pinned = false;
+    for (const ExpectedServerRule& rule : config.expected_servers) {
+      pinned |= PrefixContains(rule.prefix, entry.prefix) && PortsCovered(rule.ports, entry.ports);
+    }
+    if (pinned) continue;
+    std::vector<std::string> ports;
+    for (const PortRange& r : entry.ports) {
+      ports.push_back(r.first == r.last ? absl::StrCat(r.first)
+                                        : absl::StrCat(r.first, "-", r.last));
+    }
+    warnings.push_back(absl::StrCat(
+        "mesh destination ", entry.prefix.ToString(),
+        ports.empty() ? " (every port)" : absl::StrCat(" ports ", absl::StrJoin(ports, ",")),
+        " is not (entirely) covered by an expected_servers rule: there, any SVID of ",
+        config.trust_domain,
+        " is accepted as the server. Add expected_servers rules, or set "
+        "mesh.require_expected_server: true to refuse such connections"));
+  }
+  return warnings;
 }
 
 absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name) {

@@ -207,13 +207,16 @@ class CgroupWalker {
       auto id = RenderSpiffeId(
           workload.spiffe_id,
           TemplateValues{config_.trust_domain, config_.agent.node_name, workload.name, relative});
-      if (!id.ok()) {
-        Problem(absl::StrCat("cgroup ", relative, " (workload ", workload.name,
-                             "): ", id.status().message()));
-        return;
+      RegisteredWorkload registered{index, relative, static_cast<uint64_t>(st.st_ino), {}, {}};
+      if (id.ok()) {
+        registered.id = *std::move(id);
+      } else {
+        // Skipping it would leave a cgroup the operator meant to enforce
+        // alone: it is registered without an ID, and refused.
+        registered.id_problem = absl::StrCat("its SPIFFE ID template ", workload.spiffe_id,
+                                             " gives no valid ID: ", id.status().message());
       }
-      found_.push_back(
-          RegisteredWorkload{index, relative, static_cast<uint64_t>(st.st_ino), *std::move(id)});
+      found_.push_back(std::move(registered));
       return;
     }
   }

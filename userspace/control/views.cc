@@ -47,13 +47,15 @@ void Get(const json& j, const char* key, T& value) {
   F(connections_active) F(connections_total) F(handshakes_failed) F(denied) F(workloads)
 #define STATUS_FIELDS(F) \
   F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
-  F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason)
+  F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason) \
+  F(warnings)
 #define CONNECTION_FIELDS(F) \
   F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
   F(wire_peer) F(tls_version) F(cipher) F(data_path) F(state) F(bytes_to_wire) \
   F(bytes_from_wire) F(age_seconds)
 #define WORKLOAD_FIELDS(F) \
-  F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at) F(network)
+  F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at) F(network) \
+  F(problem)
 #define POLICY_CHECK_FIELDS(F) F(allowed) F(reason) F(rule)
 #define DENIAL_FIELDS(F) \
   F(time) F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) \

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 #include "ktrust/tls/ktls.h"
 #include "stream_ends.h"
 
@@ -715,7 +716,12 @@ void Connection::MaybeFinalize() {
   event["bytes_to_wire"] = closed.bytes_to_wire;
   event["bytes_from_wire"] = closed.bytes_from_wire;
   event["duration_ms"] = absl::ToInt64Milliseconds(closed.duration);
-  LogEvent(ended_normally ? spdlog::level::info : spdlog::level::warn, event);
+  if (ended_normally) {
+    LogEvent(spdlog::level::info, event);
+  } else {
+    // A flood of refusals must not flood the log: counted in full, logged to a budget.
+    LogRefusal(spdlog::level::warn, event, closed.result);
+  }
   if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
   delete this;
 }

@@ -17,6 +17,7 @@
 #include "engine_shared.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 #include "ktrust/tls/ktls.h"
 
 namespace ktrust {
@@ -212,12 +213,14 @@ class Engine::Loop {
               static_cast<uint64_t>(ctx_.shared.options.max_handshakes)) {
         counters.refused_limit.fetch_add(1);
         CloseWithReset(std::move(conn));
-        LogEvent(spdlog::level::warn,
-                 {{"event", "connection_refused"},
-                  {"result", "limit"},
-                  {"reason", absl::StrCat("over the limit of ", ctx_.shared.options.max_connections,
-                                          " connections or ", ctx_.shared.options.max_handshakes,
-                                          " concurrent handshakes")}});
+        LogRefusal(
+            spdlog::level::warn,
+            {{"event", "connection_refused"},
+             {"result", "limit"},
+             {"reason", absl::StrCat("over the limit of ", ctx_.shared.options.max_connections,
+                                     " connections or ", ctx_.shared.options.max_handshakes,
+                                     " concurrent handshakes")}},
+            "limit");
       } else if (l.outbound) {
         Connection::StartOutbound(ctx_, l.group, *l.outbound, std::move(conn));
       } else {

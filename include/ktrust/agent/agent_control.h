@@ -26,7 +26,6 @@ class AgentStats {
         closed;  // dir, path, result
     uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
     std::map<std::string, uint64_t> events;  // by reason name
-    uint64_t event_logs_suppressed = 0;
   };
   Totals totals() const;
 
@@ -34,8 +33,6 @@ class AgentStats {
   control::DenialLog denials_;
   mutable absl::Mutex mu_;
   Totals totals_ ABSL_GUARDED_BY(mu_);
-  absl::Time log_window_ ABSL_GUARDED_BY(mu_);
-  int logs_in_window_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A refused or failed connection as the denial list shows it; nullopt for

@@ -109,9 +109,29 @@ struct Config {
   std::vector<MeshEntry> mesh;
   std::vector<MeshEntry> bypass;
   std::vector<ExpectedServerRule> expected_servers;
+  // mesh.require_expected_server: refuse an outbound connection no
+  // expected_servers rule covers, instead of accepting any SVID of the trust
+  // domain as its server. Off by default: turning it on for existing
+  // configurations would refuse their traffic on upgrade.
+  bool require_expected_server = false;
   std::vector<PolicyRule> policy;
   AgentSettings agent;
 };
+
+// Whether every address of `inner` is in `outer`.
+bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner);
+
+// The first expected_servers rule covering host (a host prefix) and port, in
+// file order; nullptr when none does.
+const ExpectedServerRule* ExpectedServerFor(const Config& config, const IpPrefix& host,
+                                            uint16_t port);
+
+// One sentence per mesh destination that some outbound connections may reach
+// with no expected_servers rule, so that any SVID of the trust domain is
+// accepted as their server. A destination counts as covered only when a
+// single rule covers all of its addresses and ports. Empty when
+// require_expected_server is set (those connections are refused instead).
+std::vector<std::string> ServerIdentityWarnings(const Config& config);
 
 // Errors are InvalidArgument, one line each:
 //   <file>:<line>:<col>: <key path such as workloads[1].mode>: expected ..., got "..."

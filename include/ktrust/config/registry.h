@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -41,14 +42,20 @@ struct RegisteredWorkload {
   size_t workload_index = 0;  // into Config::workloads
   std::string cgroup_path;    // relative to the cgroup root
   uint64_t cgroup_id = 0;     // the directory's inode: what bpf_get_current_cgroup_id() returns
-  SpiffeId id;
+  // Unset when the workload's template makes no valid ID for this cgroup;
+  // id_problem then says why. Such a cgroup is still the workload's: the
+  // agent enrols it and refuses its connections (it has nothing to present),
+  // rather than leave it unenforced.
+  std::optional<SpiffeId> id;
+  std::string id_problem;
 };
 
 // Walks the tree under cgroup_root (symlinks not followed) and gives every
 // directory whose relative path matches a workload's glob to the first such
 // workload in configuration order. Sorted by path. A subtree that cannot be
-// read and a cgroup whose name makes an invalid SPIFFE ID are skipped, and
-// said so in `problems` when given; only an unreadable root is an error.
+// read is skipped, and said so in `problems` when given; only an unreadable
+// root is an error. A cgroup whose name makes an invalid SPIFFE ID is
+// registered without one (see RegisteredWorkload::id_problem).
 // every_cgroup, when given, receives the id of every cgroup found, the root
 // included, workload or not.
 absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(

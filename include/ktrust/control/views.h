@@ -68,6 +68,10 @@ struct StatusView {
   CountsView counts;
   bool ready = false;
   std::string not_ready_reason;
+  // What the operator should know about the configuration in force, in
+  // words: e.g. mesh destinations whose servers may be any workload of the
+  // trust domain (no expected_servers rule). Empty when there is nothing.
+  std::vector<std::string> warnings;
 };
 
 // One element of method "connections".
@@ -101,6 +105,9 @@ struct WorkloadView {
   // "node" (the agent's network namespace), "pod <its addresses>", or
   // "pod (not served: <why>)".
   std::string network;
+  // Why this cgroup has no SPIFFE ID (its template gives none), in words;
+  // empty when it has one. Such a cgroup is enrolled and its connections refused.
+  std::string problem;
 };
 
 // Method "policy.check".

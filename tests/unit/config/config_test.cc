@@ -377,5 +377,66 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(case_info.param.name);
     });
 
+// Without an expected_servers rule an outbound connection accepts any SVID
+// of the trust domain as its server: said at every load, per destination.
+TEST(ConfigTest, WarnsAboutMeshDestinationsWhoseServersAreNotPinned) {
+  auto config = Parse(
+      "mesh:\n"
+      "  destinations:\n"
+      "    - cidr: 10.0.0.0/8\n"
+      "    - cidr: fd00::/8\n"
+      "      ports: [443, \"8000-8999\"]\n"
+      "    - cidr: 192.168.1.0/24\n"
+      "      ports: [5432]\n"
+      "expected_servers:\n"
+      "  - cidr: 10.1.0.0/16\n"  // only part of 10.0.0.0/8
+      "    spiffe_id: spiffe://example.org/db/*\n"
+      "  - cidr: fd00::/8\n"
+      "    ports: [443]\n"  // not 8000-8999
+      "    spiffe_id: spiffe://example.org/web\n"
+      "  - cidr: 192.168.0.0/16\n"
+      "    ports: [\"5000-6000\"]\n"
+      "    spiffe_id: spiffe://example.org/pg\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->require_expected_server) << "off unless asked for";
+  std::vector<std::string> warnings = ServerIdentityWarnings(*config);
+  ASSERT_EQ(warnings.size(), 2u) << ::testing::PrintToString(warnings);
+  EXPECT_THAT(warnings[0], HasSubstr("10.0.0.0/8"));
+  EXPECT_THAT(warnings[0], HasSubstr("any SVID of example.org"));
+  EXPECT_THAT(warnings[0], HasSubstr("expected_servers"));
+  EXPECT_THAT(warnings[1], HasSubstr("fd00::/8 ports 443,8000-8999"));
+}
+
+TEST(ConfigTest, EveryDestinationPinnedOrStrictModeMeansNoWarning) {
+  auto pinned = Parse(
+      "mesh:\n"
+      "  destinations:\n"
+      "    - cidr: 10.1.2.0/24\n"
+      "      ports: [5432]\n"
+      "expected_servers:\n"
+      "  - cidr: 10.1.0.0/16\n"
+      "    spiffe_id: spiffe://example.org/db/*\n");
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  EXPECT_THAT(ServerIdentityWarnings(*pinned), ::testing::IsEmpty());
+
+  auto strict = Parse(
+      "mesh:\n"
+      "  require_expected_server: true\n"
+      "  destinations:\n"
+      "    - cidr: 10.0.0.0/8\n");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  EXPECT_TRUE(strict->require_expected_server);
+  EXPECT_THAT(ServerIdentityWarnings(*strict), ::testing::IsEmpty());
+}
+
+TEST(ConfigTest, RequireExpectedServerIsABoolean) {
+  auto config = Parse(
+      "mesh:\n"
+      "  require_expected_server: yes please\n");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(),
+              HasSubstr("t.yaml:4:28: mesh.require_expected_server: expected true or false"));
+}
+
 }  // namespace
 }  // namespace ktrust

@@ -209,7 +209,7 @@ TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
   std::vector<std::string> summary;
   for (const RegisteredWorkload& w : *found) {
     summary.push_back(w.cgroup_path + " " + std::to_string(w.workload_index) + " " +
-                      w.id.ToString());
+                      (w.id ? w.id->ToString() : "(no ID)"));
     EXPECT_EQ(w.cgroup_id, InodeOf(root_ / w.cgroup_path)) << w.cgroup_path;
   }
   EXPECT_THAT(summary, ::testing::ElementsAre(
@@ -218,11 +218,33 @@ TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
                            "system.slice/batch-a.service 1 spiffe://example.org/batch/batch-a",
                            "system.slice/batch-b.service 1 spiffe://example.org/batch/batch-b",
                            "system.slice/nginx.service 0 spiffe://example.org/node-1/nginx",
-                           "system.slice/sshd.service 2 spiffe://example.org/svc/sshd"));
-  // user@1000.service matches "services", but '@' cannot be in a SPIFFE ID:
-  // skipped and said so, not given to a later workload.
-  ASSERT_EQ(problems.size(), 1u);
-  EXPECT_THAT(problems[0], HasSubstr("cgroup system.slice/user@1000.service (workload services)"));
+                           "system.slice/sshd.service 2 spiffe://example.org/svc/sshd",
+                           "system.slice/user@1000.service 2 (no ID)"));
+  EXPECT_TRUE(problems.empty()) << problems[0];
+}
+
+// user@1000.service matches "services", but '@' cannot be in a SPIFFE ID.
+// Leaving it out would leave it unenforced (its mesh traffic in plaintext);
+// it is registered to the workload it matched, with no ID and the reason, so
+// the agent enrols it and refuses its connections. Never a later workload.
+TEST_F(ScanCgroupsTest, CgroupWhoseIdCannotBeRenderedIsRegisteredWithItsReason) {
+  auto found = ScanCgroups(MakeConfig(), root_.string());
+  ASSERT_TRUE(found.ok()) << found.status();
+  const RegisteredWorkload* user = nullptr;
+  for (const RegisteredWorkload& w : *found) {
+    if (w.cgroup_path == "system.slice/user@1000.service") user = &w;
+  }
+  ASSERT_NE(user, nullptr) << "the cgroup was left out, so it would not be enforced";
+  EXPECT_EQ(user->workload_index, 2u);  // "services", the first glob that matches
+  EXPECT_FALSE(user->id.has_value());
+  EXPECT_EQ(user->cgroup_id, InodeOf(root_ / "system.slice/user@1000.service"));
+  EXPECT_THAT(user->id_problem, HasSubstr("spiffe://{trust_domain}/svc/{unit}"));
+  EXPECT_THAT(user->id_problem, HasSubstr("@"));
+  for (const RegisteredWorkload& w : *found) {
+    if (w.id) {
+      EXPECT_TRUE(w.id_problem.empty()) << w.cgroup_path;
+    }
+  }
 }
 
 // The agent classifies every cgroup, workload or not, so that one missing
@@ -251,7 +273,7 @@ TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkipped) {
     if (::geteuid() == 0 && ::setresuid(65534, 65534, 65534) != 0) std::_Exit(2);
     std::vector<std::string> problems;
     auto found = ScanCgroups(MakeConfig(), root_.string(), &problems);
-    bool as_expected = found.ok() && found->size() == 4 && problems.size() == 2 &&
+    bool as_expected = found.ok() && found->size() == 5 && problems.size() == 1 &&
                        problems[0].find("cgroup kubepods.slice: cannot list") == 0;
     if (!as_expected) {
       std::fprintf(stderr, "status %s, %zu found, problems:\n", found.status().ToString().c_str(),

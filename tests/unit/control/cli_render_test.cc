@@ -131,10 +131,17 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
   WorkloadView web{"web",       "system.slice/web.service",
                    1234,        "spiffe://example.org/web",
                    "enforce",   {80, 443},
-                   kNow + 2700, "pod 10.1.2.3"};
-  WorkloadView batch{
-      "batch", "system.slice/batch.service", 99, "spiffe://example.org/batch", "permissive", {}, 0,
-      "node"};
+                   kNow + 2700, "pod 10.1.2.3",
+                   ""};
+  WorkloadView batch{"batch",
+                     "system.slice/batch.service",
+                     99,
+                     "spiffe://example.org/batch",
+                     "permissive",
+                     {},
+                     0,
+                     "node",
+                     ""};
   EXPECT_EQ(RenderWorkloads({web, batch}, Now()),
             "NAME   SPIFFE ID                   MODE        PORTS   CGROUP                      "
             "SVID               NETWORK\n"
@@ -185,6 +192,93 @@ TEST(RenderDenials, OneRowPerDenial) {
       "2026-01-01T00:00:01Z  inbound    db        -                           10.0.0.8:50000  "
       "10.0.0.2:5432  5432  plaintext_client  the client did not speak TLS\n");
   EXPECT_EQ(RenderDenials({}), "no denials\n");
+}
+
+TEST(RenderWorkloads, ACgroupWithNoIdSaysWhyItIsRefused) {
+  WorkloadView user{"services",
+                    "system.slice/user@1000.service",
+                    7,
+                    "",
+                    "enforce",
+                    {},
+                    0,
+                    "node",
+                    "its SPIFFE ID template spiffe://{trust_domain}/svc/{unit} gives no valid ID: "
+                    "character '@' is not allowed"};
+  std::string out = RenderWorkloads({user}, Now());
+  EXPECT_NE(out.find("services  -          enforce  -      system.slice/user@1000.service  "
+                     "refused, no SPIFFE ID: its SPIFFE ID template "
+                     "spiffe://{trust_domain}/svc/{unit} gives no valid ID: character '@' is "
+                     "not allowed  node\n"),
+            std::string::npos)
+      << out;
+}
+
+// Warnings come right under "ready", one per line; without any, the status
+// is exactly as it was.
+TEST(RenderStatus, ShowsWarnings) {
+  control::StatusView s;
+  s.ready = true;
+  std::string quiet = RenderStatus(s, Now());
+  s.warnings = {"outbound to 10.0.0.0/8 accepts any server of example.org", "second warning"};
+  std::string expected = quiet;
+  expected.insert(quiet.find("data path"),
+                  "warnings     outbound to 10.0.0.0/8 accepts any server of example.org\n"
+                  "             second warning\n");
+  EXPECT_EQ(RenderStatus(s, Now()), expected);
+  EXPECT_EQ(quiet.find("warnings"), std::string::npos);
+}
+
+TEST(EscapeForTerminal, ControlBytesBecomeVisibleText) {
+  EXPECT_EQ(EscapeForTerminal("spiffe://example.org/web"), "spiffe://example.org/web");
+  EXPECT_EQ(EscapeForTerminal("caf\xc3\xa9 \\x2d"), "caf\xc3\xa9 \\x2d");  // UTF-8 and '\\' kept
+  EXPECT_EQ(EscapeForTerminal("a\x1b[2Jb\rc\nd\ae\tf\x7fg"),
+            "a\\x1b[2Jb\\x0dc\\x0ad\\x07e\\x09f\\x7fg");
+  // C1 controls (CSI is U+009B), a bare 0x9B (8-bit terminals read it as CSI),
+  // and a right-to-left override that would reorder what follows.
+  EXPECT_EQ(EscapeForTerminal("a\xc2\x9b"
+                              "2Jb\x9b"
+                              "c\xe2\x80\xae"
+                              "d"),
+            "a\\u009b2Jb\\x9bc\\u202ed");
+  // A truncated sequence at the end.
+  EXPECT_EQ(EscapeForTerminal("x\xe2\x80"), "x\\xe2\\x80");
+}
+
+// A hostile peer chooses the SPIFFE ID in its certificate and, through it,
+// parts of the reasons: nothing it sends may move the cursor, clear the
+// screen or start a line of its own in any text the CLI prints.
+TEST(EscapeForTerminal, EveryRenderingEscapesPeerText) {
+  const std::string hostile = "spiffe://example.org/a\x1b[2J\rfake\nline\a";
+  const std::string shown = "spiffe://example.org/a\\x1b[2J\\x0dfake\\x0aline\\x07";
+  ConnectionView c;
+  c.id = 1;
+  c.peer_id = hostile;
+  c.workload = hostile;
+  DenialView d;
+  d.peer_id = hostile;
+  d.reason = "peer " + hostile + " not allowed";
+  WorkloadView w;
+  w.name = hostile;
+  w.spiffe_id = hostile;
+  w.problem = hostile;
+  control::StatusView s;
+  s.not_ready_reason = hostile;
+  s.config.last_reload_ok = false;
+  s.config.last_reload_error = hostile;
+  s.warnings = {hostile};
+  control::PolicyCheckParams query{hostile, "db", 1};
+  for (const std::string& out :
+       {RenderConnections({c}), RenderDenials({d}), RenderWorkloads({w}, Now()),
+        RenderStatus(s, Now()), RenderPolicyCheck(query, {false, hostile, hostile})}) {
+    EXPECT_NE(out.find(shown), std::string::npos) << out;
+    for (char ch : out) {
+      unsigned char b = static_cast<unsigned char>(ch);
+      EXPECT_TRUE(ch == '\n' || (b >= 0x20 && b != 0x7f)) << "byte " << int(b) << " in\n" << out;
+    }
+    EXPECT_EQ(out.find("\nline"), std::string::npos) << out;
+    EXPECT_EQ(out.find("\nfake"), std::string::npos) << out;
+  }
 }
 
 }  // namespace
