@@ -359,4 +359,35 @@ check "ktrust denials on node b: unknown_authority, not in the trust bundle ($re
 out=$(s_client -cert "$work/new-peer/tls.crt" -key "$work/new-peer/tls.key")
 check "the same ID with an SVID of the new root is served" grep -q "$marker" <<<"$out"
 
+echo "# mesh.require_expected_server: a server no rule pins is refused"
+# Node a's current file (ca2), with the strict setting and $1 appended.
+strict_a() {  # EXPECTED_SERVERS_YAML
+  local g
+  g=$(generation a)
+  KT_CA_DIR=$work/a/ca2 config_a
+  wait_until 10 generation_above a "$g" || return 1
+  g=$(generation a)
+  sed 's/^mesh:$/mesh:\n  require_expected_server: true/' "$work/a/ktrustd.yaml" >"$work/a/strict.tmp"
+  printf '%s\n' "$1" >>"$work/a/strict.tmp"
+  mv "$work/a/strict.tmp" "$work/a/ktrustd.yaml"
+  wait_until 10 generation_above a "$g"
+}
+check "node a applies require_expected_server without rules" strict_a ""
+check "the client's request is refused on node a" lacks "$marker" "$(get client)"
+check "ktrust denials on node a says why (no_destination, require_expected_server)" jq -e \
+  '[.denials[] | select(.result == "no_destination" and (.reason | test("no expected_servers rule covers 10.77.0.2:8080 \\(from workload client\\).*require_expected_server")))] | length >= 1' \
+  <<<"$(kt a denials --since 30s --json)"
+check "strict: ktrust status has no warnings" jq -e '.warnings == []' <<<"$(kt a status --json)"
+check "node a applies a rule pinning node b's server" strict_a "expected_servers:
+  - cidr: 10.77.0.2/32
+    spiffe_id: spiffe://example.org/node-b/server"
+check "the pinned server serves the client" test "$(get client)" = "$marker"
+check "node a applies a rule naming another server" strict_a "expected_servers:
+  - cidr: 10.77.0.2/32
+    spiffe_id: spiffe://example.org/node-b/other"
+check "a server with another ID is refused" lacks "$marker" "$(get client)"
+check "ktrust denials on node a: unexpected_peer" jq -e \
+  '[.denials[] | select(.workload == "client" and .result == "unexpected_peer")] | length >= 1' \
+  <<<"$(kt a denials --since 30s --json)"
+
 two_nodes_results

@@ -368,8 +368,9 @@ absl::StatusOr<OutboundRoute> Agent::Route(int app_fd) const {
   } else if (routing->config->require_expected_server) {
     // Refused before anything is sent: no rule says who the server must be.
     return absl::PermissionDeniedError(absl::StrCat(
-        "no expected_servers rule covers ", original->destination.ToString(),
-        ", and mesh.require_expected_server refuses a server that could be any workload of ",
+        "no expected_servers rule covers ", original->destination.ToString(), " (from workload ",
+        it->second.name,
+        "), and mesh.require_expected_server refuses a server that could be any workload of ",
         routing->config->trust_domain));
   }
   return route;

@@ -7,6 +7,7 @@
 #include "ktrust/identity/peer_verifier.h"
 #include "ktrust/identity/svid_rules.h"
 #include "ktrust/identity/x509.h"
+#include "render.h"
 
 namespace ktrust::cli {
 namespace {
@@ -28,20 +29,22 @@ void PrintCertificate(X509* cert, size_t index, size_t count, absl::Time now) {
   if (IsCa(cert)) {
     std::cout << "  kind         CA certificate"
               << (X509_check_issued(cert, cert) == X509_V_OK ? " (self-signed root)" : "") << "\n";
-    for (const auto& uri : uris) std::cout << "  trust domain " << uri << "\n";
+    for (const auto& uri : uris) std::cout << "  trust domain " << EscapeForTerminal(uri) << "\n";
   } else {
     PeerVerdict shape = CheckLeafSvidRules(cert);
     if (shape.ok()) {
       std::cout << "  SPIFFE ID    " << shape.peer_id->ToString() << "\n"
                 << "  kind         workload X.509-SVID\n";
     } else {
-      for (const auto& uri : uris) std::cout << "  URI SAN      " << uri << "\n";
-      std::cout << "  kind         not an X.509-SVID: " << shape.explanation << "\n";
+      // The certificate's author chose these: escaped, like all peer text.
+      for (const auto& uri : uris) std::cout << "  URI SAN      " << EscapeForTerminal(uri) << "\n";
+      std::cout << "  kind         not an X.509-SVID: " << EscapeForTerminal(shape.explanation)
+                << "\n";
     }
   }
   absl::Time nb = NotBefore(cert), na = NotAfter(cert);
-  std::cout << "  subject      " << SubjectString(cert) << "\n"
-            << "  issuer       " << IssuerString(cert) << "\n"
+  std::cout << "  subject      " << EscapeForTerminal(SubjectString(cert)) << "\n"
+            << "  issuer       " << EscapeForTerminal(IssuerString(cert)) << "\n"
             << "  serial       " << SerialHex(cert) << "\n"
             << "  valid from   " << FormatTimestamp(nb) << " (" << Relative(nb, now) << ")\n"
             << "  valid until  " << FormatTimestamp(na) << " (" << Relative(na, now) << ")"
@@ -105,7 +108,7 @@ int RunInspect(const InspectFlags& f) {
     return kOk;
   }
   std::cout << "verifies against " << f.bundle << ": NO (" << ReasonCode(verdict.reason)
-            << "): " << verdict.explanation << "\n";
+            << "): " << EscapeForTerminal(verdict.explanation) << "\n";
   return kFailed;
 }
 

@@ -21,8 +21,8 @@ void LogSuppressed(const LogLimiter::Suppressed& s, absl::Duration window) {
   if (slash != std::string::npos) event["code"] = s.key.substr(slash + 1);
   event["count"] = s.count;
   event["reason"] =
-      absl::StrCat("suppressed ", s.count, " similar lines over ", absl::FormatDuration(window),
-                   " per key; metrics and `ktrust denials` count every refusal");
+      absl::StrCat("suppressed ", s.count, " similar lines in ", absl::FormatDuration(window),
+                   "; the metrics and `ktrust denials` keep the totals");
   LogEvent(s.level, event);
 }
 
