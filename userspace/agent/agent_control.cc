@@ -221,6 +221,11 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
               "or the pod not served: see ktrust workloads)"
         : reason == "connect_unclassified"
             ? "a new cgroup the agent had not classified yet: refused until it is (a moment)"
+        : reason == "connect_unserved_netns"
+            ? "mesh connection from a network namespace where ktrustd has no outbound listener "
+              "(agent down or restarting, or the pod not served: see ktrust workloads)"
+        : reason == "sk_lookup_udp_refused"
+            ? "UDP to an enforced port: datagrams carry no identity, so enforce mode drops them"
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }

@@ -106,16 +106,41 @@ absl::Status AddLoopbackAddress6(const in6_addr& addr) {
   return absl::OkStatus();
 }
 
-bool HasAddresses(const std::string& netns_path) {
-  UniqueFd netns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!netns.valid()) return false;
-  auto addresses = PodAddresses(netns.get());
-  return addresses.ok() && !addresses->empty();
-}
-
 absl::StatusOr<SocketAddress> AddressWithPort(const std::string& ip, uint16_t port) {
   bool v6 = ip.find(':') != std::string::npos;
   return SocketAddress::Parse(v6 ? absl::StrCat("[", ip, "]:", port) : absl::StrCat(ip, ":", port));
+}
+
+}  // namespace
+
+OutboundTarget PodOutboundTarget(const std::vector<std::string>& addresses) {
+  OutboundTarget target;
+  for (const std::string& ip : addresses) {
+    auto address = AddressWithPort(ip, 0);
+    if (!address.ok()) continue;
+    if (address->family() == AF_INET) {
+      const in_addr& a = reinterpret_cast<const sockaddr_in*>(address->get())->sin_addr;
+      bool link_local = (ntohl(a.s_addr) >> 16) == 0xa9fe;  // 169.254/16
+      if (!target.ip4 && !link_local) target.ip4 = *address;
+    } else {
+      const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(address->get())->sin6_addr;
+      if (!target.ip6 && !IN6_IS_ADDR_LINKLOCAL(&a)) target.ip6 = *address;
+    }
+  }
+  return target;
+}
+
+namespace {
+
+// Whether the namespace now has an address its mesh connections can be sent
+// to (and so enforced ports have addresses too).
+bool HasOutboundTarget(const std::string& netns_path) {
+  UniqueFd netns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!netns.valid()) return false;
+  auto addresses = PodAddresses(netns.get());
+  if (!addresses.ok()) return false;
+  OutboundTarget target = PodOutboundTarget(*addresses);
+  return target.ip4 || target.ip6;
 }
 
 }  // namespace
@@ -151,7 +176,12 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   served.view.addresses = *addresses;
   bool serves_ports = false;
   for (const PodWorkload& w : pod.workloads) serves_ports |= !w.ports.empty();
-  served.awaiting_addresses = serves_ports && addresses->empty();
+  served.target = PodOutboundTarget(*addresses);
+  // A CNI plugin may configure the namespace after its first process
+  // started: until then, nothing to enforce and nowhere to send its mesh
+  // connections (refused meanwhile).
+  served.awaiting_addresses =
+      (serves_ports && addresses->empty()) || (!served.target.ip4 && !served.target.ip6);
   bool has_ip6 = false;
   for (const std::string& a : *addresses) has_ip6 |= a.find(':') != std::string::npos;
 
@@ -200,12 +230,14 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
     }
   }
 
+  // The pod's mesh connections go to its own address on outbound_port (the
+  // loopback addresses are the host's), which sk_lookup hands only to the
+  // outbound listeners below: bound to ephemeral ports, so no process in the
+  // pod can take their place.
   NetnsListeners listeners;
   listeners.netns_fd = netns.get();
-  for (const char* host : {"127.0.0.1", "[::1]"}) {
-    auto addr = SocketAddress::Parse(absl::StrCat(host, ":", settings_.outbound_port));
-    if (!addr.ok()) return problem(std::string(addr.status().message()));
-    listeners.outbound.push_back({*addr, settings_.route});
+  for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
+    listeners.outbound.push_back({*SocketAddress::Parse(host), settings_.route});
   }
   for (const PodWorkload* w : serving) {
     for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
@@ -224,6 +256,29 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
           !st.ok()) {
         return problem(absl::StrCat("steering to the pod's listeners: ", st.message()));
       }
+    }
+  }
+  if (served.target.ip4 || served.target.ip6) {
+    std::optional<uint32_t> slot = AllocateSlot();
+    if (!slot) return problem("no free listener slot for the pod's outbound listener");
+    served.slots.push_back(*slot);
+    for (size_t family = 0; family < 2; ++family) {
+      if (auto st = maps.SetInboundListener(*slot, handle->outbound_fds[family]); !st.ok()) {
+        return problem(absl::StrCat("steering to the pod's outbound listener: ", st.message()));
+      }
+    }
+    auto cookie = NetnsCookieOf(handle->outbound_fds[0]);
+    if (!cookie.ok()) return problem(std::string(cookie.status().message()));
+    served.netns_cookie = *cookie;
+    if (auto st = maps.SetOutboundTarget(*cookie, served.target, settings_.outbound_port, *slot);
+        !st.ok()) {
+      return problem(absl::StrCat("redirecting the pod's mesh connections: ", st.message()));
+    }
+    for (const auto* address : {&served.target.ip4, &served.target.ip6}) {
+      if (!*address) continue;
+      SocketAddress rule = **address;
+      rule.set_port(settings_.outbound_port);
+      served.rules.push_back(rule);
     }
   }
   LogEvent(spdlog::level::info, {{"event", "pod_netns_served"},
@@ -249,6 +304,10 @@ void PodNetworks::Release(uint64_t inode, const Served& served, const Served* su
     if (!kept.count(rule.ToString())) (void)maps.RemoveInboundPort(rule);
   }
   if (successor) return;
+  // Its mesh connections are refused from here on.
+  if (served.netns_cookie) {
+    (void)maps.RemoveOutboundTarget(*served.netns_cookie, served.target, settings_.outbound_port);
+  }
   absl::Status detached;
   {
     absl::MutexLock lock(&bpf_mu_);
@@ -290,7 +349,7 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
       }
     }
     // Served again once the addresses have come, not on every pass.
-    if (awaiting_addresses && !HasAddresses(pod.path)) continue;
+    if (awaiting_addresses && !HasOutboundTarget(pod.path)) continue;
     auto next = Serve(pod);
     if (!next) continue;
     std::optional<Served> before;
@@ -313,6 +372,15 @@ std::vector<SocketAddress> PodNetworks::enforced() const {
     rules.insert(rules.end(), served.rules.begin(), served.rules.end());
   }
   return rules;
+}
+
+std::set<uint64_t> PodNetworks::netns_cookies() const {
+  absl::MutexLock lock(&mu_);
+  std::set<uint64_t> cookies;
+  for (const auto& [inode, served] : served_) {
+    if (served.netns_cookie) cookies.insert(*served.netns_cookie);
+  }
+  return cookies;
 }
 
 std::vector<ServedPod> PodNetworks::served() const {

@@ -408,9 +408,9 @@ class ConfigReader {
     Mapping map;
     if (auto st = p_.OpenMapping(
             field.value, "agent",
-            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "inbound_port",
-             "upstream_source", "upstream_source6", "socket_mark", "control_socket",
-             "control_group", "metrics_address", "log_format", "log_level", "data_path"},
+            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "upstream_source",
+             "upstream_source6", "socket_mark", "control_socket", "control_group",
+             "metrics_address", "log_format", "log_level", "data_path"},
             &map);
         !st.ok()) {
       return st;
@@ -426,8 +426,6 @@ class ConfigReader {
         st = p_.AbsolutePath(f, path, &out->bpf_pin_dir);
       } else if (f.key == "outbound_port") {
         st = p_.Port(f, path, &out->outbound_port);
-      } else if (f.key == "inbound_port") {
-        st = p_.Port(f, path, &out->inbound_port);
       } else if (f.key == "upstream_source") {
         if (!f.value.IsScalar() || !IsIpAddress(AF_INET, f.value.Scalar())) {
           st = p_.Expected(f, path, "an IPv4 address such as 127.0.0.6");
@@ -480,7 +478,10 @@ class ConfigReader {
         parsed = absl::ascii_isdigit(text.front()) && absl::SimpleAtoi(text, &mark);
       }
     }
-    if (!parsed) return p_.Expected(field, path, "a 32-bit mark such as 0x6b74");
+    // The agent's sockets are known by their mark (never redirected, let
+    // through to applications): without one it could not work.
+    if (!parsed || mark == 0)
+      return p_.Expected(field, path, "a non-zero 32-bit mark such as 0x6b74");
     *out = mark;
     return absl::OkStatus();
   }
@@ -515,7 +516,7 @@ class ConfigReader {
       if (auto st = Template(map, *config, workload, &workload.spiffe_id); !st.ok()) return st;
       config->workloads.push_back(std::move(workload));
     }
-    return AgentPortsFit(field, *config);
+    return absl::OkStatus();
   }
 
   absl::Status WorkloadName(const Mapping& map, std::map<std::string, std::string>& name_owner,
@@ -637,40 +638,6 @@ class ConfigReader {
       }
     }
     return sample;
-  }
-
-  // The agent listens on outbound_port and on one inbound port per workload
-  // with ports, counting up from inbound_port.
-  absl::Status AgentPortsFit(const Field& field, const Config& config) const {
-    size_t listeners = std::count_if(config.workloads.begin(), config.workloads.end(),
-                                     [](const WorkloadConfig& w) { return !w.ports.empty(); });
-    if (listeners == 0) return absl::OkStatus();
-    const uint32_t first = config.agent.inbound_port;
-    const uint32_t last = first + listeners - 1;
-    if (last > 65535) {
-      return p_.Fail(field.key_node.Mark(), "workloads",
-                     absl::StrCat("expected at most ", 65535 - first + 1,
-                                  " workloads with ports (agent.inbound_port is ", first, "), got ",
-                                  listeners));
-    }
-    const uint32_t outbound = config.agent.outbound_port;
-    if (outbound >= first && outbound <= last) {
-      return p_.Fail(
-          field.key_node.Mark(), "workloads",
-          absl::StrCat("expected the agent's inbound ports ", first, "-", last,
-                       " to leave out agent.outbound_port, got ", outbound, " among them"));
-    }
-    for (const WorkloadConfig& workload : config.workloads) {
-      for (uint16_t port : workload.ports) {
-        if (port >= first && port <= last) {
-          return p_.Fail(
-              field.key_node.Mark(), "workloads",
-              absl::StrCat("expected workload ports outside the agent's inbound ports ", first, "-",
-                           last, ", got ", port, " for workload ", workload.name));
-        }
-      }
-    }
-    return absl::OkStatus();
   }
 
   absl::Status MeshEntries(const Field& field, absl::string_view path,

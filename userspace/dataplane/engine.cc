@@ -87,7 +87,8 @@ class Engine::Loop {
     std::vector<Listeners> per_loop;
     std::vector<SocketAddress> outbound_addresses;
     std::vector<SocketAddress> inbound_addresses;
-    std::vector<int> inbound_fds;  // loop 0's, per inbound listener
+    std::vector<int> outbound_fds;  // loop 0's, per outbound listener
+    std::vector<int> inbound_fds;   // loop 0's, per inbound listener
   };
 
   Loop(Shared& shared, std::unique_ptr<EventLoop> loop)
@@ -124,6 +125,7 @@ class Engine::Loop {
       auto addr = bind_all(l.listen, &l, nullptr);
       if (!addr.ok()) return addr.status();
       opened.outbound_addresses.push_back(*addr);
+      opened.outbound_fds.push_back(opened.per_loop.front().back()->fd.get());
     }
     for (const auto& l : group->inbound) {
       auto addr = bind_all(l.listen, nullptr, &l);
@@ -350,6 +352,7 @@ absl::Status Engine::Start() {
   if (!opened.ok()) return opened.status();
   outbound_bound_ = std::move(opened->outbound_addresses);
   inbound_bound_ = std::move(opened->inbound_addresses);
+  outbound_fds_ = std::move(opened->outbound_fds);
   inbound_fds_ = std::move(opened->inbound_fds);
   for (size_t i = 0; i < loops_.size(); ++i) loops_[i]->Adopt(std::move(opened->per_loop[i]));
   for (auto& loop : loops_) loop->Start();
@@ -394,7 +397,8 @@ absl::StatusOr<NetnsListenersHandle> Engine::AddNetnsListeners(NetnsListeners li
                                                              ": ", opened.status().message()));
   }
   NetnsListenersHandle handle{group->id, std::move(opened->outbound_addresses),
-                              std::move(opened->inbound_addresses), std::move(opened->inbound_fds)};
+                              std::move(opened->inbound_addresses), std::move(opened->outbound_fds),
+                              std::move(opened->inbound_fds)};
   netns_listener_groups_[group->id] = group->netns_name;
   for (size_t i = 0; i < loops_.size(); ++i) {
     Loop* loop = loops_[i].get();

@@ -2,9 +2,10 @@
 //
 // A socket belongs to the namespace it was made in, so the agent's
 // listeners in its own namespace cannot serve a pod. For each pod namespace
-// the agent opens, inside it: the outbound listener pair where connect4/6
-// redirect the pod's mesh connections (same address and port as on the
-// node), and an inbound listener pair per serving workload. The pod variant
+// the agent opens, inside it: the outbound listener pair that takes the
+// pod's mesh connections (connect4/6 rewrite them to the pod's own address on
+// outbound_port, and sk_lookup hands them to these listeners alone), and an
+// inbound listener pair per serving workload. The pod variant
 // of sk_lookup, attached to the namespace, steers the pod's enforced
 // (pod address, port) pairs to them. The engine makes each connection's
 // other socket in the pod's namespace too, so wire connections leave from
@@ -72,6 +73,10 @@ struct PodNetworkSettings {
   std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
 };
 
+// Where a pod's mesh connections are sent: its first IPv4 and first IPv6
+// address that is not link-local (those need a scope to be dialled).
+OutboundTarget PodOutboundTarget(const std::vector<std::string>& addresses);
+
 class PodNetworks {
  public:
   // bpf_mu serializes the loader with the agent's other users of it.
@@ -88,6 +93,9 @@ class PodNetworks {
   // The enforced (pod address, port) rules of the served pods: what a
   // restarted agent keeps of the pinned inbound rules.
   std::vector<SocketAddress> enforced() const;
+  // The served pods' namespaces (SO_NETNS_COOKIE) that have an outbound
+  // target: what a restarted agent keeps of the pinned targets.
+  std::set<uint64_t> netns_cookies() const;
   std::vector<ServedPod> served() const;
 
  private:
@@ -95,7 +103,9 @@ class PodNetworks {
     std::vector<PodWorkload> workloads;
     std::optional<uint64_t> listeners;  // the engine's handle
     std::vector<uint32_t> slots;
-    std::vector<SocketAddress> rules;
+    std::vector<SocketAddress> rules;      // enforced ports and the outbound target's
+    OutboundTarget target;                 // where its mesh connections go
+    std::optional<uint64_t> netns_cookie;  // set once the target is in place
     // It serves ports but the pod had no address yet: a CNI plugin may
     // configure the namespace after its first process started.
     bool awaiting_addresses = false;

@@ -89,8 +89,9 @@ struct NetnsListenersHandle {
   // As bound (port 0 resolved), in the order of NetnsListeners' vectors.
   std::vector<SocketAddress> outbound_addresses;
   std::vector<SocketAddress> inbound_addresses;
-  // Per inbound listener: loop 0's socket, for sk_lookup's sockmap (as
+  // Per listener: loop 0's socket, for sk_lookup's sockmap (as
   // Engine::inbound_listen_fd). Valid until RemoveNetnsListeners(id).
+  std::vector<int> outbound_fds;
   std::vector<int> inbound_fds;
 };
 
@@ -191,6 +192,9 @@ class Engine {
   // sk_lookup's sockmap. It is loop 0's socket; the kernel spreads steered
   // connections over the loops' SO_REUSEPORT group.
   int inbound_listen_fd(size_t i) const { return inbound_fds_[i]; }
+  // The same for outbound listener i: sk_lookup hands it the connections
+  // connect4/6 rewrote to its namespace's outbound target.
+  int outbound_listen_fd(size_t i) const { return outbound_fds_[i]; }
 
   const std::vector<SocketAddress>& outbound_addresses() const { return outbound_bound_; }
   const std::vector<SocketAddress>& inbound_addresses() const { return inbound_bound_; }
@@ -223,6 +227,7 @@ class Engine {
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<SocketAddress> outbound_bound_;
   std::vector<SocketAddress> inbound_bound_;
+  std::vector<int> outbound_fds_;
   std::vector<int> inbound_fds_;
   std::string data_path_;
   std::string data_path_reason_;

@@ -31,7 +31,6 @@ TEST(ConfigTest, MinimalConfigTakesTheDefaults) {
   EXPECT_TRUE(config->workloads.empty());
   EXPECT_TRUE(config->policy.empty());
   EXPECT_EQ(config->agent.outbound_port, 15001);
-  EXPECT_EQ(config->agent.inbound_port, 15006);
   EXPECT_EQ(config->agent.log_format, "json");
   EXPECT_FALSE(config->agent.node_name.empty()) << "defaults to the host name";
 }
@@ -361,17 +360,14 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"BadLogLevel", "agent:\n  log_level: verbose\n", "t.yaml:4:14: agent.log_level: ",
                   "expected one of trace, debug, info, warn, error, got \"verbose\""},
         Malformed{"BadSocketMark", "agent:\n  socket_mark: 0xzz\n",
-                  "t.yaml:4:16: agent.socket_mark: ", "a 32-bit mark"},
+                  "t.yaml:4:16: agent.socket_mark: ", "a non-zero 32-bit mark"},
         Malformed{
             "WorkloadPortIsOutboundPort",
             "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
             "    ports: [15001]\n",
             "t.yaml:7:13: workloads[0].ports[0]: ", "the agent's outbound port 15001"},
-        Malformed{"InboundListenersCoverOutboundPort",
-                  "agent:\n  inbound_port: 15000\n" + kWeb.substr(0) +
-                      "  - name: api\n    cgroup: b\n    spiffe_id: spiffe://{trust_domain}/b\n"
-                      "    ports: [9090]\n",
-                  "t.yaml:5:1: workloads: ", "to leave out agent.outbound_port, got 15001"},
+        Malformed{"ZeroSocketMark", "agent:\n  socket_mark: 0\n",
+                  "t.yaml:4:16: agent.socket_mark: ", "a non-zero 32-bit mark"},
         Malformed{"KeyNotAScalar", "agent:\n  [a]: 1\n", "t.yaml:4:3: agent: ", "a key name"}),
     [](const ::testing::TestParamInfo<Malformed>& case_info) {
       return std::string(case_info.param.name);
