@@ -105,6 +105,9 @@ std::string RestartOnlyShape(const Config& config) {
        absl::StrCat(static_cast<int>(config.identity.source)),
        absl::FormatDuration(config.identity.svid_ttl), config.identity.svid_dir},
       "/");
+  // The engine's handshake admission is fixed when it starts.
+  absl::StrAppend(&shape, "/", a.max_inbound_handshakes, "/", a.max_outbound_handshakes, "/",
+                  a.max_handshakes_per_source, "/", absl::FormatDuration(a.first_byte_timeout));
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
     absl::StrAppend(&shape, ";", w->name, ":", absl::StrJoin(w->ports, ","), ":",
                     WorkloadModeName(w->mode));
@@ -171,6 +174,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   options.data_path =
       settings.data_path == "userspace" ? DataPathMode::kUserspace : DataPathMode::kAuto;
   options.socket_mark = settings.socket_mark;
+  options.max_inbound_handshakes = settings.max_inbound_handshakes;
+  options.max_outbound_handshakes = settings.max_outbound_handshakes;
+  options.max_handshakes_per_source = settings.max_handshakes_per_source;
+  options.first_byte_timeout = settings.first_byte_timeout;
   options.on_closed = hooks.connection_closed;
   auto upstream4 = SocketAddress::Parse(absl::StrCat(settings.upstream_source, ":0"));
   if (!upstream4.ok()) return upstream4.status();

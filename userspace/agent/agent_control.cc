@@ -308,6 +308,18 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
             static_cast<double>(c.handshake_failures.load()));
   m.Counter("ktrust_refused_limit_total", "Connections refused over the connection limits", {},
             static_cast<double>(c.refused_limit.load()));
+  for (const auto& [limit, n] :
+       {std::pair<const char*, uint64_t>{"connections", c.refused_connections.load()},
+        {"inbound_handshakes", c.refused_inbound_handshakes.load()},
+        {"outbound_handshakes", c.refused_outbound_handshakes.load()},
+        {"source_handshakes", c.refused_source_handshakes.load()}}) {
+    m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
+              {{"limit", limit}}, static_cast<double>(n));
+  }
+  m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "inbound"}},
+          static_cast<double>(c.handshaking_inbound.load()));
+  m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "outbound"}},
+          static_cast<double>(c.handshaking_outbound.load()));
   for (const auto& [result, n] : stats.denials().CountsByResult()) {
     m.Counter("ktrust_denials_total", "Refused connections and failed handshakes, by reason",
               {{"result", result}}, static_cast<double>(n));

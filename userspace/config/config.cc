@@ -410,7 +410,8 @@ class ConfigReader {
             field.value, "agent",
             {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "upstream_source",
              "upstream_source6", "socket_mark", "control_socket", "control_group",
-             "metrics_address", "log_format", "log_level", "data_path"},
+             "metrics_address", "log_format", "log_level", "data_path", "max_inbound_handshakes",
+             "max_outbound_handshakes", "max_handshakes_per_source", "first_byte_timeout"},
             &map);
         !st.ok()) {
       return st;
@@ -459,9 +460,36 @@ class ConfigReader {
         st = p_.OneOf(f, path, {"trace", "debug", "info", "warn", "error"}, &out->log_level);
       } else if (f.key == "data_path") {
         st = p_.OneOf(f, path, {"auto", "userspace"}, &out->data_path);
+      } else if (f.key == "max_inbound_handshakes") {
+        st = HandshakeLimit(f, path, &out->max_inbound_handshakes);
+      } else if (f.key == "max_outbound_handshakes") {
+        st = HandshakeLimit(f, path, &out->max_outbound_handshakes);
+      } else if (f.key == "max_handshakes_per_source") {
+        st = HandshakeLimit(f, path, &out->max_handshakes_per_source);
+      } else if (f.key == "first_byte_timeout") {
+        // Under a second a lost and resent ClientHello would be dropped; over
+        // a minute a silent client holds its slot as long as a handshake may.
+        absl::Duration d;
+        if (!f.value.IsScalar() || !absl::ParseDuration(f.value.Scalar(), &d) ||
+            d < absl::Seconds(1) || d > absl::Minutes(1)) {
+          st = p_.Expected(f, path, "a duration between 1s and 1m such as \"3s\"");
+        } else {
+          out->first_byte_timeout = d;
+        }
       }
       if (!st.ok()) return st;
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status HandshakeLimit(const Field& field, absl::string_view path, int* out) const {
+    int value = 0;
+    if (!field.value.IsScalar() || field.value.Scalar().empty() ||
+        !absl::ascii_isdigit(field.value.Scalar().front()) ||
+        !absl::SimpleAtoi(field.value.Scalar(), &value) || value < 1 || value > 1000000) {
+      return p_.Expected(field, path, "a number of handshakes between 1 and 1000000");
+    }
+    *out = value;
     return absl::OkStatus();
   }
 

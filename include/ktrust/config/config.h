@@ -100,6 +100,11 @@ struct AgentSettings {
   std::string log_format = "json";                 // json | text
   std::string log_level = "info";
   std::string data_path = "auto";  // auto | userspace
+  // Handshake admission (EngineOptions of the same names).
+  int max_inbound_handshakes = 1024;
+  int max_outbound_handshakes = 1024;
+  int max_handshakes_per_source = 128;
+  absl::Duration first_byte_timeout = absl::Seconds(3);
 };
 
 struct Config {

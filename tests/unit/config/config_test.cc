@@ -68,7 +68,11 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
       "agent:\n"
       "  node_name: n1\n"
       "  socket_mark: 0x10\n"
-      "  metrics_address: \"\"\n");
+      "  metrics_address: \"\"\n"
+      "  max_inbound_handshakes: 2048\n"
+      "  max_outbound_handshakes: 512\n"
+      "  max_handshakes_per_source: 32\n"
+      "  first_byte_timeout: 5s\n");
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_EQ(config->workloads.size(), 1u);
   const WorkloadConfig& web = config->workloads[0];
@@ -101,6 +105,10 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
   EXPECT_EQ(config->agent.node_name, "n1");
   EXPECT_EQ(config->agent.socket_mark, 0x10u);
   EXPECT_EQ(config->agent.metrics_address, "");
+  EXPECT_EQ(config->agent.max_inbound_handshakes, 2048);
+  EXPECT_EQ(config->agent.max_outbound_handshakes, 512);
+  EXPECT_EQ(config->agent.max_handshakes_per_source, 32);
+  EXPECT_EQ(config->agent.first_byte_timeout, absl::Seconds(5));
 }
 
 TEST(ConfigTest, WorkloadModeNamesRoundTrip) {
@@ -361,6 +369,12 @@ INSTANTIATE_TEST_SUITE_P(
                   "expected one of trace, debug, info, warn, error, got \"verbose\""},
         Malformed{"BadSocketMark", "agent:\n  socket_mark: 0xzz\n",
                   "t.yaml:4:16: agent.socket_mark: ", "a non-zero 32-bit mark"},
+        Malformed{"ZeroHandshakeBudget", "agent:\n  max_inbound_handshakes: 0\n",
+                  "t.yaml:4:27: agent.max_inbound_handshakes: ", "between 1 and 1000000"},
+        Malformed{"NegativePerSourceCap", "agent:\n  max_handshakes_per_source: -5\n",
+                  "t.yaml:4:30: agent.max_handshakes_per_source: ", "got \"-5\""},
+        Malformed{"FirstByteTimeoutTooShort", "agent:\n  first_byte_timeout: 100ms\n",
+                  "t.yaml:4:23: agent.first_byte_timeout: ", "between 1s and 1m"},
         Malformed{
             "WorkloadPortIsOutboundPort",
             "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
