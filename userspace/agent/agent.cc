@@ -441,8 +441,15 @@ void Agent::WatchTree(const std::string& dir) {
 }
 
 void Agent::WatchCgroups(absl::Duration timeout) {
-  pollfd pfd{cgroup_events_.get(), POLLIN, 0};
-  if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  // The pods' address changes wake this thread too: a new address of a
+  // served pod is enforced now, not at the next pass.
+  pollfd pfd[2] = {{cgroup_events_.get(), POLLIN, 0}, {pods_->events_fd(), POLLIN, 0}};
+  if (poll(pfd, 2, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  if (pfd[1].revents & POLLIN) {
+    absl::MutexLock serialize(&enroll_mu_);
+    pods_->RefreshAddresses();
+  }
+  if (!(pfd[0].revents & POLLIN)) return;
   alignas(inotify_event) char buf[16384];
   bool changed = false;
   ssize_t n;

@@ -132,7 +132,14 @@ control::WorkloadListView Workloads(const Agent& agent) {
     } else if (!pod->second.problem.empty()) {
       v.network = absl::StrCat("pod (not served: ", pod->second.problem, ")");
     } else {
-      v.network = absl::StrCat("pod ", absl::StrJoin(pod->second.addresses, ","));
+      const ServedPod& served = pod->second;
+      v.network = served.addresses.empty()
+                      ? "pod (no address yet)"
+                      : absl::StrCat("pod ", absl::StrJoin(served.addresses, ","));
+      if (!served.shared.empty()) {
+        absl::StrAppend(&v.network,
+                        " (refused, on another pod too: ", absl::StrJoin(served.shared, ","), ")");
+      }
     }
     out.workloads.push_back(std::move(v));
   }
