@@ -80,6 +80,24 @@ absl::Time ModificationTime(const std::string& path) {
   return absl::TimeFromTimespec(st.st_mtim);
 }
 
+// Taken before the files are read: a write landing during the read changes
+// the time again, and the next Maintain() reloads.
+std::vector<std::pair<std::string, absl::Time>> TrustInputTimes(const Config& config) {
+  std::vector<std::pair<std::string, absl::Time>> out;
+  for (const TrustBundleFile& f : config.trust_bundles) {
+    out.emplace_back(f.path, ModificationTime(f.path));
+  }
+  for (const std::string& path : config.crls) out.emplace_back(path, ModificationTime(path));
+  return out;
+}
+
+bool TrustInputsChanged(const std::vector<std::pair<std::string, absl::Time>>& seen) {
+  for (const auto& [path, mtime] : seen) {
+    if (ModificationTime(path) != mtime) return true;
+  }
+  return false;
+}
+
 EnforcementMode KernelMode(WorkloadMode mode) {
   return mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
                                            : EnforcementMode::kEnforce;
@@ -160,6 +178,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   auto ids = WorkloadIdentities::Create(*config, absl::Now());
   if (!ids.ok()) return ids.status();
   agent->identities_ = *std::move(ids);
+  auto trust_inputs = TrustInputTimes(*config);
   auto trust = agent->identities_->LoadTrustStore(*config);
   if (!trust.ok()) return trust.status();
 
@@ -225,6 +244,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     agent->routing_ = std::make_shared<const Routing>(Routing{{}, {}, {}, config});
     agent->reload_.loaded_at = absl::Now();
     agent->config_mtime_ = ModificationTime(config_path);
+    agent->trust_inputs_ = std::move(trust_inputs);
   }
   auto engine = Engine::Create(options, *trust, policy, std::move(outbound), std::move(inbound));
   if (!engine.ok()) return engine.status();
@@ -611,8 +631,10 @@ absl::Status Agent::Reload() {
   auto loaded = LoadConfig(config_path_);
   absl::Status result = loaded.status();
   std::shared_ptr<const Config> config;
+  std::vector<std::pair<std::string, absl::Time>> trust_inputs;
   if (result.ok()) {
     config = std::make_shared<const Config>(*std::move(loaded));
+    trust_inputs = TrustInputTimes(*config);
     absl::Time now = absl::Now();
     // Everything is read and checked before anything changes: a CA
     // directory that does not load fails the reload as a bad file does. The
@@ -654,6 +676,8 @@ absl::Status Agent::Reload() {
   }
   absl::MutexLock lock(&mu_);
   config_mtime_ = mtime;
+  // After a bad configuration file, what the last good one named stays watched.
+  if (config) trust_inputs_ = std::move(trust_inputs);
   reload_.last_ok = result.ok();
   reload_.last_error = result.ok() ? "" : std::string(result.message());
   if (result.ok()) {
@@ -675,12 +699,15 @@ void Agent::Maintain(absl::Time now) {
   }
   absl::Time mtime;
   absl::Time seen;
+  std::vector<std::pair<std::string, absl::Time>> inputs;
   {
     absl::MutexLock lock(&mu_);
     seen = config_mtime_;
+    inputs = trust_inputs_;
   }
   mtime = ModificationTime(config_path_);
-  if (mtime != seen) {
+  // A new CRL or bundle file takes effect like a new configuration.
+  if (mtime != seen || TrustInputsChanged(inputs)) {
     (void)Reload();
     return;
   }

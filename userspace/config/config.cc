@@ -300,7 +300,7 @@ class ConfigReader {
     config.source_path = p_.source();
     Mapping top;
     if (auto st = p_.OpenMapping(root, "",
-                                 {"version", "trust_domain", "identity", "trust_bundles",
+                                 {"version", "trust_domain", "identity", "trust_bundles", "crls",
                                   "workloads", "mesh", "expected_servers", "policy", "agent"},
                                  &top);
         !st.ok()) {
@@ -314,7 +314,10 @@ class ConfigReader {
       if (auto st = Identity(*f, &config.identity); !st.ok()) return st;
     }
     if (const Field* f = top.Find("trust_bundles")) {
-      if (auto st = p_.StringList(*f, "trust_bundles", &config.trust_bundles); !st.ok()) return st;
+      if (auto st = TrustBundles(*f, &config); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("crls")) {
+      if (auto st = p_.StringList(*f, "crls", &config.crls); !st.ok()) return st;
     }
     if (const Field* f = top.Find("agent")) {
       if (auto st = Agent(*f, &config.agent); !st.ok()) return st;
@@ -363,6 +366,44 @@ class ConfigReader {
       return p_.ExpectedBecause(*field, "trust_domain", kExpected, td.status().message());
     }
     config->trust_domain = td->name();
+    return absl::OkStatus();
+  }
+
+  // - /path/roots.crt                  roots of the local trust domain
+  // - trust_domain: partner.example    roots of another one (federation)
+  //   file: /path/partner.crt
+  absl::Status TrustBundles(const Field& field, Config* config) const {
+    constexpr absl::string_view kExpected =
+        "a list of absolute paths or {trust_domain, file} mappings";
+    if (!field.value.IsSequence()) return p_.Expected(field, "trust_bundles", kExpected);
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      const YAML::Node& item = field.value[i];
+      std::string path = Item("trust_bundles", i);
+      TrustBundleFile entry{config->trust_domain, ""};
+      if (item.IsScalar()) {
+        if (item.Scalar().empty() || item.Scalar().front() != '/') {
+          return p_.Expected(item, path, "an absolute path");
+        }
+        entry.path = item.Scalar();
+      } else {
+        Mapping map;
+        if (auto st = p_.OpenMapping(item, path, {"trust_domain", "file"}, &map); !st.ok()) {
+          return st;
+        }
+        constexpr absl::string_view kDomain = "a trust domain name such as partner.example";
+        const Field* td_field = map.Find("trust_domain");
+        if (td_field == nullptr) return p_.Missing(map, "trust_domain", kDomain);
+        std::string td_path = Child(path, "trust_domain");
+        if (!td_field->value.IsScalar()) return p_.Expected(*td_field, td_path, kDomain);
+        auto td = TrustDomain::Parse(td_field->value.Scalar());
+        if (!td.ok()) return p_.ExpectedBecause(*td_field, td_path, kDomain, td.status().message());
+        entry.trust_domain = td->name();
+        const Field* file = map.Find("file");
+        if (file == nullptr) return p_.Missing(map, "file", "an absolute path");
+        if (auto st = p_.AbsolutePath(*file, Child(path, "file"), &entry.path); !st.ok()) return st;
+      }
+      config->trust_bundles.push_back(std::move(entry));
+    }
     return absl::OkStatus();
   }
 

@@ -428,8 +428,18 @@ AuthorizationDecision Connection::Authorize() const {
 }
 
 void Connection::Recheck() {
-  if (direction_ != Direction::kInbound || closing_ || !tls_ || !tls_->peer_id()) return;
+  if (closing_ || !tls_ || !tls_->peer_id()) return;
   if (state_ != ConnectionState::kEstablished && state_ != ConnectionState::kConnectingApp) return;
+  // The peer's identity first, in both directions: a reload that revoked it
+  // (or dropped its root) ends the connection, with the verifier's reason
+  // ("revoked") as the result.
+  PeerVerdict verdict = tls_->ReverifyPeer();
+  if (!verdict.ok()) {
+    if (direction_ == Direction::kInbound) ctx_.shared.counters->denied.fetch_add(1);
+    Abort(ReasonCode(verdict.reason), absl::StrCat("after a reload: ", verdict.explanation));
+    return;
+  }
+  if (direction_ != Direction::kInbound) return;
   AuthorizationDecision decision = Authorize();
   if (decision.allowed) return;
   ctx_.shared.counters->denied.fetch_add(1);

@@ -38,7 +38,8 @@ class Connection {
 
   // Enforces the connect, first-byte, handshake and idle deadlines.
   void Tick(absl::Time now);
-  // Policy reload: an inbound connection the authorizer now denies is closed.
+  // After a reload: a connection whose peer chain the new trust store refuses
+  // (revoked, root dropped), or an inbound one the new policy denies, is closed.
   void Recheck();
   // Resets both sockets for a reason outside the connection (its listener
   // was removed): logged with `reason_code`, not counted as an error.

@@ -282,7 +282,7 @@ class Engine::Loop {
     for (Connection* c : live) {
       if (ctx_.connections.count(c)) c->Tick(now);
     }
-    // A new policy: re-check the live connections against it.
+    // A new policy or trust store: re-check the live connections against it.
     uint64_t generation = ctx_.shared.authorizer_generation.load();
     if (generation != ctx_.authorizer_generation) {
       ctx_.authorizer_generation = generation;
@@ -500,6 +500,8 @@ void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {
 void Engine::SetTrustStore(std::shared_ptr<const TrustStore> trust) {
   shared_->client_tls->SetTrustStore(trust);
   shared_->server_tls->SetTrustStore(std::move(trust));
+  // Live connections are re-checked on the next tick, as after a new policy.
+  shared_->authorizer_generation.fetch_add(1);
 }
 
 }  // namespace ktrust

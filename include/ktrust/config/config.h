@@ -107,11 +107,19 @@ struct AgentSettings {
   absl::Duration first_byte_timeout = absl::Seconds(3);
 };
 
+// A file of roots and the one trust domain they may vouch for. A plain path
+// in the YAML means the local trust domain.
+struct TrustBundleFile {
+  std::string trust_domain;  // valid per TrustDomain::Parse
+  std::string path;
+};
+
 struct Config {
   std::string source_path;   // the file it was loaded from
   std::string trust_domain;  // valid per TrustDomain::Parse
   IdentityConfig identity;
-  std::vector<std::string> trust_bundles;  // extra PEM files of roots
+  std::vector<TrustBundleFile> trust_bundles;  // extra roots, per trust domain
+  std::vector<std::string> crls;               // PEM files of CRLs (`ktrust ca revoke`)
   std::vector<WorkloadConfig> workloads;
   std::vector<MeshEntry> mesh;
   std::vector<MeshEntry> bypass;

@@ -133,6 +133,35 @@ TEST(ConfigTest, DocumentedExampleParses) {
   EXPECT_THAT(config->policy[0].origin, HasSubstr("ktrustd.yaml:"));
 }
 
+// Finding 9 of issue 10: each bundle file is bound to one trust domain; a
+// plain path means the local one.
+TEST(ConfigTest, TrustBundlesAreBoundToATrustDomain) {
+  auto config = Parse(
+      "trust_bundles:\n"
+      "  - /etc/ktrust/old-root.crt\n"
+      "  - trust_domain: partner.example.com\n"
+      "    file: /etc/ktrust/partner.crt\n"
+      "  - {trust_domain: spiffe://example.org, file: /etc/ktrust/next-root.crt}\n"
+      "crls: [/etc/ktrust/root-crl.pem]\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->trust_bundles.size(), 3u);
+  EXPECT_EQ(config->trust_bundles[0].trust_domain, "example.org");
+  EXPECT_EQ(config->trust_bundles[0].path, "/etc/ktrust/old-root.crt");
+  EXPECT_EQ(config->trust_bundles[1].trust_domain, "partner.example.com");
+  EXPECT_EQ(config->trust_bundles[1].path, "/etc/ktrust/partner.crt");
+  EXPECT_EQ(config->trust_bundles[2].trust_domain, "example.org");
+  EXPECT_THAT(config->crls, ::testing::ElementsAre("/etc/ktrust/root-crl.pem"));
+}
+
+TEST(ConfigTest, DocumentedExampleTrustsThePartnerItsPolicyNames) {
+  auto config = LoadConfig(KTRUST_DOCS_DIR "/examples/ktrustd.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  bool partner = false;
+  for (const auto& b : config->trust_bundles) partner |= b.trust_domain == "partner.example.com";
+  EXPECT_TRUE(partner) << "the policy's from: spiffe://partner.example.com/... needs its bundle";
+  EXPECT_FALSE(config->crls.empty());
+}
+
 TEST(ConfigTest, BareMetalExampleEnrolsTwoSystemdServices) {
   auto config = LoadConfig(KTRUST_DOCS_DIR "/examples/bare-metal.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -234,6 +263,19 @@ INSTANTIATE_TEST_SUITE_P(
                   "t.yaml:1:1: trust_domain: ", "got nothing (the key is required)", true},
         Malformed{"BadTrustDomain", "version: 1\ntrust_domain: Example.org\n",
                   "t.yaml:2:15: trust_domain: ", "lowercase", true},
+        Malformed{"TrustBundleWithoutDomain", "trust_bundles:\n  - file: /a.crt\n",
+                  "t.yaml:4:5: trust_bundles[0].trust_domain: ", "the key is required"},
+        Malformed{"TrustBundleBadDomain",
+                  "trust_bundles:\n  - {trust_domain: Partner.example, file: /a.crt}\n",
+                  "t.yaml:4:20: trust_bundles[0].trust_domain: ", "lowercase"},
+        Malformed{"TrustBundleRelativeFile",
+                  "trust_bundles:\n  - {trust_domain: p.example, file: a.crt}\n",
+                  "t.yaml:4:37: trust_bundles[0].file: ", "expected an absolute path"},
+        Malformed{"TrustBundleUnknownKey",
+                  "trust_bundles:\n  - {trust_domain: p.example, path: /a.crt}\n",
+                  "t.yaml:4:31: trust_bundles[0].path: ", "unknown key"},
+        Malformed{"CrlRelative", "crls: [crl.pem]\n",
+                  "t.yaml:3:8: crls[0]: ", "expected an absolute path"},
         Malformed{"UnknownTopLevelKey", "trsut_bundles: [/a]\n", "t.yaml:3:1: trsut_bundles: ",
                   "unknown key; expected one of version, trust_domain, identity, trust_bundles"},
         Malformed{
