@@ -1,7 +1,8 @@
 // cgroup/connect4 and cgroup/connect6: an enrolled workload's TCP connection
-// to the mesh is rewritten to the agent's outbound listener in the caller's
-// network namespace, after its original destination is recorded by socket
-// cookie. Other protocols to the mesh are refused in enforce mode. A cgroup
+// to the mesh is rewritten to its network namespace's outbound target, which
+// sk_lookup hands to the agent's outbound listener there, after its original
+// destination is recorded by socket cookie. A namespace without a target is
+// not served: refused. Other protocols to the mesh are refused in enforce mode. A cgroup
 // the agent has not classified yet is refused whatever would be redirected.
 #include "lib/sock_addr.h"
 
@@ -25,12 +26,22 @@ static __always_inline int ktrust_record(struct bpf_sock_addr* ctx, const struct
   return bpf_map_update_elem(&ktrust_orig_ck, &cookie, &record, BPF_ANY);
 }
 
+// Where this namespace's mesh connections go, for this family. NULL: the
+// agent serves no outbound listener there.
+static __always_inline const struct ktrust_outbound_target* ktrust_target(
+    const struct ktrust_outbound_target* target, const struct ktrust_flow* flow, bool v6) {
+  if (!target) return NULL;
+  bool ip4 = !v6 || ktrust_addr_is_v4_mapped(flow->dst_addr);
+  return (target->flags & (ip4 ? KTRUST_TARGET_HAS_IP4 : KTRUST_TARGET_HAS_IP6)) ? target : NULL;
+}
+
 static __always_inline void ktrust_rewrite(struct bpf_sock_addr* ctx,
                                            const struct ktrust_flow* flow,
+                                           const struct ktrust_outbound_target* target,
                                            const struct ktrust_config* settings, bool v6) {
   ctx->user_port = bpf_htons(settings->outbound_port);
   if (!v6) {
-    ctx->user_ip4 = settings->outbound_ip4;
+    ctx->user_ip4 = target->ip4;
     return;
   }
   // An AF_INET6 socket dialling a mapped IPv4 address reaches the IPv4
@@ -40,9 +51,9 @@ static __always_inline void ktrust_rewrite(struct bpf_sock_addr* ctx,
     ip6[0] = 0;
     ip6[1] = 0;
     ip6[2] = bpf_htonl(0x0000ffff);
-    ip6[3] = settings->outbound_ip4;
+    ip6[3] = target->ip4;
   } else {
-    __builtin_memcpy(ip6, settings->outbound_ip6, 16);
+    __builtin_memcpy(ip6, target->ip6, 16);
   }
   ctx->user_ip6[0] = ip6[0];
   ctx->user_ip6[1] = ip6[1];
@@ -63,15 +74,22 @@ static __always_inline int ktrust_connect(struct bpf_sock_addr* ctx, bool v6) {
 
   // settings is non-NULL whenever the verdict is redirect.
   if (decision.verdict == KTRUST_VERDICT_REDIRECT && settings) {
-    if (ktrust_record(ctx, &flow, &decision, cgroup_id, v6) == 0) {
-      ktrust_rewrite(ctx, &flow, settings, v6);
-    } else if (decision.mode == KTRUST_MODE_PERMISSIVE) {
-      // Without a record the agent cannot serve it: plaintext is the lesser evil only here.
-      ktrust_set(&decision, KTRUST_VERDICT_PASS, KTRUST_REASON_CONNECT_RECORD_FAILED,
-                 KTRUST_EVENT_BYPASSED);
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    const struct ktrust_outbound_target* target =
+        ktrust_target(bpf_map_lookup_elem(&ktrust_outbound_targets, &netns), &flow, v6);
+    __u32 failed = 0;
+    if (!target) {
+      failed = KTRUST_REASON_CONNECT_UNSERVED_NETNS;
+    } else if (ktrust_record(ctx, &flow, &decision, cgroup_id, v6) != 0) {
+      failed = KTRUST_REASON_CONNECT_RECORD_FAILED;
     } else {
-      ktrust_set(&decision, KTRUST_VERDICT_DENY, KTRUST_REASON_CONNECT_RECORD_FAILED,
-                 KTRUST_EVENT_DENIED);
+      ktrust_rewrite(ctx, &flow, target, settings, v6);
+    }
+    if (failed && decision.mode == KTRUST_MODE_PERMISSIVE) {
+      // The agent cannot serve it: plaintext is the lesser evil only here.
+      ktrust_set(&decision, KTRUST_VERDICT_PASS, failed, KTRUST_EVENT_BYPASSED);
+    } else if (failed) {
+      ktrust_set(&decision, KTRUST_VERDICT_DENY, failed, KTRUST_EVENT_DENIED);
     }
   }
   ktrust_account(ctx, &flow, &decision, cgroup_id);

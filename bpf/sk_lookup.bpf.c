@@ -2,7 +2,11 @@
 // enforced (address, port) is handed to the agent's inbound listener, whose
 // accepted socket keeps the original destination as its local address. With
 // no listener (agent down, or a pod not served yet) it is refused unless the
-// port is permissive. ktrust_sk_lookup serves the host's namespace,
+// port is permissive. The same rules take a namespace's redirected mesh
+// connections (connect4/6 rewrote them to the namespace's outbound target)
+// to the agent's outbound listener, and only to it: whoever else binds that
+// address and port gets nothing, agent up or down. In enforce mode UDP to an
+// enforced port is dropped. ktrust_sk_lookup serves the host's namespace,
 // ktrust_sk_lookup_pod each pod's.
 #include "lib/decision.h"
 #include "lib/telemetry.h"
@@ -10,14 +14,14 @@
 static __always_inline void ktrust_report_refused(struct bpf_sk_lookup* ctx,
                                                   const struct ktrust_inbound_value* rule,
                                                   const __u8 local[16], const __u8 remote[16],
-                                                  __u32 reason) {
+                                                  __u32 reason, __u8 protocol) {
   struct ktrust_event event = {
       .timestamp_ns = bpf_ktime_get_ns(),
       .workload = rule->workload,
       .src_port = bpf_ntohs(ctx->remote_port),
       .dst_port = (__u16)ctx->local_port,
       .type = KTRUST_EVENT_DENIED,
-      .protocol = IPPROTO_TCP,
+      .protocol = protocol,
       .reason = reason,
   };
   __builtin_memcpy(event.src_addr, remote, 16);
@@ -26,16 +30,17 @@ static __always_inline void ktrust_report_refused(struct bpf_sk_lookup* ctx,
 }
 
 // A verdict for an enforced port whose listener cannot take the connection.
+// An outbound target is the agent's or nobody's, whatever the mode.
 static __always_inline int ktrust_without_listener(struct bpf_sk_lookup* ctx,
                                                    const struct ktrust_inbound_value* rule,
                                                    const __u8 local[16], const __u8 remote[16],
                                                    __u32 reason) {
-  if (rule->mode == KTRUST_MODE_PERMISSIVE) {
+  if (rule->mode == KTRUST_MODE_PERMISSIVE && !(rule->flags & KTRUST_INBOUND_OUTBOUND_LISTENER)) {
     ktrust_count(KTRUST_REASON_SK_LOOKUP_PERMISSIVE);
     return SK_PASS;
   }
   ktrust_count(reason);
-  ktrust_report_refused(ctx, rule, local, remote, reason);
+  ktrust_report_refused(ctx, rule, local, remote, reason, IPPROTO_TCP);
   return SK_DROP;
 }
 
@@ -61,14 +66,31 @@ static __always_inline void ktrust_lookup_addresses(struct bpf_sk_lookup* ctx, _
 // listener of its rule's slot. exact_only: consult rules for the exact local
 // address only, never the port's wildcard entry.
 static __always_inline int ktrust_steer(struct bpf_sk_lookup* ctx, bool exact_only) {
-  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
+  if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP) return SK_PASS;
   __u8 local[16], remote[16];
   ktrust_lookup_addresses(ctx, local, remote);
 
   const struct ktrust_inbound_value* rule =
       ktrust_inbound_rule(local, (__u16)ctx->local_port, exact_only);
   if (!rule) return SK_PASS;
-  if (ktrust_is_agent_upstream(remote, ktrust_settings())) {
+  // The host's outbound target is on loopback, which in a pod is the pod's
+  // own: a pod's outbound target is one of its own addresses.
+  if (exact_only && (rule->flags & KTRUST_INBOUND_OUTBOUND_LISTENER) &&
+      ktrust_addr_is_loopback(local)) {
+    return SK_PASS;
+  }
+  if (ctx->protocol == IPPROTO_UDP) {
+    // Datagrams carry no identity: an enforced port takes none. An outbound
+    // target's rule is about redirected TCP only.
+    if (rule->mode == KTRUST_MODE_PERMISSIVE || (rule->flags & KTRUST_INBOUND_OUTBOUND_LISTENER)) {
+      return SK_PASS;
+    }
+    ktrust_count(KTRUST_REASON_SK_LOOKUP_UDP_REFUSED);
+    ktrust_report_refused(ctx, rule, local, remote, KTRUST_REASON_SK_LOOKUP_UDP_REFUSED,
+                          IPPROTO_UDP);
+    return SK_DROP;
+  }
+  if (ktrust_is_agent_connect(remote, bpf_ntohs(ctx->remote_port), local, (__u16)ctx->local_port)) {
     ktrust_count(KTRUST_REASON_SK_LOOKUP_UPSTREAM);
     return SK_PASS;
   }

@@ -1,7 +1,11 @@
-// sockops: gives the agent a way to find a redirected connection's original
-// destination from its accepted socket (re-keyed by network namespace and
-// 4-tuple at ESTABLISHED), and removes both records when the connection
-// closes.
+// sockops, two programs:
+// - ktrust_sockops, on enrolled cgroups: gives the agent a way to find a
+//   redirected connection's original destination from its accepted socket
+//   (re-keyed by network namespace and 4-tuple at ESTABLISHED), and removes
+//   both records when the connection closes;
+// - ktrust_sockops_agent, on the agent's own cgroup: records each connection
+//   the agent opens from its SYN until established, which is what sk_lookup
+//   lets through to an enforced port's application.
 #include "lib/addr.h"
 #include "lib/telemetry.h"
 
@@ -63,6 +67,56 @@ static __always_inline void ktrust_on_close(struct bpf_sock_ops* skops) {
   bpf_map_delete_elem(&ktrust_orig_ck, &cookie);
   bpf_map_delete_elem(&ktrust_orig_tp, &key);
   ktrust_count(KTRUST_REASON_SOCKOPS_CLOSED);
+}
+
+// The agent's own socket: marked with SO_MARK, which needs CAP_NET_ADMIN.
+static __always_inline bool ktrust_is_agent_socket(struct bpf_sock_ops* skops) {
+  __u32 zero = 0;
+  const struct ktrust_config* settings = bpf_map_lookup_elem(&ktrust_config, &zero);
+  if (!settings || settings->agent_mark == 0) return false;
+  struct bpf_sock* sk = skops->sk;
+  return sk && sk->mark == settings->agent_mark;
+}
+
+// As sk_lookup sees the SYN: (agent address, destination), no namespace.
+static __always_inline void ktrust_agent_tuple_of(struct bpf_sock_ops* skops,
+                                                  struct ktrust_tuple* key) {
+  ktrust_tuple_of(skops, key);
+  key->netns_cookie = 0;
+}
+
+SEC("sockops")
+int ktrust_sockops_agent(struct bpf_sock_ops* skops) {
+  struct ktrust_tuple key = {};
+  switch (skops->op) {
+    case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+      if (!ktrust_is_agent_socket(skops)) break;
+      ktrust_agent_tuple_of(skops, &key);
+      __u32 one = 1;
+      if (bpf_map_update_elem(&ktrust_agent_connects, &key, &one, BPF_ANY) != 0) {
+        ktrust_count(KTRUST_REASON_SOCKOPS_AGENT_RECORD_FAILED);
+        break;
+      }
+      // To hear about a connect that fails before ESTABLISHED.
+      bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+      break;
+    }
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+      // Past sk_lookup: the record has done its job.
+      if (!ktrust_tracked(skops)) break;
+      ktrust_agent_tuple_of(skops, &key);
+      bpf_map_delete_elem(&ktrust_agent_connects, &key);
+      bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+      break;
+    case BPF_SOCK_OPS_STATE_CB:
+      if (skops->args[1] != BPF_TCP_CLOSE) break;
+      ktrust_agent_tuple_of(skops, &key);
+      bpf_map_delete_elem(&ktrust_agent_connects, &key);
+      break;
+    default:
+      break;
+  }
+  return 1;
 }
 
 SEC("sockops")

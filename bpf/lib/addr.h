@@ -39,3 +39,11 @@ static __always_inline bool ktrust_addr_is_zero(const __u8 addr[16]) {
   __builtin_memcpy(x, addr, 16);
   return (x[0] | x[1]) == 0;
 }
+
+// 127.0.0.0/8 (mapped) or ::1.
+static __always_inline bool ktrust_addr_is_loopback(const __u8 addr[16]) {
+  if (ktrust_addr_is_v4_mapped(addr)) return addr[12] == 127;
+  __u32 words[4];
+  __builtin_memcpy(words, addr, 16);
+  return words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == bpf_htonl(1);
+}

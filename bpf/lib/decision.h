@@ -136,14 +136,13 @@ static __always_inline const struct ktrust_inbound_value* ktrust_inbound_rule(co
   return bpf_map_lookup_elem(&ktrust_inbound, &key);
 }
 
-// The agent's own connections to local applications come from a reserved
-// source address and must reach the application, not the agent again.
-static __always_inline bool ktrust_is_agent_upstream(const __u8 remote[16],
-                                                     const struct ktrust_config* settings) {
-  if (!settings) return false;
-  if (ktrust_addr_is_v4_mapped(remote)) {
-    return settings->upstream_src4 != 0 && ktrust_addr_ip4(remote) == settings->upstream_src4;
-  }
-  return !ktrust_addr_is_zero(settings->upstream_src6) &&
-         ktrust_addr_equal(remote, settings->upstream_src6);
+// The agent's own connections reach the application, not the agent again.
+// Recorded by ktrust_sockops_agent from the agent's marked sockets: the SYN's
+// (source, destination) is one of them.
+static __always_inline bool ktrust_is_agent_connect(const __u8 remote[16], __u16 remote_port,
+                                                    const __u8 local[16], __u16 local_port) {
+  struct ktrust_tuple key = {.src_port = remote_port, .dst_port = local_port};
+  __builtin_memcpy(key.src_addr, remote, 16);
+  __builtin_memcpy(key.dst_addr, local, 16);
+  return bpf_map_lookup_elem(&ktrust_agent_connects, &key) != NULL;
 }

@@ -71,6 +71,29 @@ typedef struct {
 } ktrust_orig_tp_map;
 KTRUST_MAP(ktrust_orig_tp_map, ktrust_orig_tp);
 
+// Where connect4/6 send a namespace's mesh connections: netns cookie ->
+// target address (see struct ktrust_outbound_target).
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_SERVED_NETNS);
+  __type(key, __u64);
+  __type(value, struct ktrust_outbound_target);
+} ktrust_outbound_targets_map;
+KTRUST_MAP(ktrust_outbound_targets_map, ktrust_outbound_targets);
+
+// The agent's own connections in flight, by (0, agent address, destination)
+// 4-tuple, from TCP_CONNECT_CB until ESTABLISHED or close: sk_lookup lets
+// exactly these reach an enforced port's application. The agent's sockets
+// are known by their SO_MARK, which only CAP_NET_ADMIN can set; a source
+// address would be one any local user can bind.
+typedef struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KTRUST_MAX_AGENT_CONNECTS);
+  __type(key, struct ktrust_tuple);
+  __type(value, __u32);
+} ktrust_agent_connects_map;
+KTRUST_MAP(ktrust_agent_connects_map, ktrust_agent_connects);
+
 // Enforced inbound (address, port) -> the agent listener slot that takes it.
 typedef struct {
   __uint(type, BPF_MAP_TYPE_HASH);

@@ -118,6 +118,8 @@ class CgroupRedirectTest : public ::testing::Test {
     server_address_ = *SocketAddress::LocalOf(server_.get());
     ASSERT_TRUE(
         maps().Configure({.outbound_port = SocketAddress::LocalOf(agent_.get())->port()}).ok());
+    // The test's namespace is served: its mesh connections go to loopback.
+    TargetLoopback(agent_.get(), SocketAddress::LocalOf(agent_.get())->port());
     ASSERT_TRUE(maps()
                     .AddMeshDestination(
                         *IpPrefix::Parse("127.77.0.0/16"),
@@ -167,6 +169,16 @@ class CgroupRedirectTest : public ::testing::Test {
       absl::SleepFor(absl::Milliseconds(10));
     }
     return false;
+  }
+
+  // Serves the namespace `socket_in_netns` lives in as the agent does the
+  // host's: its mesh connections go to 127.0.0.1 / ::1 on `port`, which
+  // sk_lookup (where attached) hands to the listeners of `slot` only.
+  void TargetLoopback(int socket_in_netns, uint16_t port, uint32_t slot = 0) {
+    auto cookie = NetnsCookieOf(socket_in_netns);
+    ASSERT_TRUE(cookie.ok()) << cookie.status();
+    OutboundTarget loopback{Address("127.0.0.1:0"), Address("[::1]:0")};
+    ASSERT_TRUE(maps().SetOutboundTarget(*cookie, loopback, port, slot).ok());
   }
 
   void ZeroSettings() {
@@ -253,6 +265,7 @@ TEST_F(CgroupRedirectTest, TheSameFourTupleInTwoPodsFindsEachPodsOwnDestination)
     pod.netns = std::move(*netns);
     pod.netns->Run([&] { pod.agent = ListenTcp(Address("127.0.0.1:15001")); });
     ASSERT_TRUE(pod.agent.valid());
+    TargetLoopback(pod.agent.get(), kOutboundPort);
     pod.app =
         Start(*enrolled_, ConnectAndHold(pod.destination, {.netns_path = pod.netns->path(),
                                                            .address = Address("127.0.0.1:40001")}));
@@ -302,7 +315,9 @@ TEST_F(CgroupRedirectTest, AnIpv6SocketDiallingAMappedAddressIsRedirectedToo) {
   ASSERT_NE(child, nullptr);
   ConnectReport report;
   ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
-  ASSERT_EQ(report.error, 0) << std::strerror(report.error);
+  reader_->Drain().IgnoreError();
+  ASSERT_EQ(report.error, 0) << std::strerror(report.error) << " DEBUG "
+                             << (events_.empty() ? "none" : ReasonName(events_[0].reason));
 
   UniqueFd accepted = AcceptWithin(agent_.get(), absl::Seconds(5));
   ASSERT_TRUE(accepted.valid()) << "the agent listener got nothing";
@@ -367,6 +382,63 @@ TEST_F(CgroupRedirectTest, WithNoAgentListeningTheConnectIsRefusedAtOnce) {
   EXPECT_FALSE(HasPendingConnection(server_.get())) << "plaintext reached the destination";
   Finish(*child);
   EXPECT_TRUE(TrackedConnectionsDrainTo(0));
+}
+
+// A namespace the agent serves no outbound listener in (a pod it has not
+// served yet): its mesh connections are refused, never sent anywhere.
+TEST_F(CgroupRedirectTest, AConnectFromANamespaceWithoutAnOutboundTargetIsRefused) {
+  auto netns = TestNetns::Create();
+  ASSERT_TRUE(netns.ok()) << netns.status();
+  auto child = Start(*enrolled_, ConnectAndHold(server_address_, {.netns_path = (*netns)->path(),
+                                                                  .address = std::nullopt}));
+  ASSERT_NE(child, nullptr);
+  ConnectReport report;
+  ASSERT_TRUE(child->ReadFrom(&report, sizeof(report)).ok());
+  EXPECT_EQ(report.error, EPERM) << std::strerror(report.error);
+  Finish(*child);
+  ASSERT_TRUE(reader_->Drain().ok());
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(EventTypeName(events_[0].type), "denied");
+  EXPECT_EQ(ReasonName(events_[0].reason), "connect_unserved_netns");
+}
+
+// Issue 10, finding 2: a local user who binds the outbound port (here while
+// the agent is up, then while it is down) must never receive an enrolled
+// workload's redirected connection. sk_lookup gives the namespace's outbound
+// target to the agent's listener, bound elsewhere, and refuses without it.
+TEST_F(CgroupRedirectTest, AnImpostorOnTheOutboundPortGetsNothingAgentUpOrDown) {
+  constexpr uint16_t kOutboundPort = 15001;
+  constexpr uint32_t kSlot = 3;
+  ASSERT_TRUE(maps().Configure({.outbound_port = kOutboundPort}).ok());
+  auto created = TestNetns::Create();
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<TestNetns> netns = std::move(*created);
+  ASSERT_TRUE(loader_->AttachNetns(netns->path()).ok());
+  UniqueFd impostor, agent;
+  netns->Run([&] {
+    impostor = ListenTcp(Address("127.0.0.1:15001"));
+    agent = ListenTcp(Address("127.0.0.1:0"));
+  });
+  ASSERT_TRUE(impostor.valid() && agent.valid());
+  ASSERT_TRUE(maps().SetInboundListener(kSlot, agent.get()).ok());
+  TargetLoopback(agent.get(), kOutboundPort, kSlot);
+
+  auto connect_once = [&] {
+    auto child = Start(*enrolled_, ConnectAndHold(server_address_, {.netns_path = netns->path(),
+                                                                    .address = std::nullopt}));
+    ConnectReport report;
+    EXPECT_TRUE(child && child->ReadFrom(&report, sizeof(report)).ok());
+    if (child) Finish(*child);
+    return report.error;
+  };
+  EXPECT_EQ(connect_once(), 0);
+  EXPECT_TRUE(AcceptWithin(agent.get(), absl::Seconds(5)).valid()) << "the agent got nothing";
+  EXPECT_FALSE(HasPendingConnection(impostor.get())) << "the impostor got the connection";
+
+  agent.Reset();  // the agent is down
+  EXPECT_EQ(connect_once(), ECONNREFUSED);
+  EXPECT_FALSE(HasPendingConnection(impostor.get())) << "the impostor got the connection";
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_NO_LISTENER), 1u);
 }
 
 TEST_F(CgroupRedirectTest, AnUnconfiguredAgentMeansRefusedInEnforceAndDirectInPermissive) {

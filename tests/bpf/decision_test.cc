@@ -245,7 +245,9 @@ TEST_F(DecisionTest, InvalidRulesAreRefusedBeforeTheKernelSeesThem) {
   std::vector<PortRule> too_many(KTRUST_MESH_RULES_PER_PREFIX + 1, {1, 2, MeshAction::kBypass});
   EXPECT_FALSE(maps.AddMeshDestination(prefix, too_many).ok());
   EXPECT_FALSE(maps.Configure({.outbound_port = 0}).ok());
-  EXPECT_FALSE(maps.Configure({.outbound_ip4 = "::1", .outbound_port = 1}).ok());
+  // A target's addresses must be of their family.
+  auto v6 = SocketAddress::Parse("[::1]:0");
+  EXPECT_FALSE(maps.SetOutboundTarget(1, {.ip4 = *v6, .ip6 = std::nullopt}, 15001, 0).ok());
 }
 
 }  // namespace

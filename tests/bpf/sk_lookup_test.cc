@@ -14,7 +14,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "bpf/bpf_test_env.h"
+#include "ktrust/bpf/abi_address.h"
 #include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/bpf/cgroup2.h"
 #include "ktrust/bpf/event_reader.h"
 
 namespace ktrust {
@@ -121,7 +123,7 @@ TEST_F(SkLookupTest, OtherPortsAddressesAndProtocolsAreLeftToTheKernel) {
 
   for (LookupResult r :
        {Lookup("127.0.0.1:8081", "127.0.0.9:40000"), Lookup("127.0.0.2:8080", "127.0.0.9:40000"),
-        Lookup("127.0.0.1:8080", "127.0.0.9:40000", IPPROTO_UDP)}) {
+        Lookup("127.0.0.1:8081", "127.0.0.9:40000", IPPROTO_UDP)}) {
     EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
     EXPECT_EQ(r.selected_cookie, 0u);
   }
@@ -136,19 +138,87 @@ TEST_F(SkLookupTest, AWildcardEntryCoversEveryAddressOfItsPort) {
   EXPECT_EQ(Lookup("10.1.2.3:7070", "10.9.9.9:40000").selected_cookie, SocketCookie(agent.get()));
 }
 
-TEST_F(SkLookupTest, TheAgentsOwnUpstreamConnectionsReachTheApplication) {
+// Issue 10, finding 1: a source address is no proof of being the agent.
+// Anyone can bind 127.0.0.6 (or the IPv6 upstream source): from it, an
+// enforced port is steered like from anywhere else.
+TEST_F(SkLookupTest, AConnectionFromTheUpstreamSourceAddressIsSteeredLikeAnyOther) {
   UniqueFd agent = ListenTcp(Address("127.0.0.1:0"));
   ASSERT_TRUE(maps().SetInboundListener(0, agent.get()).ok());
   ASSERT_TRUE(
       maps().AddInboundPort(Address("127.0.0.1:8080"), EnforcementMode::kEnforce, 0, 3).ok());
+  for (BpfProgram program : {BpfProgram::kSkLookup, BpfProgram::kSkLookupPod}) {
+    LookupResult r = Lookup("127.0.0.1:8080", "127.0.0.6:40000", IPPROTO_TCP, program);
+    EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
+    EXPECT_EQ(r.selected_cookie, SocketCookie(agent.get()));
+  }
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UPSTREAM), 0u);
+}
 
-  // On the host and in a pod alike.
+// What the agent's sockops records of its own connections passes, on the
+// host and in a pod alike; the same source with another port does not.
+TEST_F(SkLookupTest, TheAgentsRecordedConnectionsReachTheApplication) {
+  UniqueFd agent = ListenTcp(Address("127.0.0.1:0"));
+  ASSERT_TRUE(maps().SetInboundListener(0, agent.get()).ok());
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("127.0.0.1:8080"), EnforcementMode::kEnforce, 0, 3).ok());
+  auto connects = loader_->map_fd("ktrust_agent_connects");
+  ASSERT_TRUE(connects.ok());
+  ktrust_tuple key{};
+  std::memcpy(key.src_addr, ToAbiAddress(Address("127.0.0.6:0"))->data(), 16);
+  std::memcpy(key.dst_addr, ToAbiAddress(Address("127.0.0.1:0"))->data(), 16);
+  key.src_port = 40000;
+  key.dst_port = 8080;
+  uint32_t one = 1;
+  ASSERT_EQ(bpf_map_update_elem(*connects, &key, &one, BPF_ANY), 0);
+
   for (BpfProgram program : {BpfProgram::kSkLookup, BpfProgram::kSkLookupPod}) {
     LookupResult r = Lookup("127.0.0.1:8080", "127.0.0.6:40000", IPPROTO_TCP, program);
     EXPECT_EQ(r.verdict, static_cast<uint32_t>(SK_PASS));
     EXPECT_EQ(r.selected_cookie, 0u);
   }
   EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UPSTREAM), 2u);
+  EXPECT_EQ(Lookup("127.0.0.1:8080", "127.0.0.6:40001").selected_cookie, SocketCookie(agent.get()));
+}
+
+// Issue 10, finding 10: datagrams carry no identity, so enforce mode drops
+// UDP to an enforced port; permissive lets it through.
+TEST_F(SkLookupTest, UdpToAnEnforcedPortIsDroppedInEnforceModeAndSaysSo) {
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("127.0.0.1:8080"), EnforcementMode::kEnforce, 0, 3).ok());
+  ASSERT_TRUE(
+      maps().AddInboundPort(Address("127.0.0.1:8081"), EnforcementMode::kPermissive, 0, 3).ok());
+  EXPECT_EQ(Lookup("127.0.0.1:8080", "127.0.0.9:40000", IPPROTO_UDP).verdict,
+            static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(Lookup("127.0.0.1:8081", "127.0.0.9:40000", IPPROTO_UDP).verdict,
+            static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UDP_REFUSED), 1u);
+  ExpectOneDenial("sk_lookup_udp_refused", "127.0.0.1:8080", "127.0.0.9:40000", 3);
+}
+
+// Issue 10, finding 2: a namespace's outbound target goes to the agent's
+// outbound listener and nowhere else; without it, refused whatever the mode.
+TEST_F(SkLookupTest, AnOutboundTargetReachesOnlyTheAgentsOutboundListener) {
+  UniqueFd outbound = ListenTcp(Address("127.0.0.1:0"));
+  ASSERT_TRUE(maps().SetInboundListener(5, outbound.get()).ok());
+  OutboundTarget loopback{Address("127.0.0.1:0"), Address("[::1]:0")};
+  ASSERT_TRUE(maps().SetOutboundTarget(42, loopback, 15001, 5).ok());
+
+  EXPECT_EQ(Lookup("127.0.0.1:15001", "127.0.0.1:40000").selected_cookie,
+            SocketCookie(outbound.get()));
+  // UDP to it is left alone: the rule is about redirected TCP.
+  EXPECT_EQ(Lookup("127.0.0.1:15001", "127.0.0.1:40000", IPPROTO_UDP).verdict,
+            static_cast<uint32_t>(SK_PASS));
+  // A pod's loopback is its own: the host's target is not consulted there.
+  LookupResult in_pod = LookupInPod("127.0.0.1:15001", "127.0.0.1:40000");
+  EXPECT_EQ(in_pod.verdict, static_cast<uint32_t>(SK_PASS));
+  EXPECT_EQ(in_pod.selected_cookie, 0u);
+
+  outbound.Reset();  // the agent is down
+  EXPECT_EQ(Lookup("127.0.0.1:15001", "127.0.0.1:40000").verdict, static_cast<uint32_t>(SK_DROP));
+  EXPECT_EQ(Lookup("[::1]:15001", "[::1]:40000").verdict, static_cast<uint32_t>(SK_DROP));
+
+  ASSERT_TRUE(maps().RemoveOutboundTarget(42, loopback, 15001).ok());
+  EXPECT_EQ(Lookup("127.0.0.1:15001", "127.0.0.1:40000").verdict, static_cast<uint32_t>(SK_PASS));
 }
 
 TEST_F(SkLookupTest, WithTheAgentGoneAnEnforcedPortRefusesAndSaysSo) {
@@ -323,10 +393,15 @@ class SkLookupNetnsTest : public SkLookupTest {
   }
 
   // A connect() inside the namespace, optionally from a given source.
-  int Connect(const SocketAddress& to, const SocketAddress* from, UniqueFd& out) {
+  int Connect(const SocketAddress& to, const SocketAddress* from, UniqueFd& out,
+              uint32_t mark = 0) {
     int err = 0;
     netns_->Run([&] {
       out.Reset(socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+      if (mark != 0 && setsockopt(out.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+        err = errno;
+        return;
+      }
       if (from && bind(out.get(), from->get(), from->size()) != 0) {
         err = errno;
         return;
@@ -378,14 +453,37 @@ TEST_F(SkLookupNetnsTest, ConnectionsToAnEnforcedPortReachTheAgentWithTheirDesti
   ExpectSteeredToTheAgent(StartEnforcedApp(0));
 }
 
-TEST_F(SkLookupNetnsTest, TheAgentsUpstreamFromItsReservedSourceReachesTheApplication) {
+// The agent's sockets carry its SO_MARK (which takes CAP_NET_ADMIN): with
+// the agent's sockops on its cgroup, exactly those reach the application.
+TEST_F(SkLookupNetnsTest, TheAgentsMarkedConnectionReachesTheApplication) {
+  constexpr uint32_t kMark = 0x6b74;
+  ASSERT_TRUE(maps().Configure({.outbound_port = 15001, .agent_mark = kMark}).ok());
+  auto own = OwnCgroupPath();
+  ASSERT_TRUE(own.ok()) << own.status();
+  ASSERT_TRUE(loader_->AttachAgentSockops(*own).ok());
+  EnforcedApp served = StartEnforcedApp(0);
+  SocketAddress upstream_source = Address("127.0.0.6:0");
+  UniqueFd client;
+  ASSERT_EQ(Connect(served.address, &upstream_source, client, kMark), 0);
+  UniqueFd accepted = AcceptWithin(served.app.get(), absl::Seconds(5));
+  ASSERT_TRUE(accepted.valid()) << "the application got nothing";
+  EXPECT_FALSE(HasPendingConnection(served.agent.get()));
+  EXPECT_EQ(Counter(KTRUST_REASON_SK_LOOKUP_UPSTREAM), 1u);
+}
+
+// Issue 10, finding 1: the attack as it was shown, an unmarked connection
+// from the agent's upstream source address: the agent gets it, to handshake.
+TEST_F(SkLookupNetnsTest, AnyoneElseFromTheUpstreamSourceIsSteeredToTheAgent) {
+  ASSERT_TRUE(maps().Configure({.outbound_port = 15001, .agent_mark = 0x6b74}).ok());
+  auto own = OwnCgroupPath();
+  ASSERT_TRUE(own.ok()) << own.status();
+  ASSERT_TRUE(loader_->AttachAgentSockops(*own).ok());
   EnforcedApp served = StartEnforcedApp(0);
   SocketAddress upstream_source = Address("127.0.0.6:0");
   UniqueFd client;
   ASSERT_EQ(Connect(served.address, &upstream_source, client), 0);
-  UniqueFd accepted = AcceptWithin(served.app.get(), absl::Seconds(5));
-  ASSERT_TRUE(accepted.valid()) << "the application got nothing";
-  EXPECT_FALSE(HasPendingConnection(served.agent.get()));
+  EXPECT_TRUE(AcceptWithin(served.agent.get(), absl::Seconds(5)).valid());
+  EXPECT_FALSE(HasPendingConnection(served.app.get())) << "plaintext reached the application";
 }
 
 TEST_F(SkLookupNetnsTest, AnEnforcedPortRefusesConnectionsOnceTheAgentIsGone) {

@@ -117,8 +117,13 @@ issue_svid() {
 
 intermediate_chain() {
   new_ca root
-  kt 0 ca intermediate --ca-dir root --name node-a --dir node-a
+  kt 0 ca intermediate --ca-dir root --name node-a --dir node-a --scope 'spiffe://example.org/ns/test/*'
+  has out "it may sign only spiffe://example.org/ns/test/*"
   mode_is node-a/ca.key 600
+  # Name constraints every verifier enforces: the trust domain.
+  x509_text node-a/ca.crt >text.txt
+  has text.txt "X509v3 Name Constraints: critical"
+  has text.txt "URI:example.org"
   kt 0 ca issue --ca-dir node-a --id spiffe://example.org/ns/test/sa/web --out svid
   eq "$(grep -c 'BEGIN CERTIFICATE' svid/tls.crt)" 2 "certificates in tls.crt"
   cmp -s svid/ca.crt root/bundle.crt || fail "svid/ca.crt is not the root bundle"
@@ -131,6 +136,54 @@ intermediate_chain() {
   # Intermediates sign workloads only.
   kt 1 ca intermediate --ca-dir node-a --name sub --dir sub
   [[ ! -e sub/ca.key ]] || fail "a second-level intermediate was written"
+}
+
+# Issue 10, finding 3: a node's intermediate issues only inside its scope.
+intermediate_scope() {
+  new_ca root
+  kt 0 ca intermediate --ca-dir root --name reports-1 --dir reports-1
+  has out "it may sign only spiffe://example.org/reports-1/*"
+  kt 0 ca issue --ca-dir reports-1 --id spiffe://example.org/reports-1/cron --out own
+  kt 1 ca issue --ca-dir reports-1 --id spiffe://example.org/web-1/nginx --out stolen
+  has err "may only sign IDs matching spiffe://example.org/reports-1/*"
+  [[ ! -e stolen/tls.key ]] || fail "an SVID outside the scope was written"
+  kt 1 ca intermediate --ca-dir root --name x --dir x --scope 'spiffe://other.org/*'
+  has err "outside this CA's trust domain"
+  kt 1 ca intermediate --ca-dir root --name y --dir y --scope 'spiffe://example.org/a*'
+  has err "invalid SPIFFE ID pattern"
+}
+
+# Issue 10, finding 4: ktrust ca revoke writes the issuing CA's CRL.
+revoke() {
+  new_ca root
+  mode_is root/crl.pem 644
+  openssl crl -in root/crl.pem -noout -text >empty.txt
+  has empty.txt "No Revoked Certificates"
+  kt 0 ca intermediate --ca-dir root --name node-b --dir node-b
+  kt 0 ca revoke --ca-dir root --cert node-b/ca.crt
+  has out "revoked \"O = ktrust, OU = example.org, CN = node-b\""
+  serial=$(openssl x509 -in node-b/ca.crt -noout -serial | cut -d= -f2)
+  openssl crl -in root/crl.pem -noout -text >crl.txt
+  has crl.txt "Serial Number: $serial"
+  openssl crl -in root/crl.pem -noout -CAfile root/ca.crt >verify.txt 2>&1
+  has verify.txt "verify OK"
+  kt 0 ca revoke --ca-dir root --serial "$serial"
+  has out "already revoked"
+  # Another CA's certificate: refused, the CRL unchanged.
+  new_ca other
+  cp root/crl.pem crl.before
+  kt 1 ca revoke --ca-dir root --cert other/ca.crt
+  has err "was not issued by the CA in root"
+  cmp -s root/crl.pem crl.before || fail "crl.pem changed"
+  kt 1 ca revoke --ca-dir root
+  has err "exactly one of --serial and --cert"
+  kt 1 ca revoke --ca-dir root --serial zz
+  has err "not a hexadecimal certificate serial"
+  # A private key others can read is refused, with the fix.
+  chmod 644 root/ca.key
+  kt 1 ca revoke --ca-dir root --serial 01
+  has err "mode 0644"
+  has err "chmod 600"
 }
 
 inspect_wrong_bundle() {
@@ -223,6 +276,8 @@ check "ca init creates the CA files with owner-only key and directory" init_crea
 check "ca init keeps an existing CA unless --force is given" init_refuses_to_replace
 check "ca issue writes a verifiable 1h P-256 X.509-SVID" issue_svid
 check "ca intermediate: leaf + intermediate chain verifies to the root" intermediate_chain
+check "ca intermediate: the node's intermediate issues only inside its scope" intermediate_scope
+check "ca revoke: the issuing CA's CRL lists the certificate" revoke
 check "cert inspect refuses another CA's and another trust domain's bundle" inspect_wrong_bundle
 check "cert inspect reports an expired SVID as expired" inspect_expired
 check "usage errors exit 2" usage_errors

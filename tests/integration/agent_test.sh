@@ -112,8 +112,8 @@ wait_for "$work/plain.log" listening
 get() { exec_in a "$1" curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true; }
 # A client that sends one line to the echo server and then holds the
 # connection until the other side closes it.
-hold() {  # LOG
-  run_in a holder "$1" python3 -u -c "
+hold() {  # LOG [CGROUP]
+  run_in a "${2:-holder}" "$1" python3 -u -c "
 import socket
 s = socket.create_connection(('10.77.0.2', 8081), timeout=10)
 s.sendall(b'ping\n')
@@ -389,5 +389,35 @@ check "a server with another ID is refused" lacks "$marker" "$(get client)"
 check "ktrust denials on node a: unexpected_peer" jq -e \
   '[.denials[] | select(.workload == "client" and .result == "unexpected_peer")] | length >= 1' \
   <<<"$(kt a denials --since 30s --json)"
+ga=$(generation a)
+KT_CA_DIR=$work/a/ca2 config_a
+check "node a is back to its plain file (reloaded)" wait_until 10 generation_above a "$ga"
+
+echo "# revocation drill: the root revokes node a's intermediate under traffic"
+# ca init wrote root2's crl.pem (empty): node b trusts it from now on.
+gb=$(generation b)
+KT_CA_DIR=$work/b/ca2 KT_CRLS="  - $work/root2/crl.pem" config_b "$policy_tight"
+check "node b reads root2's CRL (reloaded)" wait_until 10 generation_above b "$gb"
+hold "$work/hold2.log" client2
+wait_for "$work/hold2.log" "reply"
+check "a held connection from node a is open" grep -q "reply ping" "$work/hold2.log"
+start_load drill
+check "the load runs before the revocation" more_served drill 5
+gb=$(generation b)
+check "ktrust ca revoke --cert names what it revoked" grep -q "revoked .*CN = node-a" \
+  <<<"$("$ktrust" ca revoke --ca-dir "$work/root2" --cert "$work/a/ca2/ca.crt")"
+# Nothing but the CRL file changed: the agent notices it on its own.
+check "node b reloads when the CRL file changes" wait_until 10 generation_above b "$gb"
+check "a new request from node a is refused after that one reload" lacks "$marker" "$(get client)"
+check "the held connection from node a is closed" wait_until 5 grep -q closed "$work/hold2.log"
+result=$(stop_load drill)
+echo "# $result"
+check "the load saw refusals" jq -e '.failed > 0' <<<"$result"
+revoked=$(kt b denials --json | jq -c '[.denials[] | select(.result == "revoked")]')
+check "ktrust denials on node b: revoked handshakes, naming node-a's intermediate" jq -e \
+  'any(.[]; (.reason | test("CA certificate \"O = ktrust, OU = example.org, CN = node-a\" .*is revoked")))' <<<"$revoked"
+check "ktrust denials on node b: the live connection closed as revoked after the reload" jq -e \
+  'any(.[]; (.reason | startswith("after a reload: ")))' <<<"$revoked"
+check "ktrust denials shows revoked to people" grep -q "revoked" <<<"$(kt b denials)"
 
 two_nodes_results

@@ -49,6 +49,9 @@ struct PairOptions {
   std::vector<std::string> allow = {"spiffe://example.org/ns/app/*"};
   std::optional<SpiffeIdPattern> expect_server;
   bool permissive = false;  // the inbound listener's mode
+  // The client engine serves an inbound listener too (to the same backend),
+  // as an agent's engine serves both directions: client_inbound().
+  bool client_inbound = false;
   EngineOptions options;
 };
 
@@ -176,16 +179,26 @@ class EngineTest : public ::testing::Test {
 
     std::shared_ptr<const Svid> client_svid = p.client_svid;
     OutboundRoute route{wire_, "client", [client_svid] { return client_svid; }, p.expect_server};
+    std::vector<InboundListener> client_inbound;
+    if (p.client_inbound) {
+      client_inbound.push_back(InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "client-side",
+                                               [client_svid] { return client_svid; },
+                                               backend.address()});
+    }
     auto client = Engine::Create(
-        p.options, trust_, nullptr,
+        p.options, trust_,
+        p.client_inbound ? std::make_shared<AllowListAuthorizer>(allowed) : nullptr,
         {OutboundListener{*SocketAddress::Parse("127.0.0.1:0"),
                           [route](int) -> absl::StatusOr<OutboundRoute> { return route; }}},
-        {});
+        std::move(client_inbound));
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
     ASSERT_TRUE(client_->Start().ok());
     entry_ = client_->outbound_addresses().at(0);
   }
+
+  // The client engine's inbound listener (PairOptions::client_inbound).
+  SocketAddress client_inbound() const { return client_->inbound_addresses().at(0); }
 
   SocketAddress entry() const { return entry_; }
 
@@ -245,6 +258,36 @@ class EngineTest : public ::testing::Test {
     EXPECT_TRUE(Drained());
     EXPECT_EQ(backend.accepted(), 0);
     EXPECT_EQ(backend.bytes_received(), 0u);
+  }
+
+  // Waits (bounded, as Drained) for a condition the engine reaches on its
+  // own threads; false if it never did.
+  static bool Eventually(const std::function<bool()>& condition) {
+    absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!condition()) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return true;
+  }
+
+  // A client that connects and never sends a byte, as a hostile one holding
+  // a handshake slot does; from `source` if given.
+  static UniqueFd IdleClient(const SocketAddress& to, const char* source = nullptr) {
+    std::optional<SocketAddress> from;
+    if (source) from = *SocketAddress::Parse(absl::StrCat(source, ":0"));
+    UniqueFd fd = ConnectTo(to, from ? &*from : nullptr);
+    EXPECT_TRUE(fd.valid()) << strerror(errno);
+    return fd;
+  }
+
+  // What a client the engine refused sees: a reset or an EOF, no byte.
+  static void ExpectClosedWithNoBytes(int fd) {
+    std::string got;
+    int err = 0;
+    bool eof = ReadToEof(fd, &got, &err);
+    EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+    EXPECT_EQ(got, "");
   }
 
   CertificateAuthority ca_;
@@ -645,6 +688,113 @@ TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
   }
   EXPECT_TRUE(err == ECONNRESET || err == ECONNREFUSED) << strerror(err);
   EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
+}
+
+// Finding 7 of issue 10: idle inbound clients filled the one handshake
+// budget the engine had, and the local workloads' outbound connections were
+// refused. Inbound and outbound now have budgets of their own.
+TEST_F(EngineTest, IdleInboundClientsFillingTheirBudgetDoNotStopOutboundConnections) {
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  PairOptions p;
+  p.client_inbound = true;
+  p.options.loops = 1;
+  p.options.max_inbound_handshakes = 4;
+  p.options.max_outbound_handshakes = 4;
+  StartPair(backend, p);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 4; ++i) idle.push_back(IdleClient(client_inbound()));
+  ASSERT_TRUE(Eventually([&] { return client_->counters().handshaking.load() == 4; }));
+  // The inbound budget is full: the next inbound client is refused...
+  UniqueFd over = IdleClient(client_inbound());
+  ExpectClosedWithNoBytes(over.get());
+  EXPECT_EQ(client_->counters().refused_inbound_handshakes.load(), 1u);
+  std::vector<nlohmann::json> refused = log_->Events("connection_refused");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].value("direction", ""), "inbound");
+  EXPECT_EQ(refused[0].value("reason", ""), "too many pending inbound handshakes (limit 4)");
+
+  // ...while a local workload's outbound connection still goes through.
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "out", 3));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 3, &reply));
+  EXPECT_EQ(reply, "out");
+  EXPECT_EQ(client_->counters().refused_outbound_handshakes.load(), 0u);
+  EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
+  // The idle clients still hold their slots: nothing was evicted to make room.
+  EXPECT_EQ(client_->counters().handshaking_inbound.load(), 4u);
+}
+
+// One source may hold only so many pending handshakes; another source is
+// still served.
+TEST_F(EngineTest, PendingHandshakesPerSourceAreCappedAndOtherSourcesStillServed) {
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  PairOptions p;
+  p.options.loops = 2;  // the cap is the engine's, not each loop's
+  p.options.max_handshakes_per_source = 3;
+  StartPair(backend, p);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(IdleClient(wire_, "127.0.0.2"));
+  ASSERT_TRUE(Eventually([&] { return server_->counters().handshaking.load() == 3; }));
+  UniqueFd over = IdleClient(wire_, "127.0.0.2");
+  ASSERT_TRUE(
+      Eventually([&] { return server_->counters().refused_source_handshakes.load() == 1; }));
+  ExpectClosedWithNoBytes(over.get());
+  std::vector<nlohmann::json> refused = log_->Events("connection_refused");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].value("result", ""), "source_handshake_limit");
+  EXPECT_EQ(refused[0].value("source", ""), "127.0.0.2");
+  EXPECT_EQ(refused[0].value("reason", ""), "too many pending handshakes from 127.0.0.2 (limit 3)");
+
+  // The client engine dials from 127.0.0.1: served, and the held three of
+  // 127.0.0.2 are untouched.
+  UniqueFd fd = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(fd.get(), "hi", 2));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(fd.get(), 2, &reply));
+  EXPECT_EQ(reply, "hi");
+  EXPECT_EQ(server_->counters().handshaking_inbound.load(), 3u);
+  EXPECT_EQ(backend.accepted(), 1);
+}
+
+// A client that sends nothing is dropped at first_byte_timeout, one that
+// started its ClientHello only at handshake_timeout.
+TEST_F(EngineTest, SilentClientIsDroppedAtTheFirstByteTimeout) {
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  std::mutex mu;
+  std::vector<ClosedConnection> closed;
+  PairOptions p;
+  p.options.first_byte_timeout = absl::Seconds(1);
+  p.options.handshake_timeout = absl::Seconds(3);
+  p.options.on_closed = [&](const ClosedConnection& c) {
+    std::lock_guard<std::mutex> lock(mu);
+    closed.push_back(c);
+  };
+  StartPair(backend, p);
+  UniqueFd silent = IdleClient(wire_);
+  UniqueFd slow = IdleClient(wire_);
+  // A TLS handshake record's first byte, and no more.
+  ASSERT_TRUE(SendAll(slow.get(), "\x16", 1));
+  ExpectClosedWithNoBytes(silent.get());
+  ExpectClosedWithNoBytes(slow.get());
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return closed.size() == 2;
+  }));
+  std::vector<std::string> results;
+  for (const auto& c : closed) results.push_back(c.result);
+  EXPECT_THAT(results, ::testing::UnorderedElementsAre("first_byte_timeout", "handshake_timeout"));
+  for (const auto& c : closed) {
+    if (c.result == "first_byte_timeout") {
+      EXPECT_EQ(c.reason, "the client sent nothing within 1s of connecting");
+    }
+  }
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 2u);
+  EXPECT_EQ(server_->counters().handshaking.load(), 0u);
+  EXPECT_EQ(backend.accepted(), 0);
 }
 
 // permissive: a client outside the mesh that speaks plaintext reaches the

@@ -8,12 +8,14 @@
 #           curl (cgroup "bystander", not enrolled)
 #   node b: pods w1 (10.77.2.2), w2 (10.77.2.3) and later w3 (10.77.2.4),
 #           replicas of workload "web" (python3 http.server :8080)   <- ktrustd b
+#           curl (cgroup "bystander", not enrolled), on the pods' links
 #
 # Asserts what an operator would check: each replica is reached through its
 # own listeners, from the node and from a pod, over IPv4 and IPv6; the pod
 # client's wire connection leaves from the pod's address; the application
 # sees the agent's upstream source; a disallowed identity and a plaintext
-# client never reach a pod; the wire holds no plaintext; a deleted pod is
+# client never reach a pod, over any of its addresses (link-local ones, and
+# ones added while it is served); an address two pods carry refuses in both; the wire holds no plaintext; a deleted pod is
 # released; a restarted agent serves the pods again; a killed one leaves
 # the pods' enforced ports refusing. Needs root.
 # Usage: pod_test.sh KTRUST KTRUSTD
@@ -67,7 +69,7 @@ start_agent b "$ktrustd"
 # The replicas start after the agent, as pods do on a running node.
 run_in_pod b w1 web-1 "$work/w1.log" python3 -u -m http.server --bind :: --directory "$work/www1" 8080
 run_in_pod b w1 web-1 "$work/w1-extra.log" \
-  python3 -u -m http.server --bind 0.0.0.0 --directory "$work/www-open" 9099
+  python3 -u -m http.server --bind :: --directory "$work/www-open" 9099
 run_in_pod b w2 web-2 "$work/w2.log" python3 -u -m http.server --bind :: --directory "$work/www2" 8080
 w2_pid=${KT_PIDS[-1]}
 for f in w1 w1-extra w2; do wait_for "$work/$f.log" "Serving HTTP"; done
@@ -152,6 +154,63 @@ check "ktrust denials on node b names the intruder" jq -e \
 check "ktrust denials on node b names the plaintext client" jq -e \
   '.denials | map(select(.result == "plaintext_refused")) | length >= 1' <<<"$denials"
 
+echo "# every address of a served pod is enforced, link-local ones too"
+# Node b's unenrolled curl, on the pod's link: what any neighbour there can do.
+on_link() { get exec_in b bystander curl -sS --max-time 10 -g "$1"; }
+requests() { grep -c 'GET /secret.txt' "$work/w1.log" || true; }
+# Polls (at most $1 tenths of a second) until node b's `ktrust workloads`
+# shows web-1's network matching $2 (with a third argument: no longer).
+await_network() {  # TENTHS PATTERN [gone]
+  local shown
+  for _ in $(seq "$1"); do
+    shown=$("$ktrust" --socket "$work/b/control.sock" workloads | grep 'web-1 ' || true)
+    if grep -q -- "$2" <<<"$shown"; then [[ -z ${3:-} ]] && return 0; else [[ -n ${3:-} ]] && return 0; fi
+    sleep 0.1
+  done
+  echo "web-1: $shown" >&2
+  return 1
+}
+w1_ns=$(pod_ns b w1)
+w1_ll=$(ip -n "$w1_ns" -6 -o addr show dev eth0 scope link | awk '{ sub("/.*", "", $4); print $4 }')
+check "pod w1 has a link-local address ($w1_ll)" test -n "$w1_ll"
+check "ktrust workloads lists it as enforced" await_network 50 "pod .*$w1_ll"
+check "a port pod w1 does not enforce answers over it (control)" \
+  test "$(on_link "http://[$w1_ll%25pw1]:9099/open.txt")" = "open"
+requests_before=$(requests)
+out=$(on_link "http://[$w1_ll%25pw1]:8080/secret.txt")
+check "a plaintext client gets nothing from pod w1's enforced port over its link-local address" \
+  lacks "$marker1" "$out"
+check "pod w1's application saw no request" test "$(requests)" = "$requests_before"
+
+echo "# an address added to a served pod is enforced at once"
+ip -n "$w1_ns" addr add 169.254.77.2/32 dev eth0
+ip -n "$w1_ns" addr add fd77:2::99/128 dev eth0 nodad
+ip -n "$KT_NS_B" route add 169.254.77.2/32 dev pw1
+ip -n "$KT_NS_B" route add fd77:2::99/128 dev pw1
+# Within 5 s: the address events, not the 30 s full rescan.
+check "ktrust workloads lists the new addresses within 5 s" \
+  await_network 50 'pod .*169\.254\.77\.2.*fd77:2::99'
+check "the new address answers on a port pod w1 does not enforce (control)" \
+  test "$(on_link http://169.254.77.2:9099/open.txt)" = "open"
+out=$(on_link http://169.254.77.2:8080/secret.txt)
+check "a plaintext client gets nothing from the added IPv4 link-local address" lacks "$marker1" "$out"
+out=$(on_link 'http://[fd77:2::99]:8080/secret.txt')
+check "nor from the added IPv6 address" lacks "$marker1" "$out"
+check "pod w1's application saw neither" test "$(requests)" = "$requests_before"
+ip -n "$w1_ns" addr del fd77:2::99/128 dev eth0
+check "a removed address leaves ktrust workloads" await_network 50 'fd77:2::99' gone
+
+echo "# an address two served pods carry refuses in both"
+ip -n "$w1_ns" addr add fe80::77/64 dev eth0 nodad
+ip -n "$(pod_ns b w2)" addr add fe80::77/64 dev eth0 nodad
+check "ktrust workloads says web-1's fe80::77 is on another pod too" \
+  await_network 50 'refused, on another pod too: fe80::77'
+out=$(on_link 'http://[fe80::77%25pw1]:8080/secret.txt')
+check "a plaintext client gets nothing from it" lacks "$marker1" "$out"
+check "pod w1's application saw no request" test "$(requests)" = "$requests_before"
+ip -n "$(pod_ns b w2)" addr del fe80::77/64 dev eth0
+check "once pod w2 drops it, web-1 has it alone" await_network 50 'another pod' gone
+
 echo "# the wire"
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" 2>/dev/null || true
@@ -177,7 +236,7 @@ run_in_pod b w3 web-3 "$work/w3.log" python3 -u -m http.server --bind :: --direc
 wait_for "$work/w3.log" "Serving HTTP"
 wait_for "$work/b/agent.log" '"event":"pod_netns_served","netns_inode":[0-9]*,"addresses":""'
 add_pod b w3 4
-wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.4'
+wait_for "$work/b/agent.log" '"event":"pod_addresses_changed".*10\.77\.2\.4'
 check "node a's client reaches pod w3 once it has its address" \
   test "$(from_node http://10.77.2.4:8080/secret.txt)" = "$marker2"
 out=$(get exec_in a bystander curl -sS --max-time 10 http://10.77.2.4:8080/secret.txt)

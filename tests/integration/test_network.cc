@@ -16,8 +16,9 @@ constexpr time_t kIoTimeoutSeconds = 120;
 
 }  // namespace
 
-UniqueFd ConnectTo(const SocketAddress& addr) {
+UniqueFd ConnectTo(const SocketAddress& addr, const SocketAddress* source) {
   UniqueFd fd(socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (source && bind(fd.get(), source->get(), source->size()) != 0) return UniqueFd();
   timeval tv{kIoTimeoutSeconds, 0};
   setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));

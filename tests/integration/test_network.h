@@ -21,7 +21,9 @@
 namespace ktrust::testing {
 
 // Opens a blocking TCP connection with I/O timeouts; invalid on failure.
-UniqueFd ConnectTo(const SocketAddress& addr);
+// `source`: the local address to bind first (port 0), e.g. 127.0.0.2 to
+// stand for another host.
+UniqueFd ConnectTo(const SocketAddress& addr, const SocketAddress* source = nullptr);
 // Writes everything; false on error.
 bool SendAll(int fd, const void* data, size_t len);
 // Reads until EOF (true) or error/timeout (false, with errno kept in *err).

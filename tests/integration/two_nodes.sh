@@ -165,6 +165,7 @@ exec_in() {  # NODE CGROUP CMD...
 # workloads:) and policy (YAML lines under policy:). Optional, from the
 # caller's variables: KT_SVID_TTL (default 1h), KT_CA_DIR (default
 # $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:),
+# KT_CRLS (YAML lines under crls:),
 # KT_IDENTITY_SOURCE (default embedded_ca; svid_files reads KT_SVID_DIR,
 # default $KT_WORK/<node>/svids).
 # The file is replaced by a rename, so an agent polling it never reads half.
@@ -172,6 +173,8 @@ write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
   local bundles=
   [[ -n ${KT_TRUST_BUNDLES:-} ]] && bundles=$'trust_bundles:\n'"$KT_TRUST_BUNDLES"
+  local crls=
+  [[ -n ${KT_CRLS:-} ]] && crls=$'crls:\n'"$KT_CRLS"
   cat >"$KT_WORK/$node/ktrustd.yaml.tmp" <<EOF
 version: 1
 trust_domain: example.org
@@ -181,6 +184,7 @@ identity:
   svid_dir: ${KT_SVID_DIR:-$KT_WORK/$node/svids}
   svid_ttl: ${KT_SVID_TTL:-1h}
 $bundles
+$crls
 workloads:
 $2
 mesh:

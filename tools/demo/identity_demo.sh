@@ -28,13 +28,18 @@ kt() { "$ktrust" "$@" | sed 's/^/   /'; }
 td=spiffe://example.org/ns/demo/sa
 
 say "A root CA for example.org, and one intermediate per node so the root key stays off the nodes"
+say "Each intermediate may sign only its node's IDs (--scope)"
 kt ca init --trust-domain example.org --dir root
-kt ca intermediate --ca-dir root --name node-a --dir node-a
-kt ca intermediate --ca-dir root --name node-b --dir node-b
+kt ca intermediate --ca-dir root --name node-a --dir node-a --scope "$td/client"
+kt ca intermediate --ca-dir root --name node-b --dir node-b --scope "$td/server"
 
 say "SVIDs: the client workload runs on node-a, the server workload on node-b"
 kt ca issue --ca-dir node-a --id "$td/client" --out client
 kt ca issue --ca-dir node-b --id "$td/server" --out server
+if "$ktrust" ca issue --ca-dir node-a --id "$td/server" --out stolen 2>/dev/null; then
+  die "node-a's intermediate issued node-b's server identity"
+fi
+echo "   node-a's intermediate refuses to issue $td/server: outside its scope"
 
 say "What ktrust sees in the client's SVID (leaf + node-a intermediate)"
 kt cert inspect client/tls.crt --bundle root/bundle.crt

@@ -71,6 +71,24 @@ absl::Time ModificationTime(const std::string& path) {
   return absl::TimeFromTimespec(st.st_mtim);
 }
 
+// Taken before the files are read: a write landing during the read changes
+// the time again, and the next Maintain() reloads.
+std::vector<std::pair<std::string, absl::Time>> TrustInputTimes(const Config& config) {
+  std::vector<std::pair<std::string, absl::Time>> out;
+  for (const TrustBundleFile& f : config.trust_bundles) {
+    out.emplace_back(f.path, ModificationTime(f.path));
+  }
+  for (const std::string& path : config.crls) out.emplace_back(path, ModificationTime(path));
+  return out;
+}
+
+bool TrustInputsChanged(const std::vector<std::pair<std::string, absl::Time>>& seen) {
+  for (const auto& [path, mtime] : seen) {
+    if (ModificationTime(path) != mtime) return true;
+  }
+  return false;
+}
+
 EnforcementMode KernelMode(WorkloadMode mode) {
   return mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
                                            : EnforcementMode::kEnforce;
@@ -89,14 +107,16 @@ std::vector<const WorkloadConfig*> ServingWorkloads(const Config& config) {
 // setup, logging and the identity source. A difference means a restart.
 std::string RestartOnlyShape(const Config& config) {
   const AgentSettings& a = config.agent;
-  std::string shape =
-      absl::StrJoin({a.node_name, a.cgroup_root, a.bpf_pin_dir, absl::StrCat(a.outbound_port),
-                     absl::StrCat(a.inbound_port), a.upstream_source, a.upstream_source6,
-                     absl::StrCat(a.socket_mark), a.control_socket, a.control_group,
-                     a.metrics_address, a.log_format, a.log_level, a.data_path,
-                     absl::StrCat(static_cast<int>(config.identity.source)),
-                     absl::FormatDuration(config.identity.svid_ttl), config.identity.svid_dir},
-                    "/");
+  std::string shape = absl::StrJoin(
+      {a.node_name, a.cgroup_root, a.bpf_pin_dir, absl::StrCat(a.outbound_port), a.upstream_source,
+       a.upstream_source6, absl::StrCat(a.socket_mark), a.control_socket, a.control_group,
+       a.metrics_address, a.log_format, a.log_level, a.data_path,
+       absl::StrCat(static_cast<int>(config.identity.source)),
+       absl::FormatDuration(config.identity.svid_ttl), config.identity.svid_dir},
+      "/");
+  // The engine's handshake admission is fixed when it starts.
+  absl::StrAppend(&shape, "/", a.max_inbound_handshakes, "/", a.max_outbound_handshakes, "/",
+                  a.max_handshakes_per_source, "/", absl::FormatDuration(a.first_byte_timeout));
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
     absl::StrAppend(&shape, ";", w->name, ":", absl::StrJoin(w->ports, ","), ":",
                     WorkloadModeName(w->mode));
@@ -146,22 +166,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   struct stat own {};
   if (stat("/proc/self/ns/net", &own) != 0) return absl::ErrnoToStatus(errno, "/proc/self/ns/net");
   agent->own_netns_ = own.st_ino;
-  // /proc/self/cgroup: "0::/path" on cgroup v2.
-  if (auto self_cgroup = ReadFile("/proc/self/cgroup"); self_cgroup.ok()) {
-    size_t at = self_cgroup->find("0::");
-    if (at != std::string::npos) {
-      std::string rel = self_cgroup->substr(at + 3);
-      rel = rel.substr(0, rel.find('\n'));
-      auto mount = Cgroup2Mount();
-      if (mount.ok()) {
-        if (auto id = CgroupIdOf(*mount + rel); id.ok()) agent->own_cgroup_ = *id;
-      }
-    }
-  }
+  // The agent's own cgroup: never enrolled, and where the kernel learns
+  // which connections are the agent's (AttachAgentSockops).
+  auto own_cgroup = OwnCgroupPath();
+  if (!own_cgroup.ok()) return own_cgroup.status();
+  auto own_cgroup_id = CgroupIdOf(*own_cgroup);
+  if (!own_cgroup_id.ok()) return own_cgroup_id.status();
+  agent->own_cgroup_ = *own_cgroup_id;
 
   auto ids = WorkloadIdentities::Create(*config, absl::Now());
   if (!ids.ok()) return ids.status();
   agent->identities_ = *std::move(ids);
+  auto trust_inputs = TrustInputTimes(*config);
   auto trust = agent->identities_->LoadTrustStore(*config);
   if (!trust.ok()) return trust.status();
 
@@ -176,6 +192,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   options.data_path =
       settings.data_path == "userspace" ? DataPathMode::kUserspace : DataPathMode::kAuto;
   options.socket_mark = settings.socket_mark;
+  options.max_inbound_handshakes = settings.max_inbound_handshakes;
+  options.max_outbound_handshakes = settings.max_outbound_handshakes;
+  options.max_handshakes_per_source = settings.max_handshakes_per_source;
+  options.first_byte_timeout = settings.first_byte_timeout;
   options.on_closed = hooks.connection_closed;
   auto upstream4 = SocketAddress::Parse(absl::StrCat(settings.upstream_source, ":0"));
   if (!upstream4.ok()) return upstream4.status();
@@ -187,21 +207,19 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   }
 
   Agent* self = agent.get();
+  // Every listener binds an ephemeral port: sk_lookup steers to it by
+  // socket, so no port a local user could take first stops the agent, and
+  // no listener of anyone else's receives what was meant for the agent.
+  // One listener per family: sk_lookup hands each family's connections only
+  // to a socket of that family.
+  const SocketAddress any4 = *SocketAddress::Parse("127.0.0.1:0");
+  const SocketAddress any6 = *SocketAddress::Parse("[::1]:0");
   std::vector<OutboundListener> outbound;
-  for (const char* host : {"127.0.0.1", "[::1]"}) {
-    auto addr = SocketAddress::Parse(absl::StrCat(host, ":", settings.outbound_port));
-    if (!addr.ok()) return addr.status();
-    outbound.push_back({*addr, [self](int fd) { return self->Route(fd); }});
+  for (const SocketAddress& addr : {any4, any6}) {
+    outbound.push_back({addr, [self](int fd) { return self->Route(fd); }});
   }
   std::vector<InboundListener> inbound;
-  uint16_t port = settings.inbound_port;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
-    // One listener per family: sk_lookup hands each family's connections
-    // only to a socket of that family.
-    auto addr = SocketAddress::Parse(absl::StrCat("127.0.0.1:", port));
-    if (!addr.ok()) return addr.status();
-    auto addr6 = SocketAddress::Parse(absl::StrCat("[::1]:", port++));
-    if (!addr6.ok()) return addr6.status();
     std::string name = w->name;
     SvidProvider identity = [self, name]() -> std::shared_ptr<const Svid> {
       std::shared_ptr<const Routing> routing;
@@ -214,8 +232,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
       if (it == routing->serving.end()) return nullptr;
       return it->second();
     };
-    inbound.push_back({*addr, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
-    inbound.push_back({*addr6, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
+    for (const SocketAddress& addr : {any4, any6}) {
+      inbound.push_back({addr, name, identity, std::nullopt, w->mode == WorkloadMode::kPermissive});
+    }
   }
   {
     absl::MutexLock lock(&agent->mu_);
@@ -224,6 +243,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
     agent->routing_ = std::make_shared<const Routing>(Routing{{}, {}, {}, config});
     agent->reload_.loaded_at = absl::Now();
     agent->config_mtime_ = ModificationTime(config_path);
+    agent->trust_inputs_ = std::move(trust_inputs);
   }
   auto engine = Engine::Create(options, *trust, policy, std::move(outbound), std::move(inbound));
   if (!engine.ok()) return engine.status();
@@ -234,10 +254,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   InterceptionMaps& maps = agent->bpf_->maps();
   InterceptionSettings interception;
   interception.outbound_port = settings.outbound_port;
-  interception.upstream_source_ip4 = settings.upstream_source;
-  interception.upstream_source_ip6 = settings.upstream_source6;
   interception.agent_mark = settings.socket_mark;
   if (auto st = maps.Configure(interception); !st.ok()) return st;
+  // Before any upstream connection: sk_lookup lets through exactly the
+  // connections this records.
+  if (auto st = agent->bpf_->AttachAgentSockops(*own_cgroup); !st.ok()) return st;
   uint32_t slot = 0;
   std::vector<SocketAddress> enforced;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
@@ -261,6 +282,25 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   if (auto parked = maps.ParkExactInboundRules(KTRUST_PARKED_SLOT); !parked.ok()) {
     return parked.status();
   }
+  // (After the parking, which would take these rules too.) The host's mesh connections: to
+  // 127.0.0.1 / ::1 on outbound_port, which only this slot's listeners take.
+  auto host_netns = NetnsCookieOf(agent->engine_->outbound_listen_fd(0));
+  if (!host_netns.ok()) return host_netns.status();
+  const OutboundTarget host_target{any4, any6};
+  for (size_t family = 0; family < 2; ++family) {
+    if (auto st = maps.SetInboundListener(slot, agent->engine_->outbound_listen_fd(family));
+        !st.ok())
+      return st;
+  }
+  if (auto st = maps.SetOutboundTarget(*host_netns, host_target, settings.outbound_port, slot);
+      !st.ok())
+    return st;
+  for (const SocketAddress& addr : {any4, any6}) {
+    SocketAddress rule = addr;
+    rule.set_port(settings.outbound_port);
+    enforced.push_back(rule);
+  }
+  ++slot;
   agent->pods_ = std::make_unique<PodNetworks>(
       *agent->engine_, *agent->bpf_, agent->bpf_mu_,
       PodNetworkSettings{settings.outbound_port, options.upstream_source6, slot,
@@ -277,6 +317,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   std::vector<SocketAddress> in_pods = agent->pods_->enforced();
   enforced.insert(enforced.end(), in_pods.begin(), in_pods.end());
   if (auto removed = maps.KeepOnlyInboundPorts(enforced); !removed.ok()) return removed.status();
+  std::set<uint64_t> served_netns = agent->pods_->netns_cookies();
+  served_netns.insert(*host_netns);
+  if (auto removed = maps.KeepOnlyOutboundTargets(served_netns); !removed.ok()) {
+    return removed.status();
+  }
   if (auto st = agent->bpf_->AttachCgroup(agent->cgroup_root_); !st.ok()) return st;
   {
     absl::MutexLock lock(&agent->bpf_mu_);
@@ -421,8 +466,15 @@ void Agent::WatchTree(const std::string& dir) {
 }
 
 void Agent::WatchCgroups(absl::Duration timeout) {
-  pollfd pfd{cgroup_events_.get(), POLLIN, 0};
-  if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  // The pods' address changes wake this thread too: a new address of a
+  // served pod is enforced now, not at the next pass.
+  pollfd pfd[2] = {{cgroup_events_.get(), POLLIN, 0}, {pods_->events_fd(), POLLIN, 0}};
+  if (poll(pfd, 2, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  if (pfd[1].revents & POLLIN) {
+    absl::MutexLock serialize(&enroll_mu_);
+    pods_->RefreshAddresses();
+  }
+  if (!(pfd[0].revents & POLLIN)) return;
   alignas(inotify_event) char buf[16384];
   bool changed = false;
   ssize_t n;
@@ -615,8 +667,10 @@ absl::Status Agent::Reload() {
   auto loaded = LoadConfig(config_path_);
   absl::Status result = loaded.status();
   std::shared_ptr<const Config> config;
+  std::vector<std::pair<std::string, absl::Time>> trust_inputs;
   if (result.ok()) {
     config = std::make_shared<const Config>(*std::move(loaded));
+    trust_inputs = TrustInputTimes(*config);
     absl::Time now = absl::Now();
     // Everything is read and checked before anything changes: a CA
     // directory that does not load fails the reload as a bad file does. The
@@ -659,6 +713,8 @@ absl::Status Agent::Reload() {
   }
   absl::MutexLock lock(&mu_);
   config_mtime_ = mtime;
+  // After a bad configuration file, what the last good one named stays watched.
+  if (config) trust_inputs_ = std::move(trust_inputs);
   reload_.last_ok = result.ok();
   reload_.last_error = result.ok() ? "" : std::string(result.message());
   if (result.ok()) {
@@ -681,12 +737,15 @@ void Agent::Maintain(absl::Time now) {
   }
   absl::Time mtime;
   absl::Time seen;
+  std::vector<std::pair<std::string, absl::Time>> inputs;
   {
     absl::MutexLock lock(&mu_);
     seen = config_mtime_;
+    inputs = trust_inputs_;
   }
   mtime = ModificationTime(config_path_);
-  if (mtime != seen) {
+  // A new CRL or bundle file takes effect like a new configuration.
+  if (mtime != seen || TrustInputsChanged(inputs)) {
     (void)Reload();
     return;
   }

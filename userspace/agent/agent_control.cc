@@ -131,7 +131,14 @@ control::WorkloadListView Workloads(const Agent& agent) {
     } else if (!pod->second.problem.empty()) {
       v.network = absl::StrCat("pod (not served: ", pod->second.problem, ")");
     } else {
-      v.network = absl::StrCat("pod ", absl::StrJoin(pod->second.addresses, ","));
+      const ServedPod& served = pod->second;
+      v.network = served.addresses.empty()
+                      ? "pod (no address yet)"
+                      : absl::StrCat("pod ", absl::StrJoin(served.addresses, ","));
+      if (!served.shared.empty()) {
+        absl::StrAppend(&v.network,
+                        " (refused, on another pod too: ", absl::StrJoin(served.shared, ","), ")");
+      }
     }
     out.workloads.push_back(std::move(v));
   }
@@ -210,6 +217,11 @@ void AgentStats::Intercepted(const InterceptionEvent& event) {
               "or the pod not served: see ktrust workloads)"
         : reason == "connect_unclassified"
             ? "a new cgroup the agent had not classified yet: refused until it is (a moment)"
+        : reason == "connect_unserved_netns"
+            ? "mesh connection from a network namespace where ktrustd has no outbound listener "
+              "(agent down or restarting, or the pod not served: see ktrust workloads)"
+        : reason == "sk_lookup_udp_refused"
+            ? "UDP to an enforced port: datagrams carry no identity, so enforce mode drops them"
             : absl::StrCat("refused by the interception programs (", reason, ")");
     denials_.Add(std::move(d));
   }
@@ -294,6 +306,18 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
             static_cast<double>(c.handshake_failures.load()));
   m.Counter("ktrust_refused_limit_total", "Connections refused over the connection limits", {},
             static_cast<double>(c.refused_limit.load()));
+  for (const auto& [limit, n] :
+       {std::pair<const char*, uint64_t>{"connections", c.refused_connections.load()},
+        {"inbound_handshakes", c.refused_inbound_handshakes.load()},
+        {"outbound_handshakes", c.refused_outbound_handshakes.load()},
+        {"source_handshakes", c.refused_source_handshakes.load()}}) {
+    m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
+              {{"limit", limit}}, static_cast<double>(n));
+  }
+  m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "inbound"}},
+          static_cast<double>(c.handshaking_inbound.load()));
+  m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "outbound"}},
+          static_cast<double>(c.handshaking_outbound.load()));
   for (const auto& [result, n] : stats.denials().CountsByResult()) {
     m.Counter("ktrust_denials_total", "Refused connections and failed handshakes, by reason",
               {{"result", result}}, static_cast<double>(n));

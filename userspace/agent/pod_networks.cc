@@ -39,27 +39,14 @@ absl::Status RunInNetns(int netns_fd, const std::function<absl::Status()>& fn) {
   return result;
 }
 
-// The pod's own addresses: what peers dial, so what sk_lookup must match.
-absl::StatusOr<std::vector<std::string>> PodAddresses(int netns_fd) {
+// The pod's enforced addresses: what peers dial, so what sk_lookup must match.
+absl::StatusOr<std::vector<std::string>> PodAddresses(
+    int netns_fd, const std::optional<SocketAddress>& own_source6) {
   std::vector<std::string> found;
   auto st = RunInNetns(netns_fd, [&]() -> absl::Status {
     ifaddrs* list = nullptr;
     if (getifaddrs(&list) != 0) return absl::ErrnoToStatus(errno, "getifaddrs");
-    for (ifaddrs* a = list; a; a = a->ifa_next) {
-      if (!a->ifa_addr || (a->ifa_flags & IFF_LOOPBACK)) continue;
-      char text[INET6_ADDRSTRLEN] = {};
-      if (a->ifa_addr->sa_family == AF_INET) {
-        inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text,
-                  sizeof(text));
-      } else if (a->ifa_addr->sa_family == AF_INET6) {
-        const in6_addr& ip = reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr;
-        if (IN6_IS_ADDR_LINKLOCAL(&ip)) continue;  // never dialled across nodes
-        inet_ntop(AF_INET6, &ip, text, sizeof(text));
-      } else {
-        continue;
-      }
-      found.emplace_back(text);
-    }
+    found = EnforcedPodAddresses(list, own_source6);
     freeifaddrs(list);
     return absl::OkStatus();
   });
@@ -106,18 +93,6 @@ absl::Status AddLoopbackAddress6(const in6_addr& addr) {
   return absl::OkStatus();
 }
 
-bool HasAddresses(const std::string& netns_path) {
-  UniqueFd netns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!netns.valid()) return false;
-  auto addresses = PodAddresses(netns.get());
-  return addresses.ok() && !addresses->empty();
-}
-
-absl::StatusOr<SocketAddress> AddressWithPort(const std::string& ip, uint16_t port) {
-  bool v6 = ip.find(':') != std::string::npos;
-  return SocketAddress::Parse(v6 ? absl::StrCat("[", ip, "]:", port) : absl::StrCat(ip, ":", port));
-}
-
 }  // namespace
 
 std::optional<uint32_t> PodNetworks::AllocateSlot() {
@@ -128,36 +103,50 @@ std::optional<uint32_t> PodNetworks::AllocateSlot() {
 }
 
 std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
-  UniqueFd netns(open(pod.path.c_str(), O_RDONLY | O_CLOEXEC));
+  Served served;
+  served.netns = UniqueFd(open(pod.path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat ns_stat {};
-  if (!netns.valid() || fstat(netns.get(), &ns_stat) != 0 || ns_stat.st_ino != pod.inode) {
+  if (!served.netns.valid() || fstat(served.netns.get(), &ns_stat) != 0 ||
+      ns_stat.st_ino != pod.inode) {
     return std::nullopt;
   }
-  Served served;
+  int netns = served.netns.get();
   served.workloads = pod.workloads;
   served.view.netns_inode = pod.inode;
   for (const PodWorkload& w : pod.workloads) served.view.workloads.push_back(w.name);
-  auto problem = [&](std::string what) {
+  auto report = [&](std::string what) {
     served.view.problem = what;
     LogEvent(spdlog::level::err, {{"event", "pod_netns_unserved"},
                                   {"netns_inode", pod.inode},
                                   {"workloads", absl::StrJoin(served.view.workloads, ",")},
                                   {"reason", what}});
-    return served;
+  };
+  auto problem = [&](std::string what) {
+    report(std::move(what));
+    return std::move(served);
   };
 
-  auto addresses = PodAddresses(netns.get());
+  // Subscribed before the addresses are read, so one added in between is
+  // reported. Without the subscription the pod is rescanned every pass.
+  auto subscribed = RunInNetns(netns, [&]() -> absl::Status {
+    auto events = SubscribeAddressEvents();
+    if (!events.ok()) return events.status();
+    served.address_events = *std::move(events);
+    return absl::OkStatus();
+  });
+  if (!subscribed.ok()) {
+    LogEvent(spdlog::level::warn, {{"event", "pod_address_events_unavailable"},
+                                   {"netns_inode", pod.inode},
+                                   {"reason", subscribed.message()}});
+  }
+  auto addresses = PodAddresses(netns, settings_.upstream_source6);
   if (!addresses.ok()) return problem(std::string(addresses.status().message()));
+  served.addresses = *addresses;
   served.view.addresses = *addresses;
-  bool serves_ports = false;
-  for (const PodWorkload& w : pod.workloads) serves_ports |= !w.ports.empty();
-  served.awaiting_addresses = serves_ports && addresses->empty();
-  bool has_ip6 = false;
-  for (const std::string& a : *addresses) has_ip6 |= a.find(':') != std::string::npos;
 
   // The program and the rules first: from here on the pod's enforced ports
   // refuse until their listeners are in place.
-  std::string path = absl::StrCat("/proc/self/fd/", netns.get());
+  std::string path = absl::StrCat("/proc/self/fd/", netns);
   {
     absl::MutexLock lock(&bpf_mu_);
     if (auto st = bpf_.AttachPodNetns(path); !st.ok()) {
@@ -165,47 +154,47 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
                                   st.message()));
     }
   }
-  InterceptionMaps& maps = bpf_.maps();
   std::vector<const PodWorkload*> serving;
+  std::string no_slot;
   for (const PodWorkload& w : pod.workloads) {
     if (w.ports.empty()) continue;
     // Out of slots (far beyond a node's pod limit): its rules refuse.
     uint32_t slot = AllocateSlot().value_or(KTRUST_PARKED_SLOT);
-    if (slot != KTRUST_PARKED_SLOT) served.slots.push_back(slot);
+    if (slot != KTRUST_PARKED_SLOT) {
+      served.slots.push_back(slot);
+    } else if (no_slot.empty()) {
+      no_slot = w.name;
+    }
     serving.push_back(&w);
     EnforcementMode mode = w.mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
                                                                : EnforcementMode::kEnforce;
-    for (const std::string& ip : *addresses) {
-      for (uint16_t port : w.ports) {
-        auto rule = AddressWithPort(ip, port);
-        if (!rule.ok()) continue;
-        if (auto st = maps.AddInboundPort(*rule, mode, slot, w.workload_index); !st.ok()) {
-          return problem(absl::StrCat("enforcing ", rule->ToString(), ": ", st.message()));
-        }
-        served.rules.push_back(*rule);
-      }
-    }
-    if (slot == KTRUST_PARKED_SLOT) {
-      return problem(absl::StrCat("no free listener slot for workload ", w.name,
-                                  ": its enforced ports refuse every connection"));
-    }
+    served.serving.push_back({slot, slot == KTRUST_PARKED_SLOT ? EnforcementMode::kEnforce : mode,
+                              w.workload_index, w.ports});
+  }
+  if (auto st = SyncRules(pod.inode, &served); !st.ok()) {
+    // The rules written steer to the listeners opened below; the others
+    // are retried on every pass until they are in place.
+    served.rescan = true;
+    served.rules_problem = absl::StrCat("enforcing the pod's addresses: ", st.message());
+    report(served.rules_problem);
+  }
+  if (!no_slot.empty()) {
+    return problem(absl::StrCat("no free listener slot for workload ", no_slot,
+                                ": its enforced ports refuse every connection"));
   }
 
-  if (settings_.upstream_source6 && has_ip6 && !serving.empty()) {
-    in6_addr source =
-        reinterpret_cast<const sockaddr_in6*>(settings_.upstream_source6->get())->sin6_addr;
-    if (auto st = RunInNetns(netns.get(), [&] { return AddLoopbackAddress6(source); }); !st.ok()) {
-      return problem(
-          absl::StrCat("adding the IPv6 upstream source to the pod's loopback: ", st.message()));
-    }
+  if (!serving.empty()) {
+    if (auto st = EnsureUpstream6(served); !st.ok()) return problem(std::string(st.message()));
   }
 
+  // The pod's mesh connections go to its own address on outbound_port (the
+  // loopback addresses are the host's target), which sk_lookup hands to the
+  // outbound listeners below alone: bound to ephemeral ports, so no process
+  // in the pod can take their place, agent up or down.
   NetnsListeners listeners;
-  listeners.netns_fd = netns.get();
-  for (const char* host : {"127.0.0.1", "[::1]"}) {
-    auto addr = SocketAddress::Parse(absl::StrCat(host, ":", settings_.outbound_port));
-    if (!addr.ok()) return problem(std::string(addr.status().message()));
-    listeners.outbound.push_back({*addr, settings_.route});
+  listeners.netns_fd = netns;
+  for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
+    listeners.outbound.push_back({*SocketAddress::Parse(host), settings_.route});
   }
   for (const PodWorkload* w : serving) {
     for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
@@ -218,6 +207,7 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
     return problem(absl::StrCat("opening listeners in the pod: ", handle.status().message()));
   }
   served.listeners = handle->id;
+  InterceptionMaps& maps = bpf_.maps();
   for (size_t i = 0; i < served.slots.size(); ++i) {
     for (size_t family = 0; family < 2; ++family) {
       if (auto st = maps.SetInboundListener(served.slots[i], handle->inbound_fds[2 * i + family]);
@@ -226,11 +216,218 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
       }
     }
   }
+  std::optional<uint32_t> outbound_slot = AllocateSlot();
+  if (!outbound_slot) return problem("no free listener slot for the pod's outbound listener");
+  served.slots.push_back(*outbound_slot);
+  for (size_t family = 0; family < 2; ++family) {
+    if (auto st = maps.SetInboundListener(*outbound_slot, handle->outbound_fds[family]); !st.ok()) {
+      return problem(absl::StrCat("steering to the pod's outbound listener: ", st.message()));
+    }
+  }
+  auto cookie = NetnsCookieOf(handle->outbound_fds[0]);
+  if (!cookie.ok()) return problem(std::string(cookie.status().message()));
+  served.outbound_slot = outbound_slot;
+  served.netns_cookie = *cookie;
+  if (auto st = SyncOutboundTarget(served); !st.ok()) {
+    served.rescan = true;
+    return problem(std::string(st.message()));
+  }
   LogEvent(spdlog::level::info, {{"event", "pod_netns_served"},
                                  {"netns_inode", pod.inode},
                                  {"addresses", absl::StrJoin(*addresses, ",")},
                                  {"workloads", absl::StrJoin(served.view.workloads, ",")}});
   return served;
+}
+
+absl::Status PodNetworks::EnsureUpstream6(Served& served) {
+  if (served.has_upstream6 || !settings_.upstream_source6 || served.serving.empty()) {
+    return absl::OkStatus();
+  }
+  bool has_ip6 = false;
+  for (const std::string& a : served.addresses) has_ip6 |= a.find(':') != std::string::npos;
+  if (!has_ip6) return absl::OkStatus();
+  in6_addr source =
+      reinterpret_cast<const sockaddr_in6*>(settings_.upstream_source6->get())->sin6_addr;
+  if (auto st = RunInNetns(served.netns.get(), [&] { return AddLoopbackAddress6(source); });
+      !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("adding the IPv6 upstream source to the pod's "
+                                                "loopback: ",
+                                                st.message()));
+  }
+  served.has_upstream6 = true;
+  return absl::OkStatus();
+}
+
+absl::Status PodNetworks::SyncRules(uint64_t inode, Served* candidate) {
+  auto claim_of = [](uint64_t netns, const Served& s) {
+    return PodClaim{netns, s.addresses, s.serving};
+  };
+  std::vector<PodClaim> claims;
+  std::map<std::string, PodRule> written;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [other, s] : served_) {
+      if (other != inode) claims.push_back(claim_of(other, s));
+    }
+    written = written_;
+  }
+  if (candidate) claims.push_back(claim_of(inode, *candidate));
+  PodRules next = ResolvePodRules(claims, KTRUST_PARKED_SLOT);
+
+  // New and changed rules before gone ones: a rule moving between pods is
+  // never absent meanwhile.
+  InterceptionMaps& maps = bpf_.maps();
+  absl::Status result;
+  for (const auto& [key, rule] : next.rules) {
+    auto it = written.find(key);
+    if (it != written.end() && it->second == rule) continue;
+    if (auto st = maps.AddInboundPort(rule.local, rule.mode, rule.slot, rule.workload); !st.ok()) {
+      result.Update(absl::Status(st.code(), absl::StrCat("enforcing ", key, ": ", st.message())));
+      continue;
+    }
+    written[key] = rule;
+  }
+  for (auto it = written.begin(); it != written.end();) {
+    if (next.rules.count(it->first)) {
+      ++it;
+      continue;
+    }
+    absl::Status st = maps.RemoveInboundPort(it->second.local);
+    if (!st.ok() && !absl::IsNotFound(st)) {
+      // Left in place: it refuses, and the next sync tries again.
+      result.Update(st);
+      ++it;
+      continue;
+    }
+    it = written.erase(it);
+  }
+
+  auto shared_of = [&](uint64_t netns) {
+    auto found = next.shared.find(netns);
+    if (found == next.shared.end()) return std::vector<std::string>{};
+    return std::vector<std::string>(found->second.begin(), found->second.end());
+  };
+  auto set_shared = [&](uint64_t netns, ServedPod& view) {
+    std::vector<std::string> shared = shared_of(netns);
+    if (shared != view.shared && !shared.empty()) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "pod_address_shared"},
+                {"netns_inode", netns},
+                {"addresses", absl::StrJoin(shared, ",")},
+                {"reason",
+                 "another served pod carries the same address: connections to it on "
+                 "enforced ports are refused in both pods"}});
+    }
+    view.shared = std::move(shared);
+  };
+  absl::MutexLock lock(&mu_);
+  if (candidate) set_shared(inode, candidate->view);
+  written_ = std::move(written);
+  for (auto& [netns, s] : served_) {
+    if (netns != inode) set_shared(netns, s.view);
+  }
+  return result;
+}
+
+absl::Status PodNetworks::SyncOutboundTarget(Served& served) {
+  if (!served.netns_cookie || !served.outbound_slot) return absl::OkStatus();
+  OutboundTarget next = PodOutboundTarget(served.addresses);
+  bool set = served.target.ip4 || served.target.ip6;
+  if (set && SameOutboundTarget(next, served.target)) return absl::OkStatus();
+  InterceptionMaps& maps = bpf_.maps();
+  // The old target goes first: its rules may name addresses the pod lost.
+  if (set) {
+    if (auto st =
+            maps.RemoveOutboundTarget(*served.netns_cookie, served.target, settings_.outbound_port);
+        !st.ok()) {
+      return st;
+    }
+    served.target = {};
+  }
+  if (!next.ip4 && !next.ip6) return absl::OkStatus();  // refused until it has an address
+  if (auto st = maps.SetOutboundTarget(*served.netns_cookie, next, settings_.outbound_port,
+                                       *served.outbound_slot);
+      !st.ok()) {
+    return absl::Status(st.code(),
+                        absl::StrCat("redirecting the pod's mesh connections: ", st.message()));
+  }
+  served.target = next;
+  return absl::OkStatus();
+}
+
+void PodNetworks::Rescan(uint64_t inode) {
+  Served* served = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = served_.find(inode);
+    if (it == served_.end()) return;
+    served = &it->second;  // only this thread changes served_
+  }
+  auto addresses = PodAddresses(served->netns.get(), settings_.upstream_source6);
+  if (!addresses.ok()) {
+    // The rules stay as they are (refusing what they enforced); retried.
+    served->rescan = true;
+    LogEvent(spdlog::level::warn, {{"event", "pod_addresses_unread"},
+                                   {"netns_inode", inode},
+                                   {"reason", addresses.status().message()}});
+    return;
+  }
+  if (*addresses == served->addresses && !served->rescan) return;
+  std::vector<std::string> before = served->addresses;
+  {
+    absl::MutexLock lock(&mu_);
+    served->addresses = *addresses;
+    served->view.addresses = *addresses;
+  }
+  absl::Status st = SyncRules(inode, served);
+  if (st.ok()) st = EnsureUpstream6(*served);
+  if (st.ok()) st = SyncOutboundTarget(*served);
+  {
+    absl::MutexLock lock(&mu_);
+    served->rescan = !st.ok();
+    std::string problem = st.ok() ? "" : std::string(st.message());
+    if (served->view.problem == served->rules_problem) served->view.problem = problem;
+    served->rules_problem = problem;
+  }
+  if (*addresses != before) {
+    LogEvent(st.ok() ? spdlog::level::info : spdlog::level::err,
+             {{"event", "pod_addresses_changed"},
+              {"netns_inode", inode},
+              {"addresses", absl::StrJoin(*addresses, ",")},
+              {"before", absl::StrJoin(before, ",")},
+              {"reason", st.ok() ? "enforced" : std::string(st.message())}});
+  }
+}
+
+void PodNetworks::RefreshAddresses() {
+  if (events_.valid()) {
+    // Only to clear the wakeup: every pod's socket is drained below.
+    epoll_event ready[64];
+    (void)epoll_wait(events_.get(), ready, 64, 0);
+  }
+  absl::Time now = absl::Now();
+  bool full = now - last_full_rescan_ >= kFullRescan;
+  if (full) last_full_rescan_ = now;
+  std::vector<uint64_t> due;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [inode, served] : served_) {
+      bool changed = full || served.rescan || !served.address_events.valid();
+      if (served.address_events.valid()) {
+        AddressEvents events = DrainAddressEvents(served.address_events.get());
+        if (events == AddressEvents::kLost) {
+          // Never read as "nothing changed": the whole namespace is reread.
+          LogEvent(spdlog::level::warn,
+                   {{"event", "pod_address_events_lost"},
+                    {"netns_inode", inode},
+                    {"reason", "netlink overrun or error: rescanning the pod's addresses"}});
+        }
+        changed |= events != AddressEvents::kNone;
+      }
+      if (changed) due.push_back(inode);
+    }
+  }
+  for (uint64_t inode : due) Rescan(inode);
 }
 
 void PodNetworks::Release(uint64_t inode, const Served& served, const Served* successor) {
@@ -240,15 +437,17 @@ void PodNetworks::Release(uint64_t inode, const Served& served, const Served* su
     (void)maps.ClearInboundListener(slot);
     used_slots_.erase(slot);
   }
-  // A successor overwrote the rules it shares with these, and keeps the program.
-  std::set<std::string> kept;
-  if (successor) {
-    for (const SocketAddress& rule : successor->rules) kept.insert(rule.ToString());
-  }
-  for (const SocketAddress& rule : served.rules) {
-    if (!kept.count(rule.ToString())) (void)maps.RemoveInboundPort(rule);
-  }
+  // A successor wrote its rules and target over these already, and keeps
+  // the program.
   if (successor) return;
+  // Its mesh connections are refused from here on.
+  if (served.netns_cookie) {
+    (void)maps.RemoveOutboundTarget(*served.netns_cookie, served.target, settings_.outbound_port);
+  }
+  if (auto st = SyncRules(inode, nullptr); !st.ok()) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "pod_rules_left"}, {"netns_inode", inode}, {"reason", st.message()}});
+  }
   absl::Status detached;
   {
     absl::MutexLock lock(&bpf_mu_);
@@ -280,19 +479,19 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
   for (const auto& [inode, served] : gone) Release(inode, served, nullptr);
 
   for (const PodNetns& pod : wanted) {
-    bool awaiting_addresses = false;
     {
       absl::MutexLock lock(&mu_);
       auto it = served_.find(pod.inode);
-      if (it != served_.end() && it->second.workloads == pod.workloads) {
-        if (!it->second.awaiting_addresses) continue;
-        awaiting_addresses = true;
-      }
+      if (it != served_.end() && it->second.workloads == pod.workloads) continue;
     }
-    // Served again once the addresses have come, not on every pass.
-    if (awaiting_addresses && !HasAddresses(pod.path)) continue;
     auto next = Serve(pod);
     if (!next) continue;
+    if (next->address_events.valid() && events_.valid()) {
+      epoll_event interest{};
+      interest.events = EPOLLIN;
+      interest.data.u64 = pod.inode;
+      (void)epoll_ctl(events_.get(), EPOLL_CTL_ADD, next->address_events.get(), &interest);
+    }
     std::optional<Served> before;
     Served* now = nullptr;
     {
@@ -304,15 +503,33 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
     // Only this thread changes served_, so `now` stays valid.
     if (before) Release(pod.inode, *before, now);
   }
+  // Addresses that came or went meanwhile, and the fallback rescans.
+  RefreshAddresses();
 }
 
 std::vector<SocketAddress> PodNetworks::enforced() const {
   absl::MutexLock lock(&mu_);
   std::vector<SocketAddress> rules;
+  for (const auto& [key, rule] : written_) rules.push_back(rule.local);
+  // The outbound targets' rules, which only the agent's listeners may take.
   for (const auto& [inode, served] : served_) {
-    rules.insert(rules.end(), served.rules.begin(), served.rules.end());
+    for (const auto* address : {&served.target.ip4, &served.target.ip6}) {
+      if (!*address) continue;
+      SocketAddress rule = **address;
+      rule.set_port(settings_.outbound_port);
+      rules.push_back(rule);
+    }
   }
   return rules;
+}
+
+std::set<uint64_t> PodNetworks::netns_cookies() const {
+  absl::MutexLock lock(&mu_);
+  std::set<uint64_t> cookies;
+  for (const auto& [inode, served] : served_) {
+    if (served.netns_cookie) cookies.insert(*served.netns_cookie);
+  }
+  return cookies;
 }
 
 std::vector<ServedPod> PodNetworks::served() const {

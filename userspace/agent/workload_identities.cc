@@ -1,5 +1,7 @@
 #include "ktrust/agent/workload_identities.h"
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
@@ -108,23 +110,42 @@ absl::StatusOr<std::shared_ptr<const TrustStore>> WorkloadIdentities::LoadTrustS
     const Config& config, const CertificateAuthority* next_ca) const {
   auto td = TrustDomain::Parse(config.trust_domain);
   if (!td.ok()) return td.status();
-  std::string roots;
+  // Roots per trust domain, from files bound to that domain only: a root
+  // never vouches for a domain the configuration did not give it to.
+  std::map<std::string, std::string> roots;
   std::shared_ptr<const CertificateAuthority> in_use = ca();
   if (const CertificateAuthority* issuing = next_ca ? next_ca : in_use.get()) {
-    roots = ToPem(issuing->roots());
+    roots[td->name()] = ToPem(issuing->roots());
   } else {
     auto bundle = ReadFile(config.identity.svid_dir + "/bundle.crt");
-    if (bundle.ok()) roots = *bundle;
+    if (bundle.ok()) roots[td->name()] = *bundle;
   }
-  for (const std::string& path : config.trust_bundles) {
+  for (const TrustBundleFile& file : config.trust_bundles) {
+    auto pem = ReadFile(file.path);
+    if (!pem.ok()) return pem.status();
+    absl::StrAppend(&roots[file.trust_domain], *pem);
+  }
+  // A missing CRL file fails the load: a typo must not quietly unrevoke.
+  std::string crls;
+  for (const std::string& path : config.crls) {
     auto pem = ReadFile(path);
     if (!pem.ok()) return pem.status();
-    absl::StrAppend(&roots, *pem);
+    if (auto parsed = ParseCrls(*pem, path); !parsed.ok()) return parsed.status();
+    absl::StrAppend(&crls, *pem);
   }
-  auto bundle = TrustBundle::FromPem(*td, roots, "");
-  if (!bundle.ok()) return bundle.status();
   auto store = std::make_shared<TrustStore>();
-  store->Put(*std::move(bundle));
+  for (const auto& [name, pem] : roots) {
+    auto domain = TrustDomain::Parse(name);
+    if (!domain.ok()) return domain.status();
+    auto bundle = TrustBundle::FromPem(*domain, pem, crls);
+    if (!bundle.ok()) return bundle.status();
+    store->Put(*std::move(bundle));
+  }
+  if (store->Find(*td) == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("no roots for the local trust domain ",
+                                                      td->name(), " (", config.identity.svid_dir,
+                                                      "/bundle.crt or a trust_bundles entry)"));
+  }
   return store;
 }
 

@@ -23,12 +23,12 @@ static_assert(sizeof(ktrust_mesh_value) == sizeof(ktrust_port_rule) * KTRUST_MES
 static_assert(sizeof(ktrust_cgroup_value) == 8);
 KTRUST_CHECK_OFFSET(ktrust_cgroup_value, workload, 4);
 
-static_assert(sizeof(ktrust_config) == 48);
-KTRUST_CHECK_OFFSET(ktrust_config, upstream_src6, 16);
-KTRUST_CHECK_OFFSET(ktrust_config, outbound_ip4, 32);
-KTRUST_CHECK_OFFSET(ktrust_config, upstream_src4, 36);
-KTRUST_CHECK_OFFSET(ktrust_config, outbound_port, 40);
-KTRUST_CHECK_OFFSET(ktrust_config, agent_mark, 44);
+static_assert(sizeof(ktrust_config) == 8);
+KTRUST_CHECK_OFFSET(ktrust_config, agent_mark, 4);
+
+static_assert(sizeof(ktrust_outbound_target) == 24);
+KTRUST_CHECK_OFFSET(ktrust_outbound_target, ip4, 16);
+KTRUST_CHECK_OFFSET(ktrust_outbound_target, flags, 20);
 
 static_assert(sizeof(ktrust_orig_dst) == 48);
 KTRUST_CHECK_OFFSET(ktrust_orig_dst, addr, 8);
@@ -50,7 +50,8 @@ static_assert(std::has_unique_object_representations_v<ktrust_tuple>);
 
 static_assert(sizeof(ktrust_inbound_key) == 20);
 KTRUST_CHECK_OFFSET(ktrust_inbound_key, port, 16);
-static_assert(sizeof(ktrust_inbound_value) == 12);
+static_assert(sizeof(ktrust_inbound_value) == 16);
+KTRUST_CHECK_OFFSET(ktrust_inbound_value, flags, 12);
 
 static_assert(sizeof(ktrust_event) == 72);
 KTRUST_CHECK_OFFSET(ktrust_event, cgroup_id, 8);

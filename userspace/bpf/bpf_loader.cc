@@ -36,6 +36,8 @@ constexpr CgroupProgram kCgroupPrograms[] = {
     {"getpeername6", BpfProgram::kGetpeername6, BPF_CGROUP_INET6_GETPEERNAME},
 };
 constexpr CgroupProgram kSockopsProgram = {"sockops", BpfProgram::kSockops, BPF_CGROUP_SOCK_OPS};
+constexpr CgroupProgram kAgentSockopsProgram = {"sockops_agent", BpfProgram::kSockopsAgent,
+                                                BPF_CGROUP_SOCK_OPS};
 
 // Pin names of the two sk_lookup variants' links.
 constexpr absl::string_view kHostNetnsLink = "sk_lookup";
@@ -112,6 +114,7 @@ BpfLoader::BpfLoader(BpfLoaderOptions options, KernelFeatures features,
           .inbound = bpf_map__fd(skeleton_->maps.ktrust_inbound),
           .listeners = bpf_map__fd(skeleton_->maps.ktrust_listen),
           .counters = bpf_map__fd(skeleton_->maps.ktrust_counters),
+          .outbound_targets = bpf_map__fd(skeleton_->maps.ktrust_outbound_targets),
       }) {}
 
 BpfLoader::~BpfLoader() = default;
@@ -168,6 +171,8 @@ bpf_program* BpfLoader::program(BpfProgram program) const {
       return progs.ktrust_getpeername6;
     case BpfProgram::kSockops:
       return progs.ktrust_sockops;
+    case BpfProgram::kSockopsAgent:
+      return progs.ktrust_sockops_agent;
     case BpfProgram::kSkLookup:
       return progs.ktrust_sk_lookup;
     case BpfProgram::kSkLookupPod:
@@ -243,9 +248,10 @@ absl::Status BpfLoader::AttachOrAdopt(BpfProgram which, const std::string& pin_p
   return absl::OkStatus();
 }
 
-absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, bool sockops) {
-  absl::Span<const CgroupProgram> programs =
-      sockops ? absl::Span<const CgroupProgram>(&kSockopsProgram, 1) : kCgroupPrograms;
+absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, CgroupHooks hooks) {
+  absl::Span<const CgroupProgram> programs = kCgroupPrograms;
+  if (hooks == CgroupHooks::kSockops) programs = {&kSockopsProgram, 1};
+  if (hooks == CgroupHooks::kAgentSockops) programs = {&kAgentSockopsProgram, 1};
   std::string path(cgroup_dir);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
@@ -262,11 +268,15 @@ absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, bool sockop
 }
 
 absl::Status BpfLoader::AttachCgroup(absl::string_view cgroup_dir) {
-  return AttachToCgroup(cgroup_dir, /*sockops=*/false);
+  return AttachToCgroup(cgroup_dir, CgroupHooks::kSockAddr);
 }
 
 absl::Status BpfLoader::AttachSockops(absl::string_view cgroup_dir) {
-  return AttachToCgroup(cgroup_dir, /*sockops=*/true);
+  return AttachToCgroup(cgroup_dir, CgroupHooks::kSockops);
+}
+
+absl::Status BpfLoader::AttachAgentSockops(absl::string_view cgroup_dir) {
+  return AttachToCgroup(cgroup_dir, CgroupHooks::kAgentSockops);
 }
 
 absl::StatusOr<size_t> BpfLoader::PruneDetachedLinks() {

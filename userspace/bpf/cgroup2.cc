@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "ktrust/common/files.h"
 
 namespace ktrust {
@@ -54,6 +55,18 @@ absl::StatusOr<std::string> Cgroup2Mount() {
   auto text = ReadFile("/proc/self/mountinfo");
   if (!text.ok()) return text.status();
   return FindCgroup2Mount(*text);
+}
+
+absl::StatusOr<std::string> OwnCgroupPath() {
+  auto text = ReadFile("/proc/self/cgroup");
+  if (!text.ok()) return text.status();
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    if (!absl::ConsumePrefix(&line, "0::")) continue;
+    auto mount = Cgroup2Mount();
+    if (!mount.ok()) return mount.status();
+    return absl::StrCat(*mount, line == "/" ? "" : line);
+  }
+  return absl::NotFoundError("/proc/self/cgroup names no cgroup v2 (\"0::\" line)");
 }
 
 absl::StatusOr<uint64_t> CgroupIdOf(absl::string_view cgroup_dir) {

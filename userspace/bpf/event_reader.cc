@@ -52,6 +52,12 @@ absl::string_view ReasonName(uint32_t reason) {
       return "connect_unclassified";
     case KTRUST_REASON_EVENTS_LOST:
       return "events_lost";
+    case KTRUST_REASON_CONNECT_UNSERVED_NETNS:
+      return "connect_unserved_netns";
+    case KTRUST_REASON_SK_LOOKUP_UDP_REFUSED:
+      return "sk_lookup_udp_refused";
+    case KTRUST_REASON_SOCKOPS_AGENT_RECORD_FAILED:
+      return "sockops_agent_record_failed";
     default:
       return "unknown";
   }

@@ -39,20 +39,6 @@ EnforcementMode ModeOf(uint32_t mode) {
   return mode == KTRUST_MODE_PERMISSIVE ? EnforcementMode::kPermissive : EnforcementMode::kEnforce;
 }
 
-// An address of one family in the ABI form; what names the setting for errors.
-absl::StatusOr<AbiAddress> ParseIp(const std::string& text, int family, absl::string_view what) {
-  AbiAddress out{};
-  bool ok = family == AF_INET ? inet_pton(AF_INET, text.c_str(), out.data() + 12) == 1
-                              : inet_pton(AF_INET6, text.c_str(), out.data()) == 1;
-  if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat("interception settings: ", what, " \"", text,
-                                                   "\" is not an IPv",
-                                                   family == AF_INET ? "4" : "6", " address"));
-  }
-  if (family == AF_INET) out[10] = out[11] = 0xff;
-  return out;
-}
-
 ktrust_mesh_key MeshKey(const IpPrefix& prefix) {
   ktrust_mesh_key key{};
   key.prefixlen = prefix.mapped_length();
@@ -126,62 +112,122 @@ absl::Status CheckListenerSlot(uint32_t slot) {
                                                  KTRUST_MAX_INBOUND_LISTENERS - 1, ")"));
 }
 
-// The network namespace a socket lives in (Linux 5.14).
+}  // namespace
+
 absl::StatusOr<uint64_t> NetnsCookieOf(int fd) {
   uint64_t cookie = 0;
   socklen_t length = sizeof(cookie);
   if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) {
     return absl::ErrnoToStatus(errno,
-                               "reading the accepted socket's network namespace "
+                               "reading a socket's network namespace "
                                "(SO_NETNS_COOKIE, Linux 5.14 or later)");
   }
   return cookie;
 }
 
-}  // namespace
-
 absl::Status InterceptionSettings::Validate() const {
   if (outbound_port == 0) {
     return absl::InvalidArgumentError("interception settings: outbound_port is required");
-  }
-  for (const auto& parsed : {ParseIp(outbound_ip4, AF_INET, "outbound_ip4"),
-                             ParseIp(outbound_ip6, AF_INET6, "outbound_ip6")}) {
-    if (!parsed.ok()) return parsed.status();
-  }
-  if (!upstream_source_ip4.empty()) {
-    if (auto p = ParseIp(upstream_source_ip4, AF_INET, "upstream_source_ip4"); !p.ok()) {
-      return p.status();
-    }
-  }
-  if (!upstream_source_ip6.empty()) {
-    if (auto p = ParseIp(upstream_source_ip6, AF_INET6, "upstream_source_ip6"); !p.ok()) {
-      return p.status();
-    }
   }
   return absl::OkStatus();
 }
 
 absl::Status InterceptionMaps::Configure(const InterceptionSettings& settings) {
   if (auto st = settings.Validate(); !st.ok()) return st;
-  // Validate() parsed every address already.
   ktrust_config config{};
-  AbiAddress out4 = *ParseIp(settings.outbound_ip4, AF_INET, "outbound_ip4");
-  AbiAddress out6 = *ParseIp(settings.outbound_ip6, AF_INET6, "outbound_ip6");
-  std::memcpy(&config.outbound_ip4, out4.data() + 12, 4);
-  std::memcpy(config.outbound_ip6, out6.data(), 16);
-  if (!settings.upstream_source_ip4.empty()) {
-    AbiAddress src4 = *ParseIp(settings.upstream_source_ip4, AF_INET, "upstream_source_ip4");
-    std::memcpy(&config.upstream_src4, src4.data() + 12, 4);
-  }
-  if (!settings.upstream_source_ip6.empty()) {
-    AbiAddress src6 = *ParseIp(settings.upstream_source_ip6, AF_INET6, "upstream_source_ip6");
-    std::memcpy(config.upstream_src6, src6.data(), 16);
-  }
   config.outbound_port = settings.outbound_port;
   config.agent_mark = settings.agent_mark;
   uint32_t zero = 0;
   return Check(bpf_map_update_elem(fds_.config, &zero, &config, BPF_ANY),
                "writing the interception settings (ktrust_config)");
+}
+
+namespace {
+
+// The target's (address, outbound_port) rules, IPv4 first.
+absl::StatusOr<std::vector<SocketAddress>> TargetRules(const OutboundTarget& target,
+                                                       uint16_t outbound_port) {
+  std::vector<SocketAddress> rules;
+  for (const auto& [address, family] : {std::pair{&target.ip4, AF_INET}, {&target.ip6, AF_INET6}}) {
+    if (!*address) continue;
+    if ((*address)->family() != family) {
+      return absl::InvalidArgumentError(absl::StrCat("outbound target ", (*address)->ToString(),
+                                                     " is not an IPv", family == AF_INET ? 4 : 6,
+                                                     " address"));
+    }
+    SocketAddress rule = **address;
+    rule.set_port(outbound_port);
+    rules.push_back(rule);
+  }
+  return rules;
+}
+
+}  // namespace
+
+absl::Status InterceptionMaps::SetOutboundTarget(uint64_t netns_cookie,
+                                                 const OutboundTarget& target,
+                                                 uint16_t outbound_port, uint32_t slot) {
+  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
+  auto rules = TargetRules(target, outbound_port);
+  if (!rules.ok()) return rules.status();
+  // The rules first: from the moment connect4/6 rewrite to the target, only
+  // the agent's listener can take what arrives there.
+  for (const SocketAddress& rule : *rules) {
+    auto key = InboundKey(rule);
+    if (!key.ok()) return key.status();
+    ktrust_inbound_value value{.listener = slot,
+                               .mode = KTRUST_MODE_ENFORCE,
+                               .workload = 0,
+                               .flags = KTRUST_INBOUND_OUTBOUND_LISTENER};
+    if (auto st = Check(bpf_map_update_elem(fds_.inbound, &*key, &value, BPF_ANY),
+                        absl::StrCat("steering outbound target ", rule.ToString()));
+        !st.ok()) {
+      return st;
+    }
+  }
+  ktrust_outbound_target value{};
+  if (target.ip4) {
+    auto a = ToAbiAddress(*target.ip4);
+    if (!a.ok()) return a.status();
+    std::memcpy(&value.ip4, a->data() + 12, 4);
+    value.flags |= KTRUST_TARGET_HAS_IP4;
+  }
+  if (target.ip6) {
+    auto a = ToAbiAddress(*target.ip6);
+    if (!a.ok()) return a.status();
+    std::memcpy(value.ip6, a->data(), 16);
+    value.flags |= KTRUST_TARGET_HAS_IP6;
+  }
+  return Check(bpf_map_update_elem(fds_.outbound_targets, &netns_cookie, &value, BPF_ANY),
+               absl::StrCat("setting the outbound target of network namespace cookie ",
+                            netns_cookie, " (ktrust_outbound_targets)"));
+}
+
+absl::Status InterceptionMaps::RemoveOutboundTarget(uint64_t netns_cookie,
+                                                    const OutboundTarget& target,
+                                                    uint16_t outbound_port) {
+  // The target first: no new connection is rewritten to the rules that go.
+  if (bpf_map_delete_elem(fds_.outbound_targets, &netns_cookie) != 0 && errno != ENOENT) {
+    return MapError(errno, absl::StrCat("removing the outbound target of network namespace "
+                                        "cookie ",
+                                        netns_cookie));
+  }
+  auto rules = TargetRules(target, outbound_port);
+  if (!rules.ok()) return rules.status();
+  for (const SocketAddress& rule : *rules) {
+    auto key = InboundKey(rule);
+    if (!key.ok()) return key.status();
+    if (bpf_map_delete_elem(fds_.inbound, &*key) != 0 && errno != ENOENT) {
+      return MapError(errno, absl::StrCat("removing outbound target rule ", rule.ToString()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> InterceptionMaps::KeepOnlyOutboundTargets(const std::set<uint64_t>& keep) {
+  std::set<std::string> wanted;
+  for (uint64_t cookie : keep) wanted.insert(Bytes(cookie));
+  return Prune(fds_.outbound_targets, sizeof(uint64_t), wanted, "ktrust_outbound_targets");
 }
 
 absl::Status InterceptionMaps::AddMeshDestination(const IpPrefix& prefix,
@@ -344,7 +390,7 @@ absl::Status InterceptionMaps::AddInboundPort(const SocketAddress& local, Enforc
   auto key = InboundKey(local);
   if (!key.ok()) return key.status();
   ktrust_inbound_value value{
-      .listener = listener_slot, .mode = AbiMode(mode), .workload = workload};
+      .listener = listener_slot, .mode = AbiMode(mode), .workload = workload, .flags = 0};
   return Check(bpf_map_update_elem(fds_.inbound, &*key, &value, BPF_ANY),
                absl::StrCat("enforcing inbound ", local.ToString()));
 }

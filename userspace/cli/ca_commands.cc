@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "ktrust/common/files.h"
 #include "ktrust/identity/certificate_authority.h"
+#include "ktrust/identity/svid_rules.h"
 #include "ktrust/identity/x509.h"
 
 namespace ktrust::cli {
@@ -59,8 +60,12 @@ struct InitFlags {
   bool force = false;
 };
 struct IntermediateFlags {
-  std::string ca_dir, name, dir, ttl = "90d";
+  std::string ca_dir, name, dir, ttl = "30d";
+  std::vector<std::string> scope;
   bool force = false;
+};
+struct RevokeFlags {
+  std::string ca_dir, serial, cert;
 };
 struct IssueFlags {
   std::string ca_dir, id, out, ttl = "1h";
@@ -87,14 +92,68 @@ int RunIntermediate(const IntermediateFlags& f) {
   auto ttl = ParseTtl(f.ttl);
   if (!ttl.ok()) return ReportError(ttl.status());
   absl::Time now = absl::Now();
+  std::vector<SpiffeIdPattern> scope;
+  for (const std::string& text : f.scope) {
+    auto pattern = SpiffeIdPattern::Parse(text);
+    if (!pattern.ok()) return ReportError(pattern.status());
+    scope.push_back(*std::move(pattern));
+  }
   auto root = CertificateAuthority::Load(f.ca_dir, now);
   if (!root.ok()) return ReportError(root.status());
-  auto ca = root->CreateIntermediate(f.name, *ttl, now);
+  auto ca = root->CreateIntermediate(f.name, *ttl, now, scope);
   if (!ca.ok()) return ReportError(ca.status());
   if (auto st = ca->Save(f.dir, f.force); !st.ok()) return ReportError(st);
+  auto bound = IssuerScope(ca->certificate());
   std::cout << "created intermediate CA \"" << f.name << "\" for " << ca->trust_domain().IdString()
             << " in " << f.dir << " (valid until " << FormatTimestamp(NotAfter(ca->certificate()))
-            << ")\n";
+            << ")\n  it may sign only " << (bound.ok() && *bound ? ScopeString(**bound) : "?")
+            << "\n";
+  return kOk;
+}
+
+int RunRevoke(const RevokeFlags& f) {
+  if (f.serial.empty() == f.cert.empty()) {
+    return ReportError(absl::InvalidArgumentError("give exactly one of --serial and --cert"));
+  }
+  absl::Time now = absl::Now();
+  auto ca = CertificateAuthority::Load(f.ca_dir, now);
+  if (!ca.ok()) return ReportError(ca.status());
+  std::string serial = f.serial;
+  std::string what = absl::StrCat("serial ", serial);
+  if (!f.cert.empty()) {
+    auto pem = ReadFile(f.cert);
+    if (!pem.ok()) return ReportError(pem.status());
+    auto certs = ParseCertificates(*pem, f.cert);
+    if (!certs.ok()) return ReportError(certs.status());
+    X509* cert = certs->front().get();
+    // A CRL only speaks for certificates its signer issued.
+    if (X509_check_issued(ca->certificate(), cert) != X509_V_OK ||
+        X509_verify(cert, X509_get0_pubkey(ca->certificate())) != 1) {
+      ERR_clear_error();
+      return ReportError(absl::InvalidArgumentError(absl::StrCat(
+          f.cert, " (", SubjectString(cert), ") was not issued by the CA in ", f.ca_dir,
+          " but by \"", IssuerString(cert), "\": revoke it with the CA that issued it")));
+    }
+    serial = SerialHex(cert);
+    what = absl::StrCat("\"", SubjectString(cert), "\" (serial ", serial, ")");
+  }
+  std::string crl_path = absl::StrCat(f.ca_dir, "/crl.pem");
+  std::string current;
+  if (PathExists(crl_path)) {
+    auto pem = ReadFile(crl_path);
+    if (!pem.ok()) return ReportError(pem.status());
+    current = *pem;
+  }
+  auto crl = ca->Revoke(serial, current, now);
+  if (absl::IsAlreadyExists(crl.status())) {
+    std::cout << what << " is already revoked in " << crl_path << "\n";
+    return kOk;
+  }
+  if (!crl.ok()) return ReportError(crl.status());
+  if (auto st = WriteFileAtomically(crl_path, *crl, 0644); !st.ok()) return ReportError(st);
+  std::cout << "revoked " << what << " in " << crl_path << "\n"
+            << "  copy it to every node and list it under `crls:`; agents reload it when it "
+               "changes\n";
   return kOk;
 }
 
@@ -148,9 +207,21 @@ void AddCaCommands(CLI::App& app, int& exit_code) {
   c->add_option("--ca-dir", inter->ca_dir, "The root CA directory")->required();
   c->add_option("--name", inter->name, "Name of the intermediate, e.g. the node name")->required();
   c->add_option("--dir", inter->dir, "Directory to create the intermediate in")->required();
-  c->add_option("--ttl", inter->ttl, "Validity (default 90d, never past the root's)");
+  c->add_option("--ttl", inter->ttl, "Validity (default 30d, never past the root's)");
+  c->add_option("--scope", inter->scope,
+                "SPIFFE IDs it may sign, exact or a \"/*\" prefix; repeatable (default "
+                "spiffe://<trust domain>/<name>/*)");
   c->add_flag("--force", inter->force, "Replace an existing CA in --dir");
   c->callback([inter, &exit_code] { exit_code = RunIntermediate(*inter); });
+
+  auto revoke = std::make_shared<RevokeFlags>();
+  c = ca->add_subcommand("revoke",
+                         "Revoke a certificate this CA issued (a node's intermediate: use the "
+                         "root); writes <ca-dir>/crl.pem");
+  c->add_option("--ca-dir", revoke->ca_dir, "The CA that issued the certificate")->required();
+  c->add_option("--serial", revoke->serial, "Its serial, hexadecimal (colons allowed)");
+  c->add_option("--cert", revoke->cert, "Its PEM file (the first certificate in it)");
+  c->callback([revoke, &exit_code] { exit_code = RunRevoke(*revoke); });
 
   auto issue = std::make_shared<IssueFlags>();
   c = ca->add_subcommand("issue", "Issue an X.509-SVID to files, for peers outside the mesh");

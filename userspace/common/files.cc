@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -20,10 +21,34 @@ absl::Status ErrnoError(absl::string_view operation, const std::string& path, in
 
 // Reads at most max_bytes into `out`; a bigger file is refused rather than
 // truncated, so a wrong path (say, /dev/zero) cannot exhaust memory.
-absl::Status ReadInto(const std::string& path, size_t max_bytes, std::string& out) {
+absl::Status ReadInto(const std::string& path, size_t max_bytes, std::string& out,
+                      bool private_key = false) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("open", path, errno);
   absl::Cleanup close_fd = [fd] { close(fd); };
+  if (private_key) {
+    // fstat of what was opened: no window between the check and the read.
+    struct stat st {};
+    if (fstat(fd, &st) != 0) return ErrnoError("stat", path, errno);
+    mode_t mode = st.st_mode & 07777;
+    bool others = (mode & 0007) != 0;
+    bool group = (mode & 0070) != 0 && st.st_gid != 0;
+    if (others || group) {
+      char octal[8];
+      snprintf(octal, sizeof(octal), "%04o", static_cast<unsigned>(mode));
+      return absl::PermissionDeniedError(
+          absl::StrCat("refusing private key ", path, ": mode ", octal, " lets ",
+                       others ? "other users" : "its group (gid " + std::to_string(st.st_gid) + ")",
+                       " access it; run `chmod 600 ", path,
+                       "` (in Kubernetes, set the Secret volume's defaultMode: 0400)"));
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "refusing private key ", path, ": it is owned by uid ", st.st_uid,
+          ", who could replace it; it must belong to root or to this process's user (uid ",
+          geteuid(), ")"));
+    }
+  }
   char buf[16384];
   while (true) {
     ssize_t n = read(fd, buf, sizeof(buf));
@@ -50,13 +75,25 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
   return out;
 }
 
-absl::StatusOr<Secret> ReadSecretFile(const std::string& path, size_t max_bytes) {
+namespace {
+
+absl::StatusOr<Secret> ReadSecret(const std::string& path, size_t max_bytes, bool private_key) {
   std::string out;
   out.reserve(max_bytes < 65536 ? max_bytes : 65536);
-  auto st = ReadInto(path, max_bytes, out);
-  Secret secret(std::move(out));
+  auto st = ReadInto(path, max_bytes, out, private_key);
+  Secret secret(std::move(out));  // wiped on destruction, on errors too
   if (!st.ok()) return st;
   return secret;
+}
+
+}  // namespace
+
+absl::StatusOr<Secret> ReadSecretFile(const std::string& path, size_t max_bytes) {
+  return ReadSecret(path, max_bytes, /*private_key=*/false);
+}
+
+absl::StatusOr<Secret> ReadPrivateKeyFile(const std::string& path) {
+  return ReadSecret(path, 1 << 20, /*private_key=*/true);
 }
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view content, mode_t mode) {

@@ -300,7 +300,7 @@ class ConfigReader {
     config.source_path = p_.source();
     Mapping top;
     if (auto st = p_.OpenMapping(root, "",
-                                 {"version", "trust_domain", "identity", "trust_bundles",
+                                 {"version", "trust_domain", "identity", "trust_bundles", "crls",
                                   "workloads", "mesh", "expected_servers", "policy", "agent"},
                                  &top);
         !st.ok()) {
@@ -314,7 +314,10 @@ class ConfigReader {
       if (auto st = Identity(*f, &config.identity); !st.ok()) return st;
     }
     if (const Field* f = top.Find("trust_bundles")) {
-      if (auto st = p_.StringList(*f, "trust_bundles", &config.trust_bundles); !st.ok()) return st;
+      if (auto st = TrustBundles(*f, &config); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("crls")) {
+      if (auto st = p_.StringList(*f, "crls", &config.crls); !st.ok()) return st;
     }
     if (const Field* f = top.Find("agent")) {
       if (auto st = Agent(*f, &config.agent); !st.ok()) return st;
@@ -366,6 +369,44 @@ class ConfigReader {
     return absl::OkStatus();
   }
 
+  // - /path/roots.crt                  roots of the local trust domain
+  // - trust_domain: partner.example    roots of another one (federation)
+  //   file: /path/partner.crt
+  absl::Status TrustBundles(const Field& field, Config* config) const {
+    constexpr absl::string_view kExpected =
+        "a list of absolute paths or {trust_domain, file} mappings";
+    if (!field.value.IsSequence()) return p_.Expected(field, "trust_bundles", kExpected);
+    for (size_t i = 0; i < field.value.size(); ++i) {
+      const YAML::Node& item = field.value[i];
+      std::string path = Item("trust_bundles", i);
+      TrustBundleFile entry{config->trust_domain, ""};
+      if (item.IsScalar()) {
+        if (item.Scalar().empty() || item.Scalar().front() != '/') {
+          return p_.Expected(item, path, "an absolute path");
+        }
+        entry.path = item.Scalar();
+      } else {
+        Mapping map;
+        if (auto st = p_.OpenMapping(item, path, {"trust_domain", "file"}, &map); !st.ok()) {
+          return st;
+        }
+        constexpr absl::string_view kDomain = "a trust domain name such as partner.example";
+        const Field* td_field = map.Find("trust_domain");
+        if (td_field == nullptr) return p_.Missing(map, "trust_domain", kDomain);
+        std::string td_path = Child(path, "trust_domain");
+        if (!td_field->value.IsScalar()) return p_.Expected(*td_field, td_path, kDomain);
+        auto td = TrustDomain::Parse(td_field->value.Scalar());
+        if (!td.ok()) return p_.ExpectedBecause(*td_field, td_path, kDomain, td.status().message());
+        entry.trust_domain = td->name();
+        const Field* file = map.Find("file");
+        if (file == nullptr) return p_.Missing(map, "file", "an absolute path");
+        if (auto st = p_.AbsolutePath(*file, Child(path, "file"), &entry.path); !st.ok()) return st;
+      }
+      config->trust_bundles.push_back(std::move(entry));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Identity(const Field& field, IdentityConfig* out) const {
     Mapping map;
     if (auto st = p_.OpenMapping(field.value, "identity",
@@ -408,9 +449,10 @@ class ConfigReader {
     Mapping map;
     if (auto st = p_.OpenMapping(
             field.value, "agent",
-            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "inbound_port",
-             "upstream_source", "upstream_source6", "socket_mark", "control_socket",
-             "control_group", "metrics_address", "log_format", "log_level", "data_path"},
+            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "upstream_source",
+             "upstream_source6", "socket_mark", "control_socket", "control_group",
+             "metrics_address", "log_format", "log_level", "data_path", "max_inbound_handshakes",
+             "max_outbound_handshakes", "max_handshakes_per_source", "first_byte_timeout"},
             &map);
         !st.ok()) {
       return st;
@@ -426,8 +468,6 @@ class ConfigReader {
         st = p_.AbsolutePath(f, path, &out->bpf_pin_dir);
       } else if (f.key == "outbound_port") {
         st = p_.Port(f, path, &out->outbound_port);
-      } else if (f.key == "inbound_port") {
-        st = p_.Port(f, path, &out->inbound_port);
       } else if (f.key == "upstream_source") {
         if (!f.value.IsScalar() || !IsIpAddress(AF_INET, f.value.Scalar())) {
           st = p_.Expected(f, path, "an IPv4 address such as 127.0.0.6");
@@ -461,9 +501,36 @@ class ConfigReader {
         st = p_.OneOf(f, path, {"trace", "debug", "info", "warn", "error"}, &out->log_level);
       } else if (f.key == "data_path") {
         st = p_.OneOf(f, path, {"auto", "userspace"}, &out->data_path);
+      } else if (f.key == "max_inbound_handshakes") {
+        st = HandshakeLimit(f, path, &out->max_inbound_handshakes);
+      } else if (f.key == "max_outbound_handshakes") {
+        st = HandshakeLimit(f, path, &out->max_outbound_handshakes);
+      } else if (f.key == "max_handshakes_per_source") {
+        st = HandshakeLimit(f, path, &out->max_handshakes_per_source);
+      } else if (f.key == "first_byte_timeout") {
+        // Under a second a lost and resent ClientHello would be dropped; over
+        // a minute a silent client holds its slot as long as a handshake may.
+        absl::Duration d;
+        if (!f.value.IsScalar() || !absl::ParseDuration(f.value.Scalar(), &d) ||
+            d < absl::Seconds(1) || d > absl::Minutes(1)) {
+          st = p_.Expected(f, path, "a duration between 1s and 1m such as \"3s\"");
+        } else {
+          out->first_byte_timeout = d;
+        }
       }
       if (!st.ok()) return st;
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status HandshakeLimit(const Field& field, absl::string_view path, int* out) const {
+    int value = 0;
+    if (!field.value.IsScalar() || field.value.Scalar().empty() ||
+        !absl::ascii_isdigit(field.value.Scalar().front()) ||
+        !absl::SimpleAtoi(field.value.Scalar(), &value) || value < 1 || value > 1000000) {
+      return p_.Expected(field, path, "a number of handshakes between 1 and 1000000");
+    }
+    *out = value;
     return absl::OkStatus();
   }
 
@@ -480,7 +547,10 @@ class ConfigReader {
         parsed = absl::ascii_isdigit(text.front()) && absl::SimpleAtoi(text, &mark);
       }
     }
-    if (!parsed) return p_.Expected(field, path, "a 32-bit mark such as 0x6b74");
+    // The agent's sockets are known by their mark (never redirected, let
+    // through to applications): without one it could not work.
+    if (!parsed || mark == 0)
+      return p_.Expected(field, path, "a non-zero 32-bit mark such as 0x6b74");
     *out = mark;
     return absl::OkStatus();
   }
@@ -515,7 +585,7 @@ class ConfigReader {
       if (auto st = Template(map, *config, workload, &workload.spiffe_id); !st.ok()) return st;
       config->workloads.push_back(std::move(workload));
     }
-    return AgentPortsFit(field, *config);
+    return absl::OkStatus();
   }
 
   absl::Status WorkloadName(const Mapping& map, std::map<std::string, std::string>& name_owner,
@@ -637,40 +707,6 @@ class ConfigReader {
       }
     }
     return sample;
-  }
-
-  // The agent listens on outbound_port and on one inbound port per workload
-  // with ports, counting up from inbound_port.
-  absl::Status AgentPortsFit(const Field& field, const Config& config) const {
-    size_t listeners = std::count_if(config.workloads.begin(), config.workloads.end(),
-                                     [](const WorkloadConfig& w) { return !w.ports.empty(); });
-    if (listeners == 0) return absl::OkStatus();
-    const uint32_t first = config.agent.inbound_port;
-    const uint32_t last = first + listeners - 1;
-    if (last > 65535) {
-      return p_.Fail(field.key_node.Mark(), "workloads",
-                     absl::StrCat("expected at most ", 65535 - first + 1,
-                                  " workloads with ports (agent.inbound_port is ", first, "), got ",
-                                  listeners));
-    }
-    const uint32_t outbound = config.agent.outbound_port;
-    if (outbound >= first && outbound <= last) {
-      return p_.Fail(
-          field.key_node.Mark(), "workloads",
-          absl::StrCat("expected the agent's inbound ports ", first, "-", last,
-                       " to leave out agent.outbound_port, got ", outbound, " among them"));
-    }
-    for (const WorkloadConfig& workload : config.workloads) {
-      for (uint16_t port : workload.ports) {
-        if (port >= first && port <= last) {
-          return p_.Fail(
-              field.key_node.Mark(), "workloads",
-              absl::StrCat("expected workload ports outside the agent's inbound ports ", first, "-",
-                           last, ", got ", port, " for workload ", workload.name));
-        }
-      }
-    }
-    return absl::OkStatus();
   }
 
   absl::Status MeshEntries(const Field& field, absl::string_view path,

@@ -120,14 +120,14 @@ Connection::~Connection() {
   ctx_.connections.erase(this);
   ctx_.shared.table->Remove(record_->id);
   ctx_.shared.counters->active.fetch_sub(1);
-  if (counted_handshake_) ctx_.shared.counters->handshaking.fetch_sub(1);
 }
 
 void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
-                               const OutboundListener& listener, UniqueFd app) {
+                               const OutboundListener& listener, UniqueFd app, HandshakeSlot slot) {
   absl::StatusOr<OutboundRoute> route = listener.route(app.get());
   auto* c = new Connection(ctx, std::move(group), Direction::kOutbound,
                            route.ok() ? route->workload : "");
+  c->handshake_slot_ = std::move(slot);
   c->app_ = std::move(app);
   SetNoDelay(c->app_.get());
   {
@@ -158,8 +158,9 @@ void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerG
 }
 
 void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
-                              const InboundListener& listener, UniqueFd wire) {
+                              const InboundListener& listener, UniqueFd wire, HandshakeSlot slot) {
   auto* c = new Connection(ctx, std::move(group), Direction::kInbound, listener.workload);
+  c->handshake_slot_ = std::move(slot);
   c->inbound_ = &listener;
   c->wire_ = std::move(wire);
   SetNoDelay(c->wire_.get());
@@ -171,6 +172,11 @@ void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGr
   if (listener.permissive) {
     c->StartSniffing();
   } else {
+    // A client sends its ClientHello right after connecting: one that stays
+    // silent is dropped well before handshake_timeout, freeing its slot.
+    const EngineOptions& options = ctx.shared.options;
+    c->first_byte_deadline_ =
+        ctx.loop.now() + std::min(options.first_byte_timeout, options.handshake_timeout);
     c->StartHandshake(listener.identity, std::nullopt);
   }
 }
@@ -178,10 +184,8 @@ void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGr
 void Connection::StartSniffing() {
   state_ = ConnectionState::kHandshaking;
   record_->state.store(state_);
-  // A client that has not yet shown what it speaks holds a handshake slot:
-  // max_handshakes bounds these too.
-  counted_handshake_ = true;
-  ctx_.shared.counters->handshaking.fetch_add(1);
+  // A client that has not yet shown what it speaks holds its handshake slot
+  // (from accept) all along.
   const EngineOptions& options = ctx_.shared.options;
   deadline_ = ctx_.loop.now() + options.handshake_timeout;
   sniffing_ = true;
@@ -252,10 +256,7 @@ void Connection::EndSniffing() {
 
 void Connection::AcceptPlaintext(std::string why) {
   EndSniffing();
-  if (counted_handshake_) {
-    counted_handshake_ = false;
-    ctx_.shared.counters->handshaking.fetch_sub(1);
-  }
+  handshake_slot_.Release();
   plaintext_ = true;
   ctx_.shared.counters->plaintext_accepted.fetch_add(1);
   // The access log's result unless the connection fails later on.
@@ -352,10 +353,6 @@ void Connection::StartHandshake(const SvidProvider& identity,
                                 std::optional<SpiffeIdPattern> expected) {
   state_ = ConnectionState::kHandshaking;
   record_->state.store(state_);
-  if (!counted_handshake_) {  // a permissive connection counted from the start of sniffing
-    counted_handshake_ = true;
-    ctx_.shared.counters->handshaking.fetch_add(1);
-  }
   deadline_ = ctx_.loop.now() + ctx_.shared.options.handshake_timeout;
   std::shared_ptr<const Svid> svid = identity();
   if (!svid) {
@@ -401,8 +398,7 @@ void Connection::DriveHandshake() {
 }
 
 void Connection::OnHandshakeDone() {
-  counted_handshake_ = false;
-  ctx_.shared.counters->handshaking.fetch_sub(1);
+  handshake_slot_.Release();
   {
     absl::MutexLock lock(&record_->mu);
     record_->local_id = tls_->local_id().ToString();
@@ -433,8 +429,18 @@ AuthorizationDecision Connection::Authorize() const {
 }
 
 void Connection::Recheck() {
-  if (direction_ != Direction::kInbound || closing_ || !tls_ || !tls_->peer_id()) return;
+  if (closing_ || !tls_ || !tls_->peer_id()) return;
   if (state_ != ConnectionState::kEstablished && state_ != ConnectionState::kConnectingApp) return;
+  // The peer's identity first, in both directions: a reload that revoked it
+  // (or dropped its root) ends the connection, with the verifier's reason
+  // ("revoked") as the result.
+  PeerVerdict verdict = tls_->ReverifyPeer();
+  if (!verdict.ok()) {
+    if (direction_ == Direction::kInbound) ctx_.shared.counters->denied.fetch_add(1);
+    Abort(ReasonCode(verdict.reason), absl::StrCat("after a reload: ", verdict.explanation));
+    return;
+  }
+  if (direction_ != Direction::kInbound) return;
   AuthorizationDecision decision = Authorize();
   if (decision.allowed) return;
   ctx_.shared.counters->denied.fetch_add(1);
@@ -630,8 +636,29 @@ void Connection::StreamFailed(const std::string& error) {
   Abort("stream_error", error);
 }
 
+bool Connection::ClientSentNothing() const {
+  // What the handshake read, or what waits in the socket, is the first byte.
+  BIO* rbio = SSL_get_rbio(tls_->ssl());
+  if (rbio != nullptr && BIO_number_read(rbio) > 0) return false;
+  char byte = 0;
+  ssize_t n = recv(wire_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 void Connection::Tick(absl::Time now) {
   if (closing_) return;
+  if (now > first_byte_deadline_ && state_ == ConnectionState::kHandshaking && tls_) {
+    first_byte_deadline_ = absl::InfiniteFuture();
+    if (ClientSentNothing()) {
+      ctx_.shared.counters->handshake_failures.fetch_add(1);
+      Abort("first_byte_timeout",
+            absl::StrCat("the client sent nothing within ",
+                         absl::FormatDuration(std::min(ctx_.shared.options.first_byte_timeout,
+                                                       ctx_.shared.options.handshake_timeout)),
+                         " of connecting"));
+      return;
+    }
+  }
   if (now > deadline_) {
     if (state_ == ConnectionState::kHandshaking) {
       ctx_.shared.counters->handshake_failures.fetch_add(1);

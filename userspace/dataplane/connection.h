@@ -26,18 +26,20 @@ namespace ktrust {
 class Connection {
  public:
   // `listener` belongs to `group`; the connection keeps the group, and makes
-  // its other socket in the group's network namespace.
+  // its other socket in the group's network namespace. `slot`: its place in
+  // the handshake budget, held until the peer proved its identity.
   static void StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
-                            const OutboundListener& listener, UniqueFd app);
+                            const OutboundListener& listener, UniqueFd app, HandshakeSlot slot);
   static void StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
-                           const InboundListener& listener, UniqueFd wire);
+                           const InboundListener& listener, UniqueFd wire, HandshakeSlot slot);
 
   // The ListenerGroup id of the listener that accepted it.
   uint64_t listener_group() const { return listeners_->id; }
 
-  // Enforces the connect, handshake and idle deadlines.
+  // Enforces the connect, first-byte, handshake and idle deadlines.
   void Tick(absl::Time now);
-  // Policy reload: an inbound connection the authorizer now denies is closed.
+  // After a reload: a connection whose peer chain the new trust store refuses
+  // (revoked, root dropped), or an inbound one the new policy denies, is closed.
   void Recheck();
   // Resets both sockets for a reason outside the connection (its listener
   // was removed): logged with `reason_code`, not counted as an error.
@@ -75,6 +77,7 @@ class Connection {
   void StartHandshake(const SvidProvider& identity, std::optional<SpiffeIdPattern> expected);
   void DriveHandshake();
   void OnHandshakeDone();
+  bool ClientSentNothing() const;
   AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
@@ -116,8 +119,10 @@ class Connection {
   bool plaintext_ = false;  // permissive: a non-TLS client, carried without TLS
   int pending_ = 0;
   bool closing_ = false;
-  bool counted_handshake_ = false;
+  HandshakeSlot handshake_slot_;
   absl::Time deadline_ = absl::InfiniteFuture();
+  // Inbound, enforce: when a client that has sent nothing is dropped.
+  absl::Time first_byte_deadline_ = absl::InfiniteFuture();
   absl::Time last_activity_;
   std::string result_ = "ok";
   std::string result_detail_;

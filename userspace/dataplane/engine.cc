@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <thread>
+#include <variant>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
@@ -88,7 +89,8 @@ class Engine::Loop {
     std::vector<Listeners> per_loop;
     std::vector<SocketAddress> outbound_addresses;
     std::vector<SocketAddress> inbound_addresses;
-    std::vector<int> inbound_fds;  // loop 0's, per inbound listener
+    std::vector<int> outbound_fds;  // loop 0's, per outbound listener
+    std::vector<int> inbound_fds;   // loop 0's, per inbound listener
   };
 
   Loop(Shared& shared, std::unique_ptr<EventLoop> loop)
@@ -125,6 +127,7 @@ class Engine::Loop {
       auto addr = bind_all(l.listen, &l, nullptr);
       if (!addr.ok()) return addr.status();
       opened.outbound_addresses.push_back(*addr);
+      opened.outbound_fds.push_back(opened.per_loop.front().back()->fd.get());
     }
     for (const auto& l : group->inbound) {
       auto addr = bind_all(l.listen, nullptr, &l);
@@ -205,27 +208,7 @@ class Engine::Loop {
       return;
     }
     if (result >= 0) {
-      UniqueFd conn(result);
-      EngineCounters& counters = *ctx_.shared.counters;
-      counters.accepted.fetch_add(1);
-      if (counters.active.load() >= static_cast<uint64_t>(ctx_.shared.options.max_connections) ||
-          counters.handshaking.load() >=
-              static_cast<uint64_t>(ctx_.shared.options.max_handshakes)) {
-        counters.refused_limit.fetch_add(1);
-        CloseWithReset(std::move(conn));
-        LogRefusal(
-            spdlog::level::warn,
-            {{"event", "connection_refused"},
-             {"result", "limit"},
-             {"reason", absl::StrCat("over the limit of ", ctx_.shared.options.max_connections,
-                                     " connections or ", ctx_.shared.options.max_handshakes,
-                                     " concurrent handshakes")}},
-            "limit");
-      } else if (l.outbound) {
-        Connection::StartOutbound(ctx_, l.group, *l.outbound, std::move(conn));
-      } else {
-        Connection::StartInbound(ctx_, l.group, *l.inbound, std::move(conn));
-      }
+      Admit(l, UniqueFd(result));
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       // Out of descriptors and the like: try again on the next tick rather
       // than spinning on the same error.
@@ -233,6 +216,61 @@ class Engine::Loop {
       return;
     }
     if (!loop_->stopping()) Arm(l);
+  }
+
+  // A new connection gets a handshake slot of its direction (inbound: and
+  // of its source) or is reset at once, with one log line: refusing at
+  // accept costs the established connections nothing.
+  void Admit(Listener& l, UniqueFd conn) {
+    EngineCounters& counters = *ctx_.shared.counters;
+    const EngineOptions& options = ctx_.shared.options;
+    counters.accepted.fetch_add(1);
+    Direction direction = l.outbound ? Direction::kOutbound : Direction::kInbound;
+    SocketAddress peer;
+    if (direction == Direction::kInbound) {
+      // The per-source cap needs the client's address; a client already
+      // gone has none, and nothing to serve.
+      auto address = SocketAddress::PeerOf(conn.get());
+      if (!address.ok()) {
+        CloseWithReset(std::move(conn));
+        return;
+      }
+      peer = *address;
+    }
+    std::variant<HandshakeSlot, HandshakeRefusal> admitted = HandshakeRefusal{
+        "connection_limit",
+        absl::StrCat("over the limit of ", options.max_connections, " connections"), "",
+        options.max_connections};
+    if (counters.active.load() < static_cast<uint64_t>(options.max_connections)) {
+      admitted = ctx_.shared.handshakes->Acquire(direction, peer);
+    } else {
+      counters.refused_connections.fetch_add(1);
+    }
+    if (auto* refusal = std::get_if<HandshakeRefusal>(&admitted)) {
+      counters.refused_limit.fetch_add(1);
+      nlohmann::ordered_json event = {{"event", "connection_refused"},
+                                      {"direction", DirectionName(direction)},
+                                      {"result", refusal->result},
+                                      {"limit", refusal->limit},
+                                      {"reason", refusal->reason}};
+      if (direction == Direction::kInbound) {
+        event["source"] =
+            refusal->source.empty() ? HandshakeSourceOf(peer).display : refusal->source;
+        event["wire_peer"] = peer.ToString();
+      }
+      // To a budget per result: a flood of refusals must not flood the log
+      // (the counters above keep the totals). After the line: whoever sees
+      // the reset can read why.
+      LogRefusal(spdlog::level::warn, event, refusal->result);
+      CloseWithReset(std::move(conn));
+      return;
+    }
+    HandshakeSlot slot = std::get<HandshakeSlot>(std::move(admitted));
+    if (l.outbound) {
+      Connection::StartOutbound(ctx_, l.group, *l.outbound, std::move(conn), std::move(slot));
+    } else {
+      Connection::StartInbound(ctx_, l.group, *l.inbound, std::move(conn), std::move(slot));
+    }
   }
 
   void ArmTicker() {
@@ -247,7 +285,7 @@ class Engine::Loop {
     for (Connection* c : live) {
       if (ctx_.connections.count(c)) c->Tick(now);
     }
-    // A new policy: re-check the live connections against it.
+    // A new policy or trust store: re-check the live connections against it.
     uint64_t generation = ctx_.shared.authorizer_generation.load();
     if (generation != ctx_.authorizer_generation) {
       ctx_.authorizer_generation = generation;
@@ -281,6 +319,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   }
   if (!authorizer && !inbound.empty()) {
     return absl::InvalidArgumentError("inbound listeners need an authorizer");
+  }
+  if (options.max_inbound_handshakes <= 0 || options.max_outbound_handshakes <= 0 ||
+      options.max_handshakes_per_source <= 0) {
+    // Zero would refuse every connection of a direction.
+    return absl::InvalidArgumentError(
+        "max_inbound_handshakes, max_outbound_handshakes and max_handshakes_per_source must be "
+        "positive");
+  }
+  if (options.first_byte_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("first_byte_timeout must be positive");
   }
   if (options.permissive_sniff_timeout <= absl::ZeroDuration()) {
     // Zero would take a TLS client whose ClientHello is a moment late for a
@@ -319,6 +367,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   shared->own_listeners = std::move(own_listeners);
   shared->table = engine->table_;
   shared->counters = engine->counters_;
+  shared->handshakes = std::make_unique<HandshakeBudget>(shared->options, *engine->counters_);
   engine->shared_ = std::move(shared);
   return engine;
 }
@@ -353,6 +402,7 @@ absl::Status Engine::Start() {
   if (!opened.ok()) return opened.status();
   outbound_bound_ = std::move(opened->outbound_addresses);
   inbound_bound_ = std::move(opened->inbound_addresses);
+  outbound_fds_ = std::move(opened->outbound_fds);
   inbound_fds_ = std::move(opened->inbound_fds);
   for (size_t i = 0; i < loops_.size(); ++i) loops_[i]->Adopt(std::move(opened->per_loop[i]));
   for (auto& loop : loops_) loop->Start();
@@ -397,7 +447,8 @@ absl::StatusOr<NetnsListenersHandle> Engine::AddNetnsListeners(NetnsListeners li
                                                              ": ", opened.status().message()));
   }
   NetnsListenersHandle handle{group->id, std::move(opened->outbound_addresses),
-                              std::move(opened->inbound_addresses), std::move(opened->inbound_fds)};
+                              std::move(opened->inbound_addresses), std::move(opened->outbound_fds),
+                              std::move(opened->inbound_fds)};
   netns_listener_groups_[group->id] = group->netns_name;
   for (size_t i = 0; i < loops_.size(); ++i) {
     Loop* loop = loops_[i].get();
@@ -452,6 +503,8 @@ void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {
 void Engine::SetTrustStore(std::shared_ptr<const TrustStore> trust) {
   shared_->client_tls->SetTrustStore(trust);
   shared_->server_tls->SetTrustStore(std::move(trust));
+  // Live connections are re-checked on the next tick, as after a new policy.
+  shared_->authorizer_generation.fetch_add(1);
 }
 
 }  // namespace ktrust

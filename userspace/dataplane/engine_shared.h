@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "event_loop.h"
+#include "handshake_budget.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
 
@@ -54,6 +55,7 @@ struct Engine::Shared {
   UniqueFd own_netns;
   std::shared_ptr<ConnectionTable> table;
   std::shared_ptr<EngineCounters> counters;
+  std::unique_ptr<HandshakeBudget> handshakes;  // admission at accept
   bool use_ktls = false;
 };
 

@@ -35,7 +35,7 @@ absl::StatusOr<FileIdentity> FileIdentitySource::LoadFiles(Digest& digest) const
   std::string ca_path = absl::StrCat(dir_, "/ca.crt");
   auto crt = ReadFile(crt_path);
   if (!crt.ok()) return crt.status();
-  auto key = ReadSecretFile(key_path);
+  auto key = ReadPrivateKeyFile(key_path);
   if (!key.ok()) return key.status();
   auto ca = ReadFile(ca_path);
   if (!ca.ok()) return ca.status();

@@ -23,22 +23,17 @@ PeerVerdict RejectChainError(int error, X509* failing, const SpiffeId& id, int d
                        id.trust_domain().name(), " (issuer ",
                        failing ? IssuerString(failing) : "unknown", ")"));
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
-    case X509_V_ERR_CRL_SIGNATURE_FAILURE:
       return PeerVerdict::Reject(RejectReason::kBadSignature,
                                  absl::StrCat("the signature on ", who, " does not verify"));
-    case X509_V_ERR_CERT_REVOKED:
-      return PeerVerdict::Reject(
-          RejectReason::kRevoked,
-          absl::StrCat(who, " (serial ", failing ? SerialHex(failing) : "?", ") is revoked"));
-    case X509_V_ERR_UNABLE_TO_GET_CRL:
-      return PeerVerdict::Reject(
-          RejectReason::kRevoked,
-          absl::StrCat("no CRL covers ", who, ", and the trust bundle for ",
-                       id.trust_domain().name(), " requires revocation checks"));
     case X509_V_ERR_INVALID_PURPOSE:
       return PeerVerdict::Reject(
           RejectReason::kBadKeyUsage,
           absl::StrCat(who, " is not allowed for this TLS role (extended key usage)"));
+    case X509_V_ERR_PERMITTED_VIOLATION:
+    case X509_V_ERR_EXCLUDED_VIOLATION:
+      return PeerVerdict::Reject(
+          RejectReason::kOutsideIssuerScope,
+          absl::StrCat(id.ToString(), " is outside the name constraints of an issuing CA"));
     case X509_V_ERR_CERT_CHAIN_TOO_LONG:
     case X509_V_ERR_PATH_LENGTH_EXCEEDED:
       return PeerVerdict::Reject(RejectReason::kChainInvalid,
@@ -81,6 +76,42 @@ PeerVerdict CheckValidity(STACK_OF(X509) * chain, const SpiffeId& id, const Veri
   return PeerVerdict::Accept(id, earliest_not_after);
 }
 
+// Each certificate against the CRLs its issuer (the next one up the built
+// chain) signed. A CRL is matched by issuer name and then by signature, so a
+// same-named CA under another root (rotation) cannot revoke, nor be
+// revoked by, the wrong CRL.
+PeerVerdict CheckRevocation(STACK_OF(X509) * chain, const TrustBundle& bundle, const SpiffeId& id) {
+  for (int i = 0; i + 1 < sk_X509_num(chain); ++i) {
+    X509* cert = sk_X509_value(chain, i);
+    X509* issuer = sk_X509_value(chain, i + 1);
+    for (const X509CrlPtr& crl : bundle.crls()) {
+      if (X509_NAME_cmp(X509_CRL_get_issuer(crl.get()), X509_get_subject_name(issuer)) != 0) {
+        continue;
+      }
+      if (X509_CRL_verify(crl.get(), X509_get0_pubkey(issuer)) != 1) {
+        ERR_clear_error();
+        continue;
+      }
+      X509_REVOKED* entry = nullptr;
+      if (X509_CRL_get0_by_cert(crl.get(), &entry, cert) == 1) {
+        std::string who = i == 0 ? absl::StrCat("the certificate for ", id.ToString())
+                                 : absl::StrCat("CA certificate \"", SubjectString(cert), "\"");
+        const ASN1_TIME* when = X509_REVOKED_get0_revocationDate(entry);
+        struct tm tm {};
+        std::string since;
+        if (when != nullptr && ASN1_TIME_to_tm(when, &tm) == 1) {
+          since = absl::StrCat(" since ", FormatTimestamp(absl::FromTimeT(timegm(&tm))));
+        }
+        return PeerVerdict::Reject(
+            RejectReason::kRevoked,
+            absl::StrCat(who, " (serial ", SerialHex(cert), ") is revoked by \"",
+                         SubjectString(issuer), "\"", since));
+      }
+    }
+  }
+  return PeerVerdict::Accept(id, absl::InfinitePast());
+}
+
 }  // namespace
 
 PeerVerdict VerifyPeerChain(const TrustStore& trust, X509* leaf,
@@ -111,9 +142,9 @@ PeerVerdict VerifyPeerChain(const TrustStore& trust, X509* leaf,
   }
   X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
   // Time is checked below with the skew allowance (CheckValidity), never skipped.
-  unsigned long flags = X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_X509_STRICT;
-  if (bundle->has_crls()) flags |= X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
-  X509_VERIFY_PARAM_set_flags(param, flags);
+  // Revocation is checked below (CheckRevocation): OpenSSL's CRL_CHECK_ALL
+  // would demand a CRL from every issuer.
+  X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_X509_STRICT);
   // OpenSSL's depth counts the certificates above the leaf, root excluded.
   X509_VERIFY_PARAM_set_depth(param, options.max_chain_length - 2);
   if (options.purpose != 0) X509_STORE_CTX_set_purpose(ctx.get(), options.purpose);
@@ -125,7 +156,10 @@ PeerVerdict VerifyPeerChain(const TrustStore& trust, X509* leaf,
     ERR_clear_error();
     return RejectChainError(error, failing, id, depth);
   }
-  return CheckValidity(X509_STORE_CTX_get0_chain(ctx.get()), id, options, now);
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+  if (PeerVerdict v = CheckRevocation(chain, *bundle, id); !v.ok()) return v;
+  if (PeerVerdict v = CheckIssuerScopes(chain, id); !v.ok()) return v;
+  return CheckValidity(chain, id, options, now);
 }
 
 }  // namespace ktrust

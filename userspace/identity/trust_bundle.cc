@@ -18,15 +18,24 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(TrustDomain trust_domain, CertCh
     std::string what = absl::StrCat("trust bundle for ", trust_domain.name(), ": certificate #",
                                     i + 1, " (", SubjectString(roots[i].get()), ")");
     if (auto st = CheckSigningCertificate(roots[i].get(), what); !st.ok()) return st;
-    // A root that names its trust domain must name this one: another
-    // domain's root in this bundle would let it vouch for our IDs.
+    // A root must say which trust domain it serves, and it must be this
+    // one: another domain's root, or one that names none (a partner's
+    // generic CA), in this bundle would vouch for our IDs.
+    bool names_this_domain = false;
     for (const auto& uri : UriSans(roots[i].get())) {
       auto id = SpiffeId::Parse(uri);
-      if (id.ok() && id->trust_domain() != trust_domain) {
+      if (!id.ok()) continue;
+      if (id->trust_domain() != trust_domain) {
         return absl::InvalidArgumentError(absl::StrCat(what, " belongs to trust domain ",
                                                        id->trust_domain().name(), ", not ",
                                                        trust_domain.name()));
       }
+      names_this_domain = true;
+    }
+    if (!names_this_domain) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " does not say which trust domain it serves: a root must carry the URI SAN ",
+          trust_domain.IdString(), " to be trusted for ", trust_domain.name()));
     }
     // Chains must end at a self-signed root (no partial chains). OpenSSL
     // never checks an anchor's own signature, so a damaged root file would
@@ -48,11 +57,32 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(TrustDomain trust_domain, CertCh
       ERR_clear_error();
     }
   }
+  std::vector<X509CrlPtr> kept;
   for (const auto& crl : crls) {
-    if (X509_STORE_add_crl(store.get(), crl.get()) != 1) return OpenSslError("add CRL to store");
+    std::string what = absl::StrCat("CRL of \"", CrlIssuerString(crl.get()), "\"");
+    // ktrust signs no CRL extension a reader must understand (delta CRLs,
+    // distribution points); one it cannot honour is refused, not half-used.
+    for (int e = 0; e < X509_CRL_get_ext_count(crl.get()); ++e) {
+      if (X509_EXTENSION_get_critical(X509_CRL_get_ext(crl.get(), e))) {
+        return absl::InvalidArgumentError(absl::StrCat(what, " has a critical extension"));
+      }
+    }
+    bool names_a_root = false, signed_by_root = false;
+    for (const auto& root : roots) {
+      if (X509_NAME_cmp(X509_CRL_get_issuer(crl.get()), X509_get_subject_name(root.get())) != 0) {
+        continue;
+      }
+      names_a_root = true;
+      if (X509_CRL_verify(crl.get(), X509_get0_pubkey(root.get())) == 1) signed_by_root = true;
+    }
+    ERR_clear_error();
+    if (names_a_root && !signed_by_root) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": its signature does not verify with that root's key"));
+    }
+    kept.push_back(ShareCrl(crl.get()));
   }
-  bool has_crls = !crls.empty();
-  return TrustBundle(std::move(trust_domain), std::move(roots), std::move(store), has_crls);
+  return TrustBundle(std::move(trust_domain), std::move(roots), std::move(store), std::move(kept));
 }
 
 absl::StatusOr<TrustBundle> TrustBundle::FromPem(TrustDomain trust_domain,

@@ -36,6 +36,8 @@ absl::string_view ReasonCode(RejectReason reason) {
       return "chain_invalid";
     case RejectReason::kUnexpectedPeer:
       return "unexpected_peer";
+    case RejectReason::kOutsideIssuerScope:
+      return "outside_issuer_scope";
   }
   return "unknown";
 }

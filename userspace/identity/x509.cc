@@ -152,6 +152,7 @@ bool IsCa(X509* cert) { return (X509_get_extension_flags(cert) & EXFLAG_CA) != 0
 
 std::string SubjectString(const X509* cert) { return NameString(X509_get_subject_name(cert)); }
 std::string IssuerString(const X509* cert) { return NameString(X509_get_issuer_name(cert)); }
+std::string CrlIssuerString(const X509_CRL* crl) { return NameString(X509_CRL_get_issuer(crl)); }
 
 std::string SerialHex(const X509* cert) {
   BignumPtr bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));

@@ -111,6 +111,9 @@ int TlsContext::VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
     case RejectReason::kBadKeyUsage:
       error = X509_V_ERR_INVALID_PURPOSE;
       break;
+    case RejectReason::kOutsideIssuerScope:
+      error = X509_V_ERR_PERMITTED_VIOLATION;
+      break;
     default:
       error = X509_V_ERR_APPLICATION_VERIFICATION;
       break;

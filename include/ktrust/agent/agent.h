@@ -13,6 +13,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -124,6 +125,9 @@ class Agent {
   std::shared_ptr<const Routing> routing_ ABSL_GUARDED_BY(mu_);
   ReloadState reload_ ABSL_GUARDED_BY(mu_);
   absl::Time config_mtime_ ABSL_GUARDED_BY(mu_);
+  // The trust bundle and CRL files the last reload read, with their times:
+  // a changed one reloads as a changed configuration does.
+  std::vector<std::pair<std::string, absl::Time>> trust_inputs_ ABSL_GUARDED_BY(mu_);
 };
 
 // `ktrustd uninstall`: detaches and unpins everything under pin_dir.

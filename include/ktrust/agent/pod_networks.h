@@ -2,9 +2,10 @@
 //
 // A socket belongs to the namespace it was made in, so the agent's
 // listeners in its own namespace cannot serve a pod. For each pod namespace
-// the agent opens, inside it: the outbound listener pair where connect4/6
-// redirect the pod's mesh connections (same address and port as on the
-// node), and an inbound listener pair per serving workload. The pod variant
+// the agent opens, inside it: the outbound listener pair that takes the
+// pod's mesh connections (connect4/6 rewrite them to the pod's own address
+// on the outbound port, and sk_lookup hands them to this pair alone), and an
+// inbound listener pair per serving workload. The pod variant
 // of sk_lookup, attached to the namespace, steers the pod's enforced
 // (pod address, port) pairs to them. The engine makes each connection's
 // other socket in the pod's namespace too, so wire connections leave from
@@ -13,7 +14,14 @@
 // Fail closed: the enforced rules and the program are in place before the
 // listeners, so an enforced port refuses until it is served, and refuses
 // again when the agent is gone.
+//
+// Every non-loopback address of a served pod is enforced, link-local ones
+// included (pod_addresses.h), and addresses that come later too: a netlink
+// socket in each served namespace reports address changes, and the pod is
+// rescanned (also on a lost event, and every kFullRescan regardless).
 #pragma once
+
+#include <sys/epoll.h>
 
 #include <cstdint>
 #include <map>
@@ -24,6 +32,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ktrust/agent/pod_addresses.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/config/config.h"
@@ -57,7 +67,10 @@ struct PodNetns {
 // What `ktrust workloads` and the logs show of a served pod.
 struct ServedPod {
   uint64_t netns_inode = 0;
-  std::vector<std::string> addresses;
+  std::vector<std::string> addresses;  // the enforced ones
+  // Of those, the ones another served pod carries too: refused (see
+  // pod_addresses.h).
+  std::vector<std::string> shared;
   std::vector<std::string> workloads;
   std::string problem;  // why it is not (fully) served; empty when it is
 };
@@ -76,7 +89,11 @@ class PodNetworks {
  public:
   // bpf_mu serializes the loader with the agent's other users of it.
   PodNetworks(Engine& engine, BpfLoader& bpf, absl::Mutex& bpf_mu, PodNetworkSettings settings)
-      : engine_(engine), bpf_(bpf), bpf_mu_(bpf_mu), settings_(std::move(settings)) {}
+      : engine_(engine),
+        bpf_(bpf),
+        bpf_mu_(bpf_mu),
+        settings_(std::move(settings)),
+        events_(epoll_create1(EPOLL_CLOEXEC)) {}
   // Releases nothing: the pods' rules and programs stay, so their enforced
   // ports refuse until an agent serves them again.
 
@@ -85,20 +102,44 @@ class PodNetworks {
   // are gone. Called with every enrolment pass, from one thread at a time.
   void Reconcile(const std::vector<PodNetns>& wanted);
 
-  // The enforced (pod address, port) rules of the served pods: what a
-  // restarted agent keeps of the pinned inbound rules.
+  // Readable when a served pod's addresses may have changed: then call
+  // RefreshAddresses (Reconcile does too). -1 when epoll is unavailable:
+  // the per-pass rescan still runs.
+  int events_fd() const { return events_.get(); }
+  // Rescans the pods whose addresses changed (or whose change events were
+  // lost) and enforces their addresses now. The same thread rule as
+  // Reconcile.
+  void RefreshAddresses();
+
+  // The enforced (pod address, port) rules of the served pods and of their
+  // outbound targets: what a restarted agent keeps of the pinned rules.
   std::vector<SocketAddress> enforced() const;
+  // The served pods' namespaces (SO_NETNS_COOKIE): what a restarted agent
+  // keeps of the pinned outbound targets.
+  std::set<uint64_t> netns_cookies() const;
   std::vector<ServedPod> served() const;
 
  private:
+  // A full rescan of every served pod this often, should an address
+  // change escape both the events and their overrun report.
+  static constexpr absl::Duration kFullRescan = absl::Seconds(30);
+
   struct Served {
     std::vector<PodWorkload> workloads;
+    UniqueFd netns;           // for rescans: the process it was found by may go
+    UniqueFd address_events;  // invalid: rescanned on every pass instead
+    bool rescan = false;      // events were lost or a rescan failed
+    bool has_upstream6 = false;
     std::optional<uint64_t> listeners;  // the engine's handle
     std::vector<uint32_t> slots;
-    std::vector<SocketAddress> rules;
-    // It serves ports but the pod had no address yet: a CNI plugin may
-    // configure the namespace after its first process started.
-    bool awaiting_addresses = false;
+    std::vector<PodPortClaim> serving;   // per workload serving ports
+    std::vector<std::string> addresses;  // enforced, as claimed in the rules
+    std::string rules_problem;           // the last rule write that failed
+    // Where its mesh connections go (PodOutboundTarget of its addresses),
+    // taken by the outbound listeners in outbound_slot alone.
+    std::optional<uint32_t> outbound_slot;
+    std::optional<uint64_t> netns_cookie;
+    OutboundTarget target;
     ServedPod view;
   };
   // Nothing when the namespace could not be opened (its process is gone):
@@ -108,6 +149,17 @@ class PodNetworks {
   // and program stay.
   void Release(uint64_t inode, const Served& served, const Served* successor);
   std::optional<uint32_t> AllocateSlot();
+  // Writes the rules all served pods need together, `inode` being served
+  // by `candidate` (nothing: released); sets the pods' shared addresses.
+  absl::Status SyncRules(uint64_t inode, Served* candidate);
+  // Points the pod's mesh connections at its current addresses, or refuses
+  // them while it has none to send them to.
+  absl::Status SyncOutboundTarget(Served& served);
+  // Rereads one served pod's addresses; their rules follow.
+  void Rescan(uint64_t inode);
+  // Puts the agent's IPv6 upstream source on the pod's loopback once it
+  // has an IPv6 address (deliveries come from there).
+  absl::Status EnsureUpstream6(Served& served);
 
   Engine& engine_;
   BpfLoader& bpf_;
@@ -116,6 +168,10 @@ class PodNetworks {
   std::set<uint32_t> used_slots_;
   mutable absl::Mutex mu_;  // served_, for readers on other threads
   std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);
+  // What SyncRules last wrote to the shared inbound map.
+  std::map<std::string, PodRule> written_ ABSL_GUARDED_BY(mu_);
+  UniqueFd events_;  // epoll over the served pods' address_events
+  absl::Time last_full_rescan_ = absl::InfinitePast();
 };
 
 }  // namespace ktrust

@@ -33,8 +33,9 @@ class WorkloadIdentities {
   // error here refuses the connection, never presents another identity).
   absl::StatusOr<SvidProvider> ProviderFor(const SpiffeId& id, const std::string& workload);
 
-  // What peers are verified against: the CA's bundle plus the configured
-  // extra bundles (several roots during a CA rotation). With `next_ca`, the
+  // What peers are verified against: for the local trust domain the CA's
+  // bundle plus its trust_bundles entries (several roots during a CA
+  // rotation); for each other domain its own entries; the configured CRLs. With `next_ca`, the
   // bundle of that CA instead of the one in use (a reload about to install it).
   absl::StatusOr<std::shared_ptr<const TrustStore>> LoadTrustStore(
       const Config& config, const CertificateAuthority* next_ca = nullptr) const;

@@ -39,6 +39,10 @@
  * cgroup deeper than this protects nothing. */
 #define KTRUST_MAX_CGROUP_DEPTH 16
 #define KTRUST_MAX_TRACKED_CONNECTIONS 262144
+/* The agent's own connections between their SYN and ESTABLISHED. */
+#define KTRUST_MAX_AGENT_CONNECTS 65536
+/* Network namespaces the agent serves: the host's and every pod's. */
+#define KTRUST_MAX_SERVED_NETNS KTRUST_MAX_INBOUND_LISTENERS
 #define KTRUST_MAX_INBOUND_PORTS 16384
 /* Listener slots: the host's, plus those of every pod network namespace served. */
 #define KTRUST_MAX_INBOUND_LISTENERS 1024
@@ -101,13 +105,24 @@ struct ktrust_cgroup_value {
  * A zero outbound_port means the agent is not configured: enrolled
  * connections to the mesh are refused (enforce) or left alone (permissive). */
 struct ktrust_config {
-  __u8 outbound_ip6[16];  /* outbound listener for IPv6 destinations (e.g. ::1) */
-  __u8 upstream_src6[16]; /* source the agent uses toward local apps: not steered */
-  __u32 outbound_ip4;     /* outbound listener for IPv4 destinations (e.g. 127.0.0.1) */
-  __u32 upstream_src4;    /* e.g. 127.0.0.6 */
-  __u16 outbound_port;    /* the outbound listener's port in every netns */
+  __u16 outbound_port; /* where connect4/6 send mesh connections, in every netns */
   __u16 pad0;
   __u32 agent_mark; /* SO_MARK on the agent's sockets, never redirected; 0 = none */
+};
+
+/* ktrust_outbound_targets: network namespace cookie -> the local address
+ * connect4/6 rewrite an enrolled workload's mesh connections to (with
+ * ktrust_config.outbound_port). The agent gives each namespace it serves an
+ * address of its own (127.0.0.1 and ::1 on the host, the pod's address in a
+ * pod), so sk_lookup, which cannot see the namespace, can tell the
+ * namespaces' outbound listeners apart by an exact rule. No entry: the
+ * namespace is not served and its mesh connections are refused. */
+#define KTRUST_TARGET_HAS_IP4 1
+#define KTRUST_TARGET_HAS_IP6 2
+struct ktrust_outbound_target {
+  __u8 ip6[16]; /* for IPv6 destinations (valid with KTRUST_TARGET_HAS_IP6) */
+  __u32 ip4;    /* network order, for IPv4 destinations (KTRUST_TARGET_HAS_IP4) */
+  __u32 flags;
 };
 
 /* Where an intercepted connection was going, and for whom. */
@@ -146,10 +161,17 @@ struct ktrust_inbound_key {
   __u16 pad;
 };
 
+/* ktrust_inbound_value.flags */
+/* The rule is an outbound target's (address, outbound_port): only the
+ * agent's outbound listener may take it, whatever the mode, and it concerns
+ * TCP only. */
+#define KTRUST_INBOUND_OUTBOUND_LISTENER 1
+
 struct ktrust_inbound_value {
   __u32 listener; /* IPv4 slot in ktrust_listen (IPv6: + KTRUST_INBOUND_V6_SLOT_OFFSET) */
   __u32 mode;     /* enum ktrust_mode: what to do while that slot is empty */
   __u32 workload;
+  __u32 flags;
 };
 
 /* Reasons: each is a per-CPU counter index and an event's reason code. Append
@@ -169,7 +191,7 @@ enum ktrust_reason {
   KTRUST_REASON_SOCKOPS_CLOSED = 11,
   KTRUST_REASON_GETPEERNAME_REWRITTEN = 12,
   KTRUST_REASON_SK_LOOKUP_STEERED = 13,
-  KTRUST_REASON_SK_LOOKUP_UPSTREAM = 14,      /* from the agent's reserved source: not steered */
+  KTRUST_REASON_SK_LOOKUP_UPSTREAM = 14,      /* the agent's own connection: not steered */
   KTRUST_REASON_SK_LOOKUP_NO_LISTENER = 15,   /* enforced port, agent absent: refused */
   KTRUST_REASON_SK_LOOKUP_PERMISSIVE = 16,    /* agent absent, permissive: delivered */
   KTRUST_REASON_SK_LOOKUP_ASSIGN_FAILED = 17, /* refused */
@@ -179,7 +201,15 @@ enum ktrust_reason {
   /* to the mesh from a cgroup created under a watched cgroup that the agent
    * has not classified yet: refused until it is */
   KTRUST_REASON_CONNECT_UNCLASSIFIED = 20,
-  KTRUST_REASON_MAX = 21,
+  /* to the mesh from a network namespace the agent has no outbound listener
+   * for (ktrust_outbound_targets): refused in enforce mode */
+  KTRUST_REASON_CONNECT_UNSERVED_NETNS = 21,
+  /* UDP to an enforced port in enforce mode: there is no datagram identity */
+  KTRUST_REASON_SK_LOOKUP_UDP_REFUSED = 22,
+  /* the agent's own connection could not be recorded: its SYN will be
+   * steered like anyone's, and fail */
+  KTRUST_REASON_SOCKOPS_AGENT_RECORD_FAILED = 23,
+  KTRUST_REASON_MAX = 24,
 };
 
 enum ktrust_event_type {

@@ -2,7 +2,8 @@
 // happen, so that enforcement outlives the agent process:
 //
 //   <pin_dir>/maps/<map>                  every map, reused by the next run
-//   <pin_dir>/links/cgroup-<id>-<prog>    connect/sendmsg/getpeername/sockops
+//   <pin_dir>/links/cgroup-<id>-<prog>    connect/sendmsg/getpeername/sockops,
+//                                         sockops_agent (the agent's own cgroup)
 //   <pin_dir>/links/netns-<inode>-sk_lookup      the agent's own namespace
 //   <pin_dir>/links/netns-<inode>-sk_lookup_pod  each pod's namespace
 //
@@ -44,6 +45,7 @@ enum class BpfProgram {
   kGetpeername4,
   kGetpeername6,
   kSockops,
+  kSockopsAgent,
   kSkLookup,
   kSkLookupPod,
 };
@@ -69,6 +71,11 @@ class BpfLoader {
   // most of what interception adds to a connect() that is not intercepted
   // (docs/performance.md). Idempotent and adopting, as above.
   absl::Status AttachSockops(absl::string_view cgroup_dir);
+  // Attaches the agent's sockops to the agent's own cgroup: it records each
+  // connection the agent's marked sockets open (ktrust_agent_connects), which
+  // is what sk_lookup lets through to an enforced port's application.
+  // Idempotent and adopting, as above.
+  absl::Status AttachAgentSockops(absl::string_view cgroup_dir);
   // Unpins the links whose cgroup or network namespace the kernel has
   // freed, which detached them: a sockops link lives as long as its cgroup
   // and so sees the close of every socket made there. Returns how many.
@@ -126,8 +133,8 @@ class BpfLoader {
   bpf_program* program(BpfProgram program) const;
   absl::Status AttachToNetns(BpfProgram program, absl::string_view name,
                              absl::string_view netns_path);
-  // The sock_addr programs, or (sockops) sockops alone.
-  absl::Status AttachToCgroup(absl::string_view cgroup_dir, bool sockops);
+  enum class CgroupHooks { kSockAddr, kSockops, kAgentSockops };
+  absl::Status AttachToCgroup(absl::string_view cgroup_dir, CgroupHooks hooks);
   std::string CgroupPinPath(uint64_t cgroup_id, absl::string_view name) const;
   // Detaches through the pin (which also covers a link an earlier run
   // pinned and this one never adopted) and forgets it.

@@ -18,6 +18,10 @@ absl::StatusOr<std::string> FindCgroup2Mount(absl::string_view mountinfo);
 // FindCgroup2Mount over this process's /proc/self/mountinfo.
 absl::StatusOr<std::string> Cgroup2Mount();
 
+// The cgroup this process runs in, as a path under Cgroup2Mount() (from the
+// "0::" line of /proc/self/cgroup).
+absl::StatusOr<std::string> OwnCgroupPath();
+
 // The id the kernel gives a cgroup v2 directory: what
 // bpf_get_current_cgroup_id() returns for its processes.
 absl::StatusOr<uint64_t> CgroupIdOf(absl::string_view cgroup_dir);

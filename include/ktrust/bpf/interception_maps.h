@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -34,18 +35,28 @@ struct PortRule {
   MeshAction action = MeshAction::kRedirect;
 };
 
-// Where the kernel sends intercepted connections. Defaults match a node
-// agent with per-netns loopback listeners.
+// How the kernel knows the agent's traffic and where it sends intercepted
+// connections.
 struct InterceptionSettings {
-  std::string outbound_ip4 = "127.0.0.1";  // the outbound listener, IPv4 destinations
-  std::string outbound_ip6 = "::1";        // and IPv6 destinations
-  uint16_t outbound_port = 0;              // required; the same in every netns
-  // The agent's source toward local applications: sk_lookup lets it through.
-  std::string upstream_source_ip4 = "127.0.0.6";
-  std::string upstream_source_ip6 = "";  // empty: none
-  uint32_t agent_mark = 0;               // SO_MARK of the agent's sockets; 0: not checked
+  // Required; the port of every namespace's outbound target (see
+  // SetOutboundTarget), which sk_lookup hands to the agent's listener.
+  uint16_t outbound_port = 0;
+  // SO_MARK of the agent's sockets: never redirected, and the agent's own
+  // connections reach enforced applications (ktrust_sockops_agent). 0: none,
+  // which leaves the agent unable to deliver inbound connections.
+  uint32_t agent_mark = 0;
 
   absl::Status Validate() const;
+};
+
+// A network namespace's outbound target: the local addresses connect4/6
+// rewrite its enrolled workloads' mesh connections to (port:
+// InterceptionSettings::outbound_port). Each namespace needs addresses of its
+// own, since sk_lookup cannot tell namespaces apart: 127.0.0.1 and ::1 on the
+// host, a pod's own addresses in a pod.
+struct OutboundTarget {
+  std::optional<SocketAddress> ip4;  // port ignored
+  std::optional<SocketAddress> ip6;  // port ignored; unset: IPv6 mesh connects refused
 };
 
 // Where an intercepted connection was going, and whose it was.
@@ -65,6 +76,9 @@ struct TrackedConnectionCounts {
 
 using ReasonCounters = std::array<uint64_t, KTRUST_REASON_MAX>;
 
+// The network namespace a socket lives in (SO_NETNS_COOKIE, Linux 5.14).
+absl::StatusOr<uint64_t> NetnsCookieOf(int fd);
+
 class InterceptionMaps {
  public:
   struct Fds {
@@ -77,6 +91,7 @@ class InterceptionMaps {
     int inbound = -1;
     int listeners = -1;
     int counters = -1;
+    int outbound_targets = -1;
   };
   explicit InterceptionMaps(Fds fds) : fds_(fds) {}
 
@@ -142,6 +157,20 @@ class InterceptionMaps {
   // Empties both families of a slot, so it can be given to another
   // listener; an empty slot already is fine.
   absl::Status ClearInboundListener(uint32_t slot);
+
+  // Where connect4/6 send the mesh connections of the namespace with this
+  // cookie (SO_NETNS_COOKIE), and the rules that take them to `slot`'s
+  // listeners only, refused while the slot is empty (an outbound target is
+  // the agent's or nobody's). Replaces what the namespace had.
+  absl::Status SetOutboundTarget(uint64_t netns_cookie, const OutboundTarget& target,
+                                 uint16_t outbound_port, uint32_t slot);
+  // Forgets the namespace's target (its mesh connections are then refused)
+  // and its rules. Nothing set is not an error.
+  absl::Status RemoveOutboundTarget(uint64_t netns_cookie, const OutboundTarget& target,
+                                    uint16_t outbound_port);
+  // A restart's pruning: the targets of every namespace not in `keep` go
+  // (their rules were parked with the pods'). Returns how many.
+  absl::StatusOr<size_t> KeepOnlyOutboundTargets(const std::set<uint64_t>& keep);
 
   // Per reason, summed over CPUs.
   absl::StatusOr<ReasonCounters> Counters() const;

@@ -15,6 +15,12 @@ namespace ktrust {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes = 1 << 20);
 absl::StatusOr<Secret> ReadSecretFile(const std::string& path, size_t max_bytes = 1 << 20);
+// A private key file: refused, with the fix in the message, when anyone but
+// its owner could read or change it (the permission bits of the file opened,
+// symlinks followed): others must have no access; the group none either,
+// unless it is root's group (0640 root:root is fine, a Kubernetes Secret's
+// default 0644 is not). The owner must be root or this process's user.
+absl::StatusOr<Secret> ReadPrivateKeyFile(const std::string& path);
 
 // Writes through a temporary file in the same directory and renames it into
 // place, so readers see the old or the new content, never a torn file.

@@ -46,6 +46,10 @@ inline X509Ptr ShareX509(X509* cert) {
   X509_up_ref(cert);
   return X509Ptr(cert);
 }
+inline X509CrlPtr ShareCrl(X509_CRL* crl) {
+  X509_CRL_up_ref(crl);
+  return X509CrlPtr(crl);
+}
 inline EvpPkeyPtr ShareKey(EVP_PKEY* key) {
   EVP_PKEY_up_ref(key);
   return EvpPkeyPtr(key);

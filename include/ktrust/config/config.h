@@ -85,26 +85,41 @@ struct AgentSettings {
   std::string node_name;    // default: the host name
   std::string cgroup_root;  // empty: the cgroup v2 mount, found at startup (Cgroup2Mount)
   std::string bpf_pin_dir = "/sys/fs/bpf/ktrust";
+  // Where enrolled workloads' mesh connections are sent in their network
+  // namespace; sk_lookup hands them to the agent's listener alone. The
+  // agent's listeners themselves bind ephemeral ports nobody can take first.
   uint16_t outbound_port = 15001;
-  uint16_t inbound_port = 15006;              // first of one port per workload with inbound ports
   std::string upstream_source = "127.0.0.6";  // IPv4: any 127/8 address works
   // IPv6 has no spare loopback block: an address the operator put on lo.
   // Empty: inbound IPv6 connections to enforced ports are refused.
   std::string upstream_source6;
-  uint32_t socket_mark = 0x6b74;  // "kt"
+  uint32_t socket_mark = 0x6b74;  // "kt"; non-zero: how the kernel knows the agent's sockets
   std::string control_socket = "/run/ktrust/control.sock";
   std::string control_group;                       // empty: root only
   std::string metrics_address = "127.0.0.1:9464";  // empty: no metrics listener
   std::string log_format = "json";                 // json | text
   std::string log_level = "info";
   std::string data_path = "auto";  // auto | userspace
+  // Handshake admission (EngineOptions of the same names).
+  int max_inbound_handshakes = 1024;
+  int max_outbound_handshakes = 1024;
+  int max_handshakes_per_source = 128;
+  absl::Duration first_byte_timeout = absl::Seconds(3);
+};
+
+// A file of roots and the one trust domain they may vouch for. A plain path
+// in the YAML means the local trust domain.
+struct TrustBundleFile {
+  std::string trust_domain;  // valid per TrustDomain::Parse
+  std::string path;
 };
 
 struct Config {
   std::string source_path;   // the file it was loaded from
   std::string trust_domain;  // valid per TrustDomain::Parse
   IdentityConfig identity;
-  std::vector<std::string> trust_bundles;  // extra PEM files of roots
+  std::vector<TrustBundleFile> trust_bundles;  // extra roots, per trust domain
+  std::vector<std::string> crls;               // PEM files of CRLs (`ktrust ca revoke`)
   std::vector<WorkloadConfig> workloads;
   std::vector<MeshEntry> mesh;
   std::vector<MeshEntry> bypass;

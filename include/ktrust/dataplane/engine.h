@@ -89,8 +89,9 @@ struct NetnsListenersHandle {
   // As bound (port 0 resolved), in the order of NetnsListeners' vectors.
   std::vector<SocketAddress> outbound_addresses;
   std::vector<SocketAddress> inbound_addresses;
-  // Per inbound listener: loop 0's socket, for sk_lookup's sockmap (as
+  // Per listener: loop 0's socket, for sk_lookup's sockmap (as
   // Engine::inbound_listen_fd). Valid until RemoveNetnsListeners(id).
+  std::vector<int> outbound_fds;
   std::vector<int> inbound_fds;
 };
 
@@ -120,9 +121,24 @@ struct EngineOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   absl::Duration handshake_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Hours(1);
-  // Above these, new connections are refused at once (RST) and counted.
+  // Above these, new connections are refused at once (RST), logged and
+  // counted. A handshake is pending from accept until the peer proved its
+  // identity (outbound: including the connect). The directions have
+  // separate budgets, so a flood of inbound clients cannot starve the local
+  // workloads' outbound connections, nor the reverse.
   int max_connections = 65536;
-  int max_handshakes = 1024;
+  int max_inbound_handshakes = 1024;
+  int max_outbound_handshakes = 1024;
+  // Inbound pending handshakes from one source: an IPv4 address, or an IPv6
+  // /64 (what one host is usually given, and can pick addresses from at
+  // will). IPv4-mapped IPv6 sources count as their IPv4 address.
+  int max_handshakes_per_source = 128;
+  // How long an inbound client may take to send its first byte (the start
+  // of its ClientHello) before it is dropped: a silent client then holds a
+  // budget slot for this long rather than handshake_timeout. Permissive
+  // listeners keep permissive_sniff_timeout (silence there is a plaintext
+  // client, not a failure). Bounded by handshake_timeout.
+  absl::Duration first_byte_timeout = absl::Seconds(3);
   TlsContextOptions tls;  // suites, groups, clock skew; the role is set per side
   // SO_MARK on the engine's own sockets (0: none): the interception programs
   // never redirect a socket with the agent's mark.
@@ -143,14 +159,20 @@ struct EngineOptions {
 struct EngineCounters {
   std::atomic<uint64_t> accepted{0};
   std::atomic<uint64_t> established{0};
-  std::atomic<uint64_t> refused_limit{0};  // over max_connections / max_handshakes
+  std::atomic<uint64_t> refused_limit{0};               // at accept, over any of the limits below
+  std::atomic<uint64_t> refused_connections{0};         // over max_connections
+  std::atomic<uint64_t> refused_inbound_handshakes{0};  // over max_inbound_handshakes
+  std::atomic<uint64_t> refused_outbound_handshakes{0};
+  std::atomic<uint64_t> refused_source_handshakes{0};  // over max_handshakes_per_source
   std::atomic<uint64_t> handshake_failures{0};
   std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
   std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
   std::atomic<uint64_t> errors{0};          // closed by an I/O or protocol error
   std::atomic<uint64_t> plaintext_accepted{0};  // permissive: non-TLS clients let through
   std::atomic<uint64_t> active{0};
-  std::atomic<uint64_t> handshaking{0};
+  std::atomic<uint64_t> handshaking{0};  // pending handshakes, both directions
+  std::atomic<uint64_t> handshaking_inbound{0};
+  std::atomic<uint64_t> handshaking_outbound{0};
 };
 
 class Engine {
@@ -191,6 +213,9 @@ class Engine {
   // sk_lookup's sockmap. It is loop 0's socket; the kernel spreads steered
   // connections over the loops' SO_REUSEPORT group.
   int inbound_listen_fd(size_t i) const { return inbound_fds_[i]; }
+  // The same for outbound listener i: sk_lookup hands it the connections
+  // connect4/6 rewrote to its namespace's outbound target.
+  int outbound_listen_fd(size_t i) const { return outbound_fds_[i]; }
 
   const std::vector<SocketAddress>& outbound_addresses() const { return outbound_bound_; }
   const std::vector<SocketAddress>& inbound_addresses() const { return inbound_bound_; }
@@ -223,6 +248,7 @@ class Engine {
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<SocketAddress> outbound_bound_;
   std::vector<SocketAddress> inbound_bound_;
+  std::vector<int> outbound_fds_;
   std::vector<int> inbound_fds_;
   std::string data_path_;
   std::string data_path_reason_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -17,7 +18,9 @@ namespace ktrust {
 
 // Defaults, documented in docs/identity.md.
 inline constexpr absl::Duration kDefaultRootValidity = absl::Hours(24 * 365);
-inline constexpr absl::Duration kDefaultIntermediateValidity = absl::Hours(24 * 90);
+// Short, so a node's authority lapses on its own unless renewed; the agent
+// reloads a renewed intermediate without a restart.
+inline constexpr absl::Duration kDefaultIntermediateValidity = absl::Hours(24 * 30);
 inline constexpr absl::Duration kDefaultSvidTtl = absl::Hours(1);
 // Issued certificates start slightly in the past so that a peer whose clock
 // runs a little behind still accepts a certificate minted this second.
@@ -28,6 +31,7 @@ inline constexpr absl::Duration kBackdate = absl::Seconds(30);
 //               including) the root: the chain presented after a leaf
 //   ca.key      its private key, mode 0600
 //   bundle.crt  the root(s) peers verify against (the trust bundle)
+//   crl.pem     the certificates this CA revoked, signed by it (`ktrust ca revoke`)
 class CertificateAuthority {
  public:
   static absl::StatusOr<CertificateAuthority> CreateRoot(const TrustDomain& trust_domain,
@@ -44,14 +48,25 @@ class CertificateAuthority {
   absl::Status Save(const std::string& dir, bool force) const;
 
   // An intermediate CA signed by this root, named `name` (e.g. the node name).
-  // Intermediates sign workload SVIDs only, not further CAs.
-  absl::StatusOr<CertificateAuthority> CreateIntermediate(absl::string_view name,
-                                                          absl::Duration validity,
-                                                          absl::Time now) const;
+  // Intermediates sign workload SVIDs only, not further CAs, and only the IDs
+  // in `scope` (issuer scope, svid_rules.h); an empty scope means the node's
+  // own ID space, spiffe://<trust domain>/<name>/*.
+  absl::StatusOr<CertificateAuthority> CreateIntermediate(
+      absl::string_view name, absl::Duration validity, absl::Time now,
+      const std::vector<SpiffeIdPattern>& scope = {}) const;
 
   // A fresh P-256 key and leaf certificate for `id`. The lifetime is `ttl`,
-  // cut short at this CA's own notAfter.
+  // cut short at this CA's own notAfter. Refuses an ID outside the scope of
+  // any CA in this CA's chain.
   absl::StatusOr<Svid> IssueSvid(const SpiffeId& id, absl::Duration ttl, absl::Time now) const;
+
+  // This CA's CRL (PEM) with `serial` (hex) added to `current_crl_pem` (this
+  // CA's previous CRL, or empty). thisUpdate is `now`, nextUpdate this CA's
+  // notAfter: nothing it signed outlives that.
+  absl::StatusOr<std::string> Revoke(absl::string_view serial_hex,
+                                     absl::string_view current_crl_pem, absl::Time now) const;
+  // An empty CRL, so crl.pem exists (and can be configured) from the start.
+  absl::StatusOr<std::string> EmptyCrl(absl::Time now) const;
 
   const TrustDomain& trust_domain() const { return trust_domain_; }
   X509* certificate() const { return chain_.front().get(); }

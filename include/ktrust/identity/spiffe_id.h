@@ -64,6 +64,8 @@ class SpiffeIdPattern {
 
   bool Matches(const SpiffeId& id) const;
   bool is_prefix() const { return is_prefix_; }
+  // The ID the pattern is, or extends.
+  const SpiffeId& base() const { return base_; }
   std::string ToString() const;
 
  private:

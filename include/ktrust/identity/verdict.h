@@ -29,6 +29,9 @@ enum class RejectReason {
   kRevoked,
   kChainInvalid,    // any other chain-building failure, with OpenSSL's words
   kUnexpectedPeer,  // valid SVID, but not the identity this connection expects
+  // a CA in the chain is bounded to other IDs (a node's intermediate
+  // vouching for another node's workload)
+  kOutsideIssuerScope,
 };
 
 // Stable snake_case code, e.g. "expired", "unknown_authority".

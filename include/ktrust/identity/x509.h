@@ -36,6 +36,7 @@ bool IsCa(X509* cert);
 // One-line subject, e.g. "O=ktrust, CN=node-a".
 std::string SubjectString(const X509* cert);
 std::string IssuerString(const X509* cert);
+std::string CrlIssuerString(const X509_CRL* crl);
 std::string SerialHex(const X509* cert);
 
 // "2026-11-22T06:00:00Z" and "3m12s": the forms every human-facing message uses.

@@ -63,6 +63,10 @@ class TlsSession {
   const SpiffeId& local_id() const { return svid_->id(); }
   // The earliest notAfter in the peer's verified chain.
   absl::Time peer_not_after() const { return peer_not_after_; }
+  // The peer's chain checked again, against the trust store its context has
+  // now (a reload may have revoked it or dropped its root), at the time of
+  // the handshake. Refused when there is no verified peer.
+  PeerVerdict ReverifyPeer() const;
   absl::string_view cipher() const;
   absl::string_view version() const;
   TlsRole role() const { return context_.role(); }
@@ -82,6 +86,7 @@ class TlsSession {
 
   // Called from TlsContext::VerifyPeerCallback with the peer's certificates.
   bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
+  VerifyOptions PeerVerifyOptions() const;
   void Fail(HandshakeError error, std::string explanation);
   static void InfoCallback(const SSL* ssl, int where, int ret);
   // SSL_CTX_set_keylog_callback: keeps the two application traffic secrets.
@@ -94,6 +99,8 @@ class TlsSession {
   std::optional<SpiffeIdPattern> expected_peer_;
 
   std::optional<PeerVerdict> verdict_;  // set once the peer's chain was checked
+  CertChain peer_chain_;                // what was checked: leaf, then the peer's intermediates
+  absl::Time verified_at_;
   std::optional<SpiffeId> peer_id_;
   absl::Time peer_not_after_;
   std::string alert_received_;

@@ -31,7 +31,6 @@ TEST(ConfigTest, MinimalConfigTakesTheDefaults) {
   EXPECT_TRUE(config->workloads.empty());
   EXPECT_TRUE(config->policy.empty());
   EXPECT_EQ(config->agent.outbound_port, 15001);
-  EXPECT_EQ(config->agent.inbound_port, 15006);
   EXPECT_EQ(config->agent.log_format, "json");
   EXPECT_FALSE(config->agent.node_name.empty()) << "defaults to the host name";
 }
@@ -69,7 +68,11 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
       "agent:\n"
       "  node_name: n1\n"
       "  socket_mark: 0x10\n"
-      "  metrics_address: \"\"\n");
+      "  metrics_address: \"\"\n"
+      "  max_inbound_handshakes: 2048\n"
+      "  max_outbound_handshakes: 512\n"
+      "  max_handshakes_per_source: 32\n"
+      "  first_byte_timeout: 5s\n");
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_EQ(config->workloads.size(), 1u);
   const WorkloadConfig& web = config->workloads[0];
@@ -102,6 +105,10 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
   EXPECT_EQ(config->agent.node_name, "n1");
   EXPECT_EQ(config->agent.socket_mark, 0x10u);
   EXPECT_EQ(config->agent.metrics_address, "");
+  EXPECT_EQ(config->agent.max_inbound_handshakes, 2048);
+  EXPECT_EQ(config->agent.max_outbound_handshakes, 512);
+  EXPECT_EQ(config->agent.max_handshakes_per_source, 32);
+  EXPECT_EQ(config->agent.first_byte_timeout, absl::Seconds(5));
 }
 
 TEST(ConfigTest, WorkloadModeNamesRoundTrip) {
@@ -124,6 +131,35 @@ TEST(ConfigTest, DocumentedExampleParses) {
   EXPECT_EQ(config->agent.node_name, "web-1");
   EXPECT_EQ(config->agent.socket_mark, 0x6b74u);
   EXPECT_THAT(config->policy[0].origin, HasSubstr("ktrustd.yaml:"));
+}
+
+// Finding 9 of issue 10: each bundle file is bound to one trust domain; a
+// plain path means the local one.
+TEST(ConfigTest, TrustBundlesAreBoundToATrustDomain) {
+  auto config = Parse(
+      "trust_bundles:\n"
+      "  - /etc/ktrust/old-root.crt\n"
+      "  - trust_domain: partner.example.com\n"
+      "    file: /etc/ktrust/partner.crt\n"
+      "  - {trust_domain: spiffe://example.org, file: /etc/ktrust/next-root.crt}\n"
+      "crls: [/etc/ktrust/root-crl.pem]\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->trust_bundles.size(), 3u);
+  EXPECT_EQ(config->trust_bundles[0].trust_domain, "example.org");
+  EXPECT_EQ(config->trust_bundles[0].path, "/etc/ktrust/old-root.crt");
+  EXPECT_EQ(config->trust_bundles[1].trust_domain, "partner.example.com");
+  EXPECT_EQ(config->trust_bundles[1].path, "/etc/ktrust/partner.crt");
+  EXPECT_EQ(config->trust_bundles[2].trust_domain, "example.org");
+  EXPECT_THAT(config->crls, ::testing::ElementsAre("/etc/ktrust/root-crl.pem"));
+}
+
+TEST(ConfigTest, DocumentedExampleTrustsThePartnerItsPolicyNames) {
+  auto config = LoadConfig(KTRUST_DOCS_DIR "/examples/ktrustd.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  bool partner = false;
+  for (const auto& b : config->trust_bundles) partner |= b.trust_domain == "partner.example.com";
+  EXPECT_TRUE(partner) << "the policy's from: spiffe://partner.example.com/... needs its bundle";
+  EXPECT_FALSE(config->crls.empty());
 }
 
 TEST(ConfigTest, BareMetalExampleEnrolsTwoSystemdServices) {
@@ -227,6 +263,19 @@ INSTANTIATE_TEST_SUITE_P(
                   "t.yaml:1:1: trust_domain: ", "got nothing (the key is required)", true},
         Malformed{"BadTrustDomain", "version: 1\ntrust_domain: Example.org\n",
                   "t.yaml:2:15: trust_domain: ", "lowercase", true},
+        Malformed{"TrustBundleWithoutDomain", "trust_bundles:\n  - file: /a.crt\n",
+                  "t.yaml:4:5: trust_bundles[0].trust_domain: ", "the key is required"},
+        Malformed{"TrustBundleBadDomain",
+                  "trust_bundles:\n  - {trust_domain: Partner.example, file: /a.crt}\n",
+                  "t.yaml:4:20: trust_bundles[0].trust_domain: ", "lowercase"},
+        Malformed{"TrustBundleRelativeFile",
+                  "trust_bundles:\n  - {trust_domain: p.example, file: a.crt}\n",
+                  "t.yaml:4:37: trust_bundles[0].file: ", "expected an absolute path"},
+        Malformed{"TrustBundleUnknownKey",
+                  "trust_bundles:\n  - {trust_domain: p.example, path: /a.crt}\n",
+                  "t.yaml:4:31: trust_bundles[0].path: ", "unknown key"},
+        Malformed{"CrlRelative", "crls: [crl.pem]\n",
+                  "t.yaml:3:8: crls[0]: ", "expected an absolute path"},
         Malformed{"UnknownTopLevelKey", "trsut_bundles: [/a]\n", "t.yaml:3:1: trsut_bundles: ",
                   "unknown key; expected one of version, trust_domain, identity, trust_bundles"},
         Malformed{
@@ -361,17 +410,20 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"BadLogLevel", "agent:\n  log_level: verbose\n", "t.yaml:4:14: agent.log_level: ",
                   "expected one of trace, debug, info, warn, error, got \"verbose\""},
         Malformed{"BadSocketMark", "agent:\n  socket_mark: 0xzz\n",
-                  "t.yaml:4:16: agent.socket_mark: ", "a 32-bit mark"},
+                  "t.yaml:4:16: agent.socket_mark: ", "a non-zero 32-bit mark"},
+        Malformed{"ZeroHandshakeBudget", "agent:\n  max_inbound_handshakes: 0\n",
+                  "t.yaml:4:27: agent.max_inbound_handshakes: ", "between 1 and 1000000"},
+        Malformed{"NegativePerSourceCap", "agent:\n  max_handshakes_per_source: -5\n",
+                  "t.yaml:4:30: agent.max_handshakes_per_source: ", "got \"-5\""},
+        Malformed{"FirstByteTimeoutTooShort", "agent:\n  first_byte_timeout: 100ms\n",
+                  "t.yaml:4:23: agent.first_byte_timeout: ", "between 1s and 1m"},
         Malformed{
             "WorkloadPortIsOutboundPort",
             "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
             "    ports: [15001]\n",
             "t.yaml:7:13: workloads[0].ports[0]: ", "the agent's outbound port 15001"},
-        Malformed{"InboundListenersCoverOutboundPort",
-                  "agent:\n  inbound_port: 15000\n" + kWeb.substr(0) +
-                      "  - name: api\n    cgroup: b\n    spiffe_id: spiffe://{trust_domain}/b\n"
-                      "    ports: [9090]\n",
-                  "t.yaml:5:1: workloads: ", "to leave out agent.outbound_port, got 15001"},
+        Malformed{"ZeroSocketMark", "agent:\n  socket_mark: 0\n",
+                  "t.yaml:4:16: agent.socket_mark: ", "a non-zero 32-bit mark"},
         Malformed{"KeyNotAScalar", "agent:\n  [a]: 1\n", "t.yaml:4:3: agent: ", "a key name"}),
     [](const ::testing::TestParamInfo<Malformed>& case_info) {
       return std::string(case_info.param.name);

@@ -10,6 +10,7 @@
 #include "ktrust/common/files.h"
 #include "ktrust/identity/peer_verifier.h"
 #include "ktrust/identity/x509.h"
+#include "unit/test_pki.h"
 
 namespace ktrust {
 namespace {
@@ -126,7 +127,7 @@ TEST(CertificateAuthorityTest, IntermediateChainVerifiesToTheRootOnly) {
   auto node = root->CreateIntermediate("node-a", kDefaultIntermediateValidity, now);
   ASSERT_TRUE(node.ok()) << node.status();
   EXPECT_FALSE(node->is_root());
-  auto svid = node->IssueSvid(Id("spiffe://example.org/w"), absl::Hours(1), now);
+  auto svid = node->IssueSvid(Id("spiffe://example.org/node-a/w"), absl::Hours(1), now);
   ASSERT_TRUE(svid.ok());
   // The leaf is presented with the intermediate; the root comes from the bundle.
   ASSERT_EQ(svid->chain().size(), 2u);
@@ -137,6 +138,43 @@ TEST(CertificateAuthorityTest, IntermediateChainVerifiesToTheRootOnly) {
               HasSubstr("intermediate"));
   EXPECT_FALSE(root->CreateIntermediate("bad name!", absl::Hours(1), now).ok());
   EXPECT_FALSE(root->CreateIntermediate("", absl::Hours(1), now).ok());
+}
+
+// Finding 3 of issue 10: a compromised node holds its intermediate's key and
+// mints an SVID for another node's workload. Peers must refuse it, and the
+// CA itself must refuse to issue it.
+TEST(CertificateAuthorityTest, NodeIntermediateCannotVouchForAnotherNodesIds) {
+  TempDir tmp;
+  absl::Time now = absl::Now();
+  auto root = CertificateAuthority::CreateRoot(Td("example.org"), kDefaultRootValidity, now);
+  auto node = root->CreateIntermediate("reports-1", kDefaultIntermediateValidity, now);
+  ASSERT_TRUE(node.ok()) << node.status();
+  ASSERT_TRUE(node->Save(tmp / "reports-1", /*force=*/false).ok());
+  // What the compromised node holds: its key and certificate.
+  testing::KeyAndCert stolen;
+  stolen.cert = std::move((*ParseCertificates(*ReadFile(tmp / "reports-1/ca.crt"), "ca.crt"))[0]);
+  stolen.key = *ParsePrivateKey(*ReadSecretFile(tmp / "reports-1/ca.key"), "ca.key");
+  testing::CertSpec spec;
+  spec.uri_sans = {"spiffe://example.org/host/web-1/nginx"};
+  testing::KeyAndCert forged = testing::Mint(spec, &stolen);
+
+  TrustStore store;
+  store.Put(*root->Bundle());
+  PeerVerdict v =
+      VerifyPeerChain(store, forged.cert.get(), {stolen.cert.get()}, VerifyOptions{}, now);
+  EXPECT_FALSE(v.ok());
+  EXPECT_THAT(v.explanation,
+              HasSubstr("may only sign IDs matching spiffe://example.org/reports-1/*, "
+                        "not spiffe://example.org/host/web-1/nginx"));
+  EXPECT_EQ(ReasonCode(v.reason), "outside_issuer_scope");
+
+  auto issued = node->IssueSvid(Id("spiffe://example.org/host/web-1/nginx"), absl::Hours(1), now);
+  EXPECT_THAT(issued.status().message(),
+              HasSubstr("may only sign IDs matching spiffe://example.org/reports-1/*"));
+  // Its own space is fine, on both sides.
+  auto own = node->IssueSvid(Id("spiffe://example.org/reports-1/cron"), absl::Hours(1), now);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_TRUE(VerifySvid(*node, *own, now).ok());
 }
 
 TEST(CertificateAuthorityTest, SavesWithPrivateKeyModeAndLoadsBack) {
@@ -158,6 +196,72 @@ TEST(CertificateAuthorityTest, SavesWithPrivateKeyModeAndLoadsBack) {
   // What the loaded CA issues verifies against the original's bundle.
   auto svid = loaded->IssueSvid(Id("spiffe://example.org/w"), absl::Hours(1), now);
   EXPECT_TRUE(VerifySvid(*ca, *svid, now).ok());
+}
+
+// Issue 10, finding 10: a CA key other users can read is refused, with the fix.
+TEST(CertificateAuthorityTest, LoadRefusesAKeyOthersCanRead) {
+  TempDir tmp;
+  absl::Time now = absl::Now();
+  auto ca = CertificateAuthority::CreateRoot(Td("example.org"), kDefaultRootValidity, now);
+  ASSERT_TRUE(ca->Save(tmp / "ca", false).ok());
+  std::string key = tmp / "ca/ca.key";
+  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  auto loaded = CertificateAuthority::Load(tmp / "ca", now);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(loaded.status().message(), HasSubstr("mode 0644"));
+  EXPECT_THAT(loaded.status().message(), HasSubstr("chmod 600 " + key));
+  // Group access is refused too unless the group is root's.
+  ASSERT_EQ(chmod(key.c_str(), 0640), 0);
+  struct stat st {};
+  ASSERT_EQ(stat(key.c_str(), &st), 0);
+  EXPECT_EQ(CertificateAuthority::Load(tmp / "ca", now).ok(), st.st_gid == 0);
+  ASSERT_EQ(chmod(key.c_str(), 0400), 0);
+  EXPECT_TRUE(CertificateAuthority::Load(tmp / "ca", now).ok());
+}
+
+TEST(CertificateAuthorityTest, RevokeWritesAGrowingCrlSignedByTheCa) {
+  absl::Time now = absl::Now();
+  auto root = CertificateAuthority::CreateRoot(Td("example.org"), kDefaultRootValidity, now);
+  auto node = root->CreateIntermediate("node-b", kDefaultIntermediateValidity, now);
+  auto empty = root->EmptyCrl(now);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  auto one = root->Revoke(SerialHex(node->certificate()), *empty, now);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(root->Revoke(SerialHex(node->certificate()), *one, now).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  auto two = root->Revoke("4a:0f", *one, now);
+  ASSERT_TRUE(two.ok()) << two.status();
+  auto crls = ParseCrls(*two, "crl");
+  ASSERT_TRUE(crls.ok());
+  X509_CRL* crl = crls->front().get();
+  EXPECT_EQ(X509_CRL_verify(crl, X509_get0_pubkey(root->certificate())), 1);
+  EXPECT_EQ(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), 2);
+  EXPECT_EQ(NotAfter(root->certificate()), [&] {
+    struct tm tm {};
+    ASN1_TIME_to_tm(X509_CRL_get0_nextUpdate(crl), &tm);
+    return absl::FromTimeT(timegm(&tm));
+  }());
+  // Another CA's CRL is not extended, and garbage serials are refused.
+  auto other = CertificateAuthority::CreateRoot(Td("example.org"), kDefaultRootValidity, now);
+  EXPECT_THAT(other->Revoke("01", *two, now).status().message(),
+              HasSubstr("not signed by this CA"));
+  EXPECT_FALSE(root->Revoke("xyz", *two, now).ok());
+  EXPECT_FALSE(root->Revoke("00", *two, now).ok());
+
+  // The verifier: node-b's intermediate is revoked by the root's CRL alone;
+  // node-b itself publishes no CRL.
+  auto svid = node->IssueSvid(Id("spiffe://example.org/node-b/w"), absl::Hours(1), now);
+  ASSERT_TRUE(svid.ok());
+  TrustStore store;
+  store.Put(*TrustBundle::FromPem(Td("example.org"), ToPem(root->roots()), *one));
+  PeerVerdict v =
+      VerifyPeerChain(store, svid->leaf(), {svid->chain()[1].get()}, VerifyOptions{}, now);
+  EXPECT_EQ(v.reason, RejectReason::kRevoked);
+  EXPECT_THAT(v.explanation, HasSubstr("CN = node-b"));
+  auto other_node = root->CreateIntermediate("node-a", kDefaultIntermediateValidity, now);
+  auto fine = other_node->IssueSvid(Id("spiffe://example.org/node-a/w"), absl::Hours(1), now);
+  EXPECT_TRUE(
+      VerifyPeerChain(store, fine->leaf(), {fine->chain()[1].get()}, VerifyOptions{}, now).ok());
 }
 
 TEST(CertificateAuthorityTest, RefusesToOverwriteWithoutForce) {

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -59,6 +60,22 @@ TEST_F(FileIdentitySourceTest, FirstLoadMustSucceed) {
   EXPECT_THAT(FileIdentitySource::Create(dir_).status().message(), HasSubstr("tls.crt"));
   Write(Issue("spiffe://example.org/ns/a", absl::Hours(1), absl::Now() - absl::Hours(3)));
   EXPECT_THAT(FileIdentitySource::Create(dir_).status().message(), HasSubstr("expired"));
+}
+
+// Issue 10, finding 10: an SVID key other users can read is refused, and a
+// reload to such a file keeps the previous identity.
+TEST_F(FileIdentitySourceTest, RefusesAKeyFileOthersCanRead) {
+  Write(Issue("spiffe://example.org/ns/a"));
+  std::string key = dir_ + "/tls.key";
+  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  auto refused = FileIdentitySource::Create(dir_);
+  EXPECT_THAT(refused.status().message(), HasSubstr("mode 0644"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("chmod 600 " + key));
+  ASSERT_EQ(chmod(key.c_str(), 0600), 0);
+  auto source = *FileIdentitySource::Create(dir_);
+  ASSERT_EQ(chmod(key.c_str(), 0604), 0);
+  EXPECT_FALSE(source->ReloadIfChanged().ok());
+  EXPECT_THAT(source->last_error(), HasSubstr("mode 0604"));
 }
 
 TEST_F(FileIdentitySourceTest, ReloadSwapsOnlyWhenContentChanges) {

@@ -112,6 +112,35 @@ TEST(TrustBundleTest, RefusesARootOfAnotherTrustDomain) {
               HasSubstr("belongs to trust domain other.org, not example.org"));
 }
 
+// Finding 9 of issue 10: a root that does not name the trust domain it
+// serves (a partner's generic CA) cannot become a root of ours.
+TEST(TrustBundleTest, RefusesARootThatNamesNoTrustDomain) {
+  CertSpec spec;
+  spec.ca = true;
+  spec.key_usage = "critical,keyCertSign,cRLSign";
+  spec.extended_key_usage = "";
+  spec.common_name = "partner generic root";
+  KeyAndCert unnamed = Mint(spec);
+  auto bundle = TrustBundle::FromPem(Td("example.org"), ToPem(unnamed.cert.get()));
+  EXPECT_THAT(std::string(bundle.status().message()),
+              HasSubstr("does not say which trust domain it serves: a root must carry the URI "
+                        "SAN spiffe://example.org"));
+}
+
+TEST(TrustBundleTest, RefusesADamagedRootCrl) {
+  KeyAndCert root = MintRoot("example.org");
+  KeyAndCert impostor = MintRoot("example.org");
+  impostor.cert = ShareX509(impostor.cert.get());
+  // Signed by another key, under the root's name.
+  KeyAndCert forger{std::move(impostor.key), ShareX509(root.cert.get())};
+  std::vector<X509CrlPtr> crls;
+  crls.push_back(MintCrl(forger, {}));
+  CertChain roots;
+  roots.push_back(ShareX509(root.cert.get()));
+  auto bundle = TrustBundle::Create(Td("example.org"), std::move(roots), crls);
+  EXPECT_THAT(std::string(bundle.status().message()), HasSubstr("does not verify"));
+}
+
 TEST(TrustBundleTest, CrlRevokesListedCertificatesOnly) {
   KeyAndCert root = MintRoot("example.org");
   KeyAndCert revoked = Mint(LeafSpec("spiffe://example.org/stolen"), &root);

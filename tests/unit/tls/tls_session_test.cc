@@ -440,8 +440,8 @@ TEST_F(TlsSessionTest, ClientRefusesAnExpiredServerAndTheServerHearsWhy) {
 
 TEST_F(TlsSessionTest, IntermediateChainIsAccepted) {
   auto node = *ca_.CreateIntermediate("node-a", kDefaultIntermediateValidity, absl::Now());
-  auto client_svid = std::make_shared<const Svid>(
-      *node.IssueSvid(*SpiffeId::Parse("spiffe://example.org/ns/a"), absl::Hours(1), absl::Now()));
+  auto client_svid = std::make_shared<const Svid>(*node.IssueSvid(
+      *SpiffeId::Parse("spiffe://example.org/node-a/a"), absl::Hours(1), absl::Now()));
   ASSERT_EQ(client_svid->chain().size(), 2u);
   auto client_ctx = Context(TlsRole::kClient);
   auto server_ctx = Context(TlsRole::kServer);
@@ -449,7 +449,81 @@ TEST_F(TlsSessionTest, IntermediateChainIsAccepted) {
   auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
   Outcome out = Run(*client, *server);
   ASSERT_EQ(out.server, HandshakeProgress::kDone) << server->failure().explanation;
-  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/ns/a");
+  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/node-a/a");
+}
+
+// Finding 9 of issue 10: a partner's workload, with an SVID of the partner's
+// own root, is verified against the partner's bundle only; the partner root
+// vouches for nothing in example.org.
+TEST_F(TlsSessionTest, PartnerDomainPeerIsVerifiedAgainstItsOwnBundle) {
+  KeyAndCert partner = MintRoot("partner.example.com");
+  auto store = std::make_shared<TrustStore>();
+  store->Put(*ca_.Bundle());
+  store->Put(
+      *TrustBundle::FromPem(*TrustDomain::Parse("partner.example.com"), ToPem(partner.cert.get())));
+  trust_ = store;
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client_ctx = Context(TlsRole::kClient);
+  CertSpec gateway;
+  gateway.uri_sans = {"spiffe://partner.example.com/gateway"};
+  {
+    auto client =
+        *client_ctx->NewSession(std::make_shared<const Svid>(testing::MintSvid(gateway, partner)));
+    auto server = *server_ctx->NewSession(Issue("spiffe://example.org/web"));
+    Outcome out = Run(*client, *server);
+    ASSERT_EQ(out.server, HandshakeProgress::kDone) << server->failure().explanation;
+    EXPECT_EQ(server->peer_id()->ToString(), "spiffe://partner.example.com/gateway");
+  }
+  // The partner's root minting a local identity: refused.
+  CertSpec forged;
+  forged.uri_sans = {"spiffe://example.org/admin"};
+  auto client =
+      *client_ctx->NewSession(std::make_shared<const Svid>(testing::MintSvid(forged, partner)));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/web"));
+  Outcome out = Run(*client, *server);
+  EXPECT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server->failure().code(), "unknown_authority");
+}
+
+// Finding 4 of issue 10: a live session's peer, revoked by a CRL that a
+// reload brings, fails the re-check; its other peers do not.
+TEST_F(TlsSessionTest, ReverifyAfterReloadRefusesARevokedPeer) {
+  auto node_a = *ca_.CreateIntermediate("node-a", kDefaultIntermediateValidity, absl::Now());
+  auto node_b = *ca_.CreateIntermediate("node-b", kDefaultIntermediateValidity, absl::Now());
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto from_b = std::make_shared<const Svid>(*node_b.IssueSvid(
+      *SpiffeId::Parse("spiffe://example.org/node-b/c"), absl::Hours(1), absl::Now()));
+  auto from_a = std::make_shared<const Svid>(*node_a.IssueSvid(
+      *SpiffeId::Parse("spiffe://example.org/node-a/c"), absl::Hours(1), absl::Now()));
+  auto client_b = *client_ctx->NewSession(from_b);
+  auto server_b = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  ASSERT_EQ(Run(*client_b, *server_b).server, HandshakeProgress::kDone);
+  auto client_a = *client_ctx->NewSession(from_a);
+  auto server_a = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  ASSERT_EQ(Run(*client_a, *server_a).server, HandshakeProgress::kDone);
+  EXPECT_TRUE(server_b->ReverifyPeer().ok());
+
+  // The root revokes node-b's intermediate; the reload installs the CRL.
+  auto crl = ca_.Revoke(SerialHex(node_b.certificate()), "", absl::Now());
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  auto bundle = TrustBundle::FromPem(*TrustDomain::Parse("example.org"), ToPem(ca_.roots()), *crl);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto store = std::make_shared<TrustStore>();
+  store->Put(*bundle);
+  server_ctx->SetTrustStore(store);
+
+  PeerVerdict again = server_b->ReverifyPeer();
+  EXPECT_EQ(again.reason, RejectReason::kRevoked);
+  EXPECT_THAT(again.explanation, HasSubstr("CN = node-b"));
+  EXPECT_THAT(again.explanation, HasSubstr("is revoked"));
+  EXPECT_TRUE(server_a->ReverifyPeer().ok()) << server_a->ReverifyPeer().explanation;
+  // A new handshake from node b is refused the same way.
+  auto client_b2 = *client_ctx->NewSession(from_b);
+  auto server_b2 = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  Outcome out = Run(*client_b2, *server_b2);
+  EXPECT_EQ(out.server, HandshakeProgress::kFailed);
+  EXPECT_EQ(server_b2->failure().code(), "revoked");
 }
 
 TEST_F(TlsSessionTest, ClientRefusesAnImpostorServer) {
