@@ -173,17 +173,39 @@ int RunAgent(const std::string& config_path) {
   auto control = control::ControlServer::Start(
       {config->agent.control_socket, config->agent.control_group}, ControlHandlers(**agent, stats));
   if (!control.ok()) return Fail(control.status());
+  // Metrics and probes are not worth refusing every enforced connection
+  // for: if their address is taken (any local user can bind a TCP port),
+  // the agent runs without them, says so, and tries again every tick.
   std::unique_ptr<control::HttpEndpoint> metrics;
-  if (!config->agent.metrics_address.empty()) {
+  std::string metrics_problem;
+  auto start_metrics = [&] {
+    if (metrics || config->agent.metrics_address.empty()) return;
     Agent* a = agent->get();
     auto endpoint = control::HttpEndpoint::Start(config->agent.metrics_address,
                                                  {[a, &stats] { return RenderMetrics(*a, stats); },
                                                   [a]() -> std::pair<bool, std::string> {
                                                     return {a->ready(), a->not_ready_reason()};
                                                   }});
-    if (!endpoint.ok()) return Fail(endpoint.status());
-    metrics = *std::move(endpoint);
-  }
+    if (endpoint.ok()) {
+      metrics = *std::move(endpoint);
+      if (!metrics_problem.empty()) {
+        LogEvent(spdlog::level::info,
+                 {{"event", "metrics_listening"}, {"address", config->agent.metrics_address}});
+      }
+      metrics_problem.clear();
+      return;
+    }
+    std::string problem(endpoint.status().message());
+    if (problem != metrics_problem) {
+      LogEvent(spdlog::level::err,
+               {{"event", "metrics_unavailable"},
+                {"address", config->agent.metrics_address},
+                {"reason", absl::StrCat(problem, "; /metrics, /healthz and /readyz are down, "
+                                                 "retrying every second")}});
+    }
+    metrics_problem = std::move(problem);
+  };
+  start_metrics();
 
   std::atomic<bool> stop{false};
   std::thread events([&] {
@@ -221,6 +243,7 @@ int RunAgent(const std::string& config_path) {
       break;
     }
     (*agent)->Maintain(absl::Now());
+    start_metrics();
   }
   stop.store(true);
   events.join();
