@@ -170,6 +170,24 @@ check "the agent logged the denial in words" grep -q 'not allowed for port 8080'
 check "node a's agent never carried the bystander's connection" \
   test "$(grep -c '"event":"connection_' "$work/a/agent.log" || true)" = "$connections_a"
 
+echo "# a local unprivileged user on node b (issue 10, finding 1)"
+# The agent's deliveries come from 127.0.0.6 / fd00:6b74::6, which any local
+# user can bind: the address must prove nothing. As nobody, in a cgroup that
+# is not enrolled, the attacker's connection is steered to the agent like
+# anyone's, which refuses plaintext.
+nobody=(setpriv --reuid 65534 --regid 65534 --clear-groups)
+requests_before=$(grep -c 'GET /secret.txt' "$work/http.log" || true)
+out=$(exec_in b bystander "${nobody[@]}" curl -sS --max-time 5 --interface 127.0.0.6 \
+  http://127.0.0.1:8080/secret.txt 2>&1 || true)
+check "nobody binding the agent's IPv4 upstream source gets nothing ($out)" lacks "$marker" "$out"
+out=$(exec_in b bystander "${nobody[@]}" curl -sS --max-time 5 --interface fd00:6b74::6 -g \
+  'http://[::1]:8080/secret.txt' 2>&1 || true)
+check "nobody binding the agent's IPv6 upstream source gets nothing ($out)" lacks "$marker" "$out"
+out=$(exec_in b bystander "${nobody[@]}" curl -sS --max-time 5 -g 'http://[fd00:6b74::6]:8080/secret.txt' 2>&1 || true)
+check "nobody dialling the upstream source itself gets nothing ($out)" lacks "$marker" "$out"
+check "the application saw none of them" \
+  test "$(grep -c 'GET /secret.txt' "$work/http.log" || true)" = "$requests_before"
+
 echo "# the wire"
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" 2>/dev/null || true
@@ -182,10 +200,28 @@ echo "# agent a killed: fail closed"
 agent_a=$(pgrep -f "ktrustd run --config $work/a/ktrustd.yaml")
 kill -9 "$agent_a"
 while kill -0 "$agent_a" 2>/dev/null; do sleep 0.1; done
+# Issue 10, finding 2: with the agent down, an unprivileged user takes the
+# outbound port on both loopbacks, where the mesh connections used to be
+# sent. It must never receive a byte, and must not stop the agent starting.
+token="KTRUST-BEARER-$RANDOM$RANDOM"
+for listen in TCP4-LISTEN:15001,bind=127.0.0.1 TCP6-LISTEN:15001,bind=[::1]; do
+  run_in a bystander "$work/impostor-${listen:0:4}.log" "${nobody[@]}" \
+    socat -u "$listen,reuseaddr,fork" STDOUT
+done
+for _ in $(seq 50); do
+  ip netns exec "$KT_NS_A" ss -Hltn 'sport = :15001' | grep -q '\[::1\]' && break
+  sleep 0.1
+done
+check "the impostor listens on 127.0.0.1:15001 and [::1]:15001" \
+  test "$(ip netns exec "$KT_NS_A" ss -Hltn 'sport = :15001' | grep -c .)" = 2
+out6=$(exec_in a client curl -sS --max-time 5 -g -H "Authorization: Bearer $token" \
+  'http://[fd77::2]:8080/secret.txt' 2>&1 || true)
+check "with agent a gone, curl over IPv6 is refused too ($out6)" \
+  grep -q "Connection refused\|Couldn't connect" <<<"$out6"
 # curl's own clock: in the vm tier (TCG) starting ip netns exec and curl
 # alone can take seconds.
 out=$(exec_in a client curl -sS --max-time 10 -w 'time_total=%{time_total}\n' \
-  http://10.77.0.2:8080/secret.txt 2>&1 || true)
+  -H "Authorization: Bearer $token" http://10.77.0.2:8080/secret.txt 2>&1 || true)
 elapsed_ms=$(awk -F= '/^time_total=/ { printf "%d", $2 * 1000 }' <<<"$out")
 out=$(grep -v '^time_total=' <<<"$out" || true)
 check "with agent a gone, curl is refused ($out)" grep -q "Connection refused\|Couldn't connect" <<<"$out"
@@ -199,17 +235,23 @@ out=$(exec_in b bystander curl -sS --max-time 5 http://10.77.0.2:8080/secret.txt
 check "with agent b gone, the enforced port gives nothing ($out)" lacks "$marker" "$out"
 
 echo "# restart: enforcement resumes, programs adopted, not attached twice"
-links_before=$(bpftool link show 2>/dev/null | grep -c . || true)
+# Only this test's pins: other tests attach and detach links meanwhile.
+pinned_links() { find "$work"/{a,b}/bpffs/ktrust/links -mindepth 1 2>/dev/null | sort; }
+links_before=$(pinned_links)
 mv "$work/a/agent.log" "$work/a/agent-1.log"
 mv "$work/b/agent.log" "$work/b/agent-1.log"
 start_agent a "$ktrustd"
 start_agent b "$ktrustd"
-links_after=$(bpftool link show 2>/dev/null | grep -c . || true)
-check "no link was added by the restart ($links_before -> $links_after lines)" test "$links_before" = "$links_after"
+links_after=$(pinned_links)
+check "no link was added by the restart ($(grep -c . <<<"$links_before") -> $(grep -c . <<<"$links_after") pins)" \
+  test "$links_before" = "$links_after"
 status=$("$ktrust" --socket "$work/a/control.sock" status --json)
 check "ktrust status reports the adopted programs" jq -e '.bpf.adopted > 0' <<<"$status"
 body=$(exec_in a client curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
-check "after the restart the request works again" test "$body" = "$marker"
+check "after the restart the request works again, the impostor still on 15001" \
+  test "$body" = "$marker"
+stolen=$(cat "$work"/impostor-*.log)
+check "the impostor on the outbound port never received a byte ($stolen)" test -z "$stolen"
 
 echo "# uninstall"
 for n in a b; do kill "$(pgrep -f "ktrustd run --config $work/$n/ktrustd.yaml")"; done
