@@ -78,6 +78,15 @@ wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.3'
 # Node a serves its pod once a process of an enrolled cgroup lives there.
 run_in_pod a c1 pod-client "$work/c1-idle.log" sleep 600
 wait_for "$work/a/agent.log" '"event":"pod_netns_served".*10\.77\.1\.2'
+# Issue 10, finding 2, in a pod: an unprivileged process in pod c1 listens
+# on the outbound port on every address, agent up (now) and down (at the
+# end). The pod's mesh connections must never reach it.
+run_in_pod a c1 pod-bystander "$work/c1-impostor.log" \
+  setpriv --reuid 65534 --regid 65534 --clear-groups socat -u TCP6-LISTEN:15001,reuseaddr,fork STDOUT
+for _ in $(seq 50); do
+  ip netns exec "$(pod_ns a c1)" ss -Hltn 'sport = :15001' | grep -q . && break
+  sleep 0.1
+done
 
 # --immediate-mode: every packet is written as it comes, so the few seconds
 # of traffic are all in the file when tcpdump is stopped.
@@ -261,5 +270,20 @@ wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.2'
 check "the restarted agent adopted w1's pinned link" \
   grep -q '"event":"bpf_adopted".*sk_lookup_pod' "$work/b/agent.log"
 check "node a's client reaches pod w1 again" test "$(from_node http://10.77.2.2:8080/secret.txt)" = "$marker1"
+
+echo "# agent a killed: pod c1's mesh connections refused, never the impostor's"
+check "the impostor in pod c1 listens on port 15001" \
+  sh -c "ip netns exec '$(pod_ns a c1)' ss -Hltn 'sport = :15001' | grep -q ."
+agent_a=$(pgrep -f "ktrustd run --config $work/a/ktrustd.yaml")
+kill -9 "$agent_a"
+wait "$agent_a" 2>/dev/null || true
+token="KTRUST-BEARER-$RANDOM$RANDOM"
+for url in http://10.77.2.3:8080/secret.txt 'http://[fd77:2::2]:8080/secret.txt'; do
+  out=$(get exec_in_pod a c1 pod-client curl -sS --max-time 5 -g -H "Authorization: Bearer $token" "$url")
+  check "pod c1's request to $url is refused without its agent ($out)" \
+    grep -q "Connection refused\|Couldn't connect" <<<"$out"
+done
+stolen=$(cat "$work/c1-impostor.log")
+check "the impostor on the pod's outbound port never received a byte ($stolen)" test -z "$stolen"
 
 two_nodes_results
