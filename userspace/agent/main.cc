@@ -200,8 +200,9 @@ int RunAgent(const std::string& config_path) {
       LogEvent(spdlog::level::err,
                {{"event", "metrics_unavailable"},
                 {"address", config->agent.metrics_address},
-                {"reason", absl::StrCat(problem, "; /metrics, /healthz and /readyz are down, "
-                                                 "retrying every second")}});
+                {"reason", absl::StrCat(problem,
+                                        "; /metrics, /healthz and /readyz are down, "
+                                        "retrying every second")}});
     }
     metrics_problem = std::move(problem);
   };
