@@ -164,6 +164,9 @@ struct EngineCounters {
   std::atomic<uint64_t> refused_inbound_handshakes{0};  // over max_inbound_handshakes
   std::atomic<uint64_t> refused_outbound_handshakes{0};
   std::atomic<uint64_t> refused_source_handshakes{0};  // over max_handshakes_per_source
+  // Inbound pending handshakes reset to make room for a new client while
+  // max_inbound_handshakes was full (not counted in refused_limit).
+  std::atomic<uint64_t> evicted_handshakes{0};
   std::atomic<uint64_t> handshake_failures{0};
   std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
   std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
