@@ -310,7 +310,7 @@ int Run(const Flags& f) {
   printf(
       "handshake_flood: %d hostile %s connections from %d source(s) against %s's inbound "
       "listener; %d rounds x %d samples each way\n",
-      f.hostile, f.drip ? "stalled (one byte)" : "idle", f.sources,
+      f.hostile, f.drip ? "stalled (one byte)" : "idle", std::min(f.sources, f.hostile),
       f.attack_server ? "the server (B)" : "the client's node (A)", f.rounds, f.samples);
   printf(
       "  hostile refused at accept: %.0f per round; the target's pending inbound handshakes "
