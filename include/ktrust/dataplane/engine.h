@@ -127,6 +127,9 @@ struct EngineOptions {
   // separate budgets, so a flood of inbound clients cannot starve the local
   // workloads' outbound connections, nor the reverse.
   int max_connections = 65536;
+  // Full, a new inbound client takes the place of the longest-pending one
+  // on its loop (one that has sent nothing first), which is reset
+  // (evicted_handshake), rather than being refused.
   int max_inbound_handshakes = 1024;
   int max_outbound_handshakes = 1024;
   // Inbound pending handshakes from one source: an IPv4 address, or an IPv6
