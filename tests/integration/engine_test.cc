@@ -12,12 +12,14 @@
 #include <net/if.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sched.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -258,6 +260,15 @@ class EngineTest : public ::testing::Test {
     EXPECT_TRUE(Drained());
     EXPECT_EQ(backend.accepted(), 0);
     EXPECT_EQ(backend.bytes_received(), 0u);
+  }
+
+  // What an allowed client app sees: `text` echoed back through the pair.
+  void ExpectEchoedThroughThePair(const std::string& text) {
+    UniqueFd fd = ConnectTo(entry());
+    ASSERT_TRUE(SendAll(fd.get(), text.data(), text.size()));
+    std::string reply;
+    ASSERT_TRUE(ReadExactly(fd.get(), text.size(), &reply));
+    EXPECT_EQ(reply, text);
   }
 
   // Waits (bounded, as Drained) for a condition the engine reaches on its
@@ -695,7 +706,6 @@ TEST_F(EngineTest, ConnectionsOverTheLimitAreRefusedAtOnce) {
 // refused. Inbound and outbound now have budgets of their own.
 TEST_F(EngineTest, IdleInboundClientsFillingTheirBudgetDoNotStopOutboundConnections) {
   TestBackend backend(&TestBackend::Echo);
-  CaptureLog();
   PairOptions p;
   p.client_inbound = true;
   p.options.loops = 1;
@@ -705,25 +715,14 @@ TEST_F(EngineTest, IdleInboundClientsFillingTheirBudgetDoNotStopOutboundConnecti
   std::vector<UniqueFd> idle;
   for (int i = 0; i < 4; ++i) idle.push_back(IdleClient(client_inbound()));
   ASSERT_TRUE(Eventually([&] { return client_->counters().handshaking.load() == 4; }));
-  // The inbound budget is full: the next inbound client is refused...
-  UniqueFd over = IdleClient(client_inbound());
-  ExpectClosedWithNoBytes(over.get());
-  EXPECT_EQ(client_->counters().refused_inbound_handshakes.load(), 1u);
-  std::vector<nlohmann::json> refused = log_->Events("connection_refused");
-  ASSERT_EQ(refused.size(), 1u);
-  EXPECT_EQ(refused[0].value("direction", ""), "inbound");
-  EXPECT_EQ(refused[0].value("reason", ""), "too many pending inbound handshakes (limit 4)");
-
-  // ...while a local workload's outbound connection still goes through.
-  UniqueFd fd = ConnectTo(entry());
-  ASSERT_TRUE(SendAll(fd.get(), "out", 3));
-  std::string reply;
-  ASSERT_TRUE(ReadExactly(fd.get(), 3, &reply));
-  EXPECT_EQ(reply, "out");
+  // The inbound budget is full; a local workload's outbound connection
+  // still goes through.
+  ExpectEchoedThroughThePair("out");
   EXPECT_EQ(client_->counters().refused_outbound_handshakes.load(), 0u);
-  EXPECT_EQ(client_->counters().refused_limit.load(), 1u);
-  // The idle clients still hold their slots: nothing was evicted to make room.
+  EXPECT_EQ(client_->counters().refused_limit.load(), 0u);
+  // It took no inbound client's slot: those are for inbound clients.
   EXPECT_EQ(client_->counters().handshaking_inbound.load(), 4u);
+  EXPECT_EQ(client_->counters().evicted_handshakes.load(), 0u);
 }
 
 // One source may hold only so many pending handshakes; another source is
@@ -756,6 +755,111 @@ TEST_F(EngineTest, PendingHandshakesPerSourceAreCappedAndOtherSourcesStillServed
   ASSERT_TRUE(ReadExactly(fd.get(), 2, &reply));
   EXPECT_EQ(reply, "hi");
   EXPECT_EQ(server_->counters().handshaking_inbound.load(), 3u);
+  EXPECT_EQ(backend.accepted(), 1);
+}
+
+// Finding 7 of issue 10: idle clients from enough sources (each under its
+// cap) filled the inbound budget, and every new inbound client, allowed ones
+// included, was refused until the idle ones timed out. Now the client that
+// has waited longest without sending a byte is evicted for the new one; a
+// source at its cap is still refused outright and evicts nobody.
+TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  // Shared with on_closed, which may run until the engines stop, after a
+  // failed assertion returned early.
+  struct Closed {
+    std::mutex mu;
+    std::vector<ClosedConnection> list;
+  };
+  auto closed = std::make_shared<Closed>();
+  PairOptions p;
+  p.options.loops = 1;  // one loop's accept order: idle[0] is the oldest
+  p.options.max_inbound_handshakes = 8;
+  p.options.max_handshakes_per_source = 1;
+  // Long enough that no idle client times out while the test runs.
+  p.options.handshake_timeout = absl::Seconds(60);
+  p.options.first_byte_timeout = absl::Seconds(60);
+  p.options.on_closed = [closed](const ClosedConnection& c) {
+    std::lock_guard<std::mutex> lock(closed->mu);
+    closed->list.push_back(c);
+  };
+  StartPair(backend, p);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 8; ++i) {
+    idle.push_back(IdleClient(wire_, absl::StrCat("127.0.0.", 2 + i).c_str()));
+    ASSERT_TRUE(Eventually([&] { return server_->counters().accepted.load() == i + 1u; }));
+  }
+  ASSERT_EQ(server_->counters().handshaking_inbound.load(), 8u);
+
+  // A source at its cap is refused and takes nobody's place.
+  UniqueFd capped = IdleClient(wire_, "127.0.0.2");
+  ExpectClosedWithNoBytes(capped.get());
+  EXPECT_EQ(server_->counters().refused_source_handshakes.load(), 1u);
+  EXPECT_EQ(server_->counters().evicted_handshakes.load(), 0u);
+
+  // The allowed client (from 127.0.0.1) is served...
+  ExpectEchoedThroughThePair("in");
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(backend.accepted(), 1);
+  // ...in the place of the oldest idle client, which got not one byte.
+  ExpectClosedWithNoBytes(idle[0].get());
+  EXPECT_EQ(server_->counters().evicted_handshakes.load(), 1u);
+  EXPECT_EQ(server_->counters().refused_inbound_handshakes.load(), 0u);
+  for (size_t i = 1; i < idle.size(); ++i) {
+    pollfd pfd{idle[i].get(), POLLIN, 0};
+    EXPECT_EQ(poll(&pfd, 1, 0), 0) << "idle client " << i << " was closed too";
+  }
+  EXPECT_EQ(server_->counters().handshaking_inbound.load(), 7u);
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard<std::mutex> lock(closed->mu);
+    // The evicted one (the capped one was refused at accept, before it was a connection).
+    return closed->list.size() == 1;
+  }));
+  std::lock_guard<std::mutex> lock(closed->mu);
+  auto evicted =
+      std::find_if(closed->list.begin(), closed->list.end(),
+                   [](const ClosedConnection& c) { return c.result == "evicted_handshake"; });
+  ASSERT_NE(evicted, closed->list.end());
+  EXPECT_EQ(evicted->bytes_to_wire + evicted->bytes_from_wire, 0u);
+  EXPECT_THAT(evicted->reason,
+              ::testing::HasSubstr("the inbound handshake budget (limit 8) was full"));
+  EXPECT_THAT(evicted->reason, ::testing::HasSubstr("sent nothing"));
+  EXPECT_EQ(evicted->wire_peer.rfind("127.0.0.2:", 0), 0u) << evicted->wire_peer;
+  // One log line, with the reason.
+  std::vector<nlohmann::json> failed = log_->Events("connection_failed");
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].value("result", ""), "evicted_handshake");
+  EXPECT_EQ(failed[0].value("reason", ""), evicted->reason);
+}
+
+// The same with clients that each sent the first byte of a ClientHello and
+// stalled (a slow drip keeps first_byte_timeout away): the longest-pending
+// one is evicted, and the allowed client is served.
+TEST_F(EngineTest, FullInboundBudgetOfStalledHandshakesStillServesANewClient) {
+  TestBackend backend(&TestBackend::Echo);
+  PairOptions p;
+  p.options.loops = 1;  // a loop evicts from its own pending handshakes
+  p.options.max_inbound_handshakes = 8;
+  p.options.handshake_timeout = absl::Seconds(60);
+  StartPair(backend, p);
+  std::vector<UniqueFd> stalled;
+  for (int i = 0; i < 8; ++i) {
+    stalled.push_back(IdleClient(wire_, absl::StrCat("127.0.0.", 2 + i).c_str()));
+    ASSERT_TRUE(SendAll(stalled.back().get(), "\x16", 1));
+  }
+  ASSERT_TRUE(Eventually([&] { return server_->counters().handshaking_inbound.load() == 8; }));
+  ExpectEchoedThroughThePair("in");
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(server_->counters().evicted_handshakes.load(), 1u);
+  // Exactly one of them was closed, without a byte of the application.
+  std::vector<pollfd> fds;
+  for (const auto& s : stalled) fds.push_back({s.get(), POLLIN, 0});
+  ASSERT_TRUE(Eventually([&] { return poll(fds.data(), fds.size(), 0) >= 1; }));
+  EXPECT_EQ(poll(fds.data(), fds.size(), 0), 1);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (fds[i].revents != 0) ExpectClosedWithNoBytes(stalled[i].get());
+  }
   EXPECT_EQ(backend.accepted(), 1);
 }
 

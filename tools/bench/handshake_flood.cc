@@ -7,15 +7,19 @@
 // The backend sends one byte as it accepts; a sample is connect() to A's
 // outbound listener until that byte arrives, so it includes A's outbound
 // handshake slot, the TLS handshake and B's inbound slot. The hostile
-// connections connect and never send a byte, spread over --sources source
-// addresses (127.0.1.1, 127.0.1.2, ...), to A's inbound listener
-// (--attack client: a node whose own workloads dial out while it is flooded,
-// issue 10's finding 7) or to B's (--attack server: the allowed client's
-// destination). Rounds alternate unloaded / loaded so drift hits both alike;
-// the report gives medians over all samples and their ratio.
+// connections connect and never send a byte (--drip: send the first byte of
+// a ClientHello and stall, as a slow-drip client does between bytes), spread
+// over --sources source addresses (127.0.1.1, 127.0.1.2, ..., 127.0.2.1
+// after 250), to A's inbound listener (--attack client: a node whose own
+// workloads dial out while it is flooded, issue 10's finding 7) or to B's
+// (--attack server: the allowed client's destination). They are opened
+// once per round; with --hold, every one the engine has closed (evicted,
+// timed out) is opened again before each loaded sample. Rounds alternate
+// unloaded / loaded so drift hits both alike; the report gives medians over
+// all samples and their ratio.
 //
 //   handshake_flood [--hostile N] [--sources K] [--attack client|server]
-//                   [--samples S] [--rounds R]
+//                   [--drip] [--hold] [--samples S] [--rounds R]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -49,6 +53,8 @@ struct Flags {
   int hostile = 2000;
   int sources = 32;
   bool attack_server = false;
+  bool drip = false;
+  bool hold = false;
   int samples = 300;
   int rounds = 3;
 };
@@ -71,11 +77,15 @@ Flags ParseFlags(int argc, char** argv) {
       next_int(&f.hostile);
     } else if (a == "--sources") {
       next_int(&f.sources);
-      if (f.sources < 1 || f.sources > 250) Die("--sources must be 1-250");
+      if (f.sources < 1 || f.sources > 25000) Die("--sources must be 1-25000");
     } else if (a == "--samples") {
       next_int(&f.samples);
     } else if (a == "--rounds") {
       next_int(&f.rounds);
+    } else if (a == "--drip") {
+      f.drip = true;
+    } else if (a == "--hold") {
+      f.hold = true;
     } else if (a == "--attack" && i + 1 < argc) {
       std::string t = argv[++i];
       if (t != "client" && t != "server") Die("--attack is client or server");
@@ -83,7 +93,7 @@ Flags ParseFlags(int argc, char** argv) {
     } else {
       Die(absl::StrCat("unknown argument ", a,
                        "; usage: handshake_flood [--hostile N] [--sources K] "
-                       "[--attack client|server] [--samples S] [--rounds R]"));
+                       "[--attack client|server] [--drip] [--hold] [--samples S] [--rounds R]"));
     }
   }
   if (f.samples < 1 || f.rounds < 1) Die("--samples and --rounds must be positive");
@@ -152,20 +162,41 @@ double Sample(const SocketAddress& entry) {
   return us;
 }
 
-// N idle connections to `target`, round-robin over the source addresses.
+// One hostile connection to `target` from source address number `i`:
+// idle, or (--drip) the first byte of a ClientHello and no more.
+int OpenHostile(const Flags& f, const SocketAddress& target, int i) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) Die(absl::StrCat("socket: ", strerror(errno), " (raise the file limit)"));
+  int k = i % f.sources;
+  auto source = OrDie(
+      SocketAddress::Parse(absl::StrCat("127.0.", 1 + k / 250, ".", 1 + k % 250, ":0")), "source");
+  if (bind(fd, source.get(), source.size()) != 0) Die(absl::StrCat("bind: ", strerror(errno)));
+  // A refused one completes the connect and is reset after: kept all the same.
+  if (connect(fd, target.get(), target.size()) == 0 && f.drip) (void)!write(fd, "\x16", 1);
+  return fd;
+}
+
+// N hostile connections, round-robin over the source addresses.
 std::vector<int> OpenHostile(const Flags& f, const SocketAddress& target) {
   std::vector<int> fds;
-  for (int i = 0; i < f.hostile; ++i) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) Die(absl::StrCat("socket: ", strerror(errno), " (raise the file limit)"));
-    auto source =
-        OrDie(SocketAddress::Parse(absl::StrCat("127.0.1.", 1 + i % f.sources, ":0")), "source");
-    if (bind(fd, source.get(), source.size()) != 0) Die(absl::StrCat("bind: ", strerror(errno)));
-    // A refused one completes the connect and is reset after: kept all the same.
-    (void)connect(fd, target.get(), target.size());
-    fds.push_back(fd);
-  }
+  for (int i = 0; i < f.hostile; ++i) fds.push_back(OpenHostile(f, target, i));
   return fds;
+}
+
+// Opens again those the engine closed (they read as EOF or reset), as an
+// attacker holding N open would; how many.
+int Refill(const Flags& f, const SocketAddress& target, std::vector<int>& fds) {
+  std::vector<pollfd> polled;
+  for (int fd : fds) polled.push_back({fd, POLLIN, 0});
+  if (poll(polled.data(), polled.size(), 0) <= 0) return 0;
+  int reopened = 0;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (polled[i].revents == 0) continue;
+    close(fds[i]);
+    fds[i] = OpenHostile(f, target, static_cast<int>(i));
+    ++reopened;
+  }
+  return reopened;
 }
 
 // Waits until the engine has admitted or refused every hostile connection.
@@ -239,7 +270,8 @@ int Run(const Flags& f) {
   for (int i = 0; i < 50; ++i) Sample(entry);  // warm-up: code paths, caches
   std::vector<double> unloaded, loaded;
   int unloaded_failed = 0, loaded_failed = 0;
-  uint64_t pending_min = UINT64_MAX, pending_max = 0, refused = 0;
+  uint64_t pending_min = UINT64_MAX, pending_max = 0, refused = 0, evicted = 0, evicted_opening = 0;
+  int reopened = 0;
   for (int r = 0; r < f.rounds; ++r) {
     for (int i = 0; i < f.samples; ++i) {
       double us = Sample(entry);
@@ -247,16 +279,21 @@ int Run(const Flags& f) {
     }
     uint64_t accepted_before = target.counters().accepted.load();
     uint64_t refused_before = target.counters().refused_limit.load();
+    uint64_t evicted_before = target.counters().evicted_handshakes.load();
     std::vector<int> hostile = OpenHostile(f, target_address);
     AwaitAdmitted(target, accepted_before, f.hostile);
     refused += target.counters().refused_limit.load() - refused_before;
+    evicted_opening += target.counters().evicted_handshakes.load() - evicted_before;
+    evicted_before = target.counters().evicted_handshakes.load();
     for (int i = 0; i < f.samples; ++i) {
+      if (f.hold) reopened += Refill(f, target_address, hostile);
       uint64_t pending = target.counters().handshaking_inbound.load();
       pending_min = std::min(pending_min, pending);
       pending_max = std::max(pending_max, pending);
       double us = Sample(entry);
       us < 0 ? ++loaded_failed : (loaded.push_back(us), 0);
     }
+    evicted += target.counters().evicted_handshakes.load() - evicted_before;
     for (int fd : hostile) close(fd);
     // The engine drops the closed ones as their reset or EOF arrives.
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -271,15 +308,20 @@ int Run(const Flags& f) {
   double u50 = Percentile(unloaded, 0.5), l50 = Percentile(loaded, 0.5);
   double u99 = Percentile(unloaded, 0.99), l99 = Percentile(loaded, 0.99);
   printf(
-      "handshake_flood: %d hostile idle connections from %d source(s) against %s's inbound "
+      "handshake_flood: %d hostile %s connections from %d source(s) against %s's inbound "
       "listener; %d rounds x %d samples each way\n",
-      f.hostile, f.sources, f.attack_server ? "the server (B)" : "the client's node (A)", f.rounds,
-      f.samples);
+      f.hostile, f.drip ? "stalled (one byte)" : "idle", std::min(f.sources, f.hostile),
+      f.attack_server ? "the server (B)" : "the client's node (A)", f.rounds, f.samples);
   printf(
       "  hostile refused at accept: %.0f per round; the target's pending inbound handshakes "
       "during the loaded samples: %llu-%llu\n",
       static_cast<double>(refused) / f.rounds, static_cast<unsigned long long>(pending_min),
       static_cast<unsigned long long>(pending_max));
+  printf(
+      "  evicted per round: %.0f while the hostile ones opened, %.0f during the loaded samples "
+      "(%.0f hostile reopened)\n",
+      static_cast<double>(evicted_opening) / f.rounds, static_cast<double>(evicted) / f.rounds,
+      static_cast<double>(reopened) / f.rounds);
   printf("  connect + first byte, unloaded: p50 %.0f us  p99 %.0f us  (failed %d)\n", u50, u99,
          unloaded_failed);
   printf("  connect + first byte, loaded:   p50 %.0f us  p99 %.0f us  (failed %d)\n", l50, l99,

@@ -314,6 +314,10 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
     m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
               {{"limit", limit}}, static_cast<double>(n));
   }
+  m.Counter("ktrust_handshakes_evicted_total",
+            "Pending inbound handshakes reset to make room for a new client while the inbound "
+            "handshake budget was full",
+            {}, static_cast<double>(c.evicted_handshakes.load()));
   m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "inbound"}},
           static_cast<double>(c.handshaking_inbound.load()));
   m.Gauge("ktrust_handshakes_pending", "Handshakes in progress", {{"direction", "outbound"}},

@@ -117,6 +117,7 @@ Connection::Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> li
 }
 
 Connection::~Connection() {
+  ReleaseHandshakeSlot();
   ctx_.connections.erase(this);
   ctx_.shared.table->Remove(record_->id);
   ctx_.shared.counters->active.fetch_sub(1);
@@ -161,6 +162,7 @@ void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGr
                               const InboundListener& listener, UniqueFd wire, HandshakeSlot slot) {
   auto* c = new Connection(ctx, std::move(group), Direction::kInbound, listener.workload);
   c->handshake_slot_ = std::move(slot);
+  if (c->handshake_slot_.held()) c->pending_ticket_ = ctx.pending_inbound.Add(c);
   c->inbound_ = &listener;
   c->wire_ = std::move(wire);
   SetNoDelay(c->wire_.get());
@@ -256,7 +258,7 @@ void Connection::EndSniffing() {
 
 void Connection::AcceptPlaintext(std::string why) {
   EndSniffing();
-  handshake_slot_.Release();
+  ReleaseHandshakeSlot();
   plaintext_ = true;
   ctx_.shared.counters->plaintext_accepted.fetch_add(1);
   // The access log's result unless the connection fails later on.
@@ -378,7 +380,9 @@ void Connection::StartHandshake(const SvidProvider& identity,
 }
 
 void Connection::DriveHandshake() {
-  switch (tls_->Handshake()) {
+  HandshakeProgress progress = tls_->Handshake();
+  if (pending_ticket_ != 0 && !client_spoke_) NoteClientSpoke();
+  switch (progress) {
     case HandshakeProgress::kWantRead:
       Wait(wire_.get(), POLLIN);
       return;
@@ -398,7 +402,7 @@ void Connection::DriveHandshake() {
 }
 
 void Connection::OnHandshakeDone() {
-  handshake_slot_.Release();
+  ReleaseHandshakeSlot();
   {
     absl::MutexLock lock(&record_->mu);
     record_->local_id = tls_->local_id().ToString();
@@ -636,6 +640,33 @@ void Connection::StreamFailed(const std::string& error) {
   Abort("stream_error", error);
 }
 
+void Connection::ReleaseHandshakeSlot() {
+  handshake_slot_.Release();
+  if (pending_ticket_ != 0) ctx_.pending_inbound.Remove(pending_ticket_);
+  pending_ticket_ = 0;
+}
+
+void Connection::NoteClientSpoke() {
+  BIO* rbio = SSL_get_rbio(tls_->ssl());
+  if (rbio == nullptr || BIO_number_read(rbio) == 0) return;
+  client_spoke_ = true;
+  ctx_.pending_inbound.Spoke(pending_ticket_);
+}
+
+void Connection::Evict(bool silent, int limit, const std::string& newcomer) {
+  absl::Duration waited = absl::Trunc(ctx_.loop.now() - record_->started, absl::Milliseconds(1));
+  Terminate("evicted_handshake",
+            absl::StrCat("the inbound handshake budget (limit ", limit, ") was full: ",
+                         silent ? absl::StrCat("this client had sent nothing in ",
+                                               absl::FormatDuration(waited))
+                                : absl::StrCat("no client was silent, and this one's handshake "
+                                               "had not completed in ",
+                                               absl::FormatDuration(waited)),
+                         ", the longest wait on its loop, so it gave its place to a new client "
+                         "from ",
+                         newcomer));
+}
+
 bool Connection::ClientSentNothing() const {
   // What the handshake read, or what waits in the socket, is the first byte.
   BIO* rbio = SSL_get_rbio(tls_->ssl());
@@ -705,6 +736,8 @@ void Connection::CloseGracefully() {
 }
 
 void Connection::Cancel() {
+  // A closing connection is no longer a pending handshake.
+  ReleaseHandshakeSlot();
   closing_ = true;
   state_ = ConnectionState::kClosing;
   record_->state.store(state_);

@@ -47,6 +47,14 @@ class Connection {
   // Engine shutdown: close now, without waiting for io_uring.
   void Destroy();
 
+  // Inbound, while the inbound budget is full: the handshake slot a new
+  // client may take (HandshakeBudget::Acquire). Once taken, call Evict.
+  HandshakeSlot* evictable_slot() { return &handshake_slot_; }
+  // Its slot went to a newer client: reset, logged as evicted_handshake.
+  // `silent`: it had sent nothing; `limit`: max_inbound_handshakes;
+  // `newcomer`: the new client's source.
+  void Evict(bool silent, int limit, const std::string& newcomer);
+
  private:
   enum Slot { kAppIn, kAppOut, kWireIn, kWireOut, kSlots };
   struct Waiter : EventLoop::Op {
@@ -87,6 +95,11 @@ class Connection {
   void StreamFailed(const std::string& error);
   // reason_code: stable word for logs ("handshake_failed", "denied", ...).
   void Abort(absl::string_view reason_code, const std::string& explanation);
+  // The handshake is over (or the connection is): frees the slot and leaves
+  // the loop's pending list.
+  void ReleaseHandshakeSlot();
+  // Inbound: the client's first byte arrived; it is no longer silent.
+  void NoteClientSpoke();
   void CloseGracefully();
   void Cancel();
   void MaybeFinalize();
@@ -120,6 +133,8 @@ class Connection {
   int pending_ = 0;
   bool closing_ = false;
   HandshakeSlot handshake_slot_;
+  uint64_t pending_ticket_ = 0;  // in ctx_.pending_inbound; 0: not listed
+  bool client_spoke_ = false;
   absl::Time deadline_ = absl::InfiniteFuture();
   // Inbound, enforce: when a client that has sent nothing is dropped.
   absl::Time first_byte_deadline_ = absl::InfiniteFuture();

@@ -94,7 +94,7 @@ class Engine::Loop {
   };
 
   Loop(Shared& shared, std::unique_ptr<EventLoop> loop)
-      : loop_(std::move(loop)), ctx_{*loop_, shared, {}} {}
+      : loop_(std::move(loop)), ctx_{*loop_, shared, {}, {}} {}
 
   // Makes the sockets on the calling thread, in the group's namespace.
   // Loop 0 binds first, so that port 0 resolves to one port for every loop.
@@ -241,8 +241,14 @@ class Engine::Loop {
         "connection_limit",
         absl::StrCat("over the limit of ", options.max_connections, " connections"), "",
         options.max_connections};
+    // Inbound: if the budget is full, this loop's longest-pending client
+    // (silent ones first) gives its slot to the new one; a loop with none
+    // refuses. Taking from the own loop keeps it on its thread.
+    PendingHandshakes<Connection>::Candidate victim;
+    if (direction == Direction::kInbound) victim = ctx_.pending_inbound.Evictable();
     if (counters.active.load() < static_cast<uint64_t>(options.max_connections)) {
-      admitted = ctx_.shared.handshakes->Acquire(direction, peer);
+      admitted = ctx_.shared.handshakes->Acquire(
+          direction, peer, victim.item ? victim.item->evictable_slot() : nullptr);
     } else {
       counters.refused_connections.fetch_add(1);
     }
@@ -266,6 +272,10 @@ class Engine::Loop {
       return;
     }
     HandshakeSlot slot = std::get<HandshakeSlot>(std::move(admitted));
+    if (victim.item && !victim.item->evictable_slot()->held()) {
+      victim.item->Evict(victim.silent, options.max_inbound_handshakes,
+                         HandshakeSourceOf(peer).display);
+    }
     if (l.outbound) {
       Connection::StartOutbound(ctx_, l.group, *l.outbound, std::move(conn), std::move(slot));
     } else {

@@ -63,7 +63,10 @@ struct Engine::Shared {
 struct LoopContext {
   EventLoop& loop;
   Engine::Shared& shared;
-  std::set<Connection*> connections;   // live, for timeouts and shutdown
+  std::set<Connection*> connections;  // live, for timeouts and shutdown
+  // Inbound connections holding a handshake slot: which one gives it up when
+  // the inbound budget is full.
+  PendingHandshakes<Connection> pending_inbound;
   uint64_t authorizer_generation = 0;  // the policy the live connections were checked against
 };
 

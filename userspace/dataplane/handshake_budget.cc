@@ -53,7 +53,8 @@ HandshakeBudget::HandshakeBudget(const EngineOptions& options, EngineCounters& c
       counters_(counters) {}
 
 std::variant<HandshakeSlot, HandshakeRefusal> HandshakeBudget::Acquire(Direction direction,
-                                                                       const SocketAddress& peer) {
+                                                                       const SocketAddress& peer,
+                                                                       HandshakeSlot* evictable) {
   HandshakeSlot slot;
   slot.direction_ = direction;
   if (direction == Direction::kOutbound) {
@@ -70,22 +71,32 @@ std::variant<HandshakeSlot, HandshakeRefusal> HandshakeBudget::Acquire(Direction
   } else {
     HandshakeSource source = HandshakeSourceOf(peer);
     absl::MutexLock lock(&mu_);
-    if (inbound_ >= max_inbound_) {
-      counters_.refused_inbound_handshakes.fetch_add(1);
-      return HandshakeRefusal{
-          "inbound_handshake_limit",
-          absl::StrCat("too many pending inbound handshakes (limit ", max_inbound_, ")"),
-          source.display, max_inbound_};
-    }
-    int& from_source = per_source_[source.key];
-    if (from_source >= max_per_source_) {
+    // The cap first: a source at it is refused, full budget or not, and so
+    // never takes another client's place.
+    if (auto it = per_source_.find(source.key);
+        it != per_source_.end() && it->second >= max_per_source_) {
       counters_.refused_source_handshakes.fetch_add(1);
       return HandshakeRefusal{"source_handshake_limit",
                               absl::StrCat("too many pending handshakes from ", source.display,
                                            " (limit ", max_per_source_, ")"),
                               source.display, max_per_source_};
     }
-    ++from_source;
+    if (inbound_ >= max_inbound_) {
+      if (evictable == nullptr || evictable->budget_ != this ||
+          evictable->direction_ != Direction::kInbound) {
+        counters_.refused_inbound_handshakes.fetch_add(1);
+        return HandshakeRefusal{
+            "inbound_handshake_limit",
+            absl::StrCat("too many pending inbound handshakes (limit ", max_inbound_, ")"),
+            source.display, max_inbound_};
+      }
+      // Under the same lock as the new slot: no other loop can take the
+      // freed one in between.
+      FreeLocked(Direction::kInbound, evictable->source_);
+      evictable->budget_ = nullptr;
+      counters_.evicted_handshakes.fetch_add(1);
+    }
+    ++per_source_[source.key];
     ++inbound_;
     counters_.handshaking_inbound.fetch_add(1);
     slot.source_ = std::move(source.key);
@@ -97,6 +108,10 @@ std::variant<HandshakeSlot, HandshakeRefusal> HandshakeBudget::Acquire(Direction
 
 void HandshakeBudget::Free(Direction direction, const std::string& source) {
   absl::MutexLock lock(&mu_);
+  FreeLocked(direction, source);
+}
+
+void HandshakeBudget::FreeLocked(Direction direction, const std::string& source) {
   if (direction == Direction::kOutbound) {
     --outbound_;
     counters_.handshaking_outbound.fetch_sub(1);

@@ -2,9 +2,14 @@
 // until its peer proved an identity (or it ends). Inbound and outbound have
 // budgets of their own, so a flood of one direction cannot starve the other,
 // and inbound slots are capped per source address, so one host cannot take
-// the whole inbound budget. Shared by every loop of an engine.
+// the whole inbound budget. Shared by every loop of an engine. When the
+// inbound budget is full, a new client takes the place of a loop's
+// longest-pending one (PendingHandshakes), so that many sources together
+// cannot lock clients out either.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <string>
 #include <variant>
 
@@ -35,6 +40,7 @@ class HandshakeSlot {
   HandshakeSlot& operator=(HandshakeSlot&& other) noexcept;
   ~HandshakeSlot() { Release(); }
   void Release();
+  bool held() const { return budget_ != nullptr; }
 
  private:
   friend class HandshakeBudget;
@@ -57,13 +63,20 @@ class HandshakeBudget {
   // the refused_*_handshakes counters.
   HandshakeBudget(const EngineOptions& options, EngineCounters& counters);
 
-  // `peer`: the inbound client's address; ignored for outbound.
+  // `peer`: the inbound client's address; ignored for outbound. Inbound,
+  // when the budget is full and `evictable` holds a slot of this budget, the
+  // new client takes that slot's place (`evictable` then holds nothing, and
+  // its connection must be reset) instead of being refused. A source at its
+  // cap is refused all the same: it never takes another's place.
   std::variant<HandshakeSlot, HandshakeRefusal> Acquire(Direction direction,
-                                                        const SocketAddress& peer);
+                                                        const SocketAddress& peer,
+                                                        HandshakeSlot* evictable = nullptr);
 
  private:
   friend class HandshakeSlot;
   void Free(Direction direction, const std::string& source);
+  void FreeLocked(Direction direction, const std::string& source)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int max_inbound_, max_outbound_, max_per_source_;
   EngineCounters& counters_;
@@ -72,6 +85,46 @@ class HandshakeBudget {
   int outbound_ ABSL_GUARDED_BY(mu_) = 0;
   // Pending inbound handshakes by source key; a key leaves at zero.
   absl::flat_hash_map<std::string, int> per_source_ ABSL_GUARDED_BY(mu_);
+};
+
+// One loop's pending inbound handshakes, in accept order, split by whether
+// the client has sent a byte yet: which one gives its slot up when the
+// inbound budget is full. Silent ones go first (a real client sends its
+// ClientHello right after connecting), then the longest-pending one (a
+// handshake that moves takes milliseconds; one still pending after its
+// newer peers is a slow drip). O(log n) each. One per loop, not shared.
+template <typename T>
+class PendingHandshakes {
+ public:
+  // 0 is never a ticket: callers may use it for "not listed".
+  uint64_t Add(T* item) {
+    silent_.emplace(++last_, item);
+    return last_;
+  }
+  // The client has sent its first byte; it keeps its place in accept order.
+  void Spoke(uint64_t ticket) {
+    auto node = silent_.extract(ticket);
+    if (!node.empty()) spoken_.insert(std::move(node));
+  }
+  void Remove(uint64_t ticket) {
+    if (silent_.erase(ticket) == 0) spoken_.erase(ticket);
+  }
+  struct Candidate {
+    T* item = nullptr;  // null: none pending
+    bool silent = false;
+  };
+  // The longest-pending silent one, else the longest-pending one.
+  Candidate Evictable() const {
+    if (!silent_.empty()) return {silent_.begin()->second, true};
+    if (!spoken_.empty()) return {spoken_.begin()->second, false};
+    return {};
+  }
+  size_t size() const { return silent_.size() + spoken_.size(); }
+
+ private:
+  uint64_t last_ = 0;
+  std::map<uint64_t, T*> silent_;
+  std::map<uint64_t, T*> spoken_;
 };
 
 }  // namespace ktrust

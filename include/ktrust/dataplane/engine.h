@@ -127,6 +127,9 @@ struct EngineOptions {
   // separate budgets, so a flood of inbound clients cannot starve the local
   // workloads' outbound connections, nor the reverse.
   int max_connections = 65536;
+  // Full, a new inbound client takes the place of the longest-pending one
+  // on its loop (one that has sent nothing first), which is reset
+  // (evicted_handshake), rather than being refused.
   int max_inbound_handshakes = 1024;
   int max_outbound_handshakes = 1024;
   // Inbound pending handshakes from one source: an IPv4 address, or an IPv6
@@ -164,6 +167,9 @@ struct EngineCounters {
   std::atomic<uint64_t> refused_inbound_handshakes{0};  // over max_inbound_handshakes
   std::atomic<uint64_t> refused_outbound_handshakes{0};
   std::atomic<uint64_t> refused_source_handshakes{0};  // over max_handshakes_per_source
+  // Inbound pending handshakes reset to make room for a new client while
+  // max_inbound_handshakes was full (not counted in refused_limit).
+  std::atomic<uint64_t> evicted_handshakes{0};
   std::atomic<uint64_t> handshake_failures{0};
   std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
   std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
