@@ -33,6 +33,20 @@ TEST(Cgroup2Test, DecodesEscapedSpaces) {
   EXPECT_EQ(*mount, "/mnt/my cgroups");
 }
 
+// An agent under `ip netns exec` sees other tests' cgroup2 mounts come and
+// go: its own cgroup must be found under the mount that holds its root.
+TEST(Cgroup2Test, TheMountHoldingAPathIsTheLongestPrefixOfIt) {
+  std::vector<std::string> mounts = FindCgroup2Mounts(
+      "41 31 0:38 / /tmp/x/cgroup2 rw - cgroup2 none rw\n"
+      "42 31 0:38 / /tmp/y/cgroup2 rw - cgroup2 none rw\n"
+      "43 31 0:38 / / rw - cgroup2 none rw\n");
+  ASSERT_EQ(mounts.size(), 3u);
+  EXPECT_EQ(Cgroup2MountHolding(mounts, "/tmp/y/cgroup2/ktrust-test-1/a"), "/tmp/y/cgroup2");
+  EXPECT_EQ(Cgroup2MountHolding(mounts, "/tmp/y/cgroup2"), "/tmp/y/cgroup2");
+  EXPECT_EQ(Cgroup2MountHolding(mounts, "/tmp/y/cgroup2x/a"), "/");
+  EXPECT_EQ(Cgroup2MountHolding({"/tmp/x/cgroup2"}, "/sys/fs/cgroup"), "");
+}
+
 TEST(Cgroup2Test, NotFoundWithOnlyVersion1) {
   auto mount = FindCgroup2Mount(
       "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"

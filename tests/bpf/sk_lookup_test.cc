@@ -458,7 +458,7 @@ TEST_F(SkLookupNetnsTest, ConnectionsToAnEnforcedPortReachTheAgentWithTheirDesti
 TEST_F(SkLookupNetnsTest, TheAgentsMarkedConnectionReachesTheApplication) {
   constexpr uint32_t kMark = 0x6b74;
   ASSERT_TRUE(maps().Configure({.outbound_port = 15001, .agent_mark = kMark}).ok());
-  auto own = OwnCgroupPath();
+  auto own = OwnCgroupPath(*Cgroup2Mount());
   ASSERT_TRUE(own.ok()) << own.status();
   ASSERT_TRUE(loader_->AttachAgentSockops(*own).ok());
   EnforcedApp served = StartEnforcedApp(0);
@@ -475,7 +475,7 @@ TEST_F(SkLookupNetnsTest, TheAgentsMarkedConnectionReachesTheApplication) {
 // from the agent's upstream source address: the agent gets it, to handshake.
 TEST_F(SkLookupNetnsTest, AnyoneElseFromTheUpstreamSourceIsSteeredToTheAgent) {
   ASSERT_TRUE(maps().Configure({.outbound_port = 15001, .agent_mark = 0x6b74}).ok());
-  auto own = OwnCgroupPath();
+  auto own = OwnCgroupPath(*Cgroup2Mount());
   ASSERT_TRUE(own.ok()) << own.status();
   ASSERT_TRUE(loader_->AttachAgentSockops(*own).ok());
   EnforcedApp served = StartEnforcedApp(0);

@@ -168,7 +168,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const std::string& config_pa
   agent->own_netns_ = own.st_ino;
   // The agent's own cgroup: never enrolled, and where the kernel learns
   // which connections are the agent's (AttachAgentSockops).
-  auto own_cgroup = OwnCgroupPath();
+  auto own_cgroup = OwnCgroupPath(agent->cgroup_root_);
   if (!own_cgroup.ok()) return own_cgroup.status();
   auto own_cgroup_id = CgroupIdOf(*own_cgroup);
   if (!own_cgroup_id.ok()) return own_cgroup_id.status();

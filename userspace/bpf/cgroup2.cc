@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -39,16 +40,23 @@ std::string DecodeOctalEscapes(absl::string_view field) {
 
 }  // namespace
 
-absl::StatusOr<std::string> FindCgroup2Mount(absl::string_view mountinfo) {
+std::vector<std::string> FindCgroup2Mounts(absl::string_view mountinfo) {
+  std::vector<std::string> mounts;
   for (absl::string_view line : absl::StrSplit(mountinfo, '\n', absl::SkipEmpty())) {
     // "<id> <parent> <major:minor> <root> <mount point> <options> [optional...] - <fstype> ..."
     std::vector<absl::string_view> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
     size_t separator = 0;
     while (separator < fields.size() && fields[separator] != "-") ++separator;
     if (fields.size() < 5 || separator + 1 >= fields.size()) continue;
-    if (fields[separator + 1] == "cgroup2") return DecodeOctalEscapes(fields[4]);
+    if (fields[separator + 1] == "cgroup2") mounts.push_back(DecodeOctalEscapes(fields[4]));
   }
-  return absl::NotFoundError("no cgroup2 filesystem in mountinfo");
+  return mounts;
+}
+
+absl::StatusOr<std::string> FindCgroup2Mount(absl::string_view mountinfo) {
+  std::vector<std::string> mounts = FindCgroup2Mounts(mountinfo);
+  if (mounts.empty()) return absl::NotFoundError("no cgroup2 filesystem in mountinfo");
+  return mounts.front();
 }
 
 absl::StatusOr<std::string> Cgroup2Mount() {
@@ -57,14 +65,31 @@ absl::StatusOr<std::string> Cgroup2Mount() {
   return FindCgroup2Mount(*text);
 }
 
-absl::StatusOr<std::string> OwnCgroupPath() {
+std::string Cgroup2MountHolding(const std::vector<std::string>& mounts, absl::string_view within) {
+  std::string best;
+  for (const std::string& m : mounts) {
+    bool holds = within == m ||
+                 (absl::StartsWith(within, m) && (m.back() == '/' || within[m.size()] == '/'));
+    if (holds && m.size() > best.size()) best = m;
+  }
+  return best;
+}
+
+absl::StatusOr<std::string> OwnCgroupPath(absl::string_view within) {
   auto text = ReadFile("/proc/self/cgroup");
   if (!text.ok()) return text.status();
+  auto mountinfo = ReadFile("/proc/self/mountinfo");
+  if (!mountinfo.ok()) return mountinfo.status();
+  std::string mount = Cgroup2MountHolding(FindCgroup2Mounts(*mountinfo), within);
+  if (mount.empty()) {
+    auto first = FindCgroup2Mount(*mountinfo);
+    if (!first.ok()) return first.status();
+    mount = *first;
+  }
+  if (mount.size() > 1 && mount.back() == '/') mount.pop_back();
   for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
     if (!absl::ConsumePrefix(&line, "0::")) continue;
-    auto mount = Cgroup2Mount();
-    if (!mount.ok()) return mount.status();
-    return absl::StrCat(*mount, line == "/" ? "" : line);
+    return absl::StrCat(mount, line == "/" ? "" : line);
   }
   return absl::NotFoundError("/proc/self/cgroup names no cgroup v2 (\"0::\" line)");
 }

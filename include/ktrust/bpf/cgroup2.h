@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -18,9 +19,16 @@ absl::StatusOr<std::string> FindCgroup2Mount(absl::string_view mountinfo);
 // FindCgroup2Mount over this process's /proc/self/mountinfo.
 absl::StatusOr<std::string> Cgroup2Mount();
 
-// The cgroup this process runs in, as a path under Cgroup2Mount() (from the
-// "0::" line of /proc/self/cgroup).
-absl::StatusOr<std::string> OwnCgroupPath();
+// Every cgroup2 mount point of a mountinfo text, in its order.
+std::vector<std::string> FindCgroup2Mounts(absl::string_view mountinfo);
+// Of `mounts`, the longest that holds the path `within`; empty if none.
+std::string Cgroup2MountHolding(const std::vector<std::string>& mounts, absl::string_view within);
+
+// The cgroup this process runs in (the "0::" line of /proc/self/cgroup), as
+// a path under the cgroup2 mount that holds `within` (e.g. the agent's
+// cgroup root), or under Cgroup2Mount() if none does. Not simply the first
+// mount: other mounts of the hierarchy may come and go (a test's, say).
+absl::StatusOr<std::string> OwnCgroupPath(absl::string_view within);
 
 // The id the kernel gives a cgroup v2 directory: what
 // bpf_get_current_cgroup_id() returns for its processes.
