@@ -442,7 +442,13 @@ void PodNetworks::Release(uint64_t inode, const Served& served, const Served* su
   if (successor) return;
   // Its mesh connections are refused from here on.
   if (served.netns_cookie) {
-    (void)maps.RemoveOutboundTarget(*served.netns_cookie, served.target, settings_.outbound_port);
+    if (auto st =
+            maps.RemoveOutboundTarget(*served.netns_cookie, served.target, settings_.outbound_port);
+        !st.ok()) {
+      // Its rules then point at an emptied slot: still refused.
+      LogEvent(spdlog::level::warn,
+               {{"event", "pod_target_left"}, {"netns_inode", inode}, {"reason", st.message()}});
+    }
   }
   if (auto st = SyncRules(inode, nullptr); !st.ok()) {
     LogEvent(spdlog::level::warn,
