@@ -9,7 +9,7 @@
 # Environment: CONNECT_LATENCY (default build/tools/bench/connect_latency),
 # CONNECT_LATENCY_ARGS (extra arguments, e.g. "--cpu 1 --rounds 40").
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 CONNECT_LATENCY="${CONNECT_LATENCY:-$build/tools/bench/connect_latency}"
 

@@ -23,7 +23,7 @@
 # (per batch, default 400, --quick 100), E2E_WARMUP (unrecorded connections per
 # batch, default 10), E2E_WARMUP_ROUNDS (default 1). Needs root.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 quick=0

@@ -10,7 +10,7 @@
 # --quick: 2 rounds of 20 samples; a later --rounds or --samples wins.
 # Environment: HANDSHAKE_FLOOD (default build/tools/bench/handshake_flood).
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 HANDSHAKE_FLOOD="${HANDSHAKE_FLOOD:-$build/tools/bench/handshake_flood}"
 

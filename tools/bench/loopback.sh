@@ -18,7 +18,7 @@
 # LOADGEN, BENCH_PORT_BASE (default 21700), BENCH_CONCURRENCY (default 8),
 # BENCH_RETRIES (default 3).
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 KTRUSTD_ARGS="${KTRUSTD_ARGS---log-level warn}"
 
@@ -73,7 +73,8 @@ declare -A target_pids=()  # target -> "pidA pidB" (the running pair)
 # In the VM --keep copies the work directory out, to the host.
 cleanup_hook() {
   ((keep && in_vm)) || return 0
-  cp -a "$work" "$KTRUST_VM_OUT/work" 2>/dev/null && log "copied $work out of the VM"
+  cp -a "$work" "$KTRUST_VM_OUT/work" 2>/dev/null && log "kept $work (copied out of the VM)"
+  keep=0 # copied: the guest removes it as before
 }
 new_work ktrust-bench
 

@@ -26,6 +26,8 @@ mode=""
 case ${1:-} in
   loopback | vm | connect | e2e | flood) mode=$1; shift ;;
   -h | --help | help) usage; exit 0 ;;
+  -* | "") ;;
+  *) echo "run.sh: unknown mode $1" >&2; usage >&2; exit 2 ;;
 esac
 args=()
 for a; do

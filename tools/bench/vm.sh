@@ -14,7 +14,7 @@
 # BENCH_PORT_BASE, BENCH_CONCURRENCY), and KTRUST_VM_CACHE (default
 # /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (default 900 s).
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 KTRUSTD_ARGS="${KTRUSTD_ARGS---log-level warn}"
 
@@ -24,8 +24,9 @@ out=""
 while (($#)); do
   case "$1" in
     --quick | --keep) guest_args+=("$1"); [[ $1 == --keep ]] && keep_guest=1 ;;
-    --runs | --targets) guest_args+=("$1" "$2"); shift ;;&
-    --runs) [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "$prog: --runs wants a positive number" >&2; exit 2; } ;;
+    --runs | --targets)
+      [[ $1 == --targets || ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "$prog: --runs wants a positive number" >&2; exit 2; }
+      guest_args+=("$1" "$2"); shift ;;
     --out) out=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "$prog: unknown argument $1" >&2; usage >&2; exit 2 ;;
