@@ -1,6 +1,6 @@
 // connect_latency: what ktrust's cgroup programs add to connect() for
-// workloads they do not intercept (tools/bench/README.md, "connect()
-// latency").
+// workloads they do not intercept (tools/bench/README.md,
+// "connect"; tools/bench/run.sh connect runs it).
 //
 // As root: mounts a private bpffs, creates a cgroup subtree
 // <cgroup2>/ktrust-bench-<pid>/{plain,enrolled}, and forks one worker into

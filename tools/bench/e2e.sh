@@ -2,10 +2,9 @@
 # End-to-end cost of interception for an enrolled workload: connect() + first
 # byte through both agents against plain TCP, on two simulated nodes (the
 # netns/veth/cgroup/bpffs set-up of tests/integration/two_nodes.sh). Run by
-# `tools/bench/run.sh --e2e`; see tools/bench/README.md, "Enrolled connect +
-# first byte".
+# `tools/bench/run.sh e2e`; see tools/bench/README.md, "e2e".
 #
-#   tools/bench/e2e.sh [--quick] [--out FILE] [--keep]
+#   tools/bench/run.sh e2e [--quick] [--out FILE] [--keep]
 #
 #   node a, cgroup client (enrolled)   -> ktrustd a -> mTLS -> ktrustd b -> server :E
 #   node a, cgroup plain (not enrolled) --------- plain TCP -------------> server :P
@@ -20,34 +19,26 @@
 # at all for the plain ones.
 #
 # Environment: KTRUSTD, KTRUST, LOADGEN (defaults in $KTRUST_BUILD_DIR, else
-# build/), E2E_ROUNDS (default 20, --quick 4), E2E_CONNECTS (per batch,
-# default 400, --quick 100), E2E_WARMUP (unrecorded connections per batch,
-# default 10), E2E_WARMUP_ROUNDS (default 1). Needs root.
+# build/; built if missing), E2E_ROUNDS (default 20, --quick 4), E2E_CONNECTS
+# (per batch, default 400, --quick 100), E2E_WARMUP (unrecorded connections per
+# batch, default 10), E2E_WARMUP_ROUNDS (default 1). Needs root.
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build="${KTRUST_BUILD_DIR:-$repo/build}"
-KTRUSTD="${KTRUSTD:-$build/userspace/ktrustd}"
-KTRUST="${KTRUST:-$build/userspace/cli/ktrust}"
-LOADGEN="${LOADGEN:-$build/tools/bench/loadgen}"
-PYTHON=/usr/bin/python3
+# shellcheck source=SCRIPTDIR/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 quick=0
-keep=0
 out=""
 while (($#)); do
   case "$1" in
     --quick) quick=1 ;;
     --out) out=$2; shift ;;
     --keep) keep=1 ;;
-    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
-    *) echo "e2e.sh: unknown argument $1" >&2; exit 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "$prog: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
-out=${out:-$PWD/ktrust-bench-e2e.json}
-[[ $out = /* ]] || out="$PWD/$out"
+out=$(result_path "$out" ktrust-bench-e2e.json)
 rounds=${E2E_ROUNDS:-$( ((quick)) && echo 4 || echo 20)}
 connects=${E2E_CONNECTS:-$( ((quick)) && echo 100 || echo 400)}
 warmup=${E2E_WARMUP:-10}
@@ -55,36 +46,21 @@ warmup_rounds=${E2E_WARMUP_ROUNDS:-1}
 enrolled_port=18080 # E: enforced on node b
 plain_port=18081    # P: not enforced
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'e2e.sh: error: %s\n' "$*" >&2; exit 1; }
-
 ((EUID == 0)) || die "needs root (network namespaces, cgroups, bpffs, BPF programs)"
 for n in rounds connects warmup warmup_rounds; do
   [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number (got ${!n})"
 done
 ((rounds > 0 && connects > 0)) || die "E2E_ROUNDS and E2E_CONNECTS must be positive"
-for b in "$KTRUSTD" "$KTRUST" "$LOADGEN"; do [[ -x $b ]] || die "no executable $b (build it first)"; done
+built KTRUSTD ktrustd
+built KTRUST ktrust
+built LOADGEN loadgen
 for t in ip jq ss; do command -v "$t" >/dev/null || die "$t is not installed"; done
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/ktrust-bench-e2e.XXXXXX")
 # shellcheck source=SCRIPTDIR/../../tests/integration/two_nodes.sh
 source "$repo/tests/integration/two_nodes.sh"
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  # bash reports the agents and servers it SIGKILLs as "Killed": expected here.
-  two_nodes_down 2>/dev/null
-  # Never recurse into a mount (cgroup2, bpffs) that failed to come off.
-  if ((keep)); then
-    log "kept $work"
-  elif ! findmnt -rn -o TARGET | grep -q "^$work/"; then
-    rm -rf "$work"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# bash reports the agents and servers it SIGKILLs as "Killed": expected here.
+cleanup_hook() { two_nodes_down 2>/dev/null; }
+new_work ktrust-bench-e2e
 
 # Polls CMD... until it succeeds, at most $1 seconds.
 await() {
@@ -100,8 +76,6 @@ agent_ready() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json | jq
 status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
 connections_total() { status_of "$1" | jq -r '.counts.connections_total'; }
 counted_at_least() { (($(connections_total "$1") >= $2)); }  # NODE N
-# utime + stime of a process in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 log "two simulated nodes in $work"
 two_nodes_up "$work" "$KTRUST"
@@ -185,9 +159,9 @@ for ((r = 0; r < total_rounds; r++)); do
   for t in "${order[@]}"; do
     f="$work/rounds/$r-$t.json"
     if [[ $t == enrolled ]]; then
-      t0=$(($(cpu_ticks "${agent_pid[a]}") + $(cpu_ticks "${agent_pid[b]}")))
+      t0=$(cpu_ticks "${agent_pid[a]}" "${agent_pid[b]}")
       batch "$t" "$f" "$connects" "$warmup"
-      t1=$(($(cpu_ticks "${agent_pid[a]}") + $(cpu_ticks "${agent_pid[b]}")))
+      t1=$(cpu_ticks "${agent_pid[a]}" "${agent_pid[b]}")
       enrolled_made=$((enrolled_made + connects + warmup))
       ((r < warmup_rounds)) || agent_ticks=$((agent_ticks + t1 - t0))
     else
@@ -215,7 +189,7 @@ failed_b=$(status_of b | jq -r '.counts.handshakes_failed')
   --param rounds="$rounds" --param connects="$connects" --param warmup="$warmup" \
   --param warmup_rounds="$warmup_rounds" --param data_path="$data_path" \
   --param load_before="$load_before" --param load_after="$load_after" --param started="$started" \
-  --param agent_cpu_ms_per_conn="$(awk -v t="$agent_ticks" -v hz="$(getconf CLK_TCK)" \
+  --param agent_cpu_ms_per_conn="$(awk -v t="$agent_ticks" -v hz="$clk_tck" \
     -v n=$((rounds * (connects + warmup))) 'BEGIN { printf "%.3f", t * 1000 / hz / n }')" \
   --param nproc="$(nproc)" --param kernel="$(uname -r)" \
   --param ktrustd_sha256="$(sha256sum "$KTRUSTD" | cut -c1-16)"

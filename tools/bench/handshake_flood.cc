@@ -1,6 +1,6 @@
 // handshake_flood: an allowed client's connect + first byte through two
 // engines, unloaded and with idle hostile connections held open against one
-// of them, in the same run (tools/bench/README.md, "Handshake flood").
+// of them, in the same run (tools/bench/README.md, "flood").
 //
 //   client -> [engine A: outbound] ==mTLS==> [engine B: inbound] -> backend
 //

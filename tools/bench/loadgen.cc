@@ -15,7 +15,7 @@
 //
 // firstbyte is sequential: N times socket(), connect(), send 1 byte, read the
 // echoed byte, close(); it times each connection from socket() to close()
-// and, inside that, the connect() call, and prints every sample (run.sh --e2e
+// and, inside that, the connect() call, and prints every sample (run.sh e2e
 // pools them across rounds).
 //
 // Every client mode prints one JSON object on stdout and exits 0, or prints

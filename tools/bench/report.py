@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Turns the raw runs of tools/bench/run.sh into medians, ratios, a table and a JSON file.
+"""Turns the raw runs of tools/bench/loopback.sh into medians, ratios, a table and a JSON file.
 
-Inputs (all written by run.sh): meta.json (machine, parameters, per-target
+Inputs (all written by loopback.sh): meta.json (machine, parameters, per-target
 status and ktrust data path), raw.jsonl (one line per loadgen run with the
 proxies' CPU around it), speed.txt (`openssl speed -mr` output) and the work
 directory (the proxy configurations, embedded in the JSON for reproducibility).
@@ -378,7 +378,7 @@ def main():
         sysc["steal_fraction"] = sysc["steal_s"] / capacity
         # In the VM nothing else runs: the unattributed CPU is this script's own helpers
         # (fork+exec is slow under TCG) and kernel threads; the host side checks the host.
-        # Measurements taken while others were busy are repeated (run.sh), so what counts is
+        # Measurements taken while others were busy are repeated (loopback.sh), so what counts is
         # the kept ones; the whole window's share is reported too.
         sysc["discarded_measurements"] = len(discarded)
         sysc["kept_max_foreign_fraction"] = max(

@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# What every benchmark mode shares (sourced by tools/bench/*.sh): the binaries
+# and their defaults, messages, building what is missing, the result path, the
+# work directory with its cleanup on any exit, the processes a mode starts
+# (only those are ever killed, by PID) and CPU accounting from /proc.
+#
+# Environment: KTRUST_BUILD_DIR (default build/ of this repository), KTRUSTD,
+# KTRUST (the CLI), LOADGEN: defaults in the build tree.
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) # tools/bench
+repo=$(cd "$here/../.." && pwd)
+build="${KTRUST_BUILD_DIR:-$repo/build}"
+KTRUSTD="${KTRUSTD:-$build/userspace/ktrustd}"
+KTRUST="${KTRUST:-$build/userspace/cli/ktrust}"
+LOADGEN="${LOADGEN:-$build/tools/bench/loadgen}"
+# shellcheck disable=SC2034 # used by the modes
+PYTHON=/usr/bin/python3
+prog=${BENCH_PROG:-$(basename "$0")}
+
+log() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+# usage: the comment block at the top of the running script.
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
+# result_path FILE DEFAULT: FILE (or DEFAULT) as an absolute path.
+result_path() {
+  local f=${1:-$2}
+  [[ $f = /* ]] && echo "$f" || echo "$PWD/$f"
+}
+
+# built VAR TARGET [FALLBACK]: makes sure the binary named by $VAR exists. One
+# of the build tree's own is built with ninja; one set elsewhere must exist.
+# With FALLBACK (loadgen only: it needs no project library), a build tree that
+# has no TARGET yet gets loadgen.cc compiled to FALLBACK, and VAR points there.
+built() {
+  local var=$1 target=$2 fallback=${3:-} path=${!1}
+  [[ -x $path ]] && return 0
+  [[ $path == "$build/"* ]] || die "$var=$path is not an executable"
+  if [[ -f $build/build.ninja ]] && ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$target:"; then
+    log "building $target"
+    ninja -C "$build" "$target" >/dev/null
+  elif [[ -n $fallback ]]; then
+    log "compiling $target into $fallback (the build tree has no $target target)"
+    mkdir -p "$(dirname "$fallback")"
+    c++ -std=c++20 -O2 -Wall -Wextra -pthread "$here/$target.cc" -o "$fallback"
+    printf -v "$var" '%s' "$fallback"
+  else
+    die "no $target at $path and no build tree to build it in ($build; set $var=/path/to/it)"
+  fi
+}
+
+# ---------------------------------------------------------------- work directory, cleanup
+keep=0 # --keep: leave the work directory
+work=""
+pids=()
+# new_work PREFIX: a fresh work directory, removed (with everything this shell
+# started) on any exit, Ctrl-C and SIGTERM included. A mode may define
+# cleanup_hook, run after the processes are stopped and before the removal.
+new_work() {
+  work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  ((${#pids[@]} == 0)) || stop "${pids[@]}"
+  if declare -F cleanup_hook >/dev/null; then cleanup_hook || true; fi
+  if [[ -n $work ]]; then
+    if ((keep)); then
+      log "kept $work"
+    elif ! findmnt -rn -o TARGET | grep -q "^$work/"; then # never recurse into a mount left behind
+      rm -rf "$work"
+    fi
+  fi
+  exit "$rc"
+}
+
+# start NAME CMD... : runs CMD in the background, output in $work/NAME.log;
+# its PID in last_pid.
+start() {
+  local name=$1
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  # shellcheck disable=SC2034 # read by the caller
+  last_pid=$!
+}
+
+# stop PID...: TERM, KILL after 2.5 s, reap, and forget them (so that cleanup
+# never signals a PID that the system may have handed out again).
+stop() {
+  local pid keep_pids=() p
+  for pid; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep_pids+=("$p"); done
+  pids=("${keep_pids[@]}")
+}
+
+# ---------------------------------------------------------------- CPU accounting
+clk_tck=$(getconf CLK_TCK)
+# cpu_ticks PID...: utime+stime of the processes (all threads), in clock ticks.
+cpu_ticks() {
+  local total=0 pid ticks
+  for pid in "$@"; do
+    # Fields after the ")" that ends comm: state is 1, utime 12, stime 13.
+    ticks=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || ticks=0
+    total=$((total + ${ticks:-0}))
+  done
+  echo "$total"
+}
+# cpu_seconds PID...: the same in seconds.
+cpu_seconds() { awk -v t="$(cpu_ticks "$@")" -v hz="$clk_tck" 'BEGIN { printf "%.3f", t / hz }'; }
+# sys_cpu: busy (user+nice+system+irq+softirq) and steal ticks of the whole machine.
+sys_cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+# children_cpu FILE: seconds of user+system CPU of the children in FILE, the
+# output of bash's `times` (line 2, "XmY.YYYs XmY.YYYs").
+children_cpu() {
+  sed -n 2p "$1" 2>/dev/null | awk '{
+    t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%.3f", t }'
+}
