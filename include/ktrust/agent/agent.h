@@ -25,12 +25,15 @@
 //   cgroup watcher   WatchCgroups: inotify and pod address changes; its
 //                    enrolment passes and Maintain's are serialized inside
 //                    CgroupEnrolment
-//   control server   its own thread: the const accessors below (config,
-//                    policy, workloads, pods, reload_state, ...), each
-//                    taking the lock of what it reads
+//   control server   and the metrics/probe endpoint, a thread each: the
+//                    const accessors below (config, policy, workloads, pods,
+//                    reload_state, ready, ...), each taking the lock of what
+//                    it reads
 //   engine loops     the route and inbound-identity callbacks: OutboundRouting,
 //                    which reads the routing table under its own lock
-// BpfLoader, PodNetworks and OutboundRouting lock inside themselves.
+// BpfLoader, OutboundRouting and WorkloadIdentities lock inside themselves;
+// PodNetworks changes only within an enrolment pass (CgroupEnrolment's
+// lock) and locks what its readers see.
 #pragma once
 
 #include <memory>
