@@ -125,7 +125,7 @@ UniqueFd ConnectInNetns(int netns_fd, const SocketAddress& addr, int* err = null
 struct PodListeners {
   UniqueFd netns;
   std::unique_ptr<TestBackend> backend;  // listens in the pod namespace only
-  NetnsListenersHandle inbound, outbound;
+  ListenerGroupHandle inbound, outbound;
   SocketAddress entry() const { return outbound.outbound_addresses.at(0); }
 };
 

@@ -56,7 +56,7 @@ control::StatusView Status(const Agent& agent) {
       {"ring_buffer", f.ring_buffer(), "interception events (Linux 5.8+)"},
       {"ktls", agent.engine().data_path() != "userspace", agent.engine().data_path_reason()},
   };
-  std::vector<BpfLoader::Attachment> attachments = agent.bpf_attachments();
+  std::vector<BpfLoader::Attachment> attachments = agent.bpf().attachments();
   s.bpf.attached = !attachments.empty();
   s.bpf.pin_dir = config->agent.bpf_pin_dir;
   for (const auto& a : attachments) {

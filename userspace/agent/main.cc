@@ -151,12 +151,13 @@ int RunTunnel(const TunnelFlags& f) {
 }
 
 int RunAgent(const std::string& config_path) {
-  // The log settings come from the file the agent is about to load.
-  auto config = LoadConfig(config_path);
-  if (!config.ok()) {
+  // Loaded once: the log settings come from it, and the agent starts from it.
+  auto loaded = LoadConfig(config_path);
+  if (!loaded.ok()) {
     SetUpLogging(spdlog::level::info);
-    return Fail(config.status());
+    return Fail(loaded.status());
   }
+  auto config = std::make_shared<const Config>(*std::move(loaded));
   SetUpLogging(spdlog::level::from_str(config->agent.log_level),
                ParseLogFormat(config->agent.log_format).value_or(LogFormat::kJson));
   sigset_t signals;
@@ -166,9 +167,9 @@ int RunAgent(const std::string& config_path) {
   signal(SIGPIPE, SIG_IGN);
 
   AgentStats stats;
-  auto agent =
-      Agent::Start(config_path, {[&stats](const ClosedConnection& c) { stats.ConnectionClosed(c); },
-                                 [&stats](const InterceptionEvent& e) { stats.Intercepted(e); }});
+  auto agent = Agent::Start(config, config_path,
+                            {[&stats](const ClosedConnection& c) { stats.ConnectionClosed(c); },
+                             [&stats](const InterceptionEvent& e) { stats.Intercepted(e); }});
   if (!agent.ok()) return Fail(agent.status());
   auto control = control::ControlServer::Start(
       {config->agent.control_socket, config->agent.control_group}, ControlHandlers(**agent, stats));

@@ -18,6 +18,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "ktrust/agent/agent_listeners.h"
+#include "ktrust/agent/kernel_mode.h"
 #include "ktrust/bpf/abi.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/unique_fd.h"
@@ -147,12 +149,9 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   // The program and the rules first: from here on the pod's enforced ports
   // refuse until their listeners are in place.
   std::string path = absl::StrCat("/proc/self/fd/", netns);
-  {
-    absl::MutexLock lock(&bpf_mu_);
-    if (auto st = bpf_.AttachPodNetns(path); !st.ok()) {
-      return problem(absl::StrCat("attaching sk_lookup (its enforced ports are NOT protected): ",
-                                  st.message()));
-    }
+  if (auto st = bpf_.AttachPodNetns(path); !st.ok()) {
+    return problem(
+        absl::StrCat("attaching sk_lookup (its enforced ports are NOT protected): ", st.message()));
   }
   std::vector<const PodWorkload*> serving;
   std::string no_slot;
@@ -166,10 +165,9 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
       no_slot = w.name;
     }
     serving.push_back(&w);
-    EnforcementMode mode = w.mode == WorkloadMode::kPermissive ? EnforcementMode::kPermissive
-                                                               : EnforcementMode::kEnforce;
-    served.serving.push_back({slot, slot == KTRUST_PARKED_SLOT ? EnforcementMode::kEnforce : mode,
-                              w.workload_index, w.ports});
+    served.serving.push_back(
+        {slot, slot == KTRUST_PARKED_SLOT ? EnforcementMode::kEnforce : KernelMode(w.mode),
+         w.workload_index, w.ports});
   }
   if (auto st = SyncRules(pod.inode, &served); !st.ok()) {
     // The rules written steer to the listeners opened below; the others
@@ -191,40 +189,33 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   // loopback addresses are the host's target), which sk_lookup hands to the
   // outbound listeners below alone: bound to ephemeral ports, so no process
   // in the pod can take their place, agent up or down.
-  NetnsListeners listeners;
-  listeners.netns_fd = netns;
-  for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
-    listeners.outbound.push_back({*SocketAddress::Parse(host), settings_.route});
-  }
+  std::vector<ServingListener> serving_listeners;
   for (const PodWorkload* w : serving) {
-    for (const char* host : {"127.0.0.1:0", "[::1]:0"}) {
-      listeners.inbound.push_back({*SocketAddress::Parse(host), w->name, w->identity, std::nullopt,
-                                   w->mode == WorkloadMode::kPermissive});
-    }
+    serving_listeners.push_back({w->name, w->identity, w->mode == WorkloadMode::kPermissive});
   }
+  NetnsListeners listeners = AgentListeners(settings_.route, serving_listeners);
+  listeners.netns_fd = netns;
   auto handle = engine_.AddNetnsListeners(std::move(listeners));
   if (!handle.ok()) {
     return problem(absl::StrCat("opening listeners in the pod: ", handle.status().message()));
   }
   served.listeners = handle->id;
+  auto fds = AgentListenerFdsOf(*handle);
+  if (!fds.ok()) return problem(std::string(fds.status().message()));
   InterceptionMaps& maps = bpf_.maps();
+  // served.slots has one slot per serving workload (none was parked: see above).
   for (size_t i = 0; i < served.slots.size(); ++i) {
-    for (size_t family = 0; family < 2; ++family) {
-      if (auto st = maps.SetInboundListener(served.slots[i], handle->inbound_fds[2 * i + family]);
-          !st.ok()) {
-        return problem(absl::StrCat("steering to the pod's listeners: ", st.message()));
-      }
+    if (auto st = SteerSlotTo(maps, served.slots[i], fds->inbound[i]); !st.ok()) {
+      return problem(absl::StrCat("steering to the pod's listeners: ", st.message()));
     }
   }
   std::optional<uint32_t> outbound_slot = AllocateSlot();
   if (!outbound_slot) return problem("no free listener slot for the pod's outbound listener");
   served.slots.push_back(*outbound_slot);
-  for (size_t family = 0; family < 2; ++family) {
-    if (auto st = maps.SetInboundListener(*outbound_slot, handle->outbound_fds[family]); !st.ok()) {
-      return problem(absl::StrCat("steering to the pod's outbound listener: ", st.message()));
-    }
+  if (auto st = SteerSlotTo(maps, *outbound_slot, fds->outbound); !st.ok()) {
+    return problem(absl::StrCat("steering to the pod's outbound listener: ", st.message()));
   }
-  auto cookie = NetnsCookieOf(handle->outbound_fds[0]);
+  auto cookie = NetnsCookieOf(fds->outbound.v4);
   if (!cookie.ok()) return problem(std::string(cookie.status().message()));
   served.outbound_slot = outbound_slot;
   served.netns_cookie = *cookie;
@@ -454,11 +445,7 @@ void PodNetworks::Release(uint64_t inode, const Served& served, const Served* su
     LogEvent(spdlog::level::warn,
              {{"event", "pod_rules_left"}, {"netns_inode", inode}, {"reason", st.message()}});
   }
-  absl::Status detached;
-  {
-    absl::MutexLock lock(&bpf_mu_);
-    detached = bpf_.ReleasePodNetns(inode);
-  }
+  absl::Status detached = bpf_.ReleasePodNetns(inode);
   LogEvent(detached.ok() ? spdlog::level::info : spdlog::level::warn,
            {{"event", "pod_netns_released"},
             {"netns_inode", inode},

@@ -196,6 +196,7 @@ int BpfLoader::events_fd() const { return bpf_map__fd(skeleton_->maps.ktrust_eve
 
 absl::Status BpfLoader::AttachOrAdopt(BpfProgram which, const std::string& pin_path,
                                       const LinkTarget& target, int target_fd) {
+  absl::MutexLock lock(&mu_);
   for (const Attachment& a : attachments_) {
     if (a.pin_path == pin_path) return absl::OkStatus();  // this run did it already
   }
@@ -317,6 +318,7 @@ absl::Status BpfLoader::ReleasePodNetns(uint64_t netns_inode) {
 }
 
 absl::Status BpfLoader::ReleaseLink(const std::string& pin) {
+  absl::MutexLock lock(&mu_);
   bool pinned = PathExists(pin);
   if (pinned) {
     if (auto st = DetachPinnedLink(pin); !st.ok()) return st;
@@ -353,7 +355,13 @@ absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name
   return AttachOrAdopt(program, pin, target, fd.get());
 }
 
+std::vector<BpfLoader::Attachment> BpfLoader::attachments() const {
+  absl::MutexLock lock(&mu_);
+  return attachments_;
+}
+
 absl::Status BpfLoader::Uninstall() {
+  absl::MutexLock lock(&mu_);
   links_.clear();
   attachments_.clear();
   return UninstallPinned(options_.pin_dir);

@@ -410,10 +410,8 @@ absl::Status Engine::Start() {
   }
   auto opened = Loop::Open(loops_, shared.own_listeners);
   if (!opened.ok()) return opened.status();
-  outbound_bound_ = std::move(opened->outbound_addresses);
-  inbound_bound_ = std::move(opened->inbound_addresses);
-  outbound_fds_ = std::move(opened->outbound_fds);
-  inbound_fds_ = std::move(opened->inbound_fds);
+  own_opened_ = {0, std::move(opened->outbound_addresses), std::move(opened->inbound_addresses),
+                 std::move(opened->outbound_fds), std::move(opened->inbound_fds)};
   for (size_t i = 0; i < loops_.size(); ++i) loops_[i]->Adopt(std::move(opened->per_loop[i]));
   for (auto& loop : loops_) loop->Start();
   running_ = true;
@@ -428,7 +426,7 @@ void Engine::Stop() {
   netns_listener_groups_.clear();
 }
 
-absl::StatusOr<NetnsListenersHandle> Engine::AddNetnsListeners(NetnsListeners listeners) {
+absl::StatusOr<ListenerGroupHandle> Engine::AddNetnsListeners(NetnsListeners listeners) {
   // Fail closed: without a namespace these would be listeners in the
   // engine's own, which the caller did not ask for.
   if (listeners.netns_fd < 0) {
@@ -456,9 +454,9 @@ absl::StatusOr<NetnsListenersHandle> Engine::AddNetnsListeners(NetnsListeners li
     return absl::Status(opened.status().code(), absl::StrCat("listeners in ", group->netns_name,
                                                              ": ", opened.status().message()));
   }
-  NetnsListenersHandle handle{group->id, std::move(opened->outbound_addresses),
-                              std::move(opened->inbound_addresses), std::move(opened->outbound_fds),
-                              std::move(opened->inbound_fds)};
+  ListenerGroupHandle handle{group->id, std::move(opened->outbound_addresses),
+                             std::move(opened->inbound_addresses), std::move(opened->outbound_fds),
+                             std::move(opened->inbound_fds)};
   netns_listener_groups_[group->id] = group->netns_name;
   for (size_t i = 0; i < loops_.size(); ++i) {
     Loop* loop = loops_[i].get();

@@ -3,11 +3,37 @@
 // with one outbound listener and one inbound listener per serving workload,
 // issues and renews workload SVIDs, and reloads its configuration.
 //
+// Agent coordinates; each part has one job:
+//   CgroupEnrolment   scans and watches the cgroup tree, decides
+//                     (PlanEnrolment) and enrols in the kernel
+//   OutboundRouting   routes redirected connections after the last pass
+//   PodNetworks       the listeners and rules of pods' namespaces
+//   WorkloadIdentities  SVIDs, the CA and the trust store
+//   BuildMeshTable, AgentListeners, config_reload.h: pure helpers
+//
 // Start order keeps every step fail closed: the listeners are bound before
 // the kernel is told where they are, and a cgroup is enrolled only after the
 // agent can serve it. When the agent stops, the pinned programs stay: its
 // enrolled workloads' mesh connections are refused (ECONNREFUSED) and SYNs
 // to enforced ports dropped until it is back.
+//
+// Threads (ktrustd, main.cc):
+//   main thread      Start, then Maintain every second and Reload on SIGHUP;
+//                    owns the reload bookkeeping (config_mtime_,
+//                    trust_inputs_, reload_; under mu_)
+//   event thread     PollEvents: the interception ring buffer (events_)
+//   cgroup watcher   WatchCgroups: inotify and pod address changes; its
+//                    enrolment passes and Maintain's are serialized inside
+//                    CgroupEnrolment
+//   control server   and the metrics/probe endpoint, a thread each: the
+//                    const accessors below (config, policy, workloads, pods,
+//                    reload_state, ready, ...), each taking the lock of what
+//                    it reads
+//   engine loops     the route and inbound-identity callbacks: OutboundRouting,
+//                    which reads the routing table under its own lock
+// BpfLoader, OutboundRouting and WorkloadIdentities lock inside themselves;
+// PodNetworks changes only within an enrolment pass (CgroupEnrolment's
+// lock) and locks what its readers see.
 #pragma once
 
 #include <memory>
@@ -19,26 +45,19 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ktrust/agent/cgroup_enrolment.h"
+#include "ktrust/agent/config_reload.h"
+#include "ktrust/agent/outbound_routing.h"
 #include "ktrust/agent/pod_networks.h"
 #include "ktrust/agent/workload_identities.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
-#include "ktrust/common/unique_fd.h"
 #include "ktrust/config/config.h"
 #include "ktrust/config/policy.h"
 #include "ktrust/config/registry.h"
 #include "ktrust/dataplane/engine.h"
 
 namespace ktrust {
-
-// What the agent found and enrolled, for status and `ktrust workloads`.
-struct EnrolledWorkload {
-  RegisteredWorkload registered;
-  std::string name;
-  WorkloadMode mode = WorkloadMode::kEnforce;
-  std::vector<uint16_t> ports;
-  uint64_t pod_netns = 0;  // the inode of its pod's network namespace; 0: the agent's
-};
 
 struct ReloadState {
   uint64_t generation = 1;  // configurations applied since start
@@ -56,7 +75,9 @@ struct AgentHooks {
 
 class Agent {
  public:
-  static absl::StatusOr<std::unique_ptr<Agent>> Start(const std::string& config_path,
+  // config: loaded from config_path by the caller; later reloads read it again.
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(std::shared_ptr<const Config> config,
+                                                      const std::string& config_path,
                                                       AgentHooks hooks = {});
   // Stops the engine and closes this process's handles; pinned programs stay.
   ~Agent();
@@ -79,8 +100,6 @@ class Agent {
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
-  // What the loader has attached; safe while enrolment attaches more.
-  std::vector<BpfLoader::Attachment> bpf_attachments() const;
   std::shared_ptr<const Config> config() const;
   std::shared_ptr<const PolicyAuthorizer> policy() const;
   std::vector<EnrolledWorkload> workloads() const;
@@ -94,40 +113,41 @@ class Agent {
   std::string not_ready_reason() const;
 
  private:
-  struct Routing;  // what the outbound route reads; swapped atomically
+  struct HostSteering;  // what StartHostSteering leaves for the later steps
   Agent() = default;
+  // The steps of Start, in order.
+  absl::Status FindOwnPlace(const AgentSettings& settings);
+  absl::StatusOr<std::shared_ptr<const TrustStore>> LoadIdentities(const Config& config);
+  absl::Status StartEngine(std::shared_ptr<const Config> config, EngineOptions options,
+                           std::shared_ptr<const TrustStore> trust);
+  absl::StatusOr<HostSteering> StartHostSteering(const Config& config);
+  absl::Status KeepOnlyWhatThisRunServes(const HostSteering& host);
+  absl::Status AttachPrograms();
+  absl::Status StartWatching(const AgentHooks& hooks);
+
+  // Writes the mesh table, then enrols.
   absl::Status Apply(std::shared_ptr<const Config> config);
-  absl::Status Enroll(const Config& config);
-  void WatchTree(const std::string& dir);
-  std::optional<PodNetns> PodNetnsOf(const RegisteredWorkload& r) const;
-  absl::StatusOr<OutboundRoute> Route(int app_fd) const;
 
   absl::Time started_;
   std::string config_path_;
-  std::string cgroup_root_;
+  AgentPlace place_;
+  std::string own_cgroup_path_;
   std::unique_ptr<BpfLoader> bpf_;
   std::unique_ptr<InterceptionEventReader> events_;
   std::unique_ptr<WorkloadIdentities> identities_;
+  std::unique_ptr<OutboundRouting> routing_;  // the engine's listeners call it
   std::unique_ptr<Engine> engine_;
-  UniqueFd cgroup_events_;  // inotify on every directory under cgroup_root_
-  absl::Mutex enroll_mu_;   // one enrolment pass at a time
-  std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
-  uint64_t own_netns_ = 0;             // inode of the agent's network namespace
-  uint64_t own_cgroup_ = 0;            // the agent's cgroup id, never enrolled
-  mutable absl::Mutex bpf_mu_;         // BpfLoader is not thread-safe: attach vs status
-  std::unique_ptr<PodNetworks> pods_;  // Reconcile: under enroll_mu_
-  // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
-  std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
+  std::unique_ptr<PodNetworks> pods_;
+  std::unique_ptr<CgroupEnrolment> enrolment_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const PolicyAuthorizer> policy_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const Routing> routing_ ABSL_GUARDED_BY(mu_);
   ReloadState reload_ ABSL_GUARDED_BY(mu_);
   absl::Time config_mtime_ ABSL_GUARDED_BY(mu_);
   // The trust bundle and CRL files the last reload read, with their times:
   // a changed one reloads as a changed configuration does.
-  std::vector<std::pair<std::string, absl::Time>> trust_inputs_ ABSL_GUARDED_BY(mu_);
+  FileTimes trust_inputs_ ABSL_GUARDED_BY(mu_);
 };
 
 // `ktrustd uninstall`: detaches and unpins everything under pin_dir.

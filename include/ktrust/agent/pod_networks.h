@@ -87,11 +87,9 @@ struct PodNetworkSettings {
 
 class PodNetworks {
  public:
-  // bpf_mu serializes the loader with the agent's other users of it.
-  PodNetworks(Engine& engine, BpfLoader& bpf, absl::Mutex& bpf_mu, PodNetworkSettings settings)
+  PodNetworks(Engine& engine, BpfLoader& bpf, PodNetworkSettings settings)
       : engine_(engine),
         bpf_(bpf),
-        bpf_mu_(bpf_mu),
         settings_(std::move(settings)),
         events_(epoll_create1(EPOLL_CLOEXEC)) {}
   // Releases nothing: the pods' rules and programs stay, so their enforced
@@ -163,7 +161,6 @@ class PodNetworks {
 
   Engine& engine_;
   BpfLoader& bpf_;
-  absl::Mutex& bpf_mu_;
   PodNetworkSettings settings_;
   std::set<uint32_t> used_slots_;
   mutable absl::Mutex mu_;  // served_, for readers on other threads

@@ -11,7 +11,10 @@
 // the pinned links (their programs are swapped for this run's in place, so a
 // hook is never attached twice). Uninstall removes everything under pin_dir.
 //
-// Not thread-safe: the agent loads and attaches from one thread at start.
+// Thread-safe after Create: attaching, releasing, pruning and reading
+// attachments() may happen on any thread (the agent's enrolment passes,
+// its pods, its status requests); one lock inside serializes them. maps()
+// has locks of its own where it needs them (InterceptionMaps).
 #pragma once
 
 #include <memory>
@@ -21,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "ktrust/bpf/interception_maps.h"
 #include "ktrust/bpf/kernel_features.h"
 #include "ktrust/bpf/libbpf_ptr.h"
@@ -115,7 +119,8 @@ class BpfLoader {
     std::string pin_path;
     bool adopted = false;  // found pinned by an earlier run
   };
-  const std::vector<Attachment>& attachments() const { return attachments_; }
+  // A copy: enrolment may attach more meanwhile.
+  std::vector<Attachment> attachments() const;
 
  private:
   struct SkeletonDeleter {
@@ -138,17 +143,18 @@ class BpfLoader {
   std::string CgroupPinPath(uint64_t cgroup_id, absl::string_view name) const;
   // Detaches through the pin (which also covers a link an earlier run
   // pinned and this one never adopted) and forgets it.
-  absl::Status ReleaseLink(const std::string& pin_path);
+  absl::Status ReleaseLink(const std::string& pin_path) ABSL_LOCKS_EXCLUDED(mu_);
   std::string NetnsPinPath(uint64_t netns_inode, absl::string_view name) const;
   absl::Status AttachOrAdopt(BpfProgram program, const std::string& pin_path,
-                             const LinkTarget& target, int target_fd);
+                             const LinkTarget& target, int target_fd) ABSL_LOCKS_EXCLUDED(mu_);
 
   BpfLoaderOptions options_;
   KernelFeatures features_;
   std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton_;
   InterceptionMaps maps_;
-  std::vector<BpfLinkPtr> links_;  // links_[i] is attachments_[i]'s
-  std::vector<Attachment> attachments_;
+  mutable absl::Mutex mu_;  // links_ and attachments_, and each attach or release as a whole
+  std::vector<BpfLinkPtr> links_ ABSL_GUARDED_BY(mu_);  // links_[i] is attachments_[i]'s
+  std::vector<Attachment> attachments_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ktrust

@@ -83,14 +83,18 @@ struct NetnsListeners {
   std::vector<InboundListener> inbound;
 };
 
-// What AddNetnsListeners opened.
-struct NetnsListenersHandle {
+// A group of listeners the engine opened: those of Create (id 0, in the
+// engine's own namespace, see Engine::own_listeners) or of one
+// AddNetnsListeners call.
+struct ListenerGroupHandle {
   uint64_t id = 0;  // for RemoveNetnsListeners
-  // As bound (port 0 resolved), in the order of NetnsListeners' vectors.
+  // As bound (port 0 resolved), in the order the listeners were given.
   std::vector<SocketAddress> outbound_addresses;
   std::vector<SocketAddress> inbound_addresses;
-  // Per listener: loop 0's socket, for sk_lookup's sockmap (as
-  // Engine::inbound_listen_fd). Valid until RemoveNetnsListeners(id).
+  // Per listener, in the same order: loop 0's socket, for sk_lookup's
+  // sockmap (the kernel spreads steered connections over the loops'
+  // SO_REUSEPORT group). Valid until RemoveNetnsListeners(id), or for
+  // group 0 while the engine runs.
   std::vector<int> outbound_fds;
   std::vector<int> inbound_fds;
 };
@@ -203,7 +207,7 @@ class Engine {
   // AddNetnsListeners and RemoveNetnsListeners may be called from any thread
   // except the engine's own loops (so not from on_closed or a route
   // callback), concurrently with traffic and with each other.
-  absl::StatusOr<NetnsListenersHandle> AddNetnsListeners(NetnsListeners listeners);
+  absl::StatusOr<ListenerGroupHandle> AddNetnsListeners(NetnsListeners listeners);
   // Stops accepting on the listeners of AddNetnsListeners' `id` (new
   // connections to them are refused) and resets the connections they
   // accepted; returns once every loop has done so. An unknown id is a no-op.
@@ -215,16 +219,15 @@ class Engine {
   // re-checked within a second and closed if it now denies them.
   void SetAuthorizer(std::shared_ptr<const Authorizer> authorizer);
 
-  // The listening socket of inbound listener i (after Start), for
-  // sk_lookup's sockmap. It is loop 0's socket; the kernel spreads steered
-  // connections over the loops' SO_REUSEPORT group.
-  int inbound_listen_fd(size_t i) const { return inbound_fds_[i]; }
-  // The same for outbound listener i: sk_lookup hands it the connections
-  // connect4/6 rewrote to its namespace's outbound target.
-  int outbound_listen_fd(size_t i) const { return outbound_fds_[i]; }
-
-  const std::vector<SocketAddress>& outbound_addresses() const { return outbound_bound_; }
-  const std::vector<SocketAddress>& inbound_addresses() const { return inbound_bound_; }
+  // The listeners of Create as Start opened them (group 0): their bound
+  // addresses and sockets, per listener in Create's order.
+  const ListenerGroupHandle& own_listeners() const { return own_opened_; }
+  const std::vector<SocketAddress>& outbound_addresses() const {
+    return own_opened_.outbound_addresses;
+  }
+  const std::vector<SocketAddress>& inbound_addresses() const {
+    return own_opened_.inbound_addresses;
+  }
   const ConnectionTable& connections() const { return *table_; }
   const EngineCounters& counters() const { return *counters_; }
   // "ktls-sw" or "userspace", and why.
@@ -252,10 +255,7 @@ class Engine {
   std::shared_ptr<ConnectionTable> table_;
   std::shared_ptr<EngineCounters> counters_;
   std::vector<std::unique_ptr<Loop>> loops_;
-  std::vector<SocketAddress> outbound_bound_;
-  std::vector<SocketAddress> inbound_bound_;
-  std::vector<int> outbound_fds_;
-  std::vector<int> inbound_fds_;
+  ListenerGroupHandle own_opened_;
   std::string data_path_;
   std::string data_path_reason_;
 };

@@ -1,0 +1,85 @@
+// Enrolment of cgroups: scans the cgroup tree for the registered
+// workloads, decides (PlanEnrolment, enrolment_plan.h), publishes the
+// routing table, then programs the kernel: sockops and the enrolment of
+// each cgroup, the not-enrolled classification of every other, the pods to
+// serve. Watches the tree (inotify) so a service started after the agent is
+// enrolled at once.
+//
+// Thread-safe: one pass at a time (Enroll from Maintain and a reload,
+// WatchCgroups from the cgroup watcher thread).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ktrust/agent/enrolment_plan.h"
+#include "ktrust/agent/outbound_routing.h"
+#include "ktrust/agent/pod_networks.h"
+#include "ktrust/agent/workload_identities.h"
+#include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/common/unique_fd.h"
+#include "ktrust/config/config.h"
+
+namespace ktrust {
+
+// Where the agent itself lives: never enrolled, never a pod.
+struct AgentPlace {
+  std::string cgroup_root;  // the watched root (agent.cgroup_root, or the cgroup2 mount)
+  uint64_t own_netns = 0;   // inode of the agent's network namespace
+  uint64_t own_cgroup = 0;  // the agent's cgroup id
+};
+
+class CgroupEnrolment {
+ public:
+  // current_config: the configuration the agent holds now, which the
+  // published routing table carries.
+  CgroupEnrolment(AgentPlace place, BpfLoader& bpf, WorkloadIdentities& identities,
+                  OutboundRouting& routing, PodNetworks& pods,
+                  std::function<std::shared_ptr<const Config>()> current_config)
+      : place_(std::move(place)),
+        bpf_(bpf),
+        identities_(identities),
+        routing_(routing),
+        pods_(pods),
+        current_config_(std::move(current_config)) {}
+
+  // One pass: scan, decide, route, then enrol. Every problem is logged once,
+  // when it appears (rescans repeat every second).
+  absl::Status Enroll(const Config& config);
+  // Opens the inotify watches on every directory under the root.
+  absl::Status StartWatching();
+  // Waits up to timeout for cgroups to appear or vanish (or a served pod's
+  // addresses to change) and acts on them at once.
+  void WatchCgroups(absl::Duration timeout);
+
+ private:
+  void WatchTree(const std::string& dir);
+  // The namespace of a cgroup's processes, when it is not the agent's own.
+  std::optional<PodNetns> PodNetnsOf(const RegisteredWorkload& r) const;
+  void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
+                      const std::vector<std::string>& problems)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
+                         const std::set<uint64_t>& every_cgroup)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+
+  const AgentPlace place_;
+  BpfLoader& bpf_;
+  WorkloadIdentities& identities_;
+  OutboundRouting& routing_;
+  PodNetworks& pods_;
+  std::function<std::shared_ptr<const Config>()> current_config_;
+  UniqueFd cgroup_events_;  // inotify on every directory under the root
+  absl::Mutex enroll_mu_;   // one enrolment pass at a time
+  std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
+  // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
+  std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
+};
+
+}  // namespace ktrust

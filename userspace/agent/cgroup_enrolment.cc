@@ -1,0 +1,192 @@
+#include "ktrust/agent/cgroup_enrolment.h"
+
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/agent/kernel_mode.h"
+#include "ktrust/common/files.h"
+#include "ktrust/common/log.h"
+
+namespace ktrust {
+
+std::optional<PodNetns> CgroupEnrolment::PodNetnsOf(const RegisteredWorkload& r) const {
+  auto procs = ReadFile(absl::StrCat(place_.cgroup_root, "/", r.cgroup_path, "/cgroup.procs"));
+  if (!procs.ok() || procs->empty()) return std::nullopt;  // no process yet: the next pass
+  std::string pid = procs->substr(0, procs->find('\n'));
+  std::string netns = absl::StrCat("/proc/", pid, "/ns/net");
+  struct stat st {};
+  if (stat(netns.c_str(), &st) != 0 || st.st_ino == place_.own_netns) return std::nullopt;
+  return PodNetns{st.st_ino, netns, {}};
+}
+
+absl::Status CgroupEnrolment::StartWatching() {
+  cgroup_events_ = UniqueFd(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!cgroup_events_.valid()) return absl::ErrnoToStatus(errno, "inotify_init1");
+  WatchTree(place_.cgroup_root);
+  return absl::OkStatus();
+}
+
+void CgroupEnrolment::WatchTree(const std::string& dir) {
+  // IN_MODIFY: cgroup.events changes when a cgroup gains its first process,
+  // which may live in a pod's namespace that needs serving.
+  constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_ONLYDIR | IN_DONT_FOLLOW;
+  if (inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask) < 0) return;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_directory(ec) && !it->is_symlink(ec)) WatchTree(it->path().string());
+  }
+}
+
+void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
+  // The pods' address changes wake this thread too: a new address of a
+  // served pod is enforced now, not at the next pass.
+  pollfd pfd[2] = {{cgroup_events_.get(), POLLIN, 0}, {pods_.events_fd(), POLLIN, 0}};
+  if (poll(pfd, 2, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  if (pfd[1].revents & POLLIN) {
+    absl::MutexLock serialize(&enroll_mu_);
+    pods_.RefreshAddresses();
+  }
+  if (!(pfd[0].revents & POLLIN)) return;
+  alignas(inotify_event) char buf[16384];
+  bool changed = false;
+  ssize_t n;
+  while ((n = read(cgroup_events_.get(), buf, sizeof(buf))) > 0) {
+    for (char* p = buf; p < buf + n;) {
+      auto* event = reinterpret_cast<inotify_event*>(p);
+      p += sizeof(inotify_event) + event->len;
+      changed |= (event->mask & (IN_ISDIR | IN_Q_OVERFLOW)) != 0 ||
+                 ((event->mask & IN_MODIFY) && event->len > 0 &&
+                  std::string_view(event->name) == "cgroup.events");
+    }
+  }
+  if (!changed) return;
+  // New cgroups get watches of their own (re-adding a watch is a no-op).
+  WatchTree(place_.cgroup_root);
+  if (auto st = Enroll(*current_config_()); !st.ok()) {
+    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
+  }
+}
+
+void CgroupEnrolment::ReportProblems(const Config& config,
+                                     const std::vector<RegisteredWorkload>& found,
+                                     const std::vector<std::string>& problems) {
+  // Rescans repeat every second: say each problem once, when it appears.
+  std::set<std::string> now(problems.begin(), problems.end());
+  if (reported_problems_.count("own cgroup")) now.insert("own cgroup");
+  for (const std::string& p : now) {
+    if (!reported_problems_.count(p)) {
+      LogEvent(spdlog::level::warn, {{"event", "cgroup_skipped"}, {"reason", p}});
+    }
+  }
+  // A cgroup with no ID is enrolled and refused, not skipped: said once too.
+  for (const RegisteredWorkload& r : found) {
+    if (r.id || r.cgroup_id == place_.own_cgroup) continue;
+    const WorkloadConfig& w = config.workloads[r.workload_index];
+    std::string key = absl::StrCat("no id: ", r.cgroup_path, ": ", r.id_problem);
+    if (!reported_problems_.count(key)) {
+      LogEvent(spdlog::level::err,
+               {{"event", "spiffe_id_render_failed"},
+                {"workload", w.name},
+                {"cgroup", r.cgroup_path},
+                {"reason",
+                 absl::StrCat(r.id_problem, w.mode == WorkloadMode::kOff
+                                                ? " (mode off: not intercepted)"
+                                                : "; enrolled, and its connections are refused")}});
+    }
+    now.insert(std::move(key));
+  }
+  reported_problems_ = std::move(now);
+}
+
+absl::Status CgroupEnrolment::Enroll(const Config& config) {
+  absl::MutexLock serialize(&enroll_mu_);
+  std::vector<std::string> problems;
+  std::set<uint64_t> every_cgroup;
+  auto found = ScanCgroups(config, place_.cgroup_root, &problems, &every_cgroup);
+  if (!found.ok()) return found.status();
+  ReportProblems(config, *found, problems);
+  std::shared_ptr<const RoutingTable> before = routing_.current();
+  EnrolmentPlan plan = PlanEnrolment(
+      config, current_config_(), *found, every_cgroup, place_.own_cgroup,
+      [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
+        auto identity = identities_.ProviderFor(id, workload);
+        if (!identity.ok()) {
+          LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
+                                        {"workload", workload},
+                                        {"id", id.ToString()},
+                                        {"reason", identity.status().message()}});
+        }
+        return identity;
+      },
+      [this](const RegisteredWorkload& r) { return PodNetnsOf(r); });
+  if (plan.own_cgroup_path && reported_problems_.insert("own cgroup").second) {
+    LogEvent(spdlog::level::err,
+             {{"event", "cgroup_skipped"},
+              {"cgroup", *plan.own_cgroup_path},
+              {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
+  }
+  return ApplyPlan(plan, *before, every_cgroup);
+}
+
+absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
+                                        const std::set<uint64_t>& every_cgroup) {
+  // Route first, then enrol: the kernel never redirects a connection the
+  // agent cannot route.
+  routing_.Publish(std::make_shared<const RoutingTable>(plan.routing));
+  InterceptionMaps& maps = bpf_.maps();
+  for (const CgroupToEnrol& e : plan.enrol) {
+    // sockops before the enrolment: a connection redirected without it could
+    // not be found by the agent (refused, but needlessly).
+    if (auto sockops = bpf_.AttachSockops(absl::StrCat(place_.cgroup_root, "/", e.cgroup_path));
+        !sockops.ok()) {
+      LogEvent(spdlog::level::err, {{"event", "sockops_attach_failed"},
+                                    {"cgroup", e.cgroup_path},
+                                    {"reason", sockops.message()}});
+    }
+    if (auto st = maps.EnrollCgroup(e.cgroup_id, KernelMode(e.mode), e.workload_index); !st.ok()) {
+      return st;
+    }
+    if (!before.by_cgroup.count(e.cgroup_id)) {
+      LogEvent(spdlog::level::info, {{"event", "workload_enrolled"},
+                                     {"workload", e.workload},
+                                     {"cgroup", e.cgroup_path},
+                                     {"id", e.id.empty() ? "(none: refused)" : e.id},
+                                     {"mode", WorkloadModeName(e.mode)}});
+    }
+  }
+  for (const auto& [cgroup_id, workload] : before.by_cgroup) {
+    if (plan.routing.by_cgroup.count(cgroup_id)) continue;
+    LogEvent(
+        spdlog::level::info,
+        {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
+  }
+  // Every other cgroup (the agent's own, `mode: off` workloads', the rest)
+  // is classified as left alone: under the watched root, a cgroup with no
+  // entry is one created since, refused for the mesh until the next pass. One
+  // that cannot be written stays refused; the others still go in. Entries
+  // an earlier pass wrote are not written again every second.
+  absl::Status classified;
+  std::set<uint64_t> not_enrolled;
+  for (uint64_t cgroup_id : plan.not_enrolled) {
+    if (!not_enrolled_written_.count(cgroup_id)) {
+      if (auto st = maps.MarkCgroupNotEnrolled(cgroup_id); !st.ok()) {
+        if (classified.ok()) classified = st;
+        continue;  // tried again next pass
+      }
+    }
+    not_enrolled.insert(cgroup_id);
+  }
+  not_enrolled_written_ = std::move(not_enrolled);
+  // Gone cgroups, and what an earlier run enrolled that this one does not.
+  std::set<uint64_t> keep = every_cgroup;
+  for (const auto& [cgroup_id, workload] : plan.routing.by_cgroup) keep.insert(cgroup_id);
+  if (auto st = maps.KeepOnlyEnrolledCgroups(keep).status(); !st.ok()) return st;
+  pods_.Reconcile(plan.pods);
+  return classified;
+}
+
+}  // namespace ktrust

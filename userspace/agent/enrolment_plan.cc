@@ -1,0 +1,67 @@
+#include "ktrust/agent/enrolment_plan.h"
+
+#include <map>
+
+namespace ktrust {
+
+EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,
+                            const std::vector<RegisteredWorkload>& found,
+                            const std::set<uint64_t>& every_cgroup, uint64_t own_cgroup,
+                            const IdentityLookup& identity_of, const PodNetnsLookup& pod_netns) {
+  EnrolmentPlan plan;
+  plan.routing.config = std::move(routing_config);
+  std::map<uint64_t, PodNetns> pods;
+  std::map<uint64_t, CgroupToEnrol> enrol;
+  std::set<std::string> serving_with_id;
+  for (const RegisteredWorkload& r : found) {
+    const WorkloadConfig& w = config.workloads[r.workload_index];
+    if (r.cgroup_id == own_cgroup) {
+      // Enrolling itself would send the agent's own connections back to it
+      // (the SO_MARK check in the programs is the second line of defence).
+      plan.own_cgroup_path = r.cgroup_path;
+      continue;
+    }
+    EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
+    std::optional<PodNetns> pod = pod_netns(r);
+    if (pod) enrolled.pod_netns = pod->inode;
+    plan.routing.enrolled.push_back(enrolled);
+    if (w.mode == WorkloadMode::kOff) continue;
+    // No ID is treated as an SVID that cannot be issued.
+    absl::StatusOr<SvidProvider> identity = absl::FailedPreconditionError(r.id_problem);
+    if (r.id) identity = identity_of(*r.id, w.name);
+    if (!identity.ok()) {
+      // Still enrolled, so its connections keep coming to the agent, which
+      // refuses them (no SVID to present) instead of letting them out in
+      // plaintext. The next rescan tries to issue again.
+      identity = SvidProvider([] { return std::shared_ptr<const Svid>(); });
+    }
+    plan.routing.by_cgroup[r.cgroup_id] = {w.name, *identity};
+    enrol[r.cgroup_id] = {r.cgroup_id,
+                          r.cgroup_path,
+                          w.name,
+                          w.mode,
+                          static_cast<uint32_t>(r.workload_index),
+                          r.id ? r.id->ToString() : ""};
+    if (pod) {
+      auto& in_pod = pods[pod->inode];
+      if (in_pod.path.empty()) in_pod = *pod;
+      in_pod.workloads.push_back({w.name, r.id ? r.id->ToString() : "",
+                                  static_cast<uint32_t>(r.workload_index), w.mode, w.ports,
+                                  *identity});
+    }
+    // The first cgroup with an ID serves the workload's inbound ports; one
+    // without (refusing) only while no other has one.
+    if (!w.ports.empty() && !serving_with_id.count(w.name)) {
+      plan.routing.serving[w.name] = *identity;
+      if (r.id) serving_with_id.insert(w.name);
+    }
+  }
+  for (auto& [cgroup_id, cgroup] : enrol) plan.enrol.push_back(std::move(cgroup));
+  for (auto& [inode, pod] : pods) plan.pods.push_back(std::move(pod));
+  for (uint64_t cgroup_id : every_cgroup) {
+    if (!plan.routing.by_cgroup.count(cgroup_id)) plan.not_enrolled.insert(cgroup_id);
+  }
+  return plan;
+}
+
+}  // namespace ktrust
