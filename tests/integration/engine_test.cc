@@ -340,23 +340,23 @@ TEST_F(EngineTest, EchoAndTheConnectionTableShowBothIdentities) {
   auto out = client_->connections().Snapshot();
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].direction, Direction::kOutbound);
-  EXPECT_EQ(out[0].local_id, kClientId);
-  EXPECT_EQ(out[0].peer_id, kServerId);
-  EXPECT_EQ(out[0].tls_version, "TLSv1.3");
-  EXPECT_EQ(out[0].cipher, "TLS_AES_128_GCM_SHA256");
-  EXPECT_EQ(out[0].data_path, ExpectedDataPath());
+  EXPECT_EQ(out[0].info.local_id, kClientId);
+  EXPECT_EQ(out[0].info.peer_id, kServerId);
+  EXPECT_EQ(out[0].info.tls_version, "TLSv1.3");
+  EXPECT_EQ(out[0].info.cipher, "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(out[0].info.data_path, ExpectedDataPath());
   EXPECT_EQ(out[0].state, ConnectionState::kEstablished);
   EXPECT_EQ(out[0].bytes_to_wire, 5u);
   EXPECT_EQ(out[0].bytes_from_wire, 5u);
-  EXPECT_EQ(out[0].wire_peer, wire_.ToString());
+  EXPECT_EQ(out[0].info.wire_peer, wire_.ToString());
 
   auto in = server_->connections().Snapshot();
   ASSERT_EQ(in.size(), 1u);
   EXPECT_EQ(in[0].direction, Direction::kInbound);
-  EXPECT_EQ(in[0].local_id, kServerId);
-  EXPECT_EQ(in[0].peer_id, kClientId);
-  EXPECT_EQ(in[0].app_address, backend.address().ToString());
-  EXPECT_EQ(in[0].data_path, ExpectedDataPath());
+  EXPECT_EQ(in[0].info.local_id, kServerId);
+  EXPECT_EQ(in[0].info.peer_id, kClientId);
+  EXPECT_EQ(in[0].info.app_address, backend.address().ToString());
+  EXPECT_EQ(in[0].info.data_path, ExpectedDataPath());
   fd.Reset();
   EXPECT_TRUE(Drained());
   if (getenv("KTRUST_VM")) {
@@ -817,15 +817,15 @@ TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
     return closed->list.size() == 1;
   }));
   std::lock_guard<std::mutex> lock(closed->mu);
-  auto evicted =
-      std::find_if(closed->list.begin(), closed->list.end(),
-                   [](const ClosedConnection& c) { return c.result == "evicted_handshake"; });
+  auto evicted = std::find_if(
+      closed->list.begin(), closed->list.end(),
+      [](const ClosedConnection& c) { return c.result.reason == CloseReason::kEvictedHandshake; });
   ASSERT_NE(evicted, closed->list.end());
   EXPECT_EQ(evicted->bytes_to_wire + evicted->bytes_from_wire, 0u);
   EXPECT_THAT(evicted->reason,
               ::testing::HasSubstr("the inbound handshake budget (limit 8) was full"));
   EXPECT_THAT(evicted->reason, ::testing::HasSubstr("sent nothing"));
-  EXPECT_EQ(evicted->wire_peer.rfind("127.0.0.2:", 0), 0u) << evicted->wire_peer;
+  EXPECT_EQ(evicted->info.wire_peer.rfind("127.0.0.2:", 0), 0u) << evicted->info.wire_peer;
   // One log line, with the reason.
   std::vector<nlohmann::json> failed = log_->Events("connection_failed");
   ASSERT_EQ(failed.size(), 1u);
@@ -889,10 +889,10 @@ TEST_F(EngineTest, SilentClientIsDroppedAtTheFirstByteTimeout) {
     return closed.size() == 2;
   }));
   std::vector<std::string> results;
-  for (const auto& c : closed) results.push_back(c.result);
+  for (const auto& c : closed) results.push_back(std::string(c.result.code()));
   EXPECT_THAT(results, ::testing::UnorderedElementsAre("first_byte_timeout", "handshake_timeout"));
   for (const auto& c : closed) {
-    if (c.result == "first_byte_timeout") {
+    if (c.result.reason == CloseReason::kFirstByteTimeout) {
       EXPECT_EQ(c.reason, "the client sent nothing within 1s of connecting");
     }
   }
@@ -926,12 +926,12 @@ TEST_F(EngineTest, PermissiveListenerCarriesAPlaintextClientAndLogsIt) {
 
   auto in = server_->connections().Snapshot();
   ASSERT_EQ(in.size(), 1u);
-  EXPECT_EQ(in[0].data_path, "plaintext");
+  EXPECT_EQ(in[0].info.data_path, "plaintext");
   EXPECT_EQ(in[0].state, ConnectionState::kEstablished);
-  EXPECT_EQ(in[0].peer_id, "");
-  EXPECT_EQ(in[0].cipher, "");
-  EXPECT_EQ(in[0].wire_peer, client_address->ToString());
-  EXPECT_EQ(in[0].app_address, backend.address().ToString());
+  EXPECT_EQ(in[0].info.peer_id, "");
+  EXPECT_EQ(in[0].info.cipher, "");
+  EXPECT_EQ(in[0].info.wire_peer, client_address->ToString());
+  EXPECT_EQ(in[0].info.app_address, backend.address().ToString());
 
   // The client's FIN reaches the application, whose close comes back.
   ASSERT_EQ(shutdown(fd.get(), SHUT_WR), 0);
@@ -1000,8 +1000,8 @@ TEST_F(EngineTest, PermissiveListenerStillVerifiesAndAuthorizesTlsClients) {
   EXPECT_EQ(reply, "hello");
   auto in = server_->connections().Snapshot();
   ASSERT_EQ(in.size(), 1u);
-  EXPECT_EQ(in[0].peer_id, kClientId);
-  EXPECT_EQ(in[0].data_path, ExpectedDataPath());
+  EXPECT_EQ(in[0].info.peer_id, kClientId);
+  EXPECT_EQ(in[0].info.data_path, ExpectedDataPath());
   EXPECT_EQ(server_->counters().authorizations.load(), 1u);
   EXPECT_EQ(server_->counters().plaintext_accepted.load(), 0u);
 }
@@ -1062,15 +1062,15 @@ TEST_F(EngineTest, NetnsListenersCarryMutualTlsInsideThePodNamespace) {
   auto out = client_->connections().Snapshot();
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].workload, "pod-client");
-  EXPECT_EQ(out[0].local_id, kClientId);
-  EXPECT_EQ(out[0].peer_id, kServerId);
-  EXPECT_EQ(out[0].wire_peer, pod.inbound.inbound_addresses.at(0).ToString());
+  EXPECT_EQ(out[0].info.local_id, kClientId);
+  EXPECT_EQ(out[0].info.peer_id, kServerId);
+  EXPECT_EQ(out[0].info.wire_peer, pod.inbound.inbound_addresses.at(0).ToString());
   auto in = server_->connections().Snapshot();
   ASSERT_EQ(in.size(), 1u);
   EXPECT_EQ(in[0].workload, "pod-backend");
-  EXPECT_EQ(in[0].local_id, kServerId);
-  EXPECT_EQ(in[0].peer_id, kClientId);
-  EXPECT_EQ(in[0].app_address, pod.backend->address().ToString());
+  EXPECT_EQ(in[0].info.local_id, kServerId);
+  EXPECT_EQ(in[0].info.peer_id, kClientId);
+  EXPECT_EQ(in[0].info.app_address, pod.backend->address().ToString());
   EXPECT_EQ(in[0].state, ConnectionState::kEstablished);
   fd.Reset();
   EXPECT_TRUE(Drained());

@@ -1,7 +1,5 @@
 #include "ktrust/agent/agent_control.h"
 
-#include <set>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ktrust/common/log.h"
@@ -12,24 +10,6 @@
 
 namespace ktrust {
 namespace {
-
-// Results that end a connection for reasons of identity or policy, as
-// opposed to I/O: what `ktrust denials` lists.
-bool IsIoResult(const std::string& result) {
-  static const std::set<std::string> io = {"ok",
-                                           "plaintext_client",  // permissive let it through
-                                           "io_error",
-                                           "stream_error",
-                                           "idle_timeout",
-                                           "record_limit",
-                                           "pump_setup",
-                                           "ktls_install",
-                                           "tls_setup",
-                                           "connect_timeout",
-                                           "app_unreachable",
-                                           "connect_failed"};
-  return io.count(result) > 0;
-}
 
 int64_t UnixSeconds(absl::Time t) { return t == absl::InfinitePast() ? 0 : absl::ToUnixSeconds(t); }
 
@@ -85,19 +65,19 @@ control::ConnectionListView Connections(const Agent& agent,
   control::ConnectionListView out;
   absl::Time now = absl::Now();
   for (const ConnectionSnapshot& c : agent.engine().connections().Snapshot()) {
-    if (!control::Matches(filter, c.workload, c.peer_id)) continue;
+    if (!control::Matches(filter, c.workload, c.info.peer_id)) continue;
     control::ConnectionView v;
     v.id = c.id;
     v.direction = std::string(DirectionName(c.direction));
     v.workload = c.workload;
-    v.local_id = c.local_id;
-    v.peer_id = c.peer_id;
-    v.app_address = c.app_address;
-    v.wire_local = c.wire_local;
-    v.wire_peer = c.wire_peer;
-    v.tls_version = c.tls_version;
-    v.cipher = c.cipher;
-    v.data_path = c.data_path;
+    v.local_id = c.info.local_id;
+    v.peer_id = c.info.peer_id;
+    v.app_address = c.info.app_address;
+    v.wire_local = c.info.wire_local;
+    v.wire_peer = c.info.wire_peer;
+    v.tls_version = c.info.tls_version;
+    v.cipher = c.info.cipher;
+    v.data_path = c.info.data_path;
     v.state = std::string(StateName(c.state));
     v.bytes_to_wire = c.bytes_to_wire;
     v.bytes_from_wire = c.bytes_from_wire;
@@ -166,21 +146,23 @@ absl::StatusOr<control::PolicyCheckView> PolicyCheck(const Agent& agent,
 }  // namespace
 
 std::optional<control::DenialView> DenialOf(const ClosedConnection& closed) {
-  if (IsIoResult(closed.result)) return std::nullopt;
+  // Identity, policy and unfinished handshakes; not I/O failures.
+  if (!closed.result.refusal()) return std::nullopt;
   control::DenialView d;
   d.direction = std::string(DirectionName(closed.direction));
   d.workload = closed.workload;
-  d.peer_id = closed.peer_id;
-  d.result = closed.result;
+  const ConnectionInfo& info = closed.info;
+  d.peer_id = info.peer_id;
+  d.result = std::string(closed.result.code());
   d.reason = closed.reason;
   if (closed.direction == Direction::kInbound) {
-    d.peer_address = closed.wire_peer;
-    d.local_address = closed.wire_local;
-    d.port = PortOf(closed.wire_local);
+    d.peer_address = info.wire_peer;
+    d.local_address = info.wire_local;
+    d.port = PortOf(info.wire_local);
   } else {
-    d.peer_address = closed.wire_peer;
-    d.local_address = closed.app_address;
-    d.port = PortOf(closed.wire_peer);
+    d.peer_address = info.wire_peer;
+    d.local_address = info.app_address;
+    d.port = PortOf(info.wire_peer);
   }
   return d;
 }
@@ -189,7 +171,8 @@ void AgentStats::ConnectionClosed(const ClosedConnection& closed) {
   if (auto denial = DenialOf(closed)) denials_.Add(*std::move(denial));
   absl::MutexLock lock(&mu_);
   ++totals_.closed[{std::string(DirectionName(closed.direction)),
-                    closed.data_path.empty() ? "none" : closed.data_path, closed.result}];
+                    closed.info.data_path.empty() ? "none" : closed.info.data_path,
+                    std::string(closed.result.code())}];
   totals_.bytes_to_wire += closed.bytes_to_wire;
   totals_.bytes_from_wire += closed.bytes_from_wire;
 }
@@ -283,7 +266,8 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
   std::map<std::pair<std::string, std::string>, int> active;
   uint64_t live_to = 0, live_from = 0;
   for (const ConnectionSnapshot& s : agent.engine().connections().Snapshot()) {
-    ++active[{std::string(DirectionName(s.direction)), s.data_path.empty() ? "none" : s.data_path}];
+    ++active[{std::string(DirectionName(s.direction)),
+              s.info.data_path.empty() ? "none" : s.info.data_path}];
     live_to += s.bytes_to_wire;
     live_from += s.bytes_from_wire;
   }

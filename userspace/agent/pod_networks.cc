@@ -6,15 +6,12 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <functional>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -22,23 +19,16 @@
 #include "ktrust/agent/kernel_mode.h"
 #include "ktrust/bpf/abi.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/netns.h"
 #include "ktrust/common/unique_fd.h"
 
 namespace ktrust {
 namespace {
 
-// Runs fn on a thread of its own that joins the namespace: setns changes
-// only the calling thread, and this one ends with fn.
-absl::Status RunInNetns(int netns_fd, const std::function<absl::Status()>& fn) {
-  absl::Status result;
-  std::thread([&] {
-    if (setns(netns_fd, CLONE_NEWNET) != 0) {
-      result = absl::ErrnoToStatus(errno, "setns into the pod's network namespace");
-      return;
-    }
-    result = fn();
-  }).join();
-  return result;
+// Runs fn with this thread in the pod's namespace, then back in the agent's.
+absl::Status RunInNetns(int netns_fd, absl::FunctionRef<absl::Status()> fn) {
+  return ktrust::RunInNetns(netns_fd, -1, "the pod's network namespace",
+                            "the agent's network namespace", fn);
 }
 
 // The pod's enforced addresses: what peers dial, so what sk_lookup must match.

@@ -2,12 +2,10 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sched.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +13,7 @@
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
 #include "ktrust/tls/ktls.h"
+#include "sockets.h"
 #include "stream_ends.h"
 
 namespace ktrust {
@@ -23,14 +22,6 @@ namespace {
 void SetNoDelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-// close() after this sends RST instead of FIN: the other side must not take
-// an aborted stream for a complete one.
-void ArmReset(int fd) {
-  if (fd < 0) return;
-  linger lg{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
 int SocketError(int fd) {
@@ -73,33 +64,6 @@ absl::StatusOr<UniqueFd> StartConnect(SocketNetns netns, const SocketAddress& to
 
 }  // namespace
 
-absl::StatusOr<UniqueFd> SocketIn(SocketNetns netns, int family) {
-  constexpr int kType = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
-  if (netns.fd < 0) {
-    UniqueFd fd(socket(family, kType, 0));
-    if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-    return fd;
-  }
-  // setns(CLONE_NEWNET) moves only the calling thread, and a socket stays
-  // in the namespace it was made in.
-  if (setns(netns.fd, CLONE_NEWNET) != 0) {
-    return absl::ErrnoToStatus(errno, "enter the listener's network namespace");
-  }
-  UniqueFd fd(socket(family, kType, 0));
-  int socket_errno = errno;
-  if (setns(netns.home, CLONE_NEWNET) != 0) {
-    LogEvent(spdlog::level::critical,
-             {{"event", "netns_return_failed"},
-              {"reason",
-               absl::StrCat("cannot return to the engine's network namespace (", ErrnoText(errno),
-                            "); aborting rather than making sockets in the wrong one")}});
-    spdlog::default_logger()->flush();
-    std::abort();
-  }
-  if (!fd.valid()) return absl::ErrnoToStatus(socket_errno, "socket");
-  return fd;
-}
-
 Connection::Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> listeners,
                        Direction direction, std::string workload)
     : ctx_(ctx),
@@ -133,10 +97,10 @@ void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerG
   SetNoDelay(c->app_.get());
   {
     absl::MutexLock lock(&c->record_->mu);
-    c->record_->app_address = AddressOf(SocketAddress::PeerOf(c->app_.get()));
+    c->record_->info.app_address = AddressOf(SocketAddress::PeerOf(c->app_.get()));
   }
   if (!route.ok()) {
-    c->Abort("no_destination", std::string(route.status().message()));
+    c->Abort(CloseReason::kNoDestination, std::string(route.status().message()));
     return;
   }
   c->route_ = *std::move(route);
@@ -145,13 +109,13 @@ void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerG
   auto wire = StartConnect(c->listeners_->netns, c->route_.destination,
                            ctx.shared.options.socket_mark, std::nullopt);
   if (!wire.ok()) {
-    c->Abort("connect_failed", std::string(wire.status().message()));
+    c->Abort(CloseReason::kConnectFailed, std::string(wire.status().message()));
     return;
   }
   c->wire_ = *std::move(wire);
   {
     absl::MutexLock lock(&c->record_->mu);
-    c->record_->wire_peer = c->route_.destination.ToString();
+    c->record_->info.wire_peer = c->route_.destination.ToString();
   }
   c->state_ = ConnectionState::kConnecting;
   c->deadline_ = ctx.loop.now() + ctx.shared.options.connect_timeout;
@@ -168,8 +132,8 @@ void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGr
   SetNoDelay(c->wire_.get());
   {
     absl::MutexLock lock(&c->record_->mu);
-    c->record_->wire_local = AddressOf(SocketAddress::LocalOf(c->wire_.get()));
-    c->record_->wire_peer = AddressOf(SocketAddress::PeerOf(c->wire_.get()));
+    c->record_->info.wire_local = AddressOf(SocketAddress::LocalOf(c->wire_.get()));
+    c->record_->info.wire_peer = AddressOf(SocketAddress::PeerOf(c->wire_.get()));
   }
   if (listener.permissive) {
     c->StartSniffing();
@@ -211,7 +175,7 @@ void Connection::Sniff(bool timed_out) {
     n = recv(wire_.get(), head, sizeof(head), MSG_PEEK | MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && errno != EAGAIN) {
-    Abort("io_error", absl::StrCat("read from the client: ", ErrnoText(errno)));
+    Abort(CloseReason::kIoError, absl::StrCat("read from the client: ", ErrnoText(errno)));
     return;
   }
   // A TLS record starts with its type, 22 (handshake), and the major
@@ -262,11 +226,11 @@ void Connection::AcceptPlaintext(std::string why) {
   plaintext_ = true;
   ctx_.shared.counters->plaintext_accepted.fetch_add(1);
   // The access log's result unless the connection fails later on.
-  result_ = "plaintext_client";
+  result_ = CloseReason::kPlaintextClient;
   result_detail_ = std::move(why);
   {
     absl::MutexLock lock(&record_->mu);
-    record_->data_path = "plaintext";
+    record_->info.data_path = "plaintext";
   }
   LogEvent(spdlog::level::debug, {{"event", "plaintext_client"},
                                   {"id", record_->id},
@@ -294,7 +258,7 @@ void Connection::OnPoll(Slot slot, int result) {
     return;
   }
   if (result < 0 && result != -ECANCELED) {
-    Abort("io_error", absl::StrCat("poll: ", ErrnoText(-result)));
+    Abort(CloseReason::kIoError, absl::StrCat("poll: ", ErrnoText(-result)));
     return;
   }
   Advance();
@@ -307,14 +271,14 @@ void Connection::Advance() {
         std::string to;
         {
           absl::MutexLock lock(&record_->mu);
-          to = record_->wire_peer;
+          to = record_->info.wire_peer;
         }
-        Abort("connect_failed", absl::StrCat("connect to ", to, ": ", ErrnoText(err)));
+        Abort(CloseReason::kConnectFailed, absl::StrCat("connect to ", to, ": ", ErrnoText(err)));
         return;
       }
       {
         absl::MutexLock lock(&record_->mu);
-        record_->wire_local = AddressOf(SocketAddress::LocalOf(wire_.get()));
+        record_->info.wire_local = AddressOf(SocketAddress::LocalOf(wire_.get()));
       }
       StartHandshake(route_.identity, route_.expected_server);
       return;
@@ -334,9 +298,9 @@ void Connection::Advance() {
         std::string to;
         {
           absl::MutexLock lock(&record_->mu);
-          to = record_->app_address;
+          to = record_->info.app_address;
         }
-        Abort("app_unreachable",
+        Abort(CloseReason::kAppUnreachable,
               absl::StrCat("connect to the application at ", to, ": ", ErrnoText(err)));
         return;
       }
@@ -359,7 +323,7 @@ void Connection::StartHandshake(const SvidProvider& identity,
   std::shared_ptr<const Svid> svid = identity();
   if (!svid) {
     ctx_.shared.counters->errors.fetch_add(1);
-    Abort("no_identity", "no SVID is available for this workload");
+    Abort(CloseReason::kNoIdentity, "no SVID is available for this workload");
     return;
   }
   const TlsContext& tls =
@@ -367,13 +331,13 @@ void Connection::StartHandshake(const SvidProvider& identity,
   auto session = tls.NewSession(std::move(svid), std::move(expected));
   if (!session.ok()) {
     ctx_.shared.counters->errors.fetch_add(1);
-    Abort("tls_setup", std::string(session.status().message()));
+    Abort(CloseReason::kTlsSetup, std::string(session.status().message()));
     return;
   }
   tls_ = *std::move(session);
   if (auto st = tls_->SetFd(wire_.get()); !st.ok()) {
     ctx_.shared.counters->errors.fetch_add(1);
-    Abort("tls_setup", std::string(st.message()));
+    Abort(CloseReason::kTlsSetup, std::string(st.message()));
     return;
   }
   DriveHandshake();
@@ -392,7 +356,7 @@ void Connection::DriveHandshake() {
     case HandshakeProgress::kFailed: {
       ctx_.shared.counters->handshake_failures.fetch_add(1);
       const HandshakeFailure& f = tls_->failure();
-      Abort(f.code(), f.explanation);
+      Abort(CloseResultOf(f), f.explanation);
       return;
     }
     case HandshakeProgress::kDone:
@@ -405,10 +369,10 @@ void Connection::OnHandshakeDone() {
   ReleaseHandshakeSlot();
   {
     absl::MutexLock lock(&record_->mu);
-    record_->local_id = tls_->local_id().ToString();
-    record_->peer_id = tls_->peer_id()->ToString();
-    record_->tls_version = std::string(tls_->version());
-    record_->cipher = std::string(tls_->cipher());
+    record_->info.local_id = tls_->local_id().ToString();
+    record_->info.peer_id = tls_->peer_id()->ToString();
+    record_->info.tls_version = std::string(tls_->version());
+    record_->info.cipher = std::string(tls_->cipher());
   }
   if (direction_ == Direction::kOutbound) {
     StartPumping();
@@ -419,14 +383,14 @@ void Connection::OnHandshakeDone() {
   AuthorizationDecision decision = Authorize();
   if (!decision.allowed) {
     ctx_.shared.counters->denied.fetch_add(1);
-    Abort("denied", decision.reason);
+    Abort(CloseReason::kDenied, decision.reason);
     return;
   }
   ConnectApplication();
 }
 
 AuthorizationDecision Connection::Authorize() const {
-  std::shared_ptr<const Authorizer> authorizer = std::atomic_load(&ctx_.shared.authorizer);
+  std::shared_ptr<const Authorizer> authorizer = ctx_.shared.authorizer.load();
   auto local = SocketAddress::LocalOf(wire_.get());
   return authorizer->Authorize({*tls_->peer_id(), inbound_->workload, tls_->local_id(),
                                 local.ok() ? local->port() : uint16_t{0}});
@@ -441,14 +405,15 @@ void Connection::Recheck() {
   PeerVerdict verdict = tls_->ReverifyPeer();
   if (!verdict.ok()) {
     if (direction_ == Direction::kInbound) ctx_.shared.counters->denied.fetch_add(1);
-    Abort(ReasonCode(verdict.reason), absl::StrCat("after a reload: ", verdict.explanation));
+    Abort(CloseResult(CloseReason::kPeerRefused, verdict.reason),
+          absl::StrCat("after a reload: ", verdict.explanation));
     return;
   }
   if (direction_ != Direction::kInbound) return;
   AuthorizationDecision decision = Authorize();
   if (decision.allowed) return;
   ctx_.shared.counters->denied.fetch_add(1);
-  Abort("denied_after_reload", decision.reason);
+  Abort(CloseReason::kDeniedAfterReload, decision.reason);
 }
 
 void Connection::ConnectApplication() {
@@ -458,7 +423,7 @@ void Connection::ConnectApplication() {
                                              ? absl::StatusOr<SocketAddress>(*inbound_->application)
                                              : SocketAddress::LocalOf(wire_.get());
   if (!target.ok()) {
-    Abort("app_unreachable", std::string(target.status().message()));
+    Abort(CloseReason::kAppUnreachable, std::string(target.status().message()));
     return;
   }
   const EngineOptions& options = ctx_.shared.options;
@@ -466,7 +431,7 @@ void Connection::ConnectApplication() {
       target->family() == AF_INET6 ? options.upstream_source6 : options.upstream_source4;
   if (!inbound_->application && !source) {
     // From any other source sk_lookup would steer the connection back here.
-    Abort("app_unreachable",
+    Abort(CloseReason::kAppUnreachable,
           absl::StrCat("no upstream source address is configured for IPv",
                        target->family() == AF_INET6 ? "6" : "4", " (agent.upstream_source6), so ",
                        target->ToString(), " cannot be reached without being intercepted again"));
@@ -474,13 +439,13 @@ void Connection::ConnectApplication() {
   }
   auto app = StartConnect(listeners_->netns, *target, options.socket_mark, source);
   if (!app.ok()) {
-    Abort("app_unreachable", std::string(app.status().message()));
+    Abort(CloseReason::kAppUnreachable, std::string(app.status().message()));
     return;
   }
   app_ = *std::move(app);
   {
     absl::MutexLock lock(&record_->mu);
-    record_->app_address = target->ToString();
+    record_->info.app_address = target->ToString();
   }
   state_ = ConnectionState::kConnectingApp;
   record_->state.store(state_);
@@ -494,7 +459,7 @@ void Connection::StartPumping() {
     auto to_wire = SplicePump::Create(app_.get(), wire_.get(), nullptr, nullptr);
     auto from_wire = SplicePump::Create(wire_.get(), app_.get(), nullptr, nullptr);
     if (!to_wire.ok() || !from_wire.ok()) {
-      Abort("pump_setup",
+      Abort(CloseReason::kPumpSetup,
             std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
       return;
     }
@@ -513,7 +478,7 @@ void Connection::StartPumping() {
     // TCP_ULP says ENOTCONN.) After that point the socket is unusable.
     BIO* rbio = SSL_get_rbio(tls_->ssl());
     if (rbio == nullptr || BIO_method_type(rbio) != BIO_TYPE_SOCKET) {
-      Abort("ktls_install", std::string(installed.status().message()));
+      Abort(CloseReason::kKtlsInstall, std::string(installed.status().message()));
       return;
     }
     LogEvent(spdlog::level::debug, {{"event", "ktls_fallback"},
@@ -533,7 +498,7 @@ void Connection::StartPumping() {
     });
     auto from_wire = SplicePump::Create(wire, app_.get(), &ReadControlRecordIsCleanEnd, nullptr);
     if (!to_wire.ok() || !from_wire.ok()) {
-      Abort("pump_setup",
+      Abort(CloseReason::kPumpSetup,
             std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
       return;
     }
@@ -549,7 +514,7 @@ void Connection::StartPumping() {
   record_limit_ = RecordLimit(tls_->cipher());
   {
     absl::MutexLock lock(&record_->mu);
-    record_->data_path = data_path;
+    record_->info.data_path = data_path;
   }
   ctx_.shared.counters->established.fetch_add(1);
   Established();
@@ -629,15 +594,15 @@ void Connection::StreamFailed(const std::string& error) {
     std::string server;
     {
       absl::MutexLock lock(&record_->mu);
-      server = record_->peer_id;
+      server = record_->info.peer_id;
     }
-    Abort("rejected_by_peer",
+    Abort(CloseReason::kRejectedByPeer,
           absl::StrCat("the server ", server, " ended the connection before sending any data (",
                        error, "); its policy may not allow ", tls_->local_id().ToString(),
                        ": check the denials on the server's node"));
     return;
   }
-  Abort("stream_error", error);
+  Abort(CloseReason::kStreamError, error);
 }
 
 void Connection::ReleaseHandshakeSlot() {
@@ -655,7 +620,7 @@ void Connection::NoteClientSpoke() {
 
 void Connection::Evict(bool silent, int limit, const std::string& newcomer) {
   absl::Duration waited = absl::Trunc(ctx_.loop.now() - record_->started, absl::Milliseconds(1));
-  Terminate("evicted_handshake",
+  Terminate(CloseReason::kEvictedHandshake,
             absl::StrCat("the inbound handshake budget (limit ", limit, ") was full: ",
                          silent ? absl::StrCat("this client had sent nothing in ",
                                                absl::FormatDuration(waited))
@@ -682,7 +647,7 @@ void Connection::Tick(absl::Time now) {
     first_byte_deadline_ = absl::InfiniteFuture();
     if (ClientSentNothing()) {
       ctx_.shared.counters->handshake_failures.fetch_add(1);
-      Abort("first_byte_timeout",
+      Abort(CloseReason::kFirstByteTimeout,
             absl::StrCat("the client sent nothing within ",
                          absl::FormatDuration(std::min(ctx_.shared.options.first_byte_timeout,
                                                        ctx_.shared.options.handshake_timeout)),
@@ -693,11 +658,11 @@ void Connection::Tick(absl::Time now) {
   if (now > deadline_) {
     if (state_ == ConnectionState::kHandshaking) {
       ctx_.shared.counters->handshake_failures.fetch_add(1);
-      Abort("handshake_timeout",
+      Abort(CloseReason::kHandshakeTimeout,
             absl::StrCat("the TLS handshake did not complete within ",
                          absl::FormatDuration(ctx_.shared.options.handshake_timeout)));
     } else {
-      Abort("connect_timeout",
+      Abort(CloseReason::kConnectTimeout,
             absl::StrCat("connecting did not complete within ",
                          absl::FormatDuration(ctx_.shared.options.connect_timeout)));
     }
@@ -705,27 +670,27 @@ void Connection::Tick(absl::Time now) {
   }
   if (state_ != ConnectionState::kEstablished) return;
   if (now - last_activity_ > ctx_.shared.options.idle_timeout) {
-    Abort("idle_timeout", "no data in either direction for the idle timeout");
+    Abort(CloseReason::kIdleTimeout, "no data in either direction for the idle timeout");
     return;
   }
   if (plaintext_) return;  // no TLS records to count
   if (absl::Status st = CheckRecordLimits(); !st.ok())
-    Abort("record_limit", std::string(st.message()));
+    Abort(CloseReason::kRecordLimit, std::string(st.message()));
 }
 
-void Connection::Abort(absl::string_view reason_code, const std::string& explanation) {
+void Connection::Abort(CloseResult result, const std::string& explanation) {
   if (closing_) return;
   // Refusals during the handshake are counted as handshake failures or
   // denials where they happen; everything else is an error.
   if (state_ != ConnectionState::kHandshaking) ctx_.shared.counters->errors.fetch_add(1);
-  Terminate(reason_code, explanation);
+  Terminate(result, explanation);
 }
 
-void Connection::Terminate(absl::string_view reason_code, const std::string& explanation) {
+void Connection::Terminate(CloseResult result, const std::string& explanation) {
   if (closing_) return;
   ArmReset(app_.get());
   ArmReset(wire_.get());
-  result_ = std::string(reason_code);
+  result_ = result;
   result_detail_ = explanation;
   Cancel();
 }
@@ -753,24 +718,25 @@ void Connection::MaybeFinalize() {
   ClosedConnection closed = Summary();
   // A permissive listener's plaintext client that ended normally is an
   // access, not a failure.
-  bool ended_normally = closed.result == "ok" || closed.result == "plaintext_client";
+  bool ended_normally = closed.result.reason == CloseReason::kOk ||
+                        closed.result.reason == CloseReason::kPlaintextClient;
   nlohmann::ordered_json event = {
       {"event", ended_normally ? "connection_closed" : "connection_failed"},
       {"id", record_->id},
       {"direction", DirectionName(closed.direction)},
       {"workload", closed.workload},
-      {"result", closed.result},
+      {"result", std::string(closed.result.code())},
   };
   if (!listeners_->netns_name.empty()) event["netns"] = listeners_->netns_name;
   for (const auto& [key, value] :
        {std::pair<const char*, const std::string&>{"reason", closed.reason},
-        {"local_id", closed.local_id},
-        {"peer_id", closed.peer_id},
-        {"app", closed.app_address},
-        {"wire_local", closed.wire_local},
-        {"wire_peer", closed.wire_peer},
-        {"cipher", closed.cipher},
-        {"data_path", closed.data_path}}) {
+        {"local_id", closed.info.local_id},
+        {"peer_id", closed.info.peer_id},
+        {"app", closed.info.app_address},
+        {"wire_local", closed.info.wire_local},
+        {"wire_peer", closed.info.wire_peer},
+        {"cipher", closed.info.cipher},
+        {"data_path", closed.info.data_path}}) {
     if (!value.empty()) event[key] = value;
   }
   event["bytes_to_wire"] = closed.bytes_to_wire;
@@ -780,7 +746,7 @@ void Connection::MaybeFinalize() {
     LogEvent(spdlog::level::info, event);
   } else {
     // A flood of refusals must not flood the log: counted in full, logged to a budget.
-    LogRefusal(spdlog::level::warn, event, closed.result);
+    LogRefusal(spdlog::level::warn, event, closed.result.code());
   }
   if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
   delete this;
@@ -792,16 +758,7 @@ ClosedConnection Connection::Summary() const {
   closed.workload = record_->workload;
   closed.result = result_;
   closed.reason = result_detail_;
-  {
-    absl::MutexLock lock(&record_->mu);
-    closed.local_id = record_->local_id;
-    closed.peer_id = record_->peer_id;
-    closed.app_address = record_->app_address;
-    closed.wire_local = record_->wire_local;
-    closed.wire_peer = record_->wire_peer;
-    closed.cipher = record_->cipher;
-    closed.data_path = record_->data_path;
-  }
+  closed.info = record_->Info();
   closed.bytes_to_wire = record_->bytes_to_wire.load();
   closed.bytes_from_wire = record_->bytes_from_wire.load();
   closed.duration = ctx_.loop.now() - record_->started;

@@ -18,6 +18,7 @@
 
 #include "engine_shared.h"
 #include "ktrust/common/unique_fd.h"
+#include "ktrust/dataplane/close_reason.h"
 #include "ktrust/tls/tls_session.h"
 #include "pump.h"
 
@@ -42,8 +43,8 @@ class Connection {
   // (revoked, root dropped), or an inbound one the new policy denies, is closed.
   void Recheck();
   // Resets both sockets for a reason outside the connection (its listener
-  // was removed): logged with `reason_code`, not counted as an error.
-  void Terminate(absl::string_view reason_code, const std::string& explanation);
+  // was removed): logged with `result`, not counted as an error.
+  void Terminate(CloseResult result, const std::string& explanation);
   // Engine shutdown: close now, without waiting for io_uring.
   void Destroy();
 
@@ -93,8 +94,9 @@ class Connection {
   void RunPumps();
   void Wait(int fd, short events);
   void StreamFailed(const std::string& error);
-  // reason_code: stable word for logs ("handshake_failed", "denied", ...).
-  void Abort(absl::string_view reason_code, const std::string& explanation);
+  // Resets both sockets; `result` and `explanation` go to the log line and
+  // ClosedConnection.
+  void Abort(CloseResult result, const std::string& explanation);
   // The handshake is over (or the connection is): frees the slot and leaves
   // the loop's pending list.
   void ReleaseHandshakeSlot();
@@ -139,7 +141,7 @@ class Connection {
   // Inbound, enforce: when a client that has sent nothing is dropped.
   absl::Time first_byte_deadline_ = absl::InfiniteFuture();
   absl::Time last_activity_;
-  std::string result_ = "ok";
+  CloseResult result_;
   std::string result_detail_;
 };
 

@@ -52,31 +52,8 @@ std::vector<ConnectionSnapshot> ConnectionTable::Snapshot() const {
   std::vector<ConnectionSnapshot> out;
   out.reserve(records.size());
   for (const auto& r : records) {
-    ConnectionSnapshot s{r->id,
-                         r->direction,
-                         r->workload,
-                         "",
-                         "",
-                         "",
-                         "",
-                         "",
-                         "",
-                         "",
-                         "",
-                         r->state.load(),
-                         r->bytes_to_wire.load(),
-                         r->bytes_from_wire.load(),
-                         r->started};
-    absl::MutexLock lock(&r->mu);
-    s.app_address = r->app_address;
-    s.wire_local = r->wire_local;
-    s.wire_peer = r->wire_peer;
-    s.local_id = r->local_id;
-    s.peer_id = r->peer_id;
-    s.tls_version = r->tls_version;
-    s.cipher = r->cipher;
-    s.data_path = r->data_path;
-    out.push_back(std::move(s));
+    out.push_back({r->id, r->direction, r->workload, r->Info(), r->state.load(),
+                   r->bytes_to_wire.load(), r->bytes_from_wire.load(), r->started});
   }
   return out;
 }

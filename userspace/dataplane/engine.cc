@@ -44,12 +44,6 @@ absl::StatusOr<UniqueFd> Listen(SocketNetns netns, const SocketAddress& addr) {
   return fd;
 }
 
-// close() with RST, for a connection the engine refuses at accept.
-void CloseWithReset(UniqueFd fd) {
-  linger lg{1, 0};
-  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-}
-
 // As /proc/<pid>/ns/net reads: "net:[4026532281]".
 std::string NetnsName(int netns_fd) {
   struct stat st {};
@@ -162,7 +156,7 @@ class Engine::Loop {
     std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
     for (Connection* c : live) {
       if (ctx_.connections.count(c) && c->listener_group() == id) {
-        c->Terminate("listener_removed", "the listener that accepted it was removed");
+        c->Terminate(CloseReason::kListenerRemoved, "the listener that accepted it was removed");
       }
     }
   }
@@ -435,7 +429,7 @@ absl::StatusOr<ListenerGroupHandle> Engine::AddNetnsListeners(NetnsListeners lis
   for (const auto& l : listeners.outbound) {
     if (!l.route) return absl::InvalidArgumentError("an outbound listener needs a route");
   }
-  if (!listeners.inbound.empty() && !std::atomic_load(&shared_->authorizer)) {
+  if (!listeners.inbound.empty() && !shared_->authorizer.load()) {
     return absl::InvalidArgumentError("inbound listeners need an authorizer");
   }
   absl::MutexLock lock(&runtime_mu_);
@@ -504,7 +498,7 @@ void Engine::CloseListenerGroup(uint64_t id) {
 }
 
 void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {
-  std::atomic_store(&shared_->authorizer, std::move(authorizer));
+  shared_->authorizer.store(std::move(authorizer));
   shared_->authorizer_generation.fetch_add(1);
 }
 

@@ -11,23 +11,11 @@
 #include "handshake_budget.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
+#include "sockets.h"
 
 namespace ktrust {
 
 class Connection;
-
-// The network namespace a socket is made in.
-struct SocketNetns {
-  int fd = -1;    // the namespace; -1: the engine's own, made without any setns
-  int home = -1;  // the engine's own namespace, where the thread returns
-};
-
-// A TCP socket (non-blocking, close-on-exec) made in `netns`. The thread
-// enters the namespace only for the socket() call. If it cannot return to
-// its own namespace, every later socket of the engine would be made in the
-// wrong one: the process logs that and aborts (the kernel then refuses the
-// enrolled traffic instead of the engine carrying it wrongly).
-absl::StatusOr<UniqueFd> SocketIn(SocketNetns netns, int family);
 
 // Listeners that share a network namespace and a lifetime: the engine's own
 // (id 0, from Create) or those of one AddNetnsListeners call. Immutable once
@@ -46,8 +34,8 @@ struct Engine::Shared {
   EngineOptions options;
   std::unique_ptr<TlsContext> client_tls;
   std::unique_ptr<TlsContext> server_tls;
-  // Replaced at runtime (policy reload): read with std::atomic_load.
-  std::shared_ptr<const Authorizer> authorizer;
+  // Replaced at runtime (policy reload) while the loops read it.
+  std::atomic<std::shared_ptr<const Authorizer>> authorizer;
   std::atomic<uint64_t> authorizer_generation{0};
   std::shared_ptr<const ListenerGroup> own_listeners;
   // The engine's own network namespace (the loops' threads'), opened at

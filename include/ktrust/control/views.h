@@ -126,7 +126,9 @@ struct DenialView {
   std::string peer_address;
   std::string local_address;
   uint16_t port = 0;
-  std::string result;  // stable code: "handshake_failed", "denied", "plaintext_client", ...
+  // Stable code: a connection's ("denied", "expired", ...: CloseResult::code()
+  // in the dataplane) or the interception programs' ("udp_denied", ...).
+  std::string result;
   std::string reason;  // words
 };
 

@@ -26,6 +26,19 @@ enum class ConnectionState {
 absl::string_view DirectionName(Direction d);
 absl::string_view StateName(ConnectionState s);
 
+// What a connection learns about itself as it progresses, in one piece: its
+// record holds it, and snapshots and ClosedConnection copy it whole.
+struct ConnectionInfo {
+  std::string app_address;  // the application's end
+  std::string wire_local;   // our end of the TLS connection
+  std::string wire_peer;    // the remote end of the TLS connection
+  std::string local_id;     // our SPIFFE ID, after the handshake
+  std::string peer_id;      // the peer's verified SPIFFE ID
+  std::string tls_version;
+  std::string cipher;
+  std::string data_path;  // "ktls-sw", "userspace" or "plaintext"; empty until established
+};
+
 // One connection's record. The owning event loop writes it; anyone may read
 // it through ConnectionTable::Snapshot. id, direction, workload and started
 // never change after the record is added.
@@ -37,14 +50,12 @@ struct ConnectionRecord {
 
   // Filled in as the connection progresses.
   mutable absl::Mutex mu;
-  std::string app_address ABSL_GUARDED_BY(mu);  // the application's end
-  std::string wire_local ABSL_GUARDED_BY(mu);   // our end of the TLS connection
-  std::string wire_peer ABSL_GUARDED_BY(mu);    // the remote end of the TLS connection
-  std::string local_id ABSL_GUARDED_BY(mu);
-  std::string peer_id ABSL_GUARDED_BY(mu);
-  std::string tls_version ABSL_GUARDED_BY(mu);
-  std::string cipher ABSL_GUARDED_BY(mu);
-  std::string data_path ABSL_GUARDED_BY(mu);
+  ConnectionInfo info ABSL_GUARDED_BY(mu);
+  // A copy of info, for readers on other threads.
+  ConnectionInfo Info() const {
+    absl::MutexLock lock(&mu);
+    return info;
+  }
 
   std::atomic<ConnectionState> state{ConnectionState::kConnecting};
   std::atomic<uint64_t> bytes_to_wire{0};    // application bytes sent encrypted
@@ -55,8 +66,8 @@ struct ConnectionRecord {
 struct ConnectionSnapshot {
   uint64_t id;
   Direction direction;
-  std::string workload, app_address, wire_local, wire_peer;
-  std::string local_id, peer_id, tls_version, cipher, data_path;
+  std::string workload;
+  ConnectionInfo info;
   ConnectionState state;
   uint64_t bytes_to_wire, bytes_from_wire;
   absl::Time started;

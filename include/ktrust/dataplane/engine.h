@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/dataplane/authorizer.h"
+#include "ktrust/dataplane/close_reason.h"
 #include "ktrust/dataplane/connection_table.h"
 #include "ktrust/identity/spiffe_id.h"
 #include "ktrust/identity/svid.h"
@@ -104,11 +105,11 @@ struct ClosedConnection {
   Direction direction = Direction::kOutbound;
   std::string workload;
   // "ok", "plaintext_client" (a permissive listener let a non-TLS client
-  // through, and it ended normally) or a stable failure code:
-  // "handshake_failed", "denied", ...
-  std::string result;
+  // through, and it ended normally) or why it failed: result.code() is the
+  // stable code ("denied", "expired", ...).
+  CloseResult result;
   std::string reason;  // in words; empty for "ok"
-  std::string local_id, peer_id, app_address, wire_local, wire_peer, cipher, data_path;
+  ConnectionInfo info;
   uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
   absl::Duration duration;
 };
@@ -234,7 +235,7 @@ class Engine {
   const std::string& data_path() const { return data_path_; }
   const std::string& data_path_reason() const { return data_path_reason_; }
 
-  struct Shared;  // what every loop reads; defined in engine.cc
+  struct Shared;  // what every loop reads; defined in engine_shared.h
 
  private:
   Engine() = default;

@@ -86,14 +86,20 @@ bool TlsTestPeers::HandshakeOverSockets(TlsSession& client, int client_fd, TlsSe
   return c == HandshakeProgress::kDone && s == HandshakeProgress::kDone;
 }
 
-TcpPair ConnectedTcpPair() {
+UniqueFd ListenOnLoopback() {
   UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(listen(listener.get(), 8), 0);
+  return listener;
+}
+
+TcpPair ConnectedTcpPair() {
+  UniqueFd listener = ListenOnLoopback();
+  sockaddr_in addr{};
   socklen_t len = sizeof(addr);
-  EXPECT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), len), 0);
-  EXPECT_EQ(listen(listener.get(), 1), 0);
   EXPECT_EQ(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
   TcpPair pair;
   pair.client.Reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));

@@ -36,6 +36,9 @@ class TlsTestPeers {
   std::unique_ptr<TlsContext> server_ctx_;
 };
 
+// A listening TCP socket on 127.0.0.1, on an ephemeral port (blocking).
+UniqueFd ListenOnLoopback();
+
 // The two ends of a connected TCP connection over 127.0.0.1 (blocking).
 struct TcpPair {
   UniqueFd client;
