@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "ktrust/bpf/interception_maps.h"
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/identity/spiffe_id.h"
 
