@@ -1,5 +1,7 @@
-# Two simulated ktrust nodes on one host (../shared design TESTING.md), for
-# the interception test and the demo. Source it, then call two_nodes_up.
+# Two simulated ktrust nodes on one host, for the interception test and the
+# demo: a node is an agent with a network namespace and a cgroup subtree of
+# its own, and the two are joined by a veth pair. Source it, then call
+# two_nodes_up.
 #
 #   node a: netns kt-<id>-a, 10.77.0.1 and fd77::1 on veth a0
 #   node b: netns kt-<id>-b, 10.77.0.2 and fd77::2 on veth b0

@@ -136,7 +136,7 @@ for version, cipher in cases:
     if not ok:
         failures.append(cipher)
 
-# TLS 1.3: OpenSSL 3.0 installs TX only (see ARCHITECTURE.md); report what we see.
+# TLS 1.3: OpenSSL 3.0 installs TX only (docs/dataplane.md); report what we see.
 r = run_case(ssl.TLSVersion.TLSv1_3, None)
 print(f"info TLSv1_3 {r.get('cipher')}: client={r.get('client')} server={r.get('server')} "
       f"intact={r.get('intact')} {r.get('server_error', '')}", flush=True)

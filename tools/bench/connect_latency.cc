@@ -56,7 +56,7 @@
 #include "absl/strings/string_view.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/cgroup2.h"
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/unique_fd.h"
 #include "nlohmann/json.hpp"

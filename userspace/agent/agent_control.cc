@@ -4,6 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/common/version.h"
 #include "ktrust/control/methods.h"
 #include "ktrust/control/metrics.h"
 #include "ktrust/control/views.h"
@@ -22,7 +23,7 @@ uint16_t PortOf(const std::string& address) {
 control::StatusView Status(const Agent& agent) {
   control::StatusView s;
   std::shared_ptr<const Config> config = agent.config();
-  s.version = "0.1.0";
+  s.version = kVersion;
   s.node = config->agent.node_name;
   s.started = UnixSeconds(agent.started());
   s.data_path = agent.engine().data_path();

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "ktrust/bpf/abi.h"
+#include "ktrust/common/ip_prefix.h"
 
 namespace ktrust {
 namespace {
@@ -74,6 +75,9 @@ static_assert(sizeof(ktrust_decision) == 20);
 
 // Events and counters share the reason codes; a u16 holds them.
 static_assert(KTRUST_REASON_MAX < 0xffff);
+
+// The mesh map's keys take IpPrefix's address and mapped length as they are.
+static_assert(IpPrefix::kV4MappedPrefixBits == KTRUST_V4_MAPPED_PREFIX_BITS);
 
 #undef KTRUST_CHECK_OFFSET
 

@@ -80,14 +80,20 @@ absl::StatusOr<std::string> OwnCgroupPath(absl::string_view within) {
   if (!text.ok()) return text.status();
   auto mountinfo = ReadFile("/proc/self/mountinfo");
   if (!mountinfo.ok()) return mountinfo.status();
-  std::string mount = Cgroup2MountHolding(FindCgroup2Mounts(*mountinfo), within);
+  return FindOwnCgroupPath(*text, *mountinfo, within);
+}
+
+absl::StatusOr<std::string> FindOwnCgroupPath(absl::string_view proc_cgroup,
+                                              absl::string_view mountinfo,
+                                              absl::string_view within) {
+  std::string mount = Cgroup2MountHolding(FindCgroup2Mounts(mountinfo), within);
   if (mount.empty()) {
-    auto first = FindCgroup2Mount(*mountinfo);
+    auto first = FindCgroup2Mount(mountinfo);
     if (!first.ok()) return first.status();
     mount = *first;
   }
   if (mount.size() > 1 && mount.back() == '/') mount.pop_back();
-  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+  for (absl::string_view line : absl::StrSplit(proc_cgroup, '\n', absl::SkipEmpty())) {
     if (!absl::ConsumePrefix(&line, "0::")) continue;
     return absl::StrCat(mount, line == "/" ? "" : line);
   }

@@ -84,8 +84,8 @@ absl::StatusOr<std::unique_ptr<InterceptionEventReader>> InterceptionEventReader
   return reader;
 }
 
-int InterceptionEventReader::OnRecord(void* self, void* data, size_t size) {
-  if (size < sizeof(ktrust_event)) return 0;  // from a newer, larger ABI: skip, don't stop
+std::optional<InterceptionEvent> DecodeInterceptionEvent(const void* data, size_t size) {
+  if (size < sizeof(ktrust_event)) return std::nullopt;
   ktrust_event raw;
   std::memcpy(&raw, data, sizeof(raw));
   InterceptionEvent event;
@@ -99,7 +99,13 @@ int InterceptionEventReader::OnRecord(void* self, void* data, size_t size) {
   event.protocol = raw.protocol;
   event.source = FromAbiAddress(raw.src_addr, raw.src_port);
   event.destination = FromAbiAddress(raw.dst_addr, raw.dst_port);
-  static_cast<InterceptionEventReader*>(self)->handler_(event);
+  return event;
+}
+
+int InterceptionEventReader::OnRecord(void* self, void* data, size_t size) {
+  std::optional<InterceptionEvent> event = DecodeInterceptionEvent(data, size);
+  if (!event) return 0;  // too short to be an event: skip it, keep reading
+  static_cast<InterceptionEventReader*>(self)->handler_(*event);
   return 0;
 }
 

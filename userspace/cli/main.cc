@@ -2,8 +2,10 @@
 // offline, and the live agent through its control socket.
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "commands.h"
+#include "ktrust/common/version.h"
 #include "ktrust/control/control_client.h"
 
 namespace {
@@ -11,7 +13,7 @@ namespace {
 int Run(int argc, char** argv) {
   CLI::App app{"ktrust: identity-enforced connections, from the command line"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "ktrust 0.1.0");
+  app.set_version_flag("--version", std::string("ktrust ") + ktrust::kVersion);
   int exit_code = ktrust::cli::kOk;
   ktrust::cli::AddCaCommands(app, exit_code);
   ktrust::cli::AddCertCommands(app, exit_code);

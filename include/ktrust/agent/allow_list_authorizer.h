@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "ktrust/dataplane/authorizer.h"
+#include "ktrust/identity/authorizer.h"
 #include "ktrust/identity/spiffe_id.h"
 
 namespace ktrust {

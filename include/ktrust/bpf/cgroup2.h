@@ -29,6 +29,10 @@ std::string Cgroup2MountHolding(const std::vector<std::string>& mounts, absl::st
 // cgroup root), or under Cgroup2Mount() if none does. Not simply the first
 // mount: other mounts of the hierarchy may come and go (a test's, say).
 absl::StatusOr<std::string> OwnCgroupPath(absl::string_view within);
+// OwnCgroupPath over given /proc/<pid>/cgroup and mountinfo texts.
+absl::StatusOr<std::string> FindOwnCgroupPath(absl::string_view proc_cgroup,
+                                              absl::string_view mountinfo,
+                                              absl::string_view within);
 
 // The id the kernel gives a cgroup v2 directory: what
 // bpf_get_current_cgroup_id() returns for its processes.

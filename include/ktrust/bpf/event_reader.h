@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -27,6 +28,11 @@ struct InterceptionEvent {
   SocketAddress source;  // port 0 and :: before the socket is bound
   SocketAddress destination;
 };
+
+// A ring buffer record (struct ktrust_event) as an InterceptionEvent;
+// nullopt when it is too short to be one. Longer records, from a newer ABI,
+// are read for the fields this one knows.
+std::optional<InterceptionEvent> DecodeInterceptionEvent(const void* data, size_t size);
 
 // Stable names for logs and metrics: "connect_redirected", "udp_denied", ...
 absl::string_view ReasonName(uint32_t reason);

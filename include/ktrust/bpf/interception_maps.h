@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ktrust/bpf/abi.h"
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 #include "ktrust/common/socket_address.h"
 
 namespace ktrust {

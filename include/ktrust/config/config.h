@@ -12,8 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "ktrust/bpf/interception_maps.h"
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/identity/spiffe_id.h"
 

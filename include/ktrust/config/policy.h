@@ -14,7 +14,7 @@
 
 #include "absl/strings/string_view.h"
 #include "ktrust/config/config.h"
-#include "ktrust/dataplane/authorizer.h"
+#include "ktrust/identity/authorizer.h"
 #include "ktrust/identity/spiffe_id.h"
 
 namespace ktrust {

@@ -1,7 +1,7 @@
 // The CLI's rendering of each view, without an agent.
-#include <gtest/gtest.h>
-
 #include "render.h"
+
+#include <gtest/gtest.h>
 
 namespace ktrust::cli {
 namespace {

@@ -1,5 +1,8 @@
 // Who may connect to what: asked once per inbound connection, after the peer
 // proved its SPIFFE ID and before the application sees anything.
+// The engine asks; the configuration's policy and the tunnel's allow list
+// answer. It lives with the identities it decides on, so that neither side
+// depends on the other.
 #pragma once
 
 #include <cstdint>

@@ -54,5 +54,44 @@ TEST(Cgroup2Test, NotFoundWithOnlyVersion1) {
   EXPECT_EQ(mount.status().code(), absl::StatusCode::kNotFound);
 }
 
+// A test's cgroup2 mount listed before the host's, as under `ip netns exec`.
+constexpr char kTwoMounts[] =
+    "41 31 0:38 / /tmp/t/cgroup2 rw - cgroup2 none rw\n"
+    "26 22 0:23 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+// A hybrid host's /proc/self/cgroup: v1 controllers first, the v2 line last.
+constexpr char kProcCgroup[] =
+    "12:cpu,cpuacct:/system.slice/ktrustd.service\n"
+    "1:name=systemd:/system.slice/ktrustd.service\n"
+    "0::/system.slice/ktrustd.service\n";
+
+TEST(Cgroup2Test, OwnCgroupIsTheV2LineUnderTheMountHoldingTheRoot) {
+  auto path = FindOwnCgroupPath(kProcCgroup, kTwoMounts, "/sys/fs/cgroup/kubepods.slice");
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(*path, "/sys/fs/cgroup/system.slice/ktrustd.service");
+}
+
+TEST(Cgroup2Test, OwnCgroupFallsBackToTheFirstMountWhenNoneHoldsTheRoot) {
+  auto path = FindOwnCgroupPath(kProcCgroup, kTwoMounts, "/srv/elsewhere");
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(*path, "/tmp/t/cgroup2/system.slice/ktrustd.service");
+}
+
+TEST(Cgroup2Test, OwnCgroupInTheRootCgroupIsTheMountItself) {
+  auto path = FindOwnCgroupPath("0::/\n", kTwoMounts, "/sys/fs/cgroup");
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(*path, "/sys/fs/cgroup");
+}
+
+TEST(Cgroup2Test, OwnCgroupNotFoundWithoutAV2LineOrAV2Mount) {
+  EXPECT_EQ(FindOwnCgroupPath("1:name=systemd:/a\n", kTwoMounts, "/sys/fs/cgroup").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      FindOwnCgroupPath(kProcCgroup, "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
+                        "/sys/fs/cgroup")
+          .status()
+          .code(),
+      absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace ktrust

@@ -1,5 +1,6 @@
-// An IPv4 or IPv6 CIDR prefix in the BPF ABI's form: 16 bytes, IPv4 mapped
-// to ::ffff:a.b.c.d, so an IPv4 /8 is a /104.
+// An IPv4 or IPv6 CIDR prefix in one 16-byte form, IPv4 mapped to
+// ::ffff:a.b.c.d so that an IPv4 /8 is a /104: the form the BPF maps take
+// (interception_maps.cc checks that the two agree).
 #pragma once
 
 #include <array>
@@ -13,6 +14,9 @@ namespace ktrust {
 
 class IpPrefix {
  public:
+  // Bits before the IPv4 part of an IPv4-mapped address (::ffff:0:0/96).
+  static constexpr uint32_t kV4MappedPrefixBits = 96;
+
   // "10.0.0.0/8", "fd00::/8"; a bare address is a host prefix (/32, /128).
   // Host bits past the length are refused: they usually mean a typo.
   static absl::StatusOr<IpPrefix> Parse(absl::string_view text);

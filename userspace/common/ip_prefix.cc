@@ -1,4 +1,4 @@
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 
 #include <arpa/inet.h>
 
@@ -6,7 +6,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "ktrust/bpf/abi.h"
 
 namespace ktrust {
 
@@ -42,7 +41,7 @@ absl::StatusOr<IpPrefix> IpPrefix::Parse(absl::string_view text) {
       return invalid("bad prefix length");
     }
   }
-  out.mapped_length_ = out.v4_ ? KTRUST_V4_MAPPED_PREFIX_BITS + length : length;
+  out.mapped_length_ = out.v4_ ? kV4MappedPrefixBits + length : length;
 
   // Every bit past the prefix must be zero.
   for (uint32_t bit = out.mapped_length_; bit < 128; ++bit) {
@@ -55,7 +54,7 @@ std::string IpPrefix::ToString() const {
   char text[INET6_ADDRSTRLEN] = {};
   if (v4_) {
     inet_ntop(AF_INET, address_.data() + 12, text, sizeof(text));
-    return absl::StrCat(text, "/", mapped_length_ - KTRUST_V4_MAPPED_PREFIX_BITS);
+    return absl::StrCat(text, "/", mapped_length_ - kV4MappedPrefixBits);
   }
   inet_ntop(AF_INET6, address_.data(), text, sizeof(text));
   return absl::StrCat(text, "/", mapped_length_);

@@ -1,4 +1,4 @@
-#include "ktrust/bpf/ip_prefix.h"
+#include "ktrust/common/ip_prefix.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
