@@ -19,6 +19,11 @@
 
 namespace ktrust {
 
+// What the kernel enforces for an enrolled cgroup or an inbound port: the
+// configuration's WorkloadMode without `off` (an `off` cgroup is classified
+// not enrolled instead), so no `off` can reach a map by mistake. The agent
+// converts in one place (agent/kernel_mode.h); AbiMode() in
+// interception_maps.cc is the one encoding into KTRUST_MODE_*.
 enum class EnforcementMode {
   kEnforce,     // no plaintext: anything that cannot be intercepted is refused
   kPermissive,  // plaintext allowed where interception cannot work
