@@ -34,10 +34,10 @@ absl::StatusOr<MeshTable> BuildMeshTable(const Config& config) {
       if (table.count(key)) continue;
       std::vector<PortRule> rules;
       for (const MeshEntry* b : bypass) {
-        if (PrefixContains(b->prefix, e->prefix)) AppendRules(*b, MeshAction::kBypass, rules);
+        if (b->prefix.Contains(e->prefix)) AppendRules(*b, MeshAction::kBypass, rules);
       }
       for (const MeshEntry* m : mesh) {
-        if (PrefixContains(m->prefix, e->prefix)) AppendRules(*m, MeshAction::kRedirect, rules);
+        if (m->prefix.Contains(e->prefix)) AppendRules(*m, MeshAction::kRedirect, rules);
       }
       if (rules.size() > KTRUST_MESH_RULES_PER_PREFIX) {
         return absl::InvalidArgumentError(

@@ -60,4 +60,13 @@ std::string IpPrefix::ToString() const {
   return absl::StrCat(text, "/", mapped_length_);
 }
 
+bool IpPrefix::Contains(const IpPrefix& inner) const {
+  if (mapped_length_ > inner.mapped_length_) return false;
+  for (uint32_t i = 0; i < mapped_length_; ++i) {
+    uint8_t mask = static_cast<uint8_t>(0x80 >> (i % 8));
+    if ((address_[i / 8] & mask) != (inner.address_[i / 8] & mask)) return false;
+  }
+  return true;
+}
+
 }  // namespace ktrust

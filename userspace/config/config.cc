@@ -867,19 +867,10 @@ absl::StatusOr<WorkloadMode> ParseWorkloadMode(absl::string_view name) {
       absl::StrCat("unknown workload mode \"", name, "\" (expected enforce, permissive or off)"));
 }
 
-bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner) {
-  if (outer.mapped_length() > inner.mapped_length()) return false;
-  for (uint32_t i = 0; i < outer.mapped_length(); ++i) {
-    uint8_t mask = static_cast<uint8_t>(0x80 >> (i % 8));
-    if ((outer.address()[i / 8] & mask) != (inner.address()[i / 8] & mask)) return false;
-  }
-  return true;
-}
-
 const ExpectedServerRule* ExpectedServerFor(const Config& config, const IpPrefix& host,
                                             uint16_t port) {
   for (const ExpectedServerRule& rule : config.expected_servers) {
-    if (!PrefixContains(rule.prefix, host)) continue;
+    if (!rule.prefix.Contains(host)) continue;
     bool port_ok = rule.ports.empty();
     for (const PortRange& r : rule.ports) port_ok |= r.Contains(port);
     if (port_ok) return &rule;
@@ -909,7 +900,7 @@ std::vector<std::string> ServerIdentityWarnings(const Config& config) {
   for (const MeshEntry& entry : config.mesh) {
     bool pinned = false;
     for (const ExpectedServerRule& rule : config.expected_servers) {
-      pinned |= PrefixContains(rule.prefix, entry.prefix) && PortsCovered(rule.ports, entry.ports);
+      pinned |= rule.prefix.Contains(entry.prefix) && PortsCovered(rule.ports, entry.ports);
     }
     if (pinned) continue;
     std::vector<std::string> ports;

@@ -25,6 +25,10 @@ class IpPrefix {
   // Bits of address(), in the mapped space for IPv4.
   uint32_t mapped_length() const { return mapped_length_; }
   bool is_v4() const { return v4_; }
+  // Whether every address of `inner` is in this prefix. Compared in the
+  // mapped form: an IPv6 prefix covering ::ffff:0:0/96 (::/0, say) contains
+  // IPv4 prefixes too.
+  bool Contains(const IpPrefix& inner) const;
   // As parsed: "10.0.0.0/8".
   std::string ToString() const;
 

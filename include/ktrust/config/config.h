@@ -132,9 +132,6 @@ struct Config {
   AgentSettings agent;
 };
 
-// Whether every address of `inner` is in `outer`.
-bool PrefixContains(const IpPrefix& outer, const IpPrefix& inner);
-
 // The first expected_servers rule covering host (a host prefix) and port, in
 // file order; nullptr when none does.
 const ExpectedServerRule* ExpectedServerFor(const Config& config, const IpPrefix& host,

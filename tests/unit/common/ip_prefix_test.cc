@@ -56,5 +56,33 @@ TEST(IpPrefixTest, RefusesHostBitsAndNonsense) {
               ::testing::HasSubstr("host bits"));
 }
 
+IpPrefix P(const char* text) {
+  auto prefix = IpPrefix::Parse(text);
+  EXPECT_TRUE(prefix.ok()) << text << ": " << prefix.status();
+  return *prefix;
+}
+
+TEST(IpPrefixTest, ContainsItsSubnetsAndHostsAndNothingOutside) {
+  EXPECT_TRUE(P("10.0.0.0/8").Contains(P("10.1.0.0/16")));
+  EXPECT_TRUE(P("10.0.0.0/8").Contains(P("10.255.255.255")));
+  EXPECT_TRUE(P("10.0.0.0/8").Contains(P("10.0.0.0/8")));
+  EXPECT_FALSE(P("10.1.0.0/16").Contains(P("10.0.0.0/8")));  // wider, not inside
+  EXPECT_FALSE(P("10.0.0.0/16").Contains(P("10.0.0.0/8")));  // wider, though the bits agree
+  EXPECT_FALSE(P("10.0.0.0/8").Contains(P("11.0.0.1")));
+  // The last bit of the prefix decides: 10.0.0.0/9 ends at 10.127.255.255.
+  EXPECT_TRUE(P("10.0.0.0/9").Contains(P("10.127.255.255")));
+  EXPECT_FALSE(P("10.0.0.0/9").Contains(P("10.128.0.0")));
+  EXPECT_TRUE(P("fd00::/8").Contains(P("fd00:77::/32")));
+  EXPECT_FALSE(P("fd00::/8").Contains(P("fe80::1")));
+}
+
+TEST(IpPrefixTest, FamiliesMeetOnlyThroughTheMappedForm) {
+  EXPECT_TRUE(P("0.0.0.0/0").Contains(P("192.0.2.7")));
+  EXPECT_FALSE(P("0.0.0.0/0").Contains(P("::1")));
+  EXPECT_FALSE(P("0.0.0.0/0").Contains(P("::/0")));
+  EXPECT_TRUE(P("::/0").Contains(P("192.0.2.0/24")));  // ::/0 covers ::ffff:0:0/96
+  EXPECT_FALSE(P("fd00::/8").Contains(P("10.0.0.0/8")));
+}
+
 }  // namespace
 }  // namespace ktrust
