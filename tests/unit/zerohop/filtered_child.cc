@@ -2,13 +2,17 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "ktrust/zerohop/proc_mem.h"
@@ -57,6 +61,17 @@ void SendFd(int channel, int fd, int64_t value) {
   (void)!sendmsg(channel, &m.msg, 0);
 }
 
+absl::StatusOr<InstalledFilter> InstallWithoutWaitKillable() {
+  std::vector<sock_filter> prog = BuildFilter();
+  sock_fprog fprog{static_cast<unsigned short>(prog.size()), prog.data()};
+  InstalledFilter installed;
+  installed.set_no_new_privs = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0;
+  installed.listener.Reset(static_cast<int>(
+      syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog)));
+  if (!installed.listener.valid()) return absl::ErrnoToStatus(errno, "seccomp");
+  return installed;
+}
+
 }  // namespace
 
 void ChildChannel::Report(int64_t value) const { (void)!send(fd_, &value, sizeof(value), 0); }
@@ -68,7 +83,7 @@ void ChildChannel::AwaitGo() const {
 }
 
 absl::StatusOr<std::unique_ptr<FilteredChild>> FilteredChild::Start(
-    std::function<void(const ChildChannel&)> body) {
+    std::function<void(const ChildChannel&)> body, Signals signals) {
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
     return absl::ErrnoToStatus(errno, "socketpair");
@@ -78,7 +93,8 @@ absl::StatusOr<std::unique_ptr<FilteredChild>> FilteredChild::Start(
   if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
   if (pid == 0) {
     parent_end.Reset();
-    absl::StatusOr<InstalledFilter> installed = InstallFilter();
+    absl::StatusOr<InstalledFilter> installed =
+        signals == Signals::kHeld ? InstallFilter() : InstallWithoutWaitKillable();
     if (!installed.ok()) {
       ChildChannel(child_end.get()).Report(-1);
       _exit(1);

@@ -38,9 +38,12 @@ class FilteredChild {
  public:
   // Forks a child that installs InstallFilter(), sends the listener here and
   // runs `body`, then exits. Its filter's reported flags are the first two
-  // reports, consumed here.
+  // reports, consumed here. kSignalsInterrupt installs BuildFilter() without
+  // WAIT_KILLABLE_RECV instead, as a kernel before 5.19 would: a signal then
+  // takes the thread out of a notified syscall.
+  enum class Signals { kHeld, kSignalsInterrupt };
   static absl::StatusOr<std::unique_ptr<FilteredChild>> Start(
-      std::function<void(const ChildChannel&)> body);
+      std::function<void(const ChildChannel&)> body, Signals signals = Signals::kHeld);
   ~FilteredChild();
 
   NotificationListener& listener() { return *listener_; }

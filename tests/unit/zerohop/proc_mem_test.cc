@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -144,6 +145,37 @@ TEST(ProcMemTest, TakesTheSocketOfASecondThread) {
   EXPECT_EQ(*err, 0);
   absl::StatusOr<UniqueFd> accepted = AcceptWithin(server->fd.get());
   EXPECT_TRUE(accepted.ok()) << accepted.status();
+}
+
+// The rule "read, then IdValid, then trust": once the thread has left the
+// syscall, what can still be read from its process is not its connect's.
+// Without WAIT_KILLABLE_RECV a signal is what takes it out.
+TEST(ProcMemTest, NothingReadIsTrustedOnceTheThreadLeftTheSyscall) {
+  absl::StatusOr<TestListener> server = ListenOnLoopback(AF_INET);
+  ASSERT_TRUE(server.ok()) << server.status();
+  SocketAddress to = server->address;
+  auto child = FilteredChild::Start(
+      [to](const ChildChannel& ch) {
+        struct sigaction sa = {};
+        sa.sa_handler = [](int) {};  // no SA_RESTART: connect fails with EINTR
+        sigaction(SIGUSR1, &sa, nullptr);
+        ch.Report(0);
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        ch.Report(connect(s, to.get(), to.size()) == 0 ? 0 : errno);
+        ch.AwaitGo();  // alive, its memory and socket still there
+      },
+      FilteredChild::Signals::kSignalsInterrupt);
+  ASSERT_TRUE(child.ok()) << child.status();
+  ASSERT_TRUE((*child)->NextReport().ok());  // handler installed
+  absl::StatusOr<Notification> n = (*child)->NextNotification();
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(kill((*child)->pid(), SIGUSR1), 0);
+  absl::StatusOr<int64_t> err = (*child)->NextReport();
+  ASSERT_TRUE(err.ok()) << err.status();
+  ASSERT_EQ(*err, EINTR);
+  EXPECT_EQ(ReadConnectTarget((*child)->listener(), *n).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(TakeNotifiedFd((*child)->listener(), *n).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(ProcMemTest, RefusesToReadANotificationThatIsNotAConnect) {
