@@ -22,6 +22,14 @@ namespace {
 // The shortest sockaddr_in6 the kernel takes (no sin6_scope_id): RFC 2133's.
 constexpr size_t kShortestSockaddrIn6 = 24;
 
+// 0 is what the kernel reports for a thread outside the receiver's pid
+// namespace; any pid call with it would mean "this process".
+absl::Status RequireVisible(const Notification& n) {
+  if (n.pid > 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "notification ", n.id, ": the thread is not visible in the agent's pid namespace"));
+}
+
 absl::Status Untrusted(const absl::Status& valid, absl::string_view what) {
   return absl::Status(valid.code(), absl::StrCat(what, " is not trusted: ", valid.message()));
 }
@@ -40,6 +48,23 @@ absl::StatusOr<pid_t> ProcessOfThread(pid_t tid) {
   return absl::InternalError(absl::StrCat(path, ": no Tgid line"));
 }
 
+// One process_vm_readv/writev of `len` bytes at `remote` in thread `pid`.
+absl::Status CopyWith(bool write, pid_t pid, void* local, uint64_t remote, size_t len,
+                      absl::string_view what) {
+  iovec l{local, len};
+  iovec r{reinterpret_cast<void*>(remote), len};
+  ssize_t done =
+      write ? process_vm_writev(pid, &l, 1, &r, 1, 0) : process_vm_readv(pid, &l, 1, &r, 1, 0);
+  if (done < 0) return absl::ErrnoToStatus(errno, absl::StrCat(what, " of thread ", pid));
+  // Short: the range runs into unmapped memory, where the kernel's own copy
+  // would fail with EFAULT.
+  if (static_cast<size_t>(done) != len) {
+    return absl::OutOfRangeError(
+        absl::StrCat(what, " of thread ", pid, ": ", done, " of ", len, " bytes accessible"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ConnectTarget> ReadConnectTarget(const NotificationListener& listener,
@@ -48,6 +73,7 @@ absl::StatusOr<ConnectTarget> ReadConnectTarget(const NotificationListener& list
     return absl::InvalidArgumentError(
         absl::StrCat("notification ", n.id, " is syscall ", n.syscall_nr, ", not connect"));
   }
+  if (absl::Status st = RequireVisible(n); !st.ok()) return st;
   uint64_t pointer = n.args[1];
   // The kernel refuses a longer address (EINVAL) before looking at it; read
   // no more than it would.
@@ -56,19 +82,8 @@ absl::StatusOr<ConnectTarget> ReadConnectTarget(const NotificationListener& list
   size_t want = std::min<uint64_t>(length, sizeof(raw));
   ConnectTarget target;
   if (want > 0) {
-    iovec local{&raw, want};
-    iovec remote{reinterpret_cast<void*>(pointer), want};
-    ssize_t got = process_vm_readv(n.pid, &local, 1, &remote, 1, 0);
-    if (got < 0) {
-      return absl::ErrnoToStatus(
-          errno, absl::StrCat("read the connect address of thread ", n.pid, " (process_vm_readv)"));
-    }
-    // A short read means unmapped memory: the kernel's copy would fail with
-    // EFAULT, so there is no address to judge.
-    if (static_cast<size_t>(got) != want) {
-      return absl::OutOfRangeError(absl::StrCat("read the connect address of thread ", n.pid, ": ",
-                                                got, " of ", want, " bytes readable"));
-    }
+    absl::Status read = CopyWith(false, n.pid, &raw, pointer, want, "read the connect address");
+    if (!read.ok()) return read;
   }
   if (absl::Status valid = listener.IdValid(n.id); !valid.ok()) {
     return Untrusted(valid, "the connect address read");
@@ -84,6 +99,38 @@ absl::StatusOr<ConnectTarget> ReadConnectTarget(const NotificationListener& list
         SocketAddress::FromSockaddr(reinterpret_cast<const sockaddr*>(&raw), sizeof(sockaddr_in6));
   }
   return target;
+}
+
+absl::Status WriteAcceptPeer(const NotificationListener& listener, const Notification& n,
+                             const SocketAddress& peer) {
+  if (n.syscall_nr != SYS_accept && n.syscall_nr != SYS_accept4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("notification ", n.id, " is syscall ", n.syscall_nr, ", not accept"));
+  }
+  uint64_t addr = n.args[1];
+  uint64_t addrlen = n.args[2];
+  if (addr == 0) return absl::OkStatus();
+  if (absl::Status st = RequireVisible(n); !st.ok()) return st;
+  if (absl::Status valid = listener.IdValid(n.id); !valid.ok()) {
+    return Untrusted(valid, "the accepting thread");
+  }
+  int offered = 0;
+  absl::Status st =
+      CopyWith(false, n.pid, &offered, addrlen, sizeof(offered), "read accept's addrlen");
+  if (!st.ok()) return st;
+  if (offered < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("notification ", n.id, ": accept's addrlen is negative (", offered, ")"));
+  }
+  size_t copy = std::min<size_t>(static_cast<size_t>(offered), peer.size());
+  if (copy > 0) {
+    sockaddr_storage out{};
+    std::memcpy(&out, peer.get(), copy);
+    st = CopyWith(true, n.pid, &out, addr, copy, "write the accepted peer's address");
+    if (!st.ok()) return st;
+  }
+  int full = static_cast<int>(peer.size());
+  return CopyWith(true, n.pid, &full, addrlen, sizeof(full), "write accept's addrlen");
 }
 
 absl::StatusOr<UniqueFd> PidfdOpen(pid_t pid) {
@@ -106,6 +153,7 @@ absl::StatusOr<UniqueFd> TakeNotifiedFd(const NotificationListener& listener,
     return absl::InvalidArgumentError(
         absl::StrCat("notification ", n.id, ": fd argument ", n.args[0], " is not an fd"));
   }
+  if (absl::Status st = RequireVisible(n); !st.ok()) return st;
   absl::StatusOr<pid_t> process = ProcessOfThread(n.pid);
   if (!process.ok()) return process.status();
   absl::StatusOr<UniqueFd> pidfd = PidfdOpen(*process);

@@ -40,6 +40,17 @@ struct ConnectTarget {
 absl::StatusOr<ConnectTarget> ReadConnectTarget(const NotificationListener& listener,
                                                 const Notification& n);
 
+// Answers the address part of accept(fd, addr, addrlen) / accept4 as the
+// kernel would: writes `peer` into the workload's buffer, truncated to the
+// length it offered in *addrlen, and stores the full length in *addrlen.
+// Nothing to do when addr is NULL. Call right before AddFdSend. IdValid is
+// checked *before* writing, since a write must never reach a process that
+// merely reuses the thread's pid. InvalidArgument for a negative *addrlen (the
+// kernel's EINVAL); a failed read or write (EFAULT: the workload passed a bad
+// pointer) is returned as is: answer the notification with that error.
+absl::Status WriteAcceptPeer(const NotificationListener& listener, const Notification& n,
+                             const SocketAddress& peer);
+
 // pidfd_open(2) and pidfd_getfd(2), called through syscall() so that glibc
 // before 2.36 links too.
 absl::StatusOr<UniqueFd> PidfdOpen(pid_t pid);

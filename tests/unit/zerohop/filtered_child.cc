@@ -159,12 +159,17 @@ absl::Status FilteredChild::Go() {
 }
 
 absl::StatusOr<int> FilteredChild::Wait() {
-  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(pid_);
+  absl::StatusOr<int> status = WaitForExit(pid_);
+  if (status.ok()) reaped_ = true;
+  return status;
+}
+
+absl::StatusOr<int> WaitForExit(pid_t pid) {
+  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(pid);
   if (!pidfd.ok()) return pidfd.status();
   if (absl::Status st = WaitFor(pidfd->get(), POLLIN, "the child's exit"); !st.ok()) return st;
   int status = 0;
-  if (waitpid(pid_, &status, 0) != pid_) return absl::ErrnoToStatus(errno, "waitpid");
-  reaped_ = true;
+  if (waitpid(pid, &status, 0) != pid) return absl::ErrnoToStatus(errno, "waitpid");
   return status;
 }
 

@@ -71,6 +71,10 @@ class FilteredChild {
   bool reaped_ = false;
 };
 
+// Waits for child `pid` to exit, within kTestTimeout, and reaps it; its wait
+// status.
+absl::StatusOr<int> WaitForExit(pid_t pid);
+
 // A TCP listener of the test's on loopback, port chosen by the kernel.
 struct TestListener {
   UniqueFd fd;

@@ -1,5 +1,6 @@
 #include "ktrust/zerohop/proc_mem.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -147,22 +148,22 @@ TEST(ProcMemTest, TakesTheSocketOfASecondThread) {
   EXPECT_TRUE(accepted.ok()) << accepted.status();
 }
 
-// The rule "read, then IdValid, then trust": once the thread has left the
-// syscall, what can still be read from its process is not its connect's.
-// Without WAIT_KILLABLE_RECV a signal is what takes it out.
-TEST(ProcMemTest, NothingReadIsTrustedOnceTheThreadLeftTheSyscall) {
-  absl::StatusOr<TestListener> server = ListenOnLoopback(AF_INET);
-  ASSERT_TRUE(server.ok()) << server.status();
-  SocketAddress to = server->address;
+// Starts a child under a filter without WAIT_KILLABLE_RECV (as on a kernel
+// before 5.19), receives the notification of `call` (a notified syscall
+// returning -1/errno on failure) and takes the thread out of it with a
+// signal, while the child stays alive with its memory and fds. Then the
+// child runs `after`.
+void StartAndInterrupt(std::function<int()> call, std::function<void(const ChildChannel&)> after,
+                       std::unique_ptr<FilteredChild>* out, Notification* notification) {
   auto child = FilteredChild::Start(
-      [to](const ChildChannel& ch) {
+      [call, after](const ChildChannel& ch) {
         struct sigaction sa = {};
-        sa.sa_handler = [](int) {};  // no SA_RESTART: connect fails with EINTR
+        sa.sa_handler = [](int) {};  // no SA_RESTART: the call fails with EINTR
         sigaction(SIGUSR1, &sa, nullptr);
         ch.Report(0);
-        int s = socket(AF_INET, SOCK_STREAM, 0);
-        ch.Report(connect(s, to.get(), to.size()) == 0 ? 0 : errno);
-        ch.AwaitGo();  // alive, its memory and socket still there
+        ch.Report(call() < 0 ? errno : 0);
+        ch.AwaitGo();
+        after(ch);
       },
       FilteredChild::Signals::kSignalsInterrupt);
   ASSERT_TRUE(child.ok()) << child.status();
@@ -173,9 +174,109 @@ TEST(ProcMemTest, NothingReadIsTrustedOnceTheThreadLeftTheSyscall) {
   absl::StatusOr<int64_t> err = (*child)->NextReport();
   ASSERT_TRUE(err.ok()) << err.status();
   ASSERT_EQ(*err, EINTR);
-  EXPECT_EQ(ReadConnectTarget((*child)->listener(), *n).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(TakeNotifiedFd((*child)->listener(), *n).status().code(), absl::StatusCode::kNotFound);
+  *out = std::move(*child);
+  *notification = *n;
+}
+
+// The rule "read, then IdValid, then trust": once the thread has left the
+// syscall, what can still be read from its process is not its connect's.
+TEST(ProcMemTest, NothingReadIsTrustedOnceTheThreadLeftTheSyscall) {
+  absl::StatusOr<TestListener> server = ListenOnLoopback(AF_INET);
+  ASSERT_TRUE(server.ok()) << server.status();
+  SocketAddress to = server->address;
+  std::unique_ptr<FilteredChild> child;
+  Notification n;
+  ASSERT_NO_FATAL_FAILURE(StartAndInterrupt(
+      [to] { return connect(socket(AF_INET, SOCK_STREAM, 0), to.get(), to.size()); },
+      [](const ChildChannel&) {}, &child, &n));
+  EXPECT_EQ(ReadConnectTarget(child->listener(), n).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(TakeNotifiedFd(child->listener(), n).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Writing is checked before, not after: the bytes must never land.
+TEST(ProcMemTest, NothingIsWrittenOnceTheThreadLeftAccept) {
+  static sockaddr_storage addr;  // the child's copy is what counts
+  static socklen_t len;
+  std::unique_ptr<FilteredChild> child;
+  Notification n;
+  ASSERT_NO_FATAL_FAILURE(StartAndInterrupt(
+      [] {
+        std::memset(&addr, 0xab, sizeof(addr));
+        len = sizeof(addr);
+        return accept(socket(AF_INET, SOCK_STREAM, 0), reinterpret_cast<sockaddr*>(&addr), &len);
+      },
+      [](const ChildChannel& ch) {
+        ch.Report(len);
+        ch.Report(reinterpret_cast<const unsigned char*>(&addr)[0]);
+      },
+      &child, &n));
+  absl::StatusOr<SocketAddress> peer = SocketAddress::Parse("127.0.0.1:9");
+  ASSERT_TRUE(peer.ok());
+  EXPECT_EQ(WriteAcceptPeer(child->listener(), n, *peer).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(child->Go().ok());
+  EXPECT_EQ(child->NextReport().value_or(-1), static_cast<int64_t>(sizeof(sockaddr_storage)));
+  EXPECT_EQ(child->NextReport().value_or(-1), 0xab);
+}
+
+// A child that calls accept(l, &addr, &len) with `offered` as len, addr
+// filled with 0xab, and reports len, the port in addr and whether the bytes
+// past `offered` are untouched.
+std::function<void(const ChildChannel&)> AcceptWithAddress(socklen_t offered) {
+  return [offered](const ChildChannel& ch) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_storage addr;
+    std::memset(&addr, 0xab, sizeof(addr));
+    socklen_t len = offered;
+    if (accept(l, reinterpret_cast<sockaddr*>(&addr), &len) < 0) {
+      ch.Report(-errno);
+      return;
+    }
+    ch.Report(len);
+    ch.Report(ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port));
+    const auto* bytes = reinterpret_cast<const unsigned char*>(&addr);
+    bool untouched = true;
+    for (size_t i = offered; i < sizeof(addr); ++i) untouched = untouched && bytes[i] == 0xab;
+    ch.Report(untouched);
+  };
+}
+
+// Answers the child's accept with a real TCP connection's server side and
+// its peer's address; returns the peer's port.
+void AnswerAcceptWithPeer(FilteredChild& child, uint16_t* peer_port) {
+  absl::StatusOr<Notification> n = child.NextNotification();
+  ASSERT_TRUE(n.ok()) << n.status();
+  absl::StatusOr<TestListener> server = ListenOnLoopback(AF_INET);
+  ASSERT_TRUE(server.ok()) << server.status();
+  UniqueFd client(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(connect(client.get(), server->address.get(), server->address.size()), 0);
+  absl::StatusOr<UniqueFd> accepted = AcceptWithin(server->fd.get());
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  absl::StatusOr<SocketAddress> peer = SocketAddress::PeerOf(accepted->get());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  *peer_port = peer->port();
+  ASSERT_TRUE(WriteAcceptPeer(child.listener(), *n, *peer).ok());
+  ASSERT_TRUE(child.listener().AddFdSend(n->id, accepted->get(), 0).ok());
+}
+
+TEST(ProcMemTest, AcceptGetsThePeerAddressTheAgentWrites) {
+  auto child = FilteredChild::Start(AcceptWithAddress(sizeof(sockaddr_storage)));
+  ASSERT_TRUE(child.ok()) << child.status();
+  uint16_t port = 0;
+  ASSERT_NO_FATAL_FAILURE(AnswerAcceptWithPeer(**child, &port));
+  EXPECT_EQ((*child)->NextReport().value_or(-1), static_cast<int64_t>(sizeof(sockaddr_in)));
+  EXPECT_EQ((*child)->NextReport().value_or(-1), port);
+}
+
+// As accept(2): a short buffer gets the start of the address, nothing past
+// it, and addrlen says how long the whole address is.
+TEST(ProcMemTest, AShortAcceptBufferGetsATruncatedAddressAndTheFullLength) {
+  auto child = FilteredChild::Start(AcceptWithAddress(4));  // family and port only
+  ASSERT_TRUE(child.ok()) << child.status();
+  uint16_t port = 0;
+  ASSERT_NO_FATAL_FAILURE(AnswerAcceptWithPeer(**child, &port));
+  EXPECT_EQ((*child)->NextReport().value_or(-1), static_cast<int64_t>(sizeof(sockaddr_in)));
+  EXPECT_EQ((*child)->NextReport().value_or(-1), port);
+  EXPECT_EQ((*child)->NextReport().value_or(-1), 1);
 }
 
 TEST(ProcMemTest, RefusesToReadANotificationThatIsNotAConnect) {
@@ -185,6 +286,20 @@ TEST(ProcMemTest, RefusesToReadANotificationThatIsNotAConnect) {
   ASSERT_TRUE(child.ok()) << child.status();
   EXPECT_EQ(ReadConnectTarget((*child)->listener(), n).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// pid 0: a thread in a pid namespace the agent cannot see. Any pid call with
+// 0 would act on the agent itself.
+TEST(ProcMemTest, RefusesAThreadOutsideTheAgentsPidNamespace) {
+  Notification n;
+  n.syscall_nr = SYS_connect;
+  n.pid = 0;
+  auto child = FilteredChild::Start([](const ChildChannel&) {});
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_EQ(ReadConnectTarget((*child)->listener(), n).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(TakeNotifiedFd((*child)->listener(), n).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

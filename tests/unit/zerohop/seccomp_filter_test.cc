@@ -84,9 +84,13 @@ int ExitOfI386Getpid(bool filtered) {
     asm volatile("int $0x80" : "+a"(nr) : : "r8", "r9", "r10", "r11", "memory");
     _exit(0);
   }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return status;
+  absl::StatusOr<int> status = WaitForExit(pid);
+  if (!status.ok()) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return -1;
+  }
+  return *status;
 }
 
 TEST(SeccompFilterTest, ForeignAbiKillsTheProcess) {
