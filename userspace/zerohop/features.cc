@@ -89,6 +89,10 @@ void Reap(pid_t child, int pidfd) {
   }
 }
 
+std::string CouldNotProbe(absl::string_view why) {
+  return absl::StrCat("could not probe zero-hop support (", why, ")");
+}
+
 ZeroHopFeature Missing(std::string reason) { return {false, std::move(reason)}; }
 
 ZeroHopFeature FromKtls() {
@@ -113,19 +117,16 @@ ZeroHopFeatures ProbeZeroHopFeatures() {
   sock_fprog prog{static_cast<unsigned short>(filter.size()), filter.data()};
   int report[2], hold[2];
   if (pipe2(report, O_CLOEXEC) != 0) {
-    return all_missing(
-        absl::StrCat("could not probe zero-hop support (pipe: ", ErrnoText(errno), ")"));
+    return all_missing(CouldNotProbe(absl::StrCat("pipe: ", ErrnoText(errno))));
   }
   UniqueFd report_read(report[0]), report_write(report[1]);
   if (pipe2(hold, O_CLOEXEC) != 0) {
-    return all_missing(
-        absl::StrCat("could not probe zero-hop support (pipe: ", ErrnoText(errno), ")"));
+    return all_missing(CouldNotProbe(absl::StrCat("pipe: ", ErrnoText(errno))));
   }
   UniqueFd hold_read(hold[0]), hold_write(hold[1]);
   pid_t child = fork();
   if (child < 0) {
-    return all_missing(
-        absl::StrCat("could not probe zero-hop support (fork: ", ErrnoText(errno), ")"));
+    return all_missing(CouldNotProbe(absl::StrCat("fork: ", ErrnoText(errno))));
   }
   if (child == 0) ProbeInChild(&prog, report_write.get(), hold_read.get(), hold_write.get());
   int child_report_fd = report_write.get();
@@ -147,8 +148,7 @@ ZeroHopFeatures ProbeZeroHopFeatures() {
   }
   hold_write.Reset();
   Reap(child, pidfd.get());
-  if (!reported)
-    return all_missing("could not probe zero-hop support (the probe child did not report)");
+  if (!reported) return all_missing(CouldNotProbe("the probe child did not report"));
 
   if (r.action_avail != 0) {
     return all_missing(absl::StrCat(
