@@ -36,7 +36,6 @@ std::function<void(const ChildChannel&)> ConnectTo(const SocketAddress& to) {
 
 void ExpectReadsTheDestination(int family) {
   absl::StatusOr<TestListener> server = ListenOnLoopback(family);
-  if (!server.ok() && family == AF_INET6) GTEST_SKIP() << "no IPv6 loopback: " << server.status();
   ASSERT_TRUE(server.ok()) << server.status();
   auto child = FilteredChild::Start(ConnectTo(server->address));
   ASSERT_TRUE(child.ok()) << child.status();
