@@ -447,13 +447,28 @@ class ConfigReader {
 
   absl::Status Agent(const Field& field, AgentSettings* out) const {
     Mapping map;
-    if (auto st = p_.OpenMapping(
-            field.value, "agent",
-            {"node_name", "cgroup_root", "bpf_pin_dir", "outbound_port", "upstream_source",
-             "upstream_source6", "socket_mark", "control_socket", "control_group",
-             "metrics_address", "log_format", "log_level", "data_path", "max_inbound_handshakes",
-             "max_outbound_handshakes", "max_handshakes_per_source", "first_byte_timeout"},
-            &map);
+    if (auto st = p_.OpenMapping(field.value, "agent",
+                                 {"node_name",
+                                  "cgroup_root",
+                                  "bpf_pin_dir",
+                                  "outbound_port",
+                                  "upstream_source",
+                                  "upstream_source6",
+                                  "socket_mark",
+                                  "control_socket",
+                                  "control_group",
+                                  "metrics_address",
+                                  "log_format",
+                                  "log_level",
+                                  "data_path",
+                                  "max_inbound_handshakes",
+                                  "max_outbound_handshakes",
+                                  "max_handshakes_per_source",
+                                  "first_byte_timeout",
+                                  "holder_socket",
+                                  "registration_socket",
+                                  "oci_socket"},
+                                 &map);
         !st.ok()) {
       return st;
     }
@@ -485,6 +500,12 @@ class ConfigReader {
         st = SocketMark(f, path, &out->socket_mark);
       } else if (f.key == "control_socket") {
         st = p_.AbsolutePath(f, path, &out->control_socket);
+      } else if (f.key == "holder_socket") {
+        st = p_.AbsolutePath(f, path, &out->holder_socket);
+      } else if (f.key == "registration_socket") {
+        st = p_.AbsolutePath(f, path, &out->registration_socket);
+      } else if (f.key == "oci_socket") {
+        st = p_.AbsolutePath(f, path, &out->oci_socket);
       } else if (f.key == "control_group") {
         st = p_.String(f, path, &out->control_group, "a group name");
       } else if (f.key == "metrics_address") {
@@ -563,8 +584,9 @@ class ConfigReader {
     for (size_t i = 0; i < field.value.size(); ++i) {
       std::string path = Item("workloads", i);
       Mapping map;
-      if (auto st = p_.OpenMapping(field.value[i], path,
-                                   {"name", "cgroup", "spiffe_id", "mode", "ports"}, &map);
+      if (auto st =
+              p_.OpenMapping(field.value[i], path,
+                             {"name", "cgroup", "spiffe_id", "mode", "ports", "data_path"}, &map);
           !st.ok()) {
         return st;
       }
@@ -578,12 +600,28 @@ class ConfigReader {
         if (!mode.ok()) return p_.Expected(*f, Child(path, "mode"), kExpected);
         workload.mode = *mode;
       }
+      if (auto st = WorkloadDataPathOf(map, workload, &workload.data_path); !st.ok()) return st;
       if (auto st = WorkloadPorts(map, workload, config->agent, &port_owner, &workload.ports);
           !st.ok()) {
         return st;
       }
       if (auto st = Template(map, *config, workload, &workload.spiffe_id); !st.ok()) return st;
       config->workloads.push_back(std::move(workload));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WorkloadDataPathOf(const Mapping& map, const WorkloadConfig& workload,
+                                  WorkloadDataPath* out) const {
+    const Field* f = map.Find("data_path");
+    if (f == nullptr) return absl::OkStatus();
+    std::string path = Child(map.path, "data_path");
+    std::string name;
+    if (auto st = p_.OneOf(*f, path, {"proxy", "zero_hop"}, &name); !st.ok()) return st;
+    *out = name == "zero_hop" ? WorkloadDataPath::kZeroHop : WorkloadDataPath::kProxy;
+    if (*out == WorkloadDataPath::kZeroHop && workload.mode == WorkloadMode::kOff) {
+      return p_.Expected(*f, path,
+                         "proxy for a workload whose mode is off (it is not intercepted)");
     }
     return absl::OkStatus();
   }
@@ -845,6 +883,10 @@ class ConfigReader {
 };
 
 }  // namespace
+
+absl::string_view WorkloadDataPathName(WorkloadDataPath path) {
+  return path == WorkloadDataPath::kZeroHop ? "zero_hop" : "proxy";
+}
 
 absl::string_view WorkloadModeName(WorkloadMode mode) {
   switch (mode) {

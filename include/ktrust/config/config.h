@@ -28,6 +28,15 @@ enum class WorkloadMode {
 absl::string_view WorkloadModeName(WorkloadMode mode);
 absl::StatusOr<WorkloadMode> ParseWorkloadMode(absl::string_view name);
 
+// Who carries a workload's mesh bytes once the handshake is done.
+enum class WorkloadDataPath {
+  kProxy,    // the agent: the workload's connections end at its listeners
+  kZeroHop,  // the workload's own sockets, with kernel TLS (docs/dataplane.md)
+};
+
+// "proxy", "zero_hop".
+absl::string_view WorkloadDataPathName(WorkloadDataPath path);
+
 struct PortRange {
   uint16_t first = 0;  // inclusive
   uint16_t last = 0;   // inclusive
@@ -56,6 +65,10 @@ struct WorkloadConfig {
   std::string spiffe_id;
   WorkloadMode mode = WorkloadMode::kEnforce;
   std::vector<uint16_t> ports;  // inbound ports enforced for this workload
+  // kZeroHop applies to the workload's processes started by `ktrust exec`
+  // or by an OCI runtime with the holder's listenerPath; others, and every
+  // process when the kernel lacks what zero-hop needs, are proxied.
+  WorkloadDataPath data_path = WorkloadDataPath::kProxy;
 };
 
 struct MeshEntry {
@@ -99,6 +112,11 @@ struct AgentSettings {
   std::string log_format = "json";                 // json | text
   std::string log_level = "info";
   std::string data_path = "auto";  // auto | userspace
+  // The zero-hop fd holder (`ktrustd holder`): the agent's socket to it, and
+  // the sockets it serves to `ktrust exec` and to OCI runtimes (listenerPath).
+  std::string holder_socket = "/run/ktrust/holder.sock";
+  std::string registration_socket = "/run/ktrust/zerohop.sock";
+  std::string oci_socket = "/run/ktrust/oci-seccomp.sock";
   // Handshake admission (EngineOptions of the same names).
   int max_inbound_handshakes = 1024;
   int max_outbound_handshakes = 1024;

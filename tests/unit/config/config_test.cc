@@ -111,6 +111,40 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
   EXPECT_EQ(config->agent.first_byte_timeout, absl::Seconds(5));
 }
 
+const std::string kWebZeroHop =
+    "workloads:\n"
+    "  - name: web\n"
+    "    cgroup: system.slice/web.service\n"
+    "    spiffe_id: spiffe://{trust_domain}/w/{name}\n"
+    "    data_path: zero_hop\n"
+    "  - name: api\n"
+    "    cgroup: system.slice/api.service\n"
+    "    spiffe_id: spiffe://{trust_domain}/w/{name}\n";
+
+TEST(ConfigTest, WorkloadDataPathDefaultsToProxy) {
+  auto config = Parse(kWebZeroHop);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->workloads.size(), 2u);
+  EXPECT_EQ(config->workloads[0].data_path, WorkloadDataPath::kZeroHop);
+  EXPECT_EQ(config->workloads[1].data_path, WorkloadDataPath::kProxy);
+  EXPECT_EQ(WorkloadDataPathName(config->workloads[0].data_path), "zero_hop");
+  EXPECT_EQ(config->agent.holder_socket, "/run/ktrust/holder.sock");
+  EXPECT_EQ(config->agent.registration_socket, "/run/ktrust/zerohop.sock");
+  EXPECT_EQ(config->agent.oci_socket, "/run/ktrust/oci-seccomp.sock");
+}
+
+TEST(ConfigTest, ZeroHopSocketsAreConfigurable) {
+  auto config = Parse(
+      "agent:\n"
+      "  holder_socket: /run/k/h.sock\n"
+      "  registration_socket: /run/k/r.sock\n"
+      "  oci_socket: /run/k/o.sock\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->agent.holder_socket, "/run/k/h.sock");
+  EXPECT_EQ(config->agent.registration_socket, "/run/k/r.sock");
+  EXPECT_EQ(config->agent.oci_socket, "/run/k/o.sock");
+}
+
 TEST(ConfigTest, WorkloadModeNamesRoundTrip) {
   for (WorkloadMode mode :
        {WorkloadMode::kEnforce, WorkloadMode::kPermissive, WorkloadMode::kOff}) {
@@ -281,15 +315,17 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{
             "UnknownWorkloadKey", "workloads:\n  - name: web\n    mdoe: enforce\n",
             "t.yaml:5:5: workloads[0].mdoe: ",
-            "unknown key; expected one of name, cgroup, spiffe_id, mode, ports, got \"mdoe\""},
+            "unknown key; expected one of name, cgroup, spiffe_id, mode, ports, data_path, got "
+            "\"mdoe\""},
         Malformed{
             "RepeatedKey", "agent:\n  log_level: debug\n  log_level: info\n",
             "t.yaml:5:3: agent.log_level: ", "a second \"log_level\" (the first is on line 4)"},
         Malformed{"WorkloadsNotAList", "workloads: {}\n",
                   "t.yaml:3:12: workloads: ", "expected a list of workloads, got an empty mapping"},
-        Malformed{"WorkloadNotAMapping", "workloads: [web]\n", "t.yaml:3:13: workloads[0]: ",
-                  "expected a mapping with the keys name, cgroup, spiffe_id, mode, ports, got "
-                  "\"web\""},
+        Malformed{
+            "WorkloadNotAMapping", "workloads: [web]\n", "t.yaml:3:13: workloads[0]: ",
+            "expected a mapping with the keys name, cgroup, spiffe_id, mode, ports, data_path, got "
+            "\"web\""},
         Malformed{"BadMode", kWeb + "    mode: strict\n", "t.yaml:8:11: workloads[0].mode: ",
                   "expected one of enforce, permissive, off, got \"strict\""},
         Malformed{"EmptyMode", kWeb + "    mode:\n",
@@ -343,6 +379,16 @@ INSTANTIATE_TEST_SUITE_P(
                          "    ports: [9090, 8080]\n",
                   "t.yaml:11:19: workloads[1].ports[1]: ",
                   "a port no other workload enforces (workloads[0].ports[0] has 8080 already)"},
+        Malformed{"UnknownDataPath", kWeb + "    data_path: zerohop\n",
+                  "t.yaml:8:16: workloads[0].data_path: ",
+                  "expected one of proxy, zero_hop, got \"zerohop\""},
+        Malformed{
+            "ZeroHopForAnOffWorkload",
+            "workloads:\n  - name: web\n    cgroup: a\n    spiffe_id: spiffe://{trust_domain}/w\n"
+            "    mode: off\n    data_path: zero_hop\n",
+            "t.yaml:8:16: workloads[0].data_path: ", "proxy for a workload whose mode is off"},
+        Malformed{"RelativeHolderSocket", "agent:\n  holder_socket: run/h.sock\n",
+                  "t.yaml:4:18: agent.holder_socket: ", "absolute"},
         Malformed{"OffWorkloadWithPorts", kWeb + "    mode: off\n",
                   "t.yaml:7:12: workloads[0].ports: ", "no ports for a workload whose mode is off"},
         Malformed{"UnknownPlaceholder",
