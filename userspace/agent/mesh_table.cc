@@ -51,4 +51,23 @@ absl::StatusOr<MeshTable> BuildMeshTable(const Config& config) {
   return table;
 }
 
+std::optional<MeshAction> MeshActionOf(const MeshTable& table, const SocketAddress& destination) {
+  auto host = IpPrefix::HostOf(destination);
+  if (!host.ok()) return std::nullopt;
+  const MeshTableEntry* longest = nullptr;
+  for (const auto& [key, entry] : table) {
+    if (entry.prefix.Contains(*host) &&
+        (longest == nullptr || entry.prefix.mapped_length() > longest->prefix.mapped_length())) {
+      longest = &entry;
+    }
+  }
+  if (longest == nullptr) return std::nullopt;
+  for (const PortRule& rule : longest->rules) {
+    if (destination.port() >= rule.first_port && destination.port() <= rule.last_port) {
+      return rule.action;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace ktrust

@@ -50,6 +50,26 @@ absl::StatusOr<IpPrefix> IpPrefix::Parse(absl::string_view text) {
   return out;
 }
 
+absl::StatusOr<IpPrefix> IpPrefix::HostOf(const SocketAddress& address) {
+  IpPrefix out;
+  if (address.family() == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(address.get());
+    out.address_[10] = 0xff;
+    out.address_[11] = 0xff;
+    std::memcpy(out.address_.data() + 12, &in->sin_addr, 4);
+    out.v4_ = true;
+  } else if (address.family() == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(address.get());
+    std::memcpy(out.address_.data(), &in6->sin6_addr, 16);
+    out.v4_ = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not an IPv4 or IPv6 address (family ", address.family(), ")"));
+  }
+  out.mapped_length_ = 128;
+  return out;
+}
+
 std::string IpPrefix::ToString() const {
   char text[INET6_ADDRSTRLEN] = {};
   if (v4_) {

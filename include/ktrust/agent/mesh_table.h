@@ -3,11 +3,13 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "ktrust/bpf/interception_maps.h"
+#include "ktrust/common/socket_address.h"
 #include "ktrust/config/config.h"
 
 namespace ktrust {
@@ -26,5 +28,11 @@ using MeshTable = std::map<std::string, MeshTableEntry>;
 // prefix that ends up with more than KTRUST_MESH_RULES_PER_PREFIX rules is
 // an error naming it.
 absl::StatusOr<MeshTable> BuildMeshTable(const Config& config);
+
+// What the kernel's trie says about a destination, for the zero-hop
+// supervisor, which decides in userspace which connects it takes: the longest
+// prefix holding the address, then its first rule holding the port. nullopt:
+// not a mesh destination (no prefix, no rule, or not IPv4/IPv6).
+std::optional<MeshAction> MeshActionOf(const MeshTable& table, const SocketAddress& destination);
 
 }  // namespace ktrust

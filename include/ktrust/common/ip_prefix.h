@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "ktrust/common/socket_address.h"
 
 namespace ktrust {
 
@@ -20,6 +21,10 @@ class IpPrefix {
   // "10.0.0.0/8", "fd00::/8"; a bare address is a host prefix (/32, /128).
   // Host bits past the length are refused: they usually mean a typo.
   static absl::StatusOr<IpPrefix> Parse(absl::string_view text);
+  // The host prefix (/32, /128) of an AF_INET or AF_INET6 address; an
+  // IPv4-mapped IPv6 address is its IPv4 address, as for the kernel's trie.
+  // InvalidArgument for any other family.
+  static absl::StatusOr<IpPrefix> HostOf(const SocketAddress& address);
 
   const std::array<uint8_t, 16>& address() const { return address_; }
   // Bits of address(), in the mapped space for IPv4.

@@ -18,6 +18,34 @@ std::vector<std::tuple<uint16_t, uint16_t, MeshAction>> Rules(const MeshTableEnt
 
 // The kernel consults only the longest match: the /24 must carry the bypass
 // of the /16 that contains it, then its own mesh rules and the /8's.
+std::optional<MeshAction> ActionOf(const MeshTable& table, const char* address) {
+  return MeshActionOf(table, *SocketAddress::Parse(address));
+}
+
+// The zero-hop supervisor's reading must be the kernel's: the longest prefix
+// decides alone, its first matching rule wins, and an address with no rule
+// is not the mesh's.
+TEST(MeshTableTest, MeshActionOfReadsTheTableAsTheKernelDoes) {
+  Config config;
+  config.mesh = {Entry("10.0.0.0/8", {{443, 443}}), Entry("10.1.2.0/24", {{8000, 8999}}),
+                 Entry("fd00::/8")};
+  config.bypass = {Entry("10.1.0.0/16", {{53, 53}})};
+  auto table = BuildMeshTable(config);
+  ASSERT_TRUE(table.ok()) << table.status();
+
+  EXPECT_EQ(ActionOf(*table, "10.9.9.9:443"), MeshAction::kRedirect);
+  EXPECT_EQ(ActionOf(*table, "10.9.9.9:80"), std::nullopt) << "the /8 covers port 443 only";
+  EXPECT_EQ(ActionOf(*table, "10.1.2.3:8080"), MeshAction::kRedirect);
+  EXPECT_EQ(ActionOf(*table, "10.1.2.3:443"), MeshAction::kRedirect) << "the /8's rule, repeated";
+  EXPECT_EQ(ActionOf(*table, "10.1.2.3:53"), MeshAction::kBypass) << "the /16's bypass comes first";
+  EXPECT_EQ(ActionOf(*table, "10.1.9.9:53"), MeshAction::kBypass);
+  EXPECT_EQ(ActionOf(*table, "192.168.1.1:443"), std::nullopt);
+  EXPECT_EQ(ActionOf(*table, "[fd00::1]:5432"), MeshAction::kRedirect) << "no ports: every port";
+  EXPECT_EQ(ActionOf(*table, "[::ffff:10.9.9.9]:443"), MeshAction::kRedirect)
+      << "an IPv4-mapped address is its IPv4 address";
+  EXPECT_EQ(ActionOf(*table, "[fe80::1]:443"), std::nullopt);
+}
+
 TEST(MeshTableTest, LongestPrefixCarriesContainingBypassThenMeshRules) {
   Config config;
   config.mesh = {Entry("10.0.0.0/8", {{443, 443}}), Entry("10.1.2.0/24", {{8000, 8999}})};
