@@ -219,6 +219,19 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
                            ? ""
                            : absl::StrCat("expires ", FormatExpiry(s.bundle_expires_at, now));
 
+  // Only once the holder was found or a listener is served: quiet otherwise.
+  std::string zero_hop;
+  if (s.zero_hop.holder_connected || !s.zero_hop.listeners.empty()) {
+    zero_hop = s.zero_hop.holder_connected
+                   ? absl::StrCat("holder connected (", shown(s.zero_hop.holder_socket), ")")
+                   : absl::StrCat("holder not reachable (", shown(s.zero_hop.holder_problem), ")");
+    for (const auto& l : s.zero_hop.listeners) {
+      absl::StrAppend(&zero_hop, "\npid ", l.pid, " (", shown(l.source), ") ",
+                      l.workload.empty() ? "no workload" : shown(l.workload), ": ",
+                      shown(l.data_path));
+    }
+  }
+
   const auto& c = s.counts;
   std::string data_path = shown(s.data_path);
   if (!s.data_path_reason.empty())
@@ -232,11 +245,14 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
     for (const std::string& w : s.warnings) warnings.push_back(shown(w));
     fields.push_back({"warnings", absl::StrJoin(warnings, "\n")});
   }
+  fields.insert(fields.end(), {
+                                  {"data path", data_path},
+                                  {"kernel", absl::StrJoin(features, "\n")},
+                              });
+  if (!zero_hop.empty()) fields.push_back({"zero-hop", zero_hop});
   fields.insert(
       fields.end(),
       {
-          {"data path", data_path},
-          {"kernel", absl::StrJoin(features, "\n")},
           {"bpf", bpf},
           {"config", config},
           {"ca", ca},
@@ -279,10 +295,11 @@ std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads,
     }
     // A cgroup whose template gives no ID is enrolled and refused: say why.
     if (!w.problem.empty()) svid = absl::StrCat("refused, no SPIFFE ID: ", w.problem);
-    rows.push_back(
-        {w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid, w.network});
+    rows.push_back({w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid,
+                    w.network, w.data_path.empty() ? "proxy" : w.data_path});
   }
-  return RenderTable({"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID", "NETWORK"}, rows);
+  return RenderTable(
+      {"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID", "NETWORK", "DATA PATH"}, rows);
 }
 
 std::string RenderPolicyCheck(const control::PolicyCheckParams& query,

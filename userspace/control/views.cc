@@ -40,6 +40,8 @@ void Get(const json& j, const char* key, T& value) {
 // Field lists, one per view (clang-format does not settle on macro bodies).
 // clang-format off
 #define KERNEL_FEATURE_FIELDS(F) F(name) F(present) F(detail)
+#define ZERO_HOP_LISTENER_FIELDS(F) F(pid) F(source) F(workload) F(data_path)
+#define ZERO_HOP_FIELDS(F) F(holder_connected) F(holder_socket) F(holder_problem) F(listeners)
 #define BPF_FIELDS(F) F(attached) F(pin_dir) F(attachments) F(adopted)
 #define CONFIG_FIELDS(F) F(path) F(generation) F(loaded_at) F(last_reload_ok) F(last_reload_error)
 #define CA_FIELDS(F) F(trust_domain) F(expires_at)
@@ -47,7 +49,7 @@ void Get(const json& j, const char* key, T& value) {
   F(connections_active) F(connections_total) F(handshakes_failed) F(denied) F(workloads)
 #define STATUS_FIELDS(F) \
   F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
-  F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason) \
+  F(zero_hop) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason) \
   F(warnings)
 #define CONNECTION_FIELDS(F) \
   F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
@@ -55,7 +57,7 @@ void Get(const json& j, const char* key, T& value) {
   F(bytes_from_wire) F(age_seconds)
 #define WORKLOAD_FIELDS(F) \
   F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at) F(network) \
-  F(problem)
+  F(problem) F(data_path)
 #define POLICY_CHECK_FIELDS(F) F(allowed) F(reason) F(rule)
 #define DENIAL_FIELDS(F) \
   F(time) F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) \
@@ -66,6 +68,8 @@ void Get(const json& j, const char* key, T& value) {
 // clang-format on
 
 KTRUST_VIEW_JSON(KernelFeatureView, KERNEL_FEATURE_FIELDS)
+KTRUST_VIEW_JSON(ZeroHopListenerView, ZERO_HOP_LISTENER_FIELDS)
+KTRUST_VIEW_JSON(ZeroHopView, ZERO_HOP_FIELDS)
 KTRUST_VIEW_JSON(BpfView, BPF_FIELDS)
 KTRUST_VIEW_JSON(ConfigView, CONFIG_FIELDS)
 KTRUST_VIEW_JSON(CaView, CA_FIELDS)

@@ -105,6 +105,26 @@ ZeroHopFeature FromKtls() {
 
 }  // namespace
 
+namespace {
+
+std::string FirstMissing(std::initializer_list<const ZeroHopFeature*> needed) {
+  for (const ZeroHopFeature* f : needed) {
+    if (!f->available) return f->reason;
+  }
+  return "";
+}
+
+}  // namespace
+
+// Kernel TLS first: on most kernels without zero-hop it is the one missing.
+std::string ZeroHopFeatures::outbound_missing() const {
+  return FirstMissing({&ktls, &user_notif, &wait_killable_recv, &pidfd_getfd});
+}
+
+std::string ZeroHopFeatures::inbound_missing() const {
+  return FirstMissing({&ktls, &user_notif, &addfd_send, &pidfd_getfd});
+}
+
 ZeroHopFeatures ProbeZeroHopFeatures() {
   ZeroHopFeatures f;
   f.ktls = FromKtls();

@@ -53,6 +53,23 @@ struct CountsView {
   int64_t workloads = 0;
 };
 
+// A seccomp listener of a process started by `ktrust exec` or an OCI
+// runtime, as the agent serves it.
+struct ZeroHopListenerView {
+  int64_t pid = 0;
+  std::string source;    // "exec" or "oci"
+  std::string workload;  // empty: no workload claims its cgroup
+  // "zero-hop", "zero-hop inbound (outbound proxied: ...)" or "proxy (why)".
+  std::string data_path;
+};
+
+struct ZeroHopView {
+  bool holder_connected = false;
+  std::string holder_socket;
+  std::string holder_problem;  // why not connected, in words
+  std::vector<ZeroHopListenerView> listeners;
+};
+
 // Method "status".
 struct StatusView {
   std::string version;  // ktrustd's
@@ -61,6 +78,7 @@ struct StatusView {
   std::string data_path;  // "ktls-sw" or "userspace"
   std::string data_path_reason;
   std::vector<KernelFeatureView> kernel_features;
+  ZeroHopView zero_hop;
   BpfView bpf;
   ConfigView config;
   CaView ca;
@@ -108,6 +126,9 @@ struct WorkloadView {
   // Why this cgroup has no SPIFFE ID (its template gives none), in words;
   // empty when it has one. Such a cgroup is enrolled and its connections refused.
   std::string problem;
+  // "proxy"; for data_path zero_hop "zero-hop (N processes)", or "proxy (why
+  // not zero-hop)".
+  std::string data_path;
 };
 
 // Method "policy.check".
@@ -147,6 +168,8 @@ struct DenialListView {
   void to_json(nlohmann::json& j, const View& v); \
   void from_json(const nlohmann::json& j, View& v);
 KTRUST_CONTROL_VIEW_JSON(KernelFeatureView)
+KTRUST_CONTROL_VIEW_JSON(ZeroHopListenerView)
+KTRUST_CONTROL_VIEW_JSON(ZeroHopView)
 KTRUST_CONTROL_VIEW_JSON(BpfView)
 KTRUST_CONTROL_VIEW_JSON(ConfigView)
 KTRUST_CONTROL_VIEW_JSON(CaView)

@@ -35,6 +35,10 @@ struct ZeroHopFeatures {
   bool inbound() const {
     return user_notif.available && addfd_send.available && pidfd_getfd.available && ktls.available;
   }
+  // Why not, in words: the reason of the first missing feature; empty when
+  // the direction is available.
+  std::string outbound_missing() const;
+  std::string inbound_missing() const;
 };
 
 // Probes in a forked child, which installs a filter and exits, so the

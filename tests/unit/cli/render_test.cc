@@ -60,12 +60,20 @@ TEST(RenderStatus, ShowsEverySection) {
   s.counts = {4, 120, 3, 2, 5};
   s.ready = false;
   s.not_ready_reason = "no SVID for web yet";
+  s.zero_hop = {true,
+                "/run/ktrust/holder.sock",
+                "",
+                {{41, "exec", "web", "zero-hop"},
+                 {52, "oci", "", "proxy (no enrolled workload has cgroup /x)"}}};
   EXPECT_EQ(RenderStatus(s, Now()),
             "ktrustd 0.1.0 on node-a, up 1h02m (since 2025-12-31T22:58:00Z)\n"
             "ready        no: no SVID for web yet\n"
             "data path    userspace (the kernel has no TLS module)\n"
             "kernel       btf yes\n"
             "             ktls no (TCP_ULP tls: ENOENT)\n"
+            "zero-hop     holder connected (/run/ktrust/holder.sock)\n"
+            "             pid 41 (exec) web: zero-hop\n"
+            "             pid 52 (oci) no workload: proxy (no enrolled workload has cgroup /x)\n"
             "bpf          attached, pinned at /sys/fs/bpf/ktrust, 2 links adopted\n"
             "             connect4 on /sys/fs/cgroup\n"
             "             sockops\n"
@@ -132,7 +140,7 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
                    1234,        "spiffe://example.org/web",
                    "enforce",   {80, 443},
                    kNow + 2700, "pod 10.1.2.3",
-                   ""};
+                   "",          "zero-hop (2 processes)"};
   WorkloadView batch{"batch",
                      "system.slice/batch.service",
                      99,
@@ -141,14 +149,15 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
                      {},
                      0,
                      "node",
-                     ""};
+                     "",
+                     "proxy"};
   EXPECT_EQ(RenderWorkloads({web, batch}, Now()),
             "NAME   SPIFFE ID                   MODE        PORTS   CGROUP                      "
-            "SVID               NETWORK\n"
+            "SVID               NETWORK       DATA PATH\n"
             "web    spiffe://example.org/web    enforce     80,443  system.slice/web.service    "
-            "expires in 45m00s  pod 10.1.2.3\n"
+            "expires in 45m00s  pod 10.1.2.3  zero-hop (2 processes)\n"
             "batch  spiffe://example.org/batch  permissive  -       system.slice/batch.service  "
-            "-                  node\n");
+            "-                  node          proxy\n");
   EXPECT_EQ(RenderWorkloads({}, Now()), "no workloads\n");
 }
 
@@ -204,12 +213,13 @@ TEST(RenderWorkloads, ACgroupWithNoIdSaysWhyItIsRefused) {
                     0,
                     "node",
                     "its SPIFFE ID template spiffe://{trust_domain}/svc/{unit} gives no valid ID: "
-                    "character '@' is not allowed"};
+                    "character '@' is not allowed",
+                    "proxy"};
   std::string out = RenderWorkloads({user}, Now());
   EXPECT_NE(out.find("services  -          enforce  -      system.slice/user@1000.service  "
                      "refused, no SPIFFE ID: its SPIFFE ID template "
                      "spiffe://{trust_domain}/svc/{unit} gives no valid ID: character '@' is "
-                     "not allowed  node\n"),
+                     "not allowed  node     proxy\n"),
             std::string::npos)
       << out;
 }
