@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -54,8 +55,178 @@ struct PairOptions {
   // The client engine serves an inbound listener too (to the same backend),
   // as an agent's engine serves both directions: client_inbound().
   bool client_inbound = false;
+  // The server's inbound listener hands zero-hop clients to this.
+  std::function<bool(UniqueFd&, const ConnectionInfo&)> deliver;
   EngineOptions options;
 };
+
+// Zero-hop, inbound: the sockets a deliver hook received, as the workload's
+// accept would.
+class Delivered {
+ public:
+  std::function<bool(UniqueFd&, const ConnectionInfo&)> Hook(bool take = true) {
+    return [this, take](UniqueFd& fd, const ConnectionInfo& info) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++offered_;
+      if (!take) return false;
+      sockets_.push_back(std::move(fd));
+      infos_.push_back(info);
+      cv_.notify_all();
+      return true;
+    };
+  }
+  // The next socket handed over (bounded wait); invalid if none came.
+  UniqueFd Next(ConnectionInfo* info = nullptr) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return !sockets_.empty(); })) {
+      return UniqueFd();
+    }
+    UniqueFd fd = std::move(sockets_.front());
+    sockets_.erase(sockets_.begin());
+    if (info) *info = infos_.front();
+    infos_.erase(infos_.begin());
+    return fd;
+  }
+  int offered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return offered_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<UniqueFd> sockets_;
+  std::vector<ConnectionInfo> infos_;
+  int offered_ = 0;
+};
+
+// A standard TLS 1.3 client with an SVID, driven by the test.
+struct RawTlsClient {
+  SslCtxPtr ctx;
+  SslPtr ssl;
+  UniqueFd fd;
+};
+
+RawTlsClient ConnectRawTls(const SocketAddress& to, const Svid& svid, bool offer_zero_hop) {
+  RawTlsClient c;
+  c.ctx.reset(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_min_proto_version(c.ctx.get(), TLS1_3_VERSION);
+  SSL_CTX_use_certificate(c.ctx.get(), svid.leaf());
+  SSL_CTX_use_PrivateKey(c.ctx.get(), svid.key());
+  c.ssl.reset(SSL_new(c.ctx.get()));
+  if (offer_zero_hop) {
+    static const unsigned char kProtos[] = "\x0bktrust-zh/1";
+    SSL_set_alpn_protos(c.ssl.get(), kProtos, sizeof(kProtos) - 1);
+  }
+  c.fd = ConnectTo(to);
+  SSL_set_fd(c.ssl.get(), c.fd.get());
+  EXPECT_EQ(SSL_connect(c.ssl.get()), 1);
+  return c;
+}
+
+// SSL_read on a blocking socket, again after a signal interrupted it
+// (OpenSSL reports that as WANT_READ), for at most a minute.
+int SslRead(SSL* ssl, void* buf, int len) {
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  int n;
+  while ((n = SSL_read(ssl, buf, len)) <= 0 && SSL_get_error(ssl, n) == SSL_ERROR_WANT_READ &&
+         absl::Now() < deadline) {
+  }
+  return n;
+}
+
+std::string SelectedAlpn(SSL* ssl) {
+  const unsigned char* p = nullptr;
+  unsigned int len = 0;
+  SSL_get0_alpn_selected(ssl, &p, &len);
+  return p ? std::string(reinterpret_cast<const char*>(p), len) : "";
+}
+
+// A standard TLS 1.3 server with an SVID that acks no ALPN: a TLS end that
+// is not zero-hop capable. Counts the application bytes it receives.
+class PlainTlsServer {
+ public:
+  explicit PlainTlsServer(const Svid& svid) {
+    ctx_.reset(SSL_CTX_new(TLS_server_method()));
+    SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_3_VERSION);
+    SSL_CTX_set_num_tickets(ctx_.get(), 0);
+    SSL_CTX_use_certificate(ctx_.get(), svid.leaf());
+    SSL_CTX_use_PrivateKey(ctx_.get(), svid.key());
+    listener_.Reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SocketAddress any = *SocketAddress::Parse("127.0.0.1:0");
+    EXPECT_EQ(bind(listener_.get(), any.get(), any.size()), 0);
+    EXPECT_EQ(listen(listener_.get(), 8), 0);
+    address_ = *SocketAddress::LocalOf(listener_.get());
+    thread_ = std::thread([this] {
+      UniqueFd fd(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!fd.valid()) return;
+      SslPtr ssl(SSL_new(ctx_.get()));
+      SSL_set_fd(ssl.get(), fd.get());
+      if (SSL_accept(ssl.get()) != 1) return;
+      handshakes_.fetch_add(1);
+      char buf[4096];
+      int n;
+      while ((n = SSL_read(ssl.get(), buf, sizeof(buf))) > 0) bytes_.fetch_add(n);
+    });
+  }
+  ~PlainTlsServer() {
+    shutdown(listener_.get(), SHUT_RDWR);  // wakes an accept that got nothing
+    thread_.join();
+  }
+  SocketAddress address() const { return address_; }
+  int handshakes() const { return handshakes_.load(); }
+  uint64_t bytes() const { return bytes_.load(); }
+
+ private:
+  SslCtxPtr ctx_;
+  UniqueFd listener_;
+  SocketAddress address_;
+  std::atomic<int> handshakes_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::thread thread_;
+};
+
+// Zero-hop, outbound: the application's own socket (blocking, as most
+// are) and what HandshakeInPlace made of it. The engine gets a duplicate
+// that shares the open file, as pidfd_getfd gives the agent.
+struct InPlace {
+  UniqueFd app;
+  InPlaceResult result;
+};
+
+InPlace ConnectInPlace(Engine& engine, const SocketAddress& to, std::shared_ptr<const Svid> svid,
+                       std::optional<SpiffeIdPattern> expected = std::nullopt) {
+  InPlace out;
+  out.app.Reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  timeval tv{60, 0};
+  setsockopt(out.app.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  InPlaceOutbound request;
+  request.socket.Reset(fcntl(out.app.get(), F_DUPFD_CLOEXEC, 0));
+  request.destination = to;
+  request.workload = "zh-client";
+  request.identity = [svid] { return svid; };
+  request.expected_server = std::move(expected);
+  auto promise = std::make_shared<std::promise<InPlaceResult>>();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  std::future<InPlaceResult> future = promise->get_future();
+  request.done = [promise, calls](InPlaceResult r) {
+    if (calls->fetch_add(1) == 0) promise->set_value(std::move(r));
+  };
+  engine.HandshakeInPlace(std::move(request));
+  EXPECT_EQ(future.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  out.result = future.get();
+  EXPECT_EQ(calls->load(), 1);
+  return out;
+}
+
+// A failed zero-hop socket is dead: the application cannot send a byte on
+// it, and its file is blocking again as the application made it.
+void ExpectDeadSocket(int app) {
+  errno = 0;
+  EXPECT_EQ(send(app, "plaintext", 9, MSG_NOSIGNAL), -1);
+  EXPECT_TRUE(errno == EPIPE || errno == ENOTCONN || errno == ECONNRESET) << strerror(errno);
+  EXPECT_EQ(fcntl(app, F_GETFL) & O_NONBLOCK, 0);
+}
 
 // The log lines as an operator reads them: every message, in order.
 class CapturedLog : public spdlog::sinks::base_sink<std::mutex> {
@@ -170,10 +341,11 @@ class EngineTest : public ::testing::Test {
     for (const auto& a : p.allow) allowed.push_back(*SpiffeIdPattern::Parse(a));
     p.options.loops = p.options.loops ? p.options.loops : 2;
 
-    auto server = Engine::Create(
-        p.options, trust_, std::make_shared<AllowListAuthorizer>(allowed), {},
-        {InboundListener{*SocketAddress::Parse("127.0.0.1:0"), "backend",
-                         [server_svid] { return server_svid; }, backend.address(), p.permissive}});
+    InboundListener inbound{*SocketAddress::Parse("127.0.0.1:0"), "backend",
+                            [server_svid] { return server_svid; }, backend.address(), p.permissive};
+    inbound.deliver = p.deliver;
+    auto server = Engine::Create(p.options, trust_, std::make_shared<AllowListAuthorizer>(allowed),
+                                 {}, {inbound});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     ASSERT_TRUE(server_->Start().ok());
@@ -1165,6 +1337,234 @@ TEST_F(EngineTest, NetnsListenersNeedANamespaceAndARunningEngine) {
   server_->Stop();
   added = server_->AddNetnsListeners(NetnsListeners{netns.get(), {}, {}});
   EXPECT_EQ(added.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace ktrust
+
+namespace ktrust {
+namespace {
+
+// On a kernel without kTLS (the host tier) a zero-hop handshake is refused
+// before the socket is connected, with the reason in words, and the
+// application's socket is dead. True if that is the kernel here.
+bool ExpectNoKernelTlsRefusalIfHostKernel(const InPlace& zh, const Engine& client,
+                                          const Engine& server) {
+  if (ProbeKtls().available) return false;
+  EXPECT_FALSE(getenv("KTRUST_VM")) << "the vm tier must run on kernel TLS";
+  EXPECT_EQ(zh.result.error, ECONNREFUSED);
+  EXPECT_EQ(zh.result.result.code(), "no_kernel_tls");
+  EXPECT_THAT(zh.result.reason, ::testing::StartsWith("no kernel TLS: "));
+  EXPECT_FALSE(zh.result.proxy_only());
+  ExpectDeadSocket(zh.app.get());
+  // Never connected: nothing reached the server at all.
+  EXPECT_EQ(server.counters().accepted.load(), 0u);
+  EXPECT_EQ(client.connections().size(), 0u);
+  return true;
+}
+
+TEST_F(EngineTest, ZeroHopOutboundHandsTheApplicationsOwnSocketBackWithKernelTls) {
+  TestBackend backend(&TestBackend::Echo);
+  Delivered delivered;
+  PairOptions p;
+  p.deliver = delivered.Hook();
+  CaptureLog();
+  StartPair(backend, p);
+  InPlace zh = ConnectInPlace(*client_, wire_, Issue(kClientId));
+  if (ExpectNoKernelTlsRefusalIfHostKernel(zh, *client_, *server_)) {
+    auto failed = log_->Events("connection_failed");
+    ASSERT_EQ(failed.size(), 1u);
+    EXPECT_EQ(failed[0]["result"], "no_kernel_tls");
+    EXPECT_EQ(backend.accepted(), 0);
+    return;
+  }
+  ASSERT_EQ(zh.result.error, 0) << zh.result.reason;
+  EXPECT_EQ(zh.result.result.code(), "ok");
+  EXPECT_EQ(zh.result.info.peer_id, kServerId);
+  EXPECT_EQ(zh.result.info.local_id, kClientId);
+  EXPECT_EQ(zh.result.info.data_path, "zero-hop");
+  EXPECT_EQ(zh.result.info.wire_peer, wire_.ToString());
+  EXPECT_FALSE(zh.result.info.cipher.empty());
+  EXPECT_NE(zh.result.socket_cookie, 0u);
+  // The application's blocking socket is blocking again.
+  EXPECT_EQ(fcntl(zh.app.get(), F_GETFL) & O_NONBLOCK, 0);
+
+  ConnectionInfo info;
+  UniqueFd server_app = delivered.Next(&info);
+  ASSERT_TRUE(server_app.valid());
+  EXPECT_EQ(info.peer_id, kClientId);
+  EXPECT_EQ(info.data_path, "zero-hop");
+  timeval tv{60, 0};
+  setsockopt(server_app.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+
+  // Both applications use plain send/recv; the kernel does the TLS.
+  ASSERT_TRUE(SendAll(zh.app.get(), "ping", 4));
+  std::string got;
+  ASSERT_TRUE(ReadExactly(server_app.get(), 4, &got));
+  EXPECT_EQ(got, "ping");
+  ASSERT_TRUE(SendAll(server_app.get(), "pong!", 5));
+  ASSERT_TRUE(ReadExactly(zh.app.get(), 5, &got));
+  EXPECT_EQ(got, "pong!");
+
+  // Neither engine carries the connection: no record, no bytes, no proxy.
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(backend.accepted(), 0);
+  EXPECT_EQ(client_->counters().zero_hop_outbound.load(), 1u);
+  EXPECT_EQ(server_->counters().zero_hop_delivered.load(), 1u);
+  EXPECT_EQ(client_->counters().established.load(), 0u);
+  EXPECT_EQ(server_->counters().established.load(), 0u);
+  auto handed = log_->Events("connection_handed_over");
+  ASSERT_EQ(handed.size(), 2u);
+  for (const auto& e : handed) {
+    EXPECT_EQ(e["data_path"], "zero-hop");
+    EXPECT_EQ(e["bytes_to_wire"], 0);
+    EXPECT_EQ(e["bytes_from_wire"], 0);
+  }
+
+  // The end rule: a FIN is a clean end on both sides (recv 0, never EIO),
+  // and the other direction still works after a half-close.
+  ASSERT_EQ(shutdown(zh.app.get(), SHUT_WR), 0);
+  std::string rest;
+  int err = 0;
+  EXPECT_TRUE(ReadToEof(server_app.get(), &rest, &err)) << strerror(err);
+  EXPECT_EQ(rest, "");
+  ASSERT_TRUE(SendAll(server_app.get(), "bye", 3));
+  server_app.Reset();
+  EXPECT_TRUE(ReadToEof(zh.app.get(), &rest, &err)) << strerror(err);
+  EXPECT_EQ(rest, "bye");
+}
+
+TEST_F(EngineTest, ZeroHopOutboundDeniedByTheServersPolicyFailsWithConnectionRefused) {
+  TestBackend backend(&TestBackend::Echo);
+  Delivered delivered;
+  PairOptions p;
+  p.deliver = delivered.Hook();
+  p.allow = {"spiffe://example.org/ns/other/*"};
+  StartPair(backend, p);
+  InPlace zh = ConnectInPlace(*client_, wire_, Issue(kClientId));
+  if (ExpectNoKernelTlsRefusalIfHostKernel(zh, *client_, *server_)) return;
+  // TLS 1.3 completes the client's handshake before the server judged the
+  // client: the acceptance record is what tells it.
+  EXPECT_EQ(zh.result.error, ECONNREFUSED);
+  EXPECT_EQ(zh.result.result.code(), "rejected_by_peer") << zh.result.reason;
+  EXPECT_FALSE(zh.result.proxy_only());
+  ExpectDeadSocket(zh.app.get());
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(delivered.offered(), 0);
+  EXPECT_EQ(backend.accepted(), 0);
+  EXPECT_EQ(server_->counters().denied.load(), 1u);
+  EXPECT_EQ(client_->counters().zero_hop_outbound.load(), 0u);
+}
+
+TEST_F(EngineTest, ZeroHopOutboundToAnUnexpectedServerFailsWithConnectionRefused) {
+  TestBackend backend(&TestBackend::Echo);
+  Delivered delivered;
+  PairOptions p;
+  p.deliver = delivered.Hook();
+  StartPair(backend, p);
+  InPlace zh = ConnectInPlace(*client_, wire_, Issue(kClientId),
+                              *SpiffeIdPattern::Parse("spiffe://example.org/ns/db/*"));
+  if (ExpectNoKernelTlsRefusalIfHostKernel(zh, *client_, *server_)) return;
+  EXPECT_EQ(zh.result.error, ECONNREFUSED);
+  EXPECT_EQ(zh.result.result.code(), "unexpected_peer") << zh.result.reason;
+  ExpectDeadSocket(zh.app.get());
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(delivered.offered(), 0);
+  EXPECT_EQ(backend.accepted(), 0);
+  EXPECT_EQ(client_->counters().handshake_failures.load(), 1u);
+}
+
+TEST_F(EngineTest, ZeroHopOutboundToAServerWithoutTheAlpnAckIsProxyOnly) {
+  TestBackend backend(&TestBackend::Echo);
+  StartPair(backend);
+  PlainTlsServer plain(*Issue(kServerId));
+  InPlace zh = ConnectInPlace(*client_, plain.address(), Issue(kClientId));
+  if (ExpectNoKernelTlsRefusalIfHostKernel(zh, *client_, *server_)) {
+    EXPECT_EQ(plain.handshakes(), 0);
+    return;
+  }
+  EXPECT_EQ(zh.result.error, ECONNREFUSED);
+  EXPECT_EQ(zh.result.result.code(), "not_zero_hop_capable") << zh.result.reason;
+  EXPECT_TRUE(zh.result.proxy_only());
+  ExpectDeadSocket(zh.app.get());
+  zh.app.Reset();
+  EXPECT_TRUE(Drained());
+  EXPECT_EQ(plain.bytes(), 0u);
+}
+
+TEST_F(EngineTest, ZeroHopClientOfAProxiedListenerIsAcceptedAndEndsWithAFinOnly) {
+  // Zero-hop is a client's offer: a listener with no deliver hook acks it,
+  // says it accepted the client, proxies, and follows the FIN-only rule, on
+  // either record layer. A client that does not offer it keeps close_notify.
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  StartPair(backend);
+  std::shared_ptr<const Svid> svid = Issue(kClientId);
+  {
+    RawTlsClient c = ConnectRawTls(wire_, *svid, /*offer_zero_hop=*/true);
+    EXPECT_EQ(SelectedAlpn(c.ssl.get()), "ktrust-zh/1");
+    char accepted = 0;
+    ASSERT_EQ(SslRead(c.ssl.get(), &accepted, 1), 1);
+    EXPECT_EQ(accepted, 0x01);
+    ASSERT_EQ(SSL_write(c.ssl.get(), "hello", 5), 5);
+    char buf[16];
+    ASSERT_EQ(SslRead(c.ssl.get(), buf, sizeof(buf)), 5);
+    EXPECT_EQ(std::string(buf, 5), "hello");
+    // Our end: a bare FIN. The backend sees a clean end and half-closes,
+    // which reaches us as a bare FIN too: no close_notify.
+    ASSERT_EQ(shutdown(c.fd.get(), SHUT_WR), 0);
+    int rc = SslRead(c.ssl.get(), buf, sizeof(buf));
+    EXPECT_LE(rc, 0);
+    int ssl_err = SSL_get_error(c.ssl.get(), rc);
+    unsigned long lib_err = ERR_peek_error();
+    EXPECT_NE(ssl_err, SSL_ERROR_ZERO_RETURN) << "a close_notify arrived";
+    EXPECT_TRUE(ssl_err == SSL_ERROR_SYSCALL ||
+                ERR_GET_REASON(lib_err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        << ssl_err << " " << ERR_error_string(lib_err, nullptr);
+    ERR_clear_error();
+  }
+  {
+    RawTlsClient c = ConnectRawTls(wire_, *svid, /*offer_zero_hop=*/false);
+    EXPECT_EQ(SelectedAlpn(c.ssl.get()), "");
+    ASSERT_EQ(SSL_write(c.ssl.get(), "hi", 2), 2);
+    char buf[16];
+    errno = 0;
+    int n = SslRead(c.ssl.get(), buf, sizeof(buf));  // no acceptance record first
+    ASSERT_EQ(n, 2) << SSL_get_error(c.ssl.get(), n) << " "
+                    << ERR_error_string(ERR_peek_error(), nullptr) << " " << strerror(errno);
+    EXPECT_EQ(std::string(buf, 2), "hi");
+    ASSERT_EQ(SSL_shutdown(c.ssl.get()), 0);  // close_notify, then FIN from the backend's end
+    EXPECT_EQ(SslRead(c.ssl.get(), buf, sizeof(buf)), 0);
+    EXPECT_NE(SSL_get_shutdown(c.ssl.get()) & SSL_RECEIVED_SHUTDOWN, 0);
+    ERR_clear_error();
+  }
+  EXPECT_TRUE(Drained());
+  auto closed = log_->Events("connection_closed");
+  int inbound_ok = 0;
+  for (const auto& e : closed) {
+    if (e["direction"] == "inbound" && e["result"] == "ok") ++inbound_ok;
+  }
+  EXPECT_EQ(inbound_ok, 2) << "a FIN-only end is clean under ktrust-zh/1";
+  EXPECT_TRUE(log_->Events("connection_failed").empty());
+}
+
+TEST_F(EngineTest, ZeroHopClientOfAListenerWhoseWorkloadDeclinesIsProxied) {
+  TestBackend backend(&TestBackend::Echo);
+  Delivered declined;
+  PairOptions p;
+  p.deliver = declined.Hook(/*take=*/false);
+  StartPair(backend, p);
+  RawTlsClient c = ConnectRawTls(wire_, *Issue(kClientId), /*offer_zero_hop=*/true);
+  char accepted = 0;
+  ASSERT_EQ(SslRead(c.ssl.get(), &accepted, 1), 1);
+  ASSERT_EQ(SSL_write(c.ssl.get(), "abc", 3), 3);
+  char buf[16];
+  ASSERT_EQ(SslRead(c.ssl.get(), buf, sizeof(buf)), 3);
+  EXPECT_EQ(std::string(buf, 3), "abc");
+  // Offered only where kernel TLS could be installed on the socket.
+  EXPECT_EQ(declined.offered(), ProbeKtls().available ? 1 : 0);
+  EXPECT_EQ(backend.accepted(), 1);
+  EXPECT_EQ(server_->counters().zero_hop_delivered.load(), 0u);
 }
 
 }  // namespace

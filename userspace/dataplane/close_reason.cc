@@ -61,6 +61,12 @@ ReasonEntry EntryOf(CloseReason reason) {
       return {"protocol_error", true};
     case CloseReason::kConnectionClosed:
       return {"connection_closed", true};
+    case CloseReason::kNotZeroHopCapable:
+      return {"not_zero_hop_capable", false};
+    case CloseReason::kNoKernelTls:
+      return {"no_kernel_tls", false};
+    case CloseReason::kOverLimit:
+      return {"over_limit", true};
     case CloseReason::kPeerRefused:
       return {"peer_refused", true};
   }

@@ -1,5 +1,6 @@
 #include "connection.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -147,6 +148,62 @@ void Connection::StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGr
   }
 }
 
+void Connection::StartInPlace(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                              InPlaceOutbound request, HandshakeSlot slot) {
+  auto* c = new Connection(ctx, std::move(group), Direction::kOutbound, request.workload);
+  c->in_place_ = true;
+  c->in_place_done_ = std::move(request.done);
+  c->handshake_slot_ = std::move(slot);
+  c->wire_ = std::move(request.socket);
+  c->route_ = OutboundRoute{request.destination, request.workload, std::move(request.identity),
+                            std::move(request.expected_server)};
+  const SocketAddress& to = c->route_.destination;
+  {
+    absl::MutexLock lock(&c->record_->mu);
+    c->record_->info.wire_peer = to.ToString();
+  }
+  // Before the socket is touched: without kernel TLS the workload's socket
+  // could only carry the connection in plaintext, which it never may.
+  if (!ctx.shared.use_ktls) {
+    c->Abort(CloseReason::kNoKernelTls,
+             absl::StrCat("no kernel TLS: ", ctx.shared.ktls_reason,
+                          "; a zero-hop connection needs it on the workload's own socket (serve "
+                          "this workload through the proxy)"));
+    return;
+  }
+  int fd = c->wire_.get();
+  int protocol = 0;
+  socklen_t len = sizeof(protocol);
+  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 || protocol != IPPROTO_TCP) {
+    c->Abort(CloseReason::kConnectFailed, "the workload's socket is not a TCP socket");
+    return;
+  }
+  // The file (and its O_NONBLOCK) is the workload's: a blocking one is made
+  // non-blocking for the loop, and restored before the workload gets it back.
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) {
+    c->Abort(CloseReason::kConnectFailed, absl::StrCat("fcntl(F_GETFL): ", ErrnoText(errno)));
+    return;
+  }
+  if ((flags & O_NONBLOCK) == 0) {
+    if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      c->Abort(CloseReason::kConnectFailed, absl::StrCat("fcntl(F_SETFL): ", ErrnoText(errno)));
+      return;
+    }
+    c->original_file_flags_ = flags;
+  }
+  c->state_ = ConnectionState::kConnecting;
+  c->record_->state.store(c->state_);
+  c->deadline_ = ctx.loop.now() + ctx.shared.options.connect_timeout;
+  if (connect(fd, to.get(), to.size()) != 0 && errno != EINPROGRESS) {
+    c->connect_errno_ = errno;
+    c->Abort(CloseReason::kConnectFailed,
+             absl::StrCat("connect to ", to.ToString(), ": ", ErrnoText(errno)));
+    return;
+  }
+  c->Wait(fd, POLLOUT);
+}
+
 void Connection::StartSniffing() {
   state_ = ConnectionState::kHandshaking;
   record_->state.store(state_);
@@ -273,6 +330,7 @@ void Connection::Advance() {
           absl::MutexLock lock(&record_->mu);
           to = record_->info.wire_peer;
         }
+        connect_errno_ = err;
         Abort(CloseReason::kConnectFailed, absl::StrCat("connect to ", to, ": ", ErrnoText(err)));
         return;
       }
@@ -335,6 +393,15 @@ void Connection::StartHandshake(const SvidProvider& identity,
     return;
   }
   tls_ = *std::move(session);
+  if (in_place_) {
+    // Only an end that acks this follows the end rule a plain recv() on the
+    // workload's kTLS socket needs.
+    if (auto st = tls_->OfferZeroHop(); !st.ok()) {
+      ctx_.shared.counters->errors.fetch_add(1);
+      Abort(CloseReason::kTlsSetup, std::string(st.message()));
+      return;
+    }
+  }
   if (auto st = tls_->SetFd(wire_.get()); !st.ok()) {
     ctx_.shared.counters->errors.fetch_add(1);
     Abort(CloseReason::kTlsSetup, std::string(st.message()));
@@ -344,6 +411,10 @@ void Connection::StartHandshake(const SvidProvider& identity,
 }
 
 void Connection::DriveHandshake() {
+  if (zero_hop_step_ != ZeroHopStep::kNone) {
+    DriveZeroHopAccept();
+    return;
+  }
   HandshakeProgress progress = tls_->Handshake();
   if (pending_ticket_ != 0 && !client_spoke_) NoteClientSpoke();
   switch (progress) {
@@ -374,6 +445,10 @@ void Connection::OnHandshakeDone() {
     record_->info.tls_version = std::string(tls_->version());
     record_->info.cipher = std::string(tls_->cipher());
   }
+  if (in_place_) {
+    FinishInPlace();
+    return;
+  }
   if (direction_ == Direction::kOutbound) {
     StartPumping();
     return;
@@ -386,7 +461,174 @@ void Connection::OnHandshakeDone() {
     Abort(CloseReason::kDenied, decision.reason);
     return;
   }
+  // A zero-hop client waits for our word that it was accepted (it cannot
+  // tell from the TLS 1.3 handshake) before its connect() returns.
+  if (tls_->zero_hop()) {
+    zero_hop_step_ = ZeroHopStep::kSendAccept;
+    DriveZeroHopAccept();
+    return;
+  }
+  Accepted();
+}
+
+void Connection::DriveZeroHopAccept() {
+  bool sending = zero_hop_step_ == ZeroHopStep::kSendAccept;
+  HandshakeProgress progress = sending ? tls_->SendZeroHopAccept() : tls_->ReadZeroHopAccept();
+  switch (progress) {
+    case HandshakeProgress::kWantRead:
+      Wait(wire_.get(), POLLIN);
+      return;
+    case HandshakeProgress::kWantWrite:
+      Wait(wire_.get(), POLLOUT);
+      return;
+    case HandshakeProgress::kFailed: {
+      ctx_.shared.counters->handshake_failures.fetch_add(1);
+      const HandshakeFailure& f = tls_->failure();
+      Abort(CloseResultOf(f), f.explanation);
+      return;
+    }
+    case HandshakeProgress::kDone:
+      zero_hop_step_ = ZeroHopStep::kNone;
+      if (sending) {
+        Accepted();
+      } else {
+        CompleteInPlace();
+      }
+      return;
+  }
+}
+
+void Connection::Accepted() {
+  // A zero-hop client (it offered the token, so it follows the end rule) to
+  // a listener that can hand sockets to the workload.
+  if (inbound_->deliver && tls_->zero_hop() && ctx_.shared.use_ktls && TryDeliver()) return;
   ConnectApplication();
+}
+
+bool Connection::TryDeliver() {
+  absl::StatusOr<DataPath> installed = InstallKtls(wire_.get(), *tls_);
+  if (!installed.ok()) {
+    // Refused before the socket was touched: proxy it instead (on the
+    // userspace record layer, StartPumping says why). Past that point the
+    // socket is unusable.
+    BIO* rbio = SSL_get_rbio(tls_->ssl());
+    if (rbio == nullptr || BIO_method_type(rbio) != BIO_TYPE_SOCKET) {
+      ctx_.shared.counters->errors.fetch_add(1);
+      Abort(CloseReason::kKtlsInstall, std::string(installed.status().message()));
+      return true;
+    }
+    LogEvent(spdlog::level::info, {{"event", "zero_hop_not_delivered"},
+                                   {"id", record_->id},
+                                   {"workload", record_->workload},
+                                   {"reason", installed.status().message()}});
+    return false;
+  }
+  ktls_path_ = *installed;
+  ConnectionInfo info;
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->info.data_path = "zero-hop";
+    info = record_->info;
+  }
+  if (inbound_->deliver(wire_, info)) {
+    ctx_.shared.counters->zero_hop_delivered.fetch_add(1);
+    HandedOver();
+    return true;
+  }
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->info.data_path.clear();  // StartPumping sets the proxy's
+  }
+  if (!wire_.valid()) {
+    ctx_.shared.counters->errors.fetch_add(1);
+    Abort(CloseReason::kIoError,
+          "the zero-hop hand-over declined the connection but took its socket");
+    return true;
+  }
+  return false;
+}
+
+void Connection::FinishInPlace() {
+  if (!tls_->zero_hop()) {
+    std::string server;
+    {
+      absl::MutexLock lock(&record_->mu);
+      server = record_->info.peer_id;
+    }
+    Abort(CloseReason::kNotZeroHopCapable,
+          absl::StrCat("the server ", server, " at ", route_.destination.ToString(),
+                       " completed the handshake but did not ack ALPN ", std::string(kZeroHopAlpn),
+                       ": it is not a zero-hop ktrust end, so a plain recv() on this socket could "
+                       "fail at its close_notify; serve this destination through the proxy"));
+    return;
+  }
+  zero_hop_step_ = ZeroHopStep::kReadAccept;
+  DriveZeroHopAccept();
+}
+
+void Connection::CompleteInPlace() {
+  absl::StatusOr<DataPath> installed = InstallKtls(wire_.get(), *tls_);
+  if (!installed.ok()) {
+    // Never the userspace record layer here: the workload reads this
+    // socket itself.
+    ctx_.shared.counters->errors.fetch_add(1);
+    Abort(CloseReason::kKtlsInstall,
+          absl::StrCat("no kernel TLS on the workload's socket: ", installed.status().message()));
+    return;
+  }
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (getsockopt(wire_.get(), SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0) socket_cookie_ = cookie;
+  {
+    absl::MutexLock lock(&record_->mu);
+    record_->info.wire_local = AddressOf(SocketAddress::LocalOf(wire_.get()));
+    record_->info.data_path = "zero-hop";
+  }
+  ctx_.shared.counters->zero_hop_outbound.fetch_add(1);
+  HandedOver();
+}
+
+void Connection::HandedOver() {
+  handed_over_ = true;
+  result_ = CloseReason::kOk;
+  result_detail_.clear();
+  RestoreFileFlags();
+  // Closed without a reset, a shutdown or an alert: the workload's own
+  // reference keeps the connection, and the engine keeps none.
+  wire_.Reset();
+  Cancel();
+}
+
+void Connection::RestoreFileFlags() {
+  if (original_file_flags_ < 0 || !wire_.valid()) return;
+  fcntl(wire_.get(), F_SETFL, original_file_flags_);
+  original_file_flags_ = -1;
+}
+
+void Connection::KillWorkloadSocket() {
+  KillSocket(wire_.get());
+  RestoreFileFlags();
+}
+
+void Connection::ReportInPlace(const ClosedConnection& closed) {
+  RestoreFileFlags();
+  wire_.Reset();  // the engine's duplicate goes before the workload hears
+  InPlaceResult r;
+  r.result = closed.result;
+  r.reason = closed.reason;
+  r.info = closed.info;
+  r.started = record_->started;
+  r.socket_cookie = socket_cookie_;
+  if (!handed_over_) {
+    CloseReason why = closed.result.reason;
+    r.error = connect_errno_ != 0 ? connect_errno_
+              : why == CloseReason::kConnectTimeout || why == CloseReason::kHandshakeTimeout
+                  ? ETIMEDOUT
+                  : ECONNREFUSED;
+  }
+  std::function<void(InPlaceResult)> done = std::move(in_place_done_);
+  in_place_done_ = nullptr;
+  if (done) done(std::move(r));
 }
 
 AuthorizationDecision Connection::Authorize() const {
@@ -470,7 +712,15 @@ void Connection::StartPumping() {
   }
   std::string data_path = "userspace";
   absl::StatusOr<DataPath> installed = absl::UnavailableError("kernel TLS is not in use");
-  if (ctx_.shared.use_ktls) installed = InstallKtls(wire_.get(), *tls_);
+  if (ktls_path_) {
+    installed = *ktls_path_;  // installed for a hand-over the workload declined
+  } else if (ctx_.shared.use_ktls) {
+    installed = InstallKtls(wire_.get(), *tls_);
+  }
+  // The zero-hop end rule, when the peer negotiated it: a bare FIN ends a
+  // direction both ways, and no close_notify is sent (its kTLS peer may be
+  // an application reading with plain recv()).
+  const bool fin_only = tls_->zero_hop();
   if (ctx_.shared.use_ktls && !installed.ok()) {
     // A refusal before the socket was touched leaves OpenSSL attached, and
     // OpenSSL's record layer can carry the connection instead. (A peer that
@@ -489,14 +739,19 @@ void Connection::StartPumping() {
     data_path = std::string(DataPathName(*installed));
     ktls_ = true;
     int wire = wire_.get();
-    auto to_wire = SplicePump::Create(app_.get(), wire, nullptr, [](int fd) {
-      if (auto st = SendCloseNotify(fd); !st.ok()) return st;
-      if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN) {
-        return absl::ErrnoToStatus(errno, "shutdown");
-      }
-      return absl::OkStatus();
-    });
-    auto from_wire = SplicePump::Create(wire, app_.get(), &ReadControlRecordIsCleanEnd, nullptr);
+    SplicePump::SinkCloser close_wire = nullptr;  // FIN only
+    if (!fin_only) {
+      close_wire = [](int fd) {
+        if (auto st = SendCloseNotify(fd); !st.ok()) return st;
+        if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN) {
+          return absl::ErrnoToStatus(errno, "shutdown");
+        }
+        return absl::OkStatus();
+      };
+    }
+    auto to_wire = SplicePump::Create(app_.get(), wire, nullptr, std::move(close_wire));
+    auto from_wire =
+        SplicePump::Create(wire, app_.get(), &ReadControlRecordIsCleanEnd, nullptr, fin_only);
     if (!to_wire.ok() || !from_wire.ok()) {
       Abort(CloseReason::kPumpSetup,
             std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
@@ -507,7 +762,7 @@ void Connection::StartPumping() {
   } else {
     SSL_set_mode(tls_->ssl(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     app_end_ = std::make_unique<SocketEnd>(app_.get());
-    wire_end_ = std::make_unique<SslEnd>(tls_->ssl(), wire_.get());
+    wire_end_ = std::make_unique<SslEnd>(tls_->ssl(), wire_.get(), fin_only);
     to_wire_ = std::make_unique<CopyPump>(*app_end_, *wire_end_);
     from_wire_ = std::make_unique<CopyPump>(*wire_end_, *app_end_);
   }
@@ -689,7 +944,11 @@ void Connection::Abort(CloseResult result, const std::string& explanation) {
 void Connection::Terminate(CloseResult result, const std::string& explanation) {
   if (closing_) return;
   ArmReset(app_.get());
-  ArmReset(wire_.get());
+  if (in_place_) {
+    KillWorkloadSocket();
+  } else {
+    ArmReset(wire_.get());
+  }
   result_ = result;
   result_detail_ = explanation;
   Cancel();
@@ -721,7 +980,9 @@ void Connection::MaybeFinalize() {
   bool ended_normally = closed.result.reason == CloseReason::kOk ||
                         closed.result.reason == CloseReason::kPlaintextClient;
   nlohmann::ordered_json event = {
-      {"event", ended_normally ? "connection_closed" : "connection_failed"},
+      {"event", handed_over_     ? "connection_handed_over"
+                : ended_normally ? "connection_closed"
+                                 : "connection_failed"},
       {"id", record_->id},
       {"direction", DirectionName(closed.direction)},
       {"workload", closed.workload},
@@ -748,7 +1009,10 @@ void Connection::MaybeFinalize() {
     // A flood of refusals must not flood the log: counted in full, logged to a budget.
     LogRefusal(spdlog::level::warn, event, closed.result.code());
   }
-  if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
+  // A connection handed to its workload has not ended: only `done` (in
+  // place) hears of it.
+  if (!handed_over_ && ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
+  if (in_place_) ReportInPlace(closed);
   delete this;
 }
 
@@ -767,7 +1031,17 @@ ClosedConnection Connection::Summary() const {
 
 void Connection::Destroy() {
   ArmReset(app_.get());
-  ArmReset(wire_.get());
+  if (in_place_) {
+    // The engine stops: the workload's connect still gets its answer.
+    KillWorkloadSocket();
+    if (!handed_over_ && !closing_) {
+      result_ = CloseReason::kConnectFailed;
+      result_detail_ = "the engine stopped before the zero-hop handshake completed";
+    }
+    ReportInPlace(Summary());
+  } else {
+    ArmReset(wire_.get());
+  }
   delete this;
 }
 

@@ -9,16 +9,25 @@
 // nothing within the sniff timeout, is a plaintext client, delivered as is:
 //   kHandshaking (sniffing) -> kConnectingApp -> kEstablished (data path "plaintext")
 //
+// Zero-hop: an outbound handshake on the workload's own socket runs the first
+// two states and hands the socket back instead of pumping:
+//   kConnecting -> kHandshaking -> (ALPN acked, kTLS installed) -> handed over
+// and an inbound one whose listener has a deliver hook may be handed to the
+// workload after authorization instead of kConnectingApp.
+//
 // Every failure aborts both sockets (RST), so neither side mistakes a broken
-// stream for a complete one.
+// stream for a complete one; a workload's own socket that failed is left dead
+// (it is the workload's to close).
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "engine_shared.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/close_reason.h"
+#include "ktrust/tls/ktls.h"
 #include "ktrust/tls/tls_session.h"
 #include "pump.h"
 
@@ -33,6 +42,9 @@ class Connection {
                             const OutboundListener& listener, UniqueFd app, HandshakeSlot slot);
   static void StartInbound(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
                            const InboundListener& listener, UniqueFd wire, HandshakeSlot slot);
+  // Zero-hop, outbound: `request.socket` is the workload's own.
+  static void StartInPlace(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                           InPlaceOutbound request, HandshakeSlot slot);
 
   // The ListenerGroup id of the listener that accepted it.
   uint64_t listener_group() const { return listeners_->id; }
@@ -90,6 +102,29 @@ class Connection {
   AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
+  // Inbound, zero-hop offered and acked: installs kTLS and offers the socket
+  // to the listener's deliver hook. True if the connection is done with
+  // (handed over, or aborted); false: proxy it.
+  bool TryDeliver();
+  // Zero-hop, outbound: the handshake is done; check ALPN, then await the
+  // server's acceptance.
+  void FinishInPlace();
+  // Zero-hop, outbound: accepted by the server; install kTLS, hand back.
+  void CompleteInPlace();
+  // Zero-hop acceptance (TlsSession::SendZeroHopAccept/ReadZeroHopAccept).
+  void DriveZeroHopAccept();
+  // Inbound: verified, authorized and (zero-hop) acceptance sent: hand over
+  // or connect the application.
+  void Accepted();
+  // Leaves a workload's socket unusable: no byte of the workload's can go
+  // out on it, and its close resets the peer.
+  void KillWorkloadSocket();
+  void RestoreFileFlags();
+  // Zero-hop: closes the engine's copy of the socket and ends the
+  // connection's life in the engine (logged as handed over).
+  void HandedOver();
+  // Zero-hop, outbound: closes the duplicate, then reports to `done`.
+  void ReportInPlace(const ClosedConnection& closed);
   void Established();
   void RunPumps();
   void Wait(int fd, short events);
@@ -126,6 +161,7 @@ class Connection {
   bool to_wire_done_ = false;
   bool from_wire_done_ = false;
   bool ktls_ = false;
+  std::optional<DataPath> ktls_path_;  // kTLS installed before pumping (deliver declined)
   uint64_t record_limit_ = 0;
 
   Waiter waiters_[kSlots];
@@ -143,6 +179,16 @@ class Connection {
   absl::Time last_activity_;
   CloseResult result_;
   std::string result_detail_;
+
+  // Zero-hop.
+  enum class ZeroHopStep { kNone, kSendAccept, kReadAccept };
+  ZeroHopStep zero_hop_step_ = ZeroHopStep::kNone;
+  bool in_place_ = false;     // outbound on the workload's own socket (wire_)
+  bool handed_over_ = false;  // the socket went to the workload: no on_closed
+  std::function<void(InPlaceResult)> in_place_done_;
+  int original_file_flags_ = -1;  // to restore; -1: not changed
+  int connect_errno_ = 0;         // the kernel's connect error, for the workload
+  uint64_t socket_cookie_ = 0;
 };
 
 }  // namespace ktrust

@@ -51,6 +51,51 @@ std::string NetnsName(int netns_fd) {
   return absl::StrCat("net:[", st.st_ino, "]");
 }
 
+// Answers a zero-hop request that never became a connection: one log line,
+// the socket left dead, `done` told.
+void RefuseInPlace(InPlaceOutbound request, CloseResult result, const std::string& reason) {
+  std::string code(result.code());
+  LogRefusal(spdlog::level::warn,
+             {{"event", "connection_refused"},
+              {"direction", "outbound"},
+              {"workload", request.workload},
+              {"wire_peer", request.destination.ToString()},
+              {"data_path", "zero-hop"},
+              {"result", code},
+              {"reason", reason}},
+             code);
+  KillSocket(request.socket.get());
+  request.socket.Reset();
+  InPlaceResult r;
+  r.error = ECONNREFUSED;
+  r.result = result;
+  r.reason = reason;
+  r.started = absl::Now();
+  r.info.wire_peer = request.destination.ToString();
+  if (request.done) request.done(std::move(r));
+}
+
+// A HandshakeInPlace request on its way to a loop: whoever drops it untaken
+// (a loop that stopped first) answers it, so `done` runs exactly once.
+class PendingInPlace {
+ public:
+  explicit PendingInPlace(InPlaceOutbound request) : request_(std::move(request)) {}
+  ~PendingInPlace() {
+    if (request_) {
+      RefuseInPlace(*std::move(request_), CloseReason::kConnectFailed,
+                    "the engine stopped before the zero-hop handshake started");
+    }
+  }
+  InPlaceOutbound Take() {
+    InPlaceOutbound r = *std::move(request_);
+    request_.reset();
+    return r;
+  }
+
+ private:
+  std::optional<InPlaceOutbound> request_;
+};
+
 std::vector<std::string> AddressStrings(const std::vector<SocketAddress>& addresses) {
   std::vector<std::string> out;
   for (const auto& a : addresses) out.push_back(a.ToString());
@@ -159,6 +204,33 @@ class Engine::Loop {
         c->Terminate(CloseReason::kListenerRemoved, "the listener that accepted it was removed");
       }
     }
+  }
+
+  // Zero-hop, outbound, on the loop's thread: admitted as an outbound
+  // connection (connection limit, outbound handshake budget), or refused.
+  void AdmitInPlace(InPlaceOutbound request) {
+    EngineCounters& counters = *ctx_.shared.counters;
+    const EngineOptions& options = ctx_.shared.options;
+    if (loop_->stopping()) {
+      RefuseInPlace(std::move(request), CloseReason::kConnectFailed,
+                    "the engine stopped before the zero-hop handshake started");
+      return;
+    }
+    if (counters.active.load() >= static_cast<uint64_t>(options.max_connections)) {
+      counters.refused_connections.fetch_add(1);
+      counters.refused_limit.fetch_add(1);
+      RefuseInPlace(std::move(request), CloseReason::kOverLimit,
+                    absl::StrCat("over the limit of ", options.max_connections, " connections"));
+      return;
+    }
+    auto admitted = ctx_.shared.handshakes->Acquire(Direction::kOutbound, SocketAddress());
+    if (auto* refusal = std::get_if<HandshakeRefusal>(&admitted)) {
+      counters.refused_limit.fetch_add(1);
+      RefuseInPlace(std::move(request), CloseReason::kOverLimit, refusal->reason);
+      return;
+    }
+    Connection::StartInPlace(ctx_, ctx_.shared.own_listeners, std::move(request),
+                             std::get<HandshakeSlot>(std::move(admitted)));
   }
 
   // Runs `task` on the loop's thread; false if the loop has ended.
@@ -361,6 +433,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   engine->data_path_reason_ = options.data_path == DataPathMode::kUserspace
                                   ? "the userspace record layer was requested"
                                   : ktls.reason;
+  shared->ktls_reason = engine->data_path_reason_;
   shared->options = std::move(options);
   shared->client_tls = *std::move(client_tls);
   shared->server_tls = *std::move(server_tls);
@@ -495,6 +568,19 @@ void Engine::CloseListenerGroup(uint64_t id) {
     }
   }
   done.Wait();
+}
+
+void Engine::HandshakeInPlace(InPlaceOutbound request) {
+  if (!request.socket.valid() || !request.identity) {
+    RefuseInPlace(std::move(request), CloseReason::kConnectFailed,
+                  "a zero-hop request needs the workload's socket and an identity");
+    return;
+  }
+  auto pending = std::make_shared<PendingInPlace>(std::move(request));
+  absl::MutexLock lock(&runtime_mu_);
+  if (!running_ || loops_.empty()) return;  // `pending` answers as it goes
+  Loop* loop = loops_[next_in_place_loop_.fetch_add(1) % loops_.size()].get();
+  loop->Post([loop, pending] { loop->AdmitInPlace(pending->Take()); });
 }
 
 void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {

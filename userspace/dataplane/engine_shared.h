@@ -45,6 +45,7 @@ struct Engine::Shared {
   std::shared_ptr<EngineCounters> counters;
   std::unique_ptr<HandshakeBudget> handshakes;  // admission at accept
   bool use_ktls = false;
+  std::string ktls_reason;  // why kernel TLS is (not) in use, for zero-hop refusals
 };
 
 // What a connection needs from the loop that owns it.

@@ -69,7 +69,8 @@ PumpStep CopyPump::Step() {
 
 absl::StatusOr<std::unique_ptr<SplicePump>> SplicePump::Create(int source, int sink,
                                                                ControlRecordReader reader,
-                                                               SinkCloser closer) {
+                                                               SinkCloser closer,
+                                                               bool fin_ends_source) {
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
   UniqueFd r(fds[0]), w(fds[1]);
@@ -80,18 +81,20 @@ absl::StatusOr<std::unique_ptr<SplicePump>> SplicePump::Create(int source, int s
   if (size <= 0) return absl::ErrnoToStatus(errno, "pipe size");
   return std::unique_ptr<SplicePump>(new SplicePump(source, sink, std::move(r), std::move(w),
                                                     static_cast<size_t>(size), std::move(reader),
-                                                    std::move(closer)));
+                                                    std::move(closer), fin_ends_source));
 }
 
 SplicePump::SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write,
-                       size_t pipe_size, ControlRecordReader reader, SinkCloser closer)
+                       size_t pipe_size, ControlRecordReader reader, SinkCloser closer,
+                       bool fin_ends_source)
     : source_(source),
       sink_(sink),
       pipe_read_(std::move(pipe_read)),
       pipe_write_(std::move(pipe_write)),
       pipe_size_(pipe_size),
       on_control_record_(std::move(reader)),
-      close_sink_(std::move(closer)) {}
+      close_sink_(std::move(closer)),
+      fin_ends_source_(fin_ends_source) {}
 
 PumpStep SplicePump::Step() {
   PumpStep step;
@@ -139,7 +142,11 @@ PumpStep SplicePump::Step() {
     if (n == 0) {
       // A kTLS stream must end with close_notify; a bare FIN could be an
       // attacker truncating it, so it is an error, never a clean end.
-      if (on_control_record_) return fail("the peer closed without close_notify (truncated)");
+      // Except under the zero-hop end rule, where both ends agreed that a
+      // FIN is the end (docs/security.md: the same exposure as plain TCP).
+      if (on_control_record_ && !fin_ends_source_) {
+        return fail("the peer closed without close_notify (truncated)");
+      }
       source_done_ = true;
       continue;
     }

@@ -88,14 +88,17 @@ class SplicePump : public Pump {
   // socket buffer is full: it is called again once the sink is writable.
   using SinkCloser = std::function<absl::Status(int fd)>;
 
+  // `fin_ends_source`: a kTLS source may end with a bare FIN (the zero-hop
+  // end rule); otherwise a FIN without close_notify is a truncation.
   static absl::StatusOr<std::unique_ptr<SplicePump>> Create(int source, int sink,
                                                             ControlRecordReader on_control_record,
-                                                            SinkCloser close_sink);
+                                                            SinkCloser close_sink,
+                                                            bool fin_ends_source = false);
   PumpStep Step() override;
 
  private:
   SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write, size_t pipe_size,
-             ControlRecordReader reader, SinkCloser closer);
+             ControlRecordReader reader, SinkCloser closer, bool fin_ends_source);
 
   int source_;
   int sink_;
@@ -106,6 +109,7 @@ class SplicePump : public Pump {
   bool source_done_ = false;
   ControlRecordReader on_control_record_;  // null: the source is a plain socket
   SinkCloser close_sink_;                  // null: shutdown(SHUT_WR) only
+  bool fin_ends_source_;
 };
 
 }  // namespace ktrust

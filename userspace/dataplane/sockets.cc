@@ -31,3 +31,15 @@ void ArmReset(int fd) {
 }
 
 }  // namespace ktrust
+
+namespace ktrust {
+
+void KillSocket(int fd) {
+  if (fd < 0) return;
+  ArmReset(fd);
+  // ENOTCONN on a socket that never connected still marks both directions
+  // shut (inet_shutdown sets sk_shutdown before it reports the error).
+  shutdown(fd, SHUT_RDWR);
+}
+
+}  // namespace ktrust

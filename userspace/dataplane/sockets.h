@@ -24,6 +24,12 @@ absl::StatusOr<UniqueFd> SocketIn(SocketNetns netns, int family);
 // an aborted or refused stream for a complete one. -1 is ignored.
 void ArmReset(int fd);
 
+// A workload's own socket that must never carry its bytes (a failed
+// zero-hop handshake): ArmReset, then shutdown(SHUT_RDWR), so every send the
+// workload tries fails with EPIPE, also on a socket that never connected,
+// and its close resets the peer. -1 is ignored.
+void KillSocket(int fd);
+
 // Closes `fd` with RST, for a connection refused at accept.
 inline void CloseWithReset(UniqueFd fd) { ArmReset(fd.get()); }
 

@@ -77,7 +77,16 @@ StreamEnd::Io SslEnd::Read(char* buf, size_t len) {
     ++records_read_;  // SSL_read returns at most one record's data
     return Ok(n);
   }
-  if (SSL_get_error(ssl_, ret) == SSL_ERROR_ZERO_RETURN) return {Io::kEof, 0, 0, ""};
+  int err = SSL_get_error(ssl_, ret);
+  if (err == SSL_ERROR_ZERO_RETURN) return {Io::kEof, 0, 0, ""};
+  // A FIN with no close_notify before it: the clean end under the zero-hop
+  // rule (an error that is not the end of the transport stays an error).
+  if (fin_only_ && ((err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) ||
+                    (err == SSL_ERROR_SSL &&
+                     ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING))) {
+    ERR_clear_error();
+    return {Io::kEof, 0, 0, ""};
+  }
   return Error(ret, "read");
 }
 
@@ -94,7 +103,7 @@ StreamEnd::Io SslEnd::Write(const char* buf, size_t len) {
 }
 
 StreamEnd::Io SslEnd::ShutdownWrite() {
-  if (!close_notify_sent_) {
+  if (!close_notify_sent_ && !fin_only_) {
     ERR_clear_error();
     int ret = SSL_shutdown(ssl_);
     if (ret < 0) return Error(ret, "close_notify");

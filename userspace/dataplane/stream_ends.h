@@ -23,7 +23,14 @@ class SocketEnd : public StreamEnd {
 
 class SslEnd : public StreamEnd {
  public:
-  SslEnd(SSL* ssl, int fd) : ssl_(ssl), fd_(fd) {}
+  // `fin_only`: the zero-hop end rule (kZeroHopAlpn was negotiated): the end
+  // of a direction is a bare FIN, sent without close_notify, and a FIN
+  // without close_notify is a clean end rather than a truncation.
+  SslEnd(SSL* ssl, int fd, bool fin_only = false) : ssl_(ssl), fd_(fd), fin_only_(fin_only) {
+    // Otherwise OpenSSL answers the peer's bare FIN with a fatal
+    // decode_error alert, which a kTLS peer's recv() reports as EIO.
+    if (fin_only_) SSL_set_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  }
   int fd() const override { return fd_; }
   Io Read(char* buf, size_t len) override;
   Io Write(const char* buf, size_t len) override;
@@ -40,6 +47,7 @@ class SslEnd : public StreamEnd {
   int fd_;
   uint64_t records_written_ = 0;
   uint64_t records_read_ = 0;
+  bool fin_only_;
   bool close_notify_sent_ = false;
 };
 

@@ -37,21 +37,23 @@ class CryptoInfo {
   CryptoInfo(const CryptoInfo&) = delete;
   CryptoInfo& operator=(const CryptoInfo&) = delete;
 
-  // `key` and `iv` as DeriveTrafficKeys makes them; the record sequence is 0.
-  absl::Status Fill(CipherSuite suite, absl::string_view key, absl::string_view iv) {
+  // `key` and `iv` as DeriveTrafficKeys makes them; `sequence`: the next
+  // record's sequence number (the records OpenSSL already carried).
+  absl::Status Fill(CipherSuite suite, absl::string_view key, absl::string_view iv,
+                    uint64_t sequence = 0) {
     if (key.size() != KeyLength(suite) || iv.size() != kTrafficIvLength) {
       return absl::InternalError(absl::StrCat("kernel TLS key material for ",
                                               CipherSuiteName(suite), " has the wrong length"));
     }
     switch (suite) {
       case CipherSuite::kAes128GcmSha256:
-        Build<tls12_crypto_info_aes_gcm_128>(TLS_CIPHER_AES_GCM_128, key, iv);
+        Build<tls12_crypto_info_aes_gcm_128>(TLS_CIPHER_AES_GCM_128, key, iv, sequence);
         break;
       case CipherSuite::kAes256GcmSha384:
-        Build<tls12_crypto_info_aes_gcm_256>(TLS_CIPHER_AES_GCM_256, key, iv);
+        Build<tls12_crypto_info_aes_gcm_256>(TLS_CIPHER_AES_GCM_256, key, iv, sequence);
         break;
       case CipherSuite::kChaCha20Poly1305Sha256:
-        Build<tls12_crypto_info_chacha20_poly1305>(TLS_CIPHER_CHACHA20_POLY1305, key, iv);
+        Build<tls12_crypto_info_chacha20_poly1305>(TLS_CIPHER_CHACHA20_POLY1305, key, iv, sequence);
         break;
     }
     return absl::OkStatus();
@@ -106,7 +108,7 @@ class CryptoInfo {
   // The 12-byte nonce base splits into salt then iv: 4 + 8 for AES-GCM (as
   // for TLS 1.2's implicit and explicit parts), 0 + 12 for ChaCha20-Poly1305.
   template <typename T>
-  void Build(uint16_t cipher_type, absl::string_view key, absl::string_view iv) {
+  void Build(uint16_t cipher_type, absl::string_view key, absl::string_view iv, uint64_t sequence) {
     static_assert(sizeof(T) <= sizeof(bytes_));
     T c{};
     static_assert(sizeof(c.salt) + sizeof(c.iv) == kTrafficIvLength);
@@ -115,6 +117,10 @@ class CryptoInfo {
     std::memcpy(c.salt, iv.data(), sizeof(c.salt));
     std::memcpy(c.iv, iv.data() + sizeof(c.salt), sizeof(c.iv));
     std::memcpy(c.key, key.data(), sizeof(c.key));
+    static_assert(sizeof(c.rec_seq) == 8);
+    for (size_t i = 0; i < 8; ++i) {
+      c.rec_seq[i] = static_cast<unsigned char>(sequence >> (8 * (7 - i)));  // big-endian
+    }
     std::memcpy(bytes_, &c, sizeof(c));
     size_ = sizeof(c);
     cipher_type_ = cipher_type;
@@ -335,10 +341,19 @@ absl::StatusOr<DataPath> InstallKtls(int fd, TlsSession& session) {
   // Everything fallible that does not touch the socket comes first, so a
   // failure up to here leaves the connection usable.
   CryptoInfo tx, rx;
-  for (auto [secret, info] : {std::pair{&tx_secret, &tx}, std::pair{&rx_secret, &rx}}) {
-    absl::StatusOr<TrafficKeys> keys = DeriveTrafficKeys(*suite, *secret);
+  // The sequences continue after the records OpenSSL carried since the
+  // handshake (zero-hop's acceptance record; none otherwise).
+  struct Direction {
+    const Secret* secret;
+    CryptoInfo* info;
+    uint64_t sequence;
+  };
+  for (Direction d : {Direction{&tx_secret, &tx, session.records_sent()},
+                      Direction{&rx_secret, &rx, session.records_received()}}) {
+    absl::StatusOr<TrafficKeys> keys = DeriveTrafficKeys(*suite, *d.secret);
     if (!keys.ok()) return keys.status();
-    if (absl::Status st = info->Fill(*suite, keys->key.view(), keys->iv.view()); !st.ok()) {
+    if (absl::Status st = d.info->Fill(*suite, keys->key.view(), keys->iv.view(), d.sequence);
+        !st.ok()) {
       return st;
     }
   }

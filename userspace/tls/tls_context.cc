@@ -27,6 +27,26 @@ absl::Status ValidateSuites(const std::vector<std::string>& suites) {
   return absl::OkStatus();
 }
 
+// Server: acks kZeroHopAlpn when the client offers it, whatever else it
+// offers, and otherwise acks nothing, so a standard TLS client's own ALPN
+// list never makes the handshake fail (RFC 7301 would allow refusing it).
+int SelectAlpn(SSL* /*ssl*/, const unsigned char** out, unsigned char* outlen,
+               const unsigned char* in, unsigned int inlen, void* /*arg*/) {
+  unsigned int i = 0;
+  while (i < inlen) {
+    unsigned int len = in[i];
+    if (len == 0 || i + 1 + len > inlen) return SSL_TLSEXT_ERR_NOACK;  // malformed: ack nothing
+    absl::string_view proto(reinterpret_cast<const char*>(in + i + 1), len);
+    if (proto == kZeroHopAlpn) {
+      *out = in + i + 1;
+      *outlen = static_cast<unsigned char>(len);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
@@ -61,6 +81,7 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
   // keylog hook is OpenSSL 3.0's only way to get them. Nothing is logged:
   // the session keeps those two secrets and drops every other line.
   SSL_CTX_set_keylog_callback(c, &TlsSession::KeylogCallback);
+  if (server) SSL_CTX_set_alpn_select_cb(c, &SelectAlpn, nullptr);
 
   std::unique_ptr<TlsContext> context(
       new TlsContext(std::move(options), std::move(ctx), std::move(trust)));

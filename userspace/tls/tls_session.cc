@@ -2,6 +2,8 @@
 
 #include <openssl/err.h>
 
+#include <cerrno>
+
 #include "absl/strings/str_cat.h"
 
 namespace ktrust {
@@ -79,6 +81,29 @@ void TlsSession::SetBio(BIO* bio) { SSL_set_bio(ssl_.get(), bio, bio); }
 absl::Status TlsSession::SetFd(int fd) {
   if (SSL_set_fd(ssl_.get(), fd) != 1) return OpenSslError("attach socket to TLS session");
   return absl::OkStatus();
+}
+
+absl::Status TlsSession::OfferZeroHop() {
+  if (context_.role() != TlsRole::kClient) {
+    return absl::FailedPreconditionError("only a client offers ALPN");
+  }
+  // The wire format: each protocol name prefixed by its length.
+  std::string protos(1, static_cast<char>(kZeroHopAlpn.size()));
+  protos.append(kZeroHopAlpn.data(), kZeroHopAlpn.size());
+  // SSL_set_alpn_protos returns 0 on success, unlike the rest of OpenSSL.
+  if (SSL_set_alpn_protos(ssl_.get(), reinterpret_cast<const unsigned char*>(protos.data()),
+                          static_cast<unsigned>(protos.size())) != 0) {
+    return OpenSslError("offer ALPN ktrust-zh/1");
+  }
+  return absl::OkStatus();
+}
+
+bool TlsSession::zero_hop() const {
+  const unsigned char* selected = nullptr;
+  unsigned int len = 0;
+  SSL_get0_alpn_selected(ssl_.get(), &selected, &len);
+  return selected != nullptr &&
+         absl::string_view(reinterpret_cast<const char*>(selected), len) == kZeroHopAlpn;
 }
 
 void TlsSession::InfoCallback(const SSL* ssl, int where, int ret) {
@@ -205,6 +230,61 @@ HandshakeProgress TlsSession::Handshake() {
     Fail(HandshakeError::kProtocol,
          absl::StrCat("TLS handshake failed: ", why ? why : "unspecified protocol error"));
   }
+  ERR_clear_error();
+  return HandshakeProgress::kFailed;
+}
+
+namespace {
+constexpr char kZeroHopAccepted = 0x01;
+}  // namespace
+
+HandshakeProgress TlsSession::SendZeroHopAccept() {
+  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  ERR_clear_error();
+  size_t written = 0;
+  int rc = SSL_write_ex(ssl_.get(), &kZeroHopAccepted, 1, &written);
+  if (rc == 1) {
+    ++records_sent_;
+    return HandshakeProgress::kDone;
+  }
+  int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_WRITE) return HandshakeProgress::kWantWrite;
+  unsigned long lib_err = ERR_peek_error();
+  const char* why = lib_err ? ERR_reason_error_string(lib_err) : nullptr;
+  Fail(HandshakeError::kConnectionClosed,
+       absl::StrCat("send the zero-hop acceptance: ", why ? why : "the connection closed"));
+  ERR_clear_error();
+  return HandshakeProgress::kFailed;
+}
+
+HandshakeProgress TlsSession::ReadZeroHopAccept() {
+  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  ERR_clear_error();
+  char byte = 0;
+  size_t n = 0;
+  errno = 0;
+  int rc = SSL_read_ex(ssl_.get(), &byte, 1, &n);
+  if (rc == 1) {
+    ++records_received_;
+    // Exactly one record of exactly this byte: anything more would be
+    // data OpenSSL holds that kernel TLS would never see.
+    if (n != 1 || byte != kZeroHopAccepted || SSL_pending(ssl_.get()) > 0) {
+      Fail(HandshakeError::kProtocol,
+           "the server's first record is not the zero-hop acceptance (one byte 0x01)");
+      return HandshakeProgress::kFailed;
+    }
+    return HandshakeProgress::kDone;
+  }
+  int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_READ) return HandshakeProgress::kWantRead;
+  std::string how = !alert_received_.empty() ? absl::StrCat("with alert \"", alert_received_, "\"")
+                    : errno == ECONNRESET    ? std::string("with a reset")
+                                             : std::string("without a word");
+  Fail(HandshakeError::kRejectedByPeer,
+       absl::StrCat("the server ended the connection ", how,
+                    " after the handshake instead of accepting this client: its policy may not "
+                    "allow ",
+                    svid_->id().ToString(), " (check the denials on the server's node)"));
   ERR_clear_error();
   return HandshakeProgress::kFailed;
 }

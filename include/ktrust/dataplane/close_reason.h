@@ -40,7 +40,12 @@ enum class CloseReason {
   kPlaintextRefused,
   kProtocolError,
   kConnectionClosed,  // the transport ended mid-handshake
-  kPeerRefused,       // we refused the peer's certificate: CloseResult::peer_reason says why
+  // Zero-hop, outbound: the server verified but did not ack ALPN
+  // "ktrust-zh/1" (not a zero-hop ktrust end): serve it through the proxy.
+  kNotZeroHopCapable,
+  kNoKernelTls,  // zero-hop needs kernel TLS, which this kernel lacks
+  kOverLimit,    // zero-hop, outbound: refused at once, over a connection or handshake limit
+  kPeerRefused,  // we refused the peer's certificate: CloseResult::peer_reason says why
 };
 // The last value, for code that walks them all (tests); new values go before it.
 inline constexpr CloseReason kLastCloseReason = CloseReason::kPeerRefused;

@@ -36,7 +36,9 @@ struct ConnectionInfo {
   std::string peer_id;      // the peer's verified SPIFFE ID
   std::string tls_version;
   std::string cipher;
-  std::string data_path;  // "ktls-sw", "userspace" or "plaintext"; empty until established
+  // "ktls-sw", "userspace", "plaintext", or "zero-hop" (handed to the
+  // workload with kernel TLS); empty until established
+  std::string data_path;
 };
 
 // One connection's record. The owning event loop writes it; anyone may read

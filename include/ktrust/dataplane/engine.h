@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ktrust/common/socket_address.h"
+#include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/close_reason.h"
 #include "ktrust/dataplane/connection_table.h"
 #include "ktrust/identity/authorizer.h"
@@ -68,6 +69,60 @@ struct InboundListener {
   // that does speak TLS is verified and authorized as on any listener.
   // false (enforce): every client must complete the mutual-TLS handshake.
   bool permissive = false;
+  // Zero-hop, inbound: called, on the engine's loop thread, for a client
+  // that offered ALPN "ktrust-zh/1" (which the engine acked), was verified
+  // and authorized, once kernel TLS TX and RX are installed on the accepted
+  // socket and OpenSSL holds none of its bytes (nothing read or written
+  // after the handshake). `info.data_path` is "zero-hop". Returning true
+  // hands the connection over: the callee has taken `socket` (moved it out;
+  // if it left it, the engine closes its copy without a reset), the engine
+  // never connects to the application and keeps no reference; logged as
+  // "connection_handed_over", counted in zero_hop_delivered, no on_closed.
+  // Returning false (no zero-hop workload listens there) leaves `socket` in
+  // place and the engine proxies the connection as usual, on kernel TLS,
+  // under the zero-hop end rule. Must not block. Unset: always proxied.
+  // Without kernel TLS it is never called.
+  std::function<bool(UniqueFd& socket, const ConnectionInfo& info)> deliver = nullptr;
+};
+
+// Zero-hop, outbound: what HandshakeInPlace reports, once.
+struct InPlaceResult {
+  // 0: the socket is connected to the destination, the server verified
+  // (with the expected-server check) and acked "ktrust-zh/1", and kernel TLS
+  // TX and RX are installed; nothing of the application's was read or sent.
+  // Otherwise the errno the application's connect() should fail with: the
+  // kernel's own for a failed connect (ECONNREFUSED, ENETUNREACH, ...),
+  // ETIMEDOUT for the connect or handshake timeout, ECONNREFUSED for every
+  // other refusal or failure. The socket is then dead (SO_LINGER{1,0},
+  // shutdown(SHUT_RDWR)): the application can never send on it.
+  int error = 0;
+  CloseResult result;   // kOk, or why not (its code() is the stable code)
+  std::string reason;   // in words; empty for kOk
+  ConnectionInfo info;  // ids, addresses, cipher; data_path "zero-hop" when ok
+  absl::Time started;
+  uint64_t socket_cookie = 0;  // SO_COOKIE of the socket, when ok
+  // The server completed a verified handshake but did not ack "ktrust-zh/1":
+  // a TLS end that is not zero-hop capable. Serve this destination through
+  // the proxy from now on.
+  bool proxy_only() const { return result.reason == CloseReason::kNotZeroHopCapable; }
+};
+
+// Zero-hop, outbound: connect the workload's own socket and run the
+// handshake on it as `workload`.
+struct InPlaceOutbound {
+  // A duplicate (pidfd_getfd) of the workload's TCP socket, not yet
+  // connected. It shares the open file with the workload, so its file flags
+  // are the workload's: a blocking file is made non-blocking for the work
+  // and its flags are restored before `done` runs. Nothing else of the
+  // socket's options is changed (no SO_MARK, no TCP_NODELAY).
+  UniqueFd socket;
+  SocketAddress destination;
+  std::string workload;
+  SvidProvider identity;
+  std::optional<SpiffeIdPattern> expected_server;
+  // Called exactly once, on any thread (an engine loop's, or the caller's if
+  // the engine is not running), after the engine closed its duplicate.
+  std::function<void(InPlaceResult)> done;
 };
 
 // Listeners in another network namespace (a pod's), added while the engine
@@ -184,6 +239,12 @@ struct EngineCounters {
   std::atomic<uint64_t> handshaking{0};  // pending handshakes, both directions
   std::atomic<uint64_t> handshaking_inbound{0};
   std::atomic<uint64_t> handshaking_outbound{0};
+  // Zero-hop: handshakes on a workload's own socket that handed it back with
+  // kernel TLS (outbound), and inbound connections handed to a workload's
+  // listener (InboundListener::deliver). Neither is in `established`: the
+  // engine carries none of their bytes.
+  std::atomic<uint64_t> zero_hop_outbound{0};
+  std::atomic<uint64_t> zero_hop_delivered{0};
 };
 
 class Engine {
@@ -213,6 +274,18 @@ class Engine {
   // connections to them are refused) and resets the connections they
   // accepted; returns once every loop has done so. An unknown id is a no-op.
   void RemoveNetnsListeners(uint64_t id);
+
+  // Zero-hop, outbound: connects `request.socket` to its destination and
+  // runs the mutual-TLS handshake on it on one of the engine's loops, under
+  // the same connect and handshake timeouts, outbound handshake budget,
+  // counters and logging as a proxied connection (a failure is logged as
+  // "connection_failed" and reported to on_closed; a success is logged as
+  // "connection_handed_over" and reported only to `done`). The client offers
+  // ALPN "ktrust-zh/1" and requires it acked. Without kernel TLS it fails
+  // at once ("no_kernel_tls"), before connecting: never userspace TLS on an
+  // application's socket. Any thread but the engine's own loops (so not from
+  // `done` or on_closed), as AddNetnsListeners; see InPlaceResult.
+  void HandshakeInPlace(InPlaceOutbound request);
 
   // New handshakes use `trust` (bundle rotation); live connections keep theirs.
   void SetTrustStore(std::shared_ptr<const TrustStore> trust);
@@ -249,6 +322,7 @@ class Engine {
   absl::Mutex runtime_mu_;
   bool running_ ABSL_GUARDED_BY(runtime_mu_) = false;
   uint64_t next_listener_group_ ABSL_GUARDED_BY(runtime_mu_) = 1;  // 0: the listeners of Create
+  std::atomic<uint64_t> next_in_place_loop_{0};  // HandshakeInPlace spreads over the loops
   // The groups of AddNetnsListeners: id -> their namespace, for the logs.
   std::map<uint64_t, std::string> netns_listener_groups_ ABSL_GUARDED_BY(runtime_mu_);
 

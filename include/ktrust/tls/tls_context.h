@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "ktrust/common/openssl_ptr.h"
 #include "ktrust/identity/peer_verifier.h"
@@ -22,6 +23,16 @@ namespace ktrust {
 class TlsSession;
 
 enum class TlsRole { kClient, kServer };
+
+// The ALPN token by which two ktrust ends agree on the zero-hop end rule
+// (docs/dataplane.md, "Ends of streams"): on a connection where the server
+// acked it, neither end sends a NewSessionTicket, a KeyUpdate or a
+// close_notify, and a TCP FIN is the clean end of a direction. A kernel TLS
+// socket that an unmodified application reads with plain recv() fails with
+// EIO on any non-data record, so this is what lets the application's own
+// socket carry kTLS. Every ktrust server acks it when offered; a client
+// offers it only for a handshake on the application's socket.
+inline constexpr absl::string_view kZeroHopAlpn = "ktrust-zh/1";
 
 struct TlsContextOptions {
   TlsRole role = TlsRole::kClient;

@@ -54,8 +54,33 @@ class TlsSession {
   void SetBio(BIO* bio);
   absl::Status SetFd(int fd);
 
+  // Client, before the first Handshake(): offer kZeroHopAlpn (and nothing
+  // else). Whether the server acked it is zero_hop() afterwards.
+  absl::Status OfferZeroHop();
+  // After kDone: the server acked kZeroHopAlpn, so both ends follow the
+  // zero-hop end rule (FIN-only, no alert, no post-handshake message).
+  bool zero_hop() const;
+
   // Advances the handshake as far as the transport allows.
   HandshakeProgress Handshake();
+
+  // Zero-hop acceptance, on a connection where kZeroHopAlpn was negotiated.
+  // In TLS 1.3 the client's handshake completes before the server has even
+  // seen the client's certificate, so the client cannot tell "accepted"
+  // from "denied" by the handshake. The server therefore sends one
+  // application data record holding the single byte 0x01 once it verified
+  // and authorized the client, and the client waits for it before it
+  // reports success. Both go through OpenSSL before kernel TLS is
+  // installed; InstallKtls continues the record sequences after them.
+  // Server: kDone once sent, kWantWrite, or kFailed.
+  HandshakeProgress SendZeroHopAccept();
+  // Client: kDone once received, kWantRead, or kFailed (failure(): the
+  // server closed or reset without accepting us: kRejectedByPeer; anything
+  // but the one byte: kProtocol).
+  HandshakeProgress ReadZeroHopAccept();
+  // Application data records OpenSSL sent / received after the handshake.
+  uint64_t records_sent() const { return records_sent_; }
+  uint64_t records_received() const { return records_received_; }
 
   const HandshakeFailure& failure() const { return failure_; }
   // The verified peer, after kDone.
@@ -107,6 +132,8 @@ class TlsSession {
   HandshakeFailure failure_;
   Secret client_traffic_secret_;
   Secret server_traffic_secret_;
+  uint64_t records_sent_ = 0;
+  uint64_t records_received_ = 0;
 
   friend class TlsContext;
 };

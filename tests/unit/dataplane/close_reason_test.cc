@@ -56,6 +56,9 @@ TEST(CloseReasonTest, CodesAndRefusalsAreTheDocumentedOnes) {
       {CloseReason::kPlaintextRefused, {"plaintext_refused", true}},
       {CloseReason::kProtocolError, {"protocol_error", true}},
       {CloseReason::kConnectionClosed, {"connection_closed", true}},
+      {CloseReason::kNotZeroHopCapable, {"not_zero_hop_capable", false}},
+      {CloseReason::kNoKernelTls, {"no_kernel_tls", false}},
+      {CloseReason::kOverLimit, {"over_limit", true}},
       {CloseReason::kPeerRefused, {"peer_refused", true}},
   };
   ASSERT_EQ(expected.size(), AllReasons().size());
