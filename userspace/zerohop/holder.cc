@@ -157,6 +157,10 @@ absl::Status PrepareDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+std::string ErrorReply(absl::string_view reason) {
+  return json{{"ok", false}, {"error", reason}}.dump();
+}
+
 void RaiseFdLimit() {
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -255,10 +259,7 @@ void Holder::State::Refuse(const Pending& p, absl::string_view reason, bool repl
                                  {"peer_pid", p.cred.pid},
                                  {"peer_uid", p.cred.uid},
                                  {"reason", reason}});
-  if (reply && p.fd.valid()) {
-    std::string msg = json{{"ok", false}, {"error", reason}}.dump();
-    (void)SendWithFds(p.fd.get(), msg, {}, MSG_DONTWAIT);
-  }
+  if (reply && p.fd.valid()) (void)SendWithFds(p.fd.get(), ErrorReply(reason), {}, MSG_DONTWAIT);
 }
 
 void Holder::State::Accept(int listen_fd, Kind kind) {
@@ -369,24 +370,30 @@ void Holder::State::ReadPending(Pending& p) {
   if (p.kind == Kind::kExec) {
     auto m = ReceiveWithFds(p.fd.get(), kMaxRegistrationBytes, MSG_DONTWAIT);
     if (!m.ok() && absl::IsUnavailable(m.status())) return;  // EAGAIN: spurious wakeup
+    std::string reply;
     if (!m.ok()) {
-      Refuse(p, m.status().message(), true);
+      Refuse(p, m.status().message(), false);
+      reply = ErrorReply(m.status().message());
     } else if (m->eof) {
       Refuse(p, "closed before sending a registration", false);
     } else {
       p.fds = std::move(m->fds);
       auto id = Register(p, m->data);
       if (!id.ok()) {
-        Refuse(p, id.status().message(), true);
+        Refuse(p, id.status().message(), false);
+        reply = ErrorReply(id.status().message());
       } else {
-        (void)SendWithFds(p.fd.get(), json{{"ok", true}, {"id", *id}}.dump(), {}, MSG_DONTWAIT);
+        reply = json{{"ok", true}, {"id", *id}}.dump();
       }
     }
+    // Every fd of the message is closed before the answer leaves, so a
+    // refused sender can count on it.
     p.fds.clear();
+    if (!reply.empty()) (void)SendWithFds(p.fd.get(), reply, {}, MSG_DONTWAIT);
     p.fd.Reset();
     return;
   }
-  // OCI, a stream: runc sends one message and closes; read to the end.
+  // OCI, a stream.
   size_t room = kMaxOciStateBytes - p.data.size();
   auto m = ReceiveWithFds(p.fd.get(), room + 1, MSG_DONTWAIT);
   if (!m.ok() && absl::IsUnavailable(m.status())) return;
@@ -406,11 +413,11 @@ void Holder::State::ReadPending(Pending& p) {
     p.fd.Reset();
     return;
   }
-  if (!m->data.empty() || !m->fds.empty()) {
-    p.data += m->data;
-    if (!m->eof) return;
-  }
-  // End of stream: the whole state has arrived.
+  p.data += m->data;
+  // runc sends the state in one sendmsg and closes, but the close can come
+  // late (runc run in the foreground keeps it): a complete JSON document is
+  // the end of the message; EOF before one is refused by the parser.
+  if (!m->eof && !json::accept(p.data)) return;
   auto id = Register(p, p.data);
   if (!id.ok()) Refuse(p, id.status().message(), false);
   p.fds.clear();
