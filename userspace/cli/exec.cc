@@ -9,7 +9,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -95,30 +94,15 @@ absl::Status CheckNative(const std::string& path, int depth = 0) {
 }
 
 absl::StatusOr<UniqueFd> ConnectHolder(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the ktrust holder at ", path, ": ",
-                                               std::strerror(errno),
-                                               " (is ktrust-holder.service running?)"));
+  auto fd = zerohop::ConnectUnixSocket(path, SOCK_SEQPACKET);
+  if (!fd.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot reach the ktrust holder: ", fd.status().message(),
+                     " (is ktrust-holder.service running?)"));
   }
   // The listener lets its holder answer this process's connects and put
   // fds into it: only root (or this user, who gains nothing) may get it.
-  ucred cred{};
-  socklen_t len = sizeof(cred);
-  if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return absl::ErrnoToStatus(errno, "SO_PEERCRED");
-  }
-  if (cred.uid != 0 && cred.uid != ::geteuid()) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(path, " is served by uid ", cred.uid, ", not root: not the ktrust holder"));
-  }
+  if (auto st = zerohop::CheckPeerIsRootOrSelf(fd->get(), path); !st.ok()) return st;
   return fd;
 }
 

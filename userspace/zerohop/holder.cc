@@ -132,14 +132,7 @@ absl::StatusOr<UniqueFd> Listen(const std::string& path, int type, mode_t mode) 
 }
 
 // True if something accepts connections at `path`.
-bool Answers(const std::string& path, int type) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return false;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  return fd.valid() && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-}
+bool Answers(const std::string& path, int type) { return ConnectUnixSocket(path, type).ok(); }
 
 absl::Status PrepareDir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {

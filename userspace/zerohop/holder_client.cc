@@ -3,10 +3,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "ktrust/zerohop/holder.h"
@@ -14,27 +10,10 @@
 namespace ktrust::zerohop {
 
 absl::StatusOr<HolderClient> HolderClient::Connect(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("connect to the fd holder at ", path));
-  }
-  ucred cred{};
-  socklen_t len = sizeof(cred);
-  if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return absl::ErrnoToStatus(errno, "SO_PEERCRED");
-  }
-  if (cred.uid != 0 && cred.uid != ::geteuid()) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(path, " is served by uid ", cred.uid, ", not root: not the ktrust holder"));
-  }
-  return HolderClient(std::move(fd));
+  auto fd = ConnectUnixSocket(path, SOCK_SEQPACKET);
+  if (!fd.ok()) return fd.status();
+  if (auto st = CheckPeerIsRootOrSelf(fd->get(), path); !st.ok()) return st;
+  return HolderClient(*std::move(fd));
 }
 
 absl::StatusOr<HolderMessage> HolderClient::Receive(absl::Duration timeout) const {

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <limits>
@@ -258,6 +260,34 @@ absl::StatusOr<HolderMessage> DecodeHolderMessage(absl::string_view text,
   e.listener = std::move(fds[0]);
   e.pidfd = std::move(fds[1]);
   return e;
+}
+
+absl::StatusOr<UniqueFd> ConnectUnixSocket(const std::string& path, int type) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", path));
+  }
+  return fd;
+}
+
+absl::Status CheckPeerIsRootOrSelf(int sock, absl::string_view path) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return absl::ErrnoToStatus(errno, "SO_PEERCRED");
+  }
+  if (cred.uid != 0 && cred.uid != ::geteuid()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(path, " is served by uid ", cred.uid, ", not root: not the ktrust holder"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SendWithFds(int sock, absl::string_view data, absl::Span<const int> fds, int flags) {

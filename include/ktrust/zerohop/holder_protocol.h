@@ -115,6 +115,13 @@ std::string EncodeRemoval(uint64_t id);
 absl::StatusOr<HolderMessage> DecodeHolderMessage(absl::string_view json,
                                                   std::vector<UniqueFd> fds);
 
+// connect(2) to the unix socket at `path` (SOCK_SEQPACKET, SOCK_STREAM),
+// close-on-exec. The errno error says which path.
+absl::StatusOr<UniqueFd> ConnectUnixSocket(const std::string& path, int type);
+// SO_PEERCRED's uid is root or this process's: the peer may be trusted with
+// (or as the source of) workload listeners.
+absl::Status CheckPeerIsRootOrSelf(int sock, absl::string_view path);
+
 // A unix-socket message with its SCM_RIGHTS fds.
 struct ReceivedMessage {
   std::string data;
