@@ -5,6 +5,7 @@
 //   ktrustd tunnel --identity DIR --outbound 127.0.0.1:15001=10.0.0.2:15006
 //   ktrustd tunnel --identity DIR --inbound 0.0.0.0:15006=127.0.0.1:8080
 //                  --allow 'spiffe://example.org/ns/prod/*'   static tunnels, no eBPF
+//   ktrustd holder [--socket-dir /run/ktrust]       zero-hop fd holder (docs/dataplane.md)
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include "ktrust/control/metrics.h"
 #include "ktrust/dataplane/engine.h"
 #include "ktrust/identity/file_identity_source.h"
+#include "ktrust/zerohop/holder.h"
 
 namespace ktrust {
 namespace {
@@ -291,6 +293,12 @@ int main(int argc, char** argv) {
   tunnel->add_option("--workload", f.workload, "Name for logs and the connection table");
   tunnel->add_option("--log-level", f.log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  std::string holder_dir = ktrust::zerohop::kDefaultHolderDir;
+  CLI::App* holder = app.add_subcommand(
+      "holder", "Keep zero-hop workloads' seccomp listeners across agent restarts");
+  holder->add_option("--socket-dir", holder_dir, "Directory of the holder's sockets");
+  holder->add_option("--log-level", f.log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -302,6 +310,7 @@ int main(int argc, char** argv) {
   try {
     if (run->parsed()) return ktrust::RunAgent(config_path);
     if (uninstall->parsed()) return ktrust::RunUninstall(pin_dir);
+    if (holder->parsed()) return ktrust::zerohop::RunHolderCommand(holder_dir, f.log_level);
   } catch (const std::exception& e) {
     std::cerr << "ktrustd: error: " << e.what() << "\n";
     return 1;

@@ -23,6 +23,8 @@ void AddCertCommands(CLI::App& app, int& exit_code);
 // status, conns, workloads, policy check, denials: they talk to the agent at
 // `socket`, which must outlive the parse (its value is read when a command runs).
 void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket);
+// exec: runs a command as a zero-hop workload (exec.cc); does not return on success.
+void AddExecCommand(CLI::App& app, int& exit_code);
 
 // "1h", "90m", "30d": absl durations plus whole days. A lifetime must be
 // positive; an allowance (clock skew) may be zero.

@@ -24,6 +24,7 @@ int Run(int argc, char** argv) {
   // Accept --socket after the command name too: `ktrust conns --socket X`.
   app.fallthrough();
   ktrust::cli::AddAgentCommands(app, exit_code, socket);
+  ktrust::cli::AddExecCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --version
