@@ -127,10 +127,8 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
     // Unreadable memory is what the kernel answers EFAULT for; anything
     // else means we cannot tell where it goes: refuse rather than let it on.
     int err = absl::IsOutOfRange(target.status()) ? EFAULT : ECONNREFUSED;
-    return answer_error(err,
-                        absl::StrCat("cannot read the connect address: ",
-                                     Describe(target.status())),
-                        "");
+    return answer_error(
+        err, absl::StrCat("cannot read the connect address: ", Describe(target.status())), "");
   }
   if (target->family == AF_UNSPEC) {
     // A disconnect. A zero-hop (kTLS) socket must not be disconnected and
@@ -138,10 +136,10 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
     absl::StatusOr<UniqueFd> dup = TakeNotifiedFd(w->listener, n);
     if (!dup.ok()) {
       if (absl::IsNotFound(dup.status())) return;
-      return answer_error(EOPNOTSUPP,
-                          absl::StrCat("cannot inspect the socket of a disconnect: ",
-                                       Describe(dup.status())),
-                          "AF_UNSPEC");
+      return answer_error(
+          EOPNOTSUPP,
+          absl::StrCat("cannot inspect the socket of a disconnect: ", Describe(dup.status())),
+          "AF_UNSPEC");
     }
     absl::StatusOr<uint64_t> cookie = SocketCookie(dup->get());
     bool ours = HasTlsUlp(dup->get()) ||
@@ -175,8 +173,7 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
     if (absl::IsNotFound(dup.status())) return;
     return answer_error(
         ECONNREFUSED,
-        absl::StrCat("cannot take the application's socket: ", Describe(dup.status())),
-        dest_text);
+        absl::StrCat("cannot take the application's socket: ", Describe(dup.status())), dest_text);
   }
   int type = IntSockOpt(dup->get(), SO_TYPE);
   if (type == -ENOTSOCK) return answer_error(ENOTSOCK, "connect on a non-socket", dest_text);
@@ -195,8 +192,7 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
     // outcome, never a second handshake.
     it->second->waiters.push_back(n);
     ++w->counters.connects_reentered;
-    LogZeroHop(spdlog::level::debug, "zerohop_connect_reentered", *w,
-               {{"destination", dest_text}});
+    LogZeroHop(spdlog::level::debug, "zerohop_connect_reentered", *w, {{"destination", dest_text}});
     return;
   }
   if (w->zero_hop.count(*cookie) || HasTlsUlp(dup->get())) {
@@ -205,9 +201,8 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
   int flags = fcntl(dup->get(), F_GETFL);
   UniqueFd keep(fcntl(dup->get(), F_DUPFD_CLOEXEC, 0));
   if (flags < 0 || !keep.valid() || fcntl(dup->get(), F_SETFL, flags | O_NONBLOCK) != 0) {
-    return answer_error(ECONNREFUSED,
-                        absl::StrCat("cannot prepare the socket: ", std::strerror(errno)),
-                        dest_text);
+    return answer_error(
+        ECONNREFUSED, absl::StrCat("cannot prepare the socket: ", std::strerror(errno)), dest_text);
   }
   auto out = std::make_shared<Outbound>();
   out->cookie = *cookie;
@@ -235,8 +230,8 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
   lock.lock();
 }
 
-void State::FinishOutbound(const std::shared_ptr<Workload>& w,
-                           const std::shared_ptr<Outbound>& out, OutboundOutcome outcome) {
+void State::FinishOutbound(const std::shared_ptr<Workload>& w, const std::shared_ptr<Outbound>& out,
+                           OutboundOutcome outcome) {
   auto it = w->outbound.find(out->cookie);
   // Answered already (timeout, Remove, a second done).
   if (it == w->outbound.end() || it->second != out) return;
@@ -268,8 +263,9 @@ void State::FinishOutbound(const std::shared_ptr<Workload>& w,
       ++w->counters.connects_failed;
       LogZeroHop(spdlog::level::warn, "zerohop_connect_failed", *w,
                  {{"destination", dest_text},
-                  {"reason", "the application left its connect before the handshake ended; "
-                             "socket reset"}});
+                  {"reason",
+                   "the application left its connect before the handshake ended; "
+                   "socket reset"}});
     } else {
       ++w->counters.connects_zero_hop;
       w->zero_hop.insert(out->cookie);
@@ -388,9 +384,14 @@ void State::Loop() {
           RemoveLocked(*x.w, "the workload exited");
           workloads.erase(x.w->id);
           if (x.w->hooks.on_removed) {
-            deferred.push_back([hook = x.w->hooks.on_removed, id = x.w->id] {
-              hook(id, "the workload exited");
-            });
+            ListenerStatus last;
+            last.id = x.w->id;
+            last.workload = x.w->hooks.workload;
+            last.inbound = x.w->options.inbound;
+            last.outbound = x.w->options.outbound && x.w->options.wait_killable_recv;
+            last.counters = x.w->counters;
+            deferred.push_back(
+                [hook = x.w->hooks.on_removed, last] { hook(last, "the workload exited"); });
           }
         }
       } else if (x.kind == kDrain) {

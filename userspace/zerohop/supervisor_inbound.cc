@@ -111,8 +111,8 @@ bool SameAddress(const SocketAddress& a, const SocketAddress& b) {
 enum class HandOff { kDelivered, kGone, kAnswered };
 
 // Pops the first ready socket and makes it the result of accept `n`.
-HandOff HandOver(Workload& w, Port& p, const Notification& n, int accept_flags,
-                 int listener_family, std::vector<std::function<void()>>& deferred) {
+HandOff HandOver(Workload& w, Port& p, const Notification& n, int accept_flags, int listener_family,
+                 std::vector<std::function<void()>>& deferred) {
   ReadySocket r = std::move(p.ready.front());
   p.ready.pop_front();
   auto put_back = [&] { p.ready.push_front(std::move(r)); };
@@ -151,19 +151,18 @@ HandOff HandOver(Workload& w, Port& p, const Notification& n, int accept_flags,
     int err = absl::IsResourceExhausted(target.status()) ? EMFILE : ECONNABORTED;
     (void)w.listener.RespondError(n.id, err);
     ++w.counters.accepts_failed;
-    LogZeroHop(spdlog::level::warn, "zerohop_accept_failed", w,
-               {{"errno", ErrnoName(err)},
-                {"reason", absl::StrCat("cannot hand the socket over: ",
-                                        target.status().message())}});
+    LogZeroHop(
+        spdlog::level::warn, "zerohop_accept_failed", w,
+        {{"errno", ErrnoName(err)},
+         {"reason", absl::StrCat("cannot hand the socket over: ", target.status().message())}});
     return HandOff::kAnswered;
   }
   ++w.counters.accepts_delivered;
   LogZeroHop(spdlog::level::debug, "zerohop_accepted", w,
              {{"peer", r.peer.ToString()}, {"local", r.local.ToString()}});
   if (w.hooks.on_connection && cookie.ok()) {
-    deferred.push_back([hook = w.hooks.on_connection, c = *cookie, peer = r.peer] {
-      hook(c, peer, false);
-    });
+    deferred.push_back(
+        [hook = w.hooks.on_connection, c = *cookie, peer = r.peer] { hook(c, peer, false); });
   }
   return HandOff::kDelivered;  // r (our copy) closes here
 }
@@ -198,8 +197,9 @@ void DrainQueue(Workload& w, Port& p, int listener) {
       ++w.counters.strangers_reset;
       LogZeroHop(spdlog::level::warn, "zerohop_stranger_reset", w,
                  {{"peer", from.ToString()},
-                  {"reason", "a connection reached the application's listener without going "
-                             "through the agent; reset, not handed to the application"}});
+                  {"reason",
+                   "a connection reached the application's listener without going "
+                   "through the agent; reset, not handed to the application"}});
     }
   }
 }
@@ -307,8 +307,7 @@ void State::OnAccept(const std::shared_ptr<Workload>& w, const Notification& n) 
     return;
   }
   p.held.push_back({n, accept_flags, family});
-  LogZeroHop(spdlog::level::debug, "zerohop_accept_held", *w,
-             {{"port", absl::StrCat(port)}});
+  LogZeroHop(spdlog::level::debug, "zerohop_accept_held", *w, {{"port", absl::StrCat(port)}});
 }
 
 DeliverResult State::DeliverLocked(Workload& w, UniqueFd& socket, const SocketAddress& local,
@@ -337,8 +336,8 @@ DeliverResult State::DeliverLocked(Workload& w, UniqueFd& socket, const SocketAd
     LogZeroHop(spdlog::level::warn, "zerohop_deliver_refused", w,
                {{"peer", peer.ToString()},
                 {"local", local.ToString()},
-                {"reason", absl::StrCat("the application has not accepted the ",
-                                        p.ready.size(), " connections already waiting; reset")}});
+                {"reason", absl::StrCat("the application has not accepted the ", p.ready.size(),
+                                        " connections already waiting; reset")}});
     return DeliverResult::kRefused;
   }
   if (p.doorbells.empty()) {
@@ -377,8 +376,8 @@ void State::CheckHeldAccepts(Workload& w) {
       ++w.counters.accepts_interrupted;
       LogZeroHop(spdlog::level::debug, "zerohop_accept_interrupted", w,
                  {{"port", absl::StrCat(port)},
-                  {"reason", signal.ok() ? "a signal is pending"
-                                         : std::string(signal.status().message())}});
+                  {"reason",
+                   signal.ok() ? "a signal is pending" : std::string(signal.status().message())}});
       it = p.held.erase(it);
     }
   }
@@ -415,10 +414,11 @@ void State::DoorbellProgress(Workload& w, uint16_t port, int client_fd, short re
   }
   // Refused: nothing listens there any more; the waiting sockets cannot be
   // accepted.
-  LogZeroHop(spdlog::level::warn, "zerohop_doorbell_failed", w,
-             {{"port", absl::StrCat(port)},
-              {"reason", absl::StrCat("the doorbell was refused (", std::strerror(err < 0 ? -err : err),
-                                      "): ", p.ready.size(), " waiting connections reset")}});
+  LogZeroHop(
+      spdlog::level::warn, "zerohop_doorbell_failed", w,
+      {{"port", absl::StrCat(port)},
+       {"reason", absl::StrCat("the doorbell was refused (", std::strerror(err < 0 ? -err : err),
+                               "): ", p.ready.size(), " waiting connections reset")}});
   for (ReadySocket& r : p.ready) ResetSocket(r.fd.get());
   w.counters.ready_reset += p.ready.size();
   p.ready.clear();

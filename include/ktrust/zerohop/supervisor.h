@@ -40,6 +40,7 @@ namespace ktrust::zerohop {
 namespace internal {
 struct State;
 }
+struct ListenerStatus;
 
 // What the handshake hook reports for one outbound connection.
 struct OutboundOutcome {
@@ -78,9 +79,10 @@ struct WorkloadHooks {
   std::function<void(uint64_t socket_cookie, const SocketAddress& peer, bool outbound)>
       on_connection;
   // Optional: the listener was dropped (the workload exited: POLLHUP, or a
-  // fatal listener error), after everything it held was answered. Called on
-  // the notification thread without the supervisor's lock.
-  std::function<void(uint64_t id, const std::string& why)> on_removed;
+  // fatal listener error), after everything it held was answered; `last` is
+  // its final status (counters). Called on the notification thread without
+  // the supervisor's lock.
+  std::function<void(const ListenerStatus& last, const std::string& why)> on_removed;
 };
 
 struct AddOptions {
