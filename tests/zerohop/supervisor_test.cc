@@ -443,7 +443,7 @@ TEST_P(SupervisorInboundEpoll, ServerAcceptsExactlyTheDeliveredConnections) {
       << ReadAll(w.output);
   SupervisorCounters c = h.Counters();
   EXPECT_EQ(c.accepts_delivered, 10u);
-  EXPECT_EQ(c.strangers_reset, 0u);
+  EXPECT_EQ(c.accepts_direct, 0u);
   EXPECT_GE(c.doorbells_rung, 2u);
   EXPECT_TRUE(
       WaitUntil([&] { return h.Counters().doorbells_drained == h.Counters().doorbells_rung; }));
@@ -454,7 +454,7 @@ INSTANTIATE_TEST_SUITE_P(Modes, SupervisorInboundEpoll, ::testing::Values("lt", 
 // Disabled: http.server logs "GET / 200" for the delivered connection but
 // curl receives 0 bytes and times out; not understood yet (the epoll servers
 // echo through the same path). See the report of the supervisor package.
-TEST(SupervisorInbound, DISABLED_HttpServerServesDeliveredCurl) {
+TEST(SupervisorInbound, HttpServerServesDeliveredCurl) {
   uint16_t port = FreePort();
   Workload w =
       Launch({"python3", "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)});
@@ -484,7 +484,48 @@ TEST(SupervisorInbound, DISABLED_HttpServerServesDeliveredCurl) {
     EXPECT_EQ(ReadAll(out), "200");
   }
   EXPECT_EQ(h.Counters().accepts_delivered, 3u);
-  EXPECT_EQ(h.Counters().strangers_reset, 0u);
+  EXPECT_EQ(h.Counters().accepts_direct, 0u);
+}
+
+// A connection the kernel queued on the application's listener itself (one
+// the agent proxied, or a port ktrust does not enforce) is the
+// application's: served, never reset as a stranger. Both a select-then-accept
+// server and a bare blocking accept (held by the supervisor) get it.
+TEST(SupervisorInbound, ConnectionsQueuedDirectlyOnTheListenerReachTheApplication) {
+  uint16_t port = FreePort();
+  Workload http =
+      Launch({"python3", "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)});
+  uint16_t blocking_port = FreePort();
+  Workload blocking =
+      Launch({"python3", "-c",
+              absl::StrCat("import socket\n"
+                           "l=socket.socket(); l.bind(('127.0.0.1',",
+                           blocking_port,
+                           ")); l.listen(4)\n"
+                           "print('LISTENING', flush=True)\n"
+                           "c,peer=l.accept(); c.sendall(b'direct'); c.close()\n")});
+  Harness h;
+  h.Add(http, [](const SocketAddress&) { return false; });
+  h.Add(blocking, [](const SocketAddress&) { return false; });
+  ASSERT_TRUE(WaitUntil([&] {
+    return system(absl::StrCat("ss -Htln 'sport = :", port, "' | grep -q LISTEN").c_str()) == 0;
+  }));
+  std::string out = absl::StrCat(testing::TempDir(), "/zh_direct_", getpid());
+  EXPECT_EQ(system(absl::StrCat("curl -s -m 10 -o /dev/null -w '%{http_code}' http://127.0.0.1:",
+                                port, "/ > ", out)
+                       .c_str()),
+            0);
+  EXPECT_EQ(ReadAll(out), "200");
+  EXPECT_EQ(h.Counters().accepts_direct, 1u) << "http.server's listener is the first added";
+
+  ASSERT_TRUE(WaitUntil([&] { return h.Held() == 1; }));
+  std::string got = absl::StrCat(testing::TempDir(), "/zh_direct_blocking_", getpid());
+  EXPECT_EQ(
+      system(absl::StrCat("curl -s -m 10 telnet://127.0.0.1:", blocking_port, " </dev/null > ", got)
+                 .c_str()),
+      0);
+  EXPECT_EQ(ReadAll(got), "direct");
+  EXPECT_EQ(ExitCode(blocking), 0) << ReadAll(blocking.output);
 }
 
 TEST(SupervisorInbound, NonBlockingAcceptWithNothingReadyGetsEagain) {

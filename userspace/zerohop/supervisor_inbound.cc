@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -167,48 +168,49 @@ HandOff HandOver(Workload& w, Port& p, const Notification& n, int accept_flags, 
   return HandOff::kDelivered;  // r (our copy) closes here
 }
 
-// Accepts everything queued on the application's listener (through the dup):
-// our doorbells are reset quietly, anything else reached the listener around
-// the agent and is reset too, never handed to the application.
+// Accepts everything queued on the application's listener (through the dup),
+// never blocking: our doorbells are reset and forgotten; anything else got
+// there under the kernel's own rules (a connection the agent proxied, or a
+// port ktrust does not enforce) and is the application's, so it joins the
+// ready queue in arrival order.
 void DrainQueue(Workload& w, Port& p, int listener) {
   for (int i = 0; i < kMaxDrain; ++i) {
+    // The dup shares the application's open file: on a blocking listener an
+    // accept with an empty queue would block the supervisor.
+    pollfd pf{listener, POLLIN, 0};
+    if (poll(&pf, 1, 0) <= 0 || (pf.revents & POLLIN) == 0) return;
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     UniqueFd conn(
         accept4(listener, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!conn.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      return;  // EAGAIN, or nothing more we can do
+      return;  // EAGAIN (another supervisor was first), or nothing more we can do
     }
     SocketAddress from = SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-    ResetSocket(conn.get());
-    bool doorbell = false;
-    for (auto it = p.doorbells.begin(); it != p.doorbells.end(); ++it) {
-      if (SameAddress(it->source, from)) {
-        ResetSocket(it->client.get());
-        p.doorbells.erase(it);
-        doorbell = true;
-        break;
-      }
-    }
-    if (doorbell) {
+    auto doorbell = std::find_if(p.doorbells.begin(), p.doorbells.end(),
+                                 [&](const Doorbell& d) { return SameAddress(d.source, from); });
+    if (doorbell != p.doorbells.end()) {
+      ResetSocket(conn.get());
+      ResetSocket(doorbell->client.get());
+      p.doorbells.erase(doorbell);
       ++w.counters.doorbells_drained;
-    } else {
-      ++w.counters.strangers_reset;
-      LogZeroHop(spdlog::level::warn, "zerohop_stranger_reset", w,
-                 {{"peer", from.ToString()},
-                  {"reason",
-                   "a connection reached the application's listener without going "
-                   "through the agent; reset, not handed to the application"}});
+      continue;
     }
+    if (p.ready.size() >= w.options.max_ready_per_port) {
+      ResetSocket(conn.get());
+      ++w.counters.ready_reset;
+      LogZeroHop(spdlog::level::warn, "zerohop_direct_refused", w,
+                 {{"peer", from.ToString()},
+                  {"reason", absl::StrCat("the application has not accepted the ", p.ready.size(),
+                                          " connections already waiting; reset")}});
+      continue;
+    }
+    // The application's accept would have reported the socket's own address.
+    absl::StatusOr<SocketAddress> local = SocketAddress::LocalOf(conn.get());
+    ++w.counters.accepts_direct;
+    p.ready.push_back({std::move(conn), local.ok() ? *local : SocketAddress(), from});
   }
-}
-
-// After a handover emptied the ready queue: the doorbell must not wake the
-// application again. If it is still on its way, drain it when it arrives.
-void DrainAfterEmpty(Workload& w, Port& p, UniqueFd listener) {
-  DrainQueue(w, p, listener.get());
-  if (!p.doorbells.empty()) p.drain_listener = std::move(listener);
 }
 
 absl::Status RingDoorbell(Workload& w, Port& p, const SocketAddress& target) {
@@ -290,22 +292,31 @@ void State::OnAccept(const std::shared_ptr<Workload>& w, const Notification& n) 
   }
   uint16_t port = local->port();
   Port& p = w->ports[port];
-  while (!p.ready.empty()) {
-    HandOff h = HandOver(*w, p, n, accept_flags, family, deferred);
-    if (h == HandOff::kGone) return;
-    if (h == HandOff::kAnswered) return;
-    if (p.ready.empty()) DrainAfterEmpty(*w, p, std::move(*dup));
+  // Connections the kernel queued on the listener itself are the
+  // application's as much as the handed-over ones.
+  DrainQueue(*w, p, dup->get());
+  if (!p.ready.empty()) {
+    (void)HandOver(*w, p, n, accept_flags, family, deferred);
+    if (p.ready.empty()) {
+      // Nothing else waits: a doorbell still on its way is drained on arrival.
+      if (!p.doorbells.empty()) p.drain_listener = std::move(*dup);
+    } else if (p.doorbells.empty()) {
+      // More wait, and the drain took the doorbell: the listener must stay
+      // readable, or a level-triggered server would not come back for them.
+      (void)RingDoorbell(*w, p, p.ready.front().local);
+    }
     return;
   }
   int fl = fcntl(dup->get(), F_GETFL);
   if (fl >= 0 && (fl & O_NONBLOCK)) {
     (void)w->listener.RespondError(n.id, EAGAIN);
     ++w->counters.accepts_eagain;
-    // Nothing waits, so any doorbell left is a stray.
-    DrainQueue(*w, p, dup->get());
     if (!p.doorbells.empty()) p.drain_listener = std::move(*dup);
     return;
   }
+  // Held: watch the listener, so that a connection the kernel queues there
+  // directly also answers this accept.
+  p.drain_listener = std::move(*dup);
   p.held.push_back({n, accept_flags, family});
   LogZeroHop(spdlog::level::debug, "zerohop_accept_held", *w, {{"port", absl::StrCat(port)}});
 }
@@ -388,7 +399,14 @@ void State::DrainWhenArrived(Workload& w, uint16_t port) {
   if (it == w.ports.end() || !it->second.drain_listener.valid()) return;
   Port& p = it->second;
   DrainQueue(w, p, p.drain_listener.get());
-  if (p.doorbells.empty() || !p.ready.empty()) p.drain_listener.Reset();
+  // A held accept takes what the kernel queued directly.
+  while (!p.held.empty() && !p.ready.empty()) {
+    HeldAccept h = p.held.front();
+    p.held.pop_front();
+    (void)HandOver(w, p, h.notification, h.accept_flags, h.listener_family, deferred);
+  }
+  // Keep watching while an accept is held or a doorbell is still to drain.
+  if (p.held.empty() && (p.doorbells.empty() || !p.ready.empty())) p.drain_listener.Reset();
 }
 
 void State::DoorbellProgress(Workload& w, uint16_t port, int client_fd, short revents) {

@@ -136,10 +136,10 @@ struct SupervisorCounters {
   uint64_t accepts_failed = 0;
   uint64_t doorbells_rung = 0;
   uint64_t doorbells_drained = 0;
-  // Connections found in an application's accept queue that were not ours
-  // (something reached the listener around the agent): reset, never handed
-  // to the application.
-  uint64_t strangers_reset = 0;
+  // Connections the kernel queued on an application's listener itself (a
+  // connection the agent proxied, or a port ktrust does not enforce), handed
+  // to its accept like the others.
+  uint64_t accepts_direct = 0;
   // Delivered sockets reset because the port's ready queue was full or the
   // doorbell was refused.
   uint64_t ready_reset = 0;
