@@ -262,14 +262,42 @@ TEST_F(ZeroHopSocketsTest, TlsUlpIsReportedWhereTheKernelHasIt) {
   EXPECT_EQ(client->tls_rx_conf, TLS_CONF_BASE);
   EXPECT_EQ(client->tls_version, TLS_1_3_VERSION);
   EXPECT_EQ(client->tls_cipher, TLS_CIPHER_AES_GCM_128);
-  // And a kTLS socket is reset like any other.
+  // The kernel refuses to disconnect a kTLS socket: ResetSocket says so,
+  // and the peer saw FIN (an end of stream), which is why the agent must
+  // use DestroySocket on kTLS sockets.
   absl::StatusOr<UniqueFd> fd = TakeSocket(child_, client_inode_, client_cookie_);
   ASSERT_TRUE(fd.ok()) << fd.status();
-  ASSERT_TRUE(ResetSocket(fd->get()).ok());
+  absl::Status reset = ResetSocket(fd->get());
+  EXPECT_EQ(reset.code(), absl::StatusCode::kFailedPrecondition) << reset;
   fd->Reset();
   Reply reads = Ask('r');
+  EXPECT_EQ(reads[0], 0);  // the server read end of stream
+}
+
+// SOCK_DESTROY aborts a connection without any fd: the peer gets a reset and
+// the application ECONNABORTED; a kTLS socket (in the VM) included.
+TEST_F(ZeroHopSocketsTest, DestroySocketResetsWithoutAnyFd) {
+  ASSERT_EQ(Ask('x')[0], 0);
+  if (InVm()) {
+    ASSERT_EQ(Ask('u')[0], 0);
+    ASSERT_EQ(Ask('k')[0], 0);
+  }
+  std::optional<TcpSocketInfo> client = Find(client_cookie_);
+  ASSERT_TRUE(client.has_value());
+  EXPECT_EQ(client->tls_ulp(), InVm());
+  // A stale listing entry (another cookie on the same addresses) hits nothing.
+  TcpSocketInfo stale = *client;
+  stale.cookie += 1000;
+  EXPECT_TRUE(absl::IsNotFound(DestroySocket(netns_.get(), stale)));
+  absl::Status destroyed = DestroySocket(netns_.get(), *client);
+  ASSERT_TRUE(destroyed.ok()) << destroyed;
+  Reply reads = Ask('r');
   EXPECT_EQ(reads[0], -1);
-  EXPECT_EQ(reads[1], ECONNRESET);
+  EXPECT_EQ(reads[1], ECONNRESET);  // the peer
+  EXPECT_EQ(reads[2], -1);
+  EXPECT_EQ(reads[3], ECONNABORTED);  // the application
+  EXPECT_FALSE(Find(client_cookie_).has_value());
+  EXPECT_TRUE(absl::IsNotFound(DestroySocket(netns_.get(), *client)));
 }
 
 TEST_F(ZeroHopSocketsTest, TakeAndResetGiveBothEndsAReset) {

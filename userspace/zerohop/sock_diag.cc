@@ -372,6 +372,79 @@ absl::Status ResetSocket(int fd) {
                                                     "); it was shut down with FIN instead"));
 }
 
+absl::Status DestroySocket(int netns_fd, const TcpSocketInfo& socket) {
+  if (socket.local.family() != socket.peer.family() ||
+      (socket.local.family() != AF_INET && socket.local.family() != AF_INET6)) {
+    return absl::InvalidArgumentError("DestroySocket: not a listed TCP socket");
+  }
+  absl::StatusOr<UniqueFd> sock = DiagSocketIn(netns_fd);
+  if (!sock.ok()) return sock.status();
+  struct {
+    nlmsghdr header;
+    inet_diag_req_v2 request;
+  } message{};
+  message.header.nlmsg_len = sizeof(message);
+  message.header.nlmsg_type = SOCK_DESTROY;
+  message.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  message.header.nlmsg_seq = 1;
+  inet_diag_req_v2& r = message.request;
+  r.sdiag_family = static_cast<uint8_t>(socket.local.family());
+  r.sdiag_protocol = IPPROTO_TCP;
+  r.idiag_states = ~0u;
+  auto fill = [](const SocketAddress& address, __be32 out[4], __be16& port) {
+    if (address.family() == AF_INET) {
+      const auto* sin = reinterpret_cast<const sockaddr_in*>(address.get());
+      std::memcpy(out, &sin->sin_addr, sizeof(sin->sin_addr));
+      port = sin->sin_port;
+    } else {
+      const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(address.get());
+      std::memcpy(out, &sin6->sin6_addr, sizeof(sin6->sin6_addr));
+      port = sin6->sin6_port;
+    }
+  };
+  fill(socket.local, r.id.idiag_src, r.id.idiag_sport);
+  fill(socket.peer, r.id.idiag_dst, r.id.idiag_dport);
+  r.id.idiag_cookie[0] = static_cast<uint32_t>(socket.cookie);
+  r.id.idiag_cookie[1] = static_cast<uint32_t>(socket.cookie >> 32);
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(sock->get(), &message, sizeof(message), 0, reinterpret_cast<sockaddr*>(&kernel),
+             sizeof(kernel)) != static_cast<ssize_t>(sizeof(message))) {
+    return absl::ErrnoToStatus(errno, "sock_diag: send SOCK_DESTROY");
+  }
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = recv(sock->get(), buffer, sizeof(buffer), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::ErrnoToStatus(errno, "sock_diag: receive the SOCK_DESTROY answer");
+    absl::string_view rest(buffer, static_cast<size_t>(n));
+    while (rest.size() >= sizeof(nlmsghdr)) {
+      nlmsghdr header;
+      std::memcpy(&header, rest.data(), sizeof(header));
+      if (header.nlmsg_len < sizeof(nlmsghdr) || header.nlmsg_len > rest.size()) {
+        return absl::DataLossError("sock_diag: malformed SOCK_DESTROY answer");
+      }
+      if (header.nlmsg_seq == 1 && header.nlmsg_type == NLMSG_ERROR) {
+        int error = 0;
+        if (header.nlmsg_len < sizeof(nlmsghdr) + sizeof(int)) {
+          return absl::DataLossError("sock_diag: short SOCK_DESTROY answer");
+        }
+        std::memcpy(&error, rest.data() + sizeof(nlmsghdr), sizeof(int));
+        if (error == 0) return absl::OkStatus();
+        if (error == -ENOENT || error == -ESTALE) {
+          return absl::NotFoundError("the connection is already gone");
+        }
+        if (error == -EOPNOTSUPP) {
+          return absl::UnimplementedError(
+              "the kernel has no SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)");
+        }
+        return absl::ErrnoToStatus(-error, "sock_diag: SOCK_DESTROY");
+      }
+      rest.remove_prefix(std::min<size_t>(NLMSG_ALIGN(header.nlmsg_len), rest.size()));
+    }
+  }
+}
+
 absl::StatusOr<uint64_t> NamespaceInode(int ns_fd) { return InodeOfFd(ns_fd, false); }
 
 absl::StatusOr<UniqueFd> OpenNetnsOf(pid_t process, uint64_t netns_inode) {

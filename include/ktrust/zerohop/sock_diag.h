@@ -105,6 +105,16 @@ absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode,
 // result says the peer saw FIN.
 absl::Status ResetSocket(int fd);
 
+// Aborts the connection `socket` (as listed by ListTcpSockets in the same
+// namespace) with SOCK_DESTROY: the kernel sends the peer a reset and the
+// application's next call fails with ECONNABORTED. No fd is taken, and it
+// works on kTLS sockets, where the kernel refuses connect(AF_UNSPEC). The
+// cookie is part of the request, so a recycled address pair is never hit
+// (the kernel answers ESTALE: NotFound here, as for a socket already gone).
+// Needs CAP_NET_ADMIN over the namespace and CONFIG_INET_DIAG_DESTROY
+// (Unimplemented without it: fall back to TakeSocket + ResetSocket).
+absl::Status DestroySocket(int netns_fd, const TcpSocketInfo& socket);
+
 // The inode of a namespace fd (its identity: /proc/<pid>/ns/net -> net:[N]).
 absl::StatusOr<uint64_t> NamespaceInode(int ns_fd);
 
