@@ -102,7 +102,9 @@ absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode,
 // last close(), which is the application's. SO_LINGER{1,0} is set first so
 // that, should the disconnect be refused, the application's own close()
 // resets; shutdown(SHUT_RDWR) then still stops all traffic at once, and the
-// result says the peer saw FIN.
+// result says the peer saw FIN (FailedPrecondition). Debian's 6.1 refuses
+// the disconnect on every kTLS socket: prefer DestroySocket, which needs no
+// fd; this is the fallback where SOCK_DESTROY is missing.
 absl::Status ResetSocket(int fd);
 
 // Aborts the connection `socket` (as listed by ListTcpSockets in the same
