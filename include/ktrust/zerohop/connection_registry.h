@@ -1,0 +1,148 @@
+// The live zero-hop connections, known without holding them.
+//
+// The agent hands a zero-hop socket to the application and keeps no fd of
+// it. What it keeps is this registry: who the connection is between (which
+// the socket cannot tell a restarted agent) and where to find it again (netns
+// inode, socket cookie and inode, a process holding it). Refresh() asks the
+// kernel (sock_diag) which of them still exist; an optional journal file lets
+// an agent that was killed and restarted list the ones that outlived it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ktrust/common/unique_fd.h"
+#include "ktrust/zerohop/sock_diag.h"
+
+namespace ktrust::zerohop {
+
+struct ZeroHopConnection {
+  uint64_t cookie = 0;    // SO_COOKIE of the application's socket: the key
+  uint64_t inode = 0;     // its socket inode
+  uint64_t netns = 0;     // inode of its network namespace
+  pid_t owner = 0;        // a process holding it (the workload process served)
+  std::string direction;  // "outbound" or "inbound"
+  std::string workload;
+  std::string local_id, peer_id;  // SPIFFE IDs
+  std::string local, peer;        // addresses, "10.0.0.1:80"
+  std::string cipher;             // TLS 1.3 suite name, e.g. TLS_AES_128_GCM_SHA256
+  uint16_t port = 0;              // inbound: the local workload's port
+  absl::Time started;
+  // From the latest Refresh (not journaled). Upper bounds of the bytes each
+  // direction's TLS layer has handled, handshake included.
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+  bool kernel_tls = false;  // the "tls" ULP was seen on it
+};
+
+// A connection that left the registry, and why, in words.
+struct EndedConnection {
+  ZeroHopConnection connection;
+  std::string reason;
+};
+
+// What a network namespace is asked for: its inode and the processes that
+// held connections there, any of which leads into it.
+struct NetnsRef {
+  uint64_t inode = 0;
+  std::vector<pid_t> processes;
+};
+
+// Lists the TCP sockets of a namespace. NotFound means the namespace can no
+// longer be reached (no listed process is alive in it): its connections are
+// taken as ended. Any other error leaves its entries as they are.
+using SocketLister = std::function<absl::StatusOr<std::vector<TcpSocketInfo>>(const NetnsRef&)>;
+
+// The real lister: enters the namespace through /proc/<pid>/ns/net of the
+// first listed process still in it (OpenNetnsOf), then ListTcpSockets.
+absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns);
+
+// A TLS 1.3 record is at least 22 bytes on the wire (5 header + 1 content
+// type + 16 tag), so bytes / 22 bounds the records sent or received.
+inline constexpr uint64_t kMinTls13RecordBytes = 22;
+
+struct RefreshResult {
+  std::vector<EndedConnection> ended;
+  // Namespaces that could not be listed (their entries kept), one each.
+  std::vector<absl::Status> errors;
+};
+
+// What loading the journal found.
+struct JournalLoad {
+  size_t lines = 0;
+  size_t loaded = 0;            // connections restored
+  size_t malformed = 0;         // lines ignored (bad JSON, missing or bad fields)
+  bool truncated_tail = false;  // the last line had no newline (a write cut short)
+  bool other_boot = false;      // written before the last reboot: discarded
+};
+
+class ZeroHopConnections {
+ public:
+  // In memory only.
+  ZeroHopConnections();
+  // With a journal at `path` (created 0600 if missing): loads it, rewrites
+  // it compacted (only the connections it still holds), and appends one
+  // line per Add and removal from then on. Bad lines are counted in
+  // journal_load() and skipped, never an error; an error only when the file
+  // cannot be opened or rewritten.
+  static absl::StatusOr<std::unique_ptr<ZeroHopConnections>> Open(const std::string& path);
+
+  ZeroHopConnections(const ZeroHopConnections&) = delete;
+  ZeroHopConnections& operator=(const ZeroHopConnections&) = delete;
+
+  // Registers (or replaces, by cookie) a connection. The registry holds it
+  // in memory whatever happens; an error means the journal line was not
+  // written (a restarted agent would not know it).
+  absl::Status Add(ZeroHopConnection connection);
+  // Removes one by cookie (the agent ended it), returning it if it was there.
+  std::optional<ZeroHopConnection> Remove(uint64_t cookie);
+
+  // Lists every namespace holding entries and drops those whose socket is
+  // gone (cookie absent), closed by the application (inode 0 or another
+  // inode), or whose namespace is gone; updates the byte counters of the
+  // rest. Entries added while it runs are kept.
+  RefreshResult Refresh(const SocketLister& lister);
+
+  // Every connection, oldest first.
+  std::vector<ZeroHopConnection> Snapshot() const;
+  size_t size() const;
+
+  // Connections whose estimated records in either direction
+  // (bytes / kMinTls13RecordBytes) reached limit - margin: read their real
+  // record sequences (RecordSequence on a TakeSocket fd) before deciding.
+  std::vector<ZeroHopConnection> RecordLimitDue(uint64_t limit, uint64_t margin) const;
+  // The same with each connection's own limit, RecordLimit(cipher) (an
+  // unknown suite: the strictest).
+  std::vector<ZeroHopConnection> RecordLimitDue(uint64_t margin) const;
+
+  const JournalLoad& journal_load() const { return journal_load_; }
+
+ private:
+  absl::Status Append(const std::string& line) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Compact(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, ZeroHopConnection> connections_ ABSL_GUARDED_BY(mu_);
+  UniqueFd journal_ ABSL_GUARDED_BY(mu_);
+  std::string journal_path_ ABSL_GUARDED_BY(mu_);
+  size_t journal_lines_ ABSL_GUARDED_BY(mu_) = 0;  // add/remove lines in the file
+  JournalLoad journal_load_;
+};
+
+// Estimated records: the ceiling of bytes / kMinTls13RecordBytes is not
+// needed, a partial record is not a record yet.
+inline uint64_t EstimatedRecords(uint64_t bytes) { return bytes / kMinTls13RecordBytes; }
+
+}  // namespace ktrust::zerohop

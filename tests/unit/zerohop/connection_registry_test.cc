@@ -1,0 +1,444 @@
+// ZeroHopConnections with a fake lister: no root, no sockets.
+#include "ktrust/zerohop/connection_registry.h"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/tls/traffic_keys.h"
+
+namespace ktrust::zerohop {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Field;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+ZeroHopConnection Conn(uint64_t cookie, uint64_t netns = 4026531840, pid_t owner = 100) {
+  ZeroHopConnection c;
+  c.cookie = cookie;
+  c.inode = 1000 + cookie;
+  c.netns = netns;
+  c.owner = owner;
+  c.direction = "outbound";
+  c.workload = "web";
+  c.local_id = "spiffe://example.org/web";
+  c.peer_id = "spiffe://example.org/db";
+  c.local = "10.0.0.1:40000";
+  c.peer = "10.0.0.2:5432";
+  c.cipher = "TLS_AES_128_GCM_SHA256";
+  c.started = absl::FromUnixSeconds(1700000000 + static_cast<int64_t>(cookie));
+  return c;
+}
+
+TcpSocketInfo Sock(uint64_t cookie, uint64_t inode, uint64_t acked = 0, uint64_t received = 0) {
+  TcpSocketInfo s;
+  s.cookie = cookie;
+  s.inode = inode;
+  s.ulp = "tls";
+  s.ulp_visible = true;
+  s.has_tcp_info = true;
+  s.bytes_acked = acked;
+  s.bytes_received = received;
+  return s;
+}
+
+// A kernel in a map: netns inode -> its sockets, or an error.
+struct FakeKernel {
+  std::map<uint64_t, absl::StatusOr<std::vector<TcpSocketInfo>>> namespaces;
+  std::vector<NetnsRef> asked;
+  SocketLister lister() {
+    return [this](const NetnsRef& ref) -> absl::StatusOr<std::vector<TcpSocketInfo>> {
+      asked.push_back(ref);
+      auto it = namespaces.find(ref.inode);
+      if (it == namespaces.end()) return absl::NotFoundError("no such namespace");
+      return it->second;
+    };
+  }
+};
+
+std::vector<uint64_t> Cookies(const std::vector<ZeroHopConnection>& v) {
+  std::vector<uint64_t> out;
+  for (const auto& c : v) out.push_back(c.cookie);
+  return out;
+}
+
+class ZeroHopJournalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/zh-journal-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/connections.journal";
+  }
+  void TearDown() override {
+    unlink(path_.c_str());
+    rmdir(dir_.c_str());
+  }
+  std::string ReadJournal() {
+    std::ifstream in(path_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  void WriteJournal(const std::string& content) {
+    std::ofstream out(path_, std::ios::trunc);
+    out << content;
+  }
+  // The header line of a journal written on this boot, taken from a fresh one.
+  std::string Header() {
+    unlink(path_.c_str());
+    EXPECT_NE(OpenOrDie(), nullptr);
+    std::string content = ReadJournal();
+    return content.substr(0, content.find('\n') + 1);
+  }
+  std::unique_ptr<ZeroHopConnections> OpenOrDie() {
+    auto r = ZeroHopConnections::Open(path_);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::move(*r) : nullptr;
+  }
+  std::string dir_, path_;
+};
+
+TEST(ZeroHopConnectionsTest, AddSnapshotRemove) {
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(2)).ok());
+  ASSERT_TRUE(registry.Add(Conn(1)).ok());
+  EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(1, 2));  // oldest first
+  ZeroHopConnection replaced = Conn(2);
+  replaced.peer_id = "spiffe://example.org/other";
+  ASSERT_TRUE(registry.Add(replaced).ok());
+  EXPECT_EQ(registry.size(), 2u);
+  std::optional<ZeroHopConnection> removed = registry.Remove(2);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->peer_id, "spiffe://example.org/other");
+  EXPECT_FALSE(registry.Remove(2).has_value());
+  EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(1));
+}
+
+TEST(ZeroHopConnectionsTest, RefreshDropsClosedAndOrphanedAndUpdatesCounters) {
+  ZeroHopConnections registry;
+  for (uint64_t cookie : {1, 2, 3}) ASSERT_TRUE(registry.Add(Conn(cookie)).ok());
+  FakeKernel kernel;
+  // 1 alive with traffic, 2 gone, 3 orphaned (the app closed it, FIN_WAIT).
+  kernel.namespaces[4026531840] =
+      std::vector<TcpSocketInfo>{Sock(1, 1001, 500, 700), Sock(3, 0), Sock(99, 5000)};
+  RefreshResult result = registry.Refresh(kernel.lister());
+  EXPECT_THAT(result.errors, IsEmpty());
+  ASSERT_THAT(result.ended, SizeIs(2));
+  EXPECT_EQ(result.ended[0].connection.cookie, 2u);
+  EXPECT_EQ(result.ended[0].reason, "closed");
+  EXPECT_EQ(result.ended[1].connection.cookie, 3u);
+  EXPECT_EQ(result.ended[1].reason, "closed by the application");
+  std::vector<ZeroHopConnection> live = registry.Snapshot();
+  ASSERT_THAT(live, SizeIs(1));
+  EXPECT_EQ(live[0].cookie, 1u);
+  EXPECT_EQ(live[0].bytes_sent, 500u);
+  EXPECT_EQ(live[0].bytes_received, 700u);
+  EXPECT_TRUE(live[0].kernel_tls);
+  // One listing per namespace, through the owner.
+  ASSERT_THAT(kernel.asked, SizeIs(1));
+  EXPECT_THAT(kernel.asked[0].processes, ElementsAre(100));
+}
+
+TEST(ZeroHopConnectionsTest, RefreshKeepsEntriesOfANamespaceItCouldNotList) {
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1, /*netns=*/7)).ok());
+  ASSERT_TRUE(registry.Add(Conn(2, /*netns=*/8)).ok());
+  FakeKernel kernel;
+  kernel.namespaces[7] = absl::PermissionDeniedError("setns: EPERM");
+  // 8 absent: NotFound, no process left to enter it through.
+  RefreshResult result = registry.Refresh(kernel.lister());
+  ASSERT_THAT(result.errors, SizeIs(1));
+  EXPECT_EQ(result.errors[0].code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(result.errors[0].message(), ::testing::HasSubstr("network namespace 7"));
+  ASSERT_THAT(result.ended, SizeIs(1));
+  EXPECT_EQ(result.ended[0].connection.cookie, 2u);
+  EXPECT_THAT(result.ended[0].reason, ::testing::HasSubstr("processes are gone"));
+  EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(1));
+}
+
+TEST(ZeroHopConnectionsTest, RefreshKeepsConnectionsAddedWhileListing) {
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1)).ok());
+  RefreshResult result = registry.Refresh([&](const NetnsRef&) {
+    // The agent registers a new connection while the dump runs; the dump
+    // does not show it yet.
+    EXPECT_TRUE(registry.Add(Conn(2)).ok());
+    return absl::StatusOr<std::vector<TcpSocketInfo>>(std::vector<TcpSocketInfo>{});
+  });
+  ASSERT_THAT(result.ended, SizeIs(1));
+  EXPECT_EQ(result.ended[0].connection.cookie, 1u);
+  EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(2));
+}
+
+TEST(ZeroHopConnectionsTest, RecordLimitArithmetic) {
+  ZeroHopConnections registry;
+  const uint64_t limit = kAesGcmRecordLimit;  // 2^24
+  const uint64_t margin = uint64_t{1} << 22;
+  const uint64_t threshold_bytes = (limit - margin) * kMinTls13RecordBytes;
+  ZeroHopConnection below = Conn(1), at_tx = Conn(2), at_rx = Conn(3);
+  for (auto* c : {&below, &at_tx, &at_rx}) ASSERT_TRUE(registry.Add(*c).ok());
+  FakeKernel kernel;
+  kernel.namespaces[4026531840] = std::vector<TcpSocketInfo>{
+      Sock(1, 1001, threshold_bytes - 1, threshold_bytes - 1), Sock(2, 1002, threshold_bytes, 0),
+      Sock(3, 1003, 0, threshold_bytes + kMinTls13RecordBytes - 1)};
+  registry.Refresh(kernel.lister());
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(limit, margin)), ElementsAre(2, 3));
+  // Per cipher: ChaCha20-Poly1305's 2^62 is nowhere near.
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(margin)), ElementsAre(2, 3));
+  ZeroHopConnection chacha = Conn(2);
+  chacha.cipher = "TLS_CHACHA20_POLY1305_SHA256";
+  ASSERT_TRUE(registry.Add(chacha).ok());
+  registry.Refresh(kernel.lister());
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(margin)), ElementsAre(3));
+  // A margin above the limit: everything is due, no wrap-around.
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(10, 20)), ElementsAre(1, 2, 3));
+}
+
+TEST(ZeroHopConnectionsTest, WriteQueueCountsAsSent) {
+  TcpSocketInfo s = Sock(1, 1, 100, 0);
+  s.write_queue = 50;
+  EXPECT_EQ(s.bytes_sent_upper(), 150u);
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1)).ok());
+  ZeroHopConnection c = Conn(1);
+  c.inode = 1;
+  ASSERT_TRUE(registry.Add(c).ok());
+  registry.Refresh([&](const NetnsRef&) {
+    return absl::StatusOr<std::vector<TcpSocketInfo>>(std::vector<TcpSocketInfo>{s});
+  });
+  // 150 bytes = 6 records of 22 at most; due at 6, not at 7.
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(6, 0)), ElementsAre(1));
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(7, 0)), IsEmpty());
+}
+
+TEST_F(ZeroHopJournalTest, SurvivesARestart) {
+  {
+    auto registry = OpenOrDie();
+    ASSERT_NE(registry, nullptr);
+    EXPECT_EQ(registry->journal_load().loaded, 0u);
+    for (uint64_t cookie : {1, 2, 3}) ASSERT_TRUE(registry->Add(Conn(cookie)).ok());
+    ASSERT_TRUE(registry->Remove(2).has_value());
+    FakeKernel kernel;
+    kernel.namespaces[4026531840] = std::vector<TcpSocketInfo>{Sock(1, 1001)};  // 3 closed
+    ASSERT_THAT(registry->Refresh(kernel.lister()).ended, SizeIs(1));
+  }  // the agent dies: nothing flushed on the way out
+  auto restarted = OpenOrDie();
+  ASSERT_NE(restarted, nullptr);
+  EXPECT_EQ(restarted->journal_load().loaded, 1u);
+  EXPECT_EQ(restarted->journal_load().malformed, 0u);
+  std::vector<ZeroHopConnection> live = restarted->Snapshot();
+  ASSERT_THAT(live, SizeIs(1));
+  ZeroHopConnection want = Conn(1);
+  EXPECT_EQ(live[0].cookie, want.cookie);
+  EXPECT_EQ(live[0].inode, want.inode);
+  EXPECT_EQ(live[0].netns, want.netns);
+  EXPECT_EQ(live[0].owner, want.owner);
+  EXPECT_EQ(live[0].direction, want.direction);
+  EXPECT_EQ(live[0].workload, want.workload);
+  EXPECT_EQ(live[0].local_id, want.local_id);
+  EXPECT_EQ(live[0].peer_id, want.peer_id);
+  EXPECT_EQ(live[0].local, want.local);
+  EXPECT_EQ(live[0].peer, want.peer);
+  EXPECT_EQ(live[0].cipher, want.cipher);
+  EXPECT_EQ(live[0].port, want.port);
+  EXPECT_EQ(live[0].started, want.started);
+  // Compacted on load: the header and the one live connection.
+  std::string content = ReadJournal();
+  EXPECT_EQ(std::count(content.begin(), content.end(), '\n'), 2);
+  struct stat st {};
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // And the restarted registry keeps journaling.
+  ASSERT_TRUE(restarted->Add(Conn(4)).ok());
+  restarted.reset();
+  auto again = OpenOrDie();
+  EXPECT_THAT(Cookies(again->Snapshot()), ElementsAre(1, 4));
+}
+
+TEST_F(ZeroHopJournalTest, MalformedLinesAreCountedAndSkipped) {
+  std::string header = Header();
+  std::string good = [&] {
+    WriteJournal(header);
+    auto r = OpenOrDie();
+    EXPECT_TRUE(r->Add(Conn(5)).ok());
+    std::string content = ReadJournal();
+    return content.substr(content.find('\n') + 1);
+  }();
+  std::string bad_direction = good;
+  bad_direction.replace(bad_direction.find("outbound"), 8, "sideways");
+  std::string zero_cookie = good;
+  zero_cookie.replace(zero_cookie.find("\"cookie\":5"), 10, "\"cookie\":0");
+  WriteJournal(header + "not json\n" + "{\"op\":\"add\",\"cookie\":7}\n" + bad_direction +
+               zero_cookie + "[1,2,3]\n" + "{\"op\":\"explode\"}\n" +
+               "{\"op\":\"remove\",\"cookie\":\"5\"}\n" + std::string(20000, 'x') + "\n" + good);
+  auto registry = OpenOrDie();
+  ASSERT_NE(registry, nullptr);
+  EXPECT_EQ(registry->journal_load().malformed, 8u);
+  EXPECT_EQ(registry->journal_load().loaded, 1u);
+  EXPECT_FALSE(registry->journal_load().truncated_tail);
+  EXPECT_THAT(Cookies(registry->Snapshot()), ElementsAre(5));
+}
+
+TEST_F(ZeroHopJournalTest, TruncatedLastLineIsIgnored) {
+  {
+    auto registry = OpenOrDie();
+    ASSERT_TRUE(registry->Add(Conn(1)).ok());
+    ASSERT_TRUE(registry->Add(Conn(2)).ok());
+  }
+  std::string content = ReadJournal();
+  // The agent died in the middle of the last write.
+  WriteJournal(content.substr(0, content.size() - 10));
+  auto registry = OpenOrDie();
+  ASSERT_NE(registry, nullptr);
+  EXPECT_TRUE(registry->journal_load().truncated_tail);
+  EXPECT_EQ(registry->journal_load().malformed, 0u);
+  EXPECT_THAT(Cookies(registry->Snapshot()), ElementsAre(1));
+  // Rewritten whole: the torn line is gone, later appends start clean.
+  ASSERT_TRUE(registry->Add(Conn(3)).ok());
+  registry.reset();
+  auto again = OpenOrDie();
+  EXPECT_FALSE(again->journal_load().truncated_tail);
+  EXPECT_THAT(Cookies(again->Snapshot()), ElementsAre(1, 3));
+}
+
+TEST_F(ZeroHopJournalTest, AJournalFromAnotherBootOrWithoutHeaderIsDiscarded) {
+  std::string header = Header();
+  std::string body = [&] {
+    auto r = OpenOrDie();
+    EXPECT_TRUE(r->Add(Conn(1)).ok());
+    std::string content = ReadJournal();
+    return content.substr(content.find('\n') + 1);
+  }();
+  WriteJournal("{\"ktrust_zero_hop_journal\":1,\"boot_id\":\"another-boot\"}\n" + body);
+  auto other = OpenOrDie();
+  EXPECT_TRUE(other->journal_load().other_boot);
+  EXPECT_EQ(other->size(), 0u);
+  other.reset();
+  WriteJournal(body);  // no header at all
+  auto headless = OpenOrDie();
+  EXPECT_EQ(headless->size(), 0u);
+  EXPECT_EQ(headless->journal_load().malformed, 1u);
+}
+
+TEST_F(ZeroHopJournalTest, CompactsWhileRunning) {
+  auto registry = OpenOrDie();
+  for (uint64_t cookie = 1; cookie <= 6000; ++cookie) {
+    ASSERT_TRUE(registry->Add(Conn(cookie)).ok());
+    ASSERT_TRUE(registry->Remove(cookie).has_value());
+  }
+  ASSERT_TRUE(registry->Add(Conn(7000)).ok());
+  std::string content = ReadJournal();
+  // 12001 lines appended; rewritten on the way, so far fewer remain.
+  EXPECT_LT(std::count(content.begin(), content.end(), '\n'), 6000);
+  registry.reset();
+  EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(7000));
+}
+
+TEST_F(ZeroHopJournalTest, ASymlinkIsNotFollowed) {
+  std::string target = dir_ + "/elsewhere";
+  ASSERT_EQ(symlink(target.c_str(), path_.c_str()), 0);
+  EXPECT_FALSE(ZeroHopConnections::Open(path_).ok());
+  EXPECT_NE(access(target.c_str(), F_OK), 0);
+}
+
+// The dump parser against hostile buffers: errors, never a crash or a
+// partial list presented as complete.
+std::string Message(uint16_t type, uint32_t seq, const std::string& payload, uint16_t flags = 0) {
+  nlmsghdr h{};
+  h.nlmsg_len = static_cast<uint32_t>(sizeof(h) + payload.size());
+  h.nlmsg_type = type;
+  h.nlmsg_flags = flags;
+  h.nlmsg_seq = seq;
+  std::string out(reinterpret_cast<const char*>(&h), sizeof(h));
+  out += payload;
+  out.resize(NLMSG_ALIGN(out.size()), '\0');
+  return out;
+}
+
+std::string DiagMsg(uint64_t cookie, const std::string& attrs = "") {
+  inet_diag_msg m{};
+  m.idiag_family = AF_INET;
+  m.idiag_state = 1;
+  m.id.idiag_cookie[0] = static_cast<uint32_t>(cookie);
+  m.id.idiag_cookie[1] = static_cast<uint32_t>(cookie >> 32);
+  m.idiag_inode = 77;
+  return std::string(reinterpret_cast<const char*>(&m), sizeof(m)) + attrs;
+}
+
+std::string Attr(uint16_t type, const std::string& payload, int extra_len = 0) {
+  nlattr a{};
+  a.nla_len = static_cast<uint16_t>(sizeof(a) + payload.size() + extra_len);
+  a.nla_type = type;
+  std::string out(reinterpret_cast<const char*>(&a), sizeof(a));
+  out += payload;
+  out.resize(NLA_ALIGN(out.size()), '\0');
+  return out;
+}
+
+TEST(ParseInetDiagDumpTest, ReadsCookieUlpAndStopsAtDone) {
+  std::string ulp = Attr(INET_DIAG_ULP_INFO, Attr(INET_ULP_INFO_NAME, std::string("tls\0", 4)));
+  std::string buffer = Message(SOCK_DIAG_BY_FAMILY, 3, DiagMsg(0x1122334455667788, ulp)) +
+                       Message(SOCK_DIAG_BY_FAMILY, 2, DiagMsg(9)) +  // stale seq: skipped
+                       Message(NLMSG_DONE, 3, std::string(4, '\0'));
+  std::vector<TcpSocketInfo> out;
+  absl::StatusOr<bool> done = ParseInetDiagDump(buffer.data(), buffer.size(), 3, out);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_TRUE(*done);
+  ASSERT_THAT(out, SizeIs(1));
+  EXPECT_EQ(out[0].cookie, 0x1122334455667788u);
+  EXPECT_EQ(out[0].inode, 77u);
+  EXPECT_TRUE(out[0].tls_ulp());
+  EXPECT_TRUE(out[0].ulp_visible);
+  EXPECT_FALSE(out[0].has_tcp_info);
+}
+
+TEST(ParseInetDiagDumpTest, RejectsLiesAboutLengths) {
+  std::vector<std::string> bad = {
+      // nlmsg_len beyond the buffer
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1)).substr(0, 40),
+      // payload shorter than inet_diag_msg
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1).substr(0, 20)),
+      // an attribute longer than what is left
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1, Attr(INET_DIAG_INFO, "abcd", 100))),
+      // an attribute shorter than its own header
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1, std::string("\x02\x00\x02\x00", 4))),
+      // a nested ULP attribute lying about its length
+      Message(SOCK_DIAG_BY_FAMILY, 1,
+              DiagMsg(1, Attr(INET_DIAG_ULP_INFO, Attr(INET_ULP_INFO_NAME, "tls", 50)))),
+      // the kernel says the dump was interrupted
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1), NLM_F_DUMP_INTR),
+      // an error
+      Message(NLMSG_ERROR, 1, std::string("\xf3\xff\xff\xff", 4)),
+  };
+  for (size_t i = 0; i < bad.size(); ++i) {
+    std::vector<TcpSocketInfo> out;
+    EXPECT_FALSE(ParseInetDiagDump(bad[i].data(), bad[i].size(), 1, out).ok()) << "case " << i;
+  }
+}
+
+TEST(ParseInetDiagDumpTest, ShortTcpInfoGivesNoCounters) {
+  std::string buffer = Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1, Attr(INET_DIAG_INFO, "abcd")));
+  std::vector<TcpSocketInfo> out;
+  ASSERT_TRUE(ParseInetDiagDump(buffer.data(), buffer.size(), 1, out).ok());
+  ASSERT_THAT(out, SizeIs(1));
+  EXPECT_FALSE(out[0].has_tcp_info);
+}
+
+}  // namespace
+}  // namespace ktrust::zerohop

@@ -1,0 +1,377 @@
+#include "ktrust/zerohop/connection_registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "ktrust/common/files.h"
+#include "ktrust/tls/traffic_keys.h"
+
+namespace ktrust::zerohop {
+namespace {
+
+// The journal's first line names its format and the boot it belongs to:
+// cookies and inodes mean nothing after a reboot.
+constexpr absl::string_view kFormatKey = "ktrust_zero_hop_journal";
+constexpr int kFormatVersion = 1;
+// A line longer than this was not written by the agent.
+constexpr size_t kMaxLine = 16 << 10;
+// A bigger file was not written by the agent either (compaction keeps it
+// near the live set): it is discarded whole.
+constexpr size_t kMaxJournal = 64 << 20;
+// Strings a journal line may carry (IDs, names, addresses).
+constexpr size_t kMaxField = 2048;
+
+std::string BootId() {
+  absl::StatusOr<std::string> id = ReadFile("/proc/sys/kernel/random/boot_id", 128);
+  if (!id.ok()) return "";
+  return std::string(absl::StripAsciiWhitespace(*id));
+}
+
+std::string AddLine(const ZeroHopConnection& c) {
+  nlohmann::ordered_json j = {{"op", "add"},
+                              {"cookie", c.cookie},
+                              {"inode", c.inode},
+                              {"netns", c.netns},
+                              {"owner", c.owner},
+                              {"direction", c.direction},
+                              {"workload", c.workload},
+                              {"local_id", c.local_id},
+                              {"peer_id", c.peer_id},
+                              {"local", c.local},
+                              {"peer", c.peer},
+                              {"cipher", c.cipher},
+                              {"port", c.port},
+                              {"started_us", absl::ToUnixMicros(c.started)}};
+  // Invalid UTF-8 in a name must not make the line unwritable.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+std::string RemoveLine(uint64_t cookie) {
+  nlohmann::ordered_json j = {{"op", "remove"}, {"cookie", cookie}};
+  return j.dump() + "\n";
+}
+
+std::string HeaderLine(const std::string& boot_id) {
+  nlohmann::ordered_json j = {{std::string(kFormatKey), kFormatVersion}, {"boot_id", boot_id}};
+  return j.dump() + "\n";
+}
+
+template <typename T>
+bool GetUnsigned(const nlohmann::json& j, const char* key, T& out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_unsigned()) return false;
+  uint64_t v = it->get<uint64_t>();
+  if (v > std::numeric_limits<T>::max()) return false;
+  out = static_cast<T>(v);
+  return true;
+}
+
+bool GetString(const nlohmann::json& j, const char* key, std::string& out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return false;
+  out = it->get<std::string>();
+  return out.size() <= kMaxField;
+}
+
+// One "add" line, every field present and sane, or nothing.
+std::optional<ZeroHopConnection> ParseAdd(const nlohmann::json& j) {
+  ZeroHopConnection c;
+  uint32_t owner = 0;
+  int64_t started_us = 0;
+  auto started = j.find("started_us");
+  if (!GetUnsigned(j, "cookie", c.cookie) || c.cookie == 0 || !GetUnsigned(j, "inode", c.inode) ||
+      c.inode == 0 || !GetUnsigned(j, "netns", c.netns) || c.netns == 0 ||
+      !GetUnsigned(j, "owner", owner) || owner == 0 ||
+      owner > static_cast<uint32_t>(std::numeric_limits<pid_t>::max()) ||
+      !GetString(j, "direction", c.direction) ||
+      (c.direction != "outbound" && c.direction != "inbound") ||
+      !GetString(j, "workload", c.workload) || !GetString(j, "local_id", c.local_id) ||
+      !GetString(j, "peer_id", c.peer_id) || !GetString(j, "local", c.local) ||
+      !GetString(j, "peer", c.peer) || !GetString(j, "cipher", c.cipher) ||
+      !GetUnsigned(j, "port", c.port) || started == j.end() || !started->is_number_integer()) {
+    return std::nullopt;
+  }
+  started_us = started->get<int64_t>();
+  c.owner = static_cast<pid_t>(owner);
+  c.started = absl::FromUnixMicros(started_us);
+  return c;
+}
+
+}  // namespace
+
+ZeroHopConnections::ZeroHopConnections() = default;
+
+absl::StatusOr<std::unique_ptr<ZeroHopConnections>> ZeroHopConnections::Open(
+    const std::string& path) {
+  auto registry = std::make_unique<ZeroHopConnections>();
+  JournalLoad& load = registry->journal_load_;
+  const std::string boot_id = BootId();
+
+  UniqueFd in(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!in.valid() && errno != ENOENT) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("open the zero-hop journal ", path));
+  }
+  std::string content;
+  if (in.valid()) {
+    char buffer[64 << 10];
+    for (;;) {
+      ssize_t n = read(in.get(), buffer, sizeof(buffer));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("read ", path));
+      if (n == 0) break;
+      content.append(buffer, static_cast<size_t>(n));
+      if (content.size() > kMaxJournal) break;
+    }
+  }
+  absl::MutexLock lock(&registry->mu_);
+  if (content.size() > kMaxJournal) {
+    load.malformed = 1;  // the whole file, unread
+    content.clear();
+  }
+  if (!content.empty() && content.back() != '\n') {
+    // A write cut short (the agent died mid-line): that line never counted.
+    load.truncated_tail = true;
+    content.erase(content.rfind('\n') == std::string::npos ? 0 : content.rfind('\n') + 1);
+  }
+  bool header_seen = false;
+  for (absl::string_view line : absl::StrSplit(content, '\n', absl::SkipEmpty())) {
+    ++load.lines;
+    nlohmann::json j;
+    if (line.size() <= kMaxLine) j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object()) {
+      ++load.malformed;
+      continue;
+    }
+    if (!header_seen) {
+      // Without a header naming this boot nothing in the file can be trusted
+      // to name today's sockets.
+      auto format = j.find(kFormatKey);
+      auto boot = j.find("boot_id");
+      if (format == j.end() || *format != kFormatVersion || boot == j.end() || !boot->is_string() ||
+          boot_id.empty() || boot->get<std::string>() != boot_id) {
+        load.other_boot = format != j.end();
+        if (!load.other_boot) ++load.malformed;
+        registry->connections_.clear();
+        break;
+      }
+      header_seen = true;
+      continue;
+    }
+    auto op = j.find("op");
+    if (op != j.end() && *op == "add") {
+      std::optional<ZeroHopConnection> c = ParseAdd(j);
+      if (!c) {
+        ++load.malformed;
+        continue;
+      }
+      uint64_t cookie = c->cookie;
+      registry->connections_[cookie] = std::move(*c);
+    } else if (op != j.end() && *op == "remove") {
+      uint64_t cookie = 0;
+      if (!GetUnsigned(j, "cookie", cookie)) {
+        ++load.malformed;
+        continue;
+      }
+      registry->connections_.erase(cookie);
+    } else {
+      ++load.malformed;
+    }
+  }
+  load.loaded = registry->connections_.size();
+  if (absl::Status st = registry->Compact(path); !st.ok()) return st;
+  return registry;
+}
+
+absl::Status ZeroHopConnections::Compact(const std::string& path) {
+  std::string content = HeaderLine(BootId());
+  for (const auto& [cookie, c] : connections_) content += AddLine(c);
+  if (absl::Status st = WriteFileAtomically(path, content, 0600); !st.ok()) return st;
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("open ", path, " to append"));
+  journal_ = std::move(fd);
+  journal_path_ = path;
+  journal_lines_ = connections_.size();
+  return absl::OkStatus();
+}
+
+absl::Status ZeroHopConnections::Append(const std::string& line) {
+  if (!journal_.valid()) return absl::OkStatus();
+  // Removals make the file grow while the live set does not: rewrite it
+  // once it is mostly history (it lives in tmpfs, i.e. memory).
+  if (++journal_lines_ > 4 * connections_.size() + 4096) return Compact(journal_path_);
+  // One write per line: O_APPEND makes it land whole at the end, so a crash
+  // leaves at most one torn last line, which loading ignores.
+  ssize_t n;
+  do {
+    n = write(journal_.get(), line.data(), line.size());
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", journal_path_));
+  if (static_cast<size_t>(n) != line.size()) {
+    return absl::DataLossError(absl::StrCat("short append to ", journal_path_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ZeroHopConnections::Add(ZeroHopConnection connection) {
+  absl::MutexLock lock(&mu_);
+  std::string line = AddLine(connection);
+  uint64_t cookie = connection.cookie;
+  connections_[cookie] = std::move(connection);
+  return Append(line);
+}
+
+std::optional<ZeroHopConnection> ZeroHopConnections::Remove(uint64_t cookie) {
+  absl::MutexLock lock(&mu_);
+  auto it = connections_.find(cookie);
+  if (it == connections_.end()) return std::nullopt;
+  ZeroHopConnection removed = std::move(it->second);
+  connections_.erase(it);
+  // A failed removal line only leaves a stale entry for a restarted agent,
+  // which its first Refresh drops.
+  (void)Append(RemoveLine(cookie));
+  return removed;
+}
+
+RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister) {
+  // What to ask, taken under the lock; the listing runs without it.
+  absl::flat_hash_map<uint64_t, NetnsRef> namespaces;
+  absl::flat_hash_set<uint64_t> asked;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [cookie, c] : connections_) {
+      NetnsRef& ref = namespaces[c.netns];
+      ref.inode = c.netns;
+      if (std::find(ref.processes.begin(), ref.processes.end(), c.owner) == ref.processes.end()) {
+        ref.processes.push_back(c.owner);
+      }
+      asked.insert(cookie);
+    }
+  }
+  RefreshResult result;
+  struct Listing {
+    absl::Status status;
+    absl::flat_hash_map<uint64_t, TcpSocketInfo> by_cookie;
+  };
+  absl::flat_hash_map<uint64_t, Listing> listings;
+  for (auto& [netns, ref] : namespaces) {
+    std::sort(ref.processes.begin(), ref.processes.end());
+    absl::StatusOr<std::vector<TcpSocketInfo>> sockets = lister(ref);
+    Listing& listing = listings[netns];
+    if (!sockets.ok()) {
+      listing.status = sockets.status();
+      continue;
+    }
+    for (TcpSocketInfo& s : *sockets) listing.by_cookie[s.cookie] = std::move(s);
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [netns, listing] : listings) {
+    if (!listing.status.ok() && !absl::IsNotFound(listing.status)) {
+      result.errors.push_back(
+          absl::Status(listing.status.code(),
+                       absl::StrCat("network namespace ", netns, ": ", listing.status.message())));
+    }
+  }
+  std::vector<uint64_t> ended;
+  for (auto& [cookie, c] : connections_) {
+    if (!asked.contains(cookie)) continue;  // added during the listing
+    const Listing& listing = listings.at(c.netns);
+    std::string reason;
+    if (!listing.status.ok()) {
+      if (!absl::IsNotFound(listing.status)) continue;  // unknown: keep it
+      // No process it was registered with is alive in its namespace.
+      reason = absl::StrCat("its processes are gone (", listing.status.message(), ")");
+    } else {
+      auto it = listing.by_cookie.find(cookie);
+      if (it == listing.by_cookie.end()) {
+        reason = "closed";
+      } else if (it->second.inode != c.inode) {
+        reason = "closed by the application";  // orphaned, TCP still ending
+      } else {
+        c.bytes_sent = it->second.bytes_sent_upper();
+        c.bytes_received = it->second.bytes_received;
+        c.kernel_tls = it->second.tls_ulp();
+        continue;
+      }
+    }
+    result.ended.push_back({c, std::move(reason)});
+    ended.push_back(cookie);
+  }
+  for (uint64_t cookie : ended) {
+    connections_.erase(cookie);
+    (void)Append(RemoveLine(cookie));
+  }
+  std::sort(result.ended.begin(), result.ended.end(),
+            [](const EndedConnection& a, const EndedConnection& b) {
+              return a.connection.started < b.connection.started;
+            });
+  return result;
+}
+
+std::vector<ZeroHopConnection> ZeroHopConnections::Snapshot() const {
+  std::vector<ZeroHopConnection> out;
+  {
+    absl::MutexLock lock(&mu_);
+    out.reserve(connections_.size());
+    for (const auto& [cookie, c] : connections_) out.push_back(c);
+  }
+  std::sort(out.begin(), out.end(), [](const ZeroHopConnection& a, const ZeroHopConnection& b) {
+    return a.started != b.started ? a.started < b.started : a.cookie < b.cookie;
+  });
+  return out;
+}
+
+size_t ZeroHopConnections::size() const {
+  absl::MutexLock lock(&mu_);
+  return connections_.size();
+}
+
+namespace {
+bool LimitDue(const ZeroHopConnection& c, uint64_t limit, uint64_t margin) {
+  uint64_t threshold = limit > margin ? limit - margin : 0;
+  return std::max(EstimatedRecords(c.bytes_sent), EstimatedRecords(c.bytes_received)) >= threshold;
+}
+}  // namespace
+
+std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t limit,
+                                                                  uint64_t margin) const {
+  std::vector<ZeroHopConnection> out;
+  for (ZeroHopConnection& c : Snapshot()) {
+    if (LimitDue(c, limit, margin)) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t margin) const {
+  std::vector<ZeroHopConnection> out;
+  for (ZeroHopConnection& c : Snapshot()) {
+    if (LimitDue(c, RecordLimit(c.cipher), margin)) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns) {
+  absl::Status last = absl::NotFoundError("no process to enter it through");
+  for (pid_t process : netns.processes) {
+    absl::StatusOr<UniqueFd> fd = OpenNetnsOf(process, netns.inode);
+    if (!fd.ok()) {
+      // NotFound (exited, or moved elsewhere): try the next one. Anything
+      // else (permission) is not evidence the namespace is gone.
+      if (!absl::IsNotFound(fd.status())) return fd.status();
+      last = fd.status();
+      continue;
+    }
+    return ListTcpSockets(fd->get());
+  }
+  return last;
+}
+
+}  // namespace ktrust::zerohop
