@@ -184,7 +184,9 @@ TEST(Views, RoundTripThroughJson) {
   status.counts.denied = 4;
   status.ready = true;
   status.warnings = {"mesh destination 10.0.0.0/8 (every port) is not pinned"};
+  status.zero_hop = {true, "/run/ktrust/holder.sock", "", {{41, "exec", "web", "zero-hop"}}};
   json j = status;
+  EXPECT_EQ(j["zero_hop"]["listeners"][0]["data_path"], "zero-hop");
   EXPECT_EQ(j["warnings"][0], "mesh destination 10.0.0.0/8 (every port) is not pinned");
   EXPECT_EQ(j["kernel_features"][0]["detail"], "CONFIG_TLS missing");
   EXPECT_EQ(j["counts"]["denied"], 4);
@@ -200,12 +202,14 @@ TEST(Views, RoundTripThroughJson) {
                           {80, 443},
                           1700000000,
                           "pod 10.244.1.7",
-                          "its SPIFFE ID template gives no valid ID"}}};
+                          "its SPIFFE ID template gives no valid ID",
+                          "zero-hop (1 process)"}}};
   auto list_back = ViewFromJson<WorkloadListView>(json(list));
   ASSERT_TRUE(list_back.ok()) << list_back.status();
   EXPECT_EQ(list_back->workloads.at(0).ports, (std::vector<uint16_t>{80, 443}));
   EXPECT_EQ(list_back->workloads.at(0).network, "pod 10.244.1.7");
   EXPECT_EQ(list_back->workloads.at(0).problem, "its SPIFFE ID template gives no valid ID");
+  EXPECT_EQ(list_back->workloads.at(0).data_path, "zero-hop (1 process)");
 }
 
 TEST(Views, MissingFieldsTakeDefaultsAndMistypedFieldsAreNamed) {
