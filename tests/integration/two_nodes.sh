@@ -22,9 +22,10 @@ KT_WORK=
 KT_PIDS=()
 KT_PODS=()
 
-# Waits for a line matching $2 in file $1 (a readiness signal), at most 20 s.
+# Waits for a line matching $2 in file $1 (a readiness signal), at most $3
+# seconds (default 20).
 wait_for() {
-  for _ in $(seq 200); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq $((${3:-20} * 10))); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "timed out waiting for '$2' in $1" >&2
   cat "$1" >&2
   return 1
@@ -169,7 +170,7 @@ exec_in() {  # NODE CGROUP CMD...
 # $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:),
 # KT_CRLS (YAML lines under crls:),
 # KT_IDENTITY_SOURCE (default embedded_ca; svid_files reads KT_SVID_DIR,
-# default $KT_WORK/<node>/svids).
+# default $KT_WORK/<node>/svids), KT_AGENT_EXTRA (YAML lines under agent:).
 # The file is replaced by a rename, so an agent polling it never reads half.
 write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
@@ -203,6 +204,7 @@ agent:
   control_socket: $KT_WORK/$node/control.sock
   metrics_address: 127.0.0.1:9464
   log_level: debug
+${KT_AGENT_EXTRA:-}
 EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }

@@ -75,8 +75,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
   if (!host.ok()) return host.status();
   agent->pods_ = std::make_unique<PodNetworks>(
       *agent->engine_, *agent->bpf_,
-      PodNetworkSettings{settings.outbound_port, options->upstream_source6, host->next_slot,
-                         [routing = agent->routing_.get()](int fd) { return routing->Route(fd); }});
+      PodNetworkSettings{
+          settings.outbound_port, options->upstream_source6, host->next_slot,
+          [routing = agent->routing_.get()](int fd) { return routing->Route(fd); },
+          [zero_hop = agent->zero_hop_.get()](const std::string& workload, uint64_t netns) {
+            return ZeroHopDeliver(*zero_hop, workload, netns);
+          }});
   agent->enrolment_ = std::make_unique<CgroupEnrolment>(
       agent->place_, *agent->bpf_, *agent->identities_, *agent->routing_, *agent->pods_,
       [self = agent.get()] { return self->config(); });
@@ -85,6 +89,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
   if (auto st = agent->KeepOnlyWhatThisRunServes(*host); !st.ok()) return st;
   if (auto st = agent->AttachPrograms(); !st.ok()) return st;
   if (auto st = agent->StartWatching(hooks); !st.ok()) return st;
+  // Enrolled first: a listener the holder hands over is matched to its
+  // workload through the routing table the first pass published.
+  agent->zero_hop_->Start(*agent->engine_);
   return agent;
 }
 
@@ -126,10 +133,15 @@ absl::Status Agent::StartEngine(std::shared_ptr<const Config> config, EngineOpti
   auto policy = std::make_shared<const PolicyAuthorizer>(*config);
   routing_ = std::make_unique<OutboundRouting>(
       [bpf = bpf_.get()](int fd) { return bpf->maps().OriginalDestinationOf(fd); }, config);
+  zero_hop_ = std::make_unique<ZeroHopPath>(
+      ZeroHopSettings{config->agent.holder_socket, place_.cgroup_root, options.socket_mark,
+                      options.upstream_source4, options.upstream_source6},
+      zerohop::ProbeZeroHopFeatures(), *routing_);
   std::vector<ServingListener> serving;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
-    serving.push_back(
-        {w->name, routing_->ServingIdentity(w->name), w->mode == WorkloadMode::kPermissive});
+    serving.push_back({w->name, routing_->ServingIdentity(w->name),
+                       w->mode == WorkloadMode::kPermissive,
+                       ZeroHopDeliver(*zero_hop_, w->name, place_.own_netns)});
   }
   NetnsListeners listeners =
       AgentListeners([routing = routing_.get()](int fd) { return routing->Route(fd); }, serving);
@@ -237,6 +249,8 @@ absl::Status Agent::StartWatching(const AgentHooks& hooks) {
 }
 
 Agent::~Agent() {
+  // The supervisor answers what it holds before the engine it asks goes.
+  if (zero_hop_) zero_hop_->Stop();
   if (engine_) engine_->Stop();
 }
 

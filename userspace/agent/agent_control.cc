@@ -1,5 +1,6 @@
 #include "ktrust/agent/agent_control.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ktrust/common/log.h"
@@ -20,6 +21,47 @@ uint16_t PortOf(const std::string& address) {
   return static_cast<uint16_t>(std::atoi(address.c_str() + colon + 1));
 }
 
+// What the kernel offers zero-hop, one direction: what it uses, or the
+// first thing missing.
+control::KernelFeatureView ZeroHopKernelFeature(const char* name, const std::string& missing) {
+  if (!missing.empty()) return {name, false, missing};
+  return {name, true, "seccomp user notification, pidfd_getfd, kernel TLS"};
+}
+
+control::ZeroHopView ZeroHop(const Agent& agent, const Config& config) {
+  ZeroHopStatus z = agent.zero_hop().status();
+  control::ZeroHopView v{z.holder_connected, config.agent.holder_socket, z.holder_problem, {}};
+  for (const ZeroHopListener& l : z.listeners) {
+    v.listeners.push_back({l.pid, l.source, l.workload, l.data_path});
+  }
+  return v;
+}
+
+// A workload's data path in words: how its registered processes are served.
+std::string WorkloadDataPath(const Agent& agent, const Config& config, const EnrolledWorkload& w,
+                             const ZeroHopStatus& zero_hop) {
+  bool zero_hop_configured = false;
+  for (const WorkloadConfig& c : config.workloads) {
+    if (c.name == w.name) zero_hop_configured = c.data_path == WorkloadDataPath::kZeroHop;
+  }
+  if (!zero_hop_configured) return "proxy";
+  if (std::string missing = agent.zero_hop().features().inbound_missing(); !missing.empty()) {
+    return absl::StrCat("proxy (zero-hop unavailable: ", missing, ")");
+  }
+  int processes = 0;
+  for (const ZeroHopListener& l : zero_hop.listeners) {
+    if (l.cgroup_id == w.registered.cgroup_id && absl::StartsWith(l.data_path, "zero-hop")) {
+      ++processes;
+    }
+  }
+  if (processes == 0 && !zero_hop.holder_connected) {
+    return absl::StrCat("proxy (the zero-hop holder is not reachable: ", zero_hop.holder_problem,
+                        ")");
+  }
+  if (processes == 0) return "proxy (no process started with ktrust exec or an OCI listenerPath)";
+  return absl::StrCat("zero-hop (", processes, processes == 1 ? " process)" : " processes)");
+}
+
 control::StatusView Status(const Agent& agent) {
   control::StatusView s;
   std::shared_ptr<const Config> config = agent.config();
@@ -37,6 +79,10 @@ control::StatusView Status(const Agent& agent) {
       {"ring_buffer", f.ring_buffer(), "interception events (Linux 5.8+)"},
       {"ktls", agent.engine().data_path() != "userspace", agent.engine().data_path_reason()},
   };
+  const zerohop::ZeroHopFeatures& z = agent.zero_hop().features();
+  s.kernel_features.push_back(ZeroHopKernelFeature("zero_hop_outbound", z.outbound_missing()));
+  s.kernel_features.push_back(ZeroHopKernelFeature("zero_hop_inbound", z.inbound_missing()));
+  s.zero_hop = ZeroHop(agent, *config);
   std::vector<BpfLoader::Attachment> attachments = agent.bpf().attachments();
   s.bpf.attached = !attachments.empty();
   s.bpf.pin_dir = config->agent.bpf_pin_dir;
@@ -94,8 +140,11 @@ control::WorkloadListView Workloads(const Agent& agent) {
   for (const auto& issued : agent.identities().Snapshot()) expiry[issued.id] = issued.not_after;
   std::map<uint64_t, ServedPod> pods;
   for (ServedPod& p : agent.pods()) pods[p.netns_inode] = std::move(p);
+  std::shared_ptr<const Config> config = agent.config();
+  ZeroHopStatus zero_hop = agent.zero_hop().status();
   for (const EnrolledWorkload& w : agent.workloads()) {
     control::WorkloadView v;
+    v.data_path = WorkloadDataPath(agent, *config, w, zero_hop);
     v.name = w.name;
     v.cgroup = w.registered.cgroup_path;
     v.cgroup_id = w.registered.cgroup_id;

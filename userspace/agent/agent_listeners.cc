@@ -22,8 +22,13 @@ NetnsListeners AgentListeners(const RouteFunction& route,
   }
   for (const ServingListener& w : serving) {
     for (int family = 0; family < 2; ++family) {
-      listeners.inbound.push_back(
-          {Loopback(family), w.workload, w.identity, std::nullopt, w.permissive});
+      InboundListener inbound{Loopback(family), w.workload, w.identity, std::nullopt, w.permissive};
+      if (w.deliver) {
+        inbound.deliver = [deliver = w.deliver](UniqueFd& socket, const ConnectionInfo&) {
+          return deliver(socket);
+        };
+      }
+      listeners.inbound.push_back(std::move(inbound));
     }
   }
   return listeners;

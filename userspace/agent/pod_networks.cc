@@ -181,7 +181,9 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   // in the pod can take their place, agent up or down.
   std::vector<ServingListener> serving_listeners;
   for (const PodWorkload* w : serving) {
-    serving_listeners.push_back({w->name, w->identity, w->mode == WorkloadMode::kPermissive});
+    serving_listeners.push_back(
+        {w->name, w->identity, w->mode == WorkloadMode::kPermissive,
+         settings_.deliver_for ? settings_.deliver_for(w->name, pod.inode) : nullptr});
   }
   NetnsListeners listeners = AgentListeners(settings_.route, serving_listeners);
   listeners.netns_fd = netns;

@@ -30,7 +30,10 @@
 //                    reload_state, ready, ...), each taking the lock of what
 //                    it reads
 //   engine loops     the route and inbound-identity callbacks: OutboundRouting,
-//                    which reads the routing table under its own lock
+//                    which reads the routing table under its own lock; the
+//                    zero-hop hand-over (ZeroHopPath::Deliver)
+//   zero-hop         ZeroHopPath's holder link and its supervisor's thread:
+//                    ZeroHopPath locks inside, reads OutboundRouting
 // BpfLoader, OutboundRouting and WorkloadIdentities lock inside themselves;
 // PodNetworks changes only within an enrolment pass (CgroupEnrolment's
 // lock) and locks what its readers see.
@@ -50,6 +53,7 @@
 #include "ktrust/agent/outbound_routing.h"
 #include "ktrust/agent/pod_networks.h"
 #include "ktrust/agent/workload_identities.h"
+#include "ktrust/agent/zero_hop_path.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
 #include "ktrust/config/config.h"
@@ -100,6 +104,7 @@ class Agent {
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
+  const ZeroHopPath& zero_hop() const { return *zero_hop_; }
   std::shared_ptr<const Config> config() const;
   std::shared_ptr<const PolicyAuthorizer> policy() const;
   std::vector<EnrolledWorkload> workloads() const;
@@ -136,6 +141,7 @@ class Agent {
   std::unique_ptr<InterceptionEventReader> events_;
   std::unique_ptr<WorkloadIdentities> identities_;
   std::unique_ptr<OutboundRouting> routing_;  // the engine's listeners call it
+  std::unique_ptr<ZeroHopPath> zero_hop_;     // before engine_: the listeners call it
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<PodNetworks> pods_;
   std::unique_ptr<CgroupEnrolment> enrolment_;

@@ -19,15 +19,21 @@
 
 #include "absl/status/status.h"
 #include "ktrust/bpf/interception_maps.h"
+#include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
 
 namespace ktrust {
+
+// Hands an authenticated inbound socket to a zero-hop process of the
+// workload (ZeroHopPath::Deliver); false: the engine proxies it.
+using DeliverFunction = std::function<bool(UniqueFd& socket)>;
 
 // A workload whose enforced ports the namespace's inbound pair serves.
 struct ServingListener {
   std::string workload;
   SvidProvider identity;
   bool permissive = false;  // its mode is `permissive`
+  DeliverFunction deliver;  // unset: always proxied
 };
 
 using RouteFunction = std::function<absl::StatusOr<OutboundRoute>(int app_fd)>;

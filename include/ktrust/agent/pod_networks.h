@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/pod_addresses.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/common/socket_address.h"
@@ -83,6 +84,9 @@ struct PodNetworkSettings {
   // Listener slots [first_slot, KTRUST_MAX_INBOUND_LISTENERS) are the pods'.
   uint32_t first_slot = 0;
   std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
+  // The zero-hop hand-over for a workload's listener in the pod whose
+  // network namespace has this inode; unset: always proxied.
+  std::function<DeliverFunction(const std::string& workload, uint64_t netns_inode)> deliver_for;
 };
 
 class PodNetworks {

@@ -9,7 +9,7 @@ namespace {
 TEST(AgentListenersTest, OneOutboundPairThenOnePairPerServingWorkload) {
   NetnsListeners l =
       AgentListeners([](int) { return absl::StatusOr<OutboundRoute>(absl::NotFoundError("x")); },
-                     {{"web", nullptr, false}, {"legacy", nullptr, true}});
+                     {{"web", nullptr, false, nullptr}, {"legacy", nullptr, true, nullptr}});
   ASSERT_EQ(l.outbound.size(), 2u);
   EXPECT_EQ(l.outbound[0].listen.ToString(), "127.0.0.1:0");
   EXPECT_EQ(l.outbound[1].listen.ToString(), "[::1]:0");

@@ -1,0 +1,117 @@
+// The agent's side of the zero-hop data path (docs/dataplane.md, "Zero-hop"):
+// takes the seccomp listeners the holder keeps (`ktrustd holder`), works out
+// whose they are, and serves each with the supervisor, which asks the engine
+// for handshakes on the workloads' own sockets and hands it authenticated
+// inbound sockets.
+//
+// Every listener the holder gives is served, whatever its workload: one of a
+// proxy-mode workload, of a cgroup no workload claims, or on a kernel without
+// what zero-hop needs has every connect and accept continue in the kernel,
+// where the eBPF hooks redirect it to the proxy as for any process. A
+// listener nobody serves would leave its workload's connects waiting.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "ktrust/agent/agent_listeners.h"
+#include "ktrust/agent/mesh_table.h"
+#include "ktrust/agent/outbound_routing.h"
+#include "ktrust/common/unique_fd.h"
+#include "ktrust/dataplane/engine.h"
+#include "ktrust/zerohop/features.h"
+#include "ktrust/zerohop/holder_protocol.h"
+#include "ktrust/zerohop/supervisor.h"
+
+namespace ktrust {
+
+struct ZeroHopSettings {
+  std::string holder_socket;
+  std::string cgroup_root;  // the agent's, to find a registered process's cgroup
+  uint32_t socket_mark = 0;
+  std::optional<SocketAddress> doorbell_source4;
+  std::optional<SocketAddress> doorbell_source6;
+};
+
+// One listener the agent serves, for `ktrust status` and `ktrust workloads`.
+struct ZeroHopListener {
+  uint64_t holder_id = 0;
+  pid_t pid = 0;
+  std::string source;    // "exec" or "oci"
+  std::string workload;  // empty: no workload claims its cgroup
+  uint64_t cgroup_id = 0;
+  uint64_t netns = 0;  // inode of its network namespace
+  // "zero-hop", "zero-hop inbound" or "proxy (why)".
+  std::string data_path;
+};
+
+struct ZeroHopStatus {
+  bool holder_connected = false;
+  std::string holder_problem;  // why not, in words
+  std::vector<ZeroHopListener> listeners;
+};
+
+class ZeroHopPath {
+ public:
+  // Serves nothing until Start: Deliver says false until then.
+  ZeroHopPath(ZeroHopSettings settings, zerohop::ZeroHopFeatures features,
+              const OutboundRouting& routing);
+  ~ZeroHopPath();  // Stop()
+
+  // Connects to the holder in the background, again whenever the link
+  // drops; the holder may start before or after the agent.
+  void Start(Engine& engine);
+  // Answers every notification the supervisor holds and stops; the
+  // listeners stay with the holder for the next agent.
+  void Stop();
+
+  // InboundListener::deliver for `workload`'s listener in the network
+  // namespace `netns`: hands the socket to the accept of a zero-hop process
+  // of that workload there. false: none, the engine proxies it.
+  bool Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket);
+
+  const zerohop::ZeroHopFeatures& features() const { return features_; }
+  ZeroHopStatus status() const;
+
+ private:
+  struct Served {
+    uint64_t supervisor_id = 0;
+    ZeroHopListener view;
+  };
+  void Run();
+  void Serve(zerohop::ListenerRegistration entry);
+  void Forget(uint64_t holder_id);
+  bool IsMesh(const SocketAddress& destination);
+  void Handshake(const std::string& workload, uint64_t cgroup_id, UniqueFd socket,
+                 SocketAddress destination, std::function<void(zerohop::OutboundOutcome)> done);
+
+  const ZeroHopSettings settings_;
+  const zerohop::ZeroHopFeatures features_;
+  Engine* engine_ = nullptr;  // set by Start, before the holder thread runs
+  const OutboundRouting& routing_;
+  zerohop::Supervisor supervisor_;
+  std::thread thread_;
+  absl::Notification stop_;
+
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);  // by holder id
+  bool holder_connected_ ABSL_GUARDED_BY(mu_) = false;
+  std::string holder_problem_ ABSL_GUARDED_BY(mu_);
+  // The mesh table of the configuration in force, rebuilt when it changes.
+  std::shared_ptr<const Config> mesh_config_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const MeshTable> mesh_ ABSL_GUARDED_BY(mu_);
+};
+
+// The hand-over of `workload`'s inbound listener in the network namespace
+// with inode `netns`, for ServingListener::deliver.
+DeliverFunction ZeroHopDeliver(ZeroHopPath& path, std::string workload, uint64_t netns);
+
+}  // namespace ktrust

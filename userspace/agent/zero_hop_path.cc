@@ -1,0 +1,308 @@
+#include "ktrust/agent/zero_hop_path.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "ktrust/bpf/cgroup2.h"
+#include "ktrust/common/error_text.h"
+#include "ktrust/common/files.h"
+#include "ktrust/common/log.h"
+#include "ktrust/zerohop/holder_client.h"
+
+namespace ktrust {
+namespace {
+
+// The registered process's cgroup as the agent sees it: /proc/<pid>/cgroup
+// read here (the holder's copy is only informational), under the cgroup2
+// mount that holds the agent's cgroup root, and its id. The pidfd proves the
+// process outlived the read, so the pid was not reused meanwhile.
+absl::StatusOr<uint64_t> CgroupIdOfProcess(pid_t pid, int pidfd, const std::string& cgroup_root) {
+  auto text = ReadFile(absl::StrCat("/proc/", pid, "/cgroup"));
+  if (!text.ok()) return text.status();
+  auto mountinfo = ReadFile("/proc/self/mountinfo");
+  if (!mountinfo.ok()) return mountinfo.status();
+  pollfd p{pidfd, POLLIN, 0};
+  if (poll(&p, 1, 0) != 0) return absl::NotFoundError("the process has exited");
+  auto path = FindOwnCgroupPath(*text, *mountinfo, cgroup_root);
+  if (!path.ok()) return path.status();
+  return CgroupIdOf(*path);
+}
+
+}  // namespace
+
+ZeroHopPath::ZeroHopPath(ZeroHopSettings settings, zerohop::ZeroHopFeatures features,
+                         const OutboundRouting& routing)
+    : settings_(std::move(settings)), features_(std::move(features)), routing_(routing) {}
+
+ZeroHopPath::~ZeroHopPath() { Stop(); }
+
+void ZeroHopPath::Start(Engine& engine) {
+  engine_ = &engine;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void ZeroHopPath::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+  supervisor_.Stop();
+}
+
+void ZeroHopPath::Run() {
+  bool reported = false;  // the holder's absence, said once until it changes
+  while (!stop_.HasBeenNotified()) {
+    auto client = zerohop::HolderClient::Connect(settings_.holder_socket);
+    if (!client.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        holder_connected_ = false;
+        holder_problem_ = std::string(client.status().message());
+      }
+      if (!reported) {
+        LogEvent(spdlog::level::info, {{"event", "zero_hop_holder_unavailable"},
+                                       {"socket", settings_.holder_socket},
+                                       {"reason", client.status().message()}});
+        reported = true;
+      }
+      stop_.WaitForNotificationWithTimeout(absl::Seconds(1));
+      continue;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      holder_connected_ = true;
+      holder_problem_.clear();
+    }
+    LogEvent(spdlog::level::info,
+             {{"event", "zero_hop_holder_connected"}, {"socket", settings_.holder_socket}});
+    reported = false;
+    while (!stop_.HasBeenNotified()) {
+      auto message = client->Receive(absl::Milliseconds(500));
+      if (absl::IsDeadlineExceeded(message.status())) continue;
+      if (absl::IsInvalidArgument(message.status())) {
+        LogEvent(spdlog::level::warn, {{"event", "zero_hop_holder_message_refused"},
+                                       {"reason", message.status().message()}});
+        continue;
+      }
+      if (!message.ok()) {
+        absl::MutexLock lock(&mu_);
+        holder_connected_ = false;
+        holder_problem_ = absl::StrCat("lost the holder: ", message.status().message());
+        break;
+      }
+      if (auto* entry = std::get_if<zerohop::ListenerRegistration>(&*message)) {
+        Serve(std::move(*entry));
+      } else {
+        Forget(std::get<zerohop::ListenerRemoval>(*message).id);
+      }
+    }
+  }
+}
+
+void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
+  {
+    absl::MutexLock lock(&mu_);
+    // A reconnect sends every entry again: keep serving the one we have.
+    if (auto it = served_.find(entry.id); it != served_.end()) {
+      if (it->second.view.pid == entry.pid) return;
+    }
+  }
+  Forget(entry.id);  // an id a restarted holder reused for another process
+
+  ZeroHopListener view;
+  view.holder_id = entry.id;
+  view.pid = entry.pid;
+  view.source = std::string(zerohop::SourceName(entry.source));
+  std::string why_proxy;
+  WorkloadDataPath data_path = WorkloadDataPath::kProxy;
+  SvidProvider identity;
+  auto cgroup = CgroupIdOfProcess(entry.pid, entry.pidfd.get(), settings_.cgroup_root);
+  if (!cgroup.ok()) {
+    why_proxy = absl::StrCat("its cgroup could not be read: ", cgroup.status().message());
+  } else {
+    view.cgroup_id = *cgroup;
+    std::shared_ptr<const RoutingTable> routing = routing_.current();
+    auto it = routing->by_cgroup.find(*cgroup);
+    if (it == routing->by_cgroup.end()) {
+      why_proxy = absl::StrCat("no enrolled workload has cgroup ", entry.cgroup);
+    } else {
+      view.workload = it->second.name;
+      for (const WorkloadConfig& w : routing->config->workloads) {
+        if (w.name == view.workload) data_path = w.data_path;
+      }
+      if (data_path != WorkloadDataPath::kZeroHop) {
+        why_proxy = absl::StrCat("workload ", view.workload, " has data_path proxy");
+      }
+    }
+  }
+  if (why_proxy.empty() && !features_.inbound()) {
+    why_proxy = absl::StrCat("zero-hop unavailable: ", features_.inbound_missing());
+  }
+
+  zerohop::AddOptions options;
+  options.socket_mark = settings_.socket_mark;
+  options.doorbell_source4 = settings_.doorbell_source4;
+  options.doorbell_source6 = settings_.doorbell_source6;
+  options.wait_killable_recv = entry.wait_killable_recv;
+  UniqueFd netns(open(absl::StrCat("/proc/", entry.pid, "/ns/net").c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat netns_stat {};
+  if (netns.get() >= 0 && fstat(netns.get(), &netns_stat) == 0) view.netns = netns_stat.st_ino;
+  if (why_proxy.empty() && netns.get() < 0) {
+    why_proxy = absl::StrCat("its network namespace could not be opened: ", ErrnoText(errno));
+  }
+  if (why_proxy.empty()) {
+    options.inbound = true;
+    options.outbound = features_.outbound() && entry.wait_killable_recv;
+    options.netns_fd = netns.get();
+    if (options.outbound) {
+      view.data_path = "zero-hop";
+    } else if (!entry.wait_killable_recv) {
+      // runc's listenerPath (design D10): a signal could end the app's
+      // connect mid-handshake and leave it a half-made socket.
+      view.data_path =
+          "zero-hop inbound (outbound proxied: its filter was installed without "
+          "WAIT_KILLABLE_RECV)";
+    } else {
+      view.data_path =
+          absl::StrCat("zero-hop inbound (outbound proxied: ", features_.outbound_missing(), ")");
+    }
+  } else {
+    view.data_path = absl::StrCat("proxy (", why_proxy, ")");
+  }
+
+  auto listener = zerohop::NotificationListener::Create(std::move(entry.listener));
+  if (!listener.ok()) {
+    // Nothing to serve it with: the holder keeps it for the next agent.
+    LogEvent(spdlog::level::err, {{"event", "zero_hop_listener_refused"},
+                                  {"holder_id", entry.id},
+                                  {"pid", entry.pid},
+                                  {"reason", listener.status().message()}});
+    return;
+  }
+  zerohop::WorkloadHooks hooks;
+  hooks.workload = view.workload;
+  hooks.is_mesh = [this](const SocketAddress& destination) { return IsMesh(destination); };
+  hooks.handshake = [this, workload = view.workload, cgroup_id = view.cgroup_id](
+                        UniqueFd socket, SocketAddress destination,
+                        std::function<void(zerohop::OutboundOutcome)> done) {
+    Handshake(workload, cgroup_id, std::move(socket), std::move(destination), std::move(done));
+  };
+  hooks.on_removed = [this, holder_id = entry.id](const zerohop::ListenerStatus&,
+                                                  const std::string&) {
+    absl::MutexLock lock(&mu_);
+    served_.erase(holder_id);
+  };
+  LogEvent(spdlog::level::info, {{"event", "zero_hop_listener"},
+                                 {"holder_id", entry.id},
+                                 {"pid", entry.pid},
+                                 {"source", view.source},
+                                 {"workload", view.workload},
+                                 {"data_path", view.data_path}});
+  uint64_t id = supervisor_.Add(*std::move(listener), std::move(hooks), options);
+  absl::MutexLock lock(&mu_);
+  served_[entry.id] = Served{id, std::move(view)};
+}
+
+void ZeroHopPath::Forget(uint64_t holder_id) {
+  uint64_t supervisor_id = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = served_.find(holder_id);
+    if (it == served_.end()) return;
+    supervisor_id = it->second.supervisor_id;
+    served_.erase(it);
+  }
+  supervisor_.Remove(supervisor_id);
+}
+
+bool ZeroHopPath::IsMesh(const SocketAddress& destination) {
+  std::shared_ptr<const RoutingTable> routing = routing_.current();
+  std::shared_ptr<const MeshTable> mesh;
+  {
+    absl::MutexLock lock(&mu_);
+    if (mesh_config_ != routing->config) {
+      auto table = BuildMeshTable(*routing->config);
+      // The agent loaded this configuration, so its table builds; if not,
+      // nothing is the mesh's here and the kernel's hooks decide.
+      mesh_ = table.ok() ? std::make_shared<const MeshTable>(*std::move(table)) : nullptr;
+      mesh_config_ = routing->config;
+    }
+    mesh = mesh_;
+  }
+  return mesh != nullptr && MeshActionOf(*mesh, destination) == MeshAction::kRedirect;
+}
+
+void ZeroHopPath::Handshake(const std::string& workload, uint64_t cgroup_id, UniqueFd socket,
+                            SocketAddress destination,
+                            std::function<void(zerohop::OutboundOutcome)> done) {
+  std::shared_ptr<const RoutingTable> routing = routing_.current();
+  auto it = routing->by_cgroup.find(cgroup_id);
+  if (it == routing->by_cgroup.end()) {
+    done({ECONNREFUSED, absl::StrCat("workload ", workload, " is no longer enrolled"), false});
+    return;
+  }
+  auto expected = ExpectedServerOf(*routing->config, destination, workload);
+  if (!expected.ok()) {
+    done({ECONNREFUSED, std::string(expected.status().message()), false});
+    return;
+  }
+  InPlaceOutbound request;
+  request.socket = std::move(socket);
+  request.destination = std::move(destination);
+  request.workload = workload;
+  request.identity = it->second.identity;
+  request.expected_server = *std::move(expected);
+  request.done = [done = std::move(done)](InPlaceResult result) {
+    done({result.error, result.reason, result.proxy_only()});
+  };
+  engine_->HandshakeInPlace(std::move(request));
+}
+
+bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket) {
+  std::vector<uint64_t> candidates;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [holder_id, served] : served_) {
+      if (served.view.workload == workload && served.view.netns == netns &&
+          absl::StartsWith(served.view.data_path, "zero-hop")) {
+        candidates.push_back(served.supervisor_id);
+      }
+    }
+  }
+  if (candidates.empty()) return false;
+  auto local = SocketAddress::LocalOf(socket.get());
+  auto peer = SocketAddress::PeerOf(socket.get());
+  if (!local.ok() || !peer.ok()) return false;
+  for (uint64_t id : candidates) {
+    switch (supervisor_.Deliver(id, socket, *local, *peer)) {
+      case zerohop::DeliverResult::kQueued:
+      case zerohop::DeliverResult::kAccepted:
+      case zerohop::DeliverResult::kRefused:
+        return true;
+      case zerohop::DeliverResult::kNotZeroHop:
+        break;
+    }
+  }
+  return false;
+}
+
+DeliverFunction ZeroHopDeliver(ZeroHopPath& path, std::string workload, uint64_t netns) {
+  return [&path, workload = std::move(workload), netns](UniqueFd& socket) {
+    return path.Deliver(workload, netns, socket);
+  };
+}
+
+ZeroHopStatus ZeroHopPath::status() const {
+  absl::MutexLock lock(&mu_);
+  ZeroHopStatus s;
+  s.holder_connected = holder_connected_;
+  s.holder_problem = holder_problem_;
+  for (const auto& [id, served] : served_) s.listeners.push_back(served.view);
+  return s;
+}
+
+}  // namespace ktrust
