@@ -238,6 +238,10 @@ two_nodes_results() {
 # cgroup2 or bpffs, that failed to come off). KT_KEEP_LOGS=1 keeps the files.
 two_nodes_cleanup() {
   two_nodes_down
+  # In the VM the work directory dies with the guest: hand the logs out.
+  if [[ -n ${KTRUST_VM_OUT:-} && -n $KT_WORK ]]; then
+    (cd "$KT_WORK" && find . -maxdepth 2 -name '*.log' -exec cp --parents {} "$KTRUST_VM_OUT/" \;) || true
+  fi
   if [[ -n ${KT_KEEP_LOGS:-} ]]; then echo "# kept $KT_WORK" >&2; return; fi
   if [[ -n $KT_WORK ]] && ! findmnt -rn -o TARGET | grep -q "^$KT_WORK/"; then rm -rf "$KT_WORK"; fi
 }

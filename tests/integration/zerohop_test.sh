@@ -134,13 +134,17 @@ print('received', n, h.hexdigest(), flush=True)"
     python3 -u -c "
 import hashlib, os, socket
 s = socket.create_connection(('10.77.0.2', 9000)); h = hashlib.sha256()
-for _ in range(1024):
+print('connected', flush=True)
+for i in range(1024):
     b = os.urandom(1 << 20); h.update(b); s.sendall(b)
-s.close(); print('sent', 1 << 30, h.hexdigest(), flush=True)"
+    if i % 256 == 255: print('progress', i, flush=True)
+print('sent', 1 << 30, h.hexdigest(), flush=True); s.close()"
   wait_for "$work/sink.log" '64 MiB in'
   pkill -9 -f "ktrustd run --config $work/a/ktrustd.yaml"
   pkill -9 -f "ktrustd run --config $work/b/ktrustd.yaml"
   wait_for "$work/sink.log" '^received' 300
+  wait_for "$work/source.log" '^sent' 30 ||
+    ps -eo pid,stat,wchan:20,args | grep -E 'python|ktrust' | cut -c1-150 >&2
   sent=$(sed -n 's/^sent //p' "$work/source.log")
   received=$(sed -n 's/^received //p' "$work/sink.log")
   check "1 GiB crossed with both agents SIGKILLed mid-transfer, sha256 equal ($received)" \

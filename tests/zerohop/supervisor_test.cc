@@ -454,10 +454,11 @@ INSTANTIATE_TEST_SUITE_P(Modes, SupervisorInboundEpoll, ::testing::Values("lt", 
 // Disabled: http.server logs "GET / 200" for the delivered connection but
 // curl receives 0 bytes and times out; not understood yet (the epoll servers
 // echo through the same path). See the report of the supervisor package.
-TEST(SupervisorInbound, HttpServerServesDeliveredCurl) {
+// http.server on 127.0.0.1, and on :: (its default: dual-stack), where an
+// IPv4 doorbell's source reads back as ::ffff:127.0.0.x.
+void HttpServerServesDeliveredCurl(const std::string& bind) {
   uint16_t port = FreePort();
-  Workload w =
-      Launch({"python3", "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)});
+  Workload w = Launch({"python3", "-m", "http.server", "--bind", bind, std::to_string(port)});
   Harness h;
   uint64_t id = h.Add(w, [](const SocketAddress&) { return false; });
   ASSERT_TRUE(WaitUntil([&] {
@@ -485,6 +486,14 @@ TEST(SupervisorInbound, HttpServerServesDeliveredCurl) {
   }
   EXPECT_EQ(h.Counters().accepts_delivered, 3u);
   EXPECT_EQ(h.Counters().accepts_direct, 0u);
+}
+
+TEST(SupervisorInbound, HttpServerServesDeliveredCurl) {
+  HttpServerServesDeliveredCurl("127.0.0.1");
+}
+
+TEST(SupervisorInbound, DualStackHttpServerServesDeliveredIpv4Curl) {
+  HttpServerServesDeliveredCurl("::");
 }
 
 // A connection the kernel queued on the application's listener itself (one

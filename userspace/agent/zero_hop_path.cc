@@ -1,14 +1,18 @@
 #include "ktrust/agent/zero_hop_path.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <set>
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
@@ -32,6 +36,46 @@ absl::StatusOr<uint64_t> CgroupIdOfProcess(pid_t pid, int pidfd, const std::stri
   auto path = FindOwnCgroupPath(*text, *mountinfo, cgroup_root);
   if (!path.ok()) return path.status();
   return CgroupIdOf(*path);
+}
+
+// Whether process `pid` holds a listening TCP socket on `port` (any address,
+// either family), read from its network namespace's /proc/<pid>/net/tcp{,6}
+// and its own fd table: the doorbell for a hand-over must wake that process's
+// accept and nobody else's.
+bool ListensOn(pid_t pid, uint16_t port) {
+  std::set<std::string> inodes;
+  for (const char* table : {"tcp", "tcp6"}) {
+    auto text = ReadFile(absl::StrCat("/proc/", pid, "/net/", table));
+    if (!text.ok()) continue;
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      // sl local_address rem_address st ... inode (field 9); 0A is LISTEN.
+      if (f.size() < 10 || f[3] != "0A") continue;
+      size_t colon = f[1].rfind(':');
+      uint32_t local_port = 0;
+      if (colon == absl::string_view::npos ||
+          !absl::SimpleHexAtoi(f[1].substr(colon + 1), &local_port) || local_port != port) {
+        continue;
+      }
+      inodes.insert(absl::StrCat("socket:[", f[9], "]"));
+    }
+  }
+  if (inodes.empty()) return false;
+  std::string dir = absl::StrCat("/proc/", pid, "/fd");
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    char target[64] = {};
+    std::string link = absl::StrCat(dir, "/", e->d_name);
+    ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n > 0 && inodes.count(std::string(target, static_cast<size_t>(n))) > 0) {
+      found = true;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
 }
 
 }  // namespace
@@ -204,7 +248,7 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
                                  {"data_path", view.data_path}});
   uint64_t id = supervisor_.Add(*std::move(listener), std::move(hooks), options);
   absl::MutexLock lock(&mu_);
-  served_[entry.id] = Served{id, std::move(view)};
+  served_[entry.id] = Served{id, std::move(view), {}};
 }
 
 void ZeroHopPath::Forget(uint64_t holder_id) {
@@ -263,28 +307,50 @@ void ZeroHopPath::Handshake(const std::string& workload, uint64_t cgroup_id, Uni
 }
 
 bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket) {
-  std::vector<uint64_t> candidates;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [holder_id, served] : served_) {
-      if (served.view.workload == workload && served.view.netns == netns &&
-          absl::StartsWith(served.view.data_path, "zero-hop")) {
-        candidates.push_back(served.supervisor_id);
-      }
-    }
-  }
-  if (candidates.empty()) return false;
   auto local = SocketAddress::LocalOf(socket.get());
   auto peer = SocketAddress::PeerOf(socket.get());
   if (!local.ok() || !peer.ok()) return false;
-  for (uint64_t id : candidates) {
+  uint16_t port = local->port();
+  // Only the process that listens on the port: another process of the same
+  // workload (or one started without ktrust exec) must never be woken for
+  // it. What /proc said is remembered until a hand-over there fails.
+  std::vector<uint64_t> owners;
+  std::vector<std::pair<uint64_t, pid_t>> unknown;  // holder id, process
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [holder_id, served] : served_) {
+      if (served.view.workload != workload || served.view.netns != netns ||
+          !absl::StartsWith(served.view.data_path, "zero-hop")) {
+        continue;
+      }
+      if (served.listening.count(port) > 0) {
+        owners.push_back(served.supervisor_id);
+      } else {
+        unknown.emplace_back(holder_id, served.view.pid);
+      }
+    }
+  }
+  for (const auto& [holder_id, pid] : unknown) {
+    if (!ListensOn(pid, port)) continue;
+    absl::MutexLock lock(&mu_);
+    if (auto it = served_.find(holder_id); it != served_.end()) {
+      it->second.listening.insert(port);
+      owners.push_back(it->second.supervisor_id);
+    }
+  }
+  for (uint64_t id : owners) {
     switch (supervisor_.Deliver(id, socket, *local, *peer)) {
       case zerohop::DeliverResult::kQueued:
       case zerohop::DeliverResult::kAccepted:
       case zerohop::DeliverResult::kRefused:
         return true;
-      case zerohop::DeliverResult::kNotZeroHop:
+      case zerohop::DeliverResult::kNotZeroHop: {
+        absl::MutexLock lock(&mu_);
+        for (auto& [holder_id, served] : served_) {
+          if (served.supervisor_id == id) served.listening.erase(port);
+        }
         break;
+      }
     }
   }
   return false;

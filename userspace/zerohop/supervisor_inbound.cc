@@ -105,8 +105,11 @@ SocketAddress AsSeenBy(const SocketAddress& peer, int listener_family) {
   return SocketAddress::FromSockaddr(reinterpret_cast<const sockaddr*>(&six), sizeof(six));
 }
 
+// Compared as an IPv6 listener sees them: a dual-stack listener reports an
+// IPv4 doorbell's source as ::ffff:a.b.c.d.
 bool SameAddress(const SocketAddress& a, const SocketAddress& b) {
-  return a.size() == b.size() && a.size() > 0 && a.ToString() == b.ToString();
+  SocketAddress a6 = AsSeenBy(a, AF_INET6), b6 = AsSeenBy(b, AF_INET6);
+  return a6.size() == b6.size() && a6.size() > 0 && a6.ToString() == b6.ToString();
 }
 
 enum class HandOff { kDelivered, kGone, kAnswered };

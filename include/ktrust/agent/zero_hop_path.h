@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -85,6 +86,7 @@ class ZeroHopPath {
   struct Served {
     uint64_t supervisor_id = 0;
     ZeroHopListener view;
+    std::set<uint16_t> listening;  // ports its process was seen listening on
   };
   void Run();
   void Serve(zerohop::ListenerRegistration entry);
