@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
@@ -76,6 +77,30 @@ bool ListensOn(pid_t pid, uint16_t port) {
   }
   closedir(d);
   return found;
+}
+
+// Why the agent cannot take this process's sockets (pidfd_getfd and
+// process_vm_readv need PTRACE_MODE_ATTACH), or empty: without
+// CAP_SYS_PTRACE only processes of the agent's own uid.
+std::string PtraceProblem(pid_t pid) {
+  auto own = ReadFile("/proc/self/status");
+  auto theirs = ReadFile(absl::StrCat("/proc/", pid, "/status"));
+  if (!own.ok() || !theirs.ok()) return "its /proc status could not be read";
+  auto field = [](absl::string_view text, absl::string_view name) -> std::string {
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (absl::ConsumePrefix(&line, name)) return std::string(absl::StripAsciiWhitespace(line));
+    }
+    return "";
+  };
+  uint64_t caps = 0;
+  constexpr int kCapSysPtrace = 19;  // linux/capability.h
+  if (absl::SimpleHexAtoi(field(*own, "CapEff:"), &caps) && (caps >> kCapSysPtrace) & 1) return "";
+  // "Uid: real effective saved fs": the effective ones must match.
+  std::vector<std::string> mine = absl::StrSplit(field(*own, "Uid:"), '\t', absl::SkipEmpty());
+  std::vector<std::string> their = absl::StrSplit(field(*theirs, "Uid:"), '\t', absl::SkipEmpty());
+  if (mine.size() > 1 && their.size() > 1 && mine[1] == their[1]) return "";
+  return absl::StrCat("the agent lacks CAP_SYS_PTRACE, needed to take the sockets of uid ",
+                      their.size() > 1 ? their[1] : "?");
 }
 
 }  // namespace
@@ -186,6 +211,7 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   if (why_proxy.empty() && !features_.inbound()) {
     why_proxy = absl::StrCat("zero-hop unavailable: ", features_.inbound_missing());
   }
+  if (why_proxy.empty()) why_proxy = PtraceProblem(entry.pid);
 
   zerohop::AddOptions options;
   options.socket_mark = settings_.socket_mark;
