@@ -120,7 +120,16 @@ RawTlsClient ConnectRawTls(const SocketAddress& to, const Svid& svid, bool offer
   }
   c.fd = ConnectTo(to);
   SSL_set_fd(c.ssl.get(), c.fd.get());
-  EXPECT_EQ(SSL_connect(c.ssl.get()), 1);
+  // Again after a signal interrupted it (OpenSSL reports that as WANT_READ
+  // on a blocking socket), as SslRead does.
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  int r;
+  while ((r = SSL_connect(c.ssl.get())) <= 0 &&
+         (SSL_get_error(c.ssl.get(), r) == SSL_ERROR_WANT_READ ||
+          SSL_get_error(c.ssl.get(), r) == SSL_ERROR_WANT_WRITE) &&
+         absl::Now() < deadline) {
+  }
+  EXPECT_EQ(r, 1) << "SSL_get_error " << SSL_get_error(c.ssl.get(), r) << ", errno " << errno;
   return c;
 }
 

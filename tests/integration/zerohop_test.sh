@@ -140,8 +140,23 @@ for i in range(1024):
     if i % 256 == 255: print('progress', i, flush=True)
 print('sent', 1 << 30, h.hexdigest(), flush=True); s.close()"
   wait_for "$work/sink.log" '64 MiB in'
+  for n in a b; do
+    conns=$("$ktrust" --socket "$work/$n/control.sock" conns --json)
+    check "ktrust conns on node $n lists the transfer as zero-hop" jq -e \
+      '.connections | map(select(.data_path == "zero-hop" and (.wire_peer + .wire_local | test(":9000")))) | length == 1' \
+      <<<"$conns"
+  done
   pkill -9 -f "ktrustd run --config $work/a/ktrustd.yaml"
   pkill -9 -f "ktrustd run --config $work/b/ktrustd.yaml"
+  # Back while the transfer still runs: they find it again (their journals).
+  start_agent a "$ktrustd"
+  start_agent b "$ktrustd"
+  for n in a b; do
+    conns=$("$ktrust" --socket "$work/$n/control.sock" conns --json)
+    check "the restarted agent on node $n lists the live transfer, with its peer" jq -e \
+      '.connections | map(select(.data_path == "zero-hop" and (.peer_id | test("node-[ab]/")))) | length >= 1' \
+      <<<"$conns"
+  done
   wait_for "$work/sink.log" '^received' 300
   wait_for "$work/source.log" '^sent' 30 ||
     ps -eo pid,stat,wchan:20,args | grep -E 'python|ktrust' | cut -c1-150 >&2
@@ -150,8 +165,6 @@ print('sent', 1 << 30, h.hexdigest(), flush=True); s.close()"
   check "1 GiB crossed with both agents SIGKILLed mid-transfer, sha256 equal ($received)" \
     test -n "$sent" -a "$sent" = "$received"
 
-  start_agent a "$ktrustd"
-  start_agent b "$ktrustd"
   body=$(exec_in a client "$ktrust" exec --holder-socket "$work/a/holder/zerohop.sock" -- \
     curl -sS --max-time 10 http://10.77.0.2:8080/secret.txt 2>&1 || true)
   check "restarted agents serve a new connection to the same http.server ($body)" \

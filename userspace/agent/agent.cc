@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/kernel_mode.h"
@@ -135,7 +137,11 @@ absl::Status Agent::StartEngine(std::shared_ptr<const Config> config, EngineOpti
       [bpf = bpf_.get()](int fd) { return bpf->maps().OriginalDestinationOf(fd); }, config);
   zero_hop_ = std::make_unique<ZeroHopPath>(
       ZeroHopSettings{config->agent.holder_socket, place_.cgroup_root, options.socket_mark,
-                      options.upstream_source4, options.upstream_source6},
+                      options.upstream_source4, options.upstream_source6,
+                      // Beside the control socket: the agent's own runtime directory.
+                      (std::filesystem::path(config->agent.control_socket).parent_path() /
+                       "zero-hop-connections.journal")
+                          .string()},
       zerohop::ProbeZeroHopFeatures(), *routing_);
   std::vector<ServingListener> serving;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
@@ -336,6 +342,8 @@ absl::Status Agent::Reload() {
       // node presents its own.
       engine_->SetTrustStore(*trust);
       engine_->SetAuthorizer(policy);
+      // Zero-hop connections have no engine to re-check them.
+      zero_hop_->Reauthorize(*policy);
       if (*ca) {
         size_t reissued = identities_->InstallCa(*ca, now);
         LogEvent(spdlog::level::info, {{"event", "ca_changed"},

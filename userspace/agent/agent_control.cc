@@ -131,6 +131,26 @@ control::ConnectionListView Connections(const Agent& agent,
     v.age_seconds = absl::ToDoubleSeconds(now - c.started);
     out.connections.push_back(std::move(v));
   }
+  // Zero-hop ones: the agent only knows them, the workloads hold them.
+  for (const zerohop::ZeroHopConnection& c : agent.zero_hop().connections()) {
+    if (!control::Matches(filter, c.workload, c.peer_id)) continue;
+    control::ConnectionView v;
+    v.id = c.cookie;
+    v.direction = c.direction;
+    v.workload = c.workload;
+    v.local_id = c.local_id;
+    v.peer_id = c.peer_id;
+    v.wire_local = c.local;
+    v.wire_peer = c.peer;
+    v.tls_version = "TLSv1.3";
+    v.cipher = c.cipher;
+    v.data_path = "zero-hop";
+    v.state = "established";
+    v.bytes_to_wire = c.bytes_sent;
+    v.bytes_from_wire = c.bytes_received;
+    v.age_seconds = absl::ToDoubleSeconds(now - c.started);
+    out.connections.push_back(std::move(v));
+  }
   return out;
 }
 

@@ -23,11 +23,7 @@ NetnsListeners AgentListeners(const RouteFunction& route,
   for (const ServingListener& w : serving) {
     for (int family = 0; family < 2; ++family) {
       InboundListener inbound{Loopback(family), w.workload, w.identity, std::nullopt, w.permissive};
-      if (w.deliver) {
-        inbound.deliver = [deliver = w.deliver](UniqueFd& socket, const ConnectionInfo&) {
-          return deliver(socket);
-        };
-      }
+      inbound.deliver = w.deliver;
       listeners.inbound.push_back(std::move(inbound));
     }
   }

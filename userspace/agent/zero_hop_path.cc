@@ -19,6 +19,7 @@
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
 #include "ktrust/zerohop/holder_client.h"
+#include "ktrust/zerohop/sock_diag.h"
 
 namespace ktrust {
 namespace {
@@ -113,6 +114,24 @@ ZeroHopPath::~ZeroHopPath() { Stop(); }
 
 void ZeroHopPath::Start(Engine& engine) {
   engine_ = &engine;
+  if (!settings_.journal_path.empty()) {
+    auto opened = zerohop::ZeroHopConnections::Open(settings_.journal_path);
+    if (opened.ok()) {
+      live_ = *std::move(opened);
+      const zerohop::JournalLoad& load = live_->journal_load();
+      LogEvent(spdlog::level::info, {{"event", "zero_hop_journal_loaded"},
+                                     {"path", settings_.journal_path},
+                                     {"connections", load.loaded},
+                                     {"malformed_lines", load.malformed}});
+    } else {
+      // Zero-hop still works; only a restarted agent would not list them.
+      LogEvent(spdlog::level::warn, {{"event", "zero_hop_journal_unavailable"},
+                                     {"path", settings_.journal_path},
+                                     {"reason", opened.status().message()}});
+    }
+  }
+  if (!live_) live_ = std::make_unique<zerohop::ZeroHopConnections>();
+  RefreshConnections();
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -139,6 +158,7 @@ void ZeroHopPath::Run() {
         reported = true;
       }
       stop_.WaitForNotificationWithTimeout(absl::Seconds(1));
+      RefreshConnections();
       continue;
     }
     {
@@ -150,6 +170,7 @@ void ZeroHopPath::Run() {
              {{"event", "zero_hop_holder_connected"}, {"socket", settings_.holder_socket}});
     reported = false;
     while (!stop_.HasBeenNotified()) {
+      if (absl::Now() - last_refresh_ >= absl::Seconds(1)) RefreshConnections();
       auto message = client->Receive(absl::Milliseconds(500));
       if (absl::IsDeadlineExceeded(message.status())) continue;
       if (absl::IsInvalidArgument(message.status())) {
@@ -256,10 +277,9 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   zerohop::WorkloadHooks hooks;
   hooks.workload = view.workload;
   hooks.is_mesh = [this](const SocketAddress& destination) { return IsMesh(destination); };
-  hooks.handshake = [this, workload = view.workload, cgroup_id = view.cgroup_id](
-                        UniqueFd socket, SocketAddress destination,
-                        std::function<void(zerohop::OutboundOutcome)> done) {
-    Handshake(workload, cgroup_id, std::move(socket), std::move(destination), std::move(done));
+  hooks.handshake = [this, owner = view](UniqueFd socket, SocketAddress destination,
+                                         std::function<void(zerohop::OutboundOutcome)> done) {
+    Handshake(owner, std::move(socket), std::move(destination), std::move(done));
   };
   hooks.on_removed = [this, holder_id = entry.id](const zerohop::ListenerStatus&,
                                                   const std::string&) {
@@ -306,11 +326,12 @@ bool ZeroHopPath::IsMesh(const SocketAddress& destination) {
   return mesh != nullptr && MeshActionOf(*mesh, destination) == MeshAction::kRedirect;
 }
 
-void ZeroHopPath::Handshake(const std::string& workload, uint64_t cgroup_id, UniqueFd socket,
+void ZeroHopPath::Handshake(const ZeroHopListener& owner, UniqueFd socket,
                             SocketAddress destination,
                             std::function<void(zerohop::OutboundOutcome)> done) {
+  const std::string& workload = owner.workload;
   std::shared_ptr<const RoutingTable> routing = routing_.current();
-  auto it = routing->by_cgroup.find(cgroup_id);
+  auto it = routing->by_cgroup.find(owner.cgroup_id);
   if (it == routing->by_cgroup.end()) {
     done({ECONNREFUSED, absl::StrCat("workload ", workload, " is no longer enrolled"), false});
     return;
@@ -326,13 +347,21 @@ void ZeroHopPath::Handshake(const std::string& workload, uint64_t cgroup_id, Uni
   request.workload = workload;
   request.identity = it->second.identity;
   request.expected_server = *std::move(expected);
-  request.done = [done = std::move(done)](InPlaceResult result) {
+  struct stat socket_stat {};
+  uint64_t inode = fstat(request.socket.get(), &socket_stat) == 0 ? socket_stat.st_ino : 0;
+  request.done = [this, owner, inode, done = std::move(done)](InPlaceResult result) {
+    if (result.error == 0) {
+      Track({result.socket_cookie, inode, owner.netns, owner.pid, "outbound", owner.workload,
+             result.info.local_id, result.info.peer_id, result.info.wire_local,
+             result.info.wire_peer, result.info.cipher, 0, result.started});
+    }
     done({result.error, result.reason, result.proxy_only()});
   };
   engine_->HandshakeInPlace(std::move(request));
 }
 
-bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket) {
+bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket,
+                          const ConnectionInfo& info) {
   auto local = SocketAddress::LocalOf(socket.get());
   auto peer = SocketAddress::PeerOf(socket.get());
   if (!local.ok() || !peer.ok()) return false;
@@ -340,7 +369,7 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
   // Only the process that listens on the port: another process of the same
   // workload (or one started without ktrust exec) must never be woken for
   // it. What /proc said is remembered until a hand-over there fails.
-  std::vector<uint64_t> owners;
+  std::vector<std::pair<uint64_t, pid_t>> owners;   // supervisor id, process
   std::vector<std::pair<uint64_t, pid_t>> unknown;  // holder id, process
   {
     absl::MutexLock lock(&mu_);
@@ -350,7 +379,7 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
         continue;
       }
       if (served.listening.count(port) > 0) {
-        owners.push_back(served.supervisor_id);
+        owners.emplace_back(served.supervisor_id, served.view.pid);
       } else {
         unknown.emplace_back(holder_id, served.view.pid);
       }
@@ -361,13 +390,22 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
     absl::MutexLock lock(&mu_);
     if (auto it = served_.find(holder_id); it != served_.end()) {
       it->second.listening.insert(port);
-      owners.push_back(it->second.supervisor_id);
+      owners.emplace_back(it->second.supervisor_id, pid);
     }
   }
-  for (uint64_t id : owners) {
+  // What identifies it once the application has it (the socket's own).
+  uint64_t cookie = 0;
+  socklen_t cookie_len = sizeof(cookie);
+  getsockopt(socket.get(), SOL_SOCKET, SO_COOKIE, &cookie, &cookie_len);
+  struct stat socket_stat {};
+  uint64_t inode = fstat(socket.get(), &socket_stat) == 0 ? socket_stat.st_ino : 0;
+  for (const auto& [id, pid] : owners) {
     switch (supervisor_.Deliver(id, socket, *local, *peer)) {
       case zerohop::DeliverResult::kQueued:
       case zerohop::DeliverResult::kAccepted:
+        Track({cookie, inode, netns, pid, "inbound", workload, info.local_id, info.peer_id,
+               info.wire_local, info.wire_peer, info.cipher, port, absl::Now()});
+        return true;
       case zerohop::DeliverResult::kRefused:
         return true;
       case zerohop::DeliverResult::kNotZeroHop: {
@@ -383,9 +421,70 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
 }
 
 DeliverFunction ZeroHopDeliver(ZeroHopPath& path, std::string workload, uint64_t netns) {
-  return [&path, workload = std::move(workload), netns](UniqueFd& socket) {
-    return path.Deliver(workload, netns, socket);
-  };
+  return
+      [&path, workload = std::move(workload), netns](UniqueFd& socket, const ConnectionInfo& info) {
+        return path.Deliver(workload, netns, socket, info);
+      };
+}
+
+void ZeroHopPath::Track(zerohop::ZeroHopConnection connection) {
+  if (auto st = live_->Add(std::move(connection)); !st.ok()) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "zero_hop_journal_write_failed"}, {"reason", st.message()}});
+  }
+}
+
+void ZeroHopPath::RefreshConnections() {
+  last_refresh_ = absl::Now();
+  zerohop::RefreshResult r = live_->Refresh(zerohop::ListSocketsOfNetns);
+  for (const zerohop::EndedConnection& e : r.ended) {
+    const zerohop::ZeroHopConnection& c = e.connection;
+    LogEvent(spdlog::level::info,
+             {{"event", "zero_hop_connection_closed"},
+              {"direction", c.direction},
+              {"workload", c.workload},
+              {"peer_id", c.peer_id},
+              {"wire_peer", c.peer},
+              {"reason", e.reason},
+              {"duration_ms", absl::ToInt64Milliseconds(absl::Now() - c.started)}});
+  }
+}
+
+std::vector<zerohop::ZeroHopConnection> ZeroHopPath::connections() const {
+  return live_ ? live_->Snapshot() : std::vector<zerohop::ZeroHopConnection>{};
+}
+
+void ZeroHopPath::Reauthorize(const Authorizer& authorizer) {
+  if (!live_) return;
+  for (const zerohop::ZeroHopConnection& c : live_->Snapshot()) {
+    if (c.direction != "inbound") continue;
+    auto peer = SpiffeId::Parse(c.peer_id);
+    auto local = SpiffeId::Parse(c.local_id);
+    AuthorizationDecision d{false, "its peer's SPIFFE ID no longer parses"};
+    if (peer.ok() && local.ok()) d = authorizer.Authorize({*peer, c.workload, *local, c.port});
+    if (d.allowed) continue;
+    // Found by cookie in its namespace's listing, reset without an fd.
+    absl::Status st = absl::NotFoundError("the connection is gone");
+    auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
+    auto sockets = zerohop::ListSocketsOfNetns({c.netns, {c.owner}});
+    if (netns.ok() && sockets.ok()) {
+      for (const zerohop::TcpSocketInfo& s : *sockets) {
+        if (s.cookie == c.cookie) st = zerohop::DestroySocket(netns->get(), s);
+      }
+    } else {
+      st = netns.ok() ? sockets.status() : netns.status();
+    }
+    // Kept if it could not be reset: it is still live, and the next reload
+    // tries again.
+    if (st.ok() || absl::IsNotFound(st)) live_->Remove(c.cookie);
+    LogEvent(st.ok() ? spdlog::level::warn : spdlog::level::err,
+             {{"event", st.ok() ? "zero_hop_connection_denied" : "zero_hop_connection_deny_failed"},
+              {"workload", c.workload},
+              {"peer_id", c.peer_id},
+              {"wire_peer", c.peer},
+              {"reason", d.reason},
+              {"error", st.ok() ? "" : std::string(st.message())}});
+  }
 }
 
 ZeroHopStatus ZeroHopPath::status() const {

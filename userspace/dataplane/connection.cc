@@ -628,6 +628,9 @@ void Connection::ReportInPlace(const ClosedConnection& closed) {
   }
   std::function<void(InPlaceResult)> done = std::move(in_place_done_);
   in_place_done_ = nullptr;
+  // The engine holds no part of it once `done` runs: not even its row in
+  // the connection table (the destructor's Remove is then a no-op).
+  ctx_.shared.table->Remove(record_->id);
   if (done) done(std::move(r));
 }
 

@@ -28,6 +28,7 @@
 #include "ktrust/agent/outbound_routing.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
+#include "ktrust/zerohop/connection_registry.h"
 #include "ktrust/zerohop/features.h"
 #include "ktrust/zerohop/holder_protocol.h"
 #include "ktrust/zerohop/supervisor.h"
@@ -40,6 +41,9 @@ struct ZeroHopSettings {
   uint32_t socket_mark = 0;
   std::optional<SocketAddress> doorbell_source4;
   std::optional<SocketAddress> doorbell_source6;
+  // The live zero-hop connections' journal, for a restarted agent; empty:
+  // in memory only.
+  std::string journal_path;
 };
 
 // One listener the agent serves, for `ktrust status` and `ktrust workloads`.
@@ -77,7 +81,15 @@ class ZeroHopPath {
   // InboundListener::deliver for `workload`'s listener in the network
   // namespace `netns`: hands the socket to the accept of a zero-hop process
   // of that workload there. false: none, the engine proxies it.
-  bool Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket);
+  bool Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket,
+               const ConnectionInfo& info);
+
+  // The live zero-hop connections (the agent holds none of them: see
+  // docs/dataplane.md), oldest first.
+  std::vector<zerohop::ZeroHopConnection> connections() const;
+  // After a policy change: resets (SOCK_DESTROY) every live inbound
+  // connection `authorizer` no longer allows, with a log line each.
+  void Reauthorize(const Authorizer& authorizer);
 
   const zerohop::ZeroHopFeatures& features() const { return features_; }
   ZeroHopStatus status() const;
@@ -92,14 +104,19 @@ class ZeroHopPath {
   void Serve(zerohop::ListenerRegistration entry);
   void Forget(uint64_t holder_id);
   bool IsMesh(const SocketAddress& destination);
-  void Handshake(const std::string& workload, uint64_t cgroup_id, UniqueFd socket,
-                 SocketAddress destination, std::function<void(zerohop::OutboundOutcome)> done);
+  void Handshake(const ZeroHopListener& owner, UniqueFd socket, SocketAddress destination,
+                 std::function<void(zerohop::OutboundOutcome)> done);
+  void Track(zerohop::ZeroHopConnection connection);
+  // Drops the connections that ended, once a second.
+  void RefreshConnections();
 
   const ZeroHopSettings settings_;
   const zerohop::ZeroHopFeatures features_;
   Engine* engine_ = nullptr;  // set by Start, before the holder thread runs
   const OutboundRouting& routing_;
   zerohop::Supervisor supervisor_;
+  std::unique_ptr<zerohop::ZeroHopConnections> live_;  // set by Start
+  absl::Time last_refresh_;                            // the holder thread's
   std::thread thread_;
   absl::Notification stop_;
 
