@@ -209,7 +209,6 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   view.source = std::string(zerohop::SourceName(entry.source));
   std::string why_proxy;
   WorkloadDataPath data_path = WorkloadDataPath::kProxy;
-  SvidProvider identity;
   auto cgroup = CgroupIdOfProcess(entry.pid, entry.pidfd.get(), settings_.cgroup_root);
   if (!cgroup.ok()) {
     why_proxy = absl::StrCat("its cgroup could not be read: ", cgroup.status().message());
@@ -240,10 +239,15 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   options.doorbell_source6 = settings_.doorbell_source6;
   options.wait_killable_recv = entry.wait_killable_recv;
   UniqueFd netns(open(absl::StrCat("/proc/", entry.pid, "/ns/net").c_str(), O_RDONLY | O_CLOEXEC));
+  int open_errno = errno;
   struct stat netns_stat {};
   if (netns.get() >= 0 && fstat(netns.get(), &netns_stat) == 0) view.netns = netns_stat.st_ino;
-  if (why_proxy.empty() && netns.get() < 0) {
-    why_proxy = absl::StrCat("its network namespace could not be opened: ", ErrnoText(errno));
+  // Alive after the open: the namespace is the process's, not a reused pid's.
+  pollfd exited{entry.pidfd.get(), POLLIN, 0};
+  if (why_proxy.empty() && (netns.get() < 0 || poll(&exited, 1, 0) != 0)) {
+    why_proxy = netns.get() < 0 ? absl::StrCat("its network namespace could not be opened: ",
+                                               ErrnoText(open_errno))
+                                : "the process has exited";
   }
   if (why_proxy.empty()) {
     options.inbound = true;
