@@ -417,23 +417,7 @@ void Connection::DriveHandshake() {
   }
   HandshakeProgress progress = tls_->Handshake();
   if (pending_ticket_ != 0 && !client_spoke_) NoteClientSpoke();
-  switch (progress) {
-    case HandshakeProgress::kWantRead:
-      Wait(wire_.get(), POLLIN);
-      return;
-    case HandshakeProgress::kWantWrite:
-      Wait(wire_.get(), POLLOUT);
-      return;
-    case HandshakeProgress::kFailed: {
-      ctx_.shared.counters->handshake_failures.fetch_add(1);
-      const HandshakeFailure& f = tls_->failure();
-      Abort(CloseResultOf(f), f.explanation);
-      return;
-    }
-    case HandshakeProgress::kDone:
-      OnHandshakeDone();
-      return;
-  }
+  if (StepDone(progress)) OnHandshakeDone();
 }
 
 void Connection::OnHandshakeDone() {
@@ -471,30 +455,36 @@ void Connection::OnHandshakeDone() {
   Accepted();
 }
 
-void Connection::DriveZeroHopAccept() {
-  bool sending = zero_hop_step_ == ZeroHopStep::kSendAccept;
-  HandshakeProgress progress = sending ? tls_->SendZeroHopAccept() : tls_->ReadZeroHopAccept();
+// Waits for the socket, or fails the connection, unless the step is done.
+bool Connection::StepDone(HandshakeProgress progress) {
   switch (progress) {
     case HandshakeProgress::kWantRead:
       Wait(wire_.get(), POLLIN);
-      return;
+      return false;
     case HandshakeProgress::kWantWrite:
       Wait(wire_.get(), POLLOUT);
-      return;
+      return false;
     case HandshakeProgress::kFailed: {
       ctx_.shared.counters->handshake_failures.fetch_add(1);
       const HandshakeFailure& f = tls_->failure();
       Abort(CloseResultOf(f), f.explanation);
-      return;
+      return false;
     }
     case HandshakeProgress::kDone:
-      zero_hop_step_ = ZeroHopStep::kNone;
-      if (sending) {
-        Accepted();
-      } else {
-        CompleteInPlace();
-      }
-      return;
+      return true;
+  }
+  return false;
+}
+
+void Connection::DriveZeroHopAccept() {
+  bool sending = zero_hop_step_ == ZeroHopStep::kSendAccept;
+  HandshakeProgress progress = sending ? tls_->SendZeroHopAccept() : tls_->ReadZeroHopAccept();
+  if (!StepDone(progress)) return;
+  zero_hop_step_ = ZeroHopStep::kNone;
+  if (sending) {
+    Accepted();
+  } else {
+    CompleteInPlace();
   }
 }
 

@@ -113,6 +113,7 @@ class Connection {
   void CompleteInPlace();
   // Zero-hop acceptance (TlsSession::SendZeroHopAccept/ReadZeroHopAccept).
   void DriveZeroHopAccept();
+  bool StepDone(HandshakeProgress progress);
   // Inbound: verified, authorized and (zero-hop) acceptance sent: hand over
   // or connect the application.
   void Accepted();
