@@ -118,7 +118,7 @@ mv "$work/bundle/config.json.new" "$work/bundle/config.json"
 "$runc" --root "$work/runc" run --bundle "$work/bundle" "$container" >"$work/container.log" 2>&1 &
 KT_PIDS+=($!)
 runc_pid=$!
-wait_for "$work/container.log" "Serving HTTP"
+wait_for "$work/container.log" "Serving HTTP" 60
 container_pid=$("$runc" --root "$work/runc" state "$container" | jq -r .pid)
 wait_for "$work/b/agent.log" '"event":"zero_hop_listener",.*"source":"oci"'
 
