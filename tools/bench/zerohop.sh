@@ -128,7 +128,7 @@ log "two simulated nodes in $work"
 two_nodes_up "$work" "$KTRUST"
 for n in a b; do
   # Many short connections: more ephemeral ports and TIME_WAIT reuse, in the nodes only.
-  ip netns exec "$(node_ns "$n")" sysctl -q -w net.ipv4.ip_local_port_range="10000 65000" \
+  ip netns exec "$(node_ns "$n")" sysctl -q -w net.ipv4.ip_local_port_range="10000 64999" \
     net.ipv4.tcp_tw_reuse=1
 done
 mkdir -p "$KT_CG"/a/{plain,client,zh-client,holder} "$KT_CG"/b/{plain,server,zh-server,holder}
@@ -277,6 +277,56 @@ PY
   fi
 }
 
+# thread_ticks PID...: "pid/tid ticks wchan" for every thread of the processes.
+thread_ticks() {
+  local pid f
+  for pid; do
+    for f in /proc/"$pid"/task/*/stat; do
+      # shellcheck disable=SC2016 # awk's fields
+      sed 's/.*) //' "$f" 2>/dev/null | awk -v id="$pid/$(basename "$(dirname "$f")")" \
+        -v w="$(cat "$(dirname "$f")/wchan" 2>/dev/null)" '{ print id, $12 + $13, w }'
+    done
+  done
+}
+# measure_idle T RUN SECONDS: the agents with no traffic at all, for SECONDS (the
+# window is the measurement, not a wait): their CPU, the machine's, and per
+# thread where the agents' CPU went.
+measure_idle() {
+  local t=$1 r=$2 secs=$3 b0 b1 w0 w1 c0 c1 _
+  thread_ticks "${agent_pid[a]}" "${agent_pid[b]}" >"$work/threads0"
+  c0=$(cpu_seconds "${agent_pid[a]}" "${agent_pid[b]}")
+  read -r b0 _ <<<"$(sys_cpu)"
+  w0=$(date +%s.%N)
+  sleep "$secs"
+  w1=$(date +%s.%N)
+  read -r b1 _ <<<"$(sys_cpu)"
+  c1=$(cpu_seconds "${agent_pid[a]}" "${agent_pid[b]}")
+  thread_ticks "${agent_pid[a]}" "${agent_pid[b]}" >"$work/threads1"
+  "$PYTHON" - "$t" "$r" "$w0" "$w1" "$b0" "$b1" "$clk_tck" "$c0" "$c1" "$agent_mode" \
+    "${agent_pid[a]}" "$work/threads0" "$work/threads1" >>"$raw" <<'PY'
+import json, sys
+t, r, w0, w1, b0, b1, hz, c0, c1, mode, pid_a, f0, f1 = sys.argv[1:]
+hz = float(hz)
+before = {l.split()[0]: int(l.split()[1]) for l in open(f0) if l.strip()}
+threads = []
+for l in open(f1):
+    f = l.split()
+    if not f:
+        continue
+    d = (int(f[1]) - before.get(f[0], int(f[1]))) / hz
+    if d > 0:
+        node = "a" if f[0].split("/")[0] == pid_a else "b"
+        threads.append({"agent": node, "tid": int(f[0].split("/")[1]), "cpu_s": d,
+                        "wchan": f[2] if len(f) > 2 else ""})
+threads.sort(key=lambda x: -x["cpu_s"])
+print(json.dumps({"target": t, "run": int(r), "kind": "idle", "agents_mode": mode,
+                  "wall_s": round(float(w1) - float(w0), 3),
+                  "system_busy_s": round((float(b1) - float(b0)) / hz, 3),
+                  "agents_cpu_s": round(float(c1) - float(c0), 3), "threads": threads,
+                  "result": {}}))
+PY
+}
+
 # Each target must carry an echo before it is measured.
 check_echo() {
   local t=$1 err
@@ -309,6 +359,7 @@ for ((r = 1; r <= runs; r++)); do
       check_echo "$t"
       [[ ${status[$t]} == ok ]] || continue
     fi
+    measure_idle "$t" "$r" 3
     measure "$t" "$r" throughput --bytes "$bytes"
     measure "$t" "$r" rr --count "$rr_count" --size 64
     measure "$t" "$r" connrate --concurrency "$concurrency" --seconds "$conn_seconds" --size 64

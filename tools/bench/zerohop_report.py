@@ -20,6 +20,8 @@ GB = 1e9  # bytes
 
 # key, label, "higher"/"lower" is better
 METRICS = [
+    ("agents_share_idle", "agents' share of the machine, no traffic", "lower"),
+    ("machine_share_idle", "machine busy, no traffic", "lower"),
     ("throughput_gbps", "throughput 1 stream, Gbit/s", "higher"),
     ("machine_cpu_s_per_gb", "whole-machine CPU s/GB", "lower"),
     ("machine_cpu_s_per_gb_whole", "  the same incl. process start", "lower"),
@@ -95,7 +97,10 @@ def per_run_metrics(rows, nproc, params):
         def add(k, v):
             m.setdefault(k, {})[run] = v
         share = row["agents_cpu_s"] / (row["wall_s"] * nproc) if row["wall_s"] > 0 else None
-        if row["kind"] == "throughput":
+        if row["kind"] == "idle":
+            add("agents_share_idle", share)
+            add("machine_share_idle", row["system_busy_s"] / (row["wall_s"] * nproc))
+        elif row["kind"] == "throughput":
             gb = res["bytes"] / GB
             add("throughput_gbps", res["gbps"])
             # loadgen's own /proc/stat samples bracket the clocked transfer (after connect);
@@ -134,7 +139,7 @@ def path_problems(meta, rows):
     """Why a measurement did not run the data path its target names."""
     problems = []
     for r in rows:
-        if "error" in r:
+        if "error" in r or r["kind"] == "idle":
             continue
         t, res = r["target"], r["result"]
         conns = connections(r, meta["params"])
@@ -172,8 +177,11 @@ def evaluate_goals(medians, by_run, tg):
     goal("agents_idle_bulk", bool(shares) and max(shares) < 0.01,
          f"agents' CPU / machine CPU during the zero-hop transfer: per run "
          f"{', '.join(f'{100 * s:.2f}%' for s in shares)} (proxy kTLS: "
-         f"{', '.join(f'{100 * v:.0f}%' for _, v in sorted(pk.get('agents_share_bulk', {}).items()))})",
-         per_run=shares)
+         f"{', '.join(f'{100 * v:.0f}%' for _, v in sorted(pk.get('agents_share_bulk', {}).items()))}"
+         f"; the same agents with no traffic at all, just before: "
+         f"{', '.join(f'{100 * v:.1f}%' for _, v in sorted(zh.get('agents_share_idle', {}).items()))})",
+         per_run=shares,
+         idle_per_run=[v for _, v in sorted(zh.get("agents_share_idle", {}).items())])
     a, b = zh.get("machine_cpu_s_per_gb", {}), pk.get("machine_cpu_s_per_gb", {})
     per = [a[r] / b[r] for r in sorted(a) if b.get(r)]
     goal("machine_cpu_per_gb", bool(per) and all(x < 1 for x in per),
@@ -276,6 +284,15 @@ def main():
         print("connection errors: " + ", ".join(f"{t} {n}" for t, n in errs.items() if n))
     for e in errors:
         print(f"ERROR {e['target']} run {e['run']} {e['kind']}: {e['error']}")
+    idle = [r for r in rows if r["kind"] == "idle" and r.get("threads")]
+    if idle:
+        print("agents' CPU with no traffic (3 s windows), the busiest threads of the last window:")
+        for r in idle:
+            print(f"  {r['target']} run {r['run']} ({r['agents_mode']}): agents {r['agents_cpu_s']:.2f} s "
+                  f"CPU in {r['wall_s']:.1f} s, machine busy {r['system_busy_s']:.2f} s")
+        last = idle[-1]
+        for th in last["threads"][:6]:
+            print(f"    agent {th['agent']} thread {th['tid']}: {th['cpu_s']:.2f} s, now in {th['wchan']}")
     print("per run (paired) ratios:")
     for name, col in ratios.items():
         for key in ("throughput_gbps", "machine_cpu_s_per_gb", "rr_p50_added_us", "conns_per_sec",
