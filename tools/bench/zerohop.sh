@@ -277,15 +277,21 @@ PY
   fi
 }
 
-# thread_ticks PID...: "pid/tid ticks wchan" for every thread of the processes.
+# thread_ticks PID...: "pid/tid ticks" for every thread of the processes, one
+# awk per process so that the snapshot stays close to the window it brackets.
 thread_ticks() {
+  local pid
+  for pid; do
+    # shellcheck disable=SC2016 # awk's fields
+    awk -v pid="$pid" '{ sub(/.*\) /, ""); split(FILENAME, p, "/"); print pid "/" p[5], $12 + $13 }' \
+      /proc/"$pid"/task/*/stat 2>/dev/null || true
+  done
+}
+# thread_wchan PID...: "pid/tid wchan" (where each thread waits), taken after the window.
+thread_wchan() {
   local pid f
   for pid; do
-    for f in /proc/"$pid"/task/*/stat; do
-      # shellcheck disable=SC2016 # awk's fields
-      sed 's/.*) //' "$f" 2>/dev/null | awk -v id="$pid/$(basename "$(dirname "$f")")" \
-        -v w="$(cat "$(dirname "$f")/wchan" 2>/dev/null)" '{ print id, $12 + $13, w }'
-    done
+    for f in /proc/"$pid"/task/*; do echo "$pid/${f##*/} $(cat "$f/wchan" 2>/dev/null)"; done
   done
 }
 # measure_idle T RUN SECONDS: the agents with no traffic at all, for SECONDS (the
@@ -302,12 +308,14 @@ measure_idle() {
   read -r b1 _ <<<"$(sys_cpu)"
   c1=$(cpu_seconds "${agent_pid[a]}" "${agent_pid[b]}")
   thread_ticks "${agent_pid[a]}" "${agent_pid[b]}" >"$work/threads1"
+  thread_wchan "${agent_pid[a]}" "${agent_pid[b]}" >"$work/wchan"
   "$PYTHON" - "$t" "$r" "$w0" "$w1" "$b0" "$b1" "$clk_tck" "$c0" "$c1" "$agent_mode" \
-    "${agent_pid[a]}" "$work/threads0" "$work/threads1" >>"$raw" <<'PY'
+    "${agent_pid[a]}" "$work/threads0" "$work/threads1" "$work/wchan" >>"$raw" <<'PY'
 import json, sys
-t, r, w0, w1, b0, b1, hz, c0, c1, mode, pid_a, f0, f1 = sys.argv[1:]
+t, r, w0, w1, b0, b1, hz, c0, c1, mode, pid_a, f0, f1, fw = sys.argv[1:]
 hz = float(hz)
 before = {l.split()[0]: int(l.split()[1]) for l in open(f0) if l.strip()}
+wchan = {l.split()[0]: (l.split() + [""])[1] for l in open(fw) if l.strip()}
 threads = []
 for l in open(f1):
     f = l.split()
@@ -317,7 +325,7 @@ for l in open(f1):
     if d > 0:
         node = "a" if f[0].split("/")[0] == pid_a else "b"
         threads.append({"agent": node, "tid": int(f[0].split("/")[1]), "cpu_s": d,
-                        "wchan": f[2] if len(f) > 2 else ""})
+                        "wchan": wchan.get(f[0], "")})
 threads.sort(key=lambda x: -x["cpu_s"])
 print(json.dumps({"target": t, "run": int(r), "kind": "idle", "agents_mode": mode,
                   "wall_s": round(float(w1) - float(w0), 3),
