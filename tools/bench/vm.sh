@@ -18,7 +18,8 @@
 #
 # Environment: as loopback.sh (KTRUSTD, KTRUSTD_ARGS, KTRUST, LOADGEN,
 # BENCH_PORT_BASE, BENCH_CONCURRENCY), and KTRUST_VM_CACHE (default
-# /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (default 900 s per suite).
+# /var/cache/ktrust-vm), KTRUST_VM_TIMEOUT (default 900 s loopback, 1800 s zero-hop,
+# 2400 s both).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -48,7 +49,8 @@ done
 out=$(result_path "$out" ktrust-bench-vm.json)
 out_zh="${out%.json}-zerohop.json"
 vm_cache="${KTRUST_VM_CACHE:-/var/cache/ktrust-vm}"
-vm_timeout="${KTRUST_VM_TIMEOUT:-$([[ $suite == all ]] && echo 1800 || echo 900)}"
+declare -A suite_timeout=([loopback]=900 [zero-hop]=1800 [all]=2400)
+vm_timeout="${KTRUST_VM_TIMEOUT:-${suite_timeout[$suite]}}"
 [[ -x $repo/tests/vm/run.sh ]] || die "no tests/vm/run.sh in $repo"
 
 # Build what the guest needs now: it cannot build (read-only /, and TCG is slow).
