@@ -88,9 +88,15 @@ fi
 # shellcheck source=SCRIPTDIR/../../tests/integration/two_nodes.sh
 source "$repo/tests/integration/two_nodes.sh"
 cleanup_hook() {
-  ((keep && in_vm)) && cp -a "$work" "$KTRUST_VM_OUT/zerohop-work" 2>/dev/null &&
-    log "kept $work (copied out of the VM)" && keep=0
   two_nodes_down 2>/dev/null
+  # In the VM --keep copies the files out (after the cgroup2 and bpffs mounts are
+  # gone; regular files only: the share refuses sockets).
+  if ((keep && in_vm)); then
+    mkdir -p "$KTRUST_VM_OUT/zerohop-work"
+    (cd "$work" && find . -type f -exec cp --parents {} "$KTRUST_VM_OUT/zerohop-work/" \;) 2>/dev/null &&
+      log "kept $work (copied out of the VM)"
+    keep=0
+  fi
 }
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t_start=$SECONDS
