@@ -80,6 +80,22 @@ double ProcessCpuSeconds() {
   return secs(ru.ru_utime) + secs(ru.ru_stime);
 }
 
+// Busy CPU seconds of the whole machine so far (user, nice, system, irq and
+// softirq of /proc/stat's cpu line; -1 if unreadable): sampled around the
+// clocked part of a run, so that process start-up and connection set-up stay
+// out of a figure per byte.
+double MachineBusySeconds() {
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return -1;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
+  int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle,
+                      &iowait, &irq, &softirq);
+  std::fclose(f);
+  if (n != 7) return -1;
+  return static_cast<double>(user + nice + system + irq + softirq) /
+         static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 // "--name value" pairs into a map; a bare "--flag" maps to "".
 std::map<std::string, std::string> ParseFlags(int argc, char** argv, int first) {
   std::map<std::string, std::string> flags;
@@ -392,6 +408,7 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes) {
   std::vector<char> chunk(1 << 20, 'x');
   double cpu0 = ProcessCpuSeconds();
   Fd fd = MustConnect(sa);
+  double busy0 = MachineBusySeconds();
   auto start = Clock::now();
   char header[9];
   header[0] = kSinkMode;
@@ -405,13 +422,16 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes) {
   char ack[8];
   if (!RecvAll(fd.get(), ack, sizeof(ack))) Die(IoError("waiting for the backend's count"));
   double seconds = SecondsSince(start);
+  double busy = MachineBusySeconds() - busy0;
   uint64_t got = GetLe64(ack);
   if (got != bytes) {
     Die("backend counted " + std::to_string(got) + " bytes, sent " + std::to_string(bytes));
   }
-  std::printf(
-      "{\"bytes\": %" PRIu64 ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f}\n",
-      bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9, ProcessCpuSeconds() - cpu0);
+  std::printf("{\"bytes\": %" PRIu64
+              ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f, "
+              "\"machine_busy_s\": %.2f}\n",
+              bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9,
+              ProcessCpuSeconds() - cpu0, busy0 < 0 ? -1.0 : busy);
   return 0;
 }
 
@@ -455,6 +475,7 @@ int RunConnectionRate(const sockaddr_in& sa, int concurrency, double seconds, si
   double cpu0 = ProcessCpuSeconds();
   std::vector<WorkerResult> results(static_cast<size_t>(concurrency));
   std::vector<std::thread> workers;
+  double busy0 = MachineBusySeconds();
   auto start = Clock::now();
   auto deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
@@ -491,6 +512,7 @@ int RunConnectionRate(const sockaddr_in& sa, int concurrency, double seconds, si
   }
   for (auto& t : workers) t.join();
   double elapsed = SecondsSince(start);
+  double busy = MachineBusySeconds() - busy0;
   uint64_t ok = 0, errors = 0;
   std::vector<double> micros;
   std::map<std::string, uint64_t> kinds;
@@ -506,12 +528,13 @@ int RunConnectionRate(const sockaddr_in& sa, int concurrency, double seconds, si
     if (!kinds_json.empty()) kinds_json += ", ";
     kinds_json += "\"" + k + "\": " + std::to_string(v);
   }
-  std::printf(
-      "{\"concurrency\": %d, \"seconds\": %.4f, \"connections\": %" PRIu64 ", \"errors\": %" PRIu64
-      ", \"conns_per_sec\": %.1f, \"conn_p50_us\": %.1f, \"conn_p99_us\": %.1f, "
-      "\"client_cpu_s\": %.4f, \"error_kinds\": {%s}}\n",
-      concurrency, elapsed, ok, errors, static_cast<double>(ok) / elapsed, Percentile(micros, 0.50),
-      Percentile(micros, 0.99), ProcessCpuSeconds() - cpu0, kinds_json.c_str());
+  std::printf("{\"concurrency\": %d, \"seconds\": %.4f, \"connections\": %" PRIu64
+              ", \"errors\": %" PRIu64
+              ", \"conns_per_sec\": %.1f, \"conn_p50_us\": %.1f, \"conn_p99_us\": %.1f, "
+              "\"client_cpu_s\": %.4f, \"machine_busy_s\": %.2f, \"error_kinds\": {%s}}\n",
+              concurrency, elapsed, ok, errors, static_cast<double>(ok) / elapsed,
+              Percentile(micros, 0.50), Percentile(micros, 0.99), ProcessCpuSeconds() - cpu0,
+              busy0 < 0 ? -1.0 : busy, kinds_json.c_str());
   return 0;
 }
 

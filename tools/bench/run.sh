@@ -7,8 +7,13 @@
 #   loopback  (the default) plain TCP, stunnel, haproxy, ktrust and ktrust-userspace
 #             pairs on loopback, one run: throughput, latency, connections/s, CPU
 #             [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep]      loopback.sh
-#   vm        the same inside the kTLS VM: kTLS / userspace ratios
-#             [--quick] [--out FILE] [--runs N] [--targets LIST] [--keep]      vm.sh
+#   vm        in the kTLS VM: the loopback kTLS / userspace ratios, and the
+#             zero-hop suite (plain, proxy-userspace, proxy-ktls, zero-hop on
+#             two simulated nodes with real agents)
+#             [--quick] [--suite all|loopback|zero-hop] [--out FILE] [--runs N]
+#             [--targets LIST] [--keep]                                         vm.sh
+#   zerohop   the zero-hop suite on this host (root; without kernel TLS only
+#             plain and proxy-userspace)  [--quick] [--out FILE] [--runs N] [--keep]  zerohop.sh
 #   connect   connect() latency of cgroups the eBPF programs leave alone,
 #             attached vs detached (root)   [--quick] [--out FILE]             connect.sh
 #   e2e       an enrolled workload's connect + first byte through two agents
@@ -24,7 +29,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 
 mode=""
 case ${1:-} in
-  loopback | vm | connect | e2e | flood) mode=$1; shift ;;
+  loopback | vm | zerohop | connect | e2e | flood) mode=$1; shift ;;
   -h | --help | help) usage; exit 0 ;;
   -* | "") ;;
   *) echo "run.sh: unknown mode $1" >&2; usage >&2; exit 2 ;;
