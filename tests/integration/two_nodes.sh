@@ -31,6 +31,16 @@ wait_for() {
   return 1
 }
 
+# Polls CMD every 0.2 s until it succeeds, for at most $1 seconds.
+wait_until() {  # SECONDS CMD...
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 0.2
+  done
+}
+
 two_nodes_up() {  # WORKDIR KTRUST
   KT_WORK=$1
   local ktrust=$2
@@ -83,6 +93,8 @@ two_nodes_down() {
 
 node_ns() { [[ $1 == a ]] && echo "$KT_NS_A" || echo "$KT_NS_B"; }
 pod_ns() { echo "$(node_ns "$1")-$2"; }  # NODE POD
+# GET path $2 of node $1's agent metrics endpoint (agent.metrics_address).
+metrics() { ip netns exec "$(node_ns "$1")" curl -sS --max-time 5 "http://127.0.0.1:9464$2"; }
 
 # A pod's network namespace, with only its loopback: what a container
 # runtime creates before the CNI plugin gives it an address (add_pod).

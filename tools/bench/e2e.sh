@@ -62,15 +62,6 @@ source "$repo/tests/integration/two_nodes.sh"
 cleanup_hook() { two_nodes_down 2>/dev/null; }
 new_work ktrust-bench-e2e
 
-# Polls CMD... until it succeeds, at most $1 seconds.
-await() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.05
-  done
-}
 listening() { ip netns exec "$(node_ns "$1")" ss -ltnH "sport = :$2" | grep -q .; }
 agent_ready() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json | jq -e '.ready == true'; }
 status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
@@ -105,8 +96,8 @@ sed -i 's/^  log_level: .*/  log_level: warn/' "$KT_WORK"/{a,b}/ktrustd.yaml
 # Servers first: the agent enrols existing cgroups at start.
 run_in b server "$work/server-enrolled.log" "$LOADGEN" server --listen "0.0.0.0:$enrolled_port"
 run_in b plain "$work/server-plain.log" "$LOADGEN" server --listen "0.0.0.0:$plain_port"
-await 10 listening b "$enrolled_port" || die "the enrolled server did not listen"
-await 10 listening b "$plain_port" || die "the plain server did not listen"
+wait_until 10 listening b "$enrolled_port" || die "the enrolled server did not listen"
+wait_until 10 listening b "$plain_port" || die "the plain server did not listen"
 
 declare -A agent_pid=()
 for n in a b; do
@@ -114,7 +105,7 @@ for n in a b; do
   agent_pid[$n]=${KT_PIDS[-1]}
 done
 for n in a b; do
-  await 30 agent_ready "$n" || {
+  wait_until 30 agent_ready "$n" || {
     cat "$KT_WORK/$n/agent.log" >&2
     die "ktrustd on node $n did not become ready"
   }
@@ -136,9 +127,9 @@ log "checks: both paths answer; only the enrolled one goes through the agents"
 before_a=$(connections_total a)
 before_b=$(connections_total b)
 batch enrolled "$work/check-enrolled.json" 3 0
-await 5 counted_at_least b $((before_b + 3)) ||
+wait_until 5 counted_at_least b $((before_b + 3)) ||
   die "node b's agent did not carry the enrolled connections"
-await 5 counted_at_least a $((before_a + 3)) ||
+wait_until 5 counted_at_least a $((before_a + 3)) ||
   die "node a's agent did not carry the enrolled connections"
 before_a=$(connections_total a)
 before_b=$(connections_total b)
@@ -176,8 +167,8 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Exactly the enrolled connections went through each agent, the plain ones did not.
-await 5 counted_at_least a $((before_a + enrolled_made)) || true
-await 5 counted_at_least b $((before_b + enrolled_made)) || true
+wait_until 5 counted_at_least a $((before_a + enrolled_made)) || true
+wait_until 5 counted_at_least b $((before_b + enrolled_made)) || true
 got_a=$(($(connections_total a) - before_a))
 got_b=$(($(connections_total b) - before_b))
 [[ $got_a == "$enrolled_made" && $got_b == "$enrolled_made" ]] ||
