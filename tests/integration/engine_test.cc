@@ -32,6 +32,7 @@
 #include "integration/test_network.h"
 #include "ktrust/agent/allow_list_authorizer.h"
 #include "ktrust/identity/certificate_authority.h"
+#include "ktrust/identity/x509.h"
 #include "ktrust/tls/ktls.h"
 #include "unit/test_pki.h"
 
@@ -56,27 +57,37 @@ struct PairOptions {
   // as an agent's engine serves both directions: client_inbound().
   bool client_inbound = false;
   // The server's inbound listener hands zero-hop clients to this.
-  std::function<bool(UniqueFd&, const ConnectionInfo&)> deliver;
+  std::function<bool(UniqueFd&, const ConnectionInfo&, const VerifiedPeer&)> deliver;
   EngineOptions options;
 };
+
+// The SPIFFE ID in the leaf of a verified chain, or why there is none.
+std::string LeafIdOf(const VerifiedPeer& peer) {
+  auto chain = ParseCertificates(peer.chain_pem, "the verified chain");
+  if (!chain.ok()) return std::string(chain.status().message());
+  std::vector<std::string> uris = UriSans(chain->front().get());
+  return uris.size() == 1 ? uris[0] : absl::StrCat(uris.size(), " URI SANs");
+}
 
 // Zero-hop, inbound: the sockets a deliver hook received, as the workload's
 // accept would.
 class Delivered {
  public:
-  std::function<bool(UniqueFd&, const ConnectionInfo&)> Hook(bool take = true) {
-    return [this, take](UniqueFd& fd, const ConnectionInfo& info) {
+  std::function<bool(UniqueFd&, const ConnectionInfo&, const VerifiedPeer&)> Hook(
+      bool take = true) {
+    return [this, take](UniqueFd& fd, const ConnectionInfo& info, const VerifiedPeer& peer) {
       std::lock_guard<std::mutex> lock(mu_);
       ++offered_;
       if (!take) return false;
       sockets_.push_back(std::move(fd));
       infos_.push_back(info);
+      peers_.push_back(peer);
       cv_.notify_all();
       return true;
     };
   }
   // The next socket handed over (bounded wait); invalid if none came.
-  UniqueFd Next(ConnectionInfo* info = nullptr) {
+  UniqueFd Next(ConnectionInfo* info = nullptr, VerifiedPeer* peer = nullptr) {
     std::unique_lock<std::mutex> lock(mu_);
     if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return !sockets_.empty(); })) {
       return UniqueFd();
@@ -85,6 +96,8 @@ class Delivered {
     sockets_.erase(sockets_.begin());
     if (info) *info = infos_.front();
     infos_.erase(infos_.begin());
+    if (peer) *peer = peers_.front();
+    peers_.erase(peers_.begin());
     return fd;
   }
   int offered() {
@@ -97,6 +110,7 @@ class Delivered {
   std::condition_variable cv_;
   std::vector<UniqueFd> sockets_;
   std::vector<ConnectionInfo> infos_;
+  std::vector<VerifiedPeer> peers_;
   int offered_ = 0;
 };
 
@@ -1395,13 +1409,17 @@ TEST_F(EngineTest, ZeroHopOutboundHandsTheApplicationsOwnSocketBackWithKernelTls
   EXPECT_EQ(zh.result.info.wire_peer, wire_.ToString());
   EXPECT_FALSE(zh.result.info.cipher.empty());
   EXPECT_NE(zh.result.socket_cookie, 0u);
+  // What the agent checks again after a reload: the server's own chain.
+  EXPECT_EQ(LeafIdOf(zh.result.peer), kServerId);
   // The application's blocking socket is blocking again.
   EXPECT_EQ(fcntl(zh.app.get(), F_GETFL) & O_NONBLOCK, 0);
 
   ConnectionInfo info;
-  UniqueFd server_app = delivered.Next(&info);
+  VerifiedPeer client_chain;
+  UniqueFd server_app = delivered.Next(&info, &client_chain);
   ASSERT_TRUE(server_app.valid());
   EXPECT_EQ(info.peer_id, kClientId);
+  EXPECT_EQ(LeafIdOf(client_chain), kClientId);
   EXPECT_EQ(info.data_path, "zero-hop");
   timeval tv{60, 0};
   setsockopt(server_app.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

@@ -2,8 +2,10 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <filesystem>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/kernel_mode.h"
@@ -35,6 +37,20 @@ absl::StatusOr<EngineOptions> EngineOptionsFor(const AgentSettings& settings,
     options.upstream_source6 = *upstream6;
   }
   return options;
+}
+
+// KTRUST_TEST_RECORD_LIMIT lowers the AEAD record limit after which the
+// agent ends a zero-hop connection, so tests reach it in seconds. It can
+// only make the agent end connections sooner; it says so when set.
+uint64_t RecordLimitOverride() {
+  const char* text = getenv("KTRUST_TEST_RECORD_LIMIT");
+  uint64_t limit = 0;
+  if (text == nullptr || !absl::SimpleAtoi(text, &limit) || limit == 0) return 0;
+  LogEvent(spdlog::level::warn,
+           {{"event", "test_record_limit"},
+            {"reason", absl::StrCat("KTRUST_TEST_RECORD_LIMIT: zero-hop connections end after ",
+                                    limit - limit / 4, " records in a direction")}});
+  return limit;
 }
 
 // Loudly, at every load: without a rule a mesh destination's server may be
@@ -141,7 +157,8 @@ absl::Status Agent::StartEngine(std::shared_ptr<const Config> config, EngineOpti
                       // Beside the control socket: the agent's own runtime directory.
                       (std::filesystem::path(config->agent.control_socket).parent_path() /
                        "zero-hop-connections.journal")
-                          .string()},
+                          .string(),
+                      options.on_closed, RecordLimitOverride()},
       zerohop::ProbeZeroHopFeatures(), *routing_);
   std::vector<ServingListener> serving;
   for (const WorkloadConfig* w : ServingWorkloads(*config)) {
@@ -343,7 +360,7 @@ absl::Status Agent::Reload() {
       engine_->SetTrustStore(*trust);
       engine_->SetAuthorizer(policy);
       // Zero-hop connections have no engine to re-check them.
-      zero_hop_->Reauthorize(*policy);
+      zero_hop_->Recheck(**trust, *policy);
       if (*ca) {
         size_t reissued = identities_->InstallCa(*ca, now);
         LogEvent(spdlog::level::info, {{"event", "ca_changed"},

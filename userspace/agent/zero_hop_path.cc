@@ -18,6 +18,9 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/identity/peer_verifier.h"
+#include "ktrust/identity/x509.h"
+#include "ktrust/tls/ktls.h"
 #include "ktrust/zerohop/holder_client.h"
 #include "ktrust/zerohop/sock_diag.h"
 
@@ -102,6 +105,30 @@ std::string PtraceProblem(pid_t pid) {
   if (mine.size() > 1 && their.size() > 1 && mine[1] == their[1]) return "";
   return absl::StrCat("the agent lacks CAP_SYS_PTRACE, needed to take the sockets of uid ",
                       their.size() > 1 ? their[1] : "?");
+}
+
+zerohop::ZeroHopConnection ConnectionOf(uint64_t cookie, uint64_t inode, uint64_t netns,
+                                        pid_t owner, std::string direction,
+                                        const std::string& workload, const ConnectionInfo& info,
+                                        const VerifiedPeer& peer, uint16_t port,
+                                        absl::Time started) {
+  zerohop::ZeroHopConnection c;
+  c.cookie = cookie;
+  c.inode = inode;
+  c.netns = netns;
+  c.owner = owner;
+  c.direction = std::move(direction);
+  c.workload = workload;
+  c.local_id = info.local_id;
+  c.peer_id = info.peer_id;
+  c.local = info.wire_local;
+  c.peer = info.wire_peer;
+  c.cipher = info.cipher;
+  c.port = port;
+  c.started = started;
+  c.peer_chain_pem = peer.chain_pem;
+  c.verified_at = peer.verified_at;
+  return c;
 }
 
 }  // namespace
@@ -355,9 +382,8 @@ void ZeroHopPath::Handshake(const ZeroHopListener& owner, UniqueFd socket,
   uint64_t inode = fstat(request.socket.get(), &socket_stat) == 0 ? socket_stat.st_ino : 0;
   request.done = [this, owner, inode, done = std::move(done)](InPlaceResult result) {
     if (result.error == 0) {
-      Track({result.socket_cookie, inode, owner.netns, owner.pid, "outbound", owner.workload,
-             result.info.local_id, result.info.peer_id, result.info.wire_local,
-             result.info.wire_peer, result.info.cipher, 0, result.started});
+      Track(ConnectionOf(result.socket_cookie, inode, owner.netns, owner.pid, "outbound",
+                         owner.workload, result.info, result.peer, 0, result.started));
     }
     done({result.error, result.reason, result.proxy_only()});
   };
@@ -365,7 +391,7 @@ void ZeroHopPath::Handshake(const ZeroHopListener& owner, UniqueFd socket,
 }
 
 bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket,
-                          const ConnectionInfo& info) {
+                          const ConnectionInfo& info, const VerifiedPeer& verified) {
   auto local = SocketAddress::LocalOf(socket.get());
   auto peer = SocketAddress::PeerOf(socket.get());
   if (!local.ok() || !peer.ok()) return false;
@@ -407,8 +433,8 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
     switch (supervisor_.Deliver(id, socket, *local, *peer)) {
       case zerohop::DeliverResult::kQueued:
       case zerohop::DeliverResult::kAccepted:
-        Track({cookie, inode, netns, pid, "inbound", workload, info.local_id, info.peer_id,
-               info.wire_local, info.wire_peer, info.cipher, port, absl::Now()});
+        Track(ConnectionOf(cookie, inode, netns, pid, "inbound", workload, info, verified, port,
+                           absl::Now()));
         return true;
       case zerohop::DeliverResult::kRefused:
         return true;
@@ -425,10 +451,10 @@ bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd&
 }
 
 DeliverFunction ZeroHopDeliver(ZeroHopPath& path, std::string workload, uint64_t netns) {
-  return
-      [&path, workload = std::move(workload), netns](UniqueFd& socket, const ConnectionInfo& info) {
-        return path.Deliver(workload, netns, socket, info);
-      };
+  return [&path, workload = std::move(workload), netns](
+             UniqueFd& socket, const ConnectionInfo& info, const VerifiedPeer& verified) {
+    return path.Deliver(workload, netns, socket, info, verified);
+  };
 }
 
 void ZeroHopPath::Track(zerohop::ZeroHopConnection connection) {
@@ -451,6 +477,37 @@ void ZeroHopPath::RefreshConnections() {
               {"wire_peer", c.peer},
               {"reason", e.reason},
               {"duration_ms", absl::ToInt64Milliseconds(absl::Now() - c.started)}});
+    ReportClosed(c, CloseReason::kOk, "");
+  }
+  EnforceRecordLimits();
+}
+
+void ZeroHopPath::EnforceRecordLimits() {
+  // The byte counts only bound the records from above (a record is at
+  // least 22 bytes): the kernel's own sequence numbers decide, read from
+  // the socket for the moment it takes.
+  for (const zerohop::ZeroHopConnection& c :
+       live_->RecordLimitDue(settings_.record_limit_override)) {
+    uint64_t budget = zerohop::RecordBudget(c.cipher, settings_.record_limit_override);
+    auto fd = zerohop::TakeSocket(c.owner, c.inode, c.cookie);
+    if (absl::IsNotFound(fd.status())) continue;  // ended: the next refresh drops it
+    absl::StatusOr<uint64_t> sent = fd.ok() ? RecordSequence(fd->get(), KtlsDirection::kTx)
+                                            : absl::StatusOr<uint64_t>(fd.status());
+    absl::StatusOr<uint64_t> received = fd.ok() ? RecordSequence(fd->get(), KtlsDirection::kRx)
+                                                : absl::StatusOr<uint64_t>(fd.status());
+    if (fd.ok()) fd->Reset();  // held, it would keep the connection open after the app's close
+    if (sent.ok() && received.ok() && std::max(*sent, *received) < budget) continue;
+    // At the limit, or near it and its records cannot be counted: fail
+    // closed, before the AEAD limit is crossed.
+    std::string reason =
+        sent.ok() && received.ok()
+            ? absl::StrCat("the connection carried ", std::max(*sent, *received),
+                           " TLS records in one direction; ", c.cipher, " allows no more than ",
+                           budget, " before rekeying, which kernel TLS cannot do: reconnect")
+            : absl::StrCat("the connection is near the TLS record limit of ", c.cipher,
+                           " and its record count could not be read (",
+                           (sent.ok() ? received.status() : sent.status()).message(), ")");
+    Reset(c, CloseReason::kRecordLimit, reason);
   }
 }
 
@@ -458,37 +515,83 @@ std::vector<zerohop::ZeroHopConnection> ZeroHopPath::connections() const {
   return live_ ? live_->Snapshot() : std::vector<zerohop::ZeroHopConnection>{};
 }
 
-void ZeroHopPath::Reauthorize(const Authorizer& authorizer) {
+void ZeroHopPath::Recheck(const TrustStore& trust, const Authorizer& authorizer) {
   if (!live_) return;
   for (const zerohop::ZeroHopConnection& c : live_->Snapshot()) {
+    // The peer's identity first, both directions, at the handshake's time
+    // (an SVID that expired since does not end a live connection; a changed
+    // trust store does), as TlsSession::ReverifyPeer does for the proxy's.
+    PeerVerdict verdict = PeerVerdict::Reject(
+        RejectReason::kNoCertificate,
+        "the agent has no copy of the peer's certificate to check again (the connection was "
+        "recorded by an older agent)");
+    if (auto chain = ParseCertificates(c.peer_chain_pem, "the peer's chain"); chain.ok()) {
+      VerifyOptions options;
+      options.purpose =
+          c.direction == "inbound" ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+      std::vector<X509*> untrusted;
+      for (size_t i = 1; i < chain->size(); ++i) untrusted.push_back((*chain)[i].get());
+      verdict = VerifyPeerChain(trust, chain->front().get(), untrusted, options, c.verified_at);
+    }
+    if (!verdict.ok()) {
+      Reset(c, CloseResult(CloseReason::kPeerRefused, verdict.reason),
+            absl::StrCat("after a reload: ", verdict.explanation));
+      continue;
+    }
     if (c.direction != "inbound") continue;
     auto peer = SpiffeId::Parse(c.peer_id);
     auto local = SpiffeId::Parse(c.local_id);
     AuthorizationDecision d{false, "its peer's SPIFFE ID no longer parses"};
     if (peer.ok() && local.ok()) d = authorizer.Authorize({*peer, c.workload, *local, c.port});
-    if (d.allowed) continue;
-    // Found by cookie in its namespace's listing, reset without an fd.
-    absl::Status st = absl::NotFoundError("the connection is gone");
-    auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
-    auto sockets = zerohop::ListSocketsOfNetns({c.netns, {c.owner}});
-    if (netns.ok() && sockets.ok()) {
-      for (const zerohop::TcpSocketInfo& s : *sockets) {
-        if (s.cookie == c.cookie) st = zerohop::DestroySocket(netns->get(), s);
-      }
-    } else {
-      st = netns.ok() ? sockets.status() : netns.status();
-    }
-    // Kept if it could not be reset: it is still live, and the next reload
-    // tries again.
-    if (st.ok() || absl::IsNotFound(st)) live_->Remove(c.cookie);
-    LogEvent(st.ok() ? spdlog::level::warn : spdlog::level::err,
-             {{"event", st.ok() ? "zero_hop_connection_denied" : "zero_hop_connection_deny_failed"},
-              {"workload", c.workload},
-              {"peer_id", c.peer_id},
-              {"wire_peer", c.peer},
-              {"reason", d.reason},
-              {"error", st.ok() ? "" : std::string(st.message())}});
+    if (!d.allowed) Reset(c, CloseReason::kDeniedAfterReload, d.reason);
   }
+}
+
+void ZeroHopPath::Reset(const zerohop::ZeroHopConnection& c, CloseResult result,
+                        const std::string& reason) {
+  // Found by cookie in its namespace's listing, reset without an fd.
+  absl::Status st = absl::NotFoundError("the connection is gone");
+  auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
+  auto sockets = zerohop::ListSocketsOfNetns({c.netns, {c.owner}});
+  if (netns.ok() && sockets.ok()) {
+    for (const zerohop::TcpSocketInfo& s : *sockets) {
+      if (s.cookie == c.cookie) st = zerohop::DestroySocket(netns->get(), s);
+    }
+  } else {
+    st = netns.ok() ? sockets.status() : netns.status();
+  }
+  bool ended = st.ok() || absl::IsNotFound(st);
+  LogEvent(st.ok() ? spdlog::level::warn : spdlog::level::err,
+           {{"event", st.ok() ? "zero_hop_connection_reset" : "zero_hop_connection_reset_failed"},
+            {"direction", c.direction},
+            {"workload", c.workload},
+            {"peer_id", c.peer_id},
+            {"wire_peer", c.peer},
+            {"result", result.code()},
+            {"reason", reason},
+            {"error", st.ok() ? "" : std::string(st.message())}});
+  if (!ended) return;
+  live_->Remove(c.cookie);
+  ReportClosed(c, result, reason);
+}
+
+void ZeroHopPath::ReportClosed(const zerohop::ZeroHopConnection& c, CloseResult result,
+                               const std::string& reason) {
+  if (!settings_.on_closed) return;
+  ClosedConnection closed;
+  closed.direction = c.direction == "inbound" ? Direction::kInbound : Direction::kOutbound;
+  closed.workload = c.workload;
+  closed.result = result;
+  closed.reason = reason;
+  closed.info.wire_local = c.local;
+  closed.info.wire_peer = c.peer;
+  closed.info.local_id = c.local_id;
+  closed.info.peer_id = c.peer_id;
+  closed.info.tls_version = "TLSv1.3";
+  closed.info.cipher = c.cipher;
+  closed.info.data_path = "zero-hop";
+  closed.duration = absl::Now() - c.started;
+  settings_.on_closed(closed);
 }
 
 ZeroHopStatus ZeroHopPath::status() const {

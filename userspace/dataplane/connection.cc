@@ -13,6 +13,7 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/identity/x509.h"
 #include "ktrust/tls/ktls.h"
 #include "sockets.h"
 #include "stream_ends.h"
@@ -61,6 +62,10 @@ absl::StatusOr<UniqueFd> StartConnect(SocketNetns netns, const SocketAddress& to
     return absl::ErrnoToStatus(errno, absl::StrCat("connect to ", to.ToString()));
   }
   return fd;
+}
+
+VerifiedPeer VerifiedPeerOf(const TlsSession& tls) {
+  return {ToPem(tls.peer_chain()), tls.verified_at()};
 }
 
 }  // namespace
@@ -520,7 +525,7 @@ bool Connection::TryDeliver() {
     record_->info.data_path = "zero-hop";
     info = record_->info;
   }
-  if (inbound_->deliver(wire_, info)) {
+  if (inbound_->deliver(wire_, info, VerifiedPeerOf(*tls_))) {
     ctx_.shared.counters->zero_hop_delivered.fetch_add(1);
     HandedOver();
     return true;
@@ -609,6 +614,7 @@ void Connection::ReportInPlace(const ClosedConnection& closed) {
   r.info = closed.info;
   r.started = record_->started;
   r.socket_cookie = socket_cookie_;
+  if (tls_) r.peer = VerifiedPeerOf(*tls_);
   if (!handed_over_) {
     CloseReason why = closed.result.reason;
     r.error = connect_errno_ != 0 ? connect_errno_

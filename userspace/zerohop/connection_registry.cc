@@ -29,6 +29,8 @@ constexpr size_t kMaxLine = 16 << 10;
 constexpr size_t kMaxJournal = 64 << 20;
 // Strings a journal line may carry (IDs, names, addresses).
 constexpr size_t kMaxField = 2048;
+// The peer's certificate chain (PEM) a line may carry.
+constexpr size_t kMaxChain = 12 << 10;
 
 std::string BootId() {
   absl::StatusOr<std::string> id = ReadFile("/proc/sys/kernel/random/boot_id", 128);
@@ -50,7 +52,9 @@ std::string AddLine(const ZeroHopConnection& c) {
                               {"peer", c.peer},
                               {"cipher", c.cipher},
                               {"port", c.port},
-                              {"started_us", absl::ToUnixMicros(c.started)}};
+                              {"started_us", absl::ToUnixMicros(c.started)},
+                              {"peer_chain", c.peer_chain_pem},
+                              {"verified_us", absl::ToUnixMicros(c.verified_at)}};
   // Invalid UTF-8 in a name must not make the line unwritable.
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
@@ -103,6 +107,17 @@ std::optional<ZeroHopConnection> ParseAdd(const nlohmann::json& j) {
   started_us = started->get<int64_t>();
   c.owner = static_cast<pid_t>(owner);
   c.started = absl::FromUnixMicros(started_us);
+  // Optional (a line without them cannot be checked again after a reload);
+  // present but malformed is a bad line.
+  if (auto chain = j.find("peer_chain"); chain != j.end()) {
+    auto verified = j.find("verified_us");
+    if (!chain->is_string() || verified == j.end() || !verified->is_number_integer()) {
+      return std::nullopt;
+    }
+    c.peer_chain_pem = chain->get<std::string>();
+    if (c.peer_chain_pem.size() > kMaxChain) return std::nullopt;
+    c.verified_at = absl::FromUnixMicros(verified->get<int64_t>());
+  }
   return c;
 }
 
@@ -334,26 +349,18 @@ size_t ZeroHopConnections::size() const {
   return connections_.size();
 }
 
-namespace {
-bool LimitDue(const ZeroHopConnection& c, uint64_t limit, uint64_t margin) {
-  uint64_t threshold = limit > margin ? limit - margin : 0;
-  return std::max(EstimatedRecords(c.bytes_sent), EstimatedRecords(c.bytes_received)) >= threshold;
-}
-}  // namespace
-
-std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t limit,
-                                                                  uint64_t margin) const {
-  std::vector<ZeroHopConnection> out;
-  for (ZeroHopConnection& c : Snapshot()) {
-    if (LimitDue(c, limit, margin)) out.push_back(std::move(c));
-  }
-  return out;
+uint64_t RecordBudget(absl::string_view cipher, uint64_t limit_override) {
+  uint64_t limit = RecordLimit(cipher);
+  if (limit_override != 0) limit = std::min(limit, limit_override);
+  return limit - limit / 4;
 }
 
-std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t margin) const {
+std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t limit_override) const {
   std::vector<ZeroHopConnection> out;
   for (ZeroHopConnection& c : Snapshot()) {
-    if (LimitDue(c, RecordLimit(c.cipher), margin)) out.push_back(std::move(c));
+    uint64_t estimated =
+        std::max(EstimatedRecords(c.bytes_sent), EstimatedRecords(c.bytes_received));
+    if (estimated >= RecordBudget(c.cipher, limit_override)) out.push_back(std::move(c));
   }
   return out;
 }

@@ -26,7 +26,8 @@ namespace ktrust {
 
 // Hands an authenticated inbound socket to a zero-hop process of the
 // workload (ZeroHopPath::Deliver); false: the engine proxies it.
-using DeliverFunction = std::function<bool(UniqueFd& socket, const ConnectionInfo& info)>;
+using DeliverFunction =
+    std::function<bool(UniqueFd& socket, const ConnectionInfo& info, const VerifiedPeer& peer)>;
 
 // A workload whose enforced ports the namespace's inbound pair serves.
 struct ServingListener {

@@ -28,6 +28,7 @@
 #include "ktrust/agent/outbound_routing.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
+#include "ktrust/identity/trust_bundle.h"
 #include "ktrust/zerohop/connection_registry.h"
 #include "ktrust/zerohop/features.h"
 #include "ktrust/zerohop/holder_protocol.h"
@@ -44,6 +45,13 @@ struct ZeroHopSettings {
   // The live zero-hop connections' journal, for a restarted agent; empty:
   // in memory only.
   std::string journal_path;
+  // Told of every zero-hop connection that ended or that the agent reset,
+  // as the engine tells of the ones it carries (bytes 0: the agent carries
+  // none): the denial list and the metrics by data path.
+  std::function<void(const ClosedConnection&)> on_closed;
+  // Not 0: a lower AEAD record limit than the ciphers' (tests; it can only
+  // make the agent end connections sooner).
+  uint64_t record_limit_override = 0;
 };
 
 // One listener the agent serves, for `ktrust status` and `ktrust workloads`.
@@ -82,14 +90,16 @@ class ZeroHopPath {
   // namespace `netns`: hands the socket to the accept of a zero-hop process
   // of that workload there. false: none, the engine proxies it.
   bool Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket,
-               const ConnectionInfo& info);
+               const ConnectionInfo& info, const VerifiedPeer& verified);
 
   // The live zero-hop connections (the agent holds none of them: see
   // docs/dataplane.md), oldest first.
   std::vector<zerohop::ZeroHopConnection> connections() const;
-  // After a policy change: resets (SOCK_DESTROY) every live inbound
-  // connection `authorizer` no longer allows, with a log line each.
-  void Reauthorize(const Authorizer& authorizer);
+  // After a reload, as the engine does for the connections it carries:
+  // resets (SOCK_DESTROY) every live connection whose peer `trust` no longer
+  // accepts (revoked, its root dropped) and every inbound one `authorizer`
+  // no longer allows, with a log line and a denial each.
+  void Recheck(const TrustStore& trust, const Authorizer& authorizer);
 
   const zerohop::ZeroHopFeatures& features() const { return features_; }
   ZeroHopStatus status() const;
@@ -107,8 +117,15 @@ class ZeroHopPath {
   void Handshake(const ZeroHopListener& owner, UniqueFd socket, SocketAddress destination,
                  std::function<void(zerohop::OutboundOutcome)> done);
   void Track(zerohop::ZeroHopConnection connection);
-  // Drops the connections that ended, once a second.
+  // Once a second: drops the connections that ended, and ends those near
+  // their cipher's record limit.
   void RefreshConnections();
+  void EnforceRecordLimits();
+  // Resets `c` and reports it ended with `result`. Kept in the registry
+  // when it could not be reset (it is still live: the next check retries).
+  void Reset(const zerohop::ZeroHopConnection& c, CloseResult result, const std::string& reason);
+  void ReportClosed(const zerohop::ZeroHopConnection& c, CloseResult result,
+                    const std::string& reason);
 
   const ZeroHopSettings settings_;
   const zerohop::ZeroHopFeatures features_;

@@ -54,6 +54,14 @@ struct OutboundListener {
   std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
 };
 
+// The peer's certificate chain as a handshake verified it, so that a
+// connection the engine no longer holds (zero-hop) can be checked again
+// when the trust bundle or a revocation list changes.
+struct VerifiedPeer {
+  std::string chain_pem;  // leaf first, then the intermediates the peer sent
+  absl::Time verified_at;
+};
+
 struct InboundListener {
   SocketAddress listen;
   std::string workload;
@@ -82,7 +90,8 @@ struct InboundListener {
   // place and the engine proxies the connection as usual, on kernel TLS,
   // under the zero-hop end rule. Must not block. Unset: always proxied.
   // Without kernel TLS it is never called.
-  std::function<bool(UniqueFd& socket, const ConnectionInfo& info)> deliver = nullptr;
+  std::function<bool(UniqueFd& socket, const ConnectionInfo& info, const VerifiedPeer& peer)>
+      deliver = nullptr;
 };
 
 // Zero-hop, outbound: what HandshakeInPlace reports, once.
@@ -101,6 +110,7 @@ struct InPlaceResult {
   ConnectionInfo info;  // ids, addresses, cipher; data_path "zero-hop" when ok
   absl::Time started;
   uint64_t socket_cookie = 0;  // SO_COOKIE of the socket, when ok
+  VerifiedPeer peer;           // when ok
   // The server completed a verified handshake but did not ack "ktrust-zh/1":
   // a TLS end that is not zero-hop capable. Serve this destination through
   // the proxy from now on.

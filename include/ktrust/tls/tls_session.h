@@ -88,6 +88,10 @@ class TlsSession {
   const SpiffeId& local_id() const { return svid_->id(); }
   // The earliest notAfter in the peer's verified chain.
   absl::Time peer_not_after() const { return peer_not_after_; }
+  // What ReverifyPeer checks: the peer's chain as it sent it (leaf first),
+  // and when it was verified. Empty before the peer's certificate was seen.
+  const CertChain& peer_chain() const { return peer_chain_; }
+  absl::Time verified_at() const { return verified_at_; }
   // The peer's chain checked again, against the trust store its context has
   // now (a reload may have revoked it or dropped its root), at the time of
   // the handshake. Refused when there is no verified peer.

@@ -40,6 +40,11 @@ struct ZeroHopConnection {
   std::string cipher;             // TLS 1.3 suite name, e.g. TLS_AES_128_GCM_SHA256
   uint16_t port = 0;              // inbound: the local workload's port
   absl::Time started;
+  // The peer's chain as the handshake verified it (PEM, leaf first) and
+  // when: checked again when the trust bundle or a revocation list changes.
+  // Empty for an entry journaled without it, which then cannot be checked.
+  std::string peer_chain_pem;
+  absl::Time verified_at;
   // From the latest Refresh (not journaled). Upper bounds of the bytes each
   // direction's TLS layer has handled, handshake included.
   uint64_t bytes_sent = 0;
@@ -120,12 +125,11 @@ class ZeroHopConnections {
   size_t size() const;
 
   // Connections whose estimated records in either direction
-  // (bytes / kMinTls13RecordBytes) reached limit - margin: read their real
-  // record sequences (RecordSequence on a TakeSocket fd) before deciding.
-  std::vector<ZeroHopConnection> RecordLimitDue(uint64_t limit, uint64_t margin) const;
-  // The same with each connection's own limit, RecordLimit(cipher) (an
-  // unknown suite: the strictest).
-  std::vector<ZeroHopConnection> RecordLimitDue(uint64_t margin) const;
+  // (bytes / kMinTls13RecordBytes, an upper bound) reached their
+  // RecordBudget: read their real record sequences (RecordSequence on a
+  // TakeSocket fd) before deciding. `limit_override`, when not 0, lowers
+  // every cipher's limit (tests).
+  std::vector<ZeroHopConnection> RecordLimitDue(uint64_t limit_override = 0) const;
 
   const JournalLoad& journal_load() const { return journal_load_; }
 
@@ -140,6 +144,13 @@ class ZeroHopConnections {
   size_t journal_lines_ ABSL_GUARDED_BY(mu_) = 0;  // add/remove lines in the file
   JournalLoad journal_load_;
 };
+
+// How many records a zero-hop connection of `cipher` may carry in one
+// direction before the agent ends it: three quarters of the cipher's AEAD
+// limit (RecordLimit; `limit_override`, when lower and not 0, instead). The
+// agent looks once a second, and no socket writes the remaining quarter
+// (4M records under AES-GCM) in a second.
+uint64_t RecordBudget(absl::string_view cipher, uint64_t limit_override = 0);
 
 // Estimated records: the ceiling of bytes / kMinTls13RecordBytes is not
 // needed, a partial record is not a record yet.

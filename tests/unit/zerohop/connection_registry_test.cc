@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -42,6 +43,8 @@ ZeroHopConnection Conn(uint64_t cookie, uint64_t netns = 4026531840, pid_t owner
   c.peer = "10.0.0.2:5432";
   c.cipher = "TLS_AES_128_GCM_SHA256";
   c.started = absl::FromUnixSeconds(1700000000 + static_cast<int64_t>(cookie));
+  c.peer_chain_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  c.verified_at = c.started - absl::Milliseconds(3);
   return c;
 }
 
@@ -187,10 +190,18 @@ TEST(ZeroHopConnectionsTest, RefreshKeepsConnectionsAddedWhileListing) {
 }
 
 TEST(ZeroHopConnectionsTest, RecordLimitArithmetic) {
+  // Three quarters of AES-GCM's 2^24 records: 4M records of headroom.
+  const uint64_t budget = RecordBudget("TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(budget, kAesGcmRecordLimit - (uint64_t{1} << 22));
+  EXPECT_EQ(RecordBudget("TLS_CHACHA20_POLY1305_SHA256"),
+            kChaCha20Poly1305RecordLimit - kChaCha20Poly1305RecordLimit / 4);
+  // An unknown suite gets the strictest limit; an override only lowers it.
+  EXPECT_EQ(RecordBudget("TLS_SOMETHING_NEW"), budget);
+  EXPECT_EQ(RecordBudget("TLS_AES_128_GCM_SHA256", 1000), 750u);
+  EXPECT_EQ(RecordBudget("TLS_AES_128_GCM_SHA256", uint64_t{1} << 40), budget);
+
   ZeroHopConnections registry;
-  const uint64_t limit = kAesGcmRecordLimit;  // 2^24
-  const uint64_t margin = uint64_t{1} << 22;
-  const uint64_t threshold_bytes = (limit - margin) * kMinTls13RecordBytes;
+  const uint64_t threshold_bytes = budget * kMinTls13RecordBytes;
   ZeroHopConnection below = Conn(1), at_tx = Conn(2), at_rx = Conn(3);
   for (auto* c : {&below, &at_tx, &at_rx}) ASSERT_TRUE(registry.Add(*c).ok());
   FakeKernel kernel;
@@ -198,16 +209,15 @@ TEST(ZeroHopConnectionsTest, RecordLimitArithmetic) {
       Sock(1, 1001, threshold_bytes - 1, threshold_bytes - 1), Sock(2, 1002, threshold_bytes, 0),
       Sock(3, 1003, 0, threshold_bytes + kMinTls13RecordBytes - 1)};
   registry.Refresh(kernel.lister());
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(limit, margin)), ElementsAre(2, 3));
+  EXPECT_THAT(Cookies(registry.RecordLimitDue()), ElementsAre(2, 3));
   // Per cipher: ChaCha20-Poly1305's 2^62 is nowhere near.
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(margin)), ElementsAre(2, 3));
   ZeroHopConnection chacha = Conn(2);
   chacha.cipher = "TLS_CHACHA20_POLY1305_SHA256";
   ASSERT_TRUE(registry.Add(chacha).ok());
   registry.Refresh(kernel.lister());
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(margin)), ElementsAre(3));
-  // A margin above the limit: everything is due, no wrap-around.
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(10, 20)), ElementsAre(1, 2, 3));
+  EXPECT_THAT(Cookies(registry.RecordLimitDue()), ElementsAre(3));
+  // A lowered limit: everything past 3/4 of it is due.
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(4)), ElementsAre(1, 2, 3));
 }
 
 TEST(ZeroHopConnectionsTest, WriteQueueCountsAsSent) {
@@ -222,9 +232,10 @@ TEST(ZeroHopConnectionsTest, WriteQueueCountsAsSent) {
   registry.Refresh([&](const NetnsRef&) {
     return absl::StatusOr<std::vector<TcpSocketInfo>>(std::vector<TcpSocketInfo>{s});
   });
-  // 150 bytes = 6 records of 22 at most; due at 6, not at 7.
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(6, 0)), ElementsAre(1));
-  EXPECT_THAT(Cookies(registry.RecordLimitDue(7, 0)), IsEmpty());
+  // 150 bytes = 6 records of 22 at most: due under a limit of 8 (budget 6),
+  // not of 9 (budget 7).
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(8)), ElementsAre(1));
+  EXPECT_THAT(Cookies(registry.RecordLimitDue(9)), IsEmpty());
 }
 
 TEST_F(ZeroHopJournalTest, SurvivesARestart) {
@@ -258,6 +269,8 @@ TEST_F(ZeroHopJournalTest, SurvivesARestart) {
   EXPECT_EQ(live[0].cipher, want.cipher);
   EXPECT_EQ(live[0].port, want.port);
   EXPECT_EQ(live[0].started, want.started);
+  EXPECT_EQ(live[0].peer_chain_pem, want.peer_chain_pem);
+  EXPECT_EQ(live[0].verified_at, want.verified_at);
   // Compacted on load: the header and the one live connection.
   std::string content = ReadJournal();
   EXPECT_EQ(std::count(content.begin(), content.end(), '\n'), 2);
@@ -284,15 +297,25 @@ TEST_F(ZeroHopJournalTest, MalformedLinesAreCountedAndSkipped) {
   bad_direction.replace(bad_direction.find("outbound"), 8, "sideways");
   std::string zero_cookie = good;
   zero_cookie.replace(zero_cookie.find("\"cookie\":5"), 10, "\"cookie\":0");
+  nlohmann::json line = nlohmann::json::parse(good);
+  line["peer_chain"] = 12;
+  std::string bad_chain = line.dump() + "\n";
+  // A line without the chain (it cannot be checked again, but is live).
+  line.erase("peer_chain");
+  line.erase("verified_us");
+  line["cookie"] = 6;
+  std::string no_chain = line.dump() + "\n";
   WriteJournal(header + "not json\n" + "{\"op\":\"add\",\"cookie\":7}\n" + bad_direction +
                zero_cookie + "[1,2,3]\n" + "{\"op\":\"explode\"}\n" +
-               "{\"op\":\"remove\",\"cookie\":\"5\"}\n" + std::string(20000, 'x') + "\n" + good);
+               "{\"op\":\"remove\",\"cookie\":\"5\"}\n" + std::string(20000, 'x') + "\n" +
+               bad_chain + good + no_chain);
   auto registry = OpenOrDie();
   ASSERT_NE(registry, nullptr);
-  EXPECT_EQ(registry->journal_load().malformed, 8u);
-  EXPECT_EQ(registry->journal_load().loaded, 1u);
+  EXPECT_EQ(registry->journal_load().malformed, 9u);
+  EXPECT_EQ(registry->journal_load().loaded, 2u);
   EXPECT_FALSE(registry->journal_load().truncated_tail);
-  EXPECT_THAT(Cookies(registry->Snapshot()), ElementsAre(5));
+  EXPECT_THAT(Cookies(registry->Snapshot()), ElementsAre(5, 6));
+  EXPECT_EQ(registry->Snapshot()[1].peer_chain_pem, "");
 }
 
 TEST_F(ZeroHopJournalTest, TruncatedLastLineIsIgnored) {
