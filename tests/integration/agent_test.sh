@@ -23,15 +23,6 @@ work=$(mktemp -d)
 source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
-# Polls CMD every 0.2 s until it succeeds, for at most $1 seconds.
-wait_until() {  # SECONDS CMD...
-  local end=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || return 1
-    sleep 0.2
-  done
-}
 kt() { local node=$1; shift; "$ktrust" --socket "$work/$node/control.sock" "$@"; }
 metrics() { ip netns exec "$(node_ns "$1")" curl -sS --max-time 5 "http://127.0.0.1:9464$2"; }
 generation() { kt "$1" status --json | jq -r .config.generation; }

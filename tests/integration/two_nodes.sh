@@ -31,6 +31,16 @@ wait_for() {
   return 1
 }
 
+# Polls CMD every 0.2 s until it succeeds, for at most $1 seconds.
+wait_until() {  # SECONDS CMD...
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 0.2
+  done
+}
+
 two_nodes_up() {  # WORKDIR KTRUST
   KT_WORK=$1
   local ktrust=$2
@@ -209,10 +219,12 @@ EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }
 
-# Starts node $1's agent in its own cgroup and waits until it is ready.
-start_agent() {  # NODE KTRUSTD
+# Starts node $1's agent in its own cgroup and waits until it is ready;
+# WRAPPER (e.g. setpriv with its options) runs it.
+start_agent() {  # NODE KTRUSTD [WRAPPER...]
   local node=$1 ktrustd=$2
-  run_in "$node" agent "$KT_WORK/$node/agent.log" "$ktrustd" run --config "$KT_WORK/$node/ktrustd.yaml"
+  shift 2
+  run_in "$node" agent "$KT_WORK/$node/agent.log" "$@" "$ktrustd" run --config "$KT_WORK/$node/ktrustd.yaml"
   wait_for "$KT_WORK/$node/agent.log" '"event":"ready"\|startup_failed'
   if grep -q startup_failed "$KT_WORK/$node/agent.log"; then
     echo "ktrustd on node $node did not start:" >&2
