@@ -89,7 +89,11 @@ start_agent b "$ktrustd"
 # The echo server: one thread per connection, says whose it is (the first
 # line names the client) and how it ended.
 cat >"$work/server.py" <<'EOF'
-import errno, socket, threading
+import errno, socket, sys, threading
+lock = threading.Lock()
+def say(line):  # whole lines: print() writes the text and its newline apart
+    with lock:
+        sys.stdout.write(line + '\n'); sys.stdout.flush()
 def why(e):
     return errno.errorcode.get(e.errno, repr(e)) if getattr(e, 'errno', None) else repr(e)
 def serve(c, k):
@@ -98,17 +102,17 @@ def serve(c, k):
         while True:
             b = c.recv(4096)
             if not b:
-                print(f'conn {k} ended: eof', flush=True); return
+                say(f'conn {k} ended: eof'); return
             if first:
-                print(f'conn {k} from {b.split()[1].decode()}', flush=True); first = False
+                say(f'conn {k} from {b.split()[1].decode()}'); first = False
             c.sendall(b)
     except OSError as e:
-        print(f'conn {k} ended: {why(e)}', flush=True)
-s = socket.create_server(('0.0.0.0', 9000)); print('listening', flush=True)
+        say(f'conn {k} ended: {why(e)}')
+s = socket.create_server(('0.0.0.0', 9000)); say('listening')
 k = 0
 while True:
     c, _ = s.accept(); k += 1
-    print(f'accepted {k}', flush=True)
+    say(f'accepted {k}')
     threading.Thread(target=serve, args=(c, k), daemon=True).start()
 EOF
 # The client: a line every 100 ms and its echo, until the connection ends;
@@ -185,7 +189,7 @@ if [[ -n $ktls ]]; then
   echo "# $denied"
   check "node b logged one zero_hop_connection_denied" test "$(grep -c . <<<"$denied")" = 1
   check "naming the peer and the reason" jq -e --arg p "$A/client" \
-    '.peer_id == $p and (.reason | test("is not allowed for port 9000"))' <<<"${denied#*\{}"
+    '.peer_id == $p and (.reason | test("is not allowed for port 9000"))' <<<"{${denied#*\{}"
   check "no reset failed (zero_hop_connection_deny_failed)" \
     lacks zero_hop_connection_deny_failed "$(cat "$work/b/agent.log")"
 else
