@@ -221,10 +221,12 @@ EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }
 
-# Starts node $1's agent in its own cgroup and waits until it is ready.
-start_agent() {  # NODE KTRUSTD
+# Starts node $1's agent in its own cgroup and waits until it is ready;
+# WRAPPER (e.g. setpriv with its options) runs it.
+start_agent() {  # NODE KTRUSTD [WRAPPER...]
   local node=$1 ktrustd=$2
-  run_in "$node" agent "$KT_WORK/$node/agent.log" "$ktrustd" run --config "$KT_WORK/$node/ktrustd.yaml"
+  shift 2
+  run_in "$node" agent "$KT_WORK/$node/agent.log" "$@" "$ktrustd" run --config "$KT_WORK/$node/ktrustd.yaml"
   wait_for "$KT_WORK/$node/agent.log" '"event":"ready"\|startup_failed'
   if grep -q startup_failed "$KT_WORK/$node/agent.log"; then
     echo "ktrustd on node $node did not start:" >&2

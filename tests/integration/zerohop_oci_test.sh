@@ -37,14 +37,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Polls condition CMD... for at most $1 seconds (for state no log line announces).
-wait_until() {
-  local seconds=$1
-  shift
-  for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
-}
-
 if [[ -z $runc ]]; then
   echo "not ok - runc is not installed (tools/dev installs it)"
   exit 1

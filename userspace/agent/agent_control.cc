@@ -49,15 +49,22 @@ std::string WorkloadDataPath(const Agent& agent, const Config& config, const Enr
     return absl::StrCat("proxy (zero-hop unavailable: ", missing, ")");
   }
   int processes = 0;
+  std::string proxied;  // a registered process's "proxy (why)"
   for (const ZeroHopListener& l : zero_hop.listeners) {
-    if (l.cgroup_id == w.registered.cgroup_id && absl::StartsWith(l.data_path, "zero-hop")) {
+    if (l.cgroup_id != w.registered.cgroup_id) continue;
+    if (absl::StartsWith(l.data_path, "zero-hop")) {
       ++processes;
+    } else if (proxied.empty()) {
+      proxied = l.data_path;
     }
   }
   if (processes == 0 && !zero_hop.holder_connected) {
     return absl::StrCat("proxy (the zero-hop holder is not reachable: ", zero_hop.holder_problem,
                         ")");
   }
+  // Its processes' own reason (no CAP_SYS_PTRACE for their uid, ...), not
+  // "none started".
+  if (processes == 0 && !proxied.empty()) return proxied;
   if (processes == 0) return "proxy (no process started with ktrust exec or an OCI listenerPath)";
   return absl::StrCat("zero-hop (", processes, processes == 1 ? " process)" : " processes)");
 }

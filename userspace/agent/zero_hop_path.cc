@@ -4,8 +4,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <set>
 #include <utility>
 
@@ -83,28 +86,52 @@ bool ListensOn(pid_t pid, uint16_t port) {
   return found;
 }
 
-// Why the agent cannot take this process's sockets (pidfd_getfd and
-// process_vm_readv need PTRACE_MODE_ATTACH), or empty: without
-// CAP_SYS_PTRACE only processes of the agent's own uid.
-std::string PtraceProblem(pid_t pid) {
+// Why the agent cannot take this process's sockets, or empty. pidfd_getfd
+// and process_vm_readv need ptrace access (PTRACE_MODE_ATTACH): without
+// CAP_SYS_PTRACE only to a dumpable process of the agent's own uids and gids
+// whose permitted capabilities the agent all has (a root workload with its
+// full set is out of reach too), and Yama or another security module may
+// narrow it further. So the kernel is asked: pidfd_getfd of an fd number no
+// process has fails with EPERM at the access check, EBADF after it.
+std::string PtraceProblem(pid_t pid, int pidfd) {
+  long probe = syscall(SYS_pidfd_getfd, pidfd, INT_MAX, 0);
+  int err = errno;
+  if (probe >= 0) close(static_cast<int>(probe));
+  if (probe >= 0 || err == EBADF) return "";
+  if (err == ESRCH) return "the process has exited";
+  if (err != EPERM) return absl::StrCat("pidfd_getfd on it fails: ", ErrnoText(err));
+  // In words: what the agent lacks, as far as /proc says.
   auto own = ReadFile("/proc/self/status");
   auto theirs = ReadFile(absl::StrCat("/proc/", pid, "/status"));
-  if (!own.ok() || !theirs.ok()) return "its /proc status could not be read";
-  auto field = [](absl::string_view text, absl::string_view name) -> std::string {
-    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+  auto field = [](const absl::StatusOr<std::string>& text, absl::string_view name) -> std::string {
+    if (!text.ok()) return "";
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
       if (absl::ConsumePrefix(&line, name)) return std::string(absl::StripAsciiWhitespace(line));
     }
     return "";
   };
-  uint64_t caps = 0;
+  uint64_t own_caps = 0, their_caps = 0;
   constexpr int kCapSysPtrace = 19;  // linux/capability.h
-  if (absl::SimpleHexAtoi(field(*own, "CapEff:"), &caps) && (caps >> kCapSysPtrace) & 1) return "";
-  // "Uid: real effective saved fs": the effective ones must match.
-  std::vector<std::string> mine = absl::StrSplit(field(*own, "Uid:"), '\t', absl::SkipEmpty());
-  std::vector<std::string> their = absl::StrSplit(field(*theirs, "Uid:"), '\t', absl::SkipEmpty());
-  if (mine.size() > 1 && their.size() > 1 && mine[1] == their[1]) return "";
-  return absl::StrCat("the agent lacks CAP_SYS_PTRACE, needed to take the sockets of uid ",
-                      their.size() > 1 ? their[1] : "?");
+  bool has_ptrace =
+      absl::SimpleHexAtoi(field(own, "CapEff:"), &own_caps) && (own_caps >> kCapSysPtrace) & 1;
+  if (has_ptrace) {
+    return "the kernel refuses the agent ptrace access to it (pidfd_getfd: EPERM; Yama's "
+           "ptrace_scope or another security module)";
+  }
+  // "Uid: real effective saved fs".
+  std::vector<std::string> mine = absl::StrSplit(field(own, "Uid:"), '\t', absl::SkipEmpty());
+  std::vector<std::string> their = absl::StrSplit(field(theirs, "Uid:"), '\t', absl::SkipEmpty());
+  if (mine.empty() || their.empty() || mine != their) {
+    return absl::StrCat("the agent lacks CAP_SYS_PTRACE, needed to take the sockets of uid ",
+                        their.size() > 1 ? their[1] : "?");
+  }
+  if (absl::SimpleHexAtoi(field(own, "CapPrm:"), &own_caps) &&
+      absl::SimpleHexAtoi(field(theirs, "CapPrm:"), &their_caps) && (their_caps & ~own_caps) != 0) {
+    return "the agent lacks CAP_SYS_PTRACE, needed to take the sockets of a process with "
+           "capabilities the agent does not have";
+  }
+  return "the agent lacks CAP_SYS_PTRACE, needed to take the sockets of this process (other "
+         "gids, not dumpable, or Yama's ptrace_scope)";
 }
 
 zerohop::ZeroHopConnection ConnectionOf(uint64_t cookie, uint64_t inode, uint64_t netns,
@@ -258,7 +285,7 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   if (why_proxy.empty() && !features_.inbound()) {
     why_proxy = absl::StrCat("zero-hop unavailable: ", features_.inbound_missing());
   }
-  if (why_proxy.empty()) why_proxy = PtraceProblem(entry.pid);
+  if (why_proxy.empty()) why_proxy = PtraceProblem(entry.pid, entry.pidfd.get());
 
   zerohop::AddOptions options;
   options.socket_mark = settings_.socket_mark;
