@@ -221,6 +221,15 @@ EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }
 
+# Starts node $1's zero-hop fd holder (`ktrustd holder`, sockets in
+# $KT_WORK/<node>/holder) in a cgroup no workload claims, so that it
+# outlives the agents, and waits until it is ready.
+start_holder() {  # NODE KTRUSTD
+  local node=$1 ktrustd=$2
+  run_in "$node" holder "$KT_WORK/$node/holder.log" "$ktrustd" holder --socket-dir "$KT_WORK/$node/holder"
+  wait_for "$KT_WORK/$node/holder.log" '"event":"holder_ready"'
+}
+
 # Starts node $1's agent in its own cgroup and waits until it is ready;
 # WRAPPER (e.g. setpriv with its options) runs it.
 start_agent() {  # NODE KTRUSTD [WRAPPER...]

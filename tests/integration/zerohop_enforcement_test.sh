@@ -87,10 +87,8 @@ config_b() {  # ALLOWED_CLIENTS (YAML flow list items)
 }
 A=spiffe://example.org/node-a
 config_b "$A/client, $A/client2, $A/nobody"
-for n in a b; do
-  run_in "$n" holder "$work/$n/holder.log" "$ktrustd" holder --socket-dir "$work/$n/holder"
-  wait_for "$work/$n/holder.log" '"event":"holder_ready"'
-done
+start_holder a "$ktrustd"
+start_holder b "$ktrustd"
 start_agent a "$ktrustd"
 KTRUST_TEST_RECORD_LIMIT=4000 start_agent b "$ktrustd"
 

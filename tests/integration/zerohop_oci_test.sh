@@ -65,10 +65,8 @@ KT_AGENT_EXTRA="  holder_socket: $work/b/holder/holder.sock" write_config b '
   - to: server
     ports: [8080]
     from: [spiffe://example.org/node-a/client]'
-for n in a b; do
-  run_in "$n" holder "$work/$n/holder.log" "$ktrustd" holder --socket-dir "$work/$n/holder"
-  wait_for "$work/$n/holder.log" '"event":"holder_ready"'
-done
+start_holder a "$ktrustd"
+start_holder b "$ktrustd"
 start_agent a "$ktrustd"
 start_agent b "$ktrustd"
 
