@@ -134,6 +134,26 @@ std::string PtraceProblem(pid_t pid, int pidfd) {
          "gids, not dumpable, or Yama's ptrace_scope)";
 }
 
+// Ends `c` with a TCP reset: SOCK_DESTROY by cookie in its namespace (no fd
+// taken), or where the kernel lacks it, through an fd taken for the moment
+// (ResetSocket: FailedPrecondition when it could only shut it down with
+// FIN). NotFound: the connection is gone.
+absl::Status ResetConnection(const zerohop::ZeroHopConnection& c) {
+  auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
+  if (!netns.ok()) return netns.status();
+  auto sockets = zerohop::ListTcpSockets(netns->get());
+  if (!sockets.ok()) return sockets.status();
+  for (const zerohop::TcpSocketInfo& s : *sockets) {
+    if (s.cookie != c.cookie) continue;
+    absl::Status st = zerohop::DestroySocket(netns->get(), s);
+    if (!absl::IsUnimplemented(st)) return st;
+    auto fd = zerohop::TakeSocket(c.owner, c.inode, c.cookie);
+    if (!fd.ok()) return fd.status();
+    return zerohop::ResetSocket(fd->get());
+  }
+  return absl::NotFoundError("the connection is gone");
+}
+
 zerohop::ZeroHopConnection ConnectionOf(uint64_t cookie, uint64_t inode, uint64_t netns,
                                         pid_t owner, std::string direction,
                                         const std::string& workload, const ConnectionInfo& info,
@@ -506,6 +526,17 @@ void ZeroHopPath::RefreshConnections() {
               {"duration_ms", absl::ToInt64Milliseconds(absl::Now() - c.started)}});
     ReportClosed(c, CloseReason::kOk, "");
   }
+  std::map<uint64_t, std::pair<CloseResult, std::string>> retry;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const zerohop::EndedConnection& e : r.ended) pending_resets_.erase(e.connection.cookie);
+    retry = pending_resets_;
+  }
+  for (const zerohop::ZeroHopConnection& c : live_->Snapshot()) {
+    if (auto it = retry.find(c.cookie); it != retry.end()) {
+      Reset(c, it->second.first, it->second.second);
+    }
+  }
   EnforceRecordLimits();
 }
 
@@ -576,27 +607,36 @@ void ZeroHopPath::Recheck(const TrustStore& trust, const Authorizer& authorizer)
 
 void ZeroHopPath::Reset(const zerohop::ZeroHopConnection& c, CloseResult result,
                         const std::string& reason) {
-  // Found by cookie in its namespace's listing, reset without an fd.
-  absl::Status st = absl::NotFoundError("the connection is gone");
-  auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
-  auto sockets = zerohop::ListSocketsOfNetns({c.netns, {c.owner}});
-  if (netns.ok() && sockets.ok()) {
-    for (const zerohop::TcpSocketInfo& s : *sockets) {
-      if (s.cookie == c.cookie) st = zerohop::DestroySocket(netns->get(), s);
-    }
-  } else {
-    st = netns.ok() ? sockets.status() : netns.status();
+  absl::Status st = ResetConnection(c);
+  bool retrying = false;
+  {
+    absl::MutexLock lock(&mu_);
+    retrying = pending_resets_.erase(c.cookie) > 0;
   }
-  bool ended = st.ok() || absl::IsNotFound(st);
-  LogEvent(st.ok() ? spdlog::level::warn : spdlog::level::err,
-           {{"event", st.ok() ? "zero_hop_connection_reset" : "zero_hop_connection_reset_failed"},
-            {"direction", c.direction},
-            {"workload", c.workload},
-            {"peer_id", c.peer_id},
-            {"wire_peer", c.peer},
-            {"result", result.code()},
-            {"reason", reason},
-            {"error", st.ok() ? "" : std::string(st.message())}});
+  if (absl::IsNotFound(st)) {  // it ended on its own meanwhile
+    live_->Remove(c.cookie);
+    ReportClosed(c, CloseReason::kOk, "");
+    return;
+  }
+  // FailedPrecondition: the kernel would not reset it, so it was shut down
+  // with FIN: ended all the same.
+  bool ended = st.ok() || absl::IsFailedPrecondition(st);
+  if (!ended) {
+    // Still live: tried again at every refresh, logged once.
+    absl::MutexLock lock(&mu_);
+    pending_resets_[c.cookie] = {result, reason};
+  }
+  if (ended || !retrying) {
+    LogEvent(ended ? spdlog::level::warn : spdlog::level::err,
+             {{"event", ended ? "zero_hop_connection_reset" : "zero_hop_connection_reset_failed"},
+              {"direction", c.direction},
+              {"workload", c.workload},
+              {"peer_id", c.peer_id},
+              {"wire_peer", c.peer},
+              {"result", result.code()},
+              {"reason", reason},
+              {"error", st.ok() ? "" : std::string(st.message())}});
+  }
   if (!ended) return;
   live_->Remove(c.cookie);
   ReportClosed(c, result, reason);

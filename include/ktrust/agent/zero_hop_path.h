@@ -121,8 +121,9 @@ class ZeroHopPath {
   // their cipher's record limit.
   void RefreshConnections();
   void EnforceRecordLimits();
-  // Resets `c` and reports it ended with `result`. Kept in the registry
-  // when it could not be reset (it is still live: the next check retries).
+  // Resets `c` and reports it ended with `result`. When it could not be
+  // reset it stays in the registry (it is still live) and the reset is
+  // tried again at every refresh until it is gone.
   void Reset(const zerohop::ZeroHopConnection& c, CloseResult result, const std::string& reason);
   void ReportClosed(const zerohop::ZeroHopConnection& c, CloseResult result,
                     const std::string& reason);
@@ -140,6 +141,8 @@ class ZeroHopPath {
   mutable absl::Mutex mu_;
   std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);  // by holder id
   bool holder_connected_ ABSL_GUARDED_BY(mu_) = false;
+  // Resets that failed, by cookie: the result and reason to report.
+  std::map<uint64_t, std::pair<CloseResult, std::string>> pending_resets_ ABSL_GUARDED_BY(mu_);
   std::string holder_problem_ ABSL_GUARDED_BY(mu_);
   // The mesh table of the configuration in force, rebuilt when it changes.
   std::shared_ptr<const Config> mesh_config_ ABSL_GUARDED_BY(mu_);
