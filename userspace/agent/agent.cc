@@ -414,9 +414,11 @@ void Agent::Maintain(absl::Time now) {
     (void)Reload();
     return;
   }
-  // New and vanished cgroups (a service started or stopped).
-  if (auto st = enrolment_->Enroll(*config()); !st.ok()) {
-    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
+  // What the cgroup watcher could not see; see EnrollIfDue for how often.
+  std::optional<absl::Status> pass = enrolment_->EnrollIfDue(*config(), now);
+  if (!pass) return;
+  if (!pass->ok()) {
+    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", pass->message()}});
   }
   // The pins of links the kernel detached: gone cgroups' sockops, gone pods.
   if (auto pruned = bpf_->PruneDetachedLinks(); !pruned.ok()) {

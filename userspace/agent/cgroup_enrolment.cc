@@ -64,6 +64,10 @@ void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
     }
   }
   if (!changed) return;
+  {
+    absl::MutexLock lock(&enroll_mu_);
+    settling_until_ = absl::Now() + kSettling;
+  }
   // New cgroups get watches of their own (re-adding a watch is a no-op).
   WatchTree(place_.cgroup_root);
   if (auto st = Enroll(*current_config_()); !st.ok()) {
@@ -102,8 +106,23 @@ void CgroupEnrolment::ReportProblems(const Config& config,
   reported_problems_ = std::move(now);
 }
 
+std::optional<absl::Status> CgroupEnrolment::EnrollIfDue(const Config& config, absl::Time now) {
+  {
+    absl::MutexLock lock(&enroll_mu_);
+    if (now >= settling_until_ && now - last_pass_ < kQuietRescan) return std::nullopt;
+  }
+  return Enroll(config);
+}
+
 absl::Status CgroupEnrolment::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
+  last_pass_ = absl::Now();
+  absl::Status result = EnrollLocked(config);
+  if (!result.ok()) settling_until_ = last_pass_ + kSettling;  // tried again each second
+  return result;
+}
+
+absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   std::vector<std::string> problems;
   std::set<uint64_t> every_cgroup;
   auto found = ScanCgroups(config, place_.cgroup_root, &problems, &every_cgroup);

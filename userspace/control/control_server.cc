@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/control/protocol.h"
 
 namespace ktrust::control {
@@ -175,7 +176,10 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   std::unique_ptr<ControlServer> server(new ControlServer(std::move(options), std::move(handlers),
                                                           std::move(listener), std::move(wakeup),
                                                           st.st_dev, st.st_ino));
-  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  server->thread_ = std::thread([s = server.get()] {
+    NameThisThread("ktrust-control");
+    s->Serve();
+  });
   LogEvent(spdlog::level::info,
            {{"event", "control_listening"},
             {"path", server->options_.path},
