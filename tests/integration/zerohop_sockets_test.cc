@@ -361,6 +361,33 @@ TEST_F(ZeroHopSocketsTest, RegistryForgetsAConnectionOnceTheApplicationClosesIt)
   EXPECT_EQ(registry.size(), 0u);
 }
 
+TEST(FindSocketHolderTest, FindsTheChildThatStillHoldsASocketItsParentClosed) {
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(s, 0);
+  struct stat st {};
+  ASSERT_EQ(fstat(s, &st), 0);
+  int release[2];
+  ASSERT_EQ(pipe2(release, O_CLOEXEC), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char byte;
+    (void)!read(release[0], &byte, 1);  // holds `s` until told
+    _exit(0);
+  }
+  close(s);  // the parent's copy: only the child holds the socket now
+  absl::StatusOr<pid_t> holder = FindSocketHolder(st.st_ino);
+  EXPECT_TRUE(holder.ok()) << holder.status();
+  EXPECT_EQ(holder.value_or(0), child);
+  (void)!write(release[1], "x", 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  close(release[0]);
+  close(release[1]);
+  // Nobody holds it any more: closed.
+  EXPECT_TRUE(absl::IsNotFound(FindSocketHolder(st.st_ino).status()));
+}
+
 TEST_F(ZeroHopSocketsTest, AnUnprivilegedCallerCannotTakeTheSocket) {
   // What the agent does as root, a local user must not: pidfd_getfd needs
   // ptrace access to the workload.

@@ -136,12 +136,35 @@ std::string PtraceProblem(pid_t pid, int pidfd) {
          "gids, not dumpable, or Yama's ptrace_scope)";
 }
 
+// The connection's socket, for the moment: from its registered owner, or,
+// when that no longer holds it (exited, or closed it after forking), from
+// whichever process holds it now. NotFound: no process does.
+absl::StatusOr<UniqueFd> TakeConnectionSocket(const zerohop::ZeroHopConnection& c) {
+  auto fd = zerohop::TakeSocket(c.owner, c.inode, c.cookie);
+  if (!absl::IsNotFound(fd.status())) return fd;
+  auto holder = zerohop::FindSocketHolder(c.inode);
+  if (!holder.ok()) return holder.status();
+  return zerohop::TakeSocket(*holder, c.inode, c.cookie);
+}
+
 // Ends `c` with a TCP reset: SOCK_DESTROY by cookie in its namespace (no fd
 // taken), or where the kernel lacks it, through an fd taken for the moment
 // (ResetSocket: FailedPrecondition when it could only shut it down with
 // FIN). NotFound: the connection is gone.
 absl::Status ResetConnection(const zerohop::ZeroHopConnection& c) {
   auto netns = zerohop::OpenNetnsOf(c.owner, c.netns);
+  if (absl::IsNotFound(netns.status())) {
+    // The owner is gone; the socket may live on in a child.
+    auto holder = zerohop::FindSocketHolder(c.inode);
+    if (!holder.ok()) return holder.status();
+    netns = zerohop::OpenNetnsOf(*holder, c.netns);
+    if (absl::IsNotFound(netns.status())) {
+      // Held from another namespace (the fd was passed on): through the fd.
+      auto fd = TakeConnectionSocket(c);
+      if (!fd.ok()) return fd.status();
+      return zerohop::ResetSocket(fd->get());
+    }
+  }
   if (!netns.ok()) return netns.status();
   auto sockets = zerohop::ListTcpSockets(netns->get());
   if (!sockets.ok()) return sockets.status();
@@ -149,7 +172,7 @@ absl::Status ResetConnection(const zerohop::ZeroHopConnection& c) {
     if (s.cookie != c.cookie) continue;
     absl::Status st = zerohop::DestroySocket(netns->get(), s);
     if (!absl::IsUnimplemented(st)) return st;
-    auto fd = zerohop::TakeSocket(c.owner, c.inode, c.cookie);
+    auto fd = TakeConnectionSocket(c);
     if (!fd.ok()) return fd.status();
     return zerohop::ResetSocket(fd->get());
   }
@@ -520,7 +543,19 @@ void ZeroHopPath::Track(zerohop::ZeroHopConnection connection) {
 
 void ZeroHopPath::RefreshConnections() {
   last_refresh_ = absl::Now();
-  zerohop::RefreshResult r = live_->Refresh(zerohop::ListSocketsOfNetns);
+  zerohop::RefreshResult r =
+      live_->Refresh(zerohop::ListSocketsOfNetns, zerohop::ProcessHolderSearch());
+  for (const zerohop::NewHolder& moved : r.new_holders) {
+    LogEvent(spdlog::level::info, {{"event", "zero_hop_connection_new_holder"},
+                                   {"workload", moved.connection.workload},
+                                   {"peer_id", moved.connection.peer_id},
+                                   {"wire_peer", moved.connection.peer},
+                                   {"old_pid", moved.connection.owner},
+                                   {"pid", moved.holder},
+                                   {"reason",
+                                    "the process it was handed to no longer holds it; "
+                                    "still enforced through the one that does"}});
+  }
   for (const zerohop::EndedConnection& e : r.ended) {
     const zerohop::ZeroHopConnection& c = e.connection;
     LogEvent(spdlog::level::info,
@@ -554,7 +589,7 @@ void ZeroHopPath::EnforceRecordLimits() {
   for (const zerohop::ZeroHopConnection& c :
        live_->RecordLimitDue(settings_.record_limit_override)) {
     uint64_t budget = zerohop::RecordBudget(c.cipher, settings_.record_limit_override);
-    auto fd = zerohop::TakeSocket(c.owner, c.inode, c.cookie);
+    auto fd = TakeConnectionSocket(c);
     if (absl::IsNotFound(fd.status())) continue;  // ended: the next refresh drops it
     absl::StatusOr<uint64_t> sent = fd.ok() ? RecordSequence(fd->get(), KtlsDirection::kTx)
                                             : absl::StatusOr<uint64_t>(fd.status());

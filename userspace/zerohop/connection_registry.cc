@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -256,10 +257,12 @@ std::optional<ZeroHopConnection> ZeroHopConnections::Remove(uint64_t cookie) {
   return removed;
 }
 
-RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister) {
+RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister,
+                                          const HolderSearch& holders_of) {
   // What to ask, taken under the lock; the listing runs without it.
   absl::flat_hash_map<uint64_t, NetnsRef> namespaces;
   absl::flat_hash_set<uint64_t> asked;
+  absl::flat_hash_set<uint64_t> orphaned;  // socket inodes whose owner is gone
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [cookie, c] : connections_) {
@@ -269,8 +272,15 @@ RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister) {
         ref.processes.push_back(c.owner);
       }
       asked.insert(cookie);
+      if (holders_of.alive && !holders_of.alive(c.owner)) orphaned.insert(c.inode);
     }
   }
+  // Who holds the sockets whose owner is gone: it may have exited while a
+  // child it forked still holds the socket. Such a connection is live, and
+  // stays enforced under its new holder. One search for all of them.
+  absl::StatusOr<absl::flat_hash_map<uint64_t, pid_t>> holders =
+      absl::flat_hash_map<uint64_t, pid_t>();
+  if (!orphaned.empty()) holders = holders_of.find(orphaned);
   RefreshResult result;
   struct Listing {
     absl::Status status;
@@ -300,6 +310,15 @@ RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister) {
     if (!asked.contains(cookie)) continue;  // added during the listing
     const Listing& listing = listings.at(c.netns);
     std::string reason;
+    if (orphaned.contains(c.inode)) {
+      if (!holders.ok()) continue;  // the search failed: unknown, keep it
+      if (auto holder = holders->find(c.inode); holder != holders->end()) {
+        result.new_holders.push_back({c, holder->second});
+        c.owner = holder->second;
+        (void)Append(AddLine(c));            // a restarted agent looks for it there
+        if (!listing.status.ok()) continue;  // listed through the new holder next time
+      }
+    }
     if (!listing.status.ok()) {
       if (!absl::IsNotFound(listing.status)) continue;  // unknown: keep it
       // No process it was registered with is alive in its namespace.
@@ -363,6 +382,11 @@ std::vector<ZeroHopConnection> ZeroHopConnections::RecordLimitDue(uint64_t limit
     if (estimated >= RecordBudget(c.cipher, limit_override)) out.push_back(std::move(c));
   }
   return out;
+}
+
+HolderSearch ProcessHolderSearch() {
+  return {[](pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); },
+          FindSocketHolders};
 }
 
 absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns) {

@@ -300,17 +300,15 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd) {
   return out;
 }
 
-absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode, std::optional<uint64_t> cookie) {
-  if (process <= 0) return absl::InvalidArgumentError(absl::StrCat("no process ", process));
-  // Opened first: from here on `process` names this process or nothing.
-  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(process);
-  if (!pidfd.ok()) return pidfd.status();
+namespace {
+
+// The fd number under which `process` holds socket:[inode], or -1.
+absl::StatusOr<int> FdOfSocket(pid_t process, uint64_t inode) {
   std::string dir_path = absl::StrCat("/proc/", process, "/fd");
   DIR* dir = opendir(dir_path.c_str());
   if (dir == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat("open ", dir_path));
   const std::string wanted = absl::StrCat("socket:[", inode, "]");
   int found = -1;
-  errno = 0;
   while (dirent* entry = readdir(dir)) {
     int fd_number = 0;
     if (!absl::SimpleAtoi(entry->d_name, &fd_number) || fd_number < 0) continue;
@@ -323,6 +321,63 @@ absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode, std::optional
     }
   }
   closedir(dir);
+  return found;
+}
+
+}  // namespace
+
+absl::StatusOr<absl::flat_hash_map<uint64_t, pid_t>> FindSocketHolders(
+    const absl::flat_hash_set<uint64_t>& inodes) {
+  absl::flat_hash_map<uint64_t, pid_t> holders;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return absl::ErrnoToStatus(errno, "open /proc");
+  errno = 0;
+  while (dirent* entry = readdir(proc)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid) || pid <= 0) continue;
+    std::string dir_path = absl::StrCat("/proc/", pid, "/fd");
+    DIR* fds = opendir(dir_path.c_str());
+    if (fds == nullptr) continue;  // ended, or a kernel thread: not a holder
+    while (dirent* fd = readdir(fds)) {
+      char link[64];
+      ssize_t n = readlinkat(dirfd(fds), fd->d_name, link, sizeof(link));
+      uint64_t inode = 0;
+      absl::string_view target(link, n > 0 ? static_cast<size_t>(n) : 0);
+      if (n > 0 && static_cast<size_t>(n) < sizeof(link) &&
+          absl::ConsumePrefix(&target, "socket:[") && absl::ConsumeSuffix(&target, "]") &&
+          absl::SimpleAtoi(target, &inode) && inodes.contains(inode)) {
+        holders.emplace(inode, pid);
+      }
+    }
+    closedir(fds);
+    errno = 0;
+  }
+  // A listing cut short could miss a holder: not evidence there is none.
+  int listing_errno = errno;
+  closedir(proc);
+  if (listing_errno != 0) return absl::ErrnoToStatus(listing_errno, "read /proc");
+  return holders;
+}
+
+absl::StatusOr<pid_t> FindSocketHolder(uint64_t inode) {
+  auto holders = FindSocketHolders({inode});
+  if (!holders.ok()) return holders.status();
+  auto it = holders->find(inode);
+  if (it == holders->end()) {
+    return absl::NotFoundError(absl::StrCat("no process holds socket:[", inode, "]"));
+  }
+  return it->second;
+}
+
+absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode, std::optional<uint64_t> cookie) {
+  if (process <= 0) return absl::InvalidArgumentError(absl::StrCat("no process ", process));
+  // Opened first: from here on `process` names this process or nothing.
+  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(process);
+  if (!pidfd.ok()) return pidfd.status();
+  const std::string wanted = absl::StrCat("socket:[", inode, "]");
+  absl::StatusOr<int> fd_of = FdOfSocket(process, inode);
+  if (!fd_of.ok()) return fd_of.status();
+  int found = *fd_of;
   // A pid recycled during the scan would have shown another process's fds.
   if (syscall(SYS_pidfd_send_signal, pidfd->get(), 0, nullptr, 0) != 0) {
     return absl::NotFoundError(absl::StrCat("process ", process, " exited"));

@@ -19,6 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -78,8 +79,29 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& ne
 // type + 16 tag), so bytes / 22 bounds the records sent or received.
 inline constexpr uint64_t kMinTls13RecordBytes = 22;
 
+// A live connection whose socket another process holds now.
+struct NewHolder {
+  ZeroHopConnection connection;  // as it was, with the old owner
+  pid_t holder = 0;
+};
+
+// How Refresh finds who holds a socket now: `alive` checks an owner (once
+// a second per connection: cheap), `find` searches for the holders of the
+// sockets of owners that are gone (FindSocketHolders: all of /proc, once).
+struct HolderSearch {
+  std::function<bool(pid_t)> alive;
+  std::function<absl::StatusOr<absl::flat_hash_map<uint64_t, pid_t>>(
+      const absl::flat_hash_set<uint64_t>& inodes)>
+      find;
+};
+
+// kill(pid, 0) and FindSocketHolders.
+HolderSearch ProcessHolderSearch();
+
 struct RefreshResult {
   std::vector<EndedConnection> ended;
+  // Connections that moved to another holder (Refresh updated `owner`).
+  std::vector<NewHolder> new_holders;
   // Namespaces that could not be listed (their entries kept), one each.
   std::vector<absl::Status> errors;
 };
@@ -117,8 +139,11 @@ class ZeroHopConnections {
   // Lists every namespace holding entries and drops those whose socket is
   // gone (cookie absent), closed by the application (inode 0 or another
   // inode), or whose namespace is gone; updates the byte counters of the
-  // rest. Entries added while it runs are kept.
-  RefreshResult Refresh(const SocketLister& lister);
+  // rest. Entries added while it runs are kept. With `holders_of`, an entry
+  // whose owner is gone but whose socket another process holds gets that
+  // process as its owner (journaled), and is kept even when no registered
+  // process is left in its namespace.
+  RefreshResult Refresh(const SocketLister& lister, const HolderSearch& holders_of = {});
 
   // Every connection, oldest first.
   std::vector<ZeroHopConnection> Snapshot() const;

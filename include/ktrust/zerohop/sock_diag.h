@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ktrust/common/socket_address.h"
@@ -93,6 +95,16 @@ absl::StatusOr<bool> ParseInetDiagDump(const void* data, size_t len, uint32_t se
 // open after the application's close().
 absl::StatusOr<UniqueFd> TakeSocket(pid_t process, uint64_t inode,
                                     std::optional<uint64_t> cookie = std::nullopt);
+
+// A process holding socket:[inode], found by reading every process's fds:
+// the one a connection was registered with may have exited or closed it
+// while a child it forked (or a process it passed the fd to) still holds
+// the socket. NotFound when none does: the socket is closed. Slow (all of
+// /proc): for when the registered holder no longer answers.
+absl::StatusOr<pid_t> FindSocketHolder(uint64_t inode);
+// The same for many sockets in one pass: inode -> a holder, for those held.
+absl::StatusOr<absl::flat_hash_map<uint64_t, pid_t>> FindSocketHolders(
+    const absl::flat_hash_set<uint64_t>& inodes);
 
 // Ends the connection of `fd` (a socket shared with the application) with a
 // TCP reset: the peer's next read fails with ECONNRESET, so neither end can

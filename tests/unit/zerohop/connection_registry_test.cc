@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -172,6 +173,79 @@ TEST(ZeroHopConnectionsTest, RefreshKeepsEntriesOfANamespaceItCouldNotList) {
   ASSERT_THAT(result.ended, SizeIs(1));
   EXPECT_EQ(result.ended[0].connection.cookie, 2u);
   EXPECT_THAT(result.ended[0].reason, ::testing::HasSubstr("processes are gone"));
+  EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(1));
+}
+
+// Processes in a map: who is alive, and which process holds which socket.
+struct FakeProcesses {
+  std::set<pid_t> alive;
+  std::map<uint64_t, pid_t> holders;  // socket inode -> holder
+  absl::Status search = absl::OkStatus();
+  std::vector<absl::flat_hash_set<uint64_t>> searched;
+  HolderSearch search_fn() {
+    return {[this](pid_t pid) { return alive.count(pid) > 0; },
+            [this](const absl::flat_hash_set<uint64_t>& inodes)
+                -> absl::StatusOr<absl::flat_hash_map<uint64_t, pid_t>> {
+              searched.push_back(inodes);
+              if (!search.ok()) return search;
+              absl::flat_hash_map<uint64_t, pid_t> out;
+              for (uint64_t inode : inodes) {
+                if (auto it = holders.find(inode); it != holders.end()) out[inode] = it->second;
+              }
+              return out;
+            }};
+  }
+};
+
+TEST(ZeroHopConnectionsTest, AConnectionWhoseOwnerExitedStaysUnderTheChildHoldingIt) {
+  // The served process forked, then exited: only its child holds the
+  // socket. The connection is live and must stay enforced, not forgotten.
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1, /*netns=*/7, /*owner=*/100)).ok());
+  FakeKernel kernel;  // namespace 7 cannot be entered through pid 100 any more
+  FakeProcesses processes;
+  processes.alive = {200};
+  processes.holders[1001] = 200;
+  RefreshResult first = registry.Refresh(kernel.lister(), processes.search_fn());
+  EXPECT_THAT(first.ended, IsEmpty());
+  ASSERT_THAT(first.new_holders, SizeIs(1));
+  EXPECT_EQ(first.new_holders[0].connection.owner, 100);
+  EXPECT_EQ(first.new_holders[0].holder, 200);
+  ASSERT_THAT(registry.Snapshot(), SizeIs(1));
+  EXPECT_EQ(registry.Snapshot()[0].owner, 200);
+  // From now on the namespace is listed through the child, with no search.
+  kernel.namespaces[7] = std::vector<TcpSocketInfo>{Sock(1, 1001, 10, 20)};
+  RefreshResult second = registry.Refresh(kernel.lister(), processes.search_fn());
+  EXPECT_THAT(second.ended, IsEmpty());
+  EXPECT_THAT(second.new_holders, IsEmpty());
+  EXPECT_THAT(kernel.asked.back().processes, ElementsAre(200));
+  EXPECT_THAT(processes.searched, SizeIs(1));
+  EXPECT_EQ(registry.Snapshot()[0].bytes_received, 20u);
+}
+
+TEST(ZeroHopConnectionsTest, AnOwnerGoneWithNoHolderLeftEndsTheConnection) {
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1, /*netns=*/7)).ok());
+  ASSERT_TRUE(registry.Add(Conn(2, /*netns=*/7)).ok());
+  FakeKernel kernel;
+  FakeProcesses processes;  // nobody alive, nobody holds either socket
+  RefreshResult result = registry.Refresh(kernel.lister(), processes.search_fn());
+  ASSERT_THAT(result.ended, SizeIs(2));
+  EXPECT_THAT(result.ended[0].reason, ::testing::HasSubstr("processes are gone"));
+  // Both sockets were looked for in one search, not one search each.
+  ASSERT_THAT(processes.searched, SizeIs(1));
+  EXPECT_THAT(processes.searched[0], ::testing::UnorderedElementsAre(1001, 1002));
+}
+
+TEST(ZeroHopConnectionsTest, AFailedHolderSearchKeepsTheConnection) {
+  // /proc could not be read to the end: no evidence the socket is closed.
+  ZeroHopConnections registry;
+  ASSERT_TRUE(registry.Add(Conn(1, /*netns=*/7)).ok());
+  FakeKernel kernel;
+  FakeProcesses processes;
+  processes.search = absl::ResourceExhaustedError("read /proc: Too many open files");
+  RefreshResult result = registry.Refresh(kernel.lister(), processes.search_fn());
+  EXPECT_THAT(result.ended, IsEmpty());
   EXPECT_THAT(Cookies(registry.Snapshot()), ElementsAre(1));
 }
 
