@@ -20,8 +20,9 @@
 // does not count, so `synced` stays false until one can.
 //
 // Threads: Start() runs one thread per resource (pods, namespaces). The
-// change callback runs on them, one call at a time, after the snapshot it
-// receives has been published; it must not call Stop().
+// change callback runs on them, one call at a time, each with the latest
+// published snapshot, newer than the one before (changes that come together
+// may arrive as one); it must not block for long or call Stop().
 #pragma once
 
 #include <cstdint>
