@@ -47,6 +47,7 @@ KeyAndCert Mint(const CertSpec& spec, const KeyAndCert* issuer) {
   AddExt(c, &ctx, NID_authority_key_identifier, "keyid:always");
   std::string sans;
   for (const auto& uri : spec.uri_sans) sans += (sans.empty() ? "URI:" : ",URI:") + uri;
+  for (const auto& ip : spec.ip_sans) sans += (sans.empty() ? "IP:" : ",IP:") + ip;
   AddExt(c, &ctx, NID_subject_alt_name, sans);
   EXPECT_GT(X509_sign(c, issuer ? issuer->key.get() : out.key.get(), EVP_sha256()), 0);
   return out;

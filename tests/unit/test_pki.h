@@ -21,6 +21,7 @@ namespace ktrust::testing {
 
 struct CertSpec {
   std::vector<std::string> uri_sans;
+  std::vector<std::string> ip_sans = {};  // for TLS servers on test addresses
   absl::Time not_before = absl::Now() - absl::Minutes(1);
   absl::Time not_after = absl::Now() + absl::Hours(1);
   bool ca = false;
