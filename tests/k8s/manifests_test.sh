@@ -5,6 +5,9 @@
 # checker must refuse the same manifests with one defect each: a checker
 # that passes everything would pass here too, and fail this test.
 #
+# Last, the OCI bundle generator k8s_image_test runs the DaemonSet with
+# (bundle_from_daemonset.js) must translate it, and refuse what it cannot.
+#
 # Usage: manifests_test.sh SOURCE_DIR NPM_MODULES_DIR
 set -euo pipefail
 
@@ -76,5 +79,44 @@ broken "a write verb in the ClusterRole" \
 broken "a capability beyond the documented set" \
   's/^            - SYS_PTRACE$/            - SYS_PTRACE\n            - DAC_OVERRIDE/' \
   'the agent'"'"'s capabilities are'
+
+# The bundle generator behind k8s_image_test translates the DaemonSet, or
+# refuses: it never leaves out what it cannot translate.
+mkdir -p "$work/host/sys/fs/cgroup" "$work/volume"
+generate() {  # RENDERED.yaml [options]: the agent's config.json on stdout
+  local rendered=$1
+  shift
+  node "$here/yaml_to_json.js" "$modules" "$rendered" >"$work/bundle-input.json"
+  node "$here/bundle_from_daemonset.js" "$work/bundle-input.json" agent --host-root "$work/host" \
+    --node-name n "$@"
+}
+volumes=(--volume "config=$work/volume" --volume "ca=$work/volume")
+if generate "$work/rendered.yaml" "${volumes[@]}" >"$work/config.json" 2>"$work/generate.err"; then
+  ok "bundle generator: the agent's bundle ($(jq -c '.process.capabilities.effective' "$work/config.json"))"
+else
+  not_ok "bundle generator: the agent's bundle: $(cat "$work/generate.err")"
+fi
+untranslatable() {
+  local what=$1 edit=$2 expected=$3 out status=0
+  shift 3
+  sed -E "$edit" "$work/rendered.yaml" >"$work/broken.yaml"
+  out=$(generate "$work/broken.yaml" "$@" 2>&1 >/dev/null) || status=$?
+  echo "#   $out"
+  if ((status != 0)) && grep -qF -- "$expected" <<<"$out"; then
+    ok "bundle generator: $what: refused"
+  else
+    not_ok "bundle generator: $what: expected a failure saying \"$expected\", got exit $status"
+  fi
+}
+untranslatable "a RuntimeDefault AppArmor profile" \
+  '/appArmorProfile:/{n;s/type: Unconfined/type: RuntimeDefault/}' \
+  'AppArmor {"type":"RuntimeDefault"} is not translated' "${volumes[@]}"
+untranslatable "a RuntimeDefault seccomp profile" \
+  '/seccompProfile:/{n;s/type: Unconfined/type: RuntimeDefault/}' \
+  'seccomp {"type":"RuntimeDefault"} is not translated' "${volumes[@]}"
+untranslatable "a Secret volume whose files it was not given" \
+  's/^$//' 'volume ca needs --volume ca=DIR' --volume "config=$work/volume"
+untranslatable "a hostPath that is not a directory" \
+  's#path: /sys/fs/cgroup#path: /no/such/cgroup#' 'is not a directory' "${volumes[@]}"
 
 results
