@@ -167,6 +167,21 @@ TEST(ConfigTest, DocumentedExampleParses) {
   EXPECT_THAT(config->policy[0].origin, HasSubstr("ktrustd.yaml:"));
 }
 
+// The ConfigMap of the Kubernetes DaemonSet (tools/kubernetes/ktrustd.yaml,
+// generated into the ConfigMap as is): it must load, it enrols nothing until
+// its user says so, and its paths are the DaemonSet's mounts
+// (tests/k8s/check_manifests.js checks the other side).
+TEST(ConfigTest, KubernetesConfigMapParses) {
+  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->workloads.empty());
+  EXPECT_TRUE(config->policy.empty());
+  EXPECT_EQ(config->agent.cgroup_root, "/host/sys/fs/cgroup");
+  EXPECT_EQ(config->agent.bpf_pin_dir, "/sys/fs/bpf/ktrust");
+  EXPECT_EQ(config->agent.control_socket, "/run/ktrust/control.sock");
+  EXPECT_EQ(config->agent.metrics_address, "127.0.0.1:9464");
+}
+
 // Finding 9 of issue 10: each bundle file is bound to one trust domain; a
 // plain path means the local one.
 TEST(ConfigTest, TrustBundlesAreBoundToATrustDomain) {
