@@ -13,7 +13,8 @@
 
 namespace ktrust {
 
-std::optional<PodNetns> CgroupEnrolment::PodNetnsOf(const RegisteredWorkload& r) const {
+absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(
+    const RegisteredWorkload& r) const {
   auto procs = ReadFile(absl::StrCat(place_.cgroup_root, "/", r.cgroup_path, "/cgroup.procs"));
   if (!procs.ok() || procs->empty()) return std::nullopt;  // no process yet: the next pass
   std::string pid = procs->substr(0, procs->find('\n'));
@@ -104,14 +105,12 @@ void CgroupEnrolment::ReportProblems(const Config& config,
 
 absl::Status CgroupEnrolment::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
-  std::vector<std::string> problems;
-  std::set<uint64_t> every_cgroup;
-  auto found = ScanCgroups(config, place_.cgroup_root, &problems, &every_cgroup);
-  if (!found.ok()) return found.status();
-  ReportProblems(config, *found, problems);
+  auto scan = ScanCgroupTree(config, place_.cgroup_root);
+  if (!scan.ok()) return scan.status();
+  ReportProblems(config, scan->found, scan->problems);
   std::shared_ptr<const RoutingTable> before = routing_.current();
   EnrolmentPlan plan = PlanEnrolment(
-      config, current_config_(), *found, every_cgroup, place_.own_cgroup,
+      config, current_config_(), *scan, *before, place_.own_cgroup,
       [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
         auto identity = identities_.ProviderFor(id, workload);
         if (!identity.ok()) {
@@ -129,11 +128,10 @@ absl::Status CgroupEnrolment::Enroll(const Config& config) {
               {"cgroup", *plan.own_cgroup_path},
               {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
   }
-  return ApplyPlan(plan, *before, every_cgroup);
+  return ApplyPlan(plan, *before);
 }
 
-absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
-                                        const std::set<uint64_t>& every_cgroup) {
+absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before) {
   // Route first, then enrol: the kernel never redirects a connection the
   // agent cannot route.
   routing_.Publish(std::make_shared<const RoutingTable>(plan.routing));
@@ -158,11 +156,10 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
                                      {"mode", WorkloadModeName(e.mode)}});
     }
   }
-  for (const auto& [cgroup_id, workload] : before.by_cgroup) {
-    if (plan.routing.by_cgroup.count(cgroup_id)) continue;
-    LogEvent(
-        spdlog::level::info,
-        {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
+  for (const UnenrolledCgroup& gone : plan.unenrolled) {
+    LogEvent(spdlog::level::info, {{"event", "workload_unenrolled"},
+                                   {"workload", gone.workload},
+                                   {"cgroup_id", gone.cgroup_id}});
   }
   // Every other cgroup (the agent's own, `mode: off` workloads', the rest)
   // is classified as left alone: under the watched root, a cgroup with no
@@ -182,9 +179,7 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
   }
   not_enrolled_written_ = std::move(not_enrolled);
   // Gone cgroups, and what an earlier run enrolled that this one does not.
-  std::set<uint64_t> keep = every_cgroup;
-  for (const auto& [cgroup_id, workload] : plan.routing.by_cgroup) keep.insert(cgroup_id);
-  if (auto st = maps.KeepOnlyEnrolledCgroups(keep).status(); !st.ok()) return st;
+  if (auto st = maps.KeepOnlyEnrolledCgroups(plan.keep).status(); !st.ok()) return st;
   pods_.Reconcile(plan.pods);
   return classified;
 }

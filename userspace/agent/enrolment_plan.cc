@@ -5,10 +5,12 @@
 namespace ktrust {
 
 EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,
-                            const std::vector<RegisteredWorkload>& found,
-                            const std::set<uint64_t>& every_cgroup, uint64_t own_cgroup,
+                            const CgroupScan& scan, const RoutingTable& before, uint64_t own_cgroup,
                             const IdentityLookup& identity_of, const PodNetnsLookup& pod_netns) {
+  const std::vector<RegisteredWorkload>& found = scan.found;
+  const std::set<uint64_t>& every_cgroup = scan.every_cgroup;
   EnrolmentPlan plan;
+  plan.complete = scan.complete;
   plan.routing.config = std::move(routing_config);
   std::map<uint64_t, PodNetns> pods;
   std::map<uint64_t, CgroupToEnrol> enrol;
@@ -22,7 +24,8 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
       continue;
     }
     EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
-    std::optional<PodNetns> pod = pod_netns(r);
+    absl::StatusOr<std::optional<PodNetns>> looked_up = pod_netns(r);
+    std::optional<PodNetns> pod = looked_up.ok() ? *looked_up : std::nullopt;
     if (pod) enrolled.pod_netns = pod->inode;
     plan.routing.enrolled.push_back(enrolled);
     if (w.mode == WorkloadMode::kOff) continue;
@@ -61,6 +64,12 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
   for (uint64_t cgroup_id : every_cgroup) {
     if (!plan.routing.by_cgroup.count(cgroup_id)) plan.not_enrolled.insert(cgroup_id);
   }
+  for (const auto& [cgroup_id, workload] : before.by_cgroup) {
+    if (!plan.routing.by_cgroup.count(cgroup_id))
+      plan.unenrolled.push_back({workload.name, cgroup_id});
+  }
+  plan.keep = every_cgroup;
+  for (const auto& [cgroup_id, workload] : plan.routing.by_cgroup) plan.keep.insert(cgroup_id);
   return plan;
 }
 

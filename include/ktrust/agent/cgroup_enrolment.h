@@ -61,12 +61,11 @@ class CgroupEnrolment {
  private:
   void WatchTree(const std::string& dir);
   // The namespace of a cgroup's processes, when it is not the agent's own.
-  std::optional<PodNetns> PodNetnsOf(const RegisteredWorkload& r) const;
+  absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r) const;
   void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
                       const std::vector<std::string>& problems)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
-  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
-                         const std::set<uint64_t>& every_cgroup)
+  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
 
   const AgentPlace place_;

@@ -46,17 +46,25 @@ class EnrolmentPlanTest : public ::testing::Test {
   }
 
   EnrolmentPlan Plan(const std::vector<RegisteredWorkload>& found,
-                     std::set<uint64_t> every_cgroup = {}) {
-    for (const auto& r : found) every_cgroup.insert(r.cgroup_id);
+                     std::set<uint64_t> every_cgroup = {}, bool complete = true) {
+    CgroupScan scan{found, std::move(every_cgroup), {}, complete};
+    for (const auto& r : found) scan.every_cgroup.insert(r.cgroup_id);
+    return PlanScan(scan);
+  }
+
+  EnrolmentPlan PlanScan(const CgroupScan& scan) {
     return PlanEnrolment(
-        *config_, config_, found, every_cgroup, kOwnCgroup,
+        *config_, config_, scan, before_, kOwnCgroup,
         [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
           looked_up_.push_back(id.ToString());
           if (refuse_issue_) return absl::UnavailableError("the CA is away");
           auto svid = svids_.at(workload);
           return SvidProvider([svid] { return svid; });
         },
-        [this](const RegisteredWorkload& r) -> std::optional<PodNetns> {
+        [this](const RegisteredWorkload& r) -> absl::StatusOr<std::optional<PodNetns>> {
+          if (pod_errors_.count(r.cgroup_id)) {
+            return absl::ResourceExhaustedError("/proc/42/ns/net: Too many open files");
+          }
           auto it = pods_.find(r.cgroup_id);
           if (it == pods_.end()) return std::nullopt;
           return PodNetns{it->second, absl::StrCat("/proc/1", it->second, "/ns/net"), {}};
@@ -72,6 +80,8 @@ class EnrolmentPlanTest : public ::testing::Test {
   std::shared_ptr<Config> config_;
   std::map<std::string, std::shared_ptr<const Svid>> svids_;
   std::map<uint64_t, uint64_t> pods_;  // cgroup id -> netns inode
+  std::set<uint64_t> pod_errors_;      // cgroups whose pod lookup fails
+  RoutingTable before_;                // what the last pass published
   std::vector<std::string> looked_up_;
   bool refuse_issue_ = false;
 };
