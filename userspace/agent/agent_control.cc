@@ -413,6 +413,10 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
                 {{"reason", std::string(ReasonName(i))}}, static_cast<double>((*counters)[i]));
     }
   }
+  m.Counter("ktrust_enrolment_incomplete_total",
+            "Enrolment passes that failed or could not read the whole cgroup tree or a pod's "
+            "namespace, and so removed nothing",
+            {}, static_cast<double>(agent.incomplete_enrolment_passes()));
   m.Gauge("ktrust_workloads", "Registered workload cgroups", {},
           static_cast<double>(agent.workloads().size()));
   double served = 0, unserved = 0;

@@ -254,10 +254,16 @@ absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, CgroupHooks
   if (hooks == CgroupHooks::kSockops) programs = {&kSockopsProgram, 1};
   if (hooks == CgroupHooks::kAgentSockops) programs = {&kAgentSockopsProgram, 1};
   std::string path(cgroup_dir);
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
   auto id = CgroupIdOf(path);
   if (!id.ok()) return id.status();
+  // Every enrolment pass asks again: what this run attached needs no
+  // descriptor (none may be left at the fd limit).
+  if (std::all_of(programs.begin(), programs.end(),
+                  [&](const CgroupProgram& p) { return Holds(CgroupPinPath(*id, p.name)); })) {
+    return absl::OkStatus();
+  }
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
   for (const CgroupProgram& p : programs) {
     LinkTarget target{.link_type = BPF_LINK_TYPE_CGROUP, .attach_type = p.attach_type, .id = *id};
     if (auto st = AttachOrAdopt(p.program, CgroupPinPath(*id, p.name), target, fd.get());
@@ -353,6 +359,12 @@ absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name
   LinkTarget target{
       .link_type = BPF_LINK_TYPE_NETNS, .attach_type = BPF_SK_LOOKUP, .id = st.st_ino};
   return AttachOrAdopt(program, pin, target, fd.get());
+}
+
+bool BpfLoader::Holds(const std::string& pin_path) const {
+  absl::MutexLock lock(&mu_);
+  return std::any_of(attachments_.begin(), attachments_.end(),
+                     [&](const Attachment& a) { return a.pin_path == pin_path; });
 }
 
 std::vector<BpfLoader::Attachment> BpfLoader::attachments() const {

@@ -147,6 +147,8 @@ absl::StatusOr<std::vector<std::string>> ListCgroupDirectory(const std::string& 
     // symlink_status: a link is never followed into another tree.
     std::error_code entry_ec;
     auto status = it->symlink_status(entry_ec);
+    // A child removed since readdir is not there; the directory still is.
+    if (entry_ec == std::errc::no_such_file_or_directory) continue;
     if (entry_ec) {
       ec = entry_ec;
       break;
@@ -167,10 +169,14 @@ class CgroupWalker {
       : config_(config), list_(list), scan_(scan) {}
 
   // Its id into every_cgroup.
-  void Record(const std::filesystem::path& dir) {
+  void Record(const std::filesystem::path& dir, const std::string& relative) {
     struct stat st {};
-    // A cgroup gone meanwhile needs no id.
-    if (::lstat(dir.c_str(), &st) == 0) scan_.every_cgroup.insert(static_cast<uint64_t>(st.st_ino));
+    if (::lstat(dir.c_str(), &st) == 0) {
+      scan_.every_cgroup.insert(static_cast<uint64_t>(st.st_ino));
+    } else if (errno != ENOENT) {  // a cgroup gone meanwhile needs no id
+      Unread(
+          absl::StrCat("cgroup ", relative.empty() ? "(root)" : relative, ": ", ErrnoText(errno)));
+    }
   }
 
   void Walk(const std::filesystem::path& dir, const std::string& relative, int depth) {
@@ -180,8 +186,9 @@ class CgroupWalker {
       return;
     }
     auto children = list_(dir.string());
+    if (absl::IsNotFound(children.status())) return;  // gone while it was scanned: nothing there
     if (!children.ok()) {
-      Problem(absl::StrCat("cgroup ", relative, ": ", children.status().message()));
+      Unread(absl::StrCat("cgroup ", relative, ": ", children.status().message()));
       return;
     }
     WalkChildren(dir, relative, depth, *children);
@@ -191,7 +198,7 @@ class CgroupWalker {
                     const std::vector<std::string>& children) {
     for (const std::string& child : children) {
       std::string child_relative = relative.empty() ? child : absl::StrCat(relative, "/", child);
-      Record(dir / child);
+      Record(dir / child, child_relative);
       Visit(dir / child, child_relative);
       Walk(dir / child, child_relative, depth + 1);
     }
@@ -206,7 +213,7 @@ class CgroupWalker {
       // a later workload would hand the cgroup an identity nobody meant.
       struct stat st {};
       if (::lstat(dir.c_str(), &st) != 0) {
-        Problem(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
+        if (errno != ENOENT) Unread(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
         return;
       }
       auto id = RenderSpiffeId(
@@ -227,6 +234,12 @@ class CgroupWalker {
   }
 
   void Problem(std::string text) { scan_.problems.push_back(std::move(text)); }
+  // Only ENOENT says a cgroup is not there; any other error says nothing
+  // about what the directory holds (EMFILE at the fd limit, ENOMEM, EACCES).
+  void Unread(std::string text) {
+    scan_.complete = false;
+    scan_.unread.push_back(std::move(text));
+  }
 
   const Config& config_;
   const CgroupLister& list_;
@@ -252,20 +265,9 @@ absl::StatusOr<CgroupScan> ScanCgroupTree(const Config& config, const std::strin
   }
   CgroupScan scan;
   CgroupWalker walker(config, list, scan);
-  walker.Record(cgroup_root);
+  walker.Record(cgroup_root, "");
   walker.WalkChildren(cgroup_root, "", 0, *top);
   return scan;
-}
-
-absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config,
-                                                            const std::string& cgroup_root,
-                                                            std::vector<std::string>* problems,
-                                                            std::set<uint64_t>* every_cgroup) {
-  auto scan = ScanCgroupTree(config, cgroup_root);
-  if (!scan.ok()) return scan.status();
-  if (problems != nullptr) *problems = std::move(scan->problems);
-  if (every_cgroup != nullptr) *every_cgroup = std::move(scan->every_cgroup);
-  return std::move(scan->found);
 }
 
 }  // namespace ktrust

@@ -9,6 +9,7 @@
 // WatchCgroups from the cgroup watcher thread).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,6 +24,7 @@
 #include "ktrust/agent/pod_networks.h"
 #include "ktrust/agent/workload_identities.h"
 #include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/common/recurring_problem.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/config/config.h"
 
@@ -50,8 +52,15 @@ class CgroupEnrolment {
         current_config_(std::move(current_config)) {}
 
   // One pass: scan, decide, route, then enrol. Every problem is logged once,
-  // when it appears (rescans repeat every second).
+  // when it appears (rescans repeat every second). A pass that cannot read
+  // everything (EMFILE at the fd limit, a /proc error) removes nothing, and
+  // says so once when it starts, once a minute while it lasts, and once
+  // when a pass is complete again (enrolment_incomplete, _complete).
   absl::Status Enroll(const Config& config);
+  // Passes that failed or could not read everything, since the start.
+  uint64_t incomplete_passes() const { return incomplete_passes_.load(); }
+  // Whether the last pass read everything and was applied.
+  bool last_pass_complete() const { return last_pass_complete_.load(); }
   // Opens the inotify watches on every directory under the root.
   absl::Status StartWatching();
   // Waits up to timeout for cgroups to appear or vanish (or a served pod's
@@ -67,6 +76,8 @@ class CgroupEnrolment {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+  void NoteTrouble(spdlog::level::level_enum level, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
 
   const AgentPlace place_;
   BpfLoader& bpf_;
@@ -79,6 +90,12 @@ class CgroupEnrolment {
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
   // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
   std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
+  // Enrolled cgroups whose sockops attach failed and was said.
+  std::set<uint64_t> sockops_failing_ ABSL_GUARDED_BY(enroll_mu_);
+  RecurringProblem trouble_ ABSL_GUARDED_BY(enroll_mu_){"enrolment_incomplete",
+                                                        "enrolment_complete"};
+  std::atomic<uint64_t> incomplete_passes_{0};
+  std::atomic<bool> last_pass_complete_{false};
 };
 
 }  // namespace ktrust
