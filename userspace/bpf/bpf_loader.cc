@@ -289,10 +289,14 @@ absl::Status BpfLoader::AttachAgentSockops(absl::string_view cgroup_dir) {
 absl::StatusOr<size_t> BpfLoader::PruneDetachedLinks() {
   std::vector<std::string> defunct;
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(LinksDir(options_.pin_dir), ec)) {
+  // increment(ec), not ++: a failing readdir must not throw out of Maintain.
+  for (std::filesystem::directory_iterator it(LinksDir(options_.pin_dir), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const std::filesystem::directory_entry& entry = *it;
     UniqueFd fd(bpf_obj_get(entry.path().c_str()));
     bpf_link_info info{};
     uint32_t info_len = sizeof(info);
+    // One that cannot be read (EMFILE at the fd limit) is no answer: it stays.
     if (!fd.valid() || bpf_obj_get_info_by_fd(fd.get(), &info, &info_len) != 0) continue;
     // The kernel detaches a link when its cgroup is freed (after the last
     // socket made in it) or its namespace is, and then reports target 0.
