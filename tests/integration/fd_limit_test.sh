@@ -94,12 +94,18 @@ check "node a's map: client enrolled, enforce ($(mode_of client))" test "$(mode_
 check "node a's map: bystander not enrolled ($(mode_of bystander))" test "$(mode_of bystander)" = 3
 
 # The flood: connections held open, a new one every 20 ms until the stop
-# file exists; prints "held N" / "refused N: why" as they happen.
+# file exists, none while the pause file exists; prints "held N" /
+# "refused N: why" as they happen.
 cat >"$work/flood.py" <<'EOF'
 import os, socket, sys, time
-stop = sys.argv[1]
+stop, pause = sys.argv[1], sys.argv[2]
 held, refused = [], 0
 while not os.path.exists(stop):
+    if os.path.exists(pause):
+        print('paused', flush=True)
+        while os.path.exists(pause) and not os.path.exists(stop):
+            time.sleep(0.02)
+        continue
     try:
         s = socket.create_connection(('10.77.0.2', 8081), timeout=5)
         s.sendall(b'ping\n')
@@ -122,7 +128,7 @@ limit=$((in_use + 40))
 echo "# node a's agent (pid $pid) has $in_use descriptors open; limit $limit"
 # The soft limit only: raising it again needs no CAP_SYS_RESOURCE.
 prlimit --pid "$pid" --nofile="$limit:"
-run_in a client "$work/flood.log" python3 -u "$work/flood.py" "$work/flood.stop"
+run_in a client "$work/flood.log" python3 -u "$work/flood.py" "$work/flood.stop" "$work/flood.pause"
 check "the flood reached the limit: a connection was refused" \
   wait_until 30 grep -q '^refused' "$work/flood.log"
 echo "# $(grep -c '^held' "$work/flood.log") connections held, $(grep -c '^refused' "$work/flood.log") refused"
@@ -131,9 +137,10 @@ echo "# $(grep -c '^held' "$work/flood.log") connections held, $(grep -c '^refus
 # either enrols it or cannot read the tree, and says so. Whatever it did,
 # nothing enrolled may be lost. Phases: the limit and the limit + 1
 # (whichever number of descriptors a pass needs, one of them may leave it
-# one short), then below what is open, where no pass can read anything.
-at_limit() {  # LIMIT PROBE
-  local at=$1 probe=$2
+# one short), under the flood; then, the flood paused, a limit at the
+# agent's lowest free descriptor number, where no pass can open anything.
+at_limit() {  # LIMIT PROBE [flood]
+  local at=$1 probe=$2 flood=${3:-}
   prlimit --pid "$pid" --nofile="$at:"
   from=$(log_lines)
   mkdir "$KT_CG/a/$probe"
@@ -142,26 +149,34 @@ at_limit() {  # LIMIT PROBE
   }
   check "limit $at: an enrolment pass ran and said what it did" wait_until 20 pass_seen
   log_since "$from" | grep -E 'enrolment_|cgroup_skipped|workload_(un)?enrolled' | head -3 | cut -c1-300 || true
-  refused_since() { log_since "$from" | grep -q '"result":"fd_limit"'; }
-  check "limit $at: the flood is still refused (fd_limit)" wait_until 10 refused_since
+  if [[ -n $flood ]]; then
+    refused_since() { log_since "$from" | grep -q '"result":"fd_limit"'; }
+    check "limit $at: the flood is still refused (fd_limit)" wait_until 10 refused_since
+  fi
   check "limit $at: node a's map still enrolls the client ($(mode_of client))" \
     test "$(mode_of client)" = 1
   check "limit $at: node a's map still classifies the bystander ($(mode_of bystander))" \
     test "$(mode_of bystander)" = 3
   check "limit $at: the bystander still reaches the plaintext echo" echo_works bystander 8082
 }
-at_limit "$limit" probe-0
-at_limit "$((limit + 1))" probe-1
-below=$(($(find "/proc/$pid/fd" -mindepth 1 | wc -l) - 2))
-at_limit "$below" probe-2
-check "limit $below: the pass that could not read the tree said so (enrolment_incomplete)" \
-  grep -q '"event":"enrolment_incomplete"' <(log_since "$from")
-# The control socket without a descriptor for its client: an answer in
-# words at once, not a hang.
+at_limit "$limit" probe-0 flood
+at_limit "$((limit + 1))" probe-1 flood
+# The control socket at the limit: an answer at once (in words when there
+# is no descriptor for the client), not a hang.
 status=$(timeout 10 "$ktrust" --socket "$work/a/control.sock" status 2>&1 || true)
-echo "# ktrust status at limit $below: ${status:0:300}"
-check "ktrust status at the limit says the agent is out of file descriptors" \
-  grep -q "out of file descriptors" <<<"$status"
+echo "# ktrust status at the limit: ${status:0:200}"
+check "ktrust status at the limit answers at once: its status, or why it cannot" \
+  grep -Eq "out of file descriptors|node-a" <<<"$status"
+
+touch "$work/flood.pause"
+wait_for "$work/flood.log" '^paused'
+# The first number missing from the agent's descriptors: the one the next
+# open would get. As the limit, no open succeeds.
+lowest_free=$(find "/proc/$pid/fd" -mindepth 1 -printf '%f\n' | sort -n |
+  awk '$1 != n { exit } { n++ } END { print n + 0 }')
+at_limit "$lowest_free" probe-2
+check "limit $lowest_free: the pass that could read nothing said so (enrolment_incomplete)" \
+  grep -q '"event":"enrolment_incomplete"' <(log_since "$from")
 
 log=$(cat "$work/a/agent.log")
 unenrolled=$(grep -c '"workload_unenrolled"' <<<"$log" || true)
