@@ -185,10 +185,10 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
     if (auto sockops = bpf_.AttachSockops(absl::StrCat(place_.cgroup_root, "/", e.cgroup_path));
         !sockops.ok()) {
       if (sockops_failing_.insert(e.cgroup_id).second) {
-        LogEvent(spdlog::level::err, {{"event", "sockops_attach_failed"},
-                                      {"cgroup", e.cgroup_path},
-                                      {"reason", absl::StrCat(sockops.message(),
-                                                              "; retried every second")}});
+        LogEvent(spdlog::level::err,
+                 {{"event", "sockops_attach_failed"},
+                  {"cgroup", e.cgroup_path},
+                  {"reason", absl::StrCat(sockops.message(), "; retried every second")}});
       }
     } else {
       sockops_failing_.erase(e.cgroup_id);

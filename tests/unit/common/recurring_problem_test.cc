@@ -2,11 +2,11 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
 
-#include <sstream>
 #include <string>
 #include <vector>
+
+#include "unit/common/log_capture.h"
 
 namespace ktrust {
 namespace {
@@ -19,13 +19,7 @@ const absl::Time kStart = absl::FromUnixSeconds(1800000000);
 // minutes, then a clean one. Warnings when it starts and once a minute,
 // every pass at debug, one line when it ends; never a warning a second.
 TEST(RecurringProblemTest, SaysItWhenItStartsOnceAMinuteAndWhenItEnds) {
-  std::ostringstream out;
-  auto previous = spdlog::default_logger();
-  auto logger = std::make_shared<spdlog::logger>(
-      "capture", std::make_shared<spdlog::sinks::ostream_sink_st>(out));
-  logger->set_pattern("%l %v");
-  logger->set_level(spdlog::level::debug);
-  spdlog::set_default_logger(logger);
+  testing::LogCapture log(spdlog::level::debug);
   RecurringProblem problem("enrolment_incomplete", "enrolment_complete");
   for (int pass = 0; pass < 300; ++pass) {
     problem.Met(spdlog::level::warn, {{"reason", "cannot list: Too many open files"}},
@@ -33,14 +27,12 @@ TEST(RecurringProblemTest, SaysItWhenItStartsOnceAMinuteAndWhenItEnds) {
   }
   problem.Cleared(kStart + absl::Seconds(300));
   problem.Cleared(kStart + absl::Seconds(301));  // nothing more to say
-  spdlog::set_default_logger(previous);
 
   std::vector<std::string> warnings, others;
-  std::istringstream in(out.str());
-  for (std::string line; std::getline(in, line);) {
+  for (const std::string& line : log.lines()) {
     (line.rfind("warning ", 0) == 0 ? warnings : others).push_back(line);
   }
-  ASSERT_EQ(warnings.size(), 5u) << out.str();  // at 0, 60, 120, 180, 240 s
+  ASSERT_EQ(warnings.size(), 5u) << log.text();  // at 0, 60, 120, 180, 240 s
   EXPECT_EQ(
       warnings[0],
       R"(warning {"event":"enrolment_incomplete","reason":"cannot list: Too many open files"})");
