@@ -1,7 +1,7 @@
 // loadgen: the backend and the load generator for tools/bench/run.sh.
 //
 //   loadgen server     --listen 127.0.0.1:PORT
-//   loadgen throughput --connect ADDR --bytes N
+//   loadgen throughput --connect ADDR --bytes N [--watch PID,...]
 //   loadgen rr         --connect ADDR --count N [--size 64] [--warmup W]
 //   loadgen connrate   --connect ADDR --concurrency C --seconds S [--size 64]
 //   loadgen firstbyte  --connect ADDR --count N [--warmup W]
@@ -12,6 +12,9 @@
 //       arrived the server answers with the 8-byte little-endian count, so the
 //       client's clock stops only after delivery through every proxy.
 //   anything else: echo; the server sends back every byte, the first included.
+//
+// throughput --watch also reports the on-CPU time of the processes PID,...
+// (the agents) during the clocked window, as watched_cpu_s.
 //
 // firstbyte is sequential: N times socket(), connect(), send 1 byte, read the
 // echoed byte, close(); it times each connection from socket() to close()
@@ -40,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -94,6 +98,32 @@ double MachineBusySeconds() {
   if (n != 7) return -1;
   return static_cast<double>(user + nice + system + irq + softirq) /
          static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// On-CPU seconds of every thread of the processes PIDS, from
+// /proc/PID/task/*/schedstat (nanoseconds, so a share under 1% of a short
+// window is still measurable; /proc/PID/stat counts in 10 ms ticks), or -1
+// if one is unreadable. Sampled around the clocked window like
+// MachineBusySeconds: the agents' CPU during the transfer alone.
+double ProcessesCpuSeconds(const std::vector<int>& pids) {
+  double total = 0;
+  for (int pid : pids) {
+    std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+    std::error_code ec;
+    int threads = 0;
+    for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
+      FILE* f = std::fopen((task.path() / "schedstat").c_str(), "r");
+      if (f == nullptr) continue;  // a thread that just ended
+      unsigned long long ns = 0;
+      if (std::fscanf(f, "%llu", &ns) == 1) {
+        total += static_cast<double>(ns) / 1e9;
+        ++threads;
+      }
+      std::fclose(f);
+    }
+    if (ec || threads == 0) return -1;
+  }
+  return total;
 }
 
 // "--name value" pairs into a map; a bare "--flag" maps to "".
@@ -404,11 +434,12 @@ class Server {
 
 // ---------------------------------------------------------------- clients
 
-int RunThroughput(const sockaddr_in& sa, uint64_t bytes) {
+int RunThroughput(const sockaddr_in& sa, uint64_t bytes, const std::vector<int>& watched) {
   std::vector<char> chunk(1 << 20, 'x');
   double cpu0 = ProcessCpuSeconds();
   Fd fd = MustConnect(sa);
   double busy0 = MachineBusySeconds();
+  double watched0 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
   auto start = Clock::now();
   char header[9];
   header[0] = kSinkMode;
@@ -423,15 +454,17 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes) {
   if (!RecvAll(fd.get(), ack, sizeof(ack))) Die(IoError("waiting for the backend's count"));
   double seconds = SecondsSince(start);
   double busy = MachineBusySeconds() - busy0;
+  double watched1 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
   uint64_t got = GetLe64(ack);
   if (got != bytes) {
     Die("backend counted " + std::to_string(got) + " bytes, sent " + std::to_string(bytes));
   }
   std::printf("{\"bytes\": %" PRIu64
               ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f, "
-              "\"machine_busy_s\": %.2f}\n",
+              "\"machine_busy_s\": %.2f, \"watched_cpu_s\": %.6f}\n",
               bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9,
-              ProcessCpuSeconds() - cpu0, busy0 < 0 ? -1.0 : busy);
+              ProcessCpuSeconds() - cpu0, busy0 < 0 ? -1.0 : busy,
+              watched0 < 0 || watched1 < 0 ? -1.0 : watched1 - watched0);
   return 0;
 }
 
@@ -598,7 +631,7 @@ void Usage() {
   std::fprintf(stderr,
                "usage:\n"
                "  loadgen server     --listen IP:PORT\n"
-               "  loadgen throughput --connect IP:PORT --bytes N\n"
+               "  loadgen throughput --connect IP:PORT --bytes N [--watch PID,...]\n"
                "  loadgen rr         --connect IP:PORT --count N [--size 64] [--warmup W]\n"
                "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n"
                "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n");
@@ -618,8 +651,21 @@ int main(int argc, char** argv) {
     server.Run();
   }
   if (mode == "throughput") {
+    std::vector<int> watched;
+    if (flags.count("watch")) {
+      std::string list = flags["watch"];
+      for (size_t at = 0; at <= list.size();) {
+        size_t end = std::min(list.find(',', at), list.size());
+        std::string pid = list.substr(at, end - at);
+        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+          Die("--watch wants PID[,PID...]");
+        }
+        watched.push_back(std::stoi(pid));
+        at = end + 1;
+      }
+    }
     return RunThroughput(ParseAddress(Need(flags, "connect")),
-                         static_cast<uint64_t>(NumberFlag(flags, "bytes")));
+                         static_cast<uint64_t>(NumberFlag(flags, "bytes")), watched);
   }
   if (mode == "firstbyte") {
     int64_t count = NumberFlag(flags, "count");

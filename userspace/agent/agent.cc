@@ -426,9 +426,9 @@ void Agent::Maintain(absl::Time now) {
     (void)Reload();
     return;
   }
-  // New and vanished cgroups (a service started or stopped). A failure is
-  // said by Enroll (rate-limited), and the next pass retries.
-  (void)enrolment_->Enroll(*config());
+  // What the cgroup watcher could not see; see EnrollIfDue for how often.
+  // A failure is said by Enroll (rate-limited), and retried each second.
+  if (!enrolment_->EnrollIfDue(*config(), now)) return;
   // The pins of links the kernel detached: gone cgroups' sockops, gone
   // pods. Only links the kernel reports detached go; one that cannot be
   // read (EMFILE) stays.

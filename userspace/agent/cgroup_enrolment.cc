@@ -80,6 +80,10 @@ void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
     }
   }
   if (!changed) return;
+  {
+    absl::MutexLock lock(&enroll_mu_);
+    settling_until_ = absl::Now() + kSettling;
+  }
   // New cgroups get watches of their own (re-adding a watch is a no-op).
   WatchTree(place_.cgroup_root);
   (void)Enroll(*current_config_());  // a failure is said by Enroll, and retried
@@ -116,8 +120,24 @@ void CgroupEnrolment::ReportProblems(const Config& config,
   reported_problems_ = std::move(now);
 }
 
+std::optional<absl::Status> CgroupEnrolment::EnrollIfDue(const Config& config, absl::Time now) {
+  {
+    absl::MutexLock lock(&enroll_mu_);
+    if (now >= settling_until_ && now - last_pass_ < kQuietRescan) return std::nullopt;
+  }
+  return Enroll(config);
+}
+
 absl::Status CgroupEnrolment::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
+  last_pass_ = absl::Now();
+  absl::Status result = EnrollLocked(config);
+  // Tried again each second, as an incomplete one.
+  if (!result.ok() || !last_pass_complete_.load()) settling_until_ = last_pass_ + kSettling;
+  return result;
+}
+
+absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   auto scan = ScanCgroupTree(config, place_.cgroup_root);
   if (!scan.ok()) {
     last_pass_complete_.store(false);

@@ -18,6 +18,7 @@
 #include "ktrust/agent/agent_control.h"
 #include "ktrust/agent/allow_list_authorizer.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/control/metrics.h"
 #include "ktrust/dataplane/engine.h"
 #include "ktrust/identity/file_identity_source.h"
@@ -211,12 +212,16 @@ int RunAgent(const std::string& config_path) {
   };
   start_metrics();
 
+  // Both threads wake at once for their events; the timeout only bounds how
+  // long a stop waits for them, and each wake-up of an idle agent costs CPU.
   std::atomic<bool> stop{false};
   std::thread events([&] {
-    while (!stop.load()) (*agent)->PollEvents(absl::Milliseconds(200));
+    NameThisThread("ktrust-events");
+    while (!stop.load()) (*agent)->PollEvents(absl::Seconds(1));
   });
   std::thread cgroups([&] {
-    while (!stop.load()) (*agent)->WatchCgroups(absl::Milliseconds(200));
+    NameThisThread("ktrust-cgroups");
+    while (!stop.load()) (*agent)->WatchCgroups(absl::Seconds(1));
   });
   const Engine& engine = (*agent)->engine();
   nlohmann::json ready = {{"event", "ready"},

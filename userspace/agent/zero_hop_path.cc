@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <set>
@@ -21,6 +22,7 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/identity/peer_verifier.h"
 #include "ktrust/identity/x509.h"
 #include "ktrust/tls/ktls.h"
@@ -206,7 +208,10 @@ void ZeroHopPath::Start(Engine& engine) {
   }
   if (!live_) live_ = std::make_unique<zerohop::ZeroHopConnections>();
   RefreshConnections();
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("ktrust-zerohop");
+    Run();
+  });
 }
 
 void ZeroHopPath::Stop() {
@@ -231,7 +236,7 @@ void ZeroHopPath::Run() {
                                        {"reason", client.status().message()}});
         reported = true;
       }
-      stop_.WaitForNotificationWithTimeout(absl::Seconds(1));
+      stop_.WaitForNotificationWithTimeout(kRefreshInterval);
       RefreshConnections();
       continue;
     }
@@ -244,8 +249,10 @@ void ZeroHopPath::Run() {
              {{"event", "zero_hop_holder_connected"}, {"socket", settings_.holder_socket}});
     reported = false;
     while (!stop_.HasBeenNotified()) {
-      if (absl::Now() - last_refresh_ >= absl::Seconds(1)) RefreshConnections();
-      auto message = client->Receive(absl::Milliseconds(500));
+      // One refresh a second, and no wake-up in between unless the holder speaks.
+      if (absl::Now() - last_refresh_ >= kRefreshInterval) RefreshConnections();
+      auto message = client->Receive(
+          std::max(last_refresh_ + kRefreshInterval - absl::Now(), absl::Milliseconds(10)));
       if (absl::IsDeadlineExceeded(message.status())) continue;
       if (absl::IsInvalidArgument(message.status())) {
         LogEvent(spdlog::level::warn, {{"event", "zero_hop_holder_message_refused"},

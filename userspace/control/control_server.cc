@@ -19,6 +19,7 @@
 #include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/control/protocol.h"
 
 namespace ktrust::control {
@@ -177,7 +178,10 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   std::unique_ptr<ControlServer> server(new ControlServer(std::move(options), std::move(handlers),
                                                           std::move(listener), std::move(wakeup),
                                                           st.st_dev, st.st_ino));
-  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  server->thread_ = std::thread([s = server.get()] {
+    NameThisThread("ktrust-control");
+    s->Serve();
+  });
   LogEvent(spdlog::level::info,
            {{"event", "control_listening"},
             {"path", server->options_.path},

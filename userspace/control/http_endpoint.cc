@@ -10,6 +10,7 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/socket_address.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/control/metrics.h"
 
@@ -103,6 +104,7 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(absl::string_v
   }
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] {
+    NameThisThread("ktrust-http");
     raw->server.listen_after_bind();
     raw->finished = true;
   });

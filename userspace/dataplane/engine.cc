@@ -20,6 +20,7 @@
 #include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/tls/ktls.h"
 
 namespace ktrust {
@@ -239,11 +240,14 @@ class Engine::Loop {
 
   void Start() {
     thread_ = std::thread([this] {
+      NameThisThread("ktrust-loop");
       running_ = true;
       for (auto& l : listeners_) Arm(*l);
       ticker_.owner = this;
       ArmTicker();
-      loop_->Run();
+      loop_->Run([this] {
+        if (!ticking_ && NeedsTicks()) ArmTicker();
+      });
       // Shutdown: close every connection without waiting for io_uring.
       std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
       for (Connection* c : live) c->Destroy();
@@ -404,7 +408,19 @@ class Engine::Loop {
     }
   }
 
+  // The tick serves connections (deadlines, rechecks) and listeners whose
+  // accept failed; a loop with neither sleeps until an event: an idle agent
+  // costs no wake-ups.
+  bool NeedsTicks() const {
+    if (!ctx_.connections.empty()) return true;
+    for (const auto& l : listeners_) {
+      if (!l->accept_pending && !l->removed) return true;
+    }
+    return false;
+  }
+
   void ArmTicker() {
+    ticking_ = true;
     tick_.tv_sec = 1;
     tick_.tv_nsec = 0;
     loop_->Timeout(&ticker_, &tick_);
@@ -428,7 +444,8 @@ class Engine::Loop {
     for (auto& l : listeners_) {
       if (!l->accept_pending && !l->removed && !loop_->stopping()) Arm(*l);
     }
-    if (!loop_->stopping()) ArmTicker();
+    ticking_ = false;
+    if (!loop_->stopping() && NeedsTicks()) ArmTicker();
   }
 
   std::unique_ptr<EventLoop> loop_;
@@ -437,6 +454,7 @@ class Engine::Loop {
   FdReserve fd_reserve_;  // for refusing at the fd limit (RefuseForWantOfDescriptors)
   bool running_ = false;  // the loop's thread has started
   Ticker ticker_;
+  bool ticking_ = false;  // ticker_ is armed
   __kernel_timespec tick_{};
   std::thread thread_;
 };

@@ -73,7 +73,7 @@ void EventLoop::TimeoutRemove(Op* op) {
   io_uring_sqe_set_data(sqe, nullptr);
 }
 
-void EventLoop::Run() {
+void EventLoop::Run(const std::function<void()>& after_batch) {
   while (!stopping_.load()) {
     int rc = io_uring_submit_and_wait(&ring_, 1);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
@@ -98,6 +98,7 @@ void EventLoop::Run() {
       ArmWake();
       RunPosted();
     }
+    if (after_batch) after_batch();
   }
   // Whatever was posted before the end still runs: a poster may wait for it.
   {

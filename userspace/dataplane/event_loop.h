@@ -51,8 +51,9 @@ class EventLoop {
   // -ECANCELED, or -ETIME if it had already expired).
   void TimeoutRemove(Op* op);
 
-  // Runs completions and posted tasks until Stop() is called from any thread.
-  void Run();
+  // Runs completions and posted tasks until Stop() is called from any thread;
+  // after each batch of them, `after_batch` (if set) on the loop's thread.
+  void Run(const std::function<void()>& after_batch = nullptr);
   void Stop();
   // Runs `task` on the loop's thread, as soon as the loop wakes for it (not
   // at some later tick). Any thread may post. Tasks posted before Run()

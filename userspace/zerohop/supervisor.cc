@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktrust/common/thread_name.h"
 #include "ktrust/zerohop/proc_mem.h"
 #include "supervisor_internal.h"
 
@@ -436,7 +437,10 @@ uint64_t Supervisor::Add(NotificationListener listener, WorkloadHooks hooks, Add
                                                                "WAIT_KILLABLE_RECV: proxy)"
                                                              : "no")}});
   if (!state_->thread.joinable() && !state_->stopping) {
-    state_->thread = std::thread([s = state_] { s->Loop(); });
+    state_->thread = std::thread([s = state_] {
+      NameThisThread("ktrust-zh-notif");
+      s->Loop();
+    });
   }
   state_->Wake();
   return id;

@@ -100,7 +100,8 @@ class Agent {
   // root, and enrols or unenrols them at once: a service started after the
   // agent is intercepted from its first connection unless it connects
   // within the moment between its cgroup's mkdir and this reaction (see
-  // docs/operations.md). Maintain() rescans every second regardless.
+  // docs/operations.md). Maintain() rescans as a safety net
+  // (CgroupEnrolment::EnrollIfDue).
   void WatchCgroups(absl::Duration timeout);
 
   const Engine& engine() const { return *engine_; }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -52,11 +53,21 @@ class CgroupEnrolment {
         current_config_(std::move(current_config)) {}
 
   // One pass: scan, decide, route, then enrol. Every problem is logged once,
-  // when it appears (rescans repeat every second). A pass that cannot read
-  // everything (EMFILE at the fd limit, a /proc error) removes nothing, and
-  // says so once when it starts, once a minute while it lasts, and once
-  // when a pass is complete again (enrolment_incomplete, _complete).
+  // when it appears (rescans repeat). A pass that cannot read everything
+  // (EMFILE at the fd limit, a /proc error) removes nothing, and says so
+  // once when it starts, once a minute while it lasts, and once when a pass
+  // is complete again (enrolment_incomplete, _complete).
   absl::Status Enroll(const Config& config);
+  // The safety net under the inotify watches (Maintain calls it every
+  // second): a pass each second while the tree is settling (kSettling after
+  // a change the watcher saw, or a failed or incomplete pass), every
+  // kQuietRescan otherwise. Inotify cannot see a process of a populated
+  // cgroup entering a network namespace of its own, which a runtime may do
+  // just after the cgroup filled. Returns the pass's result, or nullopt if
+  // none was due.
+  std::optional<absl::Status> EnrollIfDue(const Config& config, absl::Time now);
+  static constexpr absl::Duration kSettling = absl::Seconds(5);
+  static constexpr absl::Duration kQuietRescan = absl::Seconds(10);
   // Passes that failed or could not read everything, since the start.
   uint64_t incomplete_passes() const { return incomplete_passes_.load(); }
   // Whether the last pass read everything and was applied.
@@ -69,6 +80,7 @@ class CgroupEnrolment {
 
  private:
   void WatchTree(const std::string& dir);
+  absl::Status EnrollLocked(const Config& config) ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   // The namespace of a cgroup's processes, when it is not the agent's own.
   absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r) const;
   void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
@@ -88,6 +100,8 @@ class CgroupEnrolment {
   UniqueFd cgroup_events_;  // inotify on every directory under the root
   absl::Mutex enroll_mu_;   // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
+  absl::Time last_pass_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
+  absl::Time settling_until_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
   // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
   std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
   // Enrolled cgroups whose sockops attach failed and was said.

@@ -128,6 +128,10 @@ class ZeroHopPath {
   void ReportClosed(const zerohop::ZeroHopConnection& c, CloseResult result,
                     const std::string& reason);
 
+  // How often the registry is refreshed: ended connections, pending
+  // resets, record limits.
+  static constexpr absl::Duration kRefreshInterval = absl::Seconds(1);
+
   const ZeroHopSettings settings_;
   const zerohop::ZeroHopFeatures features_;
   Engine* engine_ = nullptr;  // set by Start, before the holder thread runs
