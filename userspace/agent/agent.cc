@@ -243,6 +243,18 @@ absl::Status Agent::KeepOnlyWhatThisRunServes(const HostSteering& host) {
   if (auto st = maps.WatchOnlyCgroups({*root_id}); !st.ok()) return st;
   // Ports an earlier run enforced that this configuration does not, once
   // the pods found are served again (their rules kept refusing meanwhile).
+  // Not after a first pass that could not read everything: a pod it did not
+  // see keeps its parked rules (refusing), rather than lose them and be
+  // reachable past the agent. A later restart prunes them.
+  if (!enrolment_->last_pass_complete()) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "pinned_rules_kept"},
+              {"reason",
+               "the first enrolment pass could not read everything: the inbound rules "
+               "and outbound targets an earlier run left stay (refusing) until the "
+               "next start"}});
+    return absl::OkStatus();
+  }
   std::vector<SocketAddress> enforced = host.enforced;
   std::vector<SocketAddress> in_pods = pods_->enforced();
   enforced.insert(enforced.end(), in_pods.begin(), in_pods.end());
@@ -415,15 +427,15 @@ void Agent::Maintain(absl::Time now) {
     return;
   }
   // What the cgroup watcher could not see; see EnrollIfDue for how often.
-  std::optional<absl::Status> pass = enrolment_->EnrollIfDue(*config(), now);
-  if (!pass) return;
-  if (!pass->ok()) {
-    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", pass->message()}});
-  }
-  // The pins of links the kernel detached: gone cgroups' sockops, gone pods.
+  // A failure is said by Enroll (rate-limited), and retried each second.
+  if (!enrolment_->EnrollIfDue(*config(), now)) return;
+  // The pins of links the kernel detached: gone cgroups' sockops, gone
+  // pods. Only links the kernel reports detached go; one that cannot be
+  // read (EMFILE) stays.
   if (auto pruned = bpf_->PruneDetachedLinks(); !pruned.ok()) {
-    LogEvent(spdlog::level::warn,
-             {{"event", "link_prune_failed"}, {"reason", pruned.status().message()}});
+    prune_trouble_.Met(spdlog::level::warn, {{"reason", pruned.status().message()}}, now);
+  } else {
+    prune_trouble_.Cleared(now);
   }
 }
 

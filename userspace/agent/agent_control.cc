@@ -371,7 +371,8 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
        {std::pair<const char*, uint64_t>{"connections", c.refused_connections.load()},
         {"inbound_handshakes", c.refused_inbound_handshakes.load()},
         {"outbound_handshakes", c.refused_outbound_handshakes.load()},
-        {"source_handshakes", c.refused_source_handshakes.load()}}) {
+        {"source_handshakes", c.refused_source_handshakes.load()},
+        {"fds", c.refused_fd_limit.load()}}) {
     m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
               {{"limit", limit}}, static_cast<double>(n));
   }
@@ -413,6 +414,10 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
                 {{"reason", std::string(ReasonName(i))}}, static_cast<double>((*counters)[i]));
     }
   }
+  m.Counter("ktrust_enrolment_incomplete_total",
+            "Enrolment passes that failed or could not read the whole cgroup tree or a pod's "
+            "namespace, and so removed nothing",
+            {}, static_cast<double>(agent.incomplete_enrolment_passes()));
   m.Gauge("ktrust_workloads", "Registered workload cgroups", {},
           static_cast<double>(agent.workloads().size()));
   double served = 0, unserved = 0;

@@ -4,23 +4,39 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "ktrust/agent/kernel_mode.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
 
 namespace ktrust {
 
-std::optional<PodNetns> CgroupEnrolment::PodNetnsOf(const RegisteredWorkload& r) const {
+absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(
+    const RegisteredWorkload& r) const {
   auto procs = ReadFile(absl::StrCat(place_.cgroup_root, "/", r.cgroup_path, "/cgroup.procs"));
-  if (!procs.ok() || procs->empty()) return std::nullopt;  // no process yet: the next pass
-  std::string pid = procs->substr(0, procs->find('\n'));
-  std::string netns = absl::StrCat("/proc/", pid, "/ns/net");
-  struct stat st {};
-  if (stat(netns.c_str(), &st) != 0 || st.st_ino == place_.own_netns) return std::nullopt;
-  return PodNetns{st.st_ino, netns, {}};
+  // The cgroup is gone: no namespace to serve.
+  if (absl::IsNotFound(procs.status())) return std::nullopt;
+  // EMFILE and the like say nothing about its processes.
+  if (!procs.ok()) return procs.status();
+  // The first process whose namespace can be read: one that exited since
+  // the list was read says nothing about the others. None: no process yet,
+  // and the next pass looks again.
+  for (absl::string_view pid : absl::StrSplit(*procs, '\n', absl::SkipEmpty())) {
+    std::string netns = absl::StrCat("/proc/", pid, "/ns/net");
+    struct stat st {};
+    if (stat(netns.c_str(), &st) != 0) {
+      if (errno == ENOENT || errno == ESRCH) continue;
+      return absl::ErrnoToStatus(errno, absl::StrCat("stat ", netns));
+    }
+    if (st.st_ino == place_.own_netns) return std::nullopt;
+    return PodNetns{st.st_ino, netns, {}};
+  }
+  return std::nullopt;
 }
 
 absl::Status CgroupEnrolment::StartWatching() {
@@ -70,9 +86,7 @@ void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
   }
   // New cgroups get watches of their own (re-adding a watch is a no-op).
   WatchTree(place_.cgroup_root);
-  if (auto st = Enroll(*current_config_()); !st.ok()) {
-    LogEvent(spdlog::level::err, {{"event", "enrolment_failed"}, {"reason", st.message()}});
-  }
+  (void)Enroll(*current_config_());  // a failure is said by Enroll, and retried
 }
 
 void CgroupEnrolment::ReportProblems(const Config& config,
@@ -118,19 +132,22 @@ absl::Status CgroupEnrolment::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
   last_pass_ = absl::Now();
   absl::Status result = EnrollLocked(config);
-  if (!result.ok()) settling_until_ = last_pass_ + kSettling;  // tried again each second
+  // Tried again each second, as an incomplete one.
+  if (!result.ok() || !last_pass_complete_.load()) settling_until_ = last_pass_ + kSettling;
   return result;
 }
 
 absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
-  std::vector<std::string> problems;
-  std::set<uint64_t> every_cgroup;
-  auto found = ScanCgroups(config, place_.cgroup_root, &problems, &every_cgroup);
-  if (!found.ok()) return found.status();
-  ReportProblems(config, *found, problems);
+  auto scan = ScanCgroupTree(config, place_.cgroup_root);
+  if (!scan.ok()) {
+    last_pass_complete_.store(false);
+    NoteTrouble(spdlog::level::err, std::string(scan.status().message()));
+    return scan.status();
+  }
+  ReportProblems(config, scan->found, scan->problems);
   std::shared_ptr<const RoutingTable> before = routing_.current();
   EnrolmentPlan plan = PlanEnrolment(
-      config, current_config_(), *found, every_cgroup, place_.own_cgroup,
+      config, current_config_(), *scan, *before, place_.own_cgroup,
       [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
         auto identity = identities_.ProviderFor(id, workload);
         if (!identity.ok()) {
@@ -148,11 +165,34 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
               {"cgroup", *plan.own_cgroup_path},
               {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
   }
-  return ApplyPlan(plan, *before, every_cgroup);
+  absl::Status applied = ApplyPlan(plan, *before);
+  if (!applied.ok()) {
+    NoteTrouble(spdlog::level::err, std::string(applied.message()));
+  } else if (!plan.complete) {
+    // The first few: under EMFILE every directory may fail.
+    std::vector<std::string> first(
+        plan.incomplete.begin(),
+        plan.incomplete.begin() + std::min<size_t>(plan.incomplete.size(), 3));
+    std::string more = plan.incomplete.size() > first.size()
+                           ? absl::StrCat(" (and ", plan.incomplete.size() - first.size(), " more)")
+                           : "";
+    NoteTrouble(spdlog::level::warn, absl::StrCat(absl::StrJoin(first, "; "), more));
+  } else {
+    trouble_.Cleared();
+  }
+  last_pass_complete_.store(applied.ok() && plan.complete);
+  return applied;
 }
 
-absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
-                                        const std::set<uint64_t>& every_cgroup) {
+void CgroupEnrolment::NoteTrouble(spdlog::level::level_enum level, const std::string& what) {
+  trouble_.Met(level,
+               {{"reason", absl::StrCat(what,
+                                        "; nothing is removed from the kernel until a "
+                                        "pass reads the whole tree (retried every second)")}});
+  incomplete_passes_.store(trouble_.passes_met());
+}
+
+absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before) {
   // Route first, then enrol: the kernel never redirects a connection the
   // agent cannot route.
   routing_.Publish(std::make_shared<const RoutingTable>(plan.routing));
@@ -160,11 +200,18 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
   for (const CgroupToEnrol& e : plan.enrol) {
     // sockops before the enrolment: a connection redirected without it could
     // not be found by the agent (refused, but needlessly).
+    // Retried every pass: said when it starts failing (at the fd limit it
+    // would otherwise be said every second).
     if (auto sockops = bpf_.AttachSockops(absl::StrCat(place_.cgroup_root, "/", e.cgroup_path));
         !sockops.ok()) {
-      LogEvent(spdlog::level::err, {{"event", "sockops_attach_failed"},
-                                    {"cgroup", e.cgroup_path},
-                                    {"reason", sockops.message()}});
+      if (sockops_failing_.insert(e.cgroup_id).second) {
+        LogEvent(spdlog::level::err,
+                 {{"event", "sockops_attach_failed"},
+                  {"cgroup", e.cgroup_path},
+                  {"reason", absl::StrCat(sockops.message(), "; retried every second")}});
+      }
+    } else {
+      sockops_failing_.erase(e.cgroup_id);
     }
     if (auto st = maps.EnrollCgroup(e.cgroup_id, KernelMode(e.mode), e.workload_index); !st.ok()) {
       return st;
@@ -177,11 +224,10 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
                                      {"mode", WorkloadModeName(e.mode)}});
     }
   }
-  for (const auto& [cgroup_id, workload] : before.by_cgroup) {
-    if (plan.routing.by_cgroup.count(cgroup_id)) continue;
-    LogEvent(
-        spdlog::level::info,
-        {{"event", "workload_unenrolled"}, {"workload", workload.name}, {"cgroup_id", cgroup_id}});
+  for (const UnenrolledCgroup& gone : plan.unenrolled) {
+    LogEvent(spdlog::level::info, {{"event", "workload_unenrolled"},
+                                   {"workload", gone.workload},
+                                   {"cgroup_id", gone.cgroup_id}});
   }
   // Every other cgroup (the agent's own, `mode: off` workloads', the rest)
   // is classified as left alone: under the watched root, a cgroup with no
@@ -201,10 +247,11 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
   }
   not_enrolled_written_ = std::move(not_enrolled);
   // Gone cgroups, and what an earlier run enrolled that this one does not.
-  std::set<uint64_t> keep = every_cgroup;
-  for (const auto& [cgroup_id, workload] : plan.routing.by_cgroup) keep.insert(cgroup_id);
-  if (auto st = maps.KeepOnlyEnrolledCgroups(keep).status(); !st.ok()) return st;
-  pods_.Reconcile(plan.pods);
+  // Only a complete pass knows what is gone.
+  if (plan.complete) {
+    if (auto st = maps.KeepOnlyEnrolledCgroups(plan.keep).status(); !st.ok()) return st;
+  }
+  pods_.Reconcile(plan.pods, /*complete=*/plan.complete);
   return classified;
 }
 

@@ -2,13 +2,24 @@
 
 #include <map>
 
+#include "absl/strings/str_cat.h"
+
 namespace ktrust {
 
 EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,
-                            const std::vector<RegisteredWorkload>& found,
-                            const std::set<uint64_t>& every_cgroup, uint64_t own_cgroup,
+                            const CgroupScan& scan, const RoutingTable& before, uint64_t own_cgroup,
                             const IdentityLookup& identity_of, const PodNetnsLookup& pod_netns) {
+  const std::vector<RegisteredWorkload>& found = scan.found;
+  const std::set<uint64_t>& every_cgroup = scan.every_cgroup;
   EnrolmentPlan plan;
+  plan.complete = scan.complete;
+  plan.incomplete = scan.unread;
+  // Where each cgroup's processes lived at the last pass, for one whose
+  // namespace cannot be read now.
+  std::map<uint64_t, uint64_t> pod_netns_before;
+  for (const EnrolledWorkload& e : before.enrolled) {
+    pod_netns_before[e.registered.cgroup_id] = e.pod_netns;
+  }
   plan.routing.config = std::move(routing_config);
   std::map<uint64_t, PodNetns> pods;
   std::map<uint64_t, CgroupToEnrol> enrol;
@@ -22,8 +33,16 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
       continue;
     }
     EnrolledWorkload enrolled{r, w.name, w.mode, w.ports};
-    std::optional<PodNetns> pod = pod_netns(r);
+    absl::StatusOr<std::optional<PodNetns>> looked_up = pod_netns(r);
+    std::optional<PodNetns> pod = looked_up.ok() ? *looked_up : std::nullopt;
     if (pod) enrolled.pod_netns = pod->inode;
+    if (!looked_up.ok()) {
+      // Not "no pod": its pod stays served as it is, and the pass removes nothing.
+      plan.complete = false;
+      plan.incomplete.push_back(absl::StrCat(
+          "cgroup ", r.cgroup_path, ": its network namespace: ", looked_up.status().message()));
+      enrolled.pod_netns = pod_netns_before[r.cgroup_id];
+    }
     plan.routing.enrolled.push_back(enrolled);
     if (w.mode == WorkloadMode::kOff) continue;
     // No ID is treated as an SVID that cannot be issued.
@@ -58,9 +77,27 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
   }
   for (auto& [cgroup_id, cgroup] : enrol) plan.enrol.push_back(std::move(cgroup));
   for (auto& [inode, pod] : pods) plan.pods.push_back(std::move(pod));
+  if (!plan.complete) {
+    // What the scan did not see may still be there: the last pass's
+    // cgroups stay routed as they were (their kernel entries stay too),
+    // until a complete pass says they are gone.
+    std::set<uint64_t> listed;
+    for (const EnrolledWorkload& e : plan.routing.enrolled) listed.insert(e.registered.cgroup_id);
+    for (const EnrolledWorkload& e : before.enrolled) {
+      if (!listed.count(e.registered.cgroup_id)) plan.routing.enrolled.push_back(e);
+    }
+    plan.routing.by_cgroup.insert(before.by_cgroup.begin(), before.by_cgroup.end());
+    plan.routing.serving.insert(before.serving.begin(), before.serving.end());
+  }
   for (uint64_t cgroup_id : every_cgroup) {
     if (!plan.routing.by_cgroup.count(cgroup_id)) plan.not_enrolled.insert(cgroup_id);
   }
+  for (const auto& [cgroup_id, workload] : before.by_cgroup) {
+    if (!plan.routing.by_cgroup.count(cgroup_id))
+      plan.unenrolled.push_back({workload.name, cgroup_id});
+  }
+  plan.keep = every_cgroup;
+  for (const auto& [cgroup_id, workload] : plan.routing.by_cgroup) plan.keep.insert(cgroup_id);
   return plan;
 }
 

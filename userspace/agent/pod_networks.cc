@@ -446,11 +446,12 @@ void PodNetworks::Release(uint64_t inode, const Served& served, const Served* su
                                      : std::string(detached.message())}});
 }
 
-void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
+void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted, bool complete) {
   std::set<uint64_t> want;
   for (const PodNetns& p : wanted) want.insert(p.inode);
   std::vector<std::pair<uint64_t, Served>> gone;
-  {
+  // An incomplete pass does not know what is gone.
+  if (complete) {
     absl::MutexLock lock(&mu_);
     for (auto it = served_.begin(); it != served_.end();) {
       if (want.count(it->first)) {
@@ -467,7 +468,8 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted) {
     {
       absl::MutexLock lock(&mu_);
       auto it = served_.find(pod.inode);
-      if (it != served_.end() && it->second.workloads == pod.workloads) continue;
+      // Re-serving would drop the workloads an incomplete pass did not see.
+      if (it != served_.end() && (!complete || it->second.workloads == pod.workloads)) continue;
     }
     auto next = Serve(pod);
     if (!next) continue;

@@ -254,10 +254,16 @@ absl::Status BpfLoader::AttachToCgroup(absl::string_view cgroup_dir, CgroupHooks
   if (hooks == CgroupHooks::kSockops) programs = {&kSockopsProgram, 1};
   if (hooks == CgroupHooks::kAgentSockops) programs = {&kAgentSockopsProgram, 1};
   std::string path(cgroup_dir);
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
   auto id = CgroupIdOf(path);
   if (!id.ok()) return id.status();
+  // Every enrolment pass asks again: what this run attached needs no
+  // descriptor (none may be left at the fd limit).
+  if (std::all_of(programs.begin(), programs.end(),
+                  [&](const CgroupProgram& p) { return Holds(CgroupPinPath(*id, p.name)); })) {
+    return absl::OkStatus();
+  }
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("opening cgroup ", path));
   for (const CgroupProgram& p : programs) {
     LinkTarget target{.link_type = BPF_LINK_TYPE_CGROUP, .attach_type = p.attach_type, .id = *id};
     if (auto st = AttachOrAdopt(p.program, CgroupPinPath(*id, p.name), target, fd.get());
@@ -283,10 +289,14 @@ absl::Status BpfLoader::AttachAgentSockops(absl::string_view cgroup_dir) {
 absl::StatusOr<size_t> BpfLoader::PruneDetachedLinks() {
   std::vector<std::string> defunct;
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(LinksDir(options_.pin_dir), ec)) {
+  // increment(ec), not ++: a failing readdir must not throw out of Maintain.
+  for (std::filesystem::directory_iterator it(LinksDir(options_.pin_dir), ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const std::filesystem::directory_entry& entry = *it;
     UniqueFd fd(bpf_obj_get(entry.path().c_str()));
     bpf_link_info info{};
     uint32_t info_len = sizeof(info);
+    // One that cannot be read (EMFILE at the fd limit) is no answer: it stays.
     if (!fd.valid() || bpf_obj_get_info_by_fd(fd.get(), &info, &info_len) != 0) continue;
     // The kernel detaches a link when its cgroup is freed (after the last
     // socket made in it) or its namespace is, and then reports target 0.
@@ -353,6 +363,12 @@ absl::Status BpfLoader::AttachToNetns(BpfProgram program, absl::string_view name
   LinkTarget target{
       .link_type = BPF_LINK_TYPE_NETNS, .attach_type = BPF_SK_LOOKUP, .id = st.st_ino};
   return AttachOrAdopt(program, pin, target, fd.get());
+}
+
+bool BpfLoader::Holds(const std::string& pin_path) const {
+  absl::MutexLock lock(&mu_);
+  return std::any_of(attachments_.begin(), attachments_.end(),
+                     [&](const Attachment& a) { return a.pin_path == pin_path; });
 }
 
 std::vector<BpfLoader::Attachment> BpfLoader::attachments() const {

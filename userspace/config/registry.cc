@@ -138,20 +138,44 @@ absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateVa
   return config_internal::RenderSpiffeId(tmpl, values, nullptr);
 }
 
+absl::StatusOr<std::vector<std::string>> ListCgroupDirectory(const std::string& dir) {
+  std::error_code ec;
+  // Not skip_permission_denied: an unreadable subtree is reported, not hidden.
+  std::filesystem::directory_iterator it(dir, ec);
+  std::vector<std::string> children;
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    // symlink_status: a link is never followed into another tree.
+    std::error_code entry_ec;
+    auto status = it->symlink_status(entry_ec);
+    // A child removed since readdir is not there; the directory still is.
+    if (entry_ec == std::errc::no_such_file_or_directory) continue;
+    if (entry_ec) {
+      ec = entry_ec;
+      break;
+    }
+    if (std::filesystem::is_directory(status)) children.push_back(it->path().filename());
+  }
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  // Directory order is arbitrary; the result should not be.
+  std::sort(children.begin(), children.end());
+  return children;
+}
+
 namespace {
 
 class CgroupWalker {
  public:
-  CgroupWalker(const Config& config, std::vector<std::string>* problems,
-               std::set<uint64_t>* every_cgroup)
-      : config_(config), problems_(problems), every_cgroup_(every_cgroup) {}
+  CgroupWalker(const Config& config, const CgroupLister& list, CgroupScan& scan)
+      : config_(config), list_(list), scan_(scan) {}
 
-  // Its id into every_cgroup, when that is wanted.
-  void Record(const std::filesystem::path& dir) {
+  // Its id into every_cgroup.
+  void Record(const std::filesystem::path& dir, const std::string& relative) {
     struct stat st {};
-    // A cgroup gone meanwhile needs no id.
-    if (every_cgroup_ != nullptr && ::lstat(dir.c_str(), &st) == 0) {
-      every_cgroup_->insert(static_cast<uint64_t>(st.st_ino));
+    if (::lstat(dir.c_str(), &st) == 0) {
+      scan_.every_cgroup.insert(static_cast<uint64_t>(st.st_ino));
+    } else if (errno != ENOENT) {  // a cgroup gone meanwhile needs no id
+      Unread(
+          absl::StrCat("cgroup ", relative.empty() ? "(root)" : relative, ": ", ErrnoText(errno)));
     }
   }
 
@@ -161,36 +185,24 @@ class CgroupWalker {
                            " levels; not scanned further"));
       return;
     }
-    std::error_code ec;
-    // Not skip_permission_denied: an unreadable subtree is reported, not hidden.
-    std::filesystem::directory_iterator it(dir, ec);
-    if (ec) {
-      Problem(
-          absl::StrCat("cgroup ", relative, ": cannot list ", dir.string(), ": ", ec.message()));
+    auto children = list_(dir.string());
+    if (absl::IsNotFound(children.status())) return;  // gone while it was scanned: nothing there
+    if (!children.ok()) {
+      Unread(absl::StrCat("cgroup ", relative, ": ", children.status().message()));
       return;
     }
-    std::vector<std::string> children;
-    for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
-      // symlink_status: a link is never followed into another tree.
-      auto status = it->symlink_status(ec);
-      if (ec) break;
-      if (std::filesystem::is_directory(status)) children.push_back(it->path().filename());
-    }
-    if (ec) {
-      Problem(
-          absl::StrCat("cgroup ", relative, ": cannot list ", dir.string(), ": ", ec.message()));
-    }
-    // Directory order is arbitrary; the result should not be.
-    std::sort(children.begin(), children.end());
+    WalkChildren(dir, relative, depth, *children);
+  }
+
+  void WalkChildren(const std::filesystem::path& dir, const std::string& relative, int depth,
+                    const std::vector<std::string>& children) {
     for (const std::string& child : children) {
       std::string child_relative = relative.empty() ? child : absl::StrCat(relative, "/", child);
-      Record(dir / child);
+      Record(dir / child, child_relative);
       Visit(dir / child, child_relative);
       Walk(dir / child, child_relative, depth + 1);
     }
   }
-
-  std::vector<RegisteredWorkload> Take() { return std::move(found_); }
 
  private:
   void Visit(const std::filesystem::path& dir, const std::string& relative) {
@@ -201,7 +213,7 @@ class CgroupWalker {
       // a later workload would hand the cgroup an identity nobody meant.
       struct stat st {};
       if (::lstat(dir.c_str(), &st) != 0) {
-        Problem(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
+        if (errno != ENOENT) Unread(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
         return;
       }
       auto id = RenderSpiffeId(
@@ -216,27 +228,28 @@ class CgroupWalker {
         registered.id_problem = absl::StrCat("its SPIFFE ID template ", workload.spiffe_id,
                                              " gives no valid ID: ", id.status().message());
       }
-      found_.push_back(std::move(registered));
+      scan_.found.push_back(std::move(registered));
       return;
     }
   }
 
-  void Problem(std::string text) {
-    if (problems_ != nullptr) problems_->push_back(std::move(text));
+  void Problem(std::string text) { scan_.problems.push_back(std::move(text)); }
+  // Only ENOENT says a cgroup is not there; any other error says nothing
+  // about what the directory holds (EMFILE at the fd limit, ENOMEM, EACCES).
+  void Unread(std::string text) {
+    scan_.complete = false;
+    scan_.unread.push_back(std::move(text));
   }
 
   const Config& config_;
-  std::vector<std::string>* problems_;
-  std::set<uint64_t>* every_cgroup_;
-  std::vector<RegisteredWorkload> found_;
+  const CgroupLister& list_;
+  CgroupScan& scan_;
 };
 
 }  // namespace
 
-absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config,
-                                                            const std::string& cgroup_root,
-                                                            std::vector<std::string>* problems,
-                                                            std::set<uint64_t>* every_cgroup) {
+absl::StatusOr<CgroupScan> ScanCgroupTree(const Config& config, const std::string& cgroup_root,
+                                          const CgroupLister& list) {
   struct stat st {};
   if (::stat(cgroup_root.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("cgroup root ", cgroup_root, ": ", ErrnoText(errno)));
@@ -245,16 +258,16 @@ absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(const Config& config
     return absl::InvalidArgumentError(
         absl::StrCat("cgroup root ", cgroup_root, " is not a directory"));
   }
-  std::error_code ec;
-  std::filesystem::directory_iterator probe(cgroup_root, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cgroup root ", cgroup_root, ": cannot list: ", ec.message()));
+  auto top = list(cgroup_root);
+  if (!top.ok()) {
+    return absl::Status(top.status().code(),
+                        absl::StrCat("cgroup root ", cgroup_root, ": ", top.status().message()));
   }
-  CgroupWalker walker(config, problems, every_cgroup);
-  walker.Record(cgroup_root);
-  walker.Walk(cgroup_root, "", 0);
-  return walker.Take();
+  CgroupScan scan;
+  CgroupWalker walker(config, list, scan);
+  walker.Record(cgroup_root, "");
+  walker.WalkChildren(cgroup_root, "", 0, *top);
+  return scan;
 }
 
 }  // namespace ktrust

@@ -16,7 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ktrust/common/error_text.h"
+#include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 #include "ktrust/common/thread_name.h"
 #include "ktrust/control/protocol.h"
 
@@ -282,9 +284,29 @@ void ControlServer::Serve() {
     }
   };
 
+  // At the fd limit a queued client keeps the listener readable: it is
+  // taken with the reserve and told why, or (no reserve) the listener is
+  // left out of the poll for a second, never spun on.
+  FdReserve reserve;
+  absl::Time listener_paused_until = absl::InfinitePast();
   auto accept_clients = [&] {
     for (;;) {
       int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        std::string reason = OutOfDescriptorsReason(errno);
+        auto refused = reserve.AcceptWithReserve(listener_.get());
+        if (absl::IsUnavailable(refused.status())) return;
+        LogRefusal(spdlog::level::warn, {{"event", "control_client_refused"}, {"reason", reason}},
+                   "fd_limit");
+        if (!refused.ok()) {
+          listener_paused_until = absl::Now() + absl::Seconds(1);
+          return;
+        }
+        std::string response = FormatErrorResponse(reason);
+        (void)!::send(refused->get(), response.data(), response.size(),
+                      MSG_NOSIGNAL | MSG_DONTWAIT);
+        continue;
+      }
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno != EAGAIN) {
@@ -314,8 +336,9 @@ void ControlServer::Serve() {
   for (;;) {
     fds.clear();
     fds.push_back({wakeup_.get(), POLLIN, 0});
-    fds.push_back({listener_.get(), POLLIN, 0});
-    absl::Time next_deadline = absl::InfiniteFuture();
+    bool paused = absl::Now() < listener_paused_until;
+    fds.push_back({paused ? -1 : listener_.get(), POLLIN, 0});  // -1: not polled
+    absl::Time next_deadline = paused ? listener_paused_until : absl::InfiniteFuture();
     for (const Client& c : clients) {
       short events = c.out.empty() ? (c.eof ? 0 : POLLIN) : POLLOUT;
       fds.push_back({c.fd.get(), events, 0});

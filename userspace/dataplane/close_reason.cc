@@ -67,6 +67,8 @@ ReasonEntry EntryOf(CloseReason reason) {
       return {"no_kernel_tls", false};
     case CloseReason::kOverLimit:
       return {"over_limit", true};
+    case CloseReason::kFdLimit:
+      return {"fd_limit", true};
     case CloseReason::kPeerRefused:
       return {"peer_refused", true};
   }

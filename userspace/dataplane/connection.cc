@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/error_text.h"
+#include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
 #include "ktrust/identity/x509.h"
@@ -115,7 +116,7 @@ void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerG
   auto wire = StartConnect(c->listeners_->netns, c->route_.destination,
                            ctx.shared.options.socket_mark, std::nullopt);
   if (!wire.ok()) {
-    c->Abort(CloseReason::kConnectFailed, std::string(wire.status().message()));
+    c->AbortConnect(wire.status(), CloseReason::kConnectFailed);
     return;
   }
   c->wire_ = *std::move(wire);
@@ -680,7 +681,7 @@ void Connection::ConnectApplication() {
   }
   auto app = StartConnect(listeners_->netns, *target, options.socket_mark, source);
   if (!app.ok()) {
-    Abort(CloseReason::kAppUnreachable, std::string(app.status().message()));
+    AbortConnect(app.status(), CloseReason::kAppUnreachable);
     return;
   }
   app_ = *std::move(app);
@@ -692,6 +693,15 @@ void Connection::ConnectApplication() {
   record_->state.store(state_);
   deadline_ = ctx_.loop.now() + ctx_.shared.options.connect_timeout;
   Wait(app_.get(), POLLOUT);
+}
+
+void Connection::AbortConnect(const absl::Status& failed, CloseReason otherwise) {
+  if (int error = DescriptorErrorOf(failed); error != 0) {
+    Abort(CloseReason::kFdLimit,
+          absl::StrCat(OutOfDescriptorsReason(error), " (", failed.message(), ")"));
+    return;
+  }
+  Abort(otherwise, std::string(failed.message()));
 }
 
 void Connection::StartPumping() {

@@ -133,6 +133,9 @@ class Connection {
   // Resets both sockets; `result` and `explanation` go to the log line and
   // ClosedConnection.
   void Abort(CloseResult result, const std::string& explanation);
+  // The other socket could not be made or connected: fd_limit when the
+  // agent is out of descriptors, else `otherwise`.
+  void AbortConnect(const absl::Status& failed, CloseReason otherwise);
   // The handshake is over (or the connection is): frees the slot and leaves
   // the loop's pending list.
   void ReleaseHandshakeSlot();

@@ -17,6 +17,7 @@
 #include "connection.h"
 #include "engine_shared.h"
 #include "ktrust/common/error_text.h"
+#include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
 #include "ktrust/common/thread_name.h"
@@ -279,13 +280,67 @@ class Engine::Loop {
     }
     if (result >= 0) {
       Admit(l, UniqueFd(result));
+    } else if (result == -EMFILE || result == -ENFILE) {
+      // The connection stays queued: take it off with the reserve and
+      // refuse it, so its client hears at once and the listener is not
+      // ready again for nothing. Without a reserve, the next tick retries.
+      if (!RefuseForWantOfDescriptors(l, -result)) return;
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
-      // Out of descriptors and the like: try again on the next tick rather
-      // than spinning on the same error.
-      LogEvent(spdlog::level::err, {{"event", "accept_failed"}, {"reason", ErrnoText(-result)}});
+      // Try again on the next tick rather than spinning on the same error.
+      LogRefusal(spdlog::level::err,
+                 {{"event", "accept_failed"},
+                  {"reason", absl::StrCat(ErrnoText(-result), "; retried in a second")}},
+                 "accept_failed");
       return;
     }
     if (!loop_->stopping()) Arm(l);
+  }
+
+  // At EMFILE/ENFILE: one queued connection reset, said and counted like
+  // the other refusals at accept (and listed by `ktrust denials`). False
+  // when none could be taken (no reserve): the caller waits for the tick.
+  bool RefuseForWantOfDescriptors(Listener& l, int error) {
+    auto conn = fd_reserve_.AcceptWithReserve(l.fd.get());
+    // Gone meanwhile (EAGAIN, ECONNABORTED): wait for the next.
+    if (!conn.ok() && !absl::IsResourceExhausted(conn.status())) return true;
+    std::string reason = OutOfDescriptorsReason(error);
+    Direction direction = l.outbound ? Direction::kOutbound : Direction::kInbound;
+    if (!conn.ok()) {
+      // Another thread took what the reserve freed: the clients wait in
+      // the queue until the next tick.
+      LogRefusal(spdlog::level::err,
+                 {{"event", "accept_failed"},
+                  {"direction", DirectionName(direction)},
+                  {"result", "fd_limit"},
+                  {"reason", absl::StrCat(reason,
+                                          "; the pending clients wait (retried every "
+                                          "second)")}},
+                 "fd_limit");
+      return false;
+    }
+    EngineCounters& counters = *ctx_.shared.counters;
+    counters.refused_limit.fetch_add(1);
+    counters.refused_fd_limit.fetch_add(1);
+    ClosedConnection closed;
+    closed.direction = direction;
+    closed.result = CloseReason::kFdLimit;
+    closed.reason = reason;
+    rlimit fds{};
+    nlohmann::ordered_json event = {{"event", "connection_refused"},
+                                    {"direction", DirectionName(direction)},
+                                    {"result", "fd_limit"}};
+    if (getrlimit(RLIMIT_NOFILE, &fds) == 0) event["limit"] = fds.rlim_cur;
+    event["reason"] = reason;
+    if (auto peer = SocketAddress::PeerOf(conn->get()); peer.ok()) {
+      std::string& address =
+          direction == Direction::kInbound ? closed.info.wire_peer : closed.info.app_address;
+      address = peer->ToString();
+      event[direction == Direction::kInbound ? "wire_peer" : "app"] = address;
+    }
+    LogRefusal(spdlog::level::warn, event, "fd_limit");
+    CloseWithReset(*std::move(conn));
+    if (ctx_.shared.options.on_closed) ctx_.shared.options.on_closed(closed);
+    return true;
   }
 
   // A new connection gets a handshake slot of its direction (inbound: and
@@ -396,6 +451,7 @@ class Engine::Loop {
   std::unique_ptr<EventLoop> loop_;
   LoopContext ctx_;
   Listeners listeners_;
+  FdReserve fd_reserve_;  // for refusing at the fd limit (RefuseForWantOfDescriptors)
   bool running_ = false;  // the loop's thread has started
   Ticker ticker_;
   bool ticking_ = false;  // ticker_ is armed

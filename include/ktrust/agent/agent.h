@@ -56,6 +56,7 @@
 #include "ktrust/agent/zero_hop_path.h"
 #include "ktrust/bpf/bpf_loader.h"
 #include "ktrust/bpf/event_reader.h"
+#include "ktrust/common/recurring_problem.h"
 #include "ktrust/config/config.h"
 #include "ktrust/config/policy.h"
 #include "ktrust/config/registry.h"
@@ -110,6 +111,9 @@ class Agent {
   std::shared_ptr<const PolicyAuthorizer> policy() const;
   std::vector<EnrolledWorkload> workloads() const;
   std::vector<ServedPod> pods() const { return pods_->served(); }
+  // Enrolment passes that failed or could not read everything (and so
+  // removed nothing), since the start.
+  uint64_t incomplete_enrolment_passes() const { return enrolment_->incomplete_passes(); }
   ReloadState reload_state() const;
   const WorkloadIdentities& identities() const { return *identities_; }
   absl::Time started() const { return started_; }
@@ -146,6 +150,8 @@ class Agent {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<PodNetworks> pods_;
   std::unique_ptr<CgroupEnrolment> enrolment_;
+  // Maintain's link pruning, which fails pass after pass at the fd limit.
+  RecurringProblem prune_trouble_{"link_prune_failed", "link_prune_recovered"};
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);

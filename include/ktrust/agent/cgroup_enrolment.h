@@ -9,6 +9,7 @@
 // WatchCgroups from the cgroup watcher thread).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -24,6 +25,7 @@
 #include "ktrust/agent/pod_networks.h"
 #include "ktrust/agent/workload_identities.h"
 #include "ktrust/bpf/bpf_loader.h"
+#include "ktrust/common/recurring_problem.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/config/config.h"
 
@@ -51,17 +53,25 @@ class CgroupEnrolment {
         current_config_(std::move(current_config)) {}
 
   // One pass: scan, decide, route, then enrol. Every problem is logged once,
-  // when it appears (rescans repeat).
+  // when it appears (rescans repeat). A pass that cannot read everything
+  // (EMFILE at the fd limit, a /proc error) removes nothing, and says so
+  // once when it starts, once a minute while it lasts, and once when a pass
+  // is complete again (enrolment_incomplete, _complete).
   absl::Status Enroll(const Config& config);
   // The safety net under the inotify watches (Maintain calls it every
   // second): a pass each second while the tree is settling (kSettling after
-  // a change the watcher saw, or a failed pass), every kQuietRescan
-  // otherwise. Inotify cannot see a process of a populated cgroup entering
-  // a network namespace of its own, which a runtime may do just after the
-  // cgroup filled. Returns the pass's result, or nullopt if none was due.
+  // a change the watcher saw, or a failed or incomplete pass), every
+  // kQuietRescan otherwise. Inotify cannot see a process of a populated
+  // cgroup entering a network namespace of its own, which a runtime may do
+  // just after the cgroup filled. Returns the pass's result, or nullopt if
+  // none was due.
   std::optional<absl::Status> EnrollIfDue(const Config& config, absl::Time now);
   static constexpr absl::Duration kSettling = absl::Seconds(5);
   static constexpr absl::Duration kQuietRescan = absl::Seconds(10);
+  // Passes that failed or could not read everything, since the start.
+  uint64_t incomplete_passes() const { return incomplete_passes_.load(); }
+  // Whether the last pass read everything and was applied.
+  bool last_pass_complete() const { return last_pass_complete_.load(); }
   // Opens the inotify watches on every directory under the root.
   absl::Status StartWatching();
   // Waits up to timeout for cgroups to appear or vanish (or a served pod's
@@ -72,12 +82,13 @@ class CgroupEnrolment {
   void WatchTree(const std::string& dir);
   absl::Status EnrollLocked(const Config& config) ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   // The namespace of a cgroup's processes, when it is not the agent's own.
-  std::optional<PodNetns> PodNetnsOf(const RegisteredWorkload& r) const;
+  absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r) const;
   void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
                       const std::vector<std::string>& problems)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
-  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
-                         const std::set<uint64_t>& every_cgroup)
+  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+  void NoteTrouble(spdlog::level::level_enum level, const std::string& what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
 
   const AgentPlace place_;
@@ -93,6 +104,12 @@ class CgroupEnrolment {
   absl::Time settling_until_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
   // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
   std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
+  // Enrolled cgroups whose sockops attach failed and was said.
+  std::set<uint64_t> sockops_failing_ ABSL_GUARDED_BY(enroll_mu_);
+  RecurringProblem trouble_ ABSL_GUARDED_BY(enroll_mu_){"enrolment_incomplete",
+                                                        "enrolment_complete"};
+  std::atomic<uint64_t> incomplete_passes_{0};
+  std::atomic<bool> last_pass_complete_{false};
 };
 
 }  // namespace ktrust

@@ -31,6 +31,12 @@ struct CgroupToEnrol {
   std::string id;  // its SPIFFE ID; empty: it has none, and is refused
 };
 
+// A cgroup the last pass routed and this one does not.
+struct UnenrolledCgroup {
+  std::string workload;
+  uint64_t cgroup_id = 0;
+};
+
 struct EnrolmentPlan {
   // To publish before the kernel enrols anything: the route first.
   RoutingTable routing;
@@ -42,21 +48,34 @@ struct EnrolmentPlan {
   // The agent's own cgroup when a workload's glob matched it: never
   // enrolled (it would send the agent's own connections back to it).
   std::optional<std::string> own_cgroup_path;
+  // The cgroups the kernel keeps entries for: every cgroup found, and
+  // every one routed. The others (gone, or enrolled by an earlier run)
+  // are removed, but only when `complete`.
+  std::set<uint64_t> keep;
+  std::vector<UnenrolledCgroup> unenrolled;  // the last pass's, routed no more
+  // False when the scan, or a cgroup's pod lookup, failed for a reason
+  // other than "gone": what was not seen may still be there. Then this pass
+  // removes nothing: no cgroup leaves the kernel's maps, and served pods
+  // stay as they are. `incomplete` says what failed.
+  bool complete = true;
+  std::vector<std::string> incomplete;
 };
 
 // The SVID provider for a cgroup's ID; an error when none can be issued
 // (the cgroup is still enrolled, and refused).
 using IdentityLookup =
     std::function<absl::StatusOr<SvidProvider>(const SpiffeId& id, const std::string& workload)>;
-// The pod namespace a cgroup's processes live in, when not the agent's.
-using PodNetnsLookup = std::function<std::optional<PodNetns>(const RegisteredWorkload& cgroup)>;
+// The pod namespace a cgroup's processes live in, when not the agent's;
+// nothing when it is the agent's or the cgroup has no process. An error
+// when that could not be read (a transient /proc error).
+using PodNetnsLookup =
+    std::function<absl::StatusOr<std::optional<PodNetns>>(const RegisteredWorkload& cgroup)>;
 
-// found: the registered cgroups (ScanCgroups), every_cgroup: every cgroup
-// found, workload or not. routing_config becomes the routing table's
-// configuration (the one the agent holds now).
+// scan: what ScanCgroupTree found; before: the routing table the last pass
+// published. routing_config becomes the new table's configuration (the one
+// the agent holds now).
 EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,
-                            const std::vector<RegisteredWorkload>& found,
-                            const std::set<uint64_t>& every_cgroup, uint64_t own_cgroup,
+                            const CgroupScan& scan, const RoutingTable& before, uint64_t own_cgroup,
                             const IdentityLookup& identity, const PodNetnsLookup& pod_netns);
 
 }  // namespace ktrust

@@ -101,8 +101,11 @@ class PodNetworks {
 
   // Serves each namespace in `wanted` not served yet (or whose workloads
   // changed) and releases those no longer wanted: a pod whose processes
-  // are gone. Called with every enrolment pass, from one thread at a time.
-  void Reconcile(const std::vector<PodNetns>& wanted);
+  // are gone. Not `complete` (the enrolment pass could not read everything,
+  // so `wanted` may lack pods that are there): only serves new namespaces,
+  // and leaves the served ones as they are. Called with every enrolment
+  // pass, from one thread at a time.
+  void Reconcile(const std::vector<PodNetns>& wanted, bool complete);
 
   // Readable when a served pod's addresses may have changed: then call
   // RefreshAddresses (Reconcile does too). -1 when epoll is unavailable:

@@ -136,6 +136,8 @@ class BpfLoader {
   BpfLoader(BpfLoaderOptions options, KernelFeatures features,
             std::unique_ptr<ktrust_bpf, SkeletonDeleter> skeleton);
   bpf_program* program(BpfProgram program) const;
+  // Whether this run attached (or adopted) the link pinned at pin_path.
+  bool Holds(const std::string& pin_path) const;
   absl::Status AttachToNetns(BpfProgram program, absl::string_view name,
                              absl::string_view netns_path);
   enum class CgroupHooks { kSockAddr, kSockops, kAgentSockops };

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -50,16 +51,33 @@ struct RegisteredWorkload {
   std::string id_problem;
 };
 
+// The subdirectories of a cgroup directory, symlinks not followed. The
+// error keeps its errno's code: NotFound only when the directory is gone.
+// ScanCgroupTree takes another in tests, to make a listing fail.
+using CgroupLister =
+    std::function<absl::StatusOr<std::vector<std::string>>(const std::string& dir)>;
+absl::StatusOr<std::vector<std::string>> ListCgroupDirectory(const std::string& dir);
+
+struct CgroupScan {
+  std::vector<RegisteredWorkload> found;  // sorted by path
+  std::set<uint64_t> every_cgroup;        // the id of every cgroup found, the root included
+  std::vector<std::string> problems;      // left out on purpose (too deep), and why
+  // False when part of the tree could not be read for a reason other than
+  // being gone (EMFILE, ENOMEM, EACCES...): what the scan did not see may
+  // still be there, so nothing may be removed on its word. `unread` says
+  // what could not be read, and why.
+  bool complete = true;
+  std::vector<std::string> unread;
+};
+
 // Walks the tree under cgroup_root (symlinks not followed) and gives every
 // directory whose relative path matches a workload's glob to the first such
-// workload in configuration order. Sorted by path. A subtree that cannot be
-// read is skipped, and said so in `problems` when given; only an unreadable
-// root is an error. A cgroup whose name makes an invalid SPIFFE ID is
-// registered without one (see RegisteredWorkload::id_problem).
-// every_cgroup, when given, receives the id of every cgroup found, the root
-// included, workload or not.
-absl::StatusOr<std::vector<RegisteredWorkload>> ScanCgroups(
-    const Config& config, const std::string& cgroup_root,
-    std::vector<std::string>* problems = nullptr, std::set<uint64_t>* every_cgroup = nullptr);
+// workload in configuration order. A cgroup that vanished while it was
+// scanned is simply not there; any other error reading a subtree makes the
+// scan incomplete (`unread`); only an unreadable root is an error. A cgroup
+// whose name makes an invalid SPIFFE ID is registered without one (see
+// RegisteredWorkload::id_problem).
+absl::StatusOr<CgroupScan> ScanCgroupTree(const Config& config, const std::string& cgroup_root,
+                                          const CgroupLister& list = ListCgroupDirectory);
 
 }  // namespace ktrust

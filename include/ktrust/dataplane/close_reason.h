@@ -45,6 +45,7 @@ enum class CloseReason {
   kNotZeroHopCapable,
   kNoKernelTls,  // zero-hop needs kernel TLS, which this kernel lacks
   kOverLimit,    // zero-hop, outbound: refused at once, over a connection or handshake limit
+  kFdLimit,      // the agent was out of file descriptors (EMFILE, ENFILE)
   kPeerRefused,  // we refused the peer's certificate: CloseResult::peer_reason says why
 };
 // The last value, for code that walks them all (tests); new values go before it.

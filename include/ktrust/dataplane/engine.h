@@ -237,6 +237,9 @@ struct EngineCounters {
   std::atomic<uint64_t> refused_inbound_handshakes{0};  // over max_inbound_handshakes
   std::atomic<uint64_t> refused_outbound_handshakes{0};
   std::atomic<uint64_t> refused_source_handshakes{0};  // over max_handshakes_per_source
+  // At accept, out of file descriptors (EMFILE, ENFILE): result fd_limit,
+  // as a connection refused later for want of one for its other socket.
+  std::atomic<uint64_t> refused_fd_limit{0};
   // Inbound pending handshakes reset to make room for a new client while
   // max_inbound_handshakes was full (not counted in refused_limit).
   std::atomic<uint64_t> evicted_handshakes{0};

@@ -1,5 +1,10 @@
 #include "ktrust/agent/enrolment_plan.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "unit/test_pki.h"
@@ -46,17 +51,26 @@ class EnrolmentPlanTest : public ::testing::Test {
   }
 
   EnrolmentPlan Plan(const std::vector<RegisteredWorkload>& found,
-                     std::set<uint64_t> every_cgroup = {}) {
-    for (const auto& r : found) every_cgroup.insert(r.cgroup_id);
+                     std::set<uint64_t> every_cgroup = {}, bool complete = true) {
+    CgroupScan scan{found, std::move(every_cgroup), {}, complete, {}};
+    if (!complete) scan.unread = {"cgroup system.slice: cannot list: Too many open files"};
+    for (const auto& r : found) scan.every_cgroup.insert(r.cgroup_id);
+    return PlanScan(scan);
+  }
+
+  EnrolmentPlan PlanScan(const CgroupScan& scan) {
     return PlanEnrolment(
-        *config_, config_, found, every_cgroup, kOwnCgroup,
+        *config_, config_, scan, before_, kOwnCgroup,
         [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
           looked_up_.push_back(id.ToString());
           if (refuse_issue_) return absl::UnavailableError("the CA is away");
           auto svid = svids_.at(workload);
           return SvidProvider([svid] { return svid; });
         },
-        [this](const RegisteredWorkload& r) -> std::optional<PodNetns> {
+        [this](const RegisteredWorkload& r) -> absl::StatusOr<std::optional<PodNetns>> {
+          if (pod_errors_.count(r.cgroup_id)) {
+            return absl::ResourceExhaustedError("/proc/42/ns/net: Too many open files");
+          }
           auto it = pods_.find(r.cgroup_id);
           if (it == pods_.end()) return std::nullopt;
           return PodNetns{it->second, absl::StrCat("/proc/1", it->second, "/ns/net"), {}};
@@ -72,6 +86,8 @@ class EnrolmentPlanTest : public ::testing::Test {
   std::shared_ptr<Config> config_;
   std::map<std::string, std::shared_ptr<const Svid>> svids_;
   std::map<uint64_t, uint64_t> pods_;  // cgroup id -> netns inode
+  std::set<uint64_t> pod_errors_;      // cgroups whose pod lookup fails
+  RoutingTable before_;                // what the last pass published
   std::vector<std::string> looked_up_;
   bool refuse_issue_ = false;
 };
@@ -153,6 +169,87 @@ TEST_F(EnrolmentPlanTest, CgroupsInAPodNamespaceMakeOnePodToServe) {
   EXPECT_EQ(plan.pods[0].workloads[1].name, "client");
   EXPECT_EQ(plan.routing.enrolled[2].pod_netns, 5000u);  // batch is listed in it
   EXPECT_EQ(plan.routing.enrolled[3].pod_netns, 0u);     // legacy is the host's
+}
+
+// A pass that saw everything removes what is gone: the routing table loses
+// it, and the kernel keeps only what was found.
+TEST_F(EnrolmentPlanTest, ACompleteScanUnenrolsWhatIsGone) {
+  before_ = Plan({Cgroup(0, 10, "web"), Cgroup(3, 12, "client")}).routing;
+  EnrolmentPlan plan = Plan({Cgroup(0, 10, "web")}, {1});
+  EXPECT_TRUE(plan.complete);
+  ASSERT_EQ(plan.unenrolled.size(), 1u);
+  EXPECT_EQ(plan.unenrolled[0].workload, "client");
+  EXPECT_EQ(plan.unenrolled[0].cgroup_id, 12u);
+  EXPECT_FALSE(plan.routing.by_cgroup.count(12));
+  EXPECT_THAT(plan.keep, ElementsAre(1, 10));
+}
+
+// The bug of issue 13: a scan that could not read part of the tree (EMFILE)
+// was taken as complete, and every workload in that part was unenrolled.
+// What the last pass routed and this one did not see stays routed, with the
+// identity it had, and nothing is unenrolled.
+TEST_F(EnrolmentPlanTest, AnIncompleteScanRemovesNothing) {
+  pods_ = {{12, 5000}};
+  before_ = Plan({Cgroup(0, 10, "web"), Cgroup(3, 12, "client")}).routing;
+  pods_.clear();
+  EnrolmentPlan plan = Plan({Cgroup(0, 10, "web")}, {1}, /*complete=*/false);
+  EXPECT_FALSE(plan.complete);
+  EXPECT_THAT(plan.unenrolled, IsEmpty());
+  ASSERT_TRUE(plan.routing.by_cgroup.count(12)) << "client was unenrolled by an incomplete scan";
+  EXPECT_EQ(plan.routing.by_cgroup.at(12).identity(), svids_["client"]);
+  ASSERT_EQ(plan.routing.enrolled.size(), 2u);  // still listed by `ktrust workloads`
+  EXPECT_EQ(plan.routing.enrolled[1].name, "client");
+  EXPECT_EQ(plan.routing.enrolled[1].pod_netns, 5000u);
+  EXPECT_THAT(Ids(plan), ElementsAre(10));  // only what was seen is written again
+}
+
+// A cgroup whose pod namespace could not be read (EMFILE on cgroup.procs or
+// /proc) is still enrolled; its pod stays as the last pass served it.
+TEST_F(EnrolmentPlanTest, APodLookupErrorMakesThePassIncomplete) {
+  pods_ = {{10, 5000}, {12, 5000}};
+  before_ = Plan({Cgroup(0, 10, "web"), Cgroup(3, 12, "client")}).routing;
+  pod_errors_ = {12};
+  EnrolmentPlan plan = Plan({Cgroup(0, 10, "web"), Cgroup(3, 12, "client")});
+  EXPECT_FALSE(plan.complete);
+  ASSERT_EQ(plan.incomplete.size(), 1u);
+  EXPECT_THAT(plan.incomplete[0], ::testing::HasSubstr("Too many open files"));
+  EXPECT_THAT(Ids(plan), ElementsAre(10, 12));
+  EXPECT_EQ(plan.routing.enrolled[1].pod_netns, 5000u);  // as before, not "the host's"
+  EXPECT_THAT(plan.unenrolled, IsEmpty());
+}
+
+// Issue 13 end to end, without a kernel: a real tree scanned twice, the
+// second time with the fd limit reached while listing system.slice (opendir
+// fails with EMFILE). The first pass enrolled web; the second must neither
+// unenrol it nor let the kernel forget it.
+TEST_F(EnrolmentPlanTest, EmfileWhileListingTheTreeUnenrolsNothing) {
+  std::filesystem::path root = std::filesystem::path(::testing::TempDir()) /
+                               ("enrolment_plan_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root / "system.slice" / "web.service");
+  std::filesystem::create_directories(root / "other.slice");
+  config_->workloads[0].cgroup = "system.slice/web.service";
+  auto first = ScanCgroupTree(*config_, root.string());
+  ASSERT_TRUE(first.ok()) << first.status();
+  before_ = PlanScan(*first).routing;
+  ASSERT_EQ(before_.by_cgroup.size(), 1u);
+  uint64_t web = before_.by_cgroup.begin()->first;
+
+  auto at_the_fd_limit = [&](const std::string& dir) -> absl::StatusOr<std::vector<std::string>> {
+    if (dir.ends_with("/system.slice")) {
+      return absl::ErrnoToStatus(EMFILE, absl::StrCat("cannot list ", dir));
+    }
+    return ListCgroupDirectory(dir);
+  };
+  auto second = ScanCgroupTree(*config_, root.string(), at_the_fd_limit);
+  std::filesystem::remove_all(root);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EnrolmentPlan plan = PlanScan(*second);
+  EXPECT_THAT(plan.unenrolled, IsEmpty()) << "workload_unenrolled for a cgroup that is still there";
+  EXPECT_TRUE(plan.routing.by_cgroup.count(web)) << "web is no longer routed";
+  // The kernel forgets what is not kept, unless the pass is incomplete.
+  EXPECT_TRUE(!plan.complete || plan.keep.count(web))
+      << "the kernel's entry for web would be removed";
 }
 
 }  // namespace

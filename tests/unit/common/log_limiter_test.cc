@@ -4,9 +4,11 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
 
-#include <sstream>
+#include <string>
+#include <vector>
+
+#include "unit/common/log_capture.h"
 
 namespace ktrust {
 namespace {
@@ -67,23 +69,17 @@ TEST(LogLimiterTest, KeysPastTheBoundShareOneBudget) {
 
 // As an operator reads it: ten lines of a flood of 25, then one summary.
 TEST(LogRefusalTest, WritesTheBudgetThenOneSummaryLine) {
-  std::ostringstream out;
-  auto previous = spdlog::default_logger();
-  auto logger = std::make_shared<spdlog::logger>(
-      "capture", std::make_shared<spdlog::sinks::ostream_sink_st>(out));
-  logger->set_pattern("%l %v");
-  spdlog::set_default_logger(logger);
-  for (int i = 0; i < 25; ++i) {
-    LogRefusal(spdlog::level::warn, {{"event", "test_refused"}, {"result", "denied"}, {"id", i}},
-               "denied", kStart);
-  }
-  FlushSuppressedRefusals(kStart + absl::Seconds(1));
-  spdlog::set_default_logger(previous);
-
   std::vector<std::string> lines;
-  std::istringstream in(out.str());
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  ASSERT_EQ(lines.size(), 11u) << out.str();
+  {
+    testing::LogCapture log;
+    for (int i = 0; i < 25; ++i) {
+      LogRefusal(spdlog::level::warn, {{"event", "test_refused"}, {"result", "denied"}, {"id", i}},
+                 "denied", kStart);
+    }
+    FlushSuppressedRefusals(kStart + absl::Seconds(1));
+    lines = log.lines();
+  }
+  ASSERT_EQ(lines.size(), 11u);
   EXPECT_EQ(lines[0], R"(warning {"event":"test_refused","result":"denied","id":0})");
   EXPECT_EQ(lines[9], R"(warning {"event":"test_refused","result":"denied","id":9})");
   EXPECT_THAT(lines[10], HasSubstr(R"("event":"log_suppressed","suppressed_event":"test_refused",)"

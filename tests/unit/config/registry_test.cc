@@ -202,12 +202,11 @@ uint64_t InodeOf(const std::filesystem::path& path) {
 }
 
 TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
-  std::vector<std::string> problems;
-  auto found = ScanCgroups(MakeConfig(), root_.string(), &problems);
-  ASSERT_TRUE(found.ok()) << found.status();
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string());
+  ASSERT_TRUE(scan.ok()) << scan.status();
 
   std::vector<std::string> summary;
-  for (const RegisteredWorkload& w : *found) {
+  for (const RegisteredWorkload& w : scan->found) {
     summary.push_back(w.cgroup_path + " " + std::to_string(w.workload_index) + " " +
                       (w.id ? w.id->ToString() : "(no ID)"));
     EXPECT_EQ(w.cgroup_id, InodeOf(root_ / w.cgroup_path)) << w.cgroup_path;
@@ -220,7 +219,8 @@ TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
                            "system.slice/nginx.service 0 spiffe://example.org/node-1/nginx",
                            "system.slice/sshd.service 2 spiffe://example.org/svc/sshd",
                            "system.slice/user@1000.service 2 (no ID)"));
-  EXPECT_TRUE(problems.empty()) << problems[0];
+  EXPECT_THAT(scan->problems, ::testing::IsEmpty());
+  EXPECT_TRUE(scan->complete);
 }
 
 // user@1000.service matches "services", but '@' cannot be in a SPIFFE ID.
@@ -228,10 +228,10 @@ TEST_F(ScanCgroupsTest, MatchesDirectoriesToWorkloadsInConfigOrder) {
 // it is registered to the workload it matched, with no ID and the reason, so
 // the agent enrols it and refuses its connections. Never a later workload.
 TEST_F(ScanCgroupsTest, CgroupWhoseIdCannotBeRenderedIsRegisteredWithItsReason) {
-  auto found = ScanCgroups(MakeConfig(), root_.string());
-  ASSERT_TRUE(found.ok()) << found.status();
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string());
+  ASSERT_TRUE(scan.ok()) << scan.status();
   const RegisteredWorkload* user = nullptr;
-  for (const RegisteredWorkload& w : *found) {
+  for (const RegisteredWorkload& w : scan->found) {
     if (w.cgroup_path == "system.slice/user@1000.service") user = &w;
   }
   ASSERT_NE(user, nullptr) << "the cgroup was left out, so it would not be enforced";
@@ -240,7 +240,7 @@ TEST_F(ScanCgroupsTest, CgroupWhoseIdCannotBeRenderedIsRegisteredWithItsReason) 
   EXPECT_EQ(user->cgroup_id, InodeOf(root_ / "system.slice/user@1000.service"));
   EXPECT_THAT(user->id_problem, HasSubstr("spiffe://{trust_domain}/svc/{unit}"));
   EXPECT_THAT(user->id_problem, HasSubstr("@"));
-  for (const RegisteredWorkload& w : *found) {
+  for (const RegisteredWorkload& w : scan->found) {
     if (w.id) {
       EXPECT_TRUE(w.id_problem.empty()) << w.cgroup_path;
     }
@@ -250,9 +250,8 @@ TEST_F(ScanCgroupsTest, CgroupWhoseIdCannotBeRenderedIsRegisteredWithItsReason) 
 // The agent classifies every cgroup, workload or not, so that one missing
 // from its map is known to be new.
 TEST_F(ScanCgroupsTest, GivesTheIdOfEveryCgroupWhenAsked) {
-  std::set<uint64_t> every_cgroup;
-  auto found = ScanCgroups(MakeConfig(), root_.string(), nullptr, &every_cgroup);
-  ASSERT_TRUE(found.ok()) << found.status();
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string());
+  ASSERT_TRUE(scan.ok()) << scan.status();
   std::set<uint64_t> expected = {InodeOf(root_)};
   for (const char* dir :
        {"system.slice", "system.slice/nginx.service", "system.slice/batch-a.service",
@@ -263,40 +262,79 @@ TEST_F(ScanCgroupsTest, GivesTheIdOfEveryCgroupWhenAsked) {
     expected.insert(InodeOf(root_ / dir));
   }
   // Not the symlink's target again, nor the file.
-  EXPECT_EQ(every_cgroup, expected);
+  EXPECT_EQ(scan->every_cgroup, expected);
 }
 
-TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkipped) {
+// EACCES says nothing about what the subtree holds either: skipped, said,
+// and the scan is incomplete.
+TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkippedAndMakesTheScanIncomplete) {
   std::filesystem::permissions(root_ / "kubepods.slice", std::filesystem::perms::none);
   auto scan_as_unprivileged = [&] {
     // Root reads every directory: drop to nobody (in a child) to be refused.
     if (::geteuid() == 0 && ::setresuid(65534, 65534, 65534) != 0) std::_Exit(2);
-    std::vector<std::string> problems;
-    auto found = ScanCgroups(MakeConfig(), root_.string(), &problems);
-    bool as_expected = found.ok() && found->size() == 5 && problems.size() == 1 &&
-                       problems[0].find("cgroup kubepods.slice: cannot list") == 0;
+    auto scan = ScanCgroupTree(MakeConfig(), root_.string());
+    bool as_expected = scan.ok() && scan->found.size() == 5 && !scan->complete &&
+                       scan->unread.size() == 1 &&
+                       scan->unread[0].find("cgroup kubepods.slice: cannot list") == 0;
     if (!as_expected) {
-      std::fprintf(stderr, "status %s, %zu found, problems:\n", found.status().ToString().c_str(),
-                   found.ok() ? found->size() : 0);
-      for (const std::string& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
+      std::fprintf(stderr, "status %s, %zu found, unread:\n", scan.status().ToString().c_str(),
+                   scan.ok() ? scan->found.size() : 0);
+      for (const std::string& p : scan.ok() ? scan->unread : std::vector<std::string>{}) {
+        std::fprintf(stderr, "  %s\n", p.c_str());
+      }
     }
     std::_Exit(as_expected ? 0 : 1);
   };
   EXPECT_EXIT(scan_as_unprivileged(), ::testing::ExitedWithCode(0), "");
 }
 
+// A lister that fails on one directory as the real one does at the fd limit.
+CgroupLister FailingOn(std::string failing, int error) {
+  return [failing, error](const std::string& dir) -> absl::StatusOr<std::vector<std::string>> {
+    if (dir.size() >= failing.size() &&
+        dir.compare(dir.size() - failing.size(), failing.size(), failing) == 0) {
+      return absl::ErrnoToStatus(error, absl::StrCat("cannot list ", dir));
+    }
+    return ListCgroupDirectory(dir);
+  };
+}
+
+// Issue 13: at the fd limit opendir fails with EMFILE. That says nothing
+// about what the directory holds, so the scan must not be taken as complete
+// (the agent then removes nothing).
+TEST_F(ScanCgroupsTest, ListingThatFailsWithEmfileMakesTheScanIncomplete) {
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string(), FailingOn("/system.slice", EMFILE));
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_FALSE(scan->complete) << "a listing that failed with EMFILE was taken as complete";
+  ASSERT_EQ(scan->unread.size(), 1u);
+  EXPECT_THAT(scan->unread[0], HasSubstr("cgroup system.slice: cannot list"));
+  EXPECT_THAT(scan->unread[0], HasSubstr("Too many open files"));
+  EXPECT_THAT(scan->problems, ::testing::IsEmpty());
+  ASSERT_EQ(scan->found.size(), 1u);  // the pod only: system.slice was not seen
+  EXPECT_EQ(scan->found[0].cgroup_path, "kubepods.slice/pod-1/cri-containerd-abc.scope");
+}
+
+// ENOENT is a definite answer: the cgroup went away while it was scanned.
+TEST_F(ScanCgroupsTest, ACgroupThatVanishedLeavesTheScanComplete) {
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string(), FailingOn("/batch-b.service", ENOENT));
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_TRUE(scan->complete) << (scan->unread.empty() ? "" : scan->unread[0]);
+  EXPECT_THAT(scan->problems, ::testing::IsEmpty());
+  EXPECT_EQ(scan->found.size(), 6u);
+}
+
 TEST_F(ScanCgroupsTest, MissingRootIsAnError) {
-  auto found = ScanCgroups(MakeConfig(), (root_ / "absent").string());
-  ASSERT_FALSE(found.ok());
-  EXPECT_THAT(found.status().message(), HasSubstr("absent"));
+  auto scan = ScanCgroupTree(MakeConfig(), (root_ / "absent").string());
+  ASSERT_FALSE(scan.ok());
+  EXPECT_THAT(scan.status().message(), HasSubstr("absent"));
 }
 
 TEST_F(ScanCgroupsTest, NoWorkloadsNoRegistrations) {
   Config config = MakeConfig();
   config.workloads.clear();
-  auto found = ScanCgroups(config, root_.string());
-  ASSERT_TRUE(found.ok());
-  EXPECT_TRUE(found->empty());
+  auto scan = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(scan.ok());
+  EXPECT_TRUE(scan->found.empty());
 }
 
 }  // namespace

@@ -59,6 +59,7 @@ TEST(CloseReasonTest, CodesAndRefusalsAreTheDocumentedOnes) {
       {CloseReason::kNotZeroHopCapable, {"not_zero_hop_capable", false}},
       {CloseReason::kNoKernelTls, {"no_kernel_tls", false}},
       {CloseReason::kOverLimit, {"over_limit", true}},
+      {CloseReason::kFdLimit, {"fd_limit", true}},
       {CloseReason::kPeerRefused, {"peer_refused", true}},
   };
   ASSERT_EQ(expected.size(), AllReasons().size());
