@@ -554,19 +554,32 @@ TEST(KubernetesConfigTest, OffUnlessEnabledAndTheEnvironmentIsNotRead) {
   EXPECT_EQ(config->agent.node_name, "host-a");
 }
 
+void ExpectKubernetes(const KubernetesSettings& got, const KubernetesSettings& want) {
+  EXPECT_EQ(got.enabled, want.enabled);
+  EXPECT_EQ(got.node_name, want.node_name);
+  EXPECT_EQ(got.api_server, want.api_server);
+  EXPECT_EQ(got.token_file, want.token_file);
+  EXPECT_EQ(got.ca_file, want.ca_file);
+  EXPECT_EQ(got.namespace_label_key, want.namespace_label_key);
+  EXPECT_EQ(got.namespace_label_value, want.namespace_label_value);
+  EXPECT_EQ(got.spiffe_id, want.spiffe_id);
+  EXPECT_EQ(got.ports_annotation, want.ports_annotation);
+}
+
 TEST(KubernetesConfigTest, EnabledTakesItsDefaultsFromThePodEnvironment) {
   auto config = ParseIn(kInPod, "kubernetes:\n  enabled: true\n");
   ASSERT_TRUE(config.ok()) << config.status();
-  const KubernetesSettings& k = config->kubernetes;
-  EXPECT_TRUE(k.enabled);
-  EXPECT_EQ(k.node_name, "node-7");
-  EXPECT_EQ(k.api_server, "https://10.96.0.1:443");
-  EXPECT_EQ(k.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
-  EXPECT_EQ(k.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
-  EXPECT_EQ(k.namespace_label_key, "ktrust.io/mesh");
-  EXPECT_EQ(k.namespace_label_value, "enabled");
-  EXPECT_EQ(k.spiffe_id, "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-  EXPECT_EQ(k.ports_annotation, "ktrust.io/inbound-ports");
+  KubernetesSettings want;
+  want.enabled = true;
+  want.node_name = "node-7";
+  want.api_server = "https://10.96.0.1:443";
+  ExpectKubernetes(config->kubernetes, want);
+  EXPECT_EQ(want.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
+  EXPECT_EQ(want.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+  EXPECT_EQ(want.namespace_label_key, "ktrust.io/mesh");
+  EXPECT_EQ(want.namespace_label_value, "enabled");
+  EXPECT_EQ(want.spiffe_id, "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+  EXPECT_EQ(want.ports_annotation, "ktrust.io/inbound-ports");
   // {node} in SVIDs names the Kubernetes node.
   EXPECT_EQ(config->agent.node_name, "node-7");
 }
@@ -596,15 +609,11 @@ TEST(KubernetesConfigTest, FileWinsOverEnvironment) {
               "    cgroup: kubepods.slice/**\n"
               "    spiffe_id: spiffe://{trust_domain}/sa/{service_account}\n");
   ASSERT_TRUE(config.ok()) << config.status();
-  const KubernetesSettings& k = config->kubernetes;
-  EXPECT_EQ(k.node_name, "worker-3.example");
-  EXPECT_EQ(k.api_server, "https://api.cluster.example:6443");
-  EXPECT_EQ(k.token_file, "/etc/ktrust/token");
-  EXPECT_EQ(k.ca_file, "/etc/ktrust/api-ca.crt");
-  EXPECT_EQ(k.namespace_label_key, "mesh.example.com/ktrust");
-  EXPECT_EQ(k.namespace_label_value, "on");
-  EXPECT_EQ(k.spiffe_id, "spiffe://{trust_domain}/k8s/{namespace}/{pod_name}/{pod_uid}");
-  EXPECT_EQ(k.ports_annotation, "mesh.example.com/ports");
+  ExpectKubernetes(
+      config->kubernetes,
+      {true, "worker-3.example", "https://api.cluster.example:6443", "/etc/ktrust/token",
+       "/etc/ktrust/api-ca.crt", "mesh.example.com/ktrust", "on",
+       "spiffe://{trust_domain}/k8s/{namespace}/{pod_name}/{pod_uid}", "mesh.example.com/ports"});
   EXPECT_EQ(config->agent.node_name, "host-a") << "an explicit agent.node_name stays";
   EXPECT_EQ(config->workloads[0].spiffe_id, "spiffe://{trust_domain}/sa/{service_account}");
 }
