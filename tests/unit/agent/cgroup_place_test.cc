@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -105,6 +107,20 @@ TEST(FindCgroupPlaceTest, ANonCgroupRootIsRefused) {
   auto place = FindCgroupPlace(tree.root());
   ASSERT_FALSE(place.ok());
   EXPECT_THAT(place.status().message(), HasSubstr("is not on a cgroup2 filesystem"));
+}
+
+// Where this test runs: its own cgroup is found and is the one whose
+// cgroup.procs lists it.
+TEST(FindCgroupPlaceTest, FindsTheCgroupThatListsThisProcess) {
+  if (!Cgroup2Mount().ok()) GTEST_SKIP() << "no cgroup2 filesystem is mounted here";
+  auto place = FindCgroupPlace("");
+  ASSERT_TRUE(place.ok()) << place.status();
+  std::ifstream procs(place->own_dir + "/cgroup.procs");
+  std::string text((std::istreambuf_iterator<char>(procs)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(CgroupProcsLists(text, getpid())) << place->own_dir << " lists " << text;
+  EXPECT_EQ(place->own_dir.rfind(place->root, 0), 0u)
+      << place->own_dir << " is not under " << place->root;
+  EXPECT_FALSE(place->how.empty());
 }
 
 }  // namespace
