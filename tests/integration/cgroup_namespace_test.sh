@@ -5,7 +5,8 @@
 # it must find its real cgroup (by its pid in cgroup.procs), never enrol
 # itself through a glob that matches it, and enrol and serve the right
 # workloads; without agent.cgroup_root, where it cannot tell, it must refuse
-# to start and say what to set.
+# to start and say what to set; and with hostPID (pid 1 in the host's
+# cgroup namespace) it must find the root itself through /proc/1/root.
 #
 #   node a: ktrustd under `unshare --cgroup` in cgroup agent; glob "**"
 #           matches every cgroup of the node, the agent's own included;
@@ -109,5 +110,47 @@ echo "# enrolled on node a: $enrolled"
 check "the workloads' cgroups are enrolled" grep -qw client <<<"$enrolled"
 check "the idle cgroup too (the glob matches it)" grep -qw idle <<<"$enrolled"
 check "the agent's own cgroup is not" lacks agent "$enrolled"
+
+# hostPID, as a DaemonSet runs: pid 1 is the host's init, in the initial
+# cgroup namespace, and the agent, in a namespace of its own with no
+# agent.cgroup_root, must find the host's root through /proc/1/root. Here
+# pid 1 is a shell in new pid and mount namespaces whose only cgroup2 mount
+# is node a's subtree (the others are unmounted in that private copy), so
+# "the host's root" is node a's and nothing outside it is touched. Agent a
+# is stopped first; the new one adopts its pinned programs.
+gone() { [[ ! -e /proc/$1 || $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
+kill -TERM "$agent_a"
+check "agent a exits on SIGTERM" wait_until 20 gone "$agent_a"
+grep -v '^  cgroup_root:' "$work/a/ktrustd.yaml" >"$work/a/hostpid.yaml"
+mkdir -p "$work/a/hostcg"
+# shellcheck disable=SC2016  # the inner script's own variables
+run_in a agent "$work/a/hostpid.log" unshare --mount --propagation private --pid --fork sh -c '
+  set -e
+  mount --bind "$1" "$2"
+  for m in $(awk '"'"'{for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break }}'"'"' /proc/self/mountinfo); do
+    [ "$m" = "$2" ] || umount -l "$m"
+  done
+  mount -t proc proc /proc
+  echo "pid 1 sees cgroup2 at: $(awk '"'"'/ - cgroup2 /{print $5}'"'"' /proc/self/mountinfo)"
+  unshare --cgroup "$3" run --config "$4" &
+  wait $!' sh "$KT_CG/a" "$work/a/hostcg" "$ktrustd" "$work/a/hostpid.yaml"
+wait_for "$work/a/hostpid.log" '"event":"ready"\|startup_failed\|pid 1 sees' 30
+wait_for "$work/a/hostpid.log" '"event":"ready"\|startup_failed' 30 || true
+grep -m1 'pid 1 sees' "$work/a/hostpid.log" | sed 's/^/# /'
+place=$(grep '"event":"cgroup_place"' "$work/a/hostpid.log" | sed 's/^[^{]*//' || true)
+echo "# ${place:-no cgroup_place: $(grep -o '"reason":"[^"]*' "$work/a/hostpid.log" | tail -1)}"
+check "hostPID without agent.cgroup_root: the root is found through /proc/1/root" \
+  test "$(jq -r .cgroup_root <<<"$place" 2>/dev/null)" = "/proc/1/root$work/a/hostcg"
+check "and the agent's real cgroup below it, by its pid" \
+  test "$(jq -r .own_cgroup <<<"$place" 2>/dev/null)" = "/proc/1/root$work/a/hostcg/agent"
+check "with the real id" \
+  test "$(jq -r .own_cgroup_id <<<"$place" 2>/dev/null)" = "$(stat -c %i "$KT_CG/a/agent")"
+check "because its cgroup namespace is not pid 1's" \
+  grep -q 'cgroup namespace of its own' <<<"$place"
+reply=$(exec_in a client curl -sS --max-time 10 http://10.77.0.2:8080/hello.txt 2>&1 || true)
+check "the client is carried again ($reply)" test "$reply" = hello-from-b
+enrolled=$(kt a workloads --json 2>/dev/null | jq -r '[.workloads[].cgroup] | sort | join(" ")' || true)
+echo "# enrolled on node a: $enrolled"
+check "client and idle are enrolled, the agent's own cgroup is not" test "$enrolled" = "client idle"
 
 two_nodes_results
