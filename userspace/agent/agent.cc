@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "ktrust/agent/agent_listeners.h"
+#include "ktrust/agent/cgroup_place.h"
 #include "ktrust/agent/kernel_mode.h"
 #include "ktrust/agent/mesh_table.h"
 #include "ktrust/bpf/cgroup2.h"
@@ -114,23 +115,24 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
 }
 
 absl::Status Agent::FindOwnPlace(const AgentSettings& settings) {
-  place_.cgroup_root = settings.cgroup_root;
-  if (place_.cgroup_root.empty()) {
-    auto mount = Cgroup2Mount();
-    if (!mount.ok()) return mount.status();
-    place_.cgroup_root = *mount;
-  }
+  // The agent's own cgroup: never enrolled, and where the kernel learns
+  // which connections are the agent's (AttachAgentSockops).
+  auto place = FindCgroupPlace(settings.cgroup_root);
+  if (!place.ok()) return place.status();
+  place_.cgroup_root = place->root;
   struct stat own {};
   if (stat("/proc/self/ns/net", &own) != 0) return absl::ErrnoToStatus(errno, "/proc/self/ns/net");
   place_.own_netns = own.st_ino;
-  // The agent's own cgroup: never enrolled, and where the kernel learns
-  // which connections are the agent's (AttachAgentSockops).
-  auto own_cgroup = OwnCgroupPath(place_.cgroup_root);
-  if (!own_cgroup.ok()) return own_cgroup.status();
-  auto own_cgroup_id = CgroupIdOf(*own_cgroup);
+  auto own_cgroup_id = CgroupIdOf(place->own_dir);
   if (!own_cgroup_id.ok()) return own_cgroup_id.status();
-  own_cgroup_path_ = *own_cgroup;
+  own_cgroup_path_ = place->own_dir;
   place_.own_cgroup = *own_cgroup_id;
+  cgroup_view_ = place->view;
+  LogEvent(spdlog::level::info, {{"event", "cgroup_place"},
+                                 {"cgroup_root", place->root},
+                                 {"own_cgroup", place->own_dir},
+                                 {"own_cgroup_id", *own_cgroup_id},
+                                 {"reason", place->how}});
   return absl::OkStatus();
 }
 
@@ -152,7 +154,7 @@ absl::Status Agent::StartEngine(std::shared_ptr<const Config> config, EngineOpti
   routing_ = std::make_unique<OutboundRouting>(
       [bpf = bpf_.get()](int fd) { return bpf->maps().OriginalDestinationOf(fd); }, config);
   zero_hop_ = std::make_unique<ZeroHopPath>(
-      ZeroHopSettings{config->agent.holder_socket, place_.cgroup_root, options.socket_mark,
+      ZeroHopSettings{config->agent.holder_socket, cgroup_view_, options.socket_mark,
                       options.upstream_source4, options.upstream_source6,
                       // Beside the control socket: the agent's own runtime directory.
                       (std::filesystem::path(config->agent.control_socket).parent_path() /
@@ -385,7 +387,8 @@ absl::Status Agent::Reload() {
         LogEvent(spdlog::level::warn,
                  {{"event", "restart_needed"},
                   {"reason",
-                   "agent settings, identity source or TTL, or workload ports changed: they "
+                   "agent settings, identity source or TTL, workload ports or the Kubernetes "
+                   "API connection changed: they "
                    "take effect when ktrustd restarts; everything else is applied"}});
       }
     }

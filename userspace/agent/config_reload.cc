@@ -49,6 +49,10 @@ std::string RestartOnlyShape(const Config& config) {
   // The engine's handshake admission is fixed when it starts.
   absl::StrAppend(&shape, "/", a.max_inbound_handshakes, "/", a.max_outbound_handshakes, "/",
                   a.max_handshakes_per_source, "/", absl::FormatDuration(a.first_byte_timeout));
+  // The API server connection (list/watch) is made once, at start.
+  const KubernetesSettings& k = config.kubernetes;
+  absl::StrAppend(&shape, "/k8s:", k.enabled, "/", k.node_name, "/", k.api_server, "/",
+                  k.token_file, "/", k.ca_file);
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
     absl::StrAppend(&shape, ";", w->name, ":", absl::StrJoin(w->ports, ","), ":",
                     WorkloadModeName(w->mode));

@@ -33,17 +33,18 @@ namespace ktrust {
 namespace {
 
 // The registered process's cgroup as the agent sees it: /proc/<pid>/cgroup
-// read here (the holder's copy is only informational), under the cgroup2
-// mount that holds the agent's cgroup root, and its id. The pidfd proves the
-// process outlived the read, so the pid was not reused meanwhile.
-absl::StatusOr<uint64_t> CgroupIdOfProcess(pid_t pid, int pidfd, const std::string& cgroup_root) {
+// read here (the holder's copy is only informational), named through the
+// agent's cgroup view (right in a cgroup namespace too), and its id. The
+// pidfd proves the process outlived the read, so the pid was not reused
+// meanwhile.
+absl::StatusOr<uint64_t> CgroupIdOfProcess(pid_t pid, int pidfd, const CgroupView& view) {
   auto text = ReadFile(absl::StrCat("/proc/", pid, "/cgroup"));
   if (!text.ok()) return text.status();
-  auto mountinfo = ReadFile("/proc/self/mountinfo");
-  if (!mountinfo.ok()) return mountinfo.status();
   pollfd p{pidfd, POLLIN, 0};
   if (poll(&p, 1, 0) != 0) return absl::NotFoundError("the process has exited");
-  auto path = FindOwnCgroupPath(*text, *mountinfo, cgroup_root);
+  auto cgroup = CgroupV2PathOf(*text);
+  if (!cgroup.ok()) return cgroup.status();
+  auto path = view.DirOf(*cgroup);
   if (!path.ok()) return path.status();
   return CgroupIdOf(*path);
 }
@@ -313,7 +314,7 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
   view.source = std::string(zerohop::SourceName(entry.source));
   std::string why_proxy;
   WorkloadDataPath data_path = WorkloadDataPath::kProxy;
-  auto cgroup = CgroupIdOfProcess(entry.pid, entry.pidfd.get(), settings_.cgroup_root);
+  auto cgroup = CgroupIdOfProcess(entry.pid, entry.pidfd.get(), settings_.cgroup_view);
   if (!cgroup.ok()) {
     why_proxy = absl::StrCat("its cgroup could not be read: ", cgroup.status().message());
   } else {

@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
 #include <initializer_list>
 #include <map>
@@ -13,10 +14,12 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
@@ -52,6 +55,68 @@ std::string Describe(const YAML::Node& node) {
 
 bool IsWorkloadNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+}
+
+// Kubernetes' qualified names (label and annotation keys): an optional DNS
+// subdomain prefix and '/', then 1-63 alphanumerics, '-', '_', '.' that
+// begin and end alphanumeric. Label values are the name part, 0-63 long.
+bool IsLabelName(absl::string_view text) {
+  if (text.empty() || text.size() > 63) return false;
+  if (!absl::ascii_isalnum(text.front()) || !absl::ascii_isalnum(text.back())) return false;
+  return std::all_of(text.begin(), text.end(), [](char c) {
+    return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+bool IsDnsSubdomain(absl::string_view text) {
+  if (text.empty() || text.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(text, '.')) {
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+      return false;
+    }
+    for (char c : label) {
+      if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+    }
+  }
+  return true;
+}
+
+bool IsQualifiedName(absl::string_view text) {
+  size_t slash = text.find('/');
+  if (slash == absl::string_view::npos) return IsLabelName(text);
+  return IsDnsSubdomain(text.substr(0, slash)) && IsLabelName(text.substr(slash + 1));
+}
+
+// https://host[:port][/]: the token goes nowhere in plaintext, and a path
+// would be silently ignored by whoever reads this.
+bool IsApiServerUrl(absl::string_view url) {
+  if (!absl::ConsumePrefix(&url, "https://")) return false;
+  absl::ConsumeSuffix(&url, "/");
+  absl::string_view port;
+  if (absl::ConsumePrefix(&url, "[")) {
+    size_t close = url.find(']');
+    if (close == absl::string_view::npos) return false;
+    std::string host(url.substr(0, close));
+    in6_addr scratch{};
+    if (inet_pton(AF_INET6, host.c_str(), &scratch) != 1) return false;
+    url.remove_prefix(close + 1);
+    if (url.empty()) return true;
+    if (!absl::ConsumePrefix(&url, ":")) return false;
+    port = url;
+  } else {
+    size_t colon = url.find(':');
+    absl::string_view host = url.substr(0, colon);
+    if (host.empty() || !std::all_of(host.begin(), host.end(), [](char c) {
+          return absl::ascii_isalnum(c) || c == '-' || c == '.';
+        })) {
+      return false;
+    }
+    if (colon == absl::string_view::npos) return true;
+    port = url.substr(colon + 1);
+  }
+  uint32_t number = 0;
+  return !port.empty() && std::all_of(port.begin(), port.end(), absl::ascii_isdigit) &&
+         absl::SimpleAtoi(port, &number) && number >= 1 && number <= 65535;
 }
 
 bool IsIpAddress(int family, const std::string& text) {
@@ -293,16 +358,18 @@ class Parser {
 
 class ConfigReader {
  public:
-  explicit ConfigReader(absl::string_view source) : p_(source) {}
+  ConfigReader(absl::string_view source, const ConfigEnvironment& environment)
+      : p_(source), env_(environment) {}
 
   absl::StatusOr<Config> Read(const YAML::Node& root) {
     Config config;
     config.source_path = p_.source();
     Mapping top;
-    if (auto st = p_.OpenMapping(root, "",
-                                 {"version", "trust_domain", "identity", "trust_bundles", "crls",
-                                  "workloads", "mesh", "expected_servers", "policy", "agent"},
-                                 &top);
+    if (auto st = p_.OpenMapping(
+            root, "",
+            {"version", "trust_domain", "identity", "trust_bundles", "crls", "workloads", "mesh",
+             "expected_servers", "policy", "agent", "kubernetes"},
+            &top);
         !st.ok()) {
       return st;
     }
@@ -321,6 +388,14 @@ class ConfigReader {
     }
     if (const Field* f = top.Find("agent")) {
       if (auto st = Agent(*f, &config.agent); !st.ok()) return st;
+    }
+    if (const Field* f = top.Find("kubernetes")) {
+      if (auto st = Kubernetes(*f, &config); !st.ok()) return st;
+    }
+    // In a cluster the node's name is the Node object's, which {node} then
+    // agrees with.
+    if (config.agent.node_name.empty() && config.kubernetes.enabled) {
+      config.agent.node_name = config.kubernetes.node_name;
     }
     if (config.agent.node_name.empty()) {
       char host[HOST_NAME_MAX + 1] = {};
@@ -544,6 +619,165 @@ class ConfigReader {
     return absl::OkStatus();
   }
 
+  absl::Status Kubernetes(const Field& field, Config* config) const {
+    Mapping map;
+    if (auto st = p_.OpenMapping(field.value, "kubernetes",
+                                 {"enabled", "node_name", "api_server", "token_file", "ca_file",
+                                  "namespace_label", "spiffe_id", "ports_annotation"},
+                                 &map);
+        !st.ok()) {
+      return st;
+    }
+    KubernetesSettings& out = config->kubernetes;
+    for (const Field& f : map.fields) {
+      std::string path = Child("kubernetes", f.key);
+      absl::Status st;
+      if (f.key == "enabled") {
+        const std::string value = f.value.IsScalar() ? f.value.Scalar() : "";
+        if (value != "true" && value != "false") {
+          st = p_.Expected(f, path, "true or false");
+        } else {
+          out.enabled = value == "true";
+        }
+      } else if (f.key == "node_name") {
+        if (!f.value.IsScalar() || !IsDnsSubdomain(f.value.Scalar())) {
+          st = p_.Expected(f, path, "a node name (a lowercase DNS subdomain such as node-1)");
+        } else {
+          out.node_name = f.value.Scalar();
+        }
+      } else if (f.key == "api_server") {
+        if (!f.value.IsScalar() || !IsApiServerUrl(f.value.Scalar())) {
+          st = p_.Expected(f, path, "an https URL with no path, such as https://10.96.0.1:443");
+        } else {
+          out.api_server = f.value.Scalar();
+        }
+      } else if (f.key == "token_file") {
+        st = p_.AbsolutePath(f, path, &out.token_file);
+      } else if (f.key == "ca_file") {
+        st = p_.AbsolutePath(f, path, &out.ca_file);
+      } else if (f.key == "namespace_label") {
+        st = NamespaceLabel(f, path, &out);
+      } else if (f.key == "ports_annotation") {
+        if (!f.value.IsScalar() || !IsQualifiedName(f.value.Scalar())) {
+          st = p_.Expected(f, path, "an annotation key such as ktrust.io/inbound-ports");
+        } else {
+          out.ports_annotation = f.value.Scalar();
+        }
+      }
+      if (!st.ok()) return st;
+    }
+    if (out.enabled) {
+      if (auto st = KubernetesEnvironmentDefaults(map, &out); !st.ok()) return st;
+    }
+    // Last: its sample rendering needs the node name.
+    if (const Field* f = map.Find("spiffe_id")) {
+      if (auto st = KubernetesTemplate(*f, *config, &out.spiffe_id); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status NamespaceLabel(const Field& field, absl::string_view path,
+                              KubernetesSettings* out) const {
+    constexpr absl::string_view kExpected =
+        "a label \"key=value\" such as \"ktrust.io/mesh=enabled\" (a qualified key, a non-empty "
+        "value of up to 63 letters, digits, '-', '_', '.')";
+    if (!field.value.IsScalar()) return p_.Expected(field, path, kExpected);
+    absl::string_view text = field.value.Scalar();
+    size_t equals = text.find('=');
+    if (equals == absl::string_view::npos || !IsQualifiedName(text.substr(0, equals)) ||
+        !IsLabelName(text.substr(equals + 1))) {
+      return p_.Expected(field, path, kExpected);
+    }
+    out->namespace_label_key = std::string(text.substr(0, equals));
+    out->namespace_label_value = std::string(text.substr(equals + 1));
+    return absl::OkStatus();
+  }
+
+  // What kubelet and the downward API put in the agent's environment.
+  absl::Status KubernetesEnvironmentDefaults(const Mapping& map, KubernetesSettings* out) const {
+    if (out->node_name.empty()) {
+      if (!env_.node_name || env_.node_name->empty()) {
+        return p_.Missing(map, "node_name",
+                          "this node's name (set it here, or NODE_NAME from the downward API's "
+                          "spec.nodeName; NODE_NAME is not set either)");
+      }
+      if (!IsDnsSubdomain(*env_.node_name)) {
+        return p_.Fail(map.node.Mark(), "kubernetes.node_name",
+                       absl::StrCat("expected a node name (a lowercase DNS subdomain), got \"",
+                                    absl::CHexEscape(*env_.node_name),
+                                    "\" from the environment variable NODE_NAME"));
+      }
+      out->node_name = *env_.node_name;
+    }
+    if (out->api_server.empty()) {
+      if (!env_.service_host || env_.service_host->empty() || !env_.service_port ||
+          env_.service_port->empty()) {
+        return p_.Missing(map, "api_server",
+                          "the API server's https URL (set it here, or run in a pod, where "
+                          "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are set; they are "
+                          "not)");
+      }
+      const std::string& host = *env_.service_host;
+      std::string url =
+          absl::StrCat("https://", absl::StrContains(host, ':') ? "[" : "", host,
+                       absl::StrContains(host, ':') ? "]" : "", ":", *env_.service_port);
+      if (!IsApiServerUrl(url)) {
+        return p_.Fail(map.node.Mark(), "kubernetes.api_server",
+                       absl::StrCat("expected an https URL, got \"", absl::CHexEscape(url),
+                                    "\" from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT"));
+      }
+      out->api_server = std::move(url);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status KubernetesTemplate(const Field& field, const Config& config,
+                                  std::string* out) const {
+    constexpr absl::string_view kExpected =
+        "a SPIFFE ID template such as spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}";
+    std::string path = "kubernetes.spiffe_id";
+    if (!field.value.IsScalar()) return p_.Expected(field, path, kExpected);
+    const std::string& tmpl = field.value.Scalar();
+    if (auto st = config_internal::CheckTemplate(tmpl); !st.ok()) {
+      return p_.ExpectedBecause(field, path, kExpected, st.message());
+    }
+    for (absl::string_view cgroup_only : {"{name}", "{unit}", "{cgroup}"}) {
+      if (absl::StrContains(tmpl, cgroup_only)) {
+        return p_.ExpectedBecause(
+            field, path, kExpected,
+            absl::StrCat(cgroup_only,
+                         " belongs to `workloads` templates; a pod's template has "
+                         "{trust_domain}, {node}, {namespace}, {service_account}, "
+                         "{pod_name}, {pod_uid}"));
+      }
+    }
+    TemplateValues sample = SampleKubernetesValues(config);
+    auto id = RenderSpiffeId(tmpl, sample);
+    if (!id.ok()) {
+      return p_.ExpectedBecause(
+          field, path,
+          absl::StrCat("a template giving a workload SPIFFE ID in trust domain ",
+                       config.trust_domain),
+          absl::StrCat("with namespace ", sample.pod_namespace, ", service account ",
+                       sample.service_account, ": ", id.status().message()));
+    }
+    *out = tmpl;
+    return absl::OkStatus();
+  }
+
+  // What a pod could have: rendering these catches a template that can
+  // never give a valid ID at load time.
+  static TemplateValues SampleKubernetesValues(const Config& config) {
+    TemplateValues values;
+    values.trust_domain = config.trust_domain;
+    values.node = config.agent.node_name.empty() ? "node" : config.agent.node_name;
+    values.pod_namespace = "default";
+    values.service_account = "default";
+    values.pod_name = "pod";
+    values.pod_uid = "00000000-0000-0000-0000-000000000000";
+    return values;
+  }
+
   absl::Status HandshakeLimit(const Field& field, absl::string_view path, int* out) const {
     int value = 0;
     if (!field.value.IsScalar() || field.value.Scalar().empty() ||
@@ -712,15 +946,21 @@ class ConfigReader {
     if (auto st = config_internal::CheckTemplate(tmpl); !st.ok()) {
       return p_.ExpectedBecause(*field, path, kExpected, st.message());
     }
+    if (TemplateUsesKubernetes(tmpl) && !config.kubernetes.enabled) {
+      return p_.ExpectedBecause(*field, path, kExpected,
+                                "{namespace}, {service_account}, {pod_name} and {pod_uid} come "
+                                "from the Kubernetes API: set kubernetes.enabled: true, or leave "
+                                "them out");
+    }
     // Render once with this workload's values and a cgroup the glob could
     // match, so a template that can never give a valid ID is caught now,
     // not at the first matching cgroup.
     std::string sample_cgroup = SampleCgroup(workload.cgroup);
     std::string sample_unit = "unit";
-    auto id = config_internal::RenderSpiffeId(
-        tmpl,
-        TemplateValues{config.trust_domain, config.agent.node_name, workload.name, sample_cgroup},
-        &sample_unit);
+    TemplateValues sample = SampleKubernetesValues(config);
+    sample.name = workload.name;
+    sample.cgroup = sample_cgroup;
+    auto id = config_internal::RenderSpiffeId(tmpl, sample, &sample_unit);
     if (!id.ok()) {
       return p_.ExpectedBecause(
           *field, path,
@@ -880,9 +1120,20 @@ class ConfigReader {
   }
 
   Parser p_;
+  const ConfigEnvironment& env_;
 };
 
 }  // namespace
+
+ConfigEnvironment ConfigEnvironment::FromProcess() {
+  auto get = [](const char* name) -> std::optional<std::string> {
+    const char* value = getenv(name);
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+  return ConfigEnvironment{get("NODE_NAME"), get("KUBERNETES_SERVICE_HOST"),
+                           get("KUBERNETES_SERVICE_PORT")};
+}
 
 absl::string_view WorkloadDataPathName(WorkloadDataPath path) {
   return path == WorkloadDataPath::kZeroHop ? "zero_hop" : "proxy";
@@ -962,10 +1213,15 @@ std::vector<std::string> ServerIdentityWarnings(const Config& config) {
 }
 
 absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name) {
+  return ParseConfig(yaml, source_name, ConfigEnvironment::FromProcess());
+}
+
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name,
+                                   const ConfigEnvironment& environment) {
   // yaml-cpp reports by exception; nothing may escape this library.
   try {
     YAML::Node root = YAML::Load(std::string(yaml));
-    return ConfigReader(source_name).Read(root);
+    return ConfigReader(source_name, environment).Read(root);
   } catch (const YAML::Exception& e) {
     int line = e.mark.is_null() ? 1 : e.mark.line + 1;
     int column = e.mark.is_null() ? 1 : e.mark.column + 1;

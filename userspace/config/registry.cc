@@ -6,7 +6,9 @@
 #include <filesystem>
 #include <set>
 #include <system_error>
+#include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -16,7 +18,11 @@
 namespace ktrust {
 namespace {
 
-constexpr absl::string_view kPlaceholders[] = {"trust_domain", "node", "name", "unit", "cgroup"};
+constexpr absl::string_view kPlaceholders[] = {
+    "trust_domain",    "node",     "name",   "unit", "cgroup", "namespace",
+    "service_account", "pod_name", "pod_uid"};
+constexpr absl::string_view kKubernetesPlaceholders[] = {"namespace", "service_account", "pod_name",
+                                                         "pod_uid"};
 
 // cgroup trees are shallow; the bound only keeps a hostile tree from
 // exhausting the stack.
@@ -27,7 +33,36 @@ bool IsKnownPlaceholder(absl::string_view name) {
          std::end(kPlaceholders);
 }
 
+bool IsSpiffeSegmentChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '-' || c == '_';
+}
+
+// A Kubernetes value goes into the ID as one whole path segment: anything
+// else would let a name add segments or change the ID's meaning.
+absl::Status CheckKubernetesValue(absl::string_view placeholder, absl::string_view value) {
+  if (value.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "{", placeholder, "} has no value: the pod is not known from the Kubernetes API"));
+  }
+  if (value == "." || value == ".." ||
+      !std::all_of(value.begin(), value.end(), IsSpiffeSegmentChar)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("{", placeholder, "} is \"", absl::CHexEscape(value),
+                     "\", which is not one SPIFFE path segment (letters, digits, '.', '-', '_'; "
+                     "not \".\" or \"..\")"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+bool TemplateUsesKubernetes(absl::string_view tmpl) {
+  for (absl::string_view name : kKubernetesPlaceholders) {
+    if (absl::StrContains(tmpl, absl::StrCat("{", name, "}"))) return true;
+  }
+  return false;
+}
 
 bool CgroupGlobMatch(absl::string_view glob, absl::string_view path) {
   // matches[i * width + j]: glob[i..] matches path[j..]. Filled from the end;
@@ -86,7 +121,8 @@ absl::Status CheckTemplate(absl::string_view tmpl) {
     if (!IsKnownPlaceholder(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown placeholder {", name,
-                       "} (known: {trust_domain}, {node}, {name}, {unit}, {cgroup})"));
+                       "} (known: {trust_domain}, {node}, {name}, {unit}, {cgroup}, and in "
+                       "Kubernetes mode {namespace}, {service_account}, {pod_name}, {pod_uid})"));
     }
     i = close;
   }
@@ -121,6 +157,15 @@ absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateVa
     if (name == "name") absl::StrAppend(&text, values.name);
     if (name == "unit") absl::StrAppend(&text, unit_value);
     if (name == "cgroup") absl::StrAppend(&text, values.cgroup);
+    for (const auto& [placeholder, value] :
+         {std::pair<absl::string_view, absl::string_view>{"namespace", values.pod_namespace},
+          {"service_account", values.service_account},
+          {"pod_name", values.pod_name},
+          {"pod_uid", values.pod_uid}}) {
+      if (name != placeholder) continue;
+      if (auto st = CheckKubernetesValue(placeholder, value); !st.ok()) return st;
+      absl::StrAppend(&text, value);
+    }
     i = close;
   }
   auto id = SpiffeId::ParseWorkload(text);
@@ -216,9 +261,14 @@ class CgroupWalker {
         if (errno != ENOENT) Unread(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
         return;
       }
-      auto id = RenderSpiffeId(
-          workload.spiffe_id,
-          TemplateValues{config_.trust_domain, config_.agent.node_name, workload.name, relative});
+      // The pod's values come from the cluster (not yet): a template that
+      // uses them gives no ID here, and the cgroup is refused.
+      TemplateValues values;
+      values.trust_domain = config_.trust_domain;
+      values.node = config_.agent.node_name;
+      values.name = workload.name;
+      values.cgroup = relative;
+      auto id = RenderSpiffeId(workload.spiffe_id, values);
       RegisteredWorkload registered{index, relative, static_cast<uint64_t>(st.st_ino), {}, {}};
       if (id.ok()) {
         registered.id = *std::move(id);

@@ -142,6 +142,7 @@ class Agent {
   std::string config_path_;
   AgentPlace place_;
   std::string own_cgroup_path_;
+  CgroupView cgroup_view_;  // how other processes' cgroup paths name directories
   std::unique_ptr<BpfLoader> bpf_;
   std::unique_ptr<InterceptionEventReader> events_;
   std::unique_ptr<WorkloadIdentities> identities_;

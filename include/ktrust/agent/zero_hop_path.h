@@ -26,6 +26,7 @@
 #include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/mesh_table.h"
 #include "ktrust/agent/outbound_routing.h"
+#include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
 #include "ktrust/identity/trust_bundle.h"
@@ -38,7 +39,7 @@ namespace ktrust {
 
 struct ZeroHopSettings {
   std::string holder_socket;
-  std::string cgroup_root;  // the agent's, to find a registered process's cgroup
+  CgroupView cgroup_view;  // the agent's (CgroupPlace), to find a registered process's cgroup
   uint32_t socket_mark = 0;
   std::optional<SocketAddress> doorbell_source4;
   std::optional<SocketAddress> doorbell_source6;

@@ -34,6 +34,44 @@ absl::StatusOr<std::string> FindOwnCgroupPath(absl::string_view proc_cgroup,
                                               absl::string_view mountinfo,
                                               absl::string_view within);
 
+// A cgroup2 mount as /proc/<pid>/mountinfo shows it to the reader.
+struct Cgroup2MountEntry {
+  std::string mount_point;
+  // The mount's root within the hierarchy, relative to the reader's cgroup
+  // namespace: "/" for a whole-hierarchy mount seen from the host, and
+  // "/../../.." for that same mount seen from a cgroup namespace three
+  // levels down.
+  std::string root;
+};
+std::vector<Cgroup2MountEntry> ParseCgroup2Mounts(absl::string_view mountinfo);
+
+// The "0::" line of a /proc/<pid>/cgroup text: the process's cgroup relative
+// to the reader's cgroup namespace ("/", "/system.slice/x.service",
+// "/../web" for a cgroup beside the reader's namespace root).
+absl::StatusOr<std::string> CgroupV2PathOf(absl::string_view proc_cgroup);
+
+// Whether a cgroup.procs text lists pid.
+bool CgroupProcsLists(absl::string_view cgroup_procs, int64_t pid);
+
+// How cgroup paths as this process reads them (/proc/<pid>/cgroup, relative
+// to its cgroup namespace) become directories of its mount namespace: one
+// known pair (a cgroup path and its directory), and by ".." and names from
+// there, never above `floor` (the cgroup2 mount, or the root the agent was
+// given): in a cgroup namespace nothing above its root has a name the
+// process could read.
+struct CgroupView {
+  std::string anchor_path;  // a cgroup path as read here, e.g. "/" or "/system.slice"
+  std::string anchor_dir;   // its directory
+  std::string floor;        // anchor_dir and every result are at or below it
+
+  absl::StatusOr<std::string> DirOf(absl::string_view cgroup_path) const;
+};
+
+// The view through the cgroup2 mount that holds `within` (or, when none
+// does, the first whose root this process can name), anchored at the
+// mount's root. NotFound without a usable mount.
+absl::StatusOr<CgroupView> MountView(absl::string_view mountinfo, absl::string_view within);
+
 // The id the kernel gives a cgroup v2 directory: what
 // bpf_get_current_cgroup_id() returns for its processes.
 absl::StatusOr<uint64_t> CgroupIdOf(absl::string_view cgroup_dir);

@@ -61,7 +61,9 @@ struct WorkloadConfig {
   // cross '/'; "**" does.
   std::string cgroup;
   // SPIFFE ID template: {trust_domain}, {node}, {name}, {unit} (the systemd
-  // unit the cgroup belongs to, without its suffix) and {cgroup}.
+  // unit the cgroup belongs to, without its suffix) and {cgroup}; with
+  // kubernetes.enabled also {namespace}, {service_account}, {pod_name} and
+  // {pod_uid}, the pod's as the API server gives them.
   std::string spiffe_id;
   WorkloadMode mode = WorkloadMode::kEnforce;
   std::vector<uint16_t> ports;  // inbound ports enforced for this workload
@@ -94,8 +96,12 @@ struct PolicyRule {
 };
 
 struct AgentSettings {
-  std::string node_name;    // default: the host name
-  std::string cgroup_root;  // empty: the cgroup v2 mount, found at startup (Cgroup2Mount)
+  std::string node_name;  // default: kubernetes.node_name when enabled, else the host name
+  // The directory cgroup globs are relative to: the host's cgroup2 root (or
+  // a directory below it) as mounted in the agent's mount namespace. Empty:
+  // found at startup (FindCgroupPlace, docs/configuration.md); an agent in a
+  // cgroup namespace of its own that is not hostPID must set it.
+  std::string cgroup_root;
   std::string bpf_pin_dir = "/sys/fs/bpf/ktrust";
   // Where enrolled workloads' mesh connections are sent in their network
   // namespace; sk_lookup hands them to the agent's listener alone. The
@@ -124,6 +130,41 @@ struct AgentSettings {
   absl::Duration first_byte_timeout = absl::Seconds(3);
 };
 
+// Kubernetes mode: pods are identified from the API server (namespace,
+// service account) by the pod UID in their cgroup path (PodOfCgroup).
+struct KubernetesSettings {
+  bool enabled = false;
+  // This node's name, as the pods' spec.nodeName has it. Default: the
+  // NODE_NAME environment variable (the downward API's spec.nodeName);
+  // required when enabled.
+  std::string node_name;
+  // https://host:port. Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
+  // which kubelet sets in every pod.
+  std::string api_server;
+  std::string token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+  std::string ca_file = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+  // The namespace label that opts a namespace's pods in. A namespace label,
+  // not a pod annotation: namespaces are the cluster admin's, pods their
+  // authors', and a pod author must not be able to opt out of enforcement.
+  std::string namespace_label_key = "ktrust.io/mesh";
+  std::string namespace_label_value = "enabled";
+  // The SPIFFE ID template of opted-in pods ({trust_domain}, {node},
+  // {namespace}, {service_account}, {pod_name}, {pod_uid}).
+  std::string spiffe_id = "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}";
+  // The pod annotation listing the inbound ports to enforce ("8080,9000-9100"),
+  // instead of the ports its containers declare.
+  std::string ports_annotation = "ktrust.io/inbound-ports";
+};
+
+// What the configuration takes from the environment when the file does not
+// say: FromProcess() reads the agent's own; tests give their own.
+struct ConfigEnvironment {
+  std::optional<std::string> node_name;     // NODE_NAME
+  std::optional<std::string> service_host;  // KUBERNETES_SERVICE_HOST
+  std::optional<std::string> service_port;  // KUBERNETES_SERVICE_PORT
+  static ConfigEnvironment FromProcess();
+};
+
 // A file of roots and the one trust domain they may vouch for. A plain path
 // in the YAML means the local trust domain.
 struct TrustBundleFile {
@@ -148,6 +189,7 @@ struct Config {
   bool require_expected_server = false;
   std::vector<PolicyRule> policy;
   AgentSettings agent;
+  KubernetesSettings kubernetes;
 };
 
 // The first expected_servers rule covering host (a host prefix) and port, in
@@ -168,7 +210,10 @@ std::vector<std::string> ServerIdentityWarnings(const Config& config);
 // must not silently drop a rule.
 absl::StatusOr<Config> LoadConfig(const std::string& path);
 // For tests and the fuzzer: source_name stands in for the path in messages.
-// Pure apart from the default node name (the host name).
+// Pure apart from the default node name (the host name) and the
+// environment (ConfigEnvironment::FromProcess() unless given).
 absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name);
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name,
+                                   const ConfigEnvironment& environment);
 
 }  // namespace ktrust

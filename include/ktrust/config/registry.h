@@ -32,11 +32,23 @@ struct TemplateValues {
   std::string node;
   std::string name;    // the workload's name
   std::string cgroup;  // relative to the cgroup root, e.g. "system.slice/web.service"
+  // The pod's, from the API server (Kubernetes mode); empty when unknown.
+  std::string pod_namespace;
+  std::string service_account;
+  std::string pod_name;
+  std::string pod_uid;
 };
 
-// Fills {trust_domain}, {node}, {name}, {unit} and {cgroup} and checks that
-// the result is a workload SPIFFE ID in values.trust_domain: a cgroup name can
-// never move a workload into another trust domain.
+// The placeholders only Kubernetes mode fills: {namespace},
+// {service_account}, {pod_name}, {pod_uid}.
+bool TemplateUsesKubernetes(absl::string_view tmpl);
+
+// Fills {trust_domain}, {node}, {name}, {unit}, {cgroup} and the Kubernetes
+// placeholders and checks that the result is a workload SPIFFE ID in
+// values.trust_domain: a cgroup name can never move a workload into another
+// trust domain. A Kubernetes value must be one whole SPIFFE path segment
+// (letters, digits, '.', '-', '_'; not "." or ".."): one that is not, or is
+// empty (the pod is not known), is refused, never escaped or left out.
 absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateValues& values);
 
 struct RegisteredWorkload {

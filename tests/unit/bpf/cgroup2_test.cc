@@ -1,5 +1,6 @@
 #include "ktrust/bpf/cgroup2.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 namespace ktrust {
@@ -91,6 +92,87 @@ TEST(Cgroup2Test, OwnCgroupNotFoundWithoutAV2LineOrAV2Mount) {
           .status()
           .code(),
       absl::StatusCode::kNotFound);
+}
+
+// What the kernel shows (6.18, checked with `unshare --cgroup`): a process
+// in a cgroup namespace rooted at <host>/t/node/agent sees the host's whole
+// hierarchy mounted with root "/../../..", itself at "/", a sibling at
+// "/../web". The mount cannot name the agent's cgroup: never the mount root.
+constexpr char kInCgroupNamespace[] =
+    "40 30 0:37 /../../.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+
+TEST(Cgroup2Test, MountRootIsRead) {
+  std::vector<Cgroup2MountEntry> mounts =
+      ParseCgroup2Mounts(std::string(kInCgroupNamespace) +
+                         "41 31 0:38 /kubepods.slice /mnt/pods rw - cgroup2 none rw\n");
+  ASSERT_EQ(mounts.size(), 2u);
+  EXPECT_EQ(mounts[0].mount_point, "/sys/fs/cgroup/unified");
+  EXPECT_EQ(mounts[0].root, "/../../..");
+  EXPECT_EQ(mounts[1].root, "/kubepods.slice");
+}
+
+TEST(Cgroup2Test, InACgroupNamespaceTheHostMountNamesNoOwnCgroup) {
+  auto path = FindOwnCgroupPath("0::/\n", kInCgroupNamespace, "/sys/fs/cgroup/unified");
+  EXPECT_EQ(path.status().code(), absl::StatusCode::kNotFound) << (path.ok() ? *path : "");
+  EXPECT_THAT(std::string(path.status().message()), ::testing::HasSubstr("above"));
+}
+
+TEST(Cgroup2Test, ASubtreeMountMapsOnlyWhatIsUnderItsRoot) {
+  constexpr char kSubtree[] = "41 31 0:38 /kubepods.slice /mnt/pods rw - cgroup2 none rw\n";
+  auto inside = FindOwnCgroupPath("0::/kubepods.slice/a/b\n", kSubtree, "/mnt/pods");
+  ASSERT_TRUE(inside.ok()) << inside.status();
+  EXPECT_EQ(*inside, "/mnt/pods/a/b");
+  auto outside = FindOwnCgroupPath("0::/system.slice/x.service\n", kSubtree, "/mnt/pods");
+  EXPECT_FALSE(outside.ok()) << *outside;
+}
+
+TEST(Cgroup2Test, V2PathNeedsTheZeroLine) {
+  EXPECT_EQ(*CgroupV2PathOf(kProcCgroup), "/system.slice/ktrustd.service");
+  EXPECT_EQ(*CgroupV2PathOf("0::/../web\n"), "/../web");
+  EXPECT_FALSE(CgroupV2PathOf("0::\n").ok());
+  EXPECT_FALSE(CgroupV2PathOf("").ok());
+}
+
+TEST(Cgroup2Test, CgroupProcsListsWholeNumbersOnly) {
+  EXPECT_TRUE(CgroupProcsLists("1\n42\n4242\n", 42));
+  EXPECT_FALSE(CgroupProcsLists("1\n420\n4242\n", 42));
+  EXPECT_FALSE(CgroupProcsLists("", 42));
+}
+
+TEST(CgroupViewTest, NamesCgroupsFromItsAnchor) {
+  // Found by its pid: the agent at /sys/fs/cgroup/unified/t/node/agent,
+  // which its namespace calls "/".
+  CgroupView view{"/", "/sys/fs/cgroup/unified/t/node/agent", "/sys/fs/cgroup/unified"};
+  EXPECT_EQ(*view.DirOf("/"), "/sys/fs/cgroup/unified/t/node/agent");
+  EXPECT_EQ(*view.DirOf("/../web"), "/sys/fs/cgroup/unified/t/node/web");
+  EXPECT_EQ(*view.DirOf("/sub/x"), "/sys/fs/cgroup/unified/t/node/agent/sub/x");
+  EXPECT_EQ(*view.DirOf("/../../../init.scope"), "/sys/fs/cgroup/unified/init.scope");
+  // Never above the mount.
+  EXPECT_FALSE(view.DirOf("/../../../../x").ok());
+  EXPECT_FALSE(view.DirOf("/../../../..").ok());
+}
+
+TEST(CgroupViewTest, AnchorBelowTheNamespaceRoot) {
+  CgroupView view{"/a/b", "/cg/t/a/b", "/cg"};
+  EXPECT_EQ(*view.DirOf("/a/c"), "/cg/t/a/c");
+  EXPECT_EQ(*view.DirOf("/"), "/cg/t");
+  EXPECT_EQ(*view.DirOf("/../x"), "/cg/x");
+  EXPECT_FALSE(view.DirOf("/../../x").ok());
+}
+
+TEST(CgroupViewTest, AnAnchorAboveTheNamespaceCannotBeClimbedOver) {
+  // The agent moved out of its namespace's root after it was made: the
+  // name of the namespace's root is unknown.
+  CgroupView view{"/../other", "/cg/t/other", "/cg"};
+  EXPECT_EQ(*view.DirOf("/../other/x"), "/cg/t/other/x");
+  EXPECT_FALSE(view.DirOf("/").ok());
+}
+
+TEST(CgroupViewTest, RootFloor) {
+  CgroupView view{"/", "/", "/"};
+  EXPECT_EQ(*view.DirOf("/a/b"), "/a/b");
+  EXPECT_EQ(*view.DirOf("/"), "/");
+  EXPECT_FALSE(view.DirOf("/..").ok());
 }
 
 }  // namespace

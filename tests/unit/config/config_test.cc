@@ -408,10 +408,11 @@ INSTANTIATE_TEST_SUITE_P(
                   "t.yaml:7:12: workloads[0].ports: ", "no ports for a workload whose mode is off"},
         Malformed{"UnknownPlaceholder",
                   "workloads:\n  - name: web\n    cgroup: a\n"
-                  "    spiffe_id: spiffe://{trust_domain}/{namespace}/{name}\n",
+                  "    spiffe_id: spiffe://{trust_domain}/{ns}/{name}\n",
                   "t.yaml:6:16: workloads[0].spiffe_id: ",
-                  "unknown placeholder {namespace} (known: {trust_domain}, {node}, {name}, {unit}, "
-                  "{cgroup})"},
+                  "unknown placeholder {ns} (known: {trust_domain}, {node}, {name}, {unit}, "
+                  "{cgroup}, and in Kubernetes mode {namespace}, {service_account}, {pod_name}, "
+                  "{pod_uid})"},
         Malformed{"UnterminatedPlaceholder",
                   "workloads:\n  - name: web\n    cgroup: a\n"
                   "    spiffe_id: \"spiffe://{trust_domain}/{name\"\n",
@@ -550,6 +551,212 @@ TEST(ConfigTest, RequireExpectedServerIsABoolean) {
   EXPECT_THAT(config.status().message(),
               HasSubstr("t.yaml:4:28: mesh.require_expected_server: expected true or false"));
 }
+
+// Kubernetes mode, with the environment a pod would have (or not).
+const ConfigEnvironment kInPod{"node-7", "10.96.0.1", "443"};
+const ConfigEnvironment kNoEnvironment{};
+
+absl::StatusOr<Config> ParseIn(const ConfigEnvironment& env, absl::string_view body) {
+  return ParseConfig(absl::StrCat(kHeader, body), "t.yaml", env);
+}
+
+TEST(KubernetesConfigTest, OffUnlessEnabledAndTheEnvironmentIsNotRead) {
+  auto config = ParseIn(kInPod, "agent:\n  node_name: host-a\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->kubernetes.enabled);
+  EXPECT_EQ(config->kubernetes.node_name, "");
+  EXPECT_EQ(config->kubernetes.api_server, "");
+  EXPECT_EQ(config->agent.node_name, "host-a");
+}
+
+void ExpectKubernetes(const KubernetesSettings& got, const KubernetesSettings& want) {
+  EXPECT_EQ(got.enabled, want.enabled);
+  EXPECT_EQ(got.node_name, want.node_name);
+  EXPECT_EQ(got.api_server, want.api_server);
+  EXPECT_EQ(got.token_file, want.token_file);
+  EXPECT_EQ(got.ca_file, want.ca_file);
+  EXPECT_EQ(got.namespace_label_key, want.namespace_label_key);
+  EXPECT_EQ(got.namespace_label_value, want.namespace_label_value);
+  EXPECT_EQ(got.spiffe_id, want.spiffe_id);
+  EXPECT_EQ(got.ports_annotation, want.ports_annotation);
+}
+
+TEST(KubernetesConfigTest, EnabledTakesItsDefaultsFromThePodEnvironment) {
+  auto config = ParseIn(kInPod, "kubernetes:\n  enabled: true\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  KubernetesSettings want;
+  want.enabled = true;
+  want.node_name = "node-7";
+  want.api_server = "https://10.96.0.1:443";
+  ExpectKubernetes(config->kubernetes, want);
+  EXPECT_EQ(want.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
+  EXPECT_EQ(want.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+  EXPECT_EQ(want.namespace_label_key, "ktrust.io/mesh");
+  EXPECT_EQ(want.namespace_label_value, "enabled");
+  EXPECT_EQ(want.spiffe_id, "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+  EXPECT_EQ(want.ports_annotation, "ktrust.io/inbound-ports");
+  // {node} in SVIDs names the Kubernetes node.
+  EXPECT_EQ(config->agent.node_name, "node-7");
+}
+
+TEST(KubernetesConfigTest, IPv6ServiceHostIsBracketed) {
+  auto config = ParseIn({"n", "fd00:10:96::1", "6443"}, "kubernetes:\n  enabled: true\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->kubernetes.api_server, "https://[fd00:10:96::1]:6443");
+}
+
+TEST(KubernetesConfigTest, FileWinsOverEnvironment) {
+  auto config =
+      ParseIn(kInPod,
+              "agent:\n"
+              "  node_name: host-a\n"
+              "kubernetes:\n"
+              "  enabled: true\n"
+              "  node_name: worker-3.example\n"
+              "  api_server: https://api.cluster.example:6443\n"
+              "  token_file: /etc/ktrust/token\n"
+              "  ca_file: /etc/ktrust/api-ca.crt\n"
+              "  namespace_label: mesh.example.com/ktrust=on\n"
+              "  spiffe_id: spiffe://{trust_domain}/k8s/{namespace}/{pod_name}/{pod_uid}\n"
+              "  ports_annotation: mesh.example.com/ports\n"
+              "workloads:\n"
+              "  - name: pods\n"
+              "    cgroup: kubepods.slice/**\n"
+              "    spiffe_id: spiffe://{trust_domain}/sa/{service_account}\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ExpectKubernetes(
+      config->kubernetes,
+      {true, "worker-3.example", "https://api.cluster.example:6443", "/etc/ktrust/token",
+       "/etc/ktrust/api-ca.crt", "mesh.example.com/ktrust", "on",
+       "spiffe://{trust_domain}/k8s/{namespace}/{pod_name}/{pod_uid}", "mesh.example.com/ports"});
+  EXPECT_EQ(config->agent.node_name, "host-a") << "an explicit agent.node_name stays";
+  EXPECT_EQ(config->workloads[0].spiffe_id, "spiffe://{trust_domain}/sa/{service_account}");
+}
+
+TEST(KubernetesConfigTest, DisabledSectionIsStillCheckedButNeedsNoEnvironment) {
+  auto config = ParseIn(kNoEnvironment, "kubernetes:\n  enabled: false\n  ca_file: /x/ca.crt\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->kubernetes.enabled);
+  EXPECT_EQ(config->kubernetes.ca_file, "/x/ca.crt");
+  auto bad = ParseIn(kNoEnvironment, "kubernetes:\n  enabled: false\n  ca_file: ca.crt\n");
+  EXPECT_THAT(bad.status().message(), HasSubstr("kubernetes.ca_file: expected an absolute path"));
+}
+
+struct BadKubernetes {
+  const char* name;
+  ConfigEnvironment env;
+  std::string yaml;  // after kHeader: line 3 is the first
+  const char* location;
+  const char* says;
+};
+
+void PrintTo(const BadKubernetes& m, std::ostream* os) { *os << m.name; }
+
+class BadKubernetesConfigTest : public ::testing::TestWithParam<BadKubernetes> {};
+
+TEST_P(BadKubernetesConfigTest, IsRefusedWithWhereAndWhy) {
+  const BadKubernetes& m = GetParam();
+  auto config = ParseIn(m.env, m.yaml);
+  ASSERT_FALSE(config.ok()) << m.name;
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << config.status();
+  EXPECT_THAT(std::string(config.status().message()), StartsWith(m.location));
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr(m.says));
+  EXPECT_EQ(config.status().message().find('\n'), absl::string_view::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BadKubernetesConfigTest,
+    ::testing::Values(
+        BadKubernetes{"UnknownKey", kInPod,
+                      "kubernetes:\n  enabled: true\n  namespace_lable: a=b\n",
+                      "t.yaml:5:3: kubernetes.namespace_lable: ",
+                      "unknown key; expected one of enabled, node_name, api_server"},
+        BadKubernetes{"NotAMapping", kInPod, "kubernetes: true\n",
+                      "t.yaml:3:13: kubernetes: ", "expected a mapping with the keys enabled"},
+        BadKubernetes{"EnabledNotBoolean", kInPod, "kubernetes:\n  enabled: yes\n",
+                      "t.yaml:4:12: kubernetes.enabled: ", "expected true or false"},
+        BadKubernetes{"NoNodeName", kNoEnvironment,
+                      "kubernetes:\n  enabled: true\n  api_server: https://10.0.0.1\n",
+                      "t.yaml:4:3: kubernetes.node_name: ", "NODE_NAME is not set either"},
+        BadKubernetes{"EmptyNodeNameInEnvironment",
+                      {"", "10.0.0.1", "443"},
+                      "kubernetes:\n  enabled: true\n",
+                      "t.yaml:4:3: kubernetes.node_name: ",
+                      "NODE_NAME is not set either"},
+        BadKubernetes{"BadNodeNameInEnvironment",
+                      {"Node_1", "10.0.0.1", "443"},
+                      "kubernetes:\n  enabled: true\n",
+                      "t.yaml:4:3: kubernetes.node_name: ",
+                      "\"Node_1\" from the environment variable NODE_NAME"},
+        BadKubernetes{"BadNodeName", kInPod, "kubernetes:\n  node_name: Node/1\n",
+                      "t.yaml:4:14: kubernetes.node_name: ", "a lowercase DNS subdomain"},
+        BadKubernetes{"NoApiServer",
+                      {"node-1", std::nullopt, std::nullopt},
+                      "kubernetes:\n  enabled: true\n",
+                      "t.yaml:4:3: kubernetes.api_server: ",
+                      "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are set; they are not"},
+        BadKubernetes{"HalfAnApiServerEnvironment",
+                      {"node-1", "10.0.0.1", std::nullopt},
+                      "kubernetes:\n  enabled: true\n",
+                      "t.yaml:4:3: kubernetes.api_server: ",
+                      "they are not"},
+        BadKubernetes{"BadServicePort",
+                      {"node-1", "10.0.0.1", "https"},
+                      "kubernetes:\n  enabled: true\n",
+                      "t.yaml:4:3: kubernetes.api_server: ",
+                      "from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT"},
+        BadKubernetes{"PlainHttpApiServer", kInPod, "kubernetes:\n  api_server: http://10.0.0.1\n",
+                      "t.yaml:4:15: kubernetes.api_server: ", "an https URL"},
+        BadKubernetes{"ApiServerWithPath", kInPod,
+                      "kubernetes:\n  api_server: https://10.0.0.1/api\n",
+                      "t.yaml:4:15: kubernetes.api_server: ", "with no path"},
+        BadKubernetes{"ApiServerBadPort", kInPod,
+                      "kubernetes:\n  api_server: https://10.0.0.1:70000\n",
+                      "t.yaml:4:15: kubernetes.api_server: ", "an https URL"},
+        BadKubernetes{"ApiServerEmptyPort", kInPod,
+                      "kubernetes:\n  api_server: \"https://[::1]:\"\n",
+                      "t.yaml:4:15: kubernetes.api_server: ", "an https URL"},
+        BadKubernetes{"RelativeTokenFile", kInPod, "kubernetes:\n  token_file: token\n",
+                      "t.yaml:4:15: kubernetes.token_file: ", "an absolute path"},
+        BadKubernetes{"LabelWithoutValue", kInPod,
+                      "kubernetes:\n  namespace_label: ktrust.io/mesh\n",
+                      "t.yaml:4:20: kubernetes.namespace_label: ", "a label \"key=value\""},
+        BadKubernetes{"LabelEmptyValue", kInPod,
+                      "kubernetes:\n  namespace_label: ktrust.io/mesh=\n",
+                      "t.yaml:4:20: kubernetes.namespace_label: ", "a non-empty"},
+        BadKubernetes{"LabelBadPrefix", kInPod,
+                      "kubernetes:\n  namespace_label: Ktrust.IO/mesh=enabled\n",
+                      "t.yaml:4:20: kubernetes.namespace_label: ", "a qualified key"},
+        BadKubernetes{"LabelValueTooLong", kInPod,
+                      "kubernetes:\n  namespace_label: mesh=" + std::string(64, 'a') + "\n",
+                      "t.yaml:4:20: kubernetes.namespace_label: ", "up to 63"},
+        BadKubernetes{"BadAnnotationKey", kInPod,
+                      "kubernetes:\n  ports_annotation: ktrust.io/ports/inbound\n",
+                      "t.yaml:4:21: kubernetes.ports_annotation: ", "an annotation key"},
+        BadKubernetes{"TemplateUnknownPlaceholder", kInPod,
+                      "kubernetes:\n  spiffe_id: spiffe://{trust_domain}/ns/{ns}\n",
+                      "t.yaml:4:14: kubernetes.spiffe_id: ", "unknown placeholder {ns}"},
+        BadKubernetes{
+            "TemplateWithCgroupPlaceholder", kInPod,
+            "kubernetes:\n  spiffe_id: spiffe://{trust_domain}/{unit}\n",
+            "t.yaml:4:14: kubernetes.spiffe_id: ", "{unit} belongs to `workloads` templates"},
+        BadKubernetes{"TemplateOtherTrustDomain", kInPod,
+                      "kubernetes:\n  spiffe_id: spiffe://other.org/ns/{namespace}\n",
+                      "t.yaml:4:14: kubernetes.spiffe_id: ", "outside trust domain example.org"},
+        // A workload template with a pod's placeholders outside Kubernetes mode.
+        BadKubernetes{"PodPlaceholderWithoutKubernetes", kInPod,
+                      "workloads:\n  - name: web\n    cgroup: a\n"
+                      "    spiffe_id: spiffe://{trust_domain}/ns/{namespace}\n",
+                      "t.yaml:6:16: workloads[0].spiffe_id: ",
+                      "come from the Kubernetes API: set kubernetes.enabled: true"},
+        BadKubernetes{"PodPlaceholderWithKubernetesOff", kInPod,
+                      "kubernetes:\n  enabled: false\n"
+                      "workloads:\n  - name: web\n    cgroup: a\n"
+                      "    spiffe_id: spiffe://{trust_domain}/pod/{pod_uid}\n",
+                      "t.yaml:8:16: workloads[0].spiffe_id: ", "set kubernetes.enabled: true"}),
+    [](const ::testing::TestParamInfo<BadKubernetes>& case_info) {
+      return std::string(case_info.param.name);
+    });
 
 }  // namespace
 }  // namespace ktrust

@@ -81,7 +81,12 @@ TEST(SystemdUnitTest, NoUnit) {
 }
 
 TemplateValues Values(std::string cgroup) {
-  return TemplateValues{"example.org", "node-1", "web", std::move(cgroup)};
+  TemplateValues values;
+  values.trust_domain = "example.org";
+  values.node = "node-1";
+  values.name = "web";
+  values.cgroup = std::move(cgroup);
+  return values;
 }
 
 TEST(RenderSpiffeIdTest, FillsEveryPlaceholder) {
@@ -118,7 +123,7 @@ TEST(RenderSpiffeIdTest, RefusesBadTemplates) {
     const char* says;
   };
   for (const Case& c : {
-           Case{"spiffe://{trust_domain}/{namespace}", "unknown placeholder {namespace}"},
+           Case{"spiffe://{trust_domain}/{ns}", "unknown placeholder {ns}"},
            Case{"spiffe://{trust_domain}/{name", "has no closing '}'"},
            Case{"spiffe://{trust_domain}/{na{me}", "has no closing '}'"},
            Case{"spiffe://{trust_domain}/name}", "closes nothing"},
@@ -131,6 +136,59 @@ TEST(RenderSpiffeIdTest, RefusesBadTemplates) {
     ASSERT_FALSE(id.ok()) << c.tmpl;
     EXPECT_THAT(id.status().message(), HasSubstr(c.says)) << c.tmpl;
   }
+}
+
+TemplateValues PodValues() {
+  TemplateValues values = Values("kubepods.slice/kubepods-pod1.slice");
+  values.pod_namespace = "shop";
+  values.service_account = "cart.v2";
+  values.pod_name = "cart-7d9f8-x2x4q";
+  values.pod_uid = "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70";
+  return values;
+}
+
+TEST(RenderSpiffeIdTest, FillsThePodsPlaceholders) {
+  auto id = RenderSpiffeId(
+      "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}/{pod_name}/{pod_uid}",
+      PodValues());
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->ToString(),
+            "spiffe://example.org/ns/shop/sa/cart.v2/cart-7d9f8-x2x4q/"
+            "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70");
+  EXPECT_TRUE(TemplateUsesKubernetes("spiffe://{trust_domain}/{pod_uid}"));
+  EXPECT_FALSE(TemplateUsesKubernetes("spiffe://{trust_domain}/{name}/{unit}"));
+}
+
+TEST(RenderSpiffeIdTest, PodValuesMustBeOneWholeSegment) {
+  struct Case {
+    const char* what;
+    std::string TemplateValues::*field;
+    const char* value;
+    const char* says;
+  };
+  for (const Case& c : {
+           Case{"unknown pod", &TemplateValues::pod_namespace, "", "{namespace} has no value"},
+           Case{"a slash adds a segment", &TemplateValues::service_account, "a/b",
+                "{service_account} is \"a/b\", which is not one SPIFFE path segment"},
+           Case{"dot-dot", &TemplateValues::pod_name, "..", "{pod_name} is \"..\""},
+           Case{"dot", &TemplateValues::pod_namespace, ".", "{namespace} is \".\""},
+           Case{"percent is not escaped", &TemplateValues::pod_name, "a%2fb",
+                "not one SPIFFE path segment"},
+           Case{"colon", &TemplateValues::service_account, "system:serviceaccount",
+                "not one SPIFFE path segment"},
+           Case{"control character", &TemplateValues::pod_uid, "a\nb", "\"a\\nb\""},
+       }) {
+    TemplateValues values = PodValues();
+    values.*c.field = c.value;
+    auto id = RenderSpiffeId(
+        "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}/{pod_name}/{pod_uid}", values);
+    ASSERT_FALSE(id.ok()) << c.what << ": " << id->ToString();
+    EXPECT_THAT(id.status().message(), HasSubstr(c.says)) << c.what;
+  }
+  // An unused placeholder's value is not looked at.
+  TemplateValues values = PodValues();
+  values.pod_name = "a/b";
+  EXPECT_TRUE(RenderSpiffeId("spiffe://{trust_domain}/ns/{namespace}", values).ok());
 }
 
 class ScanCgroupsTest : public ::testing::Test {
