@@ -388,6 +388,26 @@ TEST(FindSocketHolderTest, FindsTheChildThatStillHoldsASocketItsParentClosed) {
   EXPECT_TRUE(absl::IsNotFound(FindSocketHolder(st.st_ino).status()));
 }
 
+TEST_F(ZeroHopSocketsTest, TheListerKeepsOneDiagSocketPerNamespaceUntilItIsNoLongerAskedFor) {
+  absl::StatusOr<uint64_t> netns = NamespaceInode(netns_.get());
+  ASSERT_TRUE(netns.ok());
+  NetnsSocketLister lister;
+  NetnsRef ref{*netns, {child_}};
+  for (int round = 0; round < 3; ++round) {
+    absl::StatusOr<std::vector<TcpSocketInfo>> sockets = lister(ref);
+    ASSERT_TRUE(sockets.ok()) << sockets.status();
+    bool found = false;
+    for (const TcpSocketInfo& s : *sockets) found |= s.cookie == client_cookie_;
+    EXPECT_TRUE(found) << "round " << round << ": the kept socket lists the namespace";
+    EXPECT_EQ(lister.open_sockets(), 1u);
+  }
+  // Not asked for any more: closed, so the namespace is not kept alive.
+  lister.Retain({});
+  EXPECT_EQ(lister.open_sockets(), 0u);
+  // A namespace that no listed process leads into is not listed at all.
+  EXPECT_TRUE(absl::IsNotFound(lister(NetnsRef{*netns + 1, {child_}}).status()));
+}
+
 TEST_F(ZeroHopSocketsTest, AnUnprivilegedCallerCannotTakeTheSocket) {
   // What the agent does as root, a local user must not: pidfd_getfd needs
   // ptrace access to the workload.

@@ -389,20 +389,59 @@ HolderSearch ProcessHolderSearch() {
           FindSocketHolders};
 }
 
-absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns) {
+namespace {
+
+// The namespace, entered through the first listed process still in it.
+absl::StatusOr<UniqueFd> OpenNetnsThrough(const NetnsRef& netns) {
   absl::Status last = absl::NotFoundError("no process to enter it through");
   for (pid_t process : netns.processes) {
     absl::StatusOr<UniqueFd> fd = OpenNetnsOf(process, netns.inode);
-    if (!fd.ok()) {
-      // NotFound (exited, or moved elsewhere): try the next one. Anything
-      // else (permission) is not evidence the namespace is gone.
-      if (!absl::IsNotFound(fd.status())) return fd.status();
-      last = fd.status();
-      continue;
-    }
-    return ListTcpSockets(fd->get());
+    // NotFound (exited, or moved elsewhere): try the next one. Anything
+    // else (permission) is not evidence the namespace is gone.
+    if (fd.ok() || !absl::IsNotFound(fd.status())) return fd;
+    last = fd.status();
   }
   return last;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<TcpSocketInfo>> NetnsSocketLister::operator()(const NetnsRef& netns) {
+  absl::StatusOr<UniqueFd> fd = OpenNetnsThrough(netns);
+  if (!fd.ok()) return fd.status();
+  UniqueFd diag;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = sockets_.find(netns.inode); it != sockets_.end()) diag = std::move(it->second);
+  }
+  if (!diag.valid()) {
+    absl::StatusOr<UniqueFd> opened = OpenDiagSocket(fd->get());
+    if (!opened.ok()) return opened.status();
+    diag = *std::move(opened);
+  }
+  absl::StatusOr<std::vector<TcpSocketInfo>> sockets = ListTcpSocketsVia(diag.get());
+  // After a failed dump its replies may still be pending: a new socket next time.
+  if (sockets.ok()) {
+    absl::MutexLock lock(&mu_);
+    sockets_[netns.inode] = std::move(diag);
+  }
+  return sockets;
+}
+
+void NetnsSocketLister::Retain(const absl::flat_hash_set<uint64_t>& keep) {
+  absl::MutexLock lock(&mu_);
+  absl::erase_if(sockets_, [&keep](const auto& entry) { return !keep.contains(entry.first); });
+}
+
+size_t NetnsSocketLister::open_sockets() const {
+  absl::MutexLock lock(&mu_);
+  return sockets_.size();
+}
+
+absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns) {
+  absl::StatusOr<UniqueFd> fd = OpenNetnsThrough(netns);
+  if (!fd.ok()) return fd.status();
+  return ListTcpSockets(fd->get());
 }
 
 }  // namespace ktrust::zerohop

@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <thread>
@@ -292,10 +293,18 @@ absl::StatusOr<bool> ParseInetDiagDump(const void* data, size_t len, uint32_t se
 absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd) {
   absl::StatusOr<UniqueFd> sock = DiagSocketIn(netns_fd);
   if (!sock.ok()) return sock.status();
+  return ListTcpSocketsVia(sock->get());
+}
+
+absl::StatusOr<UniqueFd> OpenDiagSocket(int netns_fd) { return DiagSocketIn(netns_fd); }
+
+absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSocketsVia(int diag_socket) {
+  // Sequence numbers go on across dumps on one socket: a late reply to an
+  // earlier dump can never be taken for this one's.
+  static std::atomic<uint32_t> next_seq{1};
   std::vector<TcpSocketInfo> out;
-  uint32_t seq = 1;
   for (uint8_t family : {AF_INET, AF_INET6}) {
-    if (absl::Status st = DumpFamily(sock->get(), family, seq++, out); !st.ok()) return st;
+    if (absl::Status st = DumpFamily(diag_socket, family, next_seq++, out); !st.ok()) return st;
   }
   return out;
 }

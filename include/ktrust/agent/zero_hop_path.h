@@ -139,6 +139,7 @@ class ZeroHopPath {
   const OutboundRouting& routing_;
   zerohop::Supervisor supervisor_;
   std::unique_ptr<zerohop::ZeroHopConnections> live_;  // set by Start
+  zerohop::NetnsSocketLister lister_;                  // the holder thread's
   absl::Time last_refresh_;                            // the holder thread's
   std::thread thread_;
   absl::Notification stop_;

@@ -75,6 +75,23 @@ using SocketLister = std::function<absl::StatusOr<std::vector<TcpSocketInfo>>(co
 // first listed process still in it (OpenNetnsOf), then ListTcpSockets.
 absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& netns);
 
+// ListSocketsOfNetns with one sock_diag socket kept per namespace: making
+// one takes a thread that enters the namespace, which a refresh every
+// second should not pay each time. The namespace is still found through a
+// listed process first (it must be alive there). A kept socket keeps its
+// namespace alive: Retain closes those of namespaces no longer asked for.
+class NetnsSocketLister {
+ public:
+  absl::StatusOr<std::vector<TcpSocketInfo>> operator()(const NetnsRef& netns);
+  // Closes the sockets of every namespace not in `keep`.
+  void Retain(const absl::flat_hash_set<uint64_t>& keep);
+  size_t open_sockets() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, UniqueFd> sockets_ ABSL_GUARDED_BY(mu_);  // netns inode ->
+};
+
 // A TLS 1.3 record is at least 22 bytes on the wire (5 header + 1 content
 // type + 16 tag), so bytes / 22 bounds the records sent or received.
 inline constexpr uint64_t kMinTls13RecordBytes = 22;

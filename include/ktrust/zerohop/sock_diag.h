@@ -75,6 +75,12 @@ struct TcpSocketInfo {
 // CAP_NET_ADMIN to see ULPs. Every length the kernel sends is checked; a
 // malformed reply is an error, never a partial list.
 absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd);
+// The two halves of ListTcpSockets, for a caller that lists a namespace
+// often: the NETLINK_SOCK_DIAG socket made inside it (it stays bound to that
+// namespace, and keeps it alive while open), and a dump through it. After a
+// failed dump, open a new socket: replies of the old one may be pending.
+absl::StatusOr<UniqueFd> OpenDiagSocket(int netns_fd);
+absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSocketsVia(int diag_socket);
 
 // Parses one sock_diag dump reply buffer (one recv()'s worth of netlink
 // messages) into `out`. Returns true once NLMSG_DONE was seen. Exposed for
