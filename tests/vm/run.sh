@@ -90,7 +90,9 @@ interactive=0
   echo
 } > "$XDIR/cmd"
 
-append="console=ttyS0 quiet panic=-1 mitigations=off ktrust.xchg=xchg"
+# A soft lockup (seen once under TCG: runc and grep stuck on both vCPUs)
+# prints every CPU's stack, so the next one says where it hung.
+append="console=ttyS0 quiet panic=-1 mitigations=off softlockup_all_cpu_backtrace=1 ktrust.xchg=xchg"
 ((interactive)) && append+=" ktrust.tty=1"
 
 # shellcheck disable=SC2054  # the commas are qemu option syntax
