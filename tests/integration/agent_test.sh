@@ -23,9 +23,6 @@ work=$(mktemp -d)
 source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
-kt() { local node=$1; shift; "$ktrust" --socket "$work/$node/control.sock" "$@"; }
-generation() { kt "$1" status --json | jq -r .config.generation; }
-generation_above() { (($(generation "$1") > $2)); }
 agent_pid() { pgrep -f "ktrustd run --config $work/$1/ktrustd.yaml"; }
 svid_expiry() { kt "$1" workloads --json | jq -r --arg w "$2" '.workloads[] | select(.name == $w) | .svid_expires_at'; }
 expiry_above() { (($(svid_expiry "$1" "$2") > $3)); }

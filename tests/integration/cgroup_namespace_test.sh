@@ -24,7 +24,6 @@ work=$(mktemp -d)
 source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
-kt() { local node=$1; shift; "$ktrust" --socket "$work/$node/control.sock" "$@"; }
 
 two_nodes_up "$work" "$ktrust"
 mkdir -p "$KT_CG"/a/{client,idle} "$KT_CG"/b/server

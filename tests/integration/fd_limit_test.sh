@@ -24,7 +24,6 @@ work=$(mktemp -d)
 source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
-kt() { local node=$1; shift; "$ktrust" --socket "$work/$node/control.sock" "$@"; }
 agent_pid() { pgrep -f "ktrustd run --config $work/$1/ktrustd.yaml"; }
 log_lines() { wc -l <"$work/a/agent.log"; }
 # Agent a's log after line $1.

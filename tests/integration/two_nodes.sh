@@ -244,6 +244,12 @@ start_agent() {  # NODE KTRUSTD [WRAPPER...]
   fi
 }
 
+# The CLI against node $1's agent ($ktrust: the script's ktrust binary).
+kt() { local node=$1; shift; "$ktrust" --socket "$KT_WORK/$node/control.sock" "$@"; }
+# Node $1's configuration generation, and whether it passed $2 (a reload took).
+generation() { kt "$1" status --json | jq -r .config.generation; }
+generation_above() { (($(generation "$1") > $2)); }
+
 # Results, one line per check as TAP prints them, for the tests on these nodes.
 KT_PASSED=0
 KT_FAILED=0

@@ -42,9 +42,6 @@ work=$(mktemp -d)
 source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
-kt() { local node=$1; shift; "$ktrust" --socket "$work/$node/control.sock" "$@"; }
-generation() { kt "$1" status --json | jq -r .config.generation; }
-generation_above() { (($(generation "$1") > $2)); }
 replies() { grep -c '^reply' "$work/$1.log" || true; }
 replies_above() { (($(replies "$1") > $2)); }
 zexec() {  # NODE CGROUP LOG CMD...: run_in, started by ktrust exec

@@ -546,9 +546,7 @@ void ZeroHopPath::RefreshConnections() {
   last_refresh_ = absl::Now();
   zerohop::RefreshResult r = live_->Refresh(
       [this](const zerohop::NetnsRef& n) { return lister_(n); }, zerohop::ProcessHolderSearch());
-  absl::flat_hash_set<uint64_t> namespaces;
-  for (const zerohop::ZeroHopConnection& c : live_->Snapshot()) namespaces.insert(c.netns);
-  lister_.Retain(namespaces);
+  lister_.Retain(live_->Namespaces());
   for (const zerohop::NewHolder& moved : r.new_holders) {
     LogEvent(spdlog::level::info, {{"event", "zero_hop_connection_new_holder"},
                                    {"workload", moved.connection.workload},

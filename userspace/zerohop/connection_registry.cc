@@ -350,6 +350,13 @@ RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister,
   return result;
 }
 
+absl::flat_hash_set<uint64_t> ZeroHopConnections::Namespaces() const {
+  absl::flat_hash_set<uint64_t> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [cookie, c] : connections_) out.insert(c.netns);
+  return out;
+}
+
 std::vector<ZeroHopConnection> ZeroHopConnections::Snapshot() const {
   std::vector<ZeroHopConnection> out;
   {

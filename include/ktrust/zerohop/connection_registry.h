@@ -164,6 +164,8 @@ class ZeroHopConnections {
 
   // Every connection, oldest first.
   std::vector<ZeroHopConnection> Snapshot() const;
+  // The namespaces that hold connections (no copy of the connections).
+  absl::flat_hash_set<uint64_t> Namespaces() const;
   size_t size() const;
 
   // Connections whose estimated records in either direction
