@@ -100,30 +100,64 @@ double MachineBusySeconds() {
          static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// On-CPU seconds of every thread of the processes PIDS, from
-// /proc/PID/task/*/schedstat (nanoseconds, so a share under 1% of a short
-// window is still measurable; /proc/PID/stat counts in 10 ms ticks), or -1
-// if one is unreadable. Sampled around the clocked window like
-// MachineBusySeconds: the agents' CPU during the transfer alone.
-double ProcessesCpuSeconds(const std::vector<int>& pids) {
-  double total = 0;
+// On-CPU nanoseconds of every thread of the processes PIDS, keyed
+// "PID/TID NAME", from /proc/PID/task/*/schedstat (nanoseconds, so a share
+// under 1% of a short window is still measurable; /proc/PID/stat counts in
+// 10 ms ticks); empty if a process is unreadable. Sampled around the clocked
+// window like MachineBusySeconds: the agents' CPU during the transfer alone.
+std::map<std::string, double> ThreadsCpuSeconds(const std::vector<int>& pids) {
+  std::map<std::string, double> threads;
   for (int pid : pids) {
     std::string tasks = "/proc/" + std::to_string(pid) + "/task";
     std::error_code ec;
-    int threads = 0;
+    size_t before = threads.size();
     for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
       FILE* f = std::fopen((task.path() / "schedstat").c_str(), "r");
       if (f == nullptr) continue;  // a thread that just ended
       unsigned long long ns = 0;
-      if (std::fscanf(f, "%llu", &ns) == 1) {
-        total += static_cast<double>(ns) / 1e9;
-        ++threads;
-      }
+      bool read = std::fscanf(f, "%llu", &ns) == 1;
       std::fclose(f);
+      if (!read) continue;
+      std::string name;
+      if (FILE* c = std::fopen((task.path() / "comm").c_str(), "r")) {
+        char buf[64] = {};
+        if (std::fgets(buf, sizeof(buf), c)) name = buf;
+        std::fclose(c);
+        if (!name.empty() && name.back() == '\n') name.pop_back();
+      }
+      threads[std::to_string(pid) + "/" + task.path().filename().string() + " " + name] =
+          static_cast<double>(ns) / 1e9;
     }
-    if (ec || threads == 0) return -1;
+    if (ec || threads.size() == before) return {};
   }
-  return total;
+  return threads;
+}
+
+double Total(const std::map<std::string, double>& threads) {
+  double total = 0;
+  for (const auto& [name, s] : threads) total += s;
+  return threads.empty() ? -1 : total;
+}
+
+// The threads that used the most CPU between two samples, as a JSON array of
+// {"thread": "PID/TID NAME", "cpu_s": S}: where the watched CPU went.
+std::string BusiestThreads(const std::map<std::string, double>& before,
+                           const std::map<std::string, double>& after, size_t top) {
+  std::vector<std::pair<double, std::string>> used;
+  for (const auto& [name, s] : after) {
+    auto it = before.find(name);
+    double delta = s - (it == before.end() ? 0 : it->second);
+    if (delta > 0) used.push_back({delta, name});
+  }
+  std::sort(used.rbegin(), used.rend());
+  std::string out = "[";
+  for (size_t i = 0; i < used.size() && i < top; ++i) {
+    char item[160];
+    std::snprintf(item, sizeof(item), "%s{\"thread\": \"%s\", \"cpu_s\": %.6f}", i ? ", " : "",
+                  used[i].second.c_str(), used[i].first);
+    out += item;
+  }
+  return out + "]";
 }
 
 // "--name value" pairs into a map; a bare "--flag" maps to "".
@@ -439,7 +473,7 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes, const std::vector<int>&
   double cpu0 = ProcessCpuSeconds();
   Fd fd = MustConnect(sa);
   double busy0 = MachineBusySeconds();
-  double watched0 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
+  std::map<std::string, double> watched0 = ThreadsCpuSeconds(watched);
   auto start = Clock::now();
   char header[9];
   header[0] = kSinkMode;
@@ -454,17 +488,19 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes, const std::vector<int>&
   if (!RecvAll(fd.get(), ack, sizeof(ack))) Die(IoError("waiting for the backend's count"));
   double seconds = SecondsSince(start);
   double busy = MachineBusySeconds() - busy0;
-  double watched1 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
+  std::map<std::string, double> watched1 = ThreadsCpuSeconds(watched);
   uint64_t got = GetLe64(ack);
   if (got != bytes) {
     Die("backend counted " + std::to_string(got) + " bytes, sent " + std::to_string(bytes));
   }
+  bool watched_ok = !watched0.empty() && !watched1.empty();
   std::printf("{\"bytes\": %" PRIu64
               ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f, "
-              "\"machine_busy_s\": %.2f, \"watched_cpu_s\": %.6f}\n",
+              "\"machine_busy_s\": %.2f, \"watched_cpu_s\": %.6f, \"watched_threads\": %s}\n",
               bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9,
               ProcessCpuSeconds() - cpu0, busy0 < 0 ? -1.0 : busy,
-              watched0 < 0 || watched1 < 0 ? -1.0 : watched1 - watched0);
+              watched_ok ? Total(watched1) - Total(watched0) : -1.0,
+              watched_ok ? BusiestThreads(watched0, watched1, 6).c_str() : "[]");
   return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "ktrust/agent/agent.h"
 
+#include <poll.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/common/poll_timeout.h"
 
 namespace ktrust {
 namespace {
@@ -337,7 +339,9 @@ absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
   return enrolment_->Enroll(*config);
 }
 
-void Agent::WatchCgroups(absl::Duration timeout) { enrolment_->WatchCgroups(timeout); }
+void Agent::WatchCgroups(absl::Duration timeout, int wake_fd) {
+  enrolment_->WatchCgroups(timeout, wake_fd);
+}
 
 absl::Status Agent::Reload() {
   // The file's time before reading it: a write landing during the read
@@ -442,8 +446,12 @@ void Agent::Maintain(absl::Time now) {
   }
 }
 
-void Agent::PollEvents(absl::Duration timeout) {
-  if (events_) (void)events_->Poll(timeout);
+void Agent::PollEvents(absl::Duration timeout, int wake_fd) {
+  // The ring buffer's epoll fd is readable when events wait.
+  pollfd p[2] = {{events_ ? events_->epoll_fd() : -1, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  if (poll(p, 2, PollMilliseconds(timeout)) > 0 && (p[0].revents & POLLIN)) {
+    (void)events_->Drain();
+  }
 }
 
 absl::Status UninstallAgent(const std::string& pin_dir) {

@@ -13,6 +13,7 @@
 #include "ktrust/agent/kernel_mode.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/poll_timeout.h"
 
 namespace ktrust {
 
@@ -57,11 +58,12 @@ void CgroupEnrolment::WatchTree(const std::string& dir) {
   }
 }
 
-void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
+void CgroupEnrolment::WatchCgroups(absl::Duration timeout, int wake_fd) {
   // The pods' address changes wake this thread too: a new address of a
   // served pod is enforced now, not at the next pass.
-  pollfd pfd[2] = {{cgroup_events_.get(), POLLIN, 0}, {pods_.events_fd(), POLLIN, 0}};
-  if (poll(pfd, 2, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  pollfd pfd[3] = {
+      {cgroup_events_.get(), POLLIN, 0}, {pods_.events_fd(), POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  if (poll(pfd, 3, PollMilliseconds(timeout)) <= 0) return;
   if (pfd[1].revents & POLLIN) {
     absl::MutexLock serialize(&enroll_mu_);
     pods_.RefreshAddresses();

@@ -321,6 +321,7 @@ void State::OnAccept(const std::shared_ptr<Workload>& w, const Notification& n) 
   // directly also answers this accept.
   p.drain_listener = std::move(*dup);
   p.held.push_back({n, accept_flags, family});
+  w->listener.Hold(n.id, ECONNABORTED);
   LogZeroHop(spdlog::level::debug, "zerohop_accept_held", *w, {{"port", absl::StrCat(port)}});
 }
 

@@ -94,15 +94,17 @@ class Agent {
   absl::Status Reload();
   // Renewals, cgroup rescans, config file changes: called about every second.
   void Maintain(absl::Time now);
-  // Waits up to timeout for interception events and handles them.
-  void PollEvents(absl::Duration timeout);
+  // Waits up to timeout (InfiniteDuration: no limit) for interception
+  // events and handles them; returns early once `wake_fd` (an eventfd the
+  // caller writes to stop) is readable.
+  void PollEvents(absl::Duration timeout, int wake_fd = -1);
   // Waits up to timeout for cgroups to appear or vanish under the cgroup
   // root, and enrols or unenrols them at once: a service started after the
   // agent is intercepted from its first connection unless it connects
   // within the moment between its cgroup's mkdir and this reaction (see
   // docs/operations.md). Maintain() rescans as a safety net
-  // (CgroupEnrolment::EnrollIfDue).
-  void WatchCgroups(absl::Duration timeout);
+  // (CgroupEnrolment::EnrollIfDue). `wake_fd` as for PollEvents.
+  void WatchCgroups(absl::Duration timeout, int wake_fd = -1);
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
