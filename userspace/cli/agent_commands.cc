@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <iostream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "commands.h"
@@ -224,19 +225,17 @@ void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket) 
   c->add_flag("--json", denials->json, "Print the agent's raw result");
   c->callback([&socket, &exit_code, denials] { exit_code = RunDenials(socket, *denials); });
 
-  auto ready = std::make_shared<ProbeFlags>();
-  c = app.add_subcommand("ready",
-                         "Exit 0 if the agent at --socket is ready, 1 (with the reason) if not");
-  c->add_option("--timeout", ready->timeout, "How long to wait for its answer (default 3s)");
-  c->callback(
-      [&socket, &exit_code, ready] { exit_code = RunProbe(socket, *ready, Probe::kReady); });
-
-  auto health = std::make_shared<ProbeFlags>();
-  c = app.add_subcommand("health",
-                         "Exit 0 if the agent at --socket answers, 1 (with the reason) if not");
-  c->add_option("--timeout", health->timeout, "How long to wait for its answer (default 3s)");
-  c->callback(
-      [&socket, &exit_code, health] { exit_code = RunProbe(socket, *health, Probe::kHealth); });
+  for (auto [name, probe, help] :
+       {std::tuple{"ready", Probe::kReady,
+                   "Exit 0 if the agent at --socket is ready, 1 (with the reason) if not"},
+        std::tuple{"health", Probe::kHealth,
+                   "Exit 0 if the agent at --socket answers, 1 (with the reason) if not"}}) {
+    auto flags = std::make_shared<ProbeFlags>();
+    c = app.add_subcommand(name, help);
+    c->add_option("--timeout", flags->timeout, "How long to wait for its answer (default 3s)");
+    c->callback(
+        [&socket, &exit_code, flags, probe] { exit_code = RunProbe(socket, *flags, probe); });
+  }
 }
 
 }  // namespace ktrust::cli
