@@ -2,9 +2,9 @@
 // operator replaces them or as the kubelet updates a Secret volume.
 #include "ktrust/agent/config_reload.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <filesystem>
