@@ -153,6 +153,29 @@ intermediate_scope() {
   has err "invalid SPIFFE ID pattern"
 }
 
+# Issue 14, item 5: the CA Secret of the Kubernetes DaemonSet. stdout is the
+# YAML alone (piped to kubectl), what it holds goes to stderr; never a root.
+kubernetes_secret() {
+  new_ca root cluster.local
+  kt 0 ca intermediate --ca-dir root --name cluster --dir cluster-ca --scope 'spiffe://cluster.local/ns/*'
+  kt 0 ca kubernetes-secret --ca-dir cluster-ca
+  has out "kind: Secret"
+  has out "  name: ktrust-ca"
+  has out "  namespace: ktrust-system"
+  has err "it may sign spiffe://cluster.local/ns/*"
+  lacks out "it may sign"
+  key=$(sed -n 's/^  ca.key: //p' out | base64 -d)
+  [[ $key == "$(cat cluster-ca/ca.key)" ]] || fail "ca.key in the Secret is not the intermediate's key"
+  kt 0 ca kubernetes-secret --ca-dir cluster-ca --output secret.yaml --namespace mesh
+  mode_is secret.yaml 600
+  has secret.yaml "  namespace: mesh"
+  kt 1 ca kubernetes-secret --ca-dir cluster-ca --output secret.yaml
+  has err "pass --force"
+  kt 1 ca kubernetes-secret --ca-dir root
+  has err "holds a root CA: its key must never enter the cluster"
+  [[ ! -s out ]] || fail "a refused Secret still printed: $(head -c 200 out)"
+}
+
 # Issue 10, finding 4: ktrust ca revoke writes the issuing CA's CRL.
 revoke() {
   new_ca root
@@ -278,6 +301,7 @@ check "ca issue writes a verifiable 1h P-256 X.509-SVID" issue_svid
 check "ca intermediate: leaf + intermediate chain verifies to the root" intermediate_chain
 check "ca intermediate: the node's intermediate issues only inside its scope" intermediate_scope
 check "ca revoke: the issuing CA's CRL lists the certificate" revoke
+check "ca kubernetes-secret: an intermediate as the DaemonSet's Secret, never a root" kubernetes_secret
 check "cert inspect refuses another CA's and another trust domain's bundle" inspect_wrong_bundle
 check "cert inspect reports an expired SVID as expired" inspect_expired
 check "usage errors exit 2" usage_errors

@@ -156,6 +156,8 @@ check "ktrust status names the node" grep -q "node-b" <<<"$status"
 check "ktrust status shows the userspace data path" grep -q "userspace" <<<"$status"
 status=$(kt b status --json)
 check "ktrust status --json: ready, programs attached" jq -e '.ready == true and .bpf.attached == true' <<<"$status"
+check "ktrust ready (the DaemonSet's probe): exit 0, \"$(kt b ready)\"" kt b ready
+check "ktrust health: exit 0, names the node" grep -q "^healthy: .* on node-b answers" <<<"$(kt b health)"
 workloads=$(kt a workloads)
 check "ktrust workloads lists the client" grep -q "^client " <<<"$workloads"
 check "ktrust workloads shows its SPIFFE ID" grep -q "$A/client " <<<"$workloads"

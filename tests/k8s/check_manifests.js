@@ -15,10 +15,12 @@
 //      selectors, privilege escalation);
 //   4. ktrust's own rules, across objects: the DaemonSet and the ConfigMap's
 //      ktrustd.yaml must agree on paths and ports, and the DaemonSet must keep
-//      what docs/kubernetes.md promises (capabilities, surge, probes).
+//      what docs/kubernetes.md promises (capabilities, surge, probes on the
+//      pod's own control socket, the CA Secret's keys, the uninstall step).
 // Prints one line per object and per problem; exits 1 on any problem.
 'use strict';
 
+const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const { createRequire } = require('module');
@@ -140,6 +142,69 @@ function apiServerRules(obj, where) {
   }
 }
 
+// The CA Secret the agent loads from identity.ca_dir: ca.crt, ca.key and
+// bundle.crt, PEM, nothing else (a key the agent does not read is a key
+// exposed for nothing).
+function caSecretRules(secret, namespace, trustDomain) {
+  const where = `Secret/${secret.metadata.name}`;
+  if (secret.metadata.namespace !== namespace) {
+    problem(where, `is in namespace ${secret.metadata.namespace}, the DaemonSet in ${namespace}`);
+  }
+  if (secret.type !== undefined && secret.type !== 'Opaque') problem(where, `type ${secret.type}, expected Opaque`);
+  if (secret.stringData) problem(where, 'stringData: the CA files go in data, as ktrust ca kubernetes-secret writes them');
+  const data = secret.data || {};
+  const expected = { 'ca.crt': 'CERTIFICATE', 'bundle.crt': 'CERTIFICATE', 'ca.key': 'PRIVATE KEY' };
+  if (!sameSet(Object.keys(data), Object.keys(expected))) {
+    problem(where, `holds ${JSON.stringify(Object.keys(data).sort())}, the agent reads exactly ${JSON.stringify(Object.keys(expected).sort())}`);
+  }
+  for (const [key, block] of Object.entries(expected)) {
+    if (typeof data[key] !== 'string') continue;
+    const text = Buffer.from(data[key], 'base64').toString('latin1');
+    if (!new RegExp(`-----BEGIN [A-Z ]*${block}-----`).test(text)) problem(where, `${key} is not a PEM ${block}`);
+  }
+  // The agent refuses a CA of another trust domain than the ConfigMap's.
+  if (typeof data['ca.crt'] === 'string') {
+    let sans = '';
+    try {
+      sans = new crypto.X509Certificate(Buffer.from(data['ca.crt'], 'base64')).subjectAltName || '';
+    } catch (e) {
+      return problem(where, `ca.crt: ${e.message}`);
+    }
+    if (!sans.split(', ').includes(`URI:spiffe://${trustDomain}`)) {
+      problem(where, `ca.crt is a CA of ${sans || 'no trust domain'}, the ConfigMap's trust_domain is ${trustDomain}`);
+    }
+  }
+}
+
+// tools/kubernetes/uninstall: `ktrustd uninstall` of the agents' own pin
+// directory on every node, with no more than it needs.
+function uninstallRules(ds, pins) {
+  const where = 'DaemonSet/ktrust-uninstall';
+  const spec = ds.spec.template.spec;
+  if (spec.hostPID !== true) problem(where, 'hostPID must be true (it refuses while a ktrustd run is alive on the node)');
+  if (!(spec.tolerations || []).some((t) => t.operator === 'Exists' && !t.key && !t.effect)) {
+    problem(where, 'needs a toleration of every taint, as the agent has');
+  }
+  if (spec.automountServiceAccountToken !== false) problem(where, 'automountServiceAccountToken must be false (it talks to no API server)');
+  const step = (spec.initContainers || []).find((c) => c.name === 'uninstall');
+  if (!step) return problem(where, 'no init container uninstall');
+  const script = (step.command || []).join(' ');
+  if (!script.includes(`/usr/sbin/ktrustd uninstall --pin-dir ${pins}\n`)) {
+    problem(where, `the uninstall container does not run \`/usr/sbin/ktrustd uninstall --pin-dir ${pins}\` (agent.bpf_pin_dir)`);
+  }
+  const sc = step.securityContext || {};
+  const caps = sc.capabilities || {};
+  if (sc.privileged) problem(where, 'the uninstall container must not be privileged');
+  if (!sameSet(caps.drop || [], ['ALL']) || !sameSet(caps.add || [], ['BPF', 'NET_ADMIN'])) {
+    problem(where, `the uninstall container's capabilities are ${JSON.stringify(caps.add)}, documented: BPF, NET_ADMIN`);
+  }
+  const mount = (step.volumeMounts || []).find((m) => pins.startsWith(`${m.mountPath}/`));
+  const volume = mount && (spec.volumes || []).find((v) => v.name === mount.name);
+  if (!volume || !volume.hostPath || volume.hostPath.path !== mount.mountPath) {
+    problem(where, `${pins} is not on the host's bpffs in the uninstall container`);
+  }
+}
+
 function sameSet(a, b) {
   return a.length === b.length && [...a].sort().join() === [...b].sort().join();
 }
@@ -232,21 +297,67 @@ function ktrustRules(objects) {
   }
   const caDir = (config.identity || {}).ca_dir || '/var/lib/ktrust/ca';
   const caMount = mountAt(caDir);
-  if (!caMount || !volumeOf(caMount.name).secret) problem(where, `identity.ca_dir ${caDir} is not a mounted Secret`);
+  const caSecret = caMount && volumeOf(caMount.name).secret;
+  if (!caSecret) {
+    problem(where, `identity.ca_dir ${caDir} is not a mounted Secret`);
+  } else {
+    // The agent refuses a key its group or others may read (Kubernetes'
+    // default is 0644).
+    const mode = caSecret.defaultMode === undefined ? 0o644 : caSecret.defaultMode;
+    if (mode & 0o077) problem(where, `the CA Secret's defaultMode is 0${mode.toString(8)}; the agent refuses a key others may read (use 0400)`);
+    // The Secret itself, when given (`ktrust ca kubernetes-secret`; the
+    // kustomization leaves it out on purpose).
+    const secret = find('Secret', caSecret.secretName);
+    if (secret) caSecretRules(secret, ds.metadata.namespace, config.trust_domain);
+  }
 
-  const metrics = settings.metrics_address === undefined ? '127.0.0.1:9464' : settings.metrics_address;
-  const match = /^(.*):(\d+)$/.exec(metrics);
-  for (const kind of ['startupProbe', 'livenessProbe', 'readinessProbe']) {
-    const probe = agent[kind] && agent[kind].httpGet;
+  // Probes: `ktrust health` / `ktrust ready` against this pod's own control
+  // socket. A TCP probe (httpGet on agent.metrics_address) reaches whichever
+  // process holds the node's port: the other agent during a surge, or a
+  // local user who bound it while no agent runs.
+  const probes = { startupProbe: 'health', livenessProbe: 'health', readinessProbe: 'ready' };
+  for (const [kind, expected] of Object.entries(probes)) {
+    const probe = agent[kind];
     if (!probe) {
-      problem(where, `no ${kind} (httpGet)`);
-    } else if (!match || probe.host !== match[1] || probe.port !== Number(match[2])) {
-      problem(where, `${kind} asks ${probe.host}:${probe.port}, but agent.metrics_address is ${metrics}`);
+      problem(where, `no ${kind}`);
+      continue;
+    }
+    const command = probe.exec && probe.exec.command;
+    if (!Array.isArray(command)) {
+      const handler = ['httpGet', 'tcpSocket', 'grpc'].find((k) => probe[k]) || 'no';
+      problem(where, `${kind} is a ${handler} probe; it must be an exec of ktrust on the pod's own control socket (a port reaches whichever process holds it)`);
+      continue;
+    }
+    let probeSocket = '/run/ktrust/control.sock';
+    let timeout = 3;
+    const positional = [];
+    for (let i = 1; i < command.length; i++) {
+      const arg = command[i];
+      if (arg === '--socket') probeSocket = command[++i];
+      else if (arg.startsWith('--socket=')) probeSocket = arg.slice('--socket='.length);
+      else if (arg === '--timeout') timeout = command[++i];
+      else positional.push(arg);
+    }
+    if (command[0] !== '/usr/bin/ktrust') problem(where, `${kind} runs ${command[0]}, not the image's /usr/bin/ktrust`);
+    if (positional.join(' ') !== expected) {
+      problem(where, `${kind} runs \`ktrust ${positional.join(' ')}\`, expected \`ktrust ${expected}\``);
+    }
+    if (probeSocket !== socket) problem(where, `${kind} asks the control socket ${probeSocket}, but agent.control_socket is ${socket}`);
+    const seconds = typeof timeout === 'number' ? timeout : /^\d+s$/.test(timeout) ? parseInt(timeout, 10) : NaN;
+    if (!(seconds < (probe.timeoutSeconds || 1))) {
+      problem(where, `${kind}: ktrust's --timeout (${timeout}) must be below timeoutSeconds (${probe.timeoutSeconds || 1}), or the kubelet kills it before it says why`);
     }
   }
-  if (agent.readinessProbe && agent.readinessProbe.httpGet && agent.readinessProbe.httpGet.path !== '/readyz') {
-    problem(where, 'the readinessProbe must ask /readyz');
+
+  // Unpinning is a separate, explicit step (tools/kubernetes/uninstall):
+  // the agents' own DaemonSet never runs it.
+  for (const c of [...(spec.initContainers || []), ...spec.containers]) {
+    if ([...(c.command || []), ...(c.args || [])].some((a) => /\buninstall\b/.test(a))) {
+      problem(where, `container ${c.name} runs ktrustd uninstall: deleting or updating the agents must never unpin`);
+    }
   }
+  const uninstall = find('DaemonSet', 'ktrust-uninstall');
+  if (uninstall) uninstallRules(uninstall, pins);
 
   // Read only, and only pods and namespaces.
   for (const rule of role.rules || []) {

@@ -109,6 +109,15 @@ check "the image's default command is the agent's" \
   "$(jq -c "$spec | .containers[] | select(.name == \"agent\") | .command" "$work/rendered.json")"
 init_cmd=$(jq -r "$spec | .initContainers[] | select(.name == \"mount-bpffs\") | .command[0]" "$work/rendered.json")
 check "the init container's command $init_cmd is in the image" test -x "$work/rootfs$init_cmd"
+# The probes run from the image too: with no agent behind the socket they
+# fail, with the reason, rather than pass.
+for probe in startupProbe livenessProbe readinessProbe; do
+  mapfile -t probe_cmd < <(jq -r "$spec | .containers[] | select(.name == \"agent\") | .$probe.exec.command[]" "$work/rendered.json")
+  probe_status=0
+  probe_out=$(in_image "${probe_cmd[@]}" 2>&1) || probe_status=$?
+  check "the $probe (${probe_cmd[*]}) runs from the image and fails with no agent: exit $probe_status, $probe_out" \
+    test "$probe_status" = 1 -a -n "$(grep -E '^(not ready|unhealthy): cannot reach ktrustd' <<<"$probe_out")"
+done
 
 # The init container's script, run twice from the image in a private mount
 # namespace (the bpffs it mounts dies with it): first it mounts, then it

@@ -19,6 +19,14 @@ FileTimes TrustInputTimes(const Config& config) {
     out.emplace_back(f.path, ModificationTime(f.path));
   }
   for (const std::string& path : config.crls) out.emplace_back(path, ModificationTime(path));
+  // A renewed intermediate put in place (in Kubernetes, the kubelet
+  // updating the CA Secret's volume) takes effect without a restart.
+  if (config.identity.source == IdentityConfig::Source::kEmbeddedCa) {
+    for (const char* file : {"ca.crt", "ca.key", "bundle.crt"}) {
+      std::string path = config.identity.ca_dir + "/" + file;
+      out.emplace_back(path, ModificationTime(path));
+    }
+  }
   return out;
 }
 

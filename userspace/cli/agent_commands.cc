@@ -1,9 +1,10 @@
-// ktrust status | conns | workloads | policy check | denials: the live agent,
-// through its control socket (docs/control-api.md).
+// ktrust status | conns | workloads | policy check | denials | ready | health:
+// the live agent, through its control socket (docs/control-api.md).
 #include <signal.h>
 
 #include <atomic>
 #include <iostream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "commands.h"
@@ -137,6 +138,44 @@ int RunPolicyCheck(const std::string& socket, PolicyFlags f) {
   return verdict->allowed ? kOk : kFailed;
 }
 
+// ready and health: the Kubernetes probes (exec, docs/kubernetes.md). They
+// ask the agent at `socket`, the pod's own, never a TCP port, which during
+// a surge belongs to the other agent and, while no agent runs, to whoever
+// binds it first.
+struct ProbeFlags {
+  std::string timeout = "3s";
+};
+
+enum class Probe { kReady, kHealth };
+
+int RunProbe(const std::string& socket, const ProbeFlags& f, Probe probe) {
+  auto timeout = ParseTtl(f.timeout);
+  if (!timeout.ok()) return ReportError(timeout.status());
+  auto result = control::CallControl(socket, control::kMethodStatus, json::object(), *timeout);
+  if (!result.ok()) {
+    std::cout << (probe == Probe::kReady ? "not ready" : "unhealthy") << ": "
+              << EscapeForTerminal(result.status().message()) << "\n";
+    return kFailed;
+  }
+  auto status = control::ViewFromJson<control::StatusView>(*result);
+  if (!status.ok()) {
+    std::cout << (probe == Probe::kReady ? "not ready" : "unhealthy")
+              << ": the agent's answer is not a status: "
+              << EscapeForTerminal(status.status().message()) << "\n";
+    return kFailed;
+  }
+  std::string readiness = status->ready ? "ready" : "not ready: " + status->not_ready_reason;
+  if (probe == Probe::kReady) {
+    std::cout << EscapeForTerminal(readiness) << "\n";
+    return status->ready ? kOk : kFailed;
+  }
+  // Alive is answering: a restart would not make a not-ready agent ready.
+  std::cout << "healthy: ktrustd " << EscapeForTerminal(status->version) << " on "
+            << EscapeForTerminal(status->node) << " answers at " << EscapeForTerminal(socket)
+            << " (" << EscapeForTerminal(readiness) << ")\n";
+  return kOk;
+}
+
 }  // namespace
 
 void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket) {
@@ -185,6 +224,18 @@ void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket) 
   c->add_option("--since", denials->since, "Only the last DURATION, e.g. 10m (default: all kept)");
   c->add_flag("--json", denials->json, "Print the agent's raw result");
   c->callback([&socket, &exit_code, denials] { exit_code = RunDenials(socket, *denials); });
+
+  for (auto [name, probe, help] :
+       {std::tuple{"ready", Probe::kReady,
+                   "Exit 0 if the agent at --socket is ready, 1 (with the reason) if not"},
+        std::tuple{"health", Probe::kHealth,
+                   "Exit 0 if the agent at --socket answers, 1 (with the reason) if not"}}) {
+    auto flags = std::make_shared<ProbeFlags>();
+    c = app.add_subcommand(name, help);
+    c->add_option("--timeout", flags->timeout, "How long to wait for its answer (default 3s)");
+    c->callback(
+        [&socket, &exit_code, flags, probe] { exit_code = RunProbe(socket, *flags, probe); });
+  }
 }
 
 }  // namespace ktrust::cli

@@ -1,4 +1,4 @@
-// ktrust ca init | intermediate | issue
+// ktrust ca init | intermediate | revoke | issue | kubernetes-secret
 #include <sys/stat.h>
 
 #include <iostream>
@@ -6,11 +6,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "ca_secret.h"
 #include "commands.h"
 #include "ktrust/common/files.h"
 #include "ktrust/identity/certificate_authority.h"
 #include "ktrust/identity/svid_rules.h"
 #include "ktrust/identity/x509.h"
+#include "render.h"
 
 namespace ktrust::cli {
 
@@ -69,6 +71,11 @@ struct RevokeFlags {
 };
 struct IssueFlags {
   std::string ca_dir, id, out, ttl = "1h";
+  bool force = false;
+};
+struct KubernetesSecretFlags {
+  CaSecretOptions secret;
+  std::string output;
   bool force = false;
 };
 
@@ -188,6 +195,28 @@ int RunIssue(const IssueFlags& f) {
   return kOk;
 }
 
+// The YAML goes to stdout (for `| kubectl apply -f -`) or to --output, what
+// it holds to stderr, so that the YAML stays exactly the Secret.
+int RunKubernetesSecret(const KubernetesSecretFlags& f) {
+  auto secret = KubernetesCaSecret(f.secret, absl::Now());
+  if (!secret.ok()) return ReportError(secret.status());
+  if (f.output.empty()) {
+    std::cout << secret->yaml.view() << std::flush;
+  } else {
+    if (!f.force && PathExists(f.output)) {
+      return ReportError(absl::AlreadyExistsError(
+          absl::StrCat(f.output, " already exists; pass --force to replace it")));
+    }
+    // It holds the CA's private key.
+    if (auto st = WriteFileAtomically(f.output, secret->yaml.view(), 0600); !st.ok()) {
+      return ReportError(st);
+    }
+  }
+  for (const std::string& line : secret->summary) std::cerr << EscapeForTerminal(line) << "\n";
+  if (!f.output.empty()) std::cerr << "  written to " << f.output << " (mode 0600)\n";
+  return kOk;
+}
+
 }  // namespace
 
 void AddCaCommands(CLI::App& app, int& exit_code) {
@@ -231,6 +260,20 @@ void AddCaCommands(CLI::App& app, int& exit_code) {
   c->add_option("--ttl", issue->ttl, "Lifetime (default 1h)");
   c->add_flag("--force", issue->force, "Replace existing files in --out");
   c->callback([issue, &exit_code] { exit_code = RunIssue(*issue); });
+
+  auto secret = std::make_shared<KubernetesSecretFlags>();
+  c = ca->add_subcommand("kubernetes-secret",
+                         "Print an intermediate CA as the Secret the Kubernetes DaemonSet mounts "
+                         "(never a root)");
+  c->add_option("--ca-dir", secret->secret.ca_dir,
+                "The intermediate's directory (ktrust ca intermediate --dir)")
+      ->required();
+  c->add_option("--name", secret->secret.name, "The Secret's name (default ktrust-ca)");
+  c->add_option("--namespace", secret->secret.kubernetes_namespace,
+                "Its namespace (default ktrust-system)");
+  c->add_option("--output", secret->output, "Write the YAML here (mode 0600), not to stdout");
+  c->add_flag("--force", secret->force, "Replace an existing --output file");
+  c->callback([secret, &exit_code] { exit_code = RunKubernetesSecret(*secret); });
 }
 
 }  // namespace ktrust::cli

@@ -20,7 +20,7 @@ enum ExitCode : int {
 
 void AddCaCommands(CLI::App& app, int& exit_code);
 void AddCertCommands(CLI::App& app, int& exit_code);
-// status, conns, workloads, policy check, denials: they talk to the agent at
+// status, conns, workloads, policy check, denials, ready, health: they talk to the agent at
 // `socket`, which must outlive the parse (its value is read when a command runs).
 void AddAgentCommands(CLI::App& app, int& exit_code, const std::string& socket);
 // exec: runs a command as a zero-hop workload (exec.cc); does not return on success.

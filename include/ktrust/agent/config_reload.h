@@ -15,7 +15,9 @@ namespace ktrust {
 absl::Time ModificationTime(const std::string& path);
 
 using FileTimes = std::vector<std::pair<std::string, absl::Time>>;
-// The trust bundle and CRL files the configuration names, with their times.
+// The trust bundle and CRL files the configuration names, and the embedded
+// CA's files (identity.ca_dir), with their times. Symlinks are followed, so
+// a Kubernetes Secret volume's update (a new `..data`) is a change.
 // Taken before the files are read: a write landing during the read changes
 // the time again, and the next Maintain() reloads.
 FileTimes TrustInputTimes(const Config& config);
