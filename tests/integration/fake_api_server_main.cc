@@ -3,8 +3,9 @@
 // the integration tests' simulated nodes. It serves over HTTPS on
 // 127.0.0.1 of the network namespace it runs in, with a certificate of a
 // CA it makes, and writes what an agent needs to DIR: ca.crt, token (mode
-// 0600). Then it reads commands from stdin, one per line, and answers each
-// on stdout with "done <command>" once applied:
+// 0600). Then it reads commands from COMMANDS (a FIFO the test writes; a
+// shell's background job cannot keep a stdin), one per line, and answers
+// each on stdout with "done <command>" once applied:
 //
 //   add <pods|namespaces> FILE     an object (JSON), streamed as ADDED
 //   modify <pods|namespaces> FILE  the same, as MODIFIED
@@ -14,7 +15,9 @@
 //
 // A FILE holding a list ({"items": [...]}) adds each item.
 //
-// Usage: fake_api_server DIR
+// It exits when COMMANDS ends (no writer left).
+//
+// Usage: fake_api_server DIR COMMANDS
 #include <unistd.h>
 
 #include <fstream>
@@ -66,8 +69,8 @@ bool Apply(FakeApiServer& server, const std::string& line) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::cerr << "usage: fake_api_server DIR\n";
+  if (argc != 3) {
+    std::cerr << "usage: fake_api_server DIR COMMANDS\n";
     return 2;
   }
   const std::string dir = argv[1];
@@ -85,8 +88,13 @@ int main(int argc, char** argv) {
   }
   FakeApiServer server(identity, token);
   std::cout << "listening " << server.port() << std::endl;
+  std::ifstream commands(argv[2]);
+  if (!commands) {
+    std::cerr << "cannot open " << argv[2] << "\n";
+    return 1;
+  }
   std::string line;
-  while (std::getline(std::cin, line)) {
+  while (std::getline(commands, line)) {
     if (line.empty()) continue;
     bool applied = Apply(server, line);
     std::cout << (applied ? "done " : "failed ") << line << std::endl;

@@ -72,7 +72,7 @@ start_api() {  # NODE FD
   mkfifo "$work/api-$node/in"
   eval "exec $fd<>\"$work/api-$node/in\""
   run_in "$node" apiserver "$work/api-$node/log" "$fake_api_server" "$work/api-$node" \
-    <"$work/api-$node/in"
+    "$work/api-$node/in"
   wait_for "$work/api-$node/log" '^listening '
 }
 api() {  # NODE COMMAND...: sends it, waits until applied
@@ -182,8 +182,10 @@ wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.10' 10 >/de
 workloads_b=$(kt b workloads --json)
 echo "# node b workloads: $(jq -c '[.workloads[] | {name, spiffe_id, ports, pod}]' <<<"$workloads_b")"
 check "ktrust workloads shows web's namespace, pod and service account" \
-  test "$(jq -r '.workloads[] | select(.pod.name == "web") | [.pod.namespace, .pod.service_account, .pod.uid] | join(" ")' <<<"$workloads_b")" \
+  test "$(jq -r '[.workloads[] | select(.pod.name == "web") | [.pod.namespace, .pod.service_account, .pod.uid] | join(" ")] | unique | join(",")' <<<"$workloads_b")" \
   = "mesh web $web_uid"
+check "both its cgroups (pod slice and container scope) are enrolled" \
+  test "$(jq '[.workloads[] | select(.name == "mesh/web")] | length' <<<"$workloads_b")" -eq 2
 check "the pod of a namespace not opted in is not enrolled" lacks plainweb "$workloads_b"
 
 # --- Node a: started while its API server holds the lists -----------------
@@ -210,7 +212,7 @@ check "before the first sync the client's mesh connection gets nothing" lacks "r
 denials=$(kt a denials --json)
 echo "# node a denials: $(jq -c '[.denials[] | {workload, result, reason}]' <<<"$denials")"
 check "ktrust denials says kubernetes_not_synced, in words" \
-  grep -q 'kubernetes_not_synced: the agent has not read this node.s pods' <<<"$denials"
+  grep -q "kubernetes_not_synced (pod:$client_uid): the agent has not read this node.s pods" <<<"$denials"
 check "web never saw the early bytes" lacks before-sync "$(cat "$work/web.log")"
 
 api a release
@@ -266,7 +268,7 @@ links_before=$(links)
 echo "# before: $(listeners_in_pod) listeners in the client pod, $links_before pinned links on node a"
 check "node a serves the client pod with listeners in its namespace" test "$(listeners_in_pod)" -gt 0
 echo 1 >"$KT_CG/a/$client_pod_cg/cgroup.kill"
-wait_until 10 test ! -s "$KT_CG/a/$client_cg/cgroup.procs" || true
+wait_until 10 grep -qx 'populated 0' "$KT_CG/a/$client_pod_cg/cgroup.events"
 rmdir "$KT_CG/a/$client_cg" "$KT_CG/a/$client_pod_cg"
 api a delete pods "$client_uid"
 check "the deleted pod is released" wait_for "$work/a/agent.log" \

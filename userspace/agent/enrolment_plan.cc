@@ -65,7 +65,7 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
     plan.routing.by_cgroup[r.cgroup_id] = {
         w.name, *identity,
         r.pod && !r.pod->refusal_code.empty()
-            ? absl::StrCat(r.pod->refusal_code, ": ", r.pod->refusal)
+            ? absl::StrCat(r.pod->refusal_code, " (", w.name, "): ", r.pod->refusal)
             : ""};
     enrol[r.cgroup_id] = {r.cgroup_id,
                           r.cgroup_path,

@@ -285,7 +285,8 @@ TEST_F(PodEnrolmentTest, PlannedPodsAreEnrolledServedOnceAndRefusedWithWords) {
   EXPECT_EQ(plan.routing.by_cgroup.at(10).name, "mesh/web-0");
   EXPECT_EQ(plan.routing.by_cgroup.at(10).refusal, "");
   EXPECT_EQ(plan.routing.by_cgroup.at(10).identity(), svid);
-  EXPECT_THAT(plan.routing.by_cgroup.at(12).refusal, HasSubstr("pod_unknown: pod 22222222"));
+  EXPECT_THAT(plan.routing.by_cgroup.at(12).refusal,
+              HasSubstr("pod_unknown (pod:22222222-2222-4333-8444-555555555555): pod 22222222"));
   EXPECT_EQ(plan.routing.by_cgroup.at(12).identity(), nullptr);
   ASSERT_EQ(plan.pods.size(), 2u);
   ASSERT_EQ(plan.pods[0].workloads.size(), 1u);  // two containers, one workload
