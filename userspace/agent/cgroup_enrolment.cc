@@ -183,9 +183,10 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   }
   ReportProblems(config, scan->found, scan->problems);
   std::shared_ptr<const RoutingTable> before = routing_.current();
-  // Kubernetes mode: the pods' cgroups join the configured workloads'.
+  // Kubernetes mode, as the agent started (turning it on or off takes a
+  // restart): the pods' cgroups join the configured workloads'.
   std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>> pod_netns;
-  if (config.kubernetes.enabled) {
+  if (cluster_) {
     std::vector<RegisteredWorkload> pods = ResolvePods(config, *scan, *before, pod_netns);
     ReportPods(pods, scan->complete);
     scan->found.insert(scan->found.end(), pods.begin(), pods.end());
@@ -235,8 +236,7 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
 std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
     const Config& config, const CgroupScan& scan, const RoutingTable& before,
     std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns) {
-  std::shared_ptr<const ClusterSnapshot> cluster =
-      cluster_ ? cluster_() : std::make_shared<const ClusterSnapshot>();
+  std::shared_ptr<const ClusterSnapshot> cluster = cluster_();
   std::vector<RegisteredWorkload> pods =
       ResolvePodCgroups(config, *cluster, scan.unclaimed, place_.own_cgroup, before);
   // Each namespace's addresses read once a pass, however many containers.

@@ -166,23 +166,23 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
 // Kubernetes mode: pods get namespace, pod and service account columns; a
 // pod the agent could not resolve shows its UID.
 TEST(RenderWorkloads, PodsGetTheirColumns) {
-  WorkloadView web;
-  web.name = "mesh/web-0";
+  auto view = [](std::string name, std::string network, std::string problem, control::PodView pod) {
+    WorkloadView w;
+    w.name = std::move(name);
+    w.mode = "enforce";
+    w.network = std::move(network);
+    w.problem = std::move(problem);
+    w.pod = std::move(pod);
+    return w;
+  };
+  WorkloadView web = view("mesh/web-0", "pod 10.244.1.7", "",
+                          {"mesh", "web-0", "web", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70"});
   web.spiffe_id = "spiffe://cluster.local/ns/mesh/sa/web";
-  web.mode = "enforce";
   web.ports = {8080};
-  web.network = "pod 10.244.1.7";
-  web.pod = {"mesh", "web-0", "web", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70"};
-  WorkloadView unknown;
-  unknown.name = "pod:11111111-2222-4333-8444-555555555555";
-  unknown.mode = "enforce";
-  unknown.network = "pod 10.244.1.8";
-  unknown.problem = "pod_unknown: not among this node's pods";
-  unknown.pod = {"", "", "", "11111111-2222-4333-8444-555555555555"};
-  WorkloadView host;
-  host.name = "sshd";
-  host.mode = "enforce";
-  host.network = "node";
+  WorkloadView unknown = view("pod:11111111-2222-4333-8444-555555555555", "pod 10.244.1.8",
+                              "pod_unknown: not among this node's pods",
+                              {"", "", "", "11111111-2222-4333-8444-555555555555"});
+  WorkloadView host = view("sshd", "node", "", {});
   std::string out = RenderWorkloads({web, unknown, host}, Now());
   EXPECT_NE(out.find("DATA PATH  NAMESPACE  POD                                       SERVICE "
                      "ACCOUNT\n"),
