@@ -672,7 +672,8 @@ bool EchoAll(const std::vector<Fd>& conns, size_t size, int round, int threads) 
       std::string reply(size, '\0');
       for (size_t i = static_cast<size_t>(w); i < conns.size() && ok;
            i += static_cast<size_t>(threads)) {
-        for (size_t b = 1; b < size; ++b) request[b] = static_cast<char>('a' + (i + b + round) % 26);
+        for (size_t b = 1; b < size; ++b)
+          request[b] = static_cast<char>('a' + (i + b + round) % 26);
         std::string error;
         if (!SendAll(conns[i].get(), request.data(), size)) {
           error = IoError("send");
@@ -682,8 +683,7 @@ bool EchoAll(const std::vector<Fd>& conns, size_t size, int round, int threads) 
           error = "the echo differs from what was sent";
         }
         if (!error.empty()) {
-          std::fprintf(stderr, "loadgen: connection %zu, round %d: %s\n", i, round,
-                       error.c_str());
+          std::fprintf(stderr, "loadgen: connection %zu, round %d: %s\n", i, round, error.c_str());
           ok = false;
         }
       }
