@@ -1105,6 +1105,44 @@ TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
   EXPECT_EQ(failed[0].value("reason", ""), evicted->reason);
 }
 
+// A client that connects and closes without a byte (a TCP port probe) was
+// refused by nobody: it ends as client_closed, without a handshake failure
+// or a connection_failed warning (it was logged as connection_closed, a
+// failed handshake).
+TEST_F(EngineTest, ClientThatClosesBeforeItsHandshakeIsNotAFailure) {
+  TestBackend backend(&TestBackend::Echo);
+  CaptureLog();
+  struct Closed {
+    std::mutex mu;
+    std::vector<ClosedConnection> list;
+  };
+  auto closed = std::make_shared<Closed>();
+  PairOptions p;
+  p.options.on_closed = [closed](const ClosedConnection& c) {
+    std::lock_guard<std::mutex> lock(closed->mu);
+    closed->list.push_back(c);
+  };
+  StartPair(backend, p);
+  UniqueFd probe = ConnectTo(wire_);
+  ASSERT_TRUE(probe.valid()) << strerror(errno);
+  probe.Reset();
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard<std::mutex> lock(closed->mu);
+    return !closed->list.empty();
+  }));
+  {
+    std::lock_guard<std::mutex> lock(closed->mu);
+    ASSERT_EQ(closed->list.size(), 1u);
+    EXPECT_EQ(closed->list[0].result.code(), "client_closed") << closed->list[0].reason;
+    EXPECT_FALSE(closed->list[0].result.refusal());
+  }
+  EXPECT_EQ(server_->counters().handshake_failures.load(), 0u);
+  EXPECT_TRUE(log_->Events("connection_failed").empty());
+  // And the pair still serves.
+  ExpectEchoedThroughThePair("after the probe");
+  EXPECT_EQ(backend.accepted(), 1);
+}
+
 // The same with clients that each sent the first byte of a ClientHello and
 // stalled (a slow drip keeps first_byte_timeout away): the longest-pending
 // one is evicted, and the allowed client is served.
