@@ -62,6 +62,19 @@ struct PairOptions {
   EngineOptions options;
 };
 
+// What on_closed reported. Shared with the engines, which may call the hook
+// until they stop, after a failed assertion returned early.
+struct ClosedList : std::enable_shared_from_this<ClosedList> {
+  std::mutex mu;
+  std::vector<ClosedConnection> list;
+  std::function<void(const ClosedConnection&)> Hook() {
+    return [self = shared_from_this()](const ClosedConnection& c) {
+      std::lock_guard<std::mutex> lock(self->mu);
+      self->list.push_back(c);
+    };
+  }
+};
+
 // The SPIFFE ID in the leaf of a verified chain, or why there is none.
 std::string LeafIdOf(const VerifiedPeer& peer) {
   auto chain = ParseCertificates(peer.chain_pem, "the verified chain");
@@ -1038,13 +1051,7 @@ TEST_F(EngineTest, PendingHandshakesPerSourceAreCappedAndOtherSourcesStillServed
 TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
   TestBackend backend(&TestBackend::Echo);
   CaptureLog();
-  // Shared with on_closed, which may run until the engines stop, after a
-  // failed assertion returned early.
-  struct Closed {
-    std::mutex mu;
-    std::vector<ClosedConnection> list;
-  };
-  auto closed = std::make_shared<Closed>();
+  auto closed = std::make_shared<ClosedList>();
   PairOptions p;
   p.options.loops = 1;  // one loop's accept order: idle[0] is the oldest
   p.options.max_inbound_handshakes = 8;
@@ -1052,10 +1059,7 @@ TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
   // Long enough that no idle client times out while the test runs.
   p.options.handshake_timeout = absl::Seconds(60);
   p.options.first_byte_timeout = absl::Seconds(60);
-  p.options.on_closed = [closed](const ClosedConnection& c) {
-    std::lock_guard<std::mutex> lock(closed->mu);
-    closed->list.push_back(c);
-  };
+  p.options.on_closed = closed->Hook();
   StartPair(backend, p);
   std::vector<UniqueFd> idle;
   for (int i = 0; i < 8; ++i) {
@@ -1123,16 +1127,9 @@ TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
 TEST_F(EngineTest, ClientThatClosesBeforeItsHandshakeIsNotAFailure) {
   TestBackend backend(&TestBackend::Echo);
   CaptureLog();
-  struct Closed {
-    std::mutex mu;
-    std::vector<ClosedConnection> list;
-  };
-  auto closed = std::make_shared<Closed>();
+  auto closed = std::make_shared<ClosedList>();
   PairOptions p;
-  p.options.on_closed = [closed](const ClosedConnection& c) {
-    std::lock_guard<std::mutex> lock(closed->mu);
-    closed->list.push_back(c);
-  };
+  p.options.on_closed = closed->Hook();
   StartPair(backend, p);
   UniqueFd probe = ConnectTo(wire_);
   ASSERT_TRUE(probe.valid()) << strerror(errno);

@@ -19,19 +19,22 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 connections=5000 waves=2 hold=5 settle=10 data_path=userspace out=""
 while (($#)); do
+  mode_option "$@"
+  if ((taken)); then shift "$taken"; continue; fi
   case $1 in
-    --quick) connections=500 waves=1 hold=2 ;;
-    --connections) connections=$2; shift ;;
-    --waves) waves=$2; shift ;;
-    --hold) hold=$2; shift ;;
-    --settle) settle=$2; shift ;;
-    --data-path) data_path=$2; shift ;;
-    --out) out=$2; shift ;;
-    --keep) keep=1 ;;
-    -h | --help) usage; exit 0 ;;
+    --quick) connections=500 waves=1 hold=2; shift; continue ;;
+    --connections | --waves | --hold | --settle | --data-path)
+      [[ $# -ge 2 ]] || die "$1 needs a value (see --help)" ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
-  shift
+  case $1 in
+    --connections) connections=$2 ;;
+    --waves) waves=$2 ;;
+    --hold) hold=$2 ;;
+    --settle) settle=$2 ;;
+    --data-path) data_path=$2 ;;
+  esac
+  shift 2
 done
 out=$(result_path "$out" idle.json)
 
