@@ -1122,8 +1122,8 @@ TEST_F(EngineTest, FullInboundBudgetEvictsTheLongestSilentClientForANewOne) {
 
 // A client that connects and closes without a byte (a TCP port probe) was
 // refused by nobody: it ends as client_closed, without a handshake failure
-// or a connection_failed warning (it was logged as connection_closed, a
-// failed handshake).
+// or a connection_failed warning (it was logged as connection_failed,
+// result connection_closed: a failed handshake).
 TEST_F(EngineTest, ClientThatClosesBeforeItsHandshakeIsNotAFailure) {
   TestBackend backend(&TestBackend::Echo);
   CaptureLog();

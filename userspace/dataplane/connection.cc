@@ -1068,8 +1068,9 @@ void Connection::MaybeFinalize() {
     LogEvent(spdlog::level::info, event);
   } else if (closed.result.reason == CloseReason::kClientClosed) {
     // Not a failure, and port probes make many: debug only (counted by
-    // on_closed, ktrust_connections_total{result="client_closed"}).
-    event["event"] = "connection_closed";
+    // on_closed, ktrust_connections_total{result="client_closed"}). An
+    // event of its own: it carried no data, unlike a connection_closed.
+    event["event"] = "client_closed";
     LogEvent(spdlog::level::debug, event);
   } else {
     // A flood of refusals must not flood the log: counted in full, logged to a budget.
