@@ -5,6 +5,8 @@
 //   loadgen rr         --connect ADDR --count N [--size 64] [--warmup W]
 //   loadgen connrate   --connect ADDR --concurrency C --seconds S [--size 64]
 //   loadgen firstbyte  --connect ADDR --count N [--warmup W]
+//   loadgen idle       --connect ADDR --connections N [--waves 1] [--hold 5]
+//                      [--settle 10] [--size 64] [--watch PID,...]
 //
 // Wire protocol (the proxies under test just carry it): the first byte a
 // client sends picks the mode of its connection on the server.
@@ -20,6 +22,13 @@
 // echoed byte, close(); it times each connection from socket() to close()
 // and, inside that, the connect() call, and prints every sample (run.sh e2e
 // pools them across rounds).
+//
+// idle opens N echo connections (a round trip each), holds them for --hold
+// seconds, checks that each still echoes, closes them all and samples the
+// watched processes' RSS (VmRSS) every 100 ms for --settle seconds: the
+// memory an idle connection costs the agents, and whether they give it back
+// after a wave (back_within_2x_s: first moment every watched process was
+// within twice its RSS before the first wave).
 //
 // Every client mode prints one JSON object on stdout and exits 0, or prints
 // "loadgen: error: ..." on stderr and exits 1. The server is one epoll thread:
@@ -44,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -663,6 +673,131 @@ int RunFirstByte(const sockaddr_in& sa, int64_t count, int64_t warmup) {
   return 0;
 }
 
+// ---------------------------------------------------------------- idle
+
+// Resident set of process PID in KiB (VmRSS), or -1 once it is gone.
+long RssKib(int pid) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib;
+}
+
+std::string RssList(const std::vector<int>& pids) {
+  std::string out;
+  for (int pid : pids) {
+    if (!out.empty()) out += ", ";
+    out += std::to_string(RssKib(pid));
+  }
+  return "[" + out + "]";
+}
+
+// One echo of `size` bytes on connection `i`; an empty string if every byte
+// came back as sent, else what went wrong. The payload differs per
+// connection and per round, so a byte delivered to the wrong connection is
+// caught.
+std::string EchoOnce(int fd, size_t i, int round, size_t size) {
+  std::string request(size, kEchoMode);
+  for (size_t b = 1; b < size; ++b) request[b] = static_cast<char>('a' + (i + b + round) % 26);
+  std::string reply(size, '\0');
+  if (!SendAll(fd, request.data(), size)) return IoError("send");
+  if (!RecvAll(fd, reply.data(), size)) return IoError("recv");
+  if (reply != request) return "the echo differs from what was sent";
+  return "";
+}
+
+// Runs `each(i)` for every i below `count` on `threads` threads; false (and
+// stops early) once one returns false.
+bool ForEachConnection(size_t count, int threads, const std::function<bool(size_t)>& each) {
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < threads; ++w) {
+    workers.emplace_back([&, w] {
+      for (size_t i = static_cast<size_t>(w); i < count && ok; i += static_cast<size_t>(threads)) {
+        if (!each(i)) ok = false;
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  return ok;
+}
+
+// Waves of `count` connections: each opens every connection (one echo of
+// `size` bytes, so each is established end to end), holds them all for
+// `hold` seconds, echoes on every one again (data still flows after
+// idleness), closes them all and samples the watched processes' RSS every
+// 100 ms for `settle` seconds.
+int RunIdle(const sockaddr_in& sa, int64_t count, int64_t waves, double hold, double settle,
+            size_t size, const std::vector<int>& watched) {
+  constexpr int kThreads = 8;
+  std::string baseline = RssList(watched);
+  std::vector<long> base;
+  for (int pid : watched) base.push_back(RssKib(pid));
+  std::string out = "{\"connections\": " + std::to_string(count) +
+                    ", \"size\": " + std::to_string(size) + ", \"baseline_kib\": " + baseline +
+                    ", \"waves\": [";
+  for (int64_t wave = 0; wave < waves; ++wave) {
+    std::vector<Fd> conns(static_cast<size_t>(count));
+    auto opened_at = Clock::now();
+    // Each connection echoes as soon as it is open: a few handshakes at a
+    // time, as clients would, rather than thousands pending at once (which
+    // the engine's handshake budget refuses).
+    bool opened = ForEachConnection(conns.size(), kThreads, [&](size_t i) {
+      std::string error;
+      auto fd = Connect(sa, &error);
+      if (fd) {
+        error = EchoOnce(fd->get(), i, 0, size);
+        conns[i] = std::move(*fd);
+      }
+      if (!error.empty()) std::fprintf(stderr, "loadgen: connection %zu: %s\n", i, error.c_str());
+      return error.empty();
+    });
+    if (!opened) Die("could not open and echo on every connection of wave " + std::to_string(wave));
+    double open_s = SecondsSince(opened_at);
+    std::this_thread::sleep_for(std::chrono::duration<double>(hold));
+    std::string idle = RssList(watched);
+    bool echoed = ForEachConnection(conns.size(), kThreads, [&](size_t i) {
+      std::string error = EchoOnce(conns[i].get(), i, 1, size);
+      if (!error.empty()) {
+        std::fprintf(stderr, "loadgen: connection %zu after the idle period: %s\n", i,
+                     error.c_str());
+      }
+      return error.empty();
+    });
+    if (!echoed) Die("an echo failed after the idle period");
+    std::string after_echo = RssList(watched);
+    auto closed_at = Clock::now();
+    conns.clear();
+    // RSS after the wave: sampled until `settle`; `back_s` is when every
+    // watched process was first within 2x its baseline (-1: not within settle).
+    double back_s = -1;
+    std::string samples;
+    while (SecondsSince(closed_at) < settle) {
+      bool back = true;
+      for (size_t p = 0; p < watched.size(); ++p) {
+        long now = RssKib(watched[p]);
+        if (now < 0 || now > 2 * base[p]) back = false;
+      }
+      if (back && back_s < 0) back_s = SecondsSince(closed_at);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    char head[256];
+    std::snprintf(head, sizeof(head), "%s{\"open_s\": %.2f, \"back_within_2x_s\": %.1f, ",
+                  wave == 0 ? "" : ", ", open_s, back_s);
+    out += head;
+    out += "\"idle_kib\": " + idle + ", \"after_echo_kib\": " + after_echo +
+           ", \"settled_kib\": " + RssList(watched) + "}";
+  }
+  out += "]}";
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
 void Usage() {
   std::fprintf(stderr,
                "usage:\n"
@@ -670,7 +805,9 @@ void Usage() {
                "  loadgen throughput --connect IP:PORT --bytes N [--watch PID,...]\n"
                "  loadgen rr         --connect IP:PORT --count N [--size 64] [--warmup W]\n"
                "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n"
-               "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n");
+               "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n"
+               "  loadgen idle       --connect IP:PORT --connections N [--waves 1] [--hold 5]\n"
+               "                     [--settle 10] [--size 64] [--watch PID,...]\n");
 }
 
 }  // namespace
@@ -682,24 +819,30 @@ int main(int argc, char** argv) {
   }
   std::string mode = argv[1];
   auto flags = ParseFlags(argc, argv, 2);
+  // The server and idle hold a descriptor per connection.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   if (mode == "server") {
     Server server(ParseAddress(Need(flags, "listen")));
     server.Run();
   }
-  if (mode == "throughput") {
-    std::vector<int> watched;
-    if (flags.count("watch")) {
-      std::string list = flags["watch"];
-      for (size_t at = 0; at <= list.size();) {
-        size_t end = std::min(list.find(',', at), list.size());
-        std::string pid = list.substr(at, end - at);
-        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
-          Die("--watch wants PID[,PID...]");
-        }
-        watched.push_back(std::stoi(pid));
-        at = end + 1;
+  std::vector<int> watched;
+  if (flags.count("watch")) {
+    std::string list = flags["watch"];
+    for (size_t at = 0; at <= list.size();) {
+      size_t end = std::min(list.find(',', at), list.size());
+      std::string pid = list.substr(at, end - at);
+      if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+        Die("--watch wants PID[,PID...]");
       }
+      watched.push_back(std::stoi(pid));
+      at = end + 1;
     }
+  }
+  if (mode == "throughput") {
     return RunThroughput(ParseAddress(Need(flags, "connect")),
                          static_cast<uint64_t>(NumberFlag(flags, "bytes")), watched);
   }
@@ -717,6 +860,15 @@ int main(int argc, char** argv) {
     return RunRequestResponse(ParseAddress(Need(flags, "connect")), count,
                               NumberFlag(flags, "warmup", std::min<int64_t>(100, count / 10)),
                               size);
+  }
+  if (mode == "idle") {
+    int64_t count = NumberFlag(flags, "connections");
+    if (count == 0) Die("--connections must be positive");
+    int64_t waves = NumberFlag(flags, "waves", 1);
+    if (waves == 0) Die("--waves must be positive");
+    return RunIdle(ParseAddress(Need(flags, "connect")), count, waves,
+                   static_cast<double>(NumberFlag(flags, "hold", 5)),
+                   static_cast<double>(NumberFlag(flags, "settle", 10)), size, watched);
   }
   if (mode == "connrate") {
     int64_t concurrency = NumberFlag(flags, "concurrency");

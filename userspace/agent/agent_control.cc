@@ -395,7 +395,8 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
         {"inbound_handshakes", c.refused_inbound_handshakes.load()},
         {"outbound_handshakes", c.refused_outbound_handshakes.load()},
         {"source_handshakes", c.refused_source_handshakes.load()},
-        {"fds", c.refused_fd_limit.load()}}) {
+        {"fds", c.refused_fd_limit.load()},
+        {"memory", c.refused_memory.load()}}) {
     m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
               {{"limit", limit}}, static_cast<double>(n));
   }

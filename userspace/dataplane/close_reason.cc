@@ -69,6 +69,10 @@ ReasonEntry EntryOf(CloseReason reason) {
       return {"over_limit", true};
     case CloseReason::kFdLimit:
       return {"fd_limit", true};
+    case CloseReason::kMemory:
+      return {"memory", true};
+    case CloseReason::kClientClosed:
+      return {"client_closed", false};
     case CloseReason::kPeerRefused:
       return {"peer_refused", true};
   }

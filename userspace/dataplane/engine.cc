@@ -1,6 +1,7 @@
 #include "ktrust/dataplane/engine.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -285,6 +286,20 @@ class Engine::Loop {
       // refuse it, so its client hears at once and the listener is not
       // ready again for nothing. Without a reserve, the next tick retries.
       if (!RefuseForWantOfDescriptors(l, -result)) return;
+    } else if (result == -ENOMEM || result == -ENOBUFS) {
+      // No memory for a socket: the connection stays queued, and accepting
+      // again at once would fail the same way. Said, counted, and retried
+      // on the next tick; live connections carry on.
+      ctx_.shared.counters->refused_memory.fetch_add(1);
+      LogRefusal(
+          spdlog::level::err,
+          {{"event", "accept_failed"},
+           {"direction", DirectionName(l.outbound ? Direction::kOutbound : Direction::kInbound)},
+           {"result", "memory"},
+           {"reason", absl::StrCat(OutOfMemoryReason(-result),
+                                   "; the pending clients wait (retried every second)")}},
+          "memory");
+      return;
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       // Try again on the next tick rather than spinning on the same error.
       LogRefusal(spdlog::level::err,
@@ -406,6 +421,7 @@ class Engine::Loop {
     } else {
       Connection::StartInbound(ctx_, l.group, *l.inbound, std::move(conn), std::move(slot));
     }
+    peak_since_trim_ = std::max(peak_since_trim_, ctx_.connections.size());
   }
 
   // The tick serves connections (deadlines, rechecks) and listeners whose
@@ -426,8 +442,33 @@ class Engine::Loop {
     loop_->Timeout(&ticker_, &tick_);
   }
 
+  // After a wave of connections has closed, hands the memory they used back
+  // to the kernel. glibc keeps freed memory for reuse: it returns only the
+  // top of a heap, and the connections' memory is scattered through it
+  // between what is still in use, so without this the agent's RSS stays at
+  // its peak for good. malloc_trim(0) releases every free page of every
+  // arena (madvise), at the cost of a walk over the free lists under each
+  // arena's lock: done once the loop's connections fell by kTrimDrop or
+  // more, to half of their peak since the last trim or less, at most once a
+  // second across the engine's loops (a trickle of short connections never
+  // triggers it: what they free is reused).
+  void TrimAfterDrop(absl::Time now) {
+    size_t live = ctx_.connections.size();
+    peak_since_trim_ = std::max(peak_since_trim_, live);
+    if (peak_since_trim_ - live < kTrimDrop || live > peak_since_trim_ / 2) return;
+    int64_t at = absl::ToUnixNanos(now);
+    int64_t last = ctx_.shared.last_trim_ns.load();
+    if (at - last < absl::ToInt64Nanoseconds(absl::Seconds(1)) ||
+        !ctx_.shared.last_trim_ns.compare_exchange_strong(last, at)) {
+      return;  // another loop trimmed just now; the next tick sees the drop again
+    }
+    malloc_trim(0);
+    peak_since_trim_ = live;
+  }
+
   void OnTick() {
     absl::Time now = loop_->now();
+    TrimAfterDrop(now);
     std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
     for (Connection* c : live) {
       if (ctx_.connections.count(c)) c->Tick(now);
@@ -448,8 +489,13 @@ class Engine::Loop {
     if (!loop_->stopping() && NeedsTicks()) ArmTicker();
   }
 
+  // A fall of at least this many connections (to half the peak or less)
+  // is worth a malloc_trim.
+  static constexpr size_t kTrimDrop = 64;
+
   std::unique_ptr<EventLoop> loop_;
   LoopContext ctx_;
+  size_t peak_since_trim_ = 0;  // most connections seen at a tick since the last trim
   Listeners listeners_;
   FdReserve fd_reserve_;  // for refusing at the fd limit (RefuseForWantOfDescriptors)
   bool running_ = false;  // the loop's thread has started

@@ -240,6 +240,10 @@ struct EngineCounters {
   // At accept, out of file descriptors (EMFILE, ENFILE): result fd_limit,
   // as a connection refused later for want of one for its other socket.
   std::atomic<uint64_t> refused_fd_limit{0};
+  // Accepts that failed for want of memory (ENOMEM, ENOBUFS): the clients
+  // stay queued until the next second's try. (A connection refused later
+  // for want of memory ends with result memory.)
+  std::atomic<uint64_t> refused_memory{0};
   // Inbound pending handshakes reset to make room for a new client while
   // max_inbound_handshakes was full (not counted in refused_limit).
   std::atomic<uint64_t> evicted_handshakes{0};
