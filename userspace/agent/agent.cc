@@ -442,6 +442,59 @@ void Agent::Maintain(absl::Time now) {
   }
 }
 
+void Agent::BeginDrain(const std::string& reason, absl::Duration timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (drain_.draining) return;
+    drain_.draining = true;
+    drain_.reason = reason;
+    drain_.since = absl::Now();
+    drain_.deadline = drain_.since + timeout;
+  }
+  engine_->StopAccepting();
+  const EngineCounters& c = engine_->counters();
+  LogEvent(spdlog::level::info,
+           {{"event", "draining"},
+            {"reason", reason},
+            {"connections", c.active.load()},
+            {"handshakes", c.handshaking.load()},
+            {"drain_timeout_ms", absl::ToInt64Milliseconds(timeout)},
+            {"note",
+             "open connections are carried until they end or the drain timeout; the "
+             "interception programs stay attached, so new ones are refused unless a "
+             "successor agent serves them"}});
+}
+
+void Agent::EndDrain() {
+  uint64_t left = engine_->counters().active.load();
+  if (left > 0) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "drain_timeout"},
+              {"connections", left},
+              {"reason", "the drain timeout passed: the connections still open are closed"}});
+  }
+  engine_->EndConnections(CloseReason::kDrainTimeout,
+                          "the agent was stopping and the connection was still open at "
+                          "agent.drain_timeout");
+}
+
+bool Agent::Drained() const { return drain().draining && engine_->counters().active.load() == 0; }
+
+DrainState Agent::drain() const {
+  absl::MutexLock lock(&mu_);
+  return drain_;
+}
+
+void Agent::SetSuccessor(std::string successor) {
+  absl::MutexLock lock(&mu_);
+  drain_.successor = std::move(successor);
+}
+
+void Agent::SetPredecessor(std::string predecessor) {
+  absl::MutexLock lock(&mu_);
+  drain_.predecessor = std::move(predecessor);
+}
+
 void Agent::PollEvents(absl::Duration timeout) {
   if (events_) (void)events_->Poll(timeout);
 }

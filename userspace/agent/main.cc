@@ -153,6 +153,32 @@ int RunTunnel(const TunnelFlags& f) {
   return 0;
 }
 
+// A stopping agent: accepts nothing more and carries its open connections
+// until they end or agent.drain_timeout passes, then closes what is left,
+// each with a log line. Another SIGTERM or SIGINT ends the wait at once;
+// SIGHUP is ignored (a reload would enrol and open listeners).
+void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reason) {
+  agent.BeginDrain(reason, agent.config()->agent.drain_timeout);
+  // Polled: the engine has no "last connection ended" signal, and a tenth
+  // of a second is well under what any deadline here is measured in.
+  timespec tick{0, 100 * 1000 * 1000};
+  while (!agent.Drained() && absl::Now() < agent.drain().deadline) {
+    int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      LogEvent(spdlog::level::warn, {{"event", "drain_cut_short"},
+                                     {"signal", sigdescr_np(sig)},
+                                     {"connections", agent.engine().counters().active.load()}});
+      break;
+    }
+    if (sig == SIGHUP) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "reload_ignored"}, {"reason", "the agent is draining"}});
+    }
+  }
+  if (!agent.Drained()) agent.EndDrain();
+  LogEvent(spdlog::level::info, {{"event", "drained"}, {"reason", reason}});
+}
+
 int RunAgent(const std::string& config_path) {
   // Loaded once: the log settings come from it, and the agent starts from it.
   auto loaded = LoadConfig(config_path);
@@ -254,9 +280,12 @@ int RunAgent(const std::string& config_path) {
     (*agent)->Maintain(absl::Now());
     start_metrics();
   }
+  // Nothing changes the kernel's maps or reads its events while draining:
+  // a successor may be doing so.
   stop.store(true);
   events.join();
   cgroups.join();
+  DrainThenEnd(**agent, signals, "SIGTERM");
   if (metrics) metrics->Stop();
   (*control)->Stop();
   agent->reset();

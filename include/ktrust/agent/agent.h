@@ -71,6 +71,18 @@ struct ReloadState {
   std::string last_error;  // of the last reload attempt; empty when it succeeded
 };
 
+// A stopping agent's state, for `ktrust status` (docs/operations.md).
+struct DrainState {
+  bool draining = false;  // no longer accepting; carrying what is open
+  std::string reason;     // "SIGTERM", "handed over to ktrustd pid 123", ...
+  absl::Time since;
+  absl::Time deadline;  // then whatever is still open is closed
+  // The agent around this one in an upgrade, in words (empty: none): the
+  // successor it handed over to, or the predecessor still draining.
+  std::string successor;
+  std::string predecessor;
+};
+
 // Called on the agent's threads for every connection that ended and every
 // interception event (denial log, metrics); must be fast and thread-safe.
 struct AgentHooks {
@@ -103,6 +115,20 @@ class Agent {
   // docs/operations.md). Maintain() rescans as a safety net
   // (CgroupEnrolment::EnrollIfDue).
   void WatchCgroups(absl::Duration timeout);
+
+  // Stops accepting (the engine closes its listeners; the programs stay
+  // attached, so new connections are refused, fail closed) and records
+  // why, until `timeout` from now. Live connections go on; Drained() says
+  // when they are done. Idempotent: the first reason and deadline stay.
+  void BeginDrain(const std::string& reason, absl::Duration timeout);
+  // Past the deadline: ends what is still open, each with a log line.
+  void EndDrain();
+  // Draining and nothing left open.
+  bool Drained() const;
+  DrainState drain() const;
+  // The agents around this one in an upgrade (DrainState), in words.
+  void SetSuccessor(std::string successor);
+  void SetPredecessor(std::string predecessor);
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
@@ -162,6 +188,7 @@ class Agent {
   // The trust bundle and CRL files the last reload read, with their times:
   // a changed one reloads as a changed configuration does.
   FileTimes trust_inputs_ ABSL_GUARDED_BY(mu_);
+  DrainState drain_ ABSL_GUARDED_BY(mu_);
 };
 
 // `ktrustd uninstall`: detaches and unpins everything under pin_dir.

@@ -128,6 +128,9 @@ struct AgentSettings {
   int max_outbound_handshakes = 1024;
   int max_handshakes_per_source = 128;
   absl::Duration first_byte_timeout = absl::Seconds(3);
+  // How long a stopping agent (SIGTERM, or handed over to a successor) keeps
+  // carrying its open connections before it closes them.
+  absl::Duration drain_timeout = absl::Seconds(30);
 };
 
 // Kubernetes mode: pods are identified from the API server (namespace,

@@ -46,6 +46,9 @@ enum class CloseReason {
   kNoKernelTls,  // zero-hop needs kernel TLS, which this kernel lacks
   kOverLimit,    // zero-hop, outbound: refused at once, over a connection or handshake limit
   kFdLimit,      // the agent was out of file descriptors (EMFILE, ENFILE)
+  // The agent was stopping (SIGTERM, or handed over to a successor) and the
+  // connection was still open at agent.drain_timeout.
+  kDrainTimeout,
   kPeerRefused,  // we refused the peer's certificate: CloseResult::peer_reason says why
 };
 // The last value, for code that walks them all (tests); new values go before it.
