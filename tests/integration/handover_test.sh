@@ -9,6 +9,14 @@
 #              and the agent exits once they have, before the deadline
 #   deadline   a connection still open at agent.drain_timeout is closed by
 #              the agent with a drain_timeout log line
+#   handover   a second `ktrustd run` on node b takes over: a loop of new
+#              connections across it sees no refusal, new connections go to
+#              the new agent, the open ones (userspace TLS: they cannot move)
+#              drain in the old one and end cleanly before its deadline, and
+#              both agents' `ktrust status` say who drains
+#   bad config a successor whose configuration does not load takes nothing
+#   killed     a successor killed mid-handover leaves the old agent serving:
+#              its open connections still work, and so do new ones
 #
 # This host has no kernel TLS: every connection is on the userspace record
 # layer. Needs root.
@@ -121,5 +129,82 @@ check "the connections left open were closed by agent b ($(tail -1 "$work/deadli
 timed_out=$(events "$work/b/agent.log" |
   jq '[.[] | select(.event == "connection_failed" and .result == "drain_timeout")] | length')
 check "agent b logged each as drain_timeout ($timed_out of 2)" test "$timed_out" = 2
+
+echo "# handover: a second ktrustd run takes over node b"
+mv "$work/b/agent.log" "$work/b/agent-deadline.log"
+KT_AGENT_EXTRA="  drain_timeout: 60s" write_nodes
+start_agent b "$ktrustd"
+old_b=$(agent_pid b)
+open_conns moved 5
+# New connections in a loop across the handover, each one echo round trip.
+rm -f "$work/loop.stop"
+run_in a client "$work/loop.log" python3 -u -c "
+import os, socket
+ok = failed = 0
+while not os.path.exists('$work/loop.stop'):
+    try:
+        s = socket.create_connection(('10.77.0.2', 8080), timeout=5)
+        s.sendall(b'loop\n')
+        ok += s.recv(16) == b'loop\n'
+        s.close()
+    except OSError as e:
+        failed += 1
+        print('failed:', e, flush=True)
+print('loop ok %d failed %d' % (ok, failed), flush=True)"
+wait_until 20 sh -c "[ \$(grep -c '\"workload\":\"server\"' '$work/b/agent.log') -ge 10 ]"
+run_in b agent "$work/b/successor.log" "$ktrustd" run --config "$work/b/ktrustd.yaml"
+wait_for "$work/b/successor.log" '"event":"ready"\|startup_failed'
+new_b=$(agent_pid b)
+check "the successor started and took over from pid $old_b" \
+  grep -q "\"predecessor_pid\":$old_b" "$work/b/successor.log"
+wait_for "$work/b/agent.log" '"event":"draining"'
+check "the old agent logged the handover" grep -q '"event":"handed_over"' "$work/b/agent.log"
+status_new=$(kt b status --json)
+check "ktrust status on the new agent names the draining predecessor ($(jq -c .drain.predecessor <<<"$status_new"))" \
+  jq -e --arg pid "$old_b" '.drain.draining == false and (.drain.predecessor | contains("pid " + $pid))' <<<"$status_new"
+status_old=$("$ktrust" --socket "$work/b/control-$old_b.sock" status --json)
+check "the old agent's status, beside it, says it drains for the successor ($(jq -c .drain <<<"$status_old"))" \
+  jq -e --arg pid "$new_b" '.drain.draining and .drain.reason == "handed over to ktrustd pid " + $pid and .drain.connections == 5' <<<"$status_old"
+# New connections reach the new agent.
+check "new connections go to the new agent" wait_until 20 sh -c "[ \$(grep -c '\"event\":\"connection_closed\".*\"workload\":\"server\"' '$work/b/successor.log') -ge 5 ]"
+touch "$work/loop.stop"
+wait_for "$work/loop.log" "^loop ok"
+check "zero refused or failed connects in the loop across the handover ($(tail -1 "$work/loop.log"))" \
+  grep -q "failed 0$" "$work/loop.log"
+touch "$work/moved.go"
+wait_for "$work/moved.log" "^done"
+check "the connections open at the handover still echo, served by the old agent ($(tail -1 "$work/moved.log"))" \
+  grep -q "^done 5$" "$work/moved.log"
+while kill -0 "$old_b" 2>/dev/null; do sleep 0.1; done
+check "the old agent exited once they ended, before its deadline, without closing any" \
+  lacks '"drain_timeout"' "$(cat "$work/b/agent.log")"
+check "the new agent saw its predecessor exit" wait_for "$work/b/successor.log" '"event":"predecessor_exited"'
+check "and serves on ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+
+echo "# bad config: a successor whose configuration does not load takes nothing"
+cp "$work/b/ktrustd.yaml" "$work/b/bad.yaml"
+echo "  no_such_setting: 1" >>"$work/b/bad.yaml"
+bad_exit=0
+exec_in b agent "$ktrustd" run --config "$work/b/bad.yaml" >"$work/b/bad.log" 2>&1 || bad_exit=$?
+check "the bad successor exited with an error ($bad_exit)" test "$bad_exit" -ne 0
+check "it said why" grep -q 'startup_failed.*no_such_setting' "$work/b/bad.log"
+check "the running agent is still the same process" test "$(agent_pid b)" = "$new_b"
+check "and not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
+check "and serves ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+
+echo "# killed: a successor killed mid-handover leaves the running agent serving"
+mv "$work/b/successor.log" "$work/b/agent.log"
+open_conns kept 3
+run_in b agent "$work/b/doomed.log" "$ktrustd" run --config "$work/b/ktrustd.yaml"
+wait_for "$work/b/agent.log" '"event":"handover_started"'
+kill -9 "$(pgrep -nf "ktrustd run --config $work/b/ktrustd.yaml")"
+wait_for "$work/b/agent.log" '"event":"handover_aborted"'
+check "the running agent restored its steering" grep -q '"event":"steering_restored"' "$work/b/agent.log"
+check "it is not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
+check "new connections are served ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+touch "$work/kept.go"
+wait_for "$work/kept.log" "^done"
+check "the connections open during the failed handover still echo ($(tail -1 "$work/kept.log"))" \
+  grep -q "^done 3$" "$work/kept.log"
 
 two_nodes_results

@@ -200,6 +200,7 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   uint32_t slot = 0;
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
     if (auto st = SteerSlotTo(maps, slot, fds->inbound[slot]); !st.ok()) return st;
+    host_slots_.push_back({slot, fds->inbound[slot]});
     size_t index = static_cast<size_t>(w - config.workloads.data());
     for (uint16_t p : w->ports) {
       auto any = SocketAddress::Parse(absl::StrCat("0.0.0.0:", p));
@@ -224,6 +225,7 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   const OutboundTarget host_target{*SocketAddress::Parse("127.0.0.1:0"),
                                    *SocketAddress::Parse("[::1]:0")};
   if (auto st = SteerSlotTo(maps, slot, fds->outbound); !st.ok()) return st;
+  host_slots_.push_back({slot, fds->outbound});
   if (auto st = maps.SetOutboundTarget(*host_netns, host_target, settings.outbound_port, slot);
       !st.ok())
     return st;
@@ -440,6 +442,17 @@ void Agent::Maintain(absl::Time now) {
   } else {
     prune_trouble_.Cleared(now);
   }
+}
+
+absl::Status Agent::RestoreSteering() {
+  for (const auto& [slot, pair] : host_slots_) {
+    if (auto st = SteerSlotTo(bpf_->maps(), slot, pair); !st.ok()) return st;
+  }
+  LogEvent(spdlog::level::info,
+           {{"event", "steering_restored"},
+            {"slots", host_slots_.size()},
+            {"note", "the host's listener slots point at this agent's listeners again"}});
+  return absl::OkStatus();
 }
 
 void Agent::BeginDrain(const std::string& reason, absl::Duration timeout) {

@@ -48,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/cgroup_enrolment.h"
 #include "ktrust/agent/config_reload.h"
 #include "ktrust/agent/outbound_routing.h"
@@ -130,6 +131,10 @@ class Agent {
   void SetSuccessor(std::string successor);
   void SetPredecessor(std::string predecessor);
 
+  // After a successor that went away mid-handover: points the kernel's
+  // steering of the host's namespace back at this agent's listeners.
+  absl::Status RestoreSteering();
+
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
   const ZeroHopPath& zero_hop() const { return *zero_hop_; }
@@ -189,6 +194,9 @@ class Agent {
   // a changed one reloads as a changed configuration does.
   FileTimes trust_inputs_ ABSL_GUARDED_BY(mu_);
   DrainState drain_ ABSL_GUARDED_BY(mu_);
+  // The host's listener slots as StartHostSteering pointed them, for
+  // RestoreSteering.
+  std::vector<std::pair<uint32_t, ListenerPair>> host_slots_;
 };
 
 // `ktrustd uninstall`: detaches and unpins everything under pin_dir.
