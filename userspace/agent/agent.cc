@@ -104,6 +104,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
       agent->place_, *agent->bpf_, *agent->identities_, *agent->routing_, *agent->pods_,
       [self = agent.get()] { return self->config(); });
   if (auto st = agent->Apply(config); !st.ok()) return st;
+  // Only now, with the workloads enrolled and their SVIDs issued, does the
+  // kernel hand the host's connections to these listeners: before, an
+  // inbound one would find no identity to present. Until then they go to
+  // the agent being taken over from, if any, or are refused.
+  if (auto st = agent->SteerHostSlots(); !st.ok()) return st;
   WarnUnpinnedServers(*config);
   if (auto st = agent->KeepOnlyWhatThisRunServes(*host); !st.ok()) return st;
   if (auto st = agent->AttachPrograms(); !st.ok()) return st;
@@ -199,7 +204,7 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   HostSteering host;
   uint32_t slot = 0;
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
-    if (auto st = SteerSlotTo(maps, slot, fds->inbound[slot]); !st.ok()) return st;
+    // Steered after the first enrolment pass (SteerHostSlots).
     host_slots_.push_back({slot, fds->inbound[slot]});
     size_t index = static_cast<size_t>(w - config.workloads.data());
     for (uint16_t p : w->ports) {
@@ -224,7 +229,6 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   host.netns_cookie = *host_netns;
   const OutboundTarget host_target{*SocketAddress::Parse("127.0.0.1:0"),
                                    *SocketAddress::Parse("[::1]:0")};
-  if (auto st = SteerSlotTo(maps, slot, fds->outbound); !st.ok()) return st;
   host_slots_.push_back({slot, fds->outbound});
   if (auto st = maps.SetOutboundTarget(*host_netns, host_target, settings.outbound_port, slot);
       !st.ok())
@@ -444,10 +448,15 @@ void Agent::Maintain(absl::Time now) {
   }
 }
 
-absl::Status Agent::RestoreSteering() {
+absl::Status Agent::SteerHostSlots() {
   for (const auto& [slot, pair] : host_slots_) {
     if (auto st = SteerSlotTo(bpf_->maps(), slot, pair); !st.ok()) return st;
   }
+  return absl::OkStatus();
+}
+
+absl::Status Agent::RestoreSteering() {
+  if (auto st = SteerHostSlots(); !st.ok()) return st;
   LogEvent(spdlog::level::info,
            {{"event", "steering_restored"},
             {"slots", host_slots_.size()},

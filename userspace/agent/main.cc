@@ -242,7 +242,9 @@ int RunAgent(const std::string& config_path) {
 
   // An agent of this configuration running already: take over from it
   // (docs/operations.md, "Stopping and upgrading").
-  const std::string handover_path = HandoverSocketPath(config->agent.control_socket);
+  const std::string handover_path = config->agent.handover_socket.empty()
+                                        ? HandoverSocketPath(config->agent.control_socket)
+                                        : config->agent.handover_socket;
   auto predecessor = HandoverClient::Connect(handover_path, absl::Seconds(10));
   if (!predecessor.ok()) return Fail(predecessor.status());
   if (*predecessor) {

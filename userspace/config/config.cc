@@ -532,6 +532,7 @@ class ConfigReader {
                                   "socket_mark",
                                   "control_socket",
                                   "control_group",
+                                  "handover_socket",
                                   "metrics_address",
                                   "log_format",
                                   "log_level",
@@ -576,6 +577,8 @@ class ConfigReader {
         st = SocketMark(f, path, &out->socket_mark);
       } else if (f.key == "control_socket") {
         st = p_.AbsolutePath(f, path, &out->control_socket);
+      } else if (f.key == "handover_socket") {
+        st = p_.AbsolutePath(f, path, &out->handover_socket);
       } else if (f.key == "holder_socket") {
         st = p_.AbsolutePath(f, path, &out->holder_socket);
       } else if (f.key == "registration_socket") {

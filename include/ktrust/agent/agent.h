@@ -13,9 +13,12 @@
 //
 // Start order keeps every step fail closed: the listeners are bound before
 // the kernel is told where they are, and a cgroup is enrolled only after the
-// agent can serve it. When the agent stops, the pinned programs stay: its
-// enrolled workloads' mesh connections are refused (ECONNREFUSED) and SYNs
-// to enforced ports dropped until it is back.
+// agent can serve it; the host's listener slots are pointed at the
+// listeners only after the first enrolment pass (an agent being taken over
+// from serves until then). When the agent stops, the pinned programs stay:
+// it drains (BeginDrain), and its enrolled workloads' new mesh connections
+// are refused (ECONNREFUSED) and SYNs to enforced ports dropped until it,
+// or a successor, is back.
 //
 // Threads (ktrustd, main.cc):
 //   main thread      Start, then Maintain every second and Reload on SIGHUP;
@@ -163,6 +166,8 @@ class Agent {
                            std::shared_ptr<const TrustStore> trust);
   absl::StatusOr<HostSteering> StartHostSteering(const Config& config);
   absl::Status KeepOnlyWhatThisRunServes(const HostSteering& host);
+  // Points the host's listener slots (host_slots_) at this agent's listeners.
+  absl::Status SteerHostSlots();
   absl::Status AttachPrograms();
   absl::Status StartWatching(const AgentHooks& hooks);
 

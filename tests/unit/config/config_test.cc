@@ -74,7 +74,8 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
       "  max_outbound_handshakes: 512\n"
       "  max_handshakes_per_source: 32\n"
       "  first_byte_timeout: 5s\n"
-      "  drain_timeout: 2m\n");
+      "  drain_timeout: 2m\n"
+      "  handover_socket: /run/ktrust-handover/handover.sock\n");
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_EQ(config->workloads.size(), 1u);
   const WorkloadConfig& web = config->workloads[0];
@@ -112,6 +113,7 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
   EXPECT_EQ(config->agent.max_handshakes_per_source, 32);
   EXPECT_EQ(config->agent.first_byte_timeout, absl::Seconds(5));
   EXPECT_EQ(config->agent.drain_timeout, absl::Minutes(2));
+  EXPECT_EQ(config->agent.handover_socket, "/run/ktrust-handover/handover.sock");
 }
 
 const std::string kWebZeroHop =
