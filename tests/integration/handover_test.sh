@@ -49,7 +49,7 @@ write_nodes() {
     ports: [8080]
     from: [spiffe://example.org/node-a/client]'
 }
-write_nodes
+KT_DRAIN_TIMEOUT=60s write_nodes
 
 run_in b server "$work/echo.log" python3 -u -c "
 import socket, threading
@@ -116,7 +116,7 @@ check "without a drain_timeout line" lacks '"drain_timeout"' "$(cat "$work/b/age
 
 echo "# deadline: a connection still open at drain_timeout is closed, with a log line"
 mv "$work/b/agent.log" "$work/b/agent-drained.log"
-KT_AGENT_EXTRA="  drain_timeout: 2s" write_nodes
+KT_DRAIN_TIMEOUT=2s write_nodes
 start_agent b "$ktrustd"
 open_conns deadline 2
 pid_b=$(agent_pid b)
@@ -132,7 +132,7 @@ check "agent b logged each as drain_timeout ($timed_out of 2)" test "$timed_out"
 
 echo "# handover: a second ktrustd run takes over node b"
 mv "$work/b/agent.log" "$work/b/agent-deadline.log"
-KT_AGENT_EXTRA="  drain_timeout: 60s" write_nodes
+KT_DRAIN_TIMEOUT=60s write_nodes
 start_agent b "$ktrustd"
 old_b=$(agent_pid b)
 open_conns moved 5

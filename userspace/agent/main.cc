@@ -179,7 +179,13 @@ void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reas
                {{"event", "reload_ignored"}, {"reason", "the agent is draining"}});
     }
   }
-  if (!agent.Drained()) agent.EndDrain();
+  if (!agent.Drained()) {
+    agent.EndDrain();
+    // Each reset connection logs its line once its pending operations have
+    // completed on its loop, which stopping the engine would cut short.
+    absl::Time end = absl::Now() + absl::Seconds(2);
+    while (!agent.Drained() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
+  }
   LogEvent(spdlog::level::info, {{"event", "drained"}, {"reason", reason}});
 }
 
