@@ -411,6 +411,7 @@ int RunAgent(const std::string& config_path) {
   listen_for_successor();
 
   std::string stop_reason = "SIGTERM";
+  bool stop_requested = false;  // SIGTERM during a handover
   absl::Time next_tick = absl::Now();
   while (true) {
     absl::Time now = absl::Now();
@@ -439,10 +440,14 @@ int RunAgent(const std::string& config_path) {
                 {"note",
                  "the interception programs stay attached: enrolled workloads are "
                  "refused until ktrustd is back (ktrustd uninstall removes them)"}});
-      break;
+      // Mid-handover the successor is waiting for this agent: finish the
+      // handover (or see it fail) first, unless told twice.
+      if (!paused || stop_requested) break;
+      stop_requested = true;
     }
     now = absl::Now();
     if (handover) handover->Service(now);
+    if (stop_requested && !paused && successor == 0) break;  // the handover failed
     if (now < next_tick) continue;
     next_tick = now + absl::Seconds(1);
     if (*predecessor && (*predecessor)->PredecessorGone()) {
