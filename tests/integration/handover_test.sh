@@ -19,7 +19,9 @@
 #              its open connections still work, and so do new ones
 #
 # This host has no kernel TLS: every connection is on the userspace record
-# layer. Needs root.
+# layer; the vm tier (vm_handover_test) runs the same on kernel TLS. Nothing
+# moves between agents yet: every connection drains where it was accepted.
+# Needs root.
 # Usage: handover_test.sh KTRUST KTRUSTD
 set -euo pipefail
 
@@ -178,6 +180,12 @@ check "the connections open at the handover still echo, served by the old agent 
 while kill -0 "$old_b" 2>/dev/null; do sleep 0.1; done
 check "the old agent exited once they ended, before its deadline, without closing any" \
   lacks '"drain_timeout"' "$(cat "$work/b/agent.log")"
+if [[ -n ${KTRUST_VM:-} ]]; then
+  # The vm tier: kernel TLS is real, and the drained connections ran on it.
+  ktls=$(events "$work/b/agent.log" |
+    jq '[.[] | select(.event == "connection_closed" and .workload == "server" and .data_path == "ktls-sw")] | length')
+  check "the old agent's drained connections ran on kernel TLS ($ktls ktls-sw)" test "$ktls" -ge 5
+fi
 check "the new agent saw its predecessor exit" wait_for "$work/b/successor.log" '"event":"predecessor_exited"'
 check "and serves on ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
 
@@ -195,9 +203,16 @@ check "and serves ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" 
 echo "# killed: a successor killed mid-handover leaves the running agent serving"
 mv "$work/b/successor.log" "$work/b/agent.log"
 open_conns kept 3
-run_in b agent "$work/b/doomed.log" "$ktrustd" run --config "$work/b/ktrustd.yaml"
-wait_for "$work/b/agent.log" '"event":"handover_started"'
-kill -9 "$(pgrep -nf "ktrustd run --config $work/b/ktrustd.yaml")"
+# The successor stops itself at the worst moment (KTRUST_TEST_HANDOVER_STOP):
+# it has steered the kernel to its listeners and taken the control socket,
+# and is not ready yet.
+run_in b agent "$work/b/doomed.log" env KTRUST_TEST_HANDOVER_STOP=started \
+  "$ktrustd" run --config "$work/b/ktrustd.yaml"
+wait_for "$work/b/doomed.log" '"event":"test_handover_stop"'
+doomed=$(pgrep -nf "ktrustd run --config $work/b/ktrustd.yaml")
+check "the successor is stopped after it took over the steering" \
+  wait_until 10 sh -c "awk '{print \$3}' /proc/$doomed/stat | grep -q T"
+kill -9 "$doomed"
 wait_for "$work/b/agent.log" '"event":"handover_aborted"'
 check "the running agent restored its steering" grep -q '"event":"steering_restored"' "$work/b/agent.log"
 check "it is not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"

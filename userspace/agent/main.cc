@@ -271,6 +271,15 @@ int RunAgent(const std::string& config_path) {
     auto where = (*predecessor)->Started(absl::Seconds(30));
     if (!where.ok()) return Fail(where.status());
     predecessor_status = *where;
+    // Tests kill a successor at this, the worst moment: it steered the
+    // kernel to itself and holds the control socket, and is not ready.
+    if (const char* stop = getenv("KTRUST_TEST_HANDOVER_STOP");
+        stop && stop == std::string("started")) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "test_handover_stop"},
+                {"reason", "KTRUST_TEST_HANDOVER_STOP: stopped after started"}});
+      raise(SIGSTOP);
+    }
   }
   control::ControlServerOptions control_options{config->agent.control_socket,
                                                 config->agent.control_group};
