@@ -587,6 +587,48 @@ TEST_F(EngineTest, EchoAndTheConnectionTableShowBothIdentities) {
   }
 }
 
+// A stopping agent (issue 12): no new connection reaches a draining
+// engine, the open one keeps working, and at the deadline it is reset with a
+// drain_timeout line.
+TEST_F(EngineTest, StopAcceptingKeepsOpenConnectionsUntilEndConnections) {
+  TestBackend backend([](int fd, TestBackend& self) {
+    char buffer[256];
+    ssize_t n;
+    while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) {
+      self.AddReceived(static_cast<size_t>(n));
+      if (!SendAll(fd, buffer, static_cast<size_t>(n))) return;
+    }
+  });
+  CaptureLog();
+  StartPair(backend);
+  UniqueFd open = ConnectTo(entry());
+  ASSERT_TRUE(SendAll(open.get(), "one", 3));
+  std::string reply;
+  ASSERT_TRUE(ReadExactly(open.get(), 3, &reply));
+
+  server_->StopAccepting();
+  EXPECT_FALSE(server_->accepting());
+  EXPECT_EQ(log_->Events("listeners_closed").size(), 1u);
+  UniqueFd refused = ConnectTo(wire_);
+  EXPECT_FALSE(refused.valid()) << "the draining engine's listener still accepts";
+
+  ASSERT_TRUE(SendAll(open.get(), "two", 3));
+  ASSERT_TRUE(ReadExactly(open.get(), 3, &reply));
+  EXPECT_EQ(reply, "two") << "the open connection stopped working";
+
+  server_->EndConnections(CloseReason::kDrainTimeout, "still open at the drain deadline");
+  std::string rest;
+  int err = 0;
+  bool eof = ReadToEof(open.get(), &rest, &err);
+  EXPECT_TRUE(eof || err == ECONNRESET) << strerror(err);
+  EXPECT_TRUE(Drained());
+  std::vector<nlohmann::json> failed = log_->Events("connection_failed");
+  ASSERT_FALSE(failed.empty());
+  bool drain_line = false;
+  for (const auto& e : failed) drain_line |= e.value("result", "") == "drain_timeout";
+  EXPECT_TRUE(drain_line) << failed.front().dump();
+}
+
 TEST_F(EngineTest, LargeTransferBothWaysArrivesIntact) {
   // 200 MB each way; the vm tier (an emulated CPU) sets a smaller size.
   const char* mb = getenv("KTRUST_TEST_TRANSFER_MB");

@@ -73,6 +73,8 @@ ReasonEntry EntryOf(CloseReason reason) {
       return {"memory", true};
     case CloseReason::kClientClosed:
       return {"client_closed", false};
+    case CloseReason::kDrainTimeout:
+      return {"drain_timeout", false};
     case CloseReason::kPeerRefused:
       return {"peer_refused", true};
   }

@@ -193,19 +193,35 @@ class Engine::Loop {
   // resets the connections they accepted.
   void CloseGroup(uint64_t id) {
     for (auto& l : listeners_) {
-      if (l->group->id != id || l->removed) continue;
-      l->removed = true;
-      // The socket leaves the SO_REUSEPORT group at once (new connections
-      // are refused, queued ones reset), and the pending accept completes
-      // with EINVAL, after which the Listener can go.
-      shutdown(l->fd.get(), SHUT_RDWR);
+      if (l->group->id == id) Shut(*l);
     }
     std::erase_if(listeners_, [](const auto& l) { return l->removed && !l->accept_pending; });
+    TerminateIf([id](const Connection& c) { return c.listener_group() == id; },
+                CloseReason::kListenerRemoved, "the listener that accepted it was removed");
+  }
+
+  // On the loop's thread, draining: takes the connections already queued
+  // on every listener (the kernel would reset them at the shutdown), then
+  // shuts them all. The queued ones are served like any other.
+  void StopAccepting() {
+    for (auto& l : listeners_) {
+      if (l->removed) continue;
+      while (true) {
+        int fd = accept4(l->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN: empty; anything else: nothing more to take
+        Admit(*l, UniqueFd(fd));
+      }
+      Shut(*l);
+    }
+    std::erase_if(listeners_, [](const auto& l) { return l->removed && !l->accept_pending; });
+  }
+
+  // On the loop's thread: ends every connection matching `which`, logged.
+  void TerminateIf(const std::function<bool(const Connection&)>& which, CloseResult result,
+                   const std::string& explanation) {
     std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
     for (Connection* c : live) {
-      if (ctx_.connections.count(c) && c->listener_group() == id) {
-        c->Terminate(CloseReason::kListenerRemoved, "the listener that accepted it was removed");
-      }
+      if (ctx_.connections.count(c) && which(*c)) c->Terminate(result, explanation);
     }
   }
 
@@ -265,6 +281,15 @@ class Engine::Loop {
     Loop* owner = nullptr;
     void OnComplete(int) override { owner->OnTick(); }
   };
+
+  void Shut(Listener& l) {
+    if (l.removed) return;
+    l.removed = true;
+    // The socket leaves the SO_REUSEPORT group (and sk_lookup's sockmap) at
+    // once: new connections are refused, queued ones reset, and the pending
+    // accept completes with EINVAL, after which the Listener can go.
+    shutdown(l.fd.get(), SHUT_RDWR);
+  }
 
   void Arm(Listener& l) {
     l.accept_pending = true;
@@ -627,6 +652,9 @@ absl::StatusOr<ListenerGroupHandle> Engine::AddNetnsListeners(NetnsListeners lis
   }
   absl::MutexLock lock(&runtime_mu_);
   if (!running_) return absl::FailedPreconditionError("the engine is not running");
+  if (!accepting_.load()) {
+    return absl::FailedPreconditionError("the engine is draining: it opens no new listeners");
+  }
   auto group = std::make_shared<ListenerGroup>();
   group->netns_owner.Reset(fcntl(listeners.netns_fd, F_DUPFD_CLOEXEC, 0));
   if (!group->netns_owner.valid()) return absl::ErrnoToStatus(errno, "dup netns_fd");
@@ -676,18 +704,39 @@ void Engine::RemoveNetnsListeners(uint64_t id) {
 }
 
 void Engine::CloseListenerGroup(uint64_t id) {
+  OnEveryLoop([id](Loop& loop) { loop.CloseGroup(id); });
+}
+
+void Engine::OnEveryLoop(const std::function<void(Loop&)>& task) {
   absl::BlockingCounter done(static_cast<int>(loops_.size()));
   for (auto& owned : loops_) {
     Loop* loop = owned.get();
     // A loop that has ended closed everything already.
-    if (!loop->Post([loop, id, &done] {
-          loop->CloseGroup(id);
+    if (!loop->Post([loop, &task, &done] {
+          task(*loop);
           done.DecrementCount();
         })) {
       done.DecrementCount();
     }
   }
   done.Wait();
+}
+
+void Engine::StopAccepting() {
+  absl::MutexLock lock(&runtime_mu_);
+  if (!accepting_.exchange(false)) return;
+  OnEveryLoop([](Loop& loop) { loop.StopAccepting(); });
+  LogEvent(spdlog::level::info,
+           {{"event", "listeners_closed"},
+            {"connections", counters_->active.load()},
+            {"reason", "draining: the kernel hands this agent no new connections"}});
+}
+
+void Engine::EndConnections(CloseResult result, const std::string& explanation) {
+  absl::MutexLock lock(&runtime_mu_);
+  OnEveryLoop([&](Loop& loop) {
+    loop.TerminateIf([](const Connection&) { return true; }, result, explanation);
+  });
 }
 
 void Engine::HandshakeInPlace(InPlaceOutbound request) {

@@ -51,6 +51,9 @@ enum class CloseReason {
   // reset its connection before its destination was looked up, or before
   // it sent a byte of its handshake): not a failure of the agent's.
   kClientClosed,
+  // The agent was stopping (SIGTERM, or handed over to a successor) and the
+  // connection was still open at agent.drain_timeout.
+  kDrainTimeout,
   kPeerRefused,  // we refused the peer's certificate: CloseResult::peer_reason says why
 };
 // The last value, for code that walks them all (tests); new values go before it.

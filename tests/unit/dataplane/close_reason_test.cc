@@ -62,6 +62,7 @@ TEST(CloseReasonTest, CodesAndRefusalsAreTheDocumentedOnes) {
       {CloseReason::kFdLimit, {"fd_limit", true}},
       {CloseReason::kMemory, {"memory", true}},
       {CloseReason::kClientClosed, {"client_closed", false}},
+      {CloseReason::kDrainTimeout, {"drain_timeout", false}},
       {CloseReason::kPeerRefused, {"peer_refused", true}},
   };
   ASSERT_EQ(expected.size(), AllReasons().size());
