@@ -350,14 +350,16 @@ TEST_F(ZeroHopHolderTest, AnAgentThatDiesLeavesItsWaitingConnectsAndAcceptsAnswe
   UniqueFd unheld_server = TcpListener(&unheld_port);
   // Three threads connect, the main thread accepts; each prints its result.
   std::string script = absl::StrCat(R"PY(
-import errno, socket, sys, threading
+import errno, os, socket, sys, threading
 sys.stdin.read()
+def say(*words):  # one write per line: the threads' lines never interleave
+    os.write(1, (' '.join(map(str, words)) + '\n').encode())
 def connect(port, tag):
     try:
         socket.create_connection(('127.0.0.1', port)).close()
-        print(tag, 'ok', flush=True)
+        say(tag, 'ok')
     except OSError as e:
-        print(tag, errno.errorcode.get(e.errno, e.errno), flush=True)
+        say(tag, errno.errorcode.get(e.errno, e.errno))
 threads = [threading.Thread(target=connect, args=a)
            for a in ((int(sys.argv[1]), 'answered'), (int(sys.argv[2]), 'held'),
                      (int(sys.argv[3]), 'unheld'))]
@@ -367,9 +369,9 @@ l.listen()
 for t in threads: t.start()
 try:
     l.accept()
-    print('accept ok', flush=True)
+    say('accept', 'ok')
 except OSError as e:
-    print('accept', errno.errorcode.get(e.errno, e.errno), flush=True)
+    say('accept', errno.errorcode.get(e.errno, e.errno))
 for t in threads: t.join()
 )PY");
   Child w = Spawn({KTRUST_BIN, "exec", "--workload", "web", "--holder-socket", reg_sock_, "--",
