@@ -88,6 +88,7 @@ absl::StatusOr<nlohmann::json> CallControl(const std::string& socket_path,
   };
   std::string request = FormatControlRequest(method, params);
   size_t sent = 0;
+  std::string send_failure;  // the agent hung up on the request
   while (sent < request.size()) {
     auto writable = WaitFor(fd.get(), POLLOUT, deadline);
     if (!writable.ok()) return writable.status();
@@ -95,8 +96,11 @@ absl::StatusOr<nlohmann::json> CallControl(const std::string& socket_path,
     ssize_t n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
-      return absl::DataLossError(
-          absl::StrCat("sending to ktrustd at ", socket_path, ": ", ErrnoText(errno)));
+      send_failure = absl::StrCat("sending to ktrustd at ", socket_path, ": ", ErrnoText(errno));
+      // An agent that refuses a client (at its fd limit) answers and hangs
+      // up without reading: its answer is still there to read.
+      if (errno == EPIPE || errno == ECONNRESET) break;
+      return absl::DataLossError(send_failure);
     }
     sent += static_cast<size_t>(n);
   }
@@ -115,6 +119,7 @@ absl::StatusOr<nlohmann::json> CallControl(const std::string& socket_path,
           absl::StrCat("reading from ktrustd at ", socket_path, ": ", ErrnoText(errno)));
     }
     if (n == 0) {
+      if (!send_failure.empty()) return absl::DataLossError(send_failure);
       return absl::DataLossError(
           absl::StrCat("ktrustd at ", socket_path, " closed the connection without an answer"));
     }

@@ -11,7 +11,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/control/control_client.h"
@@ -326,6 +328,37 @@ TEST_F(ControlServerTest, CallControlTimesOutOnASilentAgent) {
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("did not answer within 200ms"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+}
+
+// An agent at its fd limit answers a client with the reason and hangs up
+// without reading the request (control_server.cc). Whether the client's
+// request went out before or after that hang-up (EPIPE), the user reads the
+// agent's reason, not a broken pipe.
+TEST_F(ControlServerTest, CallControlReadsTheAnswerOfAnAgentThatHungUpOnItsRequest) {
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  path_.copy(addr.sun_path, path_.size());
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(listener.get(), 64), 0);
+  constexpr int kTries = 50;
+  std::thread refuser([&] {
+    std::string answer = FormatErrorResponse("the agent is out of file descriptors");
+    for (int i = 0; i < kTries; ++i) {
+      UniqueFd c(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!c.valid()) return;
+      (void)!::send(c.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
+    }  // closed unread
+  });
+  int answered = 0;
+  std::string last;
+  for (int i = 0; i < kTries; ++i) {
+    auto result = CallControl(path_, "status", json::object(), kTimeout);
+    last = std::string(result.status().message());
+    if (!result.ok() && absl::StrContains(last, "out of file descriptors")) ++answered;
+  }
+  refuser.join();
+  EXPECT_EQ(answered, kTries) << "last: " << last;
 }
 
 TEST_F(ControlServerTest, CallControlExplainsPermissionDenied) {
