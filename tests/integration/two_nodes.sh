@@ -182,7 +182,8 @@ exec_in() {  # NODE CGROUP CMD...
 # $KT_WORK/<node>/ca), KT_TRUST_BUNDLES (YAML lines under trust_bundles:),
 # KT_CRLS (YAML lines under crls:),
 # KT_IDENTITY_SOURCE (default embedded_ca; svid_files reads KT_SVID_DIR,
-# default $KT_WORK/<node>/svids), KT_AGENT_EXTRA (YAML lines under agent:).
+# default $KT_WORK/<node>/svids), KT_AGENT_EXTRA (YAML lines under agent:),
+# KT_CONFIG_EXTRA (top-level YAML lines, after agent:).
 # The file is replaced by a rename, so an agent polling it never reads half.
 write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
@@ -217,6 +218,7 @@ agent:
   metrics_address: 127.0.0.1:9464
   log_level: debug
 ${KT_AGENT_EXTRA:-}
+${KT_CONFIG_EXTRA:-}
 EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }

@@ -11,6 +11,7 @@
 #include "ktrust/agent/cgroup_place.h"
 #include "ktrust/agent/kernel_mode.h"
 #include "ktrust/agent/mesh_table.h"
+#include "ktrust/agent/pod_enrolment.h"
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
@@ -100,9 +101,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
           [zero_hop = agent->zero_hop_.get()](const std::string& workload, uint64_t netns) {
             return ZeroHopDeliver(*zero_hop, workload, netns);
           }});
-  agent->enrolment_ = std::make_unique<CgroupEnrolment>(
-      agent->place_, *agent->bpf_, *agent->identities_, *agent->routing_, *agent->pods_,
-      [self = agent.get()] { return self->config(); });
+  if (auto st = agent->StartEnrolment(*config); !st.ok()) return st;
   if (auto st = agent->Apply(config); !st.ok()) return st;
   WarnUnpinnedServers(*config);
   if (auto st = agent->KeepOnlyWhatThisRunServes(*host); !st.ok()) return st;
@@ -112,6 +111,42 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
   // workload through the routing table the first pass published.
   agent->zero_hop_->Start(*agent->engine_);
   return agent;
+}
+
+absl::Status Agent::StartEnrolment(const Config& config) {
+  std::function<std::shared_ptr<const ClusterSnapshot>()> cluster;
+  if (config.kubernetes.enabled) {
+    auto options = ApiOptionsOf(config.kubernetes);
+    if (!options.ok()) return options.status();
+    auto watcher = ClusterWatcher::Create(*std::move(options),
+                                          [this](const std::shared_ptr<const ClusterSnapshot>&) {
+                                            if (enrolment_) enrolment_->ClusterChanged();
+                                          });
+    if (!watcher.ok()) return watcher.status();
+    cluster_ = *std::move(watcher);
+    cluster = [watcher = cluster_.get()] { return watcher->Snapshot(); };
+  }
+  enrolment_ = std::make_unique<CgroupEnrolment>(
+      place_, *bpf_, *identities_, *routing_, *pods_, [this] { return this->config(); },
+      std::move(cluster));
+  if (!cluster_) return absl::OkStatus();
+  cluster_->Start();
+  // The first pass resolves the pods if the API server answers soon; until
+  // it has, every pod's mesh connections are refused (kubernetes_not_synced).
+  if (!cluster_->WaitUntil([](const ClusterWatcherStatus& s) { return s.synced; },
+                           kFirstSyncWait)) {
+    ClusterWatcherStatus status = cluster_->Status();
+    std::string error =
+        !status.pods.last_error.empty() ? status.pods.last_error : status.namespaces.last_error;
+    LogEvent(spdlog::level::warn,
+             {{"event", "kubernetes_not_synced"},
+              {"api_server", config.kubernetes.api_server},
+              {"reason", absl::StrCat("this node's pods and the namespaces are not read from the "
+                                      "API server yet",
+                                      error.empty() ? "" : absl::StrCat(" (", error, ")"),
+                                      "; pods' mesh connections are refused until they are")}});
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Agent::FindOwnPlace(const AgentSettings& settings) {
@@ -286,6 +321,8 @@ absl::Status Agent::StartWatching(const AgentHooks& hooks) {
 }
 
 Agent::~Agent() {
+  // Its callback reaches the enrolment.
+  if (cluster_) cluster_->Stop();
   // The supervisor answers what it holds before the engine it asks goes.
   if (zero_hop_) zero_hop_->Stop();
   if (engine_) engine_->Stop();
@@ -306,6 +343,9 @@ std::vector<EnrolledWorkload> Agent::workloads() const { return routing_->curren
 std::string Agent::not_ready_reason() const {
   if (!engine_ || !events_) return "starting";
   if (bpf_->attachments().empty()) return "the interception programs are not attached";
+  if (cluster_ && !cluster_->Snapshot()->synced) {
+    return "the Kubernetes API server's pods and namespaces are not read yet (pods refused)";
+  }
   std::shared_ptr<const RoutingTable> routing = routing_->current();
   for (const WorkloadConfig* w : ServingWorkloads(*routing->config)) {
     if (!routing->serving.count(w->name)) {

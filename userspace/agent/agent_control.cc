@@ -114,10 +114,30 @@ control::StatusView Status(const Agent& agent) {
   return s;
 }
 
+control::PodView PodOf(const EnrolledWorkload& w) {
+  if (!w.registered.pod) return {};
+  const PodEnrolment& pod = *w.registered.pod;
+  return {pod.namespace_name, pod.name, pod.service_account, pod.uid};
+}
+
+// Each pod workload's pod, by workload name (what a connection carries).
+std::map<std::string, control::PodView> PodsByWorkload(const Agent& agent) {
+  std::map<std::string, control::PodView> pods;
+  for (const EnrolledWorkload& w : agent.workloads()) {
+    if (w.registered.pod) pods.emplace(w.name, PodOf(w));
+  }
+  return pods;
+}
+
 control::ConnectionListView Connections(const Agent& agent,
                                         const control::ConnectionsParams& filter) {
   control::ConnectionListView out;
   absl::Time now = absl::Now();
+  std::map<std::string, control::PodView> pods = PodsByWorkload(agent);
+  auto pod_of = [&pods](const std::string& workload) {
+    auto it = pods.find(workload);
+    return it == pods.end() ? control::PodView{} : it->second;
+  };
   for (const ConnectionSnapshot& c : agent.engine().connections().Snapshot()) {
     if (!control::Matches(filter, c.workload, c.info.peer_id)) continue;
     control::ConnectionView v;
@@ -136,6 +156,7 @@ control::ConnectionListView Connections(const Agent& agent,
     v.bytes_to_wire = c.bytes_to_wire;
     v.bytes_from_wire = c.bytes_from_wire;
     v.age_seconds = absl::ToDoubleSeconds(now - c.started);
+    v.pod = pod_of(v.workload);
     out.connections.push_back(std::move(v));
   }
   // Zero-hop ones: the agent only knows them, the workloads hold them.
@@ -156,6 +177,7 @@ control::ConnectionListView Connections(const Agent& agent,
     v.bytes_to_wire = c.bytes_sent;
     v.bytes_from_wire = c.bytes_received;
     v.age_seconds = absl::ToDoubleSeconds(now - c.started);
+    v.pod = pod_of(v.workload);
     out.connections.push_back(std::move(v));
   }
   return out;
@@ -179,6 +201,7 @@ control::WorkloadListView Workloads(const Agent& agent) {
     v.problem = w.registered.id_problem;
     v.mode = std::string(WorkloadModeName(w.mode));
     v.ports = w.ports;
+    v.pod = PodOf(w);
     auto it = expiry.find(v.spiffe_id);
     v.svid_expires_at = it == expiry.end() ? 0 : UnixSeconds(it->second);
     if (w.pod_netns == 0) {

@@ -1,8 +1,11 @@
 #include "ktrust/agent/cgroup_enrolment.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -11,13 +14,35 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "ktrust/agent/kernel_mode.h"
+#include "ktrust/agent/pod_addresses.h"
+#include "ktrust/agent/pod_enrolment.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
 
 namespace ktrust {
 
-absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(
-    const RegisteredWorkload& r) const {
+CgroupEnrolment::CgroupEnrolment(AgentPlace place, BpfLoader& bpf, WorkloadIdentities& identities,
+                                 OutboundRouting& routing, PodNetworks& pods,
+                                 std::function<std::shared_ptr<const Config>()> current_config,
+                                 std::function<std::shared_ptr<const ClusterSnapshot>()> cluster)
+    : place_(std::move(place)),
+      bpf_(bpf),
+      identities_(identities),
+      routing_(routing),
+      pods_(pods),
+      current_config_(std::move(current_config)),
+      cluster_(std::move(cluster)),
+      cluster_events_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+
+void CgroupEnrolment::ClusterChanged() {
+  uint64_t one = 1;
+  // A full counter still wakes the watcher: nothing is lost.
+  (void)!write(cluster_events_.get(), &one, sizeof(one));
+}
+
+absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(const RegisteredWorkload& r,
+                                                                    bool* in_node_netns) const {
+  if (in_node_netns != nullptr) *in_node_netns = false;
   auto procs = ReadFile(absl::StrCat(place_.cgroup_root, "/", r.cgroup_path, "/cgroup.procs"));
   // The cgroup is gone: no namespace to serve.
   if (absl::IsNotFound(procs.status())) return std::nullopt;
@@ -33,7 +58,10 @@ absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(
       if (errno == ENOENT || errno == ESRCH) continue;
       return absl::ErrnoToStatus(errno, absl::StrCat("stat ", netns));
     }
-    if (st.st_ino == place_.own_netns) return std::nullopt;
+    if (st.st_ino == place_.own_netns) {
+      if (in_node_netns != nullptr) *in_node_netns = true;
+      return std::nullopt;
+    }
     return PodNetns{st.st_ino, netns, {}};
   }
   return std::nullopt;
@@ -60,11 +88,19 @@ void CgroupEnrolment::WatchTree(const std::string& dir) {
 void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
   // The pods' address changes wake this thread too: a new address of a
   // served pod is enforced now, not at the next pass.
-  pollfd pfd[2] = {{cgroup_events_.get(), POLLIN, 0}, {pods_.events_fd(), POLLIN, 0}};
-  if (poll(pfd, 2, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+  pollfd pfd[3] = {{cgroup_events_.get(), POLLIN, 0},
+                   {pods_.events_fd(), POLLIN, 0},
+                   {cluster_events_.get(), POLLIN, 0}};
+  if (poll(pfd, 3, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
   if (pfd[1].revents & POLLIN) {
     absl::MutexLock serialize(&enroll_mu_);
     pods_.RefreshAddresses();
+  }
+  if (pfd[2].revents & POLLIN) {
+    // A pod resolved, changed or deleted: enrolled (or released) now.
+    uint64_t count = 0;
+    (void)!read(cluster_events_.get(), &count, sizeof(count));
+    (void)Enroll(*current_config_());
   }
   if (!(pfd[0].revents & POLLIN)) return;
   alignas(inotify_event) char buf[16384];
@@ -102,7 +138,8 @@ void CgroupEnrolment::ReportProblems(const Config& config,
   }
   // A cgroup with no ID is enrolled and refused, not skipped: said once too.
   for (const RegisteredWorkload& r : found) {
-    if (r.id || r.cgroup_id == place_.own_cgroup) continue;
+    // Pods are said by ReportPods.
+    if (r.id || r.pod || r.cgroup_id == place_.own_cgroup) continue;
     const WorkloadConfig& w = config.workloads[r.workload_index];
     std::string key = absl::StrCat("no id: ", r.cgroup_path, ": ", r.id_problem);
     if (!reported_problems_.count(key)) {
@@ -146,6 +183,13 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   }
   ReportProblems(config, scan->found, scan->problems);
   std::shared_ptr<const RoutingTable> before = routing_.current();
+  // Kubernetes mode: the pods' cgroups join the configured workloads'.
+  std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>> pod_netns;
+  if (config.kubernetes.enabled) {
+    std::vector<RegisteredWorkload> pods = ResolvePods(config, *scan, *before, pod_netns);
+    ReportPods(pods, scan->complete);
+    scan->found.insert(scan->found.end(), pods.begin(), pods.end());
+  }
   EnrolmentPlan plan = PlanEnrolment(
       config, current_config_(), *scan, *before, place_.own_cgroup,
       [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
@@ -158,7 +202,11 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
         }
         return identity;
       },
-      [this](const RegisteredWorkload& r) { return PodNetnsOf(r); });
+      [this, &pod_netns](const RegisteredWorkload& r) {
+        // A pod's: the namespace whose addresses were checked.
+        if (auto it = pod_netns.find(r.cgroup_id); it != pod_netns.end()) return it->second;
+        return PodNetnsOf(r);
+      });
   if (plan.own_cgroup_path && reported_problems_.insert("own cgroup").second) {
     LogEvent(spdlog::level::err,
              {{"event", "cgroup_skipped"},
@@ -182,6 +230,94 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   }
   last_pass_complete_.store(applied.ok() && plan.complete);
   return applied;
+}
+
+std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
+    const Config& config, const CgroupScan& scan, const RoutingTable& before,
+    std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns) {
+  std::shared_ptr<const ClusterSnapshot> cluster =
+      cluster_ ? cluster_() : std::make_shared<const ClusterSnapshot>();
+  std::vector<RegisteredWorkload> pods =
+      ResolvePodCgroups(config, *cluster, scan.unclaimed, place_.own_cgroup, before);
+  // Each namespace's addresses read once a pass, however many containers.
+  std::map<uint64_t, absl::StatusOr<std::vector<std::string>>> addresses;
+  for (RegisteredWorkload& r : pods) {
+    if (!r.pod->refusal_code.empty()) continue;
+    bool in_node_netns = false;
+    absl::StatusOr<std::optional<PodNetns>> found = PodNetnsOf(r, &in_node_netns);
+    netns.emplace(r.cgroup_id, found);
+    // Unreadable (the plan says so), or no process yet: nothing to check.
+    if (!found.ok() || (!*found && !in_node_netns)) continue;
+    PodNetnsFacts facts;
+    facts.node = in_node_netns;
+    if (*found) {
+      auto it = addresses.find((*found)->inode);
+      if (it == addresses.end()) {
+        UniqueFd fd(open((*found)->path.c_str(), O_RDONLY | O_CLOEXEC));
+        struct stat st {};
+        absl::StatusOr<std::vector<std::string>> read = absl::NotFoundError("the process is gone");
+        if (fd.valid() && fstat(fd.get(), &st) == 0 && st.st_ino == (*found)->inode) {
+          read = NetnsAddresses(fd.get(), std::nullopt);
+        }
+        it = addresses.emplace((*found)->inode, std::move(read)).first;
+      }
+      if (!it->second.ok()) {
+        // Not the pod's until shown: refused this pass, looked at again next.
+        RefusePod(r, pod_refusal::kNetnsMismatch,
+                  absl::StrCat("the addresses of its processes' network namespace could not be "
+                               "read: ",
+                               it->second.status().message()));
+        continue;
+      }
+      facts.addresses = *it->second;
+    }
+    CheckPodNetns(r, facts);
+  }
+  return pods;
+}
+
+void CgroupEnrolment::ReportPods(const std::vector<RegisteredWorkload>& pods, bool complete) {
+  std::map<std::string, std::string> now;
+  for (const RegisteredWorkload& r : pods) {
+    const PodEnrolment& pod = *r.pod;
+    // One line per pod (not per container cgroup), when its state changes.
+    std::string key = pod.uid.empty() ? r.cgroup_path : pod.uid;
+    std::string state = pod.refusal_code.empty()
+                            ? absl::StrCat("enrolled ", r.id->ToString(), " ", pod.workload)
+                            : absl::StrCat(pod.refusal_code, " ", pod.workload);
+    if (!now.emplace(key, state).second) continue;
+    auto was = reported_pods_.find(key);
+    if (was != reported_pods_.end() && was->second == state) continue;
+    if (pod.refusal_code.empty()) {
+      LogEvent(spdlog::level::info, {{"event", "pod_enrolled"},
+                                     {"pod", pod.workload},
+                                     {"pod_uid", pod.uid},
+                                     {"namespace", pod.namespace_name},
+                                     {"service_account", pod.service_account},
+                                     {"id", r.id->ToString()},
+                                     {"ports", absl::StrJoin(pod.ports, ",")}});
+    } else {
+      LogEvent(spdlog::level::warn,
+               {{"event", "pod_refused"},
+                {"pod", pod.workload},
+                {"pod_uid", pod.uid},
+                {"cgroup", r.cgroup_path},
+                {"result", pod.refusal_code},
+                {"reason", absl::StrCat(pod.refusal, "; its mesh connections are refused")}});
+    }
+  }
+  // A pass that did not see everything cannot tell a pod is gone.
+  if (complete) {
+    for (const auto& [key, state] : reported_pods_) {
+      if (!now.count(key)) {
+        LogEvent(spdlog::level::info,
+                 {{"event", "pod_released"}, {"pod_uid", key}, {"last_state", state}});
+      }
+    }
+    reported_pods_ = std::move(now);
+  } else {
+    for (auto& [key, state] : now) reported_pods_[key] = std::move(state);
+  }
 }
 
 void CgroupEnrolment::NoteTrouble(spdlog::level::level_enum level, const std::string& what) {

@@ -1,10 +1,17 @@
 #include "ktrust/agent/enrolment_plan.h"
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 
 namespace ktrust {
+
+WorkloadConfig WorkloadOf(const Config& config, const RegisteredWorkload& r) {
+  if (!r.pod) return config.workloads[r.workload_index];
+  return {r.pod->workload,        r.cgroup_path, config.kubernetes.spiffe_id,
+          WorkloadMode::kEnforce, r.pod->ports,  WorkloadDataPath::kProxy};
+}
 
 EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,
                             const CgroupScan& scan, const RoutingTable& before, uint64_t own_cgroup,
@@ -25,7 +32,7 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
   std::map<uint64_t, CgroupToEnrol> enrol;
   std::set<std::string> serving_with_id;
   for (const RegisteredWorkload& r : found) {
-    const WorkloadConfig& w = config.workloads[r.workload_index];
+    const WorkloadConfig w = WorkloadOf(config, r);
     if (r.cgroup_id == own_cgroup) {
       // Enrolling itself would send the agent's own connections back to it
       // (the SO_MARK check in the programs is the second line of defence).
@@ -54,7 +61,12 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
       // plaintext. The next rescan tries to issue again.
       identity = SvidProvider([] { return std::shared_ptr<const Svid>(); });
     }
-    plan.routing.by_cgroup[r.cgroup_id] = {w.name, *identity};
+    // A refused pod's connections are refused by the route, with its reason.
+    plan.routing.by_cgroup[r.cgroup_id] = {
+        w.name, *identity,
+        r.pod && !r.pod->refusal_code.empty()
+            ? absl::StrCat(r.pod->refusal_code, " (", w.name, "): ", r.pod->refusal)
+            : ""};
     enrol[r.cgroup_id] = {r.cgroup_id,
                           r.cgroup_path,
                           w.name,
@@ -64,9 +76,13 @@ EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> 
     if (pod) {
       auto& in_pod = pods[pod->inode];
       if (in_pod.path.empty()) in_pod = *pod;
-      in_pod.workloads.push_back({w.name, r.id ? r.id->ToString() : "",
-                                  static_cast<uint32_t>(r.workload_index), w.mode, w.ports,
-                                  *identity});
+      // A pod's containers are one workload: served once.
+      bool served = r.pod && std::any_of(in_pod.workloads.begin(), in_pod.workloads.end(),
+                                         [&](const PodWorkload& p) { return p.name == w.name; });
+      if (!served)
+        in_pod.workloads.push_back({w.name, r.id ? r.id->ToString() : "",
+                                    static_cast<uint32_t>(r.workload_index), w.mode, w.ports,
+                                    *identity});
     }
     // The first cgroup with an ID serves the workload's inbound ports; one
     // without (refusing) only while no other has one.

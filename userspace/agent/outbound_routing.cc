@@ -54,6 +54,7 @@ absl::StatusOr<OutboundRoute> OutboundRouting::Route(int app_fd) const {
     return absl::NotFoundError(absl::StrCat("cgroup ", original->cgroup_id,
                                             " is enrolled in the kernel but not registered"));
   }
+  if (!it->second.refusal.empty()) return absl::PermissionDeniedError(it->second.refusal);
   auto expected = ExpectedServerOf(*routing->config, original->destination, it->second.name);
   if (!expected.ok()) return expected.status();
   return OutboundRoute{original->destination, it->second.name, it->second.identity, *expected};

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktrust/common/netns.h"
 
 namespace ktrust {
 
@@ -34,6 +35,23 @@ bool IsEnforcedPodAddress(const sockaddr* address,
     if (std::memcmp(&own, &ip, sizeof(ip)) == 0) return false;
   }
   return true;
+}
+
+absl::StatusOr<std::vector<std::string>> NetnsAddresses(
+    int netns_fd, const std::optional<SocketAddress>& own_source6) {
+  std::vector<std::string> found;
+  auto st = RunInNetns(netns_fd, -1, "the pod's network namespace", "the agent's network namespace",
+                       [&]() -> absl::Status {
+                         ifaddrs* list = nullptr;
+                         if (getifaddrs(&list) != 0) {
+                           return absl::ErrnoToStatus(errno, "getifaddrs");
+                         }
+                         found = EnforcedPodAddresses(list, own_source6);
+                         freeifaddrs(list);
+                         return absl::OkStatus();
+                       });
+  if (!st.ok()) return st;
+  return found;
 }
 
 std::vector<std::string> EnforcedPodAddresses(const ifaddrs* list,

@@ -44,15 +44,14 @@ absl::StatusOr<std::optional<PodComponent>> ClassifyComponent(absl::string_view 
     // systemd escapes the UID's '-' as '_': a '-' here would be a slice
     // separator, so the name was not written by kubelet.
     if (absl::StrContains(rest, '-') || !IsPodUid(absl::StrReplaceAll(rest, {{"_", "-"}}))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("pod slice ", component, ": \"", rest,
-                       "\" is not a pod UID (RFC 4122, lowercase, '_' for '-')"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pod slice ", component, ": \"", rest,
+          "\" is not a pod UID (RFC 4122, lowercase, '_' for '-'; or a static pod's 32 hex)"));
     }
     return PodComponent{absl::StrReplaceAll(rest, {{"_", "-"}}), true};
   }
   // cgroupfs: pod<uid>. Any "pod" followed only by hex digits and '-' claims
-  // to be one (static pods' 32-hex hash UIDs included): refused, not read
-  // as "no pod", when it is not an RFC 4122 UID.
+  // to be one: refused, not read as "no pod", when it is not a pod UID.
   rest = component;
   if (!absl::ConsumePrefix(&rest, "pod") || rest.empty() ||
       !std::all_of(rest.begin(), rest.end(),
@@ -60,8 +59,9 @@ absl::StatusOr<std::optional<PodComponent>> ClassifyComponent(absl::string_view 
     return std::nullopt;
   }
   if (!IsPodUid(rest)) {
-    return absl::InvalidArgumentError(absl::StrCat("pod cgroup ", component, ": \"", rest,
-                                                   "\" is not a pod UID (RFC 4122, lowercase)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pod cgroup ", component, ": \"", rest,
+                     "\" is not a pod UID (RFC 4122, lowercase; or a static pod's 32 hex)"));
   }
   return PodComponent{std::string(rest), false};
 }
@@ -91,6 +91,8 @@ absl::StatusOr<std::string> ContainerOf(const PodComponent& pod, absl::string_vi
 }  // namespace
 
 bool IsPodUid(absl::string_view text) {
+  // A static pod's: kubelet's md5 of its manifest, in lowercase hex.
+  if (text.size() == 32) return std::all_of(text.begin(), text.end(), IsLowerHex);
   if (text.size() != 36) return false;
   for (size_t i = 0; i < text.size(); ++i) {
     bool dash = i == 8 || i == 13 || i == 18 || i == 23;

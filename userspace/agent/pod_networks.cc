@@ -31,21 +31,6 @@ absl::Status RunInNetns(int netns_fd, absl::FunctionRef<absl::Status()> fn) {
                             "the agent's network namespace", fn);
 }
 
-// The pod's enforced addresses: what peers dial, so what sk_lookup must match.
-absl::StatusOr<std::vector<std::string>> PodAddresses(
-    int netns_fd, const std::optional<SocketAddress>& own_source6) {
-  std::vector<std::string> found;
-  auto st = RunInNetns(netns_fd, [&]() -> absl::Status {
-    ifaddrs* list = nullptr;
-    if (getifaddrs(&list) != 0) return absl::ErrnoToStatus(errno, "getifaddrs");
-    found = EnforcedPodAddresses(list, own_source6);
-    freeifaddrs(list);
-    return absl::OkStatus();
-  });
-  if (!st.ok()) return st;
-  return found;
-}
-
 // Adds addr/128 to the loopback of the calling thread's namespace, as
 // `ip addr add <addr>/128 dev lo nodad` does; present already is fine.
 absl::Status AddLoopbackAddress6(const in6_addr& addr) {
@@ -131,7 +116,7 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
                                    {"netns_inode", pod.inode},
                                    {"reason", subscribed.message()}});
   }
-  auto addresses = PodAddresses(netns, settings_.upstream_source6);
+  auto addresses = NetnsAddresses(netns, settings_.upstream_source6);
   if (!addresses.ok()) return problem(std::string(addresses.status().message()));
   served.addresses = *addresses;
   served.view.addresses = *addresses;
@@ -346,7 +331,7 @@ void PodNetworks::Rescan(uint64_t inode) {
     if (it == served_.end()) return;
     served = &it->second;  // only this thread changes served_
   }
-  auto addresses = PodAddresses(served->netns.get(), settings_.upstream_source6);
+  auto addresses = NetnsAddresses(served->netns.get(), settings_.upstream_source6);
   if (!addresses.ok()) {
     // The rules stay as they are (refusing what they enforced); retried.
     served->rescan = true;

@@ -15,6 +15,15 @@ namespace {
 
 std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
 
+// Kubernetes mode's columns of `ktrust workloads` and `ktrust conns`.
+constexpr const char* kPodColumns[] = {"NAMESPACE", "POD", "SERVICE ACCOUNT"};
+void AppendPodColumns(const control::PodView& pod, std::vector<std::string>& row) {
+  // An unresolved pod: its UID is all there is.
+  std::string name =
+      pod.name.empty() && !pod.uid.empty() ? absl::StrCat("uid ", pod.uid) : pod.name;
+  row.insert(row.end(), {pod.namespace_name, name, pod.service_account});
+}
+
 // The length of the well-formed UTF-8 sequence starting text[at] (a non-ASCII
 // byte), 0 when there is none (RFC 3629: no overlongs, no surrogates).
 size_t Utf8SequenceAt(absl::string_view text, size_t at, uint32_t* code_point) {
@@ -267,6 +276,9 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
 
 std::string RenderConnections(const std::vector<control::ConnectionView>& connections) {
   if (connections.empty()) return "no connections\n";
+  // Kubernetes mode: the pod columns, when some connection is a pod's.
+  bool pods = std::any_of(connections.begin(), connections.end(),
+                          [](const control::ConnectionView& c) { return !c.pod.empty(); });
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : connections) {
     // "TLSv1.3 TLS_AES_128_GCM_SHA256" reads as "TLSv1.3/AES_128_GCM_SHA256".
@@ -277,14 +289,19 @@ std::string RenderConnections(const std::vector<control::ConnectionView>& connec
                     c.app_address, c.wire_peer, c.state, tls, c.data_path,
                     HumanBytes(c.bytes_to_wire), HumanBytes(c.bytes_from_wire),
                     HumanAge(c.age_seconds)});
+    if (pods) AppendPodColumns(c.pod, rows.back());
   }
-  return RenderTable({"ID", "DIRECTION", "WORKLOAD", "LOCAL ID", "PEER ID", "APP", "WIRE PEER",
-                      "STATE", "TLS", "DATA PATH", "SENT", "RECEIVED", "AGE"},
-                     rows);
+  std::vector<std::string> header = {"ID",   "DIRECTION", "WORKLOAD", "LOCAL ID", "PEER ID",
+                                     "APP",  "WIRE PEER", "STATE",    "TLS",      "DATA PATH",
+                                     "SENT", "RECEIVED",  "AGE"};
+  if (pods) header.insert(header.end(), std::begin(kPodColumns), std::end(kPodColumns));
+  return RenderTable(header, rows);
 }
 
 std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads, absl::Time now) {
   if (workloads.empty()) return "no workloads\n";
+  bool pods = std::any_of(workloads.begin(), workloads.end(),
+                          [](const control::WorkloadView& w) { return !w.pod.empty(); });
   std::vector<std::vector<std::string>> rows;
   for (const auto& w : workloads) {
     std::string svid = "-";
@@ -297,9 +314,12 @@ std::string RenderWorkloads(const std::vector<control::WorkloadView>& workloads,
     if (!w.problem.empty()) svid = absl::StrCat("refused, no SPIFFE ID: ", w.problem);
     rows.push_back({w.name, w.spiffe_id, w.mode, absl::StrJoin(w.ports, ","), w.cgroup, svid,
                     w.network, w.data_path.empty() ? "proxy" : w.data_path});
+    if (pods) AppendPodColumns(w.pod, rows.back());
   }
-  return RenderTable(
-      {"NAME", "SPIFFE ID", "MODE", "PORTS", "CGROUP", "SVID", "NETWORK", "DATA PATH"}, rows);
+  std::vector<std::string> header = {"NAME",   "SPIFFE ID", "MODE",    "PORTS",
+                                     "CGROUP", "SVID",      "NETWORK", "DATA PATH"};
+  if (pods) header.insert(header.end(), std::begin(kPodColumns), std::end(kPodColumns));
+  return RenderTable(header, rows);
 }
 
 std::string RenderPolicyCheck(const control::PolicyCheckParams& query,

@@ -269,7 +269,7 @@ class CgroupWalker {
       values.name = workload.name;
       values.cgroup = relative;
       auto id = RenderSpiffeId(workload.spiffe_id, values);
-      RegisteredWorkload registered{index, relative, static_cast<uint64_t>(st.st_ino), {}, {}};
+      RegisteredWorkload registered{index, relative, static_cast<uint64_t>(st.st_ino), {}, {}, {}};
       if (id.ok()) {
         registered.id = *std::move(id);
       } else {
@@ -281,6 +281,14 @@ class CgroupWalker {
       scan_.found.push_back(std::move(registered));
       return;
     }
+    if (!config_.kubernetes.enabled) return;
+    // Kubernetes mode: the cluster may know it as a pod's.
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) {
+      if (errno != ENOENT) Unread(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));
+      return;
+    }
+    scan_.unclaimed.push_back({relative, static_cast<uint64_t>(st.st_ino)});
   }
 
   void Problem(std::string text) { scan_.problems.push_back(std::move(text)); }

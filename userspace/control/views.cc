@@ -24,6 +24,21 @@ void Get(const json& j, const char* key, T& value) {
 
 }  // namespace
 
+// "namespace" is a C++ keyword: written by hand.
+void to_json(json& j, const PodView& v) {
+  j = json{{"namespace", v.namespace_name},
+           {"name", v.name},
+           {"service_account", v.service_account},
+           {"uid", v.uid}};
+}
+void from_json(const json& j, PodView& v) {
+  if (!j.is_object()) throw MistypedField("");
+  Get(j, "namespace", v.namespace_name);
+  Get(j, "name", v.name);
+  Get(j, "service_account", v.service_account);
+  Get(j, "uid", v.uid);
+}
+
 // Each view's fields are listed once; the macros below make both directions.
 #define KTRUST_PUT(field) j[#field] = v.field;
 #define KTRUST_GET(field) Get(j, #field, v.field);
@@ -54,10 +69,10 @@ void Get(const json& j, const char* key, T& value) {
 #define CONNECTION_FIELDS(F) \
   F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
   F(wire_peer) F(tls_version) F(cipher) F(data_path) F(state) F(bytes_to_wire) \
-  F(bytes_from_wire) F(age_seconds)
+  F(bytes_from_wire) F(age_seconds) F(pod)
 #define WORKLOAD_FIELDS(F) \
   F(name) F(cgroup) F(cgroup_id) F(spiffe_id) F(mode) F(ports) F(svid_expires_at) F(network) \
-  F(problem) F(data_path)
+  F(problem) F(data_path) F(pod)
 #define POLICY_CHECK_FIELDS(F) F(allowed) F(reason) F(rule)
 #define DENIAL_FIELDS(F) \
   F(time) F(direction) F(workload) F(peer_id) F(peer_address) F(local_address) F(port) \

@@ -22,7 +22,10 @@
 //                    owns the reload bookkeeping (config_mtime_,
 //                    trust_inputs_, reload_; under mu_)
 //   event thread     PollEvents: the interception ring buffer (events_)
-//   cgroup watcher   WatchCgroups: inotify and pod address changes; its
+//   cluster watcher  Kubernetes mode: ClusterWatcher's two threads (list and
+//                    watch pods, namespaces); a change only wakes the cgroup
+//                    watcher (CgroupEnrolment::ClusterChanged)
+//   cgroup watcher   WatchCgroups: inotify, pod address and cluster changes; its
 //                    enrolment passes and Maintain's are serialized inside
 //                    CgroupEnrolment
 //   control server   and the metrics/probe endpoint, a thread each: the
@@ -61,6 +64,7 @@
 #include "ktrust/config/policy.h"
 #include "ktrust/config/registry.h"
 #include "ktrust/dataplane/engine.h"
+#include "ktrust/kubernetes/cluster_watcher.h"
 
 namespace ktrust {
 
@@ -131,6 +135,10 @@ class Agent {
   absl::Status StartEngine(std::shared_ptr<const Config> config, EngineOptions options,
                            std::shared_ptr<const TrustStore> trust);
   absl::StatusOr<HostSteering> StartHostSteering(const Config& config);
+  // The enrolment, and in Kubernetes mode the cluster watcher it reads
+  // (waiting up to kFirstSyncWait for its first sync).
+  absl::Status StartEnrolment(const Config& config);
+  static constexpr absl::Duration kFirstSyncWait = absl::Seconds(3);
   absl::Status KeepOnlyWhatThisRunServes(const HostSteering& host);
   absl::Status AttachPrograms();
   absl::Status StartWatching(const AgentHooks& hooks);
@@ -151,6 +159,8 @@ class Agent {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<PodNetworks> pods_;
   std::unique_ptr<CgroupEnrolment> enrolment_;
+  // Kubernetes mode: this node's pods and the namespaces; stopped first.
+  std::unique_ptr<ClusterWatcher> cluster_;
   // Maintain's link pruning, which fails pass after pass at the fd limit.
   RecurringProblem prune_trouble_{"link_prune_failed", "link_prune_recovered"};
 

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -28,6 +29,7 @@
 #include "ktrust/common/recurring_problem.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/config/config.h"
+#include "ktrust/kubernetes/cluster_state.h"
 
 namespace ktrust {
 
@@ -42,15 +44,12 @@ class CgroupEnrolment {
  public:
   // current_config: the configuration the agent holds now, which the
   // published routing table carries.
+  // cluster: the cluster's view in Kubernetes mode (ClusterWatcher's
+  // Snapshot); unset, every pod cgroup is refused as not synced.
   CgroupEnrolment(AgentPlace place, BpfLoader& bpf, WorkloadIdentities& identities,
                   OutboundRouting& routing, PodNetworks& pods,
-                  std::function<std::shared_ptr<const Config>()> current_config)
-      : place_(std::move(place)),
-        bpf_(bpf),
-        identities_(identities),
-        routing_(routing),
-        pods_(pods),
-        current_config_(std::move(current_config)) {}
+                  std::function<std::shared_ptr<const Config>()> current_config,
+                  std::function<std::shared_ptr<const ClusterSnapshot>()> cluster = nullptr);
 
   // One pass: scan, decide, route, then enrol. Every problem is logged once,
   // when it appears (rescans repeat). A pass that cannot read everything
@@ -75,14 +74,29 @@ class CgroupEnrolment {
   // Opens the inotify watches on every directory under the root.
   absl::Status StartWatching();
   // Waits up to timeout for cgroups to appear or vanish (or a served pod's
-  // addresses to change) and acts on them at once.
+  // addresses to change, or the cluster's view) and acts on them at once.
   void WatchCgroups(absl::Duration timeout);
+  // Kubernetes mode: the cluster's view changed (ClusterWatcher's callback).
+  // Returns at once; WatchCgroups makes the pass.
+  void ClusterChanged();
 
  private:
   void WatchTree(const std::string& dir);
   absl::Status EnrollLocked(const Config& config) ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
-  // The namespace of a cgroup's processes, when it is not the agent's own.
-  absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r) const;
+  // The namespace of a cgroup's processes, when it is not the agent's own
+  // (*in_node_netns says when it is).
+  absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r,
+                                                     bool* in_node_netns = nullptr) const;
+  // Kubernetes mode: the pods' cgroups, resolved against the cluster and
+  // their network namespaces checked; `netns` keeps what was read of each,
+  // for the plan to use the very namespace that was checked.
+  std::vector<RegisteredWorkload> ResolvePods(
+      const Config& config, const CgroupScan& scan, const RoutingTable& before,
+      std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+  // Logs each pod's state when it changes (enrolled, refused and why, released).
+  void ReportPods(const std::vector<RegisteredWorkload>& pods, bool complete)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
                       const std::vector<std::string>& problems)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
@@ -97,9 +111,13 @@ class CgroupEnrolment {
   OutboundRouting& routing_;
   PodNetworks& pods_;
   std::function<std::shared_ptr<const Config>()> current_config_;
-  UniqueFd cgroup_events_;  // inotify on every directory under the root
-  absl::Mutex enroll_mu_;   // one enrolment pass at a time
+  std::function<std::shared_ptr<const ClusterSnapshot>()> cluster_;
+  UniqueFd cgroup_events_;   // inotify on every directory under the root
+  UniqueFd cluster_events_;  // eventfd: the cluster's view changed
+  absl::Mutex enroll_mu_;    // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
+  // Each pod's state as last logged ("enrolled <id>" or its refusal), by UID.
+  std::map<std::string, std::string> reported_pods_ ABSL_GUARDED_BY(enroll_mu_);
   absl::Time last_pass_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
   absl::Time settling_until_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
   // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.

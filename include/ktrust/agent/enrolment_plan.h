@@ -71,7 +71,12 @@ using IdentityLookup =
 using PodNetnsLookup =
     std::function<absl::StatusOr<std::optional<PodNetns>>(const RegisteredWorkload& cgroup)>;
 
-// scan: what ScanCgroupTree found; before: the routing table the last pass
+// The workload a registered cgroup is: its entry in config.workloads, or
+// for a pod's cgroup (Kubernetes mode) the one its PodEnrolment describes.
+WorkloadConfig WorkloadOf(const Config& config, const RegisteredWorkload& r);
+
+// scan: what ScanCgroupTree found, with the pods' cgroups (ResolvePodCgroups)
+// in scan.found too; before: the routing table the last pass
 // published. routing_config becomes the new table's configuration (the one
 // the agent holds now).
 EnrolmentPlan PlanEnrolment(const Config& config, std::shared_ptr<const Config> routing_config,

@@ -35,6 +35,9 @@ struct RoutingTable {
   struct Workload {
     std::string name;
     SvidProvider identity;
+    // Not empty: every connection of the cgroup is refused with this reason
+    // (a pod the agent cannot resolve: "pod_unknown: ...").
+    std::string refusal;
   };
   std::map<uint64_t, Workload> by_cgroup;       // the cgroups enrolled in the kernel
   std::map<std::string, SvidProvider> serving;  // workload name -> its inbound identity

@@ -41,6 +41,11 @@ bool IsEnforcedPodAddress(const sockaddr* address, const std::optional<SocketAdd
 std::vector<std::string> EnforcedPodAddresses(const ifaddrs* list,
                                               const std::optional<SocketAddress>& own_source6);
 
+// The enforced addresses of the network namespace `netns_fd`, read from
+// inside it (EnforcedPodAddresses).
+absl::StatusOr<std::vector<std::string>> NetnsAddresses(
+    int netns_fd, const std::optional<SocketAddress>& own_source6);
+
 // Where a pod's mesh connections are sent (connect4/6 rewrite them to it on
 // the agent's outbound port): its first IPv4 and first IPv6 address that is
 // not link-local, since those need a scope to be dialled. Neither: the pod

@@ -36,8 +36,11 @@ struct PodCgroup {
 // cgroup's connections are to be refused.
 absl::StatusOr<PodCgroup> PodOfCgroup(absl::string_view cgroup_path);
 
-// Whether `text` is an RFC 4122 UUID in its text form with lowercase hex
-// (8-4-4-4-12), as kubelet writes pod UIDs.
+// Whether `text` is a pod UID as kubelet writes it: an RFC 4122 UUID in its
+// text form with lowercase hex (8-4-4-4-12), or for a static pod (one
+// kubelet reads from a file) 32 lowercase hex digits, the md5 of its
+// manifest. A static pod's mirror pod in the API server has a UID of its
+// own and names this one in its kubernetes.io/config.mirror annotation.
 bool IsPodUid(absl::string_view text);
 
 }  // namespace ktrust

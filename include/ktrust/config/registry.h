@@ -51,8 +51,34 @@ bool TemplateUsesKubernetes(absl::string_view tmpl);
 // empty (the pod is not known), is refused, never escaped or left out.
 absl::StatusOr<SpiffeId> RenderSpiffeId(absl::string_view tmpl, const TemplateValues& values);
 
+// Kubernetes mode: a pod's cgroup, enrolled from the cluster's answer rather
+// than a glob (ResolvePodCgroups, pod_enrolment.h). Every cgroup of one
+// pod gets the same answer.
+struct PodEnrolment {
+  // The workload's name: "<namespace>/<pod name>" (never a configured
+  // workload's, which has no '/'), or "pod:<uid>" while the pod is unresolved.
+  std::string workload;
+  std::string uid;  // what the cgroup names (for a static pod kubelet's, not its mirror's)
+  std::string namespace_name;
+  std::string name;
+  std::string service_account;
+  std::vector<std::string> ips;  // status.podIPs
+  std::vector<uint16_t> ports;   // the inbound ports enforced
+  // Empty when the pod is enrolled with its ID. Otherwise a stable code
+  // (kubernetes_not_synced, pod_unknown, ...) and the reason in words: the
+  // cgroup is enrolled all the same and its mesh connections are refused
+  // with them, never let out in plaintext.
+  std::string refusal_code;
+  std::string refusal;
+
+  bool operator==(const PodEnrolment&) const = default;
+};
+
+// The workload_index of a pod's cgroup: it has no entry in Config::workloads.
+inline constexpr size_t kPodWorkloadIndex = 0xFFFFFFFFu;
+
 struct RegisteredWorkload {
-  size_t workload_index = 0;  // into Config::workloads
+  size_t workload_index = 0;  // into Config::workloads; kPodWorkloadIndex for a pod
   std::string cgroup_path;    // relative to the cgroup root
   uint64_t cgroup_id = 0;     // the directory's inode: what bpf_get_current_cgroup_id() returns
   // Unset when the workload's template makes no valid ID for this cgroup;
@@ -61,6 +87,13 @@ struct RegisteredWorkload {
   // rather than leave it unenforced.
   std::optional<SpiffeId> id;
   std::string id_problem;
+  std::optional<PodEnrolment> pod;  // Kubernetes mode, a pod's cgroup
+};
+
+// A cgroup the scan found, by path (relative to the root) and id.
+struct ScannedCgroup {
+  std::string path;
+  uint64_t id = 0;
 };
 
 // The subdirectories of a cgroup directory, symlinks not followed. The
@@ -80,6 +113,9 @@ struct CgroupScan {
   // what could not be read, and why.
   bool complete = true;
   std::vector<std::string> unread;
+  // With kubernetes.enabled, every cgroup no glob claimed (the root
+  // excluded), in scan order: where pods are looked for. Empty otherwise.
+  std::vector<ScannedCgroup> unclaimed;
 };
 
 // Walks the tree under cgroup_root (symlinks not followed) and gives every

@@ -92,6 +92,17 @@ struct StatusView {
   std::vector<std::string> warnings;
 };
 
+// The Kubernetes pod a workload is (Kubernetes mode), as JSON
+// {"namespace", "name", "service_account", "uid"}; every field empty for a
+// workload that is no pod.
+struct PodView {
+  std::string namespace_name;  // "namespace" in JSON
+  std::string name;
+  std::string service_account;
+  std::string uid;  // the UID its cgroups name (kubelet's, for a static pod)
+  bool empty() const { return namespace_name.empty() && name.empty() && uid.empty(); }
+};
+
 // One element of method "connections".
 struct ConnectionView {
   uint64_t id = 0;
@@ -109,6 +120,7 @@ struct ConnectionView {
   uint64_t bytes_to_wire = 0;
   uint64_t bytes_from_wire = 0;
   double age_seconds = 0;
+  PodView pod;  // the local workload's pod, in Kubernetes mode
 };
 
 // One element of method "workloads".
@@ -129,6 +141,9 @@ struct WorkloadView {
   // "proxy"; for data_path zero_hop "zero-hop (N processes)", or "proxy (why
   // not zero-hop)".
   std::string data_path;
+  // Kubernetes mode: the pod this cgroup belongs to. A pod the agent could
+  // not resolve has its uid only, and `problem` says why it is refused.
+  PodView pod;
 };
 
 // Method "policy.check".
@@ -167,6 +182,7 @@ struct DenialListView {
 #define KTRUST_CONTROL_VIEW_JSON(View)            \
   void to_json(nlohmann::json& j, const View& v); \
   void from_json(const nlohmann::json& j, View& v);
+KTRUST_CONTROL_VIEW_JSON(PodView)
 KTRUST_CONTROL_VIEW_JSON(KernelFeatureView)
 KTRUST_CONTROL_VIEW_JSON(ZeroHopListenerView)
 KTRUST_CONTROL_VIEW_JSON(ZeroHopView)

@@ -41,7 +41,7 @@ class EnrolmentPlanTest : public ::testing::Test {
 
   static RegisteredWorkload Cgroup(size_t workload, uint64_t id, const std::string& path,
                                    bool with_id = true) {
-    RegisteredWorkload r{workload, path, id, std::nullopt, ""};
+    RegisteredWorkload r{workload, path, id, std::nullopt, "", std::nullopt};
     if (with_id) {
       r.id = *SpiffeId::Parse(absl::StrCat("spiffe://example.org/", path));
     } else {
@@ -52,7 +52,7 @@ class EnrolmentPlanTest : public ::testing::Test {
 
   EnrolmentPlan Plan(const std::vector<RegisteredWorkload>& found,
                      std::set<uint64_t> every_cgroup = {}, bool complete = true) {
-    CgroupScan scan{found, std::move(every_cgroup), {}, complete, {}};
+    CgroupScan scan{found, std::move(every_cgroup), {}, complete, {}, {}};
     if (!complete) scan.unread = {"cgroup system.slice: cannot list: Too many open files"};
     for (const auto& r : found) scan.every_cgroup.insert(r.cgroup_id);
     return PlanScan(scan);

@@ -71,7 +71,7 @@ TEST_F(OutboundRoutingTest, RoutesARedirectedConnectionAsItsWorkload) {
       testing::MintSvid({.uri_sans = {"spiffe://example.org/web"}}, root));
   RoutingTable table;
   table.config = config_;
-  table.by_cgroup[7] = {"web", [svid] { return svid; }};
+  table.by_cgroup[7] = {"web", [svid] { return svid; }, ""};
   routing_.Publish(std::make_shared<const RoutingTable>(table));
 
   auto route = routing_.Route(kRedirectedFd);
@@ -92,6 +92,20 @@ TEST_F(OutboundRoutingTest, RefusesWhatItCannotRoute) {
   auto plain = routing_.Route(3);
   ASSERT_FALSE(plain.ok());
   EXPECT_THAT(plain.status().message(), HasSubstr("no original destination"));
+}
+
+// A pod the agent cannot resolve is enrolled with a refusal: its connections
+// are refused with the reason, whatever identity the table holds.
+TEST_F(OutboundRoutingTest, RefusesAnEnrolledCgroupWithItsRefusal) {
+  RoutingTable table;
+  table.config = config_;
+  table.by_cgroup[7] = {"pod:0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70", [] { return nullptr; },
+                        "kubernetes_not_synced: the agent has not read this node's pods"};
+  routing_.Publish(std::make_shared<const RoutingTable>(table));
+  auto route = routing_.Route(kRedirectedFd);
+  ASSERT_FALSE(route.ok());
+  EXPECT_EQ(route.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(route.status().message(), HasSubstr("kubernetes_not_synced: the agent has not read"));
 }
 
 TEST_F(OutboundRoutingTest, ServingIdentityFollowsThePublishedTable) {

@@ -104,14 +104,15 @@ TEST(PodOfCgroupTest, RefusesConflictsAndMalformedNames) {
              "pod11111111-2222-4333-8444-555555555555"}),
        "names two pods"},
       {Join({"kubepods.slice", pod_slice, scope, pod_slice}), "twice"},
-      // Malformed UIDs: wrong length, uppercase, '-' in a systemd name,
-      // a static pod's 32-hex hash.
+      // Malformed UIDs: wrong length, uppercase, '-' in a systemd name.
       {Join({"kubepods.slice", "kubepods-pod0b7c1f5e_3a2d_4c8e_9f10_2b3c4d5e6f7.slice"}),
        "is not a pod UID"},
       {Join({"kubepods.slice", "kubepods-pod0B7C1F5E_3A2D_4C8E_9F10_2B3C4D5E6F70.slice"}),
        "is not a pod UID"},
       {Join({"kubepods.slice", std::string("kubepods-pod") + kUid + ".slice"}), "is not a pod UID"},
-      {Join({"kubepods", "besteffort", "pod0b7c1f5e3a2d4c8e9f102b3c4d5e6f70", kCid}),
+      {Join({"kubepods", "besteffort", "pod0b7c1f5e3a2d4c8e9f102b3c4d5e6f7", kCid}),
+       "is not a pod UID"},
+      {Join({"kubepods", "besteffort", "pod0b7c1f5e3a2d4c8e9f102b3c4d5e6f70a", kCid}),
        "is not a pod UID"},
       {Join({"kubepods", "pod0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70-00", kCid}), "is not a pod UID"},
       {Join({"kubepods.slice", "kubepods-guaranteed-pod" + std::string(kUidSystemd) + ".slice"}),
@@ -140,8 +141,26 @@ TEST(PodOfCgroupTest, RefusesConflictsAndMalformedNames) {
   }
 }
 
-TEST(IsPodUidTest, Rfc4122TextFormOnly) {
+// kubelet names a static pod (read from a manifest file) by the md5 of its
+// manifest: 32 lowercase hex digits, no '-' to escape.
+TEST(PodOfCgroupTest, ReadsStaticPodUids) {
+  const std::string uid = "9a4f3c2b1d0e8f7a6b5c4d3e2f1a0b9c";
+  for (const std::string& path : {Join({"kubepods.slice", "kubepods-burstable.slice",
+                                        "kubepods-burstable-pod" + uid + ".slice",
+                                        std::string("cri-containerd-") + kCid + ".scope"}),
+                                  Join({"kubepods", "besteffort", "pod" + uid, kCid})}) {
+    auto pod = PodOfCgroup(path);
+    ASSERT_TRUE(pod.ok()) << path << ": " << pod.status();
+    EXPECT_EQ(pod->pod_uid, uid);
+    EXPECT_EQ(pod->container_id, kCid);
+  }
+}
+
+TEST(IsPodUidTest, Rfc4122TextFormOrStaticHash) {
   EXPECT_TRUE(IsPodUid(kUid));
+  EXPECT_TRUE(IsPodUid("9a4f3c2b1d0e8f7a6b5c4d3e2f1a0b9c"));
+  EXPECT_FALSE(IsPodUid("9A4F3C2B1D0E8F7A6B5C4D3E2F1A0B9C"));
+  EXPECT_FALSE(IsPodUid("9a4f3c2b1d0e8f7a6b5c4d3e2f1a0b9g"));
   EXPECT_TRUE(IsPodUid("00000000-0000-0000-0000-000000000000"));
   for (const char* bad :
        {"", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f7", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f700",
