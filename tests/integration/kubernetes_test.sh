@@ -29,12 +29,13 @@ set -euo pipefail
 
 ktrust=$1
 ktrustd=$2
-fake_api_server=$3
+FAKE_API_SERVER=$3
 here=$(cd "$(dirname "$0")" && pwd)
-recorded=$here/../testdata/kubernetes
 work=$(mktemp -d)
 # shellcheck source=two_nodes.sh
 source "$here/two_nodes.sh"
+# shellcheck source=fake_cluster.sh
+source "$here/fake_cluster.sh"
 trap two_nodes_cleanup EXIT
 
 two_nodes_up "$work" "$ktrust"
@@ -45,56 +46,9 @@ for n in a b; do
     --scope 'spiffe://example.org/ns/*' >/dev/null
 done
 
-# A pod object: the recorded kuard pod with this pod's fields.
-pod_json() {  # FILE NAME NAMESPACE SERVICE_ACCOUNT NODE UID IP PORTS_JSON
-  jq --arg name "$2" --arg ns "$3" --arg sa "$4" --arg node "$5" --arg uid "$6" --arg ip "$7" \
-    --argjson ports "$8" '.items[0]
-      | .metadata.name = $name | .metadata.namespace = $ns | .metadata.uid = $uid
-      | .spec.serviceAccountName = $sa | .spec.serviceAccount = $sa | .spec.nodeName = $node
-      | .status.podIP = $ip | .status.podIPs = [{ip: $ip}]
-      | .spec.containers[0].ports = $ports' "$recorded/kuard_minikube_pod_list.json" >"$1"
-}
-# A namespace object: the recorded "default" with another name, UID and labels.
-namespace_json() {  # FILE NAME UID LABELS_JSON
-  jq --arg name "$2" --arg uid "$3" --argjson labels "$4" '.items[0]
-      | .metadata.name = $name | .metadata.uid = $uid
-      | .metadata.labels = ({"kubernetes.io/metadata.name": $name} + $labels)' \
-    "$recorded/docker_desktop_namespaces.json" >"$1"
-}
 namespace_json "$work/ns-mesh.json" mesh 6b1ee2a8-0cb5-4a94-9731-00000000000a \
   '{"ktrust.io/mesh": "enabled"}'
 namespace_json "$work/ns-plain.json" plain 6b1ee2a8-0cb5-4a94-9731-00000000000b '{}'
-
-# Node $1's fake API server, fed commands through a FIFO on fd 7 (a) or 8 (b).
-start_api() {  # NODE FD
-  local node=$1 fd=$2
-  mkdir -p "$work/api-$node"
-  mkfifo "$work/api-$node/in"
-  eval "exec $fd<>\"$work/api-$node/in\""
-  run_in "$node" apiserver "$work/api-$node/log" "$fake_api_server" "$work/api-$node" \
-    "$work/api-$node/in"
-  wait_for "$work/api-$node/log" '^listening '
-}
-api() {  # NODE COMMAND...: sends it, waits until applied
-  local node=$1 fd=7
-  shift
-  [[ $node == b ]] && fd=8
-  echo "$*" >&"$fd"
-  wait_for "$work/api-$node/log" "^done $*\$" 10
-}
-api_port() { awk '/^listening/ {print $2}' "$work/api-$1/log"; }
-
-# Kubelet's pod cgroup (systemd driver) and a container scope in it.
-uid_of() { printf '%08x-0000-4000-8000-%012x' "$1" "$1"; }  # a pod UID from a number
-pod_cgroup() {  # QOS(burstable|guaranteed) UID
-  local escaped=${2//-/_}
-  if [[ $1 == guaranteed ]]; then
-    echo "kubepods.slice/kubepods-pod$escaped.slice"
-  else
-    echo "kubepods.slice/kubepods-$1.slice/kubepods-$1-pod$escaped.slice"
-  fi
-}
-container() { printf '%s/cri-containerd-%064x.scope' "$1" "$2"; }  # POD_CGROUP NUMBER
 
 kubernetes_config() {  # NODE
   cat <<EOF
@@ -140,7 +94,7 @@ EOF
 start_api a 7
 start_api b 8
 for n in a b; do
-  api "$n" add namespaces "$recorded/docker_desktop_namespaces.json"
+  api "$n" add namespaces "$KT_RECORDED/docker_desktop_namespaces.json"
   api "$n" add namespaces "$work/ns-mesh.json"
   api "$n" add namespaces "$work/ns-plain.json"
 done
