@@ -183,9 +183,10 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
   }
   ReportProblems(config, scan->found, scan->problems);
   std::shared_ptr<const RoutingTable> before = routing_.current();
-  // Kubernetes mode: the pods' cgroups join the configured workloads'.
+  // Kubernetes mode, as the agent started (turning it on or off takes a
+  // restart): the pods' cgroups join the configured workloads'.
   std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>> pod_netns;
-  if (config.kubernetes.enabled) {
+  if (cluster_) {
     std::vector<RegisteredWorkload> pods = ResolvePods(config, *scan, *before, pod_netns);
     ReportPods(pods, scan->complete);
     scan->found.insert(scan->found.end(), pods.begin(), pods.end());
@@ -235,8 +236,7 @@ absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
 std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
     const Config& config, const CgroupScan& scan, const RoutingTable& before,
     std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns) {
-  std::shared_ptr<const ClusterSnapshot> cluster =
-      cluster_ ? cluster_() : std::make_shared<const ClusterSnapshot>();
+  std::shared_ptr<const ClusterSnapshot> cluster = cluster_();
   std::vector<RegisteredWorkload> pods =
       ResolvePodCgroups(config, *cluster, scan.unclaimed, place_.own_cgroup, before);
   // Each namespace's addresses read once a pass, however many containers.
@@ -277,15 +277,22 @@ std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
 }
 
 void CgroupEnrolment::ReportPods(const std::vector<RegisteredWorkload>& pods, bool complete) {
-  std::map<std::string, std::string> now;
+  // One line per pod (not per container cgroup), when its state changes; a
+  // pod one of whose cgroups is refused (its processes elsewhere) is refused.
+  std::map<std::string, const RegisteredWorkload*> by_pod;
   for (const RegisteredWorkload& r : pods) {
-    const PodEnrolment& pod = *r.pod;
-    // One line per pod (not per container cgroup), when its state changes.
-    std::string key = pod.uid.empty() ? r.cgroup_path : pod.uid;
+    const RegisteredWorkload*& shown = by_pod[r.pod->uid.empty() ? r.cgroup_path : r.pod->uid];
+    if (shown == nullptr || (shown->pod->refusal_code.empty() && !r.pod->refusal_code.empty())) {
+      shown = &r;
+    }
+  }
+  std::map<std::string, std::string> now;
+  for (const auto& [key, r] : by_pod) {
+    const PodEnrolment& pod = *r->pod;
     std::string state = pod.refusal_code.empty()
-                            ? absl::StrCat("enrolled ", r.id->ToString(), " ", pod.workload)
+                            ? absl::StrCat("enrolled ", r->id->ToString(), " ", pod.workload)
                             : absl::StrCat(pod.refusal_code, " ", pod.workload);
-    if (!now.emplace(key, state).second) continue;
+    now[key] = state;
     auto was = reported_pods_.find(key);
     if (was != reported_pods_.end() && was->second == state) continue;
     if (pod.refusal_code.empty()) {
@@ -294,14 +301,14 @@ void CgroupEnrolment::ReportPods(const std::vector<RegisteredWorkload>& pods, bo
                                      {"pod_uid", pod.uid},
                                      {"namespace", pod.namespace_name},
                                      {"service_account", pod.service_account},
-                                     {"id", r.id->ToString()},
+                                     {"id", r->id->ToString()},
                                      {"ports", absl::StrJoin(pod.ports, ",")}});
     } else {
       LogEvent(spdlog::level::warn,
                {{"event", "pod_refused"},
                 {"pod", pod.workload},
                 {"pod_uid", pod.uid},
-                {"cgroup", r.cgroup_path},
+                {"cgroup", r->cgroup_path},
                 {"result", pod.refusal_code},
                 {"reason", absl::StrCat(pod.refusal, "; its mesh connections are refused")}});
     }

@@ -281,8 +281,7 @@ class CgroupWalker {
       scan_.found.push_back(std::move(registered));
       return;
     }
-    if (!config_.kubernetes.enabled) return;
-    // Kubernetes mode: the cluster may know it as a pod's.
+    // Kubernetes mode asks the cluster whether it is a pod's.
     struct stat st {};
     if (::lstat(dir.c_str(), &st) != 0) {
       if (errno != ENOENT) Unread(absl::StrCat("cgroup ", relative, ": ", ErrnoText(errno)));

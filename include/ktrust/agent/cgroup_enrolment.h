@@ -45,7 +45,7 @@ class CgroupEnrolment {
   // current_config: the configuration the agent holds now, which the
   // published routing table carries.
   // cluster: the cluster's view in Kubernetes mode (ClusterWatcher's
-  // Snapshot); unset, every pod cgroup is refused as not synced.
+  // Snapshot); unset outside it, when pods are enrolled by globs only.
   CgroupEnrolment(AgentPlace place, BpfLoader& bpf, WorkloadIdentities& identities,
                   OutboundRouting& routing, PodNetworks& pods,
                   std::function<std::shared_ptr<const Config>()> current_config,

@@ -113,8 +113,8 @@ struct CgroupScan {
   // what could not be read, and why.
   bool complete = true;
   std::vector<std::string> unread;
-  // With kubernetes.enabled, every cgroup no glob claimed (the root
-  // excluded), in scan order: where pods are looked for. Empty otherwise.
+  // Every cgroup no glob claimed (the root excluded), in scan order: where
+  // Kubernetes mode looks for pods.
   std::vector<ScannedCgroup> unclaimed;
 };
 

@@ -140,7 +140,8 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
                    1234,        "spiffe://example.org/web",
                    "enforce",   {80, 443},
                    kNow + 2700, "pod 10.1.2.3",
-                   "",          "zero-hop (2 processes)"};
+                   "",          "zero-hop (2 processes)",
+                   {}};
   WorkloadView batch{"batch",
                      "system.slice/batch.service",
                      99,
@@ -150,7 +151,8 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
                      0,
                      "node",
                      "",
-                     "proxy"};
+                     "proxy",
+                     {}};
   EXPECT_EQ(RenderWorkloads({web, batch}, Now()),
             "NAME   SPIFFE ID                   MODE        PORTS   CGROUP                      "
             "SVID               NETWORK       DATA PATH\n"
@@ -159,6 +161,48 @@ TEST(RenderWorkloads, OneRowPerWorkload) {
             "batch  spiffe://example.org/batch  permissive  -       system.slice/batch.service  "
             "-                  node          proxy\n");
   EXPECT_EQ(RenderWorkloads({}, Now()), "no workloads\n");
+}
+
+// Kubernetes mode: pods get namespace, pod and service account columns; a
+// pod the agent could not resolve shows its UID.
+TEST(RenderWorkloads, PodsGetTheirColumns) {
+  auto view = [](std::string name, std::string network, std::string problem, control::PodView pod) {
+    WorkloadView w;
+    w.name = std::move(name);
+    w.mode = "enforce";
+    w.network = std::move(network);
+    w.problem = std::move(problem);
+    w.pod = std::move(pod);
+    return w;
+  };
+  WorkloadView web = view("mesh/web-0", "pod 10.244.1.7", "",
+                          {"mesh", "web-0", "web", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70"});
+  web.spiffe_id = "spiffe://cluster.local/ns/mesh/sa/web";
+  web.ports = {8080};
+  WorkloadView unknown = view("pod:11111111-2222-4333-8444-555555555555", "pod 10.244.1.8",
+                              "pod_unknown: not among this node's pods",
+                              {"", "", "", "11111111-2222-4333-8444-555555555555"});
+  WorkloadView host = view("sshd", "node", "", {});
+  std::string out = RenderWorkloads({web, unknown, host}, Now());
+  EXPECT_NE(out.find("DATA PATH  NAMESPACE  POD                                       SERVICE "
+                     "ACCOUNT\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("proxy      mesh       web-0                                     web\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("proxy      -          uid 11111111-2222-4333-8444-555555555555  -\n"),
+            std::string::npos)
+      << out;
+  // Without pods the table is as it was.
+  EXPECT_EQ(RenderWorkloads({host}, Now()).find("NAMESPACE"), std::string::npos);
+  ConnectionView c;
+  c.id = 3;
+  c.direction = "outbound";
+  c.workload = "mesh/web-0";
+  c.pod = web.pod;
+  EXPECT_NE(RenderConnections({c}).find("AGE  NAMESPACE  POD    SERVICE ACCOUNT\n"),
+            std::string::npos);
 }
 
 TEST(RenderPolicyCheck, AllowedAndDenied) {
@@ -214,7 +258,8 @@ TEST(RenderWorkloads, ACgroupWithNoIdSaysWhyItIsRefused) {
                     "node",
                     "its SPIFFE ID template spiffe://{trust_domain}/svc/{unit} gives no valid ID: "
                     "character '@' is not allowed",
-                    "proxy"};
+                    "proxy",
+                    {}};
   std::string out = RenderWorkloads({user}, Now());
   EXPECT_NE(out.find("services  -          enforce  -      system.slice/user@1000.service  "
                      "refused, no SPIFFE ID: its SPIFFE ID template "

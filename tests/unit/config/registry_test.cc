@@ -323,6 +323,22 @@ TEST_F(ScanCgroupsTest, GivesTheIdOfEveryCgroupWhenAsked) {
   EXPECT_EQ(scan->every_cgroup, expected);
 }
 
+// Kubernetes mode asks the cluster about the cgroups no glob claims: every
+// one, by path and id, and none a glob took.
+TEST_F(ScanCgroupsTest, ListsTheCgroupsNoGlobClaims) {
+  auto scan = ScanCgroupTree(MakeConfig(), root_.string());
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  std::vector<std::string> unclaimed;
+  for (const ScannedCgroup& c : scan->unclaimed) {
+    unclaimed.push_back(c.path);
+    EXPECT_EQ(c.id, InodeOf(root_ / c.path)) << c.path;
+  }
+  EXPECT_THAT(unclaimed, ::testing::UnorderedElementsAre(
+                             "system.slice", "system.slice/batch-b.service/worker",
+                             "kubepods.slice", "kubepods.slice/pod-1", "elsewhere",
+                             "elsewhere/target.service"));
+}
+
 // EACCES says nothing about what the subtree holds either: skipped, said,
 // and the scan is incomplete.
 TEST_F(ScanCgroupsTest, UnreadableSubtreeIsSkippedAndMakesTheScanIncomplete) {

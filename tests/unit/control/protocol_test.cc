@@ -203,13 +203,28 @@ TEST(Views, RoundTripThroughJson) {
                           1700000000,
                           "pod 10.244.1.7",
                           "its SPIFFE ID template gives no valid ID",
-                          "zero-hop (1 process)"}}};
+                          "zero-hop (1 process)",
+                          {"mesh", "web-0", "web", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70"}}}};
   auto list_back = ViewFromJson<WorkloadListView>(json(list));
   ASSERT_TRUE(list_back.ok()) << list_back.status();
   EXPECT_EQ(list_back->workloads.at(0).ports, (std::vector<uint16_t>{80, 443}));
   EXPECT_EQ(list_back->workloads.at(0).network, "pod 10.244.1.7");
   EXPECT_EQ(list_back->workloads.at(0).problem, "its SPIFFE ID template gives no valid ID");
   EXPECT_EQ(list_back->workloads.at(0).data_path, "zero-hop (1 process)");
+  // The pod, under the names kubectl users know ("namespace", not a C++ name).
+  EXPECT_EQ(json(list)["workloads"][0]["pod"],
+            (json{{"namespace", "mesh"},
+                  {"name", "web-0"},
+                  {"service_account", "web"},
+                  {"uid", "0b7c1f5e-3a2d-4c8e-9f10-2b3c4d5e6f70"}}));
+  EXPECT_EQ(list_back->workloads.at(0).pod.namespace_name, "mesh");
+  EXPECT_EQ(list_back->workloads.at(0).pod.service_account, "web");
+  // An older agent sends no pod: empty, not an error.
+  auto old_agent = ViewFromJson<WorkloadView>({{"name", "web"}});
+  ASSERT_TRUE(old_agent.ok()) << old_agent.status();
+  EXPECT_TRUE(old_agent->pod.empty());
+  EXPECT_EQ(ViewFromJson<WorkloadView>({{"pod", {{"namespace", 3}}}}).status().message(),
+            "field \"pod.namespace\" has the wrong type");
 }
 
 TEST(Views, MissingFieldsTakeDefaultsAndMistypedFieldsAreNamed) {
