@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A simulated cluster for the nodes of two_nodes.sh: each node's fake API
 # server (fake_api_server, replaying recorded objects), pod and namespace
 # objects made from the recorded ones (tests/testdata/kubernetes, only

@@ -55,7 +55,7 @@ source "$src/tests/integration/two_nodes.sh"
 # shellcheck source=../integration/fake_cluster.sh
 source "$src/tests/integration/fake_cluster.sh"
 
-for tool in buildah jq yq kubectl node runc tcpdump bpftool curl python3 unshare; do
+for tool in buildah jq kubectl node runc tcpdump bpftool curl python3 unshare; do
   command -v "$tool" >/dev/null || { echo "not ok - $tool is missing: run tools/dev setup"; exit 1; }
 done
 
@@ -91,16 +91,18 @@ echo "# image: $(stat -c %s "$work/ktrust.oci.tar") bytes, unpacked $(du -sh "$w
 kubectl kustomize "$src/tools/kubernetes" >"$work/rendered.yaml"
 node "$here/yaml_to_json.js" "$modules" "$work/rendered.yaml" >"$work/rendered.json"
 
-# The ConfigMap's ktrustd.yaml with what this test changes laid over it.
+# The ConfigMap's ktrustd.yaml with what this test changes laid over it
+# (written as JSON, which is YAML too).
 jq -r '.[] | select(.kind == "ConfigMap" and .metadata.name == "ktrustd-config") | .data["ktrustd.yaml"]' \
   "$work/rendered.json" >"$work/configmap-ktrustd.yaml"
+node "$here/yaml_to_json.js" "$modules" "$work/configmap-ktrustd.yaml" >"$work/configmap-ktrustd.json"
 node_config() {  # NODE POLICY_JSON
-  yq -y --argjson policy "$2" '
-    .trust_domain = "example.org"
+  jq --argjson policy "$2" '.[0]
+    | .trust_domain = "example.org"
     | .kubernetes = {enabled: true}
     | .mesh = {destinations: [{cidr: "10.77.0.0/16"}]}
     | .policy = $policy
-    | .agent.log_level = "debug"' "$work/configmap-ktrustd.yaml"
+    | .agent.log_level = "debug"' "$work/configmap-ktrustd.json"
 }
 
 # --- The simulated cluster -------------------------------------------------
