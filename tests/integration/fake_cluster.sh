@@ -53,3 +53,55 @@ pod_cgroup() {  # QOS(burstable|guaranteed) UID
   fi
 }
 container() { printf '%s/cri-containerd-%064x.scope' "$1" "$2"; }  # POD_CGROUP NUMBER
+
+# The pods both Kubernetes tests run, and their namespaces:
+#   node a: mesh/client (sa client, 10.77.1.10), plain/plainclient
+#           (10.77.1.11), mesh/intruder (sa intruder, 10.77.1.12)
+#   node b: mesh/web (sa web, 10.77.2.10, declares TCP 8080),
+#           plain/plainweb (10.77.2.11, 8080)
+#   mesh is labelled ktrust.io/mesh=enabled, plain is not
+web_uid=$(uid_of 1)
+plainweb_uid=$(uid_of 2)
+client_uid=$(uid_of 3)
+plainclient_uid=$(uid_of 4)
+intruder_uid=$(uid_of 5)
+# Their objects, in $KT_WORK/pod-<pod>.json and $KT_WORK/ns-<namespace>.json.
+cluster_objects() {
+  local port8080='[{"name": "http", "containerPort": 8080, "protocol": "TCP"}]'
+  namespace_json "$KT_WORK/ns-mesh.json" mesh 6b1ee2a8-0cb5-4a94-9731-00000000000a \
+    '{"ktrust.io/mesh": "enabled"}'
+  namespace_json "$KT_WORK/ns-plain.json" plain 6b1ee2a8-0cb5-4a94-9731-00000000000b '{}'
+  pod_json "$KT_WORK/pod-web.json" web mesh web node-b "$web_uid" 10.77.2.10 "$port8080"
+  pod_json "$KT_WORK/pod-plainweb.json" plainweb plain default node-b "$plainweb_uid" 10.77.2.11 "$port8080"
+  pod_json "$KT_WORK/pod-client.json" client mesh client node-a "$client_uid" 10.77.1.10 '[]'
+  pod_json "$KT_WORK/pod-plainclient.json" plainclient plain default node-a "$plainclient_uid" 10.77.1.11 '[]'
+  pod_json "$KT_WORK/pod-intruder.json" intruder mesh intruder node-a "$intruder_uid" 10.77.1.12 '[]'
+}
+# Node $1's API server gets the recorded namespaces, mesh and plain.
+cluster_namespaces() {  # NODE
+  api "$1" add namespaces "$KT_RECORDED/docker_desktop_namespaces.json"
+  api "$1" add namespaces "$KT_WORK/ns-mesh.json"
+  api "$1" add namespaces "$KT_WORK/ns-plain.json"
+}
+# Node $1's pods: their network namespaces (add_pod, as a CNI plugin would)
+# and their objects in its API server; with "hold", the API server holds
+# its lists first, so that the agent cannot sync yet.
+cluster_pods() {  # NODE [hold]
+  local pod host=10 pods=(web plainweb)
+  [[ $1 == a ]] && pods=(client plainclient intruder)
+  for pod in "${pods[@]}"; do
+    add_pod "$1" "$pod" "$host"
+    host=$((host + 1))
+  done
+  [[ ${2:-} == hold ]] && api "$1" hold
+  for pod in "${pods[@]}"; do api "$1" add pods "$KT_WORK/pod-$pod.json"; done
+}
+# Node $1's `ktrust denials` (kt) gives pod $2's refusal before the first
+# sync, in words.
+check_not_synced_denial() {  # NODE POD_UID
+  local denials
+  denials=$(kt "$1" denials --json)
+  echo "# node $1 denials: $(jq -c '[.denials[] | {workload, result, reason}]' <<<"$denials")"
+  check "ktrust denials says kubernetes_not_synced, in words" \
+    grep -q "kubernetes_not_synced (pod:$2): the agent has not read this node.s pods" <<<"$denials"
+}

@@ -46,9 +46,7 @@ for n in a b; do
     --scope 'spiffe://example.org/ns/*' >/dev/null
 done
 
-namespace_json "$work/ns-mesh.json" mesh 6b1ee2a8-0cb5-4a94-9731-00000000000a \
-  '{"ktrust.io/mesh": "enabled"}'
-namespace_json "$work/ns-plain.json" plain 6b1ee2a8-0cb5-4a94-9731-00000000000b '{}'
+cluster_objects
 
 kubernetes_config() {  # NODE
   cat <<EOF
@@ -93,38 +91,21 @@ EOF
 # --- The API servers, then node b with its pods ---------------------------
 start_api a 7
 start_api b 8
-for n in a b; do
-  api "$n" add namespaces "$KT_RECORDED/docker_desktop_namespaces.json"
-  api "$n" add namespaces "$work/ns-mesh.json"
-  api "$n" add namespaces "$work/ns-plain.json"
-done
+cluster_namespaces a
+cluster_namespaces b
 
-web_uid=$(uid_of 1)
-plainweb_uid=$(uid_of 2)
-client_uid=$(uid_of 3)
-plainclient_uid=$(uid_of 4)
-intruder_uid=$(uid_of 5)
 web_cg=$(container "$(pod_cgroup guaranteed "$web_uid")" 1)
 plainweb_cg=$(container "$(pod_cgroup burstable "$plainweb_uid")" 2)
 client_pod_cg=$(pod_cgroup burstable "$client_uid")
 client_cg=$(container "$client_pod_cg" 3)
 plainclient_cg=$(container "$(pod_cgroup besteffort "$plainclient_uid")" 4)
 intruder_cg=$(container "$(pod_cgroup burstable "$intruder_uid")" 5)
-port8080='[{"name": "line", "containerPort": 8080, "protocol": "TCP"}]'
-pod_json "$work/pod-web.json" web mesh web node-b "$web_uid" 10.77.2.10 "$port8080"
-pod_json "$work/pod-plainweb.json" plainweb plain default node-b "$plainweb_uid" 10.77.2.11 "$port8080"
-pod_json "$work/pod-client.json" client mesh client node-a "$client_uid" 10.77.1.10 '[]'
-pod_json "$work/pod-plainclient.json" plainclient plain default node-a "$plainclient_uid" 10.77.1.11 '[]'
-pod_json "$work/pod-intruder.json" intruder mesh intruder node-a "$intruder_uid" 10.77.1.12 '[]'
 
 KT_CONFIG_EXTRA=$(kubernetes_config b) KT_CA_DIR=$work/b/k8s-ca write_config b '  []' '
   - to: spiffe://example.org/ns/mesh/sa/web
     ports: [8080]
     from: [spiffe://example.org/ns/mesh/sa/client]'
-add_pod b web 10
-add_pod b plainweb 11
-api b add pods "$work/pod-web.json"
-api b add pods "$work/pod-plainweb.json"
+cluster_pods b
 run_in_pod b web "$web_cg" "$work/web.log" python3 -u "$work/line_server.py" 8080
 run_in_pod b plainweb "$plainweb_cg" "$work/plainweb.log" python3 -u "$work/line_server.py" 8080
 wait_for "$work/web.log" listening
@@ -144,13 +125,7 @@ check "the pod of a namespace not opted in is not enrolled" lacks plainweb "$wor
 
 # --- Node a: started while its API server holds the lists -----------------
 KT_CONFIG_EXTRA=$(kubernetes_config a) KT_CA_DIR=$work/a/k8s-ca write_config a '  []' '  []'
-add_pod a client 10
-add_pod a plainclient 11
-add_pod a intruder 12
-api a hold
-api a add pods "$work/pod-client.json"
-api a add pods "$work/pod-plainclient.json"
-api a add pods "$work/pod-intruder.json"
+cluster_pods a hold
 # The pods' long-lived processes, as their containers would be.
 run_in_pod a client "$client_cg" "$work/client-idle.log" sleep 600
 run_in_pod a plainclient "$plainclient_cg" "$work/plainclient-idle.log" sleep 600
@@ -163,10 +138,7 @@ wait_for "$work/a/agent.log" '"event":"pod_netns_served".*10\.77\.1\.10' 10 >/de
 early=$(exec_in_pod a client "$client_cg" python3 "$work/line_client.py" 10.77.2.10 8080 before-sync)
 echo "# before the sync the client got: $early"
 check "before the first sync the client's mesh connection gets nothing" lacks "reply: hello" "$early"
-denials=$(kt a denials --json)
-echo "# node a denials: $(jq -c '[.denials[] | {workload, result, reason}]' <<<"$denials")"
-check "ktrust denials says kubernetes_not_synced, in words" \
-  grep -q "kubernetes_not_synced (pod:$client_uid): the agent has not read this node.s pods" <<<"$denials"
+check_not_synced_denial a "$client_uid"
 check "web never saw the early bytes" lacks before-sync "$(cat "$work/web.log")"
 
 api a release

@@ -109,12 +109,11 @@ node_config() {  # NODE POLICY_JSON
 echo "# [${SECONDS}s] The simulated cluster"
 start_api a 7
 start_api b 8
-namespace_json "$work/ns-mesh.json" mesh 6b1ee2a8-0cb5-4a94-9731-00000000000a '{"ktrust.io/mesh": "enabled"}'
-namespace_json "$work/ns-plain.json" plain 6b1ee2a8-0cb5-4a94-9731-00000000000b '{}'
+cluster_objects
 namespace_json "$work/ns-ktrust.json" ktrust-system 6b1ee2a8-0cb5-4a94-9731-00000000000c '{}'
 for n in a b; do
-  api "$n" add namespaces "$KT_RECORDED/docker_desktop_namespaces.json"
-  for ns in mesh plain ktrust; do api "$n" add namespaces "$work/ns-$ns.json"; done
+  cluster_namespaces "$n"
+  api "$n" add namespaces "$work/ns-ktrust.json"
 done
 
 # A pod's root: only the host's /usr, read-only (bin, lib, lib64 are its
@@ -236,28 +235,14 @@ node_up() {  # NODE POLICY_JSON AGENT_UID NODE_IP
   agent_bundle "$node" "agent-$node" "$3" 900
 }
 
-web_uid=$(uid_of 1)
-plainweb_uid=$(uid_of 2)
-client_uid=$(uid_of 3)
-plainclient_uid=$(uid_of 4)
-intruder_uid=$(uid_of 5)
 agent_a_uid=$(uid_of 901)
 agent_b_uid=$(uid_of 902)
-port8080='[{"name": "http", "containerPort": 8080, "protocol": "TCP"}]'
-pod_json "$work/pod-web.json" web mesh web node-b "$web_uid" 10.77.2.10 "$port8080"
-pod_json "$work/pod-plainweb.json" plainweb plain default node-b "$plainweb_uid" 10.77.2.11 "$port8080"
-pod_json "$work/pod-client.json" client mesh client node-a "$client_uid" 10.77.1.10 '[]'
-pod_json "$work/pod-plainclient.json" plainclient plain default node-a "$plainclient_uid" 10.77.1.11 '[]'
-pod_json "$work/pod-intruder.json" intruder mesh intruder node-a "$intruder_uid" 10.77.1.12 '[]'
 
 # --- Node b: web and plainweb, then its agent ------------------------------
 echo "# [${SECONDS}s] Node b: web and plainweb, then its agent"
 node_up b '[{"to": "spiffe://example.org/ns/mesh/sa/web", "ports": [8080],
             "from": ["spiffe://example.org/ns/mesh/sa/client"]}]' "$agent_b_uid" 10.77.0.2
-add_pod b web 10
-add_pod b plainweb 11
-api b add pods "$work/pod-web.json"
-api b add pods "$work/pod-plainweb.json"
+cluster_pods b
 run_pod b web guaranteed "$web_uid" 1 python3 -u -m http.server --directory /srv/www 8080
 run_pod b plainweb burstable "$plainweb_uid" 2 python3 -u -m http.server --directory /srv/www 8080
 wait_until 10 ip netns exec "$(pod_ns b web)" ss -Hltn 'sport = :8080'
@@ -289,13 +274,7 @@ check "the plain pod and the agent's own pod are not enrolled" \
 # --- Node a: its agent starts before the API server answers ----------------
 echo "# [${SECONDS}s] Node a: its agent starts before the API server answers"
 node_up a '[]' "$agent_a_uid" 10.77.0.1
-add_pod a client 10
-add_pod a plainclient 11
-add_pod a intruder 12
-api a hold
-api a add pods "$work/pod-client.json"
-api a add pods "$work/pod-plainclient.json"
-api a add pods "$work/pod-intruder.json"
+cluster_pods a hold
 run_pod a client burstable "$client_uid" 3 sleep infinity
 run_pod a plainclient burstable "$plainclient_uid" 4 sleep infinity
 run_pod a intruder guaranteed "$intruder_uid" 5 sleep infinity
@@ -309,10 +288,7 @@ curl_web() {  # POD URL_PATH
 early=$(curl_web client before-sync)
 echo "# before the sync the client got: $early"
 check "before the first sync the client's request gets no answer" lacks "http 200" "$early"
-denials=$(kt a denials --json)
-echo "# node a denials: $(jq -c '[.denials[] | {workload, result, reason}]' <<<"$denials")"
-check "ktrust denials gives the reason in words (kubernetes_not_synced)" \
-  grep -q "kubernetes_not_synced (pod:$client_uid): the agent has not read this node.s pods" <<<"$denials"
+check_not_synced_denial a "$client_uid"
 check "web saw nothing of it" lacks before-sync "$(cat "$work/pod-web.log")"
 
 api a release
