@@ -333,10 +333,10 @@ TEST_F(ScanCgroupsTest, ListsTheCgroupsNoGlobClaims) {
     unclaimed.push_back(c.path);
     EXPECT_EQ(c.id, InodeOf(root_ / c.path)) << c.path;
   }
-  EXPECT_THAT(unclaimed, ::testing::UnorderedElementsAre(
-                             "system.slice", "system.slice/batch-b.service/worker",
-                             "kubepods.slice", "kubepods.slice/pod-1", "elsewhere",
-                             "elsewhere/target.service"));
+  EXPECT_THAT(unclaimed,
+              ::testing::UnorderedElementsAre("system.slice", "system.slice/batch-b.service/worker",
+                                              "kubepods.slice", "kubepods.slice/pod-1", "elsewhere",
+                                              "elsewhere/target.service"));
 }
 
 // EACCES says nothing about what the subtree holds either: skipped, said,
