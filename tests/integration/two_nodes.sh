@@ -184,6 +184,8 @@ exec_in() {  # NODE CGROUP CMD...
 # KT_IDENTITY_SOURCE (default embedded_ca; svid_files reads KT_SVID_DIR,
 # default $KT_WORK/<node>/svids), KT_AGENT_EXTRA (YAML lines under agent:),
 # KT_CONFIG_EXTRA (top-level YAML lines, after agent:).
+# KT_DRAIN_TIMEOUT (agent.drain_timeout, default 5s: scripts that stop an
+# agent with SIGTERM wait for it, and a drain of 30 s would outlast them).
 # The file is replaced by a rename, so an agent polling it never reads half.
 write_config() {  # NODE WORKLOADS_YAML POLICY_YAML
   local node=$1
@@ -217,6 +219,7 @@ agent:
   control_socket: $KT_WORK/$node/control.sock
   metrics_address: 127.0.0.1:9464
   log_level: debug
+  drain_timeout: ${KT_DRAIN_TIMEOUT:-5s}
 ${KT_AGENT_EXTRA:-}
 ${KT_CONFIG_EXTRA:-}
 EOF

@@ -17,8 +17,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -328,6 +330,127 @@ TEST_F(ZeroHopHolderTest, EntriesOutliveAgentsAndReachEveryAgent) {
   EXPECT_EQ(Wait(w.pid), 0) << "the workload's connect failed";
   EXPECT_EQ(ExpectRemoval(*restarted), b.id);
   EXPECT_EQ(ExpectRemoval(*second), b.id);
+}
+
+// Design D8: a received notification is never delivered again, so an agent
+// that dies while a workload's connect or accept waits for it (a handshake,
+// a held accept) would leave that thread waiting for ever. The agent tells
+// the holder which ones wait (HolderJournal); when its connection ends the
+// holder answers those with a failure the workload can retry. One the agent
+// answered itself is not answered twice, and one it never said it held
+// stays for the next agent.
+TEST_F(ZeroHopHolderTest, AnAgentThatDiesLeavesItsWaitingConnectsAndAcceptsAnswered) {
+  auto agent = HolderClient::Connect(agent_sock_);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  auto journal = std::make_shared<HolderJournal>();
+  journal->Connect(UniqueFd(::fcntl(agent->fd(), F_DUPFD_CLOEXEC, 0)));
+  uint16_t answered_port = 0, held_port = 0, unheld_port = 0;
+  UniqueFd answered_server = TcpListener(&answered_port);
+  UniqueFd held_server = TcpListener(&held_port);
+  UniqueFd unheld_server = TcpListener(&unheld_port);
+  // Three threads connect, the main thread accepts; each prints its result.
+  std::string script = absl::StrCat(R"PY(
+import errno, socket, sys, threading
+sys.stdin.read()
+def connect(port, tag):
+    try:
+        socket.create_connection(('127.0.0.1', port)).close()
+        print(tag, 'ok', flush=True)
+    except OSError as e:
+        print(tag, errno.errorcode.get(e.errno, e.errno), flush=True)
+threads = [threading.Thread(target=connect, args=a)
+           for a in ((int(sys.argv[1]), 'answered'), (int(sys.argv[2]), 'held'),
+                     (int(sys.argv[3]), 'unheld'))]
+l = socket.socket()
+l.bind(('127.0.0.1', 0))
+l.listen()
+for t in threads: t.start()
+try:
+    l.accept()
+    print('accept ok', flush=True)
+except OSError as e:
+    print('accept', errno.errorcode.get(e.errno, e.errno), flush=True)
+for t in threads: t.join()
+)PY");
+  Child w = Spawn({KTRUST_BIN, "exec", "--workload", "web", "--holder-socket", reg_sock_, "--",
+                   kPython, "-c", script, std::to_string(answered_port), std::to_string(held_port),
+                   std::to_string(unheld_port)},
+                  true, true);
+  ListenerRegistration e = ExpectEntry(*agent);
+  ASSERT_EQ(e.pid, w.pid);
+  auto listener = NotificationListener::Create(std::move(e.listener));
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  listener->JournalTo(journal, e.id);
+  w.in.Reset();  // go
+
+  // Receive the three connects and the accept; anything else continues.
+  std::optional<uint64_t> unheld_id;
+  int seen = 0;
+  for (int i = 0; i < 64 && seen < 4; ++i) {
+    ASSERT_TRUE(listener->WaitReadable(kTimeout).ok()) << "the workload did not notify";
+    auto n = listener->Receive();
+    if (!n.ok()) continue;
+    if (n->syscall_nr == SYS_accept || n->syscall_nr == SYS_accept4) {
+      listener->Hold(n->id, ECONNABORTED);  // a blocking accept the agent holds
+      ++seen;
+      continue;
+    }
+    uint16_t port = 0;
+    if (n->syscall_nr == SYS_connect) {
+      auto target = ReadConnectTarget(*listener, *n);
+      if (target.ok() && target->is_inet()) port = target->address->port();
+    }
+    if (port == answered_port) {
+      listener->Hold(n->id, ECONNREFUSED);
+      ASSERT_TRUE(listener->Continue(n->id).ok());  // answered while the agent lives
+      ++seen;
+    } else if (port == held_port) {
+      listener->Hold(n->id, ECONNREFUSED);  // in handshake when the agent dies
+      ++seen;
+    } else if (port == unheld_port) {
+      unheld_id = n->id;  // received, never said to be held
+      ++seen;
+    } else {
+      ASSERT_TRUE(listener->Continue(n->id).ok());
+    }
+  }
+  ASSERT_EQ(seen, 4);
+  EXPECT_EQ(journal->held(), 2u) << "the held connect and the held accept";
+  ASSERT_TRUE(unheld_id.has_value());
+
+  // The agent dies: its holder connection and its copy of the listener go.
+  journal->Connect(UniqueFd());
+  agent = absl::UnavailableError("killed");
+  listener = absl::UnavailableError("killed");
+  EXPECT_TRUE(WaitLog({"holder_answered_held", "\"held\":2", "\"answered\":2"}));
+
+  // The next agent finds the unheld connect still waiting, and answers it.
+  auto next = HolderClient::Connect(agent_sock_);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ListenerRegistration r = ExpectEntry(*next);
+  EXPECT_EQ(r.id, e.id);
+  auto again = NotificationListener::Create(std::move(r.listener));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->IdValid(*unheld_id).ok()) << "the holder answered one nobody held";
+  ASSERT_TRUE(again->Continue(*unheld_id).ok());
+
+  // Every thread of the workload returned, with what it was told.
+  pollfd p{w.out.get(), POLLIN, 0};
+  std::string out;
+  absl::Time deadline = absl::Now() + kTimeout;
+  while (absl::Now() < deadline) {
+    if (::poll(&p, 1, 100) != 1) continue;
+    char buf[512];
+    ssize_t k = ::read(w.out.get(), buf, sizeof(buf));
+    if (k <= 0) break;
+    out.append(buf, static_cast<size_t>(k));
+  }
+  if (absl::Now() >= deadline) ::kill(w.pid, SIGKILL);
+  EXPECT_EQ(Wait(w.pid), 0) << out;
+  EXPECT_TRUE(absl::StrContains(out, "answered ok")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "held ECONNREFUSED")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "accept ECONNABORTED")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "unheld ok")) << out;
 }
 
 // A local unprivileged user cannot attach a listener to another process:

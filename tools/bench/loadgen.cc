@@ -5,6 +5,8 @@
 //   loadgen rr         --connect ADDR --count N [--size 64] [--warmup W]
 //   loadgen connrate   --connect ADDR --concurrency C --seconds S [--size 64]
 //   loadgen firstbyte  --connect ADDR --count N [--warmup W]
+//   loadgen idle       --connect ADDR --connections N [--waves 1] [--hold 5]
+//                      [--settle 10] [--size 64] [--watch PID,...]
 //
 // Wire protocol (the proxies under test just carry it): the first byte a
 // client sends picks the mode of its connection on the server.
@@ -20,6 +22,13 @@
 // echoed byte, close(); it times each connection from socket() to close()
 // and, inside that, the connect() call, and prints every sample (run.sh e2e
 // pools them across rounds).
+//
+// idle opens N echo connections (a round trip each), holds them for --hold
+// seconds, checks that each still echoes, closes them all and samples the
+// watched processes' RSS (VmRSS) every 100 ms for --settle seconds: the
+// memory an idle connection costs the agents, and whether they give it back
+// after a wave (back_within_2x_s: first moment every watched process was
+// within twice its RSS before the first wave).
 //
 // Every client mode prints one JSON object on stdout and exits 0, or prints
 // "loadgen: error: ..." on stderr and exits 1. The server is one epoll thread:
@@ -44,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -100,30 +110,64 @@ double MachineBusySeconds() {
          static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// On-CPU seconds of every thread of the processes PIDS, from
-// /proc/PID/task/*/schedstat (nanoseconds, so a share under 1% of a short
-// window is still measurable; /proc/PID/stat counts in 10 ms ticks), or -1
-// if one is unreadable. Sampled around the clocked window like
-// MachineBusySeconds: the agents' CPU during the transfer alone.
-double ProcessesCpuSeconds(const std::vector<int>& pids) {
-  double total = 0;
+// On-CPU nanoseconds of every thread of the processes PIDS, keyed
+// "PID/TID NAME", from /proc/PID/task/*/schedstat (nanoseconds, so a share
+// under 1% of a short window is still measurable; /proc/PID/stat counts in
+// 10 ms ticks); empty if a process is unreadable. Sampled around the clocked
+// window like MachineBusySeconds: the agents' CPU during the transfer alone.
+std::map<std::string, double> ThreadsCpuSeconds(const std::vector<int>& pids) {
+  std::map<std::string, double> threads;
   for (int pid : pids) {
     std::string tasks = "/proc/" + std::to_string(pid) + "/task";
     std::error_code ec;
-    int threads = 0;
+    size_t before = threads.size();
     for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
       FILE* f = std::fopen((task.path() / "schedstat").c_str(), "r");
       if (f == nullptr) continue;  // a thread that just ended
       unsigned long long ns = 0;
-      if (std::fscanf(f, "%llu", &ns) == 1) {
-        total += static_cast<double>(ns) / 1e9;
-        ++threads;
-      }
+      bool read = std::fscanf(f, "%llu", &ns) == 1;
       std::fclose(f);
+      if (!read) continue;
+      std::string name;
+      if (FILE* c = std::fopen((task.path() / "comm").c_str(), "r")) {
+        char buf[64] = {};
+        if (std::fgets(buf, sizeof(buf), c)) name = buf;
+        std::fclose(c);
+        if (!name.empty() && name.back() == '\n') name.pop_back();
+      }
+      threads[std::to_string(pid) + "/" + task.path().filename().string() + " " + name] =
+          static_cast<double>(ns) / 1e9;
     }
-    if (ec || threads == 0) return -1;
+    if (ec || threads.size() == before) return {};
   }
-  return total;
+  return threads;
+}
+
+double Total(const std::map<std::string, double>& threads) {
+  double total = 0;
+  for (const auto& [name, s] : threads) total += s;
+  return threads.empty() ? -1 : total;
+}
+
+// The threads that used the most CPU between two samples, as a JSON array of
+// {"thread": "PID/TID NAME", "cpu_s": S}: where the watched CPU went.
+std::string BusiestThreads(const std::map<std::string, double>& before,
+                           const std::map<std::string, double>& after, size_t top) {
+  std::vector<std::pair<double, std::string>> used;
+  for (const auto& [name, s] : after) {
+    auto it = before.find(name);
+    double delta = s - (it == before.end() ? 0 : it->second);
+    if (delta > 0) used.push_back({delta, name});
+  }
+  std::sort(used.rbegin(), used.rend());
+  std::string out = "[";
+  for (size_t i = 0; i < used.size() && i < top; ++i) {
+    char item[160];
+    std::snprintf(item, sizeof(item), "%s{\"thread\": \"%s\", \"cpu_s\": %.6f}", i ? ", " : "",
+                  used[i].second.c_str(), used[i].first);
+    out += item;
+  }
+  return out + "]";
 }
 
 // "--name value" pairs into a map; a bare "--flag" maps to "".
@@ -439,7 +483,7 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes, const std::vector<int>&
   double cpu0 = ProcessCpuSeconds();
   Fd fd = MustConnect(sa);
   double busy0 = MachineBusySeconds();
-  double watched0 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
+  std::map<std::string, double> watched0 = ThreadsCpuSeconds(watched);
   auto start = Clock::now();
   char header[9];
   header[0] = kSinkMode;
@@ -454,17 +498,19 @@ int RunThroughput(const sockaddr_in& sa, uint64_t bytes, const std::vector<int>&
   if (!RecvAll(fd.get(), ack, sizeof(ack))) Die(IoError("waiting for the backend's count"));
   double seconds = SecondsSince(start);
   double busy = MachineBusySeconds() - busy0;
-  double watched1 = watched.empty() ? -1 : ProcessesCpuSeconds(watched);
+  std::map<std::string, double> watched1 = ThreadsCpuSeconds(watched);
   uint64_t got = GetLe64(ack);
   if (got != bytes) {
     Die("backend counted " + std::to_string(got) + " bytes, sent " + std::to_string(bytes));
   }
+  bool watched_ok = !watched0.empty() && !watched1.empty();
   std::printf("{\"bytes\": %" PRIu64
               ", \"seconds\": %.6f, \"gbps\": %.4f, \"client_cpu_s\": %.4f, "
-              "\"machine_busy_s\": %.2f, \"watched_cpu_s\": %.6f}\n",
+              "\"machine_busy_s\": %.2f, \"watched_cpu_s\": %.6f, \"watched_threads\": %s}\n",
               bytes, seconds, static_cast<double>(bytes) * 8 / seconds / 1e9,
               ProcessCpuSeconds() - cpu0, busy0 < 0 ? -1.0 : busy,
-              watched0 < 0 || watched1 < 0 ? -1.0 : watched1 - watched0);
+              watched_ok ? Total(watched1) - Total(watched0) : -1.0,
+              watched_ok ? BusiestThreads(watched0, watched1, 6).c_str() : "[]");
   return 0;
 }
 
@@ -627,6 +673,131 @@ int RunFirstByte(const sockaddr_in& sa, int64_t count, int64_t warmup) {
   return 0;
 }
 
+// ---------------------------------------------------------------- idle
+
+// Resident set of process PID in KiB (VmRSS), or -1 once it is gone.
+long RssKib(int pid) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib;
+}
+
+std::string RssList(const std::vector<int>& pids) {
+  std::string out;
+  for (int pid : pids) {
+    if (!out.empty()) out += ", ";
+    out += std::to_string(RssKib(pid));
+  }
+  return "[" + out + "]";
+}
+
+// One echo of `size` bytes on connection `i`; an empty string if every byte
+// came back as sent, else what went wrong. The payload differs per
+// connection and per round, so a byte delivered to the wrong connection is
+// caught.
+std::string EchoOnce(int fd, size_t i, int round, size_t size) {
+  std::string request(size, kEchoMode);
+  for (size_t b = 1; b < size; ++b) request[b] = static_cast<char>('a' + (i + b + round) % 26);
+  std::string reply(size, '\0');
+  if (!SendAll(fd, request.data(), size)) return IoError("send");
+  if (!RecvAll(fd, reply.data(), size)) return IoError("recv");
+  if (reply != request) return "the echo differs from what was sent";
+  return "";
+}
+
+// Runs `each(i)` for every i below `count` on `threads` threads; false (and
+// stops early) once one returns false.
+bool ForEachConnection(size_t count, int threads, const std::function<bool(size_t)>& each) {
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < threads; ++w) {
+    workers.emplace_back([&, w] {
+      for (size_t i = static_cast<size_t>(w); i < count && ok; i += static_cast<size_t>(threads)) {
+        if (!each(i)) ok = false;
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  return ok;
+}
+
+// Waves of `count` connections: each opens every connection (one echo of
+// `size` bytes, so each is established end to end), holds them all for
+// `hold` seconds, echoes on every one again (data still flows after
+// idleness), closes them all and samples the watched processes' RSS every
+// 100 ms for `settle` seconds.
+int RunIdle(const sockaddr_in& sa, int64_t count, int64_t waves, double hold, double settle,
+            size_t size, const std::vector<int>& watched) {
+  constexpr int kThreads = 8;
+  std::string baseline = RssList(watched);
+  std::vector<long> base;
+  for (int pid : watched) base.push_back(RssKib(pid));
+  std::string out = "{\"connections\": " + std::to_string(count) +
+                    ", \"size\": " + std::to_string(size) + ", \"baseline_kib\": " + baseline +
+                    ", \"waves\": [";
+  for (int64_t wave = 0; wave < waves; ++wave) {
+    std::vector<Fd> conns(static_cast<size_t>(count));
+    auto opened_at = Clock::now();
+    // Each connection echoes as soon as it is open: a few handshakes at a
+    // time, as clients would, rather than thousands pending at once (which
+    // the engine's handshake budget refuses).
+    bool opened = ForEachConnection(conns.size(), kThreads, [&](size_t i) {
+      std::string error;
+      auto fd = Connect(sa, &error);
+      if (fd) {
+        error = EchoOnce(fd->get(), i, 0, size);
+        conns[i] = std::move(*fd);
+      }
+      if (!error.empty()) std::fprintf(stderr, "loadgen: connection %zu: %s\n", i, error.c_str());
+      return error.empty();
+    });
+    if (!opened) Die("could not open and echo on every connection of wave " + std::to_string(wave));
+    double open_s = SecondsSince(opened_at);
+    std::this_thread::sleep_for(std::chrono::duration<double>(hold));
+    std::string idle = RssList(watched);
+    bool echoed = ForEachConnection(conns.size(), kThreads, [&](size_t i) {
+      std::string error = EchoOnce(conns[i].get(), i, 1, size);
+      if (!error.empty()) {
+        std::fprintf(stderr, "loadgen: connection %zu after the idle period: %s\n", i,
+                     error.c_str());
+      }
+      return error.empty();
+    });
+    if (!echoed) Die("an echo failed after the idle period");
+    std::string after_echo = RssList(watched);
+    auto closed_at = Clock::now();
+    conns.clear();
+    // RSS after the wave: sampled until `settle`; `back_s` is when every
+    // watched process was first within 2x its baseline (-1: not within settle).
+    double back_s = -1;
+    std::string samples;
+    while (SecondsSince(closed_at) < settle) {
+      bool back = true;
+      for (size_t p = 0; p < watched.size(); ++p) {
+        long now = RssKib(watched[p]);
+        if (now < 0 || now > 2 * base[p]) back = false;
+      }
+      if (back && back_s < 0) back_s = SecondsSince(closed_at);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    char head[256];
+    std::snprintf(head, sizeof(head), "%s{\"open_s\": %.2f, \"back_within_2x_s\": %.1f, ",
+                  wave == 0 ? "" : ", ", open_s, back_s);
+    out += head;
+    out += "\"idle_kib\": " + idle + ", \"after_echo_kib\": " + after_echo +
+           ", \"settled_kib\": " + RssList(watched) + "}";
+  }
+  out += "]}";
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
 void Usage() {
   std::fprintf(stderr,
                "usage:\n"
@@ -634,7 +805,9 @@ void Usage() {
                "  loadgen throughput --connect IP:PORT --bytes N [--watch PID,...]\n"
                "  loadgen rr         --connect IP:PORT --count N [--size 64] [--warmup W]\n"
                "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n"
-               "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n");
+               "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n"
+               "  loadgen idle       --connect IP:PORT --connections N [--waves 1] [--hold 5]\n"
+               "                     [--settle 10] [--size 64] [--watch PID,...]\n");
 }
 
 }  // namespace
@@ -646,24 +819,30 @@ int main(int argc, char** argv) {
   }
   std::string mode = argv[1];
   auto flags = ParseFlags(argc, argv, 2);
+  // The server and idle hold a descriptor per connection.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   if (mode == "server") {
     Server server(ParseAddress(Need(flags, "listen")));
     server.Run();
   }
-  if (mode == "throughput") {
-    std::vector<int> watched;
-    if (flags.count("watch")) {
-      std::string list = flags["watch"];
-      for (size_t at = 0; at <= list.size();) {
-        size_t end = std::min(list.find(',', at), list.size());
-        std::string pid = list.substr(at, end - at);
-        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
-          Die("--watch wants PID[,PID...]");
-        }
-        watched.push_back(std::stoi(pid));
-        at = end + 1;
+  std::vector<int> watched;
+  if (flags.count("watch")) {
+    std::string list = flags["watch"];
+    for (size_t at = 0; at <= list.size();) {
+      size_t end = std::min(list.find(',', at), list.size());
+      std::string pid = list.substr(at, end - at);
+      if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+        Die("--watch wants PID[,PID...]");
       }
+      watched.push_back(std::stoi(pid));
+      at = end + 1;
     }
+  }
+  if (mode == "throughput") {
     return RunThroughput(ParseAddress(Need(flags, "connect")),
                          static_cast<uint64_t>(NumberFlag(flags, "bytes")), watched);
   }
@@ -681,6 +860,15 @@ int main(int argc, char** argv) {
     return RunRequestResponse(ParseAddress(Need(flags, "connect")), count,
                               NumberFlag(flags, "warmup", std::min<int64_t>(100, count / 10)),
                               size);
+  }
+  if (mode == "idle") {
+    int64_t count = NumberFlag(flags, "connections");
+    if (count == 0) Die("--connections must be positive");
+    int64_t waves = NumberFlag(flags, "waves", 1);
+    if (waves == 0) Die("--waves must be positive");
+    return RunIdle(ParseAddress(Need(flags, "connect")), count, waves,
+                   static_cast<double>(NumberFlag(flags, "hold", 5)),
+                   static_cast<double>(NumberFlag(flags, "settle", 10)), size, watched);
   }
   if (mode == "connrate") {
     int64_t concurrency = NumberFlag(flags, "concurrency");

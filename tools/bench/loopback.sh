@@ -78,19 +78,6 @@ cleanup_hook() {
 }
 new_work ktrust-bench
 
-# wait_listening PORT PID: until something listens on PORT, or PID dies, 10 s at most.
-wait_listening() {
-  local port=$1 pid=$2 deadline=$((SECONDS + 10))
-  while ((SECONDS < deadline)); do
-    ss -ltnH "sport = :$port" | grep -q . && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
-
-port_in_use() { ss -tanH "( sport = :$1 )" | grep -q .; }
-
 # ---------------------------------------------------------------- tools
 declare -A status=() reason=()
 IFS=, read -ra target_list <<<"$targets"

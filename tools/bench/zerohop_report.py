@@ -300,6 +300,15 @@ def main():
         last = idle[-1]
         for th in last["threads"][:6]:
             print(f"    agent {th['agent']} thread {th['tid']}: {th['cpu_s']:.2f} s, now in {th['wchan']}")
+    bulk = [r for r in rows if r["kind"] == "throughput" and r["result"].get("watched_threads")]
+    if bulk:
+        print("agents' busiest threads during each clocked transfer (loadgen --watch):")
+        for r in bulk:
+            res = r["result"]
+            threads = ", ".join(f"{t['thread']} {t['cpu_s'] * 1e3:.1f} ms"
+                                for t in res["watched_threads"])
+            print(f"  {r['target']} run {r['run']}: {res['watched_cpu_s'] * 1e3:.1f} ms in "
+                  f"{res['seconds']:.1f} s: {threads}")
     print("per run (paired) ratios:")
     for name, col in ratios.items():
         for key in ("throughput_gbps", "machine_cpu_s_per_gb", "rr_p50_added_us", "conns_per_sec",

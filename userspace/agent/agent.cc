@@ -1,5 +1,6 @@
 #include "ktrust/agent/agent.h"
 
+#include <poll.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include "ktrust/bpf/cgroup2.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
+#include "ktrust/common/poll_timeout.h"
 
 namespace ktrust {
 namespace {
@@ -103,6 +105,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
           }});
   if (auto st = agent->StartEnrolment(*config); !st.ok()) return st;
   if (auto st = agent->Apply(config); !st.ok()) return st;
+  // Only now, with the workloads enrolled and their SVIDs issued, does the
+  // kernel hand the host's connections to these listeners: before, an
+  // inbound one would find no identity to present. Until then they go to
+  // the agent being taken over from, if any, or are refused.
+  if (auto st = agent->SteerHostSlots(); !st.ok()) return st;
   WarnUnpinnedServers(*config);
   if (auto st = agent->KeepOnlyWhatThisRunServes(*host); !st.ok()) return st;
   if (auto st = agent->AttachPrograms(); !st.ok()) return st;
@@ -234,7 +241,8 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   HostSteering host;
   uint32_t slot = 0;
   for (const WorkloadConfig* w : ServingWorkloads(config)) {
-    if (auto st = SteerSlotTo(maps, slot, fds->inbound[slot]); !st.ok()) return st;
+    // Steered after the first enrolment pass (SteerHostSlots).
+    host_slots_.push_back({slot, fds->inbound[slot]});
     size_t index = static_cast<size_t>(w - config.workloads.data());
     for (uint16_t p : w->ports) {
       auto any = SocketAddress::Parse(absl::StrCat("0.0.0.0:", p));
@@ -258,7 +266,7 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   host.netns_cookie = *host_netns;
   const OutboundTarget host_target{*SocketAddress::Parse("127.0.0.1:0"),
                                    *SocketAddress::Parse("[::1]:0")};
-  if (auto st = SteerSlotTo(maps, slot, fds->outbound); !st.ok()) return st;
+  host_slots_.push_back({slot, fds->outbound});
   if (auto st = maps.SetOutboundTarget(*host_netns, host_target, settings.outbound_port, slot);
       !st.ok())
     return st;
@@ -377,7 +385,9 @@ absl::Status Agent::Apply(std::shared_ptr<const Config> config) {
   return enrolment_->Enroll(*config);
 }
 
-void Agent::WatchCgroups(absl::Duration timeout) { enrolment_->WatchCgroups(timeout); }
+void Agent::WatchCgroups(absl::Duration timeout, int wake_fd) {
+  enrolment_->WatchCgroups(timeout, wake_fd);
+}
 
 absl::Status Agent::Reload() {
   // The file's time before reading it: a write landing during the read
@@ -482,8 +492,81 @@ void Agent::Maintain(absl::Time now) {
   }
 }
 
-void Agent::PollEvents(absl::Duration timeout) {
-  if (events_) (void)events_->Poll(timeout);
+absl::Status Agent::SteerHostSlots() {
+  for (const auto& [slot, pair] : host_slots_) {
+    if (auto st = SteerSlotTo(bpf_->maps(), slot, pair); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Agent::RestoreSteering() {
+  if (auto st = SteerHostSlots(); !st.ok()) return st;
+  LogEvent(spdlog::level::info,
+           {{"event", "steering_restored"},
+            {"slots", host_slots_.size()},
+            {"note", "the host's listener slots point at this agent's listeners again"}});
+  return absl::OkStatus();
+}
+
+void Agent::BeginDrain(const std::string& reason, absl::Duration timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (drain_.draining) return;
+    drain_.draining = true;
+    drain_.reason = reason;
+    drain_.since = absl::Now();
+    drain_.deadline = drain_.since + timeout;
+  }
+  engine_->StopAccepting();
+  const EngineCounters& c = engine_->counters();
+  LogEvent(spdlog::level::info,
+           {{"event", "draining"},
+            {"reason", reason},
+            {"connections", c.active.load()},
+            {"handshakes", c.handshaking.load()},
+            {"drain_timeout_ms", absl::ToInt64Milliseconds(timeout)},
+            {"note",
+             "open connections are carried until they end or the drain timeout; the "
+             "interception programs stay attached, so new ones are refused unless a "
+             "successor agent serves them"}});
+}
+
+void Agent::EndDrain() {
+  uint64_t left = engine_->counters().active.load();
+  if (left > 0) {
+    LogEvent(spdlog::level::warn,
+             {{"event", "drain_timeout"},
+              {"connections", left},
+              {"reason", "the drain timeout passed: the connections still open are closed"}});
+  }
+  engine_->EndConnections(CloseReason::kDrainTimeout,
+                          "the agent was stopping and the connection was still open at "
+                          "agent.drain_timeout");
+}
+
+bool Agent::Drained() const { return drain().draining && engine_->counters().active.load() == 0; }
+
+DrainState Agent::drain() const {
+  absl::MutexLock lock(&mu_);
+  return drain_;
+}
+
+void Agent::SetSuccessor(std::string successor) {
+  absl::MutexLock lock(&mu_);
+  drain_.successor = std::move(successor);
+}
+
+void Agent::SetPredecessor(std::string predecessor) {
+  absl::MutexLock lock(&mu_);
+  drain_.predecessor = std::move(predecessor);
+}
+
+void Agent::PollEvents(absl::Duration timeout, int wake_fd) {
+  // The ring buffer's epoll fd is readable when events wait.
+  pollfd p[2] = {{events_ ? events_->epoll_fd() : -1, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  if (poll(p, 2, PollMilliseconds(timeout)) > 0 && (p[0].revents & POLLIN)) {
+    (void)events_->Drain();
+  }
 }
 
 absl::Status UninstallAgent(const std::string& pin_dir) {

@@ -108,6 +108,15 @@ control::StatusView Status(const Agent& agent) {
   s.counts.handshakes_failed = static_cast<int64_t>(c.handshake_failures.load());
   s.counts.denied = static_cast<int64_t>(c.denied.load());
   s.counts.workloads = static_cast<int64_t>(agent.workloads().size());
+  DrainState drain = agent.drain();
+  s.drain = {drain.draining,
+             drain.reason,
+             drain.draining ? UnixSeconds(drain.since) : 0,
+             drain.draining ? UnixSeconds(drain.deadline) : 0,
+             drain.draining ? s.counts.connections_active : 0,
+             drain.draining ? static_cast<int64_t>(c.handshaking.load()) : 0,
+             drain.successor,
+             drain.predecessor};
   s.warnings = ServerIdentityWarnings(*config);
   s.not_ready_reason = agent.not_ready_reason();
   s.ready = s.not_ready_reason.empty();
@@ -395,7 +404,8 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
         {"inbound_handshakes", c.refused_inbound_handshakes.load()},
         {"outbound_handshakes", c.refused_outbound_handshakes.load()},
         {"source_handshakes", c.refused_source_handshakes.load()},
-        {"fds", c.refused_fd_limit.load()}}) {
+        {"fds", c.refused_fd_limit.load()},
+        {"memory", c.refused_memory.load()}}) {
     m.Counter("ktrust_refused_at_accept_total", "Connections refused at accept, by the limit",
               {{"limit", limit}}, static_cast<double>(n));
   }

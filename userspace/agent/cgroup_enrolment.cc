@@ -18,6 +18,7 @@
 #include "ktrust/agent/pod_enrolment.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/poll_timeout.h"
 
 namespace ktrust {
 
@@ -85,13 +86,14 @@ void CgroupEnrolment::WatchTree(const std::string& dir) {
   }
 }
 
-void CgroupEnrolment::WatchCgroups(absl::Duration timeout) {
+void CgroupEnrolment::WatchCgroups(absl::Duration timeout, int wake_fd) {
   // The pods' address changes wake this thread too: a new address of a
   // served pod is enforced now, not at the next pass.
-  pollfd pfd[3] = {{cgroup_events_.get(), POLLIN, 0},
+  pollfd pfd[4] = {{cgroup_events_.get(), POLLIN, 0},
                    {pods_.events_fd(), POLLIN, 0},
-                   {cluster_events_.get(), POLLIN, 0}};
-  if (poll(pfd, 3, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return;
+                   {cluster_events_.get(), POLLIN, 0},
+                   {wake_fd, POLLIN, 0}};
+  if (poll(pfd, 4, PollMilliseconds(timeout)) <= 0) return;
   if (pfd[1].revents & POLLIN) {
     absl::MutexLock serialize(&enroll_mu_);
     pods_.RefreshAddresses();

@@ -50,7 +50,7 @@ std::string RestartOnlyShape(const Config& config) {
   std::string shape = absl::StrJoin(
       {a.node_name, a.cgroup_root, a.bpf_pin_dir, absl::StrCat(a.outbound_port), a.upstream_source,
        a.upstream_source6, absl::StrCat(a.socket_mark), a.control_socket, a.control_group,
-       a.metrics_address, a.log_format, a.log_level, a.data_path,
+       a.handover_socket, a.metrics_address, a.log_format, a.log_level, a.data_path,
        absl::StrCat(static_cast<int>(config.identity.source)),
        absl::FormatDuration(config.identity.svid_ttl), config.identity.svid_dir},
       "/");

@@ -6,9 +6,14 @@
 //   ktrustd tunnel --identity DIR --inbound 0.0.0.0:15006=127.0.0.1:8080
 //                  --allow 'spiffe://example.org/ns/prod/*'   static tunnels, no eBPF
 //   ktrustd holder [--socket-dir /run/ktrust]       zero-hop fd holder (docs/dataplane.md)
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -17,8 +22,10 @@
 #include "ktrust/agent/agent.h"
 #include "ktrust/agent/agent_control.h"
 #include "ktrust/agent/allow_list_authorizer.h"
+#include "ktrust/agent/handover.h"
 #include "ktrust/common/log.h"
 #include "ktrust/common/thread_name.h"
+#include "ktrust/common/unique_fd.h"
 #include "ktrust/control/metrics.h"
 #include "ktrust/dataplane/engine.h"
 #include "ktrust/identity/file_identity_source.h"
@@ -153,8 +160,87 @@ int RunTunnel(const TunnelFlags& f) {
   return 0;
 }
 
+// A stopping agent: accepts nothing more and carries its open connections
+// until they end or agent.drain_timeout passes, then closes what is left,
+// each with a log line. Another SIGTERM or SIGINT ends the wait at once;
+// SIGHUP is ignored (a reload would enrol and open listeners).
+void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reason) {
+  agent.BeginDrain(reason, agent.config()->agent.drain_timeout);
+  // Polled: the engine has no "last connection ended" signal, and a tenth
+  // of a second is well under what any deadline here is measured in.
+  timespec tick{0, 100 * 1000 * 1000};
+  while (!agent.Drained() && absl::Now() < agent.drain().deadline) {
+    int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      LogEvent(spdlog::level::warn, {{"event", "drain_cut_short"},
+                                     {"signal", sigdescr_np(sig)},
+                                     {"connections", agent.engine().counters().active.load()}});
+      break;
+    }
+    if (sig == SIGHUP) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "reload_ignored"}, {"reason", "the agent is draining"}});
+    }
+  }
+  if (!agent.Drained()) {
+    agent.EndDrain();
+    // Each reset connection logs its line once its pending operations have
+    // completed on its loop, which stopping the engine would cut short.
+    absl::Time end = absl::Now() + absl::Seconds(2);
+    while (!agent.Drained() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
+  }
+  LogEvent(spdlog::level::info, {{"event", "drained"}, {"reason", reason}});
+}
+
+// The agent's two watcher threads (interception events, cgroups), stopped
+// while another agent may be writing the kernel's maps (a handover) and
+// while draining.
+class Watchers {
+ public:
+  explicit Watchers(Agent& agent) : agent_(agent) {}
+  ~Watchers() { Stop(); }
+  // False if the stop eventfd cannot be made (the threads could not be
+  // stopped, so they are not started).
+  bool Start() {
+    if (events_.joinable()) return true;
+    if (!wake_.valid()) return false;
+    uint64_t count = 0;
+    (void)!read(wake_.get(), &count, sizeof(count));  // a previous Stop's
+    stop_.store(false);
+    // Both threads sleep until their events come, or `wake_` says stop: an
+    // idle agent's wake-ups cost CPU, under TCG a great deal.
+    events_ = std::thread([this] {
+      NameThisThread("ktrust-events");
+      while (!stop_.load()) agent_.PollEvents(absl::InfiniteDuration(), wake_.get());
+    });
+    cgroups_ = std::thread([this] {
+      NameThisThread("ktrust-cgroups");
+      while (!stop_.load()) agent_.WatchCgroups(absl::InfiniteDuration(), wake_.get());
+    });
+    return true;
+  }
+  void Stop() {
+    if (!events_.joinable()) return;
+    stop_.store(true);
+    uint64_t one = 1;
+    (void)!write(wake_.get(), &one, sizeof(one));  // stays readable: wakes both
+    events_.join();
+    cgroups_.join();
+  }
+  bool running() const { return events_.joinable(); }
+
+ private:
+  Agent& agent_;
+  std::atomic<bool> stop_{false};
+  UniqueFd wake_{eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  std::thread events_;
+  std::thread cgroups_;
+};
+
 int RunAgent(const std::string& config_path) {
   // Loaded once: the log settings come from it, and the agent starts from it.
+  // A successor whose file does not load stops here, before it touches the
+  // running agent.
   auto loaded = LoadConfig(config_path);
   if (!loaded.ok()) {
     SetUpLogging(spdlog::level::info);
@@ -168,15 +254,52 @@ int RunAgent(const std::string& config_path) {
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, s);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd.valid()) return Fail(absl::ErrnoToStatus(errno, "signalfd"));
+
+  // An agent of this configuration running already: take over from it
+  // (docs/operations.md, "Stopping and upgrading").
+  const std::string handover_path = config->agent.handover_socket.empty()
+                                        ? HandoverSocketPath(config->agent.control_socket)
+                                        : config->agent.handover_socket;
+  auto predecessor = HandoverClient::Connect(handover_path, absl::Seconds(10));
+  if (!predecessor.ok()) return Fail(predecessor.status());
+  if (*predecessor) {
+    LogEvent(
+        spdlog::level::info,
+        {{"event", "taking_over"},
+         {"predecessor_pid", (*predecessor)->predecessor()},
+         {"note", "starting alongside the running agent; it hands over once this one serves"}});
+  }
 
   AgentStats stats;
   auto agent = Agent::Start(config, config_path,
                             {[&stats](const ClosedConnection& c) { stats.ConnectionClosed(c); },
                              [&stats](const InterceptionEvent& e) { stats.Intercepted(e); }});
   if (!agent.ok()) return Fail(agent.status());
-  auto control = control::ControlServer::Start(
-      {config->agent.control_socket, config->agent.control_group}, ControlHandlers(**agent, stats));
-  if (!control.ok()) return Fail(control.status());
+  std::string predecessor_status;
+  if (*predecessor) {
+    auto where = (*predecessor)->Started(absl::Seconds(30));
+    if (!where.ok()) return Fail(where.status());
+    predecessor_status = *where;
+    // Tests kill a successor at this, the worst moment: it steered the
+    // kernel to itself and holds the control socket, and is not ready.
+    if (const char* stop = getenv("KTRUST_TEST_HANDOVER_STOP");
+        stop && stop == std::string("started")) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "test_handover_stop"},
+                {"reason", "KTRUST_TEST_HANDOVER_STOP: stopped after started"}});
+      raise(SIGSTOP);
+    }
+  }
+  control::ControlServerOptions control_options{config->agent.control_socket,
+                                                config->agent.control_group};
+  std::unique_ptr<control::ControlServer> control;
+  {
+    auto started = control::ControlServer::Start(control_options, ControlHandlers(**agent, stats));
+    if (!started.ok()) return Fail(started.status());
+    control = *std::move(started);
+  }
   // Metrics and probes are not worth refusing every enforced connection
   // for: if their address is taken (any local user can bind a TCP port),
   // the agent runs without them, says so, and tries again every tick.
@@ -212,17 +335,14 @@ int RunAgent(const std::string& config_path) {
   };
   start_metrics();
 
-  // Both threads wake at once for their events; the timeout only bounds how
-  // long a stop waits for them, and each wake-up of an idle agent costs CPU.
-  std::atomic<bool> stop{false};
-  std::thread events([&] {
-    NameThisThread("ktrust-events");
-    while (!stop.load()) (*agent)->PollEvents(absl::Seconds(1));
-  });
-  std::thread cgroups([&] {
-    NameThisThread("ktrust-cgroups");
-    while (!stop.load()) (*agent)->WatchCgroups(absl::Seconds(1));
-  });
+  Watchers watchers(**agent);
+  if (!watchers.Start()) return Fail(absl::ErrnoToStatus(errno, "eventfd for the watcher threads"));
+  if (*predecessor) {
+    if (auto st = (*predecessor)->Ready(); !st.ok()) return Fail(st);
+    (*agent)->SetPredecessor(absl::StrCat("ktrustd pid ", (*predecessor)->predecessor(),
+                                          " is draining; its status: ktrust --socket ",
+                                          predecessor_status, " status"));
+  }
   const Engine& engine = (*agent)->engine();
   nlohmann::json ready = {{"event", "ready"},
                           {"node", config->agent.node_name},
@@ -230,17 +350,108 @@ int RunAgent(const std::string& config_path) {
                           {"data_path", engine.data_path()},
                           {"data_path_reason", engine.data_path_reason()},
                           {"workloads", (*agent)->workloads().size()}};
+  if (*predecessor) ready["predecessor_pid"] = (*predecessor)->predecessor();
   if (metrics) ready["metrics_port"] = metrics->port();
   for (const auto& a : engine.outbound_addresses()) ready["outbound"].push_back(a.ToString());
   for (const auto& a : engine.inbound_addresses()) ready["inbound"].push_back(a.ToString());
   LogEvent(spdlog::level::info, ready);
 
-  timespec tick{1, 0};
+  // The handover socket, for the next agent. Bound once the predecessor
+  // has let go of it (it does at "ready"): retried every tick until then.
+  bool paused = false;  // a successor is starting: no enrolment, no map writes
+  pid_t successor = 0;  // handed over to it: drain after the grace below
+  absl::Time drain_at = absl::InfiniteFuture();
+  std::unique_ptr<control::ControlServer> draining_control;
+  HandoverServer::Hooks hooks;
+  hooks.pause = [&](pid_t) {
+    paused = true;
+    watchers.Stop();
+  };
+  hooks.release = [&]() -> absl::StatusOr<std::string> {
+    // The successor takes the control socket and the metrics address; this
+    // agent's status stays reachable beside them while it drains.
+    std::string path =
+        absl::StrCat(std::filesystem::path(config->agent.control_socket).parent_path().string(),
+                     "/control-", getpid(), ".sock");
+    auto moved = control::ControlServer::Start({path, config->agent.control_group},
+                                               ControlHandlers(**agent, stats));
+    if (!moved.ok()) return moved.status();
+    draining_control = *std::move(moved);
+    control->Stop();
+    control.reset();
+    if (metrics) metrics->Stop();
+    metrics.reset();
+    return path;
+  };
+  hooks.resume = [&](const std::string&, bool released) {
+    if (released) {
+      auto back = control::ControlServer::Start(control_options, ControlHandlers(**agent, stats));
+      if (back.ok()) {
+        control = *std::move(back);
+        draining_control.reset();
+      } else {
+        LogEvent(spdlog::level::err,
+                 {{"event", "control_socket_not_restored"},
+                  {"reason", back.status().message()},
+                  {"note", absl::StrCat("the status stays at ", control_options.path)}});
+      }
+    }
+    // The successor may have pointed the kernel at its own listeners.
+    if (auto st = (*agent)->RestoreSteering(); !st.ok()) {
+      LogEvent(spdlog::level::err, {{"event", "steering_not_restored"}, {"reason", st.message()}});
+    }
+    paused = false;
+    (void)watchers.Start();  // its eventfd exists: it started once already
+  };
+  hooks.handed_over = [&](pid_t pid) {
+    successor = pid;
+    (*agent)->SetSuccessor(absl::StrCat("ktrustd pid ", pid, " serves new connections"));
+    // Connections the kernel steered here just before the successor took
+    // the steering may still be completing their TCP handshake on this
+    // agent's listeners: keep accepting a moment for them.
+    drain_at = absl::Now() + absl::Seconds(1);
+  };
+  std::unique_ptr<HandoverServer> handover;
+  std::string handover_problem;
+  auto listen_for_successor = [&] {
+    if (handover) return;
+    auto server = HandoverServer::Listen(handover_path, hooks);
+    if (server.ok()) {
+      handover = *std::move(server);
+      return;
+    }
+    std::string problem(server.status().message());
+    if (problem != handover_problem) {
+      LogEvent(spdlog::level::info, {{"event", "handover_socket_unavailable"},
+                                     {"path", handover_path},
+                                     {"reason", absl::StrCat(problem, "; retrying every second")}});
+    }
+    handover_problem = std::move(problem);
+  };
+  listen_for_successor();
+
+  std::string stop_reason = "SIGTERM";
+  bool stop_requested = false;  // SIGTERM during a handover
+  absl::Time next_tick = absl::Now();
   while (true) {
-    int sig = sigtimedwait(&signals, nullptr, &tick);
-    if (sig == SIGHUP) {
+    absl::Time now = absl::Now();
+    if (now >= drain_at) {
+      stop_reason = absl::StrCat("handed over to ktrustd pid ", successor);
+      break;
+    }
+    std::vector<pollfd> fds = {{signal_fd.get(), POLLIN, 0}};
+    if (handover) {
+      for (int fd : handover->fds()) fds.push_back({fd, POLLIN, 0});
+    }
+    absl::Duration wait = std::min(next_tick, drain_at) - now;
+    ::poll(fds.data(), fds.size(),
+           static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait))));
+    signalfd_siginfo info{};
+    int sig = ::read(signal_fd.get(), &info, sizeof(info)) == sizeof(info)
+                  ? static_cast<int>(info.ssi_signo)
+                  : 0;
+    if (sig == SIGHUP && !paused) {
       (void)(*agent)->Reload();  // a bad file is logged and kept out; never fatal
-      continue;
     }
     if (sig == SIGINT || sig == SIGTERM) {
       LogEvent(spdlog::level::info,
@@ -249,16 +460,35 @@ int RunAgent(const std::string& config_path) {
                 {"note",
                  "the interception programs stay attached: enrolled workloads are "
                  "refused until ktrustd is back (ktrustd uninstall removes them)"}});
-      break;
+      // Mid-handover the successor is waiting for this agent: finish the
+      // handover (or see it fail) first, unless told twice.
+      if (!paused || stop_requested) break;
+      stop_requested = true;
     }
-    (*agent)->Maintain(absl::Now());
+    now = absl::Now();
+    if (handover) handover->Service(now);
+    if (stop_requested && !paused && successor == 0) break;  // the handover failed
+    if (now < next_tick) continue;
+    next_tick = now + absl::Seconds(1);
+    if (*predecessor && (*predecessor)->PredecessorGone()) {
+      LogEvent(spdlog::level::info,
+               {{"event", "predecessor_exited"}, {"pid", (*predecessor)->predecessor()}});
+      predecessor->reset();
+      (*agent)->SetPredecessor("");
+    }
+    if (paused || successor != 0) continue;
+    (*agent)->Maintain(now);
     start_metrics();
+    listen_for_successor();
   }
-  stop.store(true);
-  events.join();
-  cgroups.join();
+  // Nothing changes the kernel's maps or reads its events while draining:
+  // a successor may be doing so.
+  watchers.Stop();
+  DrainThenEnd(**agent, signals, stop_reason);
   if (metrics) metrics->Stop();
-  (*control)->Stop();
+  if (control) control->Stop();
+  draining_control.reset();
+  handover.reset();
   agent->reset();
   return 0;
 }

@@ -22,6 +22,7 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/poll_timeout.h"
 #include "ktrust/common/thread_name.h"
 #include "ktrust/identity/peer_verifier.h"
 #include "ktrust/identity/x509.h"
@@ -240,12 +241,33 @@ void ZeroHopPath::Start(Engine& engine) {
 
 void ZeroHopPath::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
+  Wake();
   if (thread_.joinable()) thread_.join();
   supervisor_.Stop();
 }
 
+void ZeroHopPath::Wake() {
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+void ZeroHopPath::Sleep(absl::Duration d) {
+  pollfd p{wake_.get(), POLLIN, 0};
+  if (::poll(&p, 1, PollMilliseconds(d)) > 0) {
+    uint64_t count = 0;
+    (void)!::read(wake_.get(), &count, sizeof(count));
+  }
+}
+
+absl::Duration ZeroHopPath::UntilRefresh() const {
+  // Nothing to watch: asleep until woken (if it can be).
+  if (live_->size() == 0) return wake_.valid() ? absl::InfiniteDuration() : kRefreshInterval;
+  return std::max(last_refresh_ + kRefreshInterval - absl::Now(), absl::ZeroDuration());
+}
+
 void ZeroHopPath::Run() {
   bool reported = false;  // the holder's absence, said once until it changes
+  absl::Duration retry = kRefreshInterval;
   while (!stop_.HasBeenNotified()) {
     auto client = zerohop::HolderClient::Connect(settings_.holder_socket);
     if (!client.ok()) {
@@ -260,10 +282,18 @@ void ZeroHopPath::Run() {
                                        {"reason", client.status().message()}});
         reported = true;
       }
-      stop_.WaitForNotificationWithTimeout(kRefreshInterval);
-      RefreshConnections();
+      // Retried at growing intervals; the connections served meanwhile (the
+      // listeners this agent already has) are still refreshed on time.
+      absl::Time next_try = absl::Now() + retry;
+      retry = std::min(retry * 2, kHolderRetryMax);
+      while (!stop_.HasBeenNotified() && absl::Now() < next_try) {
+        Sleep(std::min(next_try - absl::Now(), UntilRefresh()));
+        if (UntilRefresh() == absl::ZeroDuration()) RefreshConnections();
+      }
       continue;
     }
+    retry = kRefreshInterval;
+    journal_->Connect(UniqueFd(::fcntl(client->fd(), F_DUPFD_CLOEXEC, 0)));
     {
       absl::MutexLock lock(&mu_);
       holder_connected_ = true;
@@ -273,10 +303,15 @@ void ZeroHopPath::Run() {
              {{"event", "zero_hop_holder_connected"}, {"socket", settings_.holder_socket}});
     reported = false;
     while (!stop_.HasBeenNotified()) {
-      // One refresh a second, and no wake-up in between unless the holder speaks.
-      if (absl::Now() - last_refresh_ >= kRefreshInterval) RefreshConnections();
-      auto message = client->Receive(
-          std::max(last_refresh_ + kRefreshInterval - absl::Now(), absl::Milliseconds(10)));
+      // A refresh a second while there are connections; otherwise asleep
+      // until the holder speaks or a connection is made.
+      if (UntilRefresh() == absl::ZeroDuration()) RefreshConnections();
+      if (live_->size() == 0) lister_.Retain({});  // no namespace kept alive for nothing
+      auto message = client->Receive(UntilRefresh(), wake_.get());
+      if (absl::IsCancelled(message.status())) {
+        Sleep(absl::ZeroDuration());  // consume the wake-up
+        continue;
+      }
       if (absl::IsDeadlineExceeded(message.status())) continue;
       if (absl::IsInvalidArgument(message.status())) {
         LogEvent(spdlog::level::warn, {{"event", "zero_hop_holder_message_refused"},
@@ -284,6 +319,7 @@ void ZeroHopPath::Run() {
         continue;
       }
       if (!message.ok()) {
+        journal_->Connect(UniqueFd());
         absl::MutexLock lock(&mu_);
         holder_connected_ = false;
         holder_problem_ = absl::StrCat("lost the holder: ", message.status().message());
@@ -383,6 +419,9 @@ void ZeroHopPath::Serve(zerohop::ListenerRegistration entry) {
                                   {"reason", listener.status().message()}});
     return;
   }
+  // If this agent dies while a connect or accept waits for it, the holder
+  // answers it (docs/dataplane.md, "What waits for a dead agent").
+  listener->JournalTo(journal_, entry.id);
   zerohop::WorkloadHooks hooks;
   hooks.workload = view.workload;
   hooks.is_mesh = [this](const SocketAddress& destination) { return IsMesh(destination); };
@@ -540,6 +579,7 @@ void ZeroHopPath::Track(zerohop::ZeroHopConnection connection) {
     LogEvent(spdlog::level::warn,
              {{"event", "zero_hop_journal_write_failed"}, {"reason", st.message()}});
   }
+  Wake();  // the holder thread may be asleep with nothing to refresh
 }
 
 void ZeroHopPath::RefreshConnections() {

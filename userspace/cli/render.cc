@@ -248,6 +248,19 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
 
   std::vector<std::pair<std::string, std::string>> fields = {
       {"ready", s.ready ? "yes" : absl::StrCat("no: ", OrDash(shown(s.not_ready_reason)))}};
+  // Only while stopping or upgrading: what is draining, and until when.
+  const auto& d = s.drain;
+  if (d.draining) {
+    double left = absl::ToDoubleSeconds(FromUnix(static_cast<double>(d.deadline)) - now);
+    fields.push_back(
+        {"draining", absl::StrCat(OrDash(shown(d.reason)), ": ", d.connections,
+                                  " connections open (", d.handshakes, " in handshake), closed at ",
+                                  FormatUnixTime(static_cast<double>(d.deadline)),
+                                  left >= 0 ? absl::StrCat(" (in ", HumanAge(left), ")") : "",
+                                  " if still open; accepting no new connections")});
+  }
+  if (!d.successor.empty()) fields.push_back({"successor", shown(d.successor)});
+  if (!d.predecessor.empty()) fields.push_back({"predecessor", shown(d.predecessor)});
   // Only when there are any: a quiet status stays quiet.
   if (!s.warnings.empty()) {
     std::vector<std::string> warnings;

@@ -41,6 +41,23 @@ int DescriptorErrorOf(const absl::Status& status) {
   return 0;
 }
 
+int MemoryErrorOf(const absl::Status& status) {
+  if (!absl::IsResourceExhausted(status)) return 0;
+  if (absl::StrContains(status.message(), ErrnoText(ENOBUFS))) return ENOBUFS;
+  // OpenSSL's ERR_R_MALLOC_FAILURE reads "malloc failure".
+  if (absl::StrContains(status.message(), ErrnoText(ENOMEM)) ||
+      absl::StrContains(status.message(), "malloc failure")) {
+    return ENOMEM;
+  }
+  return 0;
+}
+
+std::string OutOfMemoryReason(int error) {
+  return absl::StrCat("the node is short of memory (", ErrnoText(error),
+                      "): new connections are refused until memory is free; live connections "
+                      "stay as they are");
+}
+
 std::string OutOfDescriptorsReason(int error) {
   if (error == ENFILE) {
     return absl::StrCat("the system is out of file descriptors (", ErrnoText(error),

@@ -19,6 +19,11 @@ absl::Status OpenSslError(absl::string_view operation, absl::StatusCode code) {
   std::string message(operation);
   const char* sep = ": ";
   while (unsigned long err = ERR_get_error()) {
+    // Out of memory is a resource the caller may want to tell apart (a
+    // refusal under memory pressure, not a bug).
+    if (ERR_GET_REASON(err) == ERR_R_MALLOC_FAILURE && code == absl::StatusCode::kInternal) {
+      code = absl::StatusCode::kResourceExhausted;
+    }
     char buf[256];
     ERR_error_string_n(err, buf, sizeof(buf));
     absl::StrAppend(&message, sep, buf);

@@ -532,6 +532,7 @@ class ConfigReader {
                                   "socket_mark",
                                   "control_socket",
                                   "control_group",
+                                  "handover_socket",
                                   "metrics_address",
                                   "log_format",
                                   "log_level",
@@ -540,6 +541,7 @@ class ConfigReader {
                                   "max_outbound_handshakes",
                                   "max_handshakes_per_source",
                                   "first_byte_timeout",
+                                  "drain_timeout",
                                   "holder_socket",
                                   "registration_socket",
                                   "oci_socket"},
@@ -575,6 +577,8 @@ class ConfigReader {
         st = SocketMark(f, path, &out->socket_mark);
       } else if (f.key == "control_socket") {
         st = p_.AbsolutePath(f, path, &out->control_socket);
+      } else if (f.key == "handover_socket") {
+        st = p_.AbsolutePath(f, path, &out->handover_socket);
       } else if (f.key == "holder_socket") {
         st = p_.AbsolutePath(f, path, &out->holder_socket);
       } else if (f.key == "registration_socket") {
@@ -612,6 +616,16 @@ class ConfigReader {
           st = p_.Expected(f, path, "a duration between 1s and 1m such as \"3s\"");
         } else {
           out->first_byte_timeout = d;
+        }
+      } else if (f.key == "drain_timeout") {
+        // 0s closes every connection at once; over an hour an agent that was
+        // asked to stop would linger for a long-lived connection's life.
+        absl::Duration d;
+        if (!f.value.IsScalar() || !absl::ParseDuration(f.value.Scalar(), &d) ||
+            d < absl::ZeroDuration() || d > absl::Hours(1)) {
+          st = p_.Expected(f, path, "a duration between 0s and 1h such as \"30s\"");
+        } else {
+          out->drain_timeout = d;
         }
       }
       if (!st.ok()) return st;

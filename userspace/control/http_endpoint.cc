@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/log_limiter.h"
 #include "ktrust/common/socket_address.h"
 #include "ktrust/common/thread_name.h"
 #include "ktrust/common/unique_fd.h"
@@ -20,6 +21,7 @@ struct HttpEndpoint::Impl {
   httplib::Server server;
   std::thread thread;
   std::atomic<bool> finished{false};
+  std::atomic<bool> stopping{false};
   int port = 0;
   bool stopped = false;
 };
@@ -103,9 +105,24 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(absl::string_v
         absl::StrCat("cannot serve metrics on ", address, ": ", WhyBindFails(*parsed)));
   }
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] {
+  impl->thread = std::thread([raw, host] {
     NameThisThread("ktrust-http");
-    raw->server.listen_after_bind();
+    // httplib retries an accept that fails with EMFILE every millisecond,
+    // but on any other error (ENFILE, ENOMEM, ENOBUFS) it closes the
+    // listening socket and returns: the endpoint would be gone for good
+    // while the agent runs on. Listen again, once a second, until Stop().
+    while (!raw->server.listen_after_bind() && !raw->stopping) {
+      LogRefusal(spdlog::level::err,
+                 {{"event", "http_accept_failed"},
+                  {"port", raw->port},
+                  {"reason",
+                   "accepting a metrics or probe connection failed (the node is short of file "
+                   "descriptors or memory); listening again in a second"}},
+                 "http_accept_failed");
+      do {
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      } while (!raw->stopping && !raw->server.bind_to_port(host, raw->port));
+    }
     raw->finished = true;
   });
   LogEvent(spdlog::level::info,
@@ -122,6 +139,7 @@ int HttpEndpoint::port() const { return impl_->port; }
 void HttpEndpoint::Stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
+  impl_->stopping = true;
   // httplib's stop() does nothing until its accept loop has started, so
   // repeat it until the loop has ended.
   while (!impl_->finished) {

@@ -62,10 +62,13 @@ void from_json(const json& j, PodView& v) {
 #define CA_FIELDS(F) F(trust_domain) F(expires_at)
 #define COUNTS_FIELDS(F) \
   F(connections_active) F(connections_total) F(handshakes_failed) F(denied) F(workloads)
+#define DRAIN_FIELDS(F) \
+  F(draining) F(reason) F(since) F(deadline) F(connections) F(handshakes) F(successor) \
+  F(predecessor)
 #define STATUS_FIELDS(F) \
   F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
-  F(zero_hop) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(ready) F(not_ready_reason) \
-  F(warnings)
+  F(zero_hop) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(drain) F(ready) \
+  F(not_ready_reason) F(warnings)
 #define CONNECTION_FIELDS(F) \
   F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
   F(wire_peer) F(tls_version) F(cipher) F(data_path) F(state) F(bytes_to_wire) \
@@ -89,6 +92,7 @@ KTRUST_VIEW_JSON(BpfView, BPF_FIELDS)
 KTRUST_VIEW_JSON(ConfigView, CONFIG_FIELDS)
 KTRUST_VIEW_JSON(CaView, CA_FIELDS)
 KTRUST_VIEW_JSON(CountsView, COUNTS_FIELDS)
+KTRUST_VIEW_JSON(DrainView, DRAIN_FIELDS)
 KTRUST_VIEW_JSON(StatusView, STATUS_FIELDS)
 KTRUST_VIEW_JSON(ConnectionView, CONNECTION_FIELDS)
 KTRUST_VIEW_JSON(WorkloadView, WORKLOAD_FIELDS)

@@ -69,6 +69,12 @@ ReasonEntry EntryOf(CloseReason reason) {
       return {"over_limit", true};
     case CloseReason::kFdLimit:
       return {"fd_limit", true};
+    case CloseReason::kMemory:
+      return {"memory", true};
+    case CloseReason::kClientClosed:
+      return {"client_closed", false};
+    case CloseReason::kDrainTimeout:
+      return {"drain_timeout", false};
     case CloseReason::kPeerRefused:
       return {"peer_refused", true};
   }

@@ -65,6 +65,15 @@ absl::StatusOr<UniqueFd> StartConnect(SocketNetns netns, const SocketAddress& to
   return fd;
 }
 
+// The peer has ended its side (FIN: CLOSE_WAIT) or reset the connection
+// (CLOSE): the client went away.
+bool PeerHasClosed(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+  return info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_CLOSE;
+}
+
 VerifiedPeer VerifiedPeerOf(const TlsSession& tls) {
   return {ToPem(tls.peer_chain()), tls.verified_at()};
 }
@@ -107,6 +116,16 @@ void Connection::StartOutbound(LoopContext& ctx, std::shared_ptr<const ListenerG
     c->record_->info.app_address = AddressOf(SocketAddress::PeerOf(c->app_.get()));
   }
   if (!route.ok()) {
+    // The original destination is dropped when the client's socket closes:
+    // a client that connected and went away before this lookup is no
+    // failure of anyone's (port probes do this all the time).
+    if (PeerHasClosed(c->app_.get())) {
+      c->Terminate(CloseReason::kClientClosed,
+                   absl::StrCat("the client closed its connection before the agent looked up its "
+                                "destination (",
+                                route.status().message(), ")"));
+      return;
+    }
     c->Abort(CloseReason::kNoDestination, std::string(route.status().message()));
     return;
   }
@@ -309,6 +328,9 @@ void Connection::Wait(int fd, short events) {
   Waiter& w = waiters_[slot];
   if (w.pending) return;
   w.pending = true;
+  w.retry = false;
+  w.fd = fd;
+  w.events = events;
   ++pending_;
   ctx_.loop.PollAdd(&w, fd, events);
 }
@@ -318,6 +340,10 @@ void Connection::OnPoll(Slot slot, int result) {
   --pending_;
   if (closing_) {
     MaybeFinalize();
+    return;
+  }
+  if (result == -ENOMEM || result == -ENOBUFS || result == -EAGAIN) {
+    waiters_[slot].retry = true;
     return;
   }
   if (result < 0 && result != -ECANCELED) {
@@ -394,6 +420,11 @@ void Connection::StartHandshake(const SvidProvider& identity,
       direction_ == Direction::kOutbound ? *ctx_.shared.client_tls : *ctx_.shared.server_tls;
   auto session = tls.NewSession(std::move(svid), std::move(expected));
   if (!session.ok()) {
+    if (int error = MemoryErrorOf(session.status()); error != 0) {
+      Abort(CloseReason::kMemory,
+            absl::StrCat(OutOfMemoryReason(error), " (", session.status().message(), ")"));
+      return;
+    }
     ctx_.shared.counters->errors.fetch_add(1);
     Abort(CloseReason::kTlsSetup, std::string(session.status().message()));
     return;
@@ -471,8 +502,16 @@ bool Connection::StepDone(HandshakeProgress progress) {
       Wait(wire_.get(), POLLOUT);
       return false;
     case HandshakeProgress::kFailed: {
-      ctx_.shared.counters->handshake_failures.fetch_add(1);
       const HandshakeFailure& f = tls_->failure();
+      if (direction_ == Direction::kInbound && f.error == HandshakeError::kConnectionClosed &&
+          !ClientSentAnything()) {
+        // Connected and went away without a byte: a port probe, or a client
+        // that gave up; nothing was refused.
+        Terminate(CloseReason::kClientClosed,
+                  "the client closed its connection before sending its TLS ClientHello");
+        return false;
+      }
+      ctx_.shared.counters->handshake_failures.fetch_add(1);
       Abort(CloseResultOf(f), f.explanation);
       return false;
     }
@@ -701,6 +740,11 @@ void Connection::AbortConnect(const absl::Status& failed, CloseReason otherwise)
           absl::StrCat(OutOfDescriptorsReason(error), " (", failed.message(), ")"));
     return;
   }
+  if (int error = MemoryErrorOf(failed); error != 0) {
+    Abort(CloseReason::kMemory,
+          absl::StrCat(OutOfMemoryReason(error), " (", failed.message(), ")"));
+    return;
+  }
   Abort(otherwise, std::string(failed.message()));
 }
 
@@ -772,8 +816,9 @@ void Connection::StartPumping() {
     SSL_set_mode(tls_->ssl(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     app_end_ = std::make_unique<SocketEnd>(app_.get());
     wire_end_ = std::make_unique<SslEnd>(tls_->ssl(), wire_.get(), fin_only);
-    to_wire_ = std::make_unique<CopyPump>(*app_end_, *wire_end_);
-    from_wire_ = std::make_unique<CopyPump>(*wire_end_, *app_end_);
+    char* scratch = ctx_.pump_scratch.get();
+    to_wire_ = std::make_unique<CopyPump>(*app_end_, *wire_end_, scratch);
+    from_wire_ = std::make_unique<CopyPump>(*wire_end_, *app_end_, scratch);
   }
   record_limit_ = RecordLimit(tls_->cipher());
   {
@@ -896,10 +941,14 @@ void Connection::Evict(bool silent, int limit, const std::string& newcomer) {
                          newcomer));
 }
 
+bool Connection::ClientSentAnything() const {
+  BIO* rbio = SSL_get_rbio(tls_->ssl());
+  return rbio != nullptr && BIO_number_read(rbio) > 0;
+}
+
 bool Connection::ClientSentNothing() const {
   // What the handshake read, or what waits in the socket, is the first byte.
-  BIO* rbio = SSL_get_rbio(tls_->ssl());
-  if (rbio != nullptr && BIO_number_read(rbio) > 0) return false;
+  if (ClientSentAnything()) return false;
   char byte = 0;
   ssize_t n = recv(wire_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -907,6 +956,9 @@ bool Connection::ClientSentNothing() const {
 
 void Connection::Tick(absl::Time now) {
   if (closing_) return;
+  for (Waiter& w : waiters_) {
+    if (w.retry && !w.pending) Wait(w.fd, w.events);
+  }
   if (now > first_byte_deadline_ && state_ == ConnectionState::kHandshaking && tls_) {
     first_byte_deadline_ = absl::InfiniteFuture();
     if (ClientSentNothing()) {
@@ -1014,6 +1066,12 @@ void Connection::MaybeFinalize() {
   event["duration_ms"] = absl::ToInt64Milliseconds(closed.duration);
   if (ended_normally) {
     LogEvent(spdlog::level::info, event);
+  } else if (closed.result.reason == CloseReason::kClientClosed) {
+    // Not a failure, and port probes make many: debug only (counted by
+    // on_closed, ktrust_connections_total{result="client_closed"}). An
+    // event of its own: it carried no data, unlike a connection_closed.
+    event["event"] = "client_closed";
+    LogEvent(spdlog::level::debug, event);
   } else {
     // A flood of refusals must not flood the log: counted in full, logged to a budget.
     LogRefusal(spdlog::level::warn, event, closed.result.code());

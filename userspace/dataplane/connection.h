@@ -74,6 +74,11 @@ class Connection {
     Connection* connection = nullptr;
     Slot slot = kAppIn;
     bool pending = false;
+    int fd = -1;
+    short events = 0;
+    // The kernel had no memory for the poll: asked again on the next tick
+    // rather than failing a live connection.
+    bool retry = false;
     void OnComplete(int result) override { connection->OnPoll(slot, result); }
   };
   // Permissive listeners: ends the wait for a client's first bytes.
@@ -99,6 +104,8 @@ class Connection {
   void DriveHandshake();
   void OnHandshakeDone();
   bool ClientSentNothing() const;
+  // Inbound: the handshake has read a byte from the client.
+  bool ClientSentAnything() const;
   AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
@@ -134,7 +141,8 @@ class Connection {
   // ClosedConnection.
   void Abort(CloseResult result, const std::string& explanation);
   // The other socket could not be made or connected: fd_limit when the
-  // agent is out of descriptors, else `otherwise`.
+  // agent is out of descriptors, memory when short of memory, else
+  // `otherwise`.
   void AbortConnect(const absl::Status& failed, CloseReason otherwise);
   // The handshake is over (or the connection is): frees the slot and leaves
   // the loop's pending list.

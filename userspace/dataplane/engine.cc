@@ -1,6 +1,7 @@
 #include "ktrust/dataplane/engine.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -192,19 +193,35 @@ class Engine::Loop {
   // resets the connections they accepted.
   void CloseGroup(uint64_t id) {
     for (auto& l : listeners_) {
-      if (l->group->id != id || l->removed) continue;
-      l->removed = true;
-      // The socket leaves the SO_REUSEPORT group at once (new connections
-      // are refused, queued ones reset), and the pending accept completes
-      // with EINVAL, after which the Listener can go.
-      shutdown(l->fd.get(), SHUT_RDWR);
+      if (l->group->id == id) Shut(*l);
     }
     std::erase_if(listeners_, [](const auto& l) { return l->removed && !l->accept_pending; });
+    TerminateIf([id](const Connection& c) { return c.listener_group() == id; },
+                CloseReason::kListenerRemoved, "the listener that accepted it was removed");
+  }
+
+  // On the loop's thread, draining: takes the connections already queued
+  // on every listener (the kernel would reset them at the shutdown), then
+  // shuts them all. The queued ones are served like any other.
+  void StopAccepting() {
+    for (auto& l : listeners_) {
+      if (l->removed) continue;
+      while (true) {
+        int fd = accept4(l->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN: empty; anything else: nothing more to take
+        Admit(*l, UniqueFd(fd));
+      }
+      Shut(*l);
+    }
+    std::erase_if(listeners_, [](const auto& l) { return l->removed && !l->accept_pending; });
+  }
+
+  // On the loop's thread: ends every connection matching `which`, logged.
+  void TerminateIf(const std::function<bool(const Connection&)>& which, CloseResult result,
+                   const std::string& explanation) {
     std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
     for (Connection* c : live) {
-      if (ctx_.connections.count(c) && c->listener_group() == id) {
-        c->Terminate(CloseReason::kListenerRemoved, "the listener that accepted it was removed");
-      }
+      if (ctx_.connections.count(c) && which(*c)) c->Terminate(result, explanation);
     }
   }
 
@@ -265,6 +282,15 @@ class Engine::Loop {
     void OnComplete(int) override { owner->OnTick(); }
   };
 
+  void Shut(Listener& l) {
+    if (l.removed) return;
+    l.removed = true;
+    // The socket leaves the SO_REUSEPORT group (and sk_lookup's sockmap) at
+    // once: new connections are refused, queued ones reset, and the pending
+    // accept completes with EINVAL, after which the Listener can go.
+    shutdown(l.fd.get(), SHUT_RDWR);
+  }
+
   void Arm(Listener& l) {
     l.accept_pending = true;
     loop_->Accept(&l, l.fd.get());
@@ -285,6 +311,20 @@ class Engine::Loop {
       // refuse it, so its client hears at once and the listener is not
       // ready again for nothing. Without a reserve, the next tick retries.
       if (!RefuseForWantOfDescriptors(l, -result)) return;
+    } else if (result == -ENOMEM || result == -ENOBUFS) {
+      // No memory for a socket: the connection stays queued, and accepting
+      // again at once would fail the same way. Said, counted, and retried
+      // on the next tick; live connections carry on.
+      ctx_.shared.counters->refused_memory.fetch_add(1);
+      LogRefusal(
+          spdlog::level::err,
+          {{"event", "accept_failed"},
+           {"direction", DirectionName(l.outbound ? Direction::kOutbound : Direction::kInbound)},
+           {"result", "memory"},
+           {"reason", absl::StrCat(OutOfMemoryReason(-result),
+                                   "; the pending clients wait (retried every second)")}},
+          "memory");
+      return;
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       // Try again on the next tick rather than spinning on the same error.
       LogRefusal(spdlog::level::err,
@@ -406,6 +446,7 @@ class Engine::Loop {
     } else {
       Connection::StartInbound(ctx_, l.group, *l.inbound, std::move(conn), std::move(slot));
     }
+    peak_since_trim_ = std::max(peak_since_trim_, ctx_.connections.size());
   }
 
   // The tick serves connections (deadlines, rechecks) and listeners whose
@@ -426,8 +467,33 @@ class Engine::Loop {
     loop_->Timeout(&ticker_, &tick_);
   }
 
+  // After a wave of connections has closed, hands the memory they used back
+  // to the kernel. glibc keeps freed memory for reuse: it returns only the
+  // top of a heap, and the connections' memory is scattered through it
+  // between what is still in use, so without this the agent's RSS stays at
+  // its peak for good. malloc_trim(0) releases every free page of every
+  // arena (madvise), at the cost of a walk over the free lists under each
+  // arena's lock: done once the loop's connections fell by kTrimDrop or
+  // more, to half of their peak since the last trim or less, at most once a
+  // second across the engine's loops (a trickle of short connections never
+  // triggers it: what they free is reused).
+  void TrimAfterDrop(absl::Time now) {
+    size_t live = ctx_.connections.size();
+    peak_since_trim_ = std::max(peak_since_trim_, live);
+    if (peak_since_trim_ - live < kTrimDrop || live > peak_since_trim_ / 2) return;
+    int64_t at = absl::ToUnixNanos(now);
+    int64_t last = ctx_.shared.last_trim_ns.load();
+    if (at - last < absl::ToInt64Nanoseconds(absl::Seconds(1)) ||
+        !ctx_.shared.last_trim_ns.compare_exchange_strong(last, at)) {
+      return;  // another loop trimmed just now; the next tick sees the drop again
+    }
+    malloc_trim(0);
+    peak_since_trim_ = live;
+  }
+
   void OnTick() {
     absl::Time now = loop_->now();
+    TrimAfterDrop(now);
     std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
     for (Connection* c : live) {
       if (ctx_.connections.count(c)) c->Tick(now);
@@ -448,8 +514,13 @@ class Engine::Loop {
     if (!loop_->stopping() && NeedsTicks()) ArmTicker();
   }
 
+  // A fall of at least this many connections (to half the peak or less)
+  // is worth a malloc_trim.
+  static constexpr size_t kTrimDrop = 64;
+
   std::unique_ptr<EventLoop> loop_;
   LoopContext ctx_;
+  size_t peak_since_trim_ = 0;  // most connections seen at a tick since the last trim
   Listeners listeners_;
   FdReserve fd_reserve_;  // for refusing at the fd limit (RefuseForWantOfDescriptors)
   bool running_ = false;  // the loop's thread has started
@@ -581,6 +652,9 @@ absl::StatusOr<ListenerGroupHandle> Engine::AddNetnsListeners(NetnsListeners lis
   }
   absl::MutexLock lock(&runtime_mu_);
   if (!running_) return absl::FailedPreconditionError("the engine is not running");
+  if (!accepting_.load()) {
+    return absl::FailedPreconditionError("the engine is draining: it opens no new listeners");
+  }
   auto group = std::make_shared<ListenerGroup>();
   group->netns_owner.Reset(fcntl(listeners.netns_fd, F_DUPFD_CLOEXEC, 0));
   if (!group->netns_owner.valid()) return absl::ErrnoToStatus(errno, "dup netns_fd");
@@ -630,18 +704,39 @@ void Engine::RemoveNetnsListeners(uint64_t id) {
 }
 
 void Engine::CloseListenerGroup(uint64_t id) {
+  OnEveryLoop([id](Loop& loop) { loop.CloseGroup(id); });
+}
+
+void Engine::OnEveryLoop(const std::function<void(Loop&)>& task) {
   absl::BlockingCounter done(static_cast<int>(loops_.size()));
   for (auto& owned : loops_) {
     Loop* loop = owned.get();
     // A loop that has ended closed everything already.
-    if (!loop->Post([loop, id, &done] {
-          loop->CloseGroup(id);
+    if (!loop->Post([loop, &task, &done] {
+          task(*loop);
           done.DecrementCount();
         })) {
       done.DecrementCount();
     }
   }
   done.Wait();
+}
+
+void Engine::StopAccepting() {
+  absl::MutexLock lock(&runtime_mu_);
+  if (!accepting_.exchange(false)) return;
+  OnEveryLoop([](Loop& loop) { loop.StopAccepting(); });
+  LogEvent(spdlog::level::info,
+           {{"event", "listeners_closed"},
+            {"connections", counters_->active.load()},
+            {"reason", "draining: the kernel hands this agent no new connections"}});
+}
+
+void Engine::EndConnections(CloseResult result, const std::string& explanation) {
+  absl::MutexLock lock(&runtime_mu_);
+  OnEveryLoop([&](Loop& loop) {
+    loop.TerminateIf([](const Connection&) { return true; }, result, explanation);
+  });
 }
 
 void Engine::HandshakeInPlace(InPlaceOutbound request) {

@@ -11,6 +11,7 @@
 #include "handshake_budget.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
+#include "pump.h"
 #include "sockets.h"
 
 namespace ktrust {
@@ -44,6 +45,8 @@ struct Engine::Shared {
   std::shared_ptr<ConnectionTable> table;
   std::shared_ptr<EngineCounters> counters;
   std::unique_ptr<HandshakeBudget> handshakes;  // admission at accept
+  // When a loop last called malloc_trim (Unix ns): one per second at most.
+  std::atomic<int64_t> last_trim_ns{0};
   bool use_ktls = false;
   std::string ktls_reason;  // why kernel TLS is (not) in use, for zero-hop refusals
 };
@@ -57,6 +60,8 @@ struct LoopContext {
   // the inbound budget is full.
   PendingHandshakes<Connection> pending_inbound;
   uint64_t authorizer_generation = 0;  // the policy the live connections were checked against
+  // What every CopyPump of this loop reads into (see CopyPump).
+  std::unique_ptr<char[]> pump_scratch{new char[CopyPump::kBufferSize]};
 };
 
 }  // namespace ktrust

@@ -4,7 +4,13 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "ktrust/common/error_text.h"
+#include "ktrust/common/log_limiter.h"
 
 namespace ktrust {
 namespace {
@@ -76,7 +82,18 @@ void EventLoop::TimeoutRemove(Op* op) {
 void EventLoop::Run(const std::function<void()>& after_batch) {
   while (!stopping_.load()) {
     int rc = io_uring_submit_and_wait(&ring_, 1);
-    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+    if (rc == -ENOMEM || rc == -ENOBUFS) {
+      // The kernel has no memory for the submissions: they stay queued and
+      // go with the next try; meanwhile the loop neither spins nor ends
+      // (which would freeze every connection on it).
+      LogRefusal(
+          spdlog::level::err,
+          {{"event", "event_loop_short_of_memory"},
+           {"reason", absl::StrCat("io_uring_enter: ", ErrnoText(-rc), "; retried every 10 ms")}},
+          "memory");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+      break;
     now_ = absl::Now();
     io_uring_cqe* cqe = nullptr;
     unsigned head = 0;

@@ -12,28 +12,47 @@
 
 namespace ktrust {
 
-CopyPump::CopyPump(StreamEnd& source, StreamEnd& sink)
-    : source_(source), sink_(sink), buffer_(new char[kBufferSize]) {}
+CopyPump::CopyPump(StreamEnd& source, StreamEnd& sink, char* scratch)
+    : source_(source), sink_(sink), scratch_(scratch) {}
+
+bool CopyPump::Drain(const char* data, size_t len, PumpStep& step) {
+  size_t done = 0;
+  while (done < len) {
+    StreamEnd::Io io = sink_.Write(data + done, len - done);
+    if (io.kind == StreamEnd::Io::kOk) {
+      done += io.n;
+      step.bytes += io.n;
+      continue;
+    }
+    if (io.kind == StreamEnd::Io::kWouldBlock) {
+      // The sink is behind: keep the rest (OpenSSL accepts a retry from
+      // another address, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER). Scratch is
+      // the thread's, so it is copied; held_ is already this pump's.
+      if (data == scratch_) {
+        held_.reset(new char[len - done]);
+        std::memcpy(held_.get(), data + done, len - done);
+        begin_ = 0;
+        end_ = len - done;
+      } else {
+        begin_ += done;
+      }
+      step.wait = {sink_.fd(), io.wait};
+      return false;
+    }
+    step.status = PumpStatus::kFailed;
+    step.error = io.kind == StreamEnd::Io::kError ? io.error : "the receiving end closed";
+    return false;
+  }
+  // All taken: an idle pump holds no memory.
+  held_.reset();
+  begin_ = end_ = 0;
+  return true;
+}
 
 PumpStep CopyPump::Step() {
   PumpStep step;
   while (true) {
-    if (begin_ < end_) {
-      StreamEnd::Io io = sink_.Write(buffer_.get() + begin_, end_ - begin_);
-      if (io.kind == StreamEnd::Io::kOk) {
-        begin_ += io.n;
-        step.bytes += io.n;
-        continue;
-      }
-      if (io.kind == StreamEnd::Io::kWouldBlock) {
-        step.wait = {sink_.fd(), io.wait};
-        return step;
-      }
-      step.status = PumpStatus::kFailed;
-      step.error = io.kind == StreamEnd::Io::kError ? io.error : "the receiving end closed";
-      return step;
-    }
-    begin_ = end_ = 0;
+    if (begin_ < end_ && !Drain(held_.get() + begin_, end_ - begin_, step)) return step;
     if (source_done_) {
       StreamEnd::Io io = sink_.ShutdownWrite();
       if (io.kind == StreamEnd::Io::kWouldBlock) {
@@ -48,10 +67,10 @@ PumpStep CopyPump::Step() {
       step.status = PumpStatus::kFinished;
       return step;
     }
-    StreamEnd::Io io = source_.Read(buffer_.get(), kBufferSize);
+    StreamEnd::Io io = source_.Read(scratch_, kBufferSize);
     switch (io.kind) {
       case StreamEnd::Io::kOk:
-        end_ = io.n;
+        if (!Drain(scratch_, io.n, step)) return step;
         break;
       case StreamEnd::Io::kEof:
         source_done_ = true;

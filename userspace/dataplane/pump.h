@@ -1,8 +1,11 @@
 // Moves one direction of a connection's bytes until the source ends, with a
 // bounded buffer: a slow reader stalls the writer instead of growing memory.
 //
-//   CopyPump    through a 64 KiB userspace buffer; used when one end is an
-//               OpenSSL session (the userspace record layer).
+//   CopyPump    through userspace memory, at most 64 KiB at a time; used
+//               when one end is an OpenSSL session (the userspace record
+//               layer). It reads into its loop's scratch buffer and holds
+//               memory of its own only while the sink refuses part of what
+//               was read, so an idle connection holds none.
 //   SplicePump  socket -> pipe -> socket with splice(2), no copy to
 //               userspace; used when the kernel does the crypto (kTLS).
 //
@@ -67,13 +70,24 @@ class Pump {
 class CopyPump : public Pump {
  public:
   static constexpr size_t kBufferSize = size_t{64} * 1024;
-  CopyPump(StreamEnd& source, StreamEnd& sink);
+  // `scratch`: kBufferSize bytes, shared by the pumps of one thread (their
+  // Step() calls never overlap); it holds nothing between steps.
+  CopyPump(StreamEnd& source, StreamEnd& sink, char* scratch);
   PumpStep Step() override;
 
+  // Bytes read and not yet taken by the sink, held by this pump (0 when
+  // idle).
+  size_t held() const { return end_ - begin_; }
+
  private:
+  // Writes [data, data + len) to the sink until it refuses; keeps what is
+  // left in held_. False with `step` filled when the step must end.
+  bool Drain(const char* data, size_t len, PumpStep& step);
+
   StreamEnd& source_;
   StreamEnd& sink_;
-  std::unique_ptr<char[]> buffer_;
+  char* scratch_;
+  std::unique_ptr<char[]> held_;  // only while the sink is behind
   size_t begin_ = 0;
   size_t end_ = 0;
   bool source_done_ = false;

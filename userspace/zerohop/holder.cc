@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/zerohop/notify.h"
 #include "ktrust/zerohop/proc_mem.h"
 
 #ifndef SO_PEERPIDFD
@@ -61,6 +62,10 @@ struct AgentClient {
   UniqueFd fd;
   ucred cred{};
   std::deque<Outgoing> queue;
+  // Notifications the agent made wait ({entry, notification id} -> the
+  // errno to answer them with if its connection ends first).
+  std::map<std::pair<uint64_t, uint64_t>, int> held;
+  bool held_full_logged = false;
 };
 
 absl::StatusOr<ucred> PeerCred(int fd) {
@@ -187,6 +192,10 @@ struct Holder::State {
 
   void Accept(int listen_fd, Kind kind);
   void AcceptAgent();
+  // One message from the agent: a notification it holds, or released.
+  void ReadAgent(AgentClient& c);
+  // The agent's connection ended: answers what it still held.
+  void AnswerHeld(AgentClient& c);
   void ReadPending(Pending& p);  // may close p.fd when finished
   absl::StatusOr<uint64_t> Register(Pending& p, absl::string_view data);
   void Refuse(const Pending& p, absl::string_view reason, bool reply);
@@ -442,6 +451,66 @@ void Holder::State::AcceptAgent() {
   Flush(clients.back());
 }
 
+void Holder::State::ReadAgent(AgentClient& c) {
+  char buf[kMaxAgentMessageBytes + 1];
+  ssize_t r = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (r <= 0) {
+    LogEvent(spdlog::level::info,
+             {{"event", "holder_agent_disconnected"}, {"peer_pid", c.cred.pid}});
+    c.fd.Reset();
+    return;
+  }
+  auto m = DecodeAgentMessage(absl::string_view(buf, static_cast<size_t>(r)));
+  if (!m.ok()) {
+    LogEvent(spdlog::level::warn, {{"event", "holder_agent_message_refused"},
+                                   {"peer_pid", c.cred.pid},
+                                   {"reason", m.status().message()}});
+    return;
+  }
+  if (const auto* h = std::get_if<HeldNotification>(&*m)) {
+    if (c.held.size() >= options.max_held_per_agent) {
+      if (!c.held_full_logged) {
+        LogEvent(spdlog::level::warn,
+                 {{"event", "holder_agent_held_full"},
+                  {"peer_pid", c.cred.pid},
+                  {"reason", absl::StrCat("the agent holds ", c.held.size(),
+                                          " notifications; new ones are not answered if it "
+                                          "dies")}});
+        c.held_full_logged = true;
+      }
+      return;
+    }
+    c.held[{h->entry, h->id}] = h->fallback_errno;
+  } else {
+    const auto& rel = std::get<ReleasedNotification>(*m);
+    c.held.erase({rel.entry, rel.id});
+  }
+}
+
+void Holder::State::AnswerHeld(AgentClient& c) {
+  if (c.held.empty()) return;
+  size_t answered = 0;
+  for (const auto& [key, err] : c.held) {
+    auto it = entries.find(key.first);
+    if (it == entries.end()) continue;  // the workload is gone
+    auto listener = NotificationListener::Create(
+        UniqueFd(::fcntl(it->second.reg->listener.get(), F_DUPFD_CLOEXEC, 0)));
+    // Not found: the agent answered it just before it went, or the thread
+    // left its syscall.
+    if (listener.ok() && listener->RespondError(key.second, err).ok()) ++answered;
+  }
+  LogEvent(answered ? spdlog::level::warn : spdlog::level::info,
+           {{"event", "holder_answered_held"},
+            {"peer_pid", c.cred.pid},
+            {"held", c.held.size()},
+            {"answered", answered},
+            {"reason",
+             "the agent's connection ended while these connects and accepts waited for it: "
+             "they fail (ECONNREFUSED, ECONNABORTED) rather than wait for ever"}});
+  c.held.clear();
+}
+
 void Holder::State::Publish(Outgoing out) {
   for (AgentClient& c : clients) {
     if (!c.fd.valid()) continue;
@@ -542,20 +611,16 @@ absl::Status Holder::Run(int stop_fd) {
       AgentClient& c = s.clients[i];
       short ev = pfds[clients_at + i].revents;
       if (ev & POLLIN) {
-        // The agent has nothing to say; drain, and notice its end.
-        char buf[256];
-        ssize_t r = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
-          LogEvent(spdlog::level::info,
-                   {{"event", "holder_agent_disconnected"}, {"peer_pid", c.cred.pid}});
-          c.fd.Reset();
-        }
+        s.ReadAgent(c);
       } else if (ev & (POLLHUP | POLLERR)) {
         LogEvent(spdlog::level::info,
                  {{"event", "holder_agent_disconnected"}, {"peer_pid", c.cred.pid}});
         c.fd.Reset();
       }
       if (c.fd.valid() && (ev & POLLOUT)) s.Flush(c);
+    }
+    for (AgentClient& c : s.clients) {
+      if (!c.fd.valid()) s.AnswerHeld(c);
     }
     std::erase_if(s.clients, [](const AgentClient& c) { return !c.fd.valid(); });
     now = absl::Now();

@@ -206,6 +206,50 @@ std::string EncodeEntry(const ListenerRegistration& e) {
 
 std::string EncodeRemoval(uint64_t id) { return json{{"v", 1}, {"removed", id}}.dump(); }
 
+std::string EncodeAgentMessage(const AgentMessage& m) {
+  if (const auto* h = std::get_if<HeldNotification>(&m)) {
+    return json{{"v", 1},
+                {"held", {{"entry", h->entry}, {"id", h->id}, {"errno", h->fallback_errno}}}}
+        .dump();
+  }
+  const auto& r = std::get<ReleasedNotification>(m);
+  return json{{"v", 1}, {"released", {{"entry", r.entry}, {"id", r.id}}}}.dump();
+}
+
+absl::StatusOr<AgentMessage> DecodeAgentMessage(absl::string_view text) {
+  constexpr absl::string_view kWhat = "agent message";
+  if (text.size() > kMaxAgentMessageBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": longer than ", kMaxAgentMessageBytes, " bytes"));
+  }
+  auto j = ParseObject(text, kWhat);
+  if (!j.ok()) return j.status();
+  auto held = j->find("held");
+  auto released = j->find("released");
+  if ((held == j->end()) == (released == j->end())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": exactly one of \"held\" and \"released\""));
+  }
+  const json& body = held != j->end() ? *held : *released;
+  auto entry = body.is_object() ? body.find("entry") : body.end();
+  auto id = body.is_object() ? body.find("id") : body.end();
+  if (!body.is_object() || entry == body.end() || id == body.end() ||
+      !entry->is_number_unsigned() || !id->is_number_unsigned()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": \"entry\" and \"id\" must be unsigned integers"));
+  }
+  if (released != j->end())
+    return ReleasedNotification{entry->get<uint64_t>(), id->get<uint64_t>()};
+  auto err = body.find("errno");
+  if (err == body.end() || !err->is_number_integer() ||
+      (err->get<int64_t>() != ECONNREFUSED && err->get<int64_t>() != ECONNABORTED)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": \"errno\" must be ECONNREFUSED or ECONNABORTED"));
+  }
+  return HeldNotification{entry->get<uint64_t>(), id->get<uint64_t>(),
+                          static_cast<int>(err->get<int64_t>())};
+}
+
 absl::StatusOr<HolderMessage> DecodeHolderMessage(absl::string_view text,
                                                   std::vector<UniqueFd> fds) {
   constexpr absl::string_view kWhat = "holder message";

@@ -79,7 +79,10 @@ absl::StatusOr<Notification> NotificationListener::Receive() const {
 
 absl::Status NotificationListener::IdValid(uint64_t id) const {
   if (ioctl(fd_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0) return absl::OkStatus();
-  return AnswerFailure(errno, id, "check");
+  absl::Status st = AnswerFailure(errno, id, "check");
+  // Gone: nobody can answer it any more, held or not.
+  if (absl::IsNotFound(st)) Answered(id, st);
+  return st;
 }
 
 absl::Status NotificationListener::Send(uint64_t id, int64_t value, int error,
@@ -91,10 +94,16 @@ absl::Status NotificationListener::Send(uint64_t id, int64_t value, int error,
   resp.error = error;
   resp.flags = flags;
   std::memcpy(buffer.data(), &resp, sizeof(resp));
+  absl::Status st;
   for (;;) {
-    if (ioctl(fd_.get(), SECCOMP_IOCTL_NOTIF_SEND, buffer.data()) == 0) return absl::OkStatus();
-    if (errno != EINTR) return AnswerFailure(errno, id, "answer");
+    if (ioctl(fd_.get(), SECCOMP_IOCTL_NOTIF_SEND, buffer.data()) == 0) break;
+    if (errno != EINTR) {
+      st = AnswerFailure(errno, id, "answer");
+      break;
+    }
   }
+  Answered(id, st);
+  return st;
 }
 
 absl::Status NotificationListener::RespondError(uint64_t id, int err) const {
@@ -124,8 +133,10 @@ absl::StatusOr<int> NotificationListener::AddFdSend(uint64_t id, int fd,
   // No retry on EINTR: the kernel may already have installed the fd and
   // answered, and a second ADDFD would then fail or add a second copy.
   int target = ioctl(fd_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
-  if (target >= 0) return target;
-  return AnswerFailure(errno, id, "hand an fd to");
+  absl::Status st = target >= 0 ? absl::OkStatus() : AnswerFailure(errno, id, "hand an fd to");
+  Answered(id, st);
+  if (!st.ok()) return st;
+  return target;
 }
 
 }  // namespace ktrust::zerohop

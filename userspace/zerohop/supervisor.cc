@@ -192,6 +192,7 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
     // SA_RESTART re-entry (or another thread): answered with the first's
     // outcome, never a second handshake.
     it->second->waiters.push_back(n);
+    w->listener.Hold(n.id, ECONNREFUSED);
     ++w->counters.connects_reentered;
     LogZeroHop(spdlog::level::debug, "zerohop_connect_reentered", *w, {{"destination", dest_text}});
     return;
@@ -211,6 +212,7 @@ void State::OnConnect(std::unique_lock<std::mutex>& lock, const std::shared_ptr<
   out->keep = std::move(keep);
   out->app_nonblocking = (flags & O_NONBLOCK) != 0;
   out->waiters.push_back(n);
+  w->listener.Hold(n.id, ECONNREFUSED);
   out->deadline = absl::Now() + w->options.handshake_timeout;
   w->outbound.emplace(*cookie, out);
   LogZeroHop(spdlog::level::debug, "zerohop_connect_handshake", *w, {{"destination", dest_text}});

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/files.h"
 #include "ktrust/zerohop/proc_mem.h"
 #include "supervisor_internal.h"
@@ -274,8 +275,14 @@ void State::OnAccept(const std::shared_ptr<Workload>& w, const Notification& n) 
   absl::StatusOr<UniqueFd> dup = TakeNotifiedFd(w->listener, n);
   if (!dup.ok()) {
     if (absl::IsNotFound(dup.status())) return;
-    // Letting it continue could hand the application a doorbell.
-    return fail(EPERM,
+    // Letting it continue could hand the application a doorbell. The agent
+    // out of descriptors or memory: that errno (EMFILE, ENFILE, ENOMEM,
+    // ENOBUFS are accept's own), which servers take as a reason to back off
+    // and retry; EPERM would make many of them stop serving.
+    int err = DescriptorErrorOf(dup.status());
+    if (err == 0) err = MemoryErrorOf(dup.status());
+    if (err == 0) err = EPERM;
+    return fail(err,
                 absl::StrCat("cannot take the application's listener: ", dup.status().message()));
   }
   int family = IntSockOpt(dup->get(), SO_DOMAIN);
@@ -321,6 +328,7 @@ void State::OnAccept(const std::shared_ptr<Workload>& w, const Notification& n) 
   // directly also answers this accept.
   p.drain_listener = std::move(*dup);
   p.held.push_back({n, accept_flags, family});
+  w->listener.Hold(n.id, ECONNABORTED);
   LogZeroHop(spdlog::level::debug, "zerohop_accept_held", *w, {{"port", absl::StrCat(port)}});
 }
 

@@ -13,9 +13,12 @@
 //
 // Start order keeps every step fail closed: the listeners are bound before
 // the kernel is told where they are, and a cgroup is enrolled only after the
-// agent can serve it. When the agent stops, the pinned programs stay: its
-// enrolled workloads' mesh connections are refused (ECONNREFUSED) and SYNs
-// to enforced ports dropped until it is back.
+// agent can serve it; the host's listener slots are pointed at the
+// listeners only after the first enrolment pass (an agent being taken over
+// from serves until then). When the agent stops, the pinned programs stay:
+// it drains (BeginDrain), and its enrolled workloads' new mesh connections
+// are refused (ECONNREFUSED) and SYNs to enforced ports dropped until it,
+// or a successor, is back.
 //
 // Threads (ktrustd, main.cc):
 //   main thread      Start, then Maintain every second and Reload on SIGHUP;
@@ -51,6 +54,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ktrust/agent/agent_listeners.h"
 #include "ktrust/agent/cgroup_enrolment.h"
 #include "ktrust/agent/config_reload.h"
 #include "ktrust/agent/outbound_routing.h"
@@ -73,6 +77,18 @@ struct ReloadState {
   absl::Time loaded_at;
   bool last_ok = true;
   std::string last_error;  // of the last reload attempt; empty when it succeeded
+};
+
+// A stopping agent's state, for `ktrust status` (docs/operations.md).
+struct DrainState {
+  bool draining = false;  // no longer accepting; carrying what is open
+  std::string reason;     // "SIGTERM", "handed over to ktrustd pid 123", ...
+  absl::Time since;
+  absl::Time deadline;  // then whatever is still open is closed
+  // The agent around this one in an upgrade, in words (empty: none): the
+  // successor it handed over to, or the predecessor still draining.
+  std::string successor;
+  std::string predecessor;
 };
 
 // Called on the agent's threads for every connection that ended and every
@@ -98,15 +114,35 @@ class Agent {
   absl::Status Reload();
   // Renewals, cgroup rescans, config file changes: called about every second.
   void Maintain(absl::Time now);
-  // Waits up to timeout for interception events and handles them.
-  void PollEvents(absl::Duration timeout);
+  // Waits up to timeout (InfiniteDuration: no limit) for interception
+  // events and handles them; returns early once `wake_fd` (an eventfd the
+  // caller writes to stop) is readable.
+  void PollEvents(absl::Duration timeout, int wake_fd = -1);
   // Waits up to timeout for cgroups to appear or vanish under the cgroup
   // root, and enrols or unenrols them at once: a service started after the
   // agent is intercepted from its first connection unless it connects
   // within the moment between its cgroup's mkdir and this reaction (see
   // docs/operations.md). Maintain() rescans as a safety net
-  // (CgroupEnrolment::EnrollIfDue).
-  void WatchCgroups(absl::Duration timeout);
+  // (CgroupEnrolment::EnrollIfDue). `wake_fd` as for PollEvents.
+  void WatchCgroups(absl::Duration timeout, int wake_fd = -1);
+
+  // Stops accepting (the engine closes its listeners; the programs stay
+  // attached, so new connections are refused, fail closed) and records
+  // why, until `timeout` from now. Live connections go on; Drained() says
+  // when they are done. Idempotent: the first reason and deadline stay.
+  void BeginDrain(const std::string& reason, absl::Duration timeout);
+  // Past the deadline: ends what is still open, each with a log line.
+  void EndDrain();
+  // Draining and nothing left open.
+  bool Drained() const;
+  DrainState drain() const;
+  // The agents around this one in an upgrade (DrainState), in words.
+  void SetSuccessor(std::string successor);
+  void SetPredecessor(std::string predecessor);
+
+  // After a successor that went away mid-handover: points the kernel's
+  // steering of the host's namespace back at this agent's listeners.
+  absl::Status RestoreSteering();
 
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
@@ -140,6 +176,8 @@ class Agent {
   absl::Status StartEnrolment(const Config& config);
   static constexpr absl::Duration kFirstSyncWait = absl::Seconds(3);
   absl::Status KeepOnlyWhatThisRunServes(const HostSteering& host);
+  // Points the host's listener slots (host_slots_) at this agent's listeners.
+  absl::Status SteerHostSlots();
   absl::Status AttachPrograms();
   absl::Status StartWatching(const AgentHooks& hooks);
 
@@ -172,6 +210,10 @@ class Agent {
   // The trust bundle and CRL files the last reload read, with their times:
   // a changed one reloads as a changed configuration does.
   FileTimes trust_inputs_ ABSL_GUARDED_BY(mu_);
+  DrainState drain_ ABSL_GUARDED_BY(mu_);
+  // The host's listener slots as StartHostSteering pointed them, for
+  // RestoreSteering.
+  std::vector<std::pair<uint32_t, ListenerPair>> host_slots_;
 };
 
 // `ktrustd uninstall`: detaches and unpins everything under pin_dir.

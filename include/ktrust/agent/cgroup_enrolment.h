@@ -74,8 +74,9 @@ class CgroupEnrolment {
   // Opens the inotify watches on every directory under the root.
   absl::Status StartWatching();
   // Waits up to timeout for cgroups to appear or vanish (or a served pod's
-  // addresses to change, or the cluster's view) and acts on them at once.
-  void WatchCgroups(absl::Duration timeout);
+  // addresses to change, or the cluster's view) and acts on them at once;
+  // returns early once `wake_fd` is readable (-1: none).
+  void WatchCgroups(absl::Duration timeout, int wake_fd = -1);
   // Kubernetes mode: the cluster's view changed (ClusterWatcher's callback).
   // Returns at once; WatchCgroups makes the pass.
   void ClusterChanged();

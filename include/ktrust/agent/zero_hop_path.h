@@ -11,6 +11,7 @@
 // listener nobody serves would leave its workload's connects waiting.
 #pragma once
 
+#include <sys/eventfd.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -32,6 +33,7 @@
 #include "ktrust/identity/trust_bundle.h"
 #include "ktrust/zerohop/connection_registry.h"
 #include "ktrust/zerohop/features.h"
+#include "ktrust/zerohop/holder_client.h"
 #include "ktrust/zerohop/holder_protocol.h"
 #include "ktrust/zerohop/supervisor.h"
 
@@ -118,9 +120,15 @@ class ZeroHopPath {
   void Handshake(const ZeroHopListener& owner, UniqueFd socket, SocketAddress destination,
                  std::function<void(zerohop::OutboundOutcome)> done);
   void Track(zerohop::ZeroHopConnection connection);
-  // Once a second: drops the connections that ended, and ends those near
-  // their cipher's record limit.
+  // Once a second while there are connections (none: no wake-ups at all):
+  // drops the connections that ended, and ends those near their cipher's
+  // record limit.
   void RefreshConnections();
+  // How long the holder thread may sleep before the next refresh is due.
+  absl::Duration UntilRefresh() const;
+  // Sleeps up to `d` or until Wake(); consumes the wake-up.
+  void Sleep(absl::Duration d);
+  void Wake();
   void EnforceRecordLimits();
   // Resets `c` and reports it ended with `result`. When it could not be
   // reset it stays in the registry (it is still live) and the reset is
@@ -132,17 +140,23 @@ class ZeroHopPath {
   // How often the registry is refreshed: ended connections, pending
   // resets, record limits.
   static constexpr absl::Duration kRefreshInterval = absl::Seconds(1);
+  // Reconnecting to an absent holder backs off to this.
+  static constexpr absl::Duration kHolderRetryMax = absl::Seconds(8);
 
   const ZeroHopSettings settings_;
   const zerohop::ZeroHopFeatures features_;
   Engine* engine_ = nullptr;  // set by Start, before the holder thread runs
   const OutboundRouting& routing_;
+  // What the holder answers if this agent dies (shared with every listener).
+  std::shared_ptr<zerohop::HolderJournal> journal_ = std::make_shared<zerohop::HolderJournal>();
   zerohop::Supervisor supervisor_;
   std::unique_ptr<zerohop::ZeroHopConnections> live_;  // set by Start
   zerohop::NetnsSocketLister lister_;                  // the holder thread's
   absl::Time last_refresh_;                            // the holder thread's
   std::thread thread_;
   absl::Notification stop_;
+  // Wakes the holder thread: a new connection to watch, or stop.
+  UniqueFd wake_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
 
   mutable absl::Mutex mu_;
   std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);  // by holder id

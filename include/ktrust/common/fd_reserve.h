@@ -42,4 +42,12 @@ int DescriptorErrorOf(const absl::Status& status);
 // limit (the process's RLIMIT_NOFILE for EMFILE, the system's for ENFILE).
 std::string OutOfDescriptorsReason(int error);
 
+// ENOMEM or ENOBUFS when absl::ErrnoToStatus made `status` from one of
+// them, or OpenSSL reported a failed allocation (OpenSslError), else 0
+// (ENOMEM for OpenSSL's).
+int MemoryErrorOf(const absl::Status& status);
+
+// Why a connection was refused under memory pressure, in words.
+std::string OutOfMemoryReason(int error);
+
 }  // namespace ktrust

@@ -60,7 +60,9 @@ using CertChain = std::vector<X509Ptr>;
 CertChain ShareChain(const CertChain& chain);
 
 // Builds a Status of `code` for the failed `operation`, appending (and
-// draining) OpenSSL's error queue so the root cause is not lost.
+// draining) OpenSSL's error queue so the root cause is not lost. An
+// internal error that OpenSSL reports as a failed allocation becomes
+// ResourceExhausted.
 absl::Status OpenSslError(absl::string_view operation,
                           absl::StatusCode code = absl::StatusCode::kInternal);
 

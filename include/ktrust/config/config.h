@@ -113,7 +113,11 @@ struct AgentSettings {
   std::string upstream_source6;
   uint32_t socket_mark = 0x6b74;  // "kt"; non-zero: how the kernel knows the agent's sockets
   std::string control_socket = "/run/ktrust/control.sock";
-  std::string control_group;                       // empty: root only
+  std::string control_group;  // empty: root only
+  // Where a successor agent finds this one (docs/operations.md, "Stopping
+  // and upgrading"). Empty: handover.sock beside control_socket. Both
+  // agents of an upgrade must see the same file (a DaemonSet: a hostPath).
+  std::string handover_socket;
   std::string metrics_address = "127.0.0.1:9464";  // empty: no metrics listener
   std::string log_format = "json";                 // json | text
   std::string log_level = "info";
@@ -128,6 +132,9 @@ struct AgentSettings {
   int max_outbound_handshakes = 1024;
   int max_handshakes_per_source = 128;
   absl::Duration first_byte_timeout = absl::Seconds(3);
+  // How long a stopping agent (SIGTERM, or handed over to a successor) keeps
+  // carrying its open connections before it closes them.
+  absl::Duration drain_timeout = absl::Seconds(30);
 };
 
 // Kubernetes mode: pods are identified from the API server (namespace,

@@ -70,6 +70,18 @@ struct ZeroHopView {
   std::vector<ZeroHopListenerView> listeners;
 };
 
+// A stopping agent, and the agents around it in an upgrade.
+struct DrainView {
+  bool draining = false;  // no longer accepting; carrying what is open
+  std::string reason;     // why: "SIGTERM", "handed over to ktrustd pid 123"
+  int64_t since = 0;
+  int64_t deadline = 0;     // then what is still open is closed
+  int64_t connections = 0;  // still open (handshakes included)
+  int64_t handshakes = 0;   // of which still in their handshake
+  std::string successor;    // in words; empty: none
+  std::string predecessor;  // in words; empty: none
+};
+
 // Method "status".
 struct StatusView {
   std::string version;  // ktrustd's
@@ -84,6 +96,7 @@ struct StatusView {
   CaView ca;
   int64_t bundle_expires_at = 0;
   CountsView counts;
+  DrainView drain;
   bool ready = false;
   std::string not_ready_reason;
   // What the operator should know about the configuration in force, in
@@ -190,6 +203,7 @@ KTRUST_CONTROL_VIEW_JSON(BpfView)
 KTRUST_CONTROL_VIEW_JSON(ConfigView)
 KTRUST_CONTROL_VIEW_JSON(CaView)
 KTRUST_CONTROL_VIEW_JSON(CountsView)
+KTRUST_CONTROL_VIEW_JSON(DrainView)
 KTRUST_CONTROL_VIEW_JSON(StatusView)
 KTRUST_CONTROL_VIEW_JSON(ConnectionView)
 KTRUST_CONTROL_VIEW_JSON(WorkloadView)

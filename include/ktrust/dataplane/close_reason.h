@@ -46,6 +46,14 @@ enum class CloseReason {
   kNoKernelTls,  // zero-hop needs kernel TLS, which this kernel lacks
   kOverLimit,    // zero-hop, outbound: refused at once, over a connection or handshake limit
   kFdLimit,      // the agent was out of file descriptors (EMFILE, ENFILE)
+  kMemory,       // the kernel or the agent was out of memory (ENOMEM, ENOBUFS, a failed allocation)
+  // The client went away before the agent could serve it (it closed or
+  // reset its connection before its destination was looked up, or before
+  // it sent a byte of its handshake): not a failure of the agent's.
+  kClientClosed,
+  // The agent was stopping (SIGTERM, or handed over to a successor) and the
+  // connection was still open at agent.drain_timeout.
+  kDrainTimeout,
   kPeerRefused,  // we refused the peer's certificate: CloseResult::peer_reason says why
 };
 // The last value, for code that walks them all (tests); new values go before it.

@@ -240,6 +240,10 @@ struct EngineCounters {
   // At accept, out of file descriptors (EMFILE, ENFILE): result fd_limit,
   // as a connection refused later for want of one for its other socket.
   std::atomic<uint64_t> refused_fd_limit{0};
+  // Accepts that failed for want of memory (ENOMEM, ENOBUFS): the clients
+  // stay queued until the next second's try. (A connection refused later
+  // for want of memory ends with result memory.)
+  std::atomic<uint64_t> refused_memory{0};
   // Inbound pending handshakes reset to make room for a new client while
   // max_inbound_handshakes was full (not counted in refused_limit).
   std::atomic<uint64_t> evicted_handshakes{0};
@@ -288,6 +292,19 @@ class Engine {
   // accepted; returns once every loop has done so. An unknown id is a no-op.
   void RemoveNetnsListeners(uint64_t id);
 
+  // Draining (the agent stops or hands over): every loop takes what is
+  // already queued on its listeners, then closes them all (the engine's own
+  // and every netns group's), so the kernel hands this engine no more
+  // connections. Live connections and handshakes in progress go on. Later
+  // AddNetnsListeners calls fail. Returns once every loop has done so.
+  void StopAccepting();
+  // Ends every connection still open, each reset both ways with one log
+  // line (`result`, `explanation`) and reported to on_closed, as a removed
+  // listener's are; returns once every loop has done so. Listeners stay.
+  void EndConnections(CloseResult result, const std::string& explanation);
+  // StopAccepting was called.
+  bool accepting() const { return accepting_.load(); }
+
   // Zero-hop, outbound: connects `request.socket` to its destination and
   // runs the mutual-TLS handshake on it on one of the engine's loops, under
   // the same connect and handshake timeouts, outbound handshake budget,
@@ -330,10 +347,15 @@ class Engine {
   // Makes every loop close the listeners of group `id` and their
   // connections; returns when all have.
   void CloseListenerGroup(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(runtime_mu_);
+  // Runs `task` on every loop's thread; returns when all have run it (or
+  // ended: a loop that has ended closed everything already).
+  void OnEveryLoop(const std::function<void(Loop&)>& task)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(runtime_mu_);
 
   // Serializes Start, Stop and the runtime listener changes.
   absl::Mutex runtime_mu_;
   bool running_ ABSL_GUARDED_BY(runtime_mu_) = false;
+  std::atomic<bool> accepting_{true};  // false once StopAccepting was called
   uint64_t next_listener_group_ ABSL_GUARDED_BY(runtime_mu_) = 1;  // 0: the listeners of Create
   std::atomic<uint64_t> next_in_place_loop_{0};  // HandshakeInPlace spreads over the loops
   // The groups of AddNetnsListeners: id -> their namespace, for the logs.

@@ -40,6 +40,9 @@ struct HolderOptions {
   // Messages queued for an agent that does not read; beyond that it is
   // disconnected (it gets every entry again when it reconnects).
   size_t max_agent_queue = 65536;
+  // Notifications one agent may have held at once (one per workload thread
+  // waiting in connect or accept); past it, new ones go unprotected.
+  size_t max_held_per_agent = 65536;
 };
 
 // OK if `fd` is a seccomp notification listener ("anon_inode:seccomp notify").

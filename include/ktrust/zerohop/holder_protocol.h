@@ -13,6 +13,12 @@
 //   holder.sock       SOCK_SEQPACKET, 0600: the agent. It receives every
 //                     entry (JSON + SCM_RIGHTS {listener, pidfd}), then new
 //                     ones live, and {"removed":ID} when a workload is gone.
+//                     The agent sends {"held":{...}} for each notification
+//                     it makes wait (a handshake, a held accept) and
+//                     {"released":{...}} once it answered it; when the
+//                     agent's connection ends the holder answers what is
+//                     still held (docs/dataplane.md,
+//                     "What waits for a dead agent").
 #pragma once
 
 #include <sys/types.h>
@@ -114,6 +120,29 @@ std::string EncodeRemoval(uint64_t id);
 // Takes the fds that came with the message; closes them on error.
 absl::StatusOr<HolderMessage> DecodeHolderMessage(absl::string_view json,
                                                   std::vector<UniqueFd> fds);
+
+// Agent to holder: a notification whose syscall waits for the agent (an
+// outbound handshake, a held accept), and the errno the holder answers it
+// with if the agent's connection ends first (the agent crashed or was
+// killed): without that the workload's thread would wait forever, since a
+// received notification is never delivered again. `entry` is the holder's
+// listener id.
+struct HeldNotification {
+  uint64_t entry = 0;
+  uint64_t id = 0;
+  int fallback_errno = 0;  // ECONNREFUSED (a connect) or ECONNABORTED (an accept)
+};
+// The agent answered it: the holder forgets it.
+struct ReleasedNotification {
+  uint64_t entry = 0;
+  uint64_t id = 0;
+};
+using AgentMessage = std::variant<HeldNotification, ReleasedNotification>;
+inline constexpr size_t kMaxAgentMessageBytes = 256;
+std::string EncodeAgentMessage(const AgentMessage& m);
+// Refuses anything else, including a fallback errno other than the two
+// above: the holder answers only with a failure a caller retries.
+absl::StatusOr<AgentMessage> DecodeAgentMessage(absl::string_view json);
 
 // connect(2) to the unix socket at `path` (SOCK_SEQPACKET, SOCK_STREAM),
 // close-on-exec. The errno error says which path.

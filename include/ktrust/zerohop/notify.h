@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -30,6 +31,17 @@ struct Notification {
   std::array<uint64_t, 6> args{};
 };
 
+// Where an agent records the notifications it makes wait (an outbound
+// handshake, a held accept), so that they are answered even if it dies
+// first: the fd holder answers them (HolderJournal, holder_client.h).
+class HeldNotifications {
+ public:
+  virtual ~HeldNotifications() = default;
+  virtual void Held(uint64_t key, uint64_t id, int fallback_errno) = 0;
+  // Called for every answer; a no-op for an id that was not held.
+  virtual void Released(uint64_t key, uint64_t id) = 0;
+};
+
 class NotificationListener {
  public:
   // Takes ownership of a seccomp listener fd (InstallFilter(), or one
@@ -37,6 +49,19 @@ class NotificationListener {
   static absl::StatusOr<NotificationListener> Create(UniqueFd fd);
 
   int fd() const { return fd_.get(); }
+
+  // Records the notifications made to wait (Hold) in `journal` under `key`
+  // (the holder's id for this listener); every answer releases them.
+  void JournalTo(std::shared_ptr<HeldNotifications> journal, uint64_t key) {
+    journal_ = std::move(journal);
+    journal_key_ = key;
+  }
+  // Notification `id` will wait for this process (for a handshake, for a
+  // connection to deliver): if the process dies first, whoever keeps the
+  // journal answers it with -1 and `fallback_errno`. A no-op without one.
+  void Hold(uint64_t id, int fallback_errno) const {
+    if (journal_) journal_->Held(journal_key_, id, fallback_errno);
+  }
 
   // Waits until a notification can be received. DeadlineExceeded on timeout;
   // FailedPrecondition once no task uses the filter any more (POLLHUP): the
@@ -75,8 +100,14 @@ class NotificationListener {
   NotificationListener(UniqueFd fd, size_t notif_size, size_t resp_size)
       : fd_(std::move(fd)), notif_size_(notif_size), resp_size_(resp_size) {}
   absl::Status Send(uint64_t id, int64_t value, int error, uint32_t flags) const;
+  // After an answer: answered, or gone (the thread left its syscall).
+  void Answered(uint64_t id, const absl::Status& st) const {
+    if (journal_ && (st.ok() || absl::IsNotFound(st))) journal_->Released(journal_key_, id);
+  }
 
   UniqueFd fd_;
+  std::shared_ptr<HeldNotifications> journal_;
+  uint64_t journal_key_ = 0;
   // The kernel's struct sizes, which may exceed the headers ours were built
   // with; the buffers handed to the ioctls are at least this large.
   size_t notif_size_ = 0;

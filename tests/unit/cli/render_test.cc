@@ -101,6 +101,33 @@ TEST(RenderStatus, AnEmptyStatusPrintsDashes) {
             "workloads    0\n");
 }
 
+TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
+  control::StatusView s;
+  s.ready = true;
+  s.drain = {true,
+             "handed over to ktrustd pid 42",
+             kNow - 5,
+             kNow + 25,
+             3,
+             1,
+             "ktrustd pid 42 (its status: ktrust status)",
+             ""};
+  EXPECT_EQ(RenderStatus(s, Now()),
+            "ktrustd - on -\n"
+            "ready        yes\n"
+            "draining     handed over to ktrustd pid 42: 3 connections open (1 in handshake), "
+            "closed at 2026-01-01T00:00:25Z (in 25s) if still open; accepting no new connections\n"
+            "successor    ktrustd pid 42 (its status: ktrust status)\n"
+            "data path    -\n"
+            "kernel       -\n"
+            "bpf          not attached\n"
+            "config       -\n"
+            "ca           -\n"
+            "bundle       -\n"
+            "connections  0 active, 0 total, 0 failed handshakes, 0 denied\n"
+            "workloads    0\n");
+}
+
 TEST(RenderConnections, OneRowPerConnection) {
   ConnectionView out;
   out.id = 7;

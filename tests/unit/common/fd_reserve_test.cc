@@ -99,6 +99,12 @@ TEST(FdReserveTest, SaysWhichLimitWasReached) {
   EXPECT_EQ(DescriptorErrorOf(absl::ErrnoToStatus(EMFILE, "socket")), EMFILE);
   EXPECT_EQ(DescriptorErrorOf(absl::ErrnoToStatus(ENFILE, "socket")), ENFILE);
   EXPECT_EQ(DescriptorErrorOf(absl::ErrnoToStatus(ENOMEM, "socket")), 0);
+  EXPECT_EQ(MemoryErrorOf(absl::ErrnoToStatus(ENOMEM, "socket")), ENOMEM);
+  EXPECT_EQ(MemoryErrorOf(absl::ErrnoToStatus(ENOBUFS, "socket")), ENOBUFS);
+  EXPECT_EQ(MemoryErrorOf(absl::ResourceExhaustedError("create SSL: error:...:malloc failure")),
+            ENOMEM);
+  EXPECT_EQ(MemoryErrorOf(absl::ErrnoToStatus(EMFILE, "socket")), 0);
+  EXPECT_EQ(MemoryErrorOf(absl::InternalError("create SSL: malloc failure")), 0);
   EXPECT_EQ(DescriptorErrorOf(absl::ErrnoToStatus(ECONNREFUSED, "connect")), 0);
   EXPECT_THAT(
       OutOfDescriptorsReason(EMFILE),

@@ -1,11 +1,20 @@
 #include "ktrust/control/metrics.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <limits>
+#include <vector>
 
 namespace ktrust::control {
 namespace {
@@ -131,6 +140,80 @@ TEST_F(HttpEndpointTest, ServesMetricsHealthAndReadiness) {
   httplib::Client after("127.0.0.1", endpoint->port());
   after.set_connection_timeout(1);
   EXPECT_FALSE(after.Get("/healthz")) << "stopped means no longer listening";
+}
+
+// Out of descriptors, a scrape waits in the listen queue, the endpoint
+// neither spins on the failing accept nor stops, and the scrape is answered
+// once descriptors are free again.
+TEST_F(HttpEndpointTest, OutOfDescriptorsAScrapeWaitsAndIsThenServed) {
+  auto endpoint = StartEndpoint();
+  ASSERT_NE(endpoint, nullptr);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(endpoint->port()));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // Sockets made beforehand: connecting needs no descriptor.
+  int clients[2] = {socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                    socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  ASSERT_GE(clients[0], 0);
+  ASSERT_GE(clients[1], 0);
+  // The first keeps its connection (and the server's descriptor for it)
+  // open: HTTP/1.1 keep-alive, 5 s here.
+  auto scrape = [&](int fd) {
+    std::string request = fd == clients[0]
+                              ? "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                              : "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    return connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0 &&
+           send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+               static_cast<ssize_t>(request.size());
+  };
+  auto answered_within = [](int fd, int ms) {
+    pollfd pfd{fd, POLLIN, 0};
+    return poll(&pfd, 1, ms) == 1;
+  };
+  auto cpu_seconds = [] {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  };
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit low = saved;
+  low.rlim_cur = 256;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> filler;
+  for (int fd; (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) filler.push_back(fd);
+  int filled_with = errno;
+  // An accept already waiting holds the descriptor it reserved before the
+  // process ran out: the first scrape may take it. The one after cannot.
+  int waiting = clients[0];
+  bool first_sent = scrape(clients[0]);
+  if (first_sent && answered_within(clients[0], 1000)) waiting = clients[1];
+  bool sent = waiting == clients[0] ? first_sent : scrape(clients[1]);
+  double cpu0 = cpu_seconds();
+  bool answered_at_limit = answered_within(waiting, 500);
+  double cpu = cpu_seconds() - cpu0;
+  for (int fd : filler) close(fd);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_EQ(filled_with, EMFILE);
+  ASSERT_TRUE(sent) << strerror(errno);
+  EXPECT_FALSE(answered_at_limit) << "answered while out of descriptors";
+  // A spin on the failing accept would take the half second whole.
+  std::printf("CPU while at the limit for 0.5 s: %.3f s\n", cpu);
+  EXPECT_LT(cpu, 0.2);
+  // Descriptors free again: the waiting scrape is served.
+  ASSERT_TRUE(answered_within(waiting, 10000)) << "no answer after the descriptors came back";
+  char reply[512] = {};
+  ssize_t n = recv(waiting, reply, sizeof(reply) - 1, 0);
+  for (int fd : clients) close(fd);
+  ASSERT_GT(n, 0);
+  EXPECT_THAT(std::string(reply, static_cast<size_t>(n)), HasSubstr("200 OK"));
+  httplib::Client after("127.0.0.1", endpoint->port());
+  after.set_connection_timeout(5);
+  auto health = after.Get("/healthz");
+  ASSERT_TRUE(health) << "the endpoint stopped serving";
+  EXPECT_EQ(health->status, 200);
 }
 
 TEST_F(HttpEndpointTest, PortInUseIsAnError) {

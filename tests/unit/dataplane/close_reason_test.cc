@@ -60,6 +60,9 @@ TEST(CloseReasonTest, CodesAndRefusalsAreTheDocumentedOnes) {
       {CloseReason::kNoKernelTls, {"no_kernel_tls", false}},
       {CloseReason::kOverLimit, {"over_limit", true}},
       {CloseReason::kFdLimit, {"fd_limit", true}},
+      {CloseReason::kMemory, {"memory", true}},
+      {CloseReason::kClientClosed, {"client_closed", false}},
+      {CloseReason::kDrainTimeout, {"drain_timeout", false}},
       {CloseReason::kPeerRefused, {"peer_refused", true}},
   };
   ASSERT_EQ(expected.size(), AllReasons().size());

@@ -2,6 +2,7 @@
 // input is refused with a reason, never a crash.
 #include "ktrust/zerohop/holder_protocol.h"
 
+#include <errno.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -116,19 +117,65 @@ TEST(HolderProtocolTest, EntryRoundTripsAndNeedsItsTwoFds) {
   EXPECT_EQ(std::get<ListenerRemoval>(*removal).id, 9u);
 }
 
+// What the agent tells the holder about the notifications it makes wait.
+TEST(HolderProtocolTest, AgentMessagesRoundTrip) {
+  auto held = DecodeAgentMessage(
+      EncodeAgentMessage(HeldNotification{7, 0xfedcba9876543210u, ECONNABORTED}));
+  ASSERT_TRUE(held.ok()) << held.status();
+  const auto* h = std::get_if<HeldNotification>(&*held);
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->entry, 7u);
+  EXPECT_EQ(h->id, 0xfedcba9876543210u) << "ids are full 64-bit values";
+  EXPECT_EQ(h->fallback_errno, ECONNABORTED);
+  auto released = DecodeAgentMessage(EncodeAgentMessage(ReleasedNotification{7, 12}));
+  ASSERT_TRUE(released.ok()) << released.status();
+  const auto* r = std::get_if<ReleasedNotification>(&*released);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->entry, 7u);
+  EXPECT_EQ(r->id, 12u);
+}
+
+// The holder answers a dead agent's notifications only with a failure the
+// workload retries, whatever the message asks for.
+TEST(HolderProtocolTest, AgentMessagesRefuseOtherAnswersAndGarbage) {
+  for (const char* bad : {
+           "",
+           "[]",
+           R"({"held":{"entry":1,"id":2,"errno":0}})",
+           R"({"held":{"entry":1,"id":2,"errno":1}})",
+           R"({"held":{"entry":1,"id":2,"errno":-111}})",
+           R"({"held":{"entry":1,"id":2}})",
+           R"({"held":{"entry":-1,"id":2,"errno":111}})",
+           R"({"held":{"entry":1,"id":"2","errno":111}})",
+           R"({"held":[1,2,111]})",
+           R"({"released":{"entry":1}})",
+           R"({"held":{"entry":1,"id":2,"errno":111},"released":{"entry":1,"id":2}})",
+           R"({"removed":4})",
+       }) {
+    auto m = DecodeAgentMessage(bad);
+    EXPECT_FALSE(m.ok()) << bad;
+    if (!m.ok()) {
+      EXPECT_FALSE(m.status().message().empty());
+    }
+  }
+  EXPECT_FALSE(DecodeAgentMessage(std::string(kMaxAgentMessageBytes + 1, ' ')).ok());
+}
+
 // Random bytes and random mutations of valid messages: refused or parsed,
 // never a crash (the parsers take JSON from any local user).
 TEST(HolderProtocolTest, RandomInputNeverCrashes) {
   std::mt19937 rng(42);
-  std::string seeds[] = {kRuncState, EncodeExecRegistration({5, "web", true})};
+  std::string seeds[] = {kRuncState, EncodeExecRegistration({5, "web", true}),
+                         EncodeAgentMessage(HeldNotification{3, 99, ECONNREFUSED})};
   for (int i = 0; i < 20000; ++i) {
-    std::string s = seeds[i % 2];
+    std::string s = seeds[i % 3];
     for (int k = 0; k < 1 + static_cast<int>(rng() % 4); ++k) {
       s[rng() % s.size()] = static_cast<char>(rng() % 256);
     }
     (void)ParseExecRegistration(s);
     (void)ParseOciState(s, rng() % 3);
     (void)DecodeHolderMessage(s, {});
+    (void)DecodeAgentMessage(s);
     (void)ParseCgroupV2(s);
   }
 }

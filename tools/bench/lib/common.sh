@@ -23,6 +23,20 @@ die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
 # usage: the comment block at the top of the running script.
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
+# mode_option ARG [VALUE]: an option every mode takes (--out FILE, --keep,
+# --help) into `out` and `keep`; the arguments it took in `taken` (0: not
+# one of these).
+# shellcheck disable=SC2034 # out, keep and taken are read by the modes
+mode_option() {
+  taken=1
+  case $1 in
+    --out) [[ $# -ge 2 ]] || die "--out needs a file"; out=$2; taken=2 ;;
+    --keep) keep=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) taken=0 ;;
+  esac
+}
+
 # result_path FILE DEFAULT: FILE (or DEFAULT) as an absolute path.
 result_path() {
   local f=${1:-$2}
@@ -102,6 +116,20 @@ stop() {
   for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep_pids+=("$p"); done
   pids=("${keep_pids[@]}")
 }
+
+# ---------------------------------------------------------------- listening ports
+# wait_listening PORT PID: until something listens on PORT, or PID dies, 10 s at most.
+wait_listening() {
+  local port=$1 pid=$2 deadline=$((SECONDS + 10))
+  while ((SECONDS < deadline)); do
+    ss -ltnH "sport = :$port" | grep -q . && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+port_in_use() { ss -tanH "( sport = :$1 )" | grep -q .; }
 
 # ---------------------------------------------------------------- CPU accounting
 clk_tck=$(getconf CLK_TCK)

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Stopping and upgrading an agent without losing connections (issue 12), on
+# two simulated nodes: an echo server on node b (cgroup "server", enrolled,
+# port 8080), clients on node a (cgroup "client", enrolled).
+#
+#   drain      SIGTERM to agent b: it accepts nothing more (new connects are
+#              refused: the programs stay), `ktrust status` says what is
+#              draining, the open connections keep working, end cleanly,
+#              and the agent exits once they have, before the deadline
+#   deadline   a connection still open at agent.drain_timeout is closed by
+#              the agent with a drain_timeout log line
+#   handover   a second `ktrustd run` on node b takes over: a loop of new
+#              connections across it sees no refusal, new connections go to
+#              the new agent, the open ones (userspace TLS: they cannot move)
+#              drain in the old one and end cleanly before its deadline, and
+#              both agents' `ktrust status` say who drains
+#   bad config a successor whose configuration does not load takes nothing
+#   killed     a successor killed mid-handover leaves the old agent serving:
+#              its open connections still work, and so do new ones
+#
+# This host has no kernel TLS: every connection is on the userspace record
+# layer; the vm tier (vm_handover_test) runs the same on kernel TLS. Nothing
+# moves between agents yet: every connection drains where it was accepted.
+# Needs root.
+# Usage: handover_test.sh KTRUST KTRUSTD
+set -euo pipefail
+
+ktrust=$1
+ktrustd=$2
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+# shellcheck source=two_nodes.sh
+source "$here/two_nodes.sh"
+trap two_nodes_cleanup EXIT
+
+two_nodes_up "$work" "$ktrust"
+mkdir -p "$KT_CG"/a/client "$KT_CG"/b/server
+
+write_nodes() {
+  write_config a '
+  - name: client
+    cgroup: client
+    spiffe_id: spiffe://{trust_domain}/{node}/client' '
+  []'
+  write_config b '
+  - name: server
+    cgroup: server
+    spiffe_id: spiffe://{trust_domain}/{node}/server
+    ports: [8080]' '
+  - to: server
+    ports: [8080]
+    from: [spiffe://example.org/node-a/client]'
+}
+KT_DRAIN_TIMEOUT=60s write_nodes
+
+run_in b server "$work/echo.log" python3 -u -c "
+import socket, threading
+def serve(c):
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        c.sendall(data)
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8080)); s.listen(256); print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()"
+wait_for "$work/echo.log" listening
+
+start_agent a "$ktrustd"
+start_agent b "$ktrustd"
+
+# The events of a log as one JSON array (lines are "<time> <level> {...}").
+events() { grep '"event":' "$1" | sed 's/^[^{]*//' | jq -s .; }
+agent_pid() { pgrep -nf "ktrustd run --config $work/$1/ktrustd.yaml"; }
+# One echo round trip from node a's client cgroup on a new connection.
+echo_once() {
+  exec_in a client python3 -c "
+import socket
+s = socket.create_connection(('10.77.0.2', 8080), timeout=5)
+s.sendall(b'ping\n'); print(s.recv(16).decode().strip())"
+}
+# Starts COUNT long-lived connections (conns.py), waits until they are open.
+open_conns() {  # NAME COUNT
+  rm -f "$work/$1.go"
+  run_in a client "$work/$1.log" python3 -u "$here/conns.py" 10.77.0.2 8080 "$2" "$work/$1.go"
+  wait_for "$work/$1.log" "^open $2"
+}
+
+check "a first echo works through both agents ($(echo_once 2>&1 || true))" \
+  test "$(echo_once 2>&1 || true)" = ping
+
+echo "# drain: SIGTERM to agent b with 5 connections open"
+open_conns drain 5
+pid_b=$(agent_pid b)
+kill -TERM "$pid_b"
+wait_for "$work/b/agent.log" '"event":"draining"'
+status=$(kt b status --json)
+check "ktrust status on b says it drains, after SIGTERM ($(jq -c .drain <<<"$status"))" \
+  jq -e '.drain.draining and .drain.reason == "SIGTERM" and .drain.connections == 5' <<<"$status"
+human=$(kt b status)
+check "the human status has a draining line" grep -q "^draining  *SIGTERM: 5 connections open" <<<"$human"
+refused=$(echo_once 2>&1 || true)
+check "a new connection to b is refused while it drains ($refused)" \
+  grep -q "Connection refused\|Connection reset\|timed out" <<<"$refused"
+touch "$work/drain.go"
+wait_for "$work/drain.log" "^done"
+check "every drained connection still echoed ($(grep -c ' ok$' "$work/drain.log") of 5)" \
+  grep -q "^done 5$" "$work/drain.log"
+while kill -0 "$pid_b" 2>/dev/null; do sleep 0.1; done
+closed=$(events "$work/b/agent.log" |
+  jq '[.[] | select(.event == "connection_closed" and .workload == "server")] | length')
+check "agent b logged each connection as closed normally ($closed)" test "$closed" -ge 5
+check "agent b said it drained and exited" grep -q '"event":"drained"' "$work/b/agent.log"
+check "without a drain_timeout line" lacks '"drain_timeout"' "$(cat "$work/b/agent.log")"
+
+echo "# deadline: a connection still open at drain_timeout is closed, with a log line"
+mv "$work/b/agent.log" "$work/b/agent-drained.log"
+KT_DRAIN_TIMEOUT=2s write_nodes
+start_agent b "$ktrustd"
+open_conns deadline 2
+pid_b=$(agent_pid b)
+kill -TERM "$pid_b"
+while kill -0 "$pid_b" 2>/dev/null; do sleep 0.1; done
+touch "$work/deadline.go"
+wait_for "$work/deadline.log" "^done"
+check "the connections left open were closed by agent b ($(tail -1 "$work/deadline.log"))" \
+  grep -q "^done 0$" "$work/deadline.log"
+timed_out=$(events "$work/b/agent.log" |
+  jq '[.[] | select(.event == "connection_failed" and .result == "drain_timeout")] | length')
+check "agent b logged each as drain_timeout ($timed_out of 2)" test "$timed_out" = 2
+
+echo "# handover: a second ktrustd run takes over node b"
+mv "$work/b/agent.log" "$work/b/agent-deadline.log"
+KT_DRAIN_TIMEOUT=60s write_nodes
+start_agent b "$ktrustd"
+old_b=$(agent_pid b)
+open_conns moved 5
+# New connections in a loop across the handover, each one echo round trip.
+rm -f "$work/loop.stop"
+run_in a client "$work/loop.log" python3 -u -c "
+import os, socket
+ok = failed = 0
+while not os.path.exists('$work/loop.stop'):
+    try:
+        s = socket.create_connection(('10.77.0.2', 8080), timeout=5)
+        s.sendall(b'loop\n')
+        ok += s.recv(16) == b'loop\n'
+        s.close()
+    except OSError as e:
+        failed += 1
+        print('failed:', e, flush=True)
+print('loop ok %d failed %d' % (ok, failed), flush=True)"
+wait_until 20 sh -c "[ \$(grep -c '\"workload\":\"server\"' '$work/b/agent.log') -ge 10 ]"
+run_in b agent "$work/b/successor.log" "$ktrustd" run --config "$work/b/ktrustd.yaml"
+wait_for "$work/b/successor.log" '"event":"ready"\|startup_failed'
+new_b=$(agent_pid b)
+check "the successor started and took over from pid $old_b" \
+  grep -q "\"predecessor_pid\":$old_b" "$work/b/successor.log"
+wait_for "$work/b/agent.log" '"event":"draining"'
+check "the old agent logged the handover" grep -q '"event":"handed_over"' "$work/b/agent.log"
+status_new=$(kt b status --json)
+check "ktrust status on the new agent names the draining predecessor ($(jq -c .drain.predecessor <<<"$status_new"))" \
+  jq -e --arg pid "$old_b" '.drain.draining == false and (.drain.predecessor | contains("pid " + $pid))' <<<"$status_new"
+status_old=$("$ktrust" --socket "$work/b/control-$old_b.sock" status --json)
+check "the old agent's status, beside it, says it drains for the successor ($(jq -c .drain <<<"$status_old"))" \
+  jq -e --arg pid "$new_b" '.drain.draining and .drain.reason == "handed over to ktrustd pid " + $pid and .drain.connections == 5' <<<"$status_old"
+# New connections reach the new agent.
+check "new connections go to the new agent" wait_until 20 sh -c "[ \$(grep -c '\"event\":\"connection_closed\".*\"workload\":\"server\"' '$work/b/successor.log') -ge 5 ]"
+touch "$work/loop.stop"
+wait_for "$work/loop.log" "^loop ok"
+check "zero refused or failed connects in the loop across the handover ($(grep -v '^loop ok' "$work/loop.log" | head -3) $(tail -1 "$work/loop.log"))" \
+  grep -q "failed 0$" "$work/loop.log"
+touch "$work/moved.go"
+wait_for "$work/moved.log" "^done"
+check "the connections open at the handover still echo, served by the old agent ($(tail -1 "$work/moved.log"))" \
+  grep -q "^done 5$" "$work/moved.log"
+while kill -0 "$old_b" 2>/dev/null; do sleep 0.1; done
+check "the old agent exited once they ended, before its deadline, without closing any" \
+  lacks '"drain_timeout"' "$(cat "$work/b/agent.log")"
+if [[ -n ${KTRUST_VM:-} ]]; then
+  # The vm tier: kernel TLS is real, and the drained connections ran on it.
+  ktls=$(events "$work/b/agent.log" |
+    jq '[.[] | select(.event == "connection_closed" and .workload == "server" and .data_path == "ktls-sw")] | length')
+  check "the old agent's drained connections ran on kernel TLS ($ktls ktls-sw)" test "$ktls" -ge 5
+fi
+check "the new agent saw its predecessor exit" wait_for "$work/b/successor.log" '"event":"predecessor_exited"'
+check "and serves on ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+
+echo "# bad config: a successor whose configuration does not load takes nothing"
+cp "$work/b/ktrustd.yaml" "$work/b/bad.yaml"
+echo "  no_such_setting: 1" >>"$work/b/bad.yaml"
+bad_exit=0
+exec_in b agent "$ktrustd" run --config "$work/b/bad.yaml" >"$work/b/bad.log" 2>&1 || bad_exit=$?
+check "the bad successor exited with an error ($bad_exit)" test "$bad_exit" -ne 0
+check "it said why" grep -q 'startup_failed.*no_such_setting' "$work/b/bad.log"
+check "the running agent is still the same process" test "$(agent_pid b)" = "$new_b"
+check "and not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
+check "and serves ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+
+echo "# killed: a successor killed mid-handover leaves the running agent serving"
+mv "$work/b/successor.log" "$work/b/agent.log"
+open_conns kept 3
+# The successor stops itself at the worst moment (KTRUST_TEST_HANDOVER_STOP):
+# it has steered the kernel to its listeners and taken the control socket,
+# and is not ready yet.
+run_in b agent "$work/b/doomed.log" env KTRUST_TEST_HANDOVER_STOP=started \
+  "$ktrustd" run --config "$work/b/ktrustd.yaml"
+wait_for "$work/b/doomed.log" '"event":"test_handover_stop"'
+doomed=$(pgrep -nf "ktrustd run --config $work/b/ktrustd.yaml")
+check "the successor is stopped after it took over the steering" \
+  wait_until 10 sh -c "awk '{print \$3}' /proc/$doomed/stat | grep -q T"
+kill -9 "$doomed"
+wait_for "$work/b/agent.log" '"event":"handover_aborted"'
+check "the running agent restored its steering" grep -q '"event":"steering_restored"' "$work/b/agent.log"
+check "it is not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
+check "new connections are served ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+touch "$work/kept.go"
+wait_for "$work/kept.log" "^done"
+check "the connections open during the failed handover still echo ($(tail -1 "$work/kept.log"))" \
+  grep -q "^done 3$" "$work/kept.log"
+
+two_nodes_results
