@@ -29,12 +29,13 @@ set -euo pipefail
 
 ktrust=$1
 ktrustd=$2
-fake_api_server=$3
+FAKE_API_SERVER=$3
 here=$(cd "$(dirname "$0")" && pwd)
-recorded=$here/../testdata/kubernetes
 work=$(mktemp -d)
 # shellcheck source=two_nodes.sh
 source "$here/two_nodes.sh"
+# shellcheck source=fake_cluster.sh
+source "$here/fake_cluster.sh"
 trap two_nodes_cleanup EXIT
 
 two_nodes_up "$work" "$ktrust"
@@ -45,56 +46,7 @@ for n in a b; do
     --scope 'spiffe://example.org/ns/*' >/dev/null
 done
 
-# A pod object: the recorded kuard pod with this pod's fields.
-pod_json() {  # FILE NAME NAMESPACE SERVICE_ACCOUNT NODE UID IP PORTS_JSON
-  jq --arg name "$2" --arg ns "$3" --arg sa "$4" --arg node "$5" --arg uid "$6" --arg ip "$7" \
-    --argjson ports "$8" '.items[0]
-      | .metadata.name = $name | .metadata.namespace = $ns | .metadata.uid = $uid
-      | .spec.serviceAccountName = $sa | .spec.serviceAccount = $sa | .spec.nodeName = $node
-      | .status.podIP = $ip | .status.podIPs = [{ip: $ip}]
-      | .spec.containers[0].ports = $ports' "$recorded/kuard_minikube_pod_list.json" >"$1"
-}
-# A namespace object: the recorded "default" with another name, UID and labels.
-namespace_json() {  # FILE NAME UID LABELS_JSON
-  jq --arg name "$2" --arg uid "$3" --argjson labels "$4" '.items[0]
-      | .metadata.name = $name | .metadata.uid = $uid
-      | .metadata.labels = ({"kubernetes.io/metadata.name": $name} + $labels)' \
-    "$recorded/docker_desktop_namespaces.json" >"$1"
-}
-namespace_json "$work/ns-mesh.json" mesh 6b1ee2a8-0cb5-4a94-9731-00000000000a \
-  '{"ktrust.io/mesh": "enabled"}'
-namespace_json "$work/ns-plain.json" plain 6b1ee2a8-0cb5-4a94-9731-00000000000b '{}'
-
-# Node $1's fake API server, fed commands through a FIFO on fd 7 (a) or 8 (b).
-start_api() {  # NODE FD
-  local node=$1 fd=$2
-  mkdir -p "$work/api-$node"
-  mkfifo "$work/api-$node/in"
-  eval "exec $fd<>\"$work/api-$node/in\""
-  run_in "$node" apiserver "$work/api-$node/log" "$fake_api_server" "$work/api-$node" \
-    "$work/api-$node/in"
-  wait_for "$work/api-$node/log" '^listening '
-}
-api() {  # NODE COMMAND...: sends it, waits until applied
-  local node=$1 fd=7
-  shift
-  [[ $node == b ]] && fd=8
-  echo "$*" >&"$fd"
-  wait_for "$work/api-$node/log" "^done $*\$" 10
-}
-api_port() { awk '/^listening/ {print $2}' "$work/api-$1/log"; }
-
-# Kubelet's pod cgroup (systemd driver) and a container scope in it.
-uid_of() { printf '%08x-0000-4000-8000-%012x' "$1" "$1"; }  # a pod UID from a number
-pod_cgroup() {  # QOS(burstable|guaranteed) UID
-  local escaped=${2//-/_}
-  if [[ $1 == guaranteed ]]; then
-    echo "kubepods.slice/kubepods-pod$escaped.slice"
-  else
-    echo "kubepods.slice/kubepods-$1.slice/kubepods-$1-pod$escaped.slice"
-  fi
-}
-container() { printf '%s/cri-containerd-%064x.scope' "$1" "$2"; }  # POD_CGROUP NUMBER
+cluster_objects
 
 kubernetes_config() {  # NODE
   cat <<EOF
@@ -139,38 +91,21 @@ EOF
 # --- The API servers, then node b with its pods ---------------------------
 start_api a 7
 start_api b 8
-for n in a b; do
-  api "$n" add namespaces "$recorded/docker_desktop_namespaces.json"
-  api "$n" add namespaces "$work/ns-mesh.json"
-  api "$n" add namespaces "$work/ns-plain.json"
-done
+cluster_namespaces a
+cluster_namespaces b
 
-web_uid=$(uid_of 1)
-plainweb_uid=$(uid_of 2)
-client_uid=$(uid_of 3)
-plainclient_uid=$(uid_of 4)
-intruder_uid=$(uid_of 5)
 web_cg=$(container "$(pod_cgroup guaranteed "$web_uid")" 1)
 plainweb_cg=$(container "$(pod_cgroup burstable "$plainweb_uid")" 2)
 client_pod_cg=$(pod_cgroup burstable "$client_uid")
 client_cg=$(container "$client_pod_cg" 3)
 plainclient_cg=$(container "$(pod_cgroup besteffort "$plainclient_uid")" 4)
 intruder_cg=$(container "$(pod_cgroup burstable "$intruder_uid")" 5)
-port8080='[{"name": "line", "containerPort": 8080, "protocol": "TCP"}]'
-pod_json "$work/pod-web.json" web mesh web node-b "$web_uid" 10.77.2.10 "$port8080"
-pod_json "$work/pod-plainweb.json" plainweb plain default node-b "$plainweb_uid" 10.77.2.11 "$port8080"
-pod_json "$work/pod-client.json" client mesh client node-a "$client_uid" 10.77.1.10 '[]'
-pod_json "$work/pod-plainclient.json" plainclient plain default node-a "$plainclient_uid" 10.77.1.11 '[]'
-pod_json "$work/pod-intruder.json" intruder mesh intruder node-a "$intruder_uid" 10.77.1.12 '[]'
 
 KT_CONFIG_EXTRA=$(kubernetes_config b) KT_CA_DIR=$work/b/k8s-ca write_config b '  []' '
   - to: spiffe://example.org/ns/mesh/sa/web
     ports: [8080]
     from: [spiffe://example.org/ns/mesh/sa/client]'
-add_pod b web 10
-add_pod b plainweb 11
-api b add pods "$work/pod-web.json"
-api b add pods "$work/pod-plainweb.json"
+cluster_pods b
 run_in_pod b web "$web_cg" "$work/web.log" python3 -u "$work/line_server.py" 8080
 run_in_pod b plainweb "$plainweb_cg" "$work/plainweb.log" python3 -u "$work/line_server.py" 8080
 wait_for "$work/web.log" listening
@@ -190,13 +125,7 @@ check "the pod of a namespace not opted in is not enrolled" lacks plainweb "$wor
 
 # --- Node a: started while its API server holds the lists -----------------
 KT_CONFIG_EXTRA=$(kubernetes_config a) KT_CA_DIR=$work/a/k8s-ca write_config a '  []' '  []'
-add_pod a client 10
-add_pod a plainclient 11
-add_pod a intruder 12
-api a hold
-api a add pods "$work/pod-client.json"
-api a add pods "$work/pod-plainclient.json"
-api a add pods "$work/pod-intruder.json"
+cluster_pods a hold
 # The pods' long-lived processes, as their containers would be.
 run_in_pod a client "$client_cg" "$work/client-idle.log" sleep 600
 run_in_pod a plainclient "$plainclient_cg" "$work/plainclient-idle.log" sleep 600
@@ -209,10 +138,7 @@ wait_for "$work/a/agent.log" '"event":"pod_netns_served".*10\.77\.1\.10' 10 >/de
 early=$(exec_in_pod a client "$client_cg" python3 "$work/line_client.py" 10.77.2.10 8080 before-sync)
 echo "# before the sync the client got: $early"
 check "before the first sync the client's mesh connection gets nothing" lacks "reply: hello" "$early"
-denials=$(kt a denials --json)
-echo "# node a denials: $(jq -c '[.denials[] | {workload, result, reason}]' <<<"$denials")"
-check "ktrust denials says kubernetes_not_synced, in words" \
-  grep -q "kubernetes_not_synced (pod:$client_uid): the agent has not read this node.s pods" <<<"$denials"
+check_not_synced_denial a "$client_uid"
 check "web never saw the early bytes" lacks before-sync "$(cat "$work/web.log")"
 
 api a release

@@ -11,6 +11,12 @@
 //                           default: the host's own paths
 //     --node-name NAME      the downward API's spec.nodeName
 //     --cgroups-path PATH   linux.cgroupsPath
+//     --service-account DIR the pod's service-account token, ca.crt and
+//                           namespace, mounted read-only where the kubelet
+//                           mounts them (/var/run/secrets/kubernetes.io/
+//                           serviceaccount) unless the pod opts out
+//     --kubernetes-service HOST:PORT  KUBERNETES_SERVICE_HOST and _PORT, as
+//                           the kubelet sets them for the API server's Service
 //
 // RENDERED.json: `kubectl kustomize tools/kubernetes` as a JSON array
 // (yaml_to_json.js). It translates what a CRI runtime (containerd) does
@@ -36,9 +42,11 @@ function fail(message) {
 const [renderedFile, containerName, ...rest] = process.argv.slice(2);
 if (!renderedFile || !containerName) {
   fail('usage: bundle_from_daemonset.js RENDERED.json CONTAINER [--image-config FILE] ' +
-       '[--volume NAME=DIR]... [--host-root DIR] [--node-name NAME] [--cgroups-path PATH]');
+       '[--volume NAME=DIR]... [--host-root DIR] [--node-name NAME] [--cgroups-path PATH] ' +
+       '[--service-account DIR] [--kubernetes-service HOST:PORT]');
 }
-const options = { volumes: {}, hostRoot: '', nodeName: '', cgroupsPath: '', imageConfig: null };
+const options = { volumes: {}, hostRoot: '', nodeName: '', cgroupsPath: '', imageConfig: null,
+  serviceAccount: '', kubernetesService: null };
 for (let i = 0; i < rest.length; i += 2) {
   const [flag, value] = [rest[i], rest[i + 1]];
   if (value === undefined) fail(`${flag} needs a value`);
@@ -52,6 +60,12 @@ for (let i = 0; i < rest.length; i += 2) {
     options.nodeName = value;
   } else if (flag === '--cgroups-path') {
     options.cgroupsPath = value;
+  } else if (flag === '--service-account') {
+    options.serviceAccount = path.resolve(value);
+  } else if (flag === '--kubernetes-service') {
+    const m = /^([^:]+|\[[0-9a-fA-F:]+\]):(\d+)$/.exec(value);
+    if (!m) fail(`--kubernetes-service ${value}: expected HOST:PORT`);
+    options.kubernetesService = { host: m[1].replace(/^\[|\]$/g, ''), port: m[2] };
   } else if (flag === '--image-config') {
     options.imageConfig = JSON.parse(fs.readFileSync(value, 'utf8'));
   } else {
@@ -114,6 +128,12 @@ function env() {
     }
     out.push(`${e.name}=${value === undefined ? '' : value}`);
   }
+  // The kubelet's service environment variables for the API server (only
+  // these two: the agent reads nothing else of it).
+  if (options.kubernetesService) {
+    out.push(`KUBERNETES_SERVICE_HOST=${options.kubernetesService.host}`,
+             `KUBERNETES_SERVICE_PORT=${options.kubernetesService.port}`);
+  }
   return out;
 }
 
@@ -172,6 +192,14 @@ function mounts() {
       fail(`volume ${m.name}: only hostPath, configMap, secret and emptyDir are translated`);
     }
     out.push({ destination: m.mountPath, type: 'bind', source, options: ['rbind', propagation, ...readOnly] });
+  }
+  // The service account's token volume, which the kubelet adds to every
+  // container of a pod that does not opt out.
+  const automount = pod.automountServiceAccountToken !== false;
+  if (options.serviceAccount) {
+    if (!automount) fail('--service-account: the pod sets automountServiceAccountToken: false');
+    out.push({ destination: '/var/run/secrets/kubernetes.io/serviceaccount', type: 'bind',
+               source: options.serviceAccount, options: ['rbind', 'rprivate', 'ro'] });
   }
   return out;
 }

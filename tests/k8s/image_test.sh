@@ -12,8 +12,8 @@
 # documented capabilities, the host's network and PID namespaces, its own
 # mount namespace, a read-only root, the ConfigMap, bpffs and the host's
 # cgroup2 root where ktrustd.yaml says. The agent's process is replaced by a
-# busybox script that reports what it sees: running ktrustd itself there
-# needs the agent's container support (issue 14 item 3), not built yet.
+# busybox script that reports what it sees; e2e_test.sh runs ktrustd itself
+# from the same bundles, with pods and a fake API server.
 #
 # Needs root (buildah, chroot, runc, a private mount namespace).
 # Usage: image_test.sh SOURCE_DIR NPM_MODULES_DIR KTRUST KTRUSTD
@@ -156,7 +156,8 @@ bundle() {  # NAME CONTAINER: a bundle whose root is the unpacked image
 bundle init mount-bpffs
 bundle agent agent
 echo "# agent bundle: $(jq -c '{caps: .process.capabilities.effective, namespaces: [.linux.namespaces[].type], readonly: .root.readonly}' "$work/agent/config.json")"
-# What the agent's container reports instead of running ktrustd.
+# What the agent's container reports instead of running ktrustd (that is
+# e2e_test.sh's).
 jq '.process.args = ["/bin/busybox", "sh", "-c", "
   /bin/busybox grep -E \"^(CapEff|CapBnd|NoNewPrivs):\" /proc/self/status
   for ns in net pid mnt; do echo \"ns $ns $(/bin/busybox readlink /proc/self/ns/$ns)\"; done
