@@ -241,6 +241,15 @@ void HandoverServer::Service(absl::Time now) {
 void HandoverServer::Admit(UniqueFd conn) {
   pid_t pid = 0;
   absl::Status allowed = CheckPeer(conn.get(), &pid);
+  // The hello is the first thing a successor sends; it is there already or
+  // comes at once. Read before any answer: a refusal sent over an unread
+  // hello reaches the newcomer as a reset or a broken pipe, not as the
+  // reason.
+  auto hello = Receive(conn.get(), absl::Seconds(5));
+  if (allowed.ok() && !hello.ok()) allowed = hello.status();
+  if (allowed.ok() && hello->type != "hello") {
+    allowed = absl::InvalidArgumentError(absl::StrCat("expected hello, got ", hello->type));
+  }
   if (allowed.ok() && successor_.valid()) {
     allowed = absl::ResourceExhaustedError(
         absl::StrCat("a handover to ktrustd pid ", successor_pid_, " is in progress"));
@@ -249,16 +258,6 @@ void HandoverServer::Admit(UniqueFd conn) {
     LogEvent(spdlog::level::warn,
              {{"event", "handover_refused"}, {"pid", pid}, {"reason", allowed.message()}});
     (void)Send(conn.get(), {"refused", 0, std::string(allowed.message()), ""});
-    return;
-  }
-  // The hello is the first thing a successor sends; it is there already or
-  // comes at once.
-  auto hello = Receive(conn.get(), absl::Seconds(5));
-  if (!hello.ok() || hello->type != "hello") {
-    std::string why = hello.ok() ? absl::StrCat("expected hello, got ", hello->type)
-                                 : std::string(hello.status().message());
-    LogEvent(spdlog::level::warn, {{"event", "handover_refused"}, {"pid", pid}, {"reason", why}});
-    (void)Send(conn.get(), {"refused", 0, why, ""});
     return;
   }
   if (auto st = Send(conn.get(), {"welcome", getpid(), "", ""}); !st.ok()) return;

@@ -150,6 +150,31 @@ TEST_F(HandoverExchangeTest, ASuccessorTakesOverInOrder) {
   EXPECT_EQ(released_at, "/run/old.sock");
 }
 
+// The running agent refuses without reading the newcomer's hello, and
+// hangs up: the newcomer must still read why (not "connection reset").
+TEST_F(HandoverExchangeTest, ASecondSuccessorIsToldWhyItIsRefused) {
+  auto server = HandoverServer::Listen(path_, hooks_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::atomic<bool> second_done{false};
+  std::thread first([&] {
+    auto client = HandoverClient::Connect(path_, absl::Seconds(5));
+    ASSERT_TRUE(client.ok()) << client.status();
+    while (!second_done) absl::SleepFor(absl::Milliseconds(10));
+  });
+  ServeUntil(**server, [&] { return !events_.empty(); });
+  ASSERT_THAT(events_, ElementsAre("pause"));
+  absl::Status refused;
+  std::thread second([&] {
+    refused = HandoverClient::Connect(path_, absl::Seconds(5)).status();
+    second_done = true;
+  });
+  ServeUntil(**server, [&] { return second_done.load(); });
+  second.join();
+  first.join();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("is in progress"));
+}
+
 TEST_F(HandoverExchangeTest, ASuccessorThatDiesBeforeStartingLeavesThePredecessorServing) {
   auto server = HandoverServer::Listen(path_, hooks_);
   ASSERT_TRUE(server.ok()) << server.status();
