@@ -15,6 +15,7 @@
 #              drain in the old one and end cleanly before its deadline, and
 #              both agents' `ktrust status` say who drains
 #   bad config a successor whose configuration does not load takes nothing
+#   not agent  a successor without the agent's capabilities is refused
 #   killed     a successor killed mid-handover leaves the old agent serving:
 #              its open connections still work, and so do new ones
 #
@@ -109,7 +110,7 @@ touch "$work/drain.go"
 wait_for "$work/drain.log" "^done"
 check "every drained connection still echoed ($(grep -c ' ok$' "$work/drain.log") of 5)" \
   grep -q "^done 5$" "$work/drain.log"
-while kill -0 "$pid_b" 2>/dev/null; do sleep 0.1; done
+check "agent b exited once they ended" wait_until 90 exited "$pid_b"
 closed=$(events "$work/b/agent.log" |
   jq '[.[] | select(.event == "connection_closed" and .workload == "server")] | length')
 check "agent b logged each connection as closed normally ($closed)" test "$closed" -ge 5
@@ -123,7 +124,7 @@ start_agent b "$ktrustd"
 open_conns deadline 2
 pid_b=$(agent_pid b)
 kill -TERM "$pid_b"
-while kill -0 "$pid_b" 2>/dev/null; do sleep 0.1; done
+check "agent b exited at its 2 s deadline" wait_until 20 exited "$pid_b"
 touch "$work/deadline.go"
 wait_for "$work/deadline.log" "^done"
 check "the connections left open were closed by agent b ($(tail -1 "$work/deadline.log"))" \
@@ -173,13 +174,20 @@ touch "$work/loop.stop"
 wait_for "$work/loop.log" "^loop ok"
 check "zero refused or failed connects in the loop across the handover ($(grep -v '^loop ok' "$work/loop.log" | head -3) $(tail -1 "$work/loop.log"))" \
   grep -q "failed 0$" "$work/loop.log"
+# What the kubelet (deleting the old pod of a surge) or systemd does once the
+# successor is ready: one SIGTERM, which must not cut the drain short.
+kill -TERM "$old_b"
+check "the old agent takes a SIGTERM after the handover as the stop it is already doing" \
+  wait_until 10 grep -q '"note":"draining on until' "$work/b/agent.log"
+check "and drains on" \
+  jq -e '.drain.draining and .drain.connections == 5' <<<"$("$ktrust" --socket "$work/b/control-$old_b.sock" status --json)"
 touch "$work/moved.go"
 wait_for "$work/moved.log" "^done"
 check "the connections open at the handover still echo, served by the old agent ($(tail -1 "$work/moved.log"))" \
   grep -q "^done 5$" "$work/moved.log"
-while kill -0 "$old_b" 2>/dev/null; do sleep 0.1; done
-check "the old agent exited once they ended, before its deadline, without closing any" \
-  lacks '"drain_timeout"' "$(cat "$work/b/agent.log")"
+check "the old agent exited once they ended" wait_until 90 exited "$old_b"
+check "before its deadline, without closing any" \
+  lacks '"drain_timeout"\|drain_cut_short' "$(cat "$work/b/agent.log")"
 if [[ -n ${KTRUST_VM:-} ]]; then
   # The vm tier: kernel TLS is real, and the drained connections ran on it.
   ktls=$(events "$work/b/agent.log" |
@@ -199,6 +207,20 @@ check "it said why" grep -q 'startup_failed.*no_such_setting' "$work/b/bad.log"
 check "the running agent is still the same process" test "$(agent_pid b)" = "$new_b"
 check "and not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
 check "and serves ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+
+echo "# not an agent: only root with the agent's capabilities may take over"
+check "the handover socket is root's alone ($(stat -c '%a %U' "$work/b/handover.sock"))" \
+  test "$(stat -c '%a %U' "$work/b/handover.sock")" = "600 root"
+# uid 0 without capabilities: the file lets it connect, SO_PEERCRED does not.
+weak_exit=0
+exec_in b agent setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all \
+  "$ktrustd" run --config "$work/b/ktrustd.yaml" >"$work/b/weak.log" 2>&1 || weak_exit=$?
+tail -2 "$work/b/weak.log" | sed 's/^/#   weak successor: /'
+check "a successor without the agent's capabilities is refused ($weak_exit: $(grep -o 'lacks capabilities[^"]*' "$work/b/weak.log" | head -1))" \
+  grep -q 'lacks capabilities' "$work/b/weak.log"
+check "the running agent logged it" grep -q '"event":"handover_refused"' "$work/b/successor.log"
+check "and still serves, undisturbed ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+check "not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
 
 echo "# killed: a successor killed mid-handover leaves the running agent serving"
 mv "$work/b/successor.log" "$work/b/agent.log"

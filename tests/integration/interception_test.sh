@@ -199,7 +199,7 @@ check "the wire never carried the file content in plaintext" sh -c "! grep -aq '
 echo "# agent a killed: fail closed"
 agent_a=$(pgrep -f "ktrustd run --config $work/a/ktrustd.yaml")
 kill -9 "$agent_a"
-while kill -0 "$agent_a" 2>/dev/null; do sleep 0.1; done
+check "agent a is gone" wait_until 10 exited "$agent_a"
 # Issue 10, finding 2: with the agent down, an unprivileged user takes the
 # outbound port on both loopbacks, where the mesh connections used to be
 # sent. It must never receive a byte, and must not stop the agent starting.
@@ -230,7 +230,7 @@ check "and refused fast, not after a timeout (${elapsed_ms:-no time} ms)" test "
 echo "# agent b killed: its enforced port refuses"
 agent_b=$(pgrep -f "ktrustd run --config $work/b/ktrustd.yaml")
 kill -9 "$agent_b"
-while kill -0 "$agent_b" 2>/dev/null; do sleep 0.1; done
+check "agent b is gone" wait_until 10 exited "$agent_b"
 out=$(exec_in b bystander curl -sS --max-time 5 http://10.77.0.2:8080/secret.txt 2>&1 || true)
 check "with agent b gone, the enforced port gives nothing ($out)" lacks "$marker" "$out"
 

@@ -40,6 +40,7 @@ wait_until() {  # SECONDS CMD...
     sleep 0.2
   done
 }
+exited() { ! kill -0 "$1" 2>/dev/null; }  # PID
 
 two_nodes_up() {  # WORKDIR KTRUST
   KT_WORK=$1

@@ -162,15 +162,29 @@ int RunTunnel(const TunnelFlags& f) {
 
 // A stopping agent: accepts nothing more and carries its open connections
 // until they end or agent.drain_timeout passes, then closes what is left,
-// each with a log line. Another SIGTERM or SIGINT ends the wait at once;
+// each with a log line. A SIGTERM or SIGINT beyond the one that stopped it
+// ends the wait at once. One that hands over has not been told to stop yet:
+// its supervisor's SIGTERM comes once the successor is ready (the kubelet
+// deleting the old pod of a surge), and must not cut the drain short.
 // SIGHUP is ignored (a reload would enrol and open listeners).
-void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reason) {
+void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reason,
+                  bool told_to_stop) {
   agent.BeginDrain(reason, agent.config()->agent.drain_timeout);
   // Polled: the engine has no "last connection ended" signal, and a tenth
   // of a second is well under what any deadline here is measured in.
   timespec tick{0, 100 * 1000 * 1000};
   while (!agent.Drained() && absl::Now() < agent.drain().deadline) {
     int sig = sigtimedwait(&signals, nullptr, &tick);
+    if ((sig == SIGINT || sig == SIGTERM) && !told_to_stop) {
+      told_to_stop = true;
+      LogEvent(spdlog::level::info,
+               {{"event", "stopping"},
+                {"signal", sigdescr_np(sig)},
+                {"note",
+                 "draining on until the connections end or the drain deadline; "
+                 "another signal ends the wait at once"}});
+      continue;
+    }
     if (sig == SIGINT || sig == SIGTERM) {
       LogEvent(spdlog::level::warn, {{"event", "drain_cut_short"},
                                      {"signal", sigdescr_np(sig)},
@@ -484,7 +498,7 @@ int RunAgent(const std::string& config_path) {
   // Nothing changes the kernel's maps or reads its events while draining:
   // a successor may be doing so.
   watchers.Stop();
-  DrainThenEnd(**agent, signals, stop_reason);
+  DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested);
   if (metrics) metrics->Stop();
   if (control) control->Stop();
   draining_control.reset();
