@@ -43,6 +43,18 @@ try {
 const problems = [];
 const problem = (where, what) => problems.push(`${where}: ${what}`);
 
+// A Go-style duration as the agent reads it ("30s", "1m30s", "500ms"), in
+// seconds; NaN if it is not one.
+function durationSeconds(text) {
+  const unit = { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6, ns: 1e-9 };
+  let total = 0;
+  const rest = String(text).replace(/(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)/g, (_, n, u) => {
+    total += parseFloat(n) * unit[u];
+    return '';
+  });
+  return rest === '' && String(text) !== '' ? total : NaN;
+}
+
 // The kubernetes-models class of an object: kubernetes-models/<group>/<version>/<Kind>.
 function modelOf(obj) {
   const apiVersion = String(obj.apiVersion || '');
@@ -294,6 +306,18 @@ function ktrustRules(objects) {
   const socketMount = mountAt(path.dirname(socket));
   if (!socketMount || !volumeOf(socketMount.name).emptyDir) {
     problem(where, `the control socket's directory ${path.dirname(socket)} is not a per-pod emptyDir`);
+  }
+  // The handover socket: the new agent of a surge must find the old one's.
+  const handover = settings.handover_socket || path.join(path.dirname(socket), 'handover.sock');
+  const handoverMount = mountAt(path.dirname(handover));
+  if (!handoverMount || !volumeOf(handoverMount.name).hostPath) {
+    problem(where, `the handover socket's directory ${path.dirname(handover)} is not a hostPath shared by both agents of a surge`);
+  }
+  // The kubelet's SIGKILL must not cut the agent's drain short.
+  const drain = durationSeconds(settings.drain_timeout || '30s');
+  const grace = spec.terminationGracePeriodSeconds === undefined ? 30 : spec.terminationGracePeriodSeconds;
+  if (!(grace > drain)) {
+    problem(where, `terminationGracePeriodSeconds ${grace} does not outlast agent.drain_timeout (${drain} s): the kubelet would kill a draining agent`);
   }
   const caDir = (config.identity || {}).ca_dir || '/var/lib/ktrust/ca';
   const caMount = mountAt(caDir);

@@ -31,10 +31,6 @@
 #   node b: mesh/web (sa web, declares 8080), plain/plainweb (8080)
 #   policy: web's 8080 from spiffe://example.org/ns/mesh/sa/client only
 #
-# The surge check (a second agent beside the first takes over; the old one
-# drains on SIGTERM and leaves its programs) needs the agent's handover
-# (issue 12), not on main yet: it runs only with K8S_E2E_SURGE=1.
-#
 # Needs root. Usage: e2e_test.sh SOURCE_DIR NPM_MODULES_DIR KTRUST KTRUSTD FAKE_API_SERVER
 set -euo pipefail
 
@@ -413,32 +409,31 @@ after=$(state_a)
 echo "# node a after: $after"
 check "no leaked socket, link or map entry after the 30 pods" test "$after" = "$before"
 
-# --- Surge (issue 12): a second agent beside the first -------------------
-echo "# [${SECONDS}s] Surge (issue 12): a second agent beside the first"
-# Run with K8S_E2E_SURGE=1: fails until the agent's handover (issue 12) is
-# on main, so it is not part of the ctest yet.
-b_agent=agent-b
-surge() {
-  local uid traffic answers failures
-  uid=$(uid_of 903)
-  agent_pod_json b ktrust-b2 "$uid" 10.77.0.2
-  agent_bundle b agent-b2 "$uid" 903
-  rm -f "$work/srv/stop"
-  client_traffic "$work/surge-traffic.log" &
-  traffic=$!
-  check "surge: a second agent on node b is ready beside the first" start_agent_container b agent-b2
-  "${RUNC[@]}" kill agent-b TERM
-  check "surge: the old agent exits on SIGTERM" wait_until 30 stopped agent-b
-  check "surge: it left its programs pinned" test -n "$(find "$work/host-b/sys/fs/bpf/ktrust" -type f)"
-  touch "$work/srv/stop"
-  wait "$traffic" || true
-  answers=$(grep -c '^http 200$' "$work/surge-traffic.log" || true)
-  failures=$(grep -vc '^http 200$' "$work/surge-traffic.log" || true)
-  echo "# client traffic during the surge: $answers answered, $failures not"
-  check "surge: no request refused during the takeover" test "$answers" -gt 0 -a "$failures" -eq 0
-  b_agent=agent-b2
-}
-[[ -n ${K8S_E2E_SURGE:-} ]] && surge
+# --- Surge: a second agent beside the first --------------------------------
+echo "# [${SECONDS}s] Surge: a second agent beside the first"
+# A rolling update with maxSurge: 1: the new pod's agent takes over through
+# the handover socket on the shared hostPath, then the old pod gets its
+# SIGTERM.
+uid=$(uid_of 903)
+agent_pod_json b ktrust-b2 "$uid" 10.77.0.2
+agent_bundle b agent-b2 "$uid" 903
+rm -f "$work/srv/stop"
+client_traffic "$work/surge-traffic.log" &
+traffic=$!
+check "surge: a second agent on node b is ready beside the first" start_agent_container b agent-b2
+check "surge: it took over from the first through the shared handover socket" \
+  grep -q "\"predecessor_pid\":$agent_b_pid" "$work/agent-b2.log"
+# The kubelet deletes the old pod once the new one is ready.
+"${RUNC[@]}" kill agent-b TERM
+check "surge: the old agent exits on SIGTERM" wait_until 30 stopped agent-b
+check "surge: it left its programs pinned" test -n "$(find "$work/host-b/sys/fs/bpf/ktrust" -type f)"
+touch "$work/srv/stop"
+wait "$traffic" || true
+answers=$(grep -c '^http 200$' "$work/surge-traffic.log" || true)
+failures=$(grep -vc '^http 200$' "$work/surge-traffic.log" || true)
+echo "# client traffic during the surge: $answers answered, $failures not"
+check "surge: no request refused during the takeover" test "$answers" -gt 0 -a "$failures" -eq 0
+b_agent=agent-b2
 
 # --- A pod deleted: its listeners and link released -----------------------
 echo "# [${SECONDS}s] A pod deleted: its listeners and link released"

@@ -26,12 +26,7 @@ source "$here/checks.sh"
 require kubectl node jq /bin/busybox
 
 work=$(mktemp -d)
-fake_agent=
-cleanup() {
-  if [[ -n $fake_agent ]]; then kill "$fake_agent" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'rm -rf "$work"' EXIT
 
 kubectl kustomize "$src/tools/kubernetes" >"$work/rendered.yaml"
 echo "# kubectl kustomize: $(grep -c '^kind:' "$work/rendered.yaml") objects ($(grep '^kind:' "$work/rendered.yaml" | cut -d' ' -f2 | tr '\n' ' '))"
@@ -98,8 +93,8 @@ broken "misspelled nested key (readOnlyRootFileSystem)" \
 broken "misspelled key in metadata (namepsace)" \
   '0,/^  namespace: ktrust-system/s//  namepsace: ktrust-system/' \
   'unknown field metadata.namepsace'
-broken "wrong type (terminationGracePeriodSeconds: \"30\")" \
-  's/terminationGracePeriodSeconds: 30/terminationGracePeriodSeconds: "30"/' \
+broken "wrong type (terminationGracePeriodSeconds: \"40\")" \
+  's/terminationGracePeriodSeconds: 40/terminationGracePeriodSeconds: "40"/' \
   'terminationGracePeriodSeconds must be integer'
 broken "wrong type (hostNetwork: \"true\")" \
   's/^      hostNetwork: true/      hostNetwork: "true"/' \
@@ -122,6 +117,12 @@ broken "a probe whose timeoutSeconds does not outlast ktrust's --timeout" \
 broken "agent.cgroup_root not the mounted host cgroup root" \
   's#cgroup_root: /host/sys/fs/cgroup#cgroup_root: /sys/fs/cgroup#' \
   'agent.cgroup_root /sys/fs/cgroup is not'
+broken "the handover socket in the pod's own emptyDir (a surge's agents never meet)" \
+  's#handover_socket: /run/ktrust-handover/handover.sock#handover_socket: /run/ktrust/handover.sock#' \
+  "the handover socket's directory /run/ktrust is not a hostPath"
+broken "a grace period the agent's drain does not fit in" \
+  's/terminationGracePeriodSeconds: 40/terminationGracePeriodSeconds: 30/' \
+  'terminationGracePeriodSeconds 30 does not outlast agent.drain_timeout (30 s)'
 broken "a write verb in the ClusterRole" \
   's/^  - watch$/  - watch\n  - delete/' \
   'verbs beyond get/list/watch: delete'
@@ -154,31 +155,41 @@ broken "the uninstall step with SYS_ADMIN" \
   "the uninstall container's capabilities are"
 
 # The uninstall step's script, with the stand-in pin directory and this
-# build's ktrustd. A `ktrustd run` blocked opening its configuration (a fifo
-# no one writes) is a live agent as /proc shows it.
+# build's ktrustd, in a PID namespace with its own /proc: the script looks
+# for live agents in /proc and must see only the one started here (a
+# `ktrustd run` blocked opening its configuration, a fifo no one writes),
+# not other tests' agents on this host. Everything in the namespace ends
+# with it.
 script=$(node "$here/yaml_to_json.js" "$modules" "$work/uninstall.yaml" |
   jq -r '.[] | select(.kind == "DaemonSet") | .spec.template.spec.initContainers[] | select(.name == "uninstall") | .command[3]')
 script=${script//\/sys\/fs\/bpf\/ktrust/$work/pins}
 script=${script//\/usr\/sbin\/ktrustd/$ktrustd}
-uninstall() { /bin/busybox sh -ec "$script" >"$work/uninstall.out" 2>&1; }
-mkdir -p "$work/pins/links" "$work/pins/maps"
 mkfifo "$work/config.fifo"
-"$ktrustd" run --config "$work/config.fifo" &
-fake_agent=$!
-agent_started() { [[ $(tr '\0' ' ' <"/proc/$fake_agent/cmdline" 2>/dev/null) == "$ktrustd run "* ]]; }
-for _ in $(seq 100); do agent_started && break; sleep 0.05; done
+uninstall() {  # [with-agent]: exit status of the script, its output in uninstall.out
+  unshare --pid --fork --mount-proc bash -c '
+    ktrustd=$1 fifo=$2 script=$3
+    if [[ $4 == with-agent ]]; then
+      "$ktrustd" run --config "$fifo" &
+      for _ in $(seq 100); do  # until the fork has become the agent (exec)
+        [[ $(tr "\0" " " <"/proc/$!/cmdline" 2>/dev/null) == "$ktrustd run "* ]] && break
+        sleep 0.05
+      done
+      echo "agent pid $!"
+    fi
+    exec /bin/busybox sh -ec "$script"' _ "$ktrustd" "$work/config.fifo" "$script" "${1:-}" \
+    >"$work/uninstall.out" 2>&1
+}
+mkdir -p "$work/pins/links" "$work/pins/maps"
 status=0
-uninstall || status=$?
+uninstall with-agent || status=$?
 sed 's/^/#   /' "$work/uninstall.out"
+fake_agent=$(sed -n 's/^agent pid //p' "$work/uninstall.out")
 if ((status == 1)) && grep -qF "ktrustd still runs on this node (pid $fake_agent)" "$work/uninstall.out" &&
   [[ -d $work/pins/links ]]; then
   ok "uninstall: refused while ktrustd run (pid $fake_agent) is alive, pins kept"
 else
   not_ok "uninstall: refused while ktrustd run (pid $fake_agent) is alive: exit $status, pins $(ls "$work/pins" 2>&1 | tr '\n' ' ')"
 fi
-kill "$fake_agent"
-wait "$fake_agent" 2>/dev/null || true
-fake_agent=
 status=0
 uninstall || status=$?
 sed 's/^/#   /' "$work/uninstall.out"

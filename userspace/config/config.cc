@@ -1248,9 +1248,13 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
 }
 
 absl::StatusOr<Config> LoadConfig(const std::string& path) {
+  return LoadConfig(path, ConfigEnvironment::FromProcess());
+}
+
+absl::StatusOr<Config> LoadConfig(const std::string& path, const ConfigEnvironment& environment) {
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
-  return ParseConfig(*text, path);
+  return ParseConfig(*text, path, environment);
 }
 
 }  // namespace ktrust

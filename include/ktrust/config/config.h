@@ -216,6 +216,7 @@ std::vector<std::string> ServerIdentityWarnings(const Config& config);
 // Unknown and repeated keys are errors: a typo in a security configuration
 // must not silently drop a rule.
 absl::StatusOr<Config> LoadConfig(const std::string& path);
+absl::StatusOr<Config> LoadConfig(const std::string& path, const ConfigEnvironment& environment);
 // For tests and the fuzzer: source_name stands in for the path in messages.
 // Pure apart from the default node name (the host name) and the
 // environment (ConfigEnvironment::FromProcess() unless given).

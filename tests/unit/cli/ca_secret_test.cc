@@ -29,6 +29,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
+// What the DaemonSet gives the agent's pod (NODE_NAME, the API server's service).
+const ConfigEnvironment kInTheDaemonSet{"node-7", "10.96.0.1", "443"};
+
 std::vector<SpiffeIdPattern> Scope(const std::string& text) {
   auto pattern = SpiffeIdPattern::Parse(text);
   EXPECT_TRUE(pattern.ok()) << pattern.status();
@@ -102,7 +105,7 @@ TEST_F(CaSecretTest, TheAgentLoadsTheMountedSecretWithTheDaemonSetsConfiguration
   for (const auto& item : yaml["data"]) keys.insert(item.first.as<std::string>());
   EXPECT_EQ(keys, (std::set<std::string>{"bundle.crt", "ca.crt", "ca.key"}));
 
-  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml");
+  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml", kInTheDaemonSet);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->identity.ca_dir, "/var/lib/ktrust/ca");     // where the Secret is mounted
   config->identity.ca_dir = MountAsTheKubeletDoes(yaml, 0400);  // the DaemonSet's defaultMode
@@ -133,7 +136,7 @@ TEST_F(CaSecretTest, TheAgentLoadsTheMountedSecretWithTheDaemonSetsConfiguration
 TEST_F(CaSecretTest, TheAgentRefusesTheSecretMountedReadableByOthers) {
   auto secret = Make(dir_ + "/cluster-ca");
   ASSERT_TRUE(secret.ok()) << secret.status();
-  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml");
+  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml", kInTheDaemonSet);
   ASSERT_TRUE(config.ok()) << config.status();
   config->identity.ca_dir =
       MountAsTheKubeletDoes(YAML::Load(std::string(secret->yaml.view())), 0644);

@@ -173,18 +173,29 @@ TEST(ConfigTest, DocumentedExampleParses) {
 }
 
 // The ConfigMap of the Kubernetes DaemonSet (tools/kubernetes/ktrustd.yaml,
-// generated into the ConfigMap as is): it must load, it enrols nothing until
-// its user says so, and its paths are the DaemonSet's mounts
+// generated into the ConfigMap as is): with the environment the DaemonSet
+// gives its pod it loads in Kubernetes mode, it enrols nothing until a
+// namespace is labelled, and its paths are the DaemonSet's mounts
 // (tests/k8s/check_manifests.js checks the other side).
 TEST(ConfigTest, KubernetesConfigMapParses) {
-  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml");
+  auto config = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml", {"node-7", "10.96.0.1", "443"});
   ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->kubernetes.enabled);
+  EXPECT_EQ(config->kubernetes.node_name, "node-7");
+  EXPECT_EQ(config->kubernetes.namespace_label_key, "ktrust.io/mesh");
+  EXPECT_EQ(config->kubernetes.namespace_label_value, "enabled");
+  EXPECT_EQ(config->agent.node_name, "node-7");
   EXPECT_TRUE(config->workloads.empty());
   EXPECT_TRUE(config->policy.empty());
   EXPECT_EQ(config->agent.cgroup_root, "/host/sys/fs/cgroup");
   EXPECT_EQ(config->agent.bpf_pin_dir, "/sys/fs/bpf/ktrust");
   EXPECT_EQ(config->agent.control_socket, "/run/ktrust/control.sock");
+  EXPECT_EQ(config->agent.handover_socket, "/run/ktrust-handover/handover.sock");
   EXPECT_EQ(config->agent.metrics_address, "127.0.0.1:9464");
+  // Outside a pod (no NODE_NAME) it says what is missing.
+  auto outside = LoadConfig(KTRUST_K8S_DIR "/ktrustd.yaml", ConfigEnvironment{});
+  ASSERT_FALSE(outside.ok());
+  EXPECT_THAT(outside.status().message(), HasSubstr("NODE_NAME"));
 }
 
 // Finding 9 of issue 10: each bundle file is bound to one trust domain; a
