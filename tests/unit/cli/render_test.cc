@@ -85,20 +85,24 @@ TEST(RenderStatus, ShowsEverySection) {
             "workloads    5\n");
 }
 
+// The lines an empty status ends with.
+constexpr char kEmptyStatusRest[] =
+    "data path    -\n"
+    "kernel       -\n"
+    "bpf          not attached\n"
+    "config       -\n"
+    "ca           -\n"
+    "bundle       -\n"
+    "connections  0 active, 0 total, 0 failed handshakes, 0 denied\n"
+    "workloads    0\n";
+
 TEST(RenderStatus, AnEmptyStatusPrintsDashes) {
   control::StatusView s;
   s.ready = true;
   EXPECT_EQ(RenderStatus(s, Now()),
             "ktrustd - on -\n"
-            "ready        yes\n"
-            "data path    -\n"
-            "kernel       -\n"
-            "bpf          not attached\n"
-            "config       -\n"
-            "ca           -\n"
-            "bundle       -\n"
-            "connections  0 active, 0 total, 0 failed handshakes, 0 denied\n"
-            "workloads    0\n");
+            "ready        yes\n" +
+                std::string(kEmptyStatusRest));
 }
 
 TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
@@ -117,15 +121,8 @@ TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
             "ready        yes\n"
             "draining     handed over to ktrustd pid 42: 3 connections open (1 in handshake), "
             "closed at 2026-01-01T00:00:25Z (in 25s) if still open; accepting no new connections\n"
-            "successor    ktrustd pid 42 (its status: ktrust status)\n"
-            "data path    -\n"
-            "kernel       -\n"
-            "bpf          not attached\n"
-            "config       -\n"
-            "ca           -\n"
-            "bundle       -\n"
-            "connections  0 active, 0 total, 0 failed handshakes, 0 denied\n"
-            "workloads    0\n");
+            "successor    ktrustd pid 42 (its status: ktrust status)\n" +
+                std::string(kEmptyStatusRest));
 }
 
 TEST(RenderConnections, OneRowPerConnection) {
