@@ -383,10 +383,11 @@ function ktrustRules(objects) {
   const uninstall = find('DaemonSet', 'ktrust-uninstall');
   if (uninstall) uninstallRules(uninstall, pins);
 
-  // Read only, and only pods and namespaces.
+  // Read only, only what the agent does (list and watch), only pods and
+  // namespaces.
   for (const rule of role.rules || []) {
-    const extra = (rule.verbs || []).filter((v) => !['get', 'list', 'watch'].includes(v));
-    if (extra.length) problem('ClusterRole/ktrust-agent', `verbs beyond get/list/watch: ${extra.join(', ')}`);
+    const extra = (rule.verbs || []).filter((v) => !['list', 'watch'].includes(v));
+    if (extra.length) problem('ClusterRole/ktrust-agent', `verbs beyond list/watch: ${extra.join(', ')}`);
     const resources = (rule.resources || []).filter((r) => !['pods', 'namespaces'].includes(r));
     if (resources.length) problem('ClusterRole/ktrust-agent', `resources beyond pods and namespaces: ${resources.join(', ')}`);
   }
