@@ -140,6 +140,10 @@ echo "# before the sync the client got: $early"
 check "before the first sync the client's mesh connection gets nothing" lacks "reply: hello" "$early"
 check_not_synced_denial a "$client_uid"
 check "web never saw the early bytes" lacks before-sync "$(cat "$work/web.log")"
+early_status=$(kt a status | grep -A1 '^kubernetes' || true)
+echo "# node a's status before the sync: $early_status"
+check "ktrust status says node a is not synced, and why its pods are refused" \
+  grep -q '^kubernetes  *NOT synced (its pods. mesh connections are refused' <<<"$early_status"
 
 api a release
 check "once synced, node a enrols mesh/client" wait_for "$work/a/agent.log" \
@@ -147,6 +151,13 @@ check "once synced, node a enrols mesh/client" wait_for "$work/a/agent.log" \
 check "and mesh/intruder, as its own service account" wait_for "$work/a/agent.log" \
   '"event":"pod_enrolled".*"pod":"mesh/intruder".*"id":"spiffe://example.org/ns/mesh/sa/intruder"' 10
 wait_until 10 grep -q '"event":"pod_netns_served".*10\.77\.1\.12' "$work/a/agent.log" || true
+synced_status() {
+  kt a status --json | jq -e '.kubernetes | .synced and .pods_enrolled == 2 and .pods_refused == 0
+    and .namespaces_opted_in >= 1 and .problem == ""'
+}
+wait_until 10 synced_status || true
+check "ktrust status on node a: synced, its two mesh pods enrolled ($(kt a status | grep '^kubernetes'))" \
+  synced_status
 
 # --- Traffic ---------------------------------------------------------------
 run_in_pod a client "$client_cg" "$work/client.log" python3 -u "$work/line_client.py" \

@@ -1,5 +1,7 @@
 #include "ktrust/agent/agent_control.h"
 
+#include <set>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -69,6 +71,45 @@ std::string WorkloadDataPath(const Agent& agent, const Config& config, const Enr
   return absl::StrCat("zero-hop (", processes, processes == 1 ? " process)" : " processes)");
 }
 
+control::KubernetesView Kubernetes(const Agent& agent, const Config& config) {
+  control::KubernetesView v;
+  const ClusterWatcher* cluster = agent.cluster();
+  if (cluster == nullptr) return v;
+  v.enabled = true;
+  v.api_server = config.kubernetes.api_server;
+  v.node = config.kubernetes.node_name;
+  std::shared_ptr<const ClusterSnapshot> snapshot = cluster->Snapshot();
+  v.synced = snapshot->synced;
+  v.pods = static_cast<int64_t>(snapshot->pods->size());
+  for (const auto& [name, ns] : *snapshot->namespaces) {
+    auto label = ns.labels.find(config.kubernetes.namespace_label_key);
+    if (label != ns.labels.end() && label->second == config.kubernetes.namespace_label_value) {
+      ++v.namespaces_opted_in;
+    }
+  }
+  // A pod's containers are workloads of their own: count pods by UID.
+  std::set<std::string> enrolled, refused;
+  for (const EnrolledWorkload& w : agent.workloads()) {
+    if (!w.registered.pod) continue;
+    const PodEnrolment& pod = *w.registered.pod;
+    (pod.refusal_code.empty() ? enrolled : refused).insert(pod.uid);
+  }
+  v.pods_enrolled = static_cast<int64_t>(enrolled.size());
+  v.pods_refused = static_cast<int64_t>(refused.size());
+  ClusterWatcherStatus status = cluster->Status();
+  std::vector<std::string> problems;
+  for (const auto& [what, r] :
+       {std::pair<const char*, const KubernetesResourceStatus&>{"pods", status.pods},
+        {"namespaces", status.namespaces}}) {
+    if (r.last_error.empty()) continue;
+    problems.push_back(absl::StrCat(what, ": ", r.last_error, " (", r.consecutive_failures,
+                                    " failures in a row, next try in ",
+                                    absl::FormatDuration(r.last_backoff), ")"));
+  }
+  v.problem = absl::StrJoin(problems, "; ");
+  return v;
+}
+
 control::StatusView Status(const Agent& agent) {
   control::StatusView s;
   std::shared_ptr<const Config> config = agent.config();
@@ -90,6 +131,7 @@ control::StatusView Status(const Agent& agent) {
   s.kernel_features.push_back(ZeroHopKernelFeature("zero_hop_outbound", z.outbound_missing()));
   s.kernel_features.push_back(ZeroHopKernelFeature("zero_hop_inbound", z.inbound_missing()));
   s.zero_hop = ZeroHop(agent, *config);
+  s.kubernetes = Kubernetes(agent, *config);
   std::vector<BpfLoader::Attachment> attachments = agent.bpf().attachments();
   s.bpf.attached = !attachments.empty();
   s.bpf.pin_dir = config->agent.bpf_pin_dir;

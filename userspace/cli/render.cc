@@ -241,6 +241,17 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
     }
   }
 
+  // Kubernetes mode only: whether the pods' identities can be trusted.
+  std::string kubernetes;
+  if (const auto& k = s.kubernetes; k.enabled) {
+    kubernetes = absl::StrCat(
+        k.synced ? "synced" : "NOT synced (its pods' mesh connections are refused meanwhile)",
+        " with ", OrDash(shown(k.api_server)), " as node ", OrDash(shown(k.node)), ": ", k.pods,
+        " pods here, ", k.pods_enrolled, " enrolled, ", k.pods_refused, " refused; ",
+        k.namespaces_opted_in, " namespaces opted in");
+    if (!k.problem.empty()) absl::StrAppend(&kubernetes, "\n", shown(k.problem));
+  }
+
   const auto& c = s.counts;
   std::string data_path = shown(s.data_path);
   if (!s.data_path_reason.empty())
@@ -272,6 +283,7 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
                                   {"kernel", absl::StrJoin(features, "\n")},
                               });
   if (!zero_hop.empty()) fields.push_back({"zero-hop", zero_hop});
+  if (!kubernetes.empty()) fields.push_back({"kubernetes", kubernetes});
   fields.insert(
       fields.end(),
       {

@@ -57,6 +57,9 @@ void from_json(const json& j, PodView& v) {
 #define KERNEL_FEATURE_FIELDS(F) F(name) F(present) F(detail)
 #define ZERO_HOP_LISTENER_FIELDS(F) F(pid) F(source) F(workload) F(data_path)
 #define ZERO_HOP_FIELDS(F) F(holder_connected) F(holder_socket) F(holder_problem) F(listeners)
+#define KUBERNETES_FIELDS(F) \
+  F(enabled) F(synced) F(api_server) F(node) F(pods) F(namespaces_opted_in) F(pods_enrolled) \
+  F(pods_refused) F(problem)
 #define BPF_FIELDS(F) F(attached) F(pin_dir) F(attachments) F(adopted)
 #define CONFIG_FIELDS(F) F(path) F(generation) F(loaded_at) F(last_reload_ok) F(last_reload_error)
 #define CA_FIELDS(F) F(trust_domain) F(expires_at)
@@ -67,7 +70,7 @@ void from_json(const json& j, PodView& v) {
   F(predecessor)
 #define STATUS_FIELDS(F) \
   F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
-  F(zero_hop) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(drain) F(ready) \
+  F(zero_hop) F(kubernetes) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(drain) F(ready) \
   F(not_ready_reason) F(warnings)
 #define CONNECTION_FIELDS(F) \
   F(id) F(direction) F(workload) F(local_id) F(peer_id) F(app_address) F(wire_local) \
@@ -88,6 +91,7 @@ void from_json(const json& j, PodView& v) {
 KTRUST_VIEW_JSON(KernelFeatureView, KERNEL_FEATURE_FIELDS)
 KTRUST_VIEW_JSON(ZeroHopListenerView, ZERO_HOP_LISTENER_FIELDS)
 KTRUST_VIEW_JSON(ZeroHopView, ZERO_HOP_FIELDS)
+KTRUST_VIEW_JSON(KubernetesView, KUBERNETES_FIELDS)
 KTRUST_VIEW_JSON(BpfView, BPF_FIELDS)
 KTRUST_VIEW_JSON(ConfigView, CONFIG_FIELDS)
 KTRUST_VIEW_JSON(CaView, CA_FIELDS)

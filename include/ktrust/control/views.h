@@ -82,6 +82,19 @@ struct DrainView {
   std::string predecessor;  // in words; empty: none
 };
 
+// Kubernetes mode: the API server's list and watch, and this node's pods.
+struct KubernetesView {
+  bool enabled = false;
+  bool synced = false;  // a complete list of pods and namespaces has been read
+  std::string api_server;
+  std::string node;  // the spec.nodeName whose pods are watched
+  int64_t pods = 0;  // this node's pods the API server lists
+  int64_t namespaces_opted_in = 0;
+  int64_t pods_enrolled = 0;  // running here, with their identity
+  int64_t pods_refused = 0;   // running here, their mesh connections refused (`ktrust workloads`)
+  std::string problem;        // the watch's last failure in words; empty while healthy
+};
+
 // Method "status".
 struct StatusView {
   std::string version;  // ktrustd's
@@ -91,6 +104,7 @@ struct StatusView {
   std::string data_path_reason;
   std::vector<KernelFeatureView> kernel_features;
   ZeroHopView zero_hop;
+  KubernetesView kubernetes;
   BpfView bpf;
   ConfigView config;
   CaView ca;

@@ -1,6 +1,7 @@
 // The CLI's rendering of each view, without an agent.
 #include "render.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 namespace ktrust::cli {
@@ -9,6 +10,8 @@ namespace {
 using control::ConnectionView;
 using control::DenialView;
 using control::WorkloadView;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 // 2026-01-01T00:00:00Z
 constexpr int64_t kNow = 1767225600;
@@ -123,6 +126,25 @@ TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
             "closed at 2026-01-01T00:00:25Z (in 25s) if still open; accepting no new connections\n"
             "successor    ktrustd pid 42 (its status: ktrust status)\n" +
                 std::string(kEmptyStatusRest));
+}
+
+TEST(RenderStatus, KubernetesModeSaysWhetherThePodsCanBeResolved) {
+  control::StatusView s;
+  s.ready = true;
+  s.kubernetes = {true, true, "https://10.96.0.1:443", "node-7", 12, 2, 5, 1, ""};
+  EXPECT_THAT(RenderStatus(s, Now()),
+              HasSubstr("\nkubernetes   synced with https://10.96.0.1:443 as node node-7: 12 pods "
+                        "here, 5 enrolled, 1 refused; 2 namespaces opted in\n"));
+  s.kubernetes.synced = false;
+  s.kubernetes.problem = "pods: HTTP 403 Forbidden (3 failures in a row, next try in 4s)";
+  EXPECT_THAT(RenderStatus(s, Now()),
+              HasSubstr("\nkubernetes   NOT synced (its pods' mesh connections are refused "
+                        "meanwhile) with https://10.96.0.1:443 as node node-7: 12 pods here, 5 "
+                        "enrolled, 1 refused; 2 namespaces opted in\n"
+                        "             pods: HTTP 403 Forbidden (3 failures in a row, next try in "
+                        "4s)\n"));
+  s.kubernetes = {};
+  EXPECT_THAT(RenderStatus(s, Now()), Not(HasSubstr("kubernetes"))) << "quiet outside it";
 }
 
 TEST(RenderConnections, OneRowPerConnection) {

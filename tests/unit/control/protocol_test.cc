@@ -185,8 +185,11 @@ TEST(Views, RoundTripThroughJson) {
   status.ready = true;
   status.warnings = {"mesh destination 10.0.0.0/8 (every port) is not pinned"};
   status.zero_hop = {true, "/run/ktrust/holder.sock", "", {{41, "exec", "web", "zero-hop"}}};
+  status.kubernetes = {true, false, "https://10.96.0.1:443", "node-a", 3, 1, 2, 1, "pods: 403"};
   json j = status;
   EXPECT_EQ(j["zero_hop"]["listeners"][0]["data_path"], "zero-hop");
+  EXPECT_EQ(j["kubernetes"]["pods_refused"], 1);
+  EXPECT_EQ(j["kubernetes"]["problem"], "pods: 403");
   EXPECT_EQ(j["warnings"][0], "mesh destination 10.0.0.0/8 (every port) is not pinned");
   EXPECT_EQ(j["kernel_features"][0]["detail"], "CONFIG_TLS missing");
   EXPECT_EQ(j["counts"]["denied"], 4);
