@@ -751,15 +751,9 @@ void Connection::AbortConnect(const absl::Status& failed, CloseReason otherwise)
 void Connection::StartPumping() {
   if (plaintext_) {
     // Permissive, a non-TLS client: plain socket to plain socket, with splice.
-    auto to_wire = SplicePump::Create(app_.get(), wire_.get(), nullptr, nullptr);
-    auto from_wire = SplicePump::Create(wire_.get(), app_.get(), nullptr, nullptr);
-    if (!to_wire.ok() || !from_wire.ok()) {
-      Abort(CloseReason::kPumpSetup,
-            std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
-      return;
-    }
-    to_wire_ = *std::move(to_wire);
-    from_wire_ = *std::move(from_wire);
+    to_wire_ = std::make_unique<SplicePump>(app_.get(), wire_.get(), ctx_.pipes, nullptr, nullptr);
+    from_wire_ =
+        std::make_unique<SplicePump>(wire_.get(), app_.get(), ctx_.pipes, nullptr, nullptr);
     Established();
     return;
   }
@@ -802,16 +796,17 @@ void Connection::StartPumping() {
         return absl::OkStatus();
       };
     }
-    auto to_wire = SplicePump::Create(app_.get(), wire, nullptr, std::move(close_wire));
-    auto from_wire =
-        SplicePump::Create(wire, app_.get(), &ReadControlRecordIsCleanEnd, nullptr, fin_only);
-    if (!to_wire.ok() || !from_wire.ok()) {
-      Abort(CloseReason::kPumpSetup,
-            std::string((to_wire.ok() ? from_wire.status() : to_wire.status()).message()));
+    to_wire_ =
+        std::make_unique<SplicePump>(app_.get(), wire, ctx_.pipes, nullptr, std::move(close_wire));
+    from_wire_ = std::make_unique<SplicePump>(wire, app_.get(), ctx_.pipes,
+                                              &ReadControlRecordIsCleanEnd, nullptr, fin_only);
+    // The kernel carries both directions, and nothing here reads or writes
+    // through OpenSSL again: its SSL, most of an idle connection's memory,
+    // goes (the identities were copied to the connection's record).
+    if (absl::Status st = tls_->ReleaseSsl(); !st.ok()) {
+      Abort(CloseReason::kKtlsInstall, std::string(st.message()));
       return;
     }
-    to_wire_ = *std::move(to_wire);
-    from_wire_ = *std::move(from_wire);
   } else {
     SSL_set_mode(tls_->ssl(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     app_end_ = std::make_unique<SocketEnd>(app_.get());
@@ -873,6 +868,8 @@ void Connection::RunPumps() {
     }
     if (step.status == PumpStatus::kFinished) {
       to_wire_done_ = true;
+    } else if (step.status == PumpStatus::kStarved) {
+      PumpStarved(step.error);
     } else {
       Wait(step.wait.fd, step.wait.events);
     }
@@ -887,12 +884,22 @@ void Connection::RunPumps() {
     }
     if (step.status == PumpStatus::kFinished) {
       from_wire_done_ = true;
+    } else if (step.status == PumpStatus::kStarved) {
+      PumpStarved(step.error);
     } else {
       Wait(step.wait.fd, step.wait.events);
     }
   }
   if (moved > 0) last_activity_ = ctx_.loop.now();
   if (to_wire_done_ && from_wire_done_) CloseGracefully();
+}
+
+void Connection::PumpStarved(const std::string& error) {
+  if (!pumps_starved_) {
+    LogEvent(spdlog::level::debug,
+             {{"event", "pump_starved"}, {"id", record_->id}, {"reason", error}});
+  }
+  pumps_starved_ = true;
 }
 
 void Connection::StreamFailed(const std::string& error) {
@@ -988,6 +995,13 @@ void Connection::Tick(absl::Time now) {
   if (now - last_activity_ > ctx_.shared.options.idle_timeout) {
     Abort(CloseReason::kIdleTimeout, "no data in either direction for the idle timeout");
     return;
+  }
+  if (pumps_starved_) {
+    // A pump found no pipe (the agent is out of descriptors): its bytes
+    // waited in the socket; try again.
+    pumps_starved_ = false;
+    RunPumps();
+    if (closing_) return;
   }
   if (plaintext_) return;  // no TLS records to count
   if (absl::Status st = CheckRecordLimits(); !st.ok())

@@ -136,6 +136,9 @@ class Connection {
   void Established();
   void RunPumps();
   void Wait(int fd, short events);
+  // A pump found no pipe (PumpStatus::kStarved): the tick steps the pumps
+  // again.
+  void PumpStarved(const std::string& error);
   void StreamFailed(const std::string& error);
   // Resets both sockets; `result` and `explanation` go to the log line and
   // ClosedConnection.
@@ -172,6 +175,7 @@ class Connection {
   std::unique_ptr<Pump> from_wire_;
   bool to_wire_done_ = false;
   bool from_wire_done_ = false;
+  bool pumps_starved_ = false;
   bool ktls_ = false;
   std::optional<DataPath> ktls_path_;  // kTLS installed before pumping (deliver declined)
   uint64_t record_limit_ = 0;

@@ -62,6 +62,8 @@ struct LoopContext {
   uint64_t authorizer_generation = 0;  // the policy the live connections were checked against
   // What every CopyPump of this loop reads into (see CopyPump).
   std::unique_ptr<char[]> pump_scratch{new char[CopyPump::kBufferSize]};
+  // What every SplicePump of this loop borrows its pipe from (see PipePool).
+  PipePool pipes{};
 };
 
 }  // namespace ktrust

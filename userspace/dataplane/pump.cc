@@ -86,36 +86,56 @@ PumpStep CopyPump::Step() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<SplicePump>> SplicePump::Create(int source, int sink,
-                                                               ControlRecordReader reader,
-                                                               SinkCloser closer,
-                                                               bool fin_ends_source) {
+absl::StatusOr<PipePool::Pipe> PipePool::Take() {
+  if (!idle_.empty()) {
+    Pipe pipe = std::move(idle_.back());
+    idle_.pop_back();
+    ++lent_;
+    return pipe;
+  }
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
-  UniqueFd r(fds[0]), w(fds[1]);
+  Pipe pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
   // A bigger pipe means fewer splice calls per megabyte; fall back to the
   // default if the limit (/proc/sys/fs/pipe-max-size) says no.
-  int size = fcntl(w.get(), F_SETPIPE_SZ, 256 * 1024);
-  if (size < 0) size = fcntl(w.get(), F_GETPIPE_SZ);
+  int size = fcntl(pipe.write.get(), F_SETPIPE_SZ, 256 * 1024);
+  if (size < 0) size = fcntl(pipe.write.get(), F_GETPIPE_SZ);
   if (size <= 0) return absl::ErrnoToStatus(errno, "pipe size");
-  return std::unique_ptr<SplicePump>(new SplicePump(source, sink, std::move(r), std::move(w),
-                                                    static_cast<size_t>(size), std::move(reader),
-                                                    std::move(closer), fin_ends_source));
+  pipe.size = static_cast<size_t>(size);
+  ++lent_;
+  return pipe;
 }
 
-SplicePump::SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write,
-                       size_t pipe_size, ControlRecordReader reader, SinkCloser closer,
-                       bool fin_ends_source)
+void PipePool::Give(Pipe pipe, bool empty) {
+  --lent_;
+  // A pipe with bytes left in it would hand them to the next connection.
+  if (empty && idle_.size() < kMaxIdle) idle_.push_back(std::move(pipe));
+}
+
+SplicePump::SplicePump(int source, int sink, PipePool& pipes, ControlRecordReader reader,
+                       SinkCloser closer, bool fin_ends_source)
     : source_(source),
       sink_(sink),
-      pipe_read_(std::move(pipe_read)),
-      pipe_write_(std::move(pipe_write)),
-      pipe_size_(pipe_size),
+      pipes_(pipes),
       on_control_record_(std::move(reader)),
       close_sink_(std::move(closer)),
       fin_ends_source_(fin_ends_source) {}
 
+SplicePump::~SplicePump() {
+  if (pipe_) pipes_.Give(*std::move(pipe_), in_pipe_ == 0);
+}
+
 PumpStep SplicePump::Step() {
+  PumpStep step = Move();
+  // Empty again: back to the pool until bytes come.
+  if (pipe_ && in_pipe_ == 0) {
+    pipes_.Give(*std::move(pipe_), true);
+    pipe_.reset();
+  }
+  return step;
+}
+
+PumpStep SplicePump::Move() {
   PumpStep step;
   auto fail = [&](std::string error) {
     step.status = PumpStatus::kFailed;
@@ -124,7 +144,7 @@ PumpStep SplicePump::Step() {
   };
   while (true) {
     if (in_pipe_ > 0) {
-      ssize_t n = splice(pipe_read_.get(), nullptr, sink_, nullptr, in_pipe_,
+      ssize_t n = splice(pipe_->read.get(), nullptr, sink_, nullptr, in_pipe_,
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         in_pipe_ -= static_cast<size_t>(n);
@@ -152,7 +172,16 @@ PumpStep SplicePump::Step() {
       step.status = PumpStatus::kFinished;
       return step;
     }
-    ssize_t n = splice(source_, nullptr, pipe_write_.get(), nullptr, pipe_size_,
+    if (!pipe_) {
+      absl::StatusOr<PipePool::Pipe> taken = pipes_.Take();
+      if (!taken.ok()) {
+        step.status = PumpStatus::kStarved;
+        step.error = absl::StrCat("no pipe to splice through: ", taken.status().message());
+        return step;
+      }
+      pipe_ = *std::move(taken);
+    }
+    ssize_t n = splice(source_, nullptr, pipe_->write.get(), nullptr, pipe_->size,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       in_pipe_ = static_cast<size_t>(n);

@@ -8,6 +8,8 @@
 //               was read, so an idle connection holds none.
 //   SplicePump  socket -> pipe -> socket with splice(2), no copy to
 //               userspace; used when the kernel does the crypto (kTLS).
+//               It borrows the pipe from its loop's PipePool while bytes
+//               move, so an idle connection holds no pipe either.
 //
 // Both are non-blocking: Step() makes all the progress it can and then says
 // which fd and poll event it waits for.
@@ -18,7 +20,9 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "ktrust/common/unique_fd.h"
@@ -35,6 +39,10 @@ enum class PumpStatus {
   kBlocked,   // waiting for `wait`
   kFinished,  // the source ended cleanly and the sink was shut down for writing
   kFailed,    // see error; the connection must be aborted
+  // No pipe to move bytes through (out of descriptors or memory, see
+  // error): nothing was lost, the bytes wait in the source socket. Step()
+  // again later (the connection's tick); no poll would say when.
+  kStarved,
 };
 
 struct PumpStep {
@@ -93,6 +101,33 @@ class CopyPump : public Pump {
   bool source_done_ = false;
 };
 
+// Pipes lent to SplicePumps while they move bytes. A pump gives its pipe
+// back as soon as the pipe is empty, so only pumps whose sink is behind
+// hold one; a loop's steps never overlap, so a few idle pipes serve all of
+// its connections. One per event loop thread (no locking).
+class PipePool {
+ public:
+  struct Pipe {
+    UniqueFd read;
+    UniqueFd write;
+    size_t size = 0;  // capacity in bytes
+  };
+  // Idle pipes kept for reuse; more are closed when given back.
+  static constexpr size_t kMaxIdle = 16;
+
+  // An idle pipe, or a new one; the error keeps pipe2's errno (EMFILE...).
+  absl::StatusOr<Pipe> Take();
+  // `empty`: nothing is left in it (it may be lent again); else closed.
+  void Give(Pipe pipe, bool empty);
+
+  size_t lent() const { return lent_; }
+  size_t idle() const { return idle_.size(); }
+
+ private:
+  std::vector<Pipe> idle_;
+  size_t lent_ = 0;
+};
+
 class SplicePump : public Pump {
  public:
   // Called when splice from a kTLS source stops at a non-data record:
@@ -104,22 +139,23 @@ class SplicePump : public Pump {
 
   // `fin_ends_source`: a kTLS source may end with a bare FIN (the zero-hop
   // end rule); otherwise a FIN without close_notify is a truncation.
-  static absl::StatusOr<std::unique_ptr<SplicePump>> Create(int source, int sink,
-                                                            ControlRecordReader on_control_record,
-                                                            SinkCloser close_sink,
-                                                            bool fin_ends_source = false);
+  // `pipes` must outlive the pump.
+  SplicePump(int source, int sink, PipePool& pipes, ControlRecordReader on_control_record,
+             SinkCloser close_sink, bool fin_ends_source = false);
+  ~SplicePump() override;
   PumpStep Step() override;
 
+  // Holds a pipe from the pool (only while its sink is behind).
+  bool holds_pipe() const { return pipe_.has_value(); }
+
  private:
-  SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write, size_t pipe_size,
-             ControlRecordReader reader, SinkCloser closer, bool fin_ends_source);
+  PumpStep Move();
 
   int source_;
   int sink_;
-  UniqueFd pipe_read_;
-  UniqueFd pipe_write_;
-  size_t pipe_size_;
-  size_t in_pipe_ = 0;
+  PipePool& pipes_;
+  std::optional<PipePool::Pipe> pipe_;
+  size_t in_pipe_ = 0;  // bytes in pipe_
   bool source_done_ = false;
   ControlRecordReader on_control_record_;  // null: the source is a plain socket
   SinkCloser close_sink_;                  // null: shutdown(SHUT_WR) only

@@ -1,6 +1,7 @@
 #include "ktrust/tls/tls_session.h"
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include <cerrno>
 
@@ -74,11 +75,20 @@ TlsSession::TlsSession(const TlsContext& context, SslPtr ssl, std::shared_ptr<co
   SSL_set_info_callback(ssl_.get(), &TlsSession::InfoCallback);
 }
 
-TlsSession::~TlsSession() { SSL_set_ex_data(ssl_.get(), SessionIndex(), nullptr); }
+TlsSession::~TlsSession() {
+  if (ssl_) SSL_set_ex_data(ssl_.get(), SessionIndex(), nullptr);
+}
 
-void TlsSession::SetBio(BIO* bio) { SSL_set_bio(ssl_.get(), bio, bio); }
+void TlsSession::SetBio(BIO* bio) {
+  if (!ssl_) {
+    BIO_free_all(bio);  // ours to free, as SSL_set_bio would have taken it
+    return;
+  }
+  SSL_set_bio(ssl_.get(), bio, bio);
+}
 
 absl::Status TlsSession::SetFd(int fd) {
+  if (!ssl_) return absl::FailedPreconditionError("the TLS session was handed to kernel TLS");
   if (SSL_set_fd(ssl_.get(), fd) != 1) return OpenSslError("attach socket to TLS session");
   return absl::OkStatus();
 }
@@ -87,6 +97,7 @@ absl::Status TlsSession::OfferZeroHop() {
   if (context_.role() != TlsRole::kClient) {
     return absl::FailedPreconditionError("only a client offers ALPN");
   }
+  if (!ssl_) return absl::FailedPreconditionError("the TLS session was handed to kernel TLS");
   // The wire format: each protocol name prefixed by its length.
   std::string protos(1, static_cast<char>(kZeroHopAlpn.size()));
   protos.append(kZeroHopAlpn.data(), kZeroHopAlpn.size());
@@ -99,6 +110,7 @@ absl::Status TlsSession::OfferZeroHop() {
 }
 
 bool TlsSession::zero_hop() const {
+  if (!ssl_) return released_zero_hop_;
   const unsigned char* selected = nullptr;
   unsigned int len = 0;
   SSL_get0_alpn_selected(ssl_.get(), &selected, &len);
@@ -165,17 +177,32 @@ bool TlsSession::VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted) {
   return verdict_->ok();
 }
 
+CertChain TlsSession::peer_chain() const {
+  CertChain chain;
+  for (const X509Ptr& cert : peer_chain_) chain.push_back(ShareX509(cert.get()));
+  for (const std::string& der : peer_chain_der_) {
+    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+    X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+    if (!cert) {
+      ERR_clear_error();
+      return CertChain();
+    }
+    chain.push_back(std::move(cert));
+  }
+  return chain;
+}
+
 PeerVerdict TlsSession::ReverifyPeer() const {
-  if (!peer_id_ || peer_chain_.empty()) {
+  CertChain chain = peer_chain();
+  if (!peer_id_ || chain.empty()) {
     return PeerVerdict::Reject(RejectReason::kNoCertificate, "no verified peer to check again");
   }
   std::shared_ptr<const TrustStore> trust = context_.trust_.load();
   std::vector<X509*> untrusted;
-  for (size_t i = 1; i < peer_chain_.size(); ++i) untrusted.push_back(peer_chain_[i].get());
+  for (size_t i = 1; i < chain.size(); ++i) untrusted.push_back(chain[i].get());
   // At the handshake's time: an SVID that expired since does not end a live
   // connection (renewal never does), a changed trust store does.
-  return VerifyPeerChain(*trust, peer_chain_.front().get(), untrusted, PeerVerifyOptions(),
-                         verified_at_);
+  return VerifyPeerChain(*trust, chain.front().get(), untrusted, PeerVerifyOptions(), verified_at_);
 }
 
 void TlsSession::Fail(HandshakeError error, std::string explanation) {
@@ -184,7 +211,9 @@ void TlsSession::Fail(HandshakeError error, std::string explanation) {
 }
 
 HandshakeProgress TlsSession::Handshake() {
-  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  if (failure_.error != HandshakeError::kNone || FailIfReleased()) {
+    return HandshakeProgress::kFailed;
+  }
   ERR_clear_error();
   int rc = SSL_do_handshake(ssl_.get());
   if (rc == 1) {
@@ -239,7 +268,9 @@ constexpr char kZeroHopAccepted = 0x01;
 }  // namespace
 
 HandshakeProgress TlsSession::SendZeroHopAccept() {
-  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  if (failure_.error != HandshakeError::kNone || FailIfReleased()) {
+    return HandshakeProgress::kFailed;
+  }
   ERR_clear_error();
   size_t written = 0;
   int rc = SSL_write_ex(ssl_.get(), &kZeroHopAccepted, 1, &written);
@@ -258,7 +289,9 @@ HandshakeProgress TlsSession::SendZeroHopAccept() {
 }
 
 HandshakeProgress TlsSession::ReadZeroHopAccept() {
-  if (failure_.error != HandshakeError::kNone) return HandshakeProgress::kFailed;
+  if (failure_.error != HandshakeError::kNone || FailIfReleased()) {
+    return HandshakeProgress::kFailed;
+  }
   ERR_clear_error();
   char byte = 0;
   size_t n = 0;
@@ -290,10 +323,63 @@ HandshakeProgress TlsSession::ReadZeroHopAccept() {
 }
 
 absl::string_view TlsSession::cipher() const {
+  if (!ssl_) return released_cipher_;
   const char* name = SSL_get_cipher_name(ssl_.get());
   return name ? name : "";
 }
 
-absl::string_view TlsSession::version() const { return SSL_get_version(ssl_.get()); }
+absl::string_view TlsSession::version() const {
+  return ssl_ ? SSL_get_version(ssl_.get()) : released_version_;
+}
+
+bool TlsSession::FailIfReleased() {
+  if (ssl_) return false;
+  Fail(HandshakeError::kProtocol, "the TLS session was handed to kernel TLS");
+  return true;
+}
+
+absl::Status TlsSession::ReleaseSsl() {
+  if (!ssl_) return absl::OkStatus();
+  // InstallKtls leaves OpenSSL on a null BIO with both directions shut; on
+  // any other transport OpenSSL may still be reading or writing the
+  // connection (the userspace record layer), and freeing it there would
+  // leave a dangling SSL* behind.
+  BIO* rbio = SSL_get_rbio(ssl_.get());
+  BIO* wbio = SSL_get_wbio(ssl_.get());
+  if (!SSL_is_init_finished(ssl_.get()) || rbio == nullptr || wbio == nullptr ||
+      BIO_method_type(rbio) != BIO_TYPE_NULL || BIO_method_type(wbio) != BIO_TYPE_NULL ||
+      SSL_get_shutdown(ssl_.get()) != (SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN) ||
+      !client_traffic_secret_.empty() || !server_traffic_secret_.empty()) {
+    return absl::FailedPreconditionError(
+        "free the TLS session: kernel TLS does not carry this connection, OpenSSL does");
+  }
+  // The peer's chain as DER, a tenth of what OpenSSL's parsed form costs
+  // (its only use from here is ReverifyPeer, after a reload).
+  std::vector<std::string> der_chain;
+  for (const X509Ptr& cert : peer_chain_) {
+    int len = i2d_X509(cert.get(), nullptr);
+    std::string der(len > 0 ? static_cast<size_t>(len) : 0, '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    if (len <= 0 || i2d_X509(cert.get(), &p) != len) {
+      ERR_clear_error();
+      return absl::InternalError("free the TLS session: cannot encode the peer's certificate");
+    }
+    der_chain.push_back(std::move(der));
+  }
+  // Static names: SSL_CIPHER and version strings are OpenSSL's constants.
+  const char* cipher = SSL_get_cipher_name(ssl_.get());
+  released_cipher_ = cipher ? cipher : "";
+  released_version_ = SSL_get_version(ssl_.get());
+  released_zero_hop_ = zero_hop();
+  SSL_set_ex_data(ssl_.get(), SessionIndex(), nullptr);
+  ssl_.reset();
+  peer_chain_.clear();
+  peer_chain_der_ = std::move(der_chain);
+  // Only the handshake needed these; the peer's identity and chain stay.
+  verdict_.reset();
+  expected_peer_.reset();
+  alert_received_ = std::string();
+  return absl::OkStatus();
+}
 
 }  // namespace ktrust

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "ktrust/common/openssl_ptr.h"
@@ -90,7 +91,9 @@ class TlsSession {
   absl::Time peer_not_after() const { return peer_not_after_; }
   // What ReverifyPeer checks: the peer's chain as it sent it (leaf first),
   // and when it was verified. Empty before the peer's certificate was seen.
-  const CertChain& peer_chain() const { return peer_chain_; }
+  // After ReleaseSsl() parsed again from the DER kept (a parsed certificate
+  // costs ten times its encoding): empty if that fails.
+  CertChain peer_chain() const;
   absl::Time verified_at() const { return verified_at_; }
   // The peer's chain checked again, against the trust store its context has
   // now (a reload may have revoked it or dropped its root), at the time of
@@ -99,7 +102,20 @@ class TlsSession {
   absl::string_view cipher() const;
   absl::string_view version() const;
   TlsRole role() const { return context_.role(); }
+  // nullptr after ReleaseSsl().
   SSL* ssl() const { return ssl_.get(); }
+
+  // Once kernel TLS carries both directions (InstallKtls succeeded): frees
+  // OpenSSL's SSL with its session, cipher contexts and the peer's
+  // certificate as OpenSSL parsed it, most of what an idle connection
+  // costs. What the connection still needs is kept: both identities, the
+  // names cipher() and version() return, zero_hop(), and the peer's chain
+  // for ReverifyPeer (as DER). From here a handshake step fails and ssl() is
+  // nullptr. Refused (FailedPrecondition), the session unchanged, while
+  // OpenSSL could still read or write the connection: before InstallKtls
+  // detached it, or on the userspace record layer.
+  absl::Status ReleaseSsl();
+  bool ssl_released() const { return !ssl_; }
 
   // The TLS 1.3 application traffic secrets (client_/server_application_
   // traffic_secret_0, RFC 8446 §7.1), kept only so the kernel TLS installer
@@ -117,6 +133,8 @@ class TlsSession {
   bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
   VerifyOptions PeerVerifyOptions() const;
   void Fail(HandshakeError error, std::string explanation);
+  // After ReleaseSsl(): fails the step that asked (true).
+  bool FailIfReleased();
   static void InfoCallback(const SSL* ssl, int where, int ret);
   // SSL_CTX_set_keylog_callback: keeps the two application traffic secrets.
   static void KeylogCallback(const SSL* ssl, const char* line);
@@ -129,6 +147,7 @@ class TlsSession {
 
   std::optional<PeerVerdict> verdict_;  // set once the peer's chain was checked
   CertChain peer_chain_;                // what was checked: leaf, then the peer's intermediates
+  std::vector<std::string> peer_chain_der_;  // peer_chain_ after ReleaseSsl()
   absl::Time verified_at_;
   std::optional<SpiffeId> peer_id_;
   absl::Time peer_not_after_;
@@ -138,6 +157,11 @@ class TlsSession {
   Secret server_traffic_secret_;
   uint64_t records_sent_ = 0;
   uint64_t records_received_ = 0;
+  // What the accessors answer once ReleaseSsl() freed the SSL: OpenSSL's
+  // own static names, which outlive any SSL.
+  const char* released_cipher_ = "";
+  const char* released_version_ = "";
+  bool released_zero_hop_ = false;
 
   friend class TlsContext;
 };

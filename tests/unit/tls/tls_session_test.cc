@@ -526,6 +526,68 @@ TEST_F(TlsSessionTest, ReverifyAfterReloadRefusesARevokedPeer) {
   EXPECT_EQ(server_b2->failure().code(), "revoked");
 }
 
+// What InstallKtls leaves behind once the kernel owns the records: OpenSSL
+// on a null BIO, both directions shut, the traffic secrets wiped.
+void DetachAsKernelTlsDoes(TlsSession& session) {
+  BIO* null_bio = BIO_new(BIO_s_null());
+  ASSERT_NE(null_bio, nullptr);
+  SSL_set_bio(session.ssl(), null_bio, null_bio);
+  SSL_set_shutdown(session.ssl(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  session.ForgetTrafficSecrets();
+}
+
+// Issue 13: once kernel TLS carries a connection its SSL is freed, and what
+// the agent still asks of the session (identities, names for `ktrust
+// conns`, the re-check after a reload) is answered without it.
+TEST_F(TlsSessionTest, ReleasedSessionKeepsItsIdentitiesAndStillRefusesARevokedPeer) {
+  auto node_b = *ca_.CreateIntermediate("node-b", kDefaultIntermediateValidity, absl::Now());
+  auto server_ctx = Context(TlsRole::kServer);
+  auto client_ctx = Context(TlsRole::kClient);
+  auto client = *client_ctx->NewSession(std::make_shared<const Svid>(*node_b.IssueSvid(
+      *SpiffeId::Parse("spiffe://example.org/node-b/c"), absl::Hours(1), absl::Now())));
+  auto server = *server_ctx->NewSession(Issue("spiffe://example.org/s"));
+  ASSERT_EQ(Run(*client, *server).server, HandshakeProgress::kDone);
+  std::string chain_pem = ToPem(server->peer_chain());
+
+  // OpenSSL still carries the connection (the userspace record layer):
+  // refused, and the session goes on working.
+  absl::Status refused = server->ReleaseSsl();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("OpenSSL does"));
+  ASSERT_NE(server->ssl(), nullptr);
+  ASSERT_EQ(SSL_write(server->ssl(), "ping", 4), 4);
+  char buf[8] = {};
+  ASSERT_EQ(SSL_read(client->ssl(), buf, sizeof(buf)), 4);
+  EXPECT_STREQ(buf, "ping");
+
+  DetachAsKernelTlsDoes(*server);
+  ASSERT_TRUE(server->ReleaseSsl().ok());
+  EXPECT_TRUE(server->ssl_released());
+  EXPECT_EQ(server->ssl(), nullptr);
+  EXPECT_EQ(server->peer_id()->ToString(), "spiffe://example.org/node-b/c");
+  EXPECT_EQ(server->local_id().ToString(), "spiffe://example.org/s");
+  EXPECT_EQ(server->cipher(), "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(server->version(), "TLSv1.3");
+  EXPECT_FALSE(server->zero_hop());
+  EXPECT_EQ(ToPem(server->peer_chain()), chain_pem) << "the peer's leaf and node-b, as sent";
+  EXPECT_TRUE(server->ReverifyPeer().ok()) << server->ReverifyPeer().explanation;
+  // Nothing can drive OpenSSL any more.
+  EXPECT_EQ(server->Handshake(), HandshakeProgress::kFailed);
+  EXPECT_EQ(server->SetFd(0).code(), absl::StatusCode::kFailedPrecondition);
+
+  // A reload that revokes node-b still ends it.
+  auto crl = ca_.Revoke(SerialHex(node_b.certificate()), "", absl::Now());
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  auto bundle = TrustBundle::FromPem(*TrustDomain::Parse("example.org"), ToPem(ca_.roots()), *crl);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto store = std::make_shared<TrustStore>();
+  store->Put(*bundle);
+  server_ctx->SetTrustStore(store);
+  PeerVerdict again = server->ReverifyPeer();
+  EXPECT_EQ(again.reason, RejectReason::kRevoked) << again.explanation;
+  EXPECT_THAT(again.explanation, HasSubstr("CN = node-b"));
+}
+
 TEST_F(TlsSessionTest, ClientRefusesAnImpostorServer) {
   auto client_ctx = Context(TlsRole::kClient);
   auto server_ctx = Context(TlsRole::kServer);
