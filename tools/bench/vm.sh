@@ -6,14 +6,19 @@
 #   zero-hop  two simulated nodes with real agents: plain, proxy-userspace,
 #             proxy-ktls and zero-hop, zero-hop's ratios and the issue's
 #             targets (`zerohop.sh --vm-guest`)
+#   idle      (only when asked for) RSS per idle connection on the kTLS path
+#             (`idle.sh --data-path auto`), with --connections, --waves and
+#             --baseline KTRUSTD passed on; `all` does not include it
 #
-#   tools/bench/run.sh vm [--quick] [--suite all|loopback|zero-hop] [--out FILE]
+#   tools/bench/run.sh vm [--quick] [--suite all|loopback|zero-hop|idle] [--out FILE]
 #                         [--runs N] [--targets LIST] [--keep]
+#                         [--connections N] [--waves W] [--baseline KTRUSTD]
 #
 # The guest sees the host's / read-only, so the binaries come from the host
 # build tree; it writes the JSON to $KTRUST_VM_OUT, which tests/vm/run.sh
 # copies back: the loopback result to FILE (default ktrust-bench-vm.json), the
-# zero-hop one to FILE's name with -zerohop before .json. --targets applies to
+# zero-hop one to FILE's name with -zerohop before .json, the idle one with
+# -idle. --targets applies to
 # loopback only; --keep copies the guest's work directories to FILE.work.
 #
 # Environment: as loopback.sh (KTRUSTD, KTRUSTD_ARGS, KTRUST, LOADGEN,
@@ -27,18 +32,25 @@ KTRUSTD_ARGS="${KTRUSTD_ARGS---log-level warn}"
 
 guest_args=(--vm-guest)
 loopback_args=()
+idle_args=()
 keep_guest=0
 out=""
 suite=all
 while (($#)); do
   case "$1" in
-    --quick | --keep) guest_args+=("$1"); [[ $1 == --keep ]] && keep_guest=1 ;;
+    --quick | --keep)
+      guest_args+=("$1")
+      [[ $1 == --keep ]] && keep_guest=1
+      [[ $1 == --quick ]] && idle_args+=("$1") ;;
     --runs)
       [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "$prog: --runs wants a positive number" >&2; exit 2; }
       guest_args+=("$1" "$2"); shift ;;
     --targets) loopback_args+=("$1" "$2"); shift ;;
+    --connections | --waves | --baseline)
+      [[ -n ${2:-} ]] || { echo "$prog: $1 needs a value" >&2; exit 2; }
+      idle_args+=("$1" "$2"); shift ;;
     --suite)
-      [[ ${2:-} =~ ^(all|loopback|zero-hop)$ ]] || { echo "$prog: --suite is all, loopback or zero-hop" >&2; exit 2; }
+      [[ ${2:-} =~ ^(all|loopback|zero-hop|idle)$ ]] || { echo "$prog: --suite is all, loopback, zero-hop or idle" >&2; exit 2; }
       suite=$2; shift ;;
     --out) out=$2; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -48,8 +60,9 @@ while (($#)); do
 done
 out=$(result_path "$out" ktrust-bench-vm.json)
 out_zh="${out%.json}-zerohop.json"
+out_idle="${out%.json}-idle.json"
 vm_cache="${KTRUST_VM_CACHE:-/var/cache/ktrust-vm}"
-declare -A suite_timeout=([loopback]=900 [zero-hop]=1800 [all]=2400)
+declare -A suite_timeout=([loopback]=900 [zero-hop]=1800 [all]=2400 [idle]=900)
 vm_timeout="${KTRUST_VM_TIMEOUT:-${suite_timeout[$suite]}}"
 [[ -x $repo/tests/vm/run.sh ]] || die "no tests/vm/run.sh in $repo"
 
@@ -57,7 +70,11 @@ vm_timeout="${KTRUST_VM_TIMEOUT:-${suite_timeout[$suite]}}"
 built KTRUST ktrust
 built LOADGEN loadgen "$LOADGEN"
 [[ -x $KTRUSTD ]] || die "no engine binary at $KTRUSTD (set KTRUSTD=/path/to/ktrustd)"
-for f in "$KTRUSTD" "$KTRUST" "$LOADGEN" "$here/loopback.sh" "$here/zerohop.sh"; do
+baseline_engine=""
+for ((i = 0; i < ${#idle_args[@]}; i++)); do
+  [[ ${idle_args[i]} == --baseline ]] && baseline_engine=${idle_args[i + 1]}
+done
+for f in "$KTRUSTD" "$KTRUST" "$LOADGEN" "$here/loopback.sh" "$here/zerohop.sh" "$here/idle.sh" $baseline_engine; do
   case $(realpath "$f") in
     /tmp/* | /run/* | /dev/shm/*) die "$f is not visible in the VM (its /tmp, /run and /dev/shm are its own)" ;;
   esac
@@ -83,13 +100,14 @@ guest=(bash -c 'rc=0
     case $s in
       loopback) "$1/loopback.sh" --out "$KTRUST_VM_OUT/ktrust-bench.json" "${@:2}" $KT_LOOPBACK_ARGS || rc=$? ;;
       zero-hop) "$1/zerohop.sh" --out "$KTRUST_VM_OUT/ktrust-bench-zerohop.json" "${@:2}" || rc=$? ;;
+      idle) "$1/idle.sh" --data-path auto --out "$KTRUST_VM_OUT/ktrust-bench-idle.json" $KT_IDLE_ARGS || rc=$? ;;
     esac
   done
   exit $rc' "$([[ $suite == all ]] && echo "loopback zero-hop" || echo "$suite")" "$here" "${guest_args[@]}")
 rc=0
 (
-  KT_LOOPBACK_ARGS="${loopback_args[*]}" KTRUST_VM_TIMEOUT="$vm_timeout" KTRUST_VM_OUTDIR="$work" \
-    KTRUST_VM_PASSENV="KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY BENCH_PORT_BASE KT_LOOPBACK_ARGS" \
+  KT_LOOPBACK_ARGS="${loopback_args[*]}" KT_IDLE_ARGS="${idle_args[*]}" KTRUST_VM_TIMEOUT="$vm_timeout" KTRUST_VM_OUTDIR="$work" \
+    KTRUST_VM_PASSENV="KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY BENCH_PORT_BASE KT_LOOPBACK_ARGS KT_IDLE_ARGS" \
     "$repo/tests/vm/run.sh" "$vm_cache" -- "${guest[@]}"
   rc=$?
   times >"$work/host.times" # line 2: CPU of this subshell's children, i.e. qemu
@@ -103,7 +121,8 @@ done
 qemu_cpu=$(children_cpu "$work/host.times")
 results=()
 [[ $suite != zero-hop && -s $work/ktrust-bench.json ]] && results+=("$work/ktrust-bench.json" "$out")
-[[ $suite != loopback && -s $work/ktrust-bench-zerohop.json ]] && results+=("$work/ktrust-bench-zerohop.json" "$out_zh")
+[[ ($suite == all || $suite == zero-hop) && -s $work/ktrust-bench-zerohop.json ]] && results+=("$work/ktrust-bench-zerohop.json" "$out_zh")
+[[ $suite == idle && -s $work/ktrust-bench-idle.json ]] && results+=("$work/ktrust-bench-idle.json" "$out_idle")
 ((${#results[@]})) || die "the VM wrote no result (exit $rc; 124 = KTRUST_VM_TIMEOUT hit)"
 
 # The guest's results, with a host section: was the host quiet while the VM ran?

@@ -101,6 +101,18 @@ class TlsSessionTest : public ::testing::Test {
     return spec;
   }
 
+  // The root revokes `intermediate`; a reload gives `ctx` the CRL.
+  void RevokeAndReload(X509* intermediate, TlsContext& ctx) {
+    auto crl = ca_.Revoke(SerialHex(intermediate), "", absl::Now());
+    ASSERT_TRUE(crl.ok()) << crl.status();
+    auto bundle =
+        TrustBundle::FromPem(*TrustDomain::Parse("example.org"), ToPem(ca_.roots()), *crl);
+    ASSERT_TRUE(bundle.ok()) << bundle.status();
+    auto store = std::make_shared<TrustStore>();
+    store->Put(*bundle);
+    ctx.SetTrustStore(store);
+  }
+
   // A KeyAndCert view of the embedded CA, to mint odd certificates with it.
   KeyAndCert CaSigner() { return KeyAndCert{ShareKey(CaKey()), ShareX509(ca_.certificate())}; }
   EVP_PKEY* CaKey();
@@ -505,13 +517,7 @@ TEST_F(TlsSessionTest, ReverifyAfterReloadRefusesARevokedPeer) {
   EXPECT_TRUE(server_b->ReverifyPeer().ok());
 
   // The root revokes node-b's intermediate; the reload installs the CRL.
-  auto crl = ca_.Revoke(SerialHex(node_b.certificate()), "", absl::Now());
-  ASSERT_TRUE(crl.ok()) << crl.status();
-  auto bundle = TrustBundle::FromPem(*TrustDomain::Parse("example.org"), ToPem(ca_.roots()), *crl);
-  ASSERT_TRUE(bundle.ok()) << bundle.status();
-  auto store = std::make_shared<TrustStore>();
-  store->Put(*bundle);
-  server_ctx->SetTrustStore(store);
+  RevokeAndReload(node_b.certificate(), *server_ctx);
 
   PeerVerdict again = server_b->ReverifyPeer();
   EXPECT_EQ(again.reason, RejectReason::kRevoked);
@@ -576,13 +582,7 @@ TEST_F(TlsSessionTest, ReleasedSessionKeepsItsIdentitiesAndStillRefusesARevokedP
   EXPECT_EQ(server->SetFd(0).code(), absl::StatusCode::kFailedPrecondition);
 
   // A reload that revokes node-b still ends it.
-  auto crl = ca_.Revoke(SerialHex(node_b.certificate()), "", absl::Now());
-  ASSERT_TRUE(crl.ok()) << crl.status();
-  auto bundle = TrustBundle::FromPem(*TrustDomain::Parse("example.org"), ToPem(ca_.roots()), *crl);
-  ASSERT_TRUE(bundle.ok()) << bundle.status();
-  auto store = std::make_shared<TrustStore>();
-  store->Put(*bundle);
-  server_ctx->SetTrustStore(store);
+  RevokeAndReload(node_b.certificate(), *server_ctx);
   PeerVerdict again = server->ReverifyPeer();
   EXPECT_EQ(again.reason, RejectReason::kRevoked) << again.explanation;
   EXPECT_THAT(again.explanation, HasSubstr("CN = node-b"));
