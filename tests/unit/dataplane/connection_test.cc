@@ -8,13 +8,17 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "ktrust/identity/certificate_authority.h"
+#include "unit/common/no_free_descriptors.h"
 #include "unit/tls/tls_test_peers.h"
 
 namespace ktrust {
@@ -462,6 +466,74 @@ TEST_F(ConnectionTest, NoRouteIsRefusedAndResetsTheApplication) {
   EXPECT_EQ(closed->result.code(), "no_destination");
   EXPECT_EQ(closed->reason, "no original destination");
   ExpectReset(app.client.get());
+}
+
+// Issue 13: splice pumps borrow their loop's pipes. Out of descriptors and
+// with no idle pipe, a live connection is not closed and loses nothing: its
+// bytes wait in the socket until a tick finds a pipe.
+TEST_F(ConnectionTest, AConnectionThatFindsNoPipeWaitsForTheTickAndLosesNothing) {
+  auto log = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  log->set_pattern("%v");
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>("captured", log);
+  logger->set_level(spdlog::level::debug);
+  spdlog::set_default_logger(logger);
+  absl::Cleanup restore_logger = [&] { spdlog::set_default_logger(previous); };
+  auto logged = [&](const std::string& event) {
+    for (const std::string& line : log->last_formatted()) {
+      if (line.find("\"event\":\"" + event + "\"") != std::string::npos) return line;
+    }
+    return std::string();
+  };
+
+  // A permissive listener's plaintext client: splice pumps both ways.
+  LoopbackListener app;
+  InboundTo(app.address);
+  group_->inbound.back().permissive = true;
+  TcpPair wire = ConnectedTcpPair();
+  SetReceiveTimeout(wire.client.get());
+  StartInbound(std::move(wire.server));
+  ASSERT_EQ(send(wire.client.get(), "hello", 5, 0), 5);
+  UniqueFd app_conn = app.Accept();
+  ASSERT_TRUE(app_conn.valid());
+  SetReceiveTimeout(app_conn.get());
+  EXPECT_EQ(Read(app_conn.get(), 5), "hello");
+
+  // The loop's idle pipes are taken away, and the process has no
+  // descriptor left for a new one.
+  auto held = std::make_shared<std::vector<PipePool::Pipe>>();
+  absl::Notification emptied;
+  loop_->Post([&, held] {
+    while (ctx_->pipes.idle() > 0) held->push_back(*ctx_->pipes.Take());
+    emptied.Notify();
+  });
+  ASSERT_TRUE(emptied.WaitForNotificationWithTimeout(kWait));
+  testing::NoFreeDescriptors no_descriptors;
+  ASSERT_TRUE(no_descriptors.active());
+  ASSERT_EQ(send(wire.client.get(), "world", 5, 0), 5);
+  absl::Time deadline = absl::Now() + kWait;
+  while (logged("pump_starved").empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  no_descriptors.Restore();
+  std::string starved = logged("pump_starved");
+  std::printf("%s", starved.c_str());  // the line ends in its newline
+  EXPECT_NE(starved.find("pipe2"), std::string::npos) << "the pump never went without a pipe";
+
+  // Descriptors again: the next tick moves the bytes, and both ways work.
+  loop_->Post([&, held] {
+    for (PipePool::Pipe& pipe : *held) ctx_->pipes.Give(std::move(pipe), true);
+    held->clear();
+    std::vector<Connection*> live(ctx_->connections.begin(), ctx_->connections.end());
+    for (Connection* c : live) c->Tick(absl::Now());
+  });
+  EXPECT_EQ(Read(app_conn.get(), 5), "world");
+  ASSERT_EQ(send(app_conn.get(), "again", 5, 0), 5);
+  EXPECT_EQ(Read(wire.client.get(), 5), "again");
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_TRUE(closed_.empty()) << "the connection was closed: " << closed_.front().reason;
+  }
 }
 
 }  // namespace

@@ -6,11 +6,11 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <string>
 
+#include "unit/common/no_free_descriptors.h"
 #include "unit/tls/tls_test_peers.h"
 
 namespace ktrust {
@@ -170,17 +170,10 @@ TEST(PipePoolTest, APumpWithoutAPipeLosesNothing) {
   ASSERT_TRUE(SendAll(s.source.client.get(), sent));
   ASSERT_TRUE(Readable(s.source.server.get()));
 
-  // No descriptor left for the process: the lowest free one is the limit.
-  rlimit old{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-  int lowest = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(lowest, 0);
-  close(lowest);
-  rlimit tight = old;
-  tight.rlim_cur = static_cast<rlim_t>(lowest);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  testing::NoFreeDescriptors no_descriptors;
+  ASSERT_TRUE(no_descriptors.active());
   PumpStep starved = pump.Step();
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  no_descriptors.Restore();
   std::printf("without descriptors: status %d, \"%s\"\n", static_cast<int>(starved.status),
               starved.error.c_str());
   EXPECT_EQ(starved.status, PumpStatus::kStarved);
