@@ -115,6 +115,62 @@ SplicePump::SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_w
       close_sink_(std::move(closer)),
       fin_ends_source_(fin_ends_source) {}
 
+PumpStep Pump::Flush() {
+  PumpStep step;
+  step.status = PumpStatus::kFailed;
+  step.error = "this pump cannot be quiesced for a handover";
+  return step;
+}
+
+bool SplicePump::EmptyPipe(PumpStep& step) {
+  while (in_pipe_ > 0) {
+    ssize_t n = splice(pipe_read_.get(), nullptr, sink_, nullptr, in_pipe_,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      in_pipe_ -= static_cast<size_t>(n);
+      step.bytes += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      step.wait = {sink_, POLLOUT};
+      return false;
+    }
+    step.status = PumpStatus::kFailed;
+    step.error = absl::StrCat("splice to the receiving socket: ", ErrnoText(errno));
+    return false;
+  }
+  return true;
+}
+
+bool SplicePump::CloseSink(PumpStep& step) {
+  if (close_sink_) {
+    absl::Status st = close_sink_(sink_);
+    if (absl::IsUnavailable(st)) {  // the socket buffer is full: retry on POLLOUT
+      step.wait = {sink_, POLLOUT};
+      return false;
+    }
+    if (!st.ok()) {
+      step.status = PumpStatus::kFailed;
+      step.error = std::string(st.message());
+      return false;
+    }
+  } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
+    step.status = PumpStatus::kFailed;
+    step.error = absl::StrCat("shutdown: ", ErrnoText(errno));
+    return false;
+  }
+  return true;
+}
+
+PumpStep SplicePump::Flush() {
+  PumpStep step;
+  if (!EmptyPipe(step)) return step;
+  if (source_done_ && !CloseSink(step)) return step;
+  step.status = PumpStatus::kFinished;
+  return step;
+}
+
 PumpStep SplicePump::Step() {
   PumpStep step;
   auto fail = [&](std::string error) {
@@ -123,33 +179,9 @@ PumpStep SplicePump::Step() {
     return step;
   };
   while (true) {
-    if (in_pipe_ > 0) {
-      ssize_t n = splice(pipe_read_.get(), nullptr, sink_, nullptr, in_pipe_,
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        in_pipe_ -= static_cast<size_t>(n);
-        step.bytes += static_cast<uint64_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
-        step.wait = {sink_, POLLOUT};
-        return step;
-      }
-      return fail(absl::StrCat("splice to the receiving socket: ", ErrnoText(errno)));
-    }
+    if (!EmptyPipe(step)) return step;
     if (source_done_) {
-      if (close_sink_) {
-        absl::Status st = close_sink_(sink_);
-        if (absl::IsUnavailable(st)) {  // the socket buffer is full: retry on POLLOUT
-          step.wait = {sink_, POLLOUT};
-          return step;
-        }
-        if (!st.ok()) return fail(std::string(st.message()));
-      } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
-        return fail(absl::StrCat("shutdown: ", ErrnoText(errno)));
-      }
-      step.status = PumpStatus::kFinished;
+      if (CloseSink(step)) step.status = PumpStatus::kFinished;
       return step;
     }
     ssize_t n = splice(source_, nullptr, pipe_write_.get(), nullptr, pipe_size_,

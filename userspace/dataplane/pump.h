@@ -65,6 +65,13 @@ class Pump {
  public:
   virtual ~Pump() = default;
   virtual PumpStep Step() = 0;
+  // Handover: writes what the pump holds to the sink without reading the
+  // source again. kFinished once it holds nothing (and, if the source had
+  // ended, the sink is shut down: see source_ended()). A pump that cannot
+  // be quiesced this way fails.
+  virtual PumpStep Flush();
+  // The source ended; once Step() or Flush() finished, the sink was shut down.
+  virtual bool source_ended() const = 0;
 };
 
 class CopyPump : public Pump {
@@ -74,6 +81,7 @@ class CopyPump : public Pump {
   // Step() calls never overlap); it holds nothing between steps.
   CopyPump(StreamEnd& source, StreamEnd& sink, char* scratch);
   PumpStep Step() override;
+  bool source_ended() const override { return source_done_; }
 
   // Bytes read and not yet taken by the sink, held by this pump (0 when
   // idle).
@@ -109,10 +117,18 @@ class SplicePump : public Pump {
                                                             SinkCloser close_sink,
                                                             bool fin_ends_source = false);
   PumpStep Step() override;
+  PumpStep Flush() override;
+  bool source_ended() const override { return source_done_; }
 
  private:
   SplicePump(int source, int sink, UniqueFd pipe_read, UniqueFd pipe_write, size_t pipe_size,
              ControlRecordReader reader, SinkCloser closer, bool fin_ends_source);
+  // Empties the pipe into the sink; false with `step` filled (blocked on
+  // the sink, or failed) if it could not.
+  bool EmptyPipe(PumpStep& step);
+  // The source has ended: half-closes the sink. False with `step` filled
+  // (blocked or failed) if it could not yet.
+  bool CloseSink(PumpStep& step);
 
   int source_;
   int sink_;
