@@ -219,9 +219,15 @@ void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reas
            {{"event", "drained"}, {"reason", reason}, {"moved", drained.moved}});
 }
 
-// A moved connection nobody can carry: both sockets reset (SO_LINGER 0),
-// so that neither end mistakes the close for a complete stream.
-void ResetBoth(DetachedConnection& c) {
+// A moved connection nobody can carry: logged, and both sockets reset
+// (SO_LINGER 0), so that neither end mistakes the close for a whole stream.
+void FailMovedConnection(DetachedConnection& c, const std::string& reason) {
+  LogEvent(spdlog::level::warn, {{"event", "connection_failed"},
+                                 {"id", c.meta.id},
+                                 {"direction", DirectionName(c.meta.direction)},
+                                 {"workload", c.meta.workload},
+                                 {"result", "handover"},
+                                 {"reason", reason}});
   linger reset{1, 0};
   for (UniqueFd* fd : {&c.app, &c.wire}) {
     setsockopt(fd->get(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
@@ -241,15 +247,8 @@ void KeepConnection(Agent& agent, DetachedConnection& c, const absl::Status& why
                                    {"note", "not moved: it drains here"}});
     return;
   }
-  LogEvent(spdlog::level::warn,
-           {{"event", "connection_failed"},
-            {"id", c.meta.id},
-            {"direction", DirectionName(c.meta.direction)},
-            {"workload", c.meta.workload},
-            {"result", "handover"},
-            {"reason", absl::StrCat("it could not move (", why.message(),
-                                    ") nor be carried on here (", kept.message(), ")")}});
-  ResetBoth(c);
+  FailMovedConnection(c, absl::StrCat("it could not move (", why.message(),
+                                      ") nor be carried on here (", kept.message(), ")"));
 }
 
 // Handover, the predecessor's side: every established connection whose
@@ -490,15 +489,8 @@ int RunAgent(const std::string& config_path) {
     absl::Status adopted = (*agent)->AdoptConnection(c, /*moved_in=*/true);
     if (!adopted.ok()) {
       // Ours since "yours", and this agent cannot carry it.
-      LogEvent(spdlog::level::warn,
-               {{"event", "connection_failed"},
-                {"id", c.meta.id},
-                {"direction", DirectionName(c.meta.direction)},
-                {"workload", c.meta.workload},
-                {"result", "handover"},
-                {"reason", absl::StrCat("moved from the predecessor, and not carried on here: ",
-                                        adopted.message())}});
-      ResetBoth(c);
+      FailMovedConnection(c, absl::StrCat("moved from the predecessor, and not carried on here: ",
+                                          adopted.message()));
       return;
     }
     LogEvent(
