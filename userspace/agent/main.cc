@@ -642,8 +642,8 @@ int RunAgent(const std::string& config_path) {
   bool moving = successor != 0;
   DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested,
                [&] {
-    if (moving && handover) moving = MoveConnections(**agent, *handover);
-  });
+                 if (moving && handover) moving = MoveConnections(**agent, *handover);
+               });
   if (metrics) metrics->Stop();
   if (control) control->Stop();
   draining_control.reset();
