@@ -172,7 +172,8 @@ absl::Status CheckMovedSockets(const MovedConnection& meta, int app, int wire) {
           "the wire socket's kernel TLS is not installed both ways: ", seq.status().message()));
     }
   }
-  if (RecordLimit(meta.info.cipher) == 0) {
+  // The cipher sets the record limit the connection is held to.
+  if (!CipherSuiteFromName(meta.info.cipher).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("unknown cipher \"", meta.info.cipher, "\""));
   }
   auto chain = ParseCertificates(meta.peer.chain_pem, "the peer's certificate chain");
