@@ -15,7 +15,7 @@
 #              drains. Here (userspace TLS) the open connections cannot move:
 #              they drain in the old agent and end cleanly before its
 #              deadline. In the vm (kernel TLS) they move: 50 idle ones and a
-#              128 MiB transfer started before the handover all go to the new
+#              64 MiB transfer started before the handover all go to the new
 #              agent, which lists them with their original start time; the
 #              transfer ends with equal sha256 and every idle one answers
 #   bad config a successor whose configuration does not load takes nothing
@@ -148,13 +148,13 @@ KT_DRAIN_TIMEOUT=60s write_nodes
 start_agent b "$ktrustd"
 old_b=$(agent_pid b)
 idle=5
-# The vm's time budget (TCG, a few MiB/s through two agents beside the
-# other traffic) fits 128 MiB, not 1 GiB; sent at 8 MiB/s at most, it is
-# under way through the handover.
+# The vm (TCG) has no time for 1 GiB: 64 MiB at 2 MiB/s at most is under
+# way through the whole handover and leaves the CPU to the loop's new
+# connections (faster, their handshakes took over 5 s).
 if [[ -n ${KTRUST_VM:-} ]]; then idle=50; fi
 open_conns moved "$idle"
 if [[ -n ${KTRUST_VM:-} ]]; then
-  run_in a client "$work/transfer.log" python3 -u "$here/transfer.py" 10.77.0.2 8080 128 8
+  run_in a client "$work/transfer.log" python3 -u "$here/transfer.py" 10.77.0.2 8080 64 2
   wait_for "$work/transfer.log" "^progress\|^transfer" 120
 fi
 # New connections in a loop across the handover, each one echo round trip.
@@ -182,8 +182,14 @@ check "the successor started and took over from pid $old_b" \
 wait_for "$work/b/agent.log" '"event":"draining"'
 check "the old agent logged the handover" grep -q '"event":"handed_over"' "$work/b/agent.log"
 status_new=$(kt b status --json)
-check "ktrust status on the new agent names the draining predecessor ($(jq -c .drain.predecessor <<<"$status_new"))" \
-  jq -e --arg pid "$old_b" '.drain.draining == false and (.drain.predecessor | contains("pid " + $pid))' <<<"$status_new"
+if [[ -n ${KTRUST_VM:-} ]] && grep -q '"event":"predecessor_exited"' "$work/b/successor.log"; then
+  # Everything moved at once: the old agent held nothing and has gone.
+  check "ktrust status on the new agent no longer names the predecessor, which exited ($(jq -c .drain.predecessor <<<"$status_new"))" \
+    jq -e '.drain.draining == false and .drain.predecessor == ""' <<<"$status_new"
+else
+  check "ktrust status on the new agent names the draining predecessor ($(jq -c .drain.predecessor <<<"$status_new"))" \
+    jq -e --arg pid "$old_b" '.drain.draining == false and (.drain.predecessor | contains("pid " + $pid))' <<<"$status_new"
+fi
 if [[ -n ${KTRUST_VM:-} ]]; then
   # Kernel TLS: the idle connections and the transfer move.
   moved_count() { events "$work/b/agent.log" | jq '[.[] | select(.event == "connection_moved" and .workload == "server")] | length'; }
@@ -192,8 +198,9 @@ if [[ -n ${KTRUST_VM:-} ]]; then
   # It exits once it holds nothing (its status while it keeps some is
   # checked in mid-move below): its last word counts what moved.
   wait_for "$work/b/agent.log" '"event":"drained"' 120
-  check "and its drained line counts them all ($(grep -o '"event":"drained".*' "$work/b/agent.log"))" \
-    jq -e --argjson n $((idle + 1)) 'select(.event == "drained") | .moved >= $n' <<<"$(events "$work/b/agent.log" | jq -c '.[]')"
+  drained_moved() { grep '"event":"drained"' "$work/b/agent.log" | grep -o '"moved":[0-9]*' | cut -d: -f2; }
+  check "and its drained line counts them all ($(drained_moved))" \
+    wait_until 10 sh -c "[ \"\$(grep '\"event\":\"drained\"' '$work/b/agent.log' | grep -o '\"moved\":[0-9]*' | cut -d: -f2)\" -ge $((idle + 1)) ]"
   ktls_moved=$(events "$work/b/agent.log" |
     jq '[.[] | select(.event == "connection_moved" and .workload == "server" and .data_path == "ktls-sw")] | length')
   check "they ran on kernel TLS ($ktls_moved ktls-sw)" test "$ktls_moved" -ge $((idle + 1))
@@ -231,10 +238,14 @@ wait_for "$work/moved.log" "^done"
 check "the connections open at the handover still echo ($(tail -1 "$work/moved.log"))" \
   grep -q "^done $idle$" "$work/moved.log"
 if [[ -n ${KTRUST_VM:-} ]]; then
-  wait_for "$work/transfer.log" "^transfer" 600
-  read -r _ _ sent_sha sent_bytes _ got_sha got_bytes < <(grep "^transfer" "$work/transfer.log") || true
+  wait_for "$work/transfer.log" "^transfer.*[0-9]$" 600
+  transfer_whole() {
+    local sent_sha sent_bytes got_sha got_bytes
+    read -r _ _ sent_sha sent_bytes _ got_sha got_bytes < <(grep "^transfer" "$work/transfer.log") || true
+    [[ -n ${sent_sha:-} && ${sent_sha:-} == "${got_sha:-}" && ${sent_bytes:-} == "${got_bytes:-}" ]]
+  }
   check "the transfer across the handover came back whole ($(grep "^transfer" "$work/transfer.log"))" \
-    test -n "${sent_sha:-}" -a "${sent_sha:-}" = "${got_sha:-}" -a "${sent_bytes:-}" = "${got_bytes:-}"
+    transfer_whole
 fi
 check "the old agent exited once it held nothing" wait_until 90 exited "$old_b"
 check "before its deadline, without closing any" \
@@ -242,6 +253,7 @@ check "before its deadline, without closing any" \
 check "the new agent saw its predecessor exit" wait_for "$work/b/successor.log" '"event":"predecessor_exited"'
 check "and serves on ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
 
+cp "$work/b/agent.log" "$work/b/agent-handover.log"  # the old agent's, for the record
 echo "# bad config: a successor whose configuration does not load takes nothing"
 cp "$work/b/ktrustd.yaml" "$work/b/bad.yaml"
 echo "  no_such_setting: 1" >>"$work/b/bad.yaml"

@@ -238,11 +238,14 @@ void FailMovedConnection(DetachedConnection& c, const std::string& reason) {
 // A connection detached for a successor that stays here after all: carried
 // on by this agent's engine, or, if even that fails, closed with a log line.
 void KeepConnection(Agent& agent, DetachedConnection& c, const absl::Status& why) {
+  // Adopting takes the connection (and its row): say which one first.
+  const uint64_t id = c.meta.id;
+  const std::string workload = c.meta.workload;
   absl::Status kept = agent.AdoptConnection(c, /*moved_in=*/false);
   if (kept.ok()) {
     LogEvent(spdlog::level::info, {{"event", "connection_kept"},
-                                   {"id", c.meta.id},
-                                   {"workload", c.meta.workload},
+                                   {"id", id},
+                                   {"workload", workload},
                                    {"reason", why.message()},
                                    {"note", "not moved: it drains here"}});
     return;
