@@ -241,7 +241,8 @@ if [[ -n ${KTRUST_VM:-} ]]; then
   wait_for "$work/transfer.log" "^transfer.*[0-9]$" 600
   transfer_whole() {
     local sent_sha sent_bytes got_sha got_bytes
-    read -r _ _ sent_sha sent_bytes _ got_sha got_bytes < <(grep "^transfer" "$work/transfer.log") || true
+    # (no process substitution: the vm has no /dev/fd)
+    read -r _ _ sent_sha sent_bytes _ got_sha got_bytes <<<"$(grep "^transfer" "$work/transfer.log")" || true
     [[ -n ${sent_sha:-} && ${sent_sha:-} == "${got_sha:-}" && ${sent_bytes:-} == "${got_bytes:-}" ]]
   }
   check "the transfer across the handover came back whole ($(grep "^transfer" "$work/transfer.log"))" \
