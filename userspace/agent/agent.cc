@@ -561,6 +561,24 @@ void Agent::SetPredecessor(std::string predecessor) {
   drain_.predecessor = std::move(predecessor);
 }
 
+std::vector<DetachedConnection> Agent::DetachForHandover(size_t max, absl::Duration timeout) {
+  return engine_->DetachForHandover(max, timeout);
+}
+
+void Agent::CountMovedOut() {
+  absl::MutexLock lock(&mu_);
+  ++drain_.moved;
+}
+
+absl::Status Agent::AdoptConnection(DetachedConnection& connection, bool moved_in) {
+  absl::Status adopted = engine_->Adopt(connection);
+  if (adopted.ok() && moved_in) {
+    absl::MutexLock lock(&mu_);
+    ++drain_.moved_in;
+  }
+  return adopted;
+}
+
 void Agent::PollEvents(absl::Duration timeout, int wake_fd) {
   // The ring buffer's epoll fd is readable when events wait.
   pollfd p[2] = {{events_ ? events_->epoll_fd() : -1, POLLIN, 0}, {wake_fd, POLLIN, 0}};

@@ -158,7 +158,9 @@ control::StatusView Status(const Agent& agent) {
              drain.draining ? s.counts.connections_active : 0,
              drain.draining ? static_cast<int64_t>(c.handshaking.load()) : 0,
              drain.successor,
-             drain.predecessor};
+             drain.predecessor,
+             static_cast<int64_t>(drain.moved),
+             static_cast<int64_t>(drain.moved_in)};
   s.warnings = ServerIdentityWarnings(*config);
   s.not_ready_reason = agent.not_ready_reason();
   s.ready = s.not_ready_reason.empty();

@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <set>
+#include <type_traits>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -37,34 +39,194 @@ absl::StatusOr<sockaddr_un> UnixAddressOf(const std::string& path) {
   return addr;
 }
 
-absl::Status Send(int fd, const HandoverMessage& message) {
+HandoverMessage MessageOf(std::string type, int64_t pid = 0, std::string reason = "",
+                          std::string control_socket = "", uint64_t id = 0) {
+  HandoverMessage m;
+  m.type = std::move(type);
+  m.pid = pid;
+  m.reason = std::move(reason);
+  m.control_socket = std::move(control_socket);
+  m.id = id;
+  return m;
+}
+
+// Room for more descriptors than any message carries, so that a message
+// with too many is seen (and they are closed) rather than cut short.
+constexpr size_t kMaxFdsSeen = 8;
+
+// One message, with `fds` (SCM_RIGHTS) when given.
+absl::Status Send(int fd, const HandoverMessage& message, std::vector<int> fds = {}) {
   std::string text = EncodeHandoverMessage(message);
-  if (::send(fd, text.data(), text.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(text.size())) {
+  msghdr msg{};
+  iovec iov{text.data(), text.size()};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  std::vector<char> control;
+  if (!fds.empty()) {
+    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  if (::sendmsg(fd, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(text.size())) {
     return absl::ErrnoToStatus(errno, absl::StrCat("sending ", message.type));
   }
   return absl::OkStatus();
 }
 
-// One message, waiting up to `timeout` (zero: only what is there already).
-// The peer's close is Unavailable.
-absl::StatusOr<HandoverMessage> Receive(int fd, absl::Duration timeout) {
+struct Received {
+  HandoverMessage message;
+  std::vector<UniqueFd> fds;
+};
+
+// One message and the descriptors it carried, waiting up to `timeout`
+// (zero: only what is there already). The peer's close is Unavailable. A
+// message with the wrong number of descriptors for its type is refused
+// (what it carried is closed).
+absl::StatusOr<Received> ReceiveWithFds(int fd, absl::Duration timeout) {
   pollfd p{fd, POLLIN, 0};
   int ready = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
   if (ready < 0) return absl::ErrnoToStatus(errno, "poll");
   if (ready == 0) return absl::DeadlineExceededError("no answer in time");
-  char buffer[kMaxHandoverMessageBytes];
+  std::string buffer(kMaxHandoverMessageBytes, '\0');
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsSeen)];
   msghdr msg{};
-  iovec iov{buffer, sizeof(buffer)};
+  iovec iov{buffer.data(), buffer.size()};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
   ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (n < 0) return absl::ErrnoToStatus(errno, "receiving");
-  if (n == 0) return absl::UnavailableError("the other agent closed the connection");
+  Received received;
+  // Whatever came is ours to close, whatever else is wrong with the message.
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int received_fd = -1;
+      std::memcpy(&received_fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      received.fds.emplace_back(received_fd);
+    }
+  }
+  if (n == 0 && received.fds.empty()) {
+    return absl::UnavailableError("the other agent closed the connection");
+  }
   if ((msg.msg_flags & MSG_TRUNC) != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("a message longer than ", kMaxHandoverMessageBytes, " bytes"));
   }
-  return DecodeHandoverMessage(absl::string_view(buffer, static_cast<size_t>(n)));
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a message with more than ", kMaxFdsSeen, " descriptors"));
+  }
+  auto message = DecodeHandoverMessage(absl::string_view(buffer.data(), static_cast<size_t>(n)));
+  if (!message.ok()) return message.status();
+  if (received.fds.size() != HandoverFdCount(message->type)) {
+    return absl::InvalidArgumentError(absl::StrCat("a \"", message->type, "\" message with ",
+                                                   received.fds.size(), " descriptors (expected ",
+                                                   HandoverFdCount(message->type), ")"));
+  }
+  received.message = *std::move(message);
+  return received;
+}
+
+absl::StatusOr<HandoverMessage> Receive(int fd, absl::Duration timeout) {
+  auto received = ReceiveWithFds(fd, timeout);
+  if (!received.ok()) return received.status();
+  return std::move(received->message);
+}
+
+int64_t UnixNanos(absl::Time t) { return absl::ToUnixNanos(t); }
+
+json EncodeConnection(const MovedConnection& c) {
+  const ConnectionInfo& i = c.info;
+  return {{"direction", std::string(DirectionName(c.direction))},
+          {"workload", c.workload},
+          {"app", i.app_address},
+          {"wire_local", i.wire_local},
+          {"wire_peer", i.wire_peer},
+          {"local_id", i.local_id},
+          {"peer_id", i.peer_id},
+          {"tls_version", i.tls_version},
+          {"cipher", i.cipher},
+          {"data_path", i.data_path},
+          {"started_ns", UnixNanos(c.started)},
+          {"bytes_to_wire", c.bytes_to_wire},
+          {"bytes_from_wire", c.bytes_from_wire},
+          {"to_wire_done", c.to_wire_done},
+          {"from_wire_done", c.from_wire_done},
+          {"fin_only", c.fin_only},
+          {"peer_chain", c.peer.chain_pem},
+          {"verified_at_ns", UnixNanos(c.peer.verified_at)},
+          {"netns", c.netns}};
+}
+
+// Every field present and of its type: a connection is never adopted from
+// a guess.
+absl::StatusOr<MovedConnection> DecodeConnection(const json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("\"connection\" must be an object");
+  MovedConnection c;
+  auto string_field = [&](const char* key, std::string* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("connection.", key, " must be a string"));
+    }
+    *out = it->get<std::string>();
+    return absl::OkStatus();
+  };
+  auto number_field = [&](const char* key, auto* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer() ||
+        (it->is_number_unsigned() ? it->get<uint64_t>() > uint64_t{INT64_MAX}
+                                  : it->get<int64_t>() < 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("connection.", key, " must be a non-negative integer"));
+    }
+    *out = static_cast<std::remove_pointer_t<decltype(out)>>(it->get<int64_t>());
+    return absl::OkStatus();
+  };
+  auto bool_field = [&](const char* key, bool* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("connection.", key, " must be true or false"));
+    }
+    *out = it->get<bool>();
+    return absl::OkStatus();
+  };
+  std::string direction;
+  int64_t started_ns = 0, verified_at_ns = 0;
+  ConnectionInfo& i = c.info;
+  for (absl::Status st :
+       {string_field("direction", &direction), string_field("workload", &c.workload),
+        string_field("app", &i.app_address), string_field("wire_local", &i.wire_local),
+        string_field("wire_peer", &i.wire_peer), string_field("local_id", &i.local_id),
+        string_field("peer_id", &i.peer_id), string_field("tls_version", &i.tls_version),
+        string_field("cipher", &i.cipher), string_field("data_path", &i.data_path),
+        string_field("peer_chain", &c.peer.chain_pem), string_field("netns", &c.netns),
+        number_field("started_ns", &started_ns), number_field("verified_at_ns", &verified_at_ns),
+        number_field("bytes_to_wire", &c.bytes_to_wire),
+        number_field("bytes_from_wire", &c.bytes_from_wire),
+        bool_field("to_wire_done", &c.to_wire_done),
+        bool_field("from_wire_done", &c.from_wire_done), bool_field("fin_only", &c.fin_only)}) {
+    if (!st.ok()) return st;
+  }
+  if (direction == "inbound") {
+    c.direction = Direction::kInbound;
+  } else if (direction == "outbound") {
+    c.direction = Direction::kOutbound;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("connection.direction must be inbound or outbound, not \"", direction, "\""));
+  }
+  if (started_ns == 0) return absl::InvalidArgumentError("connection.started_ns must be set");
+  c.started = absl::FromUnixNanos(started_ns);
+  c.peer.verified_at = absl::FromUnixNanos(verified_at_ns);
+  return c;
 }
 
 absl::StatusOr<uint64_t> CapabilitiesOf(pid_t pid) {
@@ -105,6 +267,8 @@ std::string EncodeHandoverMessage(const HandoverMessage& message) {
   if (message.pid != 0) j["pid"] = message.pid;
   if (!message.reason.empty()) j["reason"] = message.reason;
   if (!message.control_socket.empty()) j["control_socket"] = message.control_socket;
+  if (message.id != 0) j["id"] = message.id;
+  if (message.connection) j["connection"] = EncodeConnection(*message.connection);
   return j.dump();
 }
 
@@ -122,8 +286,9 @@ absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
     return absl::InvalidArgumentError("a handover message needs a \"type\" string");
   }
   m.type = type->get<std::string>();
-  static const std::set<std::string> kTypes = {"hello",   "welcome",  "refused",
-                                               "started", "released", "ready"};
+  static const std::set<std::string> kTypes = {"hello",    "welcome", "refused", "started",
+                                               "released", "ready",   "move",    "took",
+                                               "declined", "yours"};
   if (!kTypes.count(m.type)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown handover message \"", m.type, "\""));
   }
@@ -145,8 +310,31 @@ absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
   if ((m.type == "hello" || m.type == "welcome") && m.pid == 0) {
     return absl::InvalidArgumentError(absl::StrCat("\"", m.type, "\" needs its sender's pid"));
   }
+  if (auto it = j.find("id"); it != j.end()) {
+    if (!it->is_number_unsigned() || it->get<uint64_t>() == 0) {
+      return absl::InvalidArgumentError("\"id\" must be a positive integer");
+    }
+    m.id = it->get<uint64_t>();
+  }
+  if (auto it = j.find("connection"); it != j.end()) {
+    auto connection = DecodeConnection(*it);
+    if (!connection.ok()) return connection.status();
+    m.connection = *std::move(connection);
+    m.connection->id = m.id;
+  }
+  bool per_connection = m.type == "move" || m.type == "took" || m.type == "yours";
+  if (per_connection && m.id == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", m.type, "\" needs the connection's id"));
+  }
+  if ((m.type == "move") != m.connection.has_value()) {
+    return absl::InvalidArgumentError(m.type == "move"
+                                          ? "\"move\" needs its connection"
+                                          : absl::StrCat("\"", m.type, "\" carries no connection"));
+  }
   return m;
 }
+
+size_t HandoverFdCount(absl::string_view type) { return type == "move" ? 2 : 0; }
 
 absl::StatusOr<uint64_t> ParseEffectiveCapabilities(absl::string_view status_text) {
   for (absl::string_view line : absl::StrSplit(status_text, '\n')) {
@@ -257,10 +445,10 @@ void HandoverServer::Admit(UniqueFd conn) {
   if (!allowed.ok()) {
     LogEvent(spdlog::level::warn,
              {{"event", "handover_refused"}, {"pid", pid}, {"reason", allowed.message()}});
-    (void)Send(conn.get(), {"refused", 0, std::string(allowed.message()), ""});
+    (void)Send(conn.get(), MessageOf("refused", 0, std::string(allowed.message()), ""));
     return;
   }
-  if (auto st = Send(conn.get(), {"welcome", getpid(), "", ""}); !st.ok()) return;
+  if (auto st = Send(conn.get(), MessageOf("welcome", getpid(), "", "")); !st.ok()) return;
   successor_ = std::move(conn);
   successor_pid_ = pid;
   state_ = State::kPaused;
@@ -299,9 +487,15 @@ void HandoverServer::OnMessage(absl::Time now) {
       return;
     }
     state_ = State::kReleased;
-    if (auto st = Send(successor_.get(), {"released", 0, "", *where}); !st.ok()) {
+    if (auto st = Send(successor_.get(), MessageOf("released", 0, "", *where)); !st.ok()) {
       Abandon(std::string(st.message()));
     }
+    return;
+  }
+  if (state_ == State::kHandedOver) {
+    // Only Move() reads the successor's answers: anything else now is out
+    // of turn.
+    DropSuccessor(absl::StrCat("unexpected \"", message->type, "\" from the successor"));
     return;
   }
   if (message->type == "ready" && state_ == State::kReleased) {
@@ -317,6 +511,48 @@ void HandoverServer::OnMessage(absl::Time now) {
     return;
   }
   Abandon(absl::StrCat("unexpected \"", message->type, "\" from the successor"));
+}
+
+void HandoverServer::DropSuccessor(const std::string& why) {
+  LogEvent(spdlog::level::warn,
+           {{"event", "successor_dropped"},
+            {"successor_pid", successor_pid_},
+            {"reason", why},
+            {"note", "no more connections move to it; the ones not moved drain here"}});
+  successor_.Reset();
+}
+
+absl::Status HandoverServer::Move(const DetachedConnection& connection, absl::Duration timeout) {
+  if (!can_move()) return absl::FailedPreconditionError("no successor to move connections to");
+  const uint64_t id = connection.meta.id;
+  HandoverMessage move = MessageOf("move", 0, "", "", id);
+  move.connection = connection.meta;
+  if (auto st = Send(successor_.get(), move, {connection.app.get(), connection.wire.get()});
+      !st.ok()) {
+    DropSuccessor(std::string(st.message()));
+    return st;
+  }
+  auto answer = Receive(successor_.get(), timeout);
+  if (!answer.ok()) {
+    // Gone, silent or garbled: it must never take this one later.
+    DropSuccessor(absl::StrCat("no answer to move ", id, ": ", answer.status().message()));
+    return answer.status();
+  }
+  if (answer->type == "declined") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the successor declined it: ", answer->reason));
+  }
+  if (answer->type != "took" || answer->id != id) {
+    absl::Status wrong = absl::InvalidArgumentError(
+        absl::StrCat("answered \"", answer->type, "\" for ", answer->id, " to move ", id));
+    DropSuccessor(std::string(wrong.message()));
+    return wrong;
+  }
+  if (auto st = Send(successor_.get(), MessageOf("yours", 0, "", "", id)); !st.ok()) {
+    DropSuccessor(std::string(st.message()));
+    return st;
+  }
+  return absl::OkStatus();
 }
 
 void HandoverServer::Abandon(const std::string& why) {
@@ -342,8 +578,19 @@ absl::StatusOr<std::unique_ptr<HandoverClient>> HandoverClient::Connect(const st
     if (errno == ENOENT || errno == ECONNREFUSED) return nullptr;  // no agent runs
     return absl::ErrnoToStatus(errno, absl::StrCat("connecting to ", path));
   }
+  // It will hand this agent sockets: only an agent of our own user may.
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return absl::ErrnoToStatus(errno, "SO_PEERCRED of the running agent");
+  }
+  if (cred.uid != geteuid()) {
+    return absl::PermissionDeniedError(absl::StrCat("the process at ", path, " runs as uid ",
+                                                    cred.uid, ", this agent as uid ", geteuid(),
+                                                    ": not taking over from it"));
+  }
   std::unique_ptr<HandoverClient> client(new HandoverClient(std::move(fd)));
-  if (auto st = Send(client->fd_.get(), {"hello", getpid(), "", ""}); !st.ok()) return st;
+  if (auto st = Send(client->fd_.get(), MessageOf("hello", getpid(), "", "")); !st.ok()) return st;
   auto answer = Receive(client->fd_.get(), timeout);
   if (!answer.ok()) {
     return absl::Status(answer.status().code(),
@@ -360,7 +607,7 @@ absl::StatusOr<std::unique_ptr<HandoverClient>> HandoverClient::Connect(const st
 }
 
 absl::StatusOr<std::string> HandoverClient::Started(absl::Duration timeout) {
-  if (auto st = Send(fd_.get(), {"started", 0, "", ""}); !st.ok()) return st;
+  if (auto st = Send(fd_.get(), MessageOf("started", 0, "", "")); !st.ok()) return st;
   auto answer = Receive(fd_.get(), timeout);
   if (!answer.ok()) return answer.status();
   if (answer->type != "released") {
@@ -370,9 +617,72 @@ absl::StatusOr<std::string> HandoverClient::Started(absl::Duration timeout) {
   return answer->control_socket;
 }
 
-absl::Status HandoverClient::Ready() { return Send(fd_.get(), {"ready", 0, "", ""}); }
+absl::Status HandoverClient::Ready() { return Send(fd_.get(), MessageOf("ready", 0, "", "")); }
+
+void HandoverClient::Drop(DetachedConnection connection, const std::string& why) {
+  LogEvent(spdlog::level::warn, {{"event", "connection_not_taken"},
+                                 {"id", connection.meta.id},
+                                 {"workload", connection.meta.workload},
+                                 {"reason", why},
+                                 {"note", "the predecessor keeps it"}});
+  // Plain closes: the sockets are the predecessor's still.
+  connection.app.Reset();
+  connection.wire.Reset();
+}
+
+void HandoverClient::ServiceMoves(const Adoption& adoption) {
+  while (!gone_) {
+    auto received = ReceiveWithFds(fd_.get(), absl::ZeroDuration());
+    if (absl::IsDeadlineExceeded(received.status())) return;  // nothing more for now
+    if (!received.ok()) {
+      if (absl::IsUnavailable(received.status()) || !absl::IsInvalidArgument(received.status())) {
+        // The predecessor is gone (or its socket failed): what it did not
+        // give us is its own.
+        gone_ = true;
+        if (taken_) Drop(*std::move(taken_), "the predecessor went away before letting go of it");
+        taken_.reset();
+        return;
+      }
+      LogEvent(spdlog::level::warn,
+               {{"event", "handover_message_refused"}, {"reason", received.status().message()}});
+      (void)Send(fd_.get(), MessageOf("declined", 0, std::string(received.status().message())));
+      continue;
+    }
+    HandoverMessage& m = received->message;
+    if (m.type == "move") {
+      DetachedConnection c{*std::move(m.connection), std::move(received->fds[0]),
+                           std::move(received->fds[1])};
+      absl::Status ok = taken_           ? absl::FailedPreconditionError(absl::StrCat(
+                                               "connection ", taken_->meta.id, " is still being moved"))
+                        : adoption.check ? adoption.check(c)
+                                         : absl::UnimplementedError("this agent takes none");
+      if (!ok.ok()) {
+        (void)Send(fd_.get(), MessageOf("declined", 0, std::string(ok.message()), "", m.id));
+        Drop(std::move(c), std::string(ok.message()));
+        continue;
+      }
+      taken_ = std::move(c);
+      if (!Send(fd_.get(), MessageOf("took", 0, "", "", m.id)).ok()) {
+        gone_ = true;
+        Drop(*std::move(taken_), "the predecessor went away before letting go of it");
+        taken_.reset();
+      }
+      continue;
+    }
+    if (m.type == "yours" && taken_ && taken_->meta.id == m.id) {
+      DetachedConnection c = *std::move(taken_);
+      taken_.reset();
+      if (adoption.adopt) adoption.adopt(std::move(c));
+      continue;
+    }
+    LogEvent(spdlog::level::warn,
+             {{"event", "handover_message_refused"},
+              {"reason", absl::StrCat("unexpected \"", m.type, "\" (id ", m.id, ")")}});
+  }
+}
 
 bool HandoverClient::PredecessorGone() {
+  if (gone_) return true;
   char byte = 0;
   ssize_t n = ::recv(fd_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);

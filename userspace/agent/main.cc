@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -17,8 +18,10 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "ktrust/agent/agent.h"
 #include "ktrust/agent/agent_control.h"
 #include "ktrust/agent/allow_list_authorizer.h"
@@ -167,13 +170,21 @@ int RunTunnel(const TunnelFlags& f) {
 // its supervisor's SIGTERM comes once the successor is ready (the kubelet
 // deleting the old pod of a surge), and must not cut the drain short.
 // SIGHUP is ignored (a reload would enrol and open listeners).
+// `each_second`, if set, runs at the start and then about once a second
+// (a handover moves what it can meanwhile).
 void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reason,
-                  bool told_to_stop) {
+                  bool told_to_stop, const std::function<void()>& each_second = nullptr) {
   agent.BeginDrain(reason, agent.config()->agent.drain_timeout);
   // Polled: the engine has no "last connection ended" signal, and a tenth
   // of a second is well under what any deadline here is measured in.
   timespec tick{0, 100 * 1000 * 1000};
+  absl::Time next_second = absl::InfinitePast();
   while (!agent.Drained() && absl::Now() < agent.drain().deadline) {
+    if (each_second && absl::Now() >= next_second) {
+      each_second();
+      next_second = absl::Now() + absl::Seconds(1);
+      if (agent.Drained()) break;
+    }
     int sig = sigtimedwait(&signals, nullptr, &tick);
     if ((sig == SIGINT || sig == SIGTERM) && !told_to_stop) {
       told_to_stop = true;
@@ -203,7 +214,89 @@ void DrainThenEnd(Agent& agent, const sigset_t& signals, const std::string& reas
     absl::Time end = absl::Now() + absl::Seconds(2);
     while (!agent.Drained() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
   }
-  LogEvent(spdlog::level::info, {{"event", "drained"}, {"reason", reason}});
+  DrainState drained = agent.drain();
+  LogEvent(spdlog::level::info,
+           {{"event", "drained"}, {"reason", reason}, {"moved", drained.moved}});
+}
+
+// A moved connection nobody can carry: logged, and both sockets reset
+// (SO_LINGER 0), so that neither end mistakes the close for a whole stream.
+void FailMovedConnection(DetachedConnection& c, const std::string& reason) {
+  LogEvent(spdlog::level::warn, {{"event", "connection_failed"},
+                                 {"id", c.meta.id},
+                                 {"direction", DirectionName(c.meta.direction)},
+                                 {"workload", c.meta.workload},
+                                 {"result", "handover"},
+                                 {"reason", reason}});
+  linger reset{1, 0};
+  for (UniqueFd* fd : {&c.app, &c.wire}) {
+    setsockopt(fd->get(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    fd->Reset();
+  }
+}
+
+// A connection detached for a successor that stays here after all: carried
+// on by this agent's engine, or, if even that fails, closed with a log line.
+void KeepConnection(Agent& agent, DetachedConnection& c, const absl::Status& why) {
+  // Adopting takes the connection (and its row): say which one first.
+  const uint64_t id = c.meta.id;
+  const std::string workload = c.meta.workload;
+  absl::Status kept = agent.AdoptConnection(c, /*moved_in=*/false);
+  if (kept.ok()) {
+    LogEvent(spdlog::level::info, {{"event", "connection_kept"},
+                                   {"id", id},
+                                   {"workload", workload},
+                                   {"reason", why.message()},
+                                   {"note", "not moved: it drains here"}});
+    return;
+  }
+  FailMovedConnection(c, absl::StrCat("it could not move (", why.message(),
+                                      ") nor be carried on here (", kept.message(), ")"));
+}
+
+// Handover, the predecessor's side: every established connection whose
+// sockets can move (kernel TLS or plain) goes to the successor, in batches.
+// What it does not take stays here. False once moving has stopped for good
+// (the successor declined one, or is gone).
+bool MoveConnections(Agent& agent, HandoverServer& handover) {
+  // A batch is paused (quiesced) while it moves: small enough that this
+  // is a blink, large enough for few round trips through the loops.
+  constexpr size_t kBatch = 64;
+  // How long a stalled receiver may keep its pump's bytes before its
+  // connection is left to drain here instead.
+  constexpr absl::Duration kQuiesce = absl::Seconds(2);
+  // How long the successor may take to answer one move.
+  constexpr absl::Duration kAnswer = absl::Seconds(5);
+  while (handover.can_move()) {
+    std::vector<DetachedConnection> batch = agent.DetachForHandover(kBatch, kQuiesce);
+    bool declined = false;
+    for (DetachedConnection& c : batch) {
+      absl::Status moved = handover.can_move() && !declined
+                               ? handover.Move(c, kAnswer)
+                               : absl::FailedPreconditionError("moving has stopped");
+      if (!moved.ok()) {
+        declined = true;
+        KeepConnection(agent, c, moved);
+        continue;
+      }
+      agent.CountMovedOut();
+      LogEvent(spdlog::level::info, {{"event", "connection_moved"},
+                                     {"id", c.meta.id},
+                                     {"direction", DirectionName(c.meta.direction)},
+                                     {"workload", c.meta.workload},
+                                     {"peer_id", c.meta.info.peer_id},
+                                     {"data_path", c.meta.info.data_path},
+                                     {"bytes_to_wire", c.meta.bytes_to_wire},
+                                     {"bytes_from_wire", c.meta.bytes_from_wire},
+                                     {"note", "the successor carries it now"}});
+      // Plain closes: the successor holds the sockets now.
+      c.app.Reset();
+      c.wire.Reset();
+    }
+    if (declined) return false;
+    if (batch.size() < kBatch) return true;
+  }
+  return false;
 }
 
 // The agent's two watcher threads (interception events, cgroups), stopped
@@ -370,6 +463,50 @@ int RunAgent(const std::string& config_path) {
   for (const auto& a : engine.inbound_addresses()) ready["inbound"].push_back(a.ToString());
   LogEvent(spdlog::level::info, ready);
 
+  // The predecessor's connections, as it moves them.
+  HandoverClient::Adoption adoption;
+  uint64_t taken = 0;
+  // Tests stop a successor halfway through a move (moving:<n>): it holds
+  // the sockets of the connection after its n-th, unanswered.
+  std::optional<uint64_t> stop_after;
+  if (const char* stop = getenv("KTRUST_TEST_HANDOVER_STOP")) {
+    uint64_t n = 0;
+    absl::string_view stage(stop);
+    if (absl::ConsumePrefix(&stage, "moving:") && absl::SimpleAtoi(stage, &n)) {
+      stop_after = n;
+    }
+  }
+  adoption.check = [&](const DetachedConnection& c) {
+    if (stop_after && taken == *stop_after) {
+      LogEvent(spdlog::level::warn,
+               {{"event", "test_handover_stop"},
+                {"reason", absl::StrCat("KTRUST_TEST_HANDOVER_STOP: stopped holding moved "
+                                        "connection ",
+                                        c.meta.id, " after ", taken)}});
+      raise(SIGSTOP);
+    }
+    return CheckMovedSockets(c.meta, c.app.get(), c.wire.get());
+  };
+  adoption.adopt = [&](DetachedConnection c) {
+    ++taken;
+    absl::Status adopted = (*agent)->AdoptConnection(c, /*moved_in=*/true);
+    if (!adopted.ok()) {
+      // Ours since "yours", and this agent cannot carry it.
+      FailMovedConnection(c, absl::StrCat("moved from the predecessor, and not carried on here: ",
+                                          adopted.message()));
+      return;
+    }
+    LogEvent(
+        spdlog::level::info,
+        {{"event", "connection_moved_in"},
+         {"predecessor_id", c.meta.id},
+         {"direction", DirectionName(c.meta.direction)},
+         {"workload", c.meta.workload},
+         {"peer_id", c.meta.info.peer_id},
+         {"data_path", c.meta.info.data_path},
+         {"started", absl::FormatTime(absl::RFC3339_full, c.meta.started, absl::UTCTimeZone())}});
+  };
+
   // The handover socket, for the next agent. Bound once the predecessor
   // has let go of it (it does at "ready"): retried every tick until then.
   bool paused = false;  // a successor is starting: no enrolment, no map writes
@@ -457,6 +594,9 @@ int RunAgent(const std::string& config_path) {
     if (handover) {
       for (int fd : handover->fds()) fds.push_back({fd, POLLIN, 0});
     }
+    if (*predecessor && !(*predecessor)->PredecessorGone()) {
+      fds.push_back({(*predecessor)->fd(), POLLIN, 0});
+    }
     absl::Duration wait = std::min(next_tick, drain_at) - now;
     ::poll(fds.data(), fds.size(),
            static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait))));
@@ -480,6 +620,7 @@ int RunAgent(const std::string& config_path) {
       stop_requested = true;
     }
     now = absl::Now();
+    if (*predecessor) (*predecessor)->ServiceMoves(adoption);
     if (handover) handover->Service(now);
     if (stop_requested && !paused && successor == 0) break;  // the handover failed
     if (now < next_tick) continue;
@@ -498,7 +639,14 @@ int RunAgent(const std::string& config_path) {
   // Nothing changes the kernel's maps or reads its events while draining:
   // a successor may be doing so.
   watchers.Stop();
-  DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested);
+  // Handed over: what can move goes to the successor (again each second,
+  // for connections that finish their handshake here meanwhile); the rest
+  // drains here.
+  bool moving = successor != 0;
+  DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested,
+               [&] {
+                 if (moving && handover) moving = MoveConnections(**agent, *handover);
+               });
   if (metrics) metrics->Stop();
   if (control) control->Stop();
   draining_control.reset();

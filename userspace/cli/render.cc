@@ -270,6 +270,12 @@ std::string RenderStatus(const control::StatusView& s, absl::Time now) {
                                   left >= 0 ? absl::StrCat(" (in ", HumanAge(left), ")") : "",
                                   " if still open; accepting no new connections")});
   }
+  if (d.moved > 0) {
+    fields.push_back({"moved", absl::StrCat(d.moved, " connections to the successor")});
+  }
+  if (d.moved_in > 0) {
+    fields.push_back({"moved in", absl::StrCat(d.moved_in, " connections from the predecessor")});
+  }
   if (!d.successor.empty()) fields.push_back({"successor", shown(d.successor)});
   if (!d.predecessor.empty()) fields.push_back({"predecessor", shown(d.predecessor)});
   // Only when there are any: a quiet status stays quiet.

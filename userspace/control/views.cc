@@ -67,7 +67,7 @@ void from_json(const json& j, PodView& v) {
   F(connections_active) F(connections_total) F(handshakes_failed) F(denied) F(workloads)
 #define DRAIN_FIELDS(F) \
   F(draining) F(reason) F(since) F(deadline) F(connections) F(handshakes) F(successor) \
-  F(predecessor)
+  F(predecessor) F(moved) F(moved_in)
 #define STATUS_FIELDS(F) \
   F(version) F(node) F(started) F(data_path) F(data_path_reason) F(kernel_features) \
   F(zero_hop) F(kubernetes) F(bpf) F(config) F(ca) F(bundle_expires_at) F(counts) F(drain) F(ready) \

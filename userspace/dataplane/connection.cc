@@ -81,12 +81,12 @@ VerifiedPeer VerifiedPeerOf(const TlsSession& tls) {
 }  // namespace
 
 Connection::Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> listeners,
-                       Direction direction, std::string workload)
+                       Direction direction, std::string workload, absl::Time started)
     : ctx_(ctx),
       listeners_(std::move(listeners)),
       direction_(direction),
       last_activity_(ctx.loop.now()) {
-  record_ = ctx_.shared.table->Add(direction, std::move(workload));
+  record_ = ctx_.shared.table->Add(direction, std::move(workload), started);
   for (int i = 0; i < kSlots; ++i) {
     waiters_[i].connection = this;
     waiters_[i].slot = static_cast<Slot>(i);
@@ -340,6 +340,11 @@ void Connection::OnPoll(Slot slot, int result) {
   --pending_;
   if (closing_) {
     MaybeFinalize();
+    return;
+  }
+  if (detach_done_) {
+    // Quiescing: a cancelled poll has completed, or a sink can take more.
+    ContinueDetach();
     return;
   }
   if (result == -ENOMEM || result == -ENOBUFS || result == -EAGAIN) {
@@ -673,17 +678,32 @@ void Connection::ReportInPlace(const ClosedConnection& closed) {
 AuthorizationDecision Connection::Authorize() const {
   std::shared_ptr<const Authorizer> authorizer = ctx_.shared.authorizer.load();
   auto local = SocketAddress::LocalOf(wire_.get());
-  return authorizer->Authorize({*tls_->peer_id(), inbound_->workload, tls_->local_id(),
-                                local.ok() ? local->port() : uint16_t{0}});
+  uint16_t port = local.ok() ? local->port() : uint16_t{0};
+  // The record's workload is its inbound listener's.
+  if (adopted_peer_) {
+    return authorizer->Authorize(
+        {adopted_peer_->peer_id, record_->workload, adopted_peer_->local_id, port});
+  }
+  return authorizer->Authorize({*tls_->peer_id(), record_->workload, tls_->local_id(), port});
+}
+
+PeerVerdict Connection::ReverifyPeer() const {
+  if (adopted_peer_) {
+    const TlsContext& context =
+        direction_ == Direction::kOutbound ? *ctx_.shared.client_tls : *ctx_.shared.server_tls;
+    return context.ReverifyPeer(adopted_peer_->chain, adopted_peer_->verified_at);
+  }
+  return tls_->ReverifyPeer();
 }
 
 void Connection::Recheck() {
-  if (closing_ || !tls_ || !tls_->peer_id()) return;
+  if (closing_ || detach_done_) return;
+  if (!adopted_peer_ && (!tls_ || !tls_->peer_id())) return;
   if (state_ != ConnectionState::kEstablished && state_ != ConnectionState::kConnectingApp) return;
   // The peer's identity first, in both directions: a reload that revoked it
   // (or dropped its root) ends the connection, with the verifier's reason
   // ("revoked") as the result.
-  PeerVerdict verdict = tls_->ReverifyPeer();
+  PeerVerdict verdict = ReverifyPeer();
   if (!verdict.ok()) {
     if (direction_ == Direction::kInbound) ctx_.shared.counters->denied.fetch_add(1);
     Abort(CloseResult(CloseReason::kPeerRefused, verdict.reason),
@@ -751,9 +771,7 @@ void Connection::AbortConnect(const absl::Status& failed, CloseReason otherwise)
 void Connection::StartPumping() {
   if (plaintext_) {
     // Permissive, a non-TLS client: plain socket to plain socket, with splice.
-    to_wire_ = std::make_unique<SplicePump>(app_.get(), wire_.get(), ctx_.pipes, nullptr, nullptr);
-    from_wire_ =
-        std::make_unique<SplicePump>(wire_.get(), app_.get(), ctx_.pipes, nullptr, nullptr);
+    CreateSplicePumps(false, false);
     Established();
     return;
   }
@@ -768,6 +786,7 @@ void Connection::StartPumping() {
   // direction both ways, and no close_notify is sent (its kTLS peer may be
   // an application reading with plain recv()).
   const bool fin_only = tls_->zero_hop();
+  fin_only_ = fin_only;
   if (ctx_.shared.use_ktls && !installed.ok()) {
     // A refusal before the socket was touched leaves OpenSSL attached, and
     // OpenSSL's record layer can carry the connection instead. (A peer that
@@ -785,21 +804,7 @@ void Connection::StartPumping() {
   if (installed.ok()) {
     data_path = std::string(DataPathName(*installed));
     ktls_ = true;
-    int wire = wire_.get();
-    SplicePump::SinkCloser close_wire = nullptr;  // FIN only
-    if (!fin_only) {
-      close_wire = [](int fd) {
-        if (auto st = SendCloseNotify(fd); !st.ok()) return st;
-        if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN) {
-          return absl::ErrnoToStatus(errno, "shutdown");
-        }
-        return absl::OkStatus();
-      };
-    }
-    to_wire_ =
-        std::make_unique<SplicePump>(app_.get(), wire, ctx_.pipes, nullptr, std::move(close_wire));
-    from_wire_ = std::make_unique<SplicePump>(wire, app_.get(), ctx_.pipes,
-                                              &ReadControlRecordIsCleanEnd, nullptr, fin_only);
+    CreateSplicePumps(true, fin_only);
     // The kernel carries both directions, and nothing here reads or writes
     // through OpenSSL again: its SSL, most of an idle connection's memory,
     // goes (the identities were copied to the connection's record).
@@ -822,6 +827,153 @@ void Connection::StartPumping() {
   }
   ctx_.shared.counters->established.fetch_add(1);
   Established();
+}
+
+void Connection::CreateSplicePumps(bool ktls, bool fin_only) {
+  int wire = wire_.get();
+  SplicePump::SinkCloser close_wire = nullptr;             // FIN only
+  SplicePump::ControlRecordReader read_control = nullptr;  // a plain source
+  if (ktls) {
+    read_control = &ReadControlRecordIsCleanEnd;
+    if (!fin_only) {
+      close_wire = [](int fd) {
+        if (auto st = SendCloseNotify(fd); !st.ok()) return st;
+        if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN) {
+          return absl::ErrnoToStatus(errno, "shutdown");
+        }
+        return absl::OkStatus();
+      };
+    }
+  }
+  to_wire_ =
+      std::make_unique<SplicePump>(app_.get(), wire, ctx_.pipes, nullptr, std::move(close_wire));
+  from_wire_ = std::make_unique<SplicePump>(wire, app_.get(), ctx_.pipes, std::move(read_control),
+                                            nullptr, ktls && fin_only);
+}
+
+void Connection::Adopt(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                       DetachedConnection moved) {
+  const MovedConnection& m = moved.meta;
+  auto* c = new Connection(ctx, std::move(group), m.direction, m.workload, m.started);
+  {
+    absl::MutexLock lock(&c->record_->mu);
+    c->record_->info = m.info;
+  }
+  c->record_->bytes_to_wire.store(m.bytes_to_wire);
+  c->record_->bytes_from_wire.store(m.bytes_from_wire);
+  c->app_ = std::move(moved.app);
+  c->wire_ = std::move(moved.wire);
+  c->plaintext_ = m.info.data_path == "plaintext";
+  c->ktls_ = !c->plaintext_;
+  c->fin_only_ = m.fin_only;
+  c->to_wire_done_ = m.to_wire_done;
+  c->from_wire_done_ = m.from_wire_done;
+  // The access log's result, as for the permissive listener that let it in.
+  if (c->plaintext_) c->result_ = CloseReason::kPlaintextClient;
+  ctx.shared.counters->adopted.fetch_add(1);
+  if (c->ktls_) {
+    c->record_limit_ = RecordLimit(m.info.cipher);
+    auto chain = ParseCertificates(m.peer.chain_pem, "the moved connection's peer chain");
+    auto peer = SpiffeId::Parse(m.info.peer_id);
+    auto local = SpiffeId::Parse(m.info.local_id);
+    // CheckMovedSockets saw these parse; this is the connection's own copy.
+    if (!chain.ok() || chain->empty() || !peer.ok() || !local.ok()) {
+      c->Abort(CloseReason::kPumpSetup, "the moved connection's peer identity does not parse");
+      return;
+    }
+    c->adopted_peer_.reset(new AdoptedPeer{*std::move(chain), m.peer.verified_at, *std::move(peer),
+                                           *std::move(local), m.peer});
+  }
+  c->CreateSplicePumps(c->ktls_, c->fin_only_);
+  c->Established();
+}
+
+bool Connection::Movable() const {
+  return state_ == ConnectionState::kEstablished && !closing_ && !detach_done_ && !in_place_ &&
+         !handed_over_ && (ktls_ || plaintext_) && to_wire_ && from_wire_;
+}
+
+void Connection::Detach(absl::Time deadline, DetachDone done) {
+  if (!Movable()) {
+    done(absl::FailedPreconditionError(
+        ktls_ || plaintext_ ? "it is not established"
+                            : "it is on the userspace record layer, whose TLS state cannot move"));
+    return;
+  }
+  detach_done_ = std::move(done);
+  detach_deadline_ = deadline;
+  // No more reads: every poll goes; the flush below asks for what it needs.
+  for (Waiter& w : waiters_) {
+    if (w.pending) ctx_.loop.PollRemove(&w);
+  }
+  ContinueDetach();
+}
+
+void Connection::ContinueDetach() {
+  bool blocked = false;
+  struct Half {
+    Pump* pump;
+    bool* done;
+    std::atomic<uint64_t>* bytes;
+  };
+  for (Half d : {Half{to_wire_.get(), &to_wire_done_, &record_->bytes_to_wire},
+                 Half{from_wire_.get(), &from_wire_done_, &record_->bytes_from_wire}}) {
+    if (*d.done) continue;
+    PumpStep step = d.pump->Flush();
+    d.bytes->fetch_add(step.bytes, std::memory_order_relaxed);
+    if (step.status == PumpStatus::kFailed) {
+      FinishDetach(absl::AbortedError(absl::StrCat("it failed while quiescing: ", step.error)));
+      StreamFailed(step.error);
+      return;
+    }
+    if (step.status == PumpStatus::kBlocked) {
+      blocked = true;
+      Wait(step.wait.fd, step.wait.events);
+    } else if (d.pump->source_ended()) {
+      *d.done = true;
+    }
+  }
+  if (to_wire_done_ && from_wire_done_) {
+    FinishDetach(absl::AbortedError("it ended while quiescing"));
+    CloseGracefully();
+    return;
+  }
+  if (blocked || pending_ > 0) return;  // OnPoll comes back here
+  // Nothing held, nothing pending: the sockets and the record go, untouched
+  // (no reset, no shutdown: they are the successor's once it has them).
+  DetachedConnection d;
+  MovedConnection& m = d.meta;
+  m.id = record_->id;
+  m.direction = direction_;
+  m.workload = record_->workload;
+  m.info = record_->Info();
+  m.started = record_->started;
+  m.bytes_to_wire = record_->bytes_to_wire.load();
+  m.bytes_from_wire = record_->bytes_from_wire.load();
+  m.to_wire_done = to_wire_done_;
+  m.from_wire_done = from_wire_done_;
+  m.fin_only = fin_only_;
+  if (tls_) {
+    m.peer = VerifiedPeerOf(*tls_);
+  } else if (adopted_peer_) {
+    m.peer = adopted_peer_->verified;
+  }
+  m.netns = listeners_->netns_name;
+  d.app = std::move(app_);
+  d.wire = std::move(wire_);
+  ctx_.shared.counters->detached.fetch_add(1);
+  DetachDone done = std::move(detach_done_);
+  detach_done_ = nullptr;
+  delete this;
+  done(std::move(d));
+}
+
+void Connection::FinishDetach(absl::StatusOr<DetachedConnection> result) {
+  if (!detach_done_) return;
+  DetachDone done = std::move(detach_done_);
+  detach_done_ = nullptr;
+  detach_deadline_ = absl::InfiniteFuture();
+  done(std::move(result));
 }
 
 void Connection::Established() {
@@ -850,8 +1002,8 @@ absl::Status Connection::CheckRecordLimits() {
   }
   if (sent >= record_limit_ || received >= record_limit_) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the connection reached the TLS record limit for ", tls_->cipher(), " (",
-                     record_limit_, " records) and must be re-established"));
+        absl::StrCat("the connection reached the TLS record limit for ", record_->Info().cipher,
+                     " (", record_limit_, " records) and must be re-established"));
   }
   return absl::OkStatus();
 }
@@ -907,15 +1059,12 @@ void Connection::StreamFailed(const std::string& error) {
   // has almost always refused us by policy: say so to whoever reads the log
   // on this (client) side.
   if (direction_ == Direction::kOutbound && record_->bytes_from_wire.load() == 0) {
-    std::string server;
-    {
-      absl::MutexLock lock(&record_->mu);
-      server = record_->info.peer_id;
-    }
-    Abort(CloseReason::kRejectedByPeer,
-          absl::StrCat("the server ", server, " ended the connection before sending any data (",
-                       error, "); its policy may not allow ", tls_->local_id().ToString(),
-                       ": check the denials on the server's node"));
+    ConnectionInfo info = record_->Info();
+    Abort(
+        CloseReason::kRejectedByPeer,
+        absl::StrCat("the server ", info.peer_id, " ended the connection before sending any data (",
+                     error, "); its policy may not allow ", info.local_id,
+                     ": check the denials on the server's node"));
     return;
   }
   Abort(CloseReason::kStreamError, error);
@@ -963,6 +1112,16 @@ bool Connection::ClientSentNothing() const {
 
 void Connection::Tick(absl::Time now) {
   if (closing_) return;
+  if (detach_done_) {
+    // Its receiver did not take what the pumps hold in time: it stays here
+    // and carries on.
+    if (now > detach_deadline_) {
+      FinishDetach(absl::DeadlineExceededError(
+          "its receiver did not take the bytes in flight in time; it stays and drains here"));
+      RunPumps();
+    }
+    return;
+  }
   for (Waiter& w : waiters_) {
     if (w.retry && !w.pending) Wait(w.fd, w.events);
   }
@@ -1035,6 +1194,7 @@ void Connection::CloseGracefully() {
 }
 
 void Connection::Cancel() {
+  FinishDetach(absl::AbortedError("it ended while quiescing"));
   // A closing connection is no longer a pending handshake.
   ReleaseHandshakeSlot();
   closing_ = true;
@@ -1111,6 +1271,7 @@ ClosedConnection Connection::Summary() const {
 }
 
 void Connection::Destroy() {
+  FinishDetach(absl::AbortedError("the engine stopped"));
   ArmReset(app_.get());
   if (in_place_) {
     // The engine stops: the workload's connect still gets its answer.

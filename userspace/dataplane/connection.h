@@ -20,6 +20,7 @@
 // (it is the workload's to close).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,8 +47,25 @@ class Connection {
   static void StartInPlace(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
                            InPlaceOutbound request, HandshakeSlot slot);
 
+  // Carries a connection another engine detached (an agent handover), or
+  // one this engine detached and takes back, from where its pumps stopped.
+  // Its sockets were checked (CheckMovedSockets).
+  static void Adopt(LoopContext& ctx, std::shared_ptr<const ListenerGroup> group,
+                    DetachedConnection moved);
+
   // The ListenerGroup id of the listener that accepted it.
   uint64_t listener_group() const { return listeners_->id; }
+
+  // Handover: established, and both sockets on kernel TLS or plain, so that
+  // nothing of the stream is in this process but what the pumps hold.
+  bool Movable() const;
+  using DetachDone = std::function<void(absl::StatusOr<DetachedConnection>)>;
+  // Quiesces a Movable connection (no more reads; what the pumps hold goes
+  // to their sinks) and gives it up: `done` runs once, on the loop, with its
+  // sockets and record, and the connection is gone. Or with why not: not
+  // movable, its sinks did not take the held bytes by `deadline` (it then
+  // carries on), or it ended meanwhile (closed and logged as usual).
+  void Detach(absl::Time deadline, DetachDone done);
 
   // Enforces the connect, first-byte, handshake and idle deadlines.
   void Tick(absl::Time now);
@@ -90,7 +108,7 @@ class Connection {
   };
 
   Connection(LoopContext& ctx, std::shared_ptr<const ListenerGroup> listeners, Direction direction,
-             std::string workload);
+             std::string workload, absl::Time started = absl::Now());
   ~Connection();
 
   void OnPoll(Slot slot, int result);
@@ -109,6 +127,15 @@ class Connection {
   AuthorizationDecision Authorize() const;
   void ConnectApplication();
   void StartPumping();
+  // splice(2) both ways: `ktls`, the wire is kernel TLS (close_notify ends
+  // a direction, unless `fin_only`); otherwise both sockets are plain.
+  void CreateSplicePumps(bool ktls, bool fin_only);
+  // Handover: flushes the pumps; hands the connection over once they hold
+  // nothing and no poll is pending.
+  void ContinueDetach();
+  // Runs the Detach callback (once) with `result`.
+  void FinishDetach(absl::StatusOr<DetachedConnection> result);
+  PeerVerdict ReverifyPeer() const;
   // Inbound, zero-hop offered and acked: installs kTLS and offers the socket
   // to the listener's deliver hook. True if the connection is done with
   // (handed over, or aborted); false: proxy it.
@@ -205,6 +232,21 @@ class Connection {
   int original_file_flags_ = -1;  // to restore; -1: not changed
   int connect_errno_ = 0;         // the kernel's connect error, for the workload
   uint64_t socket_cookie_ = 0;
+
+  // Handover.
+  DetachDone detach_done_;  // set while Detach quiesces it
+  absl::Time detach_deadline_ = absl::InfiniteFuture();
+  bool fin_only_ = false;  // the zero-hop end rule (tls_->zero_hop(), or moved in)
+  // A connection moved in has no TlsSession: its peer as verified by the
+  // agent that made the handshake, for Recheck.
+  struct AdoptedPeer {
+    CertChain chain;
+    absl::Time verified_at;
+    SpiffeId peer_id;
+    SpiffeId local_id;
+    VerifiedPeer verified;  // as received, to pass on again
+  };
+  std::unique_ptr<AdoptedPeer> adopted_peer_;
 };
 
 }  // namespace ktrust

@@ -22,12 +22,13 @@ absl::string_view StateName(ConnectionState s) {
   return "unknown";
 }
 
-std::shared_ptr<ConnectionRecord> ConnectionTable::Add(Direction direction, std::string workload) {
+std::shared_ptr<ConnectionRecord> ConnectionTable::Add(Direction direction, std::string workload,
+                                                       absl::Time started) {
   auto record = std::make_shared<ConnectionRecord>();
   record->id = next_id_.fetch_add(1);
   record->direction = direction;
   record->workload = std::move(workload);
-  record->started = absl::Now();
+  record->started = started;
   absl::MutexLock lock(&mu_);
   records_.emplace(record->id, record);
   return record;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <thread>
 #include <variant>
 
@@ -22,7 +24,9 @@
 #include "ktrust/common/log.h"
 #include "ktrust/common/log_limiter.h"
 #include "ktrust/common/thread_name.h"
+#include "ktrust/identity/x509.h"
 #include "ktrust/tls/ktls.h"
+#include "ktrust/tls/traffic_keys.h"
 
 namespace ktrust {
 namespace {
@@ -99,6 +103,33 @@ class PendingInPlace {
   std::optional<InPlaceOutbound> request_;
 };
 
+// The upper-layer protocol on a TCP socket: "tls" with kernel TLS, empty
+// without one.
+absl::StatusOr<std::string> UlpOf(int fd, const char* which) {
+  char name[16] = {};
+  socklen_t len = sizeof(name);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_ULP, name, &len) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("TCP_ULP of the ", which, " socket"));
+  }
+  return std::string(name, strnlen(name, std::min<size_t>(len, sizeof(name))));
+}
+
+absl::Status CheckTcp(int fd, const char* which) {
+  int type = 0, protocol = 0;
+  socklen_t len = sizeof(type);
+  if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("no ", which, " socket"));
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", which, " descriptor is not a socket (", ErrnoText(errno), ")"));
+  }
+  len = sizeof(protocol);
+  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 ||
+      protocol != IPPROTO_TCP) {
+    return absl::InvalidArgumentError(absl::StrCat("the ", which, " socket is not TCP"));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<std::string> AddressStrings(const std::vector<SocketAddress>& addresses) {
   std::vector<std::string> out;
   for (const auto& a : addresses) out.push_back(a.ToString());
@@ -106,6 +137,56 @@ std::vector<std::string> AddressStrings(const std::vector<SocketAddress>& addres
 }
 
 }  // namespace
+
+absl::Status CheckMovedSockets(const MovedConnection& meta, int app, int wire) {
+  const std::string& path = meta.info.data_path;
+  const bool plaintext = path == "plaintext";
+  if (!plaintext && path != "ktls-sw" && path != "ktls-hw") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a connection on data path \"", path,
+                     "\" cannot move: only kernel TLS or plaintext connections can"));
+  }
+  if (auto st = CheckTcp(app, "application"); !st.ok()) return st;
+  if (auto st = CheckTcp(wire, "wire"); !st.ok()) return st;
+  auto app_ulp = UlpOf(app, "application");
+  if (!app_ulp.ok()) return app_ulp.status();
+  if (!app_ulp->empty()) {
+    return absl::InvalidArgumentError("the application socket is not plain TCP");
+  }
+  auto wire_ulp = UlpOf(wire, "wire");
+  if (!wire_ulp.ok()) return wire_ulp.status();
+  if (plaintext) {
+    if (!wire_ulp->empty()) {
+      return absl::InvalidArgumentError("a plaintext connection's wire socket has kernel TLS");
+    }
+    return absl::OkStatus();
+  }
+  // Kernel TLS both ways, or the bytes would go out (or come in) unprotected.
+  if (*wire_ulp != "tls") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the wire socket of a ", path, " connection has no kernel TLS"));
+  }
+  for (KtlsDirection d : {KtlsDirection::kTx, KtlsDirection::kRx}) {
+    if (auto seq = RecordSequence(wire, d); !seq.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the wire socket's kernel TLS is not installed both ways: ", seq.status().message()));
+    }
+  }
+  // The cipher sets the record limit the connection is held to.
+  if (!CipherSuiteFromName(meta.info.cipher).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown cipher \"", meta.info.cipher, "\""));
+  }
+  auto chain = ParseCertificates(meta.peer.chain_pem, "the peer's certificate chain");
+  if (!chain.ok() || chain->empty()) {
+    return absl::InvalidArgumentError("a kernel TLS connection needs its peer's certificate chain");
+  }
+  if (!SpiffeId::Parse(meta.info.peer_id).ok() || !SpiffeId::Parse(meta.info.local_id).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("unusable SPIFFE IDs (peer \"",
+                                                   meta.info.peer_id, "\", local \"",
+                                                   meta.info.local_id, "\")"));
+  }
+  return absl::OkStatus();
+}
 
 // One event loop thread: its listeners, its connections, its ticker.
 class Engine::Loop {
@@ -250,6 +331,28 @@ class Engine::Loop {
     }
     Connection::StartInPlace(ctx_, ctx_.shared.own_listeners, std::move(request),
                              std::get<HandshakeSlot>(std::move(admitted)));
+  }
+
+  // On the loop's thread: detaches Movable connections while `budget`
+  // lasts; `done` hears of each (Connection::Detach).
+  void DetachMovable(std::atomic<size_t>& budget, absl::Time deadline,
+                     const std::function<void()>& started, const Connection::DetachDone& done) {
+    std::vector<Connection*> live(ctx_.connections.begin(), ctx_.connections.end());
+    for (Connection* c : live) {
+      if (!ctx_.connections.count(c) || !c->Movable()) continue;
+      size_t left = budget.load();
+      while (left > 0 && !budget.compare_exchange_weak(left, left - 1)) {
+      }
+      if (left == 0) return;
+      started();
+      c->Detach(deadline, done);
+    }
+  }
+
+  // On the loop's thread: carries a connection moved in.
+  void AdoptConnection(std::shared_ptr<const ListenerGroup> group, DetachedConnection moved) {
+    Connection::Adopt(ctx_, std::move(group), std::move(moved));
+    peak_since_trim_ = std::max(peak_since_trim_, ctx_.connections.size());
   }
 
   // Runs `task` on the loop's thread; false if the loop has ended.
@@ -672,7 +775,7 @@ absl::StatusOr<ListenerGroupHandle> Engine::AddNetnsListeners(NetnsListeners lis
   ListenerGroupHandle handle{group->id, std::move(opened->outbound_addresses),
                              std::move(opened->inbound_addresses), std::move(opened->outbound_fds),
                              std::move(opened->inbound_fds)};
-  netns_listener_groups_[group->id] = group->netns_name;
+  netns_listener_groups_[group->id] = group;
   for (size_t i = 0; i < loops_.size(); ++i) {
     Loop* loop = loops_[i].get();
     // std::function must be copyable: the sockets travel in a shared_ptr.
@@ -696,7 +799,7 @@ void Engine::RemoveNetnsListeners(uint64_t id) {
   absl::MutexLock lock(&runtime_mu_);
   auto group = netns_listener_groups_.find(id);
   if (group == netns_listener_groups_.end()) return;
-  std::string netns_name = std::move(group->second);
+  std::string netns_name = group->second->netns_name;
   netns_listener_groups_.erase(group);
   CloseListenerGroup(id);
   LogEvent(spdlog::level::info,
@@ -737,6 +840,62 @@ void Engine::EndConnections(CloseResult result, const std::string& explanation) 
   OnEveryLoop([&](Loop& loop) {
     loop.TerminateIf([](const Connection&) { return true; }, result, explanation);
   });
+}
+
+std::vector<DetachedConnection> Engine::DetachForHandover(size_t max, absl::Duration timeout) {
+  struct Taken {
+    absl::Mutex mu;
+    int outstanding ABSL_GUARDED_BY(mu) = 0;
+    std::vector<DetachedConnection> connections ABSL_GUARDED_BY(mu);
+  };
+  auto taken = std::make_shared<Taken>();
+  std::atomic<size_t> budget{max};
+  absl::Time deadline = absl::Now() + timeout;
+  auto started = [taken] {
+    absl::MutexLock lock(&taken->mu);
+    ++taken->outstanding;
+  };
+  Connection::DetachDone done = [taken](absl::StatusOr<DetachedConnection> result) {
+    if (!result.ok()) {
+      LogEvent(spdlog::level::info,
+               {{"event", "connection_not_moved"}, {"reason", result.status().message()}});
+    }
+    absl::MutexLock lock(&taken->mu);
+    if (result.ok()) taken->connections.push_back(*std::move(result));
+    --taken->outstanding;
+  };
+  {
+    absl::MutexLock lock(&runtime_mu_);
+    OnEveryLoop([&](Loop& loop) { loop.DetachMovable(budget, deadline, started, done); });
+  }
+  // Each Detach ends by itself: handed over, given up at the deadline (the
+  // loops tick every second while they hold connections), or closed.
+  absl::MutexLock lock(&taken->mu);
+  auto all_done = [](Taken* t) ABSL_SHARED_LOCKS_REQUIRED(t->mu) { return t->outstanding == 0; };
+  taken->mu.Await(absl::Condition(+all_done, taken.get()));
+  return std::move(taken->connections);
+}
+
+absl::Status Engine::Adopt(DetachedConnection& connection) {
+  if (auto st = CheckMovedSockets(connection.meta, connection.app.get(), connection.wire.get());
+      !st.ok()) {
+    return st;
+  }
+  absl::MutexLock lock(&runtime_mu_);
+  if (!running_ || loops_.empty())
+    return absl::FailedPreconditionError("the engine is not running");
+  // With the listeners of its namespace, so that removing them ends it too.
+  std::shared_ptr<const ListenerGroup> group = shared_->own_listeners;
+  for (const auto& [id, g] : netns_listener_groups_) {
+    if (!connection.meta.netns.empty() && g->netns_name == connection.meta.netns) group = g;
+  }
+  Loop* loop = loops_[next_adopt_loop_.fetch_add(1) % loops_.size()].get();
+  auto moved = std::make_shared<DetachedConnection>(std::move(connection));
+  if (!loop->Post([loop, group, moved] { loop->AdoptConnection(group, std::move(*moved)); })) {
+    connection = std::move(*moved);
+    return absl::UnavailableError("the engine's event loops have stopped");
+  }
+  return absl::OkStatus();
 }
 
 void Engine::HandshakeInPlace(InPlaceOutbound request) {

@@ -125,13 +125,73 @@ SplicePump::~SplicePump() {
   if (pipe_) pipes_.Give(*std::move(pipe_), in_pipe_ == 0);
 }
 
-PumpStep SplicePump::Step() {
-  PumpStep step = Move();
-  // Empty again: back to the pool until bytes come.
+void SplicePump::GiveBackEmptyPipe() {
   if (pipe_ && in_pipe_ == 0) {
     pipes_.Give(*std::move(pipe_), true);
     pipe_.reset();
   }
+}
+
+PumpStep Pump::Flush() {
+  PumpStep step;
+  step.status = PumpStatus::kFailed;
+  step.error = "this pump cannot be quiesced for a handover";
+  return step;
+}
+
+bool SplicePump::EmptyPipe(PumpStep& step) {
+  while (in_pipe_ > 0) {
+    ssize_t n = splice(pipe_->read.get(), nullptr, sink_, nullptr, in_pipe_,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      in_pipe_ -= static_cast<size_t>(n);
+      step.bytes += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      step.wait = {sink_, POLLOUT};
+      return false;
+    }
+    step.status = PumpStatus::kFailed;
+    step.error = absl::StrCat("splice to the receiving socket: ", ErrnoText(errno));
+    return false;
+  }
+  return true;
+}
+
+bool SplicePump::CloseSink(PumpStep& step) {
+  if (close_sink_) {
+    absl::Status st = close_sink_(sink_);
+    if (absl::IsUnavailable(st)) {  // the socket buffer is full: retry on POLLOUT
+      step.wait = {sink_, POLLOUT};
+      return false;
+    }
+    if (!st.ok()) {
+      step.status = PumpStatus::kFailed;
+      step.error = std::string(st.message());
+      return false;
+    }
+  } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
+    step.status = PumpStatus::kFailed;
+    step.error = absl::StrCat("shutdown: ", ErrnoText(errno));
+    return false;
+  }
+  return true;
+}
+
+PumpStep SplicePump::Flush() {
+  PumpStep step;
+  if (!EmptyPipe(step)) return step;
+  if (source_done_ && !CloseSink(step)) return step;
+  step.status = PumpStatus::kFinished;
+  GiveBackEmptyPipe();
+  return step;
+}
+
+PumpStep SplicePump::Step() {
+  PumpStep step = Move();
+  GiveBackEmptyPipe();  // until bytes come again
   return step;
 }
 
@@ -143,33 +203,9 @@ PumpStep SplicePump::Move() {
     return step;
   };
   while (true) {
-    if (in_pipe_ > 0) {
-      ssize_t n = splice(pipe_->read.get(), nullptr, sink_, nullptr, in_pipe_,
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        in_pipe_ -= static_cast<size_t>(n);
-        step.bytes += static_cast<uint64_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
-        step.wait = {sink_, POLLOUT};
-        return step;
-      }
-      return fail(absl::StrCat("splice to the receiving socket: ", ErrnoText(errno)));
-    }
+    if (!EmptyPipe(step)) return step;
     if (source_done_) {
-      if (close_sink_) {
-        absl::Status st = close_sink_(sink_);
-        if (absl::IsUnavailable(st)) {  // the socket buffer is full: retry on POLLOUT
-          step.wait = {sink_, POLLOUT};
-          return step;
-        }
-        if (!st.ok()) return fail(std::string(st.message()));
-      } else if (shutdown(sink_, SHUT_WR) != 0 && errno != ENOTCONN) {
-        return fail(absl::StrCat("shutdown: ", ErrnoText(errno)));
-      }
-      step.status = PumpStatus::kFinished;
+      if (CloseSink(step)) step.status = PumpStatus::kFinished;
       return step;
     }
     if (!pipe_) {

@@ -73,6 +73,13 @@ class Pump {
  public:
   virtual ~Pump() = default;
   virtual PumpStep Step() = 0;
+  // Handover: writes what the pump holds to the sink without reading the
+  // source again. kFinished once it holds nothing (and, if the source had
+  // ended, the sink is shut down: see source_ended()). A pump that cannot
+  // be quiesced this way fails.
+  virtual PumpStep Flush();
+  // The source ended; once Step() or Flush() finished, the sink was shut down.
+  virtual bool source_ended() const = 0;
 };
 
 class CopyPump : public Pump {
@@ -82,6 +89,7 @@ class CopyPump : public Pump {
   // Step() calls never overlap); it holds nothing between steps.
   CopyPump(StreamEnd& source, StreamEnd& sink, char* scratch);
   PumpStep Step() override;
+  bool source_ended() const override { return source_done_; }
 
   // Bytes read and not yet taken by the sink, held by this pump (0 when
   // idle).
@@ -144,12 +152,22 @@ class SplicePump : public Pump {
              SinkCloser close_sink, bool fin_ends_source = false);
   ~SplicePump() override;
   PumpStep Step() override;
+  PumpStep Flush() override;
+  bool source_ended() const override { return source_done_; }
 
   // Holds a pipe from the pool (only while its sink is behind).
   bool holds_pipe() const { return pipe_.has_value(); }
 
  private:
   PumpStep Move();
+  // Empties the pipe into the sink; false with `step` filled (blocked on
+  // the sink, or failed) if it could not.
+  bool EmptyPipe(PumpStep& step);
+  // The source has ended: half-closes the sink. False with `step` filled
+  // (blocked or failed) if it could not yet.
+  bool CloseSink(PumpStep& step);
+  // An empty pipe goes back to the pool.
+  void GiveBackEmptyPipe();
 
   int source_;
   int sink_;

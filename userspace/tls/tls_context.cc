@@ -147,6 +147,25 @@ int TlsContext::VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
   return 0;
 }
 
+VerifyOptions TlsContext::PeerVerifyOptions() const {
+  VerifyOptions options = options_.verify;
+  // Our role decides which extended key usage the peer needs.
+  options.purpose = role() == TlsRole::kServer ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+  return options;
+}
+
+PeerVerdict TlsContext::ReverifyPeer(const CertChain& chain, absl::Time verified_at) const {
+  if (chain.empty()) {
+    return PeerVerdict::Reject(RejectReason::kNoCertificate, "no verified peer to check again");
+  }
+  std::shared_ptr<const TrustStore> trust = trust_.load();
+  std::vector<X509*> untrusted;
+  for (size_t i = 1; i < chain.size(); ++i) untrusted.push_back(chain[i].get());
+  // At the handshake's time: an SVID that expired since does not end a live
+  // connection (renewal never does), a changed trust store does.
+  return VerifyPeerChain(*trust, chain.front().get(), untrusted, PeerVerifyOptions(), verified_at);
+}
+
 absl::StatusOr<std::unique_ptr<TlsSession>> TlsContext::NewSession(
     std::shared_ptr<const Svid> svid, std::optional<SpiffeIdPattern> expected_peer) const {
   if (!svid) return absl::InvalidArgumentError("TLS session needs an SVID");

@@ -152,13 +152,7 @@ void TlsSession::ForgetTrafficSecrets() {
   server_traffic_secret_ = Secret();
 }
 
-VerifyOptions TlsSession::PeerVerifyOptions() const {
-  VerifyOptions options = context_.options_.verify;
-  // Our role decides which extended key usage the peer needs.
-  options.purpose =
-      context_.role() == TlsRole::kServer ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
-  return options;
-}
+VerifyOptions TlsSession::PeerVerifyOptions() const { return context_.PeerVerifyOptions(); }
 
 bool TlsSession::VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted) {
   verified_at_ = context_.options_.clock();
@@ -197,12 +191,7 @@ PeerVerdict TlsSession::ReverifyPeer() const {
   if (!peer_id_ || chain.empty()) {
     return PeerVerdict::Reject(RejectReason::kNoCertificate, "no verified peer to check again");
   }
-  std::shared_ptr<const TrustStore> trust = context_.trust_.load();
-  std::vector<X509*> untrusted;
-  for (size_t i = 1; i < chain.size(); ++i) untrusted.push_back(chain[i].get());
-  // At the handshake's time: an SVID that expired since does not end a live
-  // connection (renewal never does), a changed trust store does.
-  return VerifyPeerChain(*trust, chain.front().get(), untrusted, PeerVerifyOptions(), verified_at_);
+  return context_.ReverifyPeer(chain, verified_at_);
 }
 
 void TlsSession::Fail(HandshakeError error, std::string explanation) {

@@ -89,6 +89,10 @@ struct DrainState {
   // successor it handed over to, or the predecessor still draining.
   std::string successor;
   std::string predecessor;
+  // Handover: connections handed to the successor, and taken from the
+  // predecessor (docs/operations.md).
+  uint64_t moved = 0;
+  uint64_t moved_in = 0;
 };
 
 // Called on the agent's threads for every connection that ended and every
@@ -139,6 +143,15 @@ class Agent {
   // The agents around this one in an upgrade (DrainState), in words.
   void SetSuccessor(std::string successor);
   void SetPredecessor(std::string predecessor);
+
+  // Handover (docs/operations.md): the connections that can move to a
+  // successor, taken out of the engine (Engine::DetachForHandover).
+  std::vector<DetachedConnection> DetachForHandover(size_t max, absl::Duration timeout);
+  // One of them is the successor's now.
+  void CountMovedOut();
+  // Carries a moved connection: one from the predecessor (`moved_in`), or
+  // one of this agent's that did not move after all (Engine::Adopt).
+  absl::Status AdoptConnection(DetachedConnection& connection, bool moved_in);
 
   // After a successor that went away mid-handover: points the kernel's
   // steering of the host's namespace back at this agent's listeners.

@@ -13,13 +13,26 @@
 //                                <-    released {control_socket: where its
 //                                      status stays while it drains}
 //   (serves its control socket)
-//   ready                        ->    stops accepting, drains (agent.drain_timeout)
-//   ... the connection stays open until the predecessor exits.
+//   ready                        ->    stops accepting; then, for each
+//                                      established connection on kernel TLS
+//                                      or plain sockets, quiesced:
+//                                <-    move {id, connection} + SCM_RIGHTS
+//                                      [application socket, wire socket]
+//   (checks the sockets)
+//   took {id}  or  declined {id, reason} ->
+//                                <-    yours {id}   (then closes its copies)
+//   (adopts it into its engine and pumps)
+//   ... the predecessor drains what could not move (agent.drain_timeout);
+//   the connection stays open until it exits.
 //
 // A successor that goes away before `ready` (a bad configuration, a crash,
 // a kill) leaves the predecessor serving as before: it points the steering
 // back at its own listeners and takes its control socket back. Nothing is
-// moved before `ready`, so every connection has one owner throughout.
+// moved before `ready`. A moving connection has one owner throughout: the
+// successor carries it only after `yours`, and the predecessor sends
+// `yours` only after `took`; a successor that declines, goes away or does
+// not answer in time leaves it with the predecessor (which then closes the
+// handover connection, so that a late `took` can never count).
 #pragma once
 
 #include <sys/types.h>
@@ -33,27 +46,36 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ktrust/common/unique_fd.h"
+#include "ktrust/dataplane/engine.h"
 
 namespace ktrust {
 
 // <control socket's directory>/handover.sock
 std::string HandoverSocketPath(const std::string& control_socket);
 
-// A message is a few hundred bytes; anything longer is refused.
-inline constexpr size_t kMaxHandoverMessageBytes = 4096;
+// A message is a few hundred bytes, a move a few kilobytes (the peer's
+// certificate chain); anything longer is refused.
+inline constexpr size_t kMaxHandoverMessageBytes = 64 * 1024;
 
 struct HandoverMessage {
-  // "hello", "welcome", "refused", "started", "released", "ready"
+  // "hello", "welcome", "refused", "started", "released", "ready", "move",
+  // "took", "declined", "yours"
   std::string type;
   int64_t pid = 0;             // hello, welcome
-  std::string reason;          // refused
+  std::string reason;          // refused, declined
   std::string control_socket;  // released
+  uint64_t id = 0;             // move, took, declined, yours: the predecessor's connection id
+  std::optional<MovedConnection> connection;  // move
 };
 
 std::string EncodeHandoverMessage(const HandoverMessage& message);
-// Fails on malformed JSON, a wrong version, an unknown type or a field of
-// the wrong type, saying which.
+// Fails on malformed JSON, a wrong version, an unknown type, a field of
+// the wrong type, or a move without its connection, saying which.
 absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text);
+// How many descriptors a message of `type` carries (SCM_RIGHTS): a move
+// its two sockets, any other none. A message with any other number is
+// refused, and what it carried closed.
+size_t HandoverFdCount(absl::string_view type);
 
 // CapEff of a /proc/<pid>/status text.
 absl::StatusOr<uint64_t> ParseEffectiveCapabilities(absl::string_view status_text);
@@ -91,6 +113,18 @@ class HandoverServer {
   void Service(absl::Time now);
   // Handed over (the successor said ready).
   bool handed_over() const { return state_ == State::kHandedOver; }
+  // Handed over, and the successor is still connected: it can take
+  // connections.
+  bool can_move() const { return handed_over() && successor_.valid(); }
+
+  // After the handover: offers `connection` (detached from this agent's
+  // engine) to the successor and waits up to `timeout` for its answer. OK:
+  // the successor took it and was told it is its own; the caller closes its
+  // copies of the sockets (without a reset or a shutdown). An error: the
+  // connection is still the caller's to carry on. A declined one leaves the
+  // successor connected; a successor that is gone, answers out of turn or
+  // not in time is dropped (can_move() is false then).
+  absl::Status Move(const DetachedConnection& connection, absl::Duration timeout);
 
   static constexpr absl::Duration kSuccessorDeadline = absl::Minutes(2);
 
@@ -100,6 +134,8 @@ class HandoverServer {
   void Admit(UniqueFd conn);
   void OnMessage(absl::Time now);
   void Abandon(const std::string& why);
+  // The successor misbehaved after the handover: no more moves.
+  void DropSuccessor(const std::string& why);
 
   std::string path_;
   UniqueFd listener_;
@@ -128,10 +164,32 @@ class HandoverClient {
   // The predecessor exited (its end of the connection closed).
   bool PredecessorGone();
 
+  // After Ready: the predecessor's connections as it offers them.
+  struct Adoption {
+    // Whether this agent can carry it (CheckMovedSockets); an error declines it.
+    std::function<absl::Status(const DetachedConnection&)> check;
+    // It is this agent's now (the predecessor said yours): carry it.
+    std::function<void(DetachedConnection)> adopt;
+  };
+  // Handles what the predecessor has sent, without blocking. Bad input (a
+  // message that does not decode, a wrong number of descriptors, a message
+  // out of turn) is logged and answered with `declined`; it changes
+  // nothing. A connection taken and not yet ours when the predecessor goes
+  // away is closed here without a reset (the predecessor kept it).
+  void ServiceMoves(const Adoption& adoption);
+  // For poll: readable when the predecessor sent something (or went away).
+  int fd() const { return fd_.get(); }
+
  private:
   explicit HandoverClient(UniqueFd fd) : fd_(std::move(fd)) {}
+  // A connection dropped here: its sockets closed without a reset or a
+  // shutdown, the predecessor keeps its own copies.
+  void Drop(DetachedConnection connection, const std::string& why);
+
   UniqueFd fd_;
   pid_t predecessor_ = 0;
+  std::optional<DetachedConnection> taken_;  // took, awaiting yours
+  bool gone_ = false;
 };
 
 }  // namespace ktrust

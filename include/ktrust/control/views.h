@@ -80,6 +80,10 @@ struct DrainView {
   int64_t handshakes = 0;   // of which still in their handshake
   std::string successor;    // in words; empty: none
   std::string predecessor;  // in words; empty: none
+  // Handover: connections moved to the successor, and taken from the
+  // predecessor.
+  int64_t moved = 0;
+  int64_t moved_in = 0;
 };
 
 // Kubernetes mode: the API server's list and watch, and this node's pods.

@@ -77,7 +77,10 @@ struct ConnectionSnapshot {
 
 class ConnectionTable {
  public:
-  std::shared_ptr<ConnectionRecord> Add(Direction direction, std::string workload);
+  // `started`: when the connection was accepted; a moved-in connection
+  // (an agent handover) keeps the time its first agent accepted it.
+  std::shared_ptr<ConnectionRecord> Add(Direction direction, std::string workload,
+                                        absl::Time started = absl::Now());
   void Remove(uint64_t id);
   std::vector<ConnectionSnapshot> Snapshot() const;
   size_t size() const;

@@ -179,6 +179,47 @@ struct ClosedConnection {
   absl::Duration duration;
 };
 
+// A proxied connection on its way from one engine to another (an agent
+// handover, docs/operations.md): what the connection table shows of it and
+// what the new engine needs to carry it on. Only connections whose two
+// sockets hold no userspace state move: kernel TLS ("ktls-sw", "ktls-hw")
+// or plain ("plaintext", a permissive listener's non-TLS client) on the
+// wire, a plain socket to the application.
+struct MovedConnection {
+  uint64_t id = 0;  // in the engine it leaves (for the logs)
+  Direction direction = Direction::kOutbound;
+  std::string workload;
+  ConnectionInfo info;  // info.data_path says what the wire socket carries
+  absl::Time started;   // when its first agent accepted it
+  uint64_t bytes_to_wire = 0, bytes_from_wire = 0;
+  // A direction that has already ended (its sink was shut down).
+  bool to_wire_done = false;
+  bool from_wire_done = false;
+  // The zero-hop end rule was negotiated: a bare FIN ends a direction.
+  bool fin_only = false;
+  // The peer's chain as the handshake verified it, so that the new engine
+  // can check it again after a reload; empty for a plaintext client.
+  VerifiedPeer peer;
+  // "net:[<inode>]" of the namespace its listener was in; empty: the
+  // engine's own. The new engine files it with its listeners there.
+  std::string netns;
+};
+
+// A connection taken out of an engine (Engine::DetachForHandover), or
+// received by one that is to adopt it: its record and both sockets.
+struct DetachedConnection {
+  MovedConnection meta;
+  UniqueFd app;   // the application's end: plain TCP
+  UniqueFd wire;  // the peer's end: kernel TLS, or plain TCP for "plaintext"
+};
+
+// Checks that `app` and `wire` are what `meta` says they are: connected TCP
+// sockets, the wire one with kernel TLS installed both ways unless the data
+// path is "plaintext" (and then without any), and a data path the engine
+// can carry. Never adopt on trust: a plaintext socket taken for a kTLS one
+// would put the application's bytes on the wire in the clear.
+absl::Status CheckMovedSockets(const MovedConnection& meta, int app, int wire);
+
 enum class DataPathMode {
   kAuto,       // kTLS when the kernel has it, else the userspace record layer
   kUserspace,  // always the userspace record layer
@@ -262,7 +303,14 @@ struct EngineCounters {
   // engine carries none of their bytes.
   std::atomic<uint64_t> zero_hop_outbound{0};
   std::atomic<uint64_t> zero_hop_delivered{0};
+  // Handover: connections taken out for a successor (DetachForHandover),
+  // and connections taken in (Adopt). Moved ones are not in `established`
+  // a second time.
+  std::atomic<uint64_t> detached{0};
+  std::atomic<uint64_t> adopted{0};
 };
+
+struct ListenerGroup;  // engine_shared.h
 
 class Engine {
  public:
@@ -304,6 +352,23 @@ class Engine {
   void EndConnections(CloseResult result, const std::string& explanation);
   // StopAccepting was called.
   bool accepting() const { return accepting_.load(); }
+
+  // Handover, the giving side: takes up to `max` established connections
+  // out of the engine, each with both sockets on kernel TLS or plain. Each
+  // is quiesced first: its pumps stop reading and write what they hold to
+  // their sinks, so that no byte is lost or sent twice. One whose sink does
+  // not take those bytes within `timeout` (a stalled receiver) stays and
+  // carries on. A taken connection is in no table, has no log line and no
+  // on_closed: its sockets are the caller's, who must close them without a
+  // reset or a shutdown (the successor owns them then), or Adopt them back.
+  // Returns once every loop has done so. Any thread but the loops'.
+  std::vector<DetachedConnection> DetachForHandover(size_t max, absl::Duration timeout);
+  // Handover, the taking side (or the giving side taking one back): carries
+  // `connection` on from where its pumps stopped, in the connection table
+  // with its record (ids, counters, start time), re-checked after reloads
+  // like any other. CheckMovedSockets first; on an error nothing changed
+  // and the sockets stay with the caller. Any thread but the loops'.
+  absl::Status Adopt(DetachedConnection& connection);
 
   // Zero-hop, outbound: connects `request.socket` to its destination and
   // runs the mutual-TLS handshake on it on one of the engine's loops, under
@@ -358,8 +423,11 @@ class Engine {
   std::atomic<bool> accepting_{true};  // false once StopAccepting was called
   uint64_t next_listener_group_ ABSL_GUARDED_BY(runtime_mu_) = 1;  // 0: the listeners of Create
   std::atomic<uint64_t> next_in_place_loop_{0};  // HandshakeInPlace spreads over the loops
-  // The groups of AddNetnsListeners: id -> their namespace, for the logs.
-  std::map<uint64_t, std::string> netns_listener_groups_ ABSL_GUARDED_BY(runtime_mu_);
+  // The groups of AddNetnsListeners: their namespace (for the logs, and
+  // for filing an adopted connection with its listeners).
+  std::map<uint64_t, std::shared_ptr<const ListenerGroup>> netns_listener_groups_
+      ABSL_GUARDED_BY(runtime_mu_);
+  std::atomic<uint64_t> next_adopt_loop_{0};  // Adopt spreads over the loops
 
   std::shared_ptr<Shared> shared_;
   std::shared_ptr<ConnectionTable> table_;

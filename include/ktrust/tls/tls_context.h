@@ -17,6 +17,7 @@
 #include "ktrust/identity/spiffe_id.h"
 #include "ktrust/identity/svid.h"
 #include "ktrust/identity/trust_bundle.h"
+#include "ktrust/identity/x509.h"
 
 namespace ktrust {
 
@@ -63,12 +64,22 @@ class TlsContext {
       std::shared_ptr<const Svid> svid,
       std::optional<SpiffeIdPattern> expected_peer = std::nullopt) const;
 
+  // Checks a peer chain that a handshake of this context's role verified
+  // at `verified_at` again, against the current trust store: as
+  // TlsSession::ReverifyPeer, for a connection whose session is gone (one
+  // moved in from another agent).
+  PeerVerdict ReverifyPeer(const CertChain& chain, absl::Time verified_at) const;
+
   TlsRole role() const { return options_.role; }
   SSL_CTX* ssl_ctx() const { return ctx_.get(); }
 
  private:
   TlsContext(TlsContextOptions options, SslCtxPtr ctx, std::shared_ptr<const TrustStore> trust)
       : options_(std::move(options)), ctx_(std::move(ctx)), trust_(std::move(trust)) {}
+
+  // How a peer is verified: the configured limits, and the extended key
+  // usage this context's role needs of its peer.
+  VerifyOptions PeerVerifyOptions() const;
 
   // Replaces OpenSSL's chain verification with VerifyPeerChain.
   static int VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* arg);

@@ -6,11 +6,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
+
+#include "nlohmann/json.hpp"
+#include "unit/tls/tls_test_peers.h"
 
 namespace ktrust {
 namespace {
@@ -19,12 +24,17 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 TEST(HandoverMessageTest, RoundTrips) {
-  HandoverMessage m{"released", 0, "", "/run/ktrust/control-42.sock"};
+  HandoverMessage m;
+  m.type = "released";
+  m.control_socket = "/run/ktrust/control-42.sock";
   auto back = DecodeHandoverMessage(EncodeHandoverMessage(m));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->type, "released");
   EXPECT_EQ(back->control_socket, "/run/ktrust/control-42.sock");
-  auto hello = DecodeHandoverMessage(EncodeHandoverMessage({"hello", 1234, "", ""}));
+  HandoverMessage h;
+  h.type = "hello";
+  h.pid = 1234;
+  auto hello = DecodeHandoverMessage(EncodeHandoverMessage(h));
   ASSERT_TRUE(hello.ok()) << hello.status();
   EXPECT_EQ(hello->pid, 1234);
 }
@@ -51,6 +61,101 @@ TEST(HandoverMessageTest, RefusesWhatIsNotTheProtocol) {
     ASSERT_FALSE(m.ok());
     EXPECT_THAT(m.status().message(), HasSubstr(c.error));
   }
+}
+
+// A moved connection's record as a predecessor would send it.
+MovedConnection SampleConnection() {
+  MovedConnection c;
+  c.id = 41;
+  c.direction = Direction::kInbound;
+  c.workload = "server";
+  c.info = {"10.77.0.2:8080",
+            "10.77.0.2:8080",
+            "10.77.0.1:40312",
+            "spiffe://example.org/node-b/server",
+            "spiffe://example.org/node-a/client",
+            "TLSv1.3",
+            "TLS_AES_128_GCM_SHA256",
+            "ktls-sw"};
+  c.started = absl::FromUnixSeconds(1796000000) + absl::Milliseconds(250);
+  c.bytes_to_wire = 1ULL << 33;
+  c.bytes_from_wire = 17;
+  c.to_wire_done = false;
+  c.from_wire_done = true;
+  c.fin_only = true;
+  c.peer = {"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            absl::FromUnixSeconds(1796000001)};
+  c.netns = "net:[4026532281]";
+  return c;
+}
+
+TEST(HandoverMessageTest, AMoveCarriesEverythingTheConnectionTableShows) {
+  HandoverMessage m;
+  m.type = "move";
+  m.id = 41;
+  m.connection = SampleConnection();
+  auto back = DecodeHandoverMessage(EncodeHandoverMessage(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->connection.has_value());
+  const MovedConnection& c = *back->connection;
+  const MovedConnection want = SampleConnection();
+  EXPECT_EQ(back->id, 41u);
+  EXPECT_EQ(c.id, 41u);
+  EXPECT_EQ(c.direction, want.direction);
+  EXPECT_EQ(c.workload, want.workload);
+  EXPECT_EQ(c.info.app_address, want.info.app_address);
+  EXPECT_EQ(c.info.wire_local, want.info.wire_local);
+  EXPECT_EQ(c.info.wire_peer, want.info.wire_peer);
+  EXPECT_EQ(c.info.local_id, want.info.local_id);
+  EXPECT_EQ(c.info.peer_id, want.info.peer_id);
+  EXPECT_EQ(c.info.tls_version, want.info.tls_version);
+  EXPECT_EQ(c.info.cipher, want.info.cipher);
+  EXPECT_EQ(c.info.data_path, want.info.data_path);
+  EXPECT_EQ(c.started, want.started) << "the original start time, to the nanosecond";
+  EXPECT_EQ(c.bytes_to_wire, want.bytes_to_wire);
+  EXPECT_EQ(c.bytes_from_wire, want.bytes_from_wire);
+  EXPECT_EQ(c.to_wire_done, want.to_wire_done);
+  EXPECT_EQ(c.from_wire_done, want.from_wire_done);
+  EXPECT_EQ(c.fin_only, want.fin_only);
+  EXPECT_EQ(c.peer.chain_pem, want.peer.chain_pem);
+  EXPECT_EQ(c.peer.verified_at, want.peer.verified_at);
+  EXPECT_EQ(c.netns, want.netns);
+  EXPECT_EQ(HandoverFdCount("move"), 2u);
+  EXPECT_EQ(HandoverFdCount("took"), 0u);
+}
+
+TEST(HandoverMessageTest, RefusesAMoveThatIsNotWhole) {
+  HandoverMessage m;
+  m.type = "move";
+  m.id = 41;
+  m.connection = SampleConnection();
+  nlohmann::json good = nlohmann::json::parse(EncodeHandoverMessage(m));
+  struct Case {
+    std::function<void(nlohmann::json&)> spoil;
+    const char* error;
+  };
+  for (const Case& c : {
+           Case{[](auto& j) { j.erase("connection"); }, "needs its connection"},
+           Case{[](auto& j) { j.erase("id"); }, "needs the connection's id"},
+           Case{[](auto& j) { j["id"] = -1; }, "\"id\" must be a positive integer"},
+           Case{[](auto& j) { j["connection"] = "x"; }, "must be an object"},
+           Case{[](auto& j) { j["connection"].erase("data_path"); }, "data_path must be a string"},
+           Case{[](auto& j) { j["connection"]["direction"] = "sideways"; }, "inbound or outbound"},
+           Case{[](auto& j) { j["connection"]["bytes_to_wire"] = -5; }, "non-negative integer"},
+           Case{[](auto& j) { j["connection"]["started_ns"] = "soon"; }, "non-negative integer"},
+           Case{[](auto& j) { j["connection"]["started_ns"] = 0; }, "started_ns must be set"},
+           Case{[](auto& j) { j["connection"]["fin_only"] = 1; }, "true or false"},
+           Case{[](auto& j) { j["type"] = "took"; }, "carries no connection"},
+       }) {
+    nlohmann::json j = good;
+    c.spoil(j);
+    SCOPED_TRACE(j.dump());
+    auto decoded = DecodeHandoverMessage(j.dump());
+    ASSERT_FALSE(decoded.ok());
+    EXPECT_THAT(decoded.status().message(), HasSubstr(c.error));
+  }
+  EXPECT_THAT(DecodeHandoverMessage(R"({"v":1,"type":"yours"})").status().message(),
+              HasSubstr("needs the connection's id"));
 }
 
 TEST(HandoverPeerTest, ReadsEffectiveCapabilities) {
@@ -211,6 +316,224 @@ TEST_F(HandoverExchangeTest, ASuccessorThatDiesAfterStartingGivesTheControlSocke
   ServeUntil(**server, [&] { return events_.size() >= 2; });
   next.join();
   EXPECT_THAT(events_, ElementsAre("pause", "resume"));
+}
+
+// The moving part of a handover, over a real socket: a predecessor handed
+// over to a successor (both ends are this test).
+class HandoverMoveTest : public HandoverExchangeTest {
+ protected:
+  void SetUp() override {
+    HandoverExchangeTest::SetUp();
+    auto server = HandoverServer::Listen(path_, hooks_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    std::thread successor([&] {
+      auto client = HandoverClient::Connect(path_, absl::Seconds(5));
+      ASSERT_TRUE(client.ok()) << client.status();
+      ASSERT_NE(*client, nullptr);
+      ASSERT_TRUE((*client)->Started(absl::Seconds(5)).ok());
+      ASSERT_TRUE((*client)->Ready().ok());
+      client_ = *std::move(client);
+    });
+    ServeUntil(*server_, [&] { return server_->handed_over(); });
+    successor.join();
+    ASSERT_TRUE(server_->can_move());
+    adoption_.check = [this](const DetachedConnection& c) {
+      checked_.push_back(c.meta.id);
+      return check_result_;
+    };
+    adoption_.adopt = [this](DetachedConnection c) {
+      adopted_.push_back(std::move(c));
+      adopted_count_.fetch_add(1);
+    };
+  }
+
+  // A connection whose two sockets are loopback TCP connections; the test
+  // keeps their other ends.
+  DetachedConnection Plain(uint64_t id) {
+    testing::TcpPair app = testing::ConnectedTcpPair();
+    testing::TcpPair wire = testing::ConnectedTcpPair();
+    app_peers_.push_back(std::move(app.client));
+    wire_peers_.push_back(std::move(wire.client));
+    DetachedConnection c;
+    c.meta = SampleConnection();
+    c.meta.id = id;
+    c.meta.info.data_path = "plaintext";
+    c.app = std::move(app.server);
+    c.wire = std::move(wire.server);
+    return c;
+  }
+
+  // The successor answers as its main loop would, while Move waits; once
+  // Move has said the connection moved, until the successor adopted it.
+  absl::Status MoveServed(const DetachedConnection& c) {
+    std::atomic<bool> done{false};
+    const size_t adopted_before = adopted_count_.load();
+    std::thread successor([&] {
+      while (!done) {
+        pollfd p{client_->fd(), POLLIN, 0};
+        ::poll(&p, 1, 20);
+        client_->ServiceMoves(adoption_);
+      }
+    });
+    absl::Status moved = server_->Move(c, absl::Seconds(5));
+    absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (moved.ok() && adopted_count_.load() == adopted_before && absl::Now() < deadline) {
+      std::this_thread::yield();  // "yours" is on its way to the successor
+    }
+    done = true;
+    successor.join();
+    return moved;
+  }
+
+  static std::string Through(int from, int to, const std::string& bytes) {
+    EXPECT_EQ(::send(from, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+    std::string got(bytes.size(), '\0');
+    size_t n = 0;
+    while (n < got.size()) {
+      pollfd p{to, POLLIN, 0};
+      if (::poll(&p, 1, 5000) != 1) break;
+      ssize_t r = ::recv(to, got.data() + n, got.size() - n, 0);
+      if (r <= 0) break;
+      n += static_cast<size_t>(r);
+    }
+    got.resize(n);
+    return got;
+  }
+
+  static int OpenFds() {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+      (void)e;
+      ++n;
+    }
+    return n;
+  }
+
+  std::unique_ptr<HandoverServer> server_;
+  std::unique_ptr<HandoverClient> client_;
+  HandoverClient::Adoption adoption_;
+  absl::Status check_result_ = absl::OkStatus();
+  std::vector<uint64_t> checked_;
+  std::vector<DetachedConnection> adopted_;  // the successor thread's while it runs
+  std::atomic<size_t> adopted_count_{0};
+  std::vector<UniqueFd> app_peers_, wire_peers_;
+};
+
+TEST_F(HandoverMoveTest, TheSuccessorGetsBothSocketsAndTheRecord) {
+  DetachedConnection c = Plain(7);
+  ASSERT_TRUE(MoveServed(c).ok());
+  ASSERT_EQ(adopted_.size(), 1u);
+  DetachedConnection& got = adopted_[0];
+  EXPECT_EQ(got.meta.id, 7u);
+  EXPECT_EQ(got.meta.started, SampleConnection().started);
+  EXPECT_EQ(got.meta.bytes_to_wire, SampleConnection().bytes_to_wire);
+  EXPECT_EQ(got.meta.info.peer_id, SampleConnection().info.peer_id);
+  // The same connections, whoever holds them: bytes go through both ways.
+  c.app.Reset();  // the predecessor closes its copies once moved
+  c.wire.Reset();
+  EXPECT_EQ(Through(app_peers_[0].get(), got.app.get(), "from the application"),
+            "from the application");
+  EXPECT_EQ(Through(got.wire.get(), wire_peers_[0].get(), "to the peer"), "to the peer");
+}
+
+TEST_F(HandoverMoveTest, ADeclinedConnectionStaysWithThePredecessor) {
+  check_result_ = absl::InvalidArgumentError("not today");
+  DetachedConnection c = Plain(8);
+  int before = OpenFds();
+  absl::Status moved = MoveServed(c);
+  EXPECT_THAT(moved.message(), HasSubstr("declined it: not today"));
+  EXPECT_TRUE(adopted_.empty());
+  EXPECT_EQ(OpenFds(), before) << "the successor closed the copies it was sent";
+  EXPECT_TRUE(server_->can_move()) << "a decline is no reason to stop talking";
+  // The predecessor's copies still carry the connection.
+  EXPECT_EQ(Through(app_peers_[0].get(), c.app.get(), "still here"), "still here");
+}
+
+TEST_F(HandoverMoveTest, ASilentSuccessorKeepsNothing) {
+  DetachedConnection c = Plain(9);
+  // Nobody services the successor's end (it is stopped, say).
+  absl::Status moved = server_->Move(c, absl::Milliseconds(200));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(moved)) << moved;
+  EXPECT_FALSE(server_->can_move()) << "it must never take this one later";
+  // Woken up, it finds the predecessor gone and drops what it was sent
+  // without taking it.
+  client_->ServiceMoves(adoption_);
+  EXPECT_TRUE(adopted_.empty());
+  EXPECT_TRUE(client_->PredecessorGone());
+  EXPECT_EQ(Through(app_peers_[0].get(), c.app.get(), "kept"), "kept");
+}
+
+TEST_F(HandoverMoveTest, ASuccessorThatAnswersOutOfTurnIsDropped) {
+  DetachedConnection c = Plain(10);
+  std::thread garbler([&] {
+    pollfd p{client_->fd(), POLLIN, 0};
+    ::poll(&p, 1, 5000);
+    const char garbage[] = "{\"v\":1,\"type\":\"took\",\"id\":999}";
+    ::send(client_->fd(), garbage, sizeof(garbage) - 1, MSG_NOSIGNAL);
+  });
+  absl::Status moved = server_->Move(c, absl::Seconds(5));
+  garbler.join();
+  EXPECT_THAT(moved.message(), HasSubstr("\"took\" for 999 to move 10"));
+  EXPECT_FALSE(server_->can_move());
+}
+
+TEST_F(HandoverMoveTest, BadInputFromThePredecessorChangesNothing) {
+  int fd = -1;
+  // The predecessor's end of the connection, as the test reaches it: the
+  // server sends through Move only, so the garbage goes out raw here.
+  std::vector<int> fds = server_->fds();
+  ASSERT_FALSE(fds.empty());
+  fd = fds.back();
+  DetachedConnection c = Plain(11);
+  int before = OpenFds();
+  auto send_with = [&](const std::string& text, std::vector<int> pass) {
+    msghdr msg{};
+    iovec iov{const_cast<char*>(text.data()), text.size()};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<size_t>(pass.size(), 1)));
+    if (!pass.empty()) {
+      msg.msg_control = control.data();
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * pass.size());
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int) * pass.size());
+      std::memcpy(CMSG_DATA(cmsg), pass.data(), sizeof(int) * pass.size());
+    }
+    ASSERT_EQ(::sendmsg(fd, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(text.size()));
+  };
+  HandoverMessage move;
+  move.type = "move";
+  move.id = 11;
+  move.connection = SampleConnection();
+  const std::string good = EncodeHandoverMessage(move);
+  send_with("garbage", {});
+  send_with(good.substr(0, good.size() / 2), {c.app.get(), c.wire.get()});  // truncated
+  send_with(good, {c.app.get()});                                           // one socket
+  send_with(good, {c.app.get(), c.wire.get(), c.app.get()});                // three
+  send_with(R"({"v":1,"type":"hello","pid":1})", {c.wire.get()});           // fds on a hello
+  send_with(std::string(kMaxHandoverMessageBytes + 10, ' '), {});           // too long
+  send_with(R"({"v":1,"type":"yours","id":11})", {});                       // nothing taken
+  client_->ServiceMoves(adoption_);
+  EXPECT_TRUE(checked_.empty()) << "nothing got as far as a check";
+  EXPECT_TRUE(adopted_.empty());
+  EXPECT_FALSE(client_->PredecessorGone()) << "bad input is no reason to hang up";
+  EXPECT_EQ(OpenFds(), before) << "every descriptor that came with bad input was closed";
+  // Each refusal was answered, so that a waiting predecessor keeps its own.
+  int declined = 0;
+  for (int i = 0; i < 6; ++i) {
+    char buffer[512];
+    ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n <= 0) break;
+    if (absl::string_view(buffer, n).find("\"declined\"") != absl::string_view::npos) ++declined;
+  }
+  EXPECT_EQ(declined, 6);
+  // And a good move after all that still goes through.
+  ASSERT_TRUE(MoveServed(c).ok());
+  EXPECT_EQ(adopted_.size(), 1u);
 }
 
 }  // namespace

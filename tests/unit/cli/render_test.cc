@@ -118,7 +118,9 @@ TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
              3,
              1,
              "ktrustd pid 42 (its status: ktrust status)",
-             ""};
+             "",
+             0,
+             0};
   EXPECT_EQ(RenderStatus(s, Now()),
             "ktrustd - on -\n"
             "ready        yes\n"
@@ -126,6 +128,27 @@ TEST(RenderStatus, ADrainingAgentSaysWhatItCarriesAndUntilWhen) {
             "closed at 2026-01-01T00:00:25Z (in 25s) if still open; accepting no new connections\n"
             "successor    ktrustd pid 42 (its status: ktrust status)\n" +
                 std::string(kEmptyStatusRest));
+}
+
+TEST(RenderStatus, AHandoverSaysHowManyConnectionsMovedEachWay) {
+  control::StatusView s;
+  s.ready = true;
+  s.drain.draining = true;
+  s.drain.reason = "handed over to ktrustd pid 42";
+  s.drain.deadline = kNow + 25;
+  s.drain.connections = 2;
+  s.drain.moved = 51;
+  std::string old_agent = RenderStatus(s, Now());
+  EXPECT_THAT(old_agent,
+              HasSubstr("\ndraining     handed over to ktrustd pid 42: 2 connections open"));
+  EXPECT_THAT(old_agent, HasSubstr("\nmoved        51 connections to the successor\n"));
+  control::StatusView n;
+  n.ready = true;
+  n.drain.predecessor = "ktrustd pid 7 is draining";
+  n.drain.moved_in = 51;
+  EXPECT_THAT(RenderStatus(n, Now()),
+              HasSubstr("\nmoved in     51 connections from the predecessor\n"));
+  EXPECT_THAT(RenderStatus(control::StatusView{}, Now()), Not(HasSubstr("moved")));
 }
 
 TEST(RenderStatus, KubernetesModeSaysWhetherThePodsCanBeResolved) {

@@ -5,6 +5,7 @@
 #include "dataplane/connection.h"
 
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,6 +13,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <iostream>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
@@ -90,16 +92,7 @@ class ConnectionTest : public ::testing::Test {
     auto trust = std::make_shared<TrustStore>();
     trust->Put(*ca_->Bundle());
     trust_ = trust;
-    shared_.client_tls = Context(TlsRole::kClient);
-    shared_.server_tls = Context(TlsRole::kServer);
-    shared_.authorizer = std::make_shared<FixedAuthorizer>(true);
-    shared_.table = std::make_shared<ConnectionTable>();
-    shared_.counters = std::make_shared<EngineCounters>();
-    shared_.use_ktls = false;  // the userspace record layer: kTLS needs TCP_ULP, not a test's
-    shared_.options.on_closed = [this](const ClosedConnection& c) {
-      absl::MutexLock lock(&mu_);
-      closed_.push_back(c);
-    };
+    FillShared(shared_, &closed_);
     auto loop = EventLoop::Create(64);
     ASSERT_TRUE(loop.ok()) << loop.status();
     loop_ = *std::move(loop);
@@ -108,17 +101,79 @@ class ConnectionTest : public ::testing::Test {
     thread_ = std::thread([this] { loop_->Run(); });
   }
 
-  void TearDown() override {
-    if (!loop_) return;
+  void FillShared(Engine::Shared& shared, std::vector<ClosedConnection>* closed) {
+    shared.client_tls = Context(TlsRole::kClient);
+    shared.server_tls = Context(TlsRole::kServer);
+    shared.authorizer = std::make_shared<FixedAuthorizer>(true);
+    shared.table = std::make_shared<ConnectionTable>();
+    shared.counters = std::make_shared<EngineCounters>();
+    shared.use_ktls = false;  // the userspace record layer: kTLS needs TCP_ULP, not a test's
+    shared.options.on_closed = [this, closed](const ClosedConnection& c) {
+      absl::MutexLock lock(&mu_);
+      closed->push_back(c);
+    };
+  }
+
+  static void StopLoop(EventLoop& loop, LoopContext& ctx, std::thread& thread) {
     absl::Notification destroyed;
-    loop_->Post([&] {
-      std::vector<Connection*> live(ctx_->connections.begin(), ctx_->connections.end());
+    loop.Post([&] {
+      std::vector<Connection*> live(ctx.connections.begin(), ctx.connections.end());
       for (Connection* c : live) c->Destroy();
       destroyed.Notify();
     });
     destroyed.WaitForNotificationWithTimeout(kWait);
-    loop_->Stop();
-    thread_.join();
+    loop.Stop();
+    thread.join();
+  }
+
+  void TearDown() override {
+    if (successor_loop_) StopLoop(*successor_loop_, *successor_ctx_, successor_thread_);
+    if (loop_) StopLoop(*loop_, *ctx_, thread_);
+  }
+
+  // A second loop with its own table and counters: another agent's engine,
+  // which adopts what this one detaches.
+  void StartSuccessor() {
+    FillShared(successor_shared_, &successor_closed_);
+    auto loop = EventLoop::Create(64);
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    successor_loop_ = *std::move(loop);
+    successor_ctx_ =
+        std::make_unique<LoopContext>(LoopContext{*successor_loop_, successor_shared_, {}, {}});
+    successor_thread_ = std::thread([this] { successor_loop_->Run(); });
+  }
+
+  // Detaches the loop's only connection; what Detach reported.
+  absl::StatusOr<DetachedConnection> DetachOnly(absl::Duration within) {
+    absl::Notification done;
+    absl::StatusOr<DetachedConnection> result = absl::UnknownError("Detach did not report");
+    loop_->Post([&] {
+      if (ctx_->connections.size() != 1) {
+        result = absl::InternalError("expected one connection");
+        done.Notify();
+        return;
+      }
+      (*ctx_->connections.begin())
+          ->Detach(loop_->now() + within, [&](absl::StatusOr<DetachedConnection> r) {
+            result = std::move(r);
+            done.Notify();
+          });
+    });
+    // A stalled receiver: the test plays the engine's ticker past the deadline.
+    if (!done.WaitForNotificationWithTimeout(within + absl::Milliseconds(100))) {
+      loop_->Post([&] {
+        for (Connection* c : ctx_->connections) c->Tick(absl::Now() + within);
+      });
+    }
+    done.WaitForNotificationWithTimeout(kWait);
+    return result;
+  }
+
+  void AdoptInSuccessor(DetachedConnection moved) {
+    auto carried = std::make_shared<DetachedConnection>(std::move(moved));
+    successor_loop_->Post([this, carried] {
+      Connection::Adopt(*successor_ctx_, std::make_shared<ListenerGroup>(), std::move(*carried));
+    });
   }
 
   std::unique_ptr<TlsContext> Context(TlsRole role) {
@@ -251,6 +306,12 @@ class ConnectionTest : public ::testing::Test {
   std::thread thread_;
   absl::Mutex mu_;
   std::vector<ClosedConnection> closed_ ABSL_GUARDED_BY(mu_);
+
+  Engine::Shared successor_shared_;
+  std::unique_ptr<EventLoop> successor_loop_;
+  std::unique_ptr<LoopContext> successor_ctx_;
+  std::thread successor_thread_;
+  std::vector<ClosedConnection> successor_closed_ ABSL_GUARDED_BY(mu_);
 };
 
 // The test's blocking I/O retries EINTR: a socket with SO_RCVTIMEO reports a
@@ -534,6 +595,200 @@ TEST_F(ConnectionTest, AConnectionThatFindsNoPipeWaitsForTheTickAndLosesNothing)
     absl::MutexLock lock(&mu_);
     EXPECT_TRUE(closed_.empty()) << "the connection was closed: " << closed_.front().reason;
   }
+}
+
+// A permissive listener's plaintext client: both sockets plain, so the
+// connection can move between engines even without kernel TLS.
+struct PlainEnds {
+  LoopbackListener app;
+  TcpPair wire;
+  UniqueFd app_conn;
+};
+
+std::string Pattern(size_t n, char seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7 + i / 4093);
+  return s;
+}
+
+bool SendAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+class ConnectionHandoverTest : public ConnectionTest {
+ protected:
+  std::unique_ptr<PlainEnds> ConnectPlaintext() {
+    auto ends = std::make_unique<PlainEnds>();
+    InboundListener l;
+    l.workload = "web";
+    l.identity = Identity(kServerId);
+    l.application = ends->app.address;
+    l.permissive = true;
+    group_->inbound.push_back(std::move(l));
+    ends->wire = ConnectedTcpPair();
+    SetReceiveTimeout(ends->wire.client.get());
+    StartInbound(std::move(ends->wire.server));
+    EXPECT_TRUE(SendAll(ends->wire.client.get(), "hello\n"));
+    ends->app_conn = ends->app.Accept();
+    EXPECT_TRUE(ends->app_conn.valid());
+    EXPECT_EQ(Read(ends->app_conn.get(), 6), "hello\n");
+    return ends;
+  }
+};
+
+TEST_F(ConnectionHandoverTest, APlaintextConnectionMovesMidStreamWithEveryByteOnce) {
+  StartSuccessor();
+  auto ends = ConnectPlaintext();
+  ASSERT_TRUE(ends->app_conn.valid());
+  absl::Time started = shared_.table->Snapshot().at(0).started;
+  // The client streams while the connection moves; the application must
+  // get every byte exactly once, in order.
+  const std::string upload = Pattern(size_t{32} << 20, 'a');
+  std::thread client([&] { EXPECT_TRUE(SendAll(ends->wire.client.get(), upload)); });
+  std::string received;
+  std::thread application([&] { received = Read(ends->app_conn.get(), upload.size()); });
+  absl::StatusOr<DetachedConnection> detached = DetachOnly(absl::Seconds(5));
+  ASSERT_TRUE(detached.ok()) << detached.status();
+  EXPECT_EQ(shared_.table->size(), 0u) << "the detached connection left the old table";
+  EXPECT_EQ(shared_.counters->detached.load(), 1u);
+  EXPECT_EQ(detached->meta.info.data_path, "plaintext");
+  EXPECT_EQ(detached->meta.direction, Direction::kInbound);
+  EXPECT_EQ(detached->meta.workload, "web");
+  EXPECT_EQ(detached->meta.started, started);
+  EXPECT_TRUE(CheckMovedSockets(detached->meta, detached->app.get(), detached->wire.get()).ok());
+  uint64_t moved_so_far = detached->meta.bytes_from_wire;
+  AdoptInSuccessor(*std::move(detached));
+  client.join();
+  application.join();
+  EXPECT_EQ(received.size(), upload.size());
+  EXPECT_TRUE(received == upload) << "bytes lost, doubled or reordered across the move";
+
+  // The other way, through the successor alone.
+  const std::string download = Pattern(size_t{1} << 20, 'z');
+  std::thread app_writer([&] { EXPECT_TRUE(SendAll(ends->app_conn.get(), download)); });
+  EXPECT_TRUE(Read(ends->wire.client.get(), download.size()) == download);
+  app_writer.join();
+
+  auto rows = successor_shared_.table->Snapshot();
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].started, started) << "the original start time";
+  EXPECT_EQ(rows[0].workload, "web");
+  EXPECT_EQ(rows[0].info.data_path, "plaintext");
+  EXPECT_EQ(rows[0].state, ConnectionState::kEstablished);
+  EXPECT_EQ(rows[0].bytes_from_wire, 6 + upload.size())
+      << "counters carried over (" << moved_so_far << " before the move)";
+  EXPECT_EQ(successor_shared_.counters->adopted.load(), 1u);
+
+  // Ends cleanly in the successor, both ways.
+  shutdown(ends->wire.client.get(), SHUT_WR);
+  EXPECT_TRUE(EndOfStream(ends->app_conn.get()));
+  shutdown(ends->app_conn.get(), SHUT_WR);
+  EXPECT_TRUE(EndOfStream(ends->wire.client.get()));
+  absl::MutexLock lock(&mu_);
+  auto any = +[](std::vector<ClosedConnection>* closed) { return !closed->empty(); };
+  ASSERT_TRUE(mu_.AwaitWithTimeout(absl::Condition(any, &successor_closed_), kWait));
+  EXPECT_EQ(successor_closed_[0].result.code(), "plaintext_client");
+  EXPECT_EQ(successor_closed_[0].bytes_to_wire, download.size());
+  EXPECT_TRUE(closed_.empty()) << "the old engine reported a connection it gave away";
+}
+
+TEST_F(ConnectionHandoverTest, AConnectionOnTheUserspaceRecordLayerStaysAndCarriesOn) {
+  auto in = ConnectInbound();
+  ASSERT_TRUE(in->client && in->app_conn.valid());
+  absl::StatusOr<DetachedConnection> detached = DetachOnly(absl::Seconds(1));
+  EXPECT_TRUE(absl::IsFailedPrecondition(detached.status())) << detached.status();
+  EXPECT_THAT(std::string(detached.status().message()),
+              ::testing::HasSubstr("userspace record layer"));
+  EXPECT_EQ(shared_.table->size(), 1u);
+  ASSERT_TRUE(SslWriteAll(*in->client, "still"));
+  EXPECT_EQ(Read(in->app_conn.get(), 5), "still");
+}
+
+TEST_F(ConnectionHandoverTest, AStalledReceiverLosesNoByteWhetherItMovesOrStays) {
+  auto ends = ConnectPlaintext();
+  ASSERT_TRUE(ends->app_conn.valid());
+  // The application reads nothing: the client fills the socket buffers and
+  // the pump's pipe, so the pump holds bytes its sink will not take.
+  SetNonblocking(ends->wire.client.get(), true);
+  std::string sent;
+  const std::string chunk = Pattern(64 * 1024, 'q');
+  absl::Time deadline = absl::Now() + kWait;
+  while (absl::Now() < deadline) {
+    ssize_t n = send(ends->wire.client.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      sent.append(chunk, 0, static_cast<size_t>(n));
+      continue;
+    }
+    // Blocked: once the pump has filled its pipe too, nothing moves.
+    pollfd p{ends->wire.client.get(), POLLOUT, 0};
+    if (poll(&p, 1, 200) == 0) break;
+  }
+  SetNonblocking(ends->wire.client.get(), false);
+  // Until the pump itself is stuck: its count stops moving (it always has
+  // the bytes it read in its pipe when its sink refuses them).
+  uint64_t moved = 0;
+  for (int still = 0; still < 5 && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    uint64_t now_moved = shared_.table->Snapshot().at(0).bytes_from_wire;
+    still = now_moved == moved ? still + 1 : 0;
+    moved = now_moved;
+  }
+  ASSERT_LT(moved, sent.size() + 6) << "the pump is not behind: nothing to hold";
+  // What the pump holds may or may not fit the little room its sink has
+  // left (TCP signals POLLOUT only once a third of the buffer is free, and
+  // splice takes what fits before that): it moves if it flushed, it stays
+  // if it could not by the deadline. Either way, no byte is lost.
+  StartSuccessor();
+  absl::StatusOr<DetachedConnection> detached = DetachOnly(absl::Milliseconds(300));
+  if (detached.ok()) {
+    std::cout << "the pump flushed what it held: the connection moved\n";
+    EXPECT_EQ(shared_.table->size(), 0u);
+    AdoptInSuccessor(*std::move(detached));
+  } else {
+    std::cout << "the pump could not flush by the deadline: the connection stayed\n";
+    EXPECT_TRUE(absl::IsDeadlineExceeded(detached.status())) << detached.status();
+    EXPECT_EQ(shared_.table->size(), 1u) << "it stays in the engine";
+    EXPECT_EQ(shared_.counters->detached.load(), 0u);
+  }
+  // The application reads at last: everything, once, in order.
+  std::string received = Read(ends->app_conn.get(), sent.size());
+  EXPECT_EQ(received.size(), sent.size());
+  EXPECT_TRUE(received == sent);
+  ASSERT_TRUE(SendAll(ends->wire.client.get(), "after"));
+  EXPECT_EQ(Read(ends->app_conn.get(), 5), "after");
+}
+
+TEST(CheckMovedSocketsTest, RefusesWhatCannotMoveOrIsNotWhatItClaims) {
+  TcpPair app = ConnectedTcpPair();
+  TcpPair wire = ConnectedTcpPair();
+  MovedConnection m;
+  m.info.data_path = "plaintext";
+  EXPECT_TRUE(CheckMovedSockets(m, app.server.get(), wire.server.get()).ok());
+  m.info.data_path = "userspace";
+  EXPECT_THAT(std::string(CheckMovedSockets(m, app.server.get(), wire.server.get()).message()),
+              ::testing::HasSubstr("cannot move"));
+  // A kernel TLS claim on a plain socket: its bytes would go out in the clear.
+  m.info.data_path = "ktls-sw";
+  EXPECT_THAT(std::string(CheckMovedSockets(m, app.server.get(), wire.server.get()).message()),
+              ::testing::HasSubstr("no kernel TLS"));
+  m.info.data_path = "plaintext";
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  UniqueFd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
+  EXPECT_THAT(std::string(CheckMovedSockets(m, pipe_read.get(), wire.server.get()).message()),
+              ::testing::HasSubstr("not a socket"));
+  UniqueFd udp(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  EXPECT_THAT(std::string(CheckMovedSockets(m, app.server.get(), udp.get()).message()),
+              ::testing::HasSubstr("not TCP"));
+  EXPECT_THAT(std::string(CheckMovedSockets(m, app.server.get(), -1).message()),
+              ::testing::HasSubstr("no wire socket"));
 }
 
 }  // namespace
