@@ -239,6 +239,7 @@ std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
     const Config& config, const CgroupScan& scan, const RoutingTable& before,
     std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns) {
   std::shared_ptr<const ClusterSnapshot> cluster = cluster_();
+  last_pass_knew_pods_.store(cluster->synced);
   std::vector<RegisteredWorkload> pods =
       ResolvePodCgroups(config, *cluster, scan.unclaimed, place_.own_cgroup, before);
   // Each namespace's addresses read once a pass, however many containers.
