@@ -23,7 +23,9 @@
 # reaches web with ns/sa IDs on both sides (`ktrust conns`, with the pod
 # columns); the intruder's service account is refused and web never sees its
 # bytes; the plain pods talk in plaintext, untouched; a deleted pod is
-# released (workload, listeners in its namespace, its sk_lookup link).
+# released (workload, listeners in its namespace, its sk_lookup link); node
+# b's agent restarted before its API server answers keeps web's port
+# enforced (plaintext to it refused).
 # Needs root. Usage: kubernetes_test.sh KTRUST KTRUSTD FAKE_API_SERVER
 set -euo pipefail
 
@@ -194,6 +196,27 @@ echo "# plain client got: $plain"
 check "the pods of a namespace not opted in talk in plaintext, untouched" grep -q 'reply: hello plain-hello' <<<"$plain"
 check "node a does not enrol the plain pod" lacks plainclient "$(kt a workloads --json)"
 check "neither agent carried it" lacks 10.77.2.11 "$(kt a conns --json)$(kt b conns --json)"
+
+# --- Node b's agent restarted while its API server holds the lists --------
+# Its first pass refuses every pod (not synced) and enforces none of their
+# ports: the rules the last run left must stay, refusing, not be pruned as
+# gone. The plain client (not intercepted on node a) dials web's enforced
+# port directly meanwhile.
+agent_b=$(pgrep -f -- " run --config $work/b/ktrustd.yaml$")
+kill -9 "$agent_b"
+wait_until 10 exited "$agent_b"
+api b hold
+start_agent b "$ktrustd"
+check "node b's new agent, not synced, keeps the rules the last run left" \
+  grep -q '"event":"pinned_rules_kept".*before this node.s pods were read' "$work/b/agent.log"
+unsynced=$(exec_in_pod a plainclient "$plainclient_cg" python3 "$work/line_client.py" 10.77.2.10 8080 SECRET-unsynced)
+echo "# plaintext to web while node b is not synced got: $unsynced"
+check "web's enforced port takes no plaintext while node b's new agent is not synced" \
+  lacks "reply: hello" "$unsynced"
+check "web saw none of those bytes" lacks SECRET-unsynced "$(cat "$work/web.log")"
+api b release
+check "once synced, node b's new agent enrols mesh/web again" wait_until 10 grep -q \
+  '"event":"pod_enrolled".*"pod":"mesh/web".*"ports":"8080"' "$work/b/agent.log"
 
 # --- The client pod deleted ------------------------------------------------
 # As kubelet does: the containers stop, their cgroups go, then the API

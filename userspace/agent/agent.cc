@@ -291,13 +291,19 @@ absl::Status Agent::KeepOnlyWhatThisRunServes(const HostSteering& host) {
   // Not after a first pass that could not read everything: a pod it did not
   // see keeps its parked rules (refusing), rather than lose them and be
   // reachable past the agent. A later restart prunes them.
-  if (!enrolment_->last_pass_complete()) {
+  // Nor after one made before Kubernetes mode's first sync: it refused every
+  // pod for want of the cluster's answer and enforced none of their ports,
+  // so pruning would leave every pod's inbound ports taking plaintext, an
+  // upgrade's successor included, until the API server answered.
+  if (!enrolment_->last_pass_complete() || !enrolment_->last_pass_knew_pods()) {
     LogEvent(spdlog::level::warn,
              {{"event", "pinned_rules_kept"},
-              {"reason",
-               "the first enrolment pass could not read everything: the inbound rules "
-               "and outbound targets an earlier run left stay (refusing) until the "
-               "next start"}});
+              {"reason", absl::StrCat(enrolment_->last_pass_complete()
+                                          ? "the first enrolment pass was made before this "
+                                            "node's pods were read from the Kubernetes API server"
+                                          : "the first enrolment pass could not read everything",
+                                      ": the inbound rules and outbound targets an earlier run "
+                                      "left stay (refusing) until the next start")}});
     return absl::OkStatus();
   }
   std::vector<SocketAddress> enforced = host.enforced;

@@ -239,6 +239,7 @@ std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
     const Config& config, const CgroupScan& scan, const RoutingTable& before,
     std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>>& netns) {
   std::shared_ptr<const ClusterSnapshot> cluster = cluster_();
+  last_pass_knew_pods_.store(cluster->synced);
   std::vector<RegisteredWorkload> pods =
       ResolvePodCgroups(config, *cluster, scan.unclaimed, place_.own_cgroup, before);
   // Each namespace's addresses read once a pass, however many containers.
@@ -248,30 +249,31 @@ std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
     bool in_node_netns = false;
     absl::StatusOr<std::optional<PodNetns>> found = PodNetnsOf(r, &in_node_netns);
     netns.emplace(r.cgroup_id, found);
-    // Unreadable (the plan says so), or no process yet: nothing to check.
-    if (!found.ok() || (!*found && !in_node_netns)) continue;
+    // No process yet: nothing to check.
+    if (found.ok() && !*found && !in_node_netns) continue;
     PodNetnsFacts facts;
     facts.node = in_node_netns;
-    if (*found) {
+    // Unreadable (the plan says so too): refused, keeping its ports.
+    if (!found.ok()) facts.read = found.status();
+    if (found.ok() && *found) {
       auto it = addresses.find((*found)->inode);
       if (it == addresses.end()) {
         UniqueFd fd(open((*found)->path.c_str(), O_RDONLY | O_CLOEXEC));
         struct stat st {};
         absl::StatusOr<std::vector<std::string>> read = absl::NotFoundError("the process is gone");
-        if (fd.valid() && fstat(fd.get(), &st) == 0 && st.st_ino == (*found)->inode) {
+        if (!fd.valid() && errno != ENOENT && errno != ESRCH) {
+          // EMFILE and the like: not "gone", and said as what it is.
+          read = absl::ErrnoToStatus(errno, absl::StrCat("open ", (*found)->path));
+        } else if (fd.valid() && fstat(fd.get(), &st) == 0 && st.st_ino == (*found)->inode) {
           read = NetnsAddresses(fd.get(), std::nullopt);
         }
         it = addresses.emplace((*found)->inode, std::move(read)).first;
       }
-      if (!it->second.ok()) {
-        // Not the pod's until shown: refused this pass, looked at again next.
-        RefusePod(r, pod_refusal::kNetnsMismatch,
-                  absl::StrCat("the addresses of its processes' network namespace could not be "
-                               "read: ",
-                               it->second.status().message()));
-        continue;
+      if (it->second.ok()) {
+        facts.addresses = *it->second;
+      } else {
+        facts.read = it->second.status();
       }
-      facts.addresses = *it->second;
     }
     CheckPodNetns(r, facts);
   }

@@ -27,6 +27,7 @@
 #include "ktrust/agent/allow_list_authorizer.h"
 #include "ktrust/agent/handover.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/poll_timeout.h"
 #include "ktrust/common/thread_name.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/control/metrics.h"
@@ -597,9 +598,8 @@ int RunAgent(const std::string& config_path) {
     if (*predecessor && !(*predecessor)->PredecessorGone()) {
       fds.push_back({(*predecessor)->fd(), POLLIN, 0});
     }
-    absl::Duration wait = std::min(next_tick, drain_at) - now;
-    ::poll(fds.data(), fds.size(),
-           static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait))));
+    // Rounded up: a wait under a millisecond truncated to 0 spun until the tick.
+    ::poll(fds.data(), fds.size(), PollMilliseconds(std::min(next_tick, drain_at) - now));
     signalfd_siginfo info{};
     int sig = ::read(signal_fd.get(), &info, sizeof(info)) == sizeof(info)
                   ? static_cast<int>(info.ssi_signo)

@@ -60,7 +60,13 @@ const PodEnrolment* ResolvedBefore(const RoutingTable& before, uint64_t cgroup_i
   for (const EnrolledWorkload& e : before.enrolled) {
     if (e.registered.cgroup_id != cgroup_id || !e.registered.pod) continue;
     const PodEnrolment& pod = *e.registered.pod;
-    if (pod.refusal_code.empty() || pod.refusal_code == pod_refusal::kDeleted) return &pod;
+    // Resolved, deleted, or refused with its ports still enforced (its
+    // namespace could not be read): a pod whose ports were enforced keeps
+    // them, refusing, until its cgroup goes.
+    if (pod.refusal_code.empty() || pod.refusal_code == pod_refusal::kDeleted ||
+        !pod.ports.empty()) {
+      return &pod;
+    }
   }
   return nullptr;
 }
@@ -255,6 +261,17 @@ std::vector<RegisteredWorkload> ResolvePodCgroups(const Config& config,
 void CheckPodNetns(RegisteredWorkload& r, const PodNetnsFacts& facts) {
   if (!r.pod || !r.pod->refusal_code.empty()) return;
   const PodEnrolment& pod = *r.pod;
+  if (!facts.read.ok()) {
+    // Not shown to be the pod's, so refused this pass; but a failed read
+    // (EMFILE, ENOMEM) says nothing about the pod: its ports stay enforced,
+    // refusing, instead of taking plaintext until the next pass reads it.
+    std::vector<uint16_t> ports = pod.ports;
+    RefusePod(r, pod_refusal::kNetnsMismatch,
+              absl::StrCat("the network namespace of the cgroup's processes could not be read (",
+                           facts.read.message(), "); looked at again at the next pass"));
+    r.pod->ports = std::move(ports);
+    return;
+  }
   if (pod.ips.empty()) {
     RefusePod(r, pod_refusal::kNoIp,
               absl::StrCat("pod ", pod.workload,

@@ -109,13 +109,6 @@ int InterceptionEventReader::OnRecord(void* self, void* data, size_t size) {
   return 0;
 }
 
-absl::StatusOr<int> InterceptionEventReader::Poll(absl::Duration timeout) {
-  int ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
-  int n = ring_buffer__poll(ring_.get(), ms);
-  if (n < 0 && n != -EINTR) return absl::ErrnoToStatus(-n, "polling the interception ring buffer");
-  return n < 0 ? 0 : n;
-}
-
 absl::StatusOr<int> InterceptionEventReader::Drain() {
   int n = ring_buffer__consume(ring_.get());
   if (n < 0) return absl::ErrnoToStatus(-n, "reading the interception ring buffer");

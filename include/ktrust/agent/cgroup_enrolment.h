@@ -71,6 +71,10 @@ class CgroupEnrolment {
   uint64_t incomplete_passes() const { return incomplete_passes_.load(); }
   // Whether the last pass read everything and was applied.
   bool last_pass_complete() const { return last_pass_complete_.load(); }
+  // Kubernetes mode: whether the last pass had the cluster's answer (the
+  // first sync); before it every pod is refused, which says nothing about
+  // which of their ports an earlier run enforced. Always true outside it.
+  bool last_pass_knew_pods() const { return last_pass_knew_pods_.load(); }
   // Opens the inotify watches on every directory under the root.
   absl::Status StartWatching();
   // Waits up to timeout for cgroups to appear or vanish (or a served pod's
@@ -129,6 +133,7 @@ class CgroupEnrolment {
                                                         "enrolment_complete"};
   std::atomic<uint64_t> incomplete_passes_{0};
   std::atomic<bool> last_pass_complete_{false};
+  std::atomic<bool> last_pass_knew_pods_{true};
 };
 
 }  // namespace ktrust

@@ -74,14 +74,19 @@ std::vector<RegisteredWorkload> ResolvePodCgroups(const Config& config,
 struct PodNetnsFacts {
   bool node = false;                   // the agent's own (the node's) namespace
   std::vector<std::string> addresses;  // its addresses (EnforcedPodAddresses), when not the node's
+  // Not OK: the namespace (or the cgroup's processes) could not be read this
+  // pass (EMFILE, ENOMEM), which says nothing about the pod.
+  absl::Status read = absl::OkStatus();
 };
 
 // Refuses `pod` (a resolved one) when its processes' namespace is not the
 // pod's: the pod has no IP yet, or none of its podIPs is in that namespace
-// (the node's included: a pod that is not hostNetwork never lives there).
+// (the node's included: a pod that is not hostNetwork never lives there),
+// or it could not be read (facts.read), when its ports stay enforced.
 void CheckPodNetns(RegisteredWorkload& pod, const PodNetnsFacts& facts);
 
-// Sets the refusal of `pod`: no ID, the reason in id_problem too.
+// Sets the refusal of `pod`: no ID, the reason in id_problem too; its
+// ports are cleared (not enforced) except for a deleted pod.
 void RefusePod(RegisteredWorkload& pod, absl::string_view code, std::string reason);
 
 // The API server connection the `kubernetes:` section describes.

@@ -10,7 +10,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/time/time.h"
 #include "ktrust/bpf/libbpf_ptr.h"
 #include "ktrust/common/socket_address.h"
 
@@ -47,10 +46,8 @@ class InterceptionEventReader {
   static absl::StatusOr<std::unique_ptr<InterceptionEventReader>> Create(int ring_buffer_fd,
                                                                          Handler handler);
 
-  // Waits up to timeout for events and hands each to the handler. Returns how
-  // many were handled.
-  absl::StatusOr<int> Poll(absl::Duration timeout);
-  // Handles what is already there without waiting.
+  // Handles what is already there without waiting (after epoll_fd() was
+  // readable: the agent polls it beside its stop eventfd).
   absl::StatusOr<int> Drain();
   // Readable when events are waiting: for an event loop's poll.
   int epoll_fd() const;

@@ -245,6 +245,31 @@ TEST_F(PodEnrolmentTest, ANetnsIsThePodsOnlyIfItHoldsAPodIp) {
   ExpectRefused(no_ip, "pod_ip_unknown", "status.podIPs");
 }
 
+// A namespace whose addresses (or whose cgroup's processes) could not be
+// read this pass (EMFILE, ENOMEM) is not shown to be the pod's: the pod is
+// refused, and its ports stay enforced, refusing. Clearing them, as a
+// refusal does, removed the pod's sk_lookup rules: its ports took
+// plaintext until the next pass read the namespace.
+TEST_F(PodEnrolmentTest, ANetnsThatCannotBeReadRefusesThePodAndKeepsItsPorts) {
+  auto unreadable = One(Container(kUidSystemd, kCid));
+  ASSERT_THAT(unreadable.pod->ports, ElementsAre(8080, 9090));
+  CheckPodNetns(unreadable, {false, {}, absl::ResourceExhaustedError("Too many open files")});
+  ASSERT_TRUE(unreadable.pod.has_value());
+  EXPECT_EQ(unreadable.pod->refusal_code, "pod_netns_mismatch");
+  EXPECT_THAT(unreadable.pod->refusal, HasSubstr("Too many open files"));
+  EXPECT_FALSE(unreadable.id.has_value());
+  EXPECT_THAT(unreadable.pod->ports, ElementsAre(8080, 9090));
+
+  // Deleted while refused so: its ports stay enforced until the cgroup goes.
+  before_.enrolled.push_back(
+      {unreadable, unreadable.pod->workload, WorkloadMode::kEnforce, unreadable.pod->ports});
+  pods_.erase(kUid);
+  auto deleted = One(Container(kUidSystemd, kCid));
+  ASSERT_TRUE(deleted.pod.has_value());
+  EXPECT_EQ(deleted.pod->refusal_code, "pod_deleted");
+  EXPECT_THAT(deleted.pod->ports, ElementsAre(8080, 9090));
+}
+
 TEST(ParsePortsAnnotationTest, PortsAndRangesOrAnError) {
   EXPECT_THAT(*ParsePortsAnnotation("8080"), ElementsAre(8080));
   EXPECT_THAT(*ParsePortsAnnotation(" 9000-9002 , 80,80 "), ElementsAre(80, 9000, 9001, 9002));
