@@ -207,6 +207,8 @@ kill -9 "$agent_b"
 wait_until 10 exited "$agent_b"
 api b hold
 start_agent b "$ktrustd"
+wait_for "$work/b/agent.log" "\"event\":\"pinned_rules_kept\"" 10 >/dev/null || true
+echo "# node b kept: $(grep -o "\"event\":\"pinned_rules_kept\".*" "$work/b/agent.log" | head -1)"
 check "node b's new agent, not synced, keeps the rules the last run left" \
   grep -q '"event":"pinned_rules_kept".*before this node.s pods were read' "$work/b/agent.log"
 unsynced=$(exec_in_pod a plainclient "$plainclient_cg" python3 "$work/line_client.py" 10.77.2.10 8080 SECRET-unsynced)
