@@ -55,6 +55,24 @@ std::vector<uint16_t> DeclaredTcpPorts(const KubernetesPod& pod) {
   return {ports.begin(), ports.end()};
 }
 
+// The inbound ports a pod asks to have enforced: its ports annotation, or
+// else its containers' declared ports; `from` (if given) says which.
+absl::StatusOr<std::vector<uint16_t>> InboundPortsOf(const Config& config, const KubernetesPod& pod,
+                                                     std::string* from) {
+  auto a = pod.annotations.find(config.kubernetes.ports_annotation);
+  if (a == pod.annotations.end()) {
+    if (from != nullptr) *from = "its containers' declared ports";
+    return DeclaredTcpPorts(pod);
+  }
+  if (from != nullptr) *from = absl::StrCat("annotation ", config.kubernetes.ports_annotation);
+  auto parsed = ParsePortsAnnotation(a->second);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "annotation ", config.kubernetes.ports_annotation, ": ", parsed.status().message()));
+  }
+  return parsed;
+}
+
 // What the last pass enrolled this cgroup as, when it was a resolved pod.
 const PodEnrolment* ResolvedBefore(const RoutingTable& before, uint64_t cgroup_id) {
   for (const EnrolledWorkload& e : before.enrolled) {
@@ -120,6 +138,14 @@ std::optional<RegisteredWorkload> Resolve(
               absl::StrCat("pod UID ", pod.uid, " is claimed by ", names.size(),
                            " pods in the Kubernetes API server (", absl::StrJoin(names, ", "),
                            ", by UID or kubernetes.io/config.mirror): none is trusted"));
+    // Anyone who may create a pod can claim another's UID with the mirror
+    // annotation: that must not open the ports of the pod whose own UID it
+    // is. They stay enforced, refusing.
+    for (const KubernetesPod* p : claimed->second) {
+      if (p->uid != pod.uid) continue;
+      auto ports = InboundPortsOf(config, *p, nullptr);
+      pod.ports = ports.ok() ? *std::move(ports) : DeclaredTcpPorts(*p);
+    }
     return r;
   }
   const KubernetesPod& found = *claimed->second.front();
@@ -154,20 +180,14 @@ std::optional<RegisteredWorkload> Resolve(
                            "from the node's, so it is not given an identity"));
     return r;
   }
-  std::vector<uint16_t> ports = DeclaredTcpPorts(found);
-  std::string ports_from = "its containers' declared ports";
-  if (auto a = found.annotations.find(config.kubernetes.ports_annotation);
-      a != found.annotations.end()) {
-    auto parsed = ParsePortsAnnotation(a->second);
-    if (!parsed.ok()) {
-      RefusePod(r, pod_refusal::kPortsInvalid,
-                absl::StrCat("pod ", pod.workload, ": annotation ",
-                             config.kubernetes.ports_annotation, ": ", parsed.status().message()));
-      return r;
-    }
-    ports = *std::move(parsed);
-    ports_from = absl::StrCat("annotation ", config.kubernetes.ports_annotation);
+  std::string ports_from;
+  auto inbound = InboundPortsOf(config, found, &ports_from);
+  if (!inbound.ok()) {
+    RefusePod(r, pod_refusal::kPortsInvalid,
+              absl::StrCat("pod ", pod.workload, ": ", inbound.status().message()));
+    return r;
   }
+  std::vector<uint16_t> ports = *std::move(inbound);
   if (ports.size() > kMaxPodPorts) {
     RefusePod(r, pod_refusal::kPortsInvalid,
               absl::StrCat("pod ", pod.workload, ": ", ports_from, " name ", ports.size(),

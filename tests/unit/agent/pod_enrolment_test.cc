@@ -166,13 +166,26 @@ TEST_F(PodEnrolmentTest, ConflictingAnswersAreRefused) {
   namespaces_.erase("mesh");
   ExpectRefused(One(Container(kUidSystemd, kCid)), "namespace_unknown", "not known");
   AddNamespace("mesh", true);
-  // A mirror pod naming a UID another pod has: two answers, neither trusted.
+}
+
+// Anyone who may create a pod can name another pod's UID in the mirror
+// annotation: two answers, neither trusted, and the ports of the pod whose
+// own UID it is stay enforced (refusing), never opened to plaintext.
+TEST_F(PodEnrolmentTest, APodClaimingAnothersUidTakesNoIdentityAndOpensNoPort) {
   KubernetesPod mirror = Pod(kOtherUid, "mesh", "imposter", "admin");
   mirror.annotations[kMirrorPodAnnotation] = kUid;
+  mirror.annotations["ktrust.io/inbound-ports"] = "none";
   pods_[kOtherUid] = mirror;
   auto r = One(Container(kUidSystemd, kCid));
-  ExpectRefused(r, "pod_uid_conflict", "claimed by 2 pods");
+  ASSERT_TRUE(r.pod.has_value());
+  EXPECT_EQ(r.pod->refusal_code, "pod_uid_conflict") << r.pod->refusal;
+  EXPECT_THAT(r.pod->refusal, HasSubstr("claimed by 2 pods"));
   EXPECT_THAT(r.pod->refusal, HasSubstr("mesh/imposter"));
+  EXPECT_FALSE(r.id.has_value());
+  EXPECT_THAT(r.pod->ports, ElementsAre(8080, 9090)) << "the victim's declared ports";
+  // Its own ports annotation too.
+  pods_[kUid].annotations["ktrust.io/inbound-ports"] = "7000-7001";
+  EXPECT_THAT(One(Container(kUidSystemd, kCid)).pod->ports, ElementsAre(7000, 7001));
 }
 
 TEST_F(PodEnrolmentTest, AStaticPodIsMatchedThroughItsMirrorPod) {
