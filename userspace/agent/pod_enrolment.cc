@@ -140,12 +140,17 @@ std::optional<RegisteredWorkload> Resolve(
                            ", by UID or kubernetes.io/config.mirror): none is trusted"));
     // Anyone who may create a pod can claim another's UID with the mirror
     // annotation: that must not open the ports of the pod whose own UID it
-    // is. They stay enforced, refusing.
+    // is, nor those an earlier pass enforced. They stay enforced, refusing.
+    std::set<uint16_t> kept;
     for (const KubernetesPod* p : claimed->second) {
       if (p->uid != pod.uid) continue;
       auto ports = InboundPortsOf(config, *p, nullptr);
-      pod.ports = ports.ok() ? *std::move(ports) : DeclaredTcpPorts(*p);
+      for (uint16_t port : ports.ok() ? *ports : DeclaredTcpPorts(*p)) kept.insert(port);
     }
+    if (const PodEnrolment* was = ResolvedBefore(before, cgroup.id)) {
+      kept.insert(was->ports.begin(), was->ports.end());
+    }
+    pod.ports.assign(kept.begin(), kept.end());
     return r;
   }
   const KubernetesPod& found = *claimed->second.front();

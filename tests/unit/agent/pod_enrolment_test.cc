@@ -188,6 +188,26 @@ TEST_F(PodEnrolmentTest, APodClaimingAnothersUidTakesNoIdentityAndOpensNoPort) {
   EXPECT_THAT(One(Container(kUidSystemd, kCid)).pod->ports, ElementsAre(7000, 7001));
 }
 
+// A static pod's UID is kubelet's, claimed only by annotations: a second
+// claim leaves the ports its mirror pod had enforced, refusing.
+TEST_F(PodEnrolmentTest, AStaticPodWhoseUidASecondPodClaimsKeepsItsPorts) {
+  KubernetesPod mirror = Pod(kOtherUid, "mesh", "etcd-node-a", "default");
+  mirror.annotations[kMirrorPodAnnotation] = kStaticUid;
+  pods_[kOtherUid] = mirror;
+  std::string cgroup = std::string("kubepods/burstable/pod") + kStaticUid + "/" + kCid;
+  auto was = One(cgroup);
+  ASSERT_TRUE(was.id.has_value()) << was.id_problem;
+  before_.enrolled.push_back({was, was.pod->workload, WorkloadMode::kEnforce, was.pod->ports});
+  KubernetesPod imposter = Pod(kUid, "mesh", "imposter", "admin");
+  imposter.annotations[kMirrorPodAnnotation] = kStaticUid;
+  pods_[kUid] = imposter;
+  auto r = One(cgroup);
+  ASSERT_TRUE(r.pod.has_value());
+  EXPECT_EQ(r.pod->refusal_code, "pod_uid_conflict") << r.pod->refusal;
+  EXPECT_FALSE(r.id.has_value());
+  EXPECT_THAT(r.pod->ports, ElementsAre(8080, 9090)) << "what the last pass enforced";
+}
+
 TEST_F(PodEnrolmentTest, AStaticPodIsMatchedThroughItsMirrorPod) {
   // kubelet's UID for a static pod is its manifest's md5; the API server's
   // mirror pod has its own UID and names kubelet's in the annotation.
