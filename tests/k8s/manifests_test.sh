@@ -173,10 +173,9 @@ uninstall() {  # [with-agent]: exit status of the script, its output in uninstal
     ktrustd=$1 fifo=$2 script=$3
     if [[ $4 == with-agent ]]; then
       "$ktrustd" run --config "$fifo" &
-      for _ in $(seq 100); do  # until the fork has become the agent (exec)
-        [[ $(tr "\0" " " <"/proc/$!/cmdline" 2>/dev/null) == "$ktrustd run "* ]] && break
-        sleep 0.05
-      done
+      # Opening the fifo returns once the agent has opened it to read: its
+      # readiness. Held open, it keeps the agent reading.
+      exec 3>"$fifo"
       echo "agent pid $!"
     fi
     exec /bin/busybox sh -ec "$script"' _ "$ktrustd" "$work/config.fifo" "$script" "${1:-}" \
