@@ -60,6 +60,8 @@ RUNC=(runc --root "$work/runc")
 containers=()
 e2e_cleanup() {
   local c
+  # K8S_E2E_LOGS=DIR keeps the agents', pods' and traffic logs for a post-mortem.
+  [[ -n ${K8S_E2E_LOGS:-} ]] && mkdir -p "$K8S_E2E_LOGS" && cp "$work"/*.log "$K8S_E2E_LOGS/" 2>/dev/null
   for c in "${containers[@]}"; do "${RUNC[@]}" delete -f "$c" >/dev/null 2>&1 || true; done
   [[ -n ${tcpdump_pid:-} ]] && kill "$tcpdump_pid" 2>/dev/null
   two_nodes_cleanup
