@@ -157,7 +157,7 @@ TEST_F(BpfLoaderTest, ARestartWithAnotherConfigurationPrunesWhatItNoLongerWants)
   EXPECT_FALSE(maps.RemoveInboundPort(pod4).ok());  // pruned
 }
 
-TEST_F(BpfLoaderTest, ARestartParksThePodsRulesOnASlotNoListenerGets) {
+TEST_F(BpfLoaderTest, ARestartParksThePodRulesItPicksAndReadsTheSlotsOfTheRest) {
   auto loader = NewLoader();
   ASSERT_NE(loader, nullptr);
   InterceptionMaps& maps = loader->maps();
@@ -167,7 +167,17 @@ TEST_F(BpfLoaderTest, ARestartParksThePodsRulesOnASlotNoListenerGets) {
   for (const SocketAddress& rule : {host, pod4, pod6}) {
     ASSERT_TRUE(maps.AddInboundPort(rule, EnforcementMode::kEnforce, 3, 1).ok());
   }
-  EXPECT_EQ(*maps.ParkExactInboundRules(KTRUST_PARKED_SLOT), 2u);
+  auto pod7 = *SocketAddress::Parse("10.244.1.8:8080");
+  ASSERT_TRUE(maps.AddInboundPort(pod7, EnforcementMode::kEnforce, 9, 2).ok());
+  // What a restart finds: every exact rule's slot, never the wildcard's.
+  auto found = maps.ExactInboundSlots();
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, (std::map<std::string, uint32_t>{
+                        {pod4.ToString(), 3}, {pod6.ToString(), 3}, {pod7.ToString(), 9}}));
+  // The rules naming a slot this run's host listeners take (below 4, say).
+  auto below4 = [](const SocketAddress&, uint32_t slot) { return slot < 4; };
+  EXPECT_EQ(*maps.ParkExactInboundRules(KTRUST_PARKED_SLOT, below4), 2u);
+  EXPECT_EQ(*maps.ParkExactInboundRules(KTRUST_PARKED_SLOT, below4), 0u) << "parked already";
   int inbound = *loader->map_fd("ktrust_inbound");
   auto slot_of = [&](const AbiAddress& addr, uint16_t port) -> uint32_t {
     ktrust_inbound_key key{};
@@ -179,8 +189,9 @@ TEST_F(BpfLoaderTest, ARestartParksThePodsRulesOnASlotNoListenerGets) {
   };
   EXPECT_EQ(slot_of(*ToAbiAddress(pod4), 8080), KTRUST_PARKED_SLOT);
   EXPECT_EQ(slot_of(*ToAbiAddress(pod6), 8080), KTRUST_PARKED_SLOT);
+  EXPECT_EQ(slot_of(*ToAbiAddress(pod7), 8080), 9u) << "a pod rule the host's slots miss keeps its";
   EXPECT_EQ(slot_of(AbiAddress{}, 443), 3u) << "the host's wildcard rule keeps its listener";
-  EXPECT_FALSE(maps.ParkExactInboundRules(KTRUST_MAX_INBOUND_LISTENERS).ok());
+  EXPECT_FALSE(maps.ParkExactInboundRules(KTRUST_MAX_INBOUND_LISTENERS, below4).ok());
 }
 
 TEST_F(BpfLoaderTest, EnforcementOutlivesTheLoaderAndARestartAdoptsIt) {

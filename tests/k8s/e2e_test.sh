@@ -416,18 +416,26 @@ echo "# [${SECONDS}s] Surge: a second agent beside the first"
 # A rolling update with maxSurge: 1: the new pod's agent takes over through
 # the handover socket on the shared hostPath, then the old pod gets its
 # SIGTERM.
-# K8S_E2E_SURGE=1 only, for now: after the connection move was merged, one
-# run in three saw one request refused ("Couldn't connect") during the
-# takeover. Until that is found, the check stays out of ctest rather than
-# flaky in it (issue 14's note says so).
 b_agent=agent-b
+# The listener slot web's enforced port names in node b's pinned rules
+# ("none" without one). The key: ::ffff:10.77.2.10, port 8080 in host order.
+web_slot() {
+  local slot
+  slot=$(bpftool -j map lookup pinned "$work/host-b/sys/fs/bpf/ktrust/maps/ktrust_inbound" \
+    key 0 0 0 0 0 0 0 0 0 0 255 255 10 77 2 10 0x90 0x1f 0 0 2>/dev/null | grep -o '"listener":[0-9]*')
+  echo "${slot:-none}"
+}
 surge() {
+  local watcher slots
   uid=$(uid_of 903)
   agent_pod_json b ktrust-b2 "$uid" 10.77.0.2
   agent_bundle b agent-b2 "$uid" 903
   rm -f "$work/srv/stop"
   client_traffic "$work/surge-traffic.log" &
   traffic=$!
+  # The slot web's port names, read over and over through the takeover.
+  while [[ ! -e $work/srv/stop ]]; do web_slot; done >"$work/surge-slots.log" &
+  watcher=$!
   check "surge: a second agent on node b is ready beside the first" start_agent_container b agent-b2
   check "surge: it took over from the first through the shared handover socket" \
     grep -q "\"predecessor_pid\":$agent_b_pid" "$work/agent-b2.log"
@@ -436,14 +444,21 @@ surge() {
   check "surge: the old agent exits on SIGTERM" wait_until 30 stopped agent-b
   check "surge: it left its programs pinned" test -n "$(find "$work/host-b/sys/fs/bpf/ktrust" -type f)"
   touch "$work/srv/stop"
-  wait "$traffic" || true
+  wait "$traffic" "$watcher" || true
+  # The new agent's listener took web's slot in place: the rule never named
+  # another slot, empty or not (a takeover used to point every pod rule at
+  # a slot nothing fills until the pod was served again, which refused the
+  # connections that came meanwhile).
+  slots=$(sort "$work/surge-slots.log" | uniq -c | tr -s ' \n' ' ')
+  check "surge: web's port named one listener slot throughout (reads, slot:$slots)" \
+    test "$(sort -u "$work/surge-slots.log" | wc -l)" -eq 1 -a "$(head -1 "$work/surge-slots.log")" != none
   answers=$(grep -c '^http 200$' "$work/surge-traffic.log" || true)
   failures=$(grep -vc '^http 200$' "$work/surge-traffic.log" || true)
   echo "# client traffic during the surge: $answers answered, $failures not: $(grep -v '^http 200$' "$work/surge-traffic.log" | sort | uniq -c | head -3 | tr '\n' ' ')"
   check "surge: no request refused during the takeover" test "$answers" -gt 0 -a "$failures" -eq 0
   b_agent=agent-b2
 }
-if [[ -n ${K8S_E2E_SURGE:-} ]]; then surge; fi
+surge
 
 # --- A pod deleted: its listeners and link released -----------------------
 echo "# [${SECONDS}s] A pod deleted: its listeners and link released"

@@ -72,6 +72,8 @@ struct Agent::HostSteering {
   std::vector<SocketAddress> enforced;  // the inbound rules this run wrote
   uint64_t netns_cookie = 0;            // the host's namespace (SO_NETNS_COOKIE)
   uint32_t next_slot = 0;               // the first listener slot the pods may use
+  // The pods' slots the pinned rules name (see PodNetworkSettings).
+  std::map<std::string, uint32_t> inherited_slots;
 };
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config> config,
@@ -98,7 +100,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(std::shared_ptr<const Config
   agent->pods_ = std::make_unique<PodNetworks>(
       *agent->engine_, *agent->bpf_,
       PodNetworkSettings{
-          settings.outbound_port, options->upstream_source6, host->next_slot,
+          settings.outbound_port, options->upstream_source6, host->next_slot, host->inherited_slots,
           [routing = agent->routing_.get()](int fd) { return routing->Route(fd); },
           [zero_hop = agent->zero_hop_.get()](const std::string& workload, uint64_t netns) {
             return ZeroHopDeliver(*zero_hop, workload, netns);
@@ -254,13 +256,8 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
     }
     ++slot;
   }
-  // The pods an earlier run served keep refusing until served again, and
-  // never reach a listener this run gives to another pod.
-  if (auto parked = maps.ParkExactInboundRules(KTRUST_PARKED_SLOT); !parked.ok()) {
-    return parked.status();
-  }
-  // (After the parking, which would take these rules too.) The host's mesh connections: to
-  // 127.0.0.1 / ::1 on outbound_port, which only this slot's listeners take.
+  // The host's mesh connections: to 127.0.0.1 / ::1 on outbound_port, which
+  // only this slot's listeners take.
   auto host_netns = NetnsCookieOf(fds->outbound.v4);
   if (!host_netns.ok()) return host_netns.status();
   host.netns_cookie = *host_netns;
@@ -270,12 +267,29 @@ absl::StatusOr<Agent::HostSteering> Agent::StartHostSteering(const Config& confi
   if (auto st = maps.SetOutboundTarget(*host_netns, host_target, settings.outbound_port, slot);
       !st.ok())
     return st;
+  std::set<std::string> host_target_rules;
   for (const auto& addr : {host_target.ip4, host_target.ip6}) {
     SocketAddress rule = *addr;
     rule.set_port(settings.outbound_port);
     host.enforced.push_back(rule);
+    host_target_rules.insert(rule.ToString());
   }
   host.next_slot = slot + 1;
+  // The pods' rules an earlier run, or the agent being taken over from,
+  // wrote name its listener slots. A pod served again keeps its slot
+  // (PodNetworks reuses it), so a takeover never points a pod's port at an
+  // empty slot, and no other pod is given it. Only a rule naming a slot this
+  // run's host listeners take is parked (refusing until its pod is served).
+  auto parked = maps.ParkExactInboundRules(
+      KTRUST_PARKED_SLOT, [&](const SocketAddress& local, uint32_t named) {
+        return named < host.next_slot && !host_target_rules.count(local.ToString());
+      });
+  if (!parked.ok()) return parked.status();
+  auto inherited = maps.ExactInboundSlots();
+  if (!inherited.ok()) return inherited.status();
+  for (const auto& [local, named] : *inherited) {
+    if (named >= host.next_slot && named < KTRUST_PARKED_SLOT) host.inherited_slots[local] = named;
+  }
   return host;
 }
 
@@ -315,6 +329,8 @@ absl::Status Agent::KeepOnlyWhatThisRunServes(const HostSteering& host) {
   if (auto removed = maps.KeepOnlyOutboundTargets(served_netns); !removed.ok()) {
     return removed.status();
   }
+  // The rules left are the served pods': no other rule names a slot now.
+  pods_->ForgetInheritedSlots();
   return absl::OkStatus();
 }
 

@@ -131,6 +131,12 @@ AddressEvents DrainAddressEvents(int fd) {
   return result == AddressEvents::kNone ? AddressEvents::kChanged : result;
 }
 
+absl::StatusOr<SocketAddress> PodSocketAddress(const std::string& address, uint16_t port) {
+  bool v6 = address.find(':') != std::string::npos;
+  return SocketAddress::Parse(v6 ? absl::StrCat("[", address, "]:", port)
+                                 : absl::StrCat(address, ":", port));
+}
+
 PodRules ResolvePodRules(const std::vector<PodClaim>& pods, uint32_t parked_slot) {
   std::map<std::string, std::set<uint64_t>> carriers;
   for (const PodClaim& pod : pods) {
@@ -143,9 +149,7 @@ PodRules ResolvePodRules(const std::vector<PodClaim>& pods, uint32_t parked_slot
       if (shared) out.shared[pod.netns].insert(a);
       for (const PodPortClaim& w : pod.serving) {
         for (uint16_t port : w.ports) {
-          bool v6 = a.find(':') != std::string::npos;
-          auto local = SocketAddress::Parse(v6 ? absl::StrCat("[", a, "]:", port)
-                                               : absl::StrCat(a, ":", port));
+          auto local = PodSocketAddress(a, port);
           if (!local.ok()) continue;
           PodRule rule{*local, w.slot, w.mode, w.workload};
           if (shared) {

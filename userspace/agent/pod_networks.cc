@@ -72,11 +72,29 @@ absl::Status AddLoopbackAddress6(const in6_addr& addr) {
 
 }  // namespace
 
-std::optional<uint32_t> PodNetworks::AllocateSlot() {
+std::optional<uint32_t> PodNetworks::AllocateSlot(const std::vector<SocketAddress>& locals) {
+  const auto& inherited = settings_.inherited_slots;
+  for (const SocketAddress& local : locals) {
+    auto it = inherited.find(local.ToString());
+    if (it != inherited.end() && used_slots_.insert(it->second).second) return it->second;
+  }
+  std::set<uint32_t> named;
+  for (const auto& [_, slot] : inherited) named.insert(slot);
   for (uint32_t slot = settings_.first_slot; slot < KTRUST_PARKED_SLOT; ++slot) {
-    if (used_slots_.insert(slot).second) return slot;
+    if (!named.count(slot) && used_slots_.insert(slot).second) return slot;
   }
   return std::nullopt;
+}
+
+std::vector<SocketAddress> PodNetworks::Locals(const std::vector<std::string>& addresses,
+                                               const std::vector<uint16_t>& ports) {
+  std::vector<SocketAddress> locals;
+  for (const std::string& a : addresses) {
+    for (uint16_t port : ports) {
+      if (auto local = PodSocketAddress(a, port); local.ok()) locals.push_back(*local);
+    }
+  }
+  return locals;
 }
 
 std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
@@ -133,7 +151,7 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   for (const PodWorkload& w : pod.workloads) {
     if (w.ports.empty()) continue;
     // Out of slots (far beyond a node's pod limit): its rules refuse.
-    uint32_t slot = AllocateSlot().value_or(KTRUST_PARKED_SLOT);
+    uint32_t slot = AllocateSlot(Locals(served.addresses, w.ports)).value_or(KTRUST_PARKED_SLOT);
     if (slot != KTRUST_PARKED_SLOT) {
       served.slots.push_back(slot);
     } else if (no_slot.empty()) {
@@ -186,7 +204,8 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
       return problem(absl::StrCat("steering to the pod's listeners: ", st.message()));
     }
   }
-  std::optional<uint32_t> outbound_slot = AllocateSlot();
+  std::optional<uint32_t> outbound_slot =
+      AllocateSlot(Locals(served.addresses, {settings_.outbound_port}));
   if (!outbound_slot) return problem("no free listener slot for the pod's outbound listener");
   served.slots.push_back(*outbound_slot);
   if (auto st = SteerSlotTo(maps, *outbound_slot, fds->outbound); !st.ok()) {

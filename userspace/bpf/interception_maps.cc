@@ -313,11 +313,11 @@ absl::StatusOr<size_t> InterceptionMaps::KeepOnlyInboundPorts(
   return Prune(fds_.inbound, sizeof(ktrust_inbound_key), keys, "ktrust_inbound");
 }
 
-absl::StatusOr<size_t> InterceptionMaps::ParkExactInboundRules(uint32_t slot) {
-  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
+absl::Status InterceptionMaps::ForEachExactInboundRule(
+    const std::function<absl::Status(const ktrust_inbound_key&, ktrust_inbound_value&)>& visit)
+    const {
   auto keys = Keys(fds_.inbound, sizeof(ktrust_inbound_key), "ktrust_inbound");
   if (!keys.ok()) return keys.status();
-  size_t parked = 0;
   for (const std::string& bytes : *keys) {
     ktrust_inbound_key key{};
     std::memcpy(&key, bytes.data(), sizeof(key));
@@ -325,12 +325,39 @@ absl::StatusOr<size_t> InterceptionMaps::ParkExactInboundRules(uint32_t slot) {
     if (std::memcmp(key.addr, kWildcard, sizeof(kWildcard)) == 0) continue;
     ktrust_inbound_value value{};
     if (bpf_map_lookup_elem(fds_.inbound, &key, &value) != 0) continue;  // gone meanwhile
-    value.listener = slot;
-    if (bpf_map_update_elem(fds_.inbound, &key, &value, BPF_EXIST) != 0 && errno != ENOENT) {
-      return MapError(errno, "parking an exact inbound rule");
-    }
-    ++parked;
+    if (auto st = visit(key, value); !st.ok()) return st;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, uint32_t>> InterceptionMaps::ExactInboundSlots() const {
+  std::map<std::string, uint32_t> slots;
+  auto st =
+      ForEachExactInboundRule([&](const ktrust_inbound_key& key, ktrust_inbound_value& value) {
+        slots[FromAbiAddress(key.addr, key.port).ToString()] = value.listener;
+        return absl::OkStatus();
+      });
+  if (!st.ok()) return st;
+  return slots;
+}
+
+absl::StatusOr<size_t> InterceptionMaps::ParkExactInboundRules(
+    uint32_t slot, const std::function<bool(const SocketAddress& local, uint32_t slot)>& park) {
+  if (auto st = CheckListenerSlot(slot); !st.ok()) return st;
+  size_t parked = 0;
+  auto st = ForEachExactInboundRule(
+      [&](const ktrust_inbound_key& key, ktrust_inbound_value& value) -> absl::Status {
+        if (value.listener == slot || !park(FromAbiAddress(key.addr, key.port), value.listener)) {
+          return absl::OkStatus();
+        }
+        value.listener = slot;
+        if (bpf_map_update_elem(fds_.inbound, &key, &value, BPF_EXIST) != 0 && errno != ENOENT) {
+          return MapError(errno, "parking an exact inbound rule");
+        }
+        ++parked;
+        return absl::OkStatus();
+      });
+  if (!st.ok()) return st;
   return parked;
 }
 

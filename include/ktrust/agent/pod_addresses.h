@@ -45,6 +45,8 @@ std::vector<std::string> EnforcedPodAddresses(const ifaddrs* list,
 // inside it (EnforcedPodAddresses).
 absl::StatusOr<std::vector<std::string>> NetnsAddresses(
     int netns_fd, const std::optional<SocketAddress>& own_source6);
+// (address, port) for one of those addresses: "10.1.2.3" or "fd00::3".
+absl::StatusOr<SocketAddress> PodSocketAddress(const std::string& address, uint16_t port);
 
 // Where a pod's mesh connections are sent (connect4/6 rewrite them to it on
 // the agent's outbound port): its first IPv4 and first IPv6 address that is

@@ -83,6 +83,12 @@ struct PodNetworkSettings {
   std::optional<SocketAddress> upstream_source6;
   // Listener slots [first_slot, KTRUST_MAX_INBOUND_LISTENERS) are the pods'.
   uint32_t first_slot = 0;
+  // The slots the pinned rules name, by (pod address, port): an earlier
+  // run's, or those of the agent being taken over from, whose listeners
+  // still fill them. A pod served again takes its rules' slot, which its
+  // new listener replaces in place, so its ports never name an empty slot
+  // meanwhile; no other pod is given one of these.
+  std::map<std::string, uint32_t> inherited_slots;
   std::function<absl::StatusOr<OutboundRoute>(int app_fd)> route;
   // The zero-hop hand-over for a workload's listener in the pod whose
   // network namespace has this inode; unset: always proxied.
@@ -123,6 +129,9 @@ class PodNetworks {
   // keeps of the pinned outbound targets.
   std::set<uint64_t> netns_cookies() const;
   std::vector<ServedPod> served() const;
+  // Once the pinned rules no served pod claims are pruned: the inherited
+  // slots no pod took are free again.
+  void ForgetInheritedSlots() { settings_.inherited_slots.clear(); }
 
  private:
   // A full rescan of every served pod this often, should an address
@@ -153,7 +162,12 @@ class PodNetworks {
   // successor: what replaces `served` in the same namespace, whose rules
   // and program stay.
   void Release(uint64_t inode, const Served& served, const Served* successor);
-  std::optional<uint32_t> AllocateSlot();
+  // The first free slot no pinned rule names, or `local`'s (pod address,
+  // port) pinned slot when this run has not given it.
+  std::optional<uint32_t> AllocateSlot(const std::vector<SocketAddress>& locals);
+  // (address, port) of every pair.
+  static std::vector<SocketAddress> Locals(const std::vector<std::string>& addresses,
+                                           const std::vector<uint16_t>& ports);
   // Writes the rules all served pods need together, `inode` being served
   // by `candidate` (nothing: released); sets the pods' shared addresses.
   absl::Status SyncRules(uint64_t inode, Served* candidate);

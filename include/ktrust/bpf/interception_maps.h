@@ -6,6 +6,8 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -149,10 +151,15 @@ class InterceptionMaps {
   absl::Status AddInboundPort(const SocketAddress& local, EnforcementMode mode,
                               uint32_t listener_slot, uint32_t workload);
   absl::Status RemoveInboundPort(const SocketAddress& local);
-  // Points every exact-address rule (the pods') at `slot`, which the caller
-  // never fills: a restarted agent's pod rules still name the slots of the
-  // run before, which this run may give to another pod's listener.
-  absl::StatusOr<size_t> ParkExactInboundRules(uint32_t slot);
+  // The exact-address rules (the pods' and the outbound targets') and the
+  // slot each names, by SocketAddress::ToString of (address, port): what an
+  // earlier run, or the agent being taken over from, wrote.
+  absl::StatusOr<std::map<std::string, uint32_t>> ExactInboundSlots() const;
+  // Points the exact-address rules `park` picks at `slot`, which the caller
+  // never fills: a restarted agent's pod rules name the slots of the run
+  // before, some of which this run gives to other listeners.
+  absl::StatusOr<size_t> ParkExactInboundRules(
+      uint32_t slot, const std::function<bool(const SocketAddress& local, uint32_t slot)>& park);
   // Puts a listening TCP socket in a slot (below
   // KTRUST_MAX_INBOUND_LISTENERS): an AF_INET socket takes the slot's IPv4
   // connections, an AF_INET6 one its IPv6 connections. The kernel drops it
@@ -182,6 +189,12 @@ class InterceptionMaps {
   absl::StatusOr<TrackedConnectionCounts> TrackedConnections() const;
 
  private:
+  // Every rule of an exact (pod, outbound target) address, never the
+  // wildcard ones; the first error `visit` returns ends the walk.
+  absl::Status ForEachExactInboundRule(
+      const std::function<absl::Status(const ktrust_inbound_key&, ktrust_inbound_value&)>& visit)
+      const;
+
   Fds fds_;
 };
 
