@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stopping and upgrading an agent without losing connections (issue 12), on
 # two simulated nodes: an echo server on node b (cgroup "server", enrolled,
-# port 8080), clients on node a (cgroup "client", enrolled).
+# port 8080) and one in pod w1 of node b (10.77.2.2, cgroup "pod-server",
+# port 8081), clients on node a (cgroup "client", enrolled).
 #
 #   drain      SIGTERM to agent b: it accepts nothing more (new connects are
 #              refused: the programs stay), `ktrust status` says what is
@@ -21,7 +22,9 @@
 #   bad config a successor whose configuration does not load takes nothing
 #   not agent  a successor without the agent's capabilities is refused
 #   killed     a successor killed mid-handover leaves the old agent serving:
-#              its open connections still work, and so do new ones
+#              its open connections still work, and so do new ones, to the
+#              node and to a pod (whose own listener slots the successor had
+#              steered to itself)
 #   mid-move   (vm only: nothing moves without kernel TLS) a successor that
 #              stops halfway through moving 60 connections, then is killed:
 #              every connection is either still served by the old agent or
@@ -44,7 +47,8 @@ source "$here/two_nodes.sh"
 trap two_nodes_cleanup EXIT
 
 two_nodes_up "$work" "$ktrust"
-mkdir -p "$KT_CG"/a/client "$KT_CG"/b/server
+add_pod b w1 2
+mkdir -p "$KT_CG"/a/client "$KT_CG"/b/server "$KT_CG"/b/pod-server
 
 write_nodes() {
   write_config a '
@@ -56,15 +60,22 @@ write_nodes() {
   - name: server
     cgroup: server
     spiffe_id: spiffe://{trust_domain}/{node}/server
-    ports: [8080]' '
+    ports: [8080]
+  - name: pod-server
+    cgroup: pod-server
+    spiffe_id: spiffe://{trust_domain}/{node}/pod-server
+    ports: [8081]' '
   - to: server
     ports: [8080]
+    from: [spiffe://example.org/node-a/client]
+  - to: pod-server
+    ports: [8081]
     from: [spiffe://example.org/node-a/client]'
 }
 KT_DRAIN_TIMEOUT=60s write_nodes
 
-run_in b server "$work/echo.log" python3 -u -c "
-import socket, threading
+cat >"$work/echo.py" <<'EOF'
+import socket, sys, threading
 def serve(c):
     while True:
         data = c.recv(65536)
@@ -73,11 +84,15 @@ def serve(c):
         c.sendall(data)
     c.close()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 8080)); s.listen(256); print('listening', flush=True)
+s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(256); print('listening', flush=True)
 while True:
     c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()"
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+EOF
+run_in b server "$work/echo.log" python3 -u "$work/echo.py" 8080
+run_in_pod b w1 pod-server "$work/pod-echo.log" python3 -u "$work/echo.py" 8081
 wait_for "$work/echo.log" listening
+wait_for "$work/pod-echo.log" listening
 
 start_agent a "$ktrustd"
 start_agent b "$ktrustd"
@@ -85,13 +100,15 @@ start_agent b "$ktrustd"
 # The events of a log as one JSON array (lines are "<time> <level> {...}").
 events() { grep '"event":' "$1" | sed 's/^[^{]*//' | jq -s .; }
 agent_pid() { pgrep -nf "ktrustd run --config $work/$1/ktrustd.yaml"; }
-# One echo round trip from node a's client cgroup on a new connection.
+# One echo round trip from node a's client cgroup on a new connection, to
+# node b (or to ADDRESS PORT: echo_pod).
 echo_once() {
   exec_in a client python3 -c "
 import socket
-s = socket.create_connection(('10.77.0.2', 8080), timeout=5)
+s = socket.create_connection(('${1:-10.77.0.2}', ${2:-8080}), timeout=5)
 s.sendall(b'ping\n'); print(s.recv(16).decode().strip())"
 }
+echo_pod() { echo_once 10.77.2.2 8081; }
 # Starts COUNT long-lived connections (conns.py), waits until they are open.
 open_conns() {  # NAME COUNT
   rm -f "$work/$1.go"
@@ -101,6 +118,8 @@ open_conns() {  # NAME COUNT
 
 check "a first echo works through both agents ($(echo_once 2>&1 || true))" \
   test "$(echo_once 2>&1 || true)" = ping
+wait_for "$work/b/agent.log" '"event":"pod_netns_served".*10\.77\.2\.2'
+check "and one to the pod on node b ($(echo_pod 2>&1 || true))" test "$(echo_pod 2>&1 || true)" = ping
 
 echo "# drain: SIGTERM to agent b with 5 connections open"
 open_conns drain 5
@@ -253,6 +272,7 @@ check "before its deadline, without closing any" \
   lacks '"drain_timeout"\|drain_cut_short' "$(cat "$work/b/agent.log")"
 check "the new agent saw its predecessor exit" wait_for "$work/b/successor.log" '"event":"predecessor_exited"'
 check "and serves on ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+check "the pod too ($(echo_pod 2>&1 || true))" test "$(echo_pod 2>&1 || true)" = ping
 
 cp "$work/b/agent.log" "$work/b/agent-handover.log"  # the old agent's, for the record
 echo "# bad config: a successor whose configuration does not load takes nothing"
@@ -294,9 +314,13 @@ check "the successor is stopped after it took over the steering" \
   wait_until 10 sh -c "awk '{print \$3}' /proc/$doomed/stat | grep -q T"
 kill -9 "$doomed"
 wait_for "$work/b/agent.log" '"event":"handover_aborted"'
-check "the running agent restored its steering" grep -q '"event":"steering_restored"' "$work/b/agent.log"
+check "the running agent restored its steering ($(grep -o '"event":"pod_steering_restored"[^}]*' "$work/b/agent.log" | tail -1))" \
+  grep -q '"event":"steering_restored"' "$work/b/agent.log"
 check "it is not draining" jq -e '.drain.draining == false' <<<"$(kt b status --json)"
 check "new connections are served ($(echo_once 2>&1 || true))" test "$(echo_once 2>&1 || true)" = ping
+# The pod's listeners are its own, in its namespace: the successor had
+# pointed its slots at its own, which died with it.
+check "new connections to the pod are served ($(echo_pod 2>&1 || true))" test "$(echo_pod 2>&1 || true)" = ping
 touch "$work/kept.go"
 wait_for "$work/kept.log" "^done"
 check "the connections open during the failed handover still echo ($(tail -1 "$work/kept.log"))" \
