@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -20,6 +19,7 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/peer_process.h"
 #include "ktrust/common/poll_timeout.h"
 #include "nlohmann/json.hpp"
 
@@ -237,8 +237,12 @@ absl::StatusOr<uint64_t> CapabilitiesOf(pid_t pid) {
 }
 
 // The connected peer, checked: same uid, every capability of ours. The
-// pid's /proc entry is trusted only if the same process is still alive
-// after it was read (its pidfd, taken first, has not signalled exit).
+// pid's /proc entry is trusted only if the process that connected is still
+// alive after it was read (its pidfd, taken first, has not signalled
+// exit): then the pid is still its own. Exact with SO_PEERPIDFD (Linux
+// 6.5+); before, the pidfd is of whoever has the pid at accept, which is
+// the peer unless it exited and its pid was reused in between
+// (PeerPidfd).
 absl::Status CheckPeer(int conn, pid_t* pid) {
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -246,14 +250,16 @@ absl::Status CheckPeer(int conn, pid_t* pid) {
     return absl::ErrnoToStatus(errno, "SO_PEERCRED");
   }
   *pid = cred.pid;
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0)));
-  if (!pidfd.valid()) return absl::ErrnoToStatus(errno, "pidfd_open of the peer");
+  auto pidfd = PeerPidfd(conn, cred.pid);
+  if (!pidfd.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the peer process is gone: ", pidfd.status().message()));
+  }
   auto own_caps = CapabilitiesOf(getpid());
   if (!own_caps.ok()) return own_caps.status();
   auto peer_caps = CapabilitiesOf(cred.pid);
   if (!peer_caps.ok()) return absl::FailedPreconditionError("the peer process is gone");
-  pollfd p{pidfd.get(), POLLIN, 0};
-  if (::poll(&p, 1, 0) != 0) return absl::FailedPreconditionError("the peer process exited");
+  if (PidfdExited(pidfd->get())) return absl::FailedPreconditionError("the peer process exited");
   return CheckSuccessor(geteuid(), *own_caps, cred.uid, *peer_caps);
 }
 
