@@ -5,10 +5,10 @@
 
 Sends MIB mebibytes on one connection while reading the echo back, prints
 "progress" once 8 MiB have come back (the test starts its handover then),
-and at the end "transfer sent <sha256> <bytes> received <sha256> <bytes>",
-or "transfer failed: <why>". MIB_PER_SECOND caps the sending rate, so that
-the transfer is still under way when the test's handover happens however
-fast the machine is.
+and at the end "took <seconds> s, <rate> MiB/s each way", then "transfer
+sent <sha256> <bytes> received <sha256> <bytes>", or "transfer failed:
+<why>". MIB_PER_SECOND caps the sending rate, so that the transfer is still
+under way when the test's handover happens however fast the machine is.
 """
 import hashlib
 import socket
@@ -43,6 +43,7 @@ def send():
         failure.append("send: %s" % e)
 
 
+started = time.monotonic()
 sender = threading.Thread(target=send)
 sender.start()
 received_hash = hashlib.sha256()
@@ -61,6 +62,10 @@ try:
 except OSError as e:
     failure.append("receive: %s" % e)
 sender.join()
+# Before the result line, which the test waits for.
+took = time.monotonic() - started
+print("took %.0f s, %.1f MiB/s each way" % (took, received / (1 << 20) / max(took, 0.001)),
+      flush=True)
 if failure:
     print("transfer failed: %s (received %d)" % ("; ".join(failure), received), flush=True)
 else:

@@ -522,11 +522,18 @@ absl::Status Agent::SteerHostSlots() {
 }
 
 absl::Status Agent::RestoreSteering() {
-  if (auto st = SteerHostSlots(); !st.ok()) return st;
+  // Both, whatever fails: a pod is not left refusing for the host's sake.
+  absl::Status host = SteerHostSlots();
+  absl::Status pods = pods_->Resteer();
+  if (!host.ok()) return host;
+  if (!pods.ok()) return pods;
   LogEvent(spdlog::level::info,
            {{"event", "steering_restored"},
             {"slots", host_slots_.size()},
-            {"note", "the host's listener slots point at this agent's listeners again"}});
+            {"pods", pods_->served().size()},
+            {"note",
+             "the host's and the served pods' listener slots point at this agent's listeners "
+             "again"}});
   return absl::OkStatus();
 }
 

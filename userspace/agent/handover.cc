@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -20,6 +19,8 @@
 #include "ktrust/common/error_text.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/peer_process.h"
+#include "ktrust/common/poll_timeout.h"
 #include "nlohmann/json.hpp"
 
 namespace ktrust {
@@ -89,7 +90,7 @@ struct Received {
 // (what it carried is closed).
 absl::StatusOr<Received> ReceiveWithFds(int fd, absl::Duration timeout) {
   pollfd p{fd, POLLIN, 0};
-  int ready = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  int ready = ::poll(&p, 1, PollMilliseconds(timeout));
   if (ready < 0) return absl::ErrnoToStatus(errno, "poll");
   if (ready == 0) return absl::DeadlineExceededError("no answer in time");
   std::string buffer(kMaxHandoverMessageBytes, '\0');
@@ -236,8 +237,12 @@ absl::StatusOr<uint64_t> CapabilitiesOf(pid_t pid) {
 }
 
 // The connected peer, checked: same uid, every capability of ours. The
-// pid's /proc entry is trusted only if the same process is still alive
-// after it was read (its pidfd, taken first, has not signalled exit).
+// pid's /proc entry is trusted only if the process that connected is still
+// alive after it was read (its pidfd, taken first, has not signalled
+// exit): then the pid is still its own. Exact with SO_PEERPIDFD (Linux
+// 6.5+); before, the pidfd is of whoever has the pid at accept, which is
+// the peer unless it exited and its pid was reused in between
+// (PeerPidfd).
 absl::Status CheckPeer(int conn, pid_t* pid) {
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -245,14 +250,16 @@ absl::Status CheckPeer(int conn, pid_t* pid) {
     return absl::ErrnoToStatus(errno, "SO_PEERCRED");
   }
   *pid = cred.pid;
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0)));
-  if (!pidfd.valid()) return absl::ErrnoToStatus(errno, "pidfd_open of the peer");
+  auto pidfd = PeerPidfd(conn, cred.pid);
+  if (!pidfd.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the peer process is gone: ", pidfd.status().message()));
+  }
   auto own_caps = CapabilitiesOf(getpid());
   if (!own_caps.ok()) return own_caps.status();
   auto peer_caps = CapabilitiesOf(cred.pid);
   if (!peer_caps.ok()) return absl::FailedPreconditionError("the peer process is gone");
-  pollfd p{pidfd.get(), POLLIN, 0};
-  if (::poll(&p, 1, 0) != 0) return absl::FailedPreconditionError("the peer process exited");
+  if (PidfdExited(pidfd->get())) return absl::FailedPreconditionError("the peer process exited");
   return CheckSuccessor(geteuid(), *own_caps, cred.uid, *peer_caps);
 }
 
@@ -413,6 +420,7 @@ HandoverServer::~HandoverServer() {
 std::vector<int> HandoverServer::fds() const {
   std::vector<int> out;
   if (state_ != State::kHandedOver) out.push_back(listener_.get());
+  for (const Newcomer& n : newcomers_) out.push_back(n.conn.get());
   if (successor_.valid()) out.push_back(successor_.get());
   return out;
 }
@@ -421,19 +429,56 @@ void HandoverServer::Service(absl::Time now) {
   while (state_ != State::kHandedOver) {
     int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) break;
-    Admit(UniqueFd(fd));
+    Newcomer newcomer{UniqueFd(fd), 0, absl::OkStatus(), now + kHelloDeadline};
+    newcomer.allowed = CheckPeer(newcomer.conn.get(), &newcomer.pid);
+    if (newcomers_.size() >= kMaxWaitingForHello) {
+      Refuse(newcomer, absl::ResourceExhaustedError(absl::StrCat(
+                           kMaxWaitingForHello, " connections are waiting for their hello")));
+      continue;
+    }
+    newcomers_.push_back(std::move(newcomer));
   }
+  ServiceNewcomers(now);
   if (successor_.valid()) OnMessage(now);
 }
 
-void HandoverServer::Admit(UniqueFd conn) {
-  pid_t pid = 0;
-  absl::Status allowed = CheckPeer(conn.get(), &pid);
-  // The hello is the first thing a successor sends; it is there already or
-  // comes at once. Read before any answer: a refusal sent over an unread
-  // hello reaches the newcomer as a reset or a broken pipe, not as the
-  // reason.
-  auto hello = Receive(conn.get(), absl::Seconds(5));
+void HandoverServer::ServiceNewcomers(absl::Time now) {
+  // Taken out first: admitting one changes what the others are told.
+  std::vector<Newcomer> waiting;
+  waiting.swap(newcomers_);
+  for (Newcomer& n : waiting) {
+    // The hello is the first thing a successor sends. Read before any
+    // answer: a refusal sent over an unread hello reaches the newcomer as a
+    // reset or a broken pipe, not as the reason. Never waited for here:
+    // a peer that connects and says nothing holds up nothing but itself.
+    auto hello = Receive(n.conn.get(), absl::ZeroDuration());
+    if (absl::IsDeadlineExceeded(hello.status())) {
+      if (now < n.deadline) {
+        newcomers_.push_back(std::move(n));
+      } else {
+        Refuse(n, absl::DeadlineExceededError(
+                      absl::StrCat("no hello within ", absl::FormatDuration(kHelloDeadline))));
+      }
+      continue;
+    }
+    if (absl::IsUnavailable(hello.status())) {
+      LogEvent(spdlog::level::info, {{"event", "handover_refused"},
+                                     {"pid", n.pid},
+                                     {"reason", "it hung up before its hello"}});
+      continue;
+    }
+    Admit(std::move(n), hello);
+  }
+}
+
+void HandoverServer::Refuse(const Newcomer& newcomer, const absl::Status& why) {
+  LogEvent(spdlog::level::warn,
+           {{"event", "handover_refused"}, {"pid", newcomer.pid}, {"reason", why.message()}});
+  (void)Send(newcomer.conn.get(), MessageOf("refused", 0, std::string(why.message()), ""));
+}
+
+void HandoverServer::Admit(Newcomer newcomer, const absl::StatusOr<HandoverMessage>& hello) {
+  absl::Status allowed = newcomer.allowed;
   if (allowed.ok() && !hello.ok()) allowed = hello.status();
   if (allowed.ok() && hello->type != "hello") {
     allowed = absl::InvalidArgumentError(absl::StrCat("expected hello, got ", hello->type));
@@ -442,14 +487,18 @@ void HandoverServer::Admit(UniqueFd conn) {
     allowed = absl::ResourceExhaustedError(
         absl::StrCat("a handover to ktrustd pid ", successor_pid_, " is in progress"));
   }
+  if (allowed.ok() && state_ == State::kHandedOver) {
+    allowed = absl::FailedPreconditionError("this agent has handed over already");
+  }
   if (!allowed.ok()) {
-    LogEvent(spdlog::level::warn,
-             {{"event", "handover_refused"}, {"pid", pid}, {"reason", allowed.message()}});
-    (void)Send(conn.get(), MessageOf("refused", 0, std::string(allowed.message()), ""));
+    Refuse(newcomer, allowed);
     return;
   }
-  if (auto st = Send(conn.get(), MessageOf("welcome", getpid(), "", "")); !st.ok()) return;
-  successor_ = std::move(conn);
+  if (auto st = Send(newcomer.conn.get(), MessageOf("welcome", getpid(), "", "")); !st.ok()) {
+    return;
+  }
+  pid_t pid = newcomer.pid;
+  successor_ = std::move(newcomer.conn);
   successor_pid_ = pid;
   state_ = State::kPaused;
   deadline_ = absl::Now() + kSuccessorDeadline;
@@ -500,8 +549,14 @@ void HandoverServer::OnMessage(absl::Time now) {
   }
   if (message->type == "ready" && state_ == State::kReleased) {
     state_ = State::kHandedOver;
-    // The socket is the successor's to bind now, for the agent after it.
+    // The socket is the successor's to bind now, for the agent after it;
+    // whoever still waits to say hello asks the wrong agent.
     listener_.Reset();
+    for (const Newcomer& n : newcomers_) {
+      Refuse(n, absl::FailedPreconditionError(
+                    absl::StrCat("this agent has handed over to ktrustd pid ", successor_pid_)));
+    }
+    newcomers_.clear();
     struct stat st {};
     if (::stat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) {
       ::unlink(path_.c_str());

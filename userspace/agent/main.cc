@@ -490,6 +490,15 @@ int RunAgent(const std::string& config_path) {
   };
   adoption.adopt = [&](DetachedConnection c) {
     ++taken;
+    // Written before adopting, which takes the connection and its row.
+    nlohmann::ordered_json moved_in = {
+        {"event", "connection_moved_in"},
+        {"predecessor_id", c.meta.id},
+        {"direction", DirectionName(c.meta.direction)},
+        {"workload", c.meta.workload},
+        {"peer_id", c.meta.info.peer_id},
+        {"data_path", c.meta.info.data_path},
+        {"started", absl::FormatTime(absl::RFC3339_full, c.meta.started, absl::UTCTimeZone())}};
     absl::Status adopted = (*agent)->AdoptConnection(c, /*moved_in=*/true);
     if (!adopted.ok()) {
       // Ours since "yours", and this agent cannot carry it.
@@ -497,15 +506,7 @@ int RunAgent(const std::string& config_path) {
                                           adopted.message()));
       return;
     }
-    LogEvent(
-        spdlog::level::info,
-        {{"event", "connection_moved_in"},
-         {"predecessor_id", c.meta.id},
-         {"direction", DirectionName(c.meta.direction)},
-         {"workload", c.meta.workload},
-         {"peer_id", c.meta.info.peer_id},
-         {"data_path", c.meta.info.data_path},
-         {"started", absl::FormatTime(absl::RFC3339_full, c.meta.started, absl::UTCTimeZone())}});
+    LogEvent(spdlog::level::info, moved_in);
   };
 
   // The handover socket, for the next agent. Bound once the predecessor

@@ -197,6 +197,7 @@ std::optional<PodNetworks::Served> PodNetworks::Serve(const PodNetns& pod) {
   served.listeners = handle->id;
   auto fds = AgentListenerFdsOf(*handle);
   if (!fds.ok()) return problem(std::string(fds.status().message()));
+  served.listener_fds = *fds;
   InterceptionMaps& maps = bpf_.maps();
   // served.slots has one slot per serving workload (none was parked: see above).
   for (size_t i = 0; i < served.slots.size(); ++i) {
@@ -245,7 +246,7 @@ absl::Status PodNetworks::EnsureUpstream6(Served& served) {
   return absl::OkStatus();
 }
 
-absl::Status PodNetworks::SyncRules(uint64_t inode, Served* candidate) {
+absl::Status PodNetworks::SyncRules(uint64_t inode, Served* candidate, bool rewrite) {
   auto claim_of = [](uint64_t netns, const Served& s) {
     return PodClaim{netns, s.addresses, s.serving};
   };
@@ -267,7 +268,7 @@ absl::Status PodNetworks::SyncRules(uint64_t inode, Served* candidate) {
   absl::Status result;
   for (const auto& [key, rule] : next.rules) {
     auto it = written.find(key);
-    if (it != written.end() && it->second == rule) continue;
+    if (!rewrite && it != written.end() && it->second == rule) continue;
     if (auto st = maps.AddInboundPort(rule.local, rule.mode, rule.slot, rule.workload); !st.ok()) {
       result.Update(absl::Status(st.code(), absl::StrCat("enforcing ", key, ": ", st.message())));
       continue;
@@ -496,6 +497,54 @@ void PodNetworks::Reconcile(const std::vector<PodNetns>& wanted, bool complete) 
   }
   // Addresses that came or went meanwhile, and the fallback rescans.
   RefreshAddresses();
+}
+
+absl::Status PodNetworks::Resteer() {
+  absl::Status result;
+  // Rules first, as Serve writes them: a rule the successor wrote may name
+  // a slot this agent fills with another pod's listeners.
+  if (auto st = SyncRules(/*inode=*/0, nullptr, /*rewrite=*/true); !st.ok()) {
+    result.Update(absl::Status(st.code(), absl::StrCat("the pods' rules: ", st.message())));
+  }
+  size_t pods = 0;
+  std::vector<uint64_t> failed;
+  {
+    absl::MutexLock lock(&mu_);
+    InterceptionMaps& maps = bpf_.maps();
+    for (auto& [inode, served] : served_) {
+      if (!served.listeners) continue;  // never served: its next pass does
+      absl::Status pod;
+      const AgentListenerFds& fds = served.listener_fds;
+      for (size_t i = 0; i < served.slots.size(); ++i) {
+        if (served.outbound_slot && served.slots[i] == *served.outbound_slot) {
+          pod.Update(SteerSlotTo(maps, served.slots[i], fds.outbound));
+        } else if (i < fds.inbound.size()) {
+          pod.Update(SteerSlotTo(maps, served.slots[i], fds.inbound[i]));
+        }
+      }
+      // The successor's target names its own outbound slot: this one's
+      // again, whatever this agent last wrote.
+      if (served.netns_cookie && served.outbound_slot && (served.target.ip4 || served.target.ip6)) {
+        pod.Update(maps.SetOutboundTarget(*served.netns_cookie, served.target,
+                                          settings_.outbound_port, *served.outbound_slot));
+      }
+      ++pods;
+      if (pod.ok()) continue;
+      // Its enforced ports refuse (the slots are empty): fail closed.
+      failed.push_back(inode);
+      LogEvent(spdlog::level::err, {{"event", "pod_steering_not_restored"},
+                                    {"netns_inode", inode},
+                                    {"reason", pod.message()}});
+      result.Update(
+          absl::Status(pod.code(), absl::StrCat("pod netns ", inode, ": ", pod.message())));
+    }
+  }
+  LogEvent(result.ok() ? spdlog::level::info : spdlog::level::err,
+           {{"event", "pod_steering_restored"},
+            {"pods", pods},
+            {"failed", failed.size()},
+            {"note", "the served pods' listener slots and rules point at this agent again"}});
+  return result;
 }
 
 std::vector<SocketAddress> PodNetworks::enforced() const {

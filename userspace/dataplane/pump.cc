@@ -208,6 +208,10 @@ PumpStep SplicePump::Move() {
       if (CloseSink(step)) step.status = PumpStatus::kFinished;
       return step;
     }
+    if (step.bytes >= kStepBudget) {
+      step.wait = {source_, POLLIN};  // its share for now (kStepBudget)
+      return step;
+    }
     if (!pipe_) {
       absl::StatusOr<PipePool::Pipe> taken = pipes_.Take();
       if (!taken.ok()) {

@@ -21,12 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "ktrust/common/files.h"
 #include "ktrust/common/log.h"
+#include "ktrust/common/peer_process.h"
 #include "ktrust/zerohop/notify.h"
 #include "ktrust/zerohop/proc_mem.h"
-
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77  // Linux 6.5; Debian 12's headers predate it
-#endif
 
 namespace ktrust::zerohop {
 namespace {
@@ -77,24 +74,6 @@ absl::StatusOr<ucred> PeerCred(int fd) {
   return cred;
 }
 
-// True once the process behind `pidfd` has exited (a pidfd polls readable).
-bool Exited(int pidfd) {
-  pollfd p{pidfd, POLLIN, 0};
-  return ::poll(&p, 1, 0) != 0;
-}
-
-absl::StatusOr<UniqueFd> PeerPidfd(int sock, pid_t pid) {
-  int fd = -1;
-  socklen_t len = sizeof(fd);
-  if (::getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) == 0 && fd >= 0) {
-    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    return UniqueFd(fd);
-  }
-  // Before 6.5: the pid may in theory have been reused between the peer's
-  // connect and now; the cgroup read below is re-checked against this pidfd.
-  return PidfdOpen(pid);
-}
-
 // The cgroup v2 path of the process behind `pidfd` (whose pid is `pid`),
 // read through /proc and trusted only if the process is still the same
 // afterwards (alive: its pid cannot have been reused).
@@ -103,7 +82,7 @@ absl::StatusOr<std::string> CgroupOf(pid_t pid, int pidfd) {
   if (!text.ok()) return absl::FailedPreconditionError("the process is gone (no /proc entry)");
   auto cgroup = ParseCgroupV2(*text);
   if (!cgroup.ok()) return cgroup.status();
-  if (Exited(pidfd)) {
+  if (PidfdExited(pidfd)) {
     return absl::FailedPreconditionError("the process exited during registration");
   }
   return cgroup;

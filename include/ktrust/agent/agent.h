@@ -154,7 +154,8 @@ class Agent {
   absl::Status AdoptConnection(DetachedConnection& connection, bool moved_in);
 
   // After a successor that went away mid-handover: points the kernel's
-  // steering of the host's namespace back at this agent's listeners.
+  // steering of the host's namespace and of every served pod's back at
+  // this agent's listeners (the successor had pointed both at its own).
   absl::Status RestoreSteering();
 
   const Engine& engine() const { return *engine_; }

@@ -105,11 +105,14 @@ class HandoverServer {
                                                                 Hooks hooks);
   ~HandoverServer();
 
-  // The descriptors to poll for POLLIN: the listener, and the successor's
-  // connection while there is one.
+  // The descriptors to poll for POLLIN: the listener, the connections
+  // whose hello has not come yet, and the successor's connection while
+  // there is one.
   std::vector<int> fds() const;
-  // Accepts and answers what is ready, without blocking; a successor that
-  // is not ready within `deadline` of its hello is dropped (resume).
+  // Accepts and answers what is ready, without blocking: a newcomer whose
+  // hello has not come yet waits beside the caller's loop, and is refused
+  // at kHelloDeadline after `now` of its accept; a successor that is not
+  // ready within kSuccessorDeadline of its hello is dropped (resume).
   void Service(absl::Time now);
   // Handed over (the successor said ready).
   bool handed_over() const { return state_ == State::kHandedOver; }
@@ -127,11 +130,27 @@ class HandoverServer {
   absl::Status Move(const DetachedConnection& connection, absl::Duration timeout);
 
   static constexpr absl::Duration kSuccessorDeadline = absl::Minutes(2);
+  // A successor says hello as soon as it connects.
+  static constexpr absl::Duration kHelloDeadline = absl::Seconds(5);
+  // Connections waiting for their hello at most; more are refused at once.
+  static constexpr size_t kMaxWaitingForHello = 4;
 
  private:
   enum class State { kIdle, kPaused, kReleased, kHandedOver };
+  // A connection accepted, its peer checked, its hello not read yet.
+  struct Newcomer {
+    UniqueFd conn;
+    pid_t pid = 0;
+    absl::Status allowed;  // CheckPeer's verdict, said once the hello is read
+    absl::Time deadline;
+  };
   HandoverServer(std::string path, UniqueFd listener, Hooks hooks, dev_t dev, ino_t ino);
-  void Admit(UniqueFd conn);
+  // Reads the newcomers' hellos that came and answers them; refuses the
+  // ones past their deadline.
+  void ServiceNewcomers(absl::Time now);
+  // Answers a newcomer whose hello (or its failure) came.
+  void Admit(Newcomer newcomer, const absl::StatusOr<HandoverMessage>& hello);
+  void Refuse(const Newcomer& newcomer, const absl::Status& why);
   void OnMessage(absl::Time now);
   void Abandon(const std::string& why);
   // The successor misbehaved after the handover: no more moves.
@@ -142,6 +161,7 @@ class HandoverServer {
   Hooks hooks_;
   dev_t dev_;
   ino_t ino_;
+  std::vector<Newcomer> newcomers_;
   UniqueFd successor_;
   pid_t successor_pid_ = 0;
   State state_ = State::kIdle;

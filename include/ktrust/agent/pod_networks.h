@@ -133,6 +133,13 @@ class PodNetworks {
   // slots no pod took are free again.
   void ForgetInheritedSlots() { settings_.inherited_slots.clear(); }
 
+  // After a successor that went away mid-handover: it pointed the served
+  // pods' steering at its own listeners (rules, listener slots, outbound
+  // targets), which closed with it. Writes every served pod's again, as
+  // this agent serves them. What fails is logged and the pod is rescanned
+  // on the next pass; the error names the first failure.
+  absl::Status Resteer();
+
  private:
   // A full rescan of every served pod this often, should an address
   // change escape both the events and their overrun report.
@@ -145,6 +152,10 @@ class PodNetworks {
     bool rescan = false;      // events were lost or a rescan failed
     bool has_upstream6 = false;
     std::optional<uint64_t> listeners;  // the engine's handle
+    // Its listeners' sockets (the engine's, valid while `listeners` is
+    // open), as steered: served.slots[i] to inbound[i], outbound_slot to
+    // outbound.
+    AgentListenerFds listener_fds;
     std::vector<uint32_t> slots;
     std::vector<PodPortClaim> serving;   // per workload serving ports
     std::vector<std::string> addresses;  // enforced, as claimed in the rules
@@ -170,7 +181,9 @@ class PodNetworks {
                                            const std::vector<uint16_t>& ports);
   // Writes the rules all served pods need together, `inode` being served
   // by `candidate` (nothing: released); sets the pods' shared addresses.
-  absl::Status SyncRules(uint64_t inode, Served* candidate);
+  // `rewrite`: every rule is written, also the ones written already (another
+  // agent may have written over them).
+  absl::Status SyncRules(uint64_t inode, Served* candidate, bool rewrite = false);
   // Points the pod's mesh connections at its current addresses, or refuses
   // them while it has none to send them to.
   absl::Status SyncOutboundTarget(Served& served);

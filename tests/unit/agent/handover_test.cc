@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -214,6 +215,27 @@ class HandoverExchangeTest : public ::testing::Test {
     }
   }
 
+  // Connected to the handover socket, and saying nothing.
+  UniqueFd ConnectSilently() {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path_.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+      return UniqueFd();
+    }
+    return fd;
+  }
+  // The next message on `fd`, waiting up to a second.
+  static absl::StatusOr<HandoverMessage> ReadMessage(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 1000) != 1) return absl::DeadlineExceededError("nothing came");
+    char buffer[4096];
+    ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) return absl::UnavailableError("closed");
+    return DecodeHandoverMessage(absl::string_view(buffer, static_cast<size_t>(n)));
+  }
+
   std::string dir_;
   std::string path_;
   HandoverServer::Hooks hooks_;
@@ -316,6 +338,56 @@ TEST_F(HandoverExchangeTest, ASuccessorThatDiesAfterStartingGivesTheControlSocke
   ServeUntil(**server, [&] { return events_.size() >= 2; });
   next.join();
   EXPECT_THAT(events_, ElementsAre("pause", "resume"));
+}
+
+// A connection that says nothing, as from a root process without the
+// agent's capabilities: its accept costs the agent's loop no wait, a real
+// successor is admitted meanwhile, and it is refused at its deadline.
+TEST_F(HandoverExchangeTest, ASilentConnectionHoldsUpNothing) {
+  auto server = HandoverServer::Listen(path_, hooks_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  UniqueFd silent = ConnectSilently();
+  ASSERT_TRUE(silent.valid());
+  absl::Time before = absl::Now();
+  (*server)->Service(before);
+  absl::Duration took = absl::Now() - before;
+  EXPECT_LT(took, absl::Seconds(1)) << "the agent's loop waited for the hello";
+  EXPECT_EQ((*server)->fds().size(), 2u) << "the listener and the silent connection";
+
+  std::atomic<bool> admitted{false}, done{false};
+  std::thread successor([&] {
+    auto client = HandoverClient::Connect(path_, absl::Seconds(5));
+    ASSERT_TRUE(client.ok()) << client.status();
+    admitted = *client != nullptr;
+    while (!done) absl::SleepFor(absl::Milliseconds(10));
+  });
+  ServeUntil(**server, [&] { return !events_.empty(); });
+  EXPECT_THAT(events_, ElementsAre("pause")) << "a successor is admitted beside it";
+
+  (*server)->Service(before + HandoverServer::kHelloDeadline + absl::Milliseconds(1));
+  auto answer = ReadMessage(silent.get());
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->type, "refused");
+  EXPECT_THAT(answer->reason, HasSubstr("no hello within 5s"));
+  done = true;
+  successor.join();
+  EXPECT_TRUE(admitted);
+}
+
+TEST_F(HandoverExchangeTest, TooManySilentConnectionsAreRefusedAtOnce) {
+  auto server = HandoverServer::Listen(path_, hooks_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<UniqueFd> silent;
+  for (size_t i = 0; i <= HandoverServer::kMaxWaitingForHello; ++i) {
+    silent.push_back(ConnectSilently());
+    ASSERT_TRUE(silent.back().valid());
+    (*server)->Service(absl::Now());
+  }
+  EXPECT_EQ((*server)->fds().size(), 1 + HandoverServer::kMaxWaitingForHello);
+  auto answer = ReadMessage(silent.back().get());
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->type, "refused");
+  EXPECT_THAT(answer->reason, HasSubstr("waiting for their hello"));
 }
 
 // The moving part of a handover, over a real socket: a predecessor handed

@@ -215,6 +215,37 @@ struct Pipe {
   }
 };
 
+// A source that never runs dry (here: a full pipe) does not keep its loop:
+// one step moves about kStepBudget, then waits on the source (readable, so
+// at once), and every byte still arrives, in order.
+TEST(SplicePumpTest, AStepMovesItsShareAndLetsTheLoopServeOthers) {
+  Pipe source, sink;
+  constexpr int kSize = 1 << 20;
+  // fs.pipe-max-size is 1 MiB unless lowered.
+  ASSERT_GE(fcntl(source.write.get(), F_SETPIPE_SZ, kSize), kSize);
+  ASSERT_GE(fcntl(sink.write.get(), F_SETPIPE_SZ, kSize), kSize);
+  std::string sent = Pattern(kSize, 3);
+  ASSERT_EQ(write(source.write.get(), sent.data(), sent.size()), kSize);
+  PipePool pool;
+  SplicePump pump(source.read.get(), sink.write.get(), pool, nullptr, nullptr);
+  PumpStep first = pump.Step();
+  ASSERT_EQ(first.status, PumpStatus::kBlocked) << first.error;
+  std::printf("first step: %llu bytes of %d\n", static_cast<unsigned long long>(first.bytes),
+              kSize);
+  EXPECT_GE(first.bytes, SplicePump::kStepBudget);
+  EXPECT_LT(first.bytes, static_cast<uint64_t>(kSize)) << "one step took the whole stream";
+  EXPECT_EQ(first.wait.fd, source.read.get());
+  EXPECT_EQ(first.wait.events, POLLIN);
+  uint64_t moved = first.bytes;
+  for (int steps = 0; moved < static_cast<uint64_t>(kSize) && steps < 64; ++steps) {
+    PumpStep step = pump.Step();
+    ASSERT_EQ(step.status, PumpStatus::kBlocked) << step.error;
+    moved += step.bytes;
+  }
+  EXPECT_EQ(moved, static_cast<uint64_t>(kSize));
+  EXPECT_TRUE(DrainPipe(sink.read.get()) == sent) << "what arrived differs from what was sent";
+}
+
 TEST(SplicePumpTest, FlushWritesWhatItHoldsAndReadsNothingMore) {
   testing::TcpPair tcp = testing::ConnectedTcpPair();
   fcntl(tcp.server.get(), F_SETFL, O_NONBLOCK);
