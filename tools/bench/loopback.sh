@@ -204,8 +204,9 @@ log "backend (loadgen server) on 127.0.0.1:$backend_port, pid $backend_pid"
 # ---------------------------------------------------------------- targets
 # OpenSSL sends TLS 1.3 session tickets even with SSL_OP_NO_TICKET and the
 # session cache off (openssl/openssl#8077); haproxy 2.6 has no knob for it
-# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)), so the
-# peers get the same through OpenSSL's system-default SSL configuration.
+# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)) unless
+# both ends have --resumption (ktrust-resume), so the peers get the same through
+# OpenSSL's system-default SSL configuration.
 cat >"$work/openssl-peers.cnf" <<EOF
 openssl_conf = bench_conf
 [bench_conf]

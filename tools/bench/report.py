@@ -175,24 +175,27 @@ def best_peer(medians, key, better):
     return (max if better == "higher" else min)(cands)
 
 
+def same_run_ratios(medians, by_run, t, ref, keys, definition):
+    """t / ref per metric: the ratio of medians and, per run, the same ratio."""
+    out = {"definition": definition, "ratios": {}, "per_run": {}}
+    for key in keys:
+        a, b = medians[t].get(key), medians[ref].get(key)
+        if a is None or not b:
+            continue
+        out["ratios"][key] = a / b
+        out["per_run"][key] = per_run_ratio(by_run, t, ref, key)
+    return out
+
+
 def ktls_vs_userspace(meta, medians, by_run):
     """ktrust / ktrust-userspace per metric: the ratio of medians and the per-run range."""
     if not all(t in medians for t in KTRUST):
         return None
-    out = {
-        "data_paths": {t: meta["targets"][t].get("data_path") for t in KTRUST},
-        "definition": "ktrust (--data-path auto) / ktrust-userspace, medians of the same run; "
-                      "per_run: the same ratio for each run",
-        "ratios": {},
-        "per_run": {},
-    }
-    for key in KTLS_RATIO_METRICS:
-        a, b = medians["ktrust"].get(key), medians["ktrust-userspace"].get(key)
-        if a is None or not b:
-            continue
-        out["ratios"][key] = a / b
-        ra, rb = by_run["ktrust"].get(key, {}), by_run["ktrust-userspace"].get(key, {})
-        out["per_run"][key] = [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
+    out = {"data_paths": {t: meta["targets"][t].get("data_path") for t in KTRUST}}
+    out.update(same_run_ratios(
+        medians, by_run, "ktrust", "ktrust-userspace", KTLS_RATIO_METRICS,
+        "ktrust (--data-path auto) / ktrust-userspace, medians of the same run; "
+        "per_run: the same ratio for each run"))
     return out
 
 
@@ -205,19 +208,10 @@ def resumed_vs_full(medians, by_run):
     """ktrust-resume / ktrust per metric: the ratio of medians and the per-run range."""
     if not all(t in medians for t in ("ktrust", "ktrust-resume")):
         return None
-    out = {
-        "definition": "ktrust-resume (--resumption) / ktrust, both --data-path auto, medians "
-                      "of the same run; per_run: the same ratio for each run",
-        "ratios": {},
-        "per_run": {},
-    }
-    for key in RESUME_RATIO_METRICS:
-        a, b = medians["ktrust-resume"].get(key), medians["ktrust"].get(key)
-        if a is None or not b:
-            continue
-        out["ratios"][key] = a / b
-        out["per_run"][key] = per_run_ratio(by_run, "ktrust-resume", "ktrust", key)
-    return out
+    return same_run_ratios(
+        medians, by_run, "ktrust-resume", "ktrust", RESUME_RATIO_METRICS,
+        "ktrust-resume (--resumption) / ktrust, both --data-path auto, medians of the same "
+        "run; per_run: the same ratio for each run")
 
 
 def per_run_ratio(by_run, t, ref, key):

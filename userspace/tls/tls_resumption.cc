@@ -193,15 +193,7 @@ HandshakeProgress TlsSession::ReadTickets() {
     return tickets_pending() ? HandshakeProgress::kWantRead : HandshakeProgress::kDone;
   }
   if (err == SSL_ERROR_WANT_WRITE) return HandshakeProgress::kWantWrite;
-  std::string how = !alert_received_.empty() ? absl::StrCat("with alert \"", alert_received_, "\"")
-                    : errno == ECONNRESET    ? std::string("with a reset")
-                                             : std::string("without a word");
-  Fail(HandshakeError::kRejectedByPeer,
-       absl::StrCat("the server ended the connection ", how,
-                    " before sending the session ticket it promised: its policy may not allow ",
-                    svid_->id().ToString(), " (check the denials on the server's node)"));
-  ERR_clear_error();
-  return HandshakeProgress::kFailed;
+  return FailServerEnded("before sending the session ticket it promised");
 }
 
 int TlsSession::AddTicketExtension(SSL* ssl, unsigned int /*ext_type*/, unsigned int context,

@@ -328,14 +328,17 @@ HandshakeProgress TlsSession::ReadZeroHopAccept() {
   }
   int err = SSL_get_error(ssl_.get(), rc);
   if (err == SSL_ERROR_WANT_READ) return HandshakeProgress::kWantRead;
+  return FailServerEnded("after the handshake instead of accepting this client");
+}
+
+HandshakeProgress TlsSession::FailServerEnded(absl::string_view instead) {
   std::string how = !alert_received_.empty() ? absl::StrCat("with alert \"", alert_received_, "\"")
                     : errno == ECONNRESET    ? std::string("with a reset")
                                              : std::string("without a word");
   Fail(HandshakeError::kRejectedByPeer,
-       absl::StrCat("the server ended the connection ", how,
-                    " after the handshake instead of accepting this client: its policy may not "
-                    "allow ",
-                    svid_->id().ToString(), " (check the denials on the server's node)"));
+       absl::StrCat("the server ended the connection ", how, " ", instead,
+                    ": its policy may not allow ", svid_->id().ToString(),
+                    " (check the denials on the server's node)"));
   ERR_clear_error();
   return HandshakeProgress::kFailed;
 }

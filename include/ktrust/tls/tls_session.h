@@ -155,6 +155,9 @@ class TlsSession {
   bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
   VerifyOptions PeerVerifyOptions() const;
   void Fail(HandshakeError error, std::string explanation);
+  // Client, reading after the handshake: the server closed, reset or sent an
+  // alert `instead` of what was due (its policy likely refused us). kFailed.
+  HandshakeProgress FailServerEnded(absl::string_view instead);
   // After ReleaseSsl(): fails the step that asked (true).
   bool FailIfReleased();
   static void InfoCallback(const SSL* ssl, int where, int ret);

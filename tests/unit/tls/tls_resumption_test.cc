@@ -77,6 +77,24 @@ class TlsResumptionTest : public ::testing::Test {
     return *std::move(ctx);
   }
 
+  // Gives the two sessions a BIO pair; the client's end.
+  static BIO* ConnectBioPair(TlsSession& client, TlsSession& server) {
+    BIO* client_end = nullptr;
+    BIO* server_end = nullptr;
+    BIO_new_bio_pair(&client_end, 0, &server_end, 0);
+    client.SetBio(client_end);
+    server.SetBio(server_end);
+    return client_end;
+  }
+  // Runs both handshakes until each finished or neither can go on.
+  static void Drive(TlsSession& client, TlsSession& server, HandshakeProgress* c,
+                    HandshakeProgress* s) {
+    for (int round = 0; round < 20 && !(Finished(*c) && Finished(*s)); ++round) {
+      if (!Finished(*c)) *c = client.Handshake();
+      if (!Finished(*s)) *s = server.Handshake();
+    }
+  }
+
   // One connection over a BIO pair: both handshakes, then the client reads
   // the ticket the server promised, as the agent does before kernel TLS.
   Connection Connect(std::shared_ptr<const Svid> client_svid = nullptr,
@@ -87,16 +105,8 @@ class TlsResumptionTest : public ::testing::Test {
     c.client = *(client_ctx ? client_ctx : client_ctx_.get())
                     ->NewSession(client_svid ? client_svid : client_svid_, expected, destination);
     c.server = *(server_ctx ? server_ctx : server_ctx_.get())->NewSession(server_svid_);
-    BIO* client_end = nullptr;
-    BIO* server_end = nullptr;
-    BIO_new_bio_pair(&client_end, 0, &server_end, 0);
-    c.client->SetBio(client_end);
-    c.server->SetBio(server_end);
-    for (int round = 0; round < 20 && !(Finished(c.client_result) && Finished(c.server_result));
-         ++round) {
-      if (!Finished(c.client_result)) c.client_result = c.client->Handshake();
-      if (!Finished(c.server_result)) c.server_result = c.server->Handshake();
-    }
+    ConnectBioPair(*c.client, *c.server);
+    Drive(*c.client, *c.server, &c.client_result, &c.server_result);
     if (c.ok()) {
       HandshakeProgress tickets = c.client->ReadTickets();
       EXPECT_EQ(tickets, HandshakeProgress::kDone) << c.client->failure().explanation;
@@ -257,16 +267,9 @@ TEST_F(TlsResumptionTest, RecordSequencesAfterTheTicketAreTheOnesOpenSslUsed) {
 TEST_F(TlsResumptionTest, ReadingTheTicketLeavesApplicationDataThatCameWithIt) {
   auto client = *client_ctx_->NewSession(client_svid_, std::nullopt, kDestination);
   auto server = *server_ctx_->NewSession(server_svid_);
-  BIO* client_end = nullptr;
-  BIO* server_end = nullptr;
-  BIO_new_bio_pair(&client_end, 0, &server_end, 0);
-  client->SetBio(client_end);
-  server->SetBio(server_end);
+  BIO* client_end = ConnectBioPair(*client, *server);
   HandshakeProgress c = HandshakeProgress::kWantRead, s = HandshakeProgress::kWantRead;
-  for (int round = 0; round < 20 && !(Finished(c) && Finished(s)); ++round) {
-    if (!Finished(c)) c = client->Handshake();
-    if (!Finished(s)) s = server->Handshake();
-  }
+  Drive(*client, *server, &c, &s);
   ASSERT_EQ(c, HandshakeProgress::kDone);
   ASSERT_EQ(s, HandshakeProgress::kDone);
   ASSERT_TRUE(client->tickets_pending());
@@ -292,19 +295,12 @@ TEST_F(TlsResumptionTest, ReadingTheTicketLeavesApplicationDataThatCameWithIt) {
 TEST_F(TlsResumptionTest, DataInPlaceOfThePromisedTicketFailsBothEnds) {
   auto client = *client_ctx_->NewSession(client_svid_, std::nullopt, kDestination);
   auto server = *server_ctx_->NewSession(server_svid_);
-  BIO* client_end = nullptr;
-  BIO* server_end = nullptr;
-  BIO_new_bio_pair(&client_end, 0, &server_end, 0);
-  client->SetBio(client_end);
-  server->SetBio(server_end);
+  ConnectBioPair(*client, *server);
   ASSERT_EQ(client->Handshake(), HandshakeProgress::kWantRead);  // ClientHello out
   ASSERT_EQ(server->Handshake(), HandshakeProgress::kWantRead);  // promised in its first flight
   SSL_set_num_tickets(server->ssl(), 0);                         // and then OpenSSL sends none
   HandshakeProgress c = HandshakeProgress::kWantRead, s = HandshakeProgress::kWantRead;
-  for (int round = 0; round < 20 && !(Finished(c) && Finished(s)); ++round) {
-    if (!Finished(c)) c = client->Handshake();
-    if (!Finished(s)) s = server->Handshake();
-  }
+  Drive(*client, *server, &c, &s);
   ASSERT_EQ(c, HandshakeProgress::kDone);
   ASSERT_EQ(s, HandshakeProgress::kFailed);
   EXPECT_EQ(server->failure().error, HandshakeError::kProtocol);
