@@ -480,6 +480,7 @@ void Connection::OnHandshakeDone() {
     record_->info.peer_id = tls_->peer_id()->ToString();
     record_->info.tls_version = std::string(tls_->version());
     record_->info.cipher = std::string(tls_->cipher());
+    record_->info.resumed = tls_->resumed();
   }
   if (in_place_) {
     FinishInPlace();
@@ -1252,6 +1253,7 @@ void Connection::MaybeFinalize() {
         {"data_path", closed.info.data_path}}) {
     if (!value.empty()) event[key] = value;
   }
+  if (closed.info.resumed) event["resumed"] = true;
   event["bytes_to_wire"] = closed.bytes_to_wire;
   event["bytes_from_wire"] = closed.bytes_from_wire;
   event["duration_ms"] = absl::ToInt64Milliseconds(closed.duration);

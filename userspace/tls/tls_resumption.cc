@@ -4,8 +4,9 @@
 // What a ticket is trusted for: nothing by itself. A resumed connection's
 // peer is verified again, with the same VerifyPeerChain as a certificate,
 // from the chain kept with the ticket (the client keeps the server's in its
-// cache; the server seals the client's into the ticket's app data, which
-// only its own ticket key opens), against the current trust store at the
+// cache; the server seals the client's into the ticket, its leaf in the
+// session and its intermediates in the app data, which only its own ticket
+// key opens), against the current trust store at the
 // current time; the server then authorizes it as any client. A ticket is
 // also bound to the SVID it was made with, to the context's generation (a
 // change of policy or trust drops them all), and to the earlier notAfter of
@@ -262,16 +263,21 @@ int TlsSession::GenerateTicketCallback(SSL* ssl, void* arg) {
   PutU64(data, session->ticket_generation_);
   PutU64(data, static_cast<uint64_t>(std::max<int64_t>(absl::ToUnixSeconds(expires), 0)));
   PutBytes(data, digest);
-  data.push_back(static_cast<char>(session->peer_chain_.size()));
-  for (const X509Ptr& cert : session->peer_chain_) {
-    std::string der = Der(cert.get());
+  // The leaf travels in the sealed session itself (OpenSSL keeps the peer's
+  // certificate there); only the intermediates go into the app data, so no
+  // certificate is encoded or parsed twice.
+  X509* sealed_leaf = SSL_SESSION_get0_peer(sealed);
+  if (session->peer_chain_.empty() || session->peer_chain_.size() > 256 || sealed_leaf == nullptr ||
+      X509_cmp(sealed_leaf, session->peer_chain_.front().get()) != 0) {
+    return 0;
+  }
+  data.push_back(static_cast<char>(session->peer_chain_.size() - 1));
+  for (size_t i = 1; i < session->peer_chain_.size(); ++i) {
+    std::string der = Der(session->peer_chain_[i].get());
     if (der.empty()) return 0;
     PutBytes(data, der);
   }
-  if (session->peer_chain_.empty() || session->peer_chain_.size() > 255 ||
-      SSL_SESSION_set1_ticket_appdata(sealed, data.data(), data.size()) != 1) {
-    return 0;
-  }
+  if (SSL_SESSION_set1_ticket_appdata(sealed, data.data(), data.size()) != 1) return 0;
   // The lifetime the client is told (and OpenSSL's own bound on the session).
   int64_t seconds = std::max<int64_t>(absl::ToInt64Seconds(expires - now), 1);
   SSL_SESSION_set_timeout(sealed, static_cast<long>(seconds));
@@ -309,10 +315,24 @@ SSL_TICKET_RETURN TlsSession::DecryptTicketCallback(SSL* ssl, SSL_SESSION* ticke
   absl::string_view digest;
   unsigned char count = 0;
   if (!in.U8(&version) || version != kTicketDataVersion || !in.U64(&generation) ||
-      !in.U64(&expires) || !in.Bytes(&digest) || !in.U8(&count) || count == 0) {
+      !in.U64(&expires) || !in.Bytes(&digest) || !in.U8(&count)) {
     return refuse("the ticket's data is malformed");
   }
+  // Cheap checks first: a ticket refused for them costs no certificate parse.
+  if (generation != context->ticket_generation_.load() ||
+      generation != session->ticket_generation_) {
+    return refuse("issued before the last change of policy, trust bundle, CA or CRL");
+  }
+  if (absl::FromUnixSeconds(static_cast<int64_t>(expires)) <= context->options_.clock()) {
+    return refuse("expired (a ticket lives no longer than either SVID)");
+  }
+  if (digest != session->LocalLeafDigest()) {
+    return refuse("issued for another SVID of this agent (another workload, or before a renewal)");
+  }
+  X509* leaf = SSL_SESSION_get0_peer(ticket);
+  if (leaf == nullptr) return refuse("the ticket carries no client certificate");
   CertChain chain;
+  chain.push_back(ShareX509(leaf));
   for (unsigned i = 0; i < count; ++i) {
     absl::string_view der;
     if (!in.Bytes(&der)) return refuse("the ticket's data is malformed");
@@ -325,16 +345,6 @@ SSL_TICKET_RETURN TlsSession::DecryptTicketCallback(SSL* ssl, SSL_SESSION* ticke
     chain.push_back(std::move(cert));
   }
   if (!in.AtEnd()) return refuse("the ticket's data is malformed");
-  if (generation != context->ticket_generation_.load() ||
-      generation != session->ticket_generation_) {
-    return refuse("issued before the last change of policy, trust bundle, CA or CRL");
-  }
-  if (absl::FromUnixSeconds(static_cast<int64_t>(expires)) <= context->options_.clock()) {
-    return refuse("expired (a ticket lives no longer than either SVID)");
-  }
-  if (digest != session->LocalLeafDigest()) {
-    return refuse("issued for another SVID of this agent (another workload, or before a renewal)");
-  }
   std::vector<X509*> untrusted;
   for (size_t i = 1; i < chain.size(); ++i) untrusted.push_back(chain[i].get());
   if (!session->VerifyPeer(chain.front().get(), untrusted)) {

@@ -36,6 +36,7 @@ struct ConnectionInfo {
   std::string peer_id;      // the peer's verified SPIFFE ID
   std::string tls_version;
   std::string cipher;
+  bool resumed = false;  // the handshake resumed a session (a TLS 1.3 ticket)
   // "ktls-sw", "userspace", "plaintext", or "zero-hop" (handed to the
   // workload with kernel TLS); empty until established
   std::string data_path;
