@@ -36,10 +36,10 @@ struct ConnectionInfo {
   std::string peer_id;      // the peer's verified SPIFFE ID
   std::string tls_version;
   std::string cipher;
-  bool resumed = false;  // the handshake resumed a session (a TLS 1.3 ticket)
   // "ktls-sw", "userspace", "plaintext", or "zero-hop" (handed to the
   // workload with kernel TLS); empty until established
   std::string data_path;
+  bool resumed = false;  // the handshake resumed a session (a TLS 1.3 ticket)
 };
 
 // One connection's record. The owning event loop writes it; anyone may read
