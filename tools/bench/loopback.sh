@@ -8,9 +8,10 @@
 #
 # Every pair: loadgen -> proxy A (plain in, mTLS out as spiffe://bench.local/client)
 #   -> proxy B (mTLS in, client certificate required, plain out) -> loadgen server.
-# Plain: loadgen -> loadgen server. Targets: plain,stunnel,haproxy,ktrust,ktrust-userspace.
+# Plain: loadgen -> loadgen server. Targets: plain,stunnel,haproxy,ktrust,ktrust-userspace,
+# ktrust-resume (ktrust with --resumption: TLS 1.3 session resumption between the pair).
 # --vm-guest (internal: `run.sh vm` runs it in the kTLS VM) uses sizes for TCG,
-# plain,ktrust,ktrust-userspace, and fails unless ktrust runs on kernel TLS.
+# plain,ktrust,ktrust-userspace,ktrust-resume, and fails unless ktrust runs on kernel TLS.
 #
 # Environment: KTRUSTD (default build/userspace/ktrustd; the ktrust targets are
 # skipped if it does not exist), KTRUSTD_ARGS (extra flags for every ktrustd;
@@ -27,8 +28,8 @@ in_vm=0     # --vm-guest: this is the guest side of `run.sh vm` (needs KTRUST_VM
 out=""
 runs=""
 targets=""
-all_targets=(plain stunnel haproxy ktrust ktrust-userspace)
-ktrust_targets=(ktrust ktrust-userspace)
+all_targets=(plain stunnel haproxy ktrust ktrust-userspace ktrust-resume)
+ktrust_targets=(ktrust ktrust-userspace ktrust-resume)
 
 while (($#)); do
   case "$1" in
@@ -48,7 +49,7 @@ done
 if ((in_vm)); then
   [[ ${KTRUST_VM:-} == 1 && -n ${KTRUST_VM_OUT:-} ]] || die "--vm-guest is run by \`run.sh vm\` inside the VM"
   out=${out:-$KTRUST_VM_OUT/ktrust-bench.json}
-  targets=${targets:-plain,ktrust,ktrust-userspace}
+  targets=${targets:-plain,ktrust,ktrust-userspace,ktrust-resume}
 fi
 out=$(result_path "$out" ktrust-bench.json)
 
@@ -56,7 +57,7 @@ out=$(result_path "$out" ktrust-bench.json)
 # VM (TCG emulates every instruction, 20-50x slower) they are smaller: full is
 # about 50 s per run of the three targets, 5 runs, about 5 min with the boot.
 concurrency="${BENCH_CONCURRENCY:-8}"
-targets=${targets:-plain,stunnel,haproxy,ktrust,ktrust-userspace}
+targets=${targets:-plain,stunnel,haproxy,ktrust,ktrust-userspace,ktrust-resume}
 if ((in_vm && quick)); then
   runs=${runs:-1} bytes=$((16 << 20)) rr_count=300 conn_seconds=2
 elif ((in_vm)); then
@@ -139,16 +140,16 @@ done
 base="${BENCH_PORT_BASE:-21700}"
 for _ in $(seq 100); do
   clash=0
-  for i in $(seq 0 9); do port_in_use $((base + i)) && clash=1 && break; done
+  for i in $(seq 0 11); do port_in_use $((base + i)) && clash=1 && break; done
   ((clash)) || break
-  base=$((base + 10))
+  base=$((base + 12))
 done
-((clash == 0)) || die "no 10 free consecutive ports from ${BENCH_PORT_BASE:-21700}"
+((clash == 0)) || die "no 12 free consecutive ports from ${BENCH_PORT_BASE:-21700}"
 backend_port=$base
 declare -A port_a=([plain]=$base [stunnel]=$((base + 1)) [haproxy]=$((base + 3)) [ktrust]=$((base + 5))
-  [ktrust-userspace]=$((base + 7)))
+  [ktrust-userspace]=$((base + 7)) [ktrust-resume]=$((base + 10)))
 declare -A port_b=([stunnel]=$((base + 2)) [haproxy]=$((base + 4)) [ktrust]=$((base + 6))
-  [ktrust-userspace]=$((base + 8)))
+  [ktrust-userspace]=$((base + 8)) [ktrust-resume]=$((base + 11)))
 ref_port=$((base + 9))
 
 # ---------------------------------------------------------------- handshake floor
@@ -203,8 +204,9 @@ log "backend (loadgen server) on 127.0.0.1:$backend_port, pid $backend_pid"
 # ---------------------------------------------------------------- targets
 # OpenSSL sends TLS 1.3 session tickets even with SSL_OP_NO_TICKET and the
 # session cache off (openssl/openssl#8077); haproxy 2.6 has no knob for it
-# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)), so the
-# peers get the same through OpenSSL's system-default SSL configuration.
+# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)) unless
+# both ends have --resumption (ktrust-resume), so the peers get the same through
+# OpenSSL's system-default SSL configuration.
 cat >"$work/openssl-peers.cnf" <<EOF
 openssl_conf = bench_conf
 [bench_conf]
@@ -289,9 +291,10 @@ EOF
   target_logs[haproxy]="$work/haproxy-a.log $work/haproxy-b.log"
 }
 
-# The two ktrust targets differ only in --data-path: auto (kernel TLS when the
-# kernel has it) or userspace (OpenSSL's record layer).
-declare -A ktrust_data_path=([ktrust]=auto [ktrust-userspace]=userspace)
+# The ktrust targets differ only in --data-path: auto (kernel TLS when the
+# kernel has it) or userspace (OpenSSL's record layer); ktrust-resume is ktrust
+# with TLS 1.3 session resumption on (--resumption) on both ends.
+declare -A ktrust_data_path=([ktrust]=auto [ktrust-userspace]=userspace [ktrust-resume]=auto)
 declare -A target_logs=()  # target -> "log of A, log of B" (the running pair)
 # start_ktrust T [check]: the pair of target T with KTRUSTD_ARGS. With "check" it
 # logs at info instead (any --log-level in KTRUSTD_ARGS is dropped), so that its
@@ -310,6 +313,7 @@ start_ktrust() {
     args=("${user_args[@]}")
   fi
   args+=(--data-path "${ktrust_data_path[$t]}")
+  [[ $t == ktrust-resume ]] && args+=(--resumption)
   local suffix=""
   [[ $phase == check ]] && suffix=-check
   start "$t-b$suffix" "$KTRUSTD" tunnel --identity "$work/server" \
@@ -438,7 +442,7 @@ check_data_path() {
   conn_data_path[$t]="A ${conn_a:-none}, B ${conn_b:-none}"
   local want=""
   [[ $t == ktrust-userspace ]] && want=userspace
-  [[ $t == ktrust ]] && ((in_vm)) && want=ktls
+  [[ $t == ktrust || $t == ktrust-resume ]] && ((in_vm)) && want=ktls
   local conn_ok=0
   case $ready_a in
     ktls) [[ $conn_a =~ ^ktls-(sw|hw)(,ktls-(sw|hw))?$ && $conn_b == *ktls-* ]] && conn_ok=1 ;;

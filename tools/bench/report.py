@@ -16,7 +16,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["plain", "stunnel", "haproxy", "ktrust", "ktrust-userspace"]
+TARGETS = ["plain", "stunnel", "haproxy", "ktrust", "ktrust-userspace", "ktrust-resume"]
 PEERS = ["stunnel", "haproxy"]
 KTRUST = ["ktrust", "ktrust-userspace"]  # --data-path auto / userspace
 GB = 1e9  # bytes
@@ -175,25 +175,43 @@ def best_peer(medians, key, better):
     return (max if better == "higher" else min)(cands)
 
 
+def same_run_ratios(medians, by_run, t, ref, keys, definition):
+    """t / ref per metric: the ratio of medians and, per run, the same ratio."""
+    out = {"definition": definition, "ratios": {}, "per_run": {}}
+    for key in keys:
+        a, b = medians[t].get(key), medians[ref].get(key)
+        if a is None or not b:
+            continue
+        out["ratios"][key] = a / b
+        out["per_run"][key] = per_run_ratio(by_run, t, ref, key)
+    return out
+
+
 def ktls_vs_userspace(meta, medians, by_run):
     """ktrust / ktrust-userspace per metric: the ratio of medians and the per-run range."""
     if not all(t in medians for t in KTRUST):
         return None
-    out = {
-        "data_paths": {t: meta["targets"][t].get("data_path") for t in KTRUST},
-        "definition": "ktrust (--data-path auto) / ktrust-userspace, medians of the same run; "
-                      "per_run: the same ratio for each run",
-        "ratios": {},
-        "per_run": {},
-    }
-    for key in KTLS_RATIO_METRICS:
-        a, b = medians["ktrust"].get(key), medians["ktrust-userspace"].get(key)
-        if a is None or not b:
-            continue
-        out["ratios"][key] = a / b
-        ra, rb = by_run["ktrust"].get(key, {}), by_run["ktrust-userspace"].get(key, {})
-        out["per_run"][key] = [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
+    out = {"data_paths": {t: meta["targets"][t].get("data_path") for t in KTRUST}}
+    out.update(same_run_ratios(
+        medians, by_run, "ktrust", "ktrust-userspace", KTLS_RATIO_METRICS,
+        "ktrust (--data-path auto) / ktrust-userspace, medians of the same run; "
+        "per_run: the same ratio for each run"))
     return out
+
+
+# ktrust-resume / ktrust, same run: TLS 1.3 session resumption against full handshakes.
+RESUME_RATIO_METRICS = ["conns_per_sec", "proxy_cpu_ms_per_conn", "rr_p50_us",
+                        "throughput_gbps"]
+
+
+def resumed_vs_full(medians, by_run):
+    """ktrust-resume / ktrust per metric: the ratio of medians and the per-run range."""
+    if not all(t in medians for t in ("ktrust", "ktrust-resume")):
+        return None
+    return same_run_ratios(
+        medians, by_run, "ktrust-resume", "ktrust", RESUME_RATIO_METRICS,
+        "ktrust-resume (--resumption) / ktrust, both --data-path auto, medians of the same "
+        "run; per_run: the same ratio for each run")
 
 
 def per_run_ratio(by_run, t, ref, key):
@@ -402,6 +420,7 @@ def main():
                 to_peer.setdefault(t, {})[key] = m[key] / bp[0]
 
     kvu = ktls_vs_userspace(meta, medians, by_run)
+    rvf = resumed_vs_full(medians, by_run)
     goals = evaluate_goals(meta, medians, to_peer, best, kvu, floor, by_run)
 
     result = {
@@ -420,6 +439,7 @@ def main():
             "best_peer": best,
         },
         "ktls_vs_userspace": kvu,
+        "resumed_vs_full": rvf,
         "goals": goals,
         "errors": errors,
         "runs": rows,
@@ -553,6 +573,13 @@ def main():
         for key, r in kvu["ratios"].items():
             print(f"  {labels.get(key, key)}".ljust(w0) + f"{fmt(r):>8}   per run: " +
                   ", ".join(fmt(x) for x in kvu["per_run"][key]))
+    if rvf:
+        print()
+        print("ktrust-resume / ktrust (TLS 1.3 session resumption vs full handshakes), same run")
+        labels = {k: lab.strip() for k, lab, _, _ in METRICS}
+        for key, r in rvf["ratios"].items():
+            print(f"  {labels.get(key, key)}".ljust(w0) + f"{fmt(r):>8}   per run: " +
+                  ", ".join(fmt(x) for x in rvf["per_run"][key]))
     print()
     print("issue goals (see tools/bench/README.md):")
     for name, g in goals.items():

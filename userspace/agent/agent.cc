@@ -31,6 +31,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFor(const AgentSettings& settings,
   options.max_outbound_handshakes = settings.max_outbound_handshakes;
   options.max_handshakes_per_source = settings.max_handshakes_per_source;
   options.first_byte_timeout = settings.first_byte_timeout;
+  options.tls.resumption = settings.tls_resumption;
   options.on_closed = hooks.connection_closed;
   auto upstream4 = SocketAddress::Parse(absl::StrCat(settings.upstream_source, ":0"));
   if (!upstream4.ok()) return upstream4.status();

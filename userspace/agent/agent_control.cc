@@ -441,6 +441,9 @@ std::string RenderMetrics(const Agent& agent, const AgentStats& stats) {
             static_cast<double>(c.accepted.load()));
   m.Counter("ktrust_handshakes_failed_total", "TLS handshakes that failed or were refused", {},
             static_cast<double>(c.handshake_failures.load()));
+  m.Counter("ktrust_handshakes_resumed_total",
+            "TLS handshakes that resumed a session (verified and authorized as any other)", {},
+            static_cast<double>(c.resumed_handshakes.load()));
   m.Counter("ktrust_refused_limit_total", "Connections refused over the connection limits", {},
             static_cast<double>(c.refused_limit.load()));
   for (const auto& [limit, n] :

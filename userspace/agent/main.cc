@@ -48,6 +48,7 @@ struct TunnelFlags {
   std::string log_level = "info";
   int loops = 0;
   std::string workload = "tunnel";
+  bool resumption = false;
 };
 
 // "LISTEN=TARGET" into two addresses.
@@ -124,6 +125,7 @@ int RunTunnel(const TunnelFlags& f) {
   EngineOptions options;
   options.loops = f.loops;
   options.data_path = f.data_path == "userspace" ? DataPathMode::kUserspace : DataPathMode::kAuto;
+  options.tls.resumption = f.resumption;
   auto engine = Engine::Create(options, trust, std::make_shared<AllowListAuthorizer>(allowed),
                                std::move(outbound), std::move(inbound));
   if (!engine.ok()) return Fail(engine.status());
@@ -688,6 +690,9 @@ int main(int argc, char** argv) {
   tunnel->add_option("--data-path", f.data_path, "auto (kTLS when available) or userspace")
       ->check(CLI::IsMember({"auto", "userspace"}));
   tunnel->add_option("--loops", f.loops, "Event-loop threads (default: one per core)");
+  tunnel->add_flag("--resumption", f.resumption,
+                   "TLS 1.3 session resumption with ktrust peers that have it on "
+                   "(agent.tls_resumption)");
   tunnel->add_option("--workload", f.workload, "Name for logs and the connection table");
   tunnel->add_option("--log-level", f.log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));

@@ -255,6 +255,13 @@ class Parser {
     return Expected(field, path, absl::StrCat("one of ", absl::StrJoin(choices, ", ")));
   }
 
+  absl::Status Bool(const Field& field, absl::string_view path, bool* out) const {
+    const std::string value = field.value.IsScalar() ? field.value.Scalar() : "";
+    if (value != "true" && value != "false") return Expected(field, path, "true or false");
+    *out = value == "true";
+    return absl::OkStatus();
+  }
+
   absl::Status Port(const YAML::Node& node, absl::string_view path, uint16_t* out) const {
     uint32_t value = 0;
     if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value) || value < 1 ||
@@ -541,6 +548,7 @@ class ConfigReader {
                                   "max_outbound_handshakes",
                                   "max_handshakes_per_source",
                                   "first_byte_timeout",
+                                  "tls_resumption",
                                   "drain_timeout",
                                   "holder_socket",
                                   "registration_socket",
@@ -617,6 +625,8 @@ class ConfigReader {
         } else {
           out->first_byte_timeout = d;
         }
+      } else if (f.key == "tls_resumption") {
+        st = p_.Bool(f, path, &out->tls_resumption);
       } else if (f.key == "drain_timeout") {
         // 0s closes every connection at once; over an hour an agent that was
         // asked to stop would linger for a long-lived connection's life.
@@ -647,12 +657,7 @@ class ConfigReader {
       std::string path = Child("kubernetes", f.key);
       absl::Status st;
       if (f.key == "enabled") {
-        const std::string value = f.value.IsScalar() ? f.value.Scalar() : "";
-        if (value != "true" && value != "false") {
-          st = p_.Expected(f, path, "true or false");
-        } else {
-          out.enabled = value == "true";
-        }
+        st = p_.Bool(f, path, &out.enabled);
       } else if (f.key == "node_name") {
         if (!f.value.IsScalar() || !IsDnsSubdomain(f.value.Scalar())) {
           st = p_.Expected(f, path, "a node name (a lowercase DNS subdomain such as node-1)");
@@ -1029,11 +1034,10 @@ class ConfigReader {
       return st;
     }
     if (const Field* f = map.Find("require_expected_server")) {
-      const std::string value = f->value.IsScalar() ? f->value.Scalar() : "";
-      if (value != "true" && value != "false") {
-        return p_.Expected(*f, "mesh.require_expected_server", "true or false");
+      if (auto st = p_.Bool(*f, "mesh.require_expected_server", &config->require_expected_server);
+          !st.ok()) {
+        return st;
       }
-      config->require_expected_server = value == "true";
     }
     if (const Field* f = map.Find("destinations")) {
       if (auto st = MeshEntries(*f, "mesh.destinations", &config->mesh); !st.ok()) return st;

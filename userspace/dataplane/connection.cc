@@ -423,7 +423,10 @@ void Connection::StartHandshake(const SvidProvider& identity,
   }
   const TlsContext& tls =
       direction_ == Direction::kOutbound ? *ctx_.shared.client_tls : *ctx_.shared.server_tls;
-  auto session = tls.NewSession(std::move(svid), std::move(expected));
+  // Outbound: a ticket is kept, and offered, per workload and destination.
+  std::string resumption_key =
+      direction_ == Direction::kOutbound ? route_.destination.ToString() : std::string();
+  auto session = tls.NewSession(std::move(svid), std::move(expected), std::move(resumption_key));
   if (!session.ok()) {
     if (int error = MemoryErrorOf(session.status()); error != 0) {
       Abort(CloseReason::kMemory,
@@ -457,6 +460,12 @@ void Connection::DriveHandshake() {
     DriveZeroHopAccept();
     return;
   }
+  if (reading_tickets_) {
+    if (!StepDone(tls_->ReadTickets())) return;
+    reading_tickets_ = false;
+    StartPumping();
+    return;
+  }
   HandshakeProgress progress = tls_->Handshake();
   if (pending_ticket_ != 0 && !client_spoke_) NoteClientSpoke();
   if (StepDone(progress)) OnHandshakeDone();
@@ -464,18 +473,27 @@ void Connection::DriveHandshake() {
 
 void Connection::OnHandshakeDone() {
   ReleaseHandshakeSlot();
+  if (tls_->resumed()) ctx_.shared.counters->resumed_handshakes.fetch_add(1);
   {
     absl::MutexLock lock(&record_->mu);
     record_->info.local_id = tls_->local_id().ToString();
     record_->info.peer_id = tls_->peer_id()->ToString();
     record_->info.tls_version = std::string(tls_->version());
     record_->info.cipher = std::string(tls_->cipher());
+    record_->info.resumed = tls_->resumed();
   }
   if (in_place_) {
     FinishInPlace();
     return;
   }
   if (direction_ == Direction::kOutbound) {
+    // The server's session ticket must be read in OpenSSL before kernel TLS
+    // takes RX (on OpenSSL's record layer it is read with the data).
+    if (ctx_.shared.use_ktls && tls_->tickets_pending()) {
+      reading_tickets_ = true;
+      DriveHandshake();
+      return;
+    }
     StartPumping();
     return;
   }
@@ -1235,6 +1253,7 @@ void Connection::MaybeFinalize() {
         {"data_path", closed.info.data_path}}) {
     if (!value.empty()) event[key] = value;
   }
+  if (closed.info.resumed) event["resumed"] = true;
   event["bytes_to_wire"] = closed.bytes_to_wire;
   event["bytes_from_wire"] = closed.bytes_from_wire;
   event["duration_ms"] = absl::ToInt64Milliseconds(closed.duration);

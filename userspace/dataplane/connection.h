@@ -226,6 +226,9 @@ class Connection {
   // Zero-hop.
   enum class ZeroHopStep { kNone, kSendAccept, kReadAccept };
   ZeroHopStep zero_hop_step_ = ZeroHopStep::kNone;
+  // Outbound, after the handshake: reading the session ticket the server
+  // promised, before kernel TLS RX is installed (TlsSession::ReadTickets).
+  bool reading_tickets_ = false;
   bool in_place_ = false;     // outbound on the workload's own socket (wire_)
   bool handed_over_ = false;  // the socket went to the workload: no on_closed
   std::function<void(InPlaceResult)> in_place_done_;

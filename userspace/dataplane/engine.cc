@@ -914,8 +914,12 @@ void Engine::HandshakeInPlace(InPlaceOutbound request) {
 void Engine::SetAuthorizer(std::shared_ptr<const Authorizer> authorizer) {
   shared_->authorizer.store(std::move(authorizer));
   shared_->authorizer_generation.fetch_add(1);
+  // A session ticket never outlives the policy it was issued under.
+  shared_->client_tls->InvalidateTickets();
+  shared_->server_tls->InvalidateTickets();
 }
 
+// Setting the trust store also drops every session ticket (TlsContext).
 void Engine::SetTrustStore(std::shared_ptr<const TrustStore> trust) {
   shared_->client_tls->SetTrustStore(trust);
   shared_->server_tls->SetTrustStore(std::move(trust));

@@ -324,6 +324,12 @@ absl::StatusOr<DataPath> InstallKtls(int fd, TlsSession& session) {
     return Refuse(
         "OpenSSL already holds bytes received after the handshake; installing RX would lose them");
   }
+  // A ticket still on its way would reach kernel TLS RX, which cannot take it.
+  if (session.tickets_pending()) {
+    return Refuse(
+        "the server promised a session ticket that has not been read yet "
+        "(TlsSession::ReadTickets)");
+  }
   int session_fd = SSL_get_fd(ssl);
   if (session_fd >= 0 && session_fd != fd) {
     return absl::InvalidArgumentError(
@@ -341,8 +347,9 @@ absl::StatusOr<DataPath> InstallKtls(int fd, TlsSession& session) {
   // Everything fallible that does not touch the socket comes first, so a
   // failure up to here leaves the connection usable.
   CryptoInfo tx, rx;
-  // The sequences continue after the records OpenSSL carried since the
-  // handshake (zero-hop's acceptance record; none otherwise).
+  // The sequences continue after the records OpenSSL carried under the
+  // application keys: a server's session tickets and zero-hop acceptance
+  // record sent, a client's tickets and acceptance read; none otherwise.
   struct Direction {
     const Secret* secret;
     CryptoInfo* info;

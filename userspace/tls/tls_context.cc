@@ -68,12 +68,45 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
     return OpenSslError(absl::StrCat("set key exchange groups \"", options.groups, "\""),
                         absl::StatusCode::kInvalidArgument);
   }
-  // No session tickets or resumption: a ticket arriving on kTLS RX breaks
-  // recv(), and every connection must present a fresh certificate anyway.
-  SSL_CTX_set_options(c,
-                      SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  // No ticket unless both ends agreed on kTicketExtension (a server sets one
+  // for that connection when the client asks): a ticket arriving on kTLS RX
+  // breaks recv().
   SSL_CTX_set_num_tickets(c, 0);
-  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  if (!options.resumption) {
+    SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  } else if (server) {
+    // Stateless tickets, sealed with this context's random ticket key (never
+    // stored, so a restart forgets them all). No server-side cache.
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    // OpenSSL 3.0 issues no ticket when it verifies the client and no session
+    // ID context is set; ktrust binds tickets itself (tls_resumption.cc).
+    static constexpr unsigned char kSessionContext[] = "ktrust";
+    if (SSL_CTX_set_session_id_context(c, kSessionContext, sizeof(kSessionContext) - 1) != 1) {
+      return OpenSslError("set session ID context");
+    }
+  } else {
+    // The client's tickets go to TlsContext's own cache (keyed by workload
+    // and destination) through the new-session callback, never OpenSSL's.
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(c, &TlsSession::NewTicketCallback);
+  }
+  // Never psk_ke (resumption without a fresh key exchange): forward secrecy
+  // stays. OpenSSL offers and accepts psk_dhe_ke only unless told otherwise;
+  // make sure nothing told it otherwise.
+  SSL_CTX_clear_options(c, SSL_OP_ALLOW_NO_DHE_KEX);
+  if (options.resumption) {
+    unsigned int contexts = SSL_EXT_CLIENT_HELLO | SSL_EXT_TLS1_3_ENCRYPTED_EXTENSIONS;
+    if (SSL_CTX_add_custom_ext(c, kTicketExtension, contexts, &TlsSession::AddTicketExtension,
+                               &TlsSession::FreeTicketExtension, nullptr,
+                               &TlsSession::ParseTicketExtension, nullptr) != 1) {
+      return OpenSslError("register the ktrust ticket extension");
+    }
+  }
+  // Counts the records OpenSSL carries under the application keys, where
+  // kernel TLS continues the sequence.
+  SSL_CTX_set_msg_callback(c, &TlsSession::MessageCallback);
   // OpenSSL keeps a read and a write buffer of a full record (about 17 KiB
   // each) per session for its life; with this it frees each as soon as it
   // is empty, so an idle connection holds neither.
@@ -91,7 +124,93 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(
       new TlsContext(std::move(options), std::move(ctx), std::move(trust)));
   SSL_CTX_set_cert_verify_callback(context->ctx_.get(), &TlsContext::VerifyPeerCallback,
                                    context.get());
+  if (context->options_.resumption && server &&
+      SSL_CTX_set_session_ticket_cb(context->ctx_.get(), &TlsSession::GenerateTicketCallback,
+                                    &TlsSession::DecryptTicketCallback, context.get()) != 1) {
+    return OpenSslError("set the session ticket callbacks");
+  }
   return context;
+}
+
+void TlsContext::SetTrustStore(std::shared_ptr<const TrustStore> trust) {
+  trust_.store(std::move(trust));
+  InvalidateTickets();
+}
+
+void TlsContext::InvalidateTickets() {
+  ticket_generation_.fetch_add(1);
+  absl::MutexLock lock(&cache_mu_);
+  cache_.clear();
+  cache_order_.clear();
+  cached_ = 0;
+}
+
+std::string TlsContext::CacheKey(const SpiffeId& local_id, absl::string_view resumption_key) {
+  // The SPIFFE ID cannot hold a space; the destination follows it.
+  return absl::StrCat(local_id.ToString(), " ", resumption_key);
+}
+
+void TlsContext::KeepTicket(const std::string& key, CachedTicket ticket) const {
+  absl::MutexLock lock(&cache_mu_);
+  if (ticket.generation != ticket_generation_.load()) return;  // dropped while in flight
+  std::deque<CachedTicket>& tickets = cache_[key];
+  if (tickets.size() >= options_.tickets_per_destination) {
+    tickets.pop_front();
+    --cached_;
+  }
+  tickets.push_back(std::move(ticket));
+  ++cached_;
+  cache_order_.push_back(key);
+  // Over the bound: drop the oldest keys' oldest tickets first.
+  while (cached_ > options_.ticket_cache_size && !cache_order_.empty()) {
+    auto it = cache_.find(cache_order_.front());
+    cache_order_.pop_front();
+    if (it == cache_.end() || it->second.empty()) continue;
+    it->second.pop_front();
+    --cached_;
+    if (it->second.empty()) cache_.erase(it);
+  }
+  // cache_order_ may hold stale keys; keep it from growing without bound.
+  if (cache_order_.size() > 4 * options_.ticket_cache_size + 16) {
+    std::deque<std::string> order;
+    for (const auto& [k, list] : cache_) {
+      for (size_t i = 0; i < list.size(); ++i) order.push_back(k);
+    }
+    cache_order_ = std::move(order);
+  }
+}
+
+std::optional<TlsContext::CachedTicket> TlsContext::TakeTicket(const std::string& key,
+                                                               X509* local_leaf) const {
+  absl::MutexLock lock(&cache_mu_);
+  auto it = cache_.find(key);
+  if (it == cache_.end()) return std::nullopt;
+  std::optional<CachedTicket> found;
+  absl::Time now = options_.clock();
+  uint64_t generation = ticket_generation_.load();
+  // Newest first; a ticket is used once (RFC 8446 §C.4), and stale ones go.
+  while (!it->second.empty() && !found) {
+    CachedTicket ticket = std::move(it->second.back());
+    it->second.pop_back();
+    --cached_;
+    if (ticket.generation == generation && now < ticket.expires &&
+        X509_cmp(ticket.local_leaf.get(), local_leaf) == 0) {
+      found = std::move(ticket);
+    }
+  }
+  if (it->second.empty()) cache_.erase(it);
+  return found;
+}
+
+size_t TlsContext::CachedTickets(const SpiffeId& local_id, absl::string_view resumption_key) const {
+  absl::MutexLock lock(&cache_mu_);
+  auto it = cache_.find(CacheKey(local_id, resumption_key));
+  return it == cache_.end() ? 0 : it->second.size();
+}
+
+size_t TlsContext::CachedTickets() const {
+  absl::MutexLock lock(&cache_mu_);
+  return cached_;
 }
 
 int TlsContext::VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
@@ -110,6 +229,8 @@ int TlsContext::VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
       if (cert != leaf) untrusted.push_back(cert);
     }
   }
+  session->verified_certificate_ = true;
+  session->verified_from_ticket_ = false;
   if (session->VerifyPeer(leaf, untrusted)) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_OK);
     return 1;
@@ -167,7 +288,8 @@ PeerVerdict TlsContext::ReverifyPeer(const CertChain& chain, absl::Time verified
 }
 
 absl::StatusOr<std::unique_ptr<TlsSession>> TlsContext::NewSession(
-    std::shared_ptr<const Svid> svid, std::optional<SpiffeIdPattern> expected_peer) const {
+    std::shared_ptr<const Svid> svid, std::optional<SpiffeIdPattern> expected_peer,
+    std::string resumption_key) const {
   if (!svid) return absl::InvalidArgumentError("TLS session needs an SVID");
   SslPtr ssl(SSL_new(ctx_.get()));
   if (!ssl) return OpenSslError("create SSL");
@@ -185,8 +307,17 @@ absl::StatusOr<std::unique_ptr<TlsSession>> TlsContext::NewSession(
   } else {
     SSL_set_connect_state(ssl.get());
   }
-  return std::unique_ptr<TlsSession>(new TlsSession(*this, std::move(ssl), std::move(svid),
-                                                    trust_.load(), std::move(expected_peer)));
+  // The generation first: a reload between the two loads then only drops
+  // this session's ticket, never keeps one verified against the old store.
+  uint64_t generation = ticket_generation_.load();
+  std::unique_ptr<TlsSession> session(new TlsSession(*this, std::move(ssl), std::move(svid),
+                                                     trust_.load(), std::move(expected_peer)));
+  session->ticket_generation_ = generation;
+  if (options_.resumption && options_.role == TlsRole::kClient && !resumption_key.empty()) {
+    session->resumption_key_ = CacheKey(session->local_id(), resumption_key);
+    session->OfferKeptTicket();
+  }
+  return session;
 }
 
 }  // namespace ktrust

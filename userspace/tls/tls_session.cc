@@ -147,6 +147,27 @@ void TlsSession::KeylogCallback(const SSL* ssl, const char* line) {
   *slot = DecodeHexSecret(rest.substr(secret_start + 1));
 }
 
+void TlsSession::MessageCallback(int write_p, int /*version*/, int content_type, const void* buf,
+                                 size_t len, SSL* ssl, void* /*arg*/) {
+  TlsSession* session = SessionOf(ssl);
+  if (session == nullptr) return;
+  if (write_p == 0) {
+    // Every record read once the handshake finished is under the peer's
+    // application key (TLS 1.3 switches read keys at the peer's Finished).
+    // OpenSSL reports each record's header once, before decrypting it.
+    if (content_type == SSL3_RT_HEADER && session->handshake_done_) ++session->records_received_;
+    return;
+  }
+  // A server writes its tickets under its application key inside
+  // SSL_do_handshake. OpenSSL puts each handshake message of at most a
+  // record's plaintext in one record of its own.
+  if (content_type == SSL3_RT_HANDSHAKE && len >= 1 &&
+      static_cast<const unsigned char*>(buf)[0] == SSL3_MT_NEWSESSION_TICKET) {
+    ++session->tickets_sent_;
+    if (len > SSL3_RT_MAX_PLAIN_LENGTH) session->ticket_too_large_ = true;
+  }
+}
+
 void TlsSession::ForgetTrafficSecrets() {
   client_traffic_secret_ = Secret();
   server_traffic_secret_ = Secret();
@@ -206,7 +227,10 @@ HandshakeProgress TlsSession::Handshake() {
   ERR_clear_error();
   int rc = SSL_do_handshake(ssl_.get());
   if (rc == 1) {
-    // The verify callback ran and accepted; never report success without it.
+    handshake_done_ = true;
+    if (!CheckResumption()) return HandshakeProgress::kFailed;
+    // The verify callback ran and accepted (or, resumed, the kept chain was
+    // verified the same way); never report success without it.
     if (!verdict_ || !verdict_->ok()) {
       Fail(HandshakeError::kPeerRejected, "the peer's certificate was not verified");
       failure_.peer_reason = RejectReason::kNoCertificate;
@@ -287,26 +311,34 @@ HandshakeProgress TlsSession::ReadZeroHopAccept() {
   errno = 0;
   int rc = SSL_read_ex(ssl_.get(), &byte, 1, &n);
   if (rc == 1) {
-    ++records_received_;
     // Exactly one record of exactly this byte: anything more would be
-    // data OpenSSL holds that kernel TLS would never see.
+    // data OpenSSL holds that kernel TLS would never see. (OpenSSL read the
+    // server's tickets on the way, and MessageCallback counted every record.)
     if (n != 1 || byte != kZeroHopAccepted || SSL_pending(ssl_.get()) > 0) {
       Fail(HandshakeError::kProtocol,
            "the server's first record is not the zero-hop acceptance (one byte 0x01)");
+      return HandshakeProgress::kFailed;
+    }
+    if (tickets_pending()) {
+      Fail(HandshakeError::kProtocol,
+           "the server accepted this client before sending the session ticket it promised");
       return HandshakeProgress::kFailed;
     }
     return HandshakeProgress::kDone;
   }
   int err = SSL_get_error(ssl_.get(), rc);
   if (err == SSL_ERROR_WANT_READ) return HandshakeProgress::kWantRead;
+  return FailServerEnded("after the handshake instead of accepting this client");
+}
+
+HandshakeProgress TlsSession::FailServerEnded(absl::string_view instead) {
   std::string how = !alert_received_.empty() ? absl::StrCat("with alert \"", alert_received_, "\"")
                     : errno == ECONNRESET    ? std::string("with a reset")
                                              : std::string("without a word");
   Fail(HandshakeError::kRejectedByPeer,
-       absl::StrCat("the server ended the connection ", how,
-                    " after the handshake instead of accepting this client: its policy may not "
-                    "allow ",
-                    svid_->id().ToString(), " (check the denials on the server's node)"));
+       absl::StrCat("the server ended the connection ", how, " ", instead,
+                    ": its policy may not allow ", svid_->id().ToString(),
+                    " (check the denials on the server's node)"));
   ERR_clear_error();
   return HandshakeProgress::kFailed;
 }

@@ -132,6 +132,9 @@ struct AgentSettings {
   int max_outbound_handshakes = 1024;
   int max_handshakes_per_source = 128;
   absl::Duration first_byte_timeout = absl::Seconds(3);
+  // TLS 1.3 session resumption with ktrust peers that have it on
+  // (docs/security.md, "Session resumption"). Off by default.
+  bool tls_resumption = false;
   // How long a stopping agent (SIGTERM, or handed over to a successor) keeps
   // carrying its open connections before it closes them.
   absl::Duration drain_timeout = absl::Seconds(30);

@@ -39,6 +39,7 @@ struct ConnectionInfo {
   // "ktls-sw", "userspace", "plaintext", or "zero-hop" (handed to the
   // workload with kernel TLS); empty until established
   std::string data_path;
+  bool resumed = false;  // the handshake resumed a session (a TLS 1.3 ticket)
 };
 
 // One connection's record. The owning event loop writes it; anyone may read

@@ -289,6 +289,9 @@ struct EngineCounters {
   // max_inbound_handshakes was full (not counted in refused_limit).
   std::atomic<uint64_t> evicted_handshakes{0};
   std::atomic<uint64_t> handshake_failures{0};
+  // Handshakes that resumed a session (TLS 1.3 ticket, agent.tls_resumption);
+  // their peers were verified and authorized as any other.
+  std::atomic<uint64_t> resumed_handshakes{0};
   std::atomic<uint64_t> authorizations{0};  // inbound peers verified and put to the Authorizer
   std::atomic<uint64_t> denied{0};          // the Authorizer said no (at once or after a reload)
   std::atomic<uint64_t> errors{0};          // closed by an I/O or protocol error

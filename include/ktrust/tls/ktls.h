@@ -4,12 +4,14 @@
 // ktrust installs both directions itself rather than setting
 // SSL_OP_ENABLE_KTLS: Debian 12's OpenSSL 3.0 installs only TX for TLS 1.3.
 // The keys come from the traffic secrets TlsSession captured during the
-// handshake; both record sequences start at 0, which holds because tickets
-// are disabled and nothing is sent or read between the handshake and the
-// install. From then on the kernel owns the records: a plain send()/recv()
-// or splice() carries application data, and a non-data record (an alert, a
-// post-handshake message) makes recv() fail with EIO and splice() with
-// EINVAL until it is read with ReadControlRecord.
+// handshake; each record sequence continues after the records OpenSSL
+// carried under the application keys (TlsSession::records_sent/received:
+// a resuming server's session ticket, zero-hop's acceptance record), 0 when
+// there were none. A client reads a promised ticket in OpenSSL first
+// (TlsSession::ReadTickets), so no ticket ever reaches kernel TLS RX. From then on the kernel owns
+// the records: a plain send()/recv() or splice() carries application data, and a non-data record
+// (an alert, a post-handshake message) makes recv() fail with EIO and splice() with EINVAL until it
+// is read with ReadControlRecord.
 #pragma once
 
 #include <cstdint>

@@ -79,9 +79,31 @@ class TlsSession {
   // server closed or reset without accepting us: kRejectedByPeer; anything
   // but the one byte: kProtocol).
   HandshakeProgress ReadZeroHopAccept();
-  // Application data records OpenSSL sent / received after the handshake.
-  uint64_t records_sent() const { return records_sent_; }
+  // Records OpenSSL sent / received under the application traffic keys:
+  // the record sequence numbers kernel TLS continues from. Sent: the
+  // server's NewSessionTickets (each one record) and application data;
+  // received: every record read after the handshake finished.
+  uint64_t records_sent() const { return records_sent_ + tickets_sent_; }
   uint64_t records_received() const { return records_received_; }
+
+  // Session resumption (TlsContextOptions::resumption).
+  // Client, after kDone: the server promised NewSessionTickets that have not
+  // been read yet. Read them with ReadTickets before installing kernel TLS,
+  // or a ticket would reach kernel TLS RX (EIO) and the RX record sequence
+  // would be off.
+  bool tickets_pending() const { return tickets_received_ < tickets_promised_; }
+  // Client: reads the promised tickets through OpenSSL, one record at a time
+  // and nothing beyond them: kDone once all were read, kWantRead, or
+  // kFailed (application data came first: kProtocol; the server closed:
+  // kRejectedByPeer).
+  HandshakeProgress ReadTickets();
+  // After kDone: this connection resumed an earlier session. Its peer was
+  // verified again from the chain kept with the ticket, as a certificate is.
+  bool resumed() const { return resumed_; }
+  // Server: the client offered a ticket (used or not).
+  bool ticket_offered() const { return ticket_offered_; }
+  // Why an offered ticket was not used ("" if none was refused by ktrust).
+  const std::string& ticket_refusal() const { return ticket_refusal_; }
 
   const HandshakeFailure& failure() const { return failure_; }
   // The verified peer, after kDone.
@@ -133,11 +155,38 @@ class TlsSession {
   bool VerifyPeer(X509* leaf, const std::vector<X509*>& untrusted);
   VerifyOptions PeerVerifyOptions() const;
   void Fail(HandshakeError error, std::string explanation);
+  // Client, reading after the handshake: the server closed, reset or sent an
+  // alert `instead` of what was due (its policy likely refused us). kFailed.
+  HandshakeProgress FailServerEnded(absl::string_view instead);
   // After ReleaseSsl(): fails the step that asked (true).
   bool FailIfReleased();
   static void InfoCallback(const SSL* ssl, int where, int ret);
   // SSL_CTX_set_keylog_callback: keeps the two application traffic secrets.
   static void KeylogCallback(const SSL* ssl, const char* line);
+  // SSL_CTX_set_msg_callback: counts the records under the application keys.
+  static void MessageCallback(int write_p, int version, int content_type, const void* buf,
+                              size_t len, SSL* ssl, void* arg);
+  // Resumption (tls_resumption.cc).
+  static int NewTicketCallback(SSL* ssl, SSL_SESSION* ticket);
+  static int GenerateTicketCallback(SSL* ssl, void* arg);
+  static SSL_TICKET_RETURN DecryptTicketCallback(SSL* ssl, SSL_SESSION* ticket,
+                                                 const unsigned char* key_name, size_t key_name_len,
+                                                 SSL_TICKET_STATUS status, void* arg);
+  static int AddTicketExtension(SSL* ssl, unsigned int ext_type, unsigned int context,
+                                const unsigned char** out, size_t* outlen, X509* x, size_t chainidx,
+                                int* al, void* add_arg);
+  static void FreeTicketExtension(SSL* ssl, unsigned int ext_type, unsigned int context,
+                                  const unsigned char* out, void* add_arg);
+  static int ParseTicketExtension(SSL* ssl, unsigned int ext_type, unsigned int context,
+                                  const unsigned char* in, size_t inlen, X509* x, size_t chainidx,
+                                  int* al, void* parse_arg);
+  // Client: offers the ticket kept for this SVID and destination, if any.
+  void OfferKeptTicket();
+  // After SSL_do_handshake succeeded: a resumed session's peer verified from
+  // its kept chain, the ticket promise kept; false (failed) otherwise.
+  bool CheckResumption();
+  // The SHA-256 of our SVID's leaf, which a server's ticket is bound to.
+  std::string LocalLeafDigest() const;
 
   const TlsContext& context_;
   SslPtr ssl_;
@@ -157,6 +206,21 @@ class TlsSession {
   Secret server_traffic_secret_;
   uint64_t records_sent_ = 0;
   uint64_t records_received_ = 0;
+  // Resumption state.
+  bool handshake_done_ = false;
+  std::string resumption_key_;              // client: the cache key; empty: no resumption
+  uint64_t ticket_generation_ = 0;          // the context's, when this session started
+  std::optional<CertChain> offered_chain_;  // client: what the offered ticket vouches for
+  bool resumed_ = false;
+  bool ticket_offered_ = false;
+  bool verified_from_ticket_ = false;  // verdict_ came from a ticket's chain
+  bool verified_certificate_ = false;  // verdict_ came from the peer's Certificate
+  std::string ticket_refusal_;
+  unsigned char ticket_extension_reply_ = 0;  // server: what EncryptedExtensions says
+  uint64_t tickets_promised_ = 0;             // client: NewSessionTickets the server said it sends
+  uint64_t tickets_received_ = 0;
+  uint64_t tickets_sent_ = 0;      // server
+  bool ticket_too_large_ = false;  // a ticket that might span records: sequence unknown
   // What the accessors answer once ReleaseSsl() freed the SSL: OpenSSL's
   // own static names, which outlive any SSL.
   const char* released_cipher_ = "";

@@ -33,6 +33,7 @@ TEST(ConfigTest, MinimalConfigTakesTheDefaults) {
   EXPECT_EQ(config->agent.outbound_port, 15001);
   EXPECT_EQ(config->agent.log_format, "json");
   EXPECT_EQ(config->agent.drain_timeout, absl::Seconds(30));
+  EXPECT_FALSE(config->agent.tls_resumption) << "resumption is opt-in";
   EXPECT_FALSE(config->agent.node_name.empty()) << "defaults to the host name";
 }
 
@@ -74,6 +75,7 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
       "  max_outbound_handshakes: 512\n"
       "  max_handshakes_per_source: 32\n"
       "  first_byte_timeout: 5s\n"
+      "  tls_resumption: true\n"
       "  drain_timeout: 2m\n"
       "  handover_socket: /run/ktrust-handover/handover.sock\n");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -112,6 +114,7 @@ TEST(ConfigTest, ReadsWorkloadsMeshAndPolicy) {
   EXPECT_EQ(config->agent.max_outbound_handshakes, 512);
   EXPECT_EQ(config->agent.max_handshakes_per_source, 32);
   EXPECT_EQ(config->agent.first_byte_timeout, absl::Seconds(5));
+  EXPECT_TRUE(config->agent.tls_resumption);
   EXPECT_EQ(config->agent.drain_timeout, absl::Minutes(2));
   EXPECT_EQ(config->agent.handover_socket, "/run/ktrust-handover/handover.sock");
 }
@@ -495,6 +498,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "t.yaml:4:30: agent.max_handshakes_per_source: ", "got \"-5\""},
         Malformed{"FirstByteTimeoutTooShort", "agent:\n  first_byte_timeout: 100ms\n",
                   "t.yaml:4:23: agent.first_byte_timeout: ", "between 1s and 1m"},
+        Malformed{"TlsResumptionNotABool", "agent:\n  tls_resumption: yes please\n",
+                  "t.yaml:4:19: agent.tls_resumption: ", "true or false"},
         Malformed{"DrainTimeoutTooLong", "agent:\n  drain_timeout: 2h\n",
                   "t.yaml:4:18: agent.drain_timeout: ", "between 0s and 1h"},
         Malformed{"DrainTimeoutNegative", "agent:\n  drain_timeout: -1s\n",
