@@ -322,17 +322,18 @@ void Connection::AcceptPlaintext(std::string why) {
   ConnectApplication();
 }
 
-void Connection::Wait(int fd, short events) {
+Connection::Slot Connection::Wait(int fd, short events) {
   Slot slot = fd == app_.get() ? (events == POLLIN ? kAppIn : kAppOut)
                                : (events == POLLIN ? kWireIn : kWireOut);
   Waiter& w = waiters_[slot];
-  if (w.pending) return;
+  if (w.pending) return slot;
   w.pending = true;
   w.retry = false;
   w.fd = fd;
   w.events = events;
   ++pending_;
   ctx_.loop.PollAdd(&w, fd, events);
+  return slot;
 }
 
 void Connection::OnPoll(Slot slot, int result) {
@@ -1026,39 +1027,41 @@ absl::Status Connection::CheckRecordLimits() {
   return absl::OkStatus();
 }
 
+bool Connection::StepPump(Pump& pump, bool& done, int& waits_on, std::atomic<uint64_t>& bytes,
+                          uint64_t& moved) {
+  // Its poll has not fired: stepping it would only hear EAGAIN again, a
+  // wasted system call each time the other direction wakes the connection.
+  if (waits_on >= 0 && waiters_[waits_on].pending) return true;
+  waits_on = -1;
+  PumpStep step = pump.Step();
+  bytes.fetch_add(step.bytes, std::memory_order_relaxed);
+  moved += step.bytes;
+  switch (step.status) {
+    case PumpStatus::kFailed:
+      StreamFailed(step.error);
+      return false;
+    case PumpStatus::kFinished:
+      done = true;
+      break;
+    case PumpStatus::kStarved:
+      PumpStarved(step.error);
+      break;
+    case PumpStatus::kBlocked:
+      waits_on = Wait(step.wait.fd, step.wait.events);
+      break;
+  }
+  return true;
+}
+
 void Connection::RunPumps() {
   uint64_t moved = 0;
-  if (!to_wire_done_) {
-    PumpStep step = to_wire_->Step();
-    record_->bytes_to_wire.fetch_add(step.bytes, std::memory_order_relaxed);
-    moved += step.bytes;
-    if (step.status == PumpStatus::kFailed) {
-      StreamFailed(step.error);
-      return;
-    }
-    if (step.status == PumpStatus::kFinished) {
-      to_wire_done_ = true;
-    } else if (step.status == PumpStatus::kStarved) {
-      PumpStarved(step.error);
-    } else {
-      Wait(step.wait.fd, step.wait.events);
-    }
+  if (!to_wire_done_ &&
+      !StepPump(*to_wire_, to_wire_done_, to_wire_waits_on_, record_->bytes_to_wire, moved)) {
+    return;
   }
-  if (!from_wire_done_) {
-    PumpStep step = from_wire_->Step();
-    record_->bytes_from_wire.fetch_add(step.bytes, std::memory_order_relaxed);
-    moved += step.bytes;
-    if (step.status == PumpStatus::kFailed) {
-      StreamFailed(step.error);
-      return;
-    }
-    if (step.status == PumpStatus::kFinished) {
-      from_wire_done_ = true;
-    } else if (step.status == PumpStatus::kStarved) {
-      PumpStarved(step.error);
-    } else {
-      Wait(step.wait.fd, step.wait.events);
-    }
+  if (!from_wire_done_ && !StepPump(*from_wire_, from_wire_done_, from_wire_waits_on_,
+                                    record_->bytes_from_wire, moved)) {
+    return;
   }
   if (moved > 0) last_activity_ = ctx_.loop.now();
   if (to_wire_done_ && from_wire_done_) CloseGracefully();

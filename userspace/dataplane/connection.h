@@ -161,8 +161,16 @@ class Connection {
   // Zero-hop, outbound: closes the duplicate, then reports to `done`.
   void ReportInPlace(const ClosedConnection& closed);
   void Established();
+  // Steps each direction's pump whose poll has fired (or that waits on
+  // none).
   void RunPumps();
-  void Wait(int fd, short events);
+  // One direction: false if the connection was aborted. `waits_on`: the
+  // slot the pump's last step waits on, -1 for none.
+  bool StepPump(Pump& pump, bool& done, int& waits_on, std::atomic<uint64_t>& bytes,
+                uint64_t& moved);
+  // Polls `fd` for `events` (once: a wait already pending stays); returns
+  // the slot.
+  Slot Wait(int fd, short events);
   // A pump found no pipe (PumpStatus::kStarved): the tick steps the pumps
   // again.
   void PumpStarved(const std::string& error);
@@ -202,6 +210,8 @@ class Connection {
   std::unique_ptr<Pump> from_wire_;
   bool to_wire_done_ = false;
   bool from_wire_done_ = false;
+  int to_wire_waits_on_ = -1;  // a Slot, or -1
+  int from_wire_waits_on_ = -1;
   bool pumps_starved_ = false;
   bool ktls_ = false;
   std::optional<DataPath> ktls_path_;  // kTLS installed before pumping (deliver declined)

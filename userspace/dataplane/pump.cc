@@ -71,6 +71,10 @@ PumpStep CopyPump::Step() {
     switch (io.kind) {
       case StreamEnd::Io::kOk:
         if (!Drain(scratch_, io.n, step)) return step;
+        if (io.drained) {
+          step.wait = {source_.fd(), POLLIN};
+          return step;
+        }
         break;
       case StreamEnd::Io::kEof:
         source_done_ = true;

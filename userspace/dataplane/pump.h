@@ -60,6 +60,10 @@ class StreamEnd {
     size_t n = 0;       // bytes, with kOk
     short wait = 0;     // POLLIN or POLLOUT, with kWouldBlock
     std::string error;  // with kError: what failed, in words
+    // With kOk: the source had no more for now (a short read). Reading again
+    // would cost a system call to hear EAGAIN; the pump waits for POLLIN
+    // instead, which fires at once if more has arrived meanwhile.
+    bool drained = false;
   };
   virtual ~StreamEnd() = default;
   virtual int fd() const = 0;

@@ -12,7 +12,11 @@
 namespace ktrust {
 namespace {
 
-StreamEnd::Io Ok(size_t n) { return {StreamEnd::Io::kOk, n, 0, ""}; }
+StreamEnd::Io Ok(size_t n, bool drained = false) {
+  StreamEnd::Io io{StreamEnd::Io::kOk, n, 0, ""};
+  io.drained = drained;
+  return io;
+}
 StreamEnd::Io Block(short events) { return {StreamEnd::Io::kWouldBlock, 0, events, ""}; }
 StreamEnd::Io Fail(std::string why) { return {StreamEnd::Io::kError, 0, 0, std::move(why)}; }
 
@@ -23,7 +27,7 @@ constexpr size_t kMaxRecord = 16384;
 StreamEnd::Io SocketEnd::Read(char* buf, size_t len) {
   while (true) {
     ssize_t n = recv(fd_, buf, len, MSG_DONTWAIT);
-    if (n > 0) return Ok(static_cast<size_t>(n));
+    if (n > 0) return Ok(static_cast<size_t>(n), static_cast<size_t>(n) < len);
     if (n == 0) return {Io::kEof, 0, 0, ""};
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return Block(POLLIN);
@@ -75,7 +79,9 @@ StreamEnd::Io SslEnd::Read(char* buf, size_t len) {
   int ret = SSL_read_ex(ssl_, buf, len, &n);
   if (ret == 1) {
     ++records_read_;  // SSL_read returns at most one record's data
-    return Ok(n);
+    // Nothing buffered (read-ahead keeps what came after the record): the
+    // socket was drained by the last read, as far as anyone can tell.
+    return Ok(n, SSL_has_pending(ssl_) == 0);
   }
   int err = SSL_get_error(ssl_, ret);
   if (err == SSL_ERROR_ZERO_RETURN) return {Io::kEof, 0, 0, ""};

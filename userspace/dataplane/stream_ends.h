@@ -30,6 +30,10 @@ class SslEnd : public StreamEnd {
     // Otherwise OpenSSL answers the peer's bare FIN with a fatal
     // decode_error alert, which a kTLS peer's recv() reports as EIO.
     if (fin_only_) SSL_set_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    // One read(2) per record and often fewer, instead of two (header, then
+    // body). Only here: the record layer stays OpenSSL's for good, so no
+    // kernel TLS install can find records already pulled off the socket.
+    SSL_set_read_ahead(ssl_, 1);
   }
   int fd() const override { return fd_; }
   Io Read(char* buf, size_t len) override;
