@@ -4,13 +4,12 @@
 // What a ticket is trusted for: nothing by itself. A resumed connection's
 // peer is verified again, with the same VerifyPeerChain as a certificate,
 // from the chain kept with the ticket (the client keeps the server's in its
-// cache; the server seals the client's into the ticket, its leaf in the
-// session and its intermediates in the app data, which only its own ticket
-// key opens), against the current trust store at the
-// current time; the server then authorizes it as any client. A ticket is
-// also bound to the SVID it was made with, to the context's generation (a
-// change of policy or trust drops them all), and to the earlier notAfter of
-// the two SVIDs.
+// cache; the server keeps the client's with the session behind the ticket,
+// in memory: a ticket is only a session ID), against the current trust
+// store at the current time; the server then authorizes it as any client.
+// A ticket is also bound to the SVID it was made with, to the context's
+// generation (a change of policy or trust drops them all), and to the
+// earlier notAfter of the two SVIDs, and is used once.
 //
 // Facts about OpenSSL 3.0 this relies on, read in its source (ssl/statem,
 // ssl/record) and checked by tls_session_test:
@@ -20,7 +19,9 @@
 //   record of its own), so the server's TX sequence starts at the number of
 //   tickets. After a resumption it sends at most one.
 // - With SSL_VERIFY_PEER it issues no ticket unless a session ID context is
-//   set.
+//   set. With SSL_OP_NO_TICKET a TLS 1.3 server's ticket is the session ID
+//   (a stateful ticket): the new-session callback gets each session, and the
+//   get-session callback is asked for the one a client offers.
 // - Without read_ahead OpenSSL reads exactly one record from the socket at a
 //   time (header, then that record's length), and with SSL_MODE_AUTO_RETRY
 //   off SSL_read/SSL_peek return WANT_READ after processing a post-handshake
@@ -42,61 +43,9 @@
 namespace ktrust {
 namespace {
 
-constexpr unsigned char kTicketDataVersion = 1;
-constexpr size_t kDigestLength = 32;  // SHA-256
 // The number of tickets a ktrust server promises and sends per handshake.
 constexpr unsigned char kTicketsPerHandshake = 1;
 constexpr unsigned char kAskForTickets = 1;
-
-void PutU64(std::string& out, uint64_t v) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-void PutBytes(std::string& out, absl::string_view bytes) {
-  out.push_back(static_cast<char>((bytes.size() >> 8) & 0xff));
-  out.push_back(static_cast<char>(bytes.size() & 0xff));
-  out.append(bytes.data(), bytes.size());
-}
-
-// Reads what PutU64 / PutBytes wrote; any short or odd input fails.
-class Reader {
- public:
-  explicit Reader(absl::string_view in) : in_(in) {}
-  bool U8(unsigned char* v) {
-    if (in_.empty()) return false;
-    *v = static_cast<unsigned char>(in_[0]);
-    in_.remove_prefix(1);
-    return true;
-  }
-  bool U64(uint64_t* v) {
-    if (in_.size() < 8) return false;
-    *v = 0;
-    for (int i = 0; i < 8; ++i) *v = (*v << 8) | static_cast<unsigned char>(in_[i]);
-    in_.remove_prefix(8);
-    return true;
-  }
-  bool Bytes(absl::string_view* v) {
-    if (in_.size() < 2) return false;
-    size_t len = (static_cast<unsigned char>(in_[0]) << 8) | static_cast<unsigned char>(in_[1]);
-    if (in_.size() < 2 + len) return false;
-    *v = in_.substr(2, len);
-    in_.remove_prefix(2 + len);
-    return true;
-  }
-  bool AtEnd() const { return in_.empty(); }
-
- private:
-  absl::string_view in_;
-};
-
-std::string Der(X509* cert) {
-  int len = i2d_X509(cert, nullptr);
-  if (len <= 0 || len > 0xffff) return "";
-  std::string der(static_cast<size_t>(len), '\0');
-  auto* p = reinterpret_cast<unsigned char*>(der.data());
-  if (i2d_X509(cert, &p) != len) return "";
-  return der;
-}
 
 CertChain CopyChain(const CertChain& chain) {
   CertChain copy;
@@ -105,16 +54,6 @@ CertChain CopyChain(const CertChain& chain) {
 }
 
 }  // namespace
-
-std::string TlsSession::LocalLeafDigest() const {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (X509_digest(svid_->leaf(), EVP_sha256(), md, &len) != 1 || len != kDigestLength) {
-    ERR_clear_error();
-    return "";
-  }
-  return std::string(reinterpret_cast<char*>(md), len);
-}
 
 void TlsSession::OfferKeptTicket() {
   std::optional<TlsContext::CachedTicket> ticket =
@@ -248,111 +187,93 @@ int TlsSession::ParseTicketExtension(SSL* ssl, unsigned int /*ext_type*/, unsign
 int TlsSession::GenerateTicketCallback(SSL* ssl, void* arg) {
   TlsSession* session = SessionOf(ssl);
   auto* context = static_cast<const TlsContext*>(arg);
-  SSL_SESSION* sealed = SSL_get_session(ssl);
+  SSL_SESSION* issued = SSL_get_session(ssl);
   // Never a ticket for a peer that is not verified (0 fails the handshake).
-  if (session == nullptr || sealed == nullptr || !session->verdict_ || !session->verdict_->ok()) {
+  if (session == nullptr || issued == nullptr || !session->verdict_ || !session->verdict_->ok()) {
     return 0;
   }
+  // The lifetime the client is told, and OpenSSL's own bound on the session.
   absl::Time now = context->options_.clock();
   absl::Time expires = std::min({now + context->options_.ticket_lifetime,
                                  session->svid_->not_after(), session->verdict_->not_after});
-  std::string digest = session->LocalLeafDigest();
-  if (digest.size() != kDigestLength) return 0;
-  std::string data;
-  data.push_back(static_cast<char>(kTicketDataVersion));
-  PutU64(data, session->ticket_generation_);
-  PutU64(data, static_cast<uint64_t>(std::max<int64_t>(absl::ToUnixSeconds(expires), 0)));
-  PutBytes(data, digest);
-  // The leaf travels in the sealed session itself (OpenSSL keeps the peer's
-  // certificate there); only the intermediates go into the app data, so no
-  // certificate is encoded or parsed twice.
-  X509* sealed_leaf = SSL_SESSION_get0_peer(sealed);
-  if (session->peer_chain_.empty() || session->peer_chain_.size() > 256 || sealed_leaf == nullptr ||
-      X509_cmp(sealed_leaf, session->peer_chain_.front().get()) != 0) {
-    return 0;
-  }
-  data.push_back(static_cast<char>(session->peer_chain_.size() - 1));
-  for (size_t i = 1; i < session->peer_chain_.size(); ++i) {
-    std::string der = Der(session->peer_chain_[i].get());
-    if (der.empty()) return 0;
-    PutBytes(data, der);
-  }
-  if (SSL_SESSION_set1_ticket_appdata(sealed, data.data(), data.size()) != 1) return 0;
-  // The lifetime the client is told (and OpenSSL's own bound on the session).
   int64_t seconds = std::max<int64_t>(absl::ToInt64Seconds(expires - now), 1);
-  SSL_SESSION_set_timeout(sealed, static_cast<long>(seconds));
+  SSL_SESSION_set_timeout(issued, static_cast<long>(seconds));
   return 1;
 }
 
-SSL_TICKET_RETURN TlsSession::DecryptTicketCallback(SSL* ssl, SSL_SESSION* ticket,
-                                                    const unsigned char* /*key_name*/,
-                                                    size_t /*key_name_len*/,
-                                                    SSL_TICKET_STATUS status, void* arg) {
+int TlsSession::KeepIssuedSession(SSL* ssl, SSL_SESSION* issued) {
   TlsSession* session = SessionOf(ssl);
-  auto* context = static_cast<const TlsContext*>(arg);
-  // Anything but a usable ticket: a full handshake, with a new ticket.
-  if (session == nullptr) return SSL_TICKET_RETURN_IGNORE_RENEW;
+  // 0: OpenSSL drops its reference to `issued`; a ticket whose session is
+  // not kept only ever leads to a full handshake.
+  if (session == nullptr || !session->verdict_ || !session->verdict_->ok()) return 0;
+  const TlsContext& context = session->context_;
+  unsigned int id_len = 0;
+  const unsigned char* id = SSL_SESSION_get_id(issued, &id_len);
+  if (id == nullptr || id_len == 0) return 0;
+  TlsContext::CachedTicket kept;
+  kept.local_leaf = ShareX509(session->svid_->leaf());
+  kept.peer_chain = session->peer_chain();
+  if (kept.peer_chain.empty()) return 0;
+  kept.generation = session->ticket_generation_;
+  absl::Time now = context.options_.clock();
+  kept.expires = std::min({now + context.options_.ticket_lifetime, session->svid_->not_after(),
+                           session->verdict_->not_after});
+  // A copy of our own: OpenSSL marks the SSL's session not resumable when
+  // that SSL is freed without a clean shutdown (kernel TLS frees it early),
+  // and the cache must not share an object others write.
+  kept.session.reset(SSL_SESSION_dup(issued));
+  if (!kept.session) {
+    ERR_clear_error();
+    return 0;
+  }
+  context.KeepIssued(std::string(reinterpret_cast<const char*>(id), id_len), std::move(kept));
+  return 0;
+}
+
+SSL_SESSION* TlsSession::FindIssuedSession(SSL* ssl, const unsigned char* id, int id_len,
+                                           int* copy) {
+  *copy = 0;  // the session returned is OpenSSL's to free
+  TlsSession* session = SessionOf(ssl);
+  // Nothing returned: a full handshake, with a new ticket.
+  if (session == nullptr || id == nullptr || id_len <= 0) return nullptr;
   session->ticket_offered_ = true;
-  auto refuse = [&](std::string why) {
+  auto refuse = [&](std::string why) -> SSL_SESSION* {
     session->ticket_refusal_ = std::move(why);
     session->verdict_.reset();
     session->peer_chain_.clear();
     session->verified_from_ticket_ = false;
-    return SSL_TICKET_RETURN_IGNORE_RENEW;
+    return nullptr;
   };
-  if ((status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW) || ticket == nullptr) {
-    return refuse("not a ticket of this agent's (issued before a restart, or by another agent)");
+  const TlsContext& context = session->context_;
+  std::optional<TlsContext::CachedTicket> kept =
+      context.TakeIssued(std::string(reinterpret_cast<const char*>(id), id_len));
+  if (!kept) {
+    return refuse(
+        "not a ticket of this agent's (issued before a restart, by another agent, or used "
+        "already)");
   }
-  void* raw = nullptr;
-  size_t raw_len = 0;
-  if (SSL_SESSION_get0_ticket_appdata(ticket, &raw, &raw_len) != 1 || raw == nullptr) {
-    return refuse("the ticket carries no peer chain");
-  }
-  Reader in(absl::string_view(static_cast<const char*>(raw), raw_len));
-  unsigned char version = 0;
-  uint64_t generation = 0;
-  uint64_t expires = 0;
-  absl::string_view digest;
-  unsigned char count = 0;
-  if (!in.U8(&version) || version != kTicketDataVersion || !in.U64(&generation) ||
-      !in.U64(&expires) || !in.Bytes(&digest) || !in.U8(&count)) {
-    return refuse("the ticket's data is malformed");
-  }
-  // Cheap checks first: a ticket refused for them costs no certificate parse.
-  if (generation != context->ticket_generation_.load() ||
-      generation != session->ticket_generation_) {
+  // Cheap checks first.
+  if (kept->generation != context.ticket_generation_.load() ||
+      kept->generation != session->ticket_generation_) {
     return refuse("issued before the last change of policy, trust bundle, CA or CRL");
   }
-  if (absl::FromUnixSeconds(static_cast<int64_t>(expires)) <= context->options_.clock()) {
+  if (kept->expires <= context.options_.clock()) {
     return refuse("expired (a ticket lives no longer than either SVID)");
   }
-  if (digest != session->LocalLeafDigest()) {
+  if (X509_cmp(kept->local_leaf.get(), session->svid_->leaf()) != 0) {
     return refuse("issued for another SVID of this agent (another workload, or before a renewal)");
   }
-  X509* leaf = SSL_SESSION_get0_peer(ticket);
-  if (leaf == nullptr) return refuse("the ticket carries no client certificate");
-  CertChain chain;
-  chain.push_back(ShareX509(leaf));
-  for (unsigned i = 0; i < count; ++i) {
-    absl::string_view der;
-    if (!in.Bytes(&der)) return refuse("the ticket's data is malformed");
-    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-    X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-    if (!cert) {
-      ERR_clear_error();
-      return refuse("the ticket's peer chain does not parse");
-    }
-    chain.push_back(std::move(cert));
-  }
-  if (!in.AtEnd()) return refuse("the ticket's data is malformed");
+  // The kept chain goes through the same verification as a presented one,
+  // against the current trust store and clock.
   std::vector<X509*> untrusted;
-  for (size_t i = 1; i < chain.size(); ++i) untrusted.push_back(chain[i].get());
-  if (!session->VerifyPeer(chain.front().get(), untrusted)) {
+  for (size_t i = 1; i < kept->peer_chain.size(); ++i)
+    untrusted.push_back(kept->peer_chain[i].get());
+  if (!session->VerifyPeer(kept->peer_chain.front().get(), untrusted)) {
     return refuse(absl::StrCat("the client's kept chain: ", session->verdict_->explanation));
   }
   session->verified_from_ticket_ = true;
   session->verified_certificate_ = false;
-  return SSL_TICKET_RETURN_USE_RENEW;
+  return kept->session.release();
 }
 
 int TlsSession::NewTicketCallback(SSL* ssl, SSL_SESSION* ticket) {

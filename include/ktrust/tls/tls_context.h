@@ -72,6 +72,7 @@ struct TlsContextOptions {
   absl::Duration ticket_lifetime = absl::Minutes(30);
   // Client: tickets kept at most, over all (workload, destination) keys, and
   // per key (one ticket is used once; several cover concurrent connects).
+  // Server: the sessions kept behind issued tickets, at most.
   size_t ticket_cache_size = 4096;
   size_t tickets_per_destination = 8;
 };
@@ -102,6 +103,7 @@ class TlsContext {
       std::string resumption_key = "") const;
 
   // Client: tickets kept for `local_id` and `resumption_key`, and over all.
+  // Server: sessions kept behind the tickets it issued (the second form).
   size_t CachedTickets(const SpiffeId& local_id, absl::string_view resumption_key) const;
   size_t CachedTickets() const;
 
@@ -116,8 +118,9 @@ class TlsContext {
   SSL_CTX* ssl_ctx() const { return ctx_.get(); }
 
  private:
-  // A ticket the client kept, with what it was issued for and what it
-  // vouches for: the server's chain as verified, checked again on use.
+  // A ticket the client kept, or the session behind one the server issued,
+  // with what it was issued for and what it vouches for: the peer's chain as
+  // verified, checked again on use.
   struct CachedTicket {
     SslSessionPtr session;
     X509Ptr local_leaf;  // the SVID it was made with; a renewed one does not match
@@ -128,6 +131,9 @@ class TlsContext {
   // Client cache, keyed by local SPIFFE ID and destination.
   void KeepTicket(const std::string& key, CachedTicket ticket) const;
   std::optional<CachedTicket> TakeTicket(const std::string& key, X509* local_leaf) const;
+  // Server cache, keyed by session ID (the ticket), each taken at most once.
+  void KeepIssued(std::string id, CachedTicket issued) const;
+  std::optional<CachedTicket> TakeIssued(const std::string& id) const;
   static std::string CacheKey(const SpiffeId& local_id, absl::string_view resumption_key);
 
   TlsContext(TlsContextOptions options, SslCtxPtr ctx, std::shared_ptr<const TrustStore> trust)
@@ -150,6 +156,10 @@ class TlsContext {
   mutable size_t cached_ ABSL_GUARDED_BY(cache_mu_) = 0;
   // Keys in the order their newest ticket came, for eviction (may repeat).
   mutable std::deque<std::string> cache_order_ ABSL_GUARDED_BY(cache_mu_);
+  // Server: sessions behind the tickets issued, and their IDs oldest first
+  // (may name taken ones).
+  mutable std::map<std::string, CachedTicket> issued_ ABSL_GUARDED_BY(cache_mu_);
+  mutable std::deque<std::string> issued_order_ ABSL_GUARDED_BY(cache_mu_);
 
   friend class TlsSession;
 };

@@ -169,9 +169,10 @@ class TlsSession {
   // Resumption (tls_resumption.cc).
   static int NewTicketCallback(SSL* ssl, SSL_SESSION* ticket);
   static int GenerateTicketCallback(SSL* ssl, void* arg);
-  static SSL_TICKET_RETURN DecryptTicketCallback(SSL* ssl, SSL_SESSION* ticket,
-                                                 const unsigned char* key_name, size_t key_name_len,
-                                                 SSL_TICKET_STATUS status, void* arg);
+  // Server: keeps the session behind a ticket it issued; gives it back,
+  // checked again, for the ticket a client offers.
+  static int KeepIssuedSession(SSL* ssl, SSL_SESSION* issued);
+  static SSL_SESSION* FindIssuedSession(SSL* ssl, const unsigned char* id, int id_len, int* copy);
   static int AddTicketExtension(SSL* ssl, unsigned int ext_type, unsigned int context,
                                 const unsigned char** out, size_t* outlen, X509* x, size_t chainidx,
                                 int* al, void* add_arg);
@@ -185,8 +186,6 @@ class TlsSession {
   // After SSL_do_handshake succeeded: a resumed session's peer verified from
   // its kept chain, the ticket promise kept; false (failed) otherwise.
   bool CheckResumption();
-  // The SHA-256 of our SVID's leaf, which a server's ticket is bound to.
-  std::string LocalLeafDigest() const;
 
   const TlsContext& context_;
   SslPtr ssl_;

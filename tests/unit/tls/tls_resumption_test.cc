@@ -66,11 +66,13 @@ class TlsResumptionTest : public ::testing::Test {
     return std::make_shared<const Svid>(*ca_.IssueSvid(*SpiffeId::Parse(id), life, now_));
   }
 
-  std::unique_ptr<TlsContext> Context(TlsRole role, bool resumption = true) {
+  std::unique_ptr<TlsContext> Context(TlsRole role, bool resumption = true,
+                                      size_t ticket_cache_size = 4096) {
     TlsContextOptions options;
     options.role = role;
     options.cipher_suites = {"TLS_AES_128_GCM_SHA256"};
     options.resumption = resumption;
+    options.ticket_cache_size = ticket_cache_size;
     options.clock = [this] { return now_; };
     auto ctx = TlsContext::Create(std::move(options), trust_);
     EXPECT_TRUE(ctx.ok()) << ctx.status();
@@ -432,13 +434,7 @@ TEST_F(TlsResumptionTest, PeersWithoutResumptionNeitherSendNorWaitForTickets) {
 }
 
 TEST_F(TlsResumptionTest, TheClientCacheIsBounded) {
-  TlsContextOptions options;
-  options.role = TlsRole::kClient;
-  options.cipher_suites = {"TLS_AES_128_GCM_SHA256"};
-  options.resumption = true;
-  options.ticket_cache_size = 2;
-  options.clock = [this] { return now_; };
-  auto small = *TlsContext::Create(options, trust_);
+  auto small = Context(TlsRole::kClient, true, 2);
   for (const char* destination : {"10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"}) {
     ASSERT_TRUE(Connect(nullptr, destination, std::nullopt, small.get()).ok());
   }
@@ -446,6 +442,44 @@ TEST_F(TlsResumptionTest, TheClientCacheIsBounded) {
   EXPECT_EQ(small->CachedTickets(*SpiffeId::Parse(kClientId), "10.0.0.1:1"),
             0u);  // the oldest went
   EXPECT_EQ(small->CachedTickets(*SpiffeId::Parse(kClientId), "10.0.0.3:1"), 1u);
+}
+
+// A ticket is a session ID on the server, whose session is taken on use: the
+// same ticket offered again (a replay, or a client that kept a copy) gets a
+// full handshake.
+TEST_F(TlsResumptionTest, ATicketOfferedAgainIsRefusedAsUsed) {
+  Connection first = Connect();
+  ASSERT_TRUE(first.ok());
+  SslSessionPtr copy(SSL_get1_session(first.client->ssl()));
+  ASSERT_NE(copy, nullptr);
+  ASSERT_EQ(server_ctx_->CachedTickets(), 1u);
+  Connection second = Connect();  // uses the ticket
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE(Resumed(second));
+
+  Connection replay;
+  replay.client = *client_ctx_->NewSession(client_svid_, std::nullopt, "");
+  replay.server = *server_ctx_->NewSession(server_svid_);
+  ASSERT_EQ(SSL_set_session(replay.client->ssl(), copy.get()), 1);
+  ConnectBioPair(*replay.client, *replay.server);
+  Drive(*replay.client, *replay.server, &replay.client_result, &replay.server_result);
+  ASSERT_TRUE(replay.ok()) << replay.server->failure().explanation;
+  EXPECT_FALSE(Resumed(replay));
+  EXPECT_TRUE(replay.server->ticket_offered());
+  EXPECT_THAT(replay.server->ticket_refusal(), HasSubstr("used already"));
+  std::cout << "replay: " << replay.server->ticket_refusal() << "\n";
+}
+
+TEST_F(TlsResumptionTest, TheServerKeepsAtMostItsBoundOfSessions) {
+  auto small = Context(TlsRole::kServer, true, 2);
+  for (const char* destination : {"10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"}) {
+    ASSERT_TRUE(Connect(nullptr, destination, std::nullopt, nullptr, small.get()).ok());
+  }
+  EXPECT_EQ(small->CachedTickets(), 2u);
+  // The newest ticket still resumes.
+  Connection again = Connect(nullptr, "10.0.0.3:1", std::nullopt, nullptr, small.get());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(Resumed(again));
 }
 
 // Over real sockets: a resumed connection, then kernel TLS both ways where
