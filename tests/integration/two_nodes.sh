@@ -259,7 +259,7 @@ client_server_nodes() {  # PORT
 # ready (an agent at warn does not log its ready event); their pids in
 # KT_AGENT_PID[a] and [b].
 # shellcheck disable=SC2034 # read by the scripts that source this file
-declare -A KT_AGENT_PID=()
+declare -gA KT_AGENT_PID=()
 start_agents_until_ready() {  # KTRUSTD
   local n
   for n in a b; do
