@@ -290,7 +290,7 @@ def report(args):
         print("RSS within 2x the baseline " + (f"{within['time'] - load_end:.0f} s after the load"
                                                if within else "not within the settle time"))
     if args.plot:
-        plot(samples, series, base, t0, args.plot, p)
+        plot([s for s in samples if s["phase"] != "warmup"], series, base, t0, args.plot, p)
 
 
 def plot(samples, series, base, t0, path, params):
@@ -313,8 +313,11 @@ def plot(samples, series, base, t0, path, params):
             rate.append((b["b"].get("total", 0) - a["b"].get("total", 0)) / dt)
             cpu.append(per_conn_cpu_ms(a, b) or 0)
     ax[1][1].plot(rate_t, rate, label="new connections/s (agent b)")
+    # Only the intervals that had errors: a run without any shows none.
     errs = [(x["time"] - t0, x["open_errors"] + x["new_errors"] + x["held_errors"]) for x in series]
-    ax[1][1].plot([e[0] for e in errs], [e[1] for e in errs], "r.", label="errors per interval")
+    errs = [e for e in errs if e[1] > 0]
+    ax[1][1].plot([e[0] for e in errs], [e[1] for e in errs], "rx",
+                  label=f"errors per interval ({sum(e[1] for e in errs)} in all)")
     cpu_ax = ax[1][1].twinx()
     cpu_ax.plot(rate_t, cpu, "g:", label="agent CPU ms per connection")
     cpu_ax.set_ylabel("CPU ms per connection")
