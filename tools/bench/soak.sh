@@ -105,8 +105,9 @@ exec_in a client "$LOADGEN" soak --connect "10.77.0.2:$port" --connections 20 --
   --seconds 2 >"$work/warmup.json" || die "the warm-up failed: $(cat "$work/warmup.json")"
 wait_until 30 quiet || die "the agents did not go quiet after the warm-up"
 echo baseline >"$work/phase"
-wait_until 30 test "$(grep -c '"phase": "baseline"' "$work/samples.jsonl")" -ge 2 ||
-  die "the sampler wrote nothing: $(tail -n 3 "$work/sampler.log")"
+baseline_sampled() { (($(grep -c '"phase": "baseline"' "$work/samples.jsonl" 2>/dev/null || true) >= 2)); }
+wait_until $((3 * sample + 30)) baseline_sampled ||
+  die "the sampler wrote no baseline: $(tail -n 3 "$work/sampler.log")"
 
 log "load: $connections held connections, $rate new per second for $seconds s, a sample every $sample s"
 log "load average $(cut -d' ' -f1-3 /proc/loadavg) before"
