@@ -110,14 +110,16 @@ check "under load, node a's ktrust_orig_tp has an entry per held connection ($(v
   test "$(value_of a.ktrust_orig_tp "$loaded")" -ge "$held"
 wait "$soak_pid" || { cat "$work/soak.err" >&2; not_ok "loadgen soak exited with an error"; }
 summary=$(cat "$work/soak.json")
+[[ -n $summary ]] || summary='{"error_kinds": "no result"}'
 echo "# loadgen: $summary"
 check "every connection worked: none failed to open, echo or stay open ($(jq -c '.error_kinds' <<<"$summary"))" \
   jq -e --argjson n "$held" '.errors == 0 and .opened == $n and .held_at_end == $n' <<<"$summary"
 # The rate is not the point here (a loaded CI host may fall short), only
 # that there was churn to leak from.
-check "new connections were made: $(jq .new_ok <<<"$summary") of $((rate * seconds)) scheduled" \
-  jq -e --argjson want $((rate * seconds / 2)) '.new_ok >= $want' <<<"$summary"
-made=$((held + $(jq .new_ok <<<"$summary")))
+new_ok=$(jq '.new_ok // 0' <<<"$summary")
+check "new connections were made: $new_ok of $((rate * seconds)) scheduled" \
+  test "$new_ok" -ge $((rate * seconds / 2))
+made=$((held + new_ok))
 
 # Back to the baseline: every figure at or below its value before the load
 # (below: e.g. a control connection open at the baseline has closed).
