@@ -227,6 +227,55 @@ EOF
   mv "$KT_WORK/$node/ktrustd.yaml.tmp" "$KT_WORK/$node/ktrustd.yaml"
 }
 
+# Load through both agents (the e2e and soak benchmarks, soak_test): node
+# a's cgroup client (enrolled) may reach node b's cgroup server on PORT
+# (enforced); the agents log warnings only, as the benchmarks' peers do;
+# and, in the nodes' own namespaces only, a wide ephemeral port range with
+# TIME_WAIT reuse, for many short connections.
+client_server_nodes() {  # PORT
+  local port=$1 n
+  for n in a b; do
+    ip netns exec "$(node_ns "$n")" sysctl -q -w net.ipv4.ip_local_port_range="10000 65000" \
+      net.ipv4.tcp_tw_reuse=1
+  done
+  mkdir -p "$KT_CG"/a/client "$KT_CG"/b/server
+  write_config a '
+  - name: client
+    cgroup: client
+    spiffe_id: spiffe://{trust_domain}/{node}/client' '
+  []'
+  write_config b "
+  - name: server
+    cgroup: server
+    spiffe_id: spiffe://{trust_domain}/{node}/server
+    ports: [$port]" "
+  - to: server
+    ports: [$port]
+    from: [spiffe://example.org/node-a/client]"
+  sed -i 's/^  log_level: .*/  log_level: warn/' "$KT_WORK"/{a,b}/ktrustd.yaml
+}
+
+# Starts both nodes' agents and waits until `ktrust status` says each is
+# ready (an agent at warn does not log its ready event); their pids in
+# KT_AGENT_PID[a] and [b].
+# shellcheck disable=SC2034 # read by the scripts that source this file
+declare -gA KT_AGENT_PID=()
+start_agents_until_ready() {  # KTRUSTD
+  local n
+  for n in a b; do
+    run_in "$n" agent "$KT_WORK/$n/agent.log" "$1" run --config "$KT_WORK/$n/ktrustd.yaml"
+    KT_AGENT_PID[$n]=${KT_PIDS[-1]}
+  done
+  kt_agent_ready() { kt "$1" status --json | jq -e ".ready == true"; }
+  for n in a b; do
+    if ! wait_until 30 kt_agent_ready "$n"; then
+      echo "ktrustd on node $n did not become ready:" >&2
+      cat "$KT_WORK/$n/agent.log" >&2
+      return 1
+    fi
+  done
+}
+
 # Starts node $1's zero-hop fd holder (`ktrustd holder`, sockets in
 # $KT_WORK/<node>/holder) in a cgroup no workload claims, so that it
 # outlives the agents, and waits until it is ready.

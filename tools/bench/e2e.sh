@@ -70,28 +70,8 @@ counted_at_least() { (($(connections_total "$1") >= $2)); }  # NODE N
 
 log "two simulated nodes in $work"
 two_nodes_up "$work" "$KTRUST"
-for n in a b; do
-  # Many short connections: more ephemeral ports and TIME_WAIT reuse, only in
-  # the nodes' own namespaces.
-  ip netns exec "$(node_ns "$n")" sysctl -q -w net.ipv4.ip_local_port_range="10000 65000" \
-    net.ipv4.tcp_tw_reuse=1
-done
-mkdir -p "$KT_CG"/a/{client,plain} "$KT_CG"/b/{server,plain}
-write_config a '
-  - name: client
-    cgroup: client
-    spiffe_id: spiffe://{trust_domain}/{node}/client' '
-  []'
-write_config b "
-  - name: server
-    cgroup: server
-    spiffe_id: spiffe://{trust_domain}/{node}/server
-    ports: [$enrolled_port]" "
-  - to: server
-    ports: [$enrolled_port]
-    from: [spiffe://example.org/node-a/client]"
-# The peers in tools/bench log warnings only; so do the agents here.
-sed -i 's/^  log_level: .*/  log_level: warn/' "$KT_WORK"/{a,b}/ktrustd.yaml
+client_server_nodes "$enrolled_port"
+mkdir -p "$KT_CG"/a/plain "$KT_CG"/b/plain
 
 # Servers first: the agent enrols existing cgroups at start.
 run_in b server "$work/server-enrolled.log" "$LOADGEN" server --listen "0.0.0.0:$enrolled_port"

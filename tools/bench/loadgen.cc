@@ -7,6 +7,9 @@
 //   loadgen firstbyte  --connect ADDR --count N [--warmup W]
 //   loadgen idle       --connect ADDR --connections N [--waves 1] [--hold 5]
 //                      [--settle 10] [--size 64] [--watch PID,...]
+//   loadgen soak       --connect ADDR --connections N --rate R --seconds S
+//                      [--size 64] [--workers W] [--check-every 60]
+//                      [--series FILE] [--interval 1] [--ready FILE]
 //
 // Wire protocol (the proxies under test just carry it): the first byte a
 // client sends picks the mode of its connection on the server.
@@ -29,6 +32,17 @@
 // memory an idle connection costs the agents, and whether they give it back
 // after a wave (back_within_2x_s: first moment every watched process was
 // within twice its RSS before the first wave).
+//
+// soak holds N echo connections open (opened 8 at a time, one echo each)
+// while it opens, echoes on and closes R new connections per second for S
+// seconds (paced by a schedule, on W threads), echoes on every held one once
+// per --check-every seconds and once more at the end, then closes them all.
+// Unlike the other modes, a failed connection does not end the run: each is
+// counted by what went wrong, and --series FILE gets one JSON line per
+// --interval seconds (unix time, phase, held connections still alive, new
+// connections made and failed, their latency), so that errors are seen over
+// time next to the agents' samples. --ready FILE is created once every held
+// connection is open.
 //
 // Every client mode prints one JSON object on stdout and exits 0, or prints
 // "loadgen: error: ..." on stderr and exits 1. The server is one epoll thread:
@@ -56,6 +70,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -798,6 +813,229 @@ int RunIdle(const sockaddr_in& sa, int64_t count, int64_t waves, double hold, do
   return 0;
 }
 
+// ---------------------------------------------------------------- soak
+
+// What happened to connections in one interval of a soak (and in total).
+struct SoakTally {
+  uint64_t open_errors = 0;
+  uint64_t new_ok = 0;
+  uint64_t new_errors = 0;
+  uint64_t held_errors = 0;
+  uint64_t held_checked = 0;
+  std::vector<double> new_ms;  // connect..close of each new connection that worked
+  std::map<std::string, uint64_t> error_kinds;
+};
+
+class SoakRecorder {
+ public:
+  void NewConnection(double ms, const std::string& error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SoakTally* t : {&interval_, &total_}) {
+      if (error.empty()) {
+        ++t->new_ok;
+        t->new_ms.push_back(ms);
+      } else {
+        ++t->new_errors;
+        ++t->error_kinds["new: " + error];
+      }
+    }
+  }
+  void HeldChecked(const std::string& error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SoakTally* t : {&interval_, &total_}) {
+      ++t->held_checked;
+      if (!error.empty()) {
+        ++t->held_errors;
+        ++t->error_kinds["held: " + error];
+      }
+    }
+  }
+  void OpenFailed(const std::string& error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SoakTally* t : {&interval_, &total_}) {
+      ++t->open_errors;
+      ++t->error_kinds["open: " + error];
+    }
+  }
+  SoakTally TakeInterval() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(interval_, SoakTally{});
+  }
+  SoakTally Total() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return total_;
+  }
+
+ private:
+  std::mutex mu_;
+  SoakTally interval_;
+  SoakTally total_;
+};
+
+std::string KindsJson(const std::map<std::string, uint64_t>& kinds) {
+  std::string out;
+  for (const auto& [kind, n] : kinds) {
+    std::string escaped;
+    for (char c : kind) {
+      if (c == '"' || c == '\\') escaped += '\\';
+      escaped += c;
+    }
+    out += (out.empty() ? "\"" : ", \"") + escaped + "\": " + std::to_string(n);
+  }
+  return "{" + out + "}";
+}
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+struct SoakOptions {
+  int64_t held = 0;
+  int64_t rate = 0;
+  double seconds = 0;
+  size_t size = 64;
+  int workers = 0;
+  double check_every = 60;
+  double interval = 1;
+  std::string series;
+  std::string ready;
+};
+
+int RunSoak(const sockaddr_in& sa, const SoakOptions& o) {
+  constexpr int kOpenThreads = 8;
+  double cpu0 = ProcessCpuSeconds();
+  SoakRecorder rec;
+  std::atomic<const char*> phase{"open"};
+  std::atomic<int64_t> alive{0};
+  std::atomic<bool> done{false};
+  FILE* series = nullptr;
+  if (!o.series.empty() && (series = std::fopen(o.series.c_str(), "w")) == nullptr) {
+    DieErrno("cannot write " + o.series);
+  }
+  auto start = Clock::now();
+  // One line per interval, also when nothing happened (a stalled run shows).
+  std::thread reporter([&] {
+    auto next = start;
+    while (!done) {
+      next +=
+          std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.interval));
+      while (!done && Clock::now() < next)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      SoakTally t = rec.TakeInterval();
+      if (series == nullptr) continue;
+      std::sort(t.new_ms.begin(), t.new_ms.end());
+      std::fprintf(series,
+                   "{\"time\": %.3f, \"elapsed_s\": %.3f, \"phase\": \"%s\", \"held\": %" PRId64
+                   ", \"open_errors\": %" PRIu64 ", \"new_ok\": %" PRIu64
+                   ", \"new_errors\": %" PRIu64 ", \"held_checked\": %" PRIu64
+                   ", \"held_errors\": %" PRIu64
+                   ", \"new_p50_ms\": %.2f, \"new_p99_ms\": %.2f, \"error_kinds\": %s}\n",
+                   UnixSeconds(), SecondsSince(start), phase.load(), alive.load(), t.open_errors,
+                   t.new_ok, t.new_errors, t.held_checked, t.held_errors, Percentile(t.new_ms, 0.5),
+                   Percentile(t.new_ms, 0.99), KindsJson(t.error_kinds).c_str());
+      std::fflush(series);
+    }
+  });
+
+  // Held connections: opened a few at a time, as clients would, rather than
+  // thousands of handshakes pending at once (which the engine refuses).
+  std::vector<Fd> held(static_cast<size_t>(o.held));
+  ForEachConnection(held.size(), kOpenThreads, [&](size_t i) {
+    std::string error;
+    auto fd = Connect(sa, &error);
+    if (fd) error = EchoOnce(fd->get(), i, 0, o.size);
+    if (error.empty()) {
+      held[i] = std::move(*fd);
+      ++alive;
+    } else {
+      rec.OpenFailed(error);
+    }
+    return true;
+  });
+  double open_s = SecondsSince(start);
+  int64_t opened = alive.load();
+  if (!o.ready.empty()) {
+    if (FILE* f = std::fopen(o.ready.c_str(), "w")) std::fclose(f);
+  }
+
+  // New connections on a schedule: the k-th is due at churn_start + k / rate.
+  // A worker late by more than a second counts it (the target is not met).
+  phase = "churn";
+  auto churn_start = Clock::now();
+  auto churn_end = churn_start + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(o.seconds));
+  std::atomic<int64_t> next_ticket{0};
+  std::atomic<int64_t> late{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < o.workers && o.rate > 0; ++w) {
+    workers.emplace_back([&] {
+      for (;;) {
+        int64_t k = next_ticket++;
+        auto due =
+            churn_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                              static_cast<double>(k) / static_cast<double>(o.rate)));
+        if (due >= churn_end) return;
+        std::this_thread::sleep_until(due);
+        if (Clock::now() - due > std::chrono::seconds(1)) ++late;
+        auto t0 = Clock::now();
+        std::string error;
+        auto fd = Connect(sa, &error);
+        if (fd) error = EchoOnce(fd->get(), static_cast<size_t>(k), 2, o.size);
+        fd.reset();
+        rec.NewConnection(std::chrono::duration<double, std::milli>(Clock::now() - t0).count(),
+                          error);
+      }
+    });
+  }
+  // Every held connection echoes once per check_every seconds, spread evenly.
+  auto check = [&](size_t i) {
+    if (held[i].get() < 0) return;
+    std::string error = EchoOnce(held[i].get(), i, 1, o.size);
+    rec.HeldChecked(error);
+    if (!error.empty()) {
+      held[i].Reset();
+      --alive;
+    }
+  };
+  if (!held.empty()) {
+    double gap = o.check_every / static_cast<double>(held.size());
+    auto due = churn_start;
+    for (size_t i = 0;; i = (i + 1) % held.size()) {
+      due += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap));
+      if (due >= churn_end) break;
+      std::this_thread::sleep_until(due);
+      check(i);
+    }
+  }
+  for (auto& t : workers) t.join();
+  double churn_s = SecondsSince(churn_start);
+
+  phase = "close";
+  for (size_t i = 0; i < held.size(); ++i) check(i);
+  int64_t held_at_end = alive.load();
+  held.clear();
+  alive = 0;
+  done = true;
+  reporter.join();
+  if (series != nullptr) std::fclose(series);
+
+  SoakTally t = rec.Total();
+  std::sort(t.new_ms.begin(), t.new_ms.end());
+  std::printf("{\"connections\": %" PRId64 ", \"opened\": %" PRId64
+              ", \"open_s\": %.2f, "
+              "\"rate\": %" PRId64 ", \"seconds\": %.2f, \"workers\": %d, \"new_ok\": %" PRIu64
+              ", \"new_per_s\": %.1f, \"late\": %" PRId64
+              ", \"new_p50_ms\": %.2f, "
+              "\"new_p99_ms\": %.2f, \"held_checked\": %" PRIu64 ", \"held_at_end\": %" PRId64
+              ", \"errors\": %" PRIu64 ", \"error_kinds\": %s, \"client_cpu_s\": %.2f}\n",
+              o.held, opened, open_s, o.rate, churn_s, o.workers, t.new_ok,
+              static_cast<double>(t.new_ok) / churn_s, late.load(), Percentile(t.new_ms, 0.5),
+              Percentile(t.new_ms, 0.99), t.held_checked, held_at_end,
+              t.open_errors + t.new_errors + t.held_errors, KindsJson(t.error_kinds).c_str(),
+              ProcessCpuSeconds() - cpu0);
+  return 0;
+}
+
 void Usage() {
   std::fprintf(stderr,
                "usage:\n"
@@ -807,7 +1045,10 @@ void Usage() {
                "  loadgen connrate   --connect IP:PORT --concurrency C --seconds S [--size 64]\n"
                "  loadgen firstbyte  --connect IP:PORT --count N [--warmup W]\n"
                "  loadgen idle       --connect IP:PORT --connections N [--waves 1] [--hold 5]\n"
-               "                     [--settle 10] [--size 64] [--watch PID,...]\n");
+               "                     [--settle 10] [--size 64] [--watch PID,...]\n"
+               "  loadgen soak       --connect IP:PORT --connections N --rate R --seconds S\n"
+               "                     [--size 64] [--workers W] [--check-every 60]\n"
+               "                     [--series FILE] [--interval 1] [--ready FILE]\n");
 }
 
 }  // namespace
@@ -869,6 +1110,25 @@ int main(int argc, char** argv) {
     return RunIdle(ParseAddress(Need(flags, "connect")), count, waves,
                    static_cast<double>(NumberFlag(flags, "hold", 5)),
                    static_cast<double>(NumberFlag(flags, "settle", 10)), size, watched);
+  }
+  if (mode == "soak") {
+    SoakOptions o;
+    o.held = NumberFlag(flags, "connections");
+    o.rate = NumberFlag(flags, "rate");
+    o.seconds = static_cast<double>(NumberFlag(flags, "seconds"));
+    o.size = size;
+    // Enough threads for the rate at 250 ms per connection; more if asked.
+    o.workers =
+        static_cast<int>(NumberFlag(flags, "workers", std::clamp<int64_t>(o.rate / 4, 8, 1024)));
+    if (o.workers < 1 || o.workers > 4096) Die("--workers must be 1..4096");
+    o.check_every = static_cast<double>(NumberFlag(flags, "check-every", 60));
+    if (o.check_every < 1) Die("--check-every must be at least 1");
+    o.interval = static_cast<double>(NumberFlag(flags, "interval", 1));
+    if (o.interval < 1) Die("--interval must be at least 1");
+    if (o.held == 0 && o.rate == 0) Die("--connections or --rate must be positive");
+    if (flags.count("series")) o.series = Need(flags, "series");
+    if (flags.count("ready")) o.ready = Need(flags, "ready");
+    return RunSoak(ParseAddress(Need(flags, "connect")), o);
   }
   if (mode == "connrate") {
     int64_t concurrency = NumberFlag(flags, "concurrency");

@@ -22,6 +22,10 @@
 #             [--quick] [handshake_flood options]                              flood.sh
 #   idle      agent RSS per idle connection and after waves of them, through a
 #             ktrustd tunnel pair  [--quick] [--connections N] [--waves W] [--out FILE]  idle.sh
+#   soak      held connections and a rate of new ones through two agents for
+#             minutes: RSS, descriptors, CPU per connection, errors over time,
+#             and whether all comes back after (root)  [--quick] [--connections N]
+#             [--rate R] [--seconds S] [--plot PNG] [--out FILE]              soak.sh
 #
 # --quick is each mode's smoke run (under 2 minutes). The older spellings
 # --vm, --connect and --e2e still select their mode.
@@ -31,7 +35,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 
 mode=""
 case ${1:-} in
-  loopback | vm | zerohop | connect | e2e | flood | idle) mode=$1; shift ;;
+  loopback | vm | zerohop | connect | e2e | flood | idle | soak) mode=$1; shift ;;
   -h | --help | help) usage; exit 0 ;;
   -* | "") ;;
   *) echo "run.sh: unknown mode $1" >&2; usage >&2; exit 2 ;;
