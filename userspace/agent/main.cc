@@ -318,8 +318,9 @@ bool PassZeroHopConnections(Agent& agent, HandoverServer& handover) {
       LogEvent(spdlog::level::warn, {{"event", "zero_hop_connections_kept"},
                                      {"connections", batch.size()},
                                      {"reason", passed.message()},
-                                     {"note", "enforced here until this agent exits, and "
-                                              "journaled for the agent after it"}});
+                                     {"note",
+                                      "enforced here until this agent exits, and "
+                                      "journaled for the agent after it"}});
       return false;
     }
     agent.zero_hop().MovedOut(batch);
@@ -688,19 +689,19 @@ int RunAgent(const std::string& config_path) {
     if (!handover || !handover->can_move()) (*agent)->zero_hop().Resume();
     (*agent)->zero_hop().RejoinJournal(why);
   };
-  DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested,
-               [&] {
-                 if (moving && handover) moving = MoveConnections(**agent, *handover);
-                 if (passing_zero_hop &&
-                     !(handover && PassZeroHopConnections(**agent, *handover))) {
-                   keep_zero_hop("the successor did not take this agent's zero-hop connections");
-                 }
-               });
+  DrainThenEnd(
+      **agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested, [&] {
+        if (moving && handover) moving = MoveConnections(**agent, *handover);
+        if (passing_zero_hop &&
+            !(handover && handover->can_move() && PassZeroHopConnections(**agent, *handover))) {
+          keep_zero_hop("the successor did not take this agent's zero-hop connections");
+        }
+      });
   if (passing_zero_hop) {
     // A last pass once this agent answers nothing more (its handshakes in
     // flight are refused as at any stop), so none is made after it.
     (*agent)->zero_hop().Stop();
-    if (!(handover && PassZeroHopConnections(**agent, *handover))) {
+    if (!(handover && handover->can_move() && PassZeroHopConnections(**agent, *handover))) {
       keep_zero_hop("the successor did not take this agent's last zero-hop connections");
     }
   }

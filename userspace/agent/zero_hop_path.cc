@@ -792,8 +792,9 @@ void ZeroHopPath::RejoinJournal(const std::string& why) {
              {{"event", "zero_hop_journal_not_rejoined"},
               {"path", settings_.journal_path},
               {"reason", learned.status().message()},
-              {"note", "an agent started after this one will not know this one's zero-hop "
-                       "connections"}});
+              {"note",
+               "an agent started after this one will not know this one's zero-hop "
+               "connections"}});
     return;
   }
   LogEvent(spdlog::level::info, {{"event", "zero_hop_journal_rejoined"},

@@ -75,7 +75,7 @@ struct HandoverMessage {
   std::string control_socket;  // released
   uint64_t id = 0;             // move, took, declined, yours: the predecessor's connection id
                                // (zero_hop and its answer: the batch's number)
-  std::optional<MovedConnection> connection;  // move
+  std::optional<MovedConnection> connection;         // move
   std::vector<zerohop::ZeroHopConnection> zero_hop;  // zero_hop: at least one
 };
 

@@ -526,14 +526,14 @@ TEST(ZeroHopConnectionCodingTest, RoundTripsAndRefusesWhatAJournalWouldSkip) {
   EXPECT_EQ(back->peer_chain_pem, c.peer_chain_pem);
   EXPECT_EQ(back->verified_at, c.verified_at);
   nlohmann::json good = nlohmann::json::parse(EncodeZeroHopConnection(c));
-  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"cookie", 0},
-           {"cookie", -1},
-           {"inode", "1"},
-           {"owner", 0},
-           {"direction", "sideways"},
-           {"peer_id", std::string(4096, 'x')},
-           {"op", "remove"}}) {
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"cookie", 0},
+                                                           {"cookie", -1},
+                                                           {"inode", "1"},
+                                                           {"owner", 0},
+                                                           {"direction", "sideways"},
+                                                           {"peer_id", std::string(4096, 'x')},
+                                                           {"op", "remove"}}) {
     nlohmann::json bad = good;
     bad[key] = value;
     EXPECT_FALSE(DecodeZeroHopConnection(bad.dump()).ok()) << key << "=" << value;
