@@ -128,6 +128,19 @@ ZeroHopConnections::ZeroHopConnections() = default;
 
 namespace {
 
+// `text` at the end of `fd` (O_APPEND) in one write, or an error.
+absl::Status AppendWhole(int fd, absl::string_view text, const std::string& path) {
+  ssize_t n;
+  do {
+    n = write(fd, text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", path));
+  if (static_cast<size_t>(n) != text.size()) {
+    return absl::DataLossError(absl::StrCat("short append to ", path));
+  }
+  return absl::OkStatus();
+}
+
 // The journal at `path`, as a map by cookie: what Open and Rejoin start
 // from. NotFound when there is no file; `load` counts what was skipped.
 absl::StatusOr<absl::flat_hash_map<uint64_t, ZeroHopConnection>> ReadJournal(
@@ -270,14 +283,7 @@ absl::StatusOr<size_t> ZeroHopConnections::Rejoin() {
   std::string content;
   for (const auto& [cookie, c] : connections_) content += AddLine(c);
   // One write: lines land whole even beside the other agent's appends.
-  ssize_t n;
-  do {
-    n = write(journal_.get(), content.data(), content.size());
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", journal_path_));
-  if (static_cast<size_t>(n) != content.size()) {
-    return absl::DataLossError(absl::StrCat("short append to ", journal_path_));
-  }
+  if (absl::Status st = AppendWhole(journal_.get(), content, journal_path_); !st.ok()) return st;
   return learned;
 }
 
@@ -307,15 +313,7 @@ absl::Status ZeroHopConnections::Append(const std::string& line) {
   if (++journal_lines_ > 4 * connections_.size() + 4096) return Compact(journal_path_);
   // One write per line: O_APPEND makes it land whole at the end, so a crash
   // leaves at most one torn last line, which loading ignores.
-  ssize_t n;
-  do {
-    n = write(journal_.get(), line.data(), line.size());
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", journal_path_));
-  if (static_cast<size_t>(n) != line.size()) {
-    return absl::DataLossError(absl::StrCat("short append to ", journal_path_));
-  }
-  return absl::OkStatus();
+  return AppendWhole(journal_.get(), line, journal_path_);
 }
 
 absl::Status ZeroHopConnections::Add(ZeroHopConnection connection) {

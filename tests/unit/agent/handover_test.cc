@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "nlohmann/json.hpp"
@@ -534,27 +535,20 @@ class HandoverMoveTest : public HandoverExchangeTest {
   // The successor answers as its main loop would, while Move waits; once
   // Move has said the connection moved, until the successor adopted it.
   absl::Status MoveServed(const DetachedConnection& c) {
-    std::atomic<bool> done{false};
     const size_t adopted_before = adopted_count_.load();
-    std::thread successor([&] {
-      while (!done) {
-        pollfd p{client_->fd(), POLLIN, 0};
-        ::poll(&p, 1, 20);
-        client_->ServiceMoves(adoption_);
+    return WhileTheSuccessorServes([&] {
+      absl::Status moved = server_->Move(c, absl::Seconds(5));
+      absl::Time deadline = absl::Now() + absl::Seconds(5);
+      while (moved.ok() && adopted_count_.load() == adopted_before && absl::Now() < deadline) {
+        std::this_thread::yield();  // "yours" is on its way to the successor
       }
+      return moved;
     });
-    absl::Status moved = server_->Move(c, absl::Seconds(5));
-    absl::Time deadline = absl::Now() + absl::Seconds(5);
-    while (moved.ok() && adopted_count_.load() == adopted_before && absl::Now() < deadline) {
-      std::this_thread::yield();  // "yours" is on its way to the successor
-    }
-    done = true;
-    successor.join();
-    return moved;
   }
 
-  // The successor answers as its main loop would while PassZeroHop waits.
-  absl::Status PassServed(const std::vector<zerohop::ZeroHopConnection>& batch) {
+  // Runs `call` (the predecessor's side) while the successor answers as its
+  // main loop would.
+  absl::Status WhileTheSuccessorServes(const std::function<absl::Status()>& call) {
     std::atomic<bool> done{false};
     std::thread successor([&] {
       while (!done) {
@@ -563,10 +557,14 @@ class HandoverMoveTest : public HandoverExchangeTest {
         client_->ServiceMoves(adoption_);
       }
     });
-    absl::Status passed = server_->PassZeroHop(batch, absl::Seconds(5));
+    absl::Status result = call();
     done = true;
     successor.join();
-    return passed;
+    return result;
+  }
+
+  absl::Status PassServed(const std::vector<zerohop::ZeroHopConnection>& batch) {
+    return WhileTheSuccessorServes([&] { return server_->PassZeroHop(batch, absl::Seconds(5)); });
   }
 
   static std::string Through(int from, int to, const std::string& bytes) {
