@@ -167,6 +167,11 @@ struct Harness {
 
   uint64_t Add(Workload& w, std::function<bool(const SocketAddress&)> is_mesh, bool inbound = true,
                bool outbound = true) {
+    return AddListener(std::move(w.child->listener()), std::move(is_mesh), inbound, outbound);
+  }
+  uint64_t AddListener(NotificationListener listener,
+                       std::function<bool(const SocketAddress&)> is_mesh, bool inbound = true,
+                       bool outbound = true) {
     WorkloadHooks hooks;
     hooks.workload = "test";
     hooks.is_mesh = std::move(is_mesh);
@@ -183,7 +188,7 @@ struct Harness {
     options.wait_killable_recv = true;
     options.inbound = inbound;
     options.outbound = outbound;
-    return supervisor.Add(std::move(w.child->listener()), std::move(hooks), options);
+    return supervisor.Add(std::move(listener), std::move(hooks), options);
   }
   // The first listener's counters, live or as it was removed (a workload
   // that exited is dropped at once).
@@ -634,6 +639,75 @@ TEST(SupervisorLifecycle, StopAnswersHeldAcceptsAndPendingHandshakes) {
   EXPECT_EQ(ReadAll(connector.output), absl::StrCat("connect errno ", ECONNREFUSED, "\n"));
   // A late done after Stop does nothing (and does not crash).
   for (auto& done : h.handshake.parked) done(OutboundOutcome{});
+}
+
+// A handover: both agents hold the workload's listener; the old one stops
+// taking notifications once its successor serves. What it holds finishes
+// there (a connect in its handshake connects; a held accept is answered
+// ECONNABORTED, and the application's retry reaches the successor), and
+// every notification after that goes to the successor.
+TEST(SupervisorLifecycle, AnAgentThatStopsReceivingLeavesTheRestToTheOther) {
+  absl::StatusOr<TestListener> dest = ListenOnLoopback(AF_INET);
+  ASSERT_TRUE(dest.ok());
+  uint16_t port = FreePort();
+  Workload acceptor =
+      Launch({"python3", "-c",
+              absl::StrCat("import socket\n"
+                           "l=socket.socket(); l.bind(('127.0.0.1',",
+                           port,
+                           ")); l.listen(4)\n"
+                           "while True:\n"
+                           "  try:\n"
+                           "    c,peer=l.accept(); print('ACCEPT', peer[1], flush=True); break\n"
+                           "  except OSError as e: print('accept errno', e.errno, flush=True)\n")});
+  Workload connector = Launch(
+      {"python3", "-c",
+       absl::StrCat("import socket\n"
+                    "for i in range(2):\n"
+                    "  s=socket.socket()\n"
+                    "  try: s.connect(('127.0.0.1',",
+                    dest->address.port(),
+                    ")); print('connected', flush=True)\n"
+                    "  except OSError as e: print('connect errno', e.errno, flush=True)\n")});
+  auto dup_of = [](Workload& w) {
+    auto l =
+        NotificationListener::Create(UniqueFd(fcntl(w.child->listener().fd(), F_DUPFD_CLOEXEC, 0)));
+    EXPECT_TRUE(l.ok()) << l.status();
+    return *std::move(l);
+  };
+  NotificationListener successor_acceptor = dup_of(acceptor);
+  NotificationListener successor_connector = dup_of(connector);
+  Harness old_agent;
+  old_agent.handshake.delay = absl::Milliseconds(500);
+  old_agent.Add(acceptor, [](const SocketAddress&) { return false; });
+  old_agent.Add(connector, [](const SocketAddress&) { return true; });
+  ASSERT_TRUE(
+      WaitUntil([&] { return old_agent.Held() == 1 && old_agent.handshake.calls.load() == 1; }));
+  old_agent.supervisor.SetReceiving(false);
+  // The held accept is answered at once; the retry waits for whoever
+  // receives.
+  ASSERT_TRUE(WaitForText(acceptor.output, absl::StrCat("accept errno ", ECONNABORTED)))
+      << ReadAll(acceptor.output);
+  Harness successor;
+  uint64_t accepting = successor.AddListener(std::move(successor_acceptor),
+                                             [](const SocketAddress&) { return false; });
+  successor.AddListener(std::move(successor_connector), [](const SocketAddress&) { return true; });
+  EXPECT_EQ(ExitCode(connector), 0);
+  EXPECT_EQ(ReadAll(connector.output), "connected\nconnected\n")
+      << "the first connect finished in the old agent's handshake";
+  EXPECT_EQ(old_agent.handshake.calls.load(), 1) << "the old agent took no new connect";
+  EXPECT_EQ(successor.handshake.calls.load(), 1) << "the successor took the second";
+  ASSERT_TRUE(WaitUntil([&] { return successor.Held() == 1; }))
+      << "the retried accept is the successor's";
+  EXPECT_EQ(old_agent.Held(), 0u);
+  absl::StatusOr<TestListener> agent = ListenOnLoopback(AF_INET);
+  ASSERT_TRUE(agent.ok());
+  std::set<uint16_t> delivered;
+  std::vector<UniqueFd> clients = DeliverClients(successor, accepting, *agent, port, 1, &delivered);
+  EXPECT_EQ(ExitCode(acceptor), 0);
+  EXPECT_EQ(AcceptedPorts(ReadAll(acceptor.output)), delivered) << ReadAll(acceptor.output);
+  // Taking them again (a successor that went away) works as before.
+  old_agent.supervisor.SetReceiving(true);
 }
 
 }  // namespace

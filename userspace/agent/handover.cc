@@ -276,7 +276,14 @@ std::string EncodeHandoverMessage(const HandoverMessage& message) {
   if (!message.control_socket.empty()) j["control_socket"] = message.control_socket;
   if (message.id != 0) j["id"] = message.id;
   if (message.connection) j["connection"] = EncodeConnection(*message.connection);
-  return j.dump();
+  if (!message.zero_hop.empty()) {
+    json rows = json::array();
+    for (const zerohop::ZeroHopConnection& c : message.zero_hop) {
+      rows.push_back(json::parse(zerohop::EncodeZeroHopConnection(c)));
+    }
+    j["zero_hop"] = std::move(rows);
+  }
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
@@ -295,7 +302,7 @@ absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
   m.type = type->get<std::string>();
   static const std::set<std::string> kTypes = {"hello",    "welcome", "refused", "started",
                                                "released", "ready",   "move",    "took",
-                                               "declined", "yours"};
+                                               "declined", "yours",   "zero_hop"};
   if (!kTypes.count(m.type)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown handover message \"", m.type, "\""));
   }
@@ -329,7 +336,26 @@ absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
     m.connection = *std::move(connection);
     m.connection->id = m.id;
   }
-  bool per_connection = m.type == "move" || m.type == "took" || m.type == "yours";
+  if (auto it = j.find("zero_hop"); it != j.end()) {
+    if (!it->is_array() || it->empty()) {
+      return absl::InvalidArgumentError("\"zero_hop\" must be a list of connections");
+    }
+    for (const json& row : *it) {
+      auto c = zerohop::DecodeZeroHopConnection(row.is_object() ? row.dump() : "");
+      if (!c.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("zero_hop[", m.zero_hop.size(), "]: ", c.status().message()));
+      }
+      m.zero_hop.push_back(*std::move(c));
+    }
+  }
+  if ((m.type == "zero_hop") != !m.zero_hop.empty()) {
+    return absl::InvalidArgumentError(
+        m.type == "zero_hop" ? "\"zero_hop\" needs its connections"
+                             : absl::StrCat("\"", m.type, "\" carries no zero-hop connections"));
+  }
+  bool per_connection =
+      m.type == "move" || m.type == "took" || m.type == "yours" || m.type == "zero_hop";
   if (per_connection && m.id == 0) {
     return absl::InvalidArgumentError(absl::StrCat("\"", m.type, "\" needs the connection's id"));
   }
@@ -339,6 +365,25 @@ absl::StatusOr<HandoverMessage> DecodeHandoverMessage(absl::string_view text) {
                                           : absl::StrCat("\"", m.type, "\" carries no connection"));
   }
   return m;
+}
+
+std::vector<std::vector<zerohop::ZeroHopConnection>> ZeroHopBatches(
+    std::vector<zerohop::ZeroHopConnection> connections) {
+  // Room for the envelope; a row is at most a few KiB of names and the
+  // peer's chain (the journal's own bounds), so one always fits.
+  constexpr size_t kBudget = kMaxHandoverMessageBytes - 1024;
+  std::vector<std::vector<zerohop::ZeroHopConnection>> batches;
+  size_t bytes = kBudget;  // a new batch first
+  for (zerohop::ZeroHopConnection& c : connections) {
+    size_t row = zerohop::EncodeZeroHopConnection(c).size() + 1;
+    if (bytes + row > kBudget) {
+      batches.emplace_back();
+      bytes = 0;
+    }
+    bytes += row;
+    batches.back().push_back(std::move(c));
+  }
+  return batches;
 }
 
 size_t HandoverFdCount(absl::string_view type) { return type == "move" ? 2 : 0; }
@@ -610,6 +655,36 @@ absl::Status HandoverServer::Move(const DetachedConnection& connection, absl::Du
   return absl::OkStatus();
 }
 
+absl::Status HandoverServer::PassZeroHop(const std::vector<zerohop::ZeroHopConnection>& batch,
+                                         absl::Duration timeout) {
+  if (!can_move()) return absl::FailedPreconditionError("no successor to pass connections to");
+  if (batch.empty()) return absl::OkStatus();
+  const uint64_t id = ++zero_hop_batches_;
+  HandoverMessage pass = MessageOf("zero_hop", 0, "", "", id);
+  pass.zero_hop = batch;
+  if (auto st = Send(successor_.get(), pass); !st.ok()) {
+    DropSuccessor(std::string(st.message()));
+    return st;
+  }
+  auto answer = Receive(successor_.get(), timeout);
+  if (!answer.ok()) {
+    DropSuccessor(
+        absl::StrCat("no answer to zero-hop batch ", id, ": ", answer.status().message()));
+    return answer.status();
+  }
+  if (answer->type == "declined") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the successor declined them: ", answer->reason));
+  }
+  if (answer->type != "took" || answer->id != id) {
+    absl::Status wrong = absl::InvalidArgumentError(absl::StrCat(
+        "answered \"", answer->type, "\" for ", answer->id, " to zero-hop batch ", id));
+    DropSuccessor(std::string(wrong.message()));
+    return wrong;
+  }
+  return absl::OkStatus();
+}
+
 void HandoverServer::Abandon(const std::string& why) {
   bool released = state_ == State::kReleased;
   LogEvent(spdlog::level::warn, {{"event", "handover_aborted"},
@@ -721,6 +796,26 @@ void HandoverClient::ServiceMoves(const Adoption& adoption) {
         gone_ = true;
         Drop(*std::move(taken_), "the predecessor went away before letting go of it");
         taken_.reset();
+      }
+      continue;
+    }
+    if (m.type == "zero_hop") {
+      // Knowledge, not sockets: the predecessor forgets them only after
+      // took, so until then both know them, never neither.
+      size_t count = m.zero_hop.size();
+      absl::Status ok = adoption.zero_hop ? adoption.zero_hop(std::move(m.zero_hop))
+                                          : absl::UnimplementedError("this agent takes none");
+      if (!Send(fd_.get(), ok.ok() ? MessageOf("took", 0, "", "", m.id)
+                                   : MessageOf("declined", 0, std::string(ok.message()), "", m.id))
+               .ok()) {
+        gone_ = true;  // it keeps them as well: known twice, never lost
+        return;
+      }
+      if (!ok.ok()) {
+        LogEvent(spdlog::level::warn, {{"event", "zero_hop_connections_not_taken"},
+                                       {"connections", count},
+                                       {"reason", ok.message()},
+                                       {"note", "the predecessor keeps them"}});
       }
       continue;
     }

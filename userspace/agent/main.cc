@@ -302,6 +302,32 @@ bool MoveConnections(Agent& agent, HandoverServer& handover) {
   return false;
 }
 
+// Handover, the predecessor's side: the zero-hop connections this agent
+// made (the successor's journal load missed those made after it) go to
+// the successor, which journals them; this agent forgets each batch it
+// took. False once passing has stopped for good (declined, or no
+// successor): the caller keeps them and rejoins the journal.
+bool PassZeroHopConnections(Agent& agent, HandoverServer& handover) {
+  constexpr absl::Duration kAnswer = absl::Seconds(5);
+  for (std::vector<zerohop::ZeroHopConnection>& batch :
+       ZeroHopBatches(agent.zero_hop().connections())) {
+    absl::Status passed = handover.can_move()
+                              ? handover.PassZeroHop(batch, kAnswer)
+                              : absl::FailedPreconditionError("no successor to pass them to");
+    if (!passed.ok()) {
+      LogEvent(spdlog::level::warn, {{"event", "zero_hop_connections_kept"},
+                                     {"connections", batch.size()},
+                                     {"reason", passed.message()},
+                                     {"note",
+                                      "enforced here until this agent exits, and "
+                                      "journaled for the agent after it"}});
+      return false;
+    }
+    agent.zero_hop().MovedOut(batch);
+  }
+  return true;
+}
+
 // The agent's two watcher threads (interception events, cgroups), stopped
 // while another agent may be writing the kernel's maps (a handover) and
 // while draining.
@@ -490,6 +516,9 @@ int RunAgent(const std::string& config_path) {
     }
     return CheckMovedSockets(c.meta, c.app.get(), c.wire.get());
   };
+  adoption.zero_hop = [&](std::vector<zerohop::ZeroHopConnection> connections) {
+    return (*agent)->zero_hop().MoveIn(std::move(connections));
+  };
   adoption.adopt = [&](DetachedConnection c) {
     ++taken;
     // Written before adopting, which takes the connection and its row.
@@ -551,6 +580,8 @@ int RunAgent(const std::string& config_path) {
                   {"note", absl::StrCat("the status stays at ", control_options.path)}});
       }
     }
+    // It may have replaced the zero-hop journal with its own.
+    (*agent)->zero_hop().RejoinJournal("the handover was aborted");
     // The successor may have pointed the kernel at its own listeners.
     if (auto st = (*agent)->RestoreSteering(); !st.ok()) {
       LogEvent(spdlog::level::err, {{"event", "steering_not_restored"}, {"reason", st.message()}});
@@ -560,6 +591,9 @@ int RunAgent(const std::string& config_path) {
   };
   hooks.handed_over = [&](pid_t pid) {
     successor = pid;
+    // The successor answers every zero-hop notification now: what this
+    // agent has made is then a finite set, passed on below.
+    (*agent)->zero_hop().Yield();
     (*agent)->SetSuccessor(absl::StrCat("ktrustd pid ", pid, " serves new connections"));
     // Connections the kernel steered here just before the successor took
     // the steering may still be completing their TCP handshake on this
@@ -646,10 +680,31 @@ int RunAgent(const std::string& config_path) {
   // for connections that finish their handshake here meanwhile); the rest
   // drains here.
   bool moving = successor != 0;
-  DrainThenEnd(**agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested,
-               [&] {
-                 if (moving && handover) moving = MoveConnections(**agent, *handover);
-               });
+  bool passing_zero_hop = successor != 0;
+  // Passing stopped half-way: this agent's zero-hop connections stay its
+  // own, journaled where the next agent reads; with no successor left to
+  // answer the workloads' notifications, this agent answers them again.
+  auto keep_zero_hop = [&](const std::string& why) {
+    passing_zero_hop = false;
+    if (!handover || !handover->can_move()) (*agent)->zero_hop().Resume();
+    (*agent)->zero_hop().RejoinJournal(why);
+  };
+  DrainThenEnd(
+      **agent, signals, stop_reason, /*told_to_stop=*/successor == 0 || stop_requested, [&] {
+        if (moving && handover) moving = MoveConnections(**agent, *handover);
+        if (passing_zero_hop &&
+            !(handover && handover->can_move() && PassZeroHopConnections(**agent, *handover))) {
+          keep_zero_hop("the successor did not take this agent's zero-hop connections");
+        }
+      });
+  if (passing_zero_hop) {
+    // A last pass once this agent answers nothing more (its handshakes in
+    // flight are refused as at any stop), so none is made after it.
+    (*agent)->zero_hop().Stop();
+    if (!(handover && handover->can_move() && PassZeroHopConnections(**agent, *handover))) {
+      keep_zero_hop("the successor did not take this agent's last zero-hop connections");
+    }
+  }
   if (metrics) metrics->Stop();
   if (control) control->Stop();
   draining_control.reset();

@@ -509,6 +509,12 @@ void ZeroHopPath::Handshake(const ZeroHopListener& owner, UniqueFd socket,
 
 bool ZeroHopPath::Deliver(const std::string& workload, uint64_t netns, UniqueFd& socket,
                           const ConnectionInfo& info, const VerifiedPeer& verified) {
+  {
+    // Handed over: the successor serves the accepts, so an application
+    // would never be woken for a socket queued here. Proxied instead.
+    absl::MutexLock lock(&mu_);
+    if (yielded_) return false;
+  }
   auto local = SocketAddress::LocalOf(socket.get());
   auto peer = SocketAddress::PeerOf(socket.get());
   if (!local.ok() || !peer.ok()) return false;
@@ -743,6 +749,78 @@ void ZeroHopPath::ReportClosed(const zerohop::ZeroHopConnection& c, CloseResult 
   closed.info.data_path = "zero-hop";
   closed.duration = absl::Now() - c.started;
   settings_.on_closed(closed);
+}
+
+absl::Status ZeroHopPath::MoveIn(std::vector<zerohop::ZeroHopConnection> connections) {
+  if (!live_) return absl::FailedPreconditionError("the zero-hop path has not started");
+  size_t count = connections.size();
+  absl::Status journaled = absl::OkStatus();
+  for (zerohop::ZeroHopConnection& c : connections) {
+    // Held in memory whatever the journal says: enforced from now on.
+    if (absl::Status st = live_->Add(std::move(c)); !st.ok() && journaled.ok()) journaled = st;
+  }
+  LogEvent(spdlog::level::info,
+           {{"event", "zero_hop_connections_moved_in"},
+            {"connections", count},
+            {"journal", journaled.ok() ? "written" : std::string(journaled.message())},
+            {"note", "made by the predecessor; enforced and listed here from now on"}});
+  Wake();
+  return absl::OkStatus();
+}
+
+void ZeroHopPath::MovedOut(const std::vector<zerohop::ZeroHopConnection>& connections) {
+  if (!live_) return;
+  std::vector<uint64_t> cookies;
+  for (const zerohop::ZeroHopConnection& c : connections) cookies.push_back(c.cookie);
+  live_->Release(cookies);
+  {
+    // A reset that failed here is the successor's to find again (its first
+    // refresh re-reads the record counts; its next reload re-checks peers).
+    absl::MutexLock lock(&mu_);
+    for (uint64_t cookie : cookies) pending_resets_.erase(cookie);
+  }
+  LogEvent(spdlog::level::info, {{"event", "zero_hop_connections_moved"},
+                                 {"connections", connections.size()},
+                                 {"note", "the successor enforces and lists them now"}});
+}
+
+void ZeroHopPath::RejoinJournal(const std::string& why) {
+  if (!live_) return;
+  absl::StatusOr<size_t> learned = live_->Rejoin();
+  if (!learned.ok()) {
+    LogEvent(spdlog::level::err,
+             {{"event", "zero_hop_journal_not_rejoined"},
+              {"path", settings_.journal_path},
+              {"reason", learned.status().message()},
+              {"note",
+               "an agent started after this one will not know this one's zero-hop "
+               "connections"}});
+    return;
+  }
+  LogEvent(spdlog::level::info, {{"event", "zero_hop_journal_rejoined"},
+                                 {"path", settings_.journal_path},
+                                 {"why", why},
+                                 {"learned", *learned},
+                                 {"connections", live_->size()}});
+  Wake();
+}
+
+void ZeroHopPath::Yield() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (yielded_) return;
+    yielded_ = true;
+  }
+  supervisor_.SetReceiving(false);
+}
+
+void ZeroHopPath::Resume() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!yielded_) return;
+    yielded_ = false;
+  }
+  supervisor_.SetReceiving(true);
 }
 
 ZeroHopStatus ZeroHopPath::status() const {

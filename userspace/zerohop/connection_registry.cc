@@ -126,29 +126,42 @@ std::optional<ZeroHopConnection> ParseAdd(const nlohmann::json& j) {
 
 ZeroHopConnections::ZeroHopConnections() = default;
 
-absl::StatusOr<std::unique_ptr<ZeroHopConnections>> ZeroHopConnections::Open(
-    const std::string& path) {
-  auto registry = std::make_unique<ZeroHopConnections>();
-  JournalLoad& load = registry->journal_load_;
-  const std::string boot_id = BootId();
+namespace {
 
+// `text` at the end of `fd` (O_APPEND) in one write, or an error.
+absl::Status AppendWhole(int fd, absl::string_view text, const std::string& path) {
+  ssize_t n;
+  do {
+    n = write(fd, text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", path));
+  if (static_cast<size_t>(n) != text.size()) {
+    return absl::DataLossError(absl::StrCat("short append to ", path));
+  }
+  return absl::OkStatus();
+}
+
+// The journal at `path`, as a map by cookie: what Open and Rejoin start
+// from. NotFound when there is no file; `load` counts what was skipped.
+absl::StatusOr<absl::flat_hash_map<uint64_t, ZeroHopConnection>> ReadJournal(
+    const std::string& path, JournalLoad& load) {
+  const std::string boot_id = BootId();
   UniqueFd in(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!in.valid() && errno != ENOENT) {
+  if (!in.valid()) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("no journal at ", path));
     return absl::ErrnoToStatus(errno, absl::StrCat("open the zero-hop journal ", path));
   }
   std::string content;
-  if (in.valid()) {
-    char buffer[64 << 10];
-    for (;;) {
-      ssize_t n = read(in.get(), buffer, sizeof(buffer));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("read ", path));
-      if (n == 0) break;
-      content.append(buffer, static_cast<size_t>(n));
-      if (content.size() > kMaxJournal) break;
-    }
+  char buffer[64 << 10];
+  for (;;) {
+    ssize_t n = read(in.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("read ", path));
+    if (n == 0) break;
+    content.append(buffer, static_cast<size_t>(n));
+    if (content.size() > kMaxJournal) break;
   }
-  absl::MutexLock lock(&registry->mu_);
+  absl::flat_hash_map<uint64_t, ZeroHopConnection> connections;
   if (content.size() > kMaxJournal) {
     load.malformed = 1;  // the whole file, unread
     content.clear();
@@ -176,7 +189,7 @@ absl::StatusOr<std::unique_ptr<ZeroHopConnections>> ZeroHopConnections::Open(
           boot_id.empty() || boot->get<std::string>() != boot_id) {
         load.other_boot = format != j.end();
         if (!load.other_boot) ++load.malformed;
-        registry->connections_.clear();
+        connections.clear();
         break;
       }
       header_seen = true;
@@ -190,21 +203,95 @@ absl::StatusOr<std::unique_ptr<ZeroHopConnections>> ZeroHopConnections::Open(
         continue;
       }
       uint64_t cookie = c->cookie;
-      registry->connections_[cookie] = std::move(*c);
+      connections[cookie] = std::move(*c);
     } else if (op != j.end() && *op == "remove") {
       uint64_t cookie = 0;
       if (!GetUnsigned(j, "cookie", cookie)) {
         ++load.malformed;
         continue;
       }
-      registry->connections_.erase(cookie);
+      connections.erase(cookie);
     } else {
       ++load.malformed;
     }
   }
-  load.loaded = registry->connections_.size();
+  if (!header_seen) load.header_missing = true;
+  return connections;
+}
+
+}  // namespace
+
+std::string EncodeZeroHopConnection(const ZeroHopConnection& connection) {
+  std::string line = AddLine(connection);
+  line.pop_back();  // the newline
+  return line;
+}
+
+absl::StatusOr<ZeroHopConnection> DecodeZeroHopConnection(absl::string_view text) {
+  nlohmann::json j;
+  if (text.size() <= kMaxLine) j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return absl::InvalidArgumentError("a zero-hop connection is a JSON object");
+  auto op = j.find("op");
+  std::optional<ZeroHopConnection> c;
+  if (op != j.end() && *op == "add") c = ParseAdd(j);
+  if (!c) {
+    return absl::InvalidArgumentError(
+        "a zero-hop connection needs every field, each of its type and in range");
+  }
+  return *std::move(c);
+}
+
+absl::StatusOr<std::unique_ptr<ZeroHopConnections>> ZeroHopConnections::Open(
+    const std::string& path) {
+  auto registry = std::make_unique<ZeroHopConnections>();
+  auto read = ReadJournal(path, registry->journal_load_);
+  if (!read.ok() && !absl::IsNotFound(read.status())) return read.status();
+  absl::MutexLock lock(&registry->mu_);
+  if (read.ok()) registry->connections_ = *std::move(read);
+  registry->journal_load_.loaded = registry->connections_.size();
   if (absl::Status st = registry->Compact(path); !st.ok()) return st;
   return registry;
+}
+
+absl::StatusOr<size_t> ZeroHopConnections::Rejoin() {
+  absl::MutexLock lock(&mu_);
+  if (journal_path_.empty()) return 0;  // in memory only
+  JournalLoad load;
+  auto read = ReadJournal(journal_path_, load);
+  if (!read.ok() && !absl::IsNotFound(read.status())) return read.status();
+  size_t learned = 0;
+  if (read.ok()) {
+    // What the other agent knew and this one did not; this one's own entry
+    // for a cookie is as new as the other's or newer.
+    for (auto& [cookie, c] : *read) {
+      if (connections_.emplace(cookie, std::move(c)).second) ++learned;
+    }
+  }
+  if (!read.ok() || load.header_missing || load.other_boot) {
+    // Nothing to append to: a file of our own.
+    if (absl::Status st = Compact(journal_path_); !st.ok()) return st;
+    return learned;
+  }
+  // Appended, not renamed over: another agent may still be writing this
+  // file, and must not be left writing to an unlinked one.
+  UniqueFd fd(open(journal_path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("open ", journal_path_, " to append"));
+  }
+  journal_ = std::move(fd);
+  journal_lines_ = load.lines + connections_.size();
+  std::string content;
+  for (const auto& [cookie, c] : connections_) content += AddLine(c);
+  // One write: lines land whole even beside the other agent's appends.
+  if (absl::Status st = AppendWhole(journal_.get(), content, journal_path_); !st.ok()) return st;
+  return learned;
+}
+
+size_t ZeroHopConnections::Release(const std::vector<uint64_t>& cookies) {
+  absl::MutexLock lock(&mu_);
+  size_t released = 0;
+  for (uint64_t cookie : cookies) released += connections_.erase(cookie);
+  return released;
 }
 
 absl::Status ZeroHopConnections::Compact(const std::string& path) {
@@ -226,15 +313,7 @@ absl::Status ZeroHopConnections::Append(const std::string& line) {
   if (++journal_lines_ > 4 * connections_.size() + 4096) return Compact(journal_path_);
   // One write per line: O_APPEND makes it land whole at the end, so a crash
   // leaves at most one torn last line, which loading ignores.
-  ssize_t n;
-  do {
-    n = write(journal_.get(), line.data(), line.size());
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("append to ", journal_path_));
-  if (static_cast<size_t>(n) != line.size()) {
-    return absl::DataLossError(absl::StrCat("short append to ", journal_path_));
-  }
-  return absl::OkStatus();
+  return AppendWhole(journal_.get(), line, journal_path_);
 }
 
 absl::Status ZeroHopConnections::Add(ZeroHopConnection connection) {

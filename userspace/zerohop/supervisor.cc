@@ -328,7 +328,8 @@ void State::Loop() {
     bool tick = false;
     for (auto& [id, w] : workloads) {
       if (w->removed) continue;
-      fds.push_back({w->listener.fd(), POLLIN, 0});
+      // Not receiving: watched for the hang-up only.
+      fds.push_back({w->listener.fd(), static_cast<short>(receiving ? POLLIN : 0), 0});
       what.push_back({kListener, w});
       if (!w->outbound.empty()) tick = true;
       for (auto& [port, p] : w->ports) {
@@ -367,6 +368,7 @@ void State::Loop() {
       if (x.w->removed) continue;
       if (x.kind == kListener) {
         if (fds[i].revents & POLLIN) {
+          if (!receiving) continue;  // stopped meanwhile: the other agent's to take
           absl::StatusOr<Notification> n = x.w->listener.Receive();
           if (!n.ok()) {
             if (!absl::IsNotFound(n.status())) {
@@ -492,6 +494,37 @@ std::vector<ListenerStatus> Supervisor::Status() const {
     all.push_back(std::move(s));
   }
   return all;
+}
+
+void Supervisor::SetReceiving(bool receiving) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  if (state_->receiving == receiving) return;
+  state_->receiving = receiving;
+  if (!receiving) {
+    // An accept held here would wait for a socket only this agent could
+    // hand it, and this agent hands none any more: the workload retries,
+    // and its retry reaches the agent that answers now.
+    for (auto& [id, w] : state_->workloads) {
+      if (w->removed) continue;
+      size_t answered = 0;
+      for (auto& [port, p] : w->ports) {
+        for (const internal::HeldAccept& h : p.held) {
+          (void)w->listener.RespondError(h.notification.id, ECONNABORTED);
+          ++answered;
+        }
+        p.held.clear();
+      }
+      if (answered > 0) {
+        internal::LogZeroHop(spdlog::level::info, "zerohop_held_accepts_released", *w,
+                             {{"accepts", absl::StrCat(answered)},
+                              {"reason", "this agent stopped taking notifications"}});
+      }
+    }
+  }
+  LogEvent(spdlog::level::info,
+           {{"event", receiving ? "zerohop_receiving" : "zerohop_not_receiving"},
+            {"listeners", state_->workloads.size()}});
+  state_->Wake();
 }
 
 void Supervisor::Stop() {

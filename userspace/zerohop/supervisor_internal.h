@@ -105,6 +105,8 @@ struct State : std::enable_shared_from_this<State> {
   UniqueFd wake;  // eventfd
   std::thread thread;
   bool stopping = false;
+  // False: take no new notification (another agent answers them).
+  bool receiving = true;
   // "ip:port" of destinations that do not speak zero-hop, until when.
   std::map<std::string, absl::Time> proxy_only;
   // Hook calls collected under the lock, run after it is released.

@@ -161,6 +161,7 @@ class Agent {
   const Engine& engine() const { return *engine_; }
   const BpfLoader& bpf() const { return *bpf_; }
   const ZeroHopPath& zero_hop() const { return *zero_hop_; }
+  ZeroHopPath& zero_hop() { return *zero_hop_; }
   // Null outside Kubernetes mode.
   const ClusterWatcher* cluster() const { return cluster_.get(); }
   std::shared_ptr<const Config> config() const;

@@ -22,8 +22,16 @@
 //   took {id}  or  declined {id, reason} ->
 //                                <-    yours {id}   (then closes its copies)
 //   (adopts it into its engine and pumps)
+//                                <-    zero_hop {id, zero_hop: [rows]}
+//                                      (the zero-hop connections it made,
+//                                      which the successor's journal load
+//                                      missed; no descriptors: the agent
+//                                      holds none of their sockets)
+//   (adds them to its registry, journaled)
+//   took {id}  or  declined {id, reason} ->  (then it forgets them)
 //   ... the predecessor drains what could not move (agent.drain_timeout);
-//   the connection stays open until it exits.
+//   the connection stays open until it exits. Zero-hop rows go again each
+//   second and a last time once it has stopped answering notifications.
 //
 // A successor that goes away before `ready` (a bad configuration, a crash,
 // a kill) leaves the predecessor serving as before: it points the steering
@@ -47,6 +55,7 @@
 #include "absl/time/time.h"
 #include "ktrust/common/unique_fd.h"
 #include "ktrust/dataplane/engine.h"
+#include "ktrust/zerohop/connection_registry.h"
 
 namespace ktrust {
 
@@ -59,14 +68,21 @@ inline constexpr size_t kMaxHandoverMessageBytes = 64 * 1024;
 
 struct HandoverMessage {
   // "hello", "welcome", "refused", "started", "released", "ready", "move",
-  // "took", "declined", "yours"
+  // "took", "declined", "yours", "zero_hop"
   std::string type;
   int64_t pid = 0;             // hello, welcome
   std::string reason;          // refused, declined
   std::string control_socket;  // released
   uint64_t id = 0;             // move, took, declined, yours: the predecessor's connection id
-  std::optional<MovedConnection> connection;  // move
+                               // (zero_hop and its answer: the batch's number)
+  std::optional<MovedConnection> connection;         // move
+  std::vector<zerohop::ZeroHopConnection> zero_hop;  // zero_hop: at least one
 };
+
+// The predecessor's zero-hop connections in messages that fit
+// kMaxHandoverMessageBytes, in order.
+std::vector<std::vector<zerohop::ZeroHopConnection>> ZeroHopBatches(
+    std::vector<zerohop::ZeroHopConnection> connections);
 
 std::string EncodeHandoverMessage(const HandoverMessage& message);
 // Fails on malformed JSON, a wrong version, an unknown type, a field of
@@ -128,6 +144,13 @@ class HandoverServer {
   // successor connected; a successor that is gone, answers out of turn or
   // not in time is dropped (can_move() is false then).
   absl::Status Move(const DetachedConnection& connection, absl::Duration timeout);
+  // After the handover: tells the successor of zero-hop connections this
+  // agent made (one ZeroHopBatches batch) and waits up to `timeout` for its
+  // answer. OK: it took them (journaled): the caller forgets them. An error:
+  // they are still only the caller's. As Move, a successor that declines
+  // stays connected; one that is gone, out of turn or late is dropped.
+  absl::Status PassZeroHop(const std::vector<zerohop::ZeroHopConnection>& batch,
+                           absl::Duration timeout);
 
   static constexpr absl::Duration kSuccessorDeadline = absl::Minutes(2);
   // A successor says hello as soon as it connects.
@@ -166,6 +189,7 @@ class HandoverServer {
   pid_t successor_pid_ = 0;
   State state_ = State::kIdle;
   absl::Time deadline_ = absl::InfiniteFuture();
+  uint64_t zero_hop_batches_ = 0;  // numbers the zero_hop messages
 };
 
 // The successor's side.
@@ -190,6 +214,10 @@ class HandoverClient {
     std::function<absl::Status(const DetachedConnection&)> check;
     // It is this agent's now (the predecessor said yours): carry it.
     std::function<void(DetachedConnection)> adopt;
+    // Zero-hop connections the predecessor made: add them to this agent's
+    // registry. OK answers took (the predecessor forgets them), an error
+    // declined (it keeps them).
+    std::function<absl::Status(std::vector<zerohop::ZeroHopConnection>)> zero_hop;
   };
   // Handles what the predecessor has sent, without blocking. Bad input (a
   // message that does not decode, a wrong number of descriptors, a message

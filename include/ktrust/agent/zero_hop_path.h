@@ -104,6 +104,25 @@ class ZeroHopPath {
   // no longer allows, with a log line and a denial each.
   void Recheck(const TrustStore& trust, const Authorizer& authorizer);
 
+  // Handover (docs/operations.md), the successor's side: zero-hop
+  // connections the predecessor made, added to this agent's registry and
+  // journal. An error when there is no registry yet (before Start).
+  absl::Status MoveIn(std::vector<zerohop::ZeroHopConnection> connections);
+  // The predecessor's side: the successor took these; forgotten here
+  // without a journal line (the journal is the successor's).
+  void MovedOut(const std::vector<zerohop::ZeroHopConnection>& connections);
+  // The predecessor's side, when the handover failed or stopped half-way:
+  // the journal file is this agent's again (ZeroHopConnections::Rejoin),
+  // logged.
+  void RejoinJournal(const std::string& why);
+  // Handed over: the successor answers every zero-hop notification from
+  // now on. This agent takes no more (connects it is handshaking finish
+  // here), answers the accepts it holds with ECONNABORTED (the workload's
+  // retry reaches the successor), and hands no inbound socket to an
+  // application (the engine proxies it, and it moves as a proxied
+  // connection). Resume() undoes it.
+  void Yield();
+  void Resume();
   const zerohop::ZeroHopFeatures& features() const { return features_; }
   ZeroHopStatus status() const;
 
@@ -161,6 +180,7 @@ class ZeroHopPath {
   mutable absl::Mutex mu_;
   std::map<uint64_t, Served> served_ ABSL_GUARDED_BY(mu_);  // by holder id
   bool holder_connected_ ABSL_GUARDED_BY(mu_) = false;
+  bool yielded_ ABSL_GUARDED_BY(mu_) = false;  // Yield()
   // Resets that failed, by cookie: the result and reason to report.
   std::map<uint64_t, std::pair<CloseResult, std::string>> pending_resets_ ABSL_GUARDED_BY(mu_);
   std::string holder_problem_ ABSL_GUARDED_BY(mu_);

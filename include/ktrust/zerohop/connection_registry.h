@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ktrust/common/unique_fd.h"
@@ -130,7 +131,15 @@ struct JournalLoad {
   size_t malformed = 0;         // lines ignored (bad JSON, missing or bad fields)
   bool truncated_tail = false;  // the last line had no newline (a write cut short)
   bool other_boot = false;      // written before the last reboot: discarded
+  bool header_missing = false;  // no header naming this boot was read
 };
+
+// One connection as the journal writes it (a JSON object, one line), and
+// back: for passing connections to another agent. Decoding refuses what
+// loading a journal would skip (a missing field, a wrong type, a zero
+// cookie, an unknown direction, an over-long string).
+std::string EncodeZeroHopConnection(const ZeroHopConnection& connection);
+absl::StatusOr<ZeroHopConnection> DecodeZeroHopConnection(absl::string_view text);
 
 class ZeroHopConnections {
  public:
@@ -152,6 +161,19 @@ class ZeroHopConnections {
   absl::Status Add(ZeroHopConnection connection);
   // Removes one by cookie (the agent ended it), returning it if it was there.
   std::optional<ZeroHopConnection> Remove(uint64_t cookie);
+  // Forgets these (another agent took them over: docs/operations.md,
+  // handover) without a journal line: the journal at the path is the other
+  // agent's now, and a later reader should rather know one too many (its
+  // first Refresh drops what ended) than one too few. How many were here.
+  size_t Release(const std::vector<uint64_t>& cookies);
+  // Makes the file at the journal's path this registry's journal again
+  // after another agent replaced it (a handover that failed or stopped
+  // half-way): learns the connections that file holds and this registry
+  // does not, and appends every connection of this registry to it, so that
+  // whichever agent reads it next knows them all. Appended, never renamed
+  // over: the other agent may still be writing to it. How many it learned.
+  // In memory only: 0, nothing to do.
+  absl::StatusOr<size_t> Rejoin();
 
   // Lists every namespace holding entries and drops those whose socket is
   // gone (cookie absent), closed by the application (inode 0 or another

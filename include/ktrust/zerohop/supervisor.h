@@ -190,6 +190,13 @@ class Supervisor {
   DeliverResult Deliver(uint64_t id, UniqueFd& socket, const SocketAddress& local,
                         const SocketAddress& peer);
   std::vector<ListenerStatus> Status() const;
+  // false: takes no new notification from any listener (an agent that
+  // handed over: its successor answers them all); what it holds already is
+  // answered as before (connects in handshake finish), except held accepts,
+  // answered ECONNABORTED at once (the application retries, and the
+  // retry goes to whoever takes notifications now). Deliver is the
+  // caller's to stop. true: takes them again.
+  void SetReceiving(bool receiving);
   // Remove() for every listener, then ends the thread. Idempotent.
   void Stop();
 

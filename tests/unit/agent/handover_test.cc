@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "nlohmann/json.hpp"
@@ -157,6 +158,101 @@ TEST(HandoverMessageTest, RefusesAMoveThatIsNotWhole) {
   }
   EXPECT_THAT(DecodeHandoverMessage(R"({"v":1,"type":"yours"})").status().message(),
               HasSubstr("needs the connection's id"));
+}
+
+// A zero-hop connection's row as a predecessor would pass it.
+zerohop::ZeroHopConnection ZeroHopRow(uint64_t cookie, size_t chain_bytes = 40) {
+  zerohop::ZeroHopConnection c;
+  c.cookie = cookie;
+  c.inode = 9000 + cookie;
+  c.netns = 4026532281;
+  c.owner = 321;
+  c.direction = "outbound";
+  c.workload = "client";
+  c.local_id = "spiffe://example.org/node-a/client";
+  c.peer_id = "spiffe://example.org/node-b/server";
+  c.local = "10.77.0.1:40312";
+  c.peer = "10.77.0.2:8080";
+  c.cipher = "TLS_AES_256_GCM_SHA384";
+  c.started = absl::FromUnixSeconds(1796000000) + absl::Milliseconds(cookie);
+  c.peer_chain_pem = std::string(chain_bytes, 'C');
+  c.verified_at = c.started;
+  return c;
+}
+
+TEST(HandoverMessageTest, ZeroHopRowsRoundTrip) {
+  HandoverMessage m;
+  m.type = "zero_hop";
+  m.id = 3;
+  m.zero_hop = {ZeroHopRow(1), ZeroHopRow(2)};
+  m.zero_hop[1].direction = "inbound";
+  m.zero_hop[1].port = 8080;
+  auto back = DecodeHandoverMessage(EncodeHandoverMessage(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->type, "zero_hop");
+  EXPECT_EQ(back->id, 3u);
+  ASSERT_EQ(back->zero_hop.size(), 2u);
+  EXPECT_EQ(back->zero_hop[0].cookie, 1u);
+  EXPECT_EQ(back->zero_hop[0].inode, 9001u);
+  EXPECT_EQ(back->zero_hop[0].netns, 4026532281u);
+  EXPECT_EQ(back->zero_hop[0].owner, 321);
+  EXPECT_EQ(back->zero_hop[0].peer_id, "spiffe://example.org/node-b/server");
+  EXPECT_EQ(back->zero_hop[0].started, ZeroHopRow(1).started);
+  EXPECT_EQ(back->zero_hop[0].peer_chain_pem, ZeroHopRow(1).peer_chain_pem);
+  EXPECT_EQ(back->zero_hop[1].direction, "inbound");
+  EXPECT_EQ(back->zero_hop[1].port, 8080);
+  EXPECT_EQ(HandoverFdCount("zero_hop"), 0u) << "the agent holds none of their sockets";
+}
+
+TEST(HandoverMessageTest, RefusesZeroHopRowsThatAreNotWhole) {
+  const std::string row = nlohmann::json::parse([] {
+                            HandoverMessage m;
+                            m.type = "zero_hop";
+                            m.id = 1;
+                            m.zero_hop = {ZeroHopRow(5)};
+                            return EncodeHandoverMessage(m);
+                          }())["zero_hop"][0]
+                              .dump();
+  struct Case {
+    std::string text;
+    std::string error;
+  };
+  std::string bad_row = row;
+  bad_row.replace(bad_row.find("\"outbound\""), 10, "\"upward\"");
+  for (const Case& c : std::vector<Case>{
+           {R"({"v":1,"type":"zero_hop","id":1})", "needs its connections"},
+           {R"({"v":1,"type":"zero_hop","id":1,"zero_hop":[]})", "must be a list"},
+           {R"({"v":1,"type":"zero_hop","id":1,"zero_hop":{}})", "must be a list"},
+           {R"({"v":1,"type":"zero_hop","id":1,"zero_hop":[7]})", "zero_hop[0]"},
+           {R"({"v":1,"type":"zero_hop","id":1,"zero_hop":[)" + row + "," + bad_row + "]}",
+            "zero_hop[1]"},
+           {R"({"v":1,"type":"zero_hop","zero_hop":[)" + row + "]}", "needs the connection's id"},
+           {R"({"v":1,"type":"took","id":1,"zero_hop":[)" + row + "]}",
+            "carries no zero-hop connections"}}) {
+    SCOPED_TRACE(c.text);
+    auto m = DecodeHandoverMessage(c.text);
+    ASSERT_FALSE(m.ok());
+    EXPECT_THAT(m.status().message(), HasSubstr(c.error));
+  }
+}
+
+TEST(HandoverMessageTest, ZeroHopBatchesFitAMessageAndKeepEveryRowInOrder) {
+  std::vector<zerohop::ZeroHopConnection> rows;
+  for (uint64_t cookie = 1; cookie <= 40; ++cookie) rows.push_back(ZeroHopRow(cookie, 10 << 10));
+  std::vector<std::vector<zerohop::ZeroHopConnection>> batches = ZeroHopBatches(rows);
+  EXPECT_GT(batches.size(), 1u);
+  uint64_t next = 1;
+  for (const auto& batch : batches) {
+    ASSERT_FALSE(batch.empty());
+    HandoverMessage m;
+    m.type = "zero_hop";
+    m.id = 1;
+    m.zero_hop = batch;
+    EXPECT_LE(EncodeHandoverMessage(m).size(), kMaxHandoverMessageBytes);
+    for (const auto& c : batch) EXPECT_EQ(c.cookie, next++);
+  }
+  EXPECT_EQ(next, 41u);
+  EXPECT_TRUE(ZeroHopBatches({}).empty());
 }
 
 TEST(HandoverPeerTest, ReadsEffectiveCapabilities) {
@@ -439,8 +535,21 @@ class HandoverMoveTest : public HandoverExchangeTest {
   // The successor answers as its main loop would, while Move waits; once
   // Move has said the connection moved, until the successor adopted it.
   absl::Status MoveServed(const DetachedConnection& c) {
-    std::atomic<bool> done{false};
     const size_t adopted_before = adopted_count_.load();
+    return WhileTheSuccessorServes([&] {
+      absl::Status moved = server_->Move(c, absl::Seconds(5));
+      absl::Time deadline = absl::Now() + absl::Seconds(5);
+      while (moved.ok() && adopted_count_.load() == adopted_before && absl::Now() < deadline) {
+        std::this_thread::yield();  // "yours" is on its way to the successor
+      }
+      return moved;
+    });
+  }
+
+  // Runs `call` (the predecessor's side) while the successor answers as its
+  // main loop would.
+  absl::Status WhileTheSuccessorServes(const std::function<absl::Status()>& call) {
+    std::atomic<bool> done{false};
     std::thread successor([&] {
       while (!done) {
         pollfd p{client_->fd(), POLLIN, 0};
@@ -448,14 +557,14 @@ class HandoverMoveTest : public HandoverExchangeTest {
         client_->ServiceMoves(adoption_);
       }
     });
-    absl::Status moved = server_->Move(c, absl::Seconds(5));
-    absl::Time deadline = absl::Now() + absl::Seconds(5);
-    while (moved.ok() && adopted_count_.load() == adopted_before && absl::Now() < deadline) {
-      std::this_thread::yield();  // "yours" is on its way to the successor
-    }
+    absl::Status result = call();
     done = true;
     successor.join();
-    return moved;
+    return result;
+  }
+
+  absl::Status PassServed(const std::vector<zerohop::ZeroHopConnection>& batch) {
+    return WhileTheSuccessorServes([&] { return server_->PassZeroHop(batch, absl::Seconds(5)); });
   }
 
   static std::string Through(int from, int to, const std::string& bytes) {
@@ -548,6 +657,76 @@ TEST_F(HandoverMoveTest, ASuccessorThatAnswersOutOfTurnIsDropped) {
   absl::Status moved = server_->Move(c, absl::Seconds(5));
   garbler.join();
   EXPECT_THAT(moved.message(), HasSubstr("\"took\" for 999 to move 10"));
+  EXPECT_FALSE(server_->can_move());
+}
+
+// The predecessor's zero-hop connections go to the successor's registry;
+// the predecessor forgets them only after took, so until then both know
+// them and never neither.
+TEST_F(HandoverMoveTest, ZeroHopConnectionsPassToTheSuccessor) {
+  std::vector<std::vector<zerohop::ZeroHopConnection>> got;
+  adoption_.zero_hop = [&](std::vector<zerohop::ZeroHopConnection> rows) {
+    got.push_back(std::move(rows));
+    return absl::OkStatus();
+  };
+  absl::Status first = PassServed({ZeroHopRow(1), ZeroHopRow(2)});
+  ASSERT_TRUE(first.ok()) << first;
+  absl::Status second = PassServed({ZeroHopRow(3)});  // made after the first pass
+  ASSERT_TRUE(second.ok()) << second;
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(got[0].size(), 2u);
+  EXPECT_EQ(got[0][0].cookie, 1u);
+  EXPECT_EQ(got[0][1].cookie, 2u);
+  EXPECT_EQ(got[0][1].owner, 321);
+  ASSERT_EQ(got[1].size(), 1u);
+  EXPECT_EQ(got[1][0].cookie, 3u);
+  EXPECT_TRUE(server_->can_move());
+  // Proxied connections still move after them.
+  DetachedConnection c = Plain(12);
+  ASSERT_TRUE(MoveServed(c).ok());
+}
+
+TEST_F(HandoverMoveTest, ZeroHopConnectionsTheSuccessorDeclinesStayWithThePredecessor) {
+  adoption_.zero_hop = [](std::vector<zerohop::ZeroHopConnection>) {
+    return absl::FailedPreconditionError("the zero-hop path has not started");
+  };
+  absl::Status passed = PassServed({ZeroHopRow(1)});
+  EXPECT_THAT(passed.message(), HasSubstr("declined them: the zero-hop path has not started"));
+  EXPECT_TRUE(server_->can_move()) << "a decline is no reason to stop talking";
+  // A successor that takes none at all declines too.
+  adoption_.zero_hop = nullptr;
+  EXPECT_FALSE(PassServed({ZeroHopRow(2)}).ok());
+}
+
+TEST_F(HandoverMoveTest, ASilentSuccessorLeavesZeroHopConnectionsKnownToThePredecessor) {
+  std::vector<uint64_t> taken;
+  adoption_.zero_hop = [&](std::vector<zerohop::ZeroHopConnection> rows) {
+    for (const auto& c : rows) taken.push_back(c.cookie);
+    return absl::OkStatus();
+  };
+  // Nobody services the successor's end (it is stopped, say).
+  absl::Status passed = server_->PassZeroHop({ZeroHopRow(1)}, absl::Milliseconds(200));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(passed)) << passed;
+  EXPECT_FALSE(server_->can_move()) << "dropped: the predecessor keeps them";
+  EXPECT_FALSE(server_->PassZeroHop({ZeroHopRow(2)}, absl::Seconds(1)).ok());
+  // Woken up, it may still add what it was sent: known twice is harmless
+  // (both reset it on a denial; the second finds it gone), never known to
+  // neither.
+  client_->ServiceMoves(adoption_);
+  EXPECT_TRUE(client_->PredecessorGone());
+  EXPECT_THAT(taken, ElementsAre(1));
+}
+
+TEST_F(HandoverMoveTest, ASuccessorThatAnswersAZeroHopBatchOutOfTurnIsDropped) {
+  std::thread garbler([&] {
+    pollfd p{client_->fd(), POLLIN, 0};
+    ::poll(&p, 1, 5000);
+    const char garbage[] = "{\"v\":1,\"type\":\"took\",\"id\":999}";
+    ::send(client_->fd(), garbage, sizeof(garbage) - 1, MSG_NOSIGNAL);
+  });
+  absl::Status passed = server_->PassZeroHop({ZeroHopRow(1)}, absl::Seconds(5));
+  garbler.join();
+  EXPECT_THAT(passed.message(), HasSubstr("\"took\" for 999 to zero-hop batch 1"));
   EXPECT_FALSE(server_->can_move());
 }
 

@@ -447,6 +447,104 @@ TEST_F(ZeroHopJournalTest, CompactsWhileRunning) {
   EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(7000));
 }
 
+// A handover: the successor loads the journal and renames a compacted one
+// over it, so what the predecessor appends afterwards lands in a file
+// nobody will read. The connections themselves pass over the handover
+// socket (Release on the predecessor); when that stops half-way, Rejoin
+// makes the predecessor's connections readable at the path again, without
+// cutting the successor off from the file it appends to.
+TEST_F(ZeroHopJournalTest, APredecessorRejoinsTheJournalItsSuccessorReplaced) {
+  auto predecessor = OpenOrDie();
+  ASSERT_TRUE(predecessor->Add(Conn(1)).ok());
+  auto successor = OpenOrDie();  // starts: loads 1, compacts
+  ASSERT_THAT(Cookies(successor->Snapshot()), ElementsAre(1));
+  ASSERT_TRUE(successor->Add(Conn(2)).ok());
+  ASSERT_TRUE(predecessor->Add(Conn(3)).ok());  // made by the old agent meanwhile
+  // The gap: an agent reading the journal now never hears of 3.
+  std::string before = ReadJournal();
+  EXPECT_EQ(before.find("\"cookie\":3,"), std::string::npos) << before;
+  EXPECT_NE(before.find("\"cookie\":2,"), std::string::npos) << before;
+
+  absl::StatusOr<size_t> learned = predecessor->Rejoin();
+  ASSERT_TRUE(learned.ok()) << learned.status();
+  EXPECT_EQ(*learned, 1u) << "the successor's 2";
+  EXPECT_THAT(Cookies(predecessor->Snapshot()), ElementsAre(1, 2, 3));
+  // Both append to the same file now: the successor was not cut off.
+  ASSERT_TRUE(successor->Add(Conn(4)).ok());
+  ASSERT_TRUE(predecessor->Add(Conn(5)).ok());
+  EXPECT_TRUE(predecessor->Remove(1).has_value());
+  EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(2, 3, 4, 5));
+}
+
+TEST_F(ZeroHopJournalTest, RejoiningAMissingOrForeignJournalWritesItsOwn) {
+  auto registry = OpenOrDie();
+  ASSERT_TRUE(registry->Add(Conn(1)).ok());
+  ASSERT_EQ(unlink(path_.c_str()), 0);
+  absl::StatusOr<size_t> learned = registry->Rejoin();
+  ASSERT_TRUE(learned.ok()) << learned.status();
+  EXPECT_EQ(*learned, 0u);
+  EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(1));
+  // A file that is not a journal of this boot is not appended to.
+  auto again = OpenOrDie();
+  ASSERT_TRUE(again->Add(Conn(2)).ok());
+  WriteJournal("{\"ktrust_zero_hop_journal\":1,\"boot_id\":\"another-boot\"}\n");
+  learned = again->Rejoin();
+  ASSERT_TRUE(learned.ok()) << learned.status();
+  EXPECT_EQ(*learned, 0u);
+  EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(1, 2));
+  EXPECT_EQ(ReadJournal().find("another-boot"), std::string::npos);
+  // In memory only: nothing to rejoin.
+  ZeroHopConnections memory;
+  EXPECT_EQ(memory.Rejoin().value_or(99), 0u);
+}
+
+TEST_F(ZeroHopJournalTest, ReleasedConnectionsAreForgottenWithoutAJournalLine) {
+  auto registry = OpenOrDie();
+  ASSERT_TRUE(registry->Add(Conn(1)).ok());
+  ASSERT_TRUE(registry->Add(Conn(2)).ok());
+  EXPECT_EQ(registry->Release({1, 9}), 1u) << "9 was never here";
+  EXPECT_THAT(Cookies(registry->Snapshot()), ElementsAre(2));
+  // Whoever reads the file next rather knows one too many: its first
+  // Refresh drops what ended.
+  EXPECT_THAT(Cookies(OpenOrDie()->Snapshot()), ElementsAre(1, 2));
+}
+
+TEST(ZeroHopConnectionCodingTest, RoundTripsAndRefusesWhatAJournalWouldSkip) {
+  ZeroHopConnection c = Conn(42);
+  c.direction = "inbound";
+  c.port = 8443;
+  absl::StatusOr<ZeroHopConnection> back = DecodeZeroHopConnection(EncodeZeroHopConnection(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->cookie, 42u);
+  EXPECT_EQ(back->inode, c.inode);
+  EXPECT_EQ(back->netns, c.netns);
+  EXPECT_EQ(back->owner, c.owner);
+  EXPECT_EQ(back->direction, "inbound");
+  EXPECT_EQ(back->port, 8443);
+  EXPECT_EQ(back->peer_id, c.peer_id);
+  EXPECT_EQ(back->started, c.started);
+  EXPECT_EQ(back->peer_chain_pem, c.peer_chain_pem);
+  EXPECT_EQ(back->verified_at, c.verified_at);
+  nlohmann::json good = nlohmann::json::parse(EncodeZeroHopConnection(c));
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"cookie", 0},
+                                                           {"cookie", -1},
+                                                           {"inode", "1"},
+                                                           {"owner", 0},
+                                                           {"direction", "sideways"},
+                                                           {"peer_id", std::string(4096, 'x')},
+                                                           {"op", "remove"}}) {
+    nlohmann::json bad = good;
+    bad[key] = value;
+    EXPECT_FALSE(DecodeZeroHopConnection(bad.dump()).ok()) << key << "=" << value;
+  }
+  nlohmann::json missing = good;
+  missing.erase("netns");
+  EXPECT_FALSE(DecodeZeroHopConnection(missing.dump()).ok());
+  EXPECT_FALSE(DecodeZeroHopConnection("not json").ok());
+  EXPECT_FALSE(DecodeZeroHopConnection("[1]").ok());
+}
+
 TEST_F(ZeroHopJournalTest, ASymlinkIsNotFollowed) {
   std::string target = dir_ + "/elsewhere";
   ASSERT_EQ(symlink(target.c_str(), path_.c_str()), 0);
