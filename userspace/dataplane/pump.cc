@@ -71,7 +71,7 @@ PumpStep CopyPump::Step() {
     switch (io.kind) {
       case StreamEnd::Io::kOk:
         if (!Drain(scratch_, io.n, step)) return step;
-        if (io.drained) {
+        if (io.drained || step.bytes >= kStepBudget) {
           step.wait = {source_.fd(), POLLIN};
           return step;
         }

@@ -75,6 +75,13 @@ class StreamEnd {
 
 class Pump {
  public:
+  // At most this much (give or take a read's or a pipe's worth) per Step: a
+  // stream that arrives as fast as the loop moves it never runs dry, and
+  // would hold its loop, and every other connection, timer and task on it,
+  // for as long as it lasts. Past this the step waits for POLLIN on the
+  // source, which, readable, completes at once, after what else is ready.
+  static constexpr uint64_t kStepBudget = 256 * 1024;
+
   virtual ~Pump() = default;
   virtual PumpStep Step() = 0;
   // Handover: writes what the pump holds to the sink without reading the
@@ -158,13 +165,6 @@ class SplicePump : public Pump {
   PumpStep Step() override;
   PumpStep Flush() override;
   bool source_ended() const override { return source_done_; }
-
-  // At most this much (give or take a pipe's worth) per Step: a stream
-  // that arrives as fast as the loop moves it never runs dry, and would
-  // hold its loop, and every other connection, timer and task on it, for
-  // as long as it lasts. Past this the step waits for POLLIN on the
-  // source, which, readable, completes at once, after what else is ready.
-  static constexpr uint64_t kStepBudget = 256 * 1024;
 
   // Holds a pipe from the pool (only while its sink is behind).
   bool holds_pipe() const { return pipe_.has_value(); }

@@ -9,6 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -368,6 +371,51 @@ TEST(CopyPumpTest, AShortReadWaitsForPollInsteadOfReadingAgain) {
   writer.join();
   EXPECT_TRUE(got == want) << "the bytes arrived changed (" << got.size() << " of " << want.size()
                            << ")";
+}
+
+// A sender as fast as the pump gets its share per step, not the loop: the
+// step ends past kStepBudget and waits for POLLIN, which fires at once.
+TEST(CopyPumpTest, AStepMovesItsShareAndLetsTheLoopServeOthers) {
+  constexpr size_t kStream = size_t{4} << 20;
+  struct FastSource : StreamEnd {
+    int fd() const override { return 7; }
+    Io Read(char* buf, size_t len) override {
+      if (left == 0) return {Io::kEof, 0, 0, ""};
+      size_t n = std::min(len, left);
+      std::memset(buf, 'x', n);
+      left -= n;
+      return {Io::kOk, n, 0, ""};  // a full buffer each time: never drained
+    }
+    Io Write(const char*, size_t) override { return {Io::kError, 0, 0, "not a sink"}; }
+    Io ShutdownWrite() override { return {}; }
+    size_t left = kStream;
+  } source;
+  struct TakesAll : StreamEnd {
+    int fd() const override { return 8; }
+    Io Read(char*, size_t) override { return {Io::kError, 0, 0, "not a source"}; }
+    Io Write(const char*, size_t len) override {
+      taken += len;
+      return {Io::kOk, len, 0, ""};
+    }
+    Io ShutdownWrite() override { return {}; }
+    size_t taken = 0;
+  } sink;
+  std::vector<char> scratch(CopyPump::kBufferSize);
+  CopyPump pump(source, sink, scratch.data());
+  PumpStep first = pump.Step();
+  std::printf("first step: %llu bytes of %zu\n", static_cast<unsigned long long>(first.bytes),
+              kStream);
+  ASSERT_EQ(first.status, PumpStatus::kBlocked) << "one step took the whole stream";
+  EXPECT_GE(first.bytes, Pump::kStepBudget);
+  EXPECT_LT(first.bytes, Pump::kStepBudget + CopyPump::kBufferSize);
+  EXPECT_EQ(first.wait.fd, 7);
+  EXPECT_EQ(first.wait.events, POLLIN);
+  PumpStep step = first;
+  for (int steps = 0; step.status == PumpStatus::kBlocked && steps < 64; ++steps) {
+    step = pump.Step();
+  }
+  EXPECT_EQ(step.status, PumpStatus::kFinished);
+  EXPECT_EQ(sink.taken, kStream);
 }
 
 }  // namespace
