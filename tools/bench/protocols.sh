@@ -52,9 +52,10 @@ done
 out=$(result_path "$out" ktrust-bench-protocols.json)
 
 # Sizes: requests per redis-benchmark test, pgbench seconds. Full: about 3 min
-# per run on 2 cores (the mesh's -k 0 runs near 600 connections/s).
+# per run on 2 busy cores (the mesh carries 5-6k redis requests/s with 50
+# clients and about 250 new connections/s at -k 0 there); the set-up about 1 min.
 case $size in
-  full) runs=${runs:-2} redis_n=100000 pipelined_n=400000 reconnect_n=4000 pg_seconds=8 client_limit=180 ;;
+  full) runs=${runs:-2} redis_n=50000 pipelined_n=200000 reconnect_n=2000 pg_seconds=6 client_limit=180 ;;
   quick) runs=${runs:-1} redis_n=20000 pipelined_n=100000 reconnect_n=1000 pg_seconds=4 client_limit=90 ;;
   smoke) runs=${runs:-1} redis_n=2000 pipelined_n=8000 reconnect_n=200 pg_seconds=2 client_limit=60 ;;
 esac
