@@ -53,7 +53,9 @@ def main():
     panel(left, result, RATES, "rate ÷ plain, same run (higher is better; plain = 1)",
           [(1.0, "-"), (0.5, ":")])
     panel(right, result, TIMES, "time ÷ plain (lower is better)", [(1.0, "-"), (1.5, ":")])
-    left.legend(fontsize=7, loc="upper right")
+    # Room above plain's line for the legend, in one row.
+    left.set_ylim(0, max(1.3, left.get_ylim()[1] * 1.15))
+    left.legend(fontsize=7, loc="upper left", ncol=3)
     m = result["machine"]
     fig.suptitle(f"redis {m['redis']} and pgbench through the mesh vs an haproxy mTLS pair, "
                  f"{result['started'][:16].replace('T', ' ')} UTC, {m['nproc']} cores, agents {m['agents_data_path']}",
