@@ -89,25 +89,14 @@ declare -A server_pid=()
 cleanup_hook() {
   local p
   for p in "${server_pid[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${server_pid[@]}"; do await 10 exited "$p" || true; done
+  for p in "${server_pid[@]}"; do wait_until 10 exited "$p" || true; done
   two_nodes_down 2>/dev/null
 }
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t_start=$SECONDS
 new_work ktrust-bench-protocols
 
-# Polls CMD... until it succeeds, at most $1 seconds.
-await() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.05
-  done
-}
 listening() { ip netns exec "$(node_ns "$1")" ss -ltnH "sport = :$2" | grep -q .; }
-status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
-agent_ready() { status_of "$1" | jq -e '.ready == true'; }
 # counters NODE: the agent's accepted connections, failed and resumed handshakes.
 counters() {
   metrics "$1" /metrics | awk '
@@ -174,7 +163,7 @@ for inst in server:6379:5432 plain:6380:5433; do
   server_pid[postgres-$cg]=${KT_PIDS[-1]}
 done
 for port in 6379 6380 5432 5433; do
-  await 30 listening b "$port" || die "no server listens on node b port $port: $(tail -n 3 "$work"/redis-*.log "$work"/postgres-*.log)"
+  wait_until 30 listening b "$port" || die "no server listens on node b port $port: $(tail -n 3 "$work"/redis-*.log "$work"/postgres-*.log)"
 done
 export PGSSLMODE=disable PGUSER=bench PGDATABASE=postgres
 # The pgbench tables, made before the agents start (enforcement would refuse
@@ -207,30 +196,16 @@ for proto in redis:7379:6380 pg:7432:5433; do
   haproxy_pids[$name]=${KT_PIDS[-1]}
   run_in a plain "$work/haproxy-$name/a.log" "${peer_env[@]}" haproxy -db -f "$work/haproxy-$name/haproxy-a.cfg"
   haproxy_pids[$name]+=" ${KT_PIDS[-1]}"
-  { await 10 listening b "$hport" && await 10 listening a "$hport"; } ||
+  { wait_until 10 listening b "$hport" && wait_until 10 listening a "$hport"; } ||
     die "the haproxy pair for $name did not listen: $(tail -n 3 "$work/haproxy-$name"/*.log)"
 done
 
 # ---------------------------------------------------------------- agents
-declare -A agent_pid=()
 agents_mode=""
 # agents MODE: both agents running with ktrustd-MODE.yaml (resumption off or on), ready.
 agents() {
   [[ $agents_mode == "$1" ]] && return 0
-  local n p keep_pids=()
-  if [[ -n $agents_mode ]]; then
-    stop "${agent_pid[a]}" "${agent_pid[b]}"
-    for p in "${KT_PIDS[@]}"; do [[ $p == "${agent_pid[a]}" || $p == "${agent_pid[b]}" ]] || keep_pids+=("$p"); done
-    KT_PIDS=("${keep_pids[@]}")
-  fi
-  for n in a b; do
-    run_in "$n" agent "$KT_WORK/$n/agent-$1.log" "$KTRUSTD" run --config "$KT_WORK/$n/ktrustd-$1.yaml"
-    agent_pid[$n]=${KT_PIDS[-1]}
-    pids+=("${KT_PIDS[-1]}") # stop() waits for it like the other processes it started
-  done
-  for n in a b; do
-    await 60 agent_ready "$n" || { tail -n 20 "$KT_WORK/$n/agent-$1.log" >&2; die "ktrustd on node $n did not become ready (resumption $1)"; }
-  done
+  restart_agents "$1"
   agents_mode=$1
   note "agents with resumption $1: data path $(status_of a | jq -r '.data_path + " (" + .data_path_reason + ")"')"
 }
@@ -252,7 +227,7 @@ read -r acc_a1 _ <<<"$(counters a)"
 [[ $(redis_cli mesh PING) == PONG ]] || die "mesh: redis does not answer PING through the agents"
 exec_in a client psql -h 10.77.0.2 -p 5432 -Atc 'select 1' >/dev/null || die "mesh: postgres does not answer through the agents"
 accepted_a_above() { (($(counters a | cut -d' ' -f1) >= $1)); }
-await 5 accepted_a_above $((acc_a1 + 2)) || die "the mesh's connections did not go through agent a"
+wait_until 5 accepted_a_above $((acc_a1 + 2)) || die "the mesh's connections did not go through agent a"
 if printf 'PING\r\n' | exec_in a plain timeout 5 openssl s_client -quiet -connect 10.77.0.2:7379 \
   -CAfile "$work/haproxy-redis/client/ca.crt" 2>/dev/null | grep -q PONG; then
   die "haproxy B let a client without a certificate through: not mTLS"

@@ -218,3 +218,29 @@ backend plain_out
     server app $backend
 EOC
 }
+
+# ---------------------------------------------------------------- agents on two simulated nodes
+# For the modes on tests/integration/two_nodes.sh's nodes (source it first):
+# each node's agent from $KT_WORK/NODE/ktrustd-VARIANT.yaml.
+status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }  # NODE
+agent_ready() { status_of "$1" | jq -e '.ready == true'; }                       # NODE
+declare -A agent_pid=()
+# restart_agents VARIANT: both agents (re)started with ktrustd-VARIANT.yaml,
+# logging to agent-VARIANT.log, and ready (60 s at most each); their PIDs in
+# agent_pid[a] and agent_pid[b].
+restart_agents() {
+  local n p keep_pids=()
+  if [[ -n ${agent_pid[a]:-} ]]; then
+    stop "${agent_pid[a]}" "${agent_pid[b]}"
+    for p in "${KT_PIDS[@]}"; do [[ $p == "${agent_pid[a]}" || $p == "${agent_pid[b]}" ]] || keep_pids+=("$p"); done
+    KT_PIDS=("${keep_pids[@]}")
+  fi
+  for n in a b; do
+    run_in "$n" agent "$KT_WORK/$n/agent-$1.log" "$KTRUSTD" run --config "$KT_WORK/$n/ktrustd-$1.yaml"
+    agent_pid[$n]=${KT_PIDS[-1]}
+    pids+=("${KT_PIDS[-1]}") # stop() waits for it like the other processes it started
+  done
+  for n in a b; do
+    wait_until 60 agent_ready "$n" || { tail -n 20 "$KT_WORK/$n/agent-$1.log" >&2; die "ktrustd on node $n did not become ready ($1)"; }
+  done
+}
