@@ -254,19 +254,21 @@ client() {
   case $w in
     redis) cmd=("${rb[@]}" -n "$redis_n" -t "set,get") ;;
     redis-pipelined) cmd=("${rb[@]}" -n "$pipelined_n" -P "$pipeline" -t "set,get") ;;
-    redis-reconnect) cmd=("${rb[@]}" -n "$reconnect_n" -k 0 -t set) ;;
+    redis-reconnect) cmd=("${rb[@]}" -n "$(requests "$w" "$t")" -k 0 -t set) ;;
     pgbench) cmd=("${pg[@]}") ;;
     pgbench-connect) cmd=("${pg[@]}" -C) ;;
   esac
   # redis-benchmark waits forever for a server it cannot reach: a deadline.
   exec_in a "${cgroup_of[$t]}" timeout "$client_limit" "${cmd[@]}"
 }
-# requests W: the redis commands workload W sends (0 for pgbench).
+# requests W T: the redis commands workload W sends through target T (0 for
+# pgbench). Plain makes 5x the connections at -k 0: at the same count it is
+# over in well under a second, too short to give a steady rate.
 requests() {
   case $1 in
     redis) echo $((2 * redis_n)) ;;
     redis-pipelined) echo $((2 * pipelined_n)) ;;
-    redis-reconnect) echo "$reconnect_n" ;;
+    redis-reconnect) if [[ $2 == plain ]]; then echo $((5 * reconnect_n)); else echo "$reconnect_n"; fi ;;
     *) echo 0 ;;
   esac
 }
@@ -290,7 +292,7 @@ measure() {
   [[ $w == redis* ]] && cmd1=$(redis_stat "$t" total_commands_processed) conn1=$(redis_stat "$t" total_connections_received)
   ((rc == 0)) || die "$t run $r $w: the client failed (exit $rc): $(tail -n 5 "$f")"
   "$PYTHON" - "$t" "$r" "$w" "$f" "$w0" "$w1" "$c0" "$c1" "$s0" "$s1" "$clk_tck" \
-    "$((cmd1 - cmd0))" "$((conn1 - conn0))" "$(requests "$w")" "$ca0" "$ca1" "$cb0" "$cb1" \
+    "$((cmd1 - cmd0))" "$((conn1 - conn0))" "$(requests "$w" "$t")" "$ca0" "$ca1" "$cb0" "$cb1" \
     "${agents_mode_of[$t]:-}" >>"$raw" <<'PY'
 import json, sys
 (t, r, w, f, w0, w1, c0, c1, s0, s1, hz, cmds, conns, expected,

@@ -29,7 +29,8 @@ METRICS = {
     "redis-pipelined": [("set_rps", "redis -P 16 SET, requests/s", True),
                         ("get_rps", "redis -P 16 GET, requests/s", True)],
     "redis-reconnect": [("set_rps", "redis -k 0 SET, new connections/s", True),
-                        ("set_p50_ms", "redis -k 0 SET, p50 ms", False)],
+                        ("set_p50_ms", "redis -k 0 SET, p50 ms", False),
+                        ("proxy_cpu_ms_per_conn", "redis -k 0, proxies' CPU ms per connection", False)],
     "pgbench": [("tps", "pgbench -c 8, tps", True),
                 ("latency_ms", "pgbench -c 8, latency ms", False)],
     "pgbench-connect": [("tps", "pgbench -C, tps", True),
@@ -136,6 +137,9 @@ def main():
                             + row["output"][-300:].replace("\n", " | "))
             continue
         problems += [f"{t} run {r} {w}: {p}" for p in problems_of(row, values)]
+        if w == "redis-reconnect" and t != "plain":
+            # Both TLS ends of every connection (both agents, or the haproxy pair).
+            values["proxy_cpu_ms_per_conn"] = 1000 * row["proxy_cpu_s"] / row["expected_requests"]
         for key, _, _ in METRICS[w]:
             if key in values:
                 by_run.setdefault(t, {}).setdefault(f"{w}/{key}", {})[r] = values[key]
@@ -226,7 +230,9 @@ def main():
         if t in to_haproxy:
             print(f"{t} / haproxy per run: redis SET {fmts(to_haproxy[t].get('redis/set_rps', []))}, "
                   f"GET {fmts(to_haproxy[t].get('redis/get_rps', []))}, -k 0 "
-                  f"{fmts(to_haproxy[t].get('redis-reconnect/set_rps', []))}, pgbench -C connection "
+                  f"{fmts(to_haproxy[t].get('redis-reconnect/set_rps', []))} (CPU per connection "
+                  f"{fmts(to_haproxy[t].get('redis-reconnect/proxy_cpu_ms_per_conn', []))}), "
+                  f"pgbench -C connection "
                   f"time {fmts(to_haproxy[t].get('pgbench-connect/connection_ms', []))}")
     for t, frac in resumed_fraction.items():
         if frac is not None:
