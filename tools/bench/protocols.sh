@@ -228,10 +228,17 @@ read -r acc_a1 _ <<<"$(counters a)"
 exec_in a client psql -h 10.77.0.2 -p 5432 -Atc 'select 1' >/dev/null || die "mesh: postgres does not answer through the agents"
 accepted_a_above() { (($(counters a | cut -d' ' -f1) >= $1)); }
 wait_until 5 accepted_a_above $((acc_a1 + 2)) || die "the mesh's connections did not go through agent a"
-if printf 'PING\r\n' | exec_in a plain timeout 5 openssl s_client -quiet -connect 10.77.0.2:7379 \
-  -CAfile "$work/haproxy-redis/client/ca.crt" 2>/dev/null | grep -q PONG; then
-  die "haproxy B let a client without a certificate through: not mTLS"
-fi
+# s_client_pong ARGS...: a redis PING straight to haproxy B over TLS gets PONG
+# (s_client waits for the server: timeout ends it).
+s_client_pong() {
+  printf 'PING\r\n' | exec_in a plain timeout 5 openssl s_client -quiet -connect 10.77.0.2:7379 \
+    -CAfile "$work/haproxy-redis/client/ca.crt" "$@" 2>/dev/null | grep -q PONG
+}
+# (-cert takes the leaf; -cert_chain sends the intermediate after it.)
+s_client_pong -cert "$work/haproxy-redis/client/tls.crt" -cert_chain "$work/haproxy-redis/client/tls.crt" \
+  -key "$work/haproxy-redis/client/tls.key" ||
+  die "haproxy B does not answer a client with a certificate"
+! s_client_pong || die "haproxy B let a client without a certificate through: not mTLS"
 note "ok; agents' data path $data_path (no kernel TLS on this host: userspace)"
 
 # ---------------------------------------------------------------- measurements
