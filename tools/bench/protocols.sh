@@ -229,10 +229,12 @@ exec_in a client psql -h 10.77.0.2 -p 5432 -Atc 'select 1' >/dev/null || die "me
 accepted_a_above() { (($(counters a | cut -d' ' -f1) >= $1)); }
 wait_until 5 accepted_a_above $((acc_a1 + 2)) || die "the mesh's connections did not go through agent a"
 # s_client_pong ARGS...: a redis PING straight to haproxy B over TLS gets PONG
-# (s_client waits for the server: timeout ends it).
+# (QUIT: redis closes, so s_client ends; its status says nothing, the reply does).
 s_client_pong() {
-  printf 'PING\r\n' | exec_in a plain timeout 5 openssl s_client -quiet -connect 10.77.0.2:7379 \
-    -CAfile "$work/haproxy-redis/client/ca.crt" "$@" 2>/dev/null | grep -q PONG
+  local reply
+  reply=$(printf 'PING\r\nQUIT\r\n' | exec_in a plain timeout 5 openssl s_client -quiet \
+    -connect 10.77.0.2:7379 -CAfile "$work/haproxy-redis/client/ca.crt" "$@" 2>/dev/null || true)
+  grep -q PONG <<<"$reply"
 }
 # (-cert takes the leaf; -cert_chain sends the intermediate after it.)
 s_client_pong -cert "$work/haproxy-redis/client/tls.crt" -cert_chain "$work/haproxy-redis/client/tls.crt" \
