@@ -63,8 +63,6 @@ cleanup_hook() { two_nodes_down 2>/dev/null; }
 new_work ktrust-bench-e2e
 
 listening() { ip netns exec "$(node_ns "$1")" ss -ltnH "sport = :$2" | grep -q .; }
-agent_ready() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json | jq -e '.ready == true'; }
-status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
 connections_total() { status_of "$1" | jq -r '.counts.connections_total'; }
 counted_at_least() { (($(connections_total "$1") >= $2)); }  # NODE N
 

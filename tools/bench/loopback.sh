@@ -132,8 +132,6 @@ log "minting certificates in $work (ktrust ca init / ca issue)"
 for who in client server; do
   "$KTRUST" ca issue --ca-dir "$work/ca" --id "spiffe://bench.local/$who" \
     --out "$work/$who" --ttl 4h >/dev/null
-  # haproxy wants the certificate and its key in one PEM.
-  cat "$work/$who/tls.crt" "$work/$who/tls.key" >"$work/$who/haproxy.pem"
 done
 
 # ---------------------------------------------------------------- ports
@@ -202,21 +200,8 @@ wait_listening "$backend_port" "$backend_pid" || die "the loadgen server did not
 log "backend (loadgen server) on 127.0.0.1:$backend_port, pid $backend_pid"
 
 # ---------------------------------------------------------------- targets
-# OpenSSL sends TLS 1.3 session tickets even with SSL_OP_NO_TICKET and the
-# session cache off (openssl/openssl#8077); haproxy 2.6 has no knob for it
-# (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0)) unless
-# both ends have --resumption (ktrust-resume), so the peers get the same through
-# OpenSSL's system-default SSL configuration.
-cat >"$work/openssl-peers.cnf" <<EOF
-openssl_conf = bench_conf
-[bench_conf]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-NumTickets = 0
-EOF
-peer_env=(env "OPENSSL_CONF=$work/openssl-peers.cnf")
+# The peers send no session tickets, like ktrust (lib/common.sh).
+peers_openssl_conf "$work"
 
 tls_common_stunnel="sslVersionMin = TLSv1.3
 sslVersionMax = TLSv1.3
@@ -256,35 +241,8 @@ start_stunnel() {
 }
 
 start_haproxy() {
-  local a=${port_a[haproxy]} b=${port_b[haproxy]} side
-  for side in a b; do
-    cat >"$work/haproxy-$side.cfg" <<EOF
-global
-    nbthread 2
-    maxconn 4096
-    # No session resumption anywhere: every connection pays a full handshake.
-    tune.ssl.cachesize 0
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-EOF
-  done
-  cat >>"$work/haproxy-a.cfg" <<EOF
-frontend plain_in
-    bind 127.0.0.1:$a
-    default_backend mtls_out
-backend mtls_out
-    server b 127.0.0.1:$b ssl crt $work/client/haproxy.pem ca-file $work/client/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 no-ssl-reuse no-tls-tickets
-EOF
-  cat >>"$work/haproxy-b.cfg" <<EOF
-frontend mtls_in
-    bind 127.0.0.1:$b ssl crt $work/server/haproxy.pem ca-file $work/server/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519:P-256 no-tls-tickets
-    default_backend plain_out
-backend plain_out
-    server app 127.0.0.1:$backend_port
-EOF
+  haproxy_pair_conf "$work" "127.0.0.1:${port_a[haproxy]}" "127.0.0.1:${port_b[haproxy]}" \
+    "127.0.0.1:${port_b[haproxy]}" "127.0.0.1:$backend_port" "$work/client" "$work/server"
   start haproxy-b "${peer_env[@]}" haproxy -db -f "$work/haproxy-b.cfg"; local pb=$last_pid
   start haproxy-a "${peer_env[@]}" haproxy -db -f "$work/haproxy-a.cfg"; local pa=$last_pid
   target_pids[haproxy]="$pa $pb"

@@ -16,6 +16,8 @@ import os
 import statistics
 import sys
 
+from reportlib import fmt, fmts, per_run_ratio
+
 TARGETS = ["plain", "stunnel", "haproxy", "ktrust", "ktrust-userspace", "ktrust-resume"]
 PEERS = ["stunnel", "haproxy"]
 KTRUST = ["ktrust", "ktrust-userspace"]  # --data-path auto / userspace
@@ -214,12 +216,6 @@ def resumed_vs_full(medians, by_run):
         "run; per_run: the same ratio for each run")
 
 
-def per_run_ratio(by_run, t, ref, key):
-    """t's value / ref's value for each run both have: the margin run by run."""
-    a, b = by_run.get(t, {}).get(key, {}), by_run.get(ref, {}).get(key, {})
-    return [a[r] / b[r] for r in sorted(a) if b.get(r)]
-
-
 def evaluate_goals(meta, medians, to_peer, best, kvu, floor, by_run):
     """{goal: {"goal", "met" (True/False/None = not measurable here), "detail", values}}."""
     tg = meta["targets"]
@@ -321,25 +317,6 @@ def ktls_problems(meta, rows):
         elif r["target"] == "ktrust-userspace" and n:
             problems.append(f"{where}: {n} kTLS key installs, expected none")
     return problems
-
-
-def fmts(values):
-    return ", ".join(fmt(v) for v in values) or "-"
-
-
-def fmt(v):
-    if v is None:
-        return "-"
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
 
 
 def read_configs(work):

@@ -20,6 +20,10 @@
 #             vs plain TCP (root)           [--quick] [--out FILE] [--keep]    e2e.sh
 #   flood     an allowed client's connect + first byte under a handshake flood
 #             [--quick] [handshake_flood options]                              flood.sh
+#   protocols redis-benchmark and pgbench, unmodified, plain vs the mesh (two
+#             simulated nodes, resumption off and on) vs an haproxy mTLS pair, one
+#             run; ratios against plain (root)
+#             [--quick | --smoke] [--runs N] [--out FILE] [--keep]               protocols.sh
 #   idle      agent RSS per idle connection and after waves of them, through a
 #             ktrustd tunnel pair  [--quick] [--connections N] [--waves W] [--out FILE]  idle.sh
 #   soak      held connections and a rate of new ones through two agents for
@@ -35,7 +39,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 
 mode=""
 case ${1:-} in
-  loopback | vm | zerohop | connect | e2e | flood | idle | soak) mode=$1; shift ;;
+  loopback | vm | zerohop | connect | e2e | flood | idle | soak | protocols) mode=$1; shift ;;
   -h | --help | help) usage; exit 0 ;;
   -* | "") ;;
   *) echo "run.sh: unknown mode $1" >&2; usage >&2; exit 2 ;;

@@ -115,8 +115,6 @@ await() {
   done
 }
 listening() { ip netns exec "$(node_ns "$1")" ss -ltnH "sport = :$2" | grep -q .; }
-status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }
-agent_ready() { status_of "$1" | jq -e '.ready == true'; }
 zh_served() {  # NODE WORKLOAD: `ktrust workloads` says the workload is served zero-hop
   "$KTRUST" --socket "$KT_WORK/$1/control.sock" workloads --json |
     jq -e --arg w "$2" '.workloads[] | select(.name == $w) | .data_path | startswith("zero-hop")'
@@ -177,7 +175,7 @@ done
 run_in b plain "$work/server-plain.log" "$LOADGEN" server --listen "0.0.0.0:${port[plain]}"
 run_in b server "$work/server-proxy.log" "$LOADGEN" server --listen "0.0.0.0:${port[proxy-ktls]}"
 declare -A server_pid=([plain]=${KT_PIDS[-2]} [proxy-ktls]=${KT_PIDS[-1]} [proxy-userspace]=${KT_PIDS[-1]})
-declare -A holder_pid=() agent_pid=()
+declare -A holder_pid=()
 for n in a b; do
   # The holder, in a cgroup no workload claims: it outlives the agents' restarts.
   run_in "$n" holder "$work/$n/holder.log" "$KTRUSTD" holder --socket-dir "$work/$n/holder"
@@ -189,20 +187,7 @@ agent_mode=""
 # agents MODE: both agents running with ktrustd-MODE.yaml (auto or userspace), ready.
 agents() {
   [[ $agent_mode == "$1" ]] && return 0
-  local n p keep_pids=()
-  if [[ -n $agent_mode ]]; then
-    stop "${agent_pid[a]}" "${agent_pid[b]}"
-    for p in "${KT_PIDS[@]}"; do [[ $p == "${agent_pid[a]}" || $p == "${agent_pid[b]}" ]] || keep_pids+=("$p"); done
-    KT_PIDS=("${keep_pids[@]}")
-  fi
-  for n in a b; do
-    run_in "$n" agent "$KT_WORK/$n/agent-$1.log" "$KTRUSTD" run --config "$KT_WORK/$n/ktrustd-$1.yaml"
-    agent_pid[$n]=${KT_PIDS[-1]}
-    pids+=("${KT_PIDS[-1]}") # stop() waits for it like the other processes it started
-  done
-  for n in a b; do
-    await 60 agent_ready "$n" || { tail -n 20 "$KT_WORK/$n/agent-$1.log" >&2; die "ktrustd on node $n did not become ready ($1)"; }
-  done
+  restart_agents "$1"
   agent_mode=$1
   # A restarted agent takes the zero-hop listeners back from the holder: wait for it.
   if [[ $1 == auto && -n ${server_pid[zero-hop]:-} && ${status[zero-hop]:-} == ok ]]; then

@@ -15,6 +15,8 @@ import json
 import statistics
 import sys
 
+from reportlib import fmt, fmts
+
 TARGETS = ["plain", "proxy-userspace", "proxy-ktls", "zero-hop"]
 GB = 1e9  # bytes
 
@@ -54,25 +56,6 @@ GOALS = {
     "added_latency": "added 64 B round-trip p50 over plain of zero-hop <= 0.25 x proxy kTLS's",
     "connection_rate": "connections/s of zero-hop >= proxy kTLS's",
 }
-
-
-def fmt(v):
-    if v is None:
-        return "-"
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def fmts(values):
-    return ", ".join(fmt(v) for v in values) or "-"
 
 
 def connections(row, params):

@@ -154,3 +154,93 @@ children_cpu() {
     t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
     printf "%.3f", t }'
 }
+
+# ---------------------------------------------------------------- the haproxy mTLS peer
+# OpenSSL sends TLS 1.3 session tickets even with SSL_OP_NO_TICKET and the
+# session cache off (openssl/openssl#8077); haproxy 2.6 and stunnel have no knob
+# for it (haproxy/haproxy#1103). ktrust sends none (SSL_CTX_set_num_tickets(0))
+# unless resumption is on, so the peers get the same through OpenSSL's
+# system-default SSL configuration: peers_openssl_conf DIR writes it to
+# DIR/openssl-peers.cnf and sets peer_env, the prefix that runs a peer with it.
+peers_openssl_conf() {
+  cat >"$1/openssl-peers.cnf" <<EOC
+openssl_conf = bench_conf
+[bench_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+NumTickets = 0
+EOC
+  # shellcheck disable=SC2034 # read by the modes
+  peer_env=(env "OPENSSL_CONF=$1/openssl-peers.cnf")
+}
+
+# haproxy_pair_conf DIR A_LISTEN B_CONNECT B_LISTEN BACKEND CLIENT_ID SERVER_ID:
+# DIR/haproxy-a.cfg (plain in on A_LISTEN, mTLS out to B_CONNECT as the identity
+# in CLIENT_ID: tls.crt, tls.key, ca.crt) and DIR/haproxy-b.cfg (mTLS in on
+# B_LISTEN, client certificate required, as SERVER_ID; plain out to BACKEND).
+# TLS 1.3, TLS_AES_128_GCM_SHA256, X25519 first, no resumption, no tickets, two
+# threads (= ktrust's one loop per core here); addresses are HOST:PORT.
+# The settings and why: tools/bench/README.md, "Fairness settings".
+haproxy_pair_conf() {
+  local dir=$1 a_listen=$2 b_connect=$3 b_listen=$4 backend=$5 cid=$6 sid=$7 side who
+  for side in a b; do
+    who=$cid
+    [[ $side == b ]] && who=$sid
+    # crt wants the certificate and its key in one PEM.
+    cat "$who/tls.crt" "$who/tls.key" >"$who/haproxy.pem"
+    cat >"$dir/haproxy-$side.cfg" <<EOC
+global
+    nbthread 2
+    maxconn 4096
+    # No session resumption anywhere: every connection pays a full handshake.
+    tune.ssl.cachesize 0
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+EOC
+  done
+  cat >>"$dir/haproxy-a.cfg" <<EOC
+frontend plain_in
+    bind $a_listen
+    default_backend mtls_out
+backend mtls_out
+    server b $b_connect ssl crt $cid/haproxy.pem ca-file $cid/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 no-ssl-reuse no-tls-tickets
+EOC
+  cat >>"$dir/haproxy-b.cfg" <<EOC
+frontend mtls_in
+    bind $b_listen ssl crt $sid/haproxy.pem ca-file $sid/ca.crt verify required ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519:P-256 no-tls-tickets
+    default_backend plain_out
+backend plain_out
+    server app $backend
+EOC
+}
+
+# ---------------------------------------------------------------- agents on two simulated nodes
+# For the modes on tests/integration/two_nodes.sh's nodes (source it first):
+# each node's agent from $KT_WORK/NODE/ktrustd-VARIANT.yaml.
+status_of() { "$KTRUST" --socket "$KT_WORK/$1/control.sock" status --json; }  # NODE
+agent_ready() { status_of "$1" | jq -e '.ready == true'; }                       # NODE
+declare -A agent_pid=()
+# restart_agents VARIANT: both agents (re)started with ktrustd-VARIANT.yaml,
+# logging to agent-VARIANT.log, and ready (60 s at most each); their PIDs in
+# agent_pid[a] and agent_pid[b].
+restart_agents() {
+  local n p keep_pids=()
+  if [[ -n ${agent_pid[a]:-} ]]; then
+    stop "${agent_pid[a]}" "${agent_pid[b]}"
+    for p in "${KT_PIDS[@]}"; do [[ $p == "${agent_pid[a]}" || $p == "${agent_pid[b]}" ]] || keep_pids+=("$p"); done
+    KT_PIDS=("${keep_pids[@]}")
+  fi
+  for n in a b; do
+    run_in "$n" agent "$KT_WORK/$n/agent-$1.log" "$KTRUSTD" run --config "$KT_WORK/$n/ktrustd-$1.yaml"
+    agent_pid[$n]=${KT_PIDS[-1]}
+    pids+=("${KT_PIDS[-1]}") # stop() waits for it like the other processes it started
+  done
+  for n in a b; do
+    wait_until 60 agent_ready "$n" || { tail -n 20 "$KT_WORK/$n/agent-$1.log" >&2; die "ktrustd on node $n did not become ready ($1)"; }
+  done
+}
