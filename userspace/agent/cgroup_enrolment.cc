@@ -155,6 +155,7 @@ void CgroupEnrolment::WatchCgroups(absl::Duration timeout, int wake_fd) {
   if (changed.empty()) return;
   (void)EnrollChanged(*current_config_(), changed, "cgroup events");  // failures are said, retried
 }
+
 void CgroupEnrolment::ReportProblems(const Config& config,
                                      const std::vector<RegisteredWorkload>& found,
                                      const std::vector<std::string>& problems) {
