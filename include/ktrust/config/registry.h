@@ -107,7 +107,7 @@ absl::StatusOr<std::vector<std::string>> ListCgroupDirectory(const std::string& 
 struct CgroupScan {
   std::vector<RegisteredWorkload> found;  // sorted by path
   std::set<uint64_t> every_cgroup;        // the id of every cgroup found, the root included
-  std::vector<std::string> problems;  // left out on purpose (too deep), and why
+  std::vector<std::string> problems;      // left out on purpose (too deep), and why
   // False when part of the tree could not be read for a reason other than
   // being gone (EMFILE, ENOMEM, EACCES...): what the scan did not see may
   // still be there, so nothing may be removed on its word. `unread` says
