@@ -71,18 +71,27 @@ absl::StatusOr<std::optional<PodNetns>> CgroupEnrolment::PodNetnsOf(const Regist
 absl::Status CgroupEnrolment::StartWatching() {
   cgroup_events_ = UniqueFd(inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   if (!cgroup_events_.valid()) return absl::ErrnoToStatus(errno, "inotify_init1");
-  WatchTree(place_.cgroup_root);
+  WatchTree("");
   return absl::OkStatus();
 }
 
-void CgroupEnrolment::WatchTree(const std::string& dir) {
+void CgroupEnrolment::WatchTree(const std::string& relative) {
   // IN_MODIFY: cgroup.events changes when a cgroup gains its first process,
-  // which may live in a pod's namespace that needs serving.
-  constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_ONLYDIR | IN_DONT_FOLLOW;
-  if (inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask) < 0) return;
+  // which may live in a pod's namespace that needs serving. IN_MOVE: a
+  // renamed cgroup is gone under one name and new under the other.
+  constexpr uint32_t kMask =
+      IN_CREATE | IN_DELETE | IN_MOVE | IN_MODIFY | IN_ONLYDIR | IN_DONT_FOLLOW;
+  std::string dir =
+      relative.empty() ? place_.cgroup_root : absl::StrCat(place_.cgroup_root, "/", relative);
+  int wd = inotify_add_watch(cgroup_events_.get(), dir.c_str(), kMask);
+  if (wd < 0) return;       // unwatched: the full pass every kFullRescan sees it
+  watched_[wd] = relative;  // a moved directory keeps its watch, under its new name
   std::error_code ec;
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_directory(ec) && !it->is_symlink(ec)) WatchTree(it->path().string());
+    if (it->is_directory(ec) && !it->is_symlink(ec)) {
+      std::string name = it->path().filename();
+      WatchTree(relative.empty() ? name : absl::StrCat(relative, "/", name));
+    }
   }
 }
 
@@ -106,25 +115,45 @@ void CgroupEnrolment::WatchCgroups(absl::Duration timeout, int wake_fd) {
   }
   if (!(pfd[0].revents & POLLIN)) return;
   alignas(inotify_event) char buf[16384];
-  bool changed = false;
+  // The cgroups to look at again: one created or removed, one whose
+  // cgroup.events changed (a process came or went). The rest of the tree
+  // did not change and is not read.
+  std::set<std::string> changed;
+  bool everything = false;
   ssize_t n;
   while ((n = read(cgroup_events_.get(), buf, sizeof(buf))) > 0) {
     for (char* p = buf; p < buf + n;) {
       auto* event = reinterpret_cast<inotify_event*>(p);
       p += sizeof(inotify_event) + event->len;
-      changed |= (event->mask & (IN_ISDIR | IN_Q_OVERFLOW)) != 0 ||
-                 ((event->mask & IN_MODIFY) && event->len > 0 &&
-                  std::string_view(event->name) == "cgroup.events");
+      if (event->mask & IN_Q_OVERFLOW) {
+        everything = true;  // events were lost: nothing says what changed
+        continue;
+      }
+      auto dir = watched_.find(event->wd);
+      if (event->mask & IN_IGNORED) {
+        if (dir != watched_.end()) watched_.erase(dir);
+        continue;
+      }
+      if (dir == watched_.end()) continue;  // a watch removed meanwhile
+      absl::string_view name = event->len > 0 ? absl::string_view(event->name) : "";
+      std::string child =
+          dir->second.empty() ? std::string(name) : absl::StrCat(dir->second, "/", name);
+      if ((event->mask & IN_ISDIR) && !name.empty()) {
+        changed.insert(child);
+        // A new cgroup gets watches of its own.
+        if (event->mask & (IN_CREATE | IN_MOVED_TO)) WatchTree(child);
+      } else if ((event->mask & IN_MODIFY) && name == "cgroup.events") {
+        changed.insert(dir->second);
+      }
     }
   }
-  if (!changed) return;
-  {
-    absl::MutexLock lock(&enroll_mu_);
-    settling_until_ = absl::Now() + kSettling;
+  if (everything) {
+    WatchTree("");  // re-adding a watch is a no-op
+    (void)Enroll(*current_config_());
+    return;
   }
-  // New cgroups get watches of their own (re-adding a watch is a no-op).
-  WatchTree(place_.cgroup_root);
-  (void)Enroll(*current_config_());  // a failure is said by Enroll, and retried
+  if (changed.empty()) return;
+  (void)EnrollChanged(*current_config_(), changed, "cgroup events");  // failures are said, retried
 }
 
 void CgroupEnrolment::ReportProblems(const Config& config,
@@ -160,79 +189,169 @@ void CgroupEnrolment::ReportProblems(const Config& config,
 }
 
 std::optional<absl::Status> CgroupEnrolment::EnrollIfDue(const Config& config, absl::Time now) {
+  std::set<std::string> settling;
   {
     absl::MutexLock lock(&enroll_mu_);
-    if (now >= settling_until_ && now - last_pass_ < kQuietRescan) return std::nullopt;
+    bool full_due = now < retry_until_ || now - last_full_pass_ >= kFullRescan;
+    if (!full_due) {
+      for (auto it = settling_.begin(); it != settling_.end();) {
+        if (now >= it->second) {
+          it = settling_.erase(it);
+        } else {
+          settling.insert(it->first);
+          ++it;
+        }
+      }
+      if (settling.empty()) return std::nullopt;
+    }
   }
-  return Enroll(config);
+  if (settling.empty()) return Enroll(config);
+  return EnrollChanged(config, settling, "settling");
 }
 
 absl::Status CgroupEnrolment::Enroll(const Config& config) {
   absl::MutexLock serialize(&enroll_mu_);
-  last_pass_ = absl::Now();
-  absl::Status result = EnrollLocked(config);
-  // Tried again each second, as an incomplete one.
-  if (!result.ok() || !last_pass_complete_.load()) settling_until_ = last_pass_ + kSettling;
-  return result;
+  return EnrollLocked(config, std::nullopt, "full");
 }
 
-absl::Status CgroupEnrolment::EnrollLocked(const Config& config) {
-  auto scan = ScanCgroupTree(config, place_.cgroup_root);
-  if (!scan.ok()) {
-    last_pass_complete_.store(false);
-    NoteTrouble(spdlog::level::err, std::string(scan.status().message()));
-    return scan.status();
+absl::Status CgroupEnrolment::EnrollChanged(const Config& config,
+                                            const std::set<std::string>& changed, const char* why) {
+  absl::MutexLock serialize(&enroll_mu_);
+  return EnrollLocked(config, changed, why);
+}
+
+namespace {
+
+// What a configuration scans the tree by: a scan made under another shape
+// says nothing about this one's workloads.
+std::string ScanShape(const Config& config) {
+  std::string shape = absl::StrCat(config.trust_domain, "\n", config.agent.node_name);
+  for (const WorkloadConfig& w : config.workloads) {
+    absl::StrAppend(&shape, "\n", w.name, "\t", w.cgroup, "\t", w.spiffe_id);
   }
-  ReportProblems(config, scan->found, scan->problems);
-  std::shared_ptr<const RoutingTable> before = routing_.current();
-  // Kubernetes mode, as the agent started (turning it on or off takes a
-  // restart): the pods' cgroups join the configured workloads'.
-  std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>> pod_netns;
-  if (cluster_) {
-    std::vector<RegisteredWorkload> pods = ResolvePods(config, *scan, *before, pod_netns);
-    ReportPods(pods, scan->complete);
-    scan->found.insert(scan->found.end(), pods.begin(), pods.end());
+  return shape;
+}
+
+}  // namespace
+
+absl::Status CgroupEnrolment::EnrollLocked(const Config& config,
+                                           const std::optional<std::set<std::string>>& asked,
+                                           const char* why) {
+  absl::Time started = absl::Now();
+  std::string shape = ScanShape(config);
+  // Only from a complete pass with this configuration: otherwise the whole tree.
+  std::optional<std::set<std::string>> changed = asked;
+  if (changed && (!last_scan_ || last_scan_shape_ != shape || !last_pass_complete_.load())) {
+    changed.reset();
   }
-  EnrolmentPlan plan = PlanEnrolment(
-      config, current_config_(), *scan, *before, place_.own_cgroup,
-      [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
-        auto identity = identities_.ProviderFor(id, workload);
-        if (!identity.ok()) {
-          LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
-                                        {"workload", workload},
-                                        {"id", id.ToString()},
-                                        {"reason", identity.status().message()}});
+  if (!changed) last_full_pass_ = started;
+  absl::Status result = [&]() -> absl::Status {
+    auto scan = changed ? RescanCgroupSubtrees(config, place_.cgroup_root, *last_scan_, *changed)
+                        : ScanCgroupTree(config, place_.cgroup_root);
+    if (!scan.ok()) {
+      last_pass_complete_.store(false);
+      last_scan_.reset();
+      NoteTrouble(spdlog::level::err, std::string(scan.status().message()));
+      return scan.status();
+    }
+    ReportProblems(config, scan->found, scan->problems);
+    std::shared_ptr<const RoutingTable> before = routing_.current();
+    // Kubernetes mode, as the agent started (turning it on or off takes a
+    // restart): the pods' cgroups join the configured workloads'.
+    std::map<uint64_t, absl::StatusOr<std::optional<PodNetns>>> pod_netns;
+    CgroupScan planned = *scan;
+    if (cluster_) {
+      std::vector<RegisteredWorkload> pods = ResolvePods(config, planned, *before, pod_netns);
+      ReportPods(pods, planned.complete);
+      planned.found.insert(planned.found.end(), pods.begin(), pods.end());
+    }
+    std::map<uint64_t, std::optional<PodNetns>> netns_seen;
+    EnrolmentPlan plan = PlanEnrolment(
+        config, current_config_(), planned, *before, place_.own_cgroup,
+        [this](const SpiffeId& id, const std::string& workload) -> absl::StatusOr<SvidProvider> {
+          auto identity = identities_.ProviderFor(id, workload);
+          if (!identity.ok()) {
+            LogEvent(spdlog::level::err, {{"event", "svid_issue_failed"},
+                                          {"workload", workload},
+                                          {"id", id.ToString()},
+                                          {"reason", identity.status().message()}});
+          }
+          return identity;
+        },
+        [&](const RegisteredWorkload& r) -> absl::StatusOr<std::optional<PodNetns>> {
+          // A pod's: the namespace whose addresses were checked.
+          if (auto it = pod_netns.find(r.cgroup_id); it != pod_netns.end()) return it->second;
+          // Outside the changed subtrees the processes' namespace is what
+          // the last pass read (a late one is what settling and the full
+          // pass are for).
+          bool unchanged =
+              changed && std::none_of(changed->begin(), changed->end(), [&](const std::string& d) {
+                return CgroupPathWithin(r.cgroup_path, d);
+              });
+          if (auto seen = netns_seen_.find(r.cgroup_id); unchanged && seen != netns_seen_.end()) {
+            netns_seen.insert(*seen);
+            return seen->second;
+          }
+          absl::StatusOr<std::optional<PodNetns>> read = PodNetnsOf(r);
+          if (read.ok()) netns_seen.emplace(r.cgroup_id, *read);
+          return read;
+        });
+    if (plan.own_cgroup_path && reported_problems_.insert("own cgroup").second) {
+      LogEvent(spdlog::level::err,
+               {{"event", "cgroup_skipped"},
+                {"cgroup", *plan.own_cgroup_path},
+                {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
+    }
+    absl::Status applied = ApplyPlan(plan, *before, /*full=*/!changed);
+    if (!applied.ok()) {
+      NoteTrouble(spdlog::level::err, std::string(applied.message()));
+    } else if (!plan.complete) {
+      // The first few: under EMFILE every directory may fail.
+      std::vector<std::string> first(
+          plan.incomplete.begin(),
+          plan.incomplete.begin() + std::min<size_t>(plan.incomplete.size(), 3));
+      std::string more =
+          plan.incomplete.size() > first.size()
+              ? absl::StrCat(" (and ", plan.incomplete.size() - first.size(), " more)")
+              : "";
+      NoteTrouble(spdlog::level::warn, absl::StrCat(absl::StrJoin(first, "; "), more));
+    } else {
+      trouble_.Cleared();
+    }
+    bool complete = applied.ok() && plan.complete;
+    last_pass_complete_.store(complete);
+    netns_seen_ = std::move(netns_seen);
+    if (complete) {
+      // A changed cgroup that holds a workload's may still see its
+      // processes enter a namespace of their own: looked at again for
+      // kSettling. One that holds none is not (its namespace does not
+      // matter), except in Kubernetes mode, where any cgroup may be a pod's.
+      for (const std::string& dir : asked.value_or(std::set<std::string>{})) {
+        bool holds_workload = cluster_ || std::any_of(scan->found.begin(), scan->found.end(),
+                                                      [&](const RegisteredWorkload& r) {
+                                                        return CgroupPathWithin(r.cgroup_path, dir);
+                                                      });
+        if (holds_workload && absl::string_view(why) != "settling") {
+          settling_[dir] = started + kSettling;
         }
-        return identity;
-      },
-      [this, &pod_netns](const RegisteredWorkload& r) {
-        // A pod's: the namespace whose addresses were checked.
-        if (auto it = pod_netns.find(r.cgroup_id); it != pod_netns.end()) return it->second;
-        return PodNetnsOf(r);
-      });
-  if (plan.own_cgroup_path && reported_problems_.insert("own cgroup").second) {
-    LogEvent(spdlog::level::err,
-             {{"event", "cgroup_skipped"},
-              {"cgroup", *plan.own_cgroup_path},
-              {"reason", "this is ktrustd's own cgroup; the agent is never enrolled"}});
-  }
-  absl::Status applied = ApplyPlan(plan, *before);
-  if (!applied.ok()) {
-    NoteTrouble(spdlog::level::err, std::string(applied.message()));
-  } else if (!plan.complete) {
-    // The first few: under EMFILE every directory may fail.
-    std::vector<std::string> first(
-        plan.incomplete.begin(),
-        plan.incomplete.begin() + std::min<size_t>(plan.incomplete.size(), 3));
-    std::string more = plan.incomplete.size() > first.size()
-                           ? absl::StrCat(" (and ", plan.incomplete.size() - first.size(), " more)")
-                           : "";
-    NoteTrouble(spdlog::level::warn, absl::StrCat(absl::StrJoin(first, "; "), more));
-  } else {
-    trouble_.Cleared();
-  }
-  last_pass_complete_.store(applied.ok() && plan.complete);
-  return applied;
+      }
+      last_scan_ = *std::move(scan);
+      last_scan_shape_ = shape;
+    } else {
+      last_scan_.reset();
+    }
+    LogEvent(spdlog::level::debug,
+             {{"event", "enrolment_pass"},
+              {"why", why},
+              {"scope", changed ? absl::StrJoin(*changed, ",") : "(the whole tree)"},
+              {"directories_listed", last_scan_ ? last_scan_->listed : 0},
+              {"complete", complete},
+              {"ms", absl::ToDoubleMilliseconds(absl::Now() - started)}});
+    return applied;
+  }();
+  // Retried each second, as a full pass.
+  if (!result.ok() || !last_pass_complete_.load()) retry_until_ = started + kSettling;
+  return result;
 }
 
 std::vector<RegisteredWorkload> CgroupEnrolment::ResolvePods(
@@ -339,12 +458,23 @@ void CgroupEnrolment::NoteTrouble(spdlog::level::level_enum level, const std::st
   incomplete_passes_.store(trouble_.passes_met());
 }
 
-absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before) {
+absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before,
+                                        bool full) {
   // Route first, then enrol: the kernel never redirects a connection the
   // agent cannot route.
   routing_.Publish(std::make_shared<const RoutingTable>(plan.routing));
   InterceptionMaps& maps = bpf_.maps();
+  std::map<uint64_t, std::pair<WorkloadMode, uint32_t>> written;
   for (const CgroupToEnrol& e : plan.enrol) {
+    std::pair<WorkloadMode, uint32_t> entry{e.mode, e.workload_index};
+    // A pass over changed cgroups writes only what changed; a full pass
+    // writes everything again (and attaches what is missing).
+    if (auto was = enrolled_written_.find(e.cgroup_id); !full && was != enrolled_written_.end() &&
+                                                        was->second == entry &&
+                                                        !sockops_failing_.count(e.cgroup_id)) {
+      written.insert(*was);
+      continue;
+    }
     // sockops before the enrolment: a connection redirected without it could
     // not be found by the agent (refused, but needlessly).
     // Retried every pass: said when it starts failing (at the fd limit it
@@ -361,8 +491,10 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
       sockops_failing_.erase(e.cgroup_id);
     }
     if (auto st = maps.EnrollCgroup(e.cgroup_id, KernelMode(e.mode), e.workload_index); !st.ok()) {
+      enrolled_written_ = std::move(written);
       return st;
     }
+    written[e.cgroup_id] = entry;
     if (!before.by_cgroup.count(e.cgroup_id)) {
       LogEvent(spdlog::level::info, {{"event", "workload_enrolled"},
                                      {"workload", e.workload},
@@ -393,11 +525,15 @@ absl::Status CgroupEnrolment::ApplyPlan(const EnrolmentPlan& plan, const Routing
     not_enrolled.insert(cgroup_id);
   }
   not_enrolled_written_ = std::move(not_enrolled);
+  enrolled_written_ = std::move(written);
   // Gone cgroups, and what an earlier run enrolled that this one does not.
-  // Only a complete pass knows what is gone.
-  if (plan.complete) {
+  // Only a complete pass knows what is gone; a pass over changed cgroups
+  // prunes only when something it kept before is gone.
+  if (plan.complete && (full || std::any_of(kept_.begin(), kept_.end(),
+                                            [&](uint64_t id) { return !plan.keep.count(id); }))) {
     if (auto st = maps.KeepOnlyEnrolledCgroups(plan.keep).status(); !st.ok()) return st;
   }
+  if (plan.complete) kept_ = plan.keep;
   pods_.Reconcile(plan.pods, /*complete=*/plan.complete);
   return classified;
 }

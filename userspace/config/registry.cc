@@ -218,6 +218,7 @@ class CgroupWalker {
     struct stat st {};
     if (::lstat(dir.c_str(), &st) == 0) {
       scan_.every_cgroup.insert(static_cast<uint64_t>(st.st_ino));
+      scan_.cgroups[relative] = static_cast<uint64_t>(st.st_ino);
     } else if (errno != ENOENT) {  // a cgroup gone meanwhile needs no id
       Unread(
           absl::StrCat("cgroup ", relative.empty() ? "(root)" : relative, ": ", ErrnoText(errno)));
@@ -231,12 +232,20 @@ class CgroupWalker {
       return;
     }
     auto children = list_(dir.string());
+    ++scan_.listed;
     if (absl::IsNotFound(children.status())) return;  // gone while it was scanned: nothing there
     if (!children.ok()) {
       Unread(absl::StrCat("cgroup ", relative, ": ", children.status().message()));
       return;
     }
     WalkChildren(dir, relative, depth, *children);
+  }
+
+  // One cgroup below the root and its subtree, as WalkChildren takes each child.
+  void WalkOne(const std::filesystem::path& dir, const std::string& relative, int depth) {
+    Record(dir, relative);
+    Visit(dir, relative);
+    Walk(dir, relative, depth);
   }
 
   void WalkChildren(const std::filesystem::path& dir, const std::string& relative, int depth,
@@ -321,9 +330,100 @@ absl::StatusOr<CgroupScan> ScanCgroupTree(const Config& config, const std::strin
                         absl::StrCat("cgroup root ", cgroup_root, ": ", top.status().message()));
   }
   CgroupScan scan;
+  scan.listed = 1;
   CgroupWalker walker(config, list, scan);
   walker.Record(cgroup_root, "");
   walker.WalkChildren(cgroup_root, "", 0, *top);
+  return scan;
+}
+
+bool CgroupPathWithin(absl::string_view path, absl::string_view dir) {
+  if (dir.empty()) return true;
+  return absl::StartsWith(path, dir) && (path.size() == dir.size() || path[dir.size()] == '/');
+}
+
+namespace {
+
+// The order of a scan (depth first, children sorted): by path segment, a
+// parent before its children.
+bool ScanOrder(absl::string_view a, absl::string_view b) {
+  std::vector<absl::string_view> sa = absl::StrSplit(a, '/'), sb = absl::StrSplit(b, '/');
+  return std::lexicographical_compare(sa.begin(), sa.end(), sb.begin(), sb.end());
+}
+
+}  // namespace
+
+absl::StatusOr<CgroupScan> RescanCgroupSubtrees(const Config& config,
+                                                const std::string& cgroup_root,
+                                                const CgroupScan& previous,
+                                                const std::set<std::string>& changed,
+                                                const CgroupLister& list) {
+  // Each changed cgroup from a parent the last scan saw: one created inside
+  // a directory created since is walked from there.
+  std::set<std::string> dirs;
+  for (std::string dir : changed) {
+    while (!dir.empty()) {
+      size_t slash = dir.rfind('/');
+      std::string parent = slash == std::string::npos ? "" : dir.substr(0, slash);
+      if (parent.empty() || previous.cgroups.count(parent)) break;
+      dir = parent;
+    }
+    if (dir.empty()) return ScanCgroupTree(config, cgroup_root, list);
+    dirs.insert(dir);
+  }
+  // Only the outermost: a subtree inside another is walked with it.
+  for (auto it = dirs.begin(); it != dirs.end();) {
+    auto outer = std::find_if(dirs.begin(), it,
+                              [&](const std::string& d) { return CgroupPathWithin(*it, d); });
+    it = outer != it ? dirs.erase(it) : std::next(it);
+  }
+  CgroupScan fresh;
+  CgroupWalker walker(config, list, fresh);
+  // The subtrees walked in full (not those that could not be read): what
+  // `previous` said of them is replaced.
+  std::vector<std::string> replaced;
+  for (const std::string& dir : dirs) {
+    size_t unread = fresh.unread.size();
+    walker.WalkOne(std::filesystem::path(cgroup_root) / dir, dir,
+                   static_cast<int>(std::count(dir.begin(), dir.end(), '/')) + 1);
+    if (fresh.unread.size() == unread) replaced.push_back(dir);
+  }
+  auto replaced_path = [&](absl::string_view path) {
+    return std::any_of(replaced.begin(), replaced.end(),
+                       [&](const std::string& d) { return CgroupPathWithin(path, d); });
+  };
+  CgroupScan scan;
+  scan.listed = fresh.listed;
+  scan.complete = previous.complete && fresh.complete;
+  scan.unread = previous.unread;
+  scan.unread.insert(scan.unread.end(), fresh.unread.begin(), fresh.unread.end());
+  std::set<std::string> problems(previous.problems.begin(), previous.problems.end());
+  problems.insert(fresh.problems.begin(), fresh.problems.end());
+  scan.problems.assign(problems.begin(), problems.end());
+  for (const auto& [path, id] : previous.cgroups) {
+    if (!replaced_path(path)) scan.cgroups[path] = id;
+  }
+  for (const auto& [path, id] : fresh.cgroups) scan.cgroups[path] = id;
+  for (const auto& [path, id] : scan.cgroups) scan.every_cgroup.insert(id);
+  // What was walked again wins over what an unreadable subtree kept.
+  std::set<std::string> walked;
+  for (const RegisteredWorkload& r : fresh.found) walked.insert(r.cgroup_path);
+  for (const ScannedCgroup& c : fresh.unclaimed) walked.insert(c.path);
+  for (const RegisteredWorkload& r : previous.found) {
+    if (!replaced_path(r.cgroup_path) && !walked.count(r.cgroup_path)) scan.found.push_back(r);
+  }
+  scan.found.insert(scan.found.end(), fresh.found.begin(), fresh.found.end());
+  for (const ScannedCgroup& c : previous.unclaimed) {
+    if (!replaced_path(c.path) && !walked.count(c.path)) scan.unclaimed.push_back(c);
+  }
+  scan.unclaimed.insert(scan.unclaimed.end(), fresh.unclaimed.begin(), fresh.unclaimed.end());
+  std::sort(scan.found.begin(), scan.found.end(),
+            [](const RegisteredWorkload& a, const RegisteredWorkload& b) {
+              return ScanOrder(a.cgroup_path, b.cgroup_path);
+            });
+  std::sort(
+      scan.unclaimed.begin(), scan.unclaimed.end(),
+      [](const ScannedCgroup& a, const ScannedCgroup& b) { return ScanOrder(a.path, b.path); });
   return scan;
 }
 

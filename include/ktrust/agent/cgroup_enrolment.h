@@ -51,22 +51,23 @@ class CgroupEnrolment {
                   std::function<std::shared_ptr<const Config>()> current_config,
                   std::function<std::shared_ptr<const ClusterSnapshot>()> cluster = nullptr);
 
-  // One pass: scan, decide, route, then enrol. Every problem is logged once,
-  // when it appears (rescans repeat). A pass that cannot read everything
-  // (EMFILE at the fd limit, a /proc error) removes nothing, and says so
-  // once when it starts, once a minute while it lasts, and once when a pass
-  // is complete again (enrolment_incomplete, _complete).
+  // One full pass: scan the whole tree, decide, route, then enrol. Every
+  // problem is logged once, when it appears (rescans repeat). A pass that
+  // cannot read everything (EMFILE at the fd limit, a /proc error) removes
+  // nothing, and says so once when it starts, once a minute while it lasts,
+  // and once when a pass is complete again (enrolment_incomplete, _complete).
   absl::Status Enroll(const Config& config);
   // The safety net under the inotify watches (Maintain calls it every
-  // second): a pass each second while the tree is settling (kSettling after
-  // a change the watcher saw, or a failed or incomplete pass), every
-  // kQuietRescan otherwise. Inotify cannot see a process of a populated
-  // cgroup entering a network namespace of its own, which a runtime may do
-  // just after the cgroup filled. Returns the pass's result, or nullopt if
+  // second). Inotify cannot see a process of a populated cgroup entering a
+  // network namespace of its own, which a runtime may do just after the
+  // cgroup filled: a changed cgroup that holds a workload's is looked at
+  // again each second for kSettling (only it, not the tree); a full pass
+  // runs every kFullRescan, and each second after a pass that failed or
+  // could not read everything. Returns the pass's result, or nullopt if
   // none was due.
   std::optional<absl::Status> EnrollIfDue(const Config& config, absl::Time now);
   static constexpr absl::Duration kSettling = absl::Seconds(5);
-  static constexpr absl::Duration kQuietRescan = absl::Seconds(10);
+  static constexpr absl::Duration kFullRescan = absl::Seconds(30);
   // Passes that failed or could not read everything, since the start.
   uint64_t incomplete_passes() const { return incomplete_passes_.load(); }
   // Whether the last pass read everything and was applied.
@@ -86,8 +87,17 @@ class CgroupEnrolment {
   void ClusterChanged();
 
  private:
-  void WatchTree(const std::string& dir);
-  absl::Status EnrollLocked(const Config& config) ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
+  // Watches `relative` (to the root) and every directory below it.
+  void WatchTree(const std::string& relative);
+  // A pass over the subtrees under `changed` (relative paths), the rest
+  // taken from the last pass; a full pass when there was no complete one
+  // with this configuration. `why` is logged (debug) with its cost.
+  absl::Status EnrollChanged(const Config& config, const std::set<std::string>& changed,
+                             const char* why);
+  // changed: nullopt for a full pass.
+  absl::Status EnrollLocked(const Config& config,
+                            const std::optional<std::set<std::string>>& changed, const char* why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   // The namespace of a cgroup's processes, when it is not the agent's own
   // (*in_node_netns says when it is).
   absl::StatusOr<std::optional<PodNetns>> PodNetnsOf(const RegisteredWorkload& r,
@@ -105,7 +115,9 @@ class CgroupEnrolment {
   void ReportProblems(const Config& config, const std::vector<RegisteredWorkload>& found,
                       const std::vector<std::string>& problems)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
-  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before)
+  // full: write every entry again (a full pass); otherwise only what
+  // changed since the last pass.
+  absl::Status ApplyPlan(const EnrolmentPlan& plan, const RoutingTable& before, bool full)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
   void NoteTrouble(spdlog::level::level_enum level, const std::string& what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(enroll_mu_);
@@ -117,14 +129,31 @@ class CgroupEnrolment {
   PodNetworks& pods_;
   std::function<std::shared_ptr<const Config>()> current_config_;
   std::function<std::shared_ptr<const ClusterSnapshot>()> cluster_;
-  UniqueFd cgroup_events_;   // inotify on every directory under the root
+  UniqueFd cgroup_events_;  // inotify on every directory under the root
+  // Each watch's directory relative to the root ("" is the root). Only the
+  // watcher thread (and StartWatching before it) touches it.
+  std::map<int, std::string> watched_;
   UniqueFd cluster_events_;  // eventfd: the cluster's view changed
   absl::Mutex enroll_mu_;    // one enrolment pass at a time
   std::set<std::string> reported_problems_ ABSL_GUARDED_BY(enroll_mu_);
   // Each pod's state as last logged ("enrolled <id>" or its refusal), by UID.
   std::map<std::string, std::string> reported_pods_ ABSL_GUARDED_BY(enroll_mu_);
-  absl::Time last_pass_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
-  absl::Time settling_until_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
+  absl::Time last_full_pass_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
+  // A full pass each second until then (the last one failed or was incomplete).
+  absl::Time retry_until_ ABSL_GUARDED_BY(enroll_mu_) = absl::InfinitePast();
+  // Changed cgroups holding a workload's, looked at again until their time.
+  std::map<std::string, absl::Time> settling_ ABSL_GUARDED_BY(enroll_mu_);
+  // The last complete pass's scan, and what its configuration scans by
+  // (ScanShape): what a pass over changed subtrees starts from.
+  std::optional<CgroupScan> last_scan_ ABSL_GUARDED_BY(enroll_mu_);
+  std::string last_scan_shape_ ABSL_GUARDED_BY(enroll_mu_);
+  // What the last pass read of each cgroup's network namespace, by cgroup id:
+  // a pass over changed subtrees reads only theirs again.
+  std::map<uint64_t, std::optional<PodNetns>> netns_seen_ ABSL_GUARDED_BY(enroll_mu_);
+  // What the last pass wrote for each enrolled cgroup (mode, workload index).
+  std::map<uint64_t, std::pair<WorkloadMode, uint32_t>> enrolled_written_
+      ABSL_GUARDED_BY(enroll_mu_);
+  std::set<uint64_t> kept_ ABSL_GUARDED_BY(enroll_mu_);  // the last applied plan's keep
   // Cgroups whose KTRUST_MODE_NOT_ENROLLED entry the last pass left in place.
   std::set<uint64_t> not_enrolled_written_ ABSL_GUARDED_BY(enroll_mu_);
   // Enrolled cgroups whose sockops attach failed and was said.

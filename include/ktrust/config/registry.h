@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -116,6 +117,11 @@ struct CgroupScan {
   // Every cgroup no glob claimed (the root excluded), in scan order: where
   // Kubernetes mode looks for pods.
   std::vector<ScannedCgroup> unclaimed;
+  // The cgroups of every_cgroup by path relative to the root ("" is the
+  // root): what RescanCgroupSubtrees replaces a subtree of.
+  std::map<std::string, uint64_t> cgroups;
+  // The directories this scan listed (a measure of its cost).
+  size_t listed = 0;
 };
 
 // Walks the tree under cgroup_root (symlinks not followed) and gives every
@@ -127,5 +133,23 @@ struct CgroupScan {
 // RegisteredWorkload::id_problem).
 absl::StatusOr<CgroupScan> ScanCgroupTree(const Config& config, const std::string& cgroup_root,
                                           const CgroupLister& list = ListCgroupDirectory);
+
+// What ScanCgroupTree would find now when only the subtrees under `changed`
+// (paths relative to the root; "" is the whole tree) changed since
+// `previous`, a complete scan with the same configuration: those subtrees
+// are walked again (a changed cgroup whose parent `previous` does not know
+// is walked from its nearest known ancestor), everything else is taken from
+// `previous` without reading it. A changed subtree that cannot be read
+// keeps what `previous` had under it (never "nothing is there") and makes
+// the result incomplete; one that is gone loses it.
+absl::StatusOr<CgroupScan> RescanCgroupSubtrees(const Config& config,
+                                                const std::string& cgroup_root,
+                                                const CgroupScan& previous,
+                                                const std::set<std::string>& changed,
+                                                const CgroupLister& list = ListCgroupDirectory);
+
+// Whether `path` is `dir` or below it (paths relative to the root; every
+// path is below "").
+bool CgroupPathWithin(absl::string_view path, absl::string_view dir);
 
 }  // namespace ktrust

@@ -52,7 +52,7 @@ class EnrolmentPlanTest : public ::testing::Test {
 
   EnrolmentPlan Plan(const std::vector<RegisteredWorkload>& found,
                      std::set<uint64_t> every_cgroup = {}, bool complete = true) {
-    CgroupScan scan{found, std::move(every_cgroup), {}, complete, {}, {}};
+    CgroupScan scan{found, std::move(every_cgroup), {}, complete, {}, {}, {}, 0};
     if (!complete) scan.unread = {"cgroup system.slice: cannot list: Too many open files"};
     for (const auto& r : found) scan.every_cgroup.insert(r.cgroup_id);
     return PlanScan(scan);

@@ -397,6 +397,134 @@ TEST_F(ScanCgroupsTest, ACgroupThatVanishedLeavesTheScanComplete) {
   EXPECT_EQ(scan->found.size(), 6u);
 }
 
+// The lister the real scan uses, recording every directory it lists.
+CgroupLister Recording(std::vector<std::string>& listed, const std::filesystem::path& root) {
+  return [&listed, root](const std::string& dir) -> absl::StatusOr<std::vector<std::string>> {
+    std::string relative = std::filesystem::path(dir).lexically_relative(root).string();
+    listed.push_back(relative == "." ? "" : relative);
+    return ListCgroupDirectory(dir);
+  };
+}
+
+std::vector<std::string> FoundPaths(const CgroupScan& scan) {
+  std::vector<std::string> paths;
+  for (const RegisteredWorkload& r : scan.found) paths.push_back(r.cgroup_path);
+  return paths;
+}
+
+// A rescan of what changed must give what a full scan gives, in the same
+// order (the first cgroup of a workload serves its ports), having listed
+// only the changed subtrees: a cgroup created and one removed, in two
+// different subtrees.
+TEST_F(ScanCgroupsTest, RescanOfChangedSubtreesGivesWhatAFullScanGives) {
+  Config config = MakeConfig();
+  auto previous = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  std::filesystem::create_directories(root_ / "system.slice/batch-c.service/worker");
+  std::filesystem::remove(root_ / "kubepods.slice/pod-1/cri-containerd-abc.scope");
+
+  std::vector<std::string> listed;
+  auto rescan = RescanCgroupSubtrees(
+      config, root_.string(), *previous,
+      {"system.slice/batch-c.service", "kubepods.slice/pod-1/cri-containerd-abc.scope"},
+      Recording(listed, root_));
+  ASSERT_TRUE(rescan.ok()) << rescan.status();
+  auto full = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(full.ok()) << full.status();
+
+  EXPECT_THAT(FoundPaths(*rescan), ::testing::ElementsAreArray(FoundPaths(*full)));
+  EXPECT_THAT(FoundPaths(*rescan), ::testing::Contains("system.slice/batch-c.service"));
+  EXPECT_THAT(FoundPaths(*rescan),
+              ::testing::Not(::testing::Contains("kubepods.slice/pod-1/cri-containerd-abc.scope")));
+  EXPECT_EQ(rescan->every_cgroup, full->every_cgroup);
+  EXPECT_EQ(rescan->cgroups, full->cgroups);
+  std::vector<std::string> unclaimed, unclaimed_full;
+  for (const ScannedCgroup& c : rescan->unclaimed) unclaimed.push_back(c.path);
+  for (const ScannedCgroup& c : full->unclaimed) unclaimed_full.push_back(c.path);
+  EXPECT_EQ(unclaimed, unclaimed_full);
+  EXPECT_TRUE(rescan->complete);
+  // The unchanged subtrees (system.slice's other services, elsewhere, the
+  // root) were not listed again.
+  EXPECT_THAT(listed, ::testing::UnorderedElementsAre(
+                          "system.slice/batch-c.service", "system.slice/batch-c.service/worker",
+                          "kubepods.slice/pod-1/cri-containerd-abc.scope"));
+  EXPECT_EQ(rescan->listed, listed.size());
+}
+
+// A cgroup whose cgroup.events changed (a process came) is walked again:
+// here it was replaced by another directory of the same name, so its id
+// changed, which only a walk of it can see.
+TEST_F(ScanCgroupsTest, RescanSeesAChangedCgroupAndOnlyIt) {
+  Config config = MakeConfig();
+  auto previous = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  std::filesystem::remove(root_ / "system.slice/sshd.service");
+  std::filesystem::create_directory(root_ / "system.slice/sshd.service");
+
+  std::vector<std::string> listed;
+  auto rescan = RescanCgroupSubtrees(config, root_.string(), *previous,
+                                     {"system.slice/sshd.service"}, Recording(listed, root_));
+  ASSERT_TRUE(rescan.ok()) << rescan.status();
+  EXPECT_THAT(listed, ::testing::ElementsAre("system.slice/sshd.service"));
+  for (const RegisteredWorkload& r : rescan->found) {
+    EXPECT_EQ(r.cgroup_id, InodeOf(root_ / r.cgroup_path)) << r.cgroup_path;
+  }
+  EXPECT_TRUE(rescan->every_cgroup.count(InodeOf(root_ / "system.slice/sshd.service")));
+  EXPECT_EQ(rescan->found.size(), previous->found.size());
+}
+
+// A cgroup created inside a directory also created since the last scan is
+// walked from the directory the last scan knew: the new parent is found too.
+TEST_F(ScanCgroupsTest, RescanWalksFromTheNearestKnownAncestor) {
+  Config config = MakeConfig();
+  auto previous = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  std::filesystem::create_directories(root_ / "kubepods.slice/pod-2/cri-containerd-def.scope");
+
+  std::vector<std::string> listed;
+  auto rescan = RescanCgroupSubtrees(config, root_.string(), *previous,
+                                     {"kubepods.slice/pod-2/cri-containerd-def.scope"},
+                                     Recording(listed, root_));
+  ASSERT_TRUE(rescan.ok()) << rescan.status();
+  EXPECT_THAT(FoundPaths(*rescan),
+              ::testing::Contains("kubepods.slice/pod-2/cri-containerd-def.scope"));
+  EXPECT_TRUE(rescan->every_cgroup.count(InodeOf(root_ / "kubepods.slice/pod-2")));
+  EXPECT_THAT(listed, ::testing::UnorderedElementsAre(
+                          "kubepods.slice/pod-2", "kubepods.slice/pod-2/cri-containerd-def.scope"));
+}
+
+// Fail closed: a changed subtree that cannot be listed (EMFILE) keeps what
+// the last scan saw under it, and the rescan is incomplete (nothing is
+// removed on its word).
+TEST_F(ScanCgroupsTest, RescanThatCannotListAChangedSubtreeKeepsWhatWasThere) {
+  Config config = MakeConfig();
+  auto previous = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  auto rescan = RescanCgroupSubtrees(config, root_.string(), *previous, {"system.slice"},
+                                     FailingOn("/system.slice", EMFILE));
+  ASSERT_TRUE(rescan.ok()) << rescan.status();
+  EXPECT_FALSE(rescan->complete) << "a listing that failed with EMFILE was taken as complete";
+  EXPECT_THAT(FoundPaths(*rescan), ::testing::ElementsAreArray(FoundPaths(*previous)));
+  EXPECT_EQ(rescan->every_cgroup, previous->every_cgroup);
+}
+
+// A changed cgroup that is gone takes its subtree with it.
+TEST_F(ScanCgroupsTest, RescanOfARemovedSubtreeDropsIt) {
+  Config config = MakeConfig();
+  auto previous = ScanCgroupTree(config, root_.string());
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  uint64_t worker = InodeOf(root_ / "system.slice/batch-b.service/worker");
+  std::filesystem::remove_all(root_ / "system.slice/batch-b.service");
+  auto rescan =
+      RescanCgroupSubtrees(config, root_.string(), *previous, {"system.slice/batch-b.service"});
+  ASSERT_TRUE(rescan.ok()) << rescan.status();
+  EXPECT_TRUE(rescan->complete);
+  EXPECT_THAT(FoundPaths(*rescan),
+              ::testing::Not(::testing::Contains("system.slice/batch-b.service")));
+  EXPECT_FALSE(rescan->every_cgroup.count(worker));
+  EXPECT_FALSE(rescan->cgroups.count("system.slice/batch-b.service/worker"));
+}
+
 TEST_F(ScanCgroupsTest, MissingRootIsAnError) {
   auto scan = ScanCgroupTree(MakeConfig(), (root_ / "absent").string());
   ASSERT_FALSE(scan.ok());
