@@ -117,13 +117,10 @@ def serve(c, k):
         say(f'conn {k} ended: {why(e)}')
 s = socket.create_server(('0.0.0.0', 9000)); say('listening')
 k = 0
+# A naive server: any error from accept() ends it. An agent handing over
+# answers the accept it holds with EINTR, which python retries by itself.
 while True:
-    try:
-        c, _ = s.accept()
-    except ConnectionAbortedError:
-        # What an agent handing over answers the accept it holds (python
-        # does not retry it itself); the retry reaches the new agent.
-        say('accept aborted, retried'); continue
+    c, _ = s.accept()
     k += 1
     say(f'accepted {k}')
     threading.Thread(target=serve, args=(c, k), daemon=True).start()
@@ -200,7 +197,6 @@ if [[ -n $ktls ]]; then
   check "the old agent stopped answering zero-hop notifications" \
     wait_until 10 grep -q '"event":"zerohop_not_receiving"' "$work/b/agent.log"
   check "the old agent exited once it held nothing" wait_until 60 exited "$old_b"
-  echo "# the server's accept at the handover: $(grep -c '^accept aborted' "$work/server.log" || true) answered ECONNABORTED, retried"
   moved=$(counted "$work/b/agent.log" zero_hop_connections_moved)
   moved_in=$(counted "$work/b/successor.log" zero_hop_connections_moved_in)
   check "it passed its zero-hop connections over the handover socket (zero_hop_connections_moved ${moved:-none}, new agent's zero_hop_connections_moved_in ${moved_in:-none})" \

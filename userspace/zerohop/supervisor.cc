@@ -502,14 +502,17 @@ void Supervisor::SetReceiving(bool receiving) {
   state_->receiving = receiving;
   if (!receiving) {
     // An accept held here would wait for a socket only this agent could
-    // hand it, and this agent hands none any more: the workload retries,
-    // and its retry reaches the agent that answers now.
+    // hand it, and this agent hands none any more. EINTR, not ECONNABORTED:
+    // no connection was lost, and a blocking accept() retries EINTR by
+    // itself (Python, Go, Java, libuv, Rust's std), while many servers take
+    // ECONNABORTED as fatal (Python raises ConnectionAbortedError). The
+    // retry reaches the agent that answers now.
     for (auto& [id, w] : state_->workloads) {
       if (w->removed) continue;
       size_t answered = 0;
       for (auto& [port, p] : w->ports) {
         for (const internal::HeldAccept& h : p.held) {
-          (void)w->listener.RespondError(h.notification.id, ECONNABORTED);
+          (void)w->listener.RespondError(h.notification.id, EINTR);
           ++answered;
         }
         p.held.clear();
