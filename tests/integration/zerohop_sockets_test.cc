@@ -392,7 +392,7 @@ TEST_F(ZeroHopSocketsTest, TheListerKeepsOneDiagSocketPerNamespaceUntilItIsNoLon
   absl::StatusOr<uint64_t> netns = NamespaceInode(netns_.get());
   ASSERT_TRUE(netns.ok());
   NetnsSocketLister lister;
-  NetnsRef ref{*netns, {child_}};
+  NetnsRef ref{*netns, {child_}, {}};
   for (int round = 0; round < 3; ++round) {
     absl::StatusOr<std::vector<TcpSocketInfo>> sockets = lister(ref);
     ASSERT_TRUE(sockets.ok()) << sockets.status();
@@ -405,7 +405,83 @@ TEST_F(ZeroHopSocketsTest, TheListerKeepsOneDiagSocketPerNamespaceUntilItIsNoLon
   lister.Retain({});
   EXPECT_EQ(lister.open_sockets(), 0u);
   // A namespace that no listed process leads into is not listed at all.
-  EXPECT_TRUE(absl::IsNotFound(lister(NetnsRef{*netns + 1, {child_}}).status()));
+  EXPECT_TRUE(absl::IsNotFound(lister(NetnsRef{*netns + 1, {child_}, {}}).status()));
+}
+
+TEST_F(ZeroHopSocketsTest, ALookUpFindsOneSocketByItsAddressesAndCookieOnly) {
+  ASSERT_EQ(Ask('x')[0], 0);
+  absl::StatusOr<UniqueFd> diag = OpenDiagSocket(netns_.get());
+  ASSERT_TRUE(diag.ok()) << diag.status();
+  std::string client = "127.0.0.1:" + std::to_string(client_port_);
+  std::string server = "127.0.0.1:" + std::to_string(server_port_);
+  auto look_up = [&](const std::string& local, const std::string& peer, uint64_t cookie) {
+    absl::StatusOr<std::optional<TcpSocketInfo>> found = LookUpTcpSocketVia(
+        diag->get(), *SocketAddress::Parse(local), *SocketAddress::Parse(peer), cookie);
+    EXPECT_TRUE(found.ok()) << found.status();
+    return found.value_or(std::nullopt);
+  };
+  std::optional<TcpSocketInfo> found = look_up(client, server, client_cookie_);
+  ASSERT_TRUE(found.has_value());
+  // What the dump says of it, from a hash lookup.
+  EXPECT_EQ(found->cookie, client_cookie_);
+  EXPECT_EQ(found->inode, client_inode_);
+  EXPECT_TRUE(found->connected());
+  ASSERT_TRUE(found->has_tcp_info);
+  EXPECT_EQ(found->bytes_acked, 1001u);
+  EXPECT_EQ(found->bytes_received, 300u);
+  EXPECT_TRUE(found->ulp_visible);
+  // The same addresses with another socket's cookie: not this socket.
+  EXPECT_FALSE(look_up(client, server, server_cookie_).has_value());
+  // No socket with these addresses.
+  EXPECT_FALSE(look_up(client, "127.0.0.1:1", client_cookie_).has_value());
+  // The other end, from its own side.
+  std::optional<TcpSocketInfo> other = look_up(server, client, server_cookie_);
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ(other->inode, server_inode_);
+}
+
+TEST_F(ZeroHopSocketsTest, TheListerLooksUpWhatItIsAskedForAndListsAllWhenOneIsMissing) {
+  ASSERT_EQ(Ask('x')[0], 0);
+  absl::StatusOr<uint64_t> netns = NamespaceInode(netns_.get());
+  ASSERT_TRUE(netns.ok());
+  std::string client = "127.0.0.1:" + std::to_string(client_port_);
+  std::string server = "127.0.0.1:" + std::to_string(server_port_);
+  NetnsSocketLister lister;
+  // Every socket asked for is there as recorded: only they come back (a
+  // dump would list both ends).
+  absl::StatusOr<std::vector<TcpSocketInfo>> asked =
+      lister(NetnsRef{*netns, {child_}, {{client_cookie_, client, server}}});
+  ASSERT_TRUE(asked.ok()) << asked.status();
+  ASSERT_EQ(asked->size(), 1u);
+  EXPECT_EQ((*asked)[0].cookie, client_cookie_);
+  EXPECT_EQ((*asked)[0].inode, client_inode_);
+  // One is not found as recorded (its cookie is another's): the whole
+  // namespace is listed, so the registry learns from the dump what ended.
+  absl::StatusOr<std::vector<TcpSocketInfo>> missing =
+      lister(NetnsRef{*netns,
+                      {child_},
+                      {{client_cookie_, client, server}, {client_cookie_ + 1000, server, client}}});
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(missing->size(), 2u);
+  // The client closes (orphaned or gone): the registry, refreshed through
+  // the lister, ends it as it does with a dump.
+  ZeroHopConnections registry;
+  ZeroHopConnection c;
+  c.cookie = client_cookie_;
+  c.inode = client_inode_;
+  c.netns = *netns;
+  c.owner = child_;
+  c.direction = "outbound";
+  c.local = client;
+  c.peer = server;
+  ASSERT_TRUE(registry.Add(c).ok());
+  auto via_lister = [&lister](const NetnsRef& n) { return lister(n); };
+  EXPECT_THAT(registry.Refresh(via_lister).ended, ::testing::IsEmpty());
+  EXPECT_EQ(registry.Snapshot()[0].bytes_sent, 1001u);
+  ASSERT_EQ(Ask('c')[0], 0);
+  RefreshResult after = registry.Refresh(via_lister);
+  ASSERT_EQ(after.ended.size(), 1u);
+  EXPECT_EQ(after.ended[0].connection.cookie, client_cookie_);
 }
 
 TEST_F(ZeroHopSocketsTest, AnUnprivilegedCallerCannotTakeTheSocket) {

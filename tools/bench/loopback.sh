@@ -165,33 +165,52 @@ log "measuring public-key speed (openssl speed, ~4 s)"
 openssl speed -seconds 1 -mr ecdsap256 ecdhp256 ecdhx25519 >"$work/speed.txt" 2>/dev/null ||
   note "openssl speed failed; no handshake floor"
 
-# Reference: what this OpenSSL really spends on one full mTLS 1.3 handshake
-# (s_time client <-> s_server, same certificates, suite and group, no tickets,
-# no proxying): CPU of both processes / handshakes.
-log "measuring the OpenSSL mTLS handshake reference (openssl s_time)"
-start s_server openssl s_server -accept "127.0.0.1:$ref_port" -www -quiet -tls1_3 \
-  -ciphersuites TLS_AES_128_GCM_SHA256 -groups X25519 -num_tickets 0 -no_cache \
-  -cert "$work/server/tls.crt" -key "$work/server/tls.key" -CAfile "$work/server/ca.crt" \
-  -Verify 2 -verify_return_error
-s_server_pid=$last_pid
-if wait_listening "$ref_port" "$s_server_pid"; then
-  srv0=$(cpu_seconds "$s_server_pid")
-  (
-    openssl s_time -connect "127.0.0.1:$ref_port" -new -time $(( quick ? 1 : 2 )) \
-      -cert "$work/client/tls.crt" -key "$work/client/tls.key" -CAfile "$work/client/ca.crt" \
-      -verify 2 >"$work/s_time.txt" 2>&1 || true
-    times >"$work/s_time.times"
-  )
-  srv1=$(cpu_seconds "$s_server_pid")
-  conns=$(sed -n 's/^\([0-9]*\) connections in [0-9.]* real seconds.*/\1/p' "$work/s_time.txt" | head -n1)
-  client_cpu=$(children_cpu "$work/s_time.times")
-  printf '{"connections": %d, "client_cpu_s": %s, "server_cpu_s": %s}\n' "${conns:-0}" \
-    "${client_cpu:-0}" "$(awk -v a="$srv0" -v b="$srv1" 'BEGIN{printf "%.3f", b-a}')" \
-    >"$work/s_time.json"
-else
-  note "openssl s_server did not start; no handshake reference"
-fi
-stop "$s_server_pid"
+# References: what this OpenSSL really spends per mTLS 1.3 handshake (s_time
+# client <-> s_server, same certificates, suite and group, no proxying): CPU
+# of both processes / handshakes.
+#   s_time.json          -new: full handshakes, no tickets.
+#   s_time_resumed.json  -reuse: resumed ones (psk_dhe_ke), with the server
+#                        keeping its sessions (stateful tickets: -no_ticket
+#                        with a ticket count), as ktrust's server does. The
+#                        client fetches a 3-byte file so that it reads the
+#                        ticket; s_time re-offers the first session each time.
+# s_time_reference NAME S_TIME_MODE S_SERVER_ARGS...
+s_time_reference() {
+  local name=$1 mode=$2 srv0 srv1 conns client_cpu pid fetch=()
+  shift 2
+  [[ $mode == -reuse ]] && fetch=(-www /ok.txt)
+  log "measuring the OpenSSL mTLS handshake reference (openssl s_time $mode)"
+  echo ok >"$work/ok.txt"
+  # env -C: -WWW serves files from the working directory.
+  start "$name.server" env -C "$work" openssl s_server -accept "127.0.0.1:$ref_port" -quiet \
+    -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 -groups X25519 \
+    -cert "$work/server/tls.crt" -key "$work/server/tls.key" -CAfile "$work/server/ca.crt" \
+    -Verify 2 -verify_return_error "$@"
+  pid=$last_pid
+  if wait_listening "$ref_port" "$pid"; then
+    srv0=$(cpu_seconds "$pid")
+    (
+      openssl s_time -connect "127.0.0.1:$ref_port" "$mode" "${fetch[@]}" -time $(( quick ? 1 : 2 )) \
+        -cert "$work/client/tls.crt" -key "$work/client/tls.key" -CAfile "$work/client/ca.crt" \
+        -verify 2 >"$work/$name.txt" 2>&1 || true
+      times >"$work/$name.times"
+    )
+    srv1=$(cpu_seconds "$pid")
+    stop "$pid"
+    conns=$(sed -n 's/^\([0-9]*\) connections in [0-9.]* real seconds.*/\1/p' "$work/$name.txt" | head -n1)
+    client_cpu=$(children_cpu "$work/$name.times")
+    # The server's verify callback logs each client certificate it checks:
+    # one per full handshake, none for a resumed one.
+    printf '{"connections": %d, "client_cpu_s": %s, "server_cpu_s": %s, "full_handshakes": %d}\n' \
+      "${conns:-0}" "${client_cpu:-0}" "$(awk -v a="$srv0" -v b="$srv1" 'BEGIN{printf "%.3f", b-a}')" \
+      "$(grep -c '^depth=0' "$work/$name.server.log" || true)" >"$work/$name.json"
+  else
+    stop "$pid"
+    note "openssl s_server did not start; no $name reference"
+  fi
+}
+s_time_reference s_time -new -www -num_tickets 0 -no_cache
+s_time_reference s_time_resumed -reuse -WWW -num_tickets 1 -no_ticket
 
 # ---------------------------------------------------------------- backend
 start backend "$LOADGEN" server --listen "127.0.0.1:$backend_port"
@@ -602,7 +621,8 @@ report_args=()
 ((in_vm)) && report_args+=(--expect-ktls)
 report_rc=0
 "$PYTHON" -B "$here/report.py" --meta "$meta" --raw "$raw" --speed "$work/speed.txt" \
-  --s-time "$work/s_time.json" --work "$work" --out "$out" "${report_args[@]}" || report_rc=$?
+  --s-time "$work/s_time.json" \
+  --s-time-resumed "$work/s_time_resumed.json" --work "$work" --out "$out" "${report_args[@]}" || report_rc=$?
 log "wrote $out"
 ((report_rc != 3)) || die "kernel TLS was not used as expected while measuring (see ERROR above)"
 ((report_rc == 0)) || die "report.py failed (exit $report_rc)"

@@ -85,24 +85,32 @@ def parse_speed(path):
     return out
 
 
-def read_s_time(path):
-    """The openssl s_time / s_server reference: CPU of both ends per full mTLS handshake."""
+S_TIME_WHAT = {
+    "full": "openssl s_time -new <-> openssl s_server -Verify, same certificates, "
+            "TLS_AES_128_GCM_SHA256, X25519, no tickets; CPU of both processes / handshakes",
+    "resumed": "openssl s_time -reuse <-> openssl s_server -Verify -no_ticket -num_tickets 1 "
+               "(stateful tickets, as ktrust's server), same certificates, suite and group; "
+               "CPU of both processes / handshakes, the first one full",
+}
+
+
+def read_s_time(path, kind="full"):
+    """An openssl s_time / s_server reference: CPU of both ends per mTLS handshake."""
     try:
         ref = json.load(open(path))
-    except (OSError, ValueError):
+    except (OSError, TypeError, ValueError):
         return None
     if not ref.get("connections"):
         return None
     cpu = ref["client_cpu_s"] + ref["server_cpu_s"]
     return {
-        "what": "openssl s_time -new <-> openssl s_server -Verify, same certificates, "
-                "TLS_AES_128_GCM_SHA256, X25519, no tickets; CPU of both processes / handshakes",
+        "what": S_TIME_WHAT[kind],
         **ref,
         "cpu_us_per_handshake": cpu * 1e6 / ref["connections"],
     }
 
 
-def handshake_floor(speed, nproc, reference):
+def handshake_floor(speed, nproc, reference, resumed=None):
     need = ("ecdsa_p256_sign_per_s", "ecdsa_p256_verify_per_s", "ecdh_x25519_per_s")
     if not all(k in speed for k in need):
         return None
@@ -116,6 +124,7 @@ def handshake_floor(speed, nproc, reference):
         "handshakes_per_s_per_core": 1 / cpu,
         "handshakes_per_s_machine": nproc / cpu,
         "openssl_reference": reference,
+        "openssl_resumed_reference": resumed,
     }
 
 
@@ -335,6 +344,7 @@ def main():
     ap.add_argument("--raw", required=True)
     ap.add_argument("--speed", required=True)
     ap.add_argument("--s-time", required=True)
+    ap.add_argument("--s-time-resumed", help="the resumed reference (s_time -reuse), if measured")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--expect-ktls", action="store_true",
@@ -346,7 +356,8 @@ def main():
     meta = json.load(open(args.meta))
     rows = [json.loads(l) for l in open(args.raw) if l.strip()]
     nproc = meta["machine"]["nproc"]
-    floor = handshake_floor(parse_speed(args.speed), nproc, read_s_time(args.s_time))
+    floor = handshake_floor(parse_speed(args.speed), nproc, read_s_time(args.s_time),
+                           read_s_time(args.s_time_resumed, "resumed"))
     values, by_run, errors = per_run_metrics(rows, floor)
 
     # CPU the machine spent during the measurements that none of our processes used.
@@ -520,6 +531,18 @@ def main():
                          if ref else "")
                 print(f"  {t}: {v:.2f} ms proxy CPU per connection = {v / floor_ms:.1f} x floor"
                       + extra)
+        resumed = floor.get("openssl_resumed_reference")
+        if resumed:
+            us = resumed["cpu_us_per_handshake"]
+            print(f"  OpenSSL reference, resumed (s_time -reuse <-> s_server, stateful tickets, "
+                  f"no proxying): {us:.0f} us CPU per handshake "
+                  f"({resumed['connections'] - resumed.get('full_handshakes', 0)} of "
+                  f"{resumed['connections']} resumed); the issue's 0.5 ms per resumed pair is "
+                  f"{500 / us:.2f} x it")
+            v = medians.get("ktrust-resume", {}).get("proxy_cpu_ms_per_conn")
+            if v:
+                print(f"  ktrust-resume: {v:.2f} ms proxy CPU per connection = "
+                      f"{v * 1e3 / us:.2f} x the resumed reference")
     if "foreign_fraction" in sysc and meta.get("in_vm"):
         print(f"inside the VM, CPU not used by the measured processes (this script's helpers, "
               f"kernel threads): {100 * sysc['foreign_fraction']:.0f}%; the host side of --vm "

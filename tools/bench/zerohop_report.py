@@ -30,6 +30,8 @@ METRICS = [
     ("agents_cpu_s_per_gb", "agents' CPU s/GB", "lower"),
     ("agents_share_transfer", "agents' share of the machine, during the transfer", "lower"),
     ("agents_share_bulk", "  the same, client start and set-up included", "lower"),
+    ("bulk_gbps", "bulk transfer (16x the bytes), Gbit/s", "higher"),
+    ("agents_share_long", "agents' share of the machine, during it", "lower"),
     ("rr_p50_us", "64 B round trip p50, us", "lower"),
     ("rr_p99_us", "64 B round trip p99, us", "lower"),
     ("rr_p50_added_us", "  p50 added over plain, us", "lower"),
@@ -97,6 +99,10 @@ def per_run_metrics(rows, nproc, params):
             # loadgen's --watch samples of the agents bracket the clocked transfer.
             if res.get("watched_cpu_s", -1) >= 0 and res["seconds"] > 0:
                 add("agents_share_transfer", res["watched_cpu_s"] / (res["seconds"] * nproc))
+        elif row["kind"] == "bulk":
+            add("bulk_gbps", res["gbps"])
+            if res.get("watched_cpu_s", -1) >= 0 and res["seconds"] > 0:
+                add("agents_share_long", res["watched_cpu_s"] / (res["seconds"] * nproc))
         elif row["kind"] == "rr":
             add("rr_p50_us", res["p50_us"])
             add("rr_p99_us", res["p99_us"])
@@ -160,18 +166,20 @@ def evaluate_goals(medians, by_run, tg):
                              "(kernel TLS: run.sh vm)")
         return goals
     zh, pk = by_run["zero-hop"], by_run["proxy-ktls"]
-    shares = [v for _, v in sorted(zh.get("agents_share_transfer", {}).items())]
-    whole = [v for _, v in sorted(zh.get("agents_share_bulk", {}).items())]
+    pct = lambda values, digits: ", ".join(f"{100 * v:.{digits}f}%" for v in values)
+    runs_of = lambda target, key: [v for _, v in sorted(by_run.get(target, {}).get(key, {}).items())]
+    shares = runs_of("zero-hop", "agents_share_long")
     goal("agents_idle_bulk", bool(shares) and max(shares) < 0.01,
-         f"agents' CPU / machine CPU during the zero-hop transfer: per run "
-         f"{', '.join(f'{100 * s:.2f}%' for s in shares)} (proxy kTLS: "
-         f"{', '.join(f'{100 * v:.0f}%' for _, v in sorted(pk.get('agents_share_transfer', {}).items()))}"
-         f"; over the client's whole life, its start and connection set-up included: "
-         f"{', '.join(f'{100 * s:.1f}%' for s in whole)}"
-         f"; the same agents with no traffic at all, just before: "
-         f"{', '.join(f'{100 * v:.1f}%' for _, v in sorted(zh.get('agents_share_idle', {}).items()))})",
-         per_run=shares,
-         idle_per_run=[v for _, v in sorted(zh.get("agents_share_idle", {}).items())])
+         f"agents' CPU / machine CPU during the zero-hop bulk transfer: per run "
+         f"{pct(shares, 2)} (during plain's, which they take no part in: "
+         f"{pct(runs_of('plain', 'agents_share_long'), 2)}); during the short transfer, one "
+         f"connection's set-up overlapping it: {pct(runs_of('zero-hop', 'agents_share_transfer'), 2)}"
+         f" (proxy kTLS: {pct(runs_of('proxy-ktls', 'agents_share_transfer'), 0)}); over the "
+         f"client's whole life, its start and set-up included: "
+         f"{pct(runs_of('zero-hop', 'agents_share_bulk'), 1)}; with no traffic at all, just "
+         f"before: {pct(runs_of('zero-hop', 'agents_share_idle'), 1)}",
+         per_run=shares, short_per_run=runs_of("zero-hop", "agents_share_transfer"),
+         idle_per_run=runs_of("zero-hop", "agents_share_idle"))
     a, b = zh.get("machine_cpu_s_per_gb", {}), pk.get("machine_cpu_s_per_gb", {})
     per = [a[r] / b[r] for r in sorted(a) if b.get(r)]
     goal("machine_cpu_per_gb", bool(per) and all(x < 1 for x in per),
@@ -283,14 +291,15 @@ def main():
         last = idle[-1]
         for th in last["threads"][:6]:
             print(f"    agent {th['agent']} thread {th['tid']}: {th['cpu_s']:.2f} s, now in {th['wchan']}")
-    bulk = [r for r in rows if r["kind"] == "throughput" and r["result"].get("watched_threads")]
+    bulk = [r for r in rows
+            if r["kind"] in ("throughput", "bulk") and r["result"].get("watched_threads")]
     if bulk:
         print("agents' busiest threads during each clocked transfer (loadgen --watch):")
         for r in bulk:
             res = r["result"]
             threads = ", ".join(f"{t['thread']} {t['cpu_s'] * 1e3:.1f} ms"
                                 for t in res["watched_threads"])
-            print(f"  {r['target']} run {r['run']}: {res['watched_cpu_s'] * 1e3:.1f} ms in "
+            print(f"  {r['target']} run {r['run']} {r['kind']}: {res['watched_cpu_s'] * 1e3:.1f} ms in "
                   f"{res['seconds']:.1f} s: {threads}")
     print("per run (paired) ratios:")
     for name, col in ratios.items():

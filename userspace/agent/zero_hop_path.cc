@@ -306,10 +306,16 @@ void ZeroHopPath::Run() {
       // A refresh a second while there are connections; otherwise asleep
       // until the holder speaks or a connection is made.
       if (UntilRefresh() == absl::ZeroDuration()) RefreshConnections();
-      if (live_->size() == 0) lister_.Retain({});  // no namespace kept alive for nothing
+      bool was_empty = live_->size() == 0;
+      if (was_empty) lister_.Retain({});  // no namespace kept alive for nothing
       auto message = client->Receive(UntilRefresh(), wake_.get());
       if (absl::IsCancelled(message.status())) {
         Sleep(absl::ZeroDuration());  // consume the wake-up
+        // Woken by the first connection made: there is nothing to learn of
+        // it for a refresh interval (a brand-new connection has not ended
+        // and is far from its record limit), so its refresh is not due yet.
+        // Entries moved in or rejoined are checked against the kernel now.
+        if (!check_now_.exchange(false) && was_empty) last_refresh_ = absl::Now();
         continue;
       }
       if (absl::IsDeadlineExceeded(message.status())) continue;
@@ -764,6 +770,7 @@ absl::Status ZeroHopPath::MoveIn(std::vector<zerohop::ZeroHopConnection> connect
             {"connections", count},
             {"journal", journaled.ok() ? "written" : std::string(journaled.message())},
             {"note", "made by the predecessor; enforced and listed here from now on"}});
+  check_now_ = true;
   Wake();
   return absl::OkStatus();
 }
@@ -802,6 +809,7 @@ void ZeroHopPath::RejoinJournal(const std::string& why) {
                                  {"why", why},
                                  {"learned", *learned},
                                  {"connections", live_->size()}});
+  check_now_ = true;
   Wake();
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -350,6 +351,7 @@ RefreshResult ZeroHopConnections::Refresh(const SocketLister& lister,
       if (std::find(ref.processes.begin(), ref.processes.end(), c.owner) == ref.processes.end()) {
         ref.processes.push_back(c.owner);
       }
+      ref.sockets.push_back({cookie, c.local, c.peer});
       asked.insert(cookie);
       if (holders_of.alive && !holders_of.alive(c.owner)) orphaned.insert(c.inode);
     }
@@ -490,6 +492,26 @@ absl::StatusOr<UniqueFd> OpenNetnsThrough(const NetnsRef& netns) {
   return last;
 }
 
+// Each wanted socket looked up; nullopt unless every one was found, live
+// and held (inode not 0) as recorded. The caller then lists the namespace.
+std::optional<std::vector<TcpSocketInfo>> LookUpAll(int diag,
+                                                    const std::vector<NetnsRef::Wanted>& wanted) {
+  std::vector<TcpSocketInfo> found;
+  for (const NetnsRef::Wanted& w : wanted) {
+    absl::StatusOr<SocketAddress> local = SocketAddress::Parse(w.local);
+    absl::StatusOr<SocketAddress> peer = SocketAddress::Parse(w.peer);
+    if (!local.ok() || !peer.ok()) return std::nullopt;
+    absl::StatusOr<std::optional<TcpSocketInfo>> socket =
+        LookUpTcpSocketVia(diag, *local, *peer, w.cookie);
+    if (!socket.ok() || !socket->has_value() || (*socket)->inode == 0 ||
+        (*socket)->cookie != w.cookie || !(*socket)->connected()) {
+      return std::nullopt;
+    }
+    found.push_back(**std::move(socket));
+  }
+  return found;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<TcpSocketInfo>> NetnsSocketLister::operator()(const NetnsRef& netns) {
@@ -504,6 +526,13 @@ absl::StatusOr<std::vector<TcpSocketInfo>> NetnsSocketLister::operator()(const N
     absl::StatusOr<UniqueFd> opened = OpenDiagSocket(fd->get());
     if (!opened.ok()) return opened.status();
     diag = *std::move(opened);
+  }
+  if (!netns.sockets.empty() && netns.sockets.size() <= kLookUpAtMost) {
+    if (std::optional<std::vector<TcpSocketInfo>> found = LookUpAll(diag.get(), netns.sockets)) {
+      absl::MutexLock lock(&mu_);
+      sockets_[netns.inode] = std::move(diag);
+      return *std::move(found);
+    }
   }
   absl::StatusOr<std::vector<TcpSocketInfo>> sockets = ListTcpSocketsVia(diag.get());
   // After a failed dump its replies may still be pending: a new socket next time.

@@ -19,8 +19,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <thread>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -103,6 +105,19 @@ SocketAddress AddressOf(int family, const __be32 addr[4], __be16 port) {
   sin6.sin6_port = port;
   std::memcpy(&sin6.sin6_addr, addr, sizeof(sin6.sin6_addr));
   return SocketAddress::FromSockaddr(reinterpret_cast<const sockaddr*>(&sin6), sizeof(sin6));
+}
+
+// The inverse of AddressOf, for a request (family AF_INET or AF_INET6).
+void FillDiagAddress(const SocketAddress& address, __be32 out[4], __be16& port) {
+  if (address.family() == AF_INET) {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(address.get());
+    std::memcpy(out, &sin->sin_addr, sizeof(sin->sin_addr));
+    port = sin->sin_port;
+  } else {
+    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(address.get());
+    std::memcpy(out, &sin6->sin6_addr, sizeof(sin6->sin6_addr));
+    port = sin6->sin6_port;
+  }
 }
 
 // INET_DIAG_ULP_INFO: a nest of INET_ULP_INFO_NAME and, for tls,
@@ -202,25 +217,46 @@ absl::StatusOr<UniqueFd> DiagSocketIn(int netns_fd) {
   return fd;
 }
 
-absl::Status DumpFamily(int sock, uint8_t family, uint32_t seq, std::vector<TcpSocketInfo>& out) {
-  struct {
-    nlmsghdr header;
-    inet_diag_req_v2 request;
-  } message{};
+// Takes the first netlink message off `rest`, every length checked against
+// what is there.
+absl::Status NextMessage(absl::string_view& rest, nlmsghdr& header, absl::string_view& payload) {
+  if (rest.size() < sizeof(nlmsghdr)) return absl::DataLossError("sock_diag: truncated header");
+  std::memcpy(&header, rest.data(), sizeof(header));
+  if (header.nlmsg_len < sizeof(nlmsghdr) || header.nlmsg_len > rest.size()) {
+    return absl::DataLossError("sock_diag: a message length beyond the reply");
+  }
+  payload = rest.substr(sizeof(nlmsghdr), header.nlmsg_len - sizeof(nlmsghdr));
+  rest.remove_prefix(std::min<size_t>(NLMSG_ALIGN(header.nlmsg_len), rest.size()));
+  return absl::OkStatus();
+}
+
+// The request of a dump (NLM_F_DUMP) or of one lookup, for `family`'s TCP
+// sockets with tcp_info and (for a CAP_NET_ADMIN caller) the ULP.
+struct DiagRequest {
+  nlmsghdr header;
+  inet_diag_req_v2 request;
+};
+DiagRequest MakeDiagRequest(uint8_t family, uint16_t flags, uint32_t seq) {
+  DiagRequest message{};
   message.header.nlmsg_len = sizeof(message);
   message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  message.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  message.header.nlmsg_flags = flags;
   message.header.nlmsg_seq = seq;
   message.request.sdiag_family = family;
   message.request.sdiag_protocol = IPPROTO_TCP;
-  message.request.idiag_states = kConnectedStates;
-  // INET_DIAG_INFO brings tcp_info and, for a CAP_NET_ADMIN caller, the ULP.
   message.request.idiag_ext = 1 << (INET_DIAG_INFO - 1);
+  return message;
+}
+
+// Sends `message` to the kernel, then hands each buffer the kernel sends
+// back to `take` until it says the answer is complete (or fails).
+absl::Status Exchange(int sock, const DiagRequest& message, absl::string_view what,
+                      absl::FunctionRef<absl::StatusOr<bool>(const char*, size_t)> take) {
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
-  if (sendto(sock, &message, sizeof(message), 0, reinterpret_cast<sockaddr*>(&kernel),
+  if (sendto(sock, &message, sizeof(message), 0, reinterpret_cast<const sockaddr*>(&kernel),
              sizeof(kernel)) != static_cast<ssize_t>(sizeof(message))) {
-    return absl::ErrnoToStatus(errno, "sock_diag: send the dump request");
+    return absl::ErrnoToStatus(errno, absl::StrCat("sock_diag: send the ", what));
   }
   std::vector<char> buffer(kReceiveBuffer);
   for (;;) {
@@ -230,17 +266,25 @@ absl::Status DumpFamily(int sock, uint8_t family, uint32_t seq, std::vector<TcpS
                          reinterpret_cast<sockaddr*>(&from), &from_len);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, "sock_diag: receive the dump");
+      return absl::ErrnoToStatus(errno, absl::StrCat("sock_diag: receive the ", what));
     }
     if (static_cast<size_t>(n) > buffer.size()) {
       return absl::DataLossError("sock_diag: a reply larger than the receive buffer");
     }
-    // Only the kernel (port 0) answers a dump.
+    // Only the kernel (port 0) answers.
     if (from_len < sizeof(from) || from.nl_pid != 0) continue;
-    absl::StatusOr<bool> done = ParseInetDiagDump(buffer.data(), static_cast<size_t>(n), seq, out);
-    if (!done.ok()) return done.status();
-    if (*done) return absl::OkStatus();
+    absl::StatusOr<bool> complete = take(buffer.data(), static_cast<size_t>(n));
+    if (!complete.ok()) return complete.status();
+    if (*complete) return absl::OkStatus();
   }
+}
+
+absl::Status DumpFamily(int sock, uint8_t family, uint32_t seq, std::vector<TcpSocketInfo>& out) {
+  DiagRequest message = MakeDiagRequest(family, NLM_F_REQUEST | NLM_F_DUMP, seq);
+  message.request.idiag_states = kConnectedStates;
+  return Exchange(sock, message, "dump", [&](const char* data, size_t len) {
+    return ParseInetDiagDump(data, len, seq, out);
+  });
 }
 
 absl::StatusOr<uint64_t> InodeOfFd(int fd, bool want_socket) {
@@ -252,19 +296,17 @@ absl::StatusOr<uint64_t> InodeOfFd(int fd, bool want_socket) {
 
 }  // namespace
 
+bool TcpSocketInfo::connected() const {
+  return state > 0 && state < 32 && ((kConnectedStates >> state) & 1u) != 0;
+}
+
 absl::StatusOr<bool> ParseInetDiagDump(const void* data, size_t len, uint32_t seq,
                                        std::vector<TcpSocketInfo>& out) {
   absl::string_view rest(static_cast<const char*>(data), len);
   while (!rest.empty()) {
-    if (rest.size() < sizeof(nlmsghdr)) return absl::DataLossError("sock_diag: truncated header");
     nlmsghdr header;
-    std::memcpy(&header, rest.data(), sizeof(header));
-    if (header.nlmsg_len < sizeof(nlmsghdr) || header.nlmsg_len > rest.size()) {
-      return absl::DataLossError("sock_diag: a message length beyond the reply");
-    }
-    absl::string_view payload = rest.substr(sizeof(nlmsghdr), header.nlmsg_len - sizeof(nlmsghdr));
-    size_t aligned = NLMSG_ALIGN(header.nlmsg_len);
-    rest.remove_prefix(std::min(aligned, rest.size()));
+    absl::string_view payload;
+    if (absl::Status st = NextMessage(rest, header, payload); !st.ok()) return st;
     if (header.nlmsg_seq != seq) continue;  // a stale reply to an earlier request
     if (header.nlmsg_flags & NLM_F_DUMP_INTR) {
       // The tables changed during the dump: sockets may be missing, and a
@@ -298,15 +340,80 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd) {
 
 absl::StatusOr<UniqueFd> OpenDiagSocket(int netns_fd) { return DiagSocketIn(netns_fd); }
 
+// Sequence numbers go on across requests on one socket (dumps and lookups):
+// a late reply to an earlier request can never be taken for a later one's.
+namespace {
+std::atomic<uint32_t> next_diag_seq{1};
+}  // namespace
+
 absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSocketsVia(int diag_socket) {
-  // Sequence numbers go on across dumps on one socket: a late reply to an
-  // earlier dump can never be taken for this one's.
-  static std::atomic<uint32_t> next_seq{1};
   std::vector<TcpSocketInfo> out;
   for (uint8_t family : {AF_INET, AF_INET6}) {
-    if (absl::Status st = DumpFamily(diag_socket, family, next_seq++, out); !st.ok()) return st;
+    if (absl::Status st = DumpFamily(diag_socket, family, next_diag_seq++, out); !st.ok()) {
+      return st;
+    }
   }
   return out;
+}
+
+absl::StatusOr<std::optional<TcpSocketInfo>> ParseInetDiagLookUp(const void* data, size_t len,
+                                                                 uint32_t seq, bool& answered) {
+  answered = false;
+  absl::string_view rest(static_cast<const char*>(data), len);
+  while (!rest.empty()) {
+    nlmsghdr header;
+    absl::string_view payload;
+    if (absl::Status st = NextMessage(rest, header, payload); !st.ok()) return st;
+    if (header.nlmsg_seq != seq) continue;  // a stale reply to an earlier request
+    if (header.nlmsg_type == NLMSG_ERROR) {
+      int error = 0;
+      if (payload.size() >= sizeof(int)) std::memcpy(&error, payload.data(), sizeof(int));
+      answered = true;
+      // ENOENT: no socket with these addresses; ESTALE: one, but another
+      // socket (a different cookie) than the one asked for.
+      if (error == -ENOENT || error == -ESTALE) return std::optional<TcpSocketInfo>();
+      if (error == 0) return absl::DataLossError("sock_diag: an acknowledgement, not a socket");
+      return absl::ErrnoToStatus(-error, "sock_diag: the kernel refused the lookup");
+    }
+    if (header.nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+    TcpSocketInfo info;
+    if (absl::Status st = ParseSocket(payload, info); !st.ok()) return st;
+    answered = true;
+    return std::optional<TcpSocketInfo>(std::move(info));
+  }
+  return std::optional<TcpSocketInfo>();
+}
+
+absl::StatusOr<std::optional<TcpSocketInfo>> LookUpTcpSocketVia(int diag_socket,
+                                                                const SocketAddress& local,
+                                                                const SocketAddress& peer,
+                                                                uint64_t cookie) {
+  int family = local.family();
+  if ((family != AF_INET && family != AF_INET6) || peer.family() != family) {
+    return absl::InvalidArgumentError("sock_diag: a lookup needs two IPv4 or two IPv6 addresses");
+  }
+  uint32_t seq = next_diag_seq++;
+  DiagRequest message =
+      MakeDiagRequest(static_cast<uint8_t>(family), NLM_F_REQUEST /* one socket */, seq);
+  inet_diag_req_v2& r = message.request;
+  r.idiag_states = ~0u;
+  FillDiagAddress(local, r.id.idiag_src, r.id.idiag_sport);
+  FillDiagAddress(peer, r.id.idiag_dst, r.id.idiag_dport);
+  // The kernel answers ESTALE unless the socket found has this cookie.
+  r.id.idiag_cookie[0] = static_cast<uint32_t>(cookie);
+  r.id.idiag_cookie[1] = static_cast<uint32_t>(cookie >> 32);
+  std::optional<TcpSocketInfo> result;
+  absl::Status st = Exchange(diag_socket, message, "lookup",
+                             [&](const char* data, size_t len) -> absl::StatusOr<bool> {
+                               bool answered = false;
+                               absl::StatusOr<std::optional<TcpSocketInfo>> found =
+                                   ParseInetDiagLookUp(data, len, seq, answered);
+                               if (!found.ok()) return found.status();
+                               if (answered) result = *std::move(found);
+                               return answered;
+                             });
+  if (!st.ok()) return st;
+  return result;
 }
 
 namespace {
@@ -455,19 +562,8 @@ absl::Status DestroySocket(int netns_fd, const TcpSocketInfo& socket) {
   r.sdiag_family = static_cast<uint8_t>(socket.local.family());
   r.sdiag_protocol = IPPROTO_TCP;
   r.idiag_states = ~0u;
-  auto fill = [](const SocketAddress& address, __be32 out[4], __be16& port) {
-    if (address.family() == AF_INET) {
-      const auto* sin = reinterpret_cast<const sockaddr_in*>(address.get());
-      std::memcpy(out, &sin->sin_addr, sizeof(sin->sin_addr));
-      port = sin->sin_port;
-    } else {
-      const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(address.get());
-      std::memcpy(out, &sin6->sin6_addr, sizeof(sin6->sin6_addr));
-      port = sin6->sin6_port;
-    }
-  };
-  fill(socket.local, r.id.idiag_src, r.id.idiag_sport);
-  fill(socket.peer, r.id.idiag_dst, r.id.idiag_dport);
+  FillDiagAddress(socket.local, r.id.idiag_src, r.id.idiag_sport);
+  FillDiagAddress(socket.peer, r.id.idiag_dst, r.id.idiag_dport);
   r.id.idiag_cookie[0] = static_cast<uint32_t>(socket.cookie);
   r.id.idiag_cookie[1] = static_cast<uint32_t>(socket.cookie >> 32);
   sockaddr_nl kernel{};

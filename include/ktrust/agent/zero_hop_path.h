@@ -14,6 +14,7 @@
 #include <sys/eventfd.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -172,6 +173,9 @@ class ZeroHopPath {
   std::unique_ptr<zerohop::ZeroHopConnections> live_;  // set by Start
   zerohop::NetnsSocketLister lister_;                  // the holder thread's
   absl::Time last_refresh_;                            // the holder thread's
+  // Set with a wake-up that brings entries to check against the kernel at
+  // once (moved in from a predecessor, rejoined from the journal).
+  std::atomic<bool> check_now_{false};
   std::thread thread_;
   absl::Notification stop_;
   // Wakes the holder thread: a new connection to watch, or stop.

@@ -65,6 +65,14 @@ struct EndedConnection {
 struct NetnsRef {
   uint64_t inode = 0;
   std::vector<pid_t> processes;
+  // The registry's connections there. A lister may look these up one by
+  // one instead of listing the namespace, but it must still list every
+  // socket there is whenever one of them is not found as it was recorded.
+  struct Wanted {
+    uint64_t cookie = 0;
+    std::string local, peer;
+  };
+  std::vector<Wanted> sockets;
 };
 
 // Lists the TCP sockets of a namespace. NotFound means the namespace can no
@@ -81,8 +89,17 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListSocketsOfNetns(const NetnsRef& ne
 // second should not pay each time. The namespace is still found through a
 // listed process first (it must be alive there). A kept socket keeps its
 // namespace alive: Retain closes those of namespaces no longer asked for.
+//
+// Up to kLookUpAtMost wanted sockets are looked up one by one
+// (LookUpTcpSocketVia: a hash lookup each), and only they are returned
+// while every one is found as recorded; otherwise, and beyond that many,
+// the namespace is dumped (a walk of the kernel's whole connection table).
+// So the dump, which says authoritatively what ended, runs only when
+// something may have.
 class NetnsSocketLister {
  public:
+  static constexpr size_t kLookUpAtMost = 64;
+
   absl::StatusOr<std::vector<TcpSocketInfo>> operator()(const NetnsRef& netns);
   // Closes the sockets of every namespace not in `keep`.
   void Retain(const absl::flat_hash_set<uint64_t>& keep);

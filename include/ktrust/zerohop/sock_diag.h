@@ -60,6 +60,9 @@ struct TcpSocketInfo {
   uint32_t write_queue = 0;
 
   bool tls_ulp() const { return ulp == "tls"; }
+  // In a state a dump lists (SYN_SENT to CLOSING: the application may still
+  // use the connection); not TIME_WAIT, CLOSE or LISTEN.
+  bool connected() const;
   // Upper bounds of what went through each direction's TLS layer.
   uint64_t bytes_sent_upper() const { return bytes_acked + write_queue; }
 };
@@ -81,6 +84,22 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd);
 // failed dump, open a new socket: replies of the old one may be pending.
 absl::StatusOr<UniqueFd> OpenDiagSocket(int netns_fd);
 absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSocketsVia(int diag_socket);
+
+// One TCP socket of the namespace of `diag_socket` (OpenDiagSocket), found by
+// its addresses and checked against `cookie`: a hash lookup in the kernel,
+// where a dump walks every bucket of the whole connection table, sockets or
+// not (milliseconds on a machine with much memory, each time). nullopt when
+// no socket has these addresses, or the one that has is another socket (a
+// different cookie). Unlike a dump it also finds a TIME_WAIT socket (inode 0).
+absl::StatusOr<std::optional<TcpSocketInfo>> LookUpTcpSocketVia(int diag_socket,
+                                                                const SocketAddress& local,
+                                                                const SocketAddress& peer,
+                                                                uint64_t cookie);
+// Parses one receive buffer of a lookup's answer; `answered` says whether
+// the answer (a socket, or an error) to `seq` was in it. Exposed for the
+// unit tests: a hostile or corrupt buffer yields an error.
+absl::StatusOr<std::optional<TcpSocketInfo>> ParseInetDiagLookUp(const void* data, size_t len,
+                                                                 uint32_t seq, bool& answered);
 
 // Parses one sock_diag dump reply buffer (one recv()'s worth of netlink
 // messages) into `out`. Returns true once NLMSG_DONE was seen. Exposed for

@@ -635,5 +635,42 @@ TEST(ParseInetDiagDumpTest, ShortTcpInfoGivesNoCounters) {
   EXPECT_FALSE(out[0].has_tcp_info);
 }
 
+TEST(ParseInetDiagLookUpTest, TakesTheAnswerToItsOwnRequestOnly) {
+  std::string buffer = Message(SOCK_DIAG_BY_FAMILY, 6, DiagMsg(9)) +  // stale seq: skipped
+                       Message(SOCK_DIAG_BY_FAMILY, 7, DiagMsg(0x55));
+  bool answered = false;
+  auto found = ParseInetDiagLookUp(buffer.data(), buffer.size(), 7, answered);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_TRUE(answered);
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->cookie, 0x55u);
+  // Only a stale reply: no answer yet.
+  std::string stale = Message(SOCK_DIAG_BY_FAMILY, 6, DiagMsg(9));
+  found = ParseInetDiagLookUp(stale.data(), stale.size(), 7, answered);
+  ASSERT_TRUE(found.ok());
+  EXPECT_FALSE(answered);
+}
+
+TEST(ParseInetDiagLookUpTest, NoSuchSocketIsAnAnswerAndOtherErrorsAreErrors) {
+  bool answered = false;
+  for (const char* error : {"\xfe\xff\xff\xff" /* -ENOENT */, "\x8c\xff\xff\xff" /* -ESTALE */}) {
+    std::string buffer = Message(NLMSG_ERROR, 1, std::string(error, 4));
+    auto found = ParseInetDiagLookUp(buffer.data(), buffer.size(), 1, answered);
+    ASSERT_TRUE(found.ok()) << found.status();
+    EXPECT_TRUE(answered);
+    EXPECT_FALSE(found->has_value());
+  }
+  std::vector<std::string> bad = {
+      Message(NLMSG_ERROR, 1, std::string("\xf3\xff\xff\xff", 4)),  // -EACCES: any other error
+      Message(NLMSG_ERROR, 1, std::string(4, '\0')),                // an ack, not a socket
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1)).substr(0, 40),    // truncated
+      Message(SOCK_DIAG_BY_FAMILY, 1, DiagMsg(1, Attr(INET_DIAG_INFO, "abcd", 100))),
+  };
+  for (size_t i = 0; i < bad.size(); ++i) {
+    EXPECT_FALSE(ParseInetDiagLookUp(bad[i].data(), bad[i].size(), 1, answered).ok())
+        << "case " << i;
+  }
+}
+
 }  // namespace
 }  // namespace ktrust::zerohop
