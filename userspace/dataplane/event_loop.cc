@@ -22,7 +22,14 @@ constexpr uint64_t kWakeTag = 1;
 
 absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(unsigned entries) {
   std::unique_ptr<EventLoop> loop(new EventLoop());
-  int rc = io_uring_queue_init(entries, &loop->ring_, 0);
+  // COOP_TASKRUN (5.19): a completion does not interrupt the loop while it
+  // runs in userspace; it is taken at its next entry into the kernel, which
+  // comes soon (every step makes system calls, and it waits in
+  // io_uring_enter). Without it, each poll that fires on a busy loop costs an
+  // interrupt (docs/performance.md, per-request cost). It suits a ring whose
+  // one thread both submits and waits, as this one. Older kernels: without.
+  int rc = io_uring_queue_init(entries, &loop->ring_, IORING_SETUP_COOP_TASKRUN);
+  if (rc == -EINVAL) rc = io_uring_queue_init(entries, &loop->ring_, 0);
   if (rc < 0) return absl::ErrnoToStatus(-rc, "io_uring_queue_init");
   loop->wake_fd_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!loop->wake_fd_.valid()) return absl::ErrnoToStatus(errno, "eventfd");
