@@ -198,6 +198,16 @@ class ZeroHopSocketsTest : public ::testing::Test {
     EXPECT_TRUE(list.ok()) << list.status();
     return list.ok() ? *list : std::vector<TcpSocketInfo>{};
   }
+  // A registry entry for one of the child's sockets, as the agent records it.
+  ZeroHopConnection Entry(uint64_t cookie, uint64_t inode, uint64_t netns) const {
+    ZeroHopConnection c;
+    c.cookie = cookie;
+    c.inode = inode;
+    c.netns = netns;
+    c.owner = child_;
+    c.direction = "outbound";
+    return c;
+  }
   std::optional<TcpSocketInfo> Find(uint64_t cookie) {
     for (TcpSocketInfo& s : List()) {
       if (s.cookie == cookie) return s;
@@ -333,13 +343,7 @@ TEST_F(ZeroHopSocketsTest, RegistryForgetsAConnectionOnceTheApplicationClosesIt)
   ZeroHopConnections registry;
   for (auto [cookie, inode] :
        {std::pair{client_cookie_, client_inode_}, std::pair{server_cookie_, server_inode_}}) {
-    ZeroHopConnection c;
-    c.cookie = cookie;
-    c.inode = inode;
-    c.netns = *netns;
-    c.owner = child_;
-    c.direction = "outbound";
-    ASSERT_TRUE(registry.Add(c).ok());
+    ASSERT_TRUE(registry.Add(Entry(cookie, inode, *netns)).ok());
   }
   ASSERT_EQ(Ask('x')[0], 0);
   RefreshResult first = registry.Refresh(ListSocketsOfNetns);
@@ -466,12 +470,7 @@ TEST_F(ZeroHopSocketsTest, TheListerLooksUpWhatItIsAskedForAndListsAllWhenOneIsM
   // The client closes (orphaned or gone): the registry, refreshed through
   // the lister, ends it as it does with a dump.
   ZeroHopConnections registry;
-  ZeroHopConnection c;
-  c.cookie = client_cookie_;
-  c.inode = client_inode_;
-  c.netns = *netns;
-  c.owner = child_;
-  c.direction = "outbound";
+  ZeroHopConnection c = Entry(client_cookie_, client_inode_, *netns);
   c.local = client;
   c.peer = server;
   ASSERT_TRUE(registry.Add(c).ok());

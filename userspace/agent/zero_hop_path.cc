@@ -311,11 +311,15 @@ void ZeroHopPath::Run() {
       auto message = client->Receive(UntilRefresh(), wake_.get());
       if (absl::IsCancelled(message.status())) {
         Sleep(absl::ZeroDuration());  // consume the wake-up
+        // Entries moved in or rejoined are checked against the kernel now.
         // Woken by the first connection made: there is nothing to learn of
         // it for a refresh interval (a brand-new connection has not ended
         // and is far from its record limit), so its refresh is not due yet.
-        // Entries moved in or rejoined are checked against the kernel now.
-        if (!check_now_.exchange(false) && was_empty) last_refresh_ = absl::Now();
+        if (check_now_.exchange(false)) {
+          last_refresh_ = absl::InfinitePast();
+        } else if (was_empty) {
+          last_refresh_ = absl::Now();
+        }
         continue;
       }
       if (absl::IsDeadlineExceeded(message.status())) continue;

@@ -217,17 +217,34 @@ absl::StatusOr<UniqueFd> DiagSocketIn(int netns_fd) {
   return fd;
 }
 
-// Takes the first netlink message off `rest`, every length checked against
-// what is there.
-absl::Status NextMessage(absl::string_view& rest, nlmsghdr& header, absl::string_view& payload) {
-  if (rest.size() < sizeof(nlmsghdr)) return absl::DataLossError("sock_diag: truncated header");
-  std::memcpy(&header, rest.data(), sizeof(header));
-  if (header.nlmsg_len < sizeof(nlmsghdr) || header.nlmsg_len > rest.size()) {
-    return absl::DataLossError("sock_diag: a message length beyond the reply");
+// Calls `fn(header, payload)` for each netlink message in a receive buffer
+// that answers `seq` (others are stale replies to earlier requests), every
+// length checked against what is there, until `fn` says it is done (true).
+// Returns whether it did.
+template <typename Fn>
+absl::StatusOr<bool> ForEachReply(const void* data, size_t len, uint32_t seq, Fn&& fn) {
+  absl::string_view rest(static_cast<const char*>(data), len);
+  while (!rest.empty()) {
+    if (rest.size() < sizeof(nlmsghdr)) return absl::DataLossError("sock_diag: truncated header");
+    nlmsghdr header;
+    std::memcpy(&header, rest.data(), sizeof(header));
+    if (header.nlmsg_len < sizeof(nlmsghdr) || header.nlmsg_len > rest.size()) {
+      return absl::DataLossError("sock_diag: a message length beyond the reply");
+    }
+    absl::string_view payload = rest.substr(sizeof(nlmsghdr), header.nlmsg_len - sizeof(nlmsghdr));
+    rest.remove_prefix(std::min<size_t>(NLMSG_ALIGN(header.nlmsg_len), rest.size()));
+    if (header.nlmsg_seq != seq) continue;
+    absl::StatusOr<bool> done = fn(header, payload);
+    if (!done.ok() || *done) return done;
   }
-  payload = rest.substr(sizeof(nlmsghdr), header.nlmsg_len - sizeof(nlmsghdr));
-  rest.remove_prefix(std::min<size_t>(NLMSG_ALIGN(header.nlmsg_len), rest.size()));
-  return absl::OkStatus();
+  return false;
+}
+
+// The (negative) errno of an NLMSG_ERROR message; 0 is an acknowledgement.
+int NetlinkError(absl::string_view payload) {
+  int error = 0;
+  if (payload.size() >= sizeof(int)) std::memcpy(&error, payload.data(), sizeof(int));
+  return error;
 }
 
 // The request of a dump (NLM_F_DUMP) or of one lookup, for `family`'s TCP
@@ -302,34 +319,30 @@ bool TcpSocketInfo::connected() const {
 
 absl::StatusOr<bool> ParseInetDiagDump(const void* data, size_t len, uint32_t seq,
                                        std::vector<TcpSocketInfo>& out) {
-  absl::string_view rest(static_cast<const char*>(data), len);
-  while (!rest.empty()) {
-    nlmsghdr header;
-    absl::string_view payload;
-    if (absl::Status st = NextMessage(rest, header, payload); !st.ok()) return st;
-    if (header.nlmsg_seq != seq) continue;  // a stale reply to an earlier request
-    if (header.nlmsg_flags & NLM_F_DUMP_INTR) {
-      // The tables changed during the dump: sockets may be missing, and a
-      // missing socket would read as a closed connection.
-      return absl::UnavailableError("sock_diag: dump interrupted by a concurrent change");
-    }
-    if (header.nlmsg_type == NLMSG_DONE) return true;
-    if (header.nlmsg_type == NLMSG_ERROR) {
-      int error = 0;
-      if (payload.size() >= sizeof(int)) std::memcpy(&error, payload.data(), sizeof(int));
-      if (error == 0) return absl::DataLossError("sock_diag: an acknowledgement inside a dump");
-      return absl::ErrnoToStatus(-error, "sock_diag: the kernel refused the dump");
-    }
-    if (header.nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-    if (out.size() >= kMaxSockets) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("sock_diag: more than ", kMaxSockets, " sockets in one namespace"));
-    }
-    TcpSocketInfo info;
-    if (absl::Status st = ParseSocket(payload, info); !st.ok()) return st;
-    out.push_back(std::move(info));
-  }
-  return false;
+  return ForEachReply(
+      data, len, seq,
+      [&](const nlmsghdr& header, absl::string_view payload) -> absl::StatusOr<bool> {
+        if (header.nlmsg_flags & NLM_F_DUMP_INTR) {
+          // The tables changed during the dump: sockets may be missing, and a
+          // missing socket would read as a closed connection.
+          return absl::UnavailableError("sock_diag: dump interrupted by a concurrent change");
+        }
+        if (header.nlmsg_type == NLMSG_DONE) return true;
+        if (header.nlmsg_type == NLMSG_ERROR) {
+          int error = NetlinkError(payload);
+          if (error == 0) return absl::DataLossError("sock_diag: an acknowledgement inside a dump");
+          return absl::ErrnoToStatus(-error, "sock_diag: the kernel refused the dump");
+        }
+        if (header.nlmsg_type != SOCK_DIAG_BY_FAMILY) return false;
+        if (out.size() >= kMaxSockets) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("sock_diag: more than ", kMaxSockets, " sockets in one namespace"));
+        }
+        TcpSocketInfo info;
+        if (absl::Status st = ParseSocket(payload, info); !st.ok()) return st;
+        out.push_back(std::move(info));
+        return false;
+      });
 }
 
 absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSockets(int netns_fd) {
@@ -358,30 +371,27 @@ absl::StatusOr<std::vector<TcpSocketInfo>> ListTcpSocketsVia(int diag_socket) {
 
 absl::StatusOr<std::optional<TcpSocketInfo>> ParseInetDiagLookUp(const void* data, size_t len,
                                                                  uint32_t seq, bool& answered) {
-  answered = false;
-  absl::string_view rest(static_cast<const char*>(data), len);
-  while (!rest.empty()) {
-    nlmsghdr header;
-    absl::string_view payload;
-    if (absl::Status st = NextMessage(rest, header, payload); !st.ok()) return st;
-    if (header.nlmsg_seq != seq) continue;  // a stale reply to an earlier request
-    if (header.nlmsg_type == NLMSG_ERROR) {
-      int error = 0;
-      if (payload.size() >= sizeof(int)) std::memcpy(&error, payload.data(), sizeof(int));
-      answered = true;
-      // ENOENT: no socket with these addresses; ESTALE: one, but another
-      // socket (a different cookie) than the one asked for.
-      if (error == -ENOENT || error == -ESTALE) return std::optional<TcpSocketInfo>();
-      if (error == 0) return absl::DataLossError("sock_diag: an acknowledgement, not a socket");
-      return absl::ErrnoToStatus(-error, "sock_diag: the kernel refused the lookup");
-    }
-    if (header.nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-    TcpSocketInfo info;
-    if (absl::Status st = ParseSocket(payload, info); !st.ok()) return st;
-    answered = true;
-    return std::optional<TcpSocketInfo>(std::move(info));
-  }
-  return std::optional<TcpSocketInfo>();
+  std::optional<TcpSocketInfo> found;
+  absl::StatusOr<bool> done = ForEachReply(
+      data, len, seq,
+      [&](const nlmsghdr& header, absl::string_view payload) -> absl::StatusOr<bool> {
+        if (header.nlmsg_type == NLMSG_ERROR) {
+          int error = NetlinkError(payload);
+          // ENOENT: no socket with these addresses; ESTALE: one, but another
+          // socket (a different cookie) than the one asked for.
+          if (error == -ENOENT || error == -ESTALE) return true;
+          if (error == 0) return absl::DataLossError("sock_diag: an acknowledgement, not a socket");
+          return absl::ErrnoToStatus(-error, "sock_diag: the kernel refused the lookup");
+        }
+        if (header.nlmsg_type != SOCK_DIAG_BY_FAMILY) return false;
+        TcpSocketInfo info;
+        if (absl::Status st = ParseSocket(payload, info); !st.ok()) return st;
+        found = std::move(info);
+        return true;
+      });
+  answered = done.ok() && *done;
+  if (!done.ok()) return done.status();
+  return found;
 }
 
 absl::StatusOr<std::optional<TcpSocketInfo>> LookUpTcpSocketVia(int diag_socket,
