@@ -107,7 +107,7 @@ guest=(bash -c 'rc=0
 rc=0
 (
   KT_LOOPBACK_ARGS="${loopback_args[*]}" KT_IDLE_ARGS="${idle_args[*]}" KTRUST_VM_TIMEOUT="$vm_timeout" KTRUST_VM_OUTDIR="$work" \
-    KTRUST_VM_PASSENV="KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY BENCH_PORT_BASE KT_LOOPBACK_ARGS KT_IDLE_ARGS" \
+    KTRUST_VM_PASSENV="KTRUSTD KTRUSTD_ARGS KTRUST LOADGEN BENCH_CONCURRENCY BENCH_PERF BENCH_PORT_BASE KT_LOOPBACK_ARGS KT_IDLE_ARGS" \
     "$repo/tests/vm/run.sh" "$vm_cache" -- "${guest[@]}"
   rc=$?
   times >"$work/host.times" # line 2: CPU of this subshell's children, i.e. qemu

@@ -67,7 +67,8 @@ out=$(result_path "$out" ktrust-bench-zerohop.json)
 # Sizes: the VM's are those of the loopback benchmark there (TCG is 20-50x slower).
 concurrency="${BENCH_CONCURRENCY:-8}"
 if ((quick)); then
-  runs=${runs:-1} bytes=$((16 << 20)) rr_count=300 conn_seconds=2 fb_count=50
+  # In the VM 2 s are ~50 connections: too few to tell paths 10% apart.
+  runs=${runs:-1} bytes=$((16 << 20)) rr_count=300 conn_seconds=$((in_vm ? 6 : 2)) fb_count=50
 elif ((in_vm)); then
   runs=${runs:-3} bytes=$((64 << 20)) rr_count=1500 conn_seconds=4 fb_count=200
 else
@@ -335,6 +336,35 @@ print(json.dumps({"target": t, "run": int(r), "kind": "idle", "agents_mode": mod
 PY
 }
 
+# BENCH_PERF=1: `perf record` of both agents around each firstbyte
+# measurement (sequential connections: one connection's agent work), reported
+# by symbol into $work/perf-TARGET-RUN.txt (kept with --keep). BENCH_PERF=graph
+# also records call chains (DWARF, 199 Hz) and adds each function's share
+# with what it calls (perf-TARGET-RUN-inclusive.txt).
+perf_pid=""
+profile_start() {
+  [[ ${BENCH_PERF:-0} == 1 || ${BENCH_PERF:-0} == graph ]] || return 0
+  command -v perf >/dev/null || die "BENCH_PERF needs perf (linux-perf)"
+  local how=(-F 499)
+  [[ $BENCH_PERF == graph ]] && how=(-F 199 --call-graph dwarf,8192)
+  perf_out="$work/perf-$1-$2"
+  perf record -q "${how[@]}" -p "${agent_pid[a]},${agent_pid[b]}" -o "$perf_out.data" 2>/dev/null &
+  perf_pid=$!
+  sleep 0.5
+}
+profile_stop() {
+  [[ -n $perf_pid ]] || return 0
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  perf_pid=""
+  local report=(perf report -n --stdio -i "$perf_out.data")
+  "${report[@]}" --no-children --sort comm,dso,sym -g none >"$perf_out.txt" 2>&1 || true
+  "${report[@]}" --no-children --sort dso -g none >"$perf_out-dso.txt" 2>&1 || true
+  if [[ $BENCH_PERF == graph ]]; then
+    "${report[@]}" --children --sort comm,sym -g none --percent-limit 1 >"$perf_out-inclusive.txt" 2>&1 || true
+  fi
+}
+
 # Each target must carry an echo before it is measured.
 check_echo() {
   local t=$1 err
@@ -374,7 +404,9 @@ for ((r = 1; r <= runs; r++)); do
     fi
     measure "$t" "$r" rr --count "$rr_count" --size 64
     measure "$t" "$r" connrate --concurrency "$concurrency" --seconds "$conn_seconds" --size 64
+    profile_start "$t" "$r"
     measure "$t" "$r" firstbyte --count "$fb_count" --warmup "$fb_warmup"
+    profile_stop
     note "run $r/$runs: $t done"
   done
 done

@@ -154,14 +154,25 @@ absl::StatusOr<UniqueFd> TakeNotifiedFd(const NotificationListener& listener,
         absl::StrCat("notification ", n.id, ": fd argument ", n.args[0], " is not an fd"));
   }
   if (absl::Status st = RequireVisible(n); !st.ok()) return st;
-  absl::StatusOr<pid_t> process = ProcessOfThread(n.pid);
-  if (!process.ok()) return process.status();
-  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(*process);
+  // Most calls come from a process's main thread, whose id is the process's:
+  // pidfd_open takes only a thread-group leader (another thread: EINVAL, on
+  // recent kernels ENOENT), which spares reading /proc/<tid>/status on every
+  // connect and accept. On any failure, the slow way says what is wrong.
+  // Either way the pid could be reused before it is opened; the IdValid
+  // check below, after the fd was taken, is what rules that out.
+  pid_t process = n.pid;
+  absl::StatusOr<UniqueFd> pidfd = PidfdOpen(process);
+  if (!pidfd.ok()) {
+    absl::StatusOr<pid_t> leader = ProcessOfThread(n.pid);
+    if (!leader.ok()) return leader.status();
+    process = *leader;
+    pidfd = PidfdOpen(process);
+  }
   if (!pidfd.ok()) return pidfd.status();
   absl::StatusOr<UniqueFd> fd = PidfdGetfd(pidfd->get(), static_cast<int>(n.args[0]));
   if (!fd.ok()) return fd.status();
   if (absl::Status valid = listener.IdValid(n.id); !valid.ok()) {
-    return Untrusted(valid, absl::StrCat("the fd taken from process ", *process));
+    return Untrusted(valid, absl::StrCat("the fd taken from process ", process));
   }
   return fd;
 }

@@ -68,28 +68,44 @@ absl::StatusOr<bool> SignalWaiting(pid_t tid) {
   return (pending & ~blocked & ~ignored) != 0;
 }
 
-// A socket in the workload's network namespace: created by a short thread
-// that enters it (setns changes only the calling thread), so the agent's
-// own threads never change namespace.
-absl::StatusOr<UniqueFd> SocketIn(int netns, int family) {
+// Doorbell sockets made per thread that enters a workload's namespace.
+constexpr int kDoorbellBatch = 8;
+
+// A doorbell socket in the workload's network namespace. Spares are made by
+// a short thread that enters it (setns changes only the calling thread), so
+// the agent's own threads never change namespace.
+absl::StatusOr<UniqueFd> DoorbellSocket(Workload& w, int family) {
   int type = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
-  if (netns < 0) {
+  if (w.netns.get() < 0) {
     UniqueFd fd(socket(family, type, 0));
     if (!fd.valid()) return absl::ErrnoToStatus(errno, "doorbell socket");
     return fd;
   }
-  int fd = -1, err = 0;
-  std::thread t([&] {
-    if (setns(netns, CLONE_NEWNET) != 0) {
-      err = errno;
-      return;
+  std::vector<UniqueFd>& spares = family == AF_INET6 ? w.spare_doorbells6 : w.spare_doorbells4;
+  if (spares.empty()) {
+    int err = 0;
+    std::thread t([&] {
+      if (setns(w.netns.get(), CLONE_NEWNET) != 0) {
+        err = errno;
+        return;
+      }
+      for (int i = 0; i < kDoorbellBatch; ++i) {
+        UniqueFd fd(socket(family, type, 0));
+        if (!fd.valid()) {
+          err = errno;
+          return;
+        }
+        spares.push_back(std::move(fd));
+      }
+    });
+    t.join();
+    if (spares.empty()) {
+      return absl::ErrnoToStatus(err, "doorbell socket in the workload's namespace");
     }
-    fd = socket(family, type, 0);
-    if (fd < 0) err = errno;
-  });
-  t.join();
-  if (fd < 0) return absl::ErrnoToStatus(err, "doorbell socket in the workload's namespace");
-  return UniqueFd(fd);
+  }
+  UniqueFd fd = std::move(spares.back());
+  spares.pop_back();
+  return fd;
 }
 
 // What accept() on an AF_INET6 listener reports for an IPv4 client: the
@@ -218,7 +234,7 @@ void DrainQueue(Workload& w, Port& p, int listener) {
 }
 
 absl::Status RingDoorbell(Workload& w, Port& p, const SocketAddress& target) {
-  absl::StatusOr<UniqueFd> fd = SocketIn(w.netns.get(), target.family());
+  absl::StatusOr<UniqueFd> fd = DoorbellSocket(w, target.family());
   if (!fd.ok()) return fd.status();
   if (w.options.socket_mark != 0 &&
       setsockopt(fd->get(), SOL_SOCKET, SO_MARK, &w.options.socket_mark,
