@@ -339,8 +339,8 @@ PY
 # BENCH_PERF=1: `perf record` of both agents around each firstbyte
 # measurement (sequential connections: one connection's agent work), reported
 # by symbol into $work/perf-TARGET-RUN.txt (kept with --keep). BENCH_PERF=graph
-# also records call chains (DWARF, 199 Hz) and adds each function's share
-# with what it calls (perf-TARGET-RUN-inclusive.txt).
+# records call chains instead (DWARF, 199 Hz), to report on the host from
+# the kept perf-TARGET-RUN.data (tools/bench/README.md).
 perf_pid=""
 profile_start() {
   [[ ${BENCH_PERF:-0} == 1 || ${BENCH_PERF:-0} == graph ]] || return 0
@@ -358,11 +358,9 @@ profile_stop() {
   wait "$perf_pid" 2>/dev/null || true
   perf_pid=""
   local report=(perf report -n --stdio -i "$perf_out.data")
-  "${report[@]}" --no-children --sort comm,dso,sym -g none >"$perf_out.txt" 2>&1 || true
-  "${report[@]}" --no-children --sort dso -g none >"$perf_out-dso.txt" 2>&1 || true
-  if [[ $BENCH_PERF == graph ]]; then
-    "${report[@]}" --children --sort comm,sym -g none --percent-limit 1 >"$perf_out-inclusive.txt" 2>&1 || true
-  fi
+  [[ $BENCH_PERF == graph ]] && return 0
+  "${report[@]}" --no-children --sort comm,dso,sym >"$perf_out.txt" 2>&1 || true
+  "${report[@]}" --no-children --sort dso >"$perf_out-dso.txt" 2>&1 || true
 }
 
 # Each target must carry an echo before it is measured.
