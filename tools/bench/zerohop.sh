@@ -346,6 +346,7 @@ profile_start() {
   [[ ${BENCH_PERF:-0} == 1 || ${BENCH_PERF:-0} == graph ]] || return 0
   command -v perf >/dev/null || die "BENCH_PERF needs perf (linux-perf)"
   local how=(-F 499)
+  # shellcheck disable=SC2054 # perf's own "dwarf,SIZE"
   [[ $BENCH_PERF == graph ]] && how=(-F 199 --call-graph dwarf,8192)
   perf_out="$work/perf-$1-$2"
   perf record -q "${how[@]}" -p "${agent_pid[a]},${agent_pid[b]}" -o "$perf_out.data" 2>/dev/null &
