@@ -7,14 +7,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +20,7 @@
 #include "absl/strings/strip.h"
 #include "ktrust/common/fd_reserve.h"
 #include "ktrust/common/files.h"
+#include "ktrust/common/netns.h"
 #include "ktrust/zerohop/proc_mem.h"
 #include "supervisor_internal.h"
 
@@ -68,43 +67,19 @@ absl::StatusOr<bool> SignalWaiting(pid_t tid) {
   return (pending & ~blocked & ~ignored) != 0;
 }
 
-// Doorbell sockets made per thread that enters a workload's namespace.
-constexpr int kDoorbellBatch = 8;
-
-// A doorbell socket in the workload's network namespace. Spares are made by
-// a short thread that enters it (setns changes only the calling thread), so
-// the agent's own threads never change namespace.
-absl::StatusOr<UniqueFd> DoorbellSocket(Workload& w, int family) {
-  int type = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
-  if (w.netns.get() < 0) {
-    UniqueFd fd(socket(family, type, 0));
-    if (!fd.valid()) return absl::ErrnoToStatus(errno, "doorbell socket");
-    return fd;
-  }
-  std::vector<UniqueFd>& spares = family == AF_INET6 ? w.spare_doorbells6 : w.spare_doorbells4;
-  if (spares.empty()) {
-    int err = 0;
-    std::thread t([&] {
-      if (setns(w.netns.get(), CLONE_NEWNET) != 0) {
-        err = errno;
-        return;
-      }
-      for (int i = 0; i < kDoorbellBatch; ++i) {
-        UniqueFd fd(socket(family, type, 0));
-        if (!fd.valid()) {
-          err = errno;
-          return;
-        }
-        spares.push_back(std::move(fd));
-      }
-    });
-    t.join();
-    if (spares.empty()) {
-      return absl::ErrnoToStatus(err, "doorbell socket in the workload's namespace");
-    }
-  }
-  UniqueFd fd = std::move(spares.back());
-  spares.pop_back();
+// A doorbell socket in the workload's network namespace, made by the
+// calling thread from inside it (RunInNetns: in and back, no thread).
+absl::StatusOr<UniqueFd> DoorbellSocket(const Workload& w, int family) {
+  UniqueFd fd;
+  auto make = [&]() -> absl::Status {
+    fd.Reset(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    return fd.valid() ? absl::OkStatus() : absl::ErrnoToStatus(errno, "doorbell socket");
+  };
+  absl::Status made = w.netns.get() < 0
+                          ? make()
+                          : RunInNetns(w.netns.get(), -1, "the workload's network namespace",
+                                       "the agent's network namespace", make);
+  if (!made.ok()) return made;
   return fd;
 }
 

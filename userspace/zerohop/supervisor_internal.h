@@ -92,10 +92,6 @@ struct Workload {
   std::deque<uint64_t> zero_hop_order;
   std::set<uint64_t> zero_hop;
   std::map<uint16_t, Port> ports;
-  // Doorbell sockets made in the workload's namespace ahead of need, a few
-  // at a time: each batch costs a thread that enters the namespace.
-  std::vector<UniqueFd> spare_doorbells4;
-  std::vector<UniqueFd> spare_doorbells6;
   SupervisorCounters counters;
 };
 
